@@ -1,0 +1,254 @@
+//! The NVMe tier driver of one shard: O_DIRECT IO on the shard's region of
+//! the cache device through glommio, around the sans-IO [`DiskIndex`].
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
+use tracing::{debug, info, warn};
+
+use crate::block::{BlockId, ShardId};
+use crate::disk_index::DiskIndex;
+use crate::error::{Error, Result};
+use crate::eviction::{AccessKind, PolicyKind};
+use crate::layout::{verify_chunks, Layout, SlotHeader, CHUNK_BYTES};
+
+/// Header reads in flight during a warm restart.
+const RESTORE_READS_INFLIGHT_MAX: usize = 32;
+
+/// Outcome of a read from the NVMe tier.
+#[derive(Debug)]
+pub enum DiskRead {
+    /// The block is not on this tier.
+    Miss,
+    /// The block was here but its data failed a checksum: it is dropped.
+    Corrupt,
+    /// The requested bytes are `data[skip..skip + len]`.
+    Hit {
+        /// Chunk-aligned bytes read from the device (`None` when nothing
+        /// was requested inside the block's length).
+        data: Option<ReadResult>,
+        /// Offset of the first requested byte in `data`.
+        skip: usize,
+        /// Valid requested bytes (shorter at the block's end).
+        len: usize,
+        /// Valid bytes of the whole block.
+        block_len: u32,
+    },
+}
+
+/// A block laid out for one O_DIRECT write: header page(s), then data.
+#[derive(Debug)]
+pub struct PreparedWrite {
+    id: BlockId,
+    header: SlotHeader,
+    buffer: DmaBuffer,
+}
+
+/// Result of restoring a region after a restart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Slots with a valid header, now readable.
+    pub blocks: u64,
+    /// Slots with a valid header that were not kept (duplicate or foreign).
+    pub skipped: u64,
+}
+
+/// One shard's region of the cache device.
+#[derive(Debug)]
+pub struct DiskTier {
+    file: DmaFile,
+    path: PathBuf,
+    layout: Layout,
+    shard: u32,
+    epoch: u64,
+    index: RefCell<DiskIndex>,
+}
+
+impl DiskTier {
+    /// Opens the cache device for `shard`'s region.
+    pub async fn open(path: &Path, layout: Layout, shard: ShardId, epoch: u64, policy: PolicyKind) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .dma_open(path)
+            .await
+            .map_err(|e| Error::io("open the cache device", path, std::io::Error::other(e.to_string())))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            layout,
+            shard: u32::from(shard.0),
+            epoch,
+            index: RefCell::new(DiskIndex::new(&layout, policy)),
+        })
+    }
+
+    /// Rebuilds the index from the slot headers of this shard's region.
+    pub async fn restore(&self) -> Result<Restored> {
+        let header_bytes = self.layout.header_bytes as usize;
+        let mut reads = futures::stream::iter(0..self.layout.slots_per_shard)
+            .map(|slot| async move {
+                let pos = self.layout.slot_offset(self.shard, slot);
+                (slot, self.file.read_at_aligned(pos, header_bytes).await)
+            })
+            .buffer_unordered(RESTORE_READS_INFLIGHT_MAX);
+        let mut restored = Restored::default();
+        while let Some((slot, read)) = reads.next().await {
+            let page = read.map_err(|e| self.io_error("read a slot header of", e))?;
+            let Some(header) = SlotHeader::decode(&page, &self.layout, self.epoch) else {
+                continue;
+            };
+            let owner = header.block_id().key().owner(self.layout.shards as usize);
+            if u32::from(owner.0) == self.shard && self.index.borrow_mut().restore(slot, &header) {
+                restored.blocks += 1;
+            } else {
+                restored.skipped += 1;
+            }
+        }
+        info!(shard = self.shard, blocks = restored.blocks, skipped = restored.skipped, "NVMe tier restored");
+        Ok(restored)
+    }
+
+    /// Slots in the region.
+    pub fn capacity(&self) -> u32 {
+        self.index.borrow().capacity()
+    }
+
+    /// Readable blocks.
+    pub fn len(&self) -> usize {
+        self.index.borrow().len()
+    }
+
+    /// Whether no block is readable.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the block is here or being written.
+    pub fn contains(&self, id: BlockId) -> bool {
+        self.index.borrow().contains(id)
+    }
+
+    /// The block this tier would evict next.
+    pub fn victim(&self) -> Option<BlockId> {
+        self.index.borrow().victim()
+    }
+
+    /// Whether a block can be written without evicting.
+    pub fn is_full(&self) -> bool {
+        let index = self.index.borrow();
+        index.len() >= index.capacity() as usize
+    }
+
+    /// Reads `len` bytes at `offset` of a block, verifying every chunk read.
+    pub async fn read(&self, id: BlockId, offset: usize, len: usize, kind: AccessKind) -> Result<DiskRead> {
+        let Some((slot, block_len)) = self.index.borrow_mut().lookup_pin(id, kind) else {
+            return Ok(DiskRead::Miss);
+        };
+        let result = self.read_pinned(id, slot, offset, len, block_len).await;
+        self.index.borrow_mut().unpin(slot);
+        result
+    }
+
+    async fn read_pinned(&self, id: BlockId, slot: u32, offset: usize, len: usize, block_len: u32) -> Result<DiskRead> {
+        let block_len_usize = block_len as usize;
+        let start = offset.min(block_len_usize);
+        let end = (offset + len).min(block_len_usize);
+        if start == end {
+            return Ok(DiskRead::Hit {
+                data: None,
+                skip: 0,
+                len: 0,
+                block_len,
+            });
+        }
+        let first_chunk = start / CHUNK_BYTES;
+        let aligned_start = first_chunk * CHUNK_BYTES;
+        let aligned_end = end.next_multiple_of(CHUNK_BYTES);
+        let pos = self.layout.data_offset(self.shard, slot) + aligned_start as u64;
+        let data = self
+            .file
+            .read_at_aligned(pos, aligned_end - aligned_start)
+            .await
+            .map_err(|e| self.io_error("read", e))?;
+        let verified_end = aligned_end.min(block_len_usize) - aligned_start;
+        let ok = data.len() >= verified_end
+            && verify_chunks(&data[..verified_end], first_chunk, self.index.borrow().crcs(slot));
+        if !ok {
+            warn!(shard = self.shard, block = %id, slot, "NVMe slot failed its checksum: dropped, will refetch");
+            self.index.borrow_mut().drop_block(id);
+            self.erase_header(slot).await;
+            return Ok(DiskRead::Corrupt);
+        }
+        Ok(DiskRead::Hit {
+            data: Some(data),
+            skip: start - aligned_start,
+            len: end - start,
+            block_len,
+        })
+    }
+
+    /// Overwrites a slot's header so a restart does not restore it again.
+    async fn erase_header(&self, slot: u32) {
+        let mut page = self.file.alloc_dma_buffer(self.layout.header_bytes as usize);
+        page.as_bytes_mut().fill(0);
+        if let Err(err) = self.file.write_at(page, self.layout.slot_offset(self.shard, slot)).await {
+            warn!(shard = self.shard, slot, %err, "erasing a corrupt slot header failed");
+        }
+    }
+
+    /// Lays a block out for writing (copies `data`, so the caller's buffer,
+    /// e.g. a memory slot being evicted, is free again at once).
+    pub fn prepare(&self, id: BlockId, data: &[u8]) -> Result<PreparedWrite> {
+        if data.is_empty() || data.len() > self.layout.block_size.bytes_usize() {
+            return Err(Error::InvalidRequest(format!(
+                "block {id} has {} bytes; blocks hold 1 to {} bytes",
+                data.len(),
+                self.layout.block_size.bytes()
+            )));
+        }
+        let header_bytes = self.layout.header_bytes as usize;
+        let header = SlotHeader::for_block(id, self.epoch, data);
+        let mut buffer = self
+            .file
+            .alloc_dma_buffer(header_bytes + data.len().next_multiple_of(CHUNK_BYTES));
+        let bytes = buffer.as_bytes_mut();
+        bytes[..header_bytes].fill(0);
+        header.encode(&mut bytes[..header_bytes])?;
+        bytes[header_bytes..header_bytes + data.len()].copy_from_slice(data);
+        bytes[header_bytes + data.len()..].fill(0);
+        Ok(PreparedWrite { id, header, buffer })
+    }
+
+    /// Writes a prepared block into a slot (evicting when full). Returns the
+    /// evicted block; `Ok(None)` also when the block was already here or no
+    /// slot could be freed.
+    pub async fn write(&self, prepared: PreparedWrite, kind: AccessKind) -> Result<Option<BlockId>> {
+        let Some(reservation) = self.index.borrow_mut().reserve(prepared.id) else {
+            debug!(shard = self.shard, block = %prepared.id, "NVMe write skipped: present or no free slot");
+            return Ok(None);
+        };
+        let pos = self.layout.slot_offset(self.shard, reservation.slot);
+        match self.file.write_at(prepared.buffer, pos).await {
+            Ok(_) => {
+                self.index.borrow_mut().commit(reservation.slot, &prepared.header, kind);
+                Ok(reservation.evicted)
+            }
+            Err(e) => {
+                self.index.borrow_mut().abort(reservation.slot);
+                Err(self.io_error("write", e))
+            }
+        }
+    }
+
+    /// Flushes written slots to stable storage (warm restart after a clean stop).
+    pub async fn sync(&self) -> Result<()> {
+        self.file.fdatasync().await.map_err(|e| self.io_error("fdatasync", e))
+    }
+
+    fn io_error(&self, op: &'static str, e: glommio::GlommioError<()>) -> Error {
+        Error::io(op, &self.path, std::io::Error::other(e.to_string()))
+    }
+}

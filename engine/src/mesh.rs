@@ -1,0 +1,252 @@
+//! Messages between shards over the glommio channel mesh, and the table of
+//! requests waiting for a peer's reply. A forwarded request allocates nothing:
+//! its reply slot comes from a preallocated table and buffers travel inside
+//! the messages.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use glommio::channels::channel_mesh::Senders;
+use glommio::sync::Semaphore;
+
+use crate::block::{BlockId, ShardId};
+use crate::error::{Error, Result};
+use crate::eviction::AccessKind;
+use crate::prefetch::StreamId;
+use crate::stats::ShardStats;
+
+/// Depth of each shard-to-shard channel.
+pub const MESH_CHANNEL_DEPTH: usize = 1024;
+/// Requests one shard may have outstanding at its peers.
+pub const FORWARDED_INFLIGHT_MAX: usize = 4096;
+
+/// Work a shard does as the owner of a block.
+#[derive(Debug)]
+pub enum Op {
+    /// Read `len` bytes at `offset` of a block into `buf`.
+    Read {
+        /// The block.
+        id: BlockId,
+        /// Byte offset in the block.
+        offset: u32,
+        /// Bytes wanted.
+        len: u32,
+        /// Caller's buffer, returned filled.
+        buf: Vec<u8>,
+        /// Access kind decided by the caller's stream detector.
+        kind: AccessKind,
+    },
+    /// Cache a block written by a client.
+    Insert {
+        /// The block.
+        id: BlockId,
+        /// Its bytes; returned for reuse.
+        data: Vec<u8>,
+    },
+    /// Fetch a block ahead of a sequential reader (one way).
+    Prefetch {
+        /// The stream it belongs to.
+        stream: StreamId,
+        /// The block.
+        id: BlockId,
+    },
+    /// A stream stopped: drop its queued prefetches (one way).
+    Cancel {
+        /// The stream.
+        stream: StreamId,
+    },
+    /// Copy of the shard's counters.
+    Stats,
+}
+
+/// What an [`Op`] returns.
+#[derive(Debug)]
+pub enum Reply {
+    /// Filled buffer and the number of valid bytes in it.
+    Read {
+        /// The caller's buffer.
+        buf: Vec<u8>,
+        /// Valid bytes.
+        len: usize,
+    },
+    /// The inserted bytes, for reuse.
+    Inserted {
+        /// The caller's buffer.
+        buf: Vec<u8>,
+    },
+    /// Counters.
+    Stats(ShardStats),
+    /// One-way ops.
+    Done,
+}
+
+/// A message on the mesh.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// A request expecting a reply tagged `tag`.
+    Request {
+        /// Reply slot at the sender.
+        tag: u32,
+        /// The work.
+        op: Op,
+    },
+    /// A request without reply.
+    OneWay(Op),
+    /// The answer to a request.
+    Reply {
+        /// The sender's reply slot.
+        tag: u32,
+        /// The outcome.
+        result: Result<Reply>,
+    },
+}
+
+#[derive(Debug)]
+enum Slot {
+    Free,
+    Waiting(Option<Waker>),
+    Done(Result<Reply>),
+    Abandoned,
+}
+
+/// This shard's end of the mesh.
+pub struct Peers {
+    me: ShardId,
+    senders: Senders<MeshMsg>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    room: Semaphore,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").field("me", &self.me).finish_non_exhaustive()
+    }
+}
+
+impl Peers {
+    /// Wraps the mesh senders of shard `me`.
+    pub fn new(me: ShardId, senders: Senders<MeshMsg>) -> Self {
+        Self {
+            me,
+            senders,
+            slots: RefCell::new((0..FORWARDED_INFLIGHT_MAX).map(|_| Slot::Free).collect()),
+            free: RefCell::new((0..FORWARDED_INFLIGHT_MAX as u32).rev().collect()),
+            room: Semaphore::new(FORWARDED_INFLIGHT_MAX as u64),
+        }
+    }
+
+    /// Sends `op` to `peer` and waits for its reply.
+    pub async fn call(self: &Rc<Self>, peer: ShardId, op: Op) -> Result<Reply> {
+        debug_assert_ne!(peer, self.me);
+        let _permit = self.room.acquire_permit(1).await.map_err(|_| Error::ShutDown)?;
+        let tag = self.free.borrow_mut().pop().ok_or(Error::ShutDown)?;
+        self.slots.borrow_mut()[tag as usize] = Slot::Waiting(None);
+        let mut waiting = ReplyFuture {
+            peers: Rc::clone(self),
+            tag,
+            done: false,
+        };
+        if self.senders.send_to(peer.index(), MeshMsg::Request { tag, op }).await.is_err() {
+            waiting.done = true;
+            self.slots.borrow_mut()[tag as usize] = Slot::Free;
+            self.free.borrow_mut().push(tag);
+            return Err(Error::ShutDown);
+        }
+        waiting.await
+    }
+
+    /// Sends a reply to `peer`.
+    pub async fn reply(&self, peer: ShardId, tag: u32, result: Result<Reply>) {
+        // A peer that stopped no longer waits for anything.
+        let _ = self.senders.send_to(peer.index(), MeshMsg::Reply { tag, result }).await;
+    }
+
+    /// Sends a one-way op without waiting for room: best effort (prefetch
+    /// hints may be dropped under load). Returns whether it was queued.
+    pub fn try_send(&self, peer: ShardId, op: Op) -> bool {
+        self.senders.try_send_to(peer.index(), MeshMsg::OneWay(op)).is_ok()
+    }
+
+    /// Sends a one-way op, waiting for room.
+    pub async fn send(&self, peer: ShardId, op: Op) -> bool {
+        self.senders.send_to(peer.index(), MeshMsg::OneWay(op)).await.is_ok()
+    }
+
+    /// A reply arrived for `tag`.
+    pub fn complete(&self, tag: u32, result: Result<Reply>) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(tag as usize) else {
+            return;
+        };
+        match std::mem::replace(slot, Slot::Free) {
+            Slot::Waiting(waker) => {
+                *slot = Slot::Done(result);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
+            Slot::Abandoned => self.free.borrow_mut().push(tag),
+            other => *slot = other,
+        }
+    }
+
+    /// Closes the mesh: peers' receive loops end.
+    pub fn close(&self) {
+        self.senders.close();
+    }
+}
+
+struct ReplyFuture {
+    peers: Rc<Peers>,
+    tag: u32,
+    done: bool,
+}
+
+impl Future for ReplyFuture {
+    type Output = Result<Reply>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Reply>> {
+        let tag = self.tag as usize;
+        let mut slots = self.peers.slots.borrow_mut();
+        match std::mem::replace(&mut slots[tag], Slot::Free) {
+            Slot::Done(result) => {
+                drop(slots);
+                self.peers.free.borrow_mut().push(self.tag);
+                self.done = true;
+                Poll::Ready(result)
+            }
+            Slot::Waiting(_) => {
+                slots[tag] = Slot::Waiting(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+            other => {
+                slots[tag] = other;
+                drop(slots);
+                self.done = true;
+                Poll::Ready(Err(Error::ShutDown))
+            }
+        }
+    }
+}
+
+impl Drop for ReplyFuture {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // The caller gave up: free the slot now if the reply is in,
+        // otherwise when it arrives.
+        let mut slots = self.peers.slots.borrow_mut();
+        match std::mem::replace(&mut slots[self.tag as usize], Slot::Abandoned) {
+            Slot::Done(_) => {
+                slots[self.tag as usize] = Slot::Free;
+                self.peers.free.borrow_mut().push(self.tag);
+            }
+            Slot::Waiting(_) | Slot::Abandoned => {}
+            Slot::Free => slots[self.tag as usize] = Slot::Free,
+        }
+    }
+}

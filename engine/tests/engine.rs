@@ -1,0 +1,482 @@
+//! End-to-end tests of the engine: real executors, a real cache file with
+//! O_DIRECT IO, real child processes killed with SIGKILL.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datenlord_engine::{
+    BlockId, BlockSize, DiskConfig, Engine, EngineConfig, EngineHandle, MemoryStore, Request, Response, ShardId,
+    ShardStats,
+};
+use futures::executor::block_on;
+
+const BLOCK: usize = 64 << 10;
+
+fn config(cores: usize, memory_blocks_per_shard: u64, disk: Option<(&Path, u64)>) -> EngineConfig {
+    EngineConfig {
+        cores: Some(cores),
+        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+        memory_bytes: memory_blocks_per_shard * cores as u64 * BLOCK as u64,
+        hugepages: false,
+        disk: disk.map(|(path, size)| DiskConfig {
+            path: path.to_path_buf(),
+            size_bytes: Some(size),
+        }),
+        ..EngineConfig::default()
+    }
+}
+
+/// Deterministic content of a block, different for every id.
+fn content(id: BlockId, len: usize) -> Vec<u8> {
+    let seed = id.ino.0.wrapping_mul(31) ^ id.index.wrapping_mul(131) ^ id.version.wrapping_mul(1031);
+    (0..len).map(|i| (seed.wrapping_add(i as u64 * 7) % 251) as u8).collect()
+}
+
+fn store_with(ids: &[BlockId]) -> Arc<MemoryStore> {
+    let store = MemoryStore::new();
+    for &id in ids {
+        store.put(id, content(id, BLOCK));
+    }
+    store
+}
+
+fn read_all(handle: &EngineHandle, id: BlockId) -> Vec<u8> {
+    let (buf, n) = block_on(handle.read(id, 0, BLOCK as u32, Vec::with_capacity(BLOCK))).expect("read");
+    assert_eq!(n, buf.len());
+    buf
+}
+
+fn totals(handle: &EngineHandle) -> ShardStats {
+    ShardStats::sum(&block_on(handle.stats()).expect("stats"))
+}
+
+fn blocks(ino: u64, n: u64) -> Vec<BlockId> {
+    (0..n).map(|i| BlockId::new(ino, i, 1)).collect()
+}
+
+/// Waits until the engine's background NVMe writes reach `n`.
+fn wait_disk_writes(handle: &EngineHandle, n: u64) {
+    for _ in 0..2000 {
+        if totals(handle).disk_writes >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("NVMe writes never reached {n}: {:?}", totals(handle));
+}
+
+#[test]
+fn reads_come_from_the_source_then_from_memory() {
+    let ids = blocks(1, 8);
+    let store = store_with(&ids);
+    let engine = Engine::start(&config(1, 16, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    for &id in &ids {
+        assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    }
+    for &id in &ids {
+        assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    }
+    let s = totals(&handle);
+    assert_eq!(store.fetches(), 8);
+    assert_eq!((s.memory_hits, s.source_fetches), (8, 8));
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn partial_reads_and_file_tails() {
+    let tail = BlockId::new(2, 5, 3);
+    let store = MemoryStore::new();
+    store.put(tail, content(tail, 1000));
+    let engine = Engine::start(&config(1, 4, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    let (buf, n) = block_on(handle.read(tail, 500, 4096, Vec::new())).expect("read");
+    assert_eq!(n, 500);
+    assert_eq!(buf, content(tail, 1000)[500..]);
+    let (_, n) = block_on(handle.read(tail, 2000, 4096, Vec::new())).expect("read past tail");
+    assert_eq!(n, 0);
+    let err = block_on(handle.read(tail, BLOCK as u32 - 10, 4096, Vec::new())).expect_err("past block");
+    assert!(err.to_string().contains("goes past"), "{err}");
+    let missing = block_on(handle.read(BlockId::new(9, 9, 9), 0, 10, Vec::new())).expect_err("missing");
+    assert!(missing.to_string().contains("not found"), "{missing}");
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn cross_shard_routing_on_two_executors() {
+    let ids = blocks(3, 16);
+    let store = store_with(&ids);
+    let engine = Engine::start(&config(2, 16, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    // Submit every block to every shard as the front: half of them are owned
+    // by the other shard and must be forwarded over the mesh.
+    for front in [ShardId(0), ShardId(1)] {
+        for &id in &ids {
+            let request = Request::Read {
+                id,
+                offset: 100,
+                len: 1000,
+                buf: Vec::new(),
+            };
+            match block_on(handle.submit(front, request)).expect("submit") {
+                Response::Read { buf, len } => {
+                    assert_eq!(len, 1000);
+                    assert_eq!(buf, content(id, BLOCK)[100..1100]);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    let per_shard = block_on(handle.stats()).expect("stats");
+    let owned: Vec<u64> = (0..2)
+        .map(|s| ids.iter().filter(|id| id.key().owner(2) == ShardId(s)).count() as u64)
+        .collect();
+    assert!(owned[0] > 0 && owned[1] > 0, "both shards own blocks: {owned:?}");
+    for s in 0..2 {
+        // Every block is read twice (once per front) on its owner...
+        assert_eq!(per_shard[s].reads, 2 * owned[s], "{per_shard:?}");
+        // ...and each front forwarded the blocks the other shard owns.
+        assert_eq!(per_shard[s].forwarded, owned[1 - s], "{per_shard:?}");
+    }
+    assert_eq!(store.fetches(), 16);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn concurrent_misses_make_one_fetch() {
+    let id = BlockId::new(4, 0, 1);
+    let store = store_with(&[id]);
+    store.set_delay(Duration::from_millis(100));
+    let engine = Engine::start(&config(2, 4, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    let reads = (0..100).map(|i| {
+        let front = ShardId(i % 2);
+        handle.submit(
+            front,
+            Request::Read {
+                id,
+                offset: 0,
+                len: BLOCK as u32,
+                buf: Vec::new(),
+            },
+        )
+    });
+    let results = block_on(futures::future::join_all(reads));
+    for r in results {
+        match r.expect("read") {
+            Response::Read { buf, .. } => assert_eq!(buf, content(id, BLOCK)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(store.fetches(), 1, "100 concurrent misses, one fetch");
+    let s = totals(&handle);
+    assert_eq!(s.fetch_joins, 99, "{s:?}");
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn source_errors_reach_the_reader_and_nothing_is_cached() {
+    let id = BlockId::new(5, 0, 1);
+    let store = store_with(&[id]);
+    store.set_failing(true);
+    let engine = Engine::start(&config(1, 4, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    let err = block_on(handle.read(id, 0, 10, Vec::new())).expect_err("outage");
+    assert!(err.to_string().contains("injected outage"), "{err}");
+    store.set_failing(false);
+    assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    assert_eq!(totals(&handle).source_errors, 1);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn memory_evictions_demote_to_nvme_and_hits_come_back() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let ids = blocks(6, 24);
+    let store = store_with(&ids);
+    let engine = Engine::start(&config(1, 4, Some((dir.path(), 8 << 20))), store.clone()).expect("start");
+    let handle = engine.handle();
+    for &id in &ids {
+        assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    }
+    // 24 blocks through 4 memory slots: fetched blocks beyond memory go to
+    // NVMe directly or by demotion; wait for those writes to land.
+    let s = totals(&handle);
+    assert!(s.memory_evictions + s.admissions_rejected > 0, "{s:?}");
+    wait_disk_writes(&handle, 20);
+    let before = store.fetches();
+    for &id in &ids {
+        assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    }
+    let s = totals(&handle);
+    assert_eq!(store.fetches(), before, "every block served by memory or NVMe: {s:?}");
+    assert!(s.disk_hits >= 20, "{s:?}");
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_one_pass_scan_does_not_flush_the_hot_set() {
+    let hot = blocks(7, 4);
+    let scan = blocks(8, 200);
+    let all: Vec<_> = hot.iter().chain(&scan).copied().collect();
+    let store = store_with(&all);
+    let engine = Engine::start(&config(1, 8, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    for _ in 0..6 {
+        for &id in &hot {
+            read_all(&handle, id);
+        }
+    }
+    for &id in &scan {
+        assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    }
+    let before = totals(&handle);
+    for &id in &hot {
+        read_all(&handle, id);
+    }
+    let after = totals(&handle);
+    assert_eq!(after.memory_hits - before.memory_hits, 4, "hot set survived the scan: {after:?}");
+    assert!(after.admissions_rejected > 0, "{after:?}");
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn sequential_reads_prefetch_and_random_reads_do_not() {
+    let seq = blocks(9, 64);
+    let random = blocks(10, 64);
+    let all: Vec<_> = seq.iter().chain(&random).copied().collect();
+    let store = store_with(&all);
+    store.set_delay(Duration::from_millis(2));
+    let engine = Engine::start(&config(2, 256, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    for &id in &seq {
+        // Several small reads inside each block, like 128 KiB kernel reads.
+        for part in 0..4u32 {
+            let (buf, n) = block_on(handle.read(id, part * 16384, 16384, Vec::new())).expect("read");
+            assert_eq!(buf[..n], content(id, BLOCK)[part as usize * 16384..][..16384]);
+        }
+    }
+    let s = totals(&handle);
+    assert!(s.prefetch_issued >= 32, "{s:?}");
+    assert!(s.prefetch_hits >= 16, "{s:?}");
+    assert!(store.fetches() <= 64, "no block fetched twice");
+    let issued = s.prefetch_issued;
+    for i in [17u64, 3, 40, 9, 55, 30, 1, 62, 20, 47] {
+        read_all(&handle, random[i as usize]);
+    }
+    assert_eq!(totals(&handle).prefetch_issued, issued, "random reads prefetch nothing");
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn inserted_blocks_are_served_and_survive_a_clean_restart() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let ids = blocks(11, 12);
+    let empty = MemoryStore::new();
+    let cfg = config(2, 0, Some((dir.path(), 8 << 20)));
+    let engine = Engine::start(&cfg, empty.clone()).expect("start");
+    let handle = engine.handle();
+    for &id in &ids {
+        block_on(handle.insert(id, content(id, BLOCK - 7))).expect("insert");
+    }
+    // Shut down at once: the in-flight NVMe writes must be drained.
+    engine.shutdown().expect("shutdown");
+    let engine = Engine::start(&cfg, empty.clone()).expect("restart");
+    let handle = engine.handle();
+    for &id in &ids {
+        let (buf, n) = block_on(handle.read(id, 0, BLOCK as u32, Vec::new())).expect("warm read");
+        assert_eq!(n, BLOCK - 7);
+        assert_eq!(buf, content(id, BLOCK - 7));
+    }
+    assert_eq!(empty.fetches(), 0, "served from the warm NVMe tier");
+    assert_eq!(totals(&handle).disk_hits, 12);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn corrupt_slots_are_dropped_and_refetched_never_served() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let ids = blocks(12, 6);
+    let store = store_with(&ids);
+    let cfg = config(1, 0, Some((dir.path(), 8 << 20)));
+    let engine = Engine::start(&cfg, store.clone()).expect("start");
+    let handle = engine.handle();
+    for &id in &ids {
+        read_all(&handle, id);
+    }
+    wait_disk_writes(&handle, 6);
+    engine.shutdown().expect("shutdown");
+
+    // Flip one byte in the data of every slot.
+    let file = dir.path().join("datenlord-cache.bin");
+    let report = datenlord_engine::inspect::inspect(dir.path(), true).expect("inspect");
+    assert_eq!(report.regions[0].blocks, 6);
+    assert_eq!(report.regions[0].corrupt, 0);
+    let sb = report.superblock;
+    let mut bytes = std::fs::read(&file).expect("read cache file");
+    for slot in 0..6u64 {
+        let data = 4096 + slot * (u64::from(sb.header_bytes) + BLOCK as u64) + u64::from(sb.header_bytes);
+        bytes[(data + 12345) as usize] ^= 0x40;
+    }
+    std::fs::write(&file, &bytes).expect("write cache file");
+    assert_eq!(datenlord_engine::inspect::inspect(dir.path(), true).expect("inspect").regions[0].corrupt, 6);
+
+    let engine = Engine::start(&cfg, store.clone()).expect("restart");
+    let handle = engine.handle();
+    let before = store.fetches();
+    for &id in &ids {
+        assert_eq!(read_all(&handle, id), content(id, BLOCK), "never serve corrupt data");
+    }
+    let s = totals(&handle);
+    assert_eq!(s.checksum_failures, 6, "{s:?}");
+    assert_eq!(store.fetches() - before, 6, "refetched from the source");
+    // A 4 KiB read of an untouched chunk of a re-written slot is fine too.
+    wait_disk_writes(&handle, 6);
+    let (buf, _) = block_on(handle.read(ids[0], 4096, 4096, Vec::new())).expect("read");
+    assert_eq!(buf, content(ids[0], BLOCK)[4096..8192]);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_changed_layout_starts_cold_instead_of_misreading() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let ids = blocks(13, 4);
+    let store = store_with(&ids);
+    let engine = Engine::start(&config(1, 0, Some((dir.path(), 8 << 20))), store.clone()).expect("start");
+    for &id in &ids {
+        read_all(&engine.handle(), id);
+    }
+    wait_disk_writes(&engine.handle(), 4);
+    engine.shutdown().expect("shutdown");
+    // Two cores now: ownership and regions differ, so the cache is reset.
+    let engine = Engine::start(&config(2, 0, Some((dir.path(), 8 << 20))), store.clone()).expect("restart");
+    let before = store.fetches();
+    for &id in &ids {
+        assert_eq!(read_all(&engine.handle(), id), content(id, BLOCK));
+    }
+    assert_eq!(store.fetches() - before, 4);
+    engine.shutdown().expect("shutdown");
+}
+
+// ----- bad configuration ---------------------------------------------
+
+#[test]
+fn bad_configurations_fail_with_clear_errors() {
+    let store = MemoryStore::new();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let check = |cfg: EngineConfig, needle: &str| {
+        let err = Engine::start(&cfg, store.clone()).expect_err("must fail").to_string();
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    };
+    check(config(1024, 1, None), "or fewer");
+    check(config(1, 0, Some((dir.path(), 128 << 10))), "--cache-size");
+    check(config(1, 0, Some((&dir.path().join("nope"), 8 << 20))), "create the directory");
+    let mut cfg = config(1, 0, None);
+    cfg.memory_bytes = 1000;
+    check(cfg, "--memory-size");
+}
+
+#[test]
+fn a_cache_dir_without_o_direct_is_refused() {
+    // ramfs has no O_DIRECT; mounting it needs root (CI and scripts/test run as root).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let status = Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(dir.path())
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mounting ramfs needs root: run the tests as root (scripts/test does)");
+    let result = Engine::start(&config(1, 0, Some((dir.path(), 8 << 20))), MemoryStore::new());
+    let _ = Command::new("umount").arg(dir.path()).status();
+    let err = result.expect_err("no O_DIRECT").to_string();
+    assert!(err.contains("O_DIRECT") && err.contains("ext4"), "{err}");
+}
+
+// ----- child processes -------------------------------------------------
+
+const CHILD_ENV: &str = "DATENLORD_ENGINE_TEST_CHILD";
+
+/// Runs `child_process_entry` of this test binary in a new process.
+fn spawn_child(role: &str, dir: &Path) -> std::process::Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "child_process_entry", "--ignored", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_ENV, role)
+        .env("CHILD_DIR", dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn child")
+}
+
+#[test]
+#[ignore = "entry point of the child processes started by other tests; runs only when they spawn it"]
+fn child_process_entry() {
+    let Ok(role) = std::env::var(CHILD_ENV) else { return };
+    let dir = std::path::PathBuf::from(std::env::var("CHILD_DIR").expect("CHILD_DIR"));
+    match role.as_str() {
+        "fill-then-hang" => {
+            let ids = blocks(14, 20);
+            let store = store_with(&ids);
+            let engine = Engine::start(&config(2, 0, Some((&dir, 8 << 20))), store).expect("start");
+            let handle = engine.handle();
+            for &id in &ids {
+                read_all(&handle, id);
+            }
+            wait_disk_writes(&handle, 20);
+            println!("FILLED");
+            // Keep reading until killed, so SIGKILL lands mid-work.
+            loop {
+                for &id in &ids {
+                    read_all(&handle, id);
+                }
+            }
+        }
+        "memlock" => {
+            let lim = libc::rlimit {
+                rlim_cur: 256 << 10,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            // SAFETY: setting this process's own limit.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) }, 0);
+            let err = Engine::start(&config(2, 1, None), MemoryStore::new()).expect_err("limit too low");
+            println!("ERROR: {err}");
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+#[test]
+fn warm_restart_after_kill_9() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let mut child = spawn_child("fill-then-hang", dir.path());
+    let stdout = child.stdout.take().expect("stdout");
+    let filled = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("FILLED"));
+    assert!(filled, "child did not fill its cache");
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+
+    // The blocks exist nowhere but in the killed process's NVMe tier.
+    let empty = MemoryStore::new();
+    let engine = Engine::start(&config(2, 0, Some((dir.path(), 8 << 20))), empty.clone()).expect("restart");
+    let handle = engine.handle();
+    for id in blocks(14, 20) {
+        assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    }
+    assert_eq!(empty.fetches(), 0);
+    assert_eq!(totals(&handle).disk_hits, 20);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn too_low_memlock_names_the_limit() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let output = spawn_child("memlock", dir.path()).wait_with_output().expect("child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("RLIMIT_MEMLOCK") && stdout.contains("ulimit -l"), "{stdout}");
+}
