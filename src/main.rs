@@ -70,14 +70,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             let mut corrupt = 0;
             for (shard, region) in report.regions.iter().enumerate() {
-                let verified = if verify { format!(", {} corrupt", region.corrupt) } else { String::new() };
+                let verified = if verify {
+                    format!(", {} corrupt", region.corrupt)
+                } else {
+                    String::new()
+                };
                 println!(
                     "shard {shard}: {} blocks, {} bytes{verified}",
                     region.blocks, region.bytes
                 );
                 corrupt += region.corrupt;
             }
-            Ok(if corrupt > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+            Ok(if corrupt > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -98,17 +98,27 @@ impl Arena {
         let Some(base) = self.base else { return &[] };
         // SAFETY: slot < slots, so the range lies inside the live mapping,
         // which lives as long as self; shared borrow of self prevents writes.
-        unsafe { std::slice::from_raw_parts(base.as_ptr().add(slot as usize * self.slot_bytes), self.slot_bytes) }
+        unsafe {
+            std::slice::from_raw_parts(
+                base.as_ptr().add(slot as usize * self.slot_bytes),
+                self.slot_bytes,
+            )
+        }
     }
 
     /// The bytes of a slot, writable.
     pub fn slot_mut(&mut self, slot: SlotIndex) -> &mut [u8] {
         assert!(slot < self.slots, "slot {slot} out of {}", self.slots);
-        let Some(base) = self.base else { return &mut [] };
+        let Some(base) = self.base else {
+            return &mut [];
+        };
         // SAFETY: as in `slot`, and the exclusive borrow of self makes this
         // the only reference into the mapping.
         unsafe {
-            std::slice::from_raw_parts_mut(base.as_ptr().add(slot as usize * self.slot_bytes), self.slot_bytes)
+            std::slice::from_raw_parts_mut(
+                base.as_ptr().add(slot as usize * self.slot_bytes),
+                self.slot_bytes,
+            )
         }
     }
 }
@@ -149,7 +159,10 @@ mod tests {
             .ok()
             .and_then(|m| {
                 m.lines()
-                    .find_map(|l| l.strip_prefix("HugePages_Free:").map(|v| v.trim().parse().ok()))
+                    .find_map(|l| {
+                        l.strip_prefix("HugePages_Free:")
+                            .map(|v| v.trim().parse().ok())
+                    })
                     .flatten()
             })
             .unwrap_or(0)
@@ -174,7 +187,11 @@ mod tests {
         // for more than exist.
         let slot_bytes = 1 << 20;
         let arena = Arena::new(2, slot_bytes, true).expect("arena");
-        let expect = if free_hugepages() >= 1 { Backing::HugeTlb } else { Backing::Normal };
+        let expect = if free_hugepages() >= 1 {
+            Backing::HugeTlb
+        } else {
+            Backing::Normal
+        };
         assert_eq!(arena.backing(), expect);
         let too_many = (free_hugepages() as u32 + 8) * 2;
         let arena = Arena::new(too_many, slot_bytes, true).expect("fallback arena");

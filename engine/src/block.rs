@@ -230,7 +230,10 @@ mod tests {
             let err = BlockSize::new(bad).expect_err("must reject").to_string();
             assert!(err.contains("power of two"), "{err}");
         }
-        assert_eq!("256KiB".parse::<BlockSize>().map(BlockSize::bytes).ok(), Some(256 * 1024));
+        assert_eq!(
+            "256KiB".parse::<BlockSize>().map(BlockSize::bytes).ok(),
+            Some(256 * 1024)
+        );
     }
 
     #[test]
@@ -254,7 +257,14 @@ mod tests {
         let key = BlockId::new(1, 0, 7).key();
         assert_eq!(key.hash64(), BlockId::new(1, 0, 99).key().hash64());
         assert_eq!(key.owner(1), ShardId(0));
-        assert_eq!(BlockKey { ino: Ino(42), index: 3 }.hash64(), 0x7f74_6e5c_dc4f_05f4);
+        assert_eq!(
+            BlockKey {
+                ino: Ino(42),
+                index: 3
+            }
+            .hash64(),
+            0x7f74_6e5c_dc4f_05f4
+        );
     }
 
     proptest! {

@@ -112,7 +112,10 @@ impl EngineConfig {
                 available: allowed.len(),
             });
         }
-        if self.ring_depth == 0 || self.ring_depth > RING_DEPTH_MAX || !self.ring_depth.is_power_of_two() {
+        if self.ring_depth == 0
+            || self.ring_depth > RING_DEPTH_MAX
+            || !self.ring_depth.is_power_of_two()
+        {
             return Err(Error::Config(format!(
                 "ring depth {} is invalid: use a power of two between 1 and {RING_DEPTH_MAX}",
                 self.ring_depth
@@ -121,7 +124,8 @@ impl EngineConfig {
         self.prefetch
             .validate()
             .map_err(|e| Error::Config(format!("prefetch: {e}")))?;
-        let io_memory_bytes = io_memory_per_executor(memlock_limit_bytes(), shards, self.io_memory_bytes)?;
+        let io_memory_bytes =
+            io_memory_per_executor(memlock_limit_bytes(), shards, self.io_memory_bytes)?;
         let memory_slots_per_shard = memory_slots(self.memory_bytes, self.block_size, shards)?;
         let disk = match &self.disk {
             None => None,
@@ -158,9 +162,14 @@ pub fn allowed_cpus() -> Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; zeroed is a valid empty set, and
     // sched_getaffinity writes at most size_of::<cpu_set_t>() bytes into it.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set) };
+    let rc =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set) };
     if rc != 0 {
-        return Err(Error::io("sched_getaffinity", "/proc/self", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "sched_getaffinity",
+            "/proc/self",
+            std::io::Error::last_os_error(),
+        ));
     }
     let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
         // SAFETY: cpu < CPU_SETSIZE, the set was initialised above.
@@ -189,7 +198,11 @@ pub fn memlock_limit_bytes() -> u64 {
 /// Sizes io_uring registered memory so that all executors fit in the
 /// locked-memory limit with half of it left for the rings and the rest of the
 /// process.
-pub fn io_memory_per_executor(memlock_bytes: u64, shards: usize, wanted: Option<usize>) -> Result<usize> {
+pub fn io_memory_per_executor(
+    memlock_bytes: u64,
+    shards: usize,
+    wanted: Option<usize>,
+) -> Result<usize> {
     let needed_bytes = MEMLOCK_MIN_BYTES.max(2 * shards as u64 * IO_MEMORY_MIN_BYTES as u64);
     if memlock_bytes < needed_bytes {
         return Err(Error::MemlockLimit {
@@ -213,7 +226,10 @@ fn plan_disk(disk: &DiskConfig, block_size: BlockSize, shards: usize) -> Result<
     })?;
     let (path, device_bytes) = if meta.file_type().is_block_device() {
         let file = File::open(&disk.path).map_err(|e| Error::io("open", &disk.path, e))?;
-        (disk.path.clone(), Some(block_device_bytes(&file, &disk.path)?))
+        (
+            disk.path.clone(),
+            Some(block_device_bytes(&file, &disk.path)?),
+        )
     } else if meta.is_dir() {
         (disk.path.join(CACHE_FILE_NAME), None)
     } else {
@@ -257,11 +273,20 @@ fn probe_direct_io(path: &Path, total_bytes: u64) -> Result<()> {
             },
             _ => Error::io("open the cache file", path, source),
         })?;
-    let len = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, e))?
+        .len();
     if len < total_bytes {
         use std::os::fd::AsRawFd;
         // SAFETY: plain syscall on an fd we own.
-        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, total_bytes as libc::off_t) };
+        let rc = unsafe {
+            libc::posix_fallocate(
+                file.as_raw_fd(),
+                0,
+                libc::off_t::try_from(total_bytes).unwrap_or(libc::off_t::MAX),
+            )
+        };
         if rc != 0 {
             return Err(Error::io(
                 "preallocate the cache file (is --cache-size larger than the free space?)",
@@ -276,7 +301,8 @@ fn probe_direct_io(path: &Path, total_bytes: u64) -> Result<()> {
 fn block_device_bytes(file: &File, path: &Path) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
     let mut f = file;
-    f.seek(SeekFrom::End(0)).map_err(|e| Error::io("size the block device", path, e))
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| Error::io("size the block device", path, e))
 }
 
 #[cfg(test)]
@@ -287,11 +313,20 @@ mod tests {
     fn io_memory_fits_memlock() {
         // 8 MiB limit, 2 shards: 2 MiB each, half the limit stays free.
         assert_eq!(io_memory_per_executor(8 << 20, 2, None).ok(), Some(2 << 20));
-        assert_eq!(io_memory_per_executor(u64::MAX, 2, None).ok(), Some(IO_MEMORY_DEFAULT_BYTES));
-        assert_eq!(io_memory_per_executor(u64::MAX, 2, Some(1 << 20)).ok(), Some(1 << 20));
+        assert_eq!(
+            io_memory_per_executor(u64::MAX, 2, None).ok(),
+            Some(IO_MEMORY_DEFAULT_BYTES)
+        );
+        assert_eq!(
+            io_memory_per_executor(u64::MAX, 2, Some(1 << 20)).ok(),
+            Some(1 << 20)
+        );
         let err = io_memory_per_executor(64 << 10, 2, None).expect_err("too low");
         let msg = err.to_string();
-        assert!(msg.contains("RLIMIT_MEMLOCK") && msg.contains("ulimit -l 512"), "{msg}");
+        assert!(
+            msg.contains("RLIMIT_MEMLOCK") && msg.contains("ulimit -l 512"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -301,7 +336,10 @@ mod tests {
             ..EngineConfig::default()
         };
         let msg = config.plan().expect_err("too many").to_string();
-        assert!(msg.contains("--cores 100000") && msg.contains("or fewer"), "{msg}");
+        assert!(
+            msg.contains("--cores 100000") && msg.contains("or fewer"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -312,7 +350,10 @@ mod tests {
             ..EngineConfig::default()
         };
         let msg = config.plan().expect_err("too small").to_string();
-        assert!(msg.contains("--memory-size") && msg.contains("at least"), "{msg}");
+        assert!(
+            msg.contains("--memory-size") && msg.contains("at least"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -339,7 +380,10 @@ mod tests {
             size_bytes: Some(1 << 20),
         });
         let msg = config.plan().expect_err("too small").to_string();
-        assert!(msg.contains("--cache-size") && msg.contains("at least"), "{msg}");
+        assert!(
+            msg.contains("--cache-size") && msg.contains("at least"),
+            "{msg}"
+        );
         config.disk = Some(DiskConfig {
             path: dir.path().to_path_buf(),
             size_bytes: Some(64 << 20),

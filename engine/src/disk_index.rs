@@ -146,16 +146,15 @@ impl DiskIndex {
         if self.contains(id) {
             return None;
         }
-        let (slot, evicted) = match self.slots.allocate() {
-            Some(slot) => (slot, None),
-            None => {
-                let meta = &self.meta;
-                let slot = self.policy.victim(&mut |s| meta[s as usize].pins > 0)?;
-                let victim = self.meta[slot as usize].id;
-                self.map.remove(&victim);
-                self.policy.remove(slot);
-                (slot, Some(victim))
-            }
+        let (slot, evicted) = if let Some(slot) = self.slots.allocate() {
+            (slot, None)
+        } else {
+            let meta = &self.meta;
+            let slot = self.policy.victim(&mut |s| meta[s as usize].pins > 0)?;
+            let victim = self.meta[slot as usize].id;
+            self.map.remove(&victim);
+            self.policy.remove(slot);
+            (slot, Some(victim))
         };
         self.meta[slot as usize] = SlotMeta {
             id,
@@ -251,7 +250,11 @@ mod tests {
         let r = idx.reserve(id).expect("slot");
         assert_eq!(r.evicted, None);
         assert!(idx.contains(id));
-        assert_eq!(idx.lookup_pin(id, AccessKind::Random), None, "not readable while writing");
+        assert_eq!(
+            idx.lookup_pin(id, AccessKind::Random),
+            None,
+            "not readable while writing"
+        );
         assert_eq!(idx.reserve(id), None, "no double write");
         idx.commit(r.slot, &header(id, 5000), AccessKind::Random);
         let (slot, len) = idx.lookup_pin(id, AccessKind::Random).expect("hit");
@@ -278,9 +281,15 @@ mod tests {
         for &id in &ids[2..] {
             pins.push(idx.lookup_pin(id, AccessKind::Random).expect("hit").0);
         }
-        let r = idx.reserve(BlockId::new(2, 1, 1)).expect("the aborted slot is free");
+        let r = idx
+            .reserve(BlockId::new(2, 1, 1))
+            .expect("the aborted slot is free");
         assert_eq!(r.evicted, None);
-        assert_eq!(idx.reserve(BlockId::new(2, 2, 1)), None, "all pinned or writing");
+        assert_eq!(
+            idx.reserve(BlockId::new(2, 2, 1)),
+            None,
+            "all pinned or writing"
+        );
         for p in pins {
             idx.unpin(p);
         }
@@ -302,9 +311,16 @@ mod tests {
             assert_ne!(r.slot, slot);
             idx.commit(r.slot, &header(id, 100), AccessKind::Random);
         }
-        assert_eq!(idx.reserve(BlockId::new(3, 9, 1)).map(|r| r.evicted), Some(Some(BlockId::new(3, 1, 1))));
+        assert_eq!(
+            idx.reserve(BlockId::new(3, 9, 1)).map(|r| r.evicted),
+            Some(Some(BlockId::new(3, 1, 1)))
+        );
         idx.unpin(slot);
-        assert_eq!(idx.reserve(BlockId::new(3, 10, 1)).map(|r| (r.slot, r.evicted)), Some((slot, None)));
+        assert_eq!(
+            idx.reserve(BlockId::new(3, 10, 1))
+                .map(|r| (r.slot, r.evicted)),
+            Some((slot, None))
+        );
     }
 
     #[test]

@@ -68,13 +68,25 @@ pub struct DiskTier {
 
 impl DiskTier {
     /// Opens the cache device for `shard`'s region.
-    pub async fn open(path: &Path, layout: Layout, shard: ShardId, epoch: u64, policy: PolicyKind) -> Result<Self> {
+    pub async fn open(
+        path: &Path,
+        layout: Layout,
+        shard: ShardId,
+        epoch: u64,
+        policy: PolicyKind,
+    ) -> Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .dma_open(path)
             .await
-            .map_err(|e| Error::io("open the cache device", path, std::io::Error::other(e.to_string())))?;
+            .map_err(|e| {
+                Error::io(
+                    "open the cache device",
+                    path,
+                    std::io::Error::other(e.to_string()),
+                )
+            })?;
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -96,7 +108,7 @@ impl DiskTier {
             .buffer_unordered(RESTORE_READS_INFLIGHT_MAX);
         let mut restored = Restored::default();
         while let Some((slot, read)) = reads.next().await {
-            let page = read.map_err(|e| self.io_error("read a slot header of", e))?;
+            let page = read.map_err(|e| self.io_error("read a slot header of", &e))?;
             let Some(header) = SlotHeader::decode(&page, &self.layout, self.epoch) else {
                 continue;
             };
@@ -107,7 +119,12 @@ impl DiskTier {
                 restored.skipped += 1;
             }
         }
-        info!(shard = self.shard, blocks = restored.blocks, skipped = restored.skipped, "NVMe tier restored");
+        info!(
+            shard = self.shard,
+            blocks = restored.blocks,
+            skipped = restored.skipped,
+            "NVMe tier restored"
+        );
         Ok(restored)
     }
 
@@ -143,7 +160,13 @@ impl DiskTier {
     }
 
     /// Reads `len` bytes at `offset` of a block, verifying every chunk read.
-    pub async fn read(&self, id: BlockId, offset: usize, len: usize, kind: AccessKind) -> Result<DiskRead> {
+    pub async fn read(
+        &self,
+        id: BlockId,
+        offset: usize,
+        len: usize,
+        kind: AccessKind,
+    ) -> Result<DiskRead> {
         let Some((slot, block_len)) = self.index.borrow_mut().lookup_pin(id, kind) else {
             return Ok(DiskRead::Miss);
         };
@@ -152,7 +175,14 @@ impl DiskTier {
         result
     }
 
-    async fn read_pinned(&self, id: BlockId, slot: u32, offset: usize, len: usize, block_len: u32) -> Result<DiskRead> {
+    async fn read_pinned(
+        &self,
+        id: BlockId,
+        slot: u32,
+        offset: usize,
+        len: usize,
+        block_len: u32,
+    ) -> Result<DiskRead> {
         let block_len_usize = block_len as usize;
         let start = offset.min(block_len_usize);
         let end = (offset + len).min(block_len_usize);
@@ -172,10 +202,14 @@ impl DiskTier {
             .file
             .read_at_aligned(pos, aligned_end - aligned_start)
             .await
-            .map_err(|e| self.io_error("read", e))?;
+            .map_err(|e| self.io_error("read", &e))?;
         let verified_end = aligned_end.min(block_len_usize) - aligned_start;
         let ok = data.len() >= verified_end
-            && verify_chunks(&data[..verified_end], first_chunk, self.index.borrow().crcs(slot));
+            && verify_chunks(
+                &data[..verified_end],
+                first_chunk,
+                self.index.borrow().crcs(slot),
+            );
         if !ok {
             warn!(shard = self.shard, block = %id, slot, "NVMe slot failed its checksum: dropped, will refetch");
             self.index.borrow_mut().drop_block(id);
@@ -192,9 +226,15 @@ impl DiskTier {
 
     /// Overwrites a slot's header so a restart does not restore it again.
     async fn erase_header(&self, slot: u32) {
-        let mut page = self.file.alloc_dma_buffer(self.layout.header_bytes as usize);
+        let mut page = self
+            .file
+            .alloc_dma_buffer(self.layout.header_bytes as usize);
         page.as_bytes_mut().fill(0);
-        if let Err(err) = self.file.write_at(page, self.layout.slot_offset(self.shard, slot)).await {
+        if let Err(err) = self
+            .file
+            .write_at(page, self.layout.slot_offset(self.shard, slot))
+            .await
+        {
             warn!(shard = self.shard, slot, %err, "erasing a corrupt slot header failed");
         }
     }
@@ -225,7 +265,11 @@ impl DiskTier {
     /// Writes a prepared block into a slot (evicting when full). Returns the
     /// evicted block; `Ok(None)` also when the block was already here or no
     /// slot could be freed.
-    pub async fn write(&self, prepared: PreparedWrite, kind: AccessKind) -> Result<Option<BlockId>> {
+    pub async fn write(
+        &self,
+        prepared: PreparedWrite,
+        kind: AccessKind,
+    ) -> Result<Option<BlockId>> {
         let Some(reservation) = self.index.borrow_mut().reserve(prepared.id) else {
             debug!(shard = self.shard, block = %prepared.id, "NVMe write skipped: present or no free slot");
             return Ok(None);
@@ -233,22 +277,27 @@ impl DiskTier {
         let pos = self.layout.slot_offset(self.shard, reservation.slot);
         match self.file.write_at(prepared.buffer, pos).await {
             Ok(_) => {
-                self.index.borrow_mut().commit(reservation.slot, &prepared.header, kind);
+                self.index
+                    .borrow_mut()
+                    .commit(reservation.slot, &prepared.header, kind);
                 Ok(reservation.evicted)
             }
             Err(e) => {
                 self.index.borrow_mut().abort(reservation.slot);
-                Err(self.io_error("write", e))
+                Err(self.io_error("write", &e))
             }
         }
     }
 
     /// Flushes written slots to stable storage (warm restart after a clean stop).
     pub async fn sync(&self) -> Result<()> {
-        self.file.fdatasync().await.map_err(|e| self.io_error("fdatasync", e))
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| self.io_error("fdatasync", &e))
     }
 
-    fn io_error(&self, op: &'static str, e: glommio::GlommioError<()>) -> Error {
+    fn io_error(&self, op: &'static str, e: &glommio::GlommioError<()>) -> Error {
         Error::io(op, &self.path, std::io::Error::other(e.to_string()))
     }
 }

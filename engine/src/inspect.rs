@@ -35,7 +35,11 @@ pub struct Report {
 
 /// Inspects the cache in `path` (a `--cache-dir` or a block device).
 pub fn inspect(path: &Path, verify: bool) -> Result<Report> {
-    let path = if path.is_dir() { path.join(CACHE_FILE_NAME) } else { path.to_path_buf() };
+    let path = if path.is_dir() {
+        path.join(CACHE_FILE_NAME)
+    } else {
+        path.to_path_buf()
+    };
     let file = File::open(&path).map_err(|e| Error::io("open the cache", &path, e))?;
     let mut page = vec![0u8; SUPERBLOCK_BYTES as usize];
     file.read_exact_at(&mut page, 0)

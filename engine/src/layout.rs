@@ -65,7 +65,9 @@ impl Layout {
             )));
         }
         let slots_per_shard = u32::try_from(per_shard).map_err(|_| {
-            Error::Config(format!("--cache-size {size_bytes} is too large for this block size"))
+            Error::Config(format!(
+                "--cache-size {size_bytes} is too large for this block size"
+            ))
         })?;
         Ok(Self {
             block_size,
@@ -93,7 +95,9 @@ impl Layout {
     /// Device offset of a slot's header.
     pub fn slot_offset(&self, shard: u32, slot: u32) -> u64 {
         debug_assert!(shard < self.shards && slot < self.slots_per_shard);
-        SUPERBLOCK_BYTES + self.region_bytes() * u64::from(shard) + self.slot_bytes() * u64::from(slot)
+        SUPERBLOCK_BYTES
+            + self.region_bytes() * u64::from(shard)
+            + self.slot_bytes() * u64::from(slot)
     }
 
     /// Device offset of a slot's data.
@@ -232,16 +236,18 @@ impl SlotHeader {
 /// block) against their checksums. `data` holds whole chunks except that the
 /// last one may end at the block's length.
 pub fn verify_chunks(data: &[u8], first_chunk: usize, crcs: &[u32]) -> bool {
-    data.chunks(CHUNK_BYTES)
-        .enumerate()
-        .all(|(i, chunk)| crcs.get(first_chunk + i).is_some_and(|&crc| crc32c::crc32c(chunk) == crc))
+    data.chunks(CHUNK_BYTES).enumerate().all(|(i, chunk)| {
+        crcs.get(first_chunk + i)
+            .is_some_and(|&crc| crc32c::crc32c(chunk) == crc)
+    })
 }
 
 fn to_record_bytes<E: std::fmt::Display>(
     bytes: std::result::Result<rkyv::util::AlignedVec, E>,
     page: &mut [u8],
 ) -> Result<()> {
-    let bytes = bytes.map_err(|e| Error::InvalidRequest(format!("encoding an on-disk record: {e}")))?;
+    let bytes =
+        bytes.map_err(|e| Error::InvalidRequest(format!("encoding an on-disk record: {e}")))?;
     let end = RECORD_PREFIX_BYTES + bytes.len();
     if end > page.len() {
         return Err(Error::InvalidRequest(format!(
@@ -289,7 +295,10 @@ mod tests {
         assert_eq!(l.slot_offset(1, 0), SUPERBLOCK_BYTES + l.region_bytes());
         assert_eq!(l.data_offset(0, 1) % CHUNK_BYTES as u64, 0);
         // 16 MiB blocks need 4096 checksums: a 20 KiB header.
-        assert_eq!(header_bytes_for(BlockSize::new(16 << 20).expect("bs")), 5 * 4096);
+        assert_eq!(
+            header_bytes_for(BlockSize::new(16 << 20).expect("bs")),
+            5 * 4096
+        );
     }
 
     #[test]
@@ -301,7 +310,8 @@ mod tests {
         let back = Superblock::decode(&page).expect("decode");
         assert_eq!(back, sb);
         assert!(back.matches(&l));
-        let other = Layout::new(64 << 20, BlockSize::new(256 << 10).expect("bs"), 1).expect("layout");
+        let other =
+            Layout::new(64 << 20, BlockSize::new(256 << 10).expect("bs"), 1).expect("layout");
         assert!(!back.matches(&other));
         assert_eq!(Superblock::decode(&[0u8; 4096]), None);
     }
@@ -349,7 +359,12 @@ mod tests {
 
     #[test]
     fn too_small_cache_is_a_clear_error() {
-        let msg = Layout::new(1 << 20, BlockSize::default(), 2).expect_err("small").to_string();
-        assert!(msg.contains("--cache-size") && msg.contains("at least"), "{msg}");
+        let msg = Layout::new(1 << 20, BlockSize::default(), 2)
+            .expect_err("small")
+            .to_string();
+        assert!(
+            msg.contains("--cache-size") && msg.contains("at least"),
+            "{msg}"
+        );
     }
 }

@@ -33,7 +33,12 @@ impl std::fmt::Debug for MemoryTier {
 
 impl MemoryTier {
     /// A tier of `slots` blocks; all memory is allocated here.
-    pub fn new(slots: u32, block_size: BlockSize, policy: PolicyKind, hugepages: bool) -> Result<Self> {
+    pub fn new(
+        slots: u32,
+        block_size: BlockSize,
+        policy: PolicyKind,
+        hugepages: bool,
+    ) -> Result<Self> {
         let arena = Arena::new(slots, block_size.bytes_usize(), hugepages)?;
         let mut map = BlockMap::default();
         map.reserve(slots as usize);
@@ -146,15 +151,25 @@ mod tests {
     use super::*;
 
     fn tier(slots: u32) -> MemoryTier {
-        MemoryTier::new(slots, BlockSize::new(64 << 10).expect("bs"), PolicyKind::Lru, false).expect("tier")
+        MemoryTier::new(
+            slots,
+            BlockSize::new(64 << 10).expect("bs"),
+            PolicyKind::Lru,
+            false,
+        )
+        .expect("tier")
     }
 
     #[test]
     fn insert_lookup_evict() {
         let mut t = tier(2);
-        let (a, b, c) = (BlockId::new(1, 0, 1), BlockId::new(1, 1, 1), BlockId::new(1, 2, 1));
+        let (a, b, c) = (
+            BlockId::new(1, 0, 1),
+            BlockId::new(1, 1, 1),
+            BlockId::new(1, 2, 1),
+        );
         assert!(t.insert(a, &[1; 100], AccessKind::Random));
-        assert!(t.insert(b, &[2; 65536], AccessKind::Random));
+        assert!(t.insert(b, &vec![2; 65536], AccessKind::Random));
         assert!(!t.insert(c, &[3; 10], AccessKind::Random), "full");
         let slot = t.lookup(a, AccessKind::Random).expect("hit");
         assert_eq!(t.block(slot), &[1; 100][..]);
@@ -163,7 +178,9 @@ mod tests {
         assert!(t.insert(c, &[3; 10], AccessKind::Random));
         assert_eq!(t.lookup(b, AccessKind::Random), None);
         assert_eq!(t.len(), 2);
-        assert!(!t.insert(BlockId::new(9, 9, 9), &vec![0; 65537], AccessKind::Random) || t.len() == 2);
+        assert!(
+            !t.insert(BlockId::new(9, 9, 9), &vec![0; 65537], AccessKind::Random) || t.len() == 2
+        );
     }
 
     #[test]

@@ -123,7 +123,9 @@ pub struct Peers {
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peers").field("me", &self.me).finish_non_exhaustive()
+        f.debug_struct("Peers")
+            .field("me", &self.me)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,7 +144,11 @@ impl Peers {
     /// Sends `op` to `peer` and waits for its reply.
     pub async fn call(self: &Rc<Self>, peer: ShardId, op: Op) -> Result<Reply> {
         debug_assert_ne!(peer, self.me);
-        let _permit = self.room.acquire_permit(1).await.map_err(|_| Error::ShutDown)?;
+        let _permit = self
+            .room
+            .acquire_permit(1)
+            .await
+            .map_err(|_| Error::ShutDown)?;
         let tag = self.free.borrow_mut().pop().ok_or(Error::ShutDown)?;
         self.slots.borrow_mut()[tag as usize] = Slot::Waiting(None);
         let mut waiting = ReplyFuture {
@@ -150,7 +156,12 @@ impl Peers {
             tag,
             done: false,
         };
-        if self.senders.send_to(peer.index(), MeshMsg::Request { tag, op }).await.is_err() {
+        if self
+            .senders
+            .send_to(peer.index(), MeshMsg::Request { tag, op })
+            .await
+            .is_err()
+        {
             waiting.done = true;
             self.slots.borrow_mut()[tag as usize] = Slot::Free;
             self.free.borrow_mut().push(tag);
@@ -162,18 +173,26 @@ impl Peers {
     /// Sends a reply to `peer`.
     pub async fn reply(&self, peer: ShardId, tag: u32, result: Result<Reply>) {
         // A peer that stopped no longer waits for anything.
-        let _ = self.senders.send_to(peer.index(), MeshMsg::Reply { tag, result }).await;
+        let _ = self
+            .senders
+            .send_to(peer.index(), MeshMsg::Reply { tag, result })
+            .await;
     }
 
     /// Sends a one-way op without waiting for room: best effort (prefetch
     /// hints may be dropped under load). Returns whether it was queued.
     pub fn try_send(&self, peer: ShardId, op: Op) -> bool {
-        self.senders.try_send_to(peer.index(), MeshMsg::OneWay(op)).is_ok()
+        self.senders
+            .try_send_to(peer.index(), MeshMsg::OneWay(op))
+            .is_ok()
     }
 
     /// Sends a one-way op, waiting for room.
     pub async fn send(&self, peer: ShardId, op: Op) -> bool {
-        self.senders.send_to(peer.index(), MeshMsg::OneWay(op)).await.is_ok()
+        self.senders
+            .send_to(peer.index(), MeshMsg::OneWay(op))
+            .await
+            .is_ok()
     }
 
     /// A reply arrived for `tag`.

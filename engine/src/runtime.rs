@@ -135,9 +135,26 @@ impl EngineHandle {
     }
 
     /// Reads through the inode's home shard.
-    pub async fn read(&self, id: BlockId, offset: u32, len: u32, buf: Vec<u8>) -> Result<(Vec<u8>, usize)> {
+    pub async fn read(
+        &self,
+        id: BlockId,
+        offset: u32,
+        len: u32,
+        buf: Vec<u8>,
+    ) -> Result<(Vec<u8>, usize)> {
         let front = home_shard(id.ino, self.shards());
-        match self.submit(front, Request::Read { id, offset, len, buf }).await? {
+        match self
+            .submit(
+                front,
+                Request::Read {
+                    id,
+                    offset,
+                    len,
+                    buf,
+                },
+            )
+            .await?
+        {
             Response::Read { buf, len } => Ok((buf, len)),
             other => Err(unexpected(&other)),
         }
@@ -178,7 +195,9 @@ impl EngineHandle {
                 }
                 .boxed_local()
             });
-            inbox.send(External::Spawn(job)).map_err(|_| Error::ShutDown)?;
+            inbox
+                .send(External::Spawn(job))
+                .map_err(|_| Error::ShutDown)?;
             answers.push(rx);
         }
         let mut results = Vec::with_capacity(answers.len());
@@ -217,7 +236,13 @@ impl ShardContext {
     }
 
     /// Reads through this shard (stream detection here, data from the owner).
-    pub async fn read(&self, id: BlockId, offset: u32, len: u32, buf: Vec<u8>) -> Result<(Vec<u8>, usize)> {
+    pub async fn read(
+        &self,
+        id: BlockId,
+        offset: u32,
+        len: u32,
+        buf: Vec<u8>,
+    ) -> Result<(Vec<u8>, usize)> {
         self.shard.read(id, offset, len, buf).await
     }
 
@@ -238,7 +263,12 @@ impl ShardContext {
 
     async fn handle(&self, request: Request) -> Result<Response> {
         match request {
-            Request::Read { id, offset, len, buf } => {
+            Request::Read {
+                id,
+                offset,
+                len,
+                buf,
+            } => {
                 let (buf, len) = self.read(id, offset, len, buf).await?;
                 Ok(Response::Read { buf, len })
             }
@@ -478,7 +508,10 @@ async fn run_shard(start: ShardStart) {
     if senders.peer_id() != id.index() {
         return ready.send(Err(Error::Executor {
             shard: id.index(),
-            message: format!("mesh peer id {} differs from the shard index", senders.peer_id()),
+            message: format!(
+                "mesh peer id {} differs from the shard index",
+                senders.peer_id()
+            ),
         }));
     }
     let peers = Rc::new(Peers::new(id, senders));
@@ -578,7 +611,12 @@ async fn build_shard(
     peers: Rc<Peers>,
 ) -> Result<Rc<Shard>> {
     let config = &plan.config;
-    let memory = MemoryTier::new(plan.memory_slots_per_shard, config.block_size, config.policy, config.hugepages)?;
+    let memory = MemoryTier::new(
+        plan.memory_slots_per_shard,
+        config.block_size,
+        config.policy,
+        config.hugepages,
+    )?;
     let disk = match &plan.disk {
         Some((path, layout)) => {
             let disk = DiskTier::open(path, *layout, id, epoch, config.policy).await?;
@@ -612,7 +650,8 @@ impl AlignedPage {
         let layout = AllocLayout::from_size_align(bytes, 4096).expect("page layout is valid");
         // SAFETY: non-zero size, valid alignment.
         let ptr = unsafe { alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         Self { ptr, layout }
     }
 

@@ -66,7 +66,7 @@ pub struct Shard {
     streams_prefetching: RefCell<HashSet<StreamId>>,
     prefetch_queue: RefCell<PrefetchQueue>,
     prefetch_running: Cell<usize>,
-    prefetched: RefCell<BlockMap<BlockId, ()>>,
+    prefetched: RefCell<HashSet<BlockId, crate::block::BlockHashBuilder>>,
     disk_writes_running: Cell<usize>,
     promotions_running: Cell<usize>,
     /// Request and background tasks alive; shutdown waits for zero.
@@ -79,7 +79,9 @@ pub struct Shard {
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Shard")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,7 +95,10 @@ impl Drop for TaskGuard {
 }
 
 /// The parts a shard is built from.
-#[allow(missing_debug_implementations, reason = "holds trait objects without Debug")]
+#[allow(
+    missing_debug_implementations,
+    reason = "holds trait objects without Debug"
+)]
 pub struct ShardParts {
     /// Shard index.
     pub id: ShardId,
@@ -120,7 +125,8 @@ pub struct ShardParts {
 impl Shard {
     /// Assembles a shard.
     pub fn new(parts: ShardParts) -> Rc<Self> {
-        let blocks = parts.memory.capacity() as usize + parts.disk.as_ref().map_or(0, |d| d.capacity() as usize);
+        let blocks = parts.memory.capacity() as usize
+            + parts.disk.as_ref().map_or(0, |d| d.capacity() as usize);
         Rc::new(Self {
             id: parts.id,
             shards: parts.shards,
@@ -135,7 +141,7 @@ impl Shard {
             streams_prefetching: RefCell::new(HashSet::new()),
             prefetch_queue: RefCell::new(parts.prefetch_queue),
             prefetch_running: Cell::new(0),
-            prefetched: RefCell::new(BlockMap::default()),
+            prefetched: RefCell::new(HashSet::default()),
             disk_writes_running: Cell::new(0),
             promotions_running: Cell::new(0),
             tasks_running: Cell::new(0),
@@ -147,7 +153,10 @@ impl Shard {
     }
 
     /// Runs `fut` as a task the shutdown waits for.
-    pub(crate) fn spawn_tracked(self: &Rc<Self>, fut: impl std::future::Future<Output = ()> + 'static) {
+    pub(crate) fn spawn_tracked(
+        self: &Rc<Self>,
+        fut: impl std::future::Future<Output = ()> + 'static,
+    ) {
         self.tasks_running.set(self.tasks_running.get() + 1);
         let guard = TaskGuard(Rc::clone(self));
         glommio::spawn_local(async move {
@@ -199,7 +208,13 @@ impl Shard {
 
     /// Reads through this shard as the front: stream detection, prefetch
     /// hints, then the owner (this shard or a peer).
-    pub async fn read(self: &Rc<Self>, id: BlockId, offset: u32, len: u32, buf: Vec<u8>) -> Result<(Vec<u8>, usize)> {
+    pub async fn read(
+        self: &Rc<Self>,
+        id: BlockId,
+        offset: u32,
+        len: u32,
+        buf: Vec<u8>,
+    ) -> Result<(Vec<u8>, usize)> {
         let kind = self.observe(id);
         let owner = id.key().owner(self.shards);
         if owner == self.id {
@@ -217,7 +232,9 @@ impl Shard {
         };
         match self.peers.call(owner, op).await? {
             Reply::Read { buf, len } => Ok((buf, len)),
-            other => Err(Error::InvalidRequest(format!("unexpected reply to a read: {other:?}"))),
+            other => Err(Error::InvalidRequest(format!(
+                "unexpected reply to a read: {other:?}"
+            ))),
         }
     }
 
@@ -231,7 +248,9 @@ impl Shard {
         self.count(|s| s.forwarded += 1);
         match self.peers.call(owner, Op::Insert { id, data }).await? {
             Reply::Inserted { buf } => Ok(buf),
-            other => Err(Error::InvalidRequest(format!("unexpected reply to an insert: {other:?}"))),
+            other => Err(Error::InvalidRequest(format!(
+                "unexpected reply to an insert: {other:?}"
+            ))),
         }
     }
 
@@ -246,7 +265,11 @@ impl Shard {
             }
             match self.peers.call(peer, Op::Stats).await? {
                 Reply::Stats(s) => all.push(s),
-                other => return Err(Error::InvalidRequest(format!("unexpected reply to stats: {other:?}"))),
+                other => {
+                    return Err(Error::InvalidRequest(format!(
+                        "unexpected reply to stats: {other:?}"
+                    )))
+                }
             }
         }
         Ok(all)
@@ -254,10 +277,10 @@ impl Shard {
 
     /// Records an access in the stream table and sends prefetch hints.
     fn observe(self: &Rc<Self>, id: BlockId) -> AccessKind {
-        let access = self
-            .streams
-            .borrow_mut()
-            .on_access(id.ino.0, id.index, u64::MAX, self.now_tick_ms());
+        let access =
+            self.streams
+                .borrow_mut()
+                .on_access(id.ino.0, id.index, u64::MAX, self.now_tick_ms());
         if let Some(stopped) = access.cancelled {
             self.stop_stream(self.global_stream(stopped));
         }
@@ -276,7 +299,10 @@ impl Shard {
                 let owner = next.key().owner(self.shards);
                 if owner == self.id {
                     self.enqueue_prefetch(stream, next);
-                } else if !self.peers.try_send(owner, Op::Prefetch { stream, id: next }) {
+                } else if !self
+                    .peers
+                    .try_send(owner, Op::Prefetch { stream, id: next })
+                {
                     self.count(|s| s.prefetch_dropped += 1);
                 }
             }
@@ -357,7 +383,10 @@ impl Shard {
             )));
         }
         if id.key().owner(self.shards) != self.id {
-            return Err(Error::InvalidRequest(format!("block {id} does not belong to {}", self.id)));
+            return Err(Error::InvalidRequest(format!(
+                "block {id} does not belong to {}",
+                self.id
+            )));
         }
         Ok(())
     }
@@ -374,7 +403,7 @@ impl Shard {
         self.check_range(id, offset, len)?;
         let (offset, len) = (offset as usize, len as usize);
         self.admission.borrow_mut().record(id.hash64());
-        if !self.prefetched.borrow().is_empty() && self.prefetched.borrow_mut().remove(&id).is_some() {
+        if !self.prefetched.borrow().is_empty() && self.prefetched.borrow_mut().remove(&id) {
             self.count(|s| s.prefetch_hits += 1);
         }
         {
@@ -414,7 +443,9 @@ impl Shard {
                 }
                 Ok(DiskRead::Corrupt) => self.count(|s| s.checksum_failures += 1),
                 Ok(DiskRead::Miss) => {}
-                Err(err) => warn!(shard = %self.id, block = %id, %err, "NVMe read failed; reading from the source"),
+                Err(err) => {
+                    warn!(shard = %self.id, block = %id, %err, "NVMe read failed; reading from the source");
+                }
             }
             self.count(|s| s.disk_misses += 1);
         }
@@ -449,18 +480,22 @@ impl Shard {
             self.count(|s| s.fetch_joins += 1);
             shared
         } else {
-            let shard = Rc::clone(self);
-            let task = glommio::spawn_local(async move {
-                let result = shard.fetch_and_place(id, kind).await;
-                shard.inflight.borrow_mut().remove(&id);
+            // The fetch runs as its own task so it completes even if every
+            // reader gives up; the shared wrapper, polled only by readers
+            // after it is in the map, takes it out of the map.
+            let owner = Rc::clone(self);
+            let task =
+                glommio::spawn_local(async move { owner.fetch_and_place(id, kind).await }).detach();
+            let owner = Rc::clone(self);
+            let fetch = async move {
+                let result = task.await.unwrap_or(Err(FetchError::ShutDown));
+                owner.inflight.borrow_mut().remove(&id);
                 result
-            })
-            .detach();
-            let shared = async move { task.await.unwrap_or(Err(FetchError::ShutDown)) }
-                .boxed_local()
-                .shared();
-            self.inflight.borrow_mut().insert(id, shared.clone());
-            shared
+            }
+            .boxed_local()
+            .shared();
+            self.inflight.borrow_mut().insert(id, fetch.clone());
+            fetch
         };
         shared.await.map_err(|e| match e {
             FetchError::NotFound => Error::NotFound(id),
@@ -523,7 +558,13 @@ impl Shard {
 
     /// Inserts into the memory tier, evicting (and demoting) its victim when
     /// the candidate is admitted. Returns whether the block is in memory.
-    fn put_memory(self: &Rc<Self>, id: BlockId, data: &[u8], kind: AccessKind, forced: bool) -> bool {
+    fn put_memory(
+        self: &Rc<Self>,
+        id: BlockId,
+        data: &[u8],
+        kind: AccessKind,
+        forced: bool,
+    ) -> bool {
         let mut memory = self.memory.borrow_mut();
         if memory.capacity() == 0 || data.len() > self.block_size.bytes_usize() {
             return false;
@@ -535,7 +576,12 @@ impl Shard {
             let Some(victim) = memory.victim() else {
                 return false;
             };
-            if !forced && !self.admission.borrow().admit(id.hash64(), Some(victim.hash64())) {
+            if !forced
+                && !self
+                    .admission
+                    .borrow()
+                    .admit(id.hash64(), Some(victim.hash64()))
+            {
                 self.count(|s| s.admissions_rejected += 1);
                 return false;
             }
@@ -567,7 +613,8 @@ impl Shard {
                 return;
             }
         };
-        self.disk_writes_running.set(self.disk_writes_running.get() + 1);
+        self.disk_writes_running
+            .set(self.disk_writes_running.get() + 1);
         let shard = Rc::clone(self);
         self.spawn_tracked(async move {
             if let Some(disk) = &shard.disk {
@@ -582,7 +629,9 @@ impl Shard {
                     }
                 }
             }
-            shard.disk_writes_running.set(shard.disk_writes_running.get() - 1);
+            shard
+                .disk_writes_running
+                .set(shard.disk_writes_running.get() - 1);
         });
     }
 
@@ -607,18 +656,27 @@ impl Shard {
         if self.promotions_running.get() >= PROMOTIONS_INFLIGHT_MAX || self.closing.get() {
             return;
         }
-        self.promotions_running.set(self.promotions_running.get() + 1);
+        self.promotions_running
+            .set(self.promotions_running.get() + 1);
         let shard = Rc::clone(self);
         let block_bytes = self.block_size.bytes_usize();
         self.spawn_tracked(async move {
             if let Some(disk) = &shard.disk {
-                if let Ok(DiskRead::Hit { data: Some(data), skip, len, .. }) = disk.read(id, 0, block_bytes, kind).await {
+                if let Ok(DiskRead::Hit {
+                    data: Some(data),
+                    skip,
+                    len,
+                    ..
+                }) = disk.read(id, 0, block_bytes, kind).await
+                {
                     if shard.put_memory(id, &data[skip..skip + len], kind, false) {
                         shard.count(|s| s.promotions += 1);
                     }
                 }
             }
-            shard.promotions_running.set(shard.promotions_running.get() - 1);
+            shard
+                .promotions_running
+                .set(shard.promotions_running.get() - 1);
         });
     }
 
@@ -628,7 +686,11 @@ impl Shard {
         if self.closing.get() {
             return;
         }
-        if !self.prefetch_queue.borrow_mut().push(stream, id.ino.0, id.index, id.version) {
+        if !self
+            .prefetch_queue
+            .borrow_mut()
+            .push(stream, id.ino.0, id.index, id.version)
+        {
             self.count(|s| s.prefetch_dropped += 1);
             return;
         }
@@ -662,7 +724,7 @@ impl Shard {
                     if prefetched.len() >= PREFETCHED_TRACKED_MAX {
                         prefetched.clear();
                     }
-                    prefetched.insert(id, ());
+                    prefetched.insert(id);
                 }
                 shard.prefetch_running.set(shard.prefetch_running.get() - 1);
                 shard.pump_prefetch();

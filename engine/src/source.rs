@@ -93,8 +93,10 @@ impl MemoryStore {
 
     /// Delays every fetch (simulates a remote store's latency).
     pub fn set_delay(&self, delay: Duration) {
-        self.delay_us
-            .store(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.delay_us.store(
+            u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Makes every fetch fail (simulates an outage).
@@ -119,7 +121,10 @@ impl BlockSource for MemoryStoreShard {
             if store.failing.load(Ordering::Relaxed) {
                 return Err(SourceError::Failed("memory store: injected outage".into()));
             }
-            store.get(id).map(|d| d.to_vec()).ok_or(SourceError::NotFound)
+            store
+                .get(id)
+                .map(|d| d.to_vec())
+                .ok_or(SourceError::NotFound)
         }
         .boxed_local()
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datenlord_engine::{
-    BlockId, BlockSize, DiskConfig, Engine, EngineConfig, EngineHandle, MemoryStore, Request, Response, ShardId,
-    ShardStats,
+    BlockId, BlockSize, DiskConfig, Engine, EngineConfig, EngineHandle, MemoryStore, Request,
+    Response, ShardId, ShardStats,
 };
 use futures::executor::block_on;
 
@@ -30,8 +30,11 @@ fn config(cores: usize, memory_blocks_per_shard: u64, disk: Option<(&Path, u64)>
 
 /// Deterministic content of a block, different for every id.
 fn content(id: BlockId, len: usize) -> Vec<u8> {
-    let seed = id.ino.0.wrapping_mul(31) ^ id.index.wrapping_mul(131) ^ id.version.wrapping_mul(1031);
-    (0..len).map(|i| (seed.wrapping_add(i as u64 * 7) % 251) as u8).collect()
+    let seed =
+        id.ino.0.wrapping_mul(31) ^ id.index.wrapping_mul(131) ^ id.version.wrapping_mul(1031);
+    (0..len)
+        .map(|i| (seed.wrapping_add(i as u64 * 7) % 251) as u8)
+        .collect()
 }
 
 fn store_with(ids: &[BlockId]) -> Arc<MemoryStore> {
@@ -43,7 +46,8 @@ fn store_with(ids: &[BlockId]) -> Arc<MemoryStore> {
 }
 
 fn read_all(handle: &EngineHandle, id: BlockId) -> Vec<u8> {
-    let (buf, n) = block_on(handle.read(id, 0, BLOCK as u32, Vec::with_capacity(BLOCK))).expect("read");
+    let (buf, n) =
+        block_on(handle.read(id, 0, BLOCK as u32, Vec::with_capacity(BLOCK))).expect("read");
     assert_eq!(n, buf.len());
     buf
 }
@@ -73,15 +77,20 @@ fn reads_come_from_the_source_then_from_memory() {
     let store = store_with(&ids);
     let engine = Engine::start(&config(1, 16, None), store.clone()).expect("start");
     let handle = engine.handle();
-    for &id in &ids {
-        assert_eq!(read_all(&handle, id), content(id, BLOCK));
-    }
-    for &id in &ids {
-        assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    // Not in file order, so no stream is detected and nothing prefetched.
+    let order = [3, 0, 6, 1, 7, 4, 2, 5];
+    for _pass in 0..2 {
+        for i in order {
+            assert_eq!(read_all(&handle, ids[i]), content(ids[i], BLOCK));
+        }
     }
     let s = totals(&handle);
     assert_eq!(store.fetches(), 8);
-    assert_eq!((s.memory_hits, s.source_fetches), (8, 8));
+    assert_eq!(
+        (s.reads, s.memory_hits, s.source_fetches, s.prefetch_issued),
+        (16, 8, 8, 0),
+        "{s:?}"
+    );
     engine.shutdown().expect("shutdown");
 }
 
@@ -97,9 +106,11 @@ fn partial_reads_and_file_tails() {
     assert_eq!(buf, content(tail, 1000)[500..]);
     let (_, n) = block_on(handle.read(tail, 2000, 4096, Vec::new())).expect("read past tail");
     assert_eq!(n, 0);
-    let err = block_on(handle.read(tail, BLOCK as u32 - 10, 4096, Vec::new())).expect_err("past block");
+    let err =
+        block_on(handle.read(tail, BLOCK as u32 - 10, 4096, Vec::new())).expect_err("past block");
     assert!(err.to_string().contains("goes past"), "{err}");
-    let missing = block_on(handle.read(BlockId::new(9, 9, 9), 0, 10, Vec::new())).expect_err("missing");
+    let missing =
+        block_on(handle.read(BlockId::new(9, 9, 9), 0, 10, Vec::new())).expect_err("missing");
     assert!(missing.to_string().contains("not found"), "{missing}");
     engine.shutdown().expect("shutdown");
 }
@@ -131,9 +142,16 @@ fn cross_shard_routing_on_two_executors() {
     }
     let per_shard = block_on(handle.stats()).expect("stats");
     let owned: Vec<u64> = (0..2)
-        .map(|s| ids.iter().filter(|id| id.key().owner(2) == ShardId(s)).count() as u64)
+        .map(|s| {
+            ids.iter()
+                .filter(|id| id.key().owner(2) == ShardId(s))
+                .count() as u64
+        })
         .collect();
-    assert!(owned[0] > 0 && owned[1] > 0, "both shards own blocks: {owned:?}");
+    assert!(
+        owned[0] > 0 && owned[1] > 0,
+        "both shards own blocks: {owned:?}"
+    );
     for s in 0..2 {
         // Every block is read twice (once per front) on its owner...
         assert_eq!(per_shard[s].reads, 2 * owned[s], "{per_shard:?}");
@@ -196,7 +214,8 @@ fn memory_evictions_demote_to_nvme_and_hits_come_back() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let ids = blocks(6, 24);
     let store = store_with(&ids);
-    let engine = Engine::start(&config(1, 4, Some((dir.path(), 8 << 20))), store.clone()).expect("start");
+    let engine =
+        Engine::start(&config(1, 4, Some((dir.path(), 8 << 20))), store.clone()).expect("start");
     let handle = engine.handle();
     for &id in &ids {
         assert_eq!(read_all(&handle, id), content(id, BLOCK));
@@ -211,7 +230,11 @@ fn memory_evictions_demote_to_nvme_and_hits_come_back() {
         assert_eq!(read_all(&handle, id), content(id, BLOCK));
     }
     let s = totals(&handle);
-    assert_eq!(store.fetches(), before, "every block served by memory or NVMe: {s:?}");
+    assert_eq!(
+        store.fetches(),
+        before,
+        "every block served by memory or NVMe: {s:?}"
+    );
     assert!(s.disk_hits >= 20, "{s:?}");
     engine.shutdown().expect("shutdown");
 }
@@ -237,7 +260,11 @@ fn a_one_pass_scan_does_not_flush_the_hot_set() {
         read_all(&handle, id);
     }
     let after = totals(&handle);
-    assert_eq!(after.memory_hits - before.memory_hits, 4, "hot set survived the scan: {after:?}");
+    assert_eq!(
+        after.memory_hits - before.memory_hits,
+        4,
+        "hot set survived the scan: {after:?}"
+    );
     assert!(after.admissions_rejected > 0, "{after:?}");
     engine.shutdown().expect("shutdown");
 }
@@ -254,8 +281,12 @@ fn sequential_reads_prefetch_and_random_reads_do_not() {
     for &id in &seq {
         // Several small reads inside each block, like 128 KiB kernel reads.
         for part in 0..4u32 {
-            let (buf, n) = block_on(handle.read(id, part * 16384, 16384, Vec::new())).expect("read");
-            assert_eq!(buf[..n], content(id, BLOCK)[part as usize * 16384..][..16384]);
+            let (buf, n) =
+                block_on(handle.read(id, part * 16384, 16384, Vec::new())).expect("read");
+            assert_eq!(
+                buf[..n],
+                content(id, BLOCK)[part as usize * 16384..][..16384]
+            );
         }
     }
     let s = totals(&handle);
@@ -266,7 +297,11 @@ fn sequential_reads_prefetch_and_random_reads_do_not() {
     for i in [17u64, 3, 40, 9, 55, 30, 1, 62, 20, 47] {
         read_all(&handle, random[i as usize]);
     }
-    assert_eq!(totals(&handle).prefetch_issued, issued, "random reads prefetch nothing");
+    assert_eq!(
+        totals(&handle).prefetch_issued,
+        issued,
+        "random reads prefetch nothing"
+    );
     engine.shutdown().expect("shutdown");
 }
 
@@ -317,17 +352,28 @@ fn corrupt_slots_are_dropped_and_refetched_never_served() {
     let sb = report.superblock;
     let mut bytes = std::fs::read(&file).expect("read cache file");
     for slot in 0..6u64 {
-        let data = 4096 + slot * (u64::from(sb.header_bytes) + BLOCK as u64) + u64::from(sb.header_bytes);
+        let data =
+            4096 + slot * (u64::from(sb.header_bytes) + BLOCK as u64) + u64::from(sb.header_bytes);
         bytes[(data + 12345) as usize] ^= 0x40;
     }
     std::fs::write(&file, &bytes).expect("write cache file");
-    assert_eq!(datenlord_engine::inspect::inspect(dir.path(), true).expect("inspect").regions[0].corrupt, 6);
+    assert_eq!(
+        datenlord_engine::inspect::inspect(dir.path(), true)
+            .expect("inspect")
+            .regions[0]
+            .corrupt,
+        6
+    );
 
     let engine = Engine::start(&cfg, store.clone()).expect("restart");
     let handle = engine.handle();
     let before = store.fetches();
     for &id in &ids {
-        assert_eq!(read_all(&handle, id), content(id, BLOCK), "never serve corrupt data");
+        assert_eq!(
+            read_all(&handle, id),
+            content(id, BLOCK),
+            "never serve corrupt data"
+        );
     }
     let s = totals(&handle);
     assert_eq!(s.checksum_failures, 6, "{s:?}");
@@ -344,14 +390,16 @@ fn a_changed_layout_starts_cold_instead_of_misreading() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let ids = blocks(13, 4);
     let store = store_with(&ids);
-    let engine = Engine::start(&config(1, 0, Some((dir.path(), 8 << 20))), store.clone()).expect("start");
+    let engine =
+        Engine::start(&config(1, 0, Some((dir.path(), 8 << 20))), store.clone()).expect("start");
     for &id in &ids {
         read_all(&engine.handle(), id);
     }
     wait_disk_writes(&engine.handle(), 4);
     engine.shutdown().expect("shutdown");
     // Two cores now: ownership and regions differ, so the cache is reset.
-    let engine = Engine::start(&config(2, 0, Some((dir.path(), 8 << 20))), store.clone()).expect("restart");
+    let engine =
+        Engine::start(&config(2, 0, Some((dir.path(), 8 << 20))), store.clone()).expect("restart");
     let before = store.fetches();
     for &id in &ids {
         assert_eq!(read_all(&engine.handle(), id), content(id, BLOCK));
@@ -367,12 +415,17 @@ fn bad_configurations_fail_with_clear_errors() {
     let store = MemoryStore::new();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let check = |cfg: EngineConfig, needle: &str| {
-        let err = Engine::start(&cfg, store.clone()).expect_err("must fail").to_string();
+        let err = Engine::start(&cfg, store.clone())
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains(needle), "{needle:?} not in {err:?}");
     };
     check(config(1024, 1, None), "or fewer");
     check(config(1, 0, Some((dir.path(), 128 << 10))), "--cache-size");
-    check(config(1, 0, Some((&dir.path().join("nope"), 8 << 20))), "create the directory");
+    check(
+        config(1, 0, Some((&dir.path().join("nope"), 8 << 20))),
+        "create the directory",
+    );
     let mut cfg = config(1, 0, None);
     cfg.memory_bytes = 1000;
     check(cfg, "--memory-size");
@@ -387,8 +440,14 @@ fn a_cache_dir_without_o_direct_is_refused() {
         .arg(dir.path())
         .status()
         .expect("run mount");
-    assert!(status.success(), "mounting ramfs needs root: run the tests as root (scripts/test does)");
-    let result = Engine::start(&config(1, 0, Some((dir.path(), 8 << 20))), MemoryStore::new());
+    assert!(
+        status.success(),
+        "mounting ramfs needs root: run the tests as root (scripts/test does)"
+    );
+    let result = Engine::start(
+        &config(1, 0, Some((dir.path(), 8 << 20))),
+        MemoryStore::new(),
+    );
     let _ = Command::new("umount").arg(dir.path()).status();
     let err = result.expect_err("no O_DIRECT").to_string();
     assert!(err.contains("O_DIRECT") && err.contains("ext4"), "{err}");
@@ -401,7 +460,14 @@ const CHILD_ENV: &str = "DATENLORD_ENGINE_TEST_CHILD";
 /// Runs `child_process_entry` of this test binary in a new process.
 fn spawn_child(role: &str, dir: &Path) -> std::process::Child {
     Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "child_process_entry", "--ignored", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD_ENV, role)
         .env("CHILD_DIR", dir)
         .stdout(std::process::Stdio::piped())
@@ -412,7 +478,9 @@ fn spawn_child(role: &str, dir: &Path) -> std::process::Child {
 #[test]
 #[ignore = "entry point of the child processes started by other tests; runs only when they spawn it"]
 fn child_process_entry() {
-    let Ok(role) = std::env::var(CHILD_ENV) else { return };
+    let Ok(role) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let dir = std::path::PathBuf::from(std::env::var("CHILD_DIR").expect("CHILD_DIR"));
     match role.as_str() {
         "fill-then-hang" => {
@@ -433,13 +501,22 @@ fn child_process_entry() {
             }
         }
         "memlock" => {
-            let lim = libc::rlimit {
-                rlim_cur: 256 << 10,
-                rlim_max: libc::RLIM_INFINITY,
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
             };
-            // SAFETY: setting this process's own limit.
-            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) }, 0);
-            let err = Engine::start(&config(2, 1, None), MemoryStore::new()).expect_err("limit too low");
+            // SAFETY: reading and lowering this process's own soft limit.
+            assert_eq!(
+                unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &raw mut lim) },
+                0
+            );
+            lim.rlim_cur = 256 << 10;
+            assert_eq!(
+                unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raw const lim) },
+                0
+            );
+            let err =
+                Engine::start(&config(2, 1, None), MemoryStore::new()).expect_err("limit too low");
             println!("ERROR: {err}");
         }
         other => panic!("unknown child role {other}"),
@@ -462,7 +539,8 @@ fn warm_restart_after_kill_9() {
 
     // The blocks exist nowhere but in the killed process's NVMe tier.
     let empty = MemoryStore::new();
-    let engine = Engine::start(&config(2, 0, Some((dir.path(), 8 << 20))), empty.clone()).expect("restart");
+    let engine =
+        Engine::start(&config(2, 0, Some((dir.path(), 8 << 20))), empty.clone()).expect("restart");
     let handle = engine.handle();
     for id in blocks(14, 20) {
         assert_eq!(read_all(&handle, id), content(id, BLOCK));
@@ -475,8 +553,13 @@ fn warm_restart_after_kill_9() {
 #[test]
 fn too_low_memlock_names_the_limit() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let output = spawn_child("memlock", dir.path()).wait_with_output().expect("child");
+    let output = spawn_child("memlock", dir.path())
+        .wait_with_output()
+        .expect("child");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
-    assert!(stdout.contains("RLIMIT_MEMLOCK") && stdout.contains("ulimit -l"), "{stdout}");
+    assert!(
+        stdout.contains("RLIMIT_MEMLOCK") && stdout.contains("ulimit -l"),
+        "{stdout}"
+    );
 }
