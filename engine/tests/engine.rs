@@ -408,6 +408,147 @@ fn a_changed_layout_starts_cold_instead_of_misreading() {
     engine.shutdown().expect("shutdown");
 }
 
+#[test]
+fn hot_nvme_blocks_are_promoted_to_memory() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let (a, b, c) = (
+        BlockId::new(15, 0, 1),
+        BlockId::new(16, 0, 1),
+        BlockId::new(17, 0, 1),
+    );
+    let store = store_with(&[a, b, c]);
+    let engine =
+        Engine::start(&config(1, 2, Some((dir.path(), 8 << 20))), store.clone()).expect("start");
+    let handle = engine.handle();
+    read_all(&handle, a);
+    read_all(&handle, b);
+    // Memory is full of equally cold blocks: C is not admitted there and
+    // lands on NVMe.
+    read_all(&handle, c);
+    wait_disk_writes(&handle, 1);
+    let s = totals(&handle);
+    assert_eq!((s.admissions_rejected, s.memory_evictions), (1, 0), "{s:?}");
+    // Two more reads of a 4 KiB piece make C hot: it is promoted in the
+    // background, evicting (and demoting) the colder A.
+    for _ in 0..2 {
+        let (buf, _) = block_on(handle.read(c, 8192, 4096, Vec::new())).expect("read");
+        assert_eq!(buf, content(c, BLOCK)[8192..12288]);
+    }
+    for _ in 0..2000 {
+        if totals(&handle).promotions == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let before = totals(&handle);
+    assert_eq!((before.promotions, before.demotions), (1, 1), "{before:?}");
+    assert_eq!(read_all(&handle, c), content(c, BLOCK));
+    let after = totals(&handle);
+    assert_eq!(
+        after.memory_hits - before.memory_hits,
+        1,
+        "C now served from memory: {after:?}"
+    );
+    wait_disk_writes(&handle, 2);
+    assert_eq!(read_all(&handle, a), content(a, BLOCK));
+    assert_eq!(
+        totals(&handle).disk_hits - after.disk_hits,
+        1,
+        "A was demoted to NVMe"
+    );
+    assert_eq!(store.fetches(), 3);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_stopped_stream_cancels_its_queued_prefetches() {
+    let file = blocks(18, 200);
+    let store = store_with(&file);
+    store.set_delay(Duration::from_millis(30));
+    let engine = Engine::start(&config(1, 256, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    // Sequential reads grow the window to 32 blocks while at most 16
+    // prefetches run at once: the rest wait in the queue...
+    for &id in &file[..8] {
+        read_all(&handle, id);
+    }
+    // ...until a random jump stops the stream.
+    read_all(&handle, file[150]);
+    let s = totals(&handle);
+    assert!(s.prefetch_cancelled > 0, "{s:?}");
+    assert!(
+        store.fetches() < 100,
+        "cancelled prefetches are not fetched: {}",
+        store.fetches()
+    );
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_raw_block_device_serves_as_the_nvme_tier() {
+    // A loop device stands in for an NVMe namespace (needs root, as in CI).
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let backing = dir.path().join("nvme.img");
+    std::fs::File::create(&backing)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("backing file");
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--direct-io=on"])
+        .arg(&backing)
+        .output()
+        .expect("run losetup");
+    assert!(
+        out.status.success(),
+        "losetup needs root: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let device = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
+    let detach = scopeguard(&device);
+    let ids = blocks(19, 10);
+    let store = store_with(&ids);
+    let cfg = EngineConfig {
+        disk: Some(DiskConfig {
+            path: device.clone(),
+            size_bytes: None,
+        }),
+        ..config(2, 0, None)
+    };
+    let engine = Engine::start(&cfg, store.clone()).expect("start on a block device");
+    let total_slots: u64 = engine
+        .plan()
+        .disk
+        .as_ref()
+        .map_or(0, |(_, l)| u64::from(l.slots_per_shard) * 2);
+    assert!(
+        total_slots >= 200,
+        "the whole 16 MiB device is used: {total_slots} slots"
+    );
+    for &id in &ids {
+        read_all(&engine.handle(), id);
+    }
+    wait_disk_writes(&engine.handle(), 10);
+    engine.shutdown().expect("shutdown");
+    let empty = MemoryStore::new();
+    let engine = Engine::start(&cfg, empty.clone()).expect("restart");
+    for &id in &ids {
+        assert_eq!(read_all(&engine.handle(), id), content(id, BLOCK));
+    }
+    assert_eq!(empty.fetches(), 0, "warm from the device");
+    engine.shutdown().expect("shutdown");
+    drop(detach);
+}
+
+/// Detaches a loop device when dropped, even if the test panics.
+fn scopeguard(device: &Path) -> impl Drop + '_ {
+    struct Detach<'a>(&'a Path);
+    impl Drop for Detach<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(self.0).status();
+        }
+    }
+    Detach(device)
+}
+
 // ----- bad configuration ---------------------------------------------
 
 #[test]
