@@ -3,12 +3,13 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use futures::StreamExt;
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions, ReadResult};
 use tracing::{debug, info, warn};
 
-use crate::block::{BlockId, ShardId};
+use crate::block::{BlockId, BlockMap, ShardId};
 use crate::disk_index::DiskIndex;
 use crate::error::{Error, Result};
 use crate::eviction::{AccessKind, PolicyKind};
@@ -16,6 +17,28 @@ use crate::layout::{verify_chunks, Layout, SlotHeader, CHUNK_BYTES};
 
 /// Header reads in flight during a warm restart.
 const RESTORE_READS_INFLIGHT_MAX: usize = 32;
+
+/// Bytes of an NVMe hit.
+#[derive(Debug)]
+pub enum DiskBytes {
+    /// Nothing was requested inside the block's length.
+    Empty,
+    /// Chunk-aligned bytes read from the device.
+    Device(ReadResult),
+    /// The block's write is still in flight: its buffer, `start..end`.
+    InFlight(Rc<DmaBuffer>, usize, usize),
+}
+
+impl DiskBytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Empty => &[],
+            Self::Device(read) => read,
+            Self::InFlight(buffer, start, end) => &buffer.as_bytes()[*start..*end],
+        }
+    }
+}
 
 /// Outcome of a read from the NVMe tier.
 #[derive(Debug)]
@@ -26,9 +49,8 @@ pub enum DiskRead {
     Corrupt,
     /// The requested bytes are `data[skip..skip + len]`.
     Hit {
-        /// Chunk-aligned bytes read from the device (`None` when nothing
-        /// was requested inside the block's length).
-        data: Option<ReadResult>,
+        /// The bytes read.
+        data: DiskBytes,
         /// Offset of the first requested byte in `data`.
         skip: usize,
         /// Valid requested bytes (shorter at the block's end).
@@ -64,6 +86,9 @@ pub struct DiskTier {
     shard: u32,
     epoch: u64,
     index: RefCell<DiskIndex>,
+    /// Blocks whose write is in flight, readable from their buffers so a
+    /// block is never unreachable between memory eviction and NVMe commit.
+    in_flight: RefCell<BlockMap<BlockId, (Rc<DmaBuffer>, u32)>>,
 }
 
 impl DiskTier {
@@ -94,6 +119,7 @@ impl DiskTier {
             shard: u32::from(shard.0),
             epoch,
             index: RefCell::new(DiskIndex::new(&layout, policy)),
+            in_flight: RefCell::new(BlockMap::default()),
         })
     }
 
@@ -168,11 +194,27 @@ impl DiskTier {
         kind: AccessKind,
     ) -> Result<DiskRead> {
         let Some((slot, block_len)) = self.index.borrow_mut().lookup_pin(id, kind) else {
-            return Ok(DiskRead::Miss);
+            return Ok(self.read_in_flight(id, offset, len));
         };
         let result = self.read_pinned(id, slot, offset, len, block_len).await;
         self.index.borrow_mut().unpin(slot);
         result
+    }
+
+    fn read_in_flight(&self, id: BlockId, offset: usize, len: usize) -> DiskRead {
+        let in_flight = self.in_flight.borrow();
+        let Some((buffer, block_len)) = in_flight.get(&id) else {
+            return DiskRead::Miss;
+        };
+        let header = self.layout.header_bytes as usize;
+        let start = offset.min(*block_len as usize);
+        let end = (offset + len).min(*block_len as usize);
+        DiskRead::Hit {
+            data: DiskBytes::InFlight(Rc::clone(buffer), header + start, header + end),
+            skip: 0,
+            len: end - start,
+            block_len: *block_len,
+        }
     }
 
     async fn read_pinned(
@@ -188,7 +230,7 @@ impl DiskTier {
         let end = (offset + len).min(block_len_usize);
         if start == end {
             return Ok(DiskRead::Hit {
-                data: None,
+                data: DiskBytes::Empty,
                 skip: 0,
                 len: 0,
                 block_len,
@@ -217,7 +259,7 @@ impl DiskTier {
             return Ok(DiskRead::Corrupt);
         }
         Ok(DiskRead::Hit {
-            data: Some(data),
+            data: DiskBytes::Device(data),
             skip: start - aligned_start,
             len: end - start,
             block_len,
@@ -275,7 +317,13 @@ impl DiskTier {
             return Ok(None);
         };
         let pos = self.layout.slot_offset(self.shard, reservation.slot);
-        match self.file.write_at(prepared.buffer, pos).await {
+        let buffer = Rc::new(prepared.buffer);
+        self.in_flight
+            .borrow_mut()
+            .insert(prepared.id, (Rc::clone(&buffer), prepared.header.len));
+        let written = self.file.write_rc_at(buffer, pos).await;
+        self.in_flight.borrow_mut().remove(&prepared.id);
+        match written {
             Ok(_) => {
                 self.index
                     .borrow_mut()

@@ -635,6 +635,8 @@ async fn build_shard(
         resolver: factory.resolver(id),
         streams: StreamTable::new(config.prefetch),
         prefetch_queue: PrefetchQueue::new(config.prefetch.queue_blocks_max),
+        staged_max: config.prefetch.window_blocks_max as usize
+            + crate::shard::PREFETCH_INFLIGHT_MAX,
         peers,
     }))
 }

@@ -9,7 +9,7 @@
 //! All state is owned by the shard's executor: `RefCell`, never a lock.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -67,6 +67,12 @@ pub struct Shard {
     prefetch_queue: RefCell<PrefetchQueue>,
     prefetch_running: Cell<usize>,
     prefetched: RefCell<HashSet<BlockId, crate::block::BlockHashBuilder>>,
+    /// Prefetched blocks that admission kept out of both tiers, held until
+    /// their stream reads them: a readahead buffer outside the cache, so a
+    /// scan neither pollutes the cache nor fetches its blocks twice. Holds
+    /// at most one window plus the fetches in flight.
+    staged: RefCell<VecDeque<(BlockId, Rc<[u8]>)>>,
+    staged_max: usize,
     disk_writes_running: Cell<usize>,
     promotions_running: Cell<usize>,
     /// Request and background tasks alive; shutdown waits for zero.
@@ -118,6 +124,8 @@ pub struct ShardParts {
     pub streams: StreamTable,
     /// Prefetch queue.
     pub prefetch_queue: PrefetchQueue,
+    /// Prefetched blocks held outside the tiers (see `Shard::staged`).
+    pub staged_max: usize,
     /// Mesh end.
     pub peers: Rc<Peers>,
 }
@@ -142,6 +150,8 @@ impl Shard {
             prefetch_queue: RefCell::new(parts.prefetch_queue),
             prefetch_running: Cell::new(0),
             prefetched: RefCell::new(HashSet::default()),
+            staged: RefCell::new(VecDeque::with_capacity(parts.staged_max)),
+            staged_max: parts.staged_max,
             disk_writes_running: Cell::new(0),
             promotions_running: Cell::new(0),
             tasks_running: Cell::new(0),
@@ -420,6 +430,9 @@ impl Shard {
             }
         }
         self.count(|s| s.memory_misses += 1);
+        if let Some(n) = self.read_staged(id, offset, len, buf) {
+            return Ok(n);
+        }
         if let Some(disk) = &self.disk {
             match disk.read(id, offset, len, kind).await {
                 Ok(DiskRead::Hit {
@@ -429,9 +442,7 @@ impl Shard {
                     block_len,
                 }) => {
                     buf.clear();
-                    if let Some(data) = &data {
-                        buf.extend_from_slice(&data[skip..skip + n]);
-                    }
+                    buf.extend_from_slice(&data.as_slice()[skip..skip + n]);
                     self.count(|s| {
                         s.reads += 1;
                         s.disk_hits += 1;
@@ -663,13 +674,12 @@ impl Shard {
         self.spawn_tracked(async move {
             if let Some(disk) = &shard.disk {
                 if let Ok(DiskRead::Hit {
-                    data: Some(data),
-                    skip,
-                    len,
-                    ..
+                    data, skip, len, ..
                 }) = disk.read(id, 0, block_bytes, kind).await
                 {
-                    if shard.put_memory(id, &data[skip..skip + len], kind, false) {
+                    if len > 0
+                        && shard.put_memory(id, &data.as_slice()[skip..skip + len], kind, false)
+                    {
                         shard.count(|s| s.promotions += 1);
                     }
                 }
@@ -697,6 +707,46 @@ impl Shard {
         self.pump_prefetch();
     }
 
+    /// Keeps a prefetched block that no tier admitted until it is read.
+    fn stage_if_uncached(&self, id: BlockId, data: Rc<[u8]>) {
+        let cached =
+            self.memory.borrow().contains(id) || self.disk.as_ref().is_some_and(|d| d.contains(id));
+        if cached {
+            return;
+        }
+        let mut staged = self.staged.borrow_mut();
+        if staged.len() >= self.staged_max {
+            staged.pop_front();
+        }
+        staged.push_back((id, data));
+    }
+
+    /// Serves a read from the staged prefetches (once: a streamed block is
+    /// read by its stream and then not needed again).
+    fn read_staged(
+        &self,
+        id: BlockId,
+        offset: usize,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<usize> {
+        let mut staged = self.staged.borrow_mut();
+        let at = staged.iter().position(|(staged_id, _)| *staged_id == id)?;
+        let data = &staged[at].1;
+        let n = copy_range(data, offset, len, buf);
+        // Small reads inside the block (e.g. 128 KiB kernel reads) come in
+        // order; the one reaching the block's end releases it.
+        if offset + len >= data.len() {
+            staged.remove(at);
+        }
+        drop(staged);
+        self.count(|s| {
+            s.reads += 1;
+            s.read_bytes += n as u64;
+        });
+        Some(n)
+    }
+
     fn cancel_stream(&self, stream: StreamId) {
         let n = self.prefetch_queue.borrow_mut().cancel(stream);
         self.count(|s| s.prefetch_cancelled += n as u64);
@@ -719,12 +769,14 @@ impl Shard {
             self.count(|s| s.prefetch_issued += 1);
             let shard = Rc::clone(self);
             self.spawn_tracked(async move {
-                if shard.fetch(id, AccessKind::Sequential).await.is_ok() {
+                if let Ok(data) = shard.fetch(id, AccessKind::Sequential).await {
                     let mut prefetched = shard.prefetched.borrow_mut();
                     if prefetched.len() >= PREFETCHED_TRACKED_MAX {
                         prefetched.clear();
                     }
                     prefetched.insert(id);
+                    drop(prefetched);
+                    shard.stage_if_uncached(id, data);
                 }
                 shard.prefetch_running.set(shard.prefetch_running.get() - 1);
                 shard.pump_prefetch();
