@@ -1,0 +1,9 @@
+//! DatenLord's cluster layer: the metadata state machine replicated with
+//! Raft (raft-rs) on a persistent log. Later: the Lord (controller), the
+//! Sklavin (node agent) and the neighbor block transport.
+//!
+//! The engine and the FUSE frontend are unknown here; `fs` glues them.
+
+pub mod raft_log;
+mod raft_logger;
+pub mod replica;

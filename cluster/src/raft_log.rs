@@ -1,0 +1,958 @@
+//! The persistent Raft log of one replica: a write-ahead log of entries,
+//! hard states and configuration states in segment files, plus snapshots of
+//! the state machine. Implements raft-rs's [`Storage`].
+//!
+//! ```text
+//! <dir>/wal-<seq>.log        records: [magic u32][len u32][crc32c u32][kind u8][payload]
+//! <dir>/snap-<index>-<term>.snap   [magic u64][version u32][meta len u32][meta][data len u64][data][crc32c u32]
+//! ```
+//! Everything a `Ready` asks to persist is appended to the write buffer and
+//! made durable with one write and one `fdatasync` (group commit: every
+//! proposal that arrived since the last `Ready` shares that fsync).
+//!
+//! Recovery: the newest snapshot is loaded (a corrupt one stops the replica
+//! with an error and nothing is deleted), then the segments are replayed in
+//! order; a torn or corrupt record at the end of the last segment (a crash
+//! mid-write) is cut off with a warning; corruption anywhere else stops the
+//! replica.
+
+use std::cell::Cell;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use tracing::{info, warn};
+
+/// Marks the start of every log record.
+const RECORD_MAGIC: u32 = 0xD1A7_10C5;
+/// Bytes before a record's payload: magic, length, CRC.
+const RECORD_HEADER_BYTES: usize = 12;
+/// Largest record accepted on replay (an entry carries one command).
+pub const RECORD_MAX_BYTES: usize = 64 << 20;
+/// A segment is closed and a new one started beyond this size.
+pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Marks a snapshot file.
+const SNAPSHOT_MAGIC: u64 = 0x4441_5445_4e53_4e50; // "DATENSNP"
+/// Version of the snapshot file format.
+const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+/// Largest snapshot accepted when loading.
+pub const SNAPSHOT_MAX_BYTES: u64 = 16 << 30;
+
+const KIND_ENTRY: u8 = 1;
+const KIND_HARD_STATE: u8 = 2;
+const KIND_CONF_STATE: u8 = 3;
+
+/// Errors of the Raft log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// An IO error, with the file and what was being done.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A snapshot file is damaged; the replica must not start on it.
+    #[error("the metadata snapshot {path} is corrupt ({reason}); nothing was deleted: restore the data directory from a backup, or move this file away to start from the previous snapshot and the log")]
+    CorruptSnapshot {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A log segment is damaged before its end.
+    #[error("the Raft log segment {path} is corrupt at byte {offset} ({reason}) and more segments follow it; nothing was deleted: restore the data directory from a backup or rejoin this master from the others")]
+    CorruptLog {
+        /// The segment.
+        path: PathBuf,
+        /// Where the damage starts.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The log's entries do not follow each other.
+    #[error("the Raft log in {dir} has a gap: entry {found} follows {last}; nothing was deleted")]
+    Gap {
+        /// The log directory.
+        dir: PathBuf,
+        /// Last index before the gap.
+        last: u64,
+        /// The entry found after it.
+        found: u64,
+    },
+    /// Encoding a record failed.
+    #[error("encoding a Raft record: {0}")]
+    Encode(String),
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
+    move |source| LogError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the log lives.
+#[derive(Debug)]
+enum Backing {
+    /// Files in a directory.
+    Dir {
+        dir: PathBuf,
+        segment: File,
+        segment_path: PathBuf,
+        segment_seq: u64,
+        segment_bytes: u64,
+    },
+    /// Nothing on disk (tests, simulations).
+    Memory,
+}
+
+/// The log and snapshot of one replica.
+#[derive(Debug)]
+pub struct RaftLog {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// `entries[i].index == snapshot.metadata.index + 1 + i`.
+    entries: Vec<Entry>,
+    snapshot: Snapshot,
+    backing: Backing,
+    pending: Vec<u8>,
+    /// Set when a follower needs a newer snapshot than the one held.
+    snapshot_wanted: Cell<bool>,
+}
+
+impl RaftLog {
+    /// A log that keeps nothing on disk.
+    pub fn in_memory() -> Self {
+        Self {
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            entries: Vec::new(),
+            snapshot: Snapshot::default(),
+            backing: Backing::Memory,
+            pending: Vec::new(),
+            snapshot_wanted: Cell::new(false),
+        }
+    }
+
+    /// Opens (or creates) the log in `dir` and recovers its state.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        fs::create_dir_all(dir).map_err(io_err("create the Raft log directory", dir))?;
+        let mut log = Self::in_memory();
+        if let Some(path) = newest_snapshot(dir)? {
+            log.snapshot = read_snapshot(&path)?;
+            let meta = log.snapshot.get_metadata();
+            log.conf_state = meta.get_conf_state().clone();
+            log.hard_state.term = meta.term;
+            log.hard_state.commit = meta.index;
+            info!(index = meta.index, term = meta.term, path = %path.display(), "loaded metadata snapshot");
+        }
+        let segments = segments(dir)?;
+        for (i, (seq, path)) in segments.iter().enumerate() {
+            let last_segment = i + 1 == segments.len();
+            log.replay_segment(dir, *seq, path, last_segment)?;
+        }
+        let segment_seq = segments.last().map_or(1, |(seq, _)| *seq);
+        let segment_path = segment_path(dir, segment_seq);
+        let segment = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&segment_path)
+            .map_err(io_err("open the Raft log segment", &segment_path))?;
+        let segment_bytes = segment
+            .metadata()
+            .map_err(io_err("stat", &segment_path))?
+            .len();
+        log.backing = Backing::Dir {
+            dir: dir.to_path_buf(),
+            segment,
+            segment_path,
+            segment_seq,
+            segment_bytes,
+        };
+        info!(
+            dir = %dir.display(),
+            first = log.first_index_inner(),
+            last = log.last_index_inner(),
+            "Raft log recovered"
+        );
+        Ok(log)
+    }
+
+    fn replay_segment(
+        &mut self,
+        dir: &Path,
+        _seq: u64,
+        path: &Path,
+        last_segment: bool,
+    ) -> Result<(), LogError> {
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io_err("read the Raft log segment", path))?;
+        let mut offset = 0usize;
+        while offset < bytes.len() {
+            match decode_record(&bytes[offset..]) {
+                Ok((kind, payload, used)) => {
+                    self.replay_record(dir, kind, payload)
+                        .map_err(|reason| match reason {
+                            ReplayError::Gap { last, found } => LogError::Gap {
+                                dir: dir.to_path_buf(),
+                                last,
+                                found,
+                            },
+                            ReplayError::Bad(reason) => LogError::CorruptLog {
+                                path: path.to_path_buf(),
+                                offset: offset as u64,
+                                reason,
+                            },
+                        })?;
+                    offset += used;
+                }
+                Err(reason) if last_segment => {
+                    warn!(
+                        path = %path.display(),
+                        offset,
+                        dropped_bytes = bytes.len() - offset,
+                        reason,
+                        "torn or corrupt tail of the Raft log (crash during a write): truncating to the last valid record"
+                    );
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(path)
+                        .map_err(io_err("open the Raft log segment", path))?;
+                    file.set_len(offset as u64)
+                        .and_then(|()| file.sync_all())
+                        .map_err(io_err("truncate the Raft log segment", path))?;
+                    break;
+                }
+                Err(reason) => {
+                    return Err(LogError::CorruptLog {
+                        path: path.to_path_buf(),
+                        offset: offset as u64,
+                        reason,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn replay_record(&mut self, _dir: &Path, kind: u8, payload: &[u8]) -> Result<(), ReplayError> {
+        match kind {
+            KIND_ENTRY => {
+                let entry = Entry::parse_from_bytes(payload)
+                    .map_err(|e| ReplayError::Bad(e.to_string()))?;
+                let snapshot_index = self.snapshot.get_metadata().index;
+                if entry.index <= snapshot_index {
+                    return Ok(());
+                }
+                let last = self.last_index_inner();
+                if entry.index > last + 1 {
+                    return Err(ReplayError::Gap {
+                        last,
+                        found: entry.index,
+                    });
+                }
+                self.entries
+                    .truncate((entry.index - snapshot_index - 1) as usize);
+                self.entries.push(entry);
+            }
+            KIND_HARD_STATE => {
+                let hs = HardState::parse_from_bytes(payload)
+                    .map_err(|e| ReplayError::Bad(e.to_string()))?;
+                // A hard state never moves the commit below the snapshot.
+                let commit = hs.commit.max(self.snapshot.get_metadata().index);
+                self.hard_state = hs;
+                self.hard_state.commit = commit;
+            }
+            KIND_CONF_STATE => {
+                self.conf_state = ConfState::parse_from_bytes(payload)
+                    .map_err(|e| ReplayError::Bad(e.to_string()))?;
+            }
+            other => return Err(ReplayError::Bad(format!("unknown record kind {other}"))),
+        }
+        Ok(())
+    }
+
+    fn first_index_inner(&self) -> u64 {
+        self.snapshot.get_metadata().index + 1
+    }
+
+    fn last_index_inner(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.snapshot.get_metadata().index, |e| e.index)
+    }
+
+    /// The hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// The configuration state.
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The latest snapshot held.
+    pub fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Whether a follower asked for a snapshot newer than the one held.
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// Entries held (not yet compacted into a snapshot).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Sets the configuration of a brand-new log (bootstrap of a group).
+    pub fn initialize(&mut self, conf_state: ConfState) -> Result<(), LogError> {
+        debug_assert!(self.entries.is_empty() && self.snapshot.get_metadata().index == 0);
+        self.set_conf_state(conf_state)?;
+        self.sync()
+    }
+
+    /// Appends entries (replacing any conflicting suffix); durable after [`Self::sync`].
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), LogError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let snapshot_index = self.snapshot.get_metadata().index;
+        assert!(
+            first.index > snapshot_index && first.index <= self.last_index_inner() + 1,
+            "Raft appended entry {} outside [{}, {}]",
+            first.index,
+            snapshot_index + 1,
+            self.last_index_inner() + 1
+        );
+        self.entries
+            .truncate((first.index - snapshot_index - 1) as usize);
+        for entry in entries {
+            let bytes = entry
+                .write_to_bytes()
+                .map_err(|e| LogError::Encode(e.to_string()))?;
+            encode_record(&mut self.pending, KIND_ENTRY, &bytes);
+            self.entries.push(entry.clone());
+        }
+        Ok(())
+    }
+
+    /// Sets the hard state; durable after [`Self::sync`].
+    pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), LogError> {
+        let bytes = hs
+            .write_to_bytes()
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        encode_record(&mut self.pending, KIND_HARD_STATE, &bytes);
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Records a new commit index (from a light ready); durable after [`Self::sync`].
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), LogError> {
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.set_hard_state(hs)
+    }
+
+    /// Sets the configuration state; durable after [`Self::sync`].
+    pub fn set_conf_state(&mut self, cs: ConfState) -> Result<(), LogError> {
+        let bytes = cs
+            .write_to_bytes()
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        encode_record(&mut self.pending, KIND_CONF_STATE, &bytes);
+        self.conf_state = cs;
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable: one write, one fdatasync.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Backing::Dir {
+            segment,
+            segment_path,
+            segment_bytes,
+            ..
+        } = &mut self.backing
+        {
+            segment
+                .write_all(&self.pending)
+                .and_then(|()| segment.sync_data())
+                .map_err(io_err("write the Raft log segment", segment_path))?;
+            *segment_bytes += self.pending.len() as u64;
+        }
+        self.pending.clear();
+        if self.segment_full() {
+            self.roll_segment()?;
+        }
+        Ok(())
+    }
+
+    fn segment_full(&self) -> bool {
+        matches!(self.backing, Backing::Dir { segment_bytes, .. } if segment_bytes > SEGMENT_BYTES_MAX)
+    }
+
+    /// Installs a snapshot of the state machine at `meta.index` (made
+    /// locally or received from the leader): it is written durably, entries
+    /// up to its index are dropped, and files no longer needed are removed.
+    pub fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), LogError> {
+        let meta: SnapshotMetadata = snapshot.get_metadata().clone();
+        let index = meta.index;
+        if index <= self.snapshot.get_metadata().index {
+            return Ok(());
+        }
+        if let Backing::Dir { dir, .. } = &self.backing {
+            write_snapshot(dir, &snapshot)?;
+        }
+        let keep_from = index.saturating_sub(self.snapshot.get_metadata().index) as usize;
+        let keeps_suffix = self
+            .entries
+            .get(keep_from.wrapping_sub(1))
+            .is_some_and(|e| e.term == meta.term);
+        if keeps_suffix {
+            // Local compaction: entries after the snapshot stay.
+            self.entries.drain(..keep_from);
+        } else {
+            // A leader's snapshot replaces the whole log.
+            self.entries.clear();
+            self.hard_state.term = self.hard_state.term.max(meta.term);
+            self.hard_state.commit = self.hard_state.commit.max(index);
+        }
+        self.conf_state = meta.get_conf_state().clone();
+        self.snapshot = snapshot;
+        self.roll_segment()
+    }
+
+    /// Starts a new segment holding the whole current state, then removes
+    /// older segments and snapshots. A crash at any point leaves a log that
+    /// replays to the same state.
+    fn roll_segment(&mut self) -> Result<(), LogError> {
+        let Backing::Dir {
+            dir, segment_seq, ..
+        } = &self.backing
+        else {
+            return Ok(());
+        };
+        let dir = dir.clone();
+        let seq = *segment_seq + 1;
+        let path = segment_path(&dir, seq);
+        let mut buf = Vec::new();
+        let cs = self
+            .conf_state
+            .write_to_bytes()
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        encode_record(&mut buf, KIND_CONF_STATE, &cs);
+        let hs = self
+            .hard_state
+            .write_to_bytes()
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        encode_record(&mut buf, KIND_HARD_STATE, &hs);
+        for entry in &self.entries {
+            let bytes = entry
+                .write_to_bytes()
+                .map_err(|e| LogError::Encode(e.to_string()))?;
+            encode_record(&mut buf, KIND_ENTRY, &bytes);
+        }
+        buf.extend_from_slice(&self.pending);
+        self.pending.clear();
+        let mut segment = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io_err("create the Raft log segment", &path))?;
+        segment
+            .write_all(&buf)
+            .and_then(|()| segment.sync_all())
+            .map_err(io_err("write the Raft log segment", &path))?;
+        sync_dir(&dir)?;
+        let segment_bytes = buf.len() as u64;
+        self.backing = Backing::Dir {
+            dir: dir.clone(),
+            segment,
+            segment_path: path,
+            segment_seq: seq,
+            segment_bytes,
+        };
+        for (old, old_path) in segments(&dir)? {
+            if old < seq {
+                fs::remove_file(&old_path)
+                    .map_err(io_err("remove an old Raft log segment", &old_path))?;
+            }
+        }
+        let snapshot_index = self.snapshot.get_metadata().index;
+        for (index, old_path) in snapshot_files(&dir)? {
+            if index < snapshot_index {
+                fs::remove_file(&old_path).map_err(io_err("remove an old snapshot", &old_path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum ReplayError {
+    Gap { last: u64, found: u64 },
+    Bad(String),
+}
+
+impl Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let first = self.first_index_inner();
+        if low < first {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last_index_inner() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let mut entries = self.entries[(low - first) as usize..(high - first) as usize].to_vec();
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let meta = self.snapshot.get_metadata();
+        if idx == meta.index {
+            return Ok(meta.term);
+        }
+        if idx < meta.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        self.entries
+            .get((idx - meta.index - 1) as usize)
+            .map(|e| e.term)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index_inner())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index_inner())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.get_metadata().index < request_index
+            || self.snapshot.get_metadata().index == 0
+        {
+            self.snapshot_wanted.set(true);
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+fn encode_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
+    let len = (payload.len() + 1) as u32;
+    let mut crc = crc32c::crc32c(&[kind]);
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+/// One record at the start of `bytes`: its kind, payload and total size.
+fn decode_record(bytes: &[u8]) -> Result<(u8, &[u8], usize), String> {
+    let word = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+    };
+    let (Some(magic), Some(len), Some(crc)) = (word(0), word(4), word(8)) else {
+        return Err(format!(
+            "{} bytes left, less than a record header",
+            bytes.len()
+        ));
+    };
+    if magic != RECORD_MAGIC {
+        return Err(format!("bad record magic {magic:#x}"));
+    }
+    let len = len as usize;
+    if len == 0 || len > RECORD_MAX_BYTES {
+        return Err(format!("record length {len} out of range"));
+    }
+    let Some(body) = bytes.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len) else {
+        return Err(format!("record of {len} bytes cut short"));
+    };
+    if crc32c::crc32c(body) != crc {
+        return Err("record checksum mismatch".into());
+    }
+    Ok((body[0], &body[1..], RECORD_HEADER_BYTES + len))
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("wal-{seq:016}.log"))
+}
+
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut found = numbered_files(dir, "wal-", ".log")?
+        .into_iter()
+        .map(|(n, _, p)| (n, p))
+        .collect::<Vec<_>>();
+    found.sort();
+    Ok(found)
+}
+
+fn snapshot_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut found = numbered_files(dir, "snap-", ".snap")?
+        .into_iter()
+        .map(|(n, _, p)| (n, p))
+        .collect::<Vec<_>>();
+    found.sort();
+    Ok(found)
+}
+
+fn newest_snapshot(dir: &Path) -> Result<Option<PathBuf>, LogError> {
+    Ok(snapshot_files(dir)?.pop().map(|(_, p)| p))
+}
+
+/// Files named `<prefix><number>[-...]<suffix>`.
+fn numbered_files(
+    dir: &Path,
+    prefix: &str,
+    suffix: &str,
+) -> Result<Vec<(u64, String, PathBuf)>, LogError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(middle) = name
+            .strip_prefix(prefix)
+            .and_then(|n| n.strip_suffix(suffix))
+        else {
+            continue;
+        };
+        let number = middle.split('-').next().and_then(|n| n.parse::<u64>().ok());
+        if let Some(number) = number {
+            out.push((number, name.clone(), entry.path()));
+        }
+    }
+    Ok(out)
+}
+
+fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), LogError> {
+    let meta = snapshot.get_metadata();
+    let name = format!("snap-{:020}-{:020}.snap", meta.index, meta.term);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let meta_bytes = meta
+        .write_to_bytes()
+        .map_err(|e| LogError::Encode(e.to_string()))?;
+    let data = snapshot.get_data();
+    let mut buf = Vec::with_capacity(32 + meta_bytes.len() + data.len());
+    buf.extend_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
+    buf.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    buf.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&meta_bytes);
+    buf.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    buf.extend_from_slice(data);
+    let crc = crc32c::crc32c(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    let mut file = File::create(&tmp).map_err(io_err("create the snapshot", &tmp))?;
+    file.write_all(&buf)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err("write the snapshot", &tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err("rename the snapshot", &path))?;
+    sync_dir(dir)
+}
+
+fn read_snapshot(path: &Path) -> Result<Snapshot, LogError> {
+    let corrupt = |reason: &str| LogError::CorruptSnapshot {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let len = fs::metadata(path)
+        .map_err(io_err("stat the snapshot", path))?
+        .len();
+    if len > SNAPSHOT_MAX_BYTES {
+        return Err(corrupt("larger than any snapshot this version writes"));
+    }
+    let bytes = fs::read(path).map_err(io_err("read the snapshot", path))?;
+    if bytes.len() < 28 {
+        return Err(corrupt("too short"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let crc = u32::from_le_bytes(crc.try_into().map_err(|_| corrupt("no checksum"))?);
+    if crc32c::crc32c(body) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let u64_at = |at: usize| {
+        body.get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let u32_at = |at: usize| {
+        body.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    if u64_at(0) != Some(SNAPSHOT_MAGIC) {
+        return Err(corrupt("not a DatenLord metadata snapshot"));
+    }
+    if u32_at(8) != Some(SNAPSHOT_FORMAT_VERSION) {
+        return Err(corrupt("written by an unknown format version"));
+    }
+    let meta_len = u32_at(12).ok_or_else(|| corrupt("truncated"))? as usize;
+    let meta_bytes = body
+        .get(16..16 + meta_len)
+        .ok_or_else(|| corrupt("truncated metadata"))?;
+    let data_len = u64_at(16 + meta_len).ok_or_else(|| corrupt("truncated"))? as usize;
+    let data_start = 24 + meta_len;
+    let data = body
+        .get(data_start..data_start + data_len)
+        .ok_or_else(|| corrupt("truncated data"))?;
+    if data_start + data_len != body.len() {
+        return Err(corrupt("trailing bytes"));
+    }
+    let meta =
+        SnapshotMetadata::parse_from_bytes(meta_bytes).map_err(|e| corrupt(&e.to_string()))?;
+    let mut snapshot = Snapshot::default();
+    snapshot.set_metadata(meta);
+    snapshot.set_data(data.to_vec().into());
+    Ok(snapshot)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("fsync the directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn conf(voters: &[u64]) -> ConfState {
+        let mut cs = ConfState::default();
+        cs.set_voters(voters.to_vec());
+        cs
+    }
+
+    fn indexes(log: &RaftLog) -> Vec<(u64, u64)> {
+        log.entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn entries_survive_reopen_and_conflicts_are_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.initialize(conf(&[1])).expect("init");
+        log.append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+            .expect("append");
+        let hs = HardState {
+            term: 1,
+            commit: 2,
+            ..Default::default()
+        };
+        log.set_hard_state(hs).expect("hs");
+        log.sync().expect("sync");
+        // A new leader overwrites index 3.
+        log.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")])
+            .expect("append");
+        log.sync().expect("sync");
+        drop(log);
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(indexes(&log), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+        assert_eq!(log.hard_state().commit, 2);
+        assert_eq!(log.conf_state().get_voters(), &[1]);
+        assert_eq!(log.term(3).ok(), Some(2));
+        assert_eq!(
+            log.entries(2, 4, None, GetEntriesContext::empty(false))
+                .map(|e| e.len())
+                .ok(),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_torn_tail_is_truncated_with_the_valid_prefix_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.initialize(conf(&[1])).expect("init");
+        for i in 1..=10 {
+            log.append(&[entry(i, 1, &[i as u8; 100])]).expect("append");
+            log.sync().expect("sync");
+        }
+        drop(log);
+        let (_, seg) = segments(dir.path())
+            .expect("segments")
+            .pop()
+            .expect("one segment");
+        let len = fs::metadata(&seg).expect("stat").len();
+        // Crash mid-write of the last record.
+        OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .expect("open")
+            .set_len(len - 30)
+            .expect("cut");
+        let log = RaftLog::open(dir.path()).expect("reopen truncates");
+        assert_eq!(log.last_index_inner(), 9);
+        // Garbage after a valid prefix is cut too.
+        drop(log);
+        let mut f = OpenOptions::new().append(true).open(&seg).expect("open");
+        f.write_all(&[0xAB; 77]).expect("garbage");
+        drop(f);
+        let mut log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.last_index_inner(), 9);
+        log.append(&[entry(10, 1, b"again")]).expect("append");
+        log.sync().expect("sync");
+        drop(log);
+        assert_eq!(
+            RaftLog::open(dir.path())
+                .expect("reopen")
+                .last_index_inner(),
+            10
+        );
+    }
+
+    #[test]
+    fn corruption_before_the_last_segment_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.initialize(conf(&[1])).expect("init");
+        log.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")])
+            .expect("append");
+        log.sync().expect("sync");
+        log.roll_segment().expect("roll");
+        log.append(&[entry(3, 1, b"c")]).expect("append");
+        log.sync().expect("sync");
+        drop(log);
+        // roll_segment rewrote the state into the new segment and removed
+        // the old one; make an older damaged segment appear before it.
+        let segs = segments(dir.path()).expect("segments");
+        assert_eq!(segs.len(), 1);
+        let bad = segment_path(dir.path(), 0);
+        fs::write(&bad, [0x55u8; 40]).expect("write");
+        let err = RaftLog::open(dir.path()).expect_err("corrupt").to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("nothing was deleted"),
+            "{err}"
+        );
+        assert!(bad.exists());
+    }
+
+    #[test]
+    fn snapshots_compact_and_reload_and_a_corrupt_one_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.initialize(conf(&[1, 2, 3])).expect("init");
+        let entries: Vec<_> = (1..=20).map(|i| entry(i, 1, b"x")).collect();
+        log.append(&entries).expect("append");
+        log.sync().expect("sync");
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 15;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().set_conf_state(conf(&[1, 2, 3]));
+        snap.set_data(b"state machine bytes".to_vec().into());
+        log.install_snapshot(snap).expect("install");
+        assert_eq!(log.first_index_inner(), 16);
+        assert_eq!(log.last_index_inner(), 20);
+        assert!(matches!(
+            log.term(10),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        drop(log);
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.first_index_inner(), 16);
+        assert_eq!(log.last_index_inner(), 20);
+        assert_eq!(log.latest_snapshot().get_data(), b"state machine bytes");
+        assert_eq!(
+            log.snapshot(10, 2).map(|s| s.get_metadata().index).ok(),
+            Some(15)
+        );
+        drop(log);
+        let (_, snap_path) = snapshot_files(dir.path())
+            .expect("list")
+            .pop()
+            .expect("snapshot");
+        let mut bytes = fs::read(&snap_path).expect("read");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        fs::write(&snap_path, &bytes).expect("write");
+        let err = RaftLog::open(dir.path())
+            .expect_err("corrupt snapshot")
+            .to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("nothing was deleted"),
+            "{err}"
+        );
+        assert!(snap_path.exists());
+        assert_eq!(segments(dir.path()).expect("list").len(), 1);
+    }
+
+    #[test]
+    fn a_leader_snapshot_replaces_a_divergent_log() {
+        let mut log = RaftLog::in_memory();
+        log.initialize(conf(&[1, 2, 3])).expect("init");
+        log.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")])
+            .expect("append");
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 50;
+        snap.mut_metadata().term = 4;
+        snap.mut_metadata().set_conf_state(conf(&[1, 2, 3]));
+        log.install_snapshot(snap).expect("install");
+        assert!(log.is_empty());
+        assert_eq!((log.first_index_inner(), log.last_index_inner()), (51, 50));
+        assert_eq!(log.hard_state().commit, 50);
+        assert_eq!(log.term(50).ok(), Some(4));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = decode_record(&bytes);
+        }
+
+        #[test]
+        fn any_single_bit_flip_is_detected(pos in 0usize..60, bit in 0u8..8) {
+            let mut buf = Vec::new();
+            encode_record(&mut buf, KIND_ENTRY, &[7u8; 40]);
+            let pos = pos % buf.len();
+            buf[pos] ^= 1 << bit;
+            proptest::prop_assert!(decode_record(&buf).is_err());
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! One member of a Raft group: raft-rs's `RawNode` over the persistent
+//! [`RaftLog`], driving a [`StateMachine`]. No threads, sockets or clocks:
+//! the driver feeds it ticks, messages and proposals and sends what
+//! [`Replica::handle_ready`] returns, so the same code runs in a process, in
+//! tests that pass messages by hand, and under a simulator.
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::{Config, RawNode, StateRole, Storage};
+use tracing::{debug, info};
+
+use crate::raft_log::{LogError, RaftLog};
+
+/// Ticks without a heartbeat before a follower campaigns.
+pub const ELECTION_TICKS: usize = 10;
+/// Ticks between leader heartbeats.
+pub const HEARTBEAT_TICKS: usize = 3;
+/// Applied entries between two snapshots (and log compactions).
+pub const SNAPSHOT_INTERVAL_ENTRIES: u64 = 10_000;
+/// Largest message of appended entries sent to one follower.
+pub const MESSAGE_ENTRIES_MAX_BYTES: u64 = 1 << 20;
+/// Append messages in flight to one follower.
+pub const INFLIGHT_MESSAGES_MAX: usize = 256;
+/// Bytes of a proposal's context: proposing node id, incarnation and
+/// proposal id.
+const PROPOSAL_CONTEXT_BYTES: usize = 24;
+
+/// The deterministic state machine a group replicates.
+pub trait StateMachine {
+    /// Applies a committed command; the result goes back to its proposer.
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
+    /// Serializes the whole state.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot.
+    fn restore(&mut self, data: &[u8]) -> Result<(), String>;
+}
+
+/// Errors of a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The persistent log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// raft-rs refused an operation.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+    /// A snapshot could not be loaded into the state machine.
+    #[error("the state machine rejected snapshot {index}: {reason}")]
+    Snapshot {
+        /// Snapshot index.
+        index: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A proposal was made to a replica that is not the leader.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader this replica knows of.
+        leader: Option<u64>,
+    },
+}
+
+/// A committed entry this replica applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Log index.
+    pub index: u64,
+    /// The proposal id, when this replica proposed it.
+    pub proposal: Option<u64>,
+    /// What the state machine returned.
+    pub result: Vec<u8>,
+}
+
+/// What one [`Replica::handle_ready`] produced for the driver.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Messages to send to peers.
+    pub messages: Vec<Message>,
+    /// Entries applied, in order.
+    pub applied: Vec<Applied>,
+    /// Read requests (ids from [`Replica::read_index`]) now safe to serve
+    /// from the local state machine (linearizable).
+    pub reads: Vec<u64>,
+}
+
+/// One member of a Raft group.
+pub struct Replica<S: StateMachine> {
+    id: u64,
+    /// Distinguishes this start of the replica from earlier ones, so that
+    /// entries proposed before a restart (and re-applied after it) are not
+    /// mistaken for the proposals of the new process.
+    incarnation: u64,
+    node: RawNode<RaftLog>,
+    state_machine: S,
+    applied: u64,
+    pending_reads: Vec<(u64, u64)>,
+    snapshot_interval_entries: u64,
+    snapshots_installed: u64,
+}
+
+impl<S: StateMachine> std::fmt::Debug for Replica<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("id", &self.id)
+            .field("applied", &self.applied)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine> Replica<S> {
+    /// Starts replica `id` on `log`. A log without configuration is
+    /// bootstrapped with `voters` (all members of a new group must be
+    /// bootstrapped with the same set); otherwise `voters` is ignored.
+    pub fn new(
+        id: u64,
+        mut log: RaftLog,
+        mut state_machine: S,
+        voters: &[u64],
+    ) -> Result<Self, ReplicaError> {
+        if !log.initial_state()?.initialized() {
+            let mut cs = raft::eraftpb::ConfState::default();
+            cs.set_voters(voters.to_vec());
+            log.initialize(cs)?;
+        }
+        let snapshot = log.latest_snapshot();
+        let applied = snapshot.get_metadata().index;
+        if applied > 0 {
+            state_machine
+                .restore(snapshot.get_data())
+                .map_err(|reason| ReplicaError::Snapshot {
+                    index: applied,
+                    reason,
+                })?;
+        }
+        let config = Config {
+            id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            applied,
+            max_size_per_msg: MESSAGE_ENTRIES_MAX_BYTES,
+            max_inflight_msgs: INFLIGHT_MESSAGES_MAX,
+            check_quorum: true,
+            pre_vote: true,
+            ..Config::default()
+        };
+        let logger = crate::raft_logger::logger(id);
+        let node = RawNode::new(&config, log, &logger)?;
+        Ok(Self {
+            id,
+            incarnation: new_incarnation(),
+            node,
+            state_machine,
+            applied,
+            pending_reads: Vec::new(),
+            snapshot_interval_entries: SNAPSHOT_INTERVAL_ENTRIES,
+            snapshots_installed: 0,
+        })
+    }
+
+    /// Snapshot (and compact) every `entries` applied entries.
+    pub fn set_snapshot_interval(&mut self, entries: u64) {
+        self.snapshot_interval_entries = entries.max(1);
+    }
+
+    /// Snapshots received from a leader since this replica started.
+    pub fn snapshots_installed(&self) -> u64 {
+        self.snapshots_installed
+    }
+
+    /// This replica's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<u64> {
+        let leader = self.node.raft.leader_id;
+        (leader != raft::INVALID_ID).then_some(leader)
+    }
+
+    /// Whether this replica is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    /// Current term.
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// Index of the last committed entry.
+    pub fn committed(&self) -> u64 {
+        self.node.raft.raft_log.committed
+    }
+
+    /// The state machine (reads from the local copy).
+    pub fn state_machine(&self) -> &S {
+        &self.state_machine
+    }
+
+    /// The persistent log.
+    pub fn log(&self) -> &RaftLog {
+        self.node.store()
+    }
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// Campaigns to become leader now (a single-node group elects itself).
+    pub fn campaign(&mut self) -> Result<(), ReplicaError> {
+        Ok(self.node.campaign()?)
+    }
+
+    /// Feeds a message from a peer.
+    pub fn step(&mut self, message: Message) -> Result<(), ReplicaError> {
+        Ok(self.node.step(message)?)
+    }
+
+    /// Tells raft whether a snapshot message sent to `to` arrived (the
+    /// transport must report it: a lost snapshot otherwise stalls that
+    /// follower until it is reported).
+    pub fn report_snapshot(&mut self, to: u64, delivered: bool) {
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(to, status);
+    }
+
+    /// Tells raft that a message to `to` could not be sent.
+    pub fn report_unreachable(&mut self, to: u64) {
+        self.node.report_unreachable(to);
+    }
+
+    /// Proposes a command; its result comes back in [`Output::applied`]
+    /// with `proposal` set, once committed and applied.
+    pub fn propose(&mut self, proposal: u64, command: Vec<u8>) -> Result<(), ReplicaError> {
+        if !self.is_leader() {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let mut context = Vec::with_capacity(PROPOSAL_CONTEXT_BYTES);
+        context.extend_from_slice(&self.id.to_le_bytes());
+        context.extend_from_slice(&self.incarnation.to_le_bytes());
+        context.extend_from_slice(&proposal.to_le_bytes());
+        self.node.propose(context, command)?;
+        Ok(())
+    }
+
+    /// Proposes a membership change (add/remove voter or learner).
+    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<(), ReplicaError> {
+        if !self.is_leader() {
+            return Err(ReplicaError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        self.node.propose_conf_change(Vec::new(), change)?;
+        Ok(())
+    }
+
+    /// Asks for a linearizable read; `request` comes back in
+    /// [`Output::reads`] once the local state machine is up to date.
+    pub fn read_index(&mut self, request: u64) {
+        self.node.read_index(request.to_le_bytes().to_vec());
+    }
+
+    /// Persists, applies and collects everything raft-rs has ready; the
+    /// one place where the log is written and the state machine changed.
+    pub fn handle_ready(&mut self) -> Result<Output, ReplicaError> {
+        let mut out = Output::default();
+        if !self.node.has_ready() {
+            return Ok(out);
+        }
+        let mut ready = self.node.ready();
+        out.messages.extend(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot().clone())?;
+        }
+        self.apply_entries(ready.take_committed_entries(), &mut out)?;
+        let store = self.node.mut_store();
+        store.append(ready.entries())?;
+        if let Some(hs) = ready.hs() {
+            store.set_hard_state(hs.clone())?;
+        }
+        store.sync()?;
+        for read in ready.take_read_states() {
+            let request = read
+                .request_ctx
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes);
+            if let Some(request) = request {
+                self.pending_reads.push((read.index, request));
+            }
+        }
+        out.messages.extend(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.node.mut_store().set_commit(commit)?;
+        }
+        out.messages.extend(light.take_messages());
+        self.apply_entries(light.take_committed_entries(), &mut out)?;
+        self.node.advance_apply();
+        self.node.mut_store().sync()?;
+        let applied = self.applied;
+        self.pending_reads.retain(|&(index, request)| {
+            let ready = index <= applied;
+            if ready {
+                out.reads.push(request);
+            }
+            !ready
+        });
+        self.maybe_snapshot()?;
+        Ok(out)
+    }
+
+    fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), ReplicaError> {
+        let index = snapshot.get_metadata().index;
+        self.state_machine
+            .restore(snapshot.get_data())
+            .map_err(|reason| ReplicaError::Snapshot { index, reason })?;
+        self.node.mut_store().install_snapshot(snapshot)?;
+        self.applied = index;
+        self.snapshots_installed += 1;
+        info!(
+            replica = self.id,
+            index, "installed a snapshot from the leader"
+        );
+        Ok(())
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>, out: &mut Output) -> Result<(), ReplicaError> {
+        for entry in entries {
+            if entry.index <= self.applied {
+                continue;
+            }
+            match entry.get_entry_type() {
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let result = self.state_machine.apply(entry.index, &entry.data);
+                    out.applied.push(Applied {
+                        index: entry.index,
+                        proposal: self.own_proposal(&entry.context),
+                        result,
+                    });
+                }
+                EntryType::EntryConfChange => {
+                    let change =
+                        ConfChange::parse_from_bytes(&entry.data).map_err(raft::Error::from)?;
+                    let cs = self.node.apply_conf_change(&change)?;
+                    self.node.mut_store().set_conf_state(cs)?;
+                    debug!(
+                        replica = self.id,
+                        index = entry.index,
+                        "applied a membership change"
+                    );
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change =
+                        ConfChangeV2::parse_from_bytes(&entry.data).map_err(raft::Error::from)?;
+                    let cs = self.node.apply_conf_change(&change)?;
+                    self.node.mut_store().set_conf_state(cs)?;
+                }
+            }
+            self.applied = entry.index;
+        }
+        Ok(())
+    }
+
+    fn own_proposal(&self, context: &[u8]) -> Option<u64> {
+        if context.len() != PROPOSAL_CONTEXT_BYTES {
+            return None;
+        }
+        let word = |at: usize| {
+            context
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        let (node, incarnation, proposal) = (word(0)?, word(8)?, word(16)?);
+        (node == self.id && incarnation == self.incarnation).then_some(proposal)
+    }
+
+    /// Snapshots the state machine at the applied index and compacts the
+    /// log, every `snapshot_interval_entries` or when a follower needs one.
+    fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
+        let store = self.node.store();
+        let last_snapshot = store.latest_snapshot().get_metadata().index;
+        let wanted = store.take_snapshot_wanted();
+        if self.applied <= last_snapshot
+            || (!wanted && self.applied - last_snapshot < self.snapshot_interval_entries)
+        {
+            return Ok(());
+        }
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = self.applied;
+        meta.term = store.term(self.applied)?;
+        meta.set_conf_state(store.conf_state().clone());
+        snapshot.set_data(self.state_machine.snapshot().into());
+        self.node.mut_store().install_snapshot(snapshot)?;
+        debug!(
+            replica = self.id,
+            index = self.applied,
+            "snapshot taken, log compacted"
+        );
+        Ok(())
+    }
+}
+
+fn new_incarnation() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let start = STARTS.fetch_add(1, Ordering::Relaxed);
+    (nanos ^ (u64::from(std::process::id()) << 40))
+        .wrapping_add(start.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
