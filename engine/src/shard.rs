@@ -615,6 +615,7 @@ impl Shard {
         let Some(disk) = &self.disk else { return };
         if self.disk_writes_running.get() >= DISK_WRITES_INFLIGHT_MAX {
             debug!(shard = %self.id, block = %id, "NVMe write queue full; block not written down");
+            self.count(|s| s.disk_writes_dropped += 1);
             return;
         }
         let prepared = match disk.prepare(id, data) {

@@ -57,6 +57,9 @@ shard_stats! {
     disk_writes,
     /// NVMe writes that failed.
     disk_write_errors,
+    /// Blocks not written down because the NVMe write queue was full
+    /// (clean blocks: the source still has them).
+    disk_writes_dropped,
     /// Memory evictions written down to the NVMe tier.
     demotions,
     /// NVMe hits copied up to the memory tier.

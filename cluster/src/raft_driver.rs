@@ -1,0 +1,448 @@
+//! The thread that drives one [`Replica`]: it owns the replica and its state
+//! machine, ticks the Raft clock, moves messages between the replica and a
+//! [`Transport`], and serves proposals and linearizable reads sent from any
+//! thread through a [`RaftHandle`].
+//!
+//! Every loop iteration drains all waiting requests before one
+//! `handle_ready`, so concurrent proposals share one log write and one
+//! fsync (group commit).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use raft::eraftpb::Message;
+use tracing::{error, warn};
+
+use crate::raft_log::RaftLog;
+use crate::replica::{Replica, ReplicaError, StateMachine};
+
+/// Interval of the Raft logical clock.
+pub const TICK_INTERVAL_MS: u64 = 100;
+/// Requests waiting in a driver's inbox before senders block.
+pub const INBOX_DEPTH: usize = 4096;
+/// Requests one driver iteration takes before persisting (bounds latency).
+const BATCH_REQUESTS_MAX: usize = 1024;
+/// A proposal or read not answered within this time fails with
+/// [`DriveError::Timeout`] (no quorum, or the leader changed under it).
+pub const REQUEST_TIMEOUT_MS: u64 = 5000;
+/// A read not answered within this time asks again: raft-rs drops read
+/// requests a new leader cannot serve yet, and messages get lost.
+pub const READ_RETRY_MS: u64 = 200;
+
+/// Errors seen by callers of a [`RaftHandle`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DriveError {
+    /// This replica is not the leader; `leader` is who is, if known.
+    #[error("not the leader (leader: {leader:?}); send writes to the leader")]
+    NotLeader {
+        /// The known leader.
+        leader: Option<u64>,
+    },
+    /// The driver stopped (shutdown or a fatal log error).
+    #[error("the metadata replica stopped")]
+    Stopped,
+    /// The request did not complete in time (e.g. no quorum).
+    #[error("no answer within {0:?}: is a majority of masters up?")]
+    Timeout(Duration),
+}
+
+/// Moves Raft messages to peers.
+pub trait Transport: Send + 'static {
+    /// Sends messages; undeliverable ones are reported back through
+    /// [`RaftHandle::unreachable`] by the transport when it finds out.
+    fn send(&mut self, messages: Vec<Message>);
+}
+
+/// A transport for single-node groups: there are no peers.
+#[derive(Debug, Default)]
+pub struct NoPeers;
+
+impl Transport for NoPeers {
+    fn send(&mut self, messages: Vec<Message>) {
+        if !messages.is_empty() {
+            warn!(
+                count = messages.len(),
+                "single-node group produced messages for peers; dropped"
+            );
+        }
+    }
+}
+
+type ReadFn<S> = Box<dyn FnOnce(&S) + Send>;
+type ProposalReply = flume::Sender<Result<Vec<u8>, DriveError>>;
+
+enum Request<S> {
+    Propose {
+        command: Vec<u8>,
+        reply: ProposalReply,
+    },
+    Read {
+        read: ReadFn<S>,
+        on_error: flume::Sender<DriveError>,
+    },
+    ReadLocal(ReadFn<S>),
+    Message(Box<Message>),
+    Unreachable(u64),
+    SnapshotStatus {
+        to: u64,
+        delivered: bool,
+    },
+    Status(flume::Sender<Status>),
+    Stop,
+}
+
+/// A snapshot of the replica's role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This replica.
+    pub id: u64,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Last applied index.
+    pub applied: u64,
+}
+
+/// Sends requests to a driver from any thread. Cheap to clone.
+pub struct RaftHandle<S> {
+    inbox: flume::Sender<Request<S>>,
+}
+
+impl<S> Clone for RaftHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inbox: self.inbox.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for RaftHandle<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftHandle").finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine + Send + 'static> RaftHandle<S> {
+    /// Proposes a command and waits for the state machine's result.
+    pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, DriveError> {
+        let (reply, answer) = flume::bounded(1);
+        self.inbox
+            .send_async(Request::Propose { command, reply })
+            .await
+            .map_err(|_| DriveError::Stopped)?;
+        answer.recv_async().await.map_err(|_| DriveError::Stopped)?
+    }
+
+    /// Runs `f` on the state machine once it reflects every write committed
+    /// before this call (ReadIndex): a linearizable read.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, DriveError>
+    where
+        F: FnOnce(&S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = flume::bounded(1);
+        let (on_error, error) = flume::bounded(1);
+        let read: ReadFn<S> = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        self.inbox
+            .send_async(Request::Read { read, on_error })
+            .await
+            .map_err(|_| DriveError::Stopped)?;
+        futures::select! {
+            r = rx.recv_async() => r.map_err(|_| DriveError::Stopped),
+            e = error.recv_async() => Err(e.unwrap_or(DriveError::Stopped)),
+        }
+    }
+
+    /// Runs `f` on the local copy as it is now (may lag the leader).
+    pub async fn read_local<R, F>(&self, f: F) -> Result<R, DriveError>
+    where
+        F: FnOnce(&S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let (tx, rx) = flume::bounded(1);
+        let read: ReadFn<S> = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        self.inbox
+            .send_async(Request::ReadLocal(read))
+            .await
+            .map_err(|_| DriveError::Stopped)?;
+        rx.recv_async().await.map_err(|_| DriveError::Stopped)
+    }
+
+    /// Delivers a message from a peer.
+    pub fn deliver(&self, message: Message) -> Result<(), DriveError> {
+        self.inbox
+            .send(Request::Message(Box::new(message)))
+            .map_err(|_| DriveError::Stopped)
+    }
+
+    /// Reports that a peer could not be reached.
+    pub fn unreachable(&self, peer: u64) {
+        let _ = self.inbox.send(Request::Unreachable(peer));
+    }
+
+    /// Reports whether a snapshot sent to `to` arrived.
+    pub fn snapshot_status(&self, to: u64, delivered: bool) {
+        let _ = self.inbox.send(Request::SnapshotStatus { to, delivered });
+    }
+
+    /// The replica's role and progress.
+    pub async fn status(&self) -> Result<Status, DriveError> {
+        let (tx, rx) = flume::bounded(1);
+        self.inbox
+            .send_async(Request::Status(tx))
+            .await
+            .map_err(|_| DriveError::Stopped)?;
+        rx.recv_async().await.map_err(|_| DriveError::Stopped)
+    }
+}
+
+/// A running driver thread.
+pub struct RaftDriver<S> {
+    handle: RaftHandle<S>,
+    thread: Option<JoinHandle<Result<(), ReplicaError>>>,
+}
+
+impl<S> std::fmt::Debug for RaftDriver<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftDriver").finish_non_exhaustive()
+    }
+}
+
+impl<S: StateMachine + Send + 'static> RaftDriver<S> {
+    /// Opens the log in `dir`, starts replica `id` of the group `voters`
+    /// and its driver thread. A single-voter group elects itself at once.
+    pub fn start(
+        id: u64,
+        dir: &Path,
+        state_machine: S,
+        voters: &[u64],
+        transport: impl Transport,
+    ) -> Result<Self, ReplicaError> {
+        let log = RaftLog::open(dir)?;
+        let mut replica = Replica::new(id, log, state_machine, voters)?;
+        if voters == [id] {
+            replica.campaign()?;
+        }
+        let (inbox, requests) = flume::bounded(INBOX_DEPTH);
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-{id}"))
+            .spawn(move || run(replica, &requests, transport))
+            .map_err(|e| ReplicaError::Snapshot {
+                index: 0,
+                reason: format!("cannot start the Raft thread: {e}"),
+            })?;
+        Ok(Self {
+            handle: RaftHandle { inbox },
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for other threads.
+    pub fn handle(&self) -> RaftHandle<S> {
+        self.handle.clone()
+    }
+
+    /// Stops the thread after it persisted everything it accepted.
+    pub fn stop(mut self) -> Result<(), ReplicaError> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<(), ReplicaError> {
+        let _ = self.handle.inbox.send(Request::Stop);
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(ReplicaError::Snapshot {
+                index: 0,
+                reason: "the Raft thread panicked".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<S> Drop for RaftDriver<S> {
+    fn drop(&mut self) {
+        let _ = self.handle.inbox.send(Request::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Pending<S> {
+    next_id: u64,
+    proposals: HashMap<u64, (Instant, ProposalReply)>,
+    reads: HashMap<u64, (Instant, ReadFn<S>, flume::Sender<DriveError>)>,
+    /// When each pending read was last asked for.
+    read_asked: HashMap<u64, Instant>,
+}
+
+impl<S> Pending<S> {
+    /// Reads whose last ask got no answer in time: ask again.
+    fn reads_to_retry(&mut self, now: Instant) -> Vec<u64> {
+        let retry = Duration::from_millis(READ_RETRY_MS);
+        let mut again = Vec::new();
+        for (id, asked) in &mut self.read_asked {
+            if now.duration_since(*asked) >= retry {
+                *asked = now;
+                again.push(*id);
+            }
+        }
+        again
+    }
+
+    /// Fails requests that waited longer than [`REQUEST_TIMEOUT_MS`].
+    fn expire(&mut self, now: Instant) {
+        let limit = Duration::from_millis(REQUEST_TIMEOUT_MS);
+        self.proposals.retain(|_, (since, reply)| {
+            let alive = now.duration_since(*since) < limit;
+            if !alive {
+                let _ = reply.send(Err(DriveError::Timeout(limit)));
+            }
+            alive
+        });
+        self.reads.retain(|_, (since, _, on_error)| {
+            let alive = now.duration_since(*since) < limit;
+            if !alive {
+                let _ = on_error.send(DriveError::Timeout(limit));
+            }
+            alive
+        });
+        let reads = &self.reads;
+        self.read_asked.retain(|id, _| reads.contains_key(id));
+    }
+}
+
+fn run<S: StateMachine>(
+    mut replica: Replica<S>,
+    requests: &flume::Receiver<Request<S>>,
+    mut transport: impl Transport,
+) -> Result<(), ReplicaError> {
+    let tick = Duration::from_millis(TICK_INTERVAL_MS);
+    let mut next_tick = Instant::now() + tick;
+    let mut pending = Pending {
+        next_id: 1,
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        read_asked: HashMap::new(),
+    };
+    let mut stopping = false;
+    while !stopping {
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let first = match requests.recv_timeout(timeout) {
+            Ok(request) => Some(request),
+            Err(flume::RecvTimeoutError::Timeout) => None,
+            Err(flume::RecvTimeoutError::Disconnected) => Some(Request::Stop),
+        };
+        let batch = first
+            .into_iter()
+            .chain(requests.try_iter().take(BATCH_REQUESTS_MAX));
+        for request in batch {
+            stopping |= accept(&mut replica, &mut pending, request);
+        }
+        if Instant::now() >= next_tick {
+            replica.tick();
+            next_tick += tick;
+            if next_tick < Instant::now() {
+                next_tick = Instant::now() + tick;
+            }
+        }
+        let out = match replica.handle_ready() {
+            Ok(out) => out,
+            Err(e) => {
+                error!(replica = replica.id(), %e, "the Raft replica failed; stopping it");
+                return Err(e);
+            }
+        };
+        transport.send(out.messages);
+        for applied in out.applied {
+            if let Some((_, reply)) = applied.proposal.and_then(|p| pending.proposals.remove(&p)) {
+                let _ = reply.send(Ok(applied.result));
+            }
+        }
+        for id in out.reads {
+            pending.read_asked.remove(&id);
+            if let Some((_, read, _)) = pending.reads.remove(&id) {
+                read(replica.state_machine());
+            }
+        }
+        for id in pending.reads_to_retry(Instant::now()) {
+            replica.read_index(id);
+        }
+        if !replica.is_leader() && !pending.proposals.is_empty() {
+            // Lost leadership: proposals may never commit here; callers retry
+            // at the new leader (a command is applied at most once per
+            // proposal, and these may still commit: see ARCHITECTURE.md).
+            let leader = replica.leader();
+            for (_, (_, reply)) in pending.proposals.drain() {
+                let _ = reply.send(Err(DriveError::NotLeader { leader }));
+            }
+        }
+        pending.expire(Instant::now());
+    }
+    Ok(())
+}
+
+/// Takes one request; returns whether the driver should stop.
+fn accept<S: StateMachine>(
+    replica: &mut Replica<S>,
+    pending: &mut Pending<S>,
+    request: Request<S>,
+) -> bool {
+    match request {
+        Request::Propose { command, reply } => {
+            let id = pending.next_id;
+            pending.next_id += 1;
+            match replica.propose(id, command) {
+                Ok(()) => {
+                    pending.proposals.insert(id, (Instant::now(), reply));
+                }
+                Err(ReplicaError::NotLeader { leader }) => {
+                    let _ = reply.send(Err(DriveError::NotLeader { leader }));
+                }
+                Err(e) => {
+                    warn!(%e, "proposal refused");
+                    let _ = reply.send(Err(DriveError::NotLeader {
+                        leader: replica.leader(),
+                    }));
+                }
+            }
+        }
+        Request::Read { read, on_error } => {
+            if replica.leader().is_none() {
+                let _ = on_error.send(DriveError::NotLeader { leader: None });
+                return false;
+            }
+            let id = pending.next_id;
+            pending.next_id += 1;
+            pending.reads.insert(id, (Instant::now(), read, on_error));
+            pending.read_asked.insert(id, Instant::now());
+            replica.read_index(id);
+        }
+        Request::ReadLocal(read) => read(replica.state_machine()),
+        Request::Message(message) => {
+            if let Err(e) = replica.step(*message) {
+                warn!(replica = replica.id(), %e, "dropped a Raft message");
+            }
+        }
+        Request::Unreachable(peer) => replica.report_unreachable(peer),
+        Request::SnapshotStatus { to, delivered } => replica.report_snapshot(to, delivered),
+        Request::Status(reply) => {
+            let _ = reply.send(Status {
+                id: replica.id(),
+                leader: replica.leader(),
+                term: replica.term(),
+                applied: replica.applied(),
+            });
+        }
+        Request::Stop => return true,
+    }
+    false
+}

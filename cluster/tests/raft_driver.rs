@@ -1,0 +1,236 @@
+//! Raft drivers on real threads with real clocks: a single-node group that
+//! survives restarts, and a three-node group that elects a new leader when
+//! the old one stops, keeping every acknowledged write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use datenlord_cluster::raft_driver::{DriveError, RaftDriver, RaftHandle, Transport};
+use datenlord_cluster::replica::StateMachine;
+use futures::executor::block_on;
+use raft::eraftpb::{Message, MessageType};
+
+/// Applied commands, in order.
+#[derive(Default, Debug)]
+struct Journal(Vec<Vec<u8>>);
+
+impl StateMachine for Journal {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+        self.0.push(command.to_vec());
+        (self.0.len() as u64).to_le_bytes().to_vec()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in &self.0 {
+            out.extend_from_slice(&(c.len() as u32).to_le_bytes());
+            out.extend_from_slice(c);
+        }
+        out
+    }
+    fn restore(&mut self, mut data: &[u8]) -> Result<(), String> {
+        self.0.clear();
+        while data.len() >= 4 {
+            let len = u32::from_le_bytes(data[..4].try_into().map_err(|_| "short")?) as usize;
+            self.0.push(data.get(4..4 + len).ok_or("short")?.to_vec());
+            data = &data[4 + len..];
+        }
+        Ok(())
+    }
+}
+
+type Registry = Arc<RwLock<HashMap<u64, RaftHandle<Journal>>>>;
+
+/// Delivers messages to the other drivers of this process.
+struct Loopback {
+    me: u64,
+    peers: Registry,
+}
+
+impl Transport for Loopback {
+    fn send(&mut self, messages: Vec<Message>) {
+        let Ok(peers) = self.peers.read() else { return };
+        for message in messages {
+            let to = message.to;
+            let snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let delivered = peers
+                .get(&to)
+                .is_some_and(|peer| peer.deliver(message).is_ok());
+            if let Some(me) = peers.get(&self.me) {
+                if !delivered {
+                    me.unreachable(to);
+                }
+                if snapshot {
+                    me.snapshot_status(to, delivered);
+                }
+            }
+        }
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_single_node_group_commits_at_once_and_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = RaftDriver::start(
+        1,
+        dir.path(),
+        Journal::default(),
+        &[1],
+        Loopback {
+            me: 1,
+            peers: Registry::default(),
+        },
+    )
+    .expect("start");
+    let handle = driver.handle();
+    wait_for("leadership", Duration::from_secs(5), || {
+        block_on(handle.status())
+            .ok()
+            .filter(|s| s.leader == Some(1))
+    });
+    // 200 concurrent proposals share fsyncs and all get their result.
+    let proposals = (0..200u32).map(|i| handle.propose(format!("w{i}").into_bytes()));
+    let results = block_on(futures::future::join_all(proposals));
+    let mut positions: Vec<u64> = results
+        .into_iter()
+        .map(|r| u64::from_le_bytes(r.expect("committed").try_into().expect("8 bytes")))
+        .collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=200).collect::<Vec<_>>());
+    let seen = block_on(handle.read(|j: &Journal| j.0.len())).expect("read");
+    assert_eq!(seen, 200);
+    driver.stop().expect("stop");
+
+    let driver = RaftDriver::start(
+        1,
+        dir.path(),
+        Journal::default(),
+        &[1],
+        Loopback {
+            me: 1,
+            peers: Registry::default(),
+        },
+    )
+    .expect("restart");
+    let handle = driver.handle();
+    let seen = wait_for("replay", Duration::from_secs(5), || {
+        block_on(handle.read(|j: &Journal| j.0.clone()))
+            .ok()
+            .filter(|j| j.len() == 200)
+    });
+    assert!(seen.contains(&b"w199".to_vec()));
+    driver.stop().expect("stop");
+}
+
+fn start_member(id: u64, root: &std::path::Path, registry: &Registry) -> RaftDriver<Journal> {
+    let driver = RaftDriver::start(
+        id,
+        &root.join(id.to_string()),
+        Journal::default(),
+        &[1, 2, 3],
+        Loopback {
+            me: id,
+            peers: Arc::clone(registry),
+        },
+    )
+    .expect("start member");
+    registry
+        .write()
+        .expect("registry")
+        .insert(id, driver.handle());
+    driver
+}
+
+fn leader_of(registry: &Registry, among: &[u64]) -> Option<u64> {
+    let handles = registry.read().ok()?;
+    among.iter().copied().find(|id| {
+        handles
+            .get(id)
+            .and_then(|h| block_on(h.status()).ok())
+            .is_some_and(|s| s.leader == Some(*id))
+    })
+}
+
+/// Proposes through whoever leads now, retrying across leader changes.
+fn write(registry: &Registry, among: &[u64], command: &str) {
+    wait_for("an acknowledged write", Duration::from_secs(10), || {
+        let leader = leader_of(registry, among)?;
+        let handle = registry.read().ok()?.get(&leader)?.clone();
+        match block_on(handle.propose(command.as_bytes().to_vec())) {
+            Ok(_) => Some(()),
+            Err(DriveError::NotLeader { .. } | DriveError::Timeout(_)) => None,
+            Err(e) => panic!("write failed: {e}"),
+        }
+    });
+}
+
+#[test]
+fn a_new_leader_takes_over_and_no_acknowledged_write_is_lost() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let registry = Registry::default();
+    let mut drivers: HashMap<u64, RaftDriver<Journal>> = [1, 2, 3]
+        .into_iter()
+        .map(|id| (id, start_member(id, root.path(), &registry)))
+        .collect();
+    let first = wait_for("a leader", Duration::from_secs(10), || {
+        leader_of(&registry, &[1, 2, 3])
+    });
+    for i in 0..50 {
+        write(&registry, &[1, 2, 3], &format!("before-{i}"));
+    }
+    // The leader goes away.
+    registry.write().expect("registry").remove(&first);
+    drivers
+        .remove(&first)
+        .expect("driver")
+        .stop()
+        .expect("stop");
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|&id| id != first).collect();
+    let started = Instant::now();
+    let second = wait_for("a new leader", Duration::from_secs(10), || {
+        leader_of(&registry, &rest)
+    });
+    assert_ne!(first, second);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "election took {:?}",
+        started.elapsed()
+    );
+    for i in 0..50 {
+        write(&registry, &rest, &format!("after-{i}"));
+    }
+    // The old leader comes back and catches up.
+    drivers.insert(first, start_member(first, root.path(), &registry));
+    for id in [1, 2, 3] {
+        let handle = registry.read().expect("registry")[&id].clone();
+        let journal = wait_for("catch-up", Duration::from_secs(10), || {
+            block_on(handle.read_local(|j: &Journal| j.0.clone()))
+                .ok()
+                .filter(|j| j.len() >= 100)
+        });
+        for i in 0..50 {
+            assert!(
+                journal.contains(&format!("before-{i}").into_bytes()),
+                "node {id} lost before-{i}"
+            );
+            assert!(
+                journal.contains(&format!("after-{i}").into_bytes()),
+                "node {id} lost after-{i}"
+            );
+        }
+    }
+    for (_, driver) in drivers {
+        driver.stop().expect("stop");
+    }
+}
