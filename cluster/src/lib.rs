@@ -7,4 +7,5 @@
 pub mod raft_driver;
 pub mod raft_log;
 mod raft_logger;
+pub mod raft_transport;
 pub mod replica;

@@ -234,3 +234,63 @@ fn a_new_leader_takes_over_and_no_acknowledged_write_is_lost() {
         driver.stop().expect("stop");
     }
 }
+
+#[test]
+fn three_drivers_over_tcp_elect_and_replicate() {
+    use datenlord_cluster::raft_transport::{serve, LocalHandle, TcpTransport};
+    use std::net::{SocketAddr, TcpListener};
+
+    let root = tempfile::tempdir().expect("tempdir");
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    let addrs: HashMap<u64, SocketAddr> = listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i as u64 + 1, l.local_addr().expect("addr")))
+        .collect();
+    let mut drivers = Vec::new();
+    let mut handles = HashMap::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let local: LocalHandle<Journal> = LocalHandle::default();
+        let peers: HashMap<u64, SocketAddr> = addrs
+            .iter()
+            .filter(|(&p, _)| p != id)
+            .map(|(&p, &a)| (p, a))
+            .collect();
+        let transport = TcpTransport::new(&peers, &local);
+        serve(listener, id, Arc::clone(&local));
+        let driver = RaftDriver::start(
+            id,
+            &root.path().join(id.to_string()),
+            Journal::default(),
+            &[1, 2, 3],
+            transport,
+        )
+        .expect("start");
+        let _ = local.set(driver.handle());
+        handles.insert(id, driver.handle());
+        drivers.push(driver);
+    }
+    let leader = wait_for("a leader over TCP", Duration::from_secs(10), || {
+        [1u64, 2, 3].into_iter().find(|id| {
+            block_on(handles[id].status())
+                .ok()
+                .is_some_and(|s| s.leader == Some(*id))
+        })
+    });
+    for i in 0..20 {
+        block_on(handles[&leader].propose(format!("tcp-{i}").into_bytes())).expect("write");
+    }
+    for id in [1u64, 2, 3] {
+        wait_for("replication", Duration::from_secs(10), || {
+            block_on(handles[&id].read_local(|j: &Journal| j.0.len()))
+                .ok()
+                .filter(|&n| n >= 20)
+        });
+    }
+    for driver in drivers {
+        driver.stop().expect("stop");
+    }
+}

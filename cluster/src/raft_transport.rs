@@ -1,0 +1,293 @@
+//! Raft messages between master processes over TCP.
+//!
+//! Frames are `[length u32][crc32c u32][protobuf raft Message]`, length
+//! limited by [`FRAME_MAX_BYTES`]; a frame that fails its checks closes the
+//! connection (the peer reconnects), it never panics the process. Each peer
+//! has a sender thread with a bounded queue; each accepted connection a
+//! reader thread that hands messages to the local driver.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Message, MessageType};
+use tracing::{debug, info, warn};
+
+use crate::raft_driver::{RaftHandle, Transport};
+use crate::replica::StateMachine;
+
+/// Largest frame accepted (a snapshot travels in one message).
+pub const FRAME_MAX_BYTES: usize = 256 << 20;
+/// Messages queued for one peer before new ones are dropped (Raft resends).
+pub const PEER_QUEUE_DEPTH: usize = 4096;
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT_MS: u64 = 500;
+/// Pause between reconnection attempts to an unreachable peer.
+pub const RECONNECT_BACKOFF_MS: u64 = 200;
+
+/// Where the local driver is, once it has started.
+pub type LocalHandle<S> = Arc<OnceLock<RaftHandle<S>>>;
+
+/// Sends this master's messages to its peers.
+pub struct TcpTransport {
+    queues: HashMap<u64, flume::Sender<Message>>,
+}
+
+impl std::fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("peers", &self.queues.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl TcpTransport {
+    /// Starts a sender thread per peer (`peers` excludes this master).
+    pub fn new<S: StateMachine + Send + 'static>(
+        peers: &HashMap<u64, SocketAddr>,
+        local: &LocalHandle<S>,
+    ) -> Self {
+        let mut queues = HashMap::new();
+        for (&id, &addr) in peers {
+            let (tx, rx) = flume::bounded(PEER_QUEUE_DEPTH);
+            let local = Arc::clone(local);
+            let spawned = thread::Builder::new()
+                .name(format!("raft-send-{id}"))
+                .spawn(move || send_loop(id, addr, &rx, &local));
+            if let Err(e) = spawned {
+                warn!(peer = id, %e, "cannot start the sender thread");
+                continue;
+            }
+            queues.insert(id, tx);
+        }
+        Self { queues }
+    }
+}
+
+impl Transport for TcpTransport {
+    fn send(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            if let Some(queue) = self.queues.get(&to) {
+                if queue.try_send(message).is_err() {
+                    debug!("peer queue full; message dropped (Raft will resend)");
+                }
+            } else {
+                warn!(to, "message for an unknown peer dropped");
+            }
+        }
+    }
+}
+
+fn report<S: StateMachine + Send + 'static>(
+    local: &LocalHandle<S>,
+    message: &Message,
+    delivered: bool,
+) {
+    let Some(handle) = local.get() else { return };
+    if !delivered {
+        handle.unreachable(message.to);
+    }
+    if message.get_msg_type() == MessageType::MsgSnapshot {
+        handle.snapshot_status(message.to, delivered);
+    }
+}
+
+fn send_loop<S: StateMachine + Send + 'static>(
+    peer: u64,
+    addr: SocketAddr,
+    queue: &flume::Receiver<Message>,
+    local: &LocalHandle<S>,
+) {
+    let mut conn: Option<BufWriter<TcpStream>> = None;
+    let mut frame = Vec::new();
+    while let Ok(message) = queue.recv() {
+        if conn.is_none() {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS)) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    info!(peer, %addr, "connected to master");
+                    conn = Some(BufWriter::new(stream));
+                }
+                Err(e) => {
+                    debug!(peer, %addr, %e, "master unreachable");
+                    report(local, &message, false);
+                    // Drop what queued up meanwhile: Raft resends what matters.
+                    thread::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS));
+                    for stale in queue.drain() {
+                        report(local, &stale, false);
+                    }
+                    continue;
+                }
+            }
+        }
+        frame.clear();
+        if let Err(e) = encode_frame(&message, &mut frame) {
+            warn!(peer, %e, "cannot encode a Raft message");
+            continue;
+        }
+        let Some(writer) = conn.as_mut() else {
+            continue;
+        };
+        let mut sent = writer.write_all(&frame);
+        if sent.is_ok() && queue.is_empty() {
+            sent = writer.flush();
+        }
+        match sent {
+            Ok(()) => report(local, &message, true),
+            Err(e) => {
+                debug!(peer, %e, "connection to master lost");
+                report(local, &message, false);
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Encodes a message as one frame.
+pub fn encode_frame(message: &Message, out: &mut Vec<u8>) -> Result<(), String> {
+    let body = message.write_to_bytes().map_err(|e| e.to_string())?;
+    if body.len() > FRAME_MAX_BYTES {
+        return Err(format!(
+            "message of {} bytes exceeds the frame limit",
+            body.len()
+        ));
+    }
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Message>, String> {
+    let mut header = [0u8; 8];
+    match reader.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len > FRAME_MAX_BYTES {
+        return Err(format!(
+            "frame of {len} bytes exceeds the {FRAME_MAX_BYTES}-byte limit"
+        ));
+    }
+    // Grow with the bytes that really arrive, not with the claimed length.
+    buf.clear();
+    reader
+        .take(len as u64)
+        .read_to_end(buf)
+        .map_err(|e| e.to_string())?;
+    if buf.len() != len {
+        return Err(format!("frame cut short: {} of {len} bytes", buf.len()));
+    }
+    if crc32c::crc32c(buf) != crc {
+        return Err("frame checksum mismatch".into());
+    }
+    Message::parse_from_bytes(buf)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Accepts peers' connections on `listener` and delivers their messages
+/// addressed to `me` to the local driver.
+pub fn serve<S: StateMachine + Send + 'static>(
+    listener: TcpListener,
+    me: u64,
+    local: LocalHandle<S>,
+) {
+    let spawned = thread::Builder::new()
+        .name("raft-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let local = Arc::clone(&local);
+                let _ = thread::Builder::new()
+                    .name("raft-recv".into())
+                    .spawn(move || receive(stream, me, &local));
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(%e, "cannot start the Raft listener thread");
+    }
+}
+
+fn receive<S: StateMachine + Send + 'static>(stream: TcpStream, me: u64, local: &LocalHandle<S>) {
+    let peer = stream.peer_addr().ok();
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        match read_frame(&mut reader, &mut buf) {
+            Ok(Some(message)) => {
+                if message.to != me {
+                    warn!(
+                        ?peer,
+                        to = message.to,
+                        me,
+                        "message for another master: closing the connection (check --peers)"
+                    );
+                    return;
+                }
+                let Some(handle) = local.get() else { continue };
+                if handle.deliver(message).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                warn!(?peer, %e, "bad Raft frame: closing the connection");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_roundtrip_and_bad_frames_are_errors() {
+        let mut m = Message {
+            to: 2,
+            from: 1,
+            term: 7,
+            ..Default::default()
+        };
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        let mut frame = Vec::new();
+        encode_frame(&m, &mut frame).expect("encode");
+        let mut buf = Vec::new();
+        let back = read_frame(&mut frame.as_slice(), &mut buf)
+            .expect("read")
+            .expect("a message");
+        assert_eq!(back, m);
+        assert!(read_frame(&mut [].as_slice(), &mut buf)
+            .expect("eof")
+            .is_none());
+        let mut corrupt = frame.clone();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 1;
+        assert!(read_frame(&mut corrupt.as_slice(), &mut buf).is_err());
+        let mut huge = frame.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_frame(&mut huge.as_slice(), &mut buf)
+            .expect_err("too big")
+            .contains("limit"));
+        assert!(read_frame(&mut frame[..10].as_ref(), &mut buf).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let mut buf = Vec::new();
+            let _ = read_frame(&mut bytes.as_slice(), &mut buf);
+        }
+    }
+}
