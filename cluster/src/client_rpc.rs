@@ -1,0 +1,313 @@
+//! The request/response protocol between metadata clients (nodes, tools)
+//! and masters, over TCP.
+//!
+//! ```text
+//! request:  [len u32][crc32c u32][id u64][op u8][payload]
+//! response: [len u32][crc32c u32][id u64][status u8][payload]
+//! ```
+//! `len` counts the bytes after the CRC; the CRC covers them. A master that
+//! is not the leader answers [`Status::NotLeader`] with the leader's client
+//! address, and [`RpcClient`] follows it by itself. A malformed frame closes
+//! the connection; it never panics either side.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+/// Largest request or response accepted.
+pub const RPC_FRAME_MAX_BYTES: usize = 64 << 20;
+/// Bytes of the fixed part after the CRC: id and op/status.
+const FIXED_BYTES: usize = 9;
+/// How long a client keeps trying (leader changes included) before failing.
+pub const CALL_DEADLINE_MS: u64 = 10_000;
+/// Pause before retrying when no master answers or none leads yet.
+const RETRY_BACKOFF_MS: u64 = 50;
+/// Connect timeout per master.
+const CONNECT_TIMEOUT_MS: u64 = 500;
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    /// Done; the payload is the result.
+    Ok = 0,
+    /// Not the leader; the payload is the leader's client address (may be empty).
+    NotLeader = 1,
+    /// Failed; the payload is a message.
+    Failed = 2,
+}
+
+/// Errors of a call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// No master answered as leader before the deadline.
+    #[error("no metadata master answered within {0:?} (tried {1}): check that a majority of masters runs and --masters is right")]
+    Unavailable(Duration, String),
+    /// The master failed the request.
+    #[error("metadata master: {0}")]
+    Failed(String),
+}
+
+/// What a server's handler returns.
+#[derive(Debug)]
+pub struct Response {
+    /// Outcome kind.
+    pub status: Status,
+    /// Result, leader address or message.
+    pub payload: Vec<u8>,
+}
+
+fn write_frame(out: &mut impl Write, id: u64, code: u8, payload: &[u8]) -> std::io::Result<()> {
+    let len = FIXED_BYTES + payload.len();
+    let mut crc = crc32c::crc32c(&id.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &[code]);
+    crc = crc32c::crc32c_append(crc, payload);
+    out.write_all(&(len as u32).to_le_bytes())?;
+    out.write_all(&crc.to_le_bytes())?;
+    out.write_all(&id.to_le_bytes())?;
+    out.write_all(&[code])?;
+    out.write_all(payload)?;
+    out.flush()
+}
+
+/// Reads a frame: `(id, code, payload)`; `Ok(None)` at a clean end.
+fn read_frame(input: &mut impl Read) -> Result<Option<(u64, u8, Vec<u8>)>, String> {
+    let mut header = [0u8; 8];
+    match input.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if !(FIXED_BYTES..=RPC_FRAME_MAX_BYTES).contains(&len) {
+        return Err(format!("frame length {len} out of range"));
+    }
+    let mut body = Vec::new();
+    input
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(|e| e.to_string())?;
+    if body.len() != len {
+        return Err("frame cut short".into());
+    }
+    if crc32c::crc32c(&body) != crc {
+        return Err("frame checksum mismatch".into());
+    }
+    let id = u64::from_le_bytes(body[..8].try_into().map_err(|_| "short frame")?);
+    let code = body[8];
+    body.drain(..FIXED_BYTES);
+    Ok(Some((id, code, body)))
+}
+
+/// The handler a master runs for each request: `(op, payload) -> Response`.
+pub type Handler = Arc<dyn Fn(u8, Vec<u8>) -> Response + Send + Sync>;
+
+/// Serves clients on `listener`, one thread per connection.
+pub fn serve(listener: TcpListener, handler: Handler) {
+    let spawned = thread::Builder::new()
+        .name("meta-accept".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let handler = Arc::clone(&handler);
+                let _ = thread::Builder::new()
+                    .name("meta-client".into())
+                    .spawn(move || serve_connection(stream, &handler));
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(%e, "cannot start the metadata listener thread");
+    }
+}
+
+fn serve_connection(stream: TcpStream, handler: &Handler) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut writer = BufWriter::new(write_half);
+    loop {
+        match read_frame(&mut reader) {
+            Ok(Some((id, op, payload))) => {
+                let response = handler(op, payload);
+                if write_frame(&mut writer, id, response.status as u8, &response.payload).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                warn!(?peer, %e, "bad metadata request frame: closing the connection");
+                return;
+            }
+        }
+    }
+}
+
+/// A client of the masters; follows the leader by itself.
+#[derive(Debug)]
+pub struct RpcClient {
+    masters: Vec<String>,
+    preferred: Option<String>,
+    conn: Option<(String, BufReader<TcpStream>, BufWriter<TcpStream>)>,
+    next_id: u64,
+    deadline: Duration,
+}
+
+impl RpcClient {
+    /// A client of the masters at `masters` (`host:port` each).
+    pub fn new(masters: Vec<String>) -> Self {
+        Self {
+            masters,
+            preferred: None,
+            conn: None,
+            next_id: 1,
+            deadline: Duration::from_millis(CALL_DEADLINE_MS),
+        }
+    }
+
+    /// How long a call keeps trying before it fails.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    fn connect(addr: &str) -> Option<(BufReader<TcpStream>, BufWriter<TcpStream>)> {
+        let resolved: SocketAddr = addr.to_socket_addrs().ok()?.next()?;
+        let stream =
+            TcpStream::connect_timeout(&resolved, Duration::from_millis(CONNECT_TIMEOUT_MS))
+                .ok()?;
+        let _ = stream.set_nodelay(true);
+        let write_half = stream.try_clone().ok()?;
+        Some((BufReader::new(stream), BufWriter::new(write_half)))
+    }
+
+    /// Sends a request to the leader (found and followed as needed) and
+    /// returns its result.
+    pub fn call(&mut self, op: u8, payload: &[u8]) -> Result<Vec<u8>, RpcError> {
+        let deadline = Instant::now() + self.deadline;
+        let mut attempt = 0usize;
+        loop {
+            if Instant::now() > deadline {
+                return Err(RpcError::Unavailable(
+                    self.deadline,
+                    self.masters.join(", "),
+                ));
+            }
+            if self.conn.is_none() {
+                let addr = self
+                    .preferred
+                    .take()
+                    .unwrap_or_else(|| self.masters[attempt % self.masters.len().max(1)].clone());
+                attempt += 1;
+                if let Some((r, w)) = Self::connect(&addr) {
+                    self.conn = Some((addr, r, w));
+                } else {
+                    thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
+                    continue;
+                }
+                }
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let Some((addr, reader, writer)) = self.conn.as_mut() else {
+                continue;
+            };
+            let answer = write_frame(writer, id, op, payload)
+                .map_err(|e| e.to_string())
+                .and_then(|()| read_frame(reader));
+            match answer {
+                Ok(Some((rid, status, body))) if rid == id => match status {
+                    s if s == Status::Ok as u8 => return Ok(body),
+                    s if s == Status::Failed as u8 => {
+                        return Err(RpcError::Failed(
+                            String::from_utf8_lossy(&body).into_owned(),
+                        ))
+                    }
+                    _ => {
+                        let leader = String::from_utf8_lossy(&body).into_owned();
+                        debug!(from = %addr, leader, "following the metadata leader");
+                        self.conn = None;
+                        if leader.is_empty() {
+                            thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
+                        } else {
+                            self.preferred = Some(leader);
+                        }
+                    }
+                },
+                Ok(_) | Err(_) => {
+                    self.conn = None;
+                    thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_roundtrip_and_garbage_is_an_error() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, 42, 7, b"payload").expect("write");
+        let back = read_frame(&mut buf.as_slice())
+            .expect("read")
+            .expect("frame");
+        assert_eq!(back, (42, 7, b"payload".to_vec()));
+        let mut bad = buf.clone();
+        bad[10] ^= 1;
+        assert!(read_frame(&mut bad.as_slice()).is_err());
+        assert!(read_frame(&mut [1u8, 0, 0, 0, 0, 0, 0, 0].as_slice()).is_err());
+    }
+
+    #[test]
+    fn a_client_follows_the_leader() {
+        let follower = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let follower_addr = follower.local_addr().expect("addr").to_string();
+        let leader = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let leader_addr = leader.local_addr().expect("addr").to_string();
+        let redirect = leader_addr.clone();
+        serve(
+            follower,
+            Arc::new(move |_, _| Response {
+                status: Status::NotLeader,
+                payload: redirect.clone().into_bytes(),
+            }),
+        );
+        serve(
+            leader,
+            Arc::new(|op, mut payload| {
+                payload.push(op);
+                Response {
+                    status: Status::Ok,
+                    payload,
+                }
+            }),
+        );
+        // The client only knows the follower; it is sent to the leader.
+        let mut client = RpcClient::new(vec![follower_addr]);
+        assert_eq!(client.call(3, b"ab").expect("call"), b"ab\x03");
+        assert_eq!(client.call(4, b"").expect("call"), b"\x04");
+        // Nobody answering is a clear error after the deadline.
+        let mut lost =
+            RpcClient::new(vec!["127.0.0.1:1".into()]).with_deadline(Duration::from_millis(300));
+        let err = lost.call(1, b"").expect_err("unavailable").to_string();
+        assert!(err.contains("majority of masters"), "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100)) {
+            let _ = read_frame(&mut bytes.as_slice());
+        }
+    }
+}
