@@ -213,7 +213,6 @@ impl RpcClient {
                     thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
                     continue;
                 }
-                }
             }
             let id = self.next_id;
             self.next_id += 1;
