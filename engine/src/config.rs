@@ -154,7 +154,9 @@ fn memory_slots(memory_bytes: u64, block_size: BlockSize, shards: usize) -> Resu
         )));
     }
     u32::try_from(per_shard)
-        .map_err(|_| Error::Config(format!("--memory-size {memory_bytes} is too large")))
+        .map_err(|_| Error::Config(format!(
+            "--memory-size {memory_bytes} needs more than 2^32 slots per shard: use a larger --block-size or a smaller --memory-size"
+        )))
 }
 
 /// CPUs in this process's affinity mask, in ascending order.

@@ -193,7 +193,18 @@ impl DiskIndex {
     /// whose header the caller erases on the device; the slot is reusable
     /// once the last pin is released.
     pub fn drop_block(&mut self, id: BlockId) -> Option<SlotIndex> {
-        let slot = self.map.remove(&id)?;
+        let slot = *self.map.get(&id)?;
+        self.drop_slot(id, slot).then_some(slot)
+    }
+
+    /// Drops `id` only if it still lives in `slot` (a reader that found a
+    /// bad checksum in an old copy must not drop a fresh copy elsewhere).
+    /// Returns whether it did.
+    pub fn drop_slot(&mut self, id: BlockId, slot: SlotIndex) -> bool {
+        if self.map.get(&id) != Some(&slot) {
+            return false;
+        }
+        self.map.remove(&id);
         self.policy.remove(slot);
         let meta = &mut self.meta[slot as usize];
         if meta.pins == 0 {
@@ -204,7 +215,7 @@ impl DiskIndex {
             // lands under a read in flight.
             meta.state = SlotState::Dropped;
         }
-        Some(slot)
+        true
     }
 
     /// Warm restart: a slot read back from the device with a valid header.

@@ -61,11 +61,24 @@ pub enum DiskRead {
 }
 
 /// A block laid out for one O_DIRECT write: header page(s), then data.
+/// From `prepare` on, reads of the block are served from its buffer.
 #[derive(Debug)]
 pub struct PreparedWrite {
     id: BlockId,
     header: SlotHeader,
-    buffer: DmaBuffer,
+    buffer: Rc<DmaBuffer>,
+}
+
+/// What [`DiskTier::write`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The block is on the device; `evicted` made room for it.
+    Written {
+        /// The block evicted, if any.
+        evicted: Option<BlockId>,
+    },
+    /// Not written: already there, or every slot pinned or being written.
+    Skipped,
 }
 
 /// Result of restoring a region after a restart.
@@ -75,6 +88,8 @@ pub struct Restored {
     pub blocks: u64,
     /// Slots with a valid header that were not kept (duplicate or foreign).
     pub skipped: u64,
+    /// Slots whose header could not be read (device errors).
+    pub unreadable: u64,
 }
 
 /// One shard's region of the cache device.
@@ -134,7 +149,15 @@ impl DiskTier {
             .buffer_unordered(RESTORE_READS_INFLIGHT_MAX);
         let mut restored = Restored::default();
         while let Some((slot, read)) = reads.next().await {
-            let page = read.map_err(|e| self.io_error("read a slot header of", &e))?;
+            let page = match read {
+                Ok(page) => page,
+                Err(e) => {
+                    // One unreadable sector costs one slot, not the node.
+                    warn!(shard = self.shard, slot, err = %e, path = %self.path.display(), "cannot read a slot header; slot skipped");
+                    restored.unreadable += 1;
+                    continue;
+                }
+            };
             let Some(header) = SlotHeader::decode(&page, &self.layout, self.epoch) else {
                 continue;
             };
@@ -254,7 +277,7 @@ impl DiskTier {
             );
         if !ok {
             warn!(shard = self.shard, block = %id, slot, "NVMe slot failed its checksum: dropped, will refetch");
-            self.index.borrow_mut().drop_block(id);
+            self.index.borrow_mut().drop_slot(id, slot);
             self.erase_header(slot).await;
             return Ok(DiskRead::Corrupt);
         }
@@ -301,39 +324,52 @@ impl DiskTier {
         header.encode(&mut bytes[..header_bytes])?;
         bytes[header_bytes..header_bytes + data.len()].copy_from_slice(data);
         bytes[header_bytes + data.len()..].fill(0);
+        let buffer = Rc::new(buffer);
+        // Readable from now on: a block evicted from memory must not
+        // disappear until its NVMe copy is committed.
+        self.in_flight
+            .borrow_mut()
+            .insert(id, (Rc::clone(&buffer), header.len));
         Ok(PreparedWrite { id, header, buffer })
     }
 
-    /// Writes a prepared block into a slot (evicting when full). Returns the
-    /// evicted block; `Ok(None)` also when the block was already here or no
-    /// slot could be freed.
-    pub async fn write(
-        &self,
-        prepared: PreparedWrite,
-        kind: AccessKind,
-    ) -> Result<Option<BlockId>> {
+    /// Writes a prepared block into a slot, evicting when full.
+    pub async fn write(&self, prepared: PreparedWrite, kind: AccessKind) -> Result<WriteOutcome> {
         let Some(reservation) = self.index.borrow_mut().reserve(prepared.id) else {
             debug!(shard = self.shard, block = %prepared.id, "NVMe write skipped: present or no free slot");
-            return Ok(None);
+            self.forget_in_flight(&prepared);
+            return Ok(WriteOutcome::Skipped);
         };
         let pos = self.layout.slot_offset(self.shard, reservation.slot);
-        let buffer = Rc::new(prepared.buffer);
-        self.in_flight
-            .borrow_mut()
-            .insert(prepared.id, (Rc::clone(&buffer), prepared.header.len));
-        let written = self.file.write_rc_at(buffer, pos).await;
-        self.in_flight.borrow_mut().remove(&prepared.id);
+        let written = self
+            .file
+            .write_rc_at(Rc::clone(&prepared.buffer), pos)
+            .await;
+        self.forget_in_flight(&prepared);
         match written {
             Ok(_) => {
                 self.index
                     .borrow_mut()
                     .commit(reservation.slot, &prepared.header, kind);
-                Ok(reservation.evicted)
+                Ok(WriteOutcome::Written {
+                    evicted: reservation.evicted,
+                })
             }
             Err(e) => {
                 self.index.borrow_mut().abort(reservation.slot);
                 Err(self.io_error("write", &e))
             }
+        }
+    }
+
+    /// Stops serving reads from a write's buffer (only if it is this write's).
+    fn forget_in_flight(&self, prepared: &PreparedWrite) {
+        let mut in_flight = self.in_flight.borrow_mut();
+        if in_flight
+            .get(&prepared.id)
+            .is_some_and(|(buffer, _)| Rc::ptr_eq(buffer, &prepared.buffer))
+        {
+            in_flight.remove(&prepared.id);
         }
     }
 

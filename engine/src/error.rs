@@ -55,7 +55,7 @@ pub enum Error {
     },
 
     /// The memory arena could not be mapped.
-    #[error("cannot allocate the {bytes}-byte memory tier ({source}): lower --memory-size")]
+    #[error("cannot map {bytes} bytes for one shard's memory tier ({source}): lower --memory-size (it is split over the shards) or free memory")]
     Arena {
         /// Requested size.
         bytes: usize,

@@ -50,12 +50,7 @@ pub fn inspect(path: &Path, verify: bool) -> Result<Report> {
             path.display()
         ))
     })?;
-    let layout = Layout {
-        block_size: BlockSize::new(u64::from(superblock.block_size))?,
-        shards: superblock.shards,
-        slots_per_shard: superblock.slots_per_shard,
-        header_bytes: superblock.header_bytes,
-    };
+    let layout = layout_of(&superblock, &path)?;
     let mut regions = vec![RegionReport::default(); layout.shards as usize];
     let mut header = vec![0u8; layout.header_bytes as usize];
     let mut data = vec![0u8; layout.block_size.bytes_usize()];
@@ -84,4 +79,49 @@ pub fn inspect(path: &Path, verify: bool) -> Result<Report> {
         superblock,
         regions,
     })
+}
+
+/// The layout a superblock describes, checked as strictly as a layout the
+/// engine computes itself (a superblock can have a valid CRC and still be
+/// from a newer version or a damaged writer).
+fn layout_of(sb: &Superblock, path: &Path) -> Result<Layout> {
+    let unusable = |what: &str| {
+        Error::Config(format!(
+            "{}: the cache superblock {what}; this cache was not written by this version of DatenLord (or is damaged): delete the file or use another --cache-dir",
+            path.display()
+        ))
+    };
+    if sb.format_version != crate::layout::FORMAT_VERSION {
+        return Err(unusable(&format!(
+            "has format version {}",
+            sb.format_version
+        )));
+    }
+    let block_size = BlockSize::new(u64::from(sb.block_size))
+        .map_err(|_| unusable("has an invalid block size"))?;
+    let shards_ok = sb.shards >= 1 && sb.shards as usize <= crate::block::SHARDS_MAX;
+    if !shards_ok
+        || sb.header_bytes != crate::layout::header_bytes_for(block_size)
+        || sb.slots_per_shard == 0
+    {
+        return Err(unusable("describes an impossible layout"));
+    }
+    let layout = Layout {
+        block_size,
+        shards: sb.shards,
+        slots_per_shard: sb.slots_per_shard,
+        header_bytes: sb.header_bytes,
+    };
+    let total =
+        (u128::from(layout.slot_bytes()) * u128::from(sb.slots_per_shard) * u128::from(sb.shards))
+            + u128::from(SUPERBLOCK_BYTES);
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, e))?;
+    let is_device = {
+        use std::os::unix::fs::FileTypeExt;
+        meta.file_type().is_block_device()
+    };
+    if !is_device && total > u128::from(meta.len()) {
+        return Err(unusable("describes more slots than the file holds"));
+    }
+    Ok(layout)
 }

@@ -66,7 +66,7 @@ impl Layout {
         }
         let slots_per_shard = u32::try_from(per_shard).map_err(|_| {
             Error::Config(format!(
-                "--cache-size {size_bytes} is too large for this block size"
+                "--cache-size {size_bytes} needs more than 2^32 slots per shard: use a larger --block-size, more --cores or a smaller --cache-size"
             ))
         })?;
         Ok(Self {

@@ -14,8 +14,8 @@ use glommio::sync::Semaphore;
 
 use crate::block::{BlockId, ShardId};
 use crate::error::{Error, Result};
-use crate::eviction::AccessKind;
 use crate::prefetch::StreamId;
+use crate::shard::ReadHint;
 use crate::stats::ShardStats;
 
 /// Depth of each shard-to-shard channel.
@@ -36,8 +36,8 @@ pub enum Op {
         len: u32,
         /// Caller's buffer, returned filled.
         buf: Vec<u8>,
-        /// Access kind decided by the caller's stream detector.
-        kind: AccessKind,
+        /// What the caller's stream detector decided.
+        hint: ReadHint,
     },
     /// Cache a block written by a client.
     Insert {
@@ -107,9 +107,13 @@ pub enum MeshMsg {
 #[derive(Debug)]
 enum Slot {
     Free,
-    Waiting(Option<Waker>),
+    /// Sent to `peer`; `abandoned` when the caller gave up waiting.
+    Waiting {
+        peer: ShardId,
+        waker: Option<Waker>,
+        abandoned: bool,
+    },
     Done(Result<Reply>),
-    Abandoned,
 }
 
 /// This shard's end of the mesh.
@@ -141,6 +145,11 @@ impl Peers {
         }
     }
 
+    fn release(&self, tag: u32) {
+        self.slots.borrow_mut()[tag as usize] = Slot::Free;
+        self.free.borrow_mut().push(tag);
+    }
+
     /// Sends `op` to `peer` and waits for its reply.
     pub async fn call(self: &Rc<Self>, peer: ShardId, op: Op) -> Result<Reply> {
         debug_assert_ne!(peer, self.me);
@@ -150,10 +159,16 @@ impl Peers {
             .await
             .map_err(|_| Error::ShutDown)?;
         let tag = self.free.borrow_mut().pop().ok_or(Error::ShutDown)?;
-        self.slots.borrow_mut()[tag as usize] = Slot::Waiting(None);
+        self.slots.borrow_mut()[tag as usize] = Slot::Waiting {
+            peer,
+            waker: None,
+            abandoned: false,
+        };
+        // Frees the slot if this call is dropped at any point below.
         let mut waiting = ReplyFuture {
             peers: Rc::clone(self),
             tag,
+            sent: false,
             done: false,
         };
         if self
@@ -163,11 +178,38 @@ impl Peers {
             .is_err()
         {
             waiting.done = true;
-            self.slots.borrow_mut()[tag as usize] = Slot::Free;
-            self.free.borrow_mut().push(tag);
+            self.release(tag);
             return Err(Error::ShutDown);
         }
+        waiting.sent = true;
         waiting.await
+    }
+
+    /// A peer's executor stopped: its outstanding replies will never come.
+    pub fn peer_gone(&self, gone: ShardId) {
+        let mut slots = self.slots.borrow_mut();
+        for (tag, slot) in slots.iter_mut().enumerate() {
+            let Slot::Waiting {
+                peer,
+                waker,
+                abandoned,
+            } = slot
+            else {
+                continue;
+            };
+            if *peer != gone {
+                continue;
+            }
+            if *abandoned {
+                *slot = Slot::Free;
+                self.free.borrow_mut().push(tag as u32);
+            } else {
+                if let Some(w) = waker.take() {
+                    w.wake();
+                }
+                *slot = Slot::Done(Err(Error::ShutDown));
+            }
+        }
     }
 
     /// Sends a reply to `peer`.
@@ -201,16 +243,21 @@ impl Peers {
         let Some(slot) = slots.get_mut(tag as usize) else {
             return;
         };
-        match std::mem::replace(slot, Slot::Free) {
-            Slot::Waiting(waker) => {
-                *slot = Slot::Done(result);
-                if let Some(w) = waker {
-                    w.wake();
-                }
-            }
-            Slot::Abandoned => self.free.borrow_mut().push(tag),
-            other => *slot = other,
+        let Slot::Waiting {
+            waker, abandoned, ..
+        } = slot
+        else {
+            return;
+        };
+        if *abandoned {
+            *slot = Slot::Free;
+            self.free.borrow_mut().push(tag);
+            return;
         }
+        if let Some(w) = waker.take() {
+            w.wake();
+        }
+        *slot = Slot::Done(result);
     }
 
     /// Closes the mesh: peers' receive loops end.
@@ -222,27 +269,34 @@ impl Peers {
 struct ReplyFuture {
     peers: Rc<Peers>,
     tag: u32,
+    /// Whether the request left: until then nothing can answer it.
+    sent: bool,
     done: bool,
 }
 
 impl Future for ReplyFuture {
     type Output = Result<Reply>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Reply>> {
-        let tag = self.tag as usize;
+        let tag = self.tag;
         let mut slots = self.peers.slots.borrow_mut();
-        match std::mem::replace(&mut slots[tag], Slot::Free) {
+        match std::mem::replace(&mut slots[tag as usize], Slot::Free) {
+            Slot::Waiting {
+                peer, abandoned, ..
+            } => {
+                slots[tag as usize] = Slot::Waiting {
+                    peer,
+                    waker: Some(cx.waker().clone()),
+                    abandoned,
+                };
+                Poll::Pending
+            }
             Slot::Done(result) => {
                 drop(slots);
-                self.peers.free.borrow_mut().push(self.tag);
+                self.peers.free.borrow_mut().push(tag);
                 self.done = true;
                 Poll::Ready(result)
             }
-            Slot::Waiting(_) => {
-                slots[tag] = Slot::Waiting(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-            other => {
-                slots[tag] = other;
+            Slot::Free => {
                 drop(slots);
                 self.done = true;
                 Poll::Ready(Err(Error::ShutDown))
@@ -256,16 +310,26 @@ impl Drop for ReplyFuture {
         if self.done {
             return;
         }
+        if !self.sent {
+            self.peers.release(self.tag);
+            return;
+        }
         // The caller gave up: free the slot now if the reply is in,
-        // otherwise when it arrives.
+        // otherwise when it arrives (or its peer goes away).
         let mut slots = self.peers.slots.borrow_mut();
-        match std::mem::replace(&mut slots[self.tag as usize], Slot::Abandoned) {
+        match &mut slots[self.tag as usize] {
+            Slot::Waiting {
+                abandoned, waker, ..
+            } => {
+                *abandoned = true;
+                *waker = None;
+            }
             Slot::Done(_) => {
                 slots[self.tag as usize] = Slot::Free;
+                drop(slots);
                 self.peers.free.borrow_mut().push(self.tag);
             }
-            Slot::Waiting(_) | Slot::Abandoned => {}
-            Slot::Free => slots[self.tag as usize] = Slot::Free,
+            Slot::Free => {}
         }
     }
 }

@@ -48,6 +48,10 @@ pub struct PrefetchConfig {
     pub stream_idle_ticks: u64,
     /// Prefetches queued at once; further ones are dropped (>= 1).
     pub queue_blocks_max: usize,
+    /// A read of the stream's last block within this many ticks of the
+    /// previous one is a *repeat* (the kernel splitting one read of a block
+    /// into several requests), not a new access.
+    pub repeat_window_ticks: u64,
 }
 
 impl Default for PrefetchConfig {
@@ -55,7 +59,8 @@ impl Default for PrefetchConfig {
     /// one wasted block), max 32 blocks (32 MiB ahead with 1 MiB blocks,
     /// enough to hide backend latency for one reader), 64 streams (more
     /// concurrent sequential readers than one core can serve well), 1000
-    /// idle ticks, and a queue of 256 blocks (8 full windows).
+    /// idle ticks, a queue of 256 blocks (8 full windows), and 10 ticks
+    /// for repeats (the engine ticks in milliseconds).
     fn default() -> Self {
         Self {
             window_blocks_initial: 1,
@@ -63,6 +68,7 @@ impl Default for PrefetchConfig {
             streams_max: 64,
             stream_idle_ticks: 1000,
             queue_blocks_max: 256,
+            repeat_window_ticks: 10,
         }
     }
 }
@@ -125,6 +131,9 @@ pub struct Access {
     /// dropped to make room): cancel its queued prefetches. Only reported
     /// for streams that issued prefetches, since no other can have any.
     pub cancelled: Option<StreamId>,
+    /// The same block as the stream's previous access (a small read inside
+    /// a block already read): admission should not count it again.
+    pub repeat: bool,
 }
 
 /// Per-inode stream state.
@@ -209,8 +218,10 @@ impl StreamTable {
                 stream: id_next,
                 prefetch: NO_PREFETCH,
                 cancelled,
+                repeat: false,
             };
         };
+        let tick_previous = stream.tick_last;
         stream.tick_last = now_tick;
         stream.access_seq_last = access_seq;
 
@@ -222,6 +233,7 @@ impl StreamTable {
                 stream: stream.id,
                 prefetch: NO_PREFETCH,
                 cancelled: None,
+                repeat: now_tick.saturating_sub(tick_previous) <= self.config.repeat_window_ticks,
             };
         }
 
@@ -250,6 +262,7 @@ impl StreamTable {
                 stream: stream.id,
                 prefetch,
                 cancelled: None,
+                repeat: false,
             };
         }
 
@@ -265,6 +278,7 @@ impl StreamTable {
             stream: id_next,
             prefetch: NO_PREFETCH,
             cancelled,
+            repeat: false,
         }
     }
 
@@ -493,10 +507,18 @@ mod tests {
     fn same_block_reads_issue_nothing_and_keep_kind() {
         let mut table = StreamTable::new(PrefetchConfig::default());
         let first = seq(&mut table, 5, u64::MAX);
+        assert!(!first.repeat);
         let again = seq(&mut table, 5, u64::MAX);
-        assert_eq!(again, first);
+        assert_eq!(
+            again,
+            Access {
+                repeat: true,
+                ..first
+            }
+        );
         let hit = seq(&mut table, 6, u64::MAX);
         assert_eq!(hit.prefetch, 7..8);
+        assert!(!hit.repeat);
         for _ in 0..3 {
             let again = seq(&mut table, 6, u64::MAX);
             assert_eq!(
@@ -504,7 +526,14 @@ mod tests {
                 (AccessKind::Sequential, hit.stream)
             );
             assert!(again.prefetch.is_empty());
+            assert!(
+                again.repeat,
+                "admission counts a block once per stream pass"
+            );
         }
+        // The same block read again much later is a new access.
+        let later = table.on_access(INO, 6, u64::MAX, 10_000);
+        assert!(!later.repeat);
         assert_eq!(seq(&mut table, 7, u64::MAX).prefetch, 8..10);
     }
 

@@ -33,6 +33,8 @@ use crate::stats::ShardStats;
 const STREAM_EXPIRE_INTERVAL_MS: u64 = 250;
 /// Poll interval while draining a shard's tasks at shutdown.
 const DRAIN_POLL_INTERVAL_MS: u64 = 1;
+/// Requests from other threads queued per shard before senders wait.
+pub const EXTERNAL_INBOX_DEPTH: usize = 4096;
 
 /// A request from outside the executors.
 #[derive(Debug)]
@@ -87,6 +89,8 @@ enum External {
         reply: flume::Sender<Result<Response>>,
     },
     Spawn(SpawnFn),
+    /// Every executor is up: join the mesh and start serving.
+    Go,
     Drain(flume::Sender<()>),
     Stop(flume::Sender<Result<()>>),
 }
@@ -103,6 +107,7 @@ impl std::fmt::Debug for External {
         match self {
             Self::Call { request, .. } => write!(f, "Call({request:?})"),
             Self::Spawn(_) => f.write_str("Spawn"),
+            Self::Go => f.write_str("Go"),
             Self::Drain(_) => f.write_str("Drain"),
             Self::Stop(_) => f.write_str("Stop"),
         }
@@ -129,7 +134,8 @@ impl EngineHandle {
             .ok_or_else(|| Error::InvalidRequest(format!("{shard} does not exist")))?;
         let (reply, answer) = flume::bounded(1);
         inbox
-            .send(External::Call { request, reply })
+            .send_async(External::Call { request, reply })
+            .await
             .map_err(|_| Error::ShutDown)?;
         answer.recv_async().await.map_err(|_| Error::ShutDown)?
     }
@@ -196,7 +202,8 @@ impl EngineHandle {
                 .boxed_local()
             });
             inbox
-                .send(External::Spawn(job))
+                .send_async(External::Spawn(job))
+                .await
                 .map_err(|_| Error::ShutDown)?;
             answers.push(rx);
         }
@@ -325,6 +332,9 @@ struct ShardStart {
     factory: Arc<dyn SourceFactory>,
     mesh: MeshBuilder<MeshMsg, Full>,
     inbox: flume::Receiver<External>,
+    /// Reports that the executor runs (phase 1).
+    up: ReadyGuard,
+    /// Reports that the shard serves (phase 2).
     ready: ReadyGuard,
 }
 
@@ -342,12 +352,13 @@ impl Engine {
         let shards = plan.shards();
         let plan_shared = Arc::new(plan.clone());
         let mesh = MeshBuilder::<MeshMsg, Full>::full(shards, MESH_CHANNEL_DEPTH);
+        let (up_tx, up_rx) = flume::unbounded();
         let (ready_tx, ready_rx) = flume::unbounded();
         let mut inboxes = Vec::with_capacity(shards);
         let mut threads = Vec::with_capacity(shards);
         let mut spawn_error = None;
         for (index, &cpu) in plan.cpus.iter().enumerate() {
-            let (tx, rx) = flume::unbounded();
+            let (tx, rx) = flume::bounded(EXTERNAL_INBOX_DEPTH);
             inboxes.push(tx);
             let start = ShardStart {
                 plan: Arc::clone(&plan_shared),
@@ -356,6 +367,11 @@ impl Engine {
                 factory: Arc::clone(&factory),
                 mesh: mesh.clone(),
                 inbox: rx,
+                up: ReadyGuard {
+                    shard: ShardId(index as u16),
+                    tx: up_tx.clone(),
+                    sent: false,
+                },
                 ready: ReadyGuard {
                     shard: ShardId(index as u16),
                     tx: ready_tx.clone(),
@@ -378,7 +394,17 @@ impl Engine {
                 }
             }
         }
+        drop(up_tx);
         drop(ready_tx);
+        // Phase 1: every executor must run before any joins the mesh (a
+        // mesh join waits for all peers: one missing executor would hang
+        // the others forever).
+        if let Some(err) = spawn_error.or_else(|| first_failure(&up_rx, threads.len())) {
+            return Err(abort_start(&inboxes, threads, err));
+        }
+        for inbox in &inboxes {
+            let _ = inbox.send(External::Go);
+        }
         let mut engine = Self {
             handle: EngineHandle {
                 inboxes: inboxes.into(),
@@ -388,17 +414,7 @@ impl Engine {
             plan,
             stopped: false,
         };
-        let mut first_error = spawn_error;
-        for _ in 0..engine.threads.len() {
-            match ready_rx.recv() {
-                Ok((_, Ok(()))) => {}
-                Ok((_, Err(e))) => {
-                    first_error.get_or_insert(e);
-                }
-                Err(_) => break,
-            }
-        }
-        if let Some(err) = first_error {
+        if let Some(err) = first_failure(&ready_rx, engine.threads.len()) {
             let joined = engine.stop_all();
             engine.stopped = true;
             // A thread's own error (e.g. glommio's memlock check) says more
@@ -494,8 +510,18 @@ async fn run_shard(start: ShardStart) {
         factory,
         mesh,
         inbox,
+        up,
         ready,
     } = start;
+    up.send(Ok(()));
+    match inbox.recv_async().await {
+        Ok(External::Go) => {}
+        Ok(External::Stop(reply)) => {
+            let _ = reply.send(Ok(()));
+            return ready.send(Err(Error::ShutDown));
+        }
+        _ => return ready.send(Err(Error::ShutDown)),
+    }
     let (senders, receivers) = match mesh.join().await {
         Ok(pair) => pair,
         Err(e) => {
@@ -530,6 +556,8 @@ async fn run_shard(start: ShardStart) {
             while let Some(msg) = rx.recv().await {
                 on_mesh_message(&shard, peer, msg);
             }
+            // The peer's executor stopped: nothing it owed will arrive.
+            shard.peers.peer_gone(peer);
         })
         .detach();
     }
@@ -543,10 +571,30 @@ async fn run_shard(start: ShardStart) {
     .detach();
     ready.send(Ok(()));
 
+    let stop_reply = serve_inbox(&shard, &inbox).await;
+    shard.begin_close();
+    // Peers may have handed this shard work after its drain finished (a
+    // read of theirs that filled a block here): finish it before the flush.
+    while shard.tasks_running() > 0 {
+        glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_INTERVAL_MS)).await;
+    }
+    let synced = shard.sync().await;
+    peers.close();
+    if let Some(reply) = stop_reply {
+        let _ = reply.send(synced);
+    }
+}
+
+/// Serves requests from other threads until told to stop; returns the
+/// stopper's reply channel.
+async fn serve_inbox(
+    shard: &Rc<Shard>,
+    inbox: &flume::Receiver<External>,
+) -> Option<flume::Sender<Result<()>>> {
     let ctx = ShardContext {
-        shard: Rc::clone(&shard),
+        shard: Rc::clone(shard),
     };
-    let stop_reply = loop {
+    loop {
         let Ok(msg) = inbox.recv_async().await else {
             break None;
         };
@@ -561,10 +609,12 @@ async fn run_shard(start: ShardStart) {
                     let _ = reply.send(ctx.handle(request).await);
                 });
             }
-            External::Spawn(job) => shard.spawn_tracked(job(ctx.clone())),
+            // Dropping a job while closing tells its caller (ShutDown).
+            External::Spawn(job) if !shard.is_closing() => shard.spawn_tracked(job(ctx.clone())),
+            External::Spawn(_) | External::Go => {}
             External::Drain(reply) => {
                 shard.begin_close();
-                let draining = Rc::clone(&shard);
+                let draining = Rc::clone(shard);
                 glommio::spawn_local(async move {
                     while draining.tasks_running() > 0 {
                         glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_INTERVAL_MS)).await;
@@ -575,12 +625,6 @@ async fn run_shard(start: ShardStart) {
             }
             External::Stop(reply) => break Some(reply),
         }
-    };
-    shard.begin_close();
-    let synced = shard.sync().await;
-    peers.close();
-    if let Some(reply) = stop_reply {
-        let _ = reply.send(synced);
     }
 }
 
@@ -639,6 +683,49 @@ async fn build_shard(
             + crate::shard::PREFETCH_INFLIGHT_MAX,
         peers,
     }))
+}
+
+/// Collects one report per shard; the first failure, if any.
+fn first_failure(reports: &flume::Receiver<(ShardId, Result<()>)>, shards: usize) -> Option<Error> {
+    let mut first = None;
+    for _ in 0..shards {
+        match reports.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((_, Err(e))) => {
+                first.get_or_insert(e);
+            }
+            Err(_) => break,
+        }
+    }
+    first
+}
+
+/// Stops the executors that came up when another did not, and returns the
+/// most telling error.
+fn abort_start(
+    inboxes: &[flume::Sender<External>],
+    threads: Vec<ExecutorJoinHandle<()>>,
+    err: Error,
+) -> Error {
+    let mut thread_error = None;
+    for inbox in inboxes {
+        let (tx, _rx) = flume::bounded(1);
+        let _ = inbox.send(External::Stop(tx));
+    }
+    for (index, thread) in threads.into_iter().enumerate() {
+        if let Err(e) = thread.join() {
+            thread_error.get_or_insert(Error::Executor {
+                shard: index,
+                message: e.to_string(),
+            });
+        }
+    }
+    // A thread's own error (e.g. glommio's memlock check) says more than
+    // "stopped during start-up".
+    match (err, thread_error) {
+        (Error::Executor { .. }, Some(thread_err)) => thread_err,
+        (err, _) => err,
+    }
 }
 
 /// A 4 KiB-aligned buffer for O_DIRECT IO outside the executors.

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 
 use crate::admission::Admission;
 use crate::block::{BlockId, BlockMap, BlockSize, ShardId};
-use crate::disk_tier::{DiskRead, DiskTier};
+use crate::disk_tier::{DiskRead, DiskTier, WriteOutcome};
 use crate::error::{Error, Result};
 use crate::eviction::AccessKind;
 use crate::memory_tier::MemoryTier;
@@ -39,6 +39,24 @@ pub const PROMOTIONS_INFLIGHT_MAX: usize = 8;
 pub const PROMOTE_FREQUENCY_MIN: u8 = 2;
 /// Prefetched-but-unread blocks remembered for the prefetch-hit counter.
 const PREFETCHED_TRACKED_MAX: usize = 4096;
+
+/// What the front's stream detector says about one read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadHint {
+    /// How the eviction policy should treat the block.
+    pub kind: AccessKind,
+    /// Whether admission counts this access: a further small read inside
+    /// the block a stream just read does not make the block any hotter.
+    pub counts: bool,
+}
+
+impl ReadHint {
+    /// A random access that counts (callers without a stream detector).
+    pub const RANDOM: Self = Self {
+        kind: AccessKind::Random,
+        counts: true,
+    };
+}
 
 /// Outcome of a single-flight fetch, shareable between waiters.
 #[derive(Clone, Debug)]
@@ -225,11 +243,11 @@ impl Shard {
         len: u32,
         buf: Vec<u8>,
     ) -> Result<(Vec<u8>, usize)> {
-        let kind = self.observe(id);
+        let hint = self.observe(id);
         let owner = id.key().owner(self.shards);
         if owner == self.id {
             let mut buf = buf;
-            let n = self.read_owned(id, offset, len, &mut buf, kind).await?;
+            let n = self.read_owned(id, offset, len, &mut buf, hint).await?;
             return Ok((buf, n));
         }
         self.count(|s| s.forwarded += 1);
@@ -238,7 +256,7 @@ impl Shard {
             offset,
             len,
             buf,
-            kind,
+            hint,
         };
         match self.peers.call(owner, op).await? {
             Reply::Read { buf, len } => Ok((buf, len)),
@@ -286,7 +304,7 @@ impl Shard {
     }
 
     /// Records an access in the stream table and sends prefetch hints.
-    fn observe(self: &Rc<Self>, id: BlockId) -> AccessKind {
+    fn observe(self: &Rc<Self>, id: BlockId) -> ReadHint {
         let access =
             self.streams
                 .borrow_mut()
@@ -317,7 +335,10 @@ impl Shard {
                 }
             }
         }
-        access.kind
+        ReadHint {
+            kind: access.kind,
+            counts: !access.repeat,
+        }
     }
 
     /// Stream ids are per front shard; the shard index in the top bits makes
@@ -363,9 +384,9 @@ impl Shard {
                 offset,
                 len,
                 mut buf,
-                kind,
+                hint,
             } => {
-                let len = self.read_owned(id, offset, len, &mut buf, kind).await?;
+                let len = self.read_owned(id, offset, len, &mut buf, hint).await?;
                 Ok(Reply::Read { buf, len })
             }
             Op::Insert { id, data } => {
@@ -408,11 +429,14 @@ impl Shard {
         offset: u32,
         len: u32,
         buf: &mut Vec<u8>,
-        kind: AccessKind,
+        hint: ReadHint,
     ) -> Result<usize> {
         self.check_range(id, offset, len)?;
         let (offset, len) = (offset as usize, len as usize);
-        self.admission.borrow_mut().record(id.hash64());
+        let kind = hint.kind;
+        if hint.counts {
+            self.admission.borrow_mut().record(id.hash64());
+        }
         if !self.prefetched.borrow().is_empty() && self.prefetched.borrow_mut().remove(&id) {
             self.count(|s| s.prefetch_hits += 1);
         }
@@ -631,10 +655,11 @@ impl Shard {
         self.spawn_tracked(async move {
             if let Some(disk) = &shard.disk {
                 match disk.write(prepared, kind).await {
-                    Ok(evicted) => shard.count(|s| {
+                    Ok(WriteOutcome::Written { evicted }) => shard.count(|s| {
                         s.disk_writes += 1;
                         s.disk_evictions += u64::from(evicted.is_some());
                     }),
+                    Ok(WriteOutcome::Skipped) => {}
                     Err(err) => {
                         warn!(shard = %shard.id, block = %id, %err, "NVMe write failed");
                         shard.count(|s| s.disk_write_errors += 1);
