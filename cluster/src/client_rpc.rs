@@ -28,6 +28,8 @@ pub const CALL_DEADLINE_MS: u64 = 10_000;
 const RETRY_BACKOFF_MS: u64 = 50;
 /// Connect timeout per master.
 const CONNECT_TIMEOUT_MS: u64 = 500;
+/// First bytes a client sends on a connection (see `listener`).
+pub const CLIENT_PREAMBLE: [u8; 4] = *b"DLMC";
 
 /// How a request ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,11 +115,16 @@ pub fn serve(listener: TcpListener, handler: Handler) {
         .name("meta-accept".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let Ok(mut stream) = stream else { continue };
                 let handler = Arc::clone(&handler);
                 let _ = thread::Builder::new()
                     .name("meta-client".into())
-                    .spawn(move || serve_connection(stream, &handler));
+                    .spawn(move || {
+                        let mut preamble = [0u8; 4];
+                        if stream.read_exact(&mut preamble).is_ok() && preamble == CLIENT_PREAMBLE {
+                            serve_connection(stream, &handler);
+                        }
+                    });
             }
         });
     if let Err(e) = spawned {
@@ -125,7 +132,8 @@ pub fn serve(listener: TcpListener, handler: Handler) {
     }
 }
 
-fn serve_connection(stream: TcpStream, handler: &Handler) {
+/// Answers a client's requests (after its preamble) until it disconnects.
+pub(crate) fn serve_connection(stream: TcpStream, handler: &Handler) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let Ok(write_half) = stream.try_clone() else {
@@ -185,7 +193,8 @@ impl RpcClient {
             TcpStream::connect_timeout(&resolved, Duration::from_millis(CONNECT_TIMEOUT_MS))
                 .ok()?;
         let _ = stream.set_nodelay(true);
-        let write_half = stream.try_clone().ok()?;
+        let mut write_half = stream.try_clone().ok()?;
+        write_half.write_all(&CLIENT_PREAMBLE).ok()?;
         Some((BufReader::new(stream), BufWriter::new(write_half)))
     }
 

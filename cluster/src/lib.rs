@@ -5,6 +5,7 @@
 //! The engine and the FUSE frontend are unknown here; `fs` glues them.
 
 pub mod client_rpc;
+pub mod listener;
 pub mod raft_driver;
 pub mod raft_log;
 mod raft_logger;

@@ -28,6 +28,8 @@ pub const PEER_QUEUE_DEPTH: usize = 4096;
 pub const CONNECT_TIMEOUT_MS: u64 = 500;
 /// Pause between reconnection attempts to an unreachable peer.
 pub const RECONNECT_BACKOFF_MS: u64 = 200;
+/// First bytes a master sends on a connection to a peer (see `listener`).
+pub const RAFT_PREAMBLE: [u8; 4] = *b"DLRF";
 
 /// Where the local driver is, once it has started.
 pub type LocalHandle<S> = Arc<OnceLock<RaftHandle<S>>>;
@@ -111,7 +113,10 @@ fn send_loop<S: StateMachine + Send + 'static>(
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
                     info!(peer, %addr, "connected to master");
-                    conn = Some(BufWriter::new(stream));
+                    let mut writer = BufWriter::new(stream);
+                    if writer.write_all(&RAFT_PREAMBLE).is_ok() {
+                        conn = Some(writer);
+                    }
                 }
                 Err(e) => {
                     debug!(peer, %addr, %e, "master unreachable");
@@ -206,11 +211,16 @@ pub fn serve<S: StateMachine + Send + 'static>(
         .name("raft-accept".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
+                let Ok(mut stream) = stream else { continue };
                 let local = Arc::clone(&local);
                 let _ = thread::Builder::new()
                     .name("raft-recv".into())
-                    .spawn(move || receive(stream, me, &local));
+                    .spawn(move || {
+                        let mut preamble = [0u8; 4];
+                        if stream.read_exact(&mut preamble).is_ok() && preamble == RAFT_PREAMBLE {
+                            receive(stream, me, &local);
+                        }
+                    });
             }
         });
     if let Err(e) = spawned {
@@ -218,7 +228,12 @@ pub fn serve<S: StateMachine + Send + 'static>(
     }
 }
 
-fn receive<S: StateMachine + Send + 'static>(stream: TcpStream, me: u64, local: &LocalHandle<S>) {
+/// Reads a peer's messages (after its preamble) until it disconnects.
+pub(crate) fn receive<S: StateMachine + Send + 'static>(
+    stream: TcpStream,
+    me: u64,
+    local: &LocalHandle<S>,
+) {
     let peer = stream.peer_addr().ok();
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();

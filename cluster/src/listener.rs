@@ -1,0 +1,53 @@
+//! One TCP port per master for both its peers (Raft messages) and its
+//! clients (metadata requests): the first four bytes of a connection say
+//! which it is, so a master is one address in `--peers` and in clients'
+//! `--masters`, and a leader redirect names the address clients already use.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use crate::client_rpc::{serve_connection, Handler, CLIENT_PREAMBLE};
+use crate::raft_transport::{receive, LocalHandle, RAFT_PREAMBLE};
+use crate::replica::StateMachine;
+
+/// How long a new connection may take to say what it is.
+const PREAMBLE_TIMEOUT_MS: u64 = 5000;
+
+/// Accepts connections on `listener`: peers' go to the local Raft driver,
+/// clients' to `handler`.
+pub fn serve_master<S: StateMachine + Send + 'static>(
+    listener: TcpListener,
+    me: u64,
+    local: LocalHandle<S>,
+    handler: Handler,
+) {
+    let spawned = thread::Builder::new().name("master-accept".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let local = Arc::clone(&local);
+            let handler = Arc::clone(&handler);
+            let _ = thread::Builder::new().name("master-conn".into()).spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_millis(PREAMBLE_TIMEOUT_MS)));
+                let mut preamble = [0u8; 4];
+                if let Err(e) = stream.read_exact(&mut preamble) {
+                    debug!(%e, "connection closed before saying what it is");
+                    return;
+                }
+                let _ = stream.set_read_timeout(None);
+                match preamble {
+                    RAFT_PREAMBLE => receive(stream, me, &local),
+                    CLIENT_PREAMBLE => serve_connection(stream, &handler),
+                    other => warn!(?other, peer = ?stream.peer_addr().ok(), "unknown protocol on the master port: closing"),
+                }
+            });
+        }
+    });
+    if let Err(e) = spawned {
+        warn!(%e, "cannot start the master listener thread");
+    }
+}
