@@ -1,5 +1,6 @@
 //! `datenlord`: the DatenLord node binary.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -19,6 +20,50 @@ enum Command {
     /// Inspect and check the node's block cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Run a metadata master: one member of the Raft group that holds the
+    /// namespace. Start 3 (or 5) with the same --peers; stops cleanly on
+    /// SIGTERM or Ctrl-C.
+    Master(MasterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MasterArgs {
+    /// This master's id: one of the ids in --peers.
+    #[arg(long)]
+    id: u64,
+    /// Every master of the group, this one included: `1=host:port,2=host:port,...`.
+    /// Each port serves both the other masters and metadata clients.
+    #[arg(long, value_parser = parse_peers)]
+    peers: BTreeMap<u64, String>,
+    /// Directory of this master's Raft log and snapshots (created if missing).
+    #[arg(long = "data-dir")]
+    data_dir: PathBuf,
+    /// Snapshot the namespace (and compact the log) every this many changes.
+    #[arg(long = "snapshot-interval", value_name = "ENTRIES")]
+    snapshot_interval: Option<u64>,
+}
+
+fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').filter(|s| !s.trim().is_empty()) {
+        let (id, addr) = item.split_once('=').ok_or_else(|| {
+            format!("{item:?}: write each master as ID=HOST:PORT, e.g. 1=10.0.0.1:7001")
+        })?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("{id:?}: a master id is a positive number"))?;
+        if id == 0 {
+            return Err("master id 0 is reserved: number masters from 1".into());
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("master id {id} appears twice in --peers"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("--peers lists no master".into());
+    }
+    Ok(peers)
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +100,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Master(args) => run_master(&args),
         Command::Cache(CacheCommand::Inspect { cache_dir, verify }) => {
             let report = datenlord_engine::inspect::inspect(&cache_dir, verify)
                 .with_context(|| format!("inspecting the cache at {}", cache_dir.display()))?;
@@ -88,4 +134,46 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) so
+/// that the main thread can wait for them and stop the master cleanly.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-mask calls on a zeroed, then initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGINT);
+        libc::sigaddset(&raw mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
+    let mut signal = 0;
+    // SAFETY: waits for one of the signals in `set`, blocked above.
+    unsafe { libc::sigwait(set, &raw mut signal) };
+    signal
+}
+
+fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
+    let signals = block_stop_signals();
+    let config = datenlord_cluster::master::MasterConfig {
+        id: args.id,
+        peers: args.peers.clone(),
+        data_dir: args.data_dir.clone(),
+        snapshot_interval_entries: args.snapshot_interval,
+    };
+    let master = datenlord_cluster::master::Master::start(&config).with_context(|| {
+        format!(
+            "starting metadata master {} with data in {}",
+            args.id,
+            args.data_dir.display()
+        )
+    })?;
+    let signal = wait_for_stop_signal(&signals);
+    tracing::info!(signal, "stopping the metadata master");
+    master.stop().context("stopping the metadata master")?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -6,6 +6,8 @@
 
 pub mod client_rpc;
 pub mod listener;
+pub mod master;
+pub mod meta;
 pub mod raft_driver;
 pub mod raft_log;
 mod raft_logger;

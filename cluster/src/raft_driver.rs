@@ -225,8 +225,24 @@ impl<S: StateMachine + Send + 'static> RaftDriver<S> {
         voters: &[u64],
         transport: impl Transport,
     ) -> Result<Self, ReplicaError> {
+        Self::start_with(id, dir, state_machine, voters, transport, None)
+    }
+
+    /// [`Self::start`], snapshotting every `snapshot_interval_entries`
+    /// applied entries instead of the default.
+    pub fn start_with(
+        id: u64,
+        dir: &Path,
+        state_machine: S,
+        voters: &[u64],
+        transport: impl Transport,
+        snapshot_interval_entries: Option<u64>,
+    ) -> Result<Self, ReplicaError> {
         let log = RaftLog::open(dir)?;
         let mut replica = Replica::new(id, log, state_machine, voters)?;
+        if let Some(entries) = snapshot_interval_entries {
+            replica.set_snapshot_interval(entries);
+        }
         if voters == [id] {
             replica.campaign()?;
         }

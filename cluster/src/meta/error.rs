@@ -30,7 +30,11 @@ pub enum MetaError {
     #[error("cross-device link")]
     CrossDevice,
     /// `ENAMETOOLONG`.
-    #[error("name too long (names at most {} bytes, symlink targets at most {} bytes)", NAME_MAX_BYTES, super::limits::SYMLINK_MAX_BYTES)]
+    #[error(
+        "name too long (names at most {} bytes, symlink targets at most {} bytes)",
+        NAME_MAX_BYTES,
+        super::limits::SYMLINK_MAX_BYTES
+    )]
     NameTooLong,
     /// `ELOOP`: a symlink where it cannot be followed (opening one).
     #[error("too many levels of symbolic links: a symlink cannot be opened")]
@@ -54,7 +58,10 @@ pub enum MetaError {
     #[error("no such extended attribute")]
     NoData,
     /// `ERANGE`.
-    #[error("extended attribute name is empty or longer than {} bytes", XATTR_NAME_MAX_BYTES)]
+    #[error(
+        "extended attribute name is empty or longer than {} bytes",
+        XATTR_NAME_MAX_BYTES
+    )]
     Range,
     /// `E2BIG`.
     #[error("extended attribute value longer than {} bytes", XATTR_VALUE_MAX_BYTES)]
@@ -84,7 +91,10 @@ pub enum MetaError {
     #[error("too many locks on one inode (at most {})", LOCKS_PER_INODE_MAX)]
     TooManyLocks,
     /// `EMFILE`.
-    #[error("too many open handles in one session (at most {})", OPEN_HANDLES_PER_SESSION_MAX)]
+    #[error(
+        "too many open handles in one session (at most {})",
+        OPEN_HANDLES_PER_SESSION_MAX
+    )]
     TooManyOpen,
     /// `EIO`: only `Format` is accepted by an empty state.
     #[error("the volume is not formatted: apply a Format command first")]

@@ -32,9 +32,13 @@ pub(crate) struct Inode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Body {
     /// Regular file: block index -> current version; holes have no entry.
-    File { blocks: BTreeMap<u64, u64> },
+    File {
+        blocks: BTreeMap<u64, u64>,
+    },
     Dir(Dir),
-    Symlink { target: Vec<u8> },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// Fifo, socket, devices: attributes only.
     Special,
 }
@@ -91,7 +95,8 @@ impl Dir {
         debug_assert!(self.has_cookie_left());
         let cookie = self.next_cookie;
         self.next_cookie += 1;
-        self.entries.insert(name.to_vec(), Dirent { ino, kind, cookie });
+        self.entries
+            .insert(name.to_vec(), Dirent { ino, kind, cookie });
         self.by_cookie.insert(cookie, name.to_vec());
         cookie
     }

@@ -96,8 +96,7 @@ pub(crate) fn mode_after_chown(inode: &Inode, creds: &Creds) -> u32 {
         return inode.mode;
     }
     let mut mode = inode.mode & !S_ISUID;
-    let drop_sgid =
-        mode & S_IXGRP != 0 || !(creds.is_root() || creds.in_group(inode.gid));
+    let drop_sgid = mode & S_IXGRP != 0 || !(creds.is_root() || creds.in_group(inode.gid));
     if drop_sgid {
         mode &= !S_ISGID;
     }
@@ -149,7 +148,14 @@ mod tests {
     use super::*;
 
     fn file(mode: u32, uid: u32, gid: u32) -> Inode {
-        Inode::new(FileKind::File, mode, uid, gid, Timespec::default(), Body::Special)
+        Inode::new(
+            FileKind::File,
+            mode,
+            uid,
+            gid,
+            Timespec::default(),
+            Body::Special,
+        )
     }
 
     #[test]
@@ -208,8 +214,14 @@ mod tests {
         assert_eq!(mode_after_write(0o6755, &user), 0o0755);
         assert_eq!(mode_after_write(0o6745, &user), 0o2745); // no group-exec: setgid stays
         assert_eq!(mode_after_write(0o6755, &Creds::root()), 0o6755);
-        assert_eq!(mode_after_chown(&file(0o6755, 10, 20), &Creds::root()), 0o0755);
-        assert_eq!(mode_after_chown(&file(0o6745, 10, 20), &Creds::root()), 0o2745);
+        assert_eq!(
+            mode_after_chown(&file(0o6755, 10, 20), &Creds::root()),
+            0o0755
+        );
+        assert_eq!(
+            mode_after_chown(&file(0o6745, 10, 20), &Creds::root()),
+            0o2745
+        );
         assert_eq!(mode_after_chown(&file(0o6745, 10, 21), &user), 0o0745);
         let mut dir = file(0o6755, 10, 20);
         dir.kind = FileKind::Dir;

@@ -445,3 +445,47 @@ pub struct StatFs {
     /// Volume id.
     pub uuid: [u8; 16],
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libc_conversions() {
+        let check =
+            |flags: i32, expected: OpenFlags| assert_eq!(OpenFlags::from_libc(flags), expected);
+        check(libc::O_RDONLY, OpenFlags::READ);
+        check(libc::O_WRONLY | libc::O_APPEND, OpenFlags::WRITE);
+        check(libc::O_RDWR | libc::O_CREAT, OpenFlags::READ_WRITE);
+        check(
+            libc::O_RDONLY | libc::O_TRUNC,
+            OpenFlags {
+                truncate: true,
+                ..OpenFlags::READ
+            },
+        );
+        for kind in [
+            FileKind::File,
+            FileKind::Dir,
+            FileKind::Symlink,
+            FileKind::Fifo,
+            FileKind::Socket,
+            FileKind::CharDev,
+            FileKind::BlockDev,
+        ] {
+            assert_eq!(FileKind::from_mode(kind.type_bits() | 0o755), Some(kind));
+        }
+        assert_eq!(FileKind::from_mode(0o755), None);
+        assert!(
+            Timespec {
+                sec: -1,
+                nsec: 999_999_999
+            } < Timespec::from_secs(0)
+        );
+        assert!(!Timespec {
+            sec: 0,
+            nsec: NSEC_PER_SEC
+        }
+        .is_valid());
+    }
+}

@@ -1,0 +1,450 @@
+//! A metadata master: the MSE state machine replicated by a Raft driver,
+//! one TCP port for its peers and its clients, and the client protocol's
+//! operations (propose a command, run a query, report status).
+//!
+//! The embedded single-node deployment is a master with itself as the only
+//! voter; a cluster is 3 or 5 masters started with the same `--peers`.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::executor::block_on;
+use rkyv::{Archive, Deserialize, Serialize};
+use tracing::info;
+
+use crate::client_rpc::{Handler, Response, RpcClient, RpcError, Status};
+use crate::listener::serve_master;
+use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Outcome, StatFs};
+use crate::raft_driver::{DriveError, RaftDriver, RaftHandle};
+use crate::raft_transport::{LocalHandle, TcpTransport};
+use crate::replica::{ReplicaError, StateMachine};
+
+/// Client op: propose a [`Command`].
+pub const OP_PROPOSE: u8 = 1;
+/// Client op: run a [`Query`] (linearizable, ReadIndex).
+pub const OP_QUERY: u8 = 2;
+/// Client op: the master's [`MasterStatus`].
+pub const OP_STATUS: u8 = 3;
+
+const RESULT_OK: u8 = 0;
+const RESULT_META_ERROR: u8 = 1;
+const RESULT_UNDECODABLE: u8 = 2;
+
+impl StateMachine for MetaState {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+        // Every replica gets the same bytes, so a command that does not
+        // decode fails the same way everywhere and changes nothing.
+        let result = match Command::decode(command) {
+            Ok(command) => MetaState::apply(self, &command),
+            Err(e) => return encode_undecodable(&e.to_string()),
+        };
+        encode_result(&result)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        MetaState::snapshot(self)
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        *self = MetaState::restore(data).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+fn encode_result(result: &Result<Outcome, MetaError>) -> Vec<u8> {
+    match result {
+        Ok(outcome) => {
+            let mut out = vec![RESULT_OK];
+            out.extend_from_slice(&outcome.encode());
+            out
+        }
+        Err(e) => {
+            let mut out = vec![RESULT_META_ERROR];
+            out.extend_from_slice(&e.errno().to_le_bytes());
+            out.extend_from_slice(e.to_string().as_bytes());
+            out
+        }
+    }
+}
+
+fn encode_undecodable(message: &str) -> Vec<u8> {
+    let mut out = vec![RESULT_UNDECODABLE];
+    out.extend_from_slice(message.as_bytes());
+    out
+}
+
+/// Errors a metadata client sees.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The namespace refused the operation; `errno` is for the FUSE edge.
+    #[error("{message}")]
+    Meta {
+        /// errno.
+        errno: i32,
+        /// Why.
+        message: String,
+    },
+    /// The masters could not be reached or did not answer.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    /// An answer did not decode (a master of another version?).
+    #[error("undecodable answer from a metadata master: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The errno to answer a FUSE request with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Self::Meta { errno, .. } => *errno,
+            Self::Rpc(_) | Self::Protocol(_) => libc::EIO,
+        }
+    }
+}
+
+/// Decodes what [`StateMachine::apply`] returned for a command.
+pub fn decode_result(bytes: &[u8]) -> Result<Outcome, ClientError> {
+    match bytes.split_first() {
+        Some((&RESULT_OK, rest)) => {
+            Outcome::decode(rest).map_err(|e| ClientError::Protocol(e.to_string()))
+        }
+        Some((&RESULT_META_ERROR, rest)) if rest.len() >= 4 => {
+            let errno = i32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            Err(ClientError::Meta {
+                errno,
+                message: String::from_utf8_lossy(&rest[4..]).into_owned(),
+            })
+        }
+        Some((&RESULT_UNDECODABLE, rest)) => Err(ClientError::Protocol(
+            String::from_utf8_lossy(rest).into_owned(),
+        )),
+        _ => Err(ClientError::Protocol("empty or unknown result".into())),
+    }
+}
+
+/// Read-only operations served from a master's state machine.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// `lookup(parent, name)`.
+    Lookup {
+        /// Directory.
+        parent: Ino,
+        /// Entry name.
+        name: Vec<u8>,
+        /// Caller.
+        creds: Creds,
+    },
+    /// `getattr(ino)`.
+    GetAttr {
+        /// Inode.
+        ino: Ino,
+    },
+    /// `readdir(ino)` after a cookie.
+    ReadDir {
+        /// Directory.
+        ino: Ino,
+        /// Entries after this cookie.
+        after_cookie: u64,
+        /// At most this many.
+        max_entries: u32,
+        /// Caller.
+        creds: Creds,
+    },
+    /// `readlink(ino)`.
+    ReadLink {
+        /// Symlink.
+        ino: Ino,
+    },
+    /// `statfs`.
+    StatFs,
+}
+
+/// What a [`Query`] returns.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum QueryAnswer {
+    /// Attributes.
+    Attr(Attr),
+    /// Directory entries.
+    Entries(Vec<DirEntry>),
+    /// Symlink target.
+    Target(Vec<u8>),
+    /// File system statistics.
+    StatFs(StatFs),
+    /// The query failed.
+    Error {
+        /// errno.
+        errno: i32,
+        /// Why.
+        message: String,
+    },
+}
+
+impl Query {
+    /// Runs the query on a state machine.
+    pub fn run(&self, state: &MetaState) -> QueryAnswer {
+        let answer = match self {
+            Self::Lookup {
+                parent,
+                name,
+                creds,
+            } => state.lookup(*parent, name, creds).map(QueryAnswer::Attr),
+            Self::GetAttr { ino } => state.getattr(*ino).map(QueryAnswer::Attr),
+            Self::ReadDir {
+                ino,
+                after_cookie,
+                max_entries,
+                creds,
+            } => state
+                .readdir(*ino, *after_cookie, *max_entries as usize, creds)
+                .map(QueryAnswer::Entries),
+            Self::ReadLink { ino } => state
+                .readlink(*ino)
+                .map(|t| QueryAnswer::Target(t.to_vec())),
+            Self::StatFs => state.statfs().map(QueryAnswer::StatFs),
+        };
+        answer.unwrap_or_else(|e| QueryAnswer::Error {
+            errno: e.errno(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn to_bytes<T>(value: &T) -> Vec<u8>
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >,
+{
+    rkyv::to_bytes::<rkyv::rancor::Error>(value).map_or_else(|_| Vec::new(), |b| b.to_vec())
+}
+
+fn from_bytes<T>(bytes: &[u8]) -> Result<T, ClientError>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
+{
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// A master's role as its clients see it.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MasterStatus {
+    /// This master's id.
+    pub id: u64,
+    /// The leader it knows of (0: none).
+    pub leader: u64,
+    /// Current term.
+    pub term: u64,
+    /// Last applied log index.
+    pub applied: u64,
+}
+
+/// Errors of starting a master.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// The configuration is wrong; the message says how.
+    #[error("{0}")]
+    Config(String),
+    /// The Raft replica could not start.
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
+}
+
+/// How to run one master.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// This master's id (a key of `peers`).
+    pub id: u64,
+    /// Every master of the group: id -> `host:port` (peers and clients).
+    pub peers: BTreeMap<u64, String>,
+    /// Where the Raft log and snapshots live.
+    pub data_dir: PathBuf,
+    /// Snapshot every this many applied entries (`None`: the default).
+    pub snapshot_interval_entries: Option<u64>,
+}
+
+/// A running master.
+pub struct Master {
+    driver: RaftDriver<MetaState>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for Master {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Master")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr, MasterError> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| {
+            MasterError::Config(format!(
+                "cannot resolve master address {addr:?}: use host:port"
+            ))
+        })
+}
+
+impl Master {
+    /// Binds this master's port, recovers its log and starts serving.
+    pub fn start(config: &MasterConfig) -> Result<Self, MasterError> {
+        let own = config.peers.get(&config.id).ok_or_else(|| {
+            MasterError::Config(format!(
+                "--id {} is not in --peers ({}): list every master, this one included",
+                config.id,
+                config
+                    .peers
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let addr = resolve(own)?;
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            MasterError::Config(format!(
+                "cannot listen on {addr}: {e} (is another master running there?)"
+            ))
+        })?;
+        let mut others = std::collections::HashMap::new();
+        for (&id, peer) in &config.peers {
+            if id != config.id {
+                others.insert(id, resolve(peer)?);
+            }
+        }
+        let local: LocalHandle<MetaState> = LocalHandle::default();
+        let transport = TcpTransport::new(&others, &local);
+        let voters: Vec<u64> = config.peers.keys().copied().collect();
+        let driver = RaftDriver::start_with(
+            config.id,
+            &config.data_dir,
+            MetaState::new(),
+            &voters,
+            transport,
+            config.snapshot_interval_entries,
+        )?;
+        let _ = local.set(driver.handle());
+        let handler = client_handler(driver.handle(), config.peers.clone());
+        serve_master(listener, config.id, local, handler);
+        info!(id = config.id, %addr, masters = voters.len(), "metadata master serving");
+        Ok(Self { driver, addr })
+    }
+
+    /// The driver's handle (for in-process clients: the embedded mode).
+    pub fn handle(&self) -> RaftHandle<MetaState> {
+        self.driver.handle()
+    }
+
+    /// Stops the master after persisting what it accepted.
+    pub fn stop(self) -> Result<(), ReplicaError> {
+        self.driver.stop()
+    }
+}
+
+fn client_handler(handle: RaftHandle<MetaState>, peers: BTreeMap<u64, String>) -> Handler {
+    let not_leader = move |leader: Option<u64>| Response {
+        status: Status::NotLeader,
+        payload: leader
+            .and_then(|l| peers.get(&l))
+            .cloned()
+            .unwrap_or_default()
+            .into_bytes(),
+    };
+    let failed = |message: String| Response {
+        status: Status::Failed,
+        payload: message.into_bytes(),
+    };
+    Arc::new(move |op, payload| match op {
+        OP_PROPOSE => match block_on(handle.propose(payload)) {
+            Ok(result) => Response {
+                status: Status::Ok,
+                payload: result,
+            },
+            Err(DriveError::NotLeader { leader }) => not_leader(leader),
+            Err(e) => failed(e.to_string()),
+        },
+        OP_QUERY => {
+            let query: Query = match from_bytes(&payload) {
+                Ok(q) => q,
+                Err(e) => return failed(e.to_string()),
+            };
+            match block_on(handle.read(move |state: &MetaState| query.run(state))) {
+                Ok(answer) => Response {
+                    status: Status::Ok,
+                    payload: to_bytes(&answer),
+                },
+                Err(DriveError::NotLeader { leader }) => not_leader(leader),
+                Err(e) => failed(e.to_string()),
+            }
+        }
+        OP_STATUS => match block_on(handle.status()) {
+            Ok(s) => Response {
+                status: Status::Ok,
+                payload: to_bytes(&MasterStatus {
+                    id: s.id,
+                    leader: s.leader.unwrap_or(0),
+                    term: s.term,
+                    applied: s.applied,
+                }),
+            },
+            Err(e) => failed(e.to_string()),
+        },
+        other => failed(format!("unknown operation {other}")),
+    })
+}
+
+/// A metadata client of a group of masters (follows the leader).
+#[derive(Debug)]
+pub struct MetaClient {
+    rpc: RpcClient,
+}
+
+impl MetaClient {
+    /// A client of the masters at `masters` (`host:port`).
+    pub fn new(masters: Vec<String>) -> Self {
+        Self {
+            rpc: RpcClient::new(masters),
+        }
+    }
+
+    /// A client that asks one master only (status of a given master).
+    pub fn with_deadline(masters: Vec<String>, deadline: std::time::Duration) -> Self {
+        Self {
+            rpc: RpcClient::new(masters).with_deadline(deadline),
+        }
+    }
+
+    /// Applies a command through the leader.
+    pub fn apply(&mut self, command: &Command) -> Result<Outcome, ClientError> {
+        let result = self.rpc.call(OP_PROPOSE, &command.encode())?;
+        decode_result(&result)
+    }
+
+    /// Runs a linearizable query.
+    pub fn query(&mut self, query: &Query) -> Result<QueryAnswer, ClientError> {
+        let answer = self.rpc.call(OP_QUERY, &to_bytes(query))?;
+        match from_bytes::<QueryAnswer>(&answer)? {
+            QueryAnswer::Error { errno, message } => Err(ClientError::Meta { errno, message }),
+            ok => Ok(ok),
+        }
+    }
+
+    /// The status of the master this client is connected to.
+    pub fn status(&mut self) -> Result<MasterStatus, ClientError> {
+        let bytes = self.rpc.call(OP_STATUS, &[])?;
+        from_bytes(&bytes)
+    }
+}
