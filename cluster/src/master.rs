@@ -325,6 +325,7 @@ impl Master {
                 others.insert(id, resolve(peer)?);
             }
         }
+        check_identity(&config.data_dir, config.id, &config.peers)?;
         let local: LocalHandle<MetaState> = LocalHandle::default();
         let transport = TcpTransport::new(&others, &local);
         let voters: Vec<u64> = config.peers.keys().copied().collect();
@@ -351,6 +352,46 @@ impl Master {
     /// Stops the master after persisting what it accepted.
     pub fn stop(self) -> Result<(), ReplicaError> {
         self.driver.stop()
+    }
+}
+
+/// Name of the file that records which master a data directory belongs to.
+pub const IDENTITY_FILE: &str = "master.identity";
+
+/// Refuses to start on a data directory of another master or group (a
+/// mixed-up `--data-dir` or `--id` would corrupt the group), and records
+/// the identity on first start. Deletes nothing.
+fn check_identity(
+    dir: &std::path::Path,
+    id: u64,
+    peers: &BTreeMap<u64, String>,
+) -> Result<(), MasterError> {
+    let ids: Vec<String> = peers.keys().map(u64::to_string).collect();
+    let identity = format!(
+        "datenlord metadata master\nid={id}\nmasters={}\n",
+        ids.join(",")
+    );
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found == identity => Ok(()),
+        Ok(found) => Err(MasterError::Config(format!(
+            "{} belongs to another master or group:\n{found}but this is master {id} of masters {}: check --id and --data-dir (nothing was changed)",
+            dir.display(),
+            ids.join(",")
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let has_log = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+            if has_log {
+                return Err(MasterError::Config(format!(
+                    "{} is not empty and has no {IDENTITY_FILE}: it is not a master's data directory; use an empty or new directory (nothing was changed)",
+                    dir.display()
+                )));
+            }
+            std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&path, identity))
+                .map_err(|e| MasterError::Config(format!("cannot write {}: {e}", path.display())))
+        }
+        Err(e) => Err(MasterError::Config(format!("cannot read {}: {e}", path.display()))),
     }
 }
 
@@ -446,5 +487,59 @@ impl MetaClient {
     pub fn status(&mut self) -> Result<MasterStatus, ClientError> {
         let bytes = self.rpc.call(OP_STATUS, &[])?;
         from_bytes(&bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_dir_of_another_master_is_refused_and_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peers: BTreeMap<u64, String> = [
+            (1, "a:1".to_string()),
+            (2, "b:2".to_string()),
+            (3, "c:3".to_string()),
+        ]
+        .into();
+        check_identity(dir.path(), 2, &peers).expect("first start records the identity");
+        check_identity(dir.path(), 2, &peers).expect("same master again");
+        let err = check_identity(dir.path(), 3, &peers)
+            .expect_err("other id")
+            .to_string();
+        assert!(err.contains("check --id and --data-dir"), "{err}");
+        let single: BTreeMap<u64, String> = [(2, "b:2".to_string())].into();
+        assert!(
+            check_identity(dir.path(), 2, &single).is_err(),
+            "another group"
+        );
+        assert!(dir.path().join(IDENTITY_FILE).exists());
+        let foreign = tempfile::tempdir().expect("tempdir");
+        std::fs::write(foreign.path().join("something"), b"x").expect("write");
+        let err = check_identity(foreign.path(), 1, &peers)
+            .expect_err("foreign dir")
+            .to_string();
+        assert!(err.contains("not a master's data directory"), "{err}");
+        assert!(foreign.path().join("something").exists());
+    }
+
+    #[test]
+    fn results_roundtrip_through_the_client_encoding() {
+        let err = MetaError::NotFound;
+        let bytes = encode_result(&Err(err.clone()));
+        let back = decode_result(&bytes).expect_err("error");
+        assert_eq!(back.errno(), libc::ENOENT);
+        assert!(decode_result(&[]).is_err());
+        assert!(decode_result(&[9, 9, 9]).is_err());
+        assert!(decode_result(&encode_undecodable("garbage command")).is_err());
+    }
+
+    #[test]
+    fn garbage_commands_fail_the_same_way_on_every_replica() {
+        let mut state = MetaState::new();
+        let result = StateMachine::apply(&mut state, 1, b"not a command");
+        assert_eq!(result[0], RESULT_UNDECODABLE);
+        assert_eq!(StateMachine::snapshot(&state), MetaState::new().snapshot());
     }
 }
