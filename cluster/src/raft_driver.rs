@@ -70,7 +70,8 @@ impl Transport for NoPeers {
     }
 }
 
-type ReadFn<S> = Box<dyn FnOnce(&S) + Send>;
+/// A read: called once, with the state machine or with why it cannot run.
+type ReadFn<S> = Box<dyn FnOnce(Result<&S, DriveError>) + Send>;
 type ProposalReply = flume::Sender<Result<Vec<u8>, DriveError>>;
 
 enum Request<S> {
@@ -78,10 +79,7 @@ enum Request<S> {
         command: Vec<u8>,
         reply: ProposalReply,
     },
-    Read {
-        read: ReadFn<S>,
-        on_error: flume::Sender<DriveError>,
-    },
+    Read(ReadFn<S>),
     ReadLocal(ReadFn<S>),
     Message(Box<Message>),
     Unreachable(u64),
@@ -144,18 +142,14 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
         R: Send + 'static,
     {
         let (tx, rx) = flume::bounded(1);
-        let (on_error, error) = flume::bounded(1);
-        let read: ReadFn<S> = Box::new(move |s| {
-            let _ = tx.send(f(s));
+        let read: ReadFn<S> = Box::new(move |state| {
+            let _ = tx.send(state.map(f));
         });
         self.inbox
-            .send_async(Request::Read { read, on_error })
+            .send_async(Request::Read(read))
             .await
             .map_err(|_| DriveError::Stopped)?;
-        futures::select! {
-            r = rx.recv_async() => r.map_err(|_| DriveError::Stopped),
-            e = error.recv_async() => Err(e.unwrap_or(DriveError::Stopped)),
-        }
+        rx.recv_async().await.map_err(|_| DriveError::Stopped)?
     }
 
     /// Runs `f` on the local copy as it is now (may lag the leader).
@@ -165,14 +159,14 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
         R: Send + 'static,
     {
         let (tx, rx) = flume::bounded(1);
-        let read: ReadFn<S> = Box::new(move |s| {
-            let _ = tx.send(f(s));
+        let read: ReadFn<S> = Box::new(move |state| {
+            let _ = tx.send(state.map(f));
         });
         self.inbox
             .send_async(Request::ReadLocal(read))
             .await
             .map_err(|_| DriveError::Stopped)?;
-        rx.recv_async().await.map_err(|_| DriveError::Stopped)
+        rx.recv_async().await.map_err(|_| DriveError::Stopped)?
     }
 
     /// Delivers a message from a peer.
@@ -295,7 +289,7 @@ impl<S> Drop for RaftDriver<S> {
 struct Pending<S> {
     next_id: u64,
     proposals: HashMap<u64, (Instant, ProposalReply)>,
-    reads: HashMap<u64, (Instant, ReadFn<S>, flume::Sender<DriveError>)>,
+    reads: HashMap<u64, (Instant, ReadFn<S>)>,
     /// When each pending read was last asked for.
     read_asked: HashMap<u64, Instant>,
 }
@@ -324,13 +318,17 @@ impl<S> Pending<S> {
             }
             alive
         });
-        self.reads.retain(|_, (since, _, on_error)| {
-            let alive = now.duration_since(*since) < limit;
-            if !alive {
-                let _ = on_error.send(DriveError::Timeout(limit));
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, (since, _))| now.duration_since(*since) >= limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some((_, read)) = self.reads.remove(&id) {
+                read(Err(DriveError::Timeout(limit)));
             }
-            alive
-        });
+        }
         let reads = &self.reads;
         self.read_asked.retain(|id, _| reads.contains_key(id));
     }
@@ -385,8 +383,8 @@ fn run<S: StateMachine>(
         }
         for id in out.reads {
             pending.read_asked.remove(&id);
-            if let Some((_, read, _)) = pending.reads.remove(&id) {
-                read(replica.state_machine());
+            if let Some((_, read)) = pending.reads.remove(&id) {
+                read(Ok(replica.state_machine()));
             }
         }
         for id in pending.reads_to_retry(Instant::now()) {
@@ -431,18 +429,18 @@ fn accept<S: StateMachine>(
                 }
             }
         }
-        Request::Read { read, on_error } => {
+        Request::Read(read) => {
             if replica.leader().is_none() {
-                let _ = on_error.send(DriveError::NotLeader { leader: None });
+                read(Err(DriveError::NotLeader { leader: None }));
                 return false;
             }
             let id = pending.next_id;
             pending.next_id += 1;
-            pending.reads.insert(id, (Instant::now(), read, on_error));
+            pending.reads.insert(id, (Instant::now(), read));
             pending.read_asked.insert(id, Instant::now());
             replica.read_index(id);
         }
-        Request::ReadLocal(read) => read(replica.state_machine()),
+        Request::ReadLocal(read) => read(Ok(replica.state_machine())),
         Request::Message(message) => {
             if let Err(e) = replica.step(*message) {
                 warn!(replica = replica.id(), %e, "dropped a Raft message");
