@@ -141,19 +141,19 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
         F: FnOnce(&S) -> R + Send + 'static,
         R: Send + 'static,
     {
-        let (tx, rx) = flume::bounded(1);
-        let read: ReadFn<S> = Box::new(move |state| {
-            let _ = tx.send(state.map(f));
-        });
-        self.inbox
-            .send_async(Request::Read(read))
-            .await
-            .map_err(|_| DriveError::Stopped)?;
-        rx.recv_async().await.map_err(|_| DriveError::Stopped)?
+        self.run_read(f, Request::Read).await
     }
 
     /// Runs `f` on the local copy as it is now (may lag the leader).
     pub async fn read_local<R, F>(&self, f: F) -> Result<R, DriveError>
+    where
+        F: FnOnce(&S) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.run_read(f, Request::ReadLocal).await
+    }
+
+    async fn run_read<R, F>(&self, f: F, kind: fn(ReadFn<S>) -> Request<S>) -> Result<R, DriveError>
     where
         F: FnOnce(&S) -> R + Send + 'static,
         R: Send + 'static,
@@ -163,7 +163,7 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
             let _ = tx.send(state.map(f));
         });
         self.inbox
-            .send_async(Request::ReadLocal(read))
+            .send_async(kind(read))
             .await
             .map_err(|_| DriveError::Stopped)?;
         rx.recv_async().await.map_err(|_| DriveError::Stopped)?
