@@ -1,0 +1,23 @@
+//! datenlord-perf: workloads, measurement, SLO checks and peer comparison
+//! for DatenLord (and any other directory).
+//!
+//! Code map: `workload` generates seeded op streams (no IO); `runner`
+//! executes them on threads and fills per-thread `latency` books; `compare`
+//! interleaves targets round by round; `slo` parses and judges objectives;
+//! `report` renders JSON and Markdown.
+
+pub mod buffer;
+pub mod compare;
+pub mod error;
+pub mod latency;
+pub mod machine;
+pub mod process;
+pub mod quantity;
+pub mod report;
+pub mod rng;
+pub mod runner;
+pub mod slo;
+pub mod spec;
+pub mod workload;
+
+pub use error::{Error, Result};

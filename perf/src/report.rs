@@ -1,0 +1,332 @@
+//! Reports: JSON for machines, Markdown for people. Every report carries
+//! the machine, kernel, command line, date and tool version, and in a
+//! comparison the ratios against the baseline measured in the same run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compare::Target;
+use crate::error::{Error, Result};
+use crate::latency::LatencySummary;
+use crate::machine::{self, Machine};
+use crate::process::CpuUsage;
+use crate::quantity::format_bytes;
+use crate::runner::Measurement;
+use crate::spec::{OpKind, RunLimits, Stop, WorkloadKind, WorkloadSpec};
+
+/// How IO is issued; reported so that results are not mistaken for deeper
+/// queues (io_uring queue depth is not implemented yet).
+pub const IO_MODEL: &str = "threads x synchronous IO (queue depth 1 per thread)";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub tool: String,
+    pub command_line: Vec<String>,
+    pub date_utc: String,
+    pub machine: Machine,
+    pub io_model: String,
+    pub workload: WorkloadSpec,
+    pub limits: RunLimits,
+    pub rounds: u32,
+    pub baseline: Option<String>,
+    pub targets: Vec<TargetReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetReport {
+    pub name: String,
+    pub dir: PathBuf,
+    pub elapsed_s: f64,
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub bytes_per_s: f64,
+    /// Per op type, keyed by `OpKind` name.
+    pub latency: BTreeMap<String, LatencySummary>,
+    pub cpu: Option<CpuUsage>,
+    pub vs_baseline: Option<Ratios>,
+}
+
+/// This target divided by the baseline: throughput > 1 is faster, latency
+/// > 1 is slower.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ratios {
+    pub op: OpKind,
+    pub ops_per_s: f64,
+    pub bytes_per_s: f64,
+    pub p50: f64,
+    pub p99: f64,
+}
+
+impl TargetReport {
+    fn new(target: &Target, m: &Measurement) -> Self {
+        Self {
+            name: target.name.clone(),
+            dir: target.dir.clone(),
+            elapsed_s: m.elapsed_s(),
+            ops: m.latency.total_count(),
+            ops_per_s: m.ops_per_s(),
+            bytes_read: m.bytes_read,
+            bytes_written: m.bytes_written,
+            bytes_per_s: m.bytes_per_s(),
+            latency: m
+                .latency
+                .kinds()
+                .map(|k| (k.name().to_owned(), m.latency.summary(k)))
+                .collect(),
+            cpu: m.cpu_usage(),
+            vs_baseline: None,
+        }
+    }
+
+    fn ratios(&self, base: &Self, op: OpKind) -> Ratios {
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let lat =
+            |r: &Self, f: fn(&LatencySummary) -> f64| r.latency.get(op.name()).map_or(f64::NAN, f);
+        Ratios {
+            op,
+            ops_per_s: ratio(self.ops_per_s, base.ops_per_s),
+            bytes_per_s: ratio(self.bytes_per_s, base.bytes_per_s),
+            p50: ratio(lat(self, |s| s.p50_us), lat(base, |s| s.p50_us)),
+            p99: ratio(lat(self, |s| s.p99_us), lat(base, |s| s.p99_us)),
+        }
+    }
+}
+
+impl Report {
+    /// `results[i]` belongs to `targets[i]`; `baseline` names a target.
+    pub fn new(
+        spec: &WorkloadSpec,
+        limits: RunLimits,
+        rounds: u32,
+        targets: &[Target],
+        results: &[Measurement],
+        baseline: Option<&str>,
+    ) -> Result<Self> {
+        debug_assert_eq!(targets.len(), results.len());
+        let mut reports: Vec<TargetReport> = targets
+            .iter()
+            .zip(results)
+            .map(|(t, m)| TargetReport::new(t, m))
+            .collect();
+        if let Some(name) = baseline {
+            let base = reports
+                .iter()
+                .find(|r| r.name == name)
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Compare(format!("baseline {name:?} is not one of the targets"))
+                })?;
+            for report in &mut reports {
+                report.vs_baseline = Some(report.ratios(&base, spec.kind.main_op()));
+            }
+        }
+        Ok(Self {
+            tool: format!("datenlord-perf {}", env!("CARGO_PKG_VERSION")),
+            command_line: std::env::args().collect(),
+            date_utc: machine::now_utc(),
+            machine: Machine::detect(),
+            io_model: IO_MODEL.to_owned(),
+            workload: spec.clone(),
+            limits,
+            rounds,
+            baseline: baseline.map(str::to_owned),
+            targets: reports,
+        })
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        Ok(serde_json::to_string_pretty(self)?)
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut out = String::new();
+        self.write_markdown(&mut out)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn write_markdown(&self, out: &mut String) -> std::fmt::Result {
+        let m = &self.machine;
+        writeln!(out, "## datenlord-perf: {}\n", describe(&self.workload))?;
+        writeln!(out, "- date: {}", self.date_utc)?;
+        writeln!(
+            out,
+            "- machine: {} CPUs ({}), {:.1} GiB memory, kernel {}",
+            m.nproc,
+            m.cpu_model,
+            m.memory_bytes as f64 / f64::from(1 << 30),
+            m.kernel
+        )?;
+        writeln!(out, "- command: `{}`", self.command_line.join(" "))?;
+        writeln!(out, "- tool: {}; IO: {}", self.tool, self.io_model)?;
+        let stop = match self.limits.stop {
+            Stop::DurationMs(ms) => format!("{ms} ms"),
+            Stop::Ops(ops) => format!("{ops} ops"),
+        };
+        writeln!(
+            out,
+            "- run: {stop} after {} ms warm-up, {} round(s){}\n",
+            self.limits.warmup_ms,
+            self.rounds,
+            if self.rounds > 1 {
+                ", targets interleaved"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            out,
+            "| target | op | ops | ops/s | MiB/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs |"
+        )?;
+        writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+        for t in &self.targets {
+            writeln!(
+                out,
+                "| {} | all | {} | {:.0} | {:.1} | | | | | |",
+                t.name,
+                t.ops,
+                t.ops_per_s,
+                t.bytes_per_s / f64::from(1 << 20)
+            )?;
+            for (op, s) in &t.latency {
+                writeln!(
+                    out,
+                    "| {} | {op} | {} | {:.0} | | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    t.name,
+                    s.count,
+                    s.count as f64 / t.elapsed_s.max(f64::MIN_POSITIVE),
+                    s.p50_us,
+                    s.p90_us,
+                    s.p99_us,
+                    s.p999_us,
+                    s.max_us
+                )?;
+            }
+        }
+        if let Some(base) = &self.baseline {
+            let op = self.workload.kind.main_op();
+            writeln!(
+                out,
+                "\nRatios against `{base}` (throughput > 1 is faster, latency > 1 is slower):\n"
+            )?;
+            writeln!(
+                out,
+                "| target | ops/s × | MiB/s × | {op} p50 × | {op} p99 × |"
+            )?;
+            writeln!(out, "|---|---:|---:|---:|---:|")?;
+            for t in &self.targets {
+                if let Some(r) = &t.vs_baseline {
+                    writeln!(
+                        out,
+                        "| {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                        t.name, r.ops_per_s, r.bytes_per_s, r.p50, r.p99
+                    )?;
+                }
+            }
+        }
+        if self.targets.iter().any(|t| t.cpu.is_some()) {
+            writeln!(out, "\nCPU of the process under test:\n")?;
+            writeln!(out, "| target | pid | CPU s | cores busy | CPU µs/op |")?;
+            writeln!(out, "|---|---:|---:|---:|---:|")?;
+            for t in &self.targets {
+                if let Some(c) = &t.cpu {
+                    writeln!(
+                        out,
+                        "| {} | {} | {:.2} | {:.2} | {:.2} |",
+                        t.name, c.pid, c.cpu_seconds, c.cores_busy, c.cpu_us_per_op
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// "randread, 4 KiB blocks, 4 threads, O_DIRECT, seed 42".
+pub fn describe(spec: &WorkloadSpec) -> String {
+    let shape = match spec.kind {
+        WorkloadKind::RandRead
+        | WorkloadKind::SeqRead
+        | WorkloadKind::SeqWrite
+        | WorkloadKind::RandWrite => {
+            format!(
+                "{} blocks on {} files",
+                format_bytes(spec.block_size_bytes),
+                format_bytes(spec.file_size_bytes)
+            )
+        }
+        WorkloadKind::Mixed => format!(
+            "{} blocks on {} files, {}% reads",
+            format_bytes(spec.block_size_bytes),
+            format_bytes(spec.file_size_bytes),
+            spec.read_percent
+        ),
+        WorkloadKind::SmallFiles => format!("{} files", format_bytes(spec.small_file_bytes)),
+        WorkloadKind::ListDir => format!("{} entries", spec.dir_entries),
+        WorkloadKind::Epoch => format!(
+            "{} files of {}–{}",
+            spec.dataset_files,
+            format_bytes(spec.sample_bytes_min),
+            format_bytes(spec.sample_bytes_max)
+        ),
+    };
+    format!(
+        "{}, {shape}, {} thread(s), {}, seed {}",
+        spec.kind,
+        spec.threads,
+        if spec.direct { "O_DIRECT" } else { "buffered" },
+        spec.seed
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::Report;
+    use crate::compare::Target;
+    use crate::runner::Measurement;
+    use crate::spec::{OpKind, RunLimits, Stop, WorkloadKind, WorkloadSpec};
+
+    fn measurement(latency_ns: u64, count: u64) -> Measurement {
+        let mut m = Measurement::empty().expect("histogram bounds");
+        for _ in 0..count {
+            m.latency.record(OpKind::Read, latency_ns);
+        }
+        m.bytes_read = count * 4096;
+        m.elapsed_ns = 1_000_000_000;
+        m
+    }
+
+    #[test]
+    fn ratios_against_baseline_and_markdown() {
+        let targets: Vec<Target> = ["local=/a", "fuse=/b"]
+            .iter()
+            .map(|t| t.parse().expect("valid"))
+            .collect();
+        let results = [measurement(10_000, 1000), measurement(20_000, 500)];
+        let spec = WorkloadSpec::new(WorkloadKind::RandRead);
+        let limits = RunLimits {
+            warmup_ms: 0,
+            stop: Stop::DurationMs(1000),
+        };
+        let report = Report::new(&spec, limits, 2, &targets, &results, Some("local"))
+            .expect("baseline exists");
+        let fuse = report.targets[1].vs_baseline.expect("ratios");
+        assert!((fuse.ops_per_s - 0.5).abs() < 1e-9);
+        assert!((fuse.p99 - 2.0).abs() < 0.01);
+        let md = report.to_markdown();
+        assert!(md.contains("| fuse | read | 500 | 500 |"), "{md}");
+        assert!(md.contains("| fuse | all | 500 | 500 | 2.0 |"), "{md}");
+        assert!(md.contains("Ratios against `local`"));
+        let json = report.to_json().expect("serializable");
+        let back: Report = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back.targets[0].dir, PathBuf::from("/a"));
+        assert!(Report::new(&spec, limits, 1, &targets, &results, Some("nope")).is_err());
+    }
+}

@@ -1,0 +1,177 @@
+//! Smoke runs of every workload on a temporary directory: a few hundred ops
+//! each, checking that the report is sane. Not a benchmark.
+
+use std::path::Path;
+use std::process::Command;
+
+use datenlord_perf::compare::{self, Target};
+use datenlord_perf::report::Report;
+use datenlord_perf::runner::{self, Silent};
+use datenlord_perf::spec::{OpKind, RunLimits, Stop, WorkloadKind, WorkloadSpec};
+
+fn small_spec(kind: WorkloadKind) -> WorkloadSpec {
+    let mut spec = WorkloadSpec::new(kind);
+    spec.threads = 2;
+    spec.file_size_bytes = 4 << 20;
+    spec.dir_entries = 200;
+    spec.dataset_files = 20;
+    spec.sample_bytes_max = 256 << 10;
+    spec
+}
+
+fn check(report: &Report, kind: WorkloadKind, expected_ops: u64) {
+    let t = &report.targets[0];
+    assert_eq!(t.ops, expected_ops, "{kind}");
+    assert!(t.elapsed_s > 0.0 && t.ops_per_s > 0.0, "{kind}: {t:?}");
+    let main = &t.latency[kind.main_op().name()];
+    assert!(main.count > 0, "{kind}");
+    assert!(
+        0.0 < main.p50_us
+            && main.p50_us <= main.p90_us
+            && main.p90_us <= main.p99_us
+            && main.p99_us <= main.max_us,
+        "{kind}: {main:?}"
+    );
+    let moves_data = !matches!(kind, WorkloadKind::ListDir);
+    assert_eq!(t.bytes_per_s > 0.0, moves_data, "{kind}");
+    let json = report.to_json().expect("serializable");
+    let back: Report = serde_json::from_str(&json).expect("round trip");
+    // Floats may differ in the last digit after a JSON round trip.
+    assert_eq!(
+        (back.targets[0].ops, &back.workload),
+        (t.ops, &report.workload)
+    );
+    assert!(report
+        .to_markdown()
+        .contains(&format!("| {} | {} |", t.name, kind.main_op())));
+}
+
+#[test]
+fn every_workload_runs_on_a_temp_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for kind in WorkloadKind::ALL {
+        let spec = small_spec(kind);
+        let ops = 300;
+        let limits = RunLimits {
+            warmup_ms: 20,
+            stop: Stop::Ops(ops),
+        };
+        let prepared = runner::prepare(dir.path(), &spec, &Silent).expect("prepare");
+        let m = runner::measure(&prepared, &spec, limits, Some(std::process::id()), &Silent)
+            .expect("measure");
+        runner::cleanup(&prepared).expect("cleanup");
+        assert!(m.cpu_usage().is_some());
+        let target = Target {
+            name: "tmp".to_owned(),
+            dir: dir.path().to_owned(),
+            pid: None,
+        };
+        let report = Report::new(&spec, limits, 1, &[target], &[m], None).expect("report");
+        check(&report, kind, ops);
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).expect("list").count(),
+        0,
+        "cleanup left files"
+    );
+}
+
+#[test]
+fn duration_runs_stop_on_time_and_small_files_balance() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spec = small_spec(WorkloadKind::SmallFiles);
+    let limits = RunLimits {
+        warmup_ms: 0,
+        stop: Stop::DurationMs(200),
+    };
+    let prepared = runner::prepare(dir.path(), &spec, &Silent).expect("prepare");
+    let m = runner::measure(&prepared, &spec, limits, None, &Silent).expect("measure");
+    assert!((0.15..2.0).contains(&m.elapsed_s()), "{}", m.elapsed_s());
+    let creates = m.latency.count(OpKind::Create);
+    assert!(creates > 0 && m.latency.count(OpKind::Unlink) + 2 >= creates);
+}
+
+#[test]
+fn compare_interleaves_two_targets() {
+    let a = tempfile::tempdir().expect("temp dir");
+    let b = tempfile::tempdir().expect("temp dir");
+    let targets = vec![
+        Target {
+            name: "a".to_owned(),
+            dir: a.path().to_owned(),
+            pid: None,
+        },
+        Target {
+            name: "b".to_owned(),
+            dir: b.path().to_owned(),
+            pid: None,
+        },
+    ];
+    let spec = small_spec(WorkloadKind::RandRead);
+    let limits = RunLimits {
+        warmup_ms: 0,
+        stop: Stop::Ops(400),
+    };
+    let results = compare::compare(&targets, &spec, limits, 4, false, &Silent).expect("compare");
+    assert!(results.iter().all(|m| m.latency.count(OpKind::Read) == 400));
+    let report = Report::new(&spec, limits, 4, &targets, &results, Some("a")).expect("report");
+    let base = report.targets[0].vs_baseline.expect("ratios");
+    assert!((base.ops_per_s - 1.0).abs() < 1e-9);
+    assert!(report.targets[1]
+        .vs_baseline
+        .is_some_and(|r| r.ops_per_s > 0.0));
+}
+
+fn run_slo(dir: &Path, toml: &str) -> (Option<i32>, String, String) {
+    let file = dir.join("slo.toml");
+    std::fs::write(&file, toml).expect("write slo");
+    let out = Command::new(env!("CARGO_BIN_EXE_datenlord-perf"))
+        .args(["slo", "--objectives"])
+        .arg(&file)
+        .arg("--dir")
+        .arg(dir)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn slo_command_exit_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let objectives = r#"
+[defaults]
+ops = 200
+warmup = "0s"
+
+[[objective]]
+name = "generous"
+workload = "randread"
+file_size = "1MiB"
+max_latency_us = 10000000
+
+[[objective]]
+name = "impossible"
+workload = "randread"
+file_size = "1MiB"
+min_ops_per_s = 1e15
+"#;
+    let (code, stdout, _) = run_slo(dir.path(), objectives);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("| generous |") && stdout.contains("pass"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("**FAIL**") && stdout.contains("1 of 2 objectives passed"),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = run_slo(dir.path(), "[[objective]]\nname = \"x\"\nworkload = 3\n");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("slo.toml:3:"), "{stderr}");
+}
