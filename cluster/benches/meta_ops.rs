@@ -19,6 +19,7 @@ use datenlord_cluster::meta::{
     VOLUME_FORMAT_VERSION,
 };
 use datenlord_cluster::raft_driver::RaftHandle;
+use datenlord_cluster::shared_state::SharedState;
 use futures::executor::block_on;
 use hdrhistogram::Histogram;
 
@@ -36,14 +37,15 @@ fn now() -> Timespec {
 
 /// One way to reach the metadata: an in-process handle or a TCP client.
 enum Access {
-    Handle(RaftHandle<MetaState>),
+    /// Writes through the driver, reads from the local copy.
+    Handle(RaftHandle<SharedState<MetaState>>, SharedState<MetaState>),
     Client(MetaClient),
 }
 
 impl Access {
     fn apply(&mut self, cmd: &Command) -> Outcome {
         match self {
-            Self::Handle(h) => {
+            Self::Handle(h, _) => {
                 let bytes = block_on(h.propose(cmd.encode())).expect("propose");
                 datenlord_cluster::master::decode_result(&bytes).expect("command")
             }
@@ -53,10 +55,8 @@ impl Access {
 
     fn stat(&mut self, ino: Ino) {
         match self {
-            Self::Handle(h) => {
-                block_on(h.read_local(move |s: &MetaState| s.getattr(ino).map(|a| a.size)))
-                    .expect("read")
-                    .expect("getattr");
+            Self::Handle(_, local) => {
+                local.read().getattr(ino).expect("getattr");
             }
             Self::Client(c) => {
                 c.query(&Query::GetAttr { ino }).expect("getattr");
@@ -69,11 +69,10 @@ impl Access {
         let mut n = 0;
         loop {
             let entries = match self {
-                Self::Handle(h) => block_on(h.read_local(move |s: &MetaState| {
-                    s.readdir(dir, after, 1000, &Creds::root())
-                        .unwrap_or_default()
-                }))
-                .expect("readdir"),
+                Self::Handle(_, local) => local
+                    .read()
+                    .readdir(dir, after, 1000, &Creds::root())
+                    .expect("readdir"),
                 Self::Client(c) => match c
                     .query(&Query::ReadDir {
                         ino: dir,
@@ -116,10 +115,11 @@ fn embedded() -> Setup {
     };
     let master = Master::start(&config).expect("master");
     let handle = master.handle();
+    let local = master.local();
     std::thread::sleep(Duration::from_millis(300));
     Setup {
         name: "embedded single master",
-        access: Box::new(move || Access::Handle(handle.clone())),
+        access: Box::new(move || Access::Handle(handle.clone(), local.clone())),
         _masters: vec![master],
         _dir: dir,
     }

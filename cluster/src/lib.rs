@@ -13,3 +13,4 @@ pub mod raft_log;
 mod raft_logger;
 pub mod raft_transport;
 pub mod replica;
+pub mod shared_state;

@@ -20,6 +20,7 @@ use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Out
 use crate::raft_driver::{DriveError, RaftDriver, RaftHandle};
 use crate::raft_transport::{LocalHandle, TcpTransport};
 use crate::replica::{ReplicaError, StateMachine};
+use crate::shared_state::SharedState;
 
 /// Client op: propose a [`Command`].
 pub const OP_PROPOSE: u8 = 1;
@@ -275,7 +276,8 @@ pub struct MasterConfig {
 
 /// A running master.
 pub struct Master {
-    driver: RaftDriver<MetaState>,
+    driver: RaftDriver<SharedState<MetaState>>,
+    local: SharedState<MetaState>,
     addr: SocketAddr,
 }
 
@@ -326,13 +328,14 @@ impl Master {
             }
         }
         check_identity(&config.data_dir, config.id, &config.peers)?;
-        let local: LocalHandle<MetaState> = LocalHandle::default();
+        let state = SharedState::new(MetaState::new());
+        let local: LocalHandle<SharedState<MetaState>> = LocalHandle::default();
         let transport = TcpTransport::new(&others, &local);
         let voters: Vec<u64> = config.peers.keys().copied().collect();
         let driver = RaftDriver::start_with(
             config.id,
             &config.data_dir,
-            MetaState::new(),
+            state.clone(),
             &voters,
             transport,
             config.snapshot_interval_entries,
@@ -341,12 +344,21 @@ impl Master {
         let handler = client_handler(driver.handle(), config.peers.clone());
         serve_master(listener, config.id, local, handler);
         info!(id = config.id, %addr, masters = voters.len(), "metadata master serving");
-        Ok(Self { driver, addr })
+        Ok(Self {
+            driver,
+            local: state,
+            addr,
+        })
     }
 
     /// The driver's handle (for in-process clients: the embedded mode).
-    pub fn handle(&self) -> RaftHandle<MetaState> {
+    pub fn handle(&self) -> RaftHandle<SharedState<MetaState>> {
         self.driver.handle()
+    }
+
+    /// The local copy, for reads in the caller's thread (may lag the leader).
+    pub fn local(&self) -> SharedState<MetaState> {
+        self.local.clone()
     }
 
     /// Stops the master after persisting what it accepted.
@@ -395,7 +407,10 @@ fn check_identity(
     }
 }
 
-fn client_handler(handle: RaftHandle<MetaState>, peers: BTreeMap<u64, String>) -> Handler {
+fn client_handler(
+    handle: RaftHandle<SharedState<MetaState>>,
+    peers: BTreeMap<u64, String>,
+) -> Handler {
     let not_leader = move |leader: Option<u64>| Response {
         status: Status::NotLeader,
         payload: leader
@@ -422,7 +437,9 @@ fn client_handler(handle: RaftHandle<MetaState>, peers: BTreeMap<u64, String>) -
                 Ok(q) => q,
                 Err(e) => return failed(e.to_string()),
             };
-            match block_on(handle.read(move |state: &MetaState| query.run(state))) {
+            match block_on(
+                handle.read(move |state: &SharedState<MetaState>| query.run(&state.read())),
+            ) {
                 Ok(answer) => Response {
                     status: Status::Ok,
                     payload: to_bytes(&answer),
