@@ -24,6 +24,9 @@ enum Command {
     /// namespace. Start 3 (or 5) with the same --peers; stops cleanly on
     /// SIGTERM or Ctrl-C.
     Master(MasterArgs),
+    /// Change or show the membership of a running group of masters.
+    #[command(subcommand)]
+    Members(MembersCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -41,6 +44,46 @@ struct MasterArgs {
     /// Snapshot the namespace (and compact the log) every this many changes.
     #[arg(long = "snapshot-interval", value_name = "ENTRIES")]
     snapshot_interval: Option<u64>,
+    /// Join a running group instead of starting a new one: first add this
+    /// master with `datenlord members add`, then start it with --join (its
+    /// data directory must be new).
+    #[arg(long)]
+    join: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum MembersCommand {
+    /// Add a master to a running group (as a voter, or with --learner as a
+    /// learner that copies the namespace without voting).
+    Add {
+        /// Masters of the group (any of them; the leader is found).
+        #[arg(long, value_delimiter = ',', required = true)]
+        masters: Vec<String>,
+        /// Id of the new master.
+        #[arg(long)]
+        id: u64,
+        /// Address (host:port) the new master will listen on.
+        #[arg(long)]
+        addr: String,
+        /// Add as a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a master from a running group.
+    Remove {
+        /// Masters of the group.
+        #[arg(long, value_delimiter = ',', required = true)]
+        masters: Vec<String>,
+        /// Id of the master to remove.
+        #[arg(long)]
+        id: u64,
+    },
+    /// Show each master's view: leader, term, applied index.
+    Status {
+        /// Masters to ask.
+        #[arg(long, value_delimiter = ',', required = true)]
+        masters: Vec<String>,
+    },
 }
 
 fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
@@ -101,6 +144,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Master(args) => run_master(&args),
+        Command::Members(command) => run_members(command),
         Command::Cache(CacheCommand::Inspect { cache_dir, verify }) => {
             let report = datenlord_engine::inspect::inspect(&cache_dir, verify)
                 .with_context(|| format!("inspecting the cache at {}", cache_dir.display()))?;
@@ -164,6 +208,7 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
         peers: args.peers.clone(),
         data_dir: args.data_dir.clone(),
         snapshot_interval_entries: args.snapshot_interval,
+        join: args.join,
     };
     let master = datenlord_cluster::master::Master::start(&config).with_context(|| {
         format!(
@@ -175,5 +220,55 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
     let signal = wait_for_stop_signal(&signals);
     tracing::info!(signal, "stopping the metadata master");
     master.stop().context("stopping the metadata master")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_members(command: MembersCommand) -> anyhow::Result<ExitCode> {
+    use datenlord_cluster::master::MetaClient;
+    use datenlord_cluster::replica::Membership;
+    let (masters, change) = match command {
+        MembersCommand::Add {
+            masters,
+            id,
+            addr,
+            learner,
+        } => {
+            anyhow::ensure!(id != 0, "master id 0 is reserved: number masters from 1");
+            let change = if learner {
+                Membership::AddLearner { id, addr }
+            } else {
+                Membership::AddVoter { id, addr }
+            };
+            (masters, change)
+        }
+        MembersCommand::Remove { masters, id } => (masters, Membership::Remove { id }),
+        MembersCommand::Status { masters } => {
+            for addr in &masters {
+                let mut one = MetaClient::with_deadline(
+                    vec![addr.clone()],
+                    std::time::Duration::from_secs(2),
+                );
+                match one.status() {
+                    Ok(s) => println!(
+                        "{addr}: master {} leader {} term {} applied {}",
+                        s.id,
+                        if s.leader == 0 {
+                            "none".to_string()
+                        } else {
+                            s.leader.to_string()
+                        },
+                        s.term,
+                        s.applied
+                    ),
+                    Err(e) => println!("{addr}: unreachable ({e})"),
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    MetaClient::new(masters)
+        .change_members(&change)
+        .with_context(|| format!("applying {change:?}"))?;
+    println!("applied {change:?}");
     Ok(ExitCode::SUCCESS)
 }

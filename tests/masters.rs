@@ -11,6 +11,7 @@ use datenlord_cluster::master::{MetaClient, Query, QueryAnswer};
 use datenlord_cluster::meta::{
     Command as MetaCommand, Creds, Timespec, ROOT_INO, VOLUME_FORMAT_VERSION,
 };
+use datenlord_cluster::replica::Membership;
 
 fn free_addr() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -46,6 +47,11 @@ impl Group {
     }
 
     fn start(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        self.start_with(id, &peers, false);
+    }
+
+    fn start_with(&mut self, id: u64, peers: &str, join: bool) {
         let dir = self.root.path().join(format!("master{id}"));
         let log = std::fs::File::create(self.root.path().join(format!("master{id}.log")))
             .expect("log file");
@@ -55,10 +61,11 @@ impl Group {
                 "--id",
                 &id.to_string(),
                 "--peers",
-                &self.peers,
+                peers,
                 "--snapshot-interval",
                 "20",
             ])
+            .args(if join { &["--join"][..] } else { &[][..] })
             .arg("--data-dir")
             .arg(&dir)
             .stdout(Stdio::null())
@@ -263,4 +270,72 @@ fn a_single_master_keeps_acknowledged_writes_across_kill_9() {
         now: now(),
     });
     assert_eq!(dup.expect_err("exists").errno(), libc::EEXIST);
+}
+
+#[test]
+fn masters_join_as_learners_get_promoted_and_leave() {
+    let mut group = Group::new(3);
+    let mut client = group.client();
+    format(&mut client);
+    for i in 0..30 {
+        mkdir(&mut client, &format!("a{i}"));
+    }
+    // Master 4 joins as a learner: added first, then started with --join.
+    let addr4 = free_addr();
+    client
+        .change_members(&Membership::AddLearner {
+            id: 4,
+            addr: addr4.clone(),
+        })
+        .expect("add learner");
+    group.addrs.push(addr4.clone());
+    group.children.push(None);
+    let peers4 = format!("{},4={addr4}", group.peers);
+    group.start_with(4, &peers4, true);
+    let leader = wait_for("a leader", Duration::from_secs(10), || {
+        group.leader(&[1, 2, 3])
+    });
+    let target = group.applied(leader);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while group.applied(4) < target {
+        assert!(
+            Instant::now() < deadline,
+            "the learner did not catch up (applied {} of {target}):\n--- master 4\n{}\n--- leader {leader}\n{}",
+            group.applied(4),
+            group.log(4),
+            group.log(leader)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Master 3 leaves; the learner becomes a voter: the group is {1, 2, 4}.
+    client
+        .change_members(&Membership::Remove { id: 3 })
+        .expect("remove 3");
+    group.kill(3);
+    client
+        .change_members(&Membership::AddVoter { id: 4, addr: addr4 })
+        .expect("promote 4");
+    for i in 0..20 {
+        mkdir(&mut client, &format!("b{i}"));
+    }
+    // With 4 voting, the group survives losing one more master.
+    let leader = wait_for("a leader", Duration::from_secs(10), || {
+        group.leader(&[1, 2, 4])
+    });
+    let other = [1, 2, 4]
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    group.kill(other);
+    for i in 0..10 {
+        mkdir(&mut client, &format!("c{i}"));
+    }
+    let listed = names(&mut client);
+    let expected = (0..30)
+        .map(|i| format!("a{i}"))
+        .chain((0..20).map(|i| format!("b{i}")))
+        .chain((0..10).map(|i| format!("c{i}")));
+    for name in expected {
+        assert!(listed.contains(&name), "lost {name}");
+    }
 }

@@ -112,6 +112,7 @@ fn embedded() -> Setup {
         peers: BTreeMap::from([(1, addr)]),
         data_dir: dir.path().join("m1"),
         snapshot_interval_entries: None,
+        join: false,
     };
     let master = Master::start(&config).expect("master");
     let handle = master.handle();
@@ -148,6 +149,7 @@ fn three() -> Setup {
                 peers: peers.clone(),
                 data_dir: dir.path().join(format!("m{id}")),
                 snapshot_interval_entries: None,
+                join: false,
             })
             .expect("master")
         })

@@ -18,8 +18,8 @@ use crate::client_rpc::{Handler, Response, RpcClient, RpcError, Status};
 use crate::listener::serve_master;
 use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Outcome, StatFs};
 use crate::raft_driver::{DriveError, RaftDriver, RaftHandle};
-use crate::raft_transport::{LocalHandle, TcpTransport};
-use crate::replica::{ReplicaError, StateMachine};
+use crate::raft_transport::{read_members, LocalHandle, TcpTransport};
+use crate::replica::{Membership, ReplicaError, StateMachine};
 use crate::shared_state::SharedState;
 
 /// Client op: propose a [`Command`].
@@ -28,6 +28,10 @@ pub const OP_PROPOSE: u8 = 1;
 pub const OP_QUERY: u8 = 2;
 /// Client op: the master's [`MasterStatus`].
 pub const OP_STATUS: u8 = 3;
+/// Client op: change the membership (see [`MetaClient::change_members`]).
+pub const OP_MEMBERS: u8 = 4;
+/// The file in a master's data directory listing the group's members.
+pub const MEMBERS_FILE: &str = "members";
 
 const RESULT_OK: u8 = 0;
 const RESULT_META_ERROR: u8 = 1;
@@ -272,6 +276,9 @@ pub struct MasterConfig {
     pub data_dir: PathBuf,
     /// Snapshot every this many applied entries (`None`: the default).
     pub snapshot_interval_entries: Option<u64>,
+    /// Join an existing group (after `datenlord members add`) instead of
+    /// bootstrapping one from `peers`.
+    pub join: bool,
 }
 
 /// A running master.
@@ -321,17 +328,25 @@ impl Master {
                 "cannot listen on {addr}: {e} (is another master running there?)"
             ))
         })?;
-        let mut others = std::collections::HashMap::new();
-        for (&id, peer) in &config.peers {
-            if id != config.id {
-                others.insert(id, resolve(peer)?);
-            }
-        }
-        check_identity(&config.data_dir, config.id, &config.peers)?;
+        check_identity(&config.data_dir, config.id)?;
+        // Members that joined after the group started are only in the
+        // members file; it is the current list once it exists.
+        let members_file = config.data_dir.join(MEMBERS_FILE);
+        let members = read_members(&members_file).unwrap_or_else(|| config.peers.clone());
+        let others: BTreeMap<u64, String> = members
+            .iter()
+            .filter(|(&id, _)| id != config.id)
+            .map(|(&id, addr)| (id, addr.clone()))
+            .collect();
         let state = SharedState::new(MetaState::new());
         let local: LocalHandle<SharedState<MetaState>> = LocalHandle::default();
-        let transport = TcpTransport::new(&others, &local);
-        let voters: Vec<u64> = config.peers.keys().copied().collect();
+        let transport = TcpTransport::new(&others, &local, Some(members_file));
+        // A joining master starts empty and learns everything from the leader.
+        let voters: Vec<u64> = if config.join {
+            Vec::new()
+        } else {
+            config.peers.keys().copied().collect()
+        };
         let driver = RaftDriver::start_with(
             config.id,
             &config.data_dir,
@@ -373,27 +388,18 @@ pub const IDENTITY_FILE: &str = "master.identity";
 /// Refuses to start on a data directory of another master or group (a
 /// mixed-up `--data-dir` or `--id` would corrupt the group), and records
 /// the identity on first start. Deletes nothing.
-fn check_identity(
-    dir: &std::path::Path,
-    id: u64,
-    peers: &BTreeMap<u64, String>,
-) -> Result<(), MasterError> {
-    let ids: Vec<String> = peers.keys().map(u64::to_string).collect();
-    let identity = format!(
-        "datenlord metadata master\nid={id}\nmasters={}\n",
-        ids.join(",")
-    );
+fn check_identity(dir: &std::path::Path, id: u64) -> Result<(), MasterError> {
+    let identity = format!("datenlord metadata master\nid={id}\n");
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(found) if found == identity => Ok(()),
         Ok(found) => Err(MasterError::Config(format!(
-            "{} belongs to another master or group:\n{found}but this is master {id} of masters {}: check --id and --data-dir (nothing was changed)",
-            dir.display(),
-            ids.join(",")
+            "{} belongs to another master:\n{found}but this is master {id}: check --id and --data-dir (nothing was changed)",
+            dir.display()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let has_log = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
-            if has_log {
+            let has_files = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+            if has_files {
                 return Err(MasterError::Config(format!(
                     "{} is not empty and has no {IDENTITY_FILE}: it is not a master's data directory; use an empty or new directory (nothing was changed)",
                     dir.display()
@@ -405,6 +411,40 @@ fn check_identity(
         }
         Err(e) => Err(MasterError::Config(format!("cannot read {}: {e}", path.display()))),
     }
+}
+
+/// Encodes a membership change for [`OP_MEMBERS`]: `add-voter ID ADDR`,
+/// `add-learner ID ADDR` or `remove ID`.
+pub fn encode_membership(change: &Membership) -> Vec<u8> {
+    match change {
+        Membership::AddVoter { id, addr } => format!("add-voter {id} {addr}"),
+        Membership::AddLearner { id, addr } => format!("add-learner {id} {addr}"),
+        Membership::Remove { id } => format!("remove {id}"),
+    }
+    .into_bytes()
+}
+
+/// Decodes [`encode_membership`]; `None` for anything else.
+pub fn decode_membership(bytes: &[u8]) -> Option<Membership> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut words = text.split_whitespace();
+    let (verb, id) = (words.next()?, words.next()?.parse::<u64>().ok()?);
+    if id == 0 {
+        return None;
+    }
+    let change = match (verb, words.next()) {
+        ("add-voter", Some(addr)) => Membership::AddVoter {
+            id,
+            addr: addr.to_string(),
+        },
+        ("add-learner", Some(addr)) => Membership::AddLearner {
+            id,
+            addr: addr.to_string(),
+        },
+        ("remove", None) => Membership::Remove { id },
+        _ => return None,
+    };
+    words.next().is_none().then_some(change)
 }
 
 fn client_handler(
@@ -460,6 +500,19 @@ fn client_handler(
             },
             Err(e) => failed(e.to_string()),
         },
+        OP_MEMBERS => {
+            let Some(change) = decode_membership(&payload) else {
+                return failed("malformed membership change".into());
+            };
+            match block_on(handle.change_members(change)) {
+                Ok(()) => Response {
+                    status: Status::Ok,
+                    payload: Vec::new(),
+                },
+                Err(DriveError::NotLeader { leader }) => not_leader(leader),
+                Err(e) => failed(e.to_string()),
+            }
+        }
         other => failed(format!("unknown operation {other}")),
     })
 }
@@ -500,6 +553,13 @@ impl MetaClient {
         }
     }
 
+    /// Adds or removes a master (through the leader); returns once the
+    /// change is applied on the leader. One change at a time.
+    pub fn change_members(&mut self, change: &Membership) -> Result<(), ClientError> {
+        self.rpc.call(OP_MEMBERS, &encode_membership(change))?;
+        Ok(())
+    }
+
     /// The status of the master this client is connected to.
     pub fn status(&mut self) -> Result<MasterStatus, ClientError> {
         let bytes = self.rpc.call(OP_STATUS, &[])?;
@@ -514,31 +574,47 @@ mod tests {
     #[test]
     fn a_data_dir_of_another_master_is_refused_and_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let peers: BTreeMap<u64, String> = [
-            (1, "a:1".to_string()),
-            (2, "b:2".to_string()),
-            (3, "c:3".to_string()),
-        ]
-        .into();
-        check_identity(dir.path(), 2, &peers).expect("first start records the identity");
-        check_identity(dir.path(), 2, &peers).expect("same master again");
-        let err = check_identity(dir.path(), 3, &peers)
+        check_identity(dir.path(), 2).expect("first start records the identity");
+        check_identity(dir.path(), 2).expect("same master again");
+        let err = check_identity(dir.path(), 3)
             .expect_err("other id")
             .to_string();
         assert!(err.contains("check --id and --data-dir"), "{err}");
-        let single: BTreeMap<u64, String> = [(2, "b:2".to_string())].into();
-        assert!(
-            check_identity(dir.path(), 2, &single).is_err(),
-            "another group"
-        );
         assert!(dir.path().join(IDENTITY_FILE).exists());
         let foreign = tempfile::tempdir().expect("tempdir");
         std::fs::write(foreign.path().join("something"), b"x").expect("write");
-        let err = check_identity(foreign.path(), 1, &peers)
+        let err = check_identity(foreign.path(), 1)
             .expect_err("foreign dir")
             .to_string();
         assert!(err.contains("not a master's data directory"), "{err}");
         assert!(foreign.path().join("something").exists());
+    }
+
+    #[test]
+    fn membership_changes_roundtrip_and_garbage_is_refused() {
+        for change in [
+            Membership::AddVoter {
+                id: 4,
+                addr: "10.0.0.4:7001".into(),
+            },
+            Membership::AddLearner {
+                id: 5,
+                addr: "h:1".into(),
+            },
+            Membership::Remove { id: 2 },
+        ] {
+            assert_eq!(decode_membership(&encode_membership(&change)), Some(change));
+        }
+        for bad in [
+            "",
+            "add-voter",
+            "add-voter 0 a:1",
+            "remove 1 extra",
+            "promote 3",
+            "add-learner x a:1",
+        ] {
+            assert_eq!(decode_membership(bad.as_bytes()), None, "{bad}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use raft::eraftpb::Message;
 use tracing::{error, warn};
 
 use crate::raft_log::RaftLog;
-use crate::replica::{Replica, ReplicaError, StateMachine};
+use crate::replica::{MemberChange, Membership, Replica, ReplicaError, StateMachine};
 
 /// Interval of the Raft logical clock.
 pub const TICK_INTERVAL_MS: u64 = 100;
@@ -43,6 +43,10 @@ pub enum DriveError {
     /// The driver stopped (shutdown or a fatal log error).
     #[error("the metadata replica stopped")]
     Stopped,
+    /// Raft refused the request (e.g. a membership change while another is
+    /// pending); the message says why.
+    #[error("refused: {0}")]
+    Refused(String),
     /// The request did not complete in time (e.g. no quorum).
     #[error("no answer within {0:?}: is a majority of masters up?")]
     Timeout(Duration),
@@ -53,6 +57,10 @@ pub trait Transport: Send + 'static {
     /// Sends messages; undeliverable ones are reported back through
     /// [`RaftHandle::unreachable`] by the transport when it finds out.
     fn send(&mut self, messages: Vec<Message>);
+    /// A member joined the group at `addr` (sent to every replica).
+    fn add_peer(&mut self, _id: u64, _addr: &str) {}
+    /// A member left the group.
+    fn remove_peer(&mut self, _id: u64) {}
 }
 
 /// A transport for single-node groups: there are no peers.
@@ -73,6 +81,7 @@ impl Transport for NoPeers {
 /// A read: called once, with the state machine or with why it cannot run.
 type ReadFn<S> = Box<dyn FnOnce(Result<&S, DriveError>) + Send>;
 type ProposalReply = flume::Sender<Result<Vec<u8>, DriveError>>;
+type MemberReply = flume::Sender<Result<(), DriveError>>;
 
 enum Request<S> {
     Propose {
@@ -81,6 +90,10 @@ enum Request<S> {
     },
     Read(ReadFn<S>),
     ReadLocal(ReadFn<S>),
+    ChangeMembers {
+        change: Membership,
+        reply: MemberReply,
+    },
     Message(Box<Message>),
     Unreachable(u64),
     SnapshotStatus {
@@ -167,6 +180,17 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
             .await
             .map_err(|_| DriveError::Stopped)?;
         rx.recv_async().await.map_err(|_| DriveError::Stopped)?
+    }
+
+    /// Changes the group's membership (through the leader) and waits until
+    /// the change is applied here.
+    pub async fn change_members(&self, change: Membership) -> Result<(), DriveError> {
+        let (reply, answer) = flume::bounded(1);
+        self.inbox
+            .send_async(Request::ChangeMembers { change, reply })
+            .await
+            .map_err(|_| DriveError::Stopped)?;
+        answer.recv_async().await.map_err(|_| DriveError::Stopped)?
     }
 
     /// Delivers a message from a peer.
@@ -290,6 +314,8 @@ struct Pending<S> {
     next_id: u64,
     proposals: HashMap<u64, (Instant, ProposalReply)>,
     reads: HashMap<u64, (Instant, ReadFn<S>)>,
+    /// Membership changes proposed here: the member id, and who waits.
+    members: Vec<(Instant, u64, MemberReply)>,
     /// When each pending read was last asked for.
     read_asked: HashMap<u64, Instant>,
 }
@@ -331,6 +357,13 @@ impl<S> Pending<S> {
         }
         let reads = &self.reads;
         self.read_asked.retain(|id, _| reads.contains_key(id));
+        self.members.retain(|(since, _, reply)| {
+            let alive = now.duration_since(*since) < limit;
+            if !alive {
+                let _ = reply.send(Err(DriveError::Timeout(limit)));
+            }
+            alive
+        });
     }
 }
 
@@ -346,6 +379,7 @@ fn run<S: StateMachine>(
         proposals: HashMap::new(),
         reads: HashMap::new(),
         read_asked: HashMap::new(),
+        members: Vec::new(),
     };
     let mut stopping = false;
     while !stopping {
@@ -376,6 +410,27 @@ fn run<S: StateMachine>(
             }
         };
         transport.send(out.messages);
+        for change in &out.members {
+            let id = match change {
+                MemberChange::Added { id, addr, .. } => {
+                    if *id != replica.id() {
+                        transport.add_peer(*id, addr);
+                    }
+                    *id
+                }
+                MemberChange::Removed { id } => {
+                    transport.remove_peer(*id);
+                    *id
+                }
+            };
+            pending.members.retain(|(_, waiting, reply)| {
+                let done = *waiting == id;
+                if done {
+                    let _ = reply.send(Ok(()));
+                }
+                !done
+            });
+        }
         for applied in out.applied {
             if let Some((_, reply)) = applied.proposal.and_then(|p| pending.proposals.remove(&p)) {
                 let _ = reply.send(Ok(applied.result));
@@ -441,6 +496,23 @@ fn accept<S: StateMachine>(
             replica.read_index(id);
         }
         Request::ReadLocal(read) => read(Ok(replica.state_machine())),
+        Request::ChangeMembers { change, reply } => {
+            let id = match &change {
+                Membership::AddVoter { id, .. }
+                | Membership::AddLearner { id, .. }
+                | Membership::Remove { id } => *id,
+            };
+            match replica.propose_membership(&change) {
+                Ok(()) => pending.members.push((Instant::now(), id, reply)),
+                Err(ReplicaError::NotLeader { leader }) => {
+                    let _ = reply.send(Err(DriveError::NotLeader { leader }));
+                }
+                Err(e) => {
+                    warn!(%e, "membership change refused");
+                    let _ = reply.send(Err(DriveError::Refused(e.to_string())));
+                }
+            }
+        }
         Request::Message(message) => {
             if let Err(e) = replica.step(*message) {
                 warn!(replica = replica.id(), %e, "dropped a Raft message");

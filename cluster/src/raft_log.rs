@@ -562,10 +562,13 @@ impl Storage for RaftLog {
         Ok(self.last_index_inner())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot.get_metadata().index < request_index
-            || self.snapshot.get_metadata().index == 0
-        {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let meta = self.snapshot.get_metadata();
+        let conf = meta.get_conf_state();
+        // A member that joined after the snapshot would reject it (it is not
+        // in its configuration): make a newer one first.
+        let knows_receiver = conf.get_voters().contains(&to) || conf.get_learners().contains(&to);
+        if meta.index < request_index || meta.index == 0 || !knows_receiver {
             self.snapshot_wanted.set(true);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,

@@ -6,9 +6,11 @@
 //! has a sender thread with a bounded queue; each accepted connection a
 //! reader thread that hands messages to the local driver.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
@@ -34,40 +36,94 @@ pub const RAFT_PREAMBLE: [u8; 4] = *b"DLRF";
 /// Where the local driver is, once it has started.
 pub type LocalHandle<S> = Arc<OnceLock<RaftHandle<S>>>;
 
+/// Tells the local driver how a message fared (unreachable peer, snapshot
+/// delivered or lost).
+type Reporter = Arc<dyn Fn(&Message, bool) + Send + Sync>;
+
 /// Sends this master's messages to its peers.
 pub struct TcpTransport {
     queues: HashMap<u64, flume::Sender<Message>>,
+    addrs: BTreeMap<u64, String>,
+    reporter: Reporter,
+    members_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for TcpTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TcpTransport")
-            .field("peers", &self.queues.keys().collect::<Vec<_>>())
-            .finish()
+            .field("peers", &self.addrs)
+            .finish_non_exhaustive()
     }
 }
 
 impl TcpTransport {
-    /// Starts a sender thread per peer (`peers` excludes this master).
+    /// Starts a sender thread per peer (`peers` excludes this master). When
+    /// `members_file` is given, the peers' addresses are written there
+    /// whenever membership changes, so a restart knows members that joined.
     pub fn new<S: StateMachine + Send + 'static>(
-        peers: &HashMap<u64, SocketAddr>,
+        peers: &BTreeMap<u64, String>,
         local: &LocalHandle<S>,
+        members_file: Option<PathBuf>,
     ) -> Self {
-        let mut queues = HashMap::new();
-        for (&id, &addr) in peers {
-            let (tx, rx) = flume::bounded(PEER_QUEUE_DEPTH);
-            let local = Arc::clone(local);
-            let spawned = thread::Builder::new()
-                .name(format!("raft-send-{id}"))
-                .spawn(move || send_loop(id, addr, &rx, &local));
-            if let Err(e) = spawned {
-                warn!(peer = id, %e, "cannot start the sender thread");
-                continue;
-            }
-            queues.insert(id, tx);
+        let local = Arc::clone(local);
+        let reporter: Reporter =
+            Arc::new(move |message, delivered| report(&local, message, delivered));
+        let mut transport = Self {
+            queues: HashMap::new(),
+            addrs: BTreeMap::new(),
+            reporter,
+            members_file,
+        };
+        for (&id, addr) in peers {
+            transport.connect(id, addr);
         }
-        Self { queues }
+        transport
     }
+
+    fn connect(&mut self, id: u64, addr: &str) {
+        self.queues.remove(&id);
+        self.addrs.insert(id, addr.to_string());
+        let (tx, rx) = flume::bounded(PEER_QUEUE_DEPTH);
+        let reporter = Arc::clone(&self.reporter);
+        let addr = addr.to_string();
+        let spawned = thread::Builder::new()
+            .name(format!("raft-send-{id}"))
+            .spawn(move || send_loop(id, &addr, &rx, &reporter));
+        match spawned {
+            Ok(_) => {
+                self.queues.insert(id, tx);
+            }
+            Err(e) => warn!(peer = id, %e, "cannot start the sender thread"),
+        }
+    }
+
+    fn save_members(&self) {
+        let Some(path) = &self.members_file else {
+            return;
+        };
+        let mut text = String::new();
+        for (id, addr) in &self.addrs {
+            let _ = writeln!(text, "{id}={addr}");
+        }
+        let tmp = path.with_extension("tmp");
+        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            warn!(path = %path.display(), %e, "cannot record the group's members");
+        }
+    }
+}
+
+/// Reads a members file written by [`TcpTransport`]: `id=host:port` lines.
+pub fn read_members(path: &Path) -> Option<BTreeMap<u64, String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let members: BTreeMap<u64, String> = text
+        .lines()
+        .filter_map(|line| {
+            let (id, addr) = line.split_once('=')?;
+            Some((id.trim().parse().ok()?, addr.trim().to_string()))
+        })
+        .collect();
+    Some(members)
 }
 
 impl Transport for TcpTransport {
@@ -82,6 +138,22 @@ impl Transport for TcpTransport {
                 warn!(to, "message for an unknown peer dropped");
             }
         }
+    }
+
+    fn add_peer(&mut self, id: u64, addr: &str) {
+        if self.addrs.get(&id).map(String::as_str) != Some(addr) {
+            info!(peer = id, addr, "a master joined the group");
+            self.connect(id, addr);
+        }
+        self.save_members();
+    }
+
+    fn remove_peer(&mut self, id: u64) {
+        info!(peer = id, "a master left the group");
+        // Dropping the queue ends its sender thread.
+        self.queues.remove(&id);
+        self.addrs.remove(&id);
+        self.save_members();
     }
 }
 
@@ -99,32 +171,30 @@ fn report<S: StateMachine + Send + 'static>(
     }
 }
 
-fn send_loop<S: StateMachine + Send + 'static>(
-    peer: u64,
-    addr: SocketAddr,
-    queue: &flume::Receiver<Message>,
-    local: &LocalHandle<S>,
-) {
+fn send_loop(peer: u64, addr: &str, queue: &flume::Receiver<Message>, reporter: &Reporter) {
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut frame = Vec::new();
     while let Ok(message) = queue.recv() {
         if conn.is_none() {
-            match TcpStream::connect_timeout(&addr, Duration::from_millis(CONNECT_TIMEOUT_MS)) {
-                Ok(stream) => {
+            let resolved = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
+            let stream = resolved
+                .map(|a| TcpStream::connect_timeout(&a, Duration::from_millis(CONNECT_TIMEOUT_MS)));
+            match stream {
+                Some(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    info!(peer, %addr, "connected to master");
+                    info!(peer, addr, "connected to master");
                     let mut writer = BufWriter::new(stream);
                     if writer.write_all(&RAFT_PREAMBLE).is_ok() {
                         conn = Some(writer);
                     }
                 }
-                Err(e) => {
-                    debug!(peer, %addr, %e, "master unreachable");
-                    report(local, &message, false);
+                failed => {
+                    debug!(peer, addr, ?failed, "master unreachable");
+                    reporter(&message, false);
                     // Drop what queued up meanwhile: Raft resends what matters.
                     thread::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS));
                     for stale in queue.drain() {
-                        report(local, &stale, false);
+                        reporter(&stale, false);
                     }
                     continue;
                 }
@@ -143,10 +213,10 @@ fn send_loop<S: StateMachine + Send + 'static>(
             sent = writer.flush();
         }
         match sent {
-            Ok(()) => report(local, &message, true),
+            Ok(()) => reporter(&message, true),
             Err(e) => {
                 debug!(peer, %e, "connection to master lost");
-                report(local, &message, false);
+                reporter(&message, false);
                 conn = None;
             }
         }

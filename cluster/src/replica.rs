@@ -5,7 +5,9 @@
 //! tests that pass messages by hand, and under a simulator.
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+};
 use raft::{Config, RawNode, StateRole, Storage};
 use tracing::{debug, info};
 
@@ -81,6 +83,51 @@ pub struct Output {
     /// Read requests (ids from [`Replica::read_index`]) now safe to serve
     /// from the local state machine (linearizable).
     pub reads: Vec<u64>,
+    /// Membership changes applied, in order.
+    pub members: Vec<MemberChange>,
+}
+
+/// A change of the group's membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// A voter or learner joined (or a learner became a voter) at `addr`.
+    Added {
+        /// Its id.
+        id: u64,
+        /// Its address, as proposed.
+        addr: String,
+        /// Whether it only learns (no vote).
+        learner: bool,
+    },
+    /// A member left.
+    Removed {
+        /// Its id.
+        id: u64,
+    },
+}
+
+/// A proposed membership change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Membership {
+    /// Add (or promote to) a voter at an address.
+    AddVoter {
+        /// Its id.
+        id: u64,
+        /// `host:port`.
+        addr: String,
+    },
+    /// Add a learner at an address: it receives the log, does not vote.
+    AddLearner {
+        /// Its id.
+        id: u64,
+        /// `host:port`.
+        addr: String,
+    },
+    /// Remove a voter or learner.
+    Remove {
+        /// Its id.
+        id: u64,
+    },
 }
 
 /// One member of a Raft group.
@@ -117,7 +164,9 @@ impl<S: StateMachine> Replica<S> {
         mut state_machine: S,
         voters: &[u64],
     ) -> Result<Self, ReplicaError> {
-        if !log.initial_state()?.initialized() {
+        // A replica that joins an existing group starts without voters and
+        // gets everything (configuration included) from the leader.
+        if !log.initial_state()?.initialized() && !voters.is_empty() {
             let mut cs = raft::eraftpb::ConfState::default();
             cs.set_voters(voters.to_vec());
             log.initialize(cs)?;
@@ -256,14 +305,32 @@ impl<S: StateMachine> Replica<S> {
         Ok(())
     }
 
-    /// Proposes a membership change (add/remove voter or learner).
-    pub fn propose_conf_change(&mut self, change: ConfChange) -> Result<(), ReplicaError> {
+    /// Proposes a membership change; applied (one at a time, as raft-rs
+    /// requires) it comes back in [`Output::members`] on every replica.
+    pub fn propose_membership(&mut self, change: &Membership) -> Result<(), ReplicaError> {
         if !self.is_leader() {
             return Err(ReplicaError::NotLeader {
                 leader: self.leader(),
             });
         }
-        self.node.propose_conf_change(Vec::new(), change)?;
+        let mut cc = ConfChange::default();
+        match change {
+            Membership::AddVoter { id, addr } => {
+                cc.set_change_type(ConfChangeType::AddNode);
+                cc.node_id = *id;
+                cc.context = addr.clone().into_bytes().into();
+            }
+            Membership::AddLearner { id, addr } => {
+                cc.set_change_type(ConfChangeType::AddLearnerNode);
+                cc.node_id = *id;
+                cc.context = addr.clone().into_bytes().into();
+            }
+            Membership::Remove { id } => {
+                cc.set_change_type(ConfChangeType::RemoveNode);
+                cc.node_id = *id;
+            }
+        }
+        self.node.propose_conf_change(Vec::new(), cc)?;
         Ok(())
     }
 
@@ -357,12 +424,19 @@ impl<S: StateMachine> Replica<S> {
                     let change =
                         ConfChange::parse_from_bytes(&entry.data).map_err(raft::Error::from)?;
                     let cs = self.node.apply_conf_change(&change)?;
+                    let learner = cs.get_learners().contains(&change.node_id);
                     self.node.mut_store().set_conf_state(cs)?;
-                    debug!(
-                        replica = self.id,
-                        index = entry.index,
-                        "applied a membership change"
-                    );
+                    out.members.push(match change.get_change_type() {
+                        ConfChangeType::RemoveNode => MemberChange::Removed { id: change.node_id },
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                            MemberChange::Added {
+                                id: change.node_id,
+                                addr: String::from_utf8_lossy(&change.context).into_owned(),
+                                learner,
+                            }
+                        }
+                    });
+                    info!(replica = self.id, index = entry.index, change = ?out.members.last(), "applied a membership change");
                 }
                 EntryType::EntryConfChangeV2 => {
                     let change =

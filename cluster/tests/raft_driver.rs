@@ -262,12 +262,12 @@ fn three_drivers_over_tcp_elect_and_replicate() {
     for (i, listener) in listeners.into_iter().enumerate() {
         let id = i as u64 + 1;
         let local: LocalHandle<Journal> = LocalHandle::default();
-        let peers: HashMap<u64, SocketAddr> = addrs
+        let peers: std::collections::BTreeMap<u64, String> = addrs
             .iter()
             .filter(|(&p, _)| p != id)
-            .map(|(&p, &a)| (p, a))
+            .map(|(&p, a)| (p, a.to_string()))
             .collect();
-        let transport = TcpTransport::new(&peers, &local);
+        let transport = TcpTransport::new(&peers, &local, None);
         serve(listener, id, Arc::clone(&local));
         let driver = RaftDriver::start(
             id,
