@@ -5,6 +5,7 @@
 
 use std::io::Read;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -17,6 +18,18 @@ use crate::replica::StateMachine;
 
 /// How long a new connection may take to say what it is.
 const PREAMBLE_TIMEOUT_MS: u64 = 5000;
+/// Connections (peers and clients) a master serves at once, one thread
+/// each; more are closed at once so a flood cannot exhaust the process.
+pub const CONNECTIONS_MAX: usize = 1024;
+
+/// Counts a connection for as long as it is held.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Accepts connections on `listener`: peers' go to the local Raft driver,
 /// clients' to `handler`.
@@ -27,11 +40,19 @@ pub fn serve_master<S: StateMachine + Send + 'static>(
     handler: Handler,
 ) {
     let spawned = thread::Builder::new().name("master-accept".into()).spawn(move || {
+        let open = Arc::new(AtomicUsize::new(0));
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
+            if open.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
+                open.fetch_sub(1, Ordering::AcqRel);
+                warn!(peer = ?stream.peer_addr().ok(), "too many connections ({CONNECTIONS_MAX}): closing a new one");
+                continue;
+            }
+            let slot = Slot(Arc::clone(&open));
             let local = Arc::clone(&local);
             let handler = Arc::clone(&handler);
             let _ = thread::Builder::new().name("master-conn".into()).spawn(move || {
+                let _slot = slot;
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(PREAMBLE_TIMEOUT_MS)));
                 let mut preamble = [0u8; 4];
                 if let Err(e) = stream.read_exact(&mut preamble) {
