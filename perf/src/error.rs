@@ -35,6 +35,8 @@ pub enum Error {
     Histogram(String),
     #[error("compare: {0}")]
     Compare(String),
+    #[error("plotting {0}")]
+    Plot(String),
     #[error("writing report: {0}")]
     Json(#[from] serde_json::Error),
 }

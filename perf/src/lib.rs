@@ -4,13 +4,14 @@
 //! Code map: `workload` generates seeded op streams (no IO); `runner`
 //! executes them on threads and fills per-thread `latency` books; `compare`
 //! interleaves targets round by round; `slo` parses and judges objectives;
-//! `report` renders JSON and Markdown.
+//! `report` renders JSON and Markdown; `plot` draws SVG plots.
 
 pub mod buffer;
 pub mod compare;
 pub mod error;
 pub mod latency;
 pub mod machine;
+pub mod plot;
 pub mod process;
 pub mod quantity;
 pub mod report;

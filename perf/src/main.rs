@@ -10,7 +10,7 @@ use datenlord_perf::compare::{self, Target};
 use datenlord_perf::report::Report;
 use datenlord_perf::runner::{self, Measurement, Observer, Progress};
 use datenlord_perf::spec::{RunLimits, Stop, WorkloadKind, WorkloadSpec};
-use datenlord_perf::{quantity, slo};
+use datenlord_perf::{plot, quantity, slo};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Runs no shorter than this get a progress bar.
@@ -147,6 +147,10 @@ struct OutputArgs {
     /// Write the Markdown report here (it is printed to stdout anyway).
     #[arg(long)]
     markdown: Option<PathBuf>,
+    /// Write SVG plots into this directory (latency CDF per op, throughput,
+    /// throughput over time); the Markdown report links them.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<PathBuf>,
 }
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
@@ -241,7 +245,28 @@ impl Observer for Bar {
     }
 }
 
-fn write_outputs(report: &Report, output: &OutputArgs) -> anyhow::Result<()> {
+fn write_outputs(
+    report: &mut Report,
+    output: &OutputArgs,
+    targets: &[Target],
+    results: &[Measurement],
+) -> anyhow::Result<()> {
+    if let Some(dir) = &output.plots {
+        let series: Vec<plot::Series<'_>> = targets
+            .iter()
+            .zip(results)
+            .map(|(t, m)| plot::Series {
+                name: &t.name,
+                measurement: m,
+            })
+            .collect();
+        let written = plot::write_all(dir, &series)
+            .with_context(|| format!("writing plots to {}", dir.display()))?;
+        report.plots = written
+            .into_iter()
+            .map(|path| plot_link(path, output.markdown.as_deref()))
+            .collect();
+    }
     let markdown = report.to_markdown();
     if let Some(path) = &output.json {
         std::fs::write(path, report.to_json()?)
@@ -252,6 +277,18 @@ fn write_outputs(report: &Report, output: &OutputArgs) -> anyhow::Result<()> {
     }
     std::io::stdout().lock().write_all(markdown.as_bytes())?;
     Ok(())
+}
+
+/// The plot's path as linked from the Markdown file: relative to the
+/// file's directory when the plot lies under it (lexically), else as given.
+fn plot_link(path: PathBuf, markdown: Option<&std::path::Path>) -> PathBuf {
+    let parent = markdown
+        .and_then(std::path::Path::parent)
+        .filter(|p| !p.as_os_str().is_empty());
+    match parent.map(|parent| path.strip_prefix(parent)) {
+        Some(Ok(relative)) => relative.to_owned(),
+        _ => path,
+    }
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
@@ -271,8 +308,10 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         dir: args.dir.clone(),
         pid: args.pid,
     };
-    let report = Report::new(&spec, limits, 1, &[target], &[measured], None)?;
-    write_outputs(&report, &args.output)?;
+    let targets = [target];
+    let results = [measured];
+    let mut report = Report::new(&spec, limits, 1, &targets, &results, None)?;
+    write_outputs(&mut report, &args.output, &targets, &results)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -314,7 +353,7 @@ fn compare_targets(args: &CompareArgs) -> anyhow::Result<ExitCode> {
     );
     bar.finish();
     let results: Vec<Measurement> = results.context("comparing targets")?;
-    let report = Report::new(
+    let mut report = Report::new(
         &spec,
         limits,
         args.rounds,
@@ -322,7 +361,7 @@ fn compare_targets(args: &CompareArgs) -> anyhow::Result<ExitCode> {
         &results,
         Some(&baseline),
     )?;
-    write_outputs(&report, &args.output)?;
+    write_outputs(&mut report, &args.output, &targets, &results)?;
     Ok(ExitCode::SUCCESS)
 }
 

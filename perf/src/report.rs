@@ -33,6 +33,9 @@ pub struct Report {
     pub rounds: u32,
     pub baseline: Option<String>,
     pub targets: Vec<TargetReport>,
+    /// SVG plots of this run (`--plots`), as linked from the Markdown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plots: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +139,7 @@ impl Report {
             rounds,
             baseline: baseline.map(str::to_owned),
             targets: reports,
+            plots: Vec::new(),
         })
     }
 
@@ -243,6 +247,21 @@ impl Report {
                 }
             }
         }
+        self.write_plot_links(out)
+    }
+
+    fn write_plot_links(&self, out: &mut String) -> std::fmt::Result {
+        if self.plots.is_empty() {
+            return Ok(());
+        }
+        writeln!(out, "\nPlots:\n")?;
+        for plot in &self.plots {
+            let link = plot.display().to_string();
+            let title = plot
+                .file_stem()
+                .map_or_else(|| link.clone(), |s| s.to_string_lossy().into_owned());
+            writeln!(out, "![{title}](<{link}>)")?;
+        }
         Ok(())
     }
 }
@@ -324,6 +343,14 @@ mod tests {
         assert!(md.contains("| fuse | read | 500 | 500 |"), "{md}");
         assert!(md.contains("| fuse | all | 500 | 500 | 2.0 |"), "{md}");
         assert!(md.contains("Ratios against `local`"));
+        assert!(!md.contains("Plots:"));
+        let mut with_plots = report.clone();
+        with_plots.plots = vec![PathBuf::from("plots/throughput.svg")];
+        let md = with_plots.to_markdown();
+        assert!(
+            md.contains("Plots:\n\n![throughput](<plots/throughput.svg>)"),
+            "{md}"
+        );
         let json = report.to_json().expect("serializable");
         let back: Report = serde_json::from_str(&json).expect("round trip");
         assert_eq!(back.targets[0].dir, PathBuf::from("/a"));

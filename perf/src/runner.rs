@@ -25,6 +25,12 @@ const PROGRESS_INTERVAL_MS: u64 = 100;
 /// Workers publish their op count every this many ops (keeps the shared
 /// counter off the hot path).
 const PROGRESS_BATCH_OPS: u64 = 64;
+/// The driver thread samples measured throughput about this often (for the
+/// throughput-over-time plot); it reads the counter it already polls.
+pub const TIMELINE_INTERVAL_MS: u64 = 1_000;
+/// A last partial interval shorter than this is left out of the timeline
+/// (too few ops to give a meaningful rate).
+const TIMELINE_MIN_TAIL_MS: u64 = 200;
 
 /// Gets told what the run is doing (the binary draws a progress bar).
 pub trait Observer: Sync {
@@ -63,6 +69,12 @@ pub struct Measurement {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub cpu: Option<CpuSample>,
+    /// Throughput over time: (end of interval in measured seconds, ops/s in
+    /// that interval), about one sample per `TIMELINE_INTERVAL_MS`. The op
+    /// counts are published in batches of `PROGRESS_BATCH_OPS` per worker,
+    /// so a sample may be off by that many ops per thread. Merged rounds
+    /// are concatenated on the time axis.
+    pub timeline: Vec<(f64, f64)>,
 }
 
 /// CPU seconds the process under test used during the measured phase.
@@ -80,12 +92,16 @@ impl Measurement {
             bytes_read: 0,
             bytes_written: 0,
             cpu: None,
+            timeline: Vec::new(),
         })
     }
 
     /// Adds another run of the same workload (a compare round).
     pub fn merge(&mut self, other: &Self) -> Result<()> {
         self.latency.merge(&other.latency)?;
+        let offset_s = self.elapsed_s();
+        self.timeline
+            .extend(other.timeline.iter().map(|&(t, rate)| (t + offset_s, rate)));
         self.elapsed_ns += other.elapsed_ns;
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
@@ -249,7 +265,7 @@ pub fn measure(
                 })
             })
             .collect();
-        let cpu_start = drive(
+        let (cpu_start, timeline) = drive(
             &shared,
             spec.threads,
             measure_start,
@@ -265,10 +281,11 @@ pub fn measure(
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             })
             .collect();
-        (cpu_start, cpu_end, results)
+        (cpu_start, cpu_end, results, timeline)
     });
-    let (cpu_start, cpu_end, results) = outcome;
+    let (cpu_start, cpu_end, results, timeline) = outcome;
     let mut total = Measurement::empty()?;
+    total.timeline = timeline;
     let mut finish = measure_start;
     for result in results {
         let output = result?;
@@ -293,8 +310,9 @@ fn share(total: u64, threads: u32, thread: u32) -> u64 {
     total / threads + u64::from(u64::from(thread) < total % threads)
 }
 
-/// Driver thread: progress reports and the CPU sample at the start of the
-/// measured phase. Returns that sample.
+/// Driver thread: progress reports, the CPU sample at the start of the
+/// measured phase and the throughput timeline. Returns the CPU sample and
+/// the timeline.
 fn drive(
     shared: &Shared,
     threads: u32,
@@ -302,21 +320,33 @@ fn drive(
     stop: Stop,
     pid: Option<u32>,
     observer: &dyn Observer,
-) -> Result<Option<f64>> {
+) -> (Result<Option<f64>>, Vec<(f64, f64)>) {
     let mut cpu_start = None;
+    let mut timeline = Timeline::default();
     loop {
         let now = Instant::now();
         let warming_up = now < measure_start;
+        let measured_ms = now.saturating_duration_since(measure_start).as_millis() as u64;
+        let ops = shared.ops.load(Ordering::Relaxed);
         if !warming_up && cpu_start.is_none() {
-            cpu_start = Some(pid.map(process::cpu_seconds).transpose()?);
+            match pid.map(process::cpu_seconds).transpose() {
+                Ok(sample) => cpu_start = Some(sample),
+                Err(e) => return (Err(e), timeline.samples),
+            }
         }
         if shared.finished.load(Ordering::Acquire) == threads {
+            if !warming_up {
+                timeline.finish(measured_ms, ops);
+            }
             break;
         }
+        if !warming_up {
+            timeline.tick(measured_ms, ops);
+        }
         observer.progress(Progress {
-            measured_ms: now.saturating_duration_since(measure_start).as_millis() as u64,
+            measured_ms,
             warming_up,
-            ops: shared.ops.load(Ordering::Relaxed),
+            ops,
             stop,
         });
         let sleep = if warming_up {
@@ -330,7 +360,40 @@ fn drive(
             std::thread::sleep(Duration::from_millis(1).min(sleep));
         }
     }
-    Ok(cpu_start.flatten())
+    (Ok(cpu_start.flatten()), timeline.samples)
+}
+
+/// Per-interval throughput from the shared op counter.
+#[derive(Default)]
+struct Timeline {
+    samples: Vec<(f64, f64)>,
+    last_ms: u64,
+    last_ops: u64,
+}
+
+impl Timeline {
+    fn push(&mut self, measured_ms: u64, ops: u64) {
+        let span_ms = measured_ms - self.last_ms;
+        let rate = (ops - self.last_ops) as f64 * 1000.0 / span_ms as f64;
+        self.samples.push((measured_ms as f64 / 1000.0, rate));
+        self.last_ms = measured_ms;
+        self.last_ops = ops;
+    }
+
+    fn tick(&mut self, measured_ms: u64, ops: u64) {
+        if measured_ms >= self.last_ms + TIMELINE_INTERVAL_MS {
+            self.push(measured_ms, ops);
+        }
+    }
+
+    /// The last, partial interval; a run shorter than one interval still
+    /// gets one sample.
+    fn finish(&mut self, measured_ms: u64, ops: u64) {
+        let span_ms = measured_ms.saturating_sub(self.last_ms);
+        if span_ms >= TIMELINE_MIN_TAIL_MS || (self.samples.is_empty() && span_ms > 0) {
+            self.push(measured_ms, ops);
+        }
+    }
 }
 
 struct Shared {
@@ -602,7 +665,33 @@ impl<'a> Worker<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::share;
+    use super::{share, Measurement, Timeline};
+
+    #[test]
+    fn timeline_samples_each_interval_and_the_tail() {
+        let mut t = Timeline::default();
+        t.tick(500, 50);
+        t.tick(1_000, 100);
+        t.tick(1_500, 160);
+        t.tick(2_100, 210);
+        t.finish(2_150, 215);
+        t.finish(2_400, 240);
+        assert_eq!(t.samples, [(1.0, 100.0), (2.1, 100.0), (2.4, 100.0)]);
+        let mut short = Timeline::default();
+        short.finish(50, 10);
+        assert_eq!(short.samples, [(0.05, 200.0)]);
+
+        let mut a = Measurement::empty().expect("bounds");
+        a.elapsed_ns = 2_000_000_000;
+        a.timeline = vec![(1.0, 5.0), (2.0, 6.0)];
+        let mut total = Measurement::empty().expect("bounds");
+        total.merge(&a).expect("merge");
+        total.merge(&a).expect("merge");
+        assert_eq!(
+            total.timeline,
+            [(1.0, 5.0), (2.0, 6.0), (3.0, 5.0), (4.0, 6.0)]
+        );
+    }
 
     #[test]
     fn shares_add_up() {

@@ -87,6 +87,11 @@ fn duration_runs_stop_on_time_and_small_files_balance() {
     let prepared = runner::prepare(dir.path(), &spec, &Silent).expect("prepare");
     let m = runner::measure(&prepared, &spec, limits, None, &Silent).expect("measure");
     assert!((0.15..2.0).contains(&m.elapsed_s()), "{}", m.elapsed_s());
+    assert!(
+        !m.timeline.is_empty() && m.timeline.iter().all(|&(t, rate)| t > 0.0 && rate >= 0.0),
+        "{:?}",
+        m.timeline
+    );
     let creates = m.latency.count(OpKind::Create);
     assert!(creates > 0 && m.latency.count(OpKind::Unlink) + 2 >= creates);
 }
@@ -174,4 +179,54 @@ min_ops_per_s = 1e15
     let (code, _, stderr) = run_slo(dir.path(), "[[objective]]\nname = \"x\"\nworkload = 3\n");
     assert_eq!(code, Some(1));
     assert!(stderr.contains("slo.toml:3:"), "{stderr}");
+}
+
+#[test]
+fn run_with_plots_writes_linked_svgs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let status = Command::new(env!("CARGO_BIN_EXE_datenlord-perf"))
+        .args([
+            "run",
+            "--workload",
+            "randread",
+            "--threads",
+            "2",
+            "--ops",
+            "400",
+        ])
+        .args(["--warmup", "0s", "--file-size", "1MiB", "--dir"])
+        .arg(&data)
+        .arg("--plots")
+        .arg(&out)
+        .arg("--markdown")
+        .arg(out.join("report.md"))
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("run binary");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for name in [
+        "latency-cdf-read.svg",
+        "throughput.svg",
+        "throughput-time.svg",
+    ] {
+        let text = std::fs::read_to_string(out.join(name)).expect(name);
+        assert!(
+            text.starts_with("<svg") || text.starts_with("<?xml"),
+            "{name}"
+        );
+        // `run` names the target after the directory.
+        assert!(text.contains("data"), "{name}");
+    }
+    let markdown = std::fs::read_to_string(out.join("report.md")).expect("markdown");
+    assert!(
+        markdown.contains("](<latency-cdf-read.svg>)") && markdown.contains("](<throughput.svg>)"),
+        "{markdown}"
+    );
 }
