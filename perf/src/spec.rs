@@ -103,17 +103,7 @@ impl FromStr for WorkloadKind {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|kind| kind.name() == text)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
-                Error::invalid(
-                    "workload",
-                    text,
-                    format!("expected one of {}", names.join(", ")),
-                )
-            })
+        parse_named(&Self::ALL, Self::name, "workload", text)
     }
 }
 
@@ -173,13 +163,7 @@ impl FromStr for OpKind {
     type Err = Error;
 
     fn from_str(text: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|kind| kind.name() == text)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
-                Error::invalid("op", text, format!("expected one of {}", names.join(", ")))
-            })
+        parse_named(&Self::ALL, Self::name, "op", text)
     }
 }
 
@@ -335,6 +319,22 @@ impl RunLimits {
             },
         }
     }
+}
+
+/// The item of `all` whose `name` is `text`, or an error listing the names.
+fn parse_named<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    what: &'static str,
+    text: &str,
+) -> Result<T> {
+    all.iter()
+        .copied()
+        .find(|&item| name(item) == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = all.iter().map(|&item| name(item)).collect();
+            Error::invalid(what, text, format!("expected one of {}", names.join(", ")))
+        })
 }
 
 #[cfg(test)]
