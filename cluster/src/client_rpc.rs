@@ -64,41 +64,15 @@ pub struct Response {
 }
 
 fn write_frame(out: &mut impl Write, id: u64, code: u8, payload: &[u8]) -> std::io::Result<()> {
-    let len = FIXED_BYTES + payload.len();
-    let mut crc = crc32c::crc32c(&id.to_le_bytes());
-    crc = crc32c::crc32c_append(crc, &[code]);
-    crc = crc32c::crc32c_append(crc, payload);
-    out.write_all(&(len as u32).to_le_bytes())?;
-    out.write_all(&crc.to_le_bytes())?;
-    out.write_all(&id.to_le_bytes())?;
-    out.write_all(&[code])?;
-    out.write_all(payload)?;
+    crate::frame::write(out, &[&id.to_le_bytes(), &[code], payload])?;
     out.flush()
 }
 
 /// Reads a frame: `(id, code, payload)`; `Ok(None)` at a clean end.
 fn read_frame(input: &mut impl Read) -> Result<Option<(u64, u8, Vec<u8>)>, String> {
-    let mut header = [0u8; 8];
-    match input.read_exact(&mut header) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if !(FIXED_BYTES..=RPC_FRAME_MAX_BYTES).contains(&len) {
-        return Err(format!("frame length {len} out of range"));
-    }
     let mut body = Vec::new();
-    input
-        .take(len as u64)
-        .read_to_end(&mut body)
-        .map_err(|e| e.to_string())?;
-    if body.len() != len {
-        return Err("frame cut short".into());
-    }
-    if crc32c::crc32c(&body) != crc {
-        return Err("frame checksum mismatch".into());
+    if !crate::frame::read(input, &mut body, FIXED_BYTES, RPC_FRAME_MAX_BYTES)? {
+        return Ok(None);
     }
     let id = u64::from_le_bytes(body[..8].try_into().map_err(|_| "short frame")?);
     let code = body[8];

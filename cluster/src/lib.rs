@@ -5,6 +5,7 @@
 //! The engine and the FUSE frontend are unknown here; `fs` glues them.
 
 pub mod client_rpc;
+mod frame;
 pub mod listener;
 pub mod master;
 pub mod meta;

@@ -232,38 +232,13 @@ pub fn encode_frame(message: &Message, out: &mut Vec<u8>) -> Result<(), String> 
             body.len()
         ));
     }
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(())
+    crate::frame::write(out, &[&body]).map_err(|e| e.to_string())
 }
 
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Message>, String> {
-    let mut header = [0u8; 8];
-    match reader.read_exact(&mut header) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    }
-    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-    if len > FRAME_MAX_BYTES {
-        return Err(format!(
-            "frame of {len} bytes exceeds the {FRAME_MAX_BYTES}-byte limit"
-        ));
-    }
-    // Grow with the bytes that really arrive, not with the claimed length.
-    buf.clear();
-    reader
-        .take(len as u64)
-        .read_to_end(buf)
-        .map_err(|e| e.to_string())?;
-    if buf.len() != len {
-        return Err(format!("frame cut short: {} of {len} bytes", buf.len()));
-    }
-    if crc32c::crc32c(buf) != crc {
-        return Err("frame checksum mismatch".into());
+    if !crate::frame::read(reader, buf, 0, FRAME_MAX_BYTES)? {
+        return Ok(None);
     }
     Message::parse_from_bytes(buf)
         .map(Some)
