@@ -216,6 +216,8 @@ impl Query {
     }
 }
 
+/// The client protocol's payloads are the same validated rkyv archives the
+/// metadata codec uses for commands.
 fn to_bytes<T>(value: &T) -> Vec<u8>
 where
     T: for<'a> Serialize<
@@ -226,7 +228,7 @@ where
         >,
     >,
 {
-    rkyv::to_bytes::<rkyv::rancor::Error>(value).map_or_else(|_| Vec::new(), |b| b.to_vec())
+    crate::meta::codec::archive(value).to_vec()
 }
 
 fn from_bytes<T>(bytes: &[u8]) -> Result<T, ClientError>
@@ -235,10 +237,7 @@ where
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>
         + Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
 {
-    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<T, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| ClientError::Protocol(e.to_string()))
+    crate::meta::codec::unarchive(bytes).map_err(|e| ClientError::Protocol(e.to_string()))
 }
 
 /// A master's role as its clients see it.

@@ -32,7 +32,7 @@
 //! leaves the namespace is reported exactly once as garbage.
 
 mod attr;
-mod codec;
+pub(crate) mod codec;
 mod command;
 mod error;
 mod inode;
