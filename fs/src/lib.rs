@@ -1,0 +1,1 @@
+//! POSIX file system semantics over metadata (cluster) and blocks (engine).

@@ -1,0 +1,1 @@
+//! FUSE frontend: adapts the kernel FUSE protocol to `datenlord-fs`.
