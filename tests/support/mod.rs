@@ -1,0 +1,4 @@
+//! Shared helpers of the end-to-end tests.
+#![allow(dead_code)]
+
+pub mod fsx;
