@@ -89,6 +89,12 @@ pub enum LogError {
     /// Encoding a record failed.
     #[error("encoding a Raft record: {0}")]
     Encode(String),
+    /// A backup cannot be restored into a directory that has a log.
+    #[error("{dir} already holds a Raft log; a metadata backup is only restored into a new data directory (nothing was changed)")]
+    NotEmpty {
+        /// The log directory.
+        dir: PathBuf,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> LogError + 'a {
@@ -408,6 +414,30 @@ impl RaftLog {
 
     fn segment_full(&self) -> bool {
         matches!(self.backing, Backing::Dir { segment_bytes, .. } if segment_bytes > SEGMENT_BYTES_MAX)
+    }
+
+    /// Starts a new log in `dir` from a state-machine snapshot taken
+    /// elsewhere (a metadata backup): the group of `voters` begins at
+    /// `index` with `data` applied. Refuses a directory that already holds
+    /// a log, so nothing is ever overwritten.
+    pub fn seed(dir: &Path, voters: &[u64], index: u64, data: Vec<u8>) -> Result<(), LogError> {
+        let has_log = !segments(dir)?.is_empty() || !snapshot_files(dir)?.is_empty();
+        if has_log {
+            return Err(LogError::NotEmpty {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let mut log = Self::open(dir)?;
+        let mut snapshot = Snapshot::default();
+        let meta = snapshot.mut_metadata();
+        meta.index = index.max(1);
+        meta.term = 1;
+        let mut cs = ConfState::default();
+        cs.set_voters(voters.to_vec());
+        meta.set_conf_state(cs);
+        snapshot.data = data.into();
+        log.install_snapshot(snapshot)?;
+        log.sync()
     }
 
     /// Installs a snapshot of the state machine at `meta.index` (made
@@ -775,6 +805,22 @@ mod tests {
 
     fn indexes(log: &RaftLog) -> Vec<(u64, u64)> {
         log.entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn seed_starts_a_log_from_a_backup_and_refuses_an_existing_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        RaftLog::seed(dir.path(), &[1], 42, b"state".to_vec()).expect("seed");
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        let meta = log.latest_snapshot().get_metadata();
+        assert_eq!((meta.index, meta.term), (42, 1));
+        assert_eq!(meta.get_conf_state().get_voters(), &[1]);
+        assert_eq!(log.latest_snapshot().get_data(), b"state");
+        assert_eq!(log.hard_state().commit, 42);
+        let err = RaftLog::seed(dir.path(), &[1], 7, b"other".to_vec()).expect_err("refused");
+        assert!(matches!(err, LogError::NotEmpty { .. }), "{err}");
+        let log = RaftLog::open(dir.path()).expect("still there");
+        assert_eq!(log.latest_snapshot().get_data(), b"state");
     }
 
     #[test]

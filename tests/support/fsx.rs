@@ -88,14 +88,43 @@ impl Rng {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Write { file: usize, offset: u64, len: u64 },
-    Read { file: usize, offset: u64, len: u64 },
-    MmapRead { file: usize, offset: u64, len: u64 },
-    Truncate { file: usize, size: u64 },
-    Punch { file: usize, offset: u64, len: u64 },
-    Copy { from: usize, to: usize, from_offset: u64, to_offset: u64, len: u64 },
-    Fsync { file: usize },
-    Reopen { file: usize },
+    Write {
+        file: usize,
+        offset: u64,
+        len: u64,
+    },
+    Read {
+        file: usize,
+        offset: u64,
+        len: u64,
+    },
+    MmapRead {
+        file: usize,
+        offset: u64,
+        len: u64,
+    },
+    Truncate {
+        file: usize,
+        size: u64,
+    },
+    Punch {
+        file: usize,
+        offset: u64,
+        len: u64,
+    },
+    Copy {
+        from: usize,
+        to: usize,
+        from_offset: u64,
+        to_offset: u64,
+        len: u64,
+    },
+    Fsync {
+        file: usize,
+    },
+    Reopen {
+        file: usize,
+    },
 }
 
 fn next_op(rng: &mut Rng, config: &FsxConfig) -> Op {
