@@ -642,7 +642,9 @@ fn full_journal_refuses_commits_with_a_clear_error() {
         capacity_bytes: 4 * (BLOCK as u64 + 48),
         ..wb_config(journal.path())
     };
-    let wb = WriteBack::open(config, store).expect("open journal");
+    let wb = WriteBack::open(config.clone(), store.clone()).expect("open journal");
+    let err = WriteBack::open(config, store).expect_err("journal in use");
+    assert!(err.to_string().contains("in use"), "{err}");
     let data = blocks(1, 8);
     block_on(wb.commit(data[..4].to_vec())).expect("fits");
     let err = block_on(wb.commit(data[4..5].to_vec())).expect_err("full");
@@ -739,4 +741,83 @@ fn file_and_memory_stores() {
         block_on(memory.latest_meta_snapshot()).expect("latest"),
         Some((1, b"m".to_vec()))
     );
+}
+
+const CHILD_ENV: &str = "DATENLORD_STORE_TEST_CHILD_JOURNAL";
+const CHILD_ENDPOINT_ENV: &str = "DATENLORD_STORE_TEST_CHILD_ENDPOINT";
+const KILL_AFTER_ACKS: u64 = 60;
+
+fn child_block(i: u64) -> (BlockId, Vec<u8>) {
+    let id = BlockId::new(9, i, 1);
+    (id, content(id, BLOCK))
+}
+
+/// The child of `s3_kill_9_during_commits_loses_no_acknowledged_block`:
+/// commits blocks one by one, printing each acknowledgement, until killed.
+#[test]
+#[ignore = "runs only as the child process of s3_kill_9_during_commits_loses_no_acknowledged_block"]
+fn child_process_entry() {
+    let (Ok(journal), Ok(endpoint)) = (std::env::var(CHILD_ENV), std::env::var(CHILD_ENDPOINT_ENV))
+    else {
+        return;
+    };
+    let control = ControlPlane::start().expect("control");
+    let store = RemoteStore::open_with(&Moto::url("vol"), &control, s3_options(&endpoint))
+        .expect("open store");
+    let wb = WriteBack::open(wb_config(Path::new(&journal)), store).expect("open journal");
+    let mut out = std::io::stdout();
+    for i in 0.. {
+        block_on(wb.commit(vec![child_block(i)])).expect("commit");
+        writeln!(out, "acked {i}").expect("stdout");
+        out.flush().expect("stdout");
+    }
+}
+
+#[test]
+fn s3_kill_9_during_commits_loses_no_acknowledged_block() {
+    use std::io::BufRead;
+    let Some(moto) = Moto::start() else { return };
+    let journal = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "child_process_entry",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ENV, journal.path())
+        .env(CHILD_ENDPOINT_ENV, moto.endpoint())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut acked = 0;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("child output");
+        if let Some(i) = line.strip_prefix("acked ") {
+            acked = i.parse::<u64>().expect("ack number") + 1;
+            if acked >= KILL_AFTER_ACKS {
+                break;
+            }
+        }
+    }
+    // SIGKILL while the child commits and its uploaders run.
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    assert!(
+        acked >= KILL_AFTER_ACKS,
+        "the child acknowledged only {acked} commits"
+    );
+
+    let control = ControlPlane::start().expect("control");
+    let store = moto.store(&control, "vol");
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("reopen journal");
+    block_on(wb.drain(Duration::from_secs(60))).expect("drain");
+    let data: Vec<_> = (0..acked).map(child_block).collect();
+    assert_in_store(&store, &data);
+    assert_eq!(journal_entries(journal.path()), 0);
+    wb.shutdown();
 }

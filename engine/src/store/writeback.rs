@@ -52,6 +52,7 @@ const ENTRY_SUFFIX: &str = ".blk";
 const TMP_SUFFIX: &str = ".tmp";
 const CORRUPT_DIR: &str = "corrupt";
 const GC_QUEUE_FILE: &str = "gc-queue";
+const LOCK_FILE: &str = "lock";
 
 /// When a commit returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,10 +106,35 @@ impl WriteBackConfig {
     }
 }
 
-/// The write-back journal of one store. Clones share it.
+/// The write-back journal of one store. Clones share it; when the last
+/// clone is dropped (or at [`WriteBack::shutdown`]) the uploaders and the
+/// collector stop and the journal directory is unlocked.
 #[derive(Clone, Debug)]
 pub struct WriteBack {
     shared: Arc<Shared>,
+    owner: Arc<Owner>,
+}
+
+/// What the handles own and the background tasks do not: the tasks (to
+/// stop them) and the journal directory's lock.
+#[derive(Debug)]
+struct Owner {
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    _lock: File,
+}
+
+impl Owner {
+    fn stop(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 #[derive(Debug)]
@@ -129,7 +155,6 @@ struct Shared {
     /// Bumped whenever entries leave the journal.
     progress: watch::Sender<u64>,
     gc: Mutex<GcFile>,
-    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     tmp_counter: AtomicU64,
 }
 
@@ -177,6 +202,32 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreErr
         .map_err(|e| StoreError::io("write", &tmp, e))?;
     std::fs::rename(&tmp, &target).map_err(|e| StoreError::io("rename", &tmp, e))?;
     sync_dir(dir)
+}
+
+/// Locks the journal directory: two writers would upload and delete each
+/// other's entries.
+fn lock_journal(dir: &Path) -> Result<File, StoreError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io("open", &path, e))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(StoreError::Config(format!(
+                "the write-back journal {} is in use by another datenlord process: stop it, or give this one another journal directory",
+                dir.display()
+            )));
+        }
+        return Err(StoreError::io("lock", &path, e));
+    }
+    Ok(file)
 }
 
 fn open_append(path: &Path) -> Result<File, StoreError> {
@@ -263,6 +314,7 @@ impl WriteBack {
         }
         let dir = &config.journal_dir;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
+        let dir_lock = lock_journal(dir)?;
         let mut state = JournalState::new(config.capacity_bytes);
         let recovered = recover_entries(dir, remote.name())?;
         if !recovered.is_empty() {
@@ -283,15 +335,17 @@ impl WriteBack {
             wake: Notify::new(),
             progress: watch::channel(0).0,
             gc: Mutex::new(gc),
-            tasks: Mutex::new(Vec::new()),
             tmp_counter: AtomicU64::new(0),
             config,
         });
         let handle = shared.remote.control().handle().clone();
         let uploads = handle.spawn(Arc::clone(&shared).upload_loop());
         let collector = handle.spawn(Arc::clone(&shared).gc_loop());
-        lock(&shared.tasks).extend([uploads.abort_handle(), collector.abort_handle()]);
-        Ok(Self { shared })
+        let owner = Arc::new(Owner {
+            tasks: Mutex::new(vec![uploads.abort_handle(), collector.abort_handle()]),
+            _lock: dir_lock,
+        });
+        Ok(Self { shared, owner })
     }
 
     /// Makes blocks durable: returns when they are in the journal (mode
@@ -379,12 +433,11 @@ impl WriteBack {
             .await
     }
 
-    /// Stops the uploaders and the collector. Journaled blocks stay in the
-    /// journal and are uploaded by the next `open`.
+    /// Stops the uploaders and the collector (even if clones remain).
+    /// Journaled blocks stay in the journal and are uploaded by the next
+    /// `open`; call [`WriteBack::drain`] first for a clean unmount.
     pub fn shutdown(self) {
-        for task in lock(&self.shared.tasks).drain(..) {
-            task.abort();
-        }
+        self.owner.stop();
     }
 }
 
