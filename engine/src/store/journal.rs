@@ -26,8 +26,8 @@ pub struct Backlog {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum EntryState {
-    /// A commit is writing the file; not uploadable yet.
-    Writing,
+    /// `writers` commits are writing the file; not uploadable yet.
+    Writing { writers: u32 },
     /// Durable, waiting in `ready` for upload.
     Ready { due_ms: u64, seq: u64 },
     /// An upload is in flight.
@@ -109,7 +109,7 @@ impl JournalState {
                 bytes,
                 added_ms: now_ms,
                 attempts: 0,
-                state: EntryState::Writing,
+                state: EntryState::Writing { writers: 0 },
             },
         );
         self.used_bytes += bytes;
@@ -145,16 +145,23 @@ impl JournalState {
                             bytes,
                             added_ms: now_ms,
                             attempts: 0,
-                            state: EntryState::Writing,
+                            state: EntryState::Writing { writers: 1 },
                         },
                     );
                     self.used_bytes += bytes;
                     to_write.push(id);
                 }
-                Some(entry) if entry.state == EntryState::Writing && !to_write.contains(&id) => {
-                    to_write.push(id);
+                Some(_) if to_write.contains(&id) => {}
+                Some(_) => {
+                    if let Some(Entry {
+                        state: EntryState::Writing { writers },
+                        ..
+                    }) = self.entries.get_mut(&id)
+                    {
+                        *writers += 1;
+                        to_write.push(id);
+                    }
                 }
-                Some(_) => {}
             }
         }
         Ok(to_write)
@@ -163,29 +170,35 @@ impl JournalState {
     /// The files of a commit are durable: their entries may upload.
     pub fn mark_durable(&mut self, ids: &[BlockId], now_ms: u64) {
         for &id in ids {
-            if self
+            let writing = self
                 .entries
                 .get(&id)
-                .is_some_and(|e| e.state == EntryState::Writing)
-            {
+                .is_some_and(|e| matches!(e.state, EntryState::Writing { .. }));
+            if writing {
                 self.push_ready(id, now_ms);
             }
         }
     }
 
     /// A commit failed to write its files: release what it reserved.
-    pub fn abort(&mut self, ids: &[BlockId]) {
-        for id in ids {
-            if self
-                .entries
-                .get(id)
-                .is_some_and(|e| e.state == EntryState::Writing)
-            {
-                if let Some(entry) = self.entries.remove(id) {
+    /// Returns the entries no commit made durable and none still writes:
+    /// their files (if any) must be deleted.
+    pub fn abort(&mut self, ids: &[BlockId]) -> Vec<BlockId> {
+        let mut dropped = Vec::new();
+        for &id in ids {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if let EntryState::Writing { writers } = &mut entry.state {
+                *writers = writers.saturating_sub(1);
+                if *writers == 0 {
                     self.used_bytes -= entry.bytes;
+                    self.entries.remove(&id);
+                    dropped.push(id);
                 }
             }
         }
+        dropped
     }
 
     /// The next entry to upload at `now_ms`, marked in flight.
@@ -239,7 +252,7 @@ impl JournalState {
     pub fn remove_for_gc(&mut self, id: BlockId) -> GcRemoval {
         match self.entries.get(&id).map(|e| e.state) {
             None => GcRemoval::Absent,
-            Some(EntryState::Writing | EntryState::Uploading) => GcRemoval::Busy,
+            Some(EntryState::Writing { .. } | EntryState::Uploading) => GcRemoval::Busy,
             Some(EntryState::Ready { .. }) => {
                 self.discard(id);
                 GcRemoval::Removed
@@ -356,7 +369,7 @@ mod tests {
         );
         // Writing entries are not uploadable.
         assert_eq!(j.next_upload(10), None);
-        j.abort(&[id(1)]);
+        assert_eq!(j.abort(&[id(1)]), vec![id(1)]);
         assert_eq!(j.admit(&[(id(2), 30)], 0), Ok(vec![id(2)]));
         assert_eq!(j.backlog(5).bytes, 70);
     }
@@ -369,7 +382,13 @@ mod tests {
         assert_eq!(j.backlog(0).bytes, 40);
         // Still being written by the first commit: the second writes it too.
         assert_eq!(j.admit(&[(id(0), 40)], 0), Ok(vec![id(0)]));
+        // One writer fails: the other still writes it, nothing is dropped.
+        assert_eq!(j.abort(&[id(0)]), vec![]);
+        assert!(j.contains(id(0)));
         j.mark_durable(&[id(0)], 0);
+        // A writer failing after another made it durable drops nothing.
+        assert_eq!(j.abort(&[id(0)]), vec![]);
+        assert!(j.contains(id(0)));
         // Durable already: nothing to write, no bytes added.
         assert_eq!(j.admit(&[(id(0), 40)], 0), Ok(vec![]));
         assert_eq!(j.backlog(0).bytes, 40);

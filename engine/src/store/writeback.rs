@@ -480,7 +480,12 @@ impl Shared {
                 .await
                 .unwrap_or(Err(StoreError::ShutDown));
             if let Err(e) = written {
-                lock(&self.state).abort(&to_write);
+                let dropped = lock(&self.state).abort(&to_write);
+                // Files no commit made durable: a leftover would be uploaded
+                // at the next open, a version nobody refers to.
+                for id in dropped {
+                    let _ = std::fs::remove_file(self.entry_path(id));
+                }
                 return Err(e);
             }
             lock(&self.state).mark_durable(&to_write, self.now_ms());
@@ -498,43 +503,33 @@ impl Shared {
     }
 
     /// Writes entry files durably: each file fdatasynced and renamed, the
-    /// directory fsynced once. On failure, removes what this call renamed.
+    /// directory fsynced once.
     fn write_entries(&self, work: &[(BlockId, Vec<u8>)]) -> Result<(), StoreError> {
         let dir = &self.config.journal_dir;
-        let mut renamed = Vec::with_capacity(work.len());
-        let result = (|| {
-            for (id, data) in work {
-                let encoded = object::encode(ObjectKind::Block(*id), data);
-                let name = entry_name(*id);
-                let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-                let tmp = dir.join(format!(".{name}.{n}{TMP_SUFFIX}"));
-                let target = dir.join(&name);
-                let written = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&tmp)
-                    .and_then(|mut file| {
-                        file.write_all(&encoded)?;
-                        file.sync_data()
-                    });
-                if let Err(e) = written {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(StoreError::io("write journal entry", &tmp, e));
-                }
-                if let Err(e) = std::fs::rename(&tmp, &target) {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(StoreError::io("rename journal entry", &tmp, e));
-                }
-                renamed.push(target);
+        for (id, data) in work {
+            let encoded = object::encode(ObjectKind::Block(*id), data);
+            let name = entry_name(*id);
+            let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+            let tmp = dir.join(format!(".{name}.{n}{TMP_SUFFIX}"));
+            let target = dir.join(&name);
+            let written = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .and_then(|mut file| {
+                    file.write_all(&encoded)?;
+                    file.sync_data()
+                });
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::io("write journal entry", &tmp, e));
             }
-            sync_dir(dir)
-        })();
-        if result.is_err() {
-            for path in &renamed {
-                let _ = std::fs::remove_file(path);
+            if let Err(e) = std::fs::rename(&tmp, &target) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::io("rename journal entry", &tmp, e));
             }
         }
-        result
+        sync_dir(dir)
     }
 
     fn journal_get(&self, id: BlockId) -> Option<Vec<u8>> {
