@@ -24,6 +24,7 @@ pub mod shard;
 pub mod slot;
 pub mod source;
 pub mod stats;
+pub mod store;
 
 pub use block::{BlockId, BlockKey, BlockSize, Ino, ShardId};
 pub use config::{DiskConfig, EngineConfig};

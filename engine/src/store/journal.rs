@@ -1,0 +1,451 @@
+//! Bookkeeping of the write-back journal (sans-IO): which entries exist,
+//! bytes used against the capacity, which entries are being written, which
+//! are uploading, when a failed upload is retried, and upload health for
+//! the logs. Times are milliseconds of a clock the driver owns.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use crate::block::BlockId;
+
+/// Rate limit of the "uploads are failing" warning.
+pub const UPLOAD_WARN_INTERVAL_MS: u64 = 10_000;
+
+/// The upload backlog, for metrics and `datenlord status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Blocks in the journal (written or being written, not yet uploaded).
+    pub entries: u64,
+    /// Their bytes (encoded objects).
+    pub bytes: u64,
+    /// Age of the oldest entry.
+    pub oldest_age: Option<Duration>,
+    /// The last upload error, cleared by a successful upload.
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryState {
+    /// `writers` commits are writing the file; not uploadable yet.
+    Writing { writers: u32 },
+    /// Durable, waiting in `ready` for upload.
+    Ready { due_ms: u64, seq: u64 },
+    /// An upload is in flight.
+    Uploading,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    bytes: u64,
+    added_ms: u64,
+    attempts: u32,
+    state: EntryState,
+}
+
+/// Why a commit does not fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Full {
+    /// Entries in the journal.
+    pub entries: u64,
+    /// Bytes in the journal.
+    pub used_bytes: u64,
+    /// Capacity.
+    pub capacity_bytes: u64,
+    /// Bytes the commit needed.
+    pub needed_bytes: u64,
+}
+
+/// What happened when GC asked to drop an entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcRemoval {
+    /// Removed from the bookkeeping: delete its file.
+    Removed,
+    /// Being written or uploaded: ask again later.
+    Busy,
+    /// Not in the journal.
+    Absent,
+}
+
+/// The journal's state.
+#[derive(Debug)]
+pub struct JournalState {
+    capacity_bytes: u64,
+    used_bytes: u64,
+    entries: HashMap<BlockId, Entry>,
+    /// Durable entries waiting for upload, by due time then arrival.
+    ready: BTreeSet<(u64, u64, BlockId)>,
+    next_seq: u64,
+}
+
+impl JournalState {
+    /// An empty journal of `capacity_bytes`.
+    pub fn new(capacity_bytes: u64) -> Self {
+        Self {
+            capacity_bytes,
+            used_bytes: 0,
+            entries: HashMap::new(),
+            ready: BTreeSet::new(),
+            next_seq: 0,
+        }
+    }
+
+    fn push_ready(&mut self, id: BlockId, due_ms: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.state = EntryState::Ready { due_ms, seq };
+            self.ready.insert((due_ms, seq, id));
+        }
+    }
+
+    /// An entry found durable on disk at open.
+    pub fn recover(&mut self, id: BlockId, bytes: u64, now_ms: u64) {
+        if self.entries.contains_key(&id) {
+            return;
+        }
+        self.entries.insert(
+            id,
+            Entry {
+                bytes,
+                added_ms: now_ms,
+                attempts: 0,
+                state: EntryState::Writing { writers: 0 },
+            },
+        );
+        self.used_bytes += bytes;
+        self.push_ready(id, now_ms);
+    }
+
+    /// Reserves room for a commit. Returns the blocks this commit must
+    /// write: the new ones and those another commit is still writing (an
+    /// entry already durable is not written again: versions are immutable).
+    pub fn admit(&mut self, batch: &[(BlockId, u64)], now_ms: u64) -> Result<Vec<BlockId>, Full> {
+        let mut needed_bytes = 0;
+        let mut seen = std::collections::HashSet::new();
+        for &(id, bytes) in batch {
+            if !self.entries.contains_key(&id) && seen.insert(id) {
+                needed_bytes += bytes;
+            }
+        }
+        if self.used_bytes + needed_bytes > self.capacity_bytes {
+            return Err(Full {
+                entries: self.entries.len() as u64,
+                used_bytes: self.used_bytes,
+                capacity_bytes: self.capacity_bytes,
+                needed_bytes,
+            });
+        }
+        let mut to_write = Vec::new();
+        for &(id, bytes) in batch {
+            match self.entries.get(&id) {
+                None => {
+                    self.entries.insert(
+                        id,
+                        Entry {
+                            bytes,
+                            added_ms: now_ms,
+                            attempts: 0,
+                            state: EntryState::Writing { writers: 1 },
+                        },
+                    );
+                    self.used_bytes += bytes;
+                    to_write.push(id);
+                }
+                Some(_) if to_write.contains(&id) => {}
+                Some(_) => {
+                    if let Some(Entry {
+                        state: EntryState::Writing { writers },
+                        ..
+                    }) = self.entries.get_mut(&id)
+                    {
+                        *writers += 1;
+                        to_write.push(id);
+                    }
+                }
+            }
+        }
+        Ok(to_write)
+    }
+
+    /// The files of a commit are durable: their entries may upload.
+    pub fn mark_durable(&mut self, ids: &[BlockId], now_ms: u64) {
+        for &id in ids {
+            let writing = self
+                .entries
+                .get(&id)
+                .is_some_and(|e| matches!(e.state, EntryState::Writing { .. }));
+            if writing {
+                self.push_ready(id, now_ms);
+            }
+        }
+    }
+
+    /// A commit failed to write its files: release what it reserved.
+    /// Returns the entries no commit made durable and none still writes:
+    /// their files (if any) must be deleted.
+    pub fn abort(&mut self, ids: &[BlockId]) -> Vec<BlockId> {
+        let mut dropped = Vec::new();
+        for &id in ids {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if let EntryState::Writing { writers } = &mut entry.state {
+                *writers = writers.saturating_sub(1);
+                if *writers == 0 {
+                    self.used_bytes -= entry.bytes;
+                    self.entries.remove(&id);
+                    dropped.push(id);
+                }
+            }
+        }
+        dropped
+    }
+
+    /// The next entry to upload at `now_ms`, marked in flight.
+    pub fn next_upload(&mut self, now_ms: u64) -> Option<BlockId> {
+        let &(due_ms, seq, id) = self.ready.first()?;
+        if due_ms > now_ms {
+            return None;
+        }
+        self.ready.remove(&(due_ms, seq, id));
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.state = EntryState::Uploading;
+        }
+        Some(id)
+    }
+
+    /// When the earliest waiting entry becomes due.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.ready.first().map(|&(due, _, _)| due)
+    }
+
+    /// An upload succeeded: the entry leaves the journal.
+    pub fn upload_done(&mut self, id: BlockId) {
+        if let Some(entry) = self.entries.remove(&id) {
+            debug_assert_eq!(entry.state, EntryState::Uploading);
+            self.used_bytes -= entry.bytes;
+        }
+    }
+
+    /// An upload failed: retry at `retry_ms`. Returns the attempts so far.
+    pub fn upload_failed(&mut self, id: BlockId, retry_ms: u64) -> u32 {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return 0;
+        };
+        entry.attempts = entry.attempts.saturating_add(1);
+        let attempts = entry.attempts;
+        self.push_ready(id, retry_ms);
+        attempts
+    }
+
+    /// The entry's file is unusable (corrupt): forget it without upload.
+    pub fn discard(&mut self, id: BlockId) {
+        if let Some(entry) = self.entries.remove(&id) {
+            if let EntryState::Ready { due_ms, seq } = entry.state {
+                self.ready.remove(&(due_ms, seq, id));
+            }
+            self.used_bytes -= entry.bytes;
+        }
+    }
+
+    /// GC drops a version that left the namespace.
+    pub fn remove_for_gc(&mut self, id: BlockId) -> GcRemoval {
+        match self.entries.get(&id).map(|e| e.state) {
+            None => GcRemoval::Absent,
+            Some(EntryState::Writing { .. } | EntryState::Uploading) => GcRemoval::Busy,
+            Some(EntryState::Ready { .. }) => {
+                self.discard(id);
+                GcRemoval::Removed
+            }
+        }
+    }
+
+    /// Whether the block is in the journal.
+    pub fn contains(&self, id: BlockId) -> bool {
+        self.entries.contains_key(&id)
+    }
+
+    /// Whether any of `ids` is still in the journal.
+    pub fn any_pending(&self, ids: &[BlockId]) -> bool {
+        ids.iter().any(|id| self.entries.contains_key(id))
+    }
+
+    /// Whether the journal is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Attempts of an entry's upload so far.
+    pub fn attempts(&self, id: BlockId) -> u32 {
+        self.entries.get(&id).map_or(0, |e| e.attempts)
+    }
+
+    /// Entries, bytes and the oldest entry's age.
+    pub fn backlog(&self, now_ms: u64) -> Backlog {
+        Backlog {
+            entries: self.entries.len() as u64,
+            bytes: self.used_bytes,
+            oldest_age: self
+                .entries
+                .values()
+                .map(|e| e.added_ms)
+                .min()
+                .map(|added| Duration::from_millis(now_ms.saturating_sub(added))),
+            last_error: None,
+        }
+    }
+}
+
+/// What to log about uploads: a warning at most every
+/// [`UPLOAD_WARN_INTERVAL_MS`] while they fail, one line when they recover.
+#[derive(Debug, Default)]
+pub struct UploadHealth {
+    failing: bool,
+    last_warn_ms: Option<u64>,
+    last_error: Option<String>,
+    failures_since_warn: u64,
+}
+
+impl UploadHealth {
+    /// An upload failed. Returns `Some(failures since the last warning)`
+    /// when a warning is due.
+    pub fn on_failure(&mut self, now_ms: u64, error: String) -> Option<u64> {
+        self.failing = true;
+        self.last_error = Some(error);
+        self.failures_since_warn += 1;
+        let due = self
+            .last_warn_ms
+            .is_none_or(|last| now_ms.saturating_sub(last) >= UPLOAD_WARN_INTERVAL_MS);
+        if due {
+            self.last_warn_ms = Some(now_ms);
+            let failures = self.failures_since_warn;
+            self.failures_since_warn = 0;
+            Some(failures)
+        } else {
+            None
+        }
+    }
+
+    /// An upload succeeded. Returns whether uploads were failing before.
+    pub fn on_success(&mut self) -> bool {
+        let recovered = self.failing;
+        self.failing = false;
+        self.last_error = None;
+        self.failures_since_warn = 0;
+        self.last_warn_ms = None;
+        recovered
+    }
+
+    /// The last upload error while uploads fail.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u64) -> BlockId {
+        BlockId::new(1, i, 1)
+    }
+
+    #[test]
+    fn capacity_is_reserved_at_admission() {
+        let mut j = JournalState::new(100);
+        assert_eq!(
+            j.admit(&[(id(0), 40), (id(1), 40)], 0),
+            Ok(vec![id(0), id(1)])
+        );
+        let full = j.admit(&[(id(2), 30)], 0).expect_err("full");
+        assert_eq!(
+            full,
+            Full {
+                entries: 2,
+                used_bytes: 80,
+                capacity_bytes: 100,
+                needed_bytes: 30
+            }
+        );
+        // Writing entries are not uploadable.
+        assert_eq!(j.next_upload(10), None);
+        assert_eq!(j.abort(&[id(1)]), vec![id(1)]);
+        assert_eq!(j.admit(&[(id(2), 30)], 0), Ok(vec![id(2)]));
+        assert_eq!(j.backlog(5).bytes, 70);
+    }
+
+    #[test]
+    fn duplicates_and_recommits() {
+        let mut j = JournalState::new(100);
+        // The same id twice in one batch counts once.
+        assert_eq!(j.admit(&[(id(0), 40), (id(0), 40)], 0), Ok(vec![id(0)]));
+        assert_eq!(j.backlog(0).bytes, 40);
+        // Still being written by the first commit: the second writes it too.
+        assert_eq!(j.admit(&[(id(0), 40)], 0), Ok(vec![id(0)]));
+        // One writer fails: the other still writes it, nothing is dropped.
+        assert_eq!(j.abort(&[id(0)]), vec![]);
+        assert!(j.contains(id(0)));
+        j.mark_durable(&[id(0)], 0);
+        // A writer failing after another made it durable drops nothing.
+        assert_eq!(j.abort(&[id(0)]), vec![]);
+        assert!(j.contains(id(0)));
+        // Durable already: nothing to write, no bytes added.
+        assert_eq!(j.admit(&[(id(0), 40)], 0), Ok(vec![]));
+        assert_eq!(j.backlog(0).bytes, 40);
+    }
+
+    #[test]
+    fn upload_order_retries_and_completion() {
+        let mut j = JournalState::new(1000);
+        for i in 0..3 {
+            j.admit(&[(id(i), 10)], i).expect("admit");
+        }
+        j.mark_durable(&[id(2), id(0), id(1)], 5);
+        assert_eq!(j.next_upload(5), Some(id(2)));
+        assert_eq!(j.next_upload(5), Some(id(0)));
+        assert_eq!(j.upload_failed(id(2), 100), 1);
+        assert_eq!(j.next_upload(5), Some(id(1)));
+        assert_eq!(j.next_upload(50), None, "retry not due yet");
+        assert_eq!(j.next_due_ms(), Some(100));
+        assert_eq!(j.next_upload(100), Some(id(2)));
+        assert_eq!(j.attempts(id(2)), 1);
+        for i in 0..3 {
+            j.upload_done(id(i));
+        }
+        assert!(j.is_empty());
+        assert_eq!(j.backlog(200), Backlog::default());
+    }
+
+    #[test]
+    fn gc_and_recovery() {
+        let mut j = JournalState::new(1000);
+        j.recover(id(0), 10, 0);
+        j.recover(id(1), 10, 0);
+        assert!(j.any_pending(&[id(1), id(9)]));
+        assert_eq!(j.remove_for_gc(id(9)), GcRemoval::Absent);
+        assert_eq!(j.next_upload(0), Some(id(0)));
+        assert_eq!(j.remove_for_gc(id(0)), GcRemoval::Busy);
+        assert_eq!(j.remove_for_gc(id(1)), GcRemoval::Removed);
+        assert_eq!(j.next_upload(0), None, "removed entry is not uploaded");
+        let backlog = j.backlog(30);
+        assert_eq!(
+            (backlog.entries, backlog.bytes, backlog.oldest_age),
+            (1, 10, Some(Duration::from_millis(30)))
+        );
+    }
+
+    #[test]
+    fn health_rate_limits_warnings() {
+        let mut h = UploadHealth::default();
+        assert!(!h.on_success());
+        assert_eq!(h.on_failure(0, "down".into()), Some(1));
+        assert_eq!(h.on_failure(5_000, "down".into()), None);
+        assert_eq!(h.on_failure(9_999, "down".into()), None);
+        assert_eq!(h.on_failure(10_000, "down again".into()), Some(3));
+        assert_eq!(h.last_error(), Some("down again"));
+        assert!(h.on_success());
+        assert_eq!(h.last_error(), None);
+        assert!(!h.on_success());
+        assert_eq!(h.on_failure(10_001, "x".into()), Some(1));
+    }
+}

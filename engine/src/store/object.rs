@@ -1,0 +1,301 @@
+//! Key layout and object format of the store (sans-IO).
+//!
+//! Every object (block, metadata snapshot, volume descriptor) is a 48-byte
+//! header followed by its payload:
+//!
+//! ```text
+//! magic "DLOB" | header version u16 | kind u16 | identity 3 x u64 |
+//! payload length u64 | payload CRC32C u32 | header CRC32C u32
+//! ```
+//!
+//! The identity is the block id (or the snapshot sequence), so an object
+//! copied under the wrong key is caught too. All integers are little endian.
+//! The write-back journal stores entries in exactly this format, so an entry
+//! is uploaded as is.
+
+use crate::block::BlockId;
+
+/// Version of the store layout a volume descriptor records.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+/// Bytes of an object header.
+pub const OBJECT_HEADER_BYTES: usize = 48;
+/// Key of the volume descriptor, relative to the store prefix.
+pub const DESCRIPTOR_KEY: &str = "volume";
+/// Directory of metadata snapshots, relative to the store prefix.
+pub const META_DIR: &str = "meta";
+/// Metadata snapshots kept; older ones are deleted.
+pub const META_SNAPSHOTS_KEPT: usize = 3;
+
+const MAGIC: [u8; 4] = *b"DLOB";
+const HEADER_VERSION: u16 = 1;
+const SNAPSHOT_PREFIX: &str = "snapshot-";
+const DESCRIPTOR_PAYLOAD_BYTES: usize = 24;
+
+/// What an object holds; checked against what the reader expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A block of a file.
+    Block(BlockId),
+    /// A metadata snapshot with its sequence number.
+    MetaSnapshot(u64),
+    /// The volume descriptor.
+    Descriptor,
+}
+
+impl ObjectKind {
+    fn code(self) -> u16 {
+        match self {
+            Self::Block(_) => 1,
+            Self::MetaSnapshot(_) => 2,
+            Self::Descriptor => 3,
+        }
+    }
+
+    fn identity(self) -> [u64; 3] {
+        match self {
+            Self::Block(id) => [id.ino.0, id.index, id.version],
+            Self::MetaSnapshot(seq) => [seq, 0, 0],
+            Self::Descriptor => [0; 3],
+        }
+    }
+}
+
+/// Key of a block, relative to the store prefix. The two hex digits come
+/// from the hash of `(ino, index)`, spreading keys over 256 prefixes (S3
+/// partitions request rates by prefix); all versions of a block share one.
+pub fn block_key(id: BlockId) -> String {
+    let spread = (id.key().hash64() >> 56) as u8;
+    format!(
+        "blocks/{spread:02x}/{}/{}/{}",
+        id.ino.0, id.index, id.version
+    )
+}
+
+/// Key of a metadata snapshot, relative to the store prefix.
+pub fn snapshot_key(seq: u64) -> String {
+    format!("{META_DIR}/{SNAPSHOT_PREFIX}{seq:020}")
+}
+
+/// The sequence of a snapshot from the last part of its key.
+pub fn parse_snapshot_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix(SNAPSHOT_PREFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Encodes an object: header + payload.
+pub fn encode(kind: ObjectKind, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(OBJECT_HEADER_BYTES + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&HEADER_VERSION.to_le_bytes());
+    out.extend_from_slice(&kind.code().to_le_bytes());
+    for word in kind.identity() {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    let header_crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    debug_assert_eq!(out.len(), OBJECT_HEADER_BYTES);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn u16_at(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Checks an object and returns its payload range, or why it is corrupt.
+pub fn decode(expected: ObjectKind, bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() < OBJECT_HEADER_BYTES {
+        return Err(format!(
+            "{} bytes, shorter than the {OBJECT_HEADER_BYTES}-byte header",
+            bytes.len()
+        ));
+    }
+    if bytes[..4] != MAGIC {
+        return Err("bad magic: not a DatenLord object".into());
+    }
+    let header_crc = u32_at(bytes, 44);
+    if crc32c::crc32c(&bytes[..44]) != header_crc {
+        return Err("header checksum mismatch".into());
+    }
+    let version = u16_at(bytes, 4);
+    if version != HEADER_VERSION {
+        return Err(format!("unknown header version {version}"));
+    }
+    let kind = u16_at(bytes, 6);
+    if kind != expected.code() {
+        return Err(format!("object kind {kind}, expected {}", expected.code()));
+    }
+    let identity = [u64_at(bytes, 8), u64_at(bytes, 16), u64_at(bytes, 24)];
+    if identity != expected.identity() {
+        return Err(format!(
+            "object is {identity:?}, expected {:?}: stored under the wrong key",
+            expected.identity()
+        ));
+    }
+    let payload = &bytes[OBJECT_HEADER_BYTES..];
+    let len = u64_at(bytes, 32);
+    if len != payload.len() as u64 {
+        return Err(format!(
+            "payload is {} bytes, header says {len}",
+            payload.len()
+        ));
+    }
+    if crc32c::crc32c(payload) != u32_at(bytes, 40) {
+        return Err("payload checksum mismatch".into());
+    }
+    Ok(payload)
+}
+
+/// What `datenlord format` writes: the identity of a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeDescriptor {
+    /// Volume id.
+    pub uuid: [u8; 16],
+    /// Block size of every file of the volume.
+    pub block_size: u32,
+    /// [`STORE_FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+}
+
+impl VolumeDescriptor {
+    /// Encodes the descriptor as a store object.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut payload = Vec::with_capacity(DESCRIPTOR_PAYLOAD_BYTES);
+        payload.extend_from_slice(&self.uuid);
+        payload.extend_from_slice(&self.block_size.to_le_bytes());
+        payload.extend_from_slice(&self.format_version.to_le_bytes());
+        encode(ObjectKind::Descriptor, &payload)
+    }
+
+    /// Decodes a descriptor object.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        let payload = decode(ObjectKind::Descriptor, bytes)?;
+        if payload.len() != DESCRIPTOR_PAYLOAD_BYTES {
+            return Err(format!(
+                "descriptor payload is {} bytes, expected {DESCRIPTOR_PAYLOAD_BYTES}",
+                payload.len()
+            ));
+        }
+        let mut uuid = [0; 16];
+        uuid.copy_from_slice(&payload[..16]);
+        Ok(Self {
+            uuid,
+            block_size: u32_at(payload, 16),
+            format_version: u32_at(payload, 20),
+        })
+    }
+
+    /// The uuid as 32 hex digits.
+    pub fn uuid_hex(&self) -> String {
+        use std::fmt::Write;
+        self.uuid.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_layout() {
+        let id = BlockId::new(42, 7, 3);
+        let key = block_key(id);
+        let spread = format!("{:02x}", (id.key().hash64() >> 56) as u8);
+        assert_eq!(key, format!("blocks/{spread}/42/7/3"));
+        // All versions of a block share the spread prefix.
+        assert!(block_key(BlockId::new(42, 7, 9)).starts_with(&format!("blocks/{spread}/42/7/")));
+        // Keys spread over many prefixes.
+        let prefixes: std::collections::HashSet<String> = (0..1000)
+            .map(|i| block_key(BlockId::new(1, i, 1))[7..9].to_owned())
+            .collect();
+        assert!(prefixes.len() > 200, "{}", prefixes.len());
+        assert_eq!(snapshot_key(12), "meta/snapshot-00000000000000000012");
+        assert_eq!(
+            parse_snapshot_name("snapshot-00000000000000000012"),
+            Some(12)
+        );
+        assert_eq!(parse_snapshot_name("snapshot-12"), None);
+        assert_eq!(parse_snapshot_name("snapshot-0000000000000000001x"), None);
+        assert_eq!(parse_snapshot_name("other"), None);
+    }
+
+    fn check(bytes: &[u8], expected: ObjectKind, error: Option<&str>) {
+        match (decode(expected, bytes), error) {
+            (Ok(_), None) => {}
+            (Err(e), Some(fragment)) => assert!(e.contains(fragment), "{e}"),
+            (got, want) => panic!("got {got:?}, want error {want:?}"),
+        }
+    }
+
+    #[test]
+    fn codec_round_trip_and_corruption() {
+        let id = BlockId::new(1, 2, 3);
+        let payload: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let object = encode(ObjectKind::Block(id), &payload);
+        assert_eq!(decode(ObjectKind::Block(id), &object), Ok(&payload[..]));
+        check(
+            &encode(ObjectKind::Block(id), &[]),
+            ObjectKind::Block(id),
+            None,
+        );
+
+        check(&object[..10], ObjectKind::Block(id), Some("shorter"));
+        check(
+            &object[..object.len() - 1],
+            ObjectKind::Block(id),
+            Some("header says"),
+        );
+        check(
+            &object,
+            ObjectKind::Block(BlockId::new(1, 2, 4)),
+            Some("wrong key"),
+        );
+        check(&object, ObjectKind::MetaSnapshot(1), Some("kind"));
+        check(
+            b"garbage garbage garbage garbage garbage garbage garbage",
+            ObjectKind::Block(id),
+            Some("magic"),
+        );
+        for flip in [4, 20, 40, 47, OBJECT_HEADER_BYTES, object.len() - 1] {
+            let mut bad = object.clone();
+            bad[flip] ^= 0x10;
+            let err = decode(ObjectKind::Block(id), &bad).expect_err("corrupt");
+            assert!(err.contains("checksum"), "flip {flip}: {err}");
+        }
+    }
+
+    #[test]
+    fn descriptor_round_trip() {
+        let desc = VolumeDescriptor {
+            uuid: [7; 16],
+            block_size: 1 << 20,
+            format_version: STORE_FORMAT_VERSION,
+        };
+        assert_eq!(VolumeDescriptor::decode(&desc.encode()), Ok(desc));
+        assert_eq!(desc.uuid_hex(), "07".repeat(16));
+        let mut bad = desc.encode();
+        bad[50] ^= 1;
+        assert!(VolumeDescriptor::decode(&bad).is_err());
+        assert!(VolumeDescriptor::decode(&encode(ObjectKind::Descriptor, b"short")).is_err());
+    }
+}

@@ -1,0 +1,546 @@
+//! The object-store client: blocks, the volume descriptor and metadata
+//! snapshots, with timeouts and retries. Runs on the [`ControlPlane`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+use super::backoff::{Backoff, SplitMix64};
+use super::control::ControlPlane;
+use super::object::{
+    self, ObjectKind, VolumeDescriptor, DESCRIPTOR_KEY, META_DIR, META_SNAPSHOTS_KEPT,
+};
+use super::url::StoreUrl;
+use super::{StoreError, STORE_FORMAT_VERSION};
+use crate::block::BlockId;
+
+/// S3 settings that override the standard `AWS_*` environment variables.
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    /// Endpoint URL (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// Region (`AWS_REGION`, `AWS_DEFAULT_REGION`; default us-east-1).
+    pub region: Option<String>,
+    /// Access key id (`AWS_ACCESS_KEY_ID`).
+    pub access_key_id: Option<String>,
+    /// Secret access key (`AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: Option<String>,
+    /// Allow plain http (`AWS_ALLOW_HTTP`; default: when the endpoint is http://).
+    pub allow_http: Option<bool>,
+}
+
+/// Timeouts and retries of store requests.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// S3 overrides of the environment.
+    pub s3: S3Settings,
+    /// Bound on one request.
+    pub request_timeout: Duration,
+    /// Bound on connecting.
+    pub connect_timeout: Duration,
+    /// Attempts of a read (or a direct write) before it fails.
+    pub attempts: u32,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Largest retry delay.
+    pub retry_max: Duration,
+}
+
+/// Request timeout by default.
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Connect timeout by default.
+pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Attempts of a read by default.
+pub const READ_ATTEMPTS: u32 = 4;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            s3: S3Settings::default(),
+            request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS),
+            connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+            attempts: READ_ATTEMPTS,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A volume's persistent store. Clones share one client.
+#[derive(Clone, Debug)]
+pub struct RemoteStore {
+    pub(crate) inner: Arc<RemoteInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct RemoteInner {
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    name: String,
+    pub(crate) control: ControlPlane,
+    options: StoreOptions,
+}
+
+fn env_flag(name: &str) -> Option<bool> {
+    std::env::var(name)
+        .ok()
+        .map(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+}
+
+fn build_s3(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let s3 = &options.s3;
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(false);
+    let endpoint = s3
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+    if let Some(endpoint) = &endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let region = s3
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".into());
+    builder = builder.with_region(region);
+    if let Some(key) = &s3.access_key_id {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        builder = builder.with_secret_access_key(secret);
+    }
+    // An explicit http:// endpoint is a local server: allow it.
+    let allow_http = s3
+        .allow_http
+        .or_else(|| env_flag("AWS_ALLOW_HTTP"))
+        .unwrap_or_else(|| {
+            endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"))
+        });
+    let client = ClientOptions::new()
+        .with_timeout(options.request_timeout)
+        .with_connect_timeout(options.connect_timeout)
+        .with_allow_http(allow_http);
+    // Retries are ours (bounded for reads, forever for uploads).
+    let retry = RetryConfig {
+        max_retries: 0,
+        retry_timeout: options.request_timeout,
+        ..RetryConfig::default()
+    };
+    let store = builder
+        .with_client_options(client)
+        .with_retry(retry)
+        .build()
+        .map_err(|e| StoreError::Config(format!("s3://{bucket}: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+impl RemoteStore {
+    /// Builds the client from the URL and the `AWS_*` environment (no IO
+    /// for S3; a `file://` directory is created if missing).
+    pub fn open(url: &StoreUrl, control: &ControlPlane) -> Result<Self, StoreError> {
+        Self::open_with(url, control, StoreOptions::default())
+    }
+
+    /// [`RemoteStore::open`] with explicit settings.
+    pub fn open_with(
+        url: &StoreUrl,
+        control: &ControlPlane,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        let store: Arc<dyn ObjectStore> = match url {
+            StoreUrl::Memory => Arc::new(InMemory::new()),
+            StoreUrl::File(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::io("create the store directory", dir, e))?;
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(dir)
+                        .map_err(|e| StoreError::Config(format!("{url}: {e}")))?,
+                )
+            }
+            StoreUrl::S3 { bucket, .. } => build_s3(bucket, &options)?,
+        };
+        Ok(Self {
+            inner: Arc::new(RemoteInner {
+                store,
+                prefix: url.prefix().to_owned(),
+                name: url.to_string(),
+                control: control.clone(),
+                options,
+            }),
+        })
+    }
+
+    /// The store URL.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The control plane the store runs on.
+    pub fn control(&self) -> &ControlPlane {
+        &self.inner.control
+    }
+
+    /// Full key of a block (with the store prefix).
+    pub fn block_object_key(&self, id: BlockId) -> String {
+        self.inner.full_key(&object::block_key(id))
+    }
+
+    /// Writes the volume descriptor. Idempotent for the same descriptor;
+    /// refuses a store that holds another one.
+    pub async fn format(&self, desc: &VolumeDescriptor) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let desc = *desc;
+        self.inner
+            .control
+            .run(async move {
+                if let Some(existing) = inner.descriptor().await? {
+                    if existing == desc {
+                        return Ok(());
+                    }
+                    return Err(StoreError::WrongVolume {
+                        store: inner.name.clone(),
+                        message: format!(
+                            "it is already formatted for volume {} (block size {}, format {}): use another bucket or prefix, or delete that volume first",
+                            existing.uuid_hex(),
+                            existing.block_size,
+                            existing.format_version
+                        ),
+                    });
+                }
+                let key = inner.full_key(DESCRIPTOR_KEY);
+                inner.put_with_retries(&key, Bytes::from(desc.encode())).await
+            })
+            .await
+    }
+
+    /// The volume descriptor, if the store is formatted. Also the first
+    /// request of a mount: a wrong bucket or wrong credentials fail here
+    /// with an error that says so.
+    pub async fn descriptor(&self) -> Result<Option<VolumeDescriptor>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .control
+            .run(async move { inner.descriptor().await })
+            .await
+    }
+
+    /// Checks that the store holds a volume of this format (and block size).
+    pub async fn check(
+        &self,
+        expected_block_size: Option<u32>,
+    ) -> Result<VolumeDescriptor, StoreError> {
+        let name = self.inner.name.clone();
+        let Some(desc) = self.descriptor().await? else {
+            return Err(StoreError::NotFormatted { store: name });
+        };
+        if desc.format_version != STORE_FORMAT_VERSION {
+            return Err(StoreError::WrongVolume {
+                store: name,
+                message: format!(
+                    "store format version {} is not the supported {STORE_FORMAT_VERSION}: use a DatenLord release that supports it",
+                    desc.format_version
+                ),
+            });
+        }
+        if let Some(expected) = expected_block_size {
+            if expected != desc.block_size {
+                return Err(StoreError::WrongVolume {
+                    store: name,
+                    message: format!(
+                        "volume {} was formatted with block size {} bytes, not {expected}: mount with --block-size {}",
+                        desc.uuid_hex(),
+                        desc.block_size,
+                        desc.block_size
+                    ),
+                });
+            }
+        }
+        Ok(desc)
+    }
+
+    /// Fetches a whole block, verified; retries transient failures.
+    pub async fn get_block(&self, id: BlockId) -> Result<Vec<u8>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .control
+            .run(async move { inner.get_block(id).await })
+            .await
+    }
+
+    /// Stores a block (retries transient failures a bounded number of times).
+    pub async fn put_block(&self, id: BlockId, data: &[u8]) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let encoded = Bytes::from(object::encode(ObjectKind::Block(id), data));
+        self.inner
+            .control
+            .run(async move {
+                let key = inner.full_key(&object::block_key(id));
+                inner.put_with_retries(&key, encoded).await
+            })
+            .await
+    }
+
+    /// Deletes a block (absent is fine).
+    pub async fn delete_block(&self, id: BlockId) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .control
+            .run(async move { inner.delete_block(id).await })
+            .await
+    }
+
+    /// Stores a metadata snapshot under the next sequence number and keeps
+    /// the newest [`META_SNAPSHOTS_KEPT`]. Returns the sequence.
+    pub async fn put_meta_snapshot(&self, bytes: Vec<u8>) -> Result<u64, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .control
+            .run(async move {
+                let mut seqs = inner.snapshot_seqs().await?;
+                let seq = seqs.last().map_or(1, |last| last + 1);
+                let encoded = object::encode(ObjectKind::MetaSnapshot(seq), &bytes);
+                let key = inner.full_key(&object::snapshot_key(seq));
+                inner.put_with_retries(&key, Bytes::from(encoded)).await?;
+                seqs.push(seq);
+                let old = seqs.len().saturating_sub(META_SNAPSHOTS_KEPT);
+                for &stale in &seqs[..old] {
+                    let key = inner.full_key(&object::snapshot_key(stale));
+                    if let Err(e) = inner.delete_object(&key).await {
+                        tracing::warn!(store = %inner.name, %key, error = %e, "cannot delete an old metadata snapshot");
+                    }
+                }
+                Ok(seq)
+            })
+            .await
+    }
+
+    /// The newest metadata snapshot that passes its checks.
+    pub async fn latest_meta_snapshot(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .control
+            .run(async move {
+                let seqs = inner.snapshot_seqs().await?;
+                for &seq in seqs.iter().rev() {
+                    let key = inner.full_key(&object::snapshot_key(seq));
+                    let raw = match inner.get_with_retries(&key).await {
+                        Ok(raw) => raw,
+                        Err(StoreError::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    match object::decode(ObjectKind::MetaSnapshot(seq), &raw) {
+                        Ok(payload) => return Ok(Some((seq, payload.to_vec()))),
+                        Err(reason) => {
+                            tracing::error!(store = %inner.name, %key, %reason, "corrupt metadata snapshot skipped");
+                        }
+                    }
+                }
+                Ok(None)
+            })
+            .await
+    }
+}
+
+impl RemoteInner {
+    fn full_key(&self, relative: &str) -> String {
+        if self.prefix.is_empty() {
+            relative.to_owned()
+        } else {
+            format!("{}/{relative}", self.prefix)
+        }
+    }
+
+    fn map_error(&self, key: &str, error: &object_store::Error) -> StoreError {
+        let message = error.to_string();
+        match error {
+            object_store::Error::NotFound { .. } if message.contains("NoSuchBucket") => {
+                StoreError::NoSuchBucket {
+                    store: self.name.clone(),
+                }
+            }
+            object_store::Error::NotFound { .. } => StoreError::NotFound {
+                key: key.to_owned(),
+            },
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => StoreError::AccessDenied {
+                store: self.name.clone(),
+                message,
+            },
+            _ if [
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "403 Forbidden",
+            ]
+            .iter()
+            .any(|s| message.contains(s)) =>
+            {
+                StoreError::AccessDenied {
+                    store: self.name.clone(),
+                    message,
+                }
+            }
+            _ => StoreError::Unreachable {
+                store: self.name.clone(),
+                message,
+            },
+        }
+    }
+
+    fn timed_out(&self, key: &str) -> StoreError {
+        StoreError::Unreachable {
+            store: self.name.clone(),
+            message: format!(
+                "request for {key} timed out after {} ms",
+                self.options.request_timeout.as_millis()
+            ),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(
+            self.options.retry_base,
+            self.options.retry_max,
+            SplitMix64::from_time(),
+        )
+    }
+
+    /// One GET, bounded by the request timeout.
+    async fn get_once(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let path = ObjectPath::from(key);
+        let request = async {
+            let result = self.store.get(&path).await?;
+            result.bytes().await
+        };
+        match tokio::time::timeout(self.options.request_timeout, request).await {
+            Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+            Ok(Err(e)) => Err(self.map_error(key, &e)),
+            Err(_) => Err(self.timed_out(key)),
+        }
+    }
+
+    /// GET with bounded retries of transient failures.
+    pub(crate) async fn get_with_retries(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let mut backoff = self.backoff();
+        let mut attempt = 0;
+        loop {
+            match self.get_once(key).await {
+                Err(e) if e.is_transient() && attempt + 1 < self.options.attempts => {
+                    tracing::debug!(store = %self.name, %key, error = %e, attempt, "read failed, retrying");
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One PUT, bounded by the request timeout.
+    pub(crate) async fn put_once(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let path = ObjectPath::from(key);
+        let request = self.store.put(&path, PutPayload::from(bytes));
+        match tokio::time::timeout(self.options.request_timeout, request).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(self.map_error(key, &e)),
+            Err(_) => Err(self.timed_out(key)),
+        }
+    }
+
+    async fn put_with_retries(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let mut backoff = self.backoff();
+        let mut attempt = 0;
+        loop {
+            match self.put_once(key, bytes.clone()).await {
+                Err(e) if e.is_transient() && attempt + 1 < self.options.attempts => {
+                    tokio::time::sleep(backoff.delay(attempt)).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+        let path = ObjectPath::from(key);
+        match tokio::time::timeout(self.options.request_timeout, self.store.delete(&path)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => match self.map_error(key, &e) {
+                StoreError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+            Err(_) => Err(self.timed_out(key)),
+        }
+    }
+
+    pub(crate) async fn delete_block(&self, id: BlockId) -> Result<(), StoreError> {
+        self.delete_object(&self.full_key(&object::block_key(id)))
+            .await
+    }
+
+    pub(crate) async fn get_block(&self, id: BlockId) -> Result<Vec<u8>, StoreError> {
+        let key = self.full_key(&object::block_key(id));
+        let raw = self.get_with_retries(&key).await?;
+        match object::decode(ObjectKind::Block(id), &raw) {
+            Ok(payload) => Ok(payload.to_vec()),
+            Err(reason) => {
+                tracing::error!(store = %self.name, %key, block = %id, %reason, "corrupt block object: not served");
+                Err(StoreError::Corrupt { key, reason })
+            }
+        }
+    }
+
+    pub(crate) fn block_key(&self, id: BlockId) -> String {
+        self.full_key(&object::block_key(id))
+    }
+
+    async fn descriptor(&self) -> Result<Option<VolumeDescriptor>, StoreError> {
+        let key = self.full_key(DESCRIPTOR_KEY);
+        match self.get_with_retries(&key).await {
+            Ok(raw) => VolumeDescriptor::decode(&raw)
+                .map(Some)
+                .map_err(|reason| StoreError::Corrupt { key, reason }),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sequences of the stored metadata snapshots, ascending.
+    async fn snapshot_seqs(&self) -> Result<Vec<u64>, StoreError> {
+        let dir = self.full_key(META_DIR);
+        let path = ObjectPath::from(dir.as_str());
+        let mut listing = self.store.list(Some(&path));
+        let mut seqs = Vec::new();
+        let collect = async {
+            while let Some(meta) = listing.next().await {
+                let meta = meta.map_err(|e| self.map_error(&dir, &e))?;
+                if let Some(seq) = meta
+                    .location
+                    .filename()
+                    .and_then(object::parse_snapshot_name)
+                {
+                    seqs.push(seq);
+                }
+            }
+            Ok::<(), StoreError>(())
+        };
+        match tokio::time::timeout(self.options.request_timeout, collect).await {
+            Ok(result) => result?,
+            Err(_) => return Err(self.timed_out(&dir)),
+        }
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+}

@@ -1,0 +1,97 @@
+//! The store as the engine's source of blocks: the journal first (blocks
+//! not yet uploaded), then the store.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures::FutureExt;
+
+use super::remote::RemoteStore;
+use super::writeback::WriteBack;
+use super::StoreError;
+use crate::block::{BlockId, Ino, ShardId};
+use crate::source::{BlockSource, SourceError, SourceFactory, SourceFuture, VersionResolver};
+
+/// The current version of a block (the metadata's block map).
+pub type ResolveFn = Arc<dyn Fn(Ino, u64) -> Option<u64> + Send + Sync>;
+
+/// Makes each shard's view of the store.
+#[derive(Clone)]
+pub struct StoreSources {
+    remote: RemoteStore,
+    writeback: Option<WriteBack>,
+    resolver: ResolveFn,
+}
+
+impl std::fmt::Debug for StoreSources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSources")
+            .field("store", &self.remote.name())
+            .field("writeback", &self.writeback.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreSources {
+    /// Sources reading `remote`, after `writeback`'s journal when given.
+    pub fn new(remote: RemoteStore, writeback: Option<WriteBack>, resolver: ResolveFn) -> Self {
+        Self {
+            remote,
+            writeback,
+            resolver,
+        }
+    }
+}
+
+struct StoreSource {
+    remote: RemoteStore,
+    writeback: Option<WriteBack>,
+}
+
+struct FnResolver(ResolveFn);
+
+impl VersionResolver for FnResolver {
+    fn current_version(&self, ino: Ino, index: u64) -> Option<u64> {
+        (self.0)(ino, index)
+    }
+}
+
+impl BlockSource for StoreSource {
+    fn fetch(&self, id: BlockId) -> SourceFuture {
+        let inner = Arc::clone(&self.remote.inner);
+        let writeback = self.writeback.clone();
+        let handle = self.remote.control().handle().clone();
+        let fetch = self.remote.control().run(async move {
+            if let Some(writeback) = writeback {
+                let journaled = handle
+                    .spawn_blocking(move || writeback.journal_get(id))
+                    .await
+                    .map_err(|_| StoreError::ShutDown)?;
+                if let Some(data) = journaled {
+                    return Ok(data);
+                }
+            }
+            inner.get_block(id).await
+        });
+        async move {
+            fetch.await.map_err(|e| match e {
+                StoreError::NotFound { .. } => SourceError::NotFound,
+                other => SourceError::Failed(other.to_string()),
+            })
+        }
+        .boxed_local()
+    }
+}
+
+impl SourceFactory for StoreSources {
+    fn source(&self, _shard: ShardId) -> Rc<dyn BlockSource> {
+        Rc::new(StoreSource {
+            remote: self.remote.clone(),
+            writeback: self.writeback.clone(),
+        })
+    }
+
+    fn resolver(&self, _shard: ShardId) -> Rc<dyn VersionResolver> {
+        Rc::new(FnResolver(Arc::clone(&self.resolver)))
+    }
+}
