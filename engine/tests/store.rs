@@ -729,6 +729,24 @@ fn file_and_memory_stores() {
         block_on(again.check(None)).expect("check"),
         descriptor(BLOCK as u32)
     );
+    assert_eq!(
+        block_on(again.latest_meta_snapshot()).expect("none yet"),
+        None
+    );
+    for i in 1..=4u64 {
+        assert_eq!(
+            block_on(again.put_meta_snapshot(vec![i as u8])).expect("snapshot"),
+            i
+        );
+    }
+    assert_eq!(
+        block_on(again.latest_meta_snapshot()).expect("latest"),
+        Some((4, vec![4]))
+    );
+    let kept = std::fs::read_dir(dir.path().join("vol/meta"))
+        .expect("meta dir")
+        .count();
+    assert_eq!(kept, 3);
 
     let memory = RemoteStore::open(&StoreUrl::Memory, &control).expect("memory store");
     block_on(memory.put_block(data[1].0, &data[1].1)).expect("put");
