@@ -664,25 +664,32 @@ fn full_journal_refuses_commits_with_a_clear_error() {
 
 #[test]
 fn corrupt_journal_entries_are_moved_aside_never_uploaded() {
+    use datenlord_engine::store::object::{encode, ObjectKind};
     let control = ControlPlane::start().expect("control");
     let journal = tempfile::tempdir().expect("tempdir");
-    let data = blocks(6, 3);
-    let wb = WriteBack::open(wb_config(journal.path()), unreachable_store(&control)).expect("open");
-    block_on(wb.commit(data.clone())).expect("commit");
-    wb.shutdown();
-    // Flip a payload byte of one entry.
-    let victim = journal.path().join("6-1-1.blk");
-    let mut bytes = std::fs::read(&victim).expect("read entry");
-    bytes[100] ^= 0xff;
-    std::fs::write(&victim, bytes).expect("write entry");
-
     let dir = tempfile::tempdir().expect("store dir");
     let url: StoreUrl = format!("file://{}", dir.path().display())
         .parse()
         .expect("url");
     let store = RemoteStore::open(&url, &control).expect("open file store");
+    // What a crashed process leaves: three entries (one of them damaged)
+    // and a commit torn before its rename.
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("create journal");
+    wb.shutdown();
+    let data = blocks(6, 3);
+    for (id, bytes) in &data {
+        let name = format!("{}-{}-{}.blk", id.ino.0, id.index, id.version);
+        let mut object = encode(ObjectKind::Block(*id), bytes);
+        if id.index == 1 {
+            object[100] ^= 0xff;
+        }
+        std::fs::write(journal.path().join(name), object).expect("entry");
+    }
+    std::fs::write(journal.path().join(".6-3-1.blk.7.tmp"), b"torn").expect("tmp");
+
     let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("reopen");
     assert!(journal.path().join("corrupt/6-1-1.blk").exists());
+    assert!(!journal.path().join(".6-3-1.blk.7.tmp").exists());
     assert_eq!(wb.journal_get(data[1].0), None);
     block_on(wb.drain(Duration::from_secs(10))).expect("drain");
     assert_in_store(&store, &[data[0].clone(), data[2].clone()]);
@@ -691,6 +698,15 @@ fn corrupt_journal_entries_are_moved_aside_never_uploaded() {
         Err(StoreError::NotFound { .. })
     ));
     wb.shutdown();
+
+    // The journal belongs to that store: another one is refused.
+    let err = WriteBack::open(wb_config(journal.path()), unreachable_store(&control))
+        .expect_err("another store");
+    assert!(
+        err.to_string()
+            .contains("holds blocks of the store file://"),
+        "{err}"
+    );
 }
 
 #[test]
