@@ -855,3 +855,91 @@ fn s3_kill_9_during_commits_loses_no_acknowledged_block() {
     assert_eq!(journal_entries(journal.path()), 0);
     wb.shutdown();
 }
+
+/// Events of the whole process, as `LEVEL message field=value...` lines.
+static EVENTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::INFO
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        if let Ok(mut events) = EVENTS.lock() {
+            events.push(line.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+fn events_matching(level: &str, fragment: &str) -> Vec<String> {
+    EVENTS
+        .lock()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| e.starts_with(level) && e.contains(fragment))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn s3_upload_failures_warn_once_per_interval_and_recovery_is_logged() {
+    let Some(mut moto) = Moto::start() else {
+        return;
+    };
+    // Only this test installs a subscriber (nextest runs it in its own process).
+    let _ = tracing::subscriber::set_global_default(Capture);
+    let control = ControlPlane::start().expect("control");
+    let store = moto.store(&control, "logged");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("open journal");
+    moto.stop();
+    block_on(wb.commit(blocks(8, 6))).expect("commit");
+    // Every entry fails at least twice (first retry after at most 100 ms).
+    std::thread::sleep(Duration::from_secs(3));
+    let warnings = events_matching("WARN", "uploads to the store are failing");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("s3://datenlord-test/logged"),
+        "{}",
+        warnings[0]
+    );
+    assert!(warnings[0].contains("backlog_entries=6"), "{}", warnings[0]);
+    assert!(events_matching("INFO", "recovered").is_empty());
+
+    moto.restart();
+    block_on(wb.drain(Duration::from_secs(30))).expect("drain");
+    let recovered = events_matching("INFO", "uploads to the store recovered");
+    assert_eq!(recovered.len(), 1, "{recovered:#?}");
+    assert!(
+        recovered[0].contains("s3://datenlord-test/logged"),
+        "{}",
+        recovered[0]
+    );
+    wb.shutdown();
+}
