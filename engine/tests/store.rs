@@ -894,13 +894,19 @@ impl tracing::Subscriber for Capture {
     fn exit(&self, _: &tracing::span::Id) {}
 }
 
+/// Events of `level` about the store `s3://datenlord-test/logged` (other
+/// tests of this process may log about theirs) containing `fragment`.
 fn events_matching(level: &str, fragment: &str) -> Vec<String> {
     EVENTS
         .lock()
         .map(|events| {
             events
                 .iter()
-                .filter(|e| e.starts_with(level) && e.contains(fragment))
+                .filter(|e| {
+                    e.starts_with(level)
+                        && e.contains(fragment)
+                        && e.contains("s3://datenlord-test/logged")
+                })
                 .cloned()
                 .collect()
         })
@@ -912,7 +918,7 @@ fn s3_upload_failures_warn_once_per_interval_and_recovery_is_logged() {
     let Some(mut moto) = Moto::start() else {
         return;
     };
-    // Only this test installs a subscriber (nextest runs it in its own process).
+    // Only this test installs a subscriber.
     let _ = tracing::subscriber::set_global_default(Capture);
     let control = ControlPlane::start().expect("control");
     let store = moto.store(&control, "logged");
