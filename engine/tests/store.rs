@@ -949,3 +949,56 @@ fn s3_upload_failures_warn_once_per_interval_and_recovery_is_logged() {
     );
     wb.shutdown();
 }
+
+#[test]
+fn gc_drops_a_never_uploaded_journal_entry_while_the_store_is_down() {
+    let control = ControlPlane::start().expect("control");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let wb = WriteBack::open(wb_config(journal.path()), unreachable_store(&control)).expect("open");
+    let data = blocks(11, 2);
+    block_on(wb.commit(data.clone())).expect("commit");
+    wb.collect(vec![data[0].0]).expect("collect");
+    // After the grace period the entry leaves the journal (never uploaded);
+    // the store deletion waits for the store.
+    wait_for("GC of the journal entry", Duration::from_secs(10), || {
+        wb.backlog().entries == 1
+    });
+    assert_eq!(wb.journal_get(data[0].0), None);
+    assert_eq!(wb.journal_get(data[1].0).as_ref(), Some(&data[1].1));
+    assert!(!journal.path().join("11-0-1.blk").exists());
+    assert_eq!(wb.gc_pending(), 1, "the store deletion is retried");
+    wb.shutdown();
+}
+
+#[test]
+fn commit_and_reads_from_a_glommio_executor() {
+    let control = ControlPlane::start().expect("control");
+    let dir = tempfile::tempdir().expect("store dir");
+    let url: StoreUrl = format!("file://{}", dir.path().display())
+        .parse()
+        .expect("url");
+    let store = RemoteStore::open(&url, &control).expect("open");
+    let journal = tempfile::tempdir().expect("journal");
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("journal");
+    let data = blocks(12, 3);
+    let (wb2, store2, data2) = (wb.clone(), store.clone(), data.clone());
+    let result = glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            wb2.commit(data2.clone()).await?;
+            wb2.drain(Duration::from_secs(10)).await?;
+            let mut back = Vec::new();
+            for (id, _) in &data2 {
+                back.push(store2.get_block(*id).await?);
+            }
+            Ok::<_, StoreError>(back)
+        })
+        .expect("executor")
+        .join()
+        .expect("join");
+    let back = result.expect("commit and read on glommio");
+    assert_eq!(
+        back,
+        data.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
+    );
+    wb.shutdown();
+}
