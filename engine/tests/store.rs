@@ -654,6 +654,9 @@ fn full_journal_refuses_commits_with_a_clear_error() {
         msg.contains("s3://unreachable/vol") && msg.contains("4 blocks"),
         "{msg}"
     );
+    let huge = block_on(wb.commit(vec![(BlockId::new(1, 99, 1), vec![0; 17 << 20])]))
+        .expect_err("larger than any block");
+    assert!(huge.to_string().contains("largest block size"), "{huge}");
     // Nothing was dropped: the journaled blocks are all there.
     for (id, bytes) in &data[..4] {
         assert_eq!(wb.journal_get(*id).as_ref(), Some(bytes));

@@ -29,7 +29,7 @@ use super::journal::{Backlog, GcRemoval, JournalState, UploadHealth};
 use super::object::{self, ObjectKind, OBJECT_HEADER_BYTES};
 use super::remote::RemoteStore;
 use super::StoreError;
-use crate::block::BlockId;
+use crate::block::{BlockId, BLOCK_SIZE_MAX_BYTES};
 
 /// Uploads in flight by default.
 pub const UPLOAD_CONCURRENCY_DEFAULT: usize = 8;
@@ -472,6 +472,15 @@ impl Shared {
     async fn commit(self: Arc<Self>, blocks: Vec<(BlockId, Vec<u8>)>) -> Result<(), StoreError> {
         if blocks.is_empty() {
             return Ok(());
+        }
+        if let Some((id, data)) = blocks
+            .iter()
+            .find(|(_, data)| data.len() > BLOCK_SIZE_MAX_BYTES as usize)
+        {
+            return Err(StoreError::Config(format!(
+                "block {id} has {} bytes, more than the largest block size {BLOCK_SIZE_MAX_BYTES}",
+                data.len()
+            )));
         }
         let sizes: Vec<(BlockId, u64)> = blocks
             .iter()
