@@ -654,6 +654,9 @@ fn full_journal_refuses_commits_with_a_clear_error() {
         msg.contains("s3://unreachable/vol") && msg.contains("4 blocks"),
         "{msg}"
     );
+    let huge = block_on(wb.commit(vec![(BlockId::new(1, 99, 1), vec![0; 17 << 20])]))
+        .expect_err("larger than any block");
+    assert!(huge.to_string().contains("largest block size"), "{huge}");
     // Nothing was dropped: the journaled blocks are all there.
     for (id, bytes) in &data[..4] {
         assert_eq!(wb.journal_get(*id).as_ref(), Some(bytes));
@@ -664,25 +667,32 @@ fn full_journal_refuses_commits_with_a_clear_error() {
 
 #[test]
 fn corrupt_journal_entries_are_moved_aside_never_uploaded() {
+    use datenlord_engine::store::object::{encode, ObjectKind};
     let control = ControlPlane::start().expect("control");
     let journal = tempfile::tempdir().expect("tempdir");
-    let data = blocks(6, 3);
-    let wb = WriteBack::open(wb_config(journal.path()), unreachable_store(&control)).expect("open");
-    block_on(wb.commit(data.clone())).expect("commit");
-    wb.shutdown();
-    // Flip a payload byte of one entry.
-    let victim = journal.path().join("6-1-1.blk");
-    let mut bytes = std::fs::read(&victim).expect("read entry");
-    bytes[100] ^= 0xff;
-    std::fs::write(&victim, bytes).expect("write entry");
-
     let dir = tempfile::tempdir().expect("store dir");
     let url: StoreUrl = format!("file://{}", dir.path().display())
         .parse()
         .expect("url");
     let store = RemoteStore::open(&url, &control).expect("open file store");
+    // What a crashed process leaves: three entries (one of them damaged)
+    // and a commit torn before its rename.
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("create journal");
+    wb.shutdown();
+    let data = blocks(6, 3);
+    for (id, bytes) in &data {
+        let name = format!("{}-{}-{}.blk", id.ino.0, id.index, id.version);
+        let mut object = encode(ObjectKind::Block(*id), bytes);
+        if id.index == 1 {
+            object[100] ^= 0xff;
+        }
+        std::fs::write(journal.path().join(name), object).expect("entry");
+    }
+    std::fs::write(journal.path().join(".6-3-1.blk.7.tmp"), b"torn").expect("tmp");
+
     let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("reopen");
     assert!(journal.path().join("corrupt/6-1-1.blk").exists());
+    assert!(!journal.path().join(".6-3-1.blk.7.tmp").exists());
     assert_eq!(wb.journal_get(data[1].0), None);
     block_on(wb.drain(Duration::from_secs(10))).expect("drain");
     assert_in_store(&store, &[data[0].clone(), data[2].clone()]);
@@ -691,6 +701,15 @@ fn corrupt_journal_entries_are_moved_aside_never_uploaded() {
         Err(StoreError::NotFound { .. })
     ));
     wb.shutdown();
+
+    // The journal belongs to that store: another one is refused.
+    let err = WriteBack::open(wb_config(journal.path()), unreachable_store(&control))
+        .expect_err("another store");
+    assert!(
+        err.to_string()
+            .contains("holds blocks of the store file://"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -729,6 +748,24 @@ fn file_and_memory_stores() {
         block_on(again.check(None)).expect("check"),
         descriptor(BLOCK as u32)
     );
+    assert_eq!(
+        block_on(again.latest_meta_snapshot()).expect("none yet"),
+        None
+    );
+    for i in 1..=4u64 {
+        assert_eq!(
+            block_on(again.put_meta_snapshot(vec![i as u8])).expect("snapshot"),
+            i
+        );
+    }
+    assert_eq!(
+        block_on(again.latest_meta_snapshot()).expect("latest"),
+        Some((4, vec![4]))
+    );
+    let kept = std::fs::read_dir(dir.path().join("vol/meta"))
+        .expect("meta dir")
+        .count();
+    assert_eq!(kept, 3);
 
     let memory = RemoteStore::open(&StoreUrl::Memory, &control).expect("memory store");
     block_on(memory.put_block(data[1].0, &data[1].1)).expect("put");
@@ -819,5 +856,152 @@ fn s3_kill_9_during_commits_loses_no_acknowledged_block() {
     let data: Vec<_> = (0..acked).map(child_block).collect();
     assert_in_store(&store, &data);
     assert_eq!(journal_entries(journal.path()), 0);
+    wb.shutdown();
+}
+
+/// Events of the whole process, as `LEVEL message field=value...` lines.
+static EVENTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+struct Line(String);
+
+impl tracing::field::Visit for Line {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write;
+        if field.name() == "message" {
+            let _ = write!(self.0, " {value:?}");
+        } else {
+            let _ = write!(self.0, " {}={value:?}", field.name());
+        }
+    }
+}
+
+impl tracing::Subscriber for Capture {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        *metadata.level() <= tracing::Level::INFO
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut line = Line(event.metadata().level().to_string());
+        event.record(&mut line);
+        if let Ok(mut events) = EVENTS.lock() {
+            events.push(line.0);
+        }
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// Events of `level` about the store `s3://datenlord-test/logged` (other
+/// tests of this process may log about theirs) containing `fragment`.
+fn events_matching(level: &str, fragment: &str) -> Vec<String> {
+    EVENTS
+        .lock()
+        .map(|events| {
+            events
+                .iter()
+                .filter(|e| {
+                    e.starts_with(level)
+                        && e.contains(fragment)
+                        && e.contains("s3://datenlord-test/logged")
+                })
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn s3_upload_failures_warn_once_per_interval_and_recovery_is_logged() {
+    let Some(mut moto) = Moto::start() else {
+        return;
+    };
+    // Only this test installs a subscriber.
+    let _ = tracing::subscriber::set_global_default(Capture);
+    let control = ControlPlane::start().expect("control");
+    let store = moto.store(&control, "logged");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("open journal");
+    moto.stop();
+    block_on(wb.commit(blocks(8, 6))).expect("commit");
+    // Every entry fails at least twice (first retry after at most 100 ms).
+    std::thread::sleep(Duration::from_secs(3));
+    let warnings = events_matching("WARN", "uploads to the store are failing");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("s3://datenlord-test/logged"),
+        "{}",
+        warnings[0]
+    );
+    assert!(warnings[0].contains("backlog_entries=6"), "{}", warnings[0]);
+    assert!(events_matching("INFO", "recovered").is_empty());
+
+    moto.restart();
+    block_on(wb.drain(Duration::from_secs(30))).expect("drain");
+    let recovered = events_matching("INFO", "uploads to the store recovered");
+    assert_eq!(recovered.len(), 1, "{recovered:#?}");
+    assert!(
+        recovered[0].contains("s3://datenlord-test/logged"),
+        "{}",
+        recovered[0]
+    );
+    wb.shutdown();
+}
+
+#[test]
+fn gc_drops_a_never_uploaded_journal_entry_while_the_store_is_down() {
+    let control = ControlPlane::start().expect("control");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let wb = WriteBack::open(wb_config(journal.path()), unreachable_store(&control)).expect("open");
+    let data = blocks(11, 2);
+    block_on(wb.commit(data.clone())).expect("commit");
+    wb.collect(vec![data[0].0]).expect("collect");
+    // After the grace period the entry leaves the journal (never uploaded);
+    // the store deletion waits for the store.
+    wait_for("GC of the journal entry", Duration::from_secs(10), || {
+        wb.backlog().entries == 1
+    });
+    assert_eq!(wb.journal_get(data[0].0), None);
+    assert_eq!(wb.journal_get(data[1].0).as_ref(), Some(&data[1].1));
+    assert!(!journal.path().join("11-0-1.blk").exists());
+    assert_eq!(wb.gc_pending(), 1, "the store deletion is retried");
+    wb.shutdown();
+}
+
+#[test]
+fn commit_and_reads_from_a_glommio_executor() {
+    let control = ControlPlane::start().expect("control");
+    let dir = tempfile::tempdir().expect("store dir");
+    let url: StoreUrl = format!("file://{}", dir.path().display())
+        .parse()
+        .expect("url");
+    let store = RemoteStore::open(&url, &control).expect("open");
+    let journal = tempfile::tempdir().expect("journal");
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("journal");
+    let data = blocks(12, 3);
+    let (wb2, store2, data2) = (wb.clone(), store.clone(), data.clone());
+    let result = glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            wb2.commit(data2.clone()).await?;
+            wb2.drain(Duration::from_secs(10)).await?;
+            let mut back = Vec::new();
+            for (id, _) in &data2 {
+                back.push(store2.get_block(*id).await?);
+            }
+            Ok::<_, StoreError>(back)
+        })
+        .expect("executor")
+        .join()
+        .expect("join");
+    let back = result.expect("commit and read on glommio");
+    assert_eq!(
+        back,
+        data.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>()
+    );
     wb.shutdown();
 }

@@ -183,4 +183,40 @@ mod tests {
         assert!(q.compact().is_empty());
         assert!(!q.needs_compaction());
     }
+
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            /// A file cut anywhere replays to the state after its last whole record.
+            #[test]
+            fn any_prefix_replays_to_its_whole_records(
+                ops in proptest::collection::vec((any::<bool>(), 0u64..8, 0u64..100), 1..40),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut queue = GcQueue::default();
+                let mut file = Vec::new();
+                let mut states = vec![queue.due(u64::MAX)];
+                for (add, i, due) in ops {
+                    let id = BlockId::new(1, i, 1);
+                    if add {
+                        file.extend(queue.add(&[id], due));
+                    } else {
+                        let records = queue.done(&[id]);
+                        if records.is_empty() {
+                            continue;
+                        }
+                        file.extend(records);
+                    }
+                    states.push(queue.due(u64::MAX));
+                }
+                let len = cut.index(file.len() + 1);
+                let replay = GcQueue::replay(&file[..len]);
+                prop_assert_eq!(replay.valid_bytes, len / GC_RECORD_BYTES * GC_RECORD_BYTES);
+                prop_assert_eq!(&replay.queue.due(u64::MAX), &states[len / GC_RECORD_BYTES]);
+            }
+        }
+    }
 }

@@ -298,4 +298,36 @@ mod tests {
         assert!(VolumeDescriptor::decode(&bad).is_err());
         assert!(VolumeDescriptor::decode(&encode(ObjectKind::Descriptor, b"short")).is_err());
     }
+
+    mod prop {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        proptest! {
+            #[test]
+            fn any_block_round_trips_and_any_bit_flip_is_caught(
+                ino in any::<u64>(),
+                index in any::<u64>(),
+                version in any::<u64>(),
+                payload in proptest::collection::vec(any::<u8>(), 0..4096),
+                flip in any::<prop::sample::Index>(),
+                bit in 0u8..8,
+            ) {
+                let id = BlockId::new(ino, index, version);
+                let object = encode(ObjectKind::Block(id), &payload);
+                prop_assert_eq!(decode(ObjectKind::Block(id), &object), Ok(&payload[..]));
+                let mut bad = object.clone();
+                let at = flip.index(bad.len());
+                bad[at] ^= 1 << bit;
+                prop_assert!(decode(ObjectKind::Block(id), &bad).is_err());
+            }
+
+            #[test]
+            fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+                let _ = decode(ObjectKind::Block(BlockId::new(1, 2, 3)), &bytes);
+                let _ = VolumeDescriptor::decode(&bytes);
+            }
+        }
+    }
 }

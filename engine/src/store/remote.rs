@@ -166,8 +166,11 @@ impl RemoteStore {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::io("create the store directory", dir, e))?;
                 Arc::new(
+                    // fsync files and directories: an uploaded journal
+                    // entry is deleted, so the store copy must be durable.
                     LocalFileSystem::new_with_prefix(dir)
-                        .map_err(|e| StoreError::Config(format!("{url}: {e}")))?,
+                        .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
+                        .with_fsync(true),
                 )
             }
             StoreUrl::S3 { bucket, .. } => build_s3(bucket, &options)?,

@@ -29,7 +29,7 @@ use super::journal::{Backlog, GcRemoval, JournalState, UploadHealth};
 use super::object::{self, ObjectKind, OBJECT_HEADER_BYTES};
 use super::remote::RemoteStore;
 use super::StoreError;
-use crate::block::BlockId;
+use crate::block::{BlockId, BLOCK_SIZE_MAX_BYTES};
 
 /// Uploads in flight by default.
 pub const UPLOAD_CONCURRENCY_DEFAULT: usize = 8;
@@ -53,6 +53,7 @@ const TMP_SUFFIX: &str = ".tmp";
 const CORRUPT_DIR: &str = "corrupt";
 const GC_QUEUE_FILE: &str = "gc-queue";
 const LOCK_FILE: &str = "lock";
+const STORE_FILE: &str = "store";
 
 /// When a commit returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -230,6 +231,23 @@ fn lock_journal(dir: &Path) -> Result<File, StoreError> {
     Ok(file)
 }
 
+/// A journal belongs to one store: its blocks must not land in another.
+fn check_journal_store(dir: &Path, store: &str) -> Result<(), StoreError> {
+    let path = dir.join(STORE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(recorded) if recorded.trim_end() == store => Ok(()),
+        Ok(recorded) => Err(StoreError::Config(format!(
+            "the write-back journal {} holds blocks of the store {}, not {store}: mount that store to upload them, or use another journal directory",
+            dir.display(),
+            recorded.trim_end()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            write_atomically(dir, STORE_FILE, format!("{store}\n").as_bytes())
+        }
+        Err(e) => Err(StoreError::io("read", &path, e)),
+    }
+}
+
 fn open_append(path: &Path) -> Result<File, StoreError> {
     OpenOptions::new()
         .create(true)
@@ -315,6 +333,7 @@ impl WriteBack {
         let dir = &config.journal_dir;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
         let dir_lock = lock_journal(dir)?;
+        check_journal_store(dir, remote.name())?;
         let mut state = JournalState::new(config.capacity_bytes);
         let recovered = recover_entries(dir, remote.name())?;
         if !recovered.is_empty() {
@@ -453,6 +472,15 @@ impl Shared {
     async fn commit(self: Arc<Self>, blocks: Vec<(BlockId, Vec<u8>)>) -> Result<(), StoreError> {
         if blocks.is_empty() {
             return Ok(());
+        }
+        if let Some((id, data)) = blocks
+            .iter()
+            .find(|(_, data)| data.len() > BLOCK_SIZE_MAX_BYTES as usize)
+        {
+            return Err(StoreError::Config(format!(
+                "block {id} has {} bytes, more than the largest block size {BLOCK_SIZE_MAX_BYTES}",
+                data.len()
+            )));
         }
         let sizes: Vec<(BlockId, u64)> = blocks
             .iter()
