@@ -93,9 +93,13 @@ struct WorkloadArgs {
     /// randread, seqread, seqwrite, randwrite, mixed, smallfiles, listdir, epoch.
     #[arg(long, short)]
     workload: WorkloadKind,
-    /// Worker threads (synchronous IO each: queue depth 1 per thread).
+    /// Worker threads (synchronous IO each: queue depth 1 per thread, unless --iodepth).
     #[arg(long, short, default_value_t = 1)]
     threads: u32,
+    /// Block reads/writes in flight per thread (1..=256); above 1 each
+    /// thread submits through its own io_uring. Block workloads only.
+    #[arg(long, default_value_t = datenlord_perf::spec::DEFAULT_IODEPTH_OPS)]
+    iodepth: u32,
     /// IO size, e.g. 4KiB (default: 4 KiB random, 1 MiB sequential).
     #[arg(long, value_parser = parse_bytes)]
     block_size: Option<u64>,
@@ -165,6 +169,7 @@ impl WorkloadArgs {
     fn spec(&self) -> anyhow::Result<(WorkloadSpec, RunLimits)> {
         let mut spec = WorkloadSpec::new(self.workload);
         spec.threads = self.threads;
+        spec.iodepth = self.iodepth;
         if let Some(bytes) = self.block_size {
             spec.block_size_bytes = bytes;
         }

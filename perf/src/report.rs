@@ -17,9 +17,18 @@ use crate::quantity::format_bytes;
 use crate::runner::Measurement;
 use crate::spec::{OpKind, RunLimits, Stop, WorkloadKind, WorkloadSpec};
 
-/// How IO is issued; reported so that results are not mistaken for deeper
-/// queues (io_uring queue depth is not implemented yet).
-pub const IO_MODEL: &str = "threads x synchronous IO (queue depth 1 per thread)";
+/// How IO is issued, so that results at different queue depths are not
+/// mistaken for one another.
+pub fn io_model(spec: &WorkloadSpec) -> String {
+    if spec.iodepth > 1 {
+        format!(
+            "threads x io_uring (queue depth {} per thread)",
+            spec.iodepth
+        )
+    } else {
+        "threads x synchronous IO (queue depth 1 per thread)".to_owned()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -133,7 +142,7 @@ impl Report {
             command_line: std::env::args().collect(),
             date_utc: machine::now_utc(),
             machine: Machine::detect(),
-            io_model: IO_MODEL.to_owned(),
+            io_model: io_model(spec),
             workload: spec.clone(),
             limits,
             rounds,
@@ -294,8 +303,13 @@ pub fn describe(spec: &WorkloadSpec) -> String {
             format_bytes(spec.sample_bytes_max)
         ),
     };
+    let depth = if spec.iodepth > 1 {
+        format!(", iodepth {}", spec.iodepth)
+    } else {
+        String::new()
+    };
     format!(
-        "{}, {shape}, {} thread(s), {}, seed {}",
+        "{}, {shape}, {} thread(s){depth}, {}, seed {}",
         spec.kind,
         spec.threads,
         if spec.direct { "O_DIRECT" } else { "buffered" },
