@@ -65,6 +65,11 @@ struct CompareArgs {
     /// NAME=PID: charge this process's CPU time to target NAME; repeatable.
     #[arg(long = "pid")]
     pids: Vec<String>,
+    /// NAME=N: run target NAME at queue depth N instead of --iodepth;
+    /// repeatable. Targets may share a directory, e.g.
+    /// `--target qd1=/mnt --target qd16=/mnt --target-iodepth qd16=16`.
+    #[arg(long = "target-iodepth", value_name = "NAME=N")]
+    target_iodepths: Vec<String>,
     #[command(flatten)]
     workload: WorkloadArgs,
     #[command(flatten)]
@@ -312,6 +317,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         name: target_name(&args.dir),
         dir: args.dir.clone(),
         pid: args.pid,
+        iodepth: None,
     };
     let targets = [target];
     let results = [measured];
@@ -339,6 +345,22 @@ fn compare_targets(args: &CompareArgs) -> anyhow::Result<ExitCode> {
             bail!("--pid {entry}: no target named {name:?}");
         };
         target.pid = Some(pid);
+    }
+    for entry in &args.target_iodepths {
+        let (name, depth) = entry
+            .split_once('=')
+            .context("--target-iodepth takes NAME=N")?;
+        let depth: u32 = depth
+            .parse()
+            .with_context(|| format!("--target-iodepth {entry}: not a number"))?;
+        let Some(target) = targets.iter_mut().find(|t| t.name == name) else {
+            bail!("--target-iodepth {entry}: no target named {name:?}");
+        };
+        target.iodepth = Some(depth);
+        target
+            .spec(&spec)
+            .validate()
+            .with_context(|| format!("--target-iodepth {entry}"))?;
     }
     let baseline = args
         .baseline

@@ -79,6 +79,9 @@ pub struct Measurement {
     /// so a sample may be off by that many ops per thread. Merged rounds
     /// are concatenated on the time axis.
     pub timeline: Vec<(f64, f64)>,
+    /// Ops/s of each merged run (compare's rounds), in order; empty for a
+    /// single run.
+    pub round_ops_per_s: Vec<f64>,
 }
 
 /// CPU seconds the process under test used during the measured phase.
@@ -97,12 +100,18 @@ impl Measurement {
             bytes_written: 0,
             cpu: None,
             timeline: Vec::new(),
+            round_ops_per_s: Vec::new(),
         })
     }
 
     /// Adds another run of the same workload (a compare round).
     pub fn merge(&mut self, other: &Self) -> Result<()> {
         self.latency.merge(&other.latency)?;
+        if other.round_ops_per_s.is_empty() {
+            self.round_ops_per_s.push(other.ops_per_s());
+        } else {
+            self.round_ops_per_s.extend(&other.round_ops_per_s);
+        }
         let offset_s = self.elapsed_s();
         self.timeline
             .extend(other.timeline.iter().map(|&(t, rate)| (t + offset_s, rate)));

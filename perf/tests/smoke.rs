@@ -67,6 +67,7 @@ fn every_workload_runs_on_a_temp_dir() {
             name: "tmp".to_owned(),
             dir: dir.path().to_owned(),
             pid: None,
+            iodepth: None,
         };
         let report = Report::new(&spec, limits, 1, &[target], &[m], None).expect("report");
         check(&report, kind, ops);
@@ -107,11 +108,13 @@ fn compare_interleaves_two_targets() {
             name: "a".to_owned(),
             dir: a.path().to_owned(),
             pid: None,
+            iodepth: None,
         },
         Target {
             name: "b".to_owned(),
             dir: b.path().to_owned(),
             pid: None,
+            iodepth: None,
         },
     ];
     let spec = small_spec(WorkloadKind::RandRead);
@@ -123,10 +126,14 @@ fn compare_interleaves_two_targets() {
     assert!(results.iter().all(|m| m.latency.count(OpKind::Read) == 400));
     let report = Report::new(&spec, limits, 4, &targets, &results, Some("a")).expect("report");
     let base = report.targets[0].vs_baseline.expect("ratios");
-    assert!((base.ops_per_s - 1.0).abs() < 1e-9);
+    assert!(base.ops_per_s.is_some_and(|r| (r - 1.0).abs() < 1e-9));
     assert!(report.targets[1]
         .vs_baseline
-        .is_some_and(|r| r.ops_per_s > 0.0));
+        .is_some_and(|r| r.ops_per_s.is_some_and(|x| x > 0.0)));
+    let spread = report.targets[1].rounds.as_ref().expect("4 rounds");
+    assert_eq!(spread.ops_per_s.len(), 4);
+    assert!(spread.ops_per_s_min <= spread.ops_per_s_max);
+    assert!(report.to_markdown().contains("Spread across rounds"));
 }
 
 /// Prepares `spec` in `dir`, with O_DIRECT if the file system takes it.
@@ -179,6 +186,7 @@ fn iodepth_8_counts_every_op_and_byte() {
             name: "tmp".to_owned(),
             dir: dir.path().to_owned(),
             pid: None,
+            iodepth: None,
         };
         let report = Report::new(&spec, limits, 1, &[target], &[m], None).expect("report");
         check(&report, kind, ops);
@@ -222,6 +230,46 @@ fn check_written_blocks(prepared: &runner::Prepared, spec: &WorkloadSpec) {
         }
     }
     assert!(written_blocks > 0);
+}
+
+#[test]
+fn compare_two_queue_depths_on_one_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = |name: &str, iodepth: Option<u32>| Target {
+        name: name.to_owned(),
+        dir: dir.path().to_owned(),
+        pid: None,
+        iodepth,
+    };
+    let targets = vec![target("qd1", None), target("qd8", Some(8))];
+    let spec = small_spec(WorkloadKind::RandRead);
+    let limits = RunLimits {
+        warmup_ms: 0,
+        stop: Stop::Ops(600),
+    };
+    let results = compare::compare(&targets, &spec, limits, 3, false, &Silent).expect("compare");
+    assert!(results.iter().all(|m| m.latency.count(OpKind::Read) == 600
+        && m.bytes_read == 600 * spec.block_size_bytes
+        && m.round_ops_per_s.len() == 3));
+    let report = Report::new(&spec, limits, 3, &targets, &results, Some("qd1")).expect("report");
+    assert_eq!(
+        report.targets.iter().map(|t| t.iodepth).collect::<Vec<_>>(),
+        [1, 8]
+    );
+    assert!(
+        report
+            .io_model
+            .contains("qd8: threads x io_uring (queue depth 8"),
+        "{}",
+        report.io_model
+    );
+    // Shared files are prepared once and removed once.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+
+    let mut bad = targets.clone();
+    bad[1].iodepth = Some(0);
+    let error = compare::compare(&bad, &spec, limits, 1, false, &Silent).expect_err("depth 0");
+    assert!(error.to_string().contains("qd8"), "{error}");
 }
 
 fn run_slo(dir: &Path, toml: &str) -> (Option<i32>, String, String) {
