@@ -200,6 +200,31 @@ fn iodepth_8_counts_every_op_and_byte() {
     }
 }
 
+#[test]
+fn iodepth_8_reports_a_file_that_ends_early_as_a_read_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut spec = small_spec(WorkloadKind::RandRead);
+    spec.iodepth = 8;
+    let prepared = runner::prepare(dir.path(), &spec, &Silent).expect("prepare");
+    let data = prepared.work_dir.join(&prepared.layout.files[1].rel_path);
+    std::fs::File::options()
+        .write(true)
+        .open(&data)
+        .and_then(|f| f.set_len(spec.file_size_bytes / 2))
+        .expect("truncate");
+    let limits = RunLimits {
+        warmup_ms: 0,
+        stop: Stop::Ops(1000),
+    };
+    let error = runner::measure(&prepared, &spec, limits, None, &Silent).expect_err("short file");
+    let text = error.to_string();
+    assert!(
+        text.starts_with("read ") && text.contains("data.1") && text.contains("end of file"),
+        "{text}"
+    );
+    runner::cleanup(&prepared).expect("cleanup");
+}
+
 /// Every block of every data file holds either what `prepare` wrote or
 /// the whole buffer of one of its thread's slots (no torn or misplaced
 /// queued write), and some blocks were written.
