@@ -581,7 +581,8 @@ impl<'a> Worker<'a> {
                 let io = self.block_io(op)?;
                 self.open_data_file(op)?;
                 let (_, handle) = self.data_file.as_ref().expect("opened by open_data_file");
-                ring.start(handle.as_raw_fd(), io, recording);
+                ring.start(handle.as_raw_fd(), io, recording)
+                    .map_err(|e| Error::io("submit io_uring of", &self.prepared.work_dir, e))?;
                 issued_recording += u64::from(recording);
             }
             if ring.in_flight() == 0 {
