@@ -213,6 +213,11 @@ impl Fs {
         self.block_size
     }
 
+    /// Shards (cores) of the block engine: one FUSE request loop each.
+    pub fn shards(&self) -> usize {
+        self.engine.shards()
+    }
+
     /// This mount's metadata session.
     pub fn session(&self) -> SessionId {
         self.session
