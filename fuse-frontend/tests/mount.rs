@@ -5,6 +5,7 @@
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ use datenlord_fs::{Fs, FsConfig, MemorySink, MetaLink};
 use datenlord_fuse::{mount, FuseError, Mount, MountOptions};
 
 const BLOCK: usize = 64 << 10;
+/// [`BLOCK`] as an `off_t`.
+const BLOCK_OFF: i64 = 64 << 10;
 
 /// Whether this process can mount (root with /dev/fuse); the tests say why
 /// they did nothing otherwise.
@@ -410,5 +413,127 @@ fn file_creation_mode_and_owner_follow_the_caller() {
     let meta = fs::metadata(m.path("m")).expect("stat");
     assert_eq!(meta.permissions().mode() & 0o777, 0o640 & !0o022);
     assert_eq!(meta.uid(), 0);
+    m.unmount();
+}
+
+#[test]
+fn a_copied_source_tree_compares_equal_and_parallel_writers_do_not_mix() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|o| o.threads = 2);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster/src");
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(m.path("tree"))
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let diff = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&src)
+        .arg(m.path("tree"))
+        .status()
+        .expect("diff");
+    assert!(diff.success(), "the copy differs from its source");
+    let writers: Vec<_> = (0..4u8)
+        .map(|n| {
+            let path = m.path(&format!("w{n}"));
+            std::thread::spawn(move || {
+                let data = pattern(3 * BLOCK + 11 * usize::from(n), n);
+                let mut f = File::create(&path).expect("create");
+                for chunk in data.chunks(4096 + usize::from(n)) {
+                    f.write_all(chunk).expect("write");
+                }
+                drop(f);
+                assert_eq!(fs::read(&path).expect("read back"), data, "writer {n}");
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    m.unmount();
+}
+
+#[test]
+fn rename_flags_punch_hole_and_seek_hole_through_the_kernel() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    fs::write(m.path("a"), b"A").expect("write");
+    fs::write(m.path("b"), b"B").expect("write");
+    let (a, b) = (cpath(&m.path("a")), cpath(&m.path("b")));
+    // SAFETY: valid C strings.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    // SAFETY: valid C strings.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0, "exchange: {}", std::io::Error::last_os_error());
+    assert_eq!(fs::read(m.path("a")).expect("read"), b"B");
+    assert_eq!(fs::read(m.path("b")).expect("read"), b"A");
+    // Replace an existing file with rename(2).
+    fs::rename(m.path("a"), m.path("b")).expect("rename over");
+    assert_eq!(fs::read(m.path("b")).expect("read"), b"B");
+    // Punch a hole of whole blocks in the middle of a file.
+    let path = m.path("holey");
+    fs::write(&path, pattern(4 * BLOCK, 1)).expect("write");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    // SAFETY: valid fd.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            BLOCK_OFF + 7,
+            BLOCK_OFF,
+        )
+    };
+    assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    drop(f);
+    let got = fs::read(&path).expect("read");
+    let mut expected = pattern(4 * BLOCK, 1);
+    expected[BLOCK + 7..2 * BLOCK + 7].fill(0);
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "punched range reads as zeros");
+    // SEEK_HOLE on a sparse file finds the first hole.
+    let sparse = m.path("sparse");
+    let mut f = File::create(&sparse).expect("create");
+    f.write_all(b"data").expect("write");
+    f.seek(SeekFrom::Start(10 * BLOCK as u64)).expect("seek");
+    f.write_all(b"tail").expect("write");
+    f.sync_all().expect("fsync");
+    // SAFETY: valid fd.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, BLOCK_OFF);
+    // SAFETY: valid fd.
+    let data = unsafe { libc::lseek(f.as_raw_fd(), BLOCK_OFF, libc::SEEK_DATA) };
+    assert_eq!(data, 10 * BLOCK_OFF);
+    drop(f);
     m.unmount();
 }
