@@ -33,6 +33,8 @@ use crate::range::{block_start, pieces};
 use crate::sink::BlockSink;
 use crate::version::VersionClock;
 
+/// Files whose attributes at open are remembered for `keep_cache`.
+const SEEN_AT_OPEN_MAX: usize = 65_536;
 /// Block map entries read per query when scanning for holes.
 const BLOCK_SCAN_ENTRIES: usize = 4096;
 
@@ -596,10 +598,13 @@ impl Fs {
             })
             .opens += 1;
         let seen = (attr.mtime, attr.size);
-        let keep_cache = self
-            .seen_at_open
-            .lock()
-            .is_ok_and(|mut m| m.insert(attr.ino, seen) == Some(seen));
+        let keep_cache = self.seen_at_open.lock().is_ok_and(|mut m| {
+            if m.len() >= SEEN_AT_OPEN_MAX && !m.contains_key(&attr.ino) {
+                // Forgetting only costs page cache hits on the next open.
+                m.clear();
+            }
+            m.insert(attr.ino, seen) == Some(seen)
+        });
         Opened {
             fh,
             attr: attr.clone(),
@@ -929,10 +934,15 @@ impl Fs {
     /// sees this node's unflushed writes.
     pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let state = self.file_state(ino);
-        let guard = match &state {
+        let mut guard = match &state {
             Some((s, _)) => Some(s.lock().await),
             None => None,
         };
+        if guard.as_ref().is_some_and(|g| g.size.is_none()) {
+            // Nothing unflushed: a flush that held the mutex has updated the
+            // block map, so concurrent readers need not wait for each other.
+            guard = None;
+        }
         let attr = self.meta.read(|s| s.getattr(ino))?;
         if attr.kind == FileKind::Dir {
             return Err(FsError::Meta {

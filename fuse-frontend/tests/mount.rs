@@ -537,3 +537,33 @@ fn rename_flags_punch_hole_and_seek_hole_through_the_kernel() {
     drop(f);
     m.unmount();
 }
+
+#[test]
+fn a_read_only_mount_refuses_writes() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|o| o.read_only = true);
+    let err = fs::write(m.path("f"), b"x").expect_err("read-only");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(fs::read_dir(&m.mnt).expect("readdir").count(), 0);
+    m.unmount();
+}
+
+#[test]
+fn fifos_are_created_as_special_files() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    // A fifo.
+    let fifo = cpath(&m.path("fifo"));
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let ft = fs::symlink_metadata(m.path("fifo"))
+        .expect("stat fifo")
+        .file_type();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&ft));
+    fs::remove_file(m.path("fifo")).expect("unlink fifo");
+    m.unmount();
+}
