@@ -17,7 +17,7 @@ use tracing::info;
 use crate::client_rpc::{Handler, Response, RpcClient, RpcError, Status};
 use crate::listener::serve_master;
 use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Outcome, StatFs};
-use crate::raft_driver::{DriveError, RaftDriver, RaftHandle};
+use crate::raft_driver::{DriveError, NoPeers, RaftDriver, RaftHandle};
 use crate::raft_transport::{read_members, LocalHandle, TcpTransport};
 use crate::replica::{Membership, ReplicaError, StateMachine};
 use crate::shared_state::SharedState;
@@ -284,7 +284,8 @@ pub struct MasterConfig {
 pub struct Master {
     driver: RaftDriver<SharedState<MetaState>>,
     local: SharedState<MetaState>,
-    addr: SocketAddr,
+    /// The port peers and clients use; `None` for an embedded master.
+    addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Master {
@@ -361,7 +362,36 @@ impl Master {
         Ok(Self {
             driver,
             local: state,
-            addr,
+            addr: Some(addr),
+        })
+    }
+
+    /// A single-node group living in this process only (the embedded
+    /// default of `datenlord mount`): master 1 is the only voter, no port
+    /// is opened and no peer is ever contacted. Its log and snapshots live
+    /// in `data_dir` (created if missing; refused if it belongs to another
+    /// master). It elects itself at once; the first proposals may still
+    /// see `NotLeader` for a moment and should retry.
+    pub fn embedded(
+        data_dir: &std::path::Path,
+        snapshot_interval_entries: Option<u64>,
+    ) -> Result<Self, MasterError> {
+        const EMBEDDED_ID: u64 = 1;
+        check_identity(data_dir, EMBEDDED_ID)?;
+        let state = SharedState::new(MetaState::new());
+        let driver = RaftDriver::start_with(
+            EMBEDDED_ID,
+            data_dir,
+            state.clone(),
+            &[EMBEDDED_ID],
+            NoPeers,
+            snapshot_interval_entries,
+        )?;
+        info!(dir = %data_dir.display(), "embedded metadata master running");
+        Ok(Self {
+            driver,
+            local: state,
+            addr: None,
         })
     }
 
@@ -569,6 +599,48 @@ impl MetaClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_embedded_master_applies_commands_and_recovers_them() {
+        use crate::meta::{Timespec, VOLUME_FORMAT_VERSION};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let format = Command::Format {
+            uuid: [7; 16],
+            block_size: 1 << 20,
+            format_version: VOLUME_FORMAT_VERSION,
+            capacity_bytes: 1 << 30,
+            inodes_max: 1000,
+            now: Timespec::from_secs(1),
+        };
+        let master = Master::embedded(dir.path(), None).expect("embedded");
+        let mut applied = None;
+        for _ in 0..100 {
+            match block_on(master.handle().propose(format.encode())) {
+                Ok(result) => {
+                    applied = Some(decode_result(&result).expect("format"));
+                    break;
+                }
+                Err(DriveError::NotLeader { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("propose: {e}"),
+            }
+        }
+        assert!(applied.is_some(), "the embedded master never led");
+        assert!(master.local().read().volume().is_some());
+        master.stop().expect("stop");
+        let again = Master::embedded(dir.path(), None).expect("restart");
+        let mut recovered = false;
+        for _ in 0..100 {
+            if again.local().read().volume().is_some() {
+                recovered = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(recovered, "the volume did not survive a restart");
+        again.stop().expect("stop");
+    }
 
     #[test]
     fn a_data_dir_of_another_master_is_refused_and_kept() {
