@@ -376,8 +376,39 @@ impl Master {
         data_dir: &std::path::Path,
         snapshot_interval_entries: Option<u64>,
     ) -> Result<Self, MasterError> {
-        const EMBEDDED_ID: u64 = 1;
         check_identity(data_dir, EMBEDDED_ID)?;
+        Self::start_embedded(data_dir, snapshot_interval_entries)
+    }
+
+    /// An embedded master whose namespace starts from `snapshot` (a
+    /// metadata backup: the bytes of [`MetaState::snapshot`]) in a new
+    /// data directory. The backup is checked before anything is written;
+    /// a directory that already holds a log is refused.
+    pub fn embedded_restored(
+        data_dir: &std::path::Path,
+        snapshot: Vec<u8>,
+    ) -> Result<Self, MasterError> {
+        MetaState::restore(&snapshot)
+            .map_err(|e| MasterError::Config(format!("the metadata backup is not usable: {e}")))?;
+        let has_files = std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some());
+        if has_files {
+            return Err(MasterError::Config(format!(
+                "{} is not empty: a metadata backup is only restored into a new data directory (nothing was changed)",
+                data_dir.display()
+            )));
+        }
+        check_identity(data_dir, EMBEDDED_ID)?;
+        // The backup's own log index is not needed: the restored group
+        // starts a new log after it.
+        crate::raft_log::RaftLog::seed(data_dir, &[EMBEDDED_ID], 1, snapshot)
+            .map_err(|e| MasterError::Replica(ReplicaError::from(e)))?;
+        Self::start_embedded(data_dir, None)
+    }
+
+    fn start_embedded(
+        data_dir: &std::path::Path,
+        snapshot_interval_entries: Option<u64>,
+    ) -> Result<Self, MasterError> {
         let state = SharedState::new(MetaState::new());
         let driver = RaftDriver::start_with(
             EMBEDDED_ID,
@@ -410,6 +441,9 @@ impl Master {
         self.driver.stop()
     }
 }
+
+/// Id of the only member of an embedded group.
+const EMBEDDED_ID: u64 = 1;
 
 /// Name of the file that records which master a data directory belongs to.
 pub const IDENTITY_FILE: &str = "master.identity";

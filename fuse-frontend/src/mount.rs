@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::adapter::{AdapterOptions, FuseFs};
 use crate::error::FuseError;
 use crate::options::MountOptions;
+use crate::stats::{LoopHook, OpStats};
 
 /// Most request loops one mount runs.
 pub const THREADS_MAX: usize = 256;
@@ -29,6 +30,7 @@ pub struct Mount {
     threads: Vec<JoinHandle<()>>,
     fs: Arc<Fs>,
     mountpoint: String,
+    stats: OpStats,
 }
 
 impl std::fmt::Debug for Mount {
@@ -129,6 +131,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
         threads: Vec::with_capacity(threads),
         fs,
         mountpoint: shown,
+        stats: OpStats::default(),
     };
     for n in 0..threads {
         let file = match mount.session.as_ref().map(FuseSession::clone_fuse_file) {
@@ -142,6 +145,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
             None => return Err(FuseError::Session("the FUSE session is gone".into())),
         };
         let server = Arc::clone(&server);
+        let stats = mount.stats.clone();
         let cpu = (!cpus.is_empty()).then(|| cpus[n % cpus.len()]);
         let spawned = std::thread::Builder::new()
             .name(format!("dl-fuse-{n}"))
@@ -149,7 +153,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                serve(&server, &file, bufsize);
+                serve(&server, &file, bufsize, &LoopHook::new(stats));
             });
         match spawned {
             Ok(t) => mount.threads.push(t),
@@ -167,7 +171,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
 
 /// One request loop: reads a request, lets the server answer it, until the
 /// kernel ends the connection (`ENODEV` after unmount).
-fn serve(server: &Server<FuseFs>, file: &File, bufsize: usize) {
+fn serve(server: &Server<FuseFs>, file: &File, bufsize: usize, hook: &LoopHook) {
     let fd = file.as_raw_fd();
     let mut request = vec![0u8; bufsize];
     let mut reply = vec![0u8; bufsize];
@@ -205,7 +209,7 @@ fn serve(server: &Server<FuseFs>, file: &File, bufsize: usize) {
                 continue;
             }
         };
-        if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
+        if let Err(e) = server.handle_message(reader, writer.into(), None, Some(hook)) {
             match e {
                 fuse_backend_rs::Error::EncodeMessage(ref io)
                     if io.raw_os_error() == Some(libc::EBADF)
@@ -223,6 +227,11 @@ impl Mount {
     /// The mountpoint.
     pub fn mountpoint(&self) -> &str {
         &self.mountpoint
+    }
+
+    /// Per-op counters and latencies of the request loops.
+    pub fn stats(&self) -> OpStats {
+        self.stats.clone()
     }
 
     /// The file system behind the mount.
