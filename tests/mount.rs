@@ -247,7 +247,7 @@ fn workloads_tar_git_sqlite_cp() {
     sh(
         dirs.root(),
         &format!(
-            "cp -a local/tree {mnt}/tree && cp -a {mnt}/tree back && \
+            "cp -a local/tree {mnt}/tree && mkdir back && cp -a {mnt}/tree back/ && \
              test \"$(stat -c '%a %Y %h' local/tree/f)\" = \"$(stat -c '%a %Y %h' back/tree/f)\" && \
              test \"$(stat -c '%Y' local/tree/d)\" = \"$(stat -c '%Y' back/tree/d)\" && \
              test \"$(readlink back/tree/sym)\" = f && \

@@ -25,6 +25,7 @@ use futures::executor::block_on;
 use futures::lock::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
+use crate::atime::AtimeWriter;
 use crate::config::{AtimePolicy, FsConfig, RELATIME_INTERVAL_SECS};
 use crate::dirty::DirtyFile;
 use crate::error::{FsError, Result};
@@ -98,6 +99,7 @@ pub struct Fs {
     /// `(mtime, size)` of each file at its last open, for `keep_cache`.
     seen_at_open: Mutex<HashMap<Ino, (Timespec, u64)>>,
     renewer: Mutex<Option<Renewer>>,
+    atime: AtimeWriter,
 }
 
 impl std::fmt::Debug for Fs {
@@ -193,6 +195,8 @@ impl Fs {
             .version_seed
             .map_or_else(VersionClock::from_wall_clock, VersionClock::new);
         let renewer = start_renewer(meta.clone(), session, config.session_lease)?;
+        let atime = AtimeWriter::start(meta.clone())
+            .map_err(|e| FsError::Config(format!("cannot start the atime thread: {e}")))?;
         info!(%session, "file system session registered");
         Ok(Arc::new(Self {
             config,
@@ -207,6 +211,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             seen_at_open: Mutex::new(HashMap::new()),
             renewer: Mutex::new(Some(renewer)),
+            atime,
         }))
     }
 
@@ -762,6 +767,7 @@ impl Fs {
     /// dropping its locks).
     pub async fn shutdown(&self) -> Result<()> {
         let flushed = self.flush_all().await;
+        self.atime.stop();
         self.stop_renewer();
         let unregistered = self
             .apply(&Command::UnregisterSession {
@@ -1007,6 +1013,11 @@ impl Fs {
         if !due {
             return;
         }
+        if self.config.atime != AtimePolicy::Strictatime {
+            // relatime: written behind, the read does not wait for it.
+            self.atime.touch(attr.ino);
+            return;
+        }
         // The file system updates atime on the reader's behalf: a reader
         // needs no write permission for it.
         let command = Command::SetAttr {
@@ -1038,6 +1049,12 @@ impl Fs {
             None => false,
         };
         let Some(size) = changes.size else {
+            if changes.mtime.is_some() {
+                // Unflushed writes are older than this time change: flush
+                // them first, or their flush would stamp a later mtime
+                // (`cp -a`, `touch -d` after a write).
+                self.flush(ino).await?;
+            }
             let outcome = self
                 .apply(&Command::SetAttr {
                     ino,

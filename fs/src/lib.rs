@@ -11,6 +11,7 @@
 //! - `meta`: [`MetaLink`], commands through Raft, queries on the local copy.
 //! - `fs`: [`Fs`], the operations and the flush protocol.
 
+mod atime;
 mod config;
 pub mod dirty;
 mod error;
