@@ -5,6 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+mod daemon;
+mod metrics;
+mod mount;
 use clap::{Parser, Subcommand};
 
 /// DatenLord: a distributed cache file system for cloud-native and AI workloads.
@@ -17,6 +21,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Mount the file system (embedded defaults: a single-node metadata
+    /// group, the store in <data-dir>/store, formatted on first use). Returns
+    /// once mounted; the daemon keeps serving until `umount` or SIGTERM.
+    Mount(mount::MountArgs),
+    /// Format a remote store: write its volume descriptor (uuid, block
+    /// size, format version). Refuses a store formatted differently.
+    Format(FormatArgs),
     /// Inspect and check the node's block cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -27,6 +38,17 @@ enum Command {
     /// Change or show the membership of a running group of masters.
     #[command(subcommand)]
     Members(MembersCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct FormatArgs {
+    /// The store: `file:///abs/dir` or `s3://bucket/prefix` (endpoint and
+    /// credentials from the AWS_* environment variables).
+    #[arg(long)]
+    store: String,
+    /// Block size of the volume (a power of two, 64K..16M).
+    #[arg(long = "block-size", default_value = "1M")]
+    block_size: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,6 +165,8 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Mount(args) => mount::run(&args),
+        Command::Format(args) => run_format(&args),
         Command::Master(args) => run_master(&args),
         Command::Members(command) => run_members(command),
         Command::Cache(CacheCommand::Inspect { cache_dir, verify }) => {
@@ -178,6 +202,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn run_format(args: &FormatArgs) -> anyhow::Result<ExitCode> {
+    use datenlord_engine::store::{
+        ControlPlane, RemoteStore, StoreUrl, VolumeDescriptor, STORE_FORMAT_VERSION,
+    };
+    let url: StoreUrl = args
+        .store
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    let bytes = datenlord_engine::block::parse_bytes(&args.block_size).context("--block-size")?;
+    let block_size = datenlord_engine::BlockSize::new(bytes)
+        .map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
+    let control = ControlPlane::start().context("starting the store's runtime")?;
+    let remote = RemoteStore::open(&url, &control).with_context(|| format!("opening {url}"))?;
+    let descriptor = VolumeDescriptor {
+        uuid: mount::random_uuid(),
+        block_size: block_size.bytes(),
+        format_version: STORE_FORMAT_VERSION,
+    };
+    futures::executor::block_on(remote.format(&descriptor))
+        .with_context(|| format!("formatting {url}"))?;
+    let written = futures::executor::block_on(remote.descriptor())
+        .with_context(|| format!("reading back the descriptor of {url}"))?
+        .ok_or_else(|| anyhow::anyhow!("{url}: the descriptor just written is missing"))?;
+    println!(
+        "formatted {url}: volume {}, block size {} KiB",
+        written.uuid_hex(),
+        written.block_size / 1024
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) so

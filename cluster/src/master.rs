@@ -17,7 +17,7 @@ use tracing::info;
 use crate::client_rpc::{Handler, Response, RpcClient, RpcError, Status};
 use crate::listener::serve_master;
 use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Outcome, StatFs};
-use crate::raft_driver::{DriveError, RaftDriver, RaftHandle};
+use crate::raft_driver::{DriveError, NoPeers, RaftDriver, RaftHandle};
 use crate::raft_transport::{read_members, LocalHandle, TcpTransport};
 use crate::replica::{Membership, ReplicaError, StateMachine};
 use crate::shared_state::SharedState;
@@ -284,7 +284,8 @@ pub struct MasterConfig {
 pub struct Master {
     driver: RaftDriver<SharedState<MetaState>>,
     local: SharedState<MetaState>,
-    addr: SocketAddr,
+    /// The port peers and clients use; `None` for an embedded master.
+    addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for Master {
@@ -361,7 +362,67 @@ impl Master {
         Ok(Self {
             driver,
             local: state,
-            addr,
+            addr: Some(addr),
+        })
+    }
+
+    /// A single-node group living in this process only (the embedded
+    /// default of `datenlord mount`): master 1 is the only voter, no port
+    /// is opened and no peer is ever contacted. Its log and snapshots live
+    /// in `data_dir` (created if missing; refused if it belongs to another
+    /// master). It elects itself at once; the first proposals may still
+    /// see `NotLeader` for a moment and should retry.
+    pub fn embedded(
+        data_dir: &std::path::Path,
+        snapshot_interval_entries: Option<u64>,
+    ) -> Result<Self, MasterError> {
+        check_identity(data_dir, EMBEDDED_ID)?;
+        Self::start_embedded(data_dir, snapshot_interval_entries)
+    }
+
+    /// An embedded master whose namespace starts from `snapshot` (a
+    /// metadata backup: the bytes of [`MetaState::snapshot`]) in a new
+    /// data directory. The backup is checked before anything is written;
+    /// a directory that already holds a log is refused.
+    pub fn embedded_restored(
+        data_dir: &std::path::Path,
+        snapshot: Vec<u8>,
+    ) -> Result<Self, MasterError> {
+        MetaState::restore(&snapshot)
+            .map_err(|e| MasterError::Config(format!("the metadata backup is not usable: {e}")))?;
+        let has_files = std::fs::read_dir(data_dir).is_ok_and(|mut d| d.next().is_some());
+        if has_files {
+            return Err(MasterError::Config(format!(
+                "{} is not empty: a metadata backup is only restored into a new data directory (nothing was changed)",
+                data_dir.display()
+            )));
+        }
+        check_identity(data_dir, EMBEDDED_ID)?;
+        // The backup's own log index is not needed: the restored group
+        // starts a new log after it.
+        crate::raft_log::RaftLog::seed(data_dir, &[EMBEDDED_ID], 1, snapshot)
+            .map_err(|e| MasterError::Replica(ReplicaError::from(e)))?;
+        Self::start_embedded(data_dir, None)
+    }
+
+    fn start_embedded(
+        data_dir: &std::path::Path,
+        snapshot_interval_entries: Option<u64>,
+    ) -> Result<Self, MasterError> {
+        let state = SharedState::new(MetaState::new());
+        let driver = RaftDriver::start_with(
+            EMBEDDED_ID,
+            data_dir,
+            state.clone(),
+            &[EMBEDDED_ID],
+            NoPeers,
+            snapshot_interval_entries,
+        )?;
+        info!(dir = %data_dir.display(), "embedded metadata master running");
+        Ok(Self {
+            driver,
+            local: state,
+            addr: None,
         })
     }
 
@@ -380,6 +441,9 @@ impl Master {
         self.driver.stop()
     }
 }
+
+/// Id of the only member of an embedded group.
+const EMBEDDED_ID: u64 = 1;
 
 /// Name of the file that records which master a data directory belongs to.
 pub const IDENTITY_FILE: &str = "master.identity";
@@ -569,6 +633,48 @@ impl MetaClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_embedded_master_applies_commands_and_recovers_them() {
+        use crate::meta::{Timespec, VOLUME_FORMAT_VERSION};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let format = Command::Format {
+            uuid: [7; 16],
+            block_size: 1 << 20,
+            format_version: VOLUME_FORMAT_VERSION,
+            capacity_bytes: 1 << 30,
+            inodes_max: 1000,
+            now: Timespec::from_secs(1),
+        };
+        let master = Master::embedded(dir.path(), None).expect("embedded");
+        let mut applied = None;
+        for _ in 0..100 {
+            match block_on(master.handle().propose(format.encode())) {
+                Ok(result) => {
+                    applied = Some(decode_result(&result).expect("format"));
+                    break;
+                }
+                Err(DriveError::NotLeader { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("propose: {e}"),
+            }
+        }
+        assert!(applied.is_some(), "the embedded master never led");
+        assert!(master.local().read().volume().is_some());
+        master.stop().expect("stop");
+        let again = Master::embedded(dir.path(), None).expect("restart");
+        let mut recovered = false;
+        for _ in 0..100 {
+            if again.local().read().volume().is_some() {
+                recovered = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(recovered, "the volume did not survive a restart");
+        again.stop().expect("stop");
+    }
 
     #[test]
     fn a_data_dir_of_another_master_is_refused_and_kept() {

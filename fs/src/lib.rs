@@ -1,1 +1,36 @@
-//! POSIX file system semantics over metadata (cluster) and blocks (engine).
+//! POSIX file system semantics over the metadata masters (`datenlord-cluster`)
+//! and the block engine (`datenlord-engine`), shared by every frontend.
+//!
+//! The API is async and runtime-agnostic (the futures only wait on flume
+//! channels and the sink): FUSE threads `block_on` them, executors await them.
+//!
+//! Code map:
+//! - `range`, `dirty`, `version`: sans-IO block arithmetic, unflushed-write
+//!   bookkeeping and block version allocation.
+//! - `sink`: [`BlockSink`], where flushed blocks become durable.
+//! - `meta`: [`MetaLink`], commands through Raft, queries on the local copy.
+//! - `fs`: [`Fs`], the operations and the flush protocol.
+
+mod config;
+pub mod dirty;
+mod error;
+mod fs;
+mod meta;
+pub mod range;
+mod sink;
+pub mod version;
+
+pub use config::{
+    AtimePolicy, FsConfig, CAPACITY_BYTES_DEFAULT, DIRTY_BYTES_PER_FILE_DEFAULT,
+    INODES_MAX_DEFAULT, RELATIME_INTERVAL_SECS, SESSION_LEASE_DEFAULT,
+};
+pub use error::{FsError, Result};
+pub use fs::{now, Fs, Opened};
+pub use meta::{MetaLink, LEADER_WAIT_MS_MAX};
+pub use sink::{BlockSink, MemorySink, SinkError};
+
+/// The metadata types the API uses.
+pub use datenlord_cluster::meta::{
+    Attr, AttrChanges, Creds, DirEntry, FileKind, FlockKind, Ino, LockConflict, LockKind,
+    LockRange, RenameFlags, SetTime, StatFs, Timespec, XattrFlags, ROOT_INO,
+};

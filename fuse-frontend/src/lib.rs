@@ -1,1 +1,22 @@
-//! FUSE frontend: adapts the kernel FUSE protocol to `datenlord-fs`.
+//! FUSE frontend: mounts a [`datenlord_fs::Fs`] through the kernel's FUSE
+//! protocol (fuse-backend-rs), with one pinned request loop per core, each
+//! on its own cloned /dev/fuse fd.
+//!
+//! Code map:
+//! - `options`: [`MountOptions`] and the `-o` parser.
+//! - `adapter`: [`FuseFs`], the `FileSystem` trait over `Fs` (op by op,
+//!   errno from `FsError::errno`).
+//! - `mount`: [`mount`], [`Mount`] and the request loops.
+//! - `stats`: [`OpStats`], per-op counters and latency histograms.
+
+mod adapter;
+mod error;
+mod mount;
+mod options;
+mod stats;
+
+pub use adapter::{AdapterOptions, FuseFs};
+pub use error::FuseError;
+pub use mount::{mount, Mount, THREADS_MAX};
+pub use options::{parse_mount_options, MountOptions, ParsedOptions};
+pub use stats::{op_name, OpSample, OpStats, LATENCY_BUCKETS};

@@ -1,6 +1,8 @@
 //! One workload on several targets in one run, interleaved round by round
 //! (rotating which target goes first) so that machine noise — other load,
 //! thermal state, background writeback — falls on every target alike.
+//! Targets may share a directory (the same files measured two ways, e.g.
+//! at two queue depths): it is prepared and cleaned up once.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -22,6 +24,20 @@ pub struct Target {
     pub dir: PathBuf,
     /// Process whose CPU time is charged to this target.
     pub pid: Option<u32>,
+    /// Queue depth of this target instead of the workload's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iodepth: Option<u32>,
+}
+
+impl Target {
+    /// The workload as this target runs it.
+    pub fn spec(&self, spec: &WorkloadSpec) -> WorkloadSpec {
+        let mut own = spec.clone();
+        if let Some(iodepth) = self.iodepth {
+            own.iodepth = iodepth;
+        }
+        own
+    }
 }
 
 impl FromStr for Target {
@@ -44,6 +60,7 @@ impl FromStr for Target {
             name,
             dir,
             pid: None,
+            iodepth: None,
         })
     }
 }
@@ -56,6 +73,11 @@ pub fn round_order(targets: usize, round: u32) -> impl Iterator<Item = usize> {
         round as usize % targets
     };
     (0..targets).map(move |i| (i + shift) % targets)
+}
+
+/// The first target before `i` on the same directory as target `i`.
+fn first_with_dir(targets: &[Target], i: usize) -> Option<usize> {
+    targets[..i].iter().position(|t| t.dir == targets[i].dir)
 }
 
 /// Runs `spec` on every target for `rounds` rounds, each round getting
@@ -87,10 +109,21 @@ pub fn compare(
             )));
         }
     }
-    let prepared: Vec<Prepared> = targets
-        .iter()
-        .map(|t| runner::prepare(&t.dir, spec, observer))
-        .collect::<Result<_>>()?;
+    let specs: Vec<WorkloadSpec> = targets.iter().map(|t| t.spec(spec)).collect();
+    for (target, spec) in targets.iter().zip(&specs) {
+        spec.validate()
+            .map_err(|e| Error::Compare(format!("target {:?}: {e}", target.name)))?;
+    }
+    // A queue depth does not change the files: targets on one directory
+    // share them.
+    let mut prepared: Vec<Prepared> = Vec::with_capacity(targets.len());
+    for (i, target) in targets.iter().enumerate() {
+        let p = match first_with_dir(targets, i) {
+            Some(first) => prepared[first].clone(),
+            None => runner::prepare(&target.dir, &specs[i], observer)?,
+        };
+        prepared.push(p);
+    }
     let per_round = limits.split(rounds);
     let mut totals: Vec<Measurement> = targets
         .iter()
@@ -105,7 +138,7 @@ pub fn compare(
             ));
             let m = runner::measure(
                 &prepared[index],
-                spec,
+                &specs[index],
                 per_round,
                 targets[index].pid,
                 observer,
@@ -114,8 +147,10 @@ pub fn compare(
         }
     }
     if !keep_files {
-        for p in &prepared {
-            runner::cleanup(p)?;
+        for (i, p) in prepared.iter().enumerate() {
+            if first_with_dir(targets, i).is_none() {
+                runner::cleanup(p)?;
+            }
         }
     }
     Ok(totals)

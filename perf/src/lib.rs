@@ -2,7 +2,8 @@
 //! for DatenLord (and any other directory).
 //!
 //! Code map: `workload` generates seeded op streams (no IO); `runner`
-//! executes them on threads and fills per-thread `latency` books; `compare`
+//! executes them on threads (synchronous IO, or `ring`: one io_uring per
+//! thread for queue depths above 1) and fills per-thread `latency` books; `compare`
 //! interleaves targets round by round; `slo` parses and judges objectives;
 //! `report` renders JSON and Markdown; `plot` draws SVG plots.
 
@@ -15,6 +16,7 @@ pub mod plot;
 pub mod process;
 pub mod quantity;
 pub mod report;
+pub mod ring;
 pub mod rng;
 pub mod runner;
 pub mod slo;

@@ -65,6 +65,11 @@ struct CompareArgs {
     /// NAME=PID: charge this process's CPU time to target NAME; repeatable.
     #[arg(long = "pid")]
     pids: Vec<String>,
+    /// NAME=N: run target NAME at queue depth N instead of --iodepth;
+    /// repeatable. Targets may share a directory, e.g.
+    /// `--target qd1=/mnt --target qd16=/mnt --target-iodepth qd16=16`.
+    #[arg(long = "target-iodepth", value_name = "NAME=N")]
+    target_iodepths: Vec<String>,
     #[command(flatten)]
     workload: WorkloadArgs,
     #[command(flatten)]
@@ -93,9 +98,13 @@ struct WorkloadArgs {
     /// randread, seqread, seqwrite, randwrite, mixed, smallfiles, listdir, epoch.
     #[arg(long, short)]
     workload: WorkloadKind,
-    /// Worker threads (synchronous IO each: queue depth 1 per thread).
+    /// Worker threads (synchronous IO each: queue depth 1 per thread, unless --iodepth).
     #[arg(long, short, default_value_t = 1)]
     threads: u32,
+    /// Block reads/writes in flight per thread (1..=256); above 1 each
+    /// thread submits through its own io_uring. Block workloads only.
+    #[arg(long, default_value_t = datenlord_perf::spec::DEFAULT_IODEPTH_OPS)]
+    iodepth: u32,
     /// IO size, e.g. 4KiB (default: 4 KiB random, 1 MiB sequential).
     #[arg(long, value_parser = parse_bytes)]
     block_size: Option<u64>,
@@ -165,6 +174,7 @@ impl WorkloadArgs {
     fn spec(&self) -> anyhow::Result<(WorkloadSpec, RunLimits)> {
         let mut spec = WorkloadSpec::new(self.workload);
         spec.threads = self.threads;
+        spec.iodepth = self.iodepth;
         if let Some(bytes) = self.block_size {
             spec.block_size_bytes = bytes;
         }
@@ -307,6 +317,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         name: target_name(&args.dir),
         dir: args.dir.clone(),
         pid: args.pid,
+        iodepth: None,
     };
     let targets = [target];
     let results = [measured];
@@ -334,6 +345,22 @@ fn compare_targets(args: &CompareArgs) -> anyhow::Result<ExitCode> {
             bail!("--pid {entry}: no target named {name:?}");
         };
         target.pid = Some(pid);
+    }
+    for entry in &args.target_iodepths {
+        let (name, depth) = entry
+            .split_once('=')
+            .context("--target-iodepth takes NAME=N")?;
+        let depth: u32 = depth
+            .parse()
+            .with_context(|| format!("--target-iodepth {entry}: not a number"))?;
+        let Some(target) = targets.iter_mut().find(|t| t.name == name) else {
+            bail!("--target-iodepth {entry}: no target named {name:?}");
+        };
+        target.iodepth = Some(depth);
+        target
+            .spec(&spec)
+            .validate()
+            .with_context(|| format!("--target-iodepth {entry}"))?;
     }
     let baseline = args
         .baseline

@@ -1,9 +1,12 @@
 //! The driver: creates a workload's files, then runs its op streams on
-//! worker threads (synchronous IO, queue depth 1 per thread) and records
-//! latencies. All decisions about *which* op come from `workload`.
+//! worker threads and records latencies. Each thread issues synchronous IO
+//! (queue depth 1), or, for the block workloads at `iodepth` > 1, keeps
+//! that many reads/writes in flight through its own io_uring (`ring`).
+//! All decisions about *which* op come from `workload`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -15,11 +18,12 @@ use crate::buffer::AlignedBuffer;
 use crate::error::{Error, Result};
 use crate::latency::LatencyBook;
 use crate::process::{self, CpuUsage};
+use crate::ring::{BlockIo, Completion, Ring};
 use crate::spec::{OpKind, RunLimits, Stop, WorkloadSpec};
 use crate::workload::{self, FileId, Layout, Op, OpStream, SmallFile};
 
 /// Chunk in which `prepare` writes data files.
-const PREPARE_CHUNK_BYTES: u64 = 1 << 20;
+pub const PREPARE_CHUNK_BYTES: u64 = 1 << 20;
 /// How often the driver thread reports progress.
 const PROGRESS_INTERVAL_MS: u64 = 100;
 /// Workers publish their op count every this many ops (keeps the shared
@@ -75,6 +79,9 @@ pub struct Measurement {
     /// so a sample may be off by that many ops per thread. Merged rounds
     /// are concatenated on the time axis.
     pub timeline: Vec<(f64, f64)>,
+    /// Ops/s of each merged run (compare's rounds), in order; empty for a
+    /// single run.
+    pub round_ops_per_s: Vec<f64>,
 }
 
 /// CPU seconds the process under test used during the measured phase.
@@ -93,12 +100,18 @@ impl Measurement {
             bytes_written: 0,
             cpu: None,
             timeline: Vec::new(),
+            round_ops_per_s: Vec::new(),
         })
     }
 
     /// Adds another run of the same workload (a compare round).
     pub fn merge(&mut self, other: &Self) -> Result<()> {
         self.latency.merge(&other.latency)?;
+        if other.round_ops_per_s.is_empty() {
+            self.round_ops_per_s.push(other.ops_per_s());
+        } else {
+            self.round_ops_per_s.extend(&other.round_ops_per_s);
+        }
         let offset_s = self.elapsed_s();
         self.timeline
             .extend(other.timeline.iter().map(|&(t, rate)| (t + offset_s, rate)));
@@ -449,9 +462,18 @@ fn io_error(op: &'static str, path: &Path, error: io::Error, direct: bool) -> Er
     }
 }
 
+/// Seed of worker `thread`'s buffers (what its writes write).
+pub fn worker_seed(spec: &WorkloadSpec, thread: u32) -> u64 {
+    spec.seed ^ u64::from(thread)
+}
+
 struct Worker<'a> {
     prepared: &'a Prepared,
     direct: bool,
+    iodepth: u32,
+    /// Seed of the slot buffers of `ring` (what queued writes write):
+    /// `worker_seed`.
+    seed: u64,
     stream: OpStream,
     buffer: AlignedBuffer,
     /// The thread's data file of the block workloads, kept open.
@@ -468,8 +490,10 @@ impl<'a> Worker<'a> {
         Ok(Self {
             prepared,
             direct: spec.direct,
+            iodepth: spec.iodepth,
+            seed: worker_seed(spec, thread),
             stream: OpStream::new(spec, thread),
-            buffer: AlignedBuffer::new(workload::max_io_bytes(spec), spec.seed ^ u64::from(thread)),
+            buffer: AlignedBuffer::new(workload::max_io_bytes(spec), worker_seed(spec, thread)),
             data_file: None,
             small_file: None,
             latency: LatencyBook::new()?,
@@ -478,7 +502,15 @@ impl<'a> Worker<'a> {
         })
     }
 
-    fn run(mut self, clock: &Clock, shared: &Shared) -> Result<WorkerOutput> {
+    fn run(self, clock: &Clock, shared: &Shared) -> Result<WorkerOutput> {
+        if self.iodepth > 1 {
+            self.run_queued(clock, shared)
+        } else {
+            self.run_sync(clock, shared)
+        }
+    }
+
+    fn run_sync(mut self, clock: &Clock, shared: &Shared) -> Result<WorkerOutput> {
         let mut recorded = 0u64;
         let mut unpublished = 0u64;
         let mut now = Instant::now();
@@ -519,6 +551,122 @@ impl<'a> Worker<'a> {
             bytes_written: self.bytes_written,
             finish: now,
         })
+    }
+
+    /// `iodepth` block IOs in flight: issue while a slot is free and the
+    /// run goes on, wait for at least one completion, record, repeat; at
+    /// the end drain what is in flight. An op counts in the measured phase
+    /// if it was *issued* in it (as on the synchronous path), so an op
+    /// quota is met exactly. Latency runs from the op's submission to the
+    /// reap of its completion (one clock read per batch of completions).
+    fn run_queued(mut self, clock: &Clock, shared: &Shared) -> Result<WorkerOutput> {
+        let buffer_bytes = self.buffer.len() as u64;
+        let mut ring = Ring::new(self.iodepth, buffer_bytes, self.seed)
+            .map_err(|e| Error::io("set up io_uring for", &self.prepared.work_dir, e))?;
+        let mut completions: Vec<Completion> = Vec::with_capacity(self.iodepth as usize);
+        let mut issued_recording = 0u64;
+        let mut unpublished = 0u64;
+        let mut first_error: Option<Error> = None;
+        let mut now = Instant::now();
+        loop {
+            let stopping = first_error.is_some() || shared.abort.load(Ordering::Relaxed);
+            while !stopping && ring.has_free_slot() {
+                let recording = now >= clock.measure_start;
+                let done = clock.measure_end.is_some_and(|end| now >= end)
+                    || clock.quota.is_some_and(|q| issued_recording >= q);
+                if recording && done {
+                    break;
+                }
+                let op = self.stream.next_op();
+                let io = self.block_io(op)?;
+                self.open_data_file(op)?;
+                let (_, handle) = self.data_file.as_ref().expect("opened by open_data_file");
+                ring.start(handle.as_raw_fd(), io, recording)
+                    .map_err(|e| Error::io("submit io_uring of", &self.prepared.work_dir, e))?;
+                issued_recording += u64::from(recording);
+            }
+            if ring.in_flight() == 0 {
+                break;
+            }
+            ring.submit_and_wait()
+                .map_err(|e| Error::io("submit io_uring of", &self.prepared.work_dir, e))?;
+            now = Instant::now();
+            ring.reap(now, &mut completions);
+            for completion in completions.drain(..) {
+                let bytes = match completion.result {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        if first_error.is_none() {
+                            let (op, path) = self.queued_error_context(completion.io);
+                            first_error = Some(io_error(op, &path, e, self.direct));
+                        }
+                        continue;
+                    }
+                };
+                if !completion.recording {
+                    continue;
+                }
+                self.latency
+                    .record(completion.io.kind, completion.latency_ns);
+                match completion.io.kind {
+                    OpKind::Write => self.bytes_written += bytes,
+                    _ => self.bytes_read += bytes,
+                }
+                unpublished += 1;
+                if unpublished == PROGRESS_BATCH_OPS {
+                    shared.ops.fetch_add(unpublished, Ordering::Relaxed);
+                    unpublished = 0;
+                }
+            }
+        }
+        shared.ops.fetch_add(unpublished, Ordering::Relaxed);
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        Ok(WorkerOutput {
+            latency: self.latency,
+            bytes_read: self.bytes_read,
+            bytes_written: self.bytes_written,
+            finish: now,
+        })
+    }
+
+    /// A block workload's op as the ring takes it.
+    fn block_io(&self, op: Op) -> Result<BlockIo> {
+        match op {
+            Op::Read {
+                offset_bytes,
+                len_bytes,
+                ..
+            }
+            | Op::Write {
+                offset_bytes,
+                len_bytes,
+                ..
+            } => Ok(BlockIo {
+                kind: op.kind(),
+                offset_bytes,
+                len_bytes,
+            }),
+            _ => Err(Error::invalid(
+                "iodepth",
+                self.iodepth,
+                format!("{:?} is not a block read or write", op.kind()),
+            )),
+        }
+    }
+
+    /// The op name and path an error of a queued IO is reported with.
+    fn queued_error_context(&self, io: BlockIo) -> (&'static str, PathBuf) {
+        let path = self.data_file.as_ref().map_or_else(
+            || self.prepared.work_dir.clone(),
+            |(file, _)| self.file_path(*file),
+        );
+        let op = match io.kind {
+            OpKind::Write => "write",
+            _ => "read",
+        };
+        (op, path)
     }
 
     fn path(&self, rel: &Path) -> PathBuf {

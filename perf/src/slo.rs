@@ -225,6 +225,7 @@ struct RawObjective {
     sample_min: Option<Bytes>,
     sample_max: Option<Bytes>,
     threads: Option<u32>,
+    iodepth: Option<u32>,
     direct: Option<bool>,
     seed: Option<u64>,
     duration: Option<Duration>,
@@ -252,6 +253,7 @@ impl RawObjective {
         set(&mut spec.sample_bytes_min, self.sample_min.map(|b| b.0));
         set(&mut spec.sample_bytes_max, self.sample_max.map(|b| b.0));
         set(&mut spec.threads, self.threads.or(defaults.threads));
+        set(&mut spec.iodepth, self.iodepth);
         set(&mut spec.direct, self.direct.or(defaults.direct));
         set(&mut spec.seed, self.seed.or(defaults.seed));
         spec.validate().map_err(|e| fail(e.to_string()))?;
@@ -493,6 +495,7 @@ mod example_tests {
         let text = include_str!("../slo-example.toml");
         let objectives =
             super::parse(Path::new("slo-example.toml"), text).expect("example is valid");
-        assert_eq!(objectives.len(), 4);
+        assert_eq!(objectives.len(), 5);
+        assert_eq!(objectives[1].spec.iodepth, 16);
     }
 }

@@ -16,6 +16,10 @@ pub const MAX_DATASET_FILES: u32 = 10_000_000;
 /// Buffer and offset alignment for O_DIRECT: the logical block size of every
 /// device we target divides it.
 pub const DIRECT_ALIGN_BYTES: u64 = 4096;
+/// Most block reads/writes one worker thread keeps in flight (`iodepth`):
+/// fio's usual top, and small enough that a thread's slot buffers
+/// (`iodepth` x block size) stay bounded.
+pub const MAX_IODEPTH_OPS: u32 = 256;
 
 pub const DEFAULT_FILE_BYTES: u64 = 256 << 20;
 pub const DEFAULT_SMALL_FILE_BYTES: u64 = 4 << 10;
@@ -25,6 +29,8 @@ pub const DEFAULT_SAMPLE_BYTES_MIN: u64 = 100 << 10;
 pub const DEFAULT_SAMPLE_BYTES_MAX: u64 = 1 << 20;
 pub const DEFAULT_READ_PERCENT: u8 = 70;
 pub const DEFAULT_SEED: u64 = 0x00da_7e41_0bd0;
+/// Queue depth 1: synchronous `pread`/`pwrite`, no io_uring.
+pub const DEFAULT_IODEPTH_OPS: u32 = 1;
 
 /// The workload families of issue 7.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,6 +89,15 @@ impl WorkloadKind {
             Self::ListDir => OpKind::List,
             Self::Epoch => OpKind::Sample,
         }
+    }
+
+    /// The block workloads: one data file per thread, reads and writes
+    /// of `block_size`; the only ones that take an `iodepth` above 1.
+    pub fn is_block(self) -> bool {
+        matches!(
+            self,
+            Self::RandRead | Self::SeqRead | Self::SeqWrite | Self::RandWrite | Self::Mixed
+        )
     }
 
     fn default_block_bytes(self) -> u64 {
@@ -172,8 +187,15 @@ impl FromStr for OpKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkloadSpec {
     pub kind: WorkloadKind,
-    /// Worker threads, each issuing synchronous IO (queue depth 1 each).
+    /// Worker threads; each issues synchronous IO, or keeps `iodepth`
+    /// block IOs in flight through its own io_uring.
     pub threads: u32,
+    /// Block reads/writes in flight per thread, 1..=`MAX_IODEPTH_OPS`. 1 is
+    /// synchronous `pread`/`pwrite`; above 1 each thread submits through
+    /// its own io_uring (block workloads only). Absent in reports written
+    /// before it existed: those ran at 1.
+    #[serde(default = "default_iodepth")]
+    pub iodepth: u32,
     /// IO size of the block workloads.
     pub block_size_bytes: u64,
     /// Size of each thread's data file in the block workloads.
@@ -200,6 +222,7 @@ impl WorkloadSpec {
         Self {
             kind,
             threads: 1,
+            iodepth: DEFAULT_IODEPTH_OPS,
             block_size_bytes: kind.default_block_bytes(),
             file_size_bytes: DEFAULT_FILE_BYTES,
             read_percent: DEFAULT_READ_PERCENT,
@@ -219,6 +242,24 @@ impl WorkloadSpec {
                 "threads",
                 self.threads,
                 format!("must be 1..={MAX_THREADS}"),
+            ));
+        }
+        if self.iodepth == 0 || self.iodepth > MAX_IODEPTH_OPS {
+            return Err(Error::invalid(
+                "iodepth",
+                self.iodepth,
+                format!("must be 1..={MAX_IODEPTH_OPS} ops in flight per thread"),
+            ));
+        }
+        if self.iodepth > 1 && !self.kind.is_block() {
+            return Err(Error::invalid(
+                "iodepth",
+                self.iodepth,
+                format!(
+                    "{} issues one op at a time; only randread, seqread, seqwrite, \
+                     randwrite and mixed take an iodepth above 1",
+                    self.kind
+                ),
             ));
         }
         if self.block_size_bytes == 0 || self.block_size_bytes > MAX_BLOCK_BYTES {
@@ -290,6 +331,10 @@ impl WorkloadSpec {
     }
 }
 
+fn default_iodepth() -> u32 {
+    DEFAULT_IODEPTH_OPS
+}
+
 /// How long a run lasts. Warm-up ops run the same stream but are not recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunLimits {
@@ -339,7 +384,7 @@ fn parse_named<T: Copy>(
 
 #[cfg(test)]
 mod tests {
-    use super::{WorkloadKind, WorkloadSpec};
+    use super::{WorkloadKind, WorkloadSpec, MAX_IODEPTH_OPS};
 
     #[test]
     fn names_round_trip() {
@@ -359,5 +404,40 @@ mod tests {
         assert!(spec.validate().is_ok());
         spec.direct = true;
         assert!(spec.validate().is_err());
+    }
+
+    /// `iodepth` of `kind` with O_DIRECT and `block_bytes`: valid or not.
+    fn check_iodepth(kind: WorkloadKind, iodepth: u32, block_bytes: u64, valid: bool) {
+        let mut spec = WorkloadSpec::new(kind);
+        spec.iodepth = iodepth;
+        spec.block_size_bytes = block_bytes;
+        spec.direct = true;
+        assert_eq!(
+            spec.validate().is_ok(),
+            valid,
+            "{kind} iodepth {iodepth} block {block_bytes}: {:?}",
+            spec.validate()
+        );
+    }
+
+    #[test]
+    fn iodepth_bounds_block_workloads_and_direct_alignment() {
+        for kind in WorkloadKind::ALL {
+            check_iodepth(kind, 1, 4096, true);
+            check_iodepth(kind, 0, 4096, false);
+            check_iodepth(kind, MAX_IODEPTH_OPS + 1, 4096, false);
+            check_iodepth(kind, 16, 4096, kind.is_block());
+            check_iodepth(kind, MAX_IODEPTH_OPS, 4096, kind.is_block());
+        }
+        // A deep queue does not relax the O_DIRECT alignment rule.
+        check_iodepth(WorkloadKind::RandRead, 16, 1000, false);
+        check_iodepth(WorkloadKind::RandWrite, 16, 6144, false);
+        check_iodepth(WorkloadKind::RandWrite, 16, 8192, true);
+        // Reports written before `iodepth` existed still load, at depth 1.
+        let mut json =
+            serde_json::to_value(WorkloadSpec::new(WorkloadKind::RandRead)).expect("serializable");
+        json.as_object_mut().expect("a struct").remove("iodepth");
+        let old: WorkloadSpec = serde_json::from_value(json).expect("old report");
+        assert_eq!(old.iodepth, 1);
     }
 }

@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::process::Command;
 
+use datenlord_perf::buffer::AlignedBuffer;
 use datenlord_perf::compare::{self, Target};
 use datenlord_perf::report::Report;
+use datenlord_perf::ring;
 use datenlord_perf::runner::{self, Silent};
 use datenlord_perf::spec::{OpKind, RunLimits, Stop, WorkloadKind, WorkloadSpec};
 
@@ -65,6 +67,7 @@ fn every_workload_runs_on_a_temp_dir() {
             name: "tmp".to_owned(),
             dir: dir.path().to_owned(),
             pid: None,
+            iodepth: None,
         };
         let report = Report::new(&spec, limits, 1, &[target], &[m], None).expect("report");
         check(&report, kind, ops);
@@ -105,11 +108,13 @@ fn compare_interleaves_two_targets() {
             name: "a".to_owned(),
             dir: a.path().to_owned(),
             pid: None,
+            iodepth: None,
         },
         Target {
             name: "b".to_owned(),
             dir: b.path().to_owned(),
             pid: None,
+            iodepth: None,
         },
     ];
     let spec = small_spec(WorkloadKind::RandRead);
@@ -121,10 +126,175 @@ fn compare_interleaves_two_targets() {
     assert!(results.iter().all(|m| m.latency.count(OpKind::Read) == 400));
     let report = Report::new(&spec, limits, 4, &targets, &results, Some("a")).expect("report");
     let base = report.targets[0].vs_baseline.expect("ratios");
-    assert!((base.ops_per_s - 1.0).abs() < 1e-9);
+    assert!(base.ops_per_s.is_some_and(|r| (r - 1.0).abs() < 1e-9));
     assert!(report.targets[1]
         .vs_baseline
-        .is_some_and(|r| r.ops_per_s > 0.0));
+        .is_some_and(|r| r.ops_per_s.is_some_and(|x| x > 0.0)));
+    let spread = report.targets[1].rounds.as_ref().expect("4 rounds");
+    assert_eq!(spread.ops_per_s.len(), 4);
+    assert!(spread.ops_per_s_min <= spread.ops_per_s_max);
+    assert!(report.to_markdown().contains("Spread across rounds"));
+}
+
+/// Prepares `spec` in `dir`, with O_DIRECT if the file system takes it.
+fn prepare_direct_if_possible(dir: &Path, spec: &mut WorkloadSpec) -> runner::Prepared {
+    spec.direct = true;
+    match runner::prepare(dir, spec, &Silent) {
+        Err(datenlord_perf::Error::DirectUnsupported { .. }) => {
+            spec.direct = false;
+            runner::prepare(dir, spec, &Silent).expect("prepare buffered")
+        }
+        other => other.expect("prepare"),
+    }
+}
+
+#[test]
+fn iodepth_8_counts_every_op_and_byte() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for kind in [
+        WorkloadKind::RandRead,
+        WorkloadKind::RandWrite,
+        WorkloadKind::Mixed,
+    ] {
+        let mut spec = small_spec(kind);
+        spec.iodepth = 8;
+        let ops = 1000;
+        let limits = RunLimits {
+            warmup_ms: 10,
+            stop: Stop::Ops(ops),
+        };
+        let prepared = prepare_direct_if_possible(dir.path(), &mut spec);
+        let m = runner::measure(&prepared, &spec, limits, None, &Silent).expect("measure");
+        let reads = m.latency.count(OpKind::Read);
+        let writes = m.latency.count(OpKind::Write);
+        assert_eq!(reads + writes, ops, "{kind}: every requested op, once");
+        assert_eq!(m.latency.total_count(), ops, "{kind}");
+        assert_eq!(m.bytes_read, reads * spec.block_size_bytes, "{kind}");
+        assert_eq!(m.bytes_written, writes * spec.block_size_bytes, "{kind}");
+        match kind {
+            WorkloadKind::RandRead => assert_eq!(writes, 0),
+            WorkloadKind::RandWrite => {
+                assert_eq!(reads, 0);
+                check_written_blocks(&prepared, &spec);
+            }
+            _ => assert!(
+                reads > 0 && writes > 0,
+                "{kind}: {reads} reads, {writes} writes"
+            ),
+        }
+        let target = Target {
+            name: "tmp".to_owned(),
+            dir: dir.path().to_owned(),
+            pid: None,
+            iodepth: None,
+        };
+        let report = Report::new(&spec, limits, 1, &[target], &[m], None).expect("report");
+        check(&report, kind, ops);
+        assert!(
+            report.io_model.contains("io_uring (queue depth 8"),
+            "{}",
+            report.io_model
+        );
+        assert!(report.to_markdown().contains("iodepth 8"));
+        runner::cleanup(&prepared).expect("cleanup");
+    }
+}
+
+#[test]
+fn iodepth_8_reports_a_file_that_ends_early_as_a_read_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut spec = small_spec(WorkloadKind::RandRead);
+    spec.iodepth = 8;
+    let prepared = runner::prepare(dir.path(), &spec, &Silent).expect("prepare");
+    let data = prepared.work_dir.join(&prepared.layout.files[1].rel_path);
+    std::fs::File::options()
+        .write(true)
+        .open(&data)
+        .and_then(|f| f.set_len(spec.file_size_bytes / 2))
+        .expect("truncate");
+    let limits = RunLimits {
+        warmup_ms: 0,
+        stop: Stop::Ops(1000),
+    };
+    let error = runner::measure(&prepared, &spec, limits, None, &Silent).expect_err("short file");
+    let text = error.to_string();
+    assert!(
+        text.starts_with("read ") && text.contains("data.1") && text.contains("end of file"),
+        "{text}"
+    );
+    runner::cleanup(&prepared).expect("cleanup");
+}
+
+/// Every block of every data file holds either what `prepare` wrote or
+/// the whole buffer of one of its thread's slots (no torn or misplaced
+/// queued write), and some blocks were written.
+fn check_written_blocks(prepared: &runner::Prepared, spec: &WorkloadSpec) {
+    let block = spec.block_size_bytes as usize;
+    let fill = AlignedBuffer::new(runner::PREPARE_CHUNK_BYTES, spec.seed);
+    let mut written_blocks = 0;
+    for thread in 0..spec.threads {
+        let seed = runner::worker_seed(spec, thread);
+        let slots: Vec<AlignedBuffer> = (0..u64::from(spec.iodepth))
+            .map(|slot| AlignedBuffer::new(spec.block_size_bytes, ring::slot_seed(seed, slot)))
+            .collect();
+        let path = prepared
+            .work_dir
+            .join(&prepared.layout.files[thread as usize].rel_path);
+        let data = std::fs::read(&path).expect("read data file");
+        assert_eq!(data.len() as u64, spec.file_size_bytes);
+        for (index, chunk) in data.chunks(block).enumerate() {
+            let at = index * block % fill.len();
+            if chunk == &fill.as_slice()[at..at + block] {
+                continue;
+            }
+            assert!(
+                slots.iter().any(|s| chunk == &s.as_slice()[..block]),
+                "thread {thread} block {index}: neither prepared nor a slot's buffer"
+            );
+            written_blocks += 1;
+        }
+    }
+    assert!(written_blocks > 0);
+}
+
+#[test]
+fn compare_two_queue_depths_on_one_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = |name: &str, iodepth: Option<u32>| Target {
+        name: name.to_owned(),
+        dir: dir.path().to_owned(),
+        pid: None,
+        iodepth,
+    };
+    let targets = vec![target("qd1", None), target("qd8", Some(8))];
+    let spec = small_spec(WorkloadKind::RandRead);
+    let limits = RunLimits {
+        warmup_ms: 0,
+        stop: Stop::Ops(600),
+    };
+    let results = compare::compare(&targets, &spec, limits, 3, false, &Silent).expect("compare");
+    assert!(results.iter().all(|m| m.latency.count(OpKind::Read) == 600
+        && m.bytes_read == 600 * spec.block_size_bytes
+        && m.round_ops_per_s.len() == 3));
+    let report = Report::new(&spec, limits, 3, &targets, &results, Some("qd1")).expect("report");
+    assert_eq!(
+        report.targets.iter().map(|t| t.iodepth).collect::<Vec<_>>(),
+        [1, 8]
+    );
+    assert!(
+        report
+            .io_model
+            .contains("qd8: threads x io_uring (queue depth 8"),
+        "{}",
+        report.io_model
+    );
+    // Shared files are prepared once and removed once.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+
+    let mut bad = targets.clone();
+    bad[1].iodepth = Some(0);
+    let error = compare::compare(&bad, &spec, limits, 1, false, &Silent).expect_err("depth 0");
+    assert!(error.to_string().contains("qd8"), "{error}");
 }
 
 fn run_slo(dir: &Path, toml: &str) -> (Option<i32>, String, String) {

@@ -137,11 +137,6 @@ fn next_op(rng: &mut Rng, config: &FsxConfig) -> Op {
             offset: rng.position(max - 1),
             len,
         },
-        30..=54 => Op::Read {
-            file,
-            offset: rng.position(max),
-            len,
-        },
         55..=64 if config.mmap => Op::MmapRead {
             file,
             offset: rng.position(max),
@@ -165,6 +160,7 @@ fn next_op(rng: &mut Rng, config: &FsxConfig) -> Op {
         },
         90..=94 => Op::Fsync { file },
         95..=99 => Op::Reopen { file },
+        // 30..=54, and mmap reads or punches when they are off.
         _ => Op::Read {
             file,
             offset: rng.position(max),
@@ -237,12 +233,7 @@ impl Side {
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
                 // SAFETY: a valid fd and plain integers.
                 let rc = unsafe {
-                    libc::fallocate(
-                        self.files[file].as_raw_fd(),
-                        mode,
-                        offset as libc::off_t,
-                        len as libc::off_t,
-                    )
+                    libc::fallocate(self.files[file].as_raw_fd(), mode, off(offset), off(len))
                 };
                 if rc != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -256,8 +247,8 @@ impl Side {
                 to_offset,
                 len,
             } => {
-                let mut off_in = from_offset as libc::loff_t;
-                let mut off_out = to_offset as libc::loff_t;
+                let mut off_in = off(from_offset);
+                let mut off_out = off(to_offset);
                 let mut left = len as usize;
                 while left > 0 {
                     // SAFETY: valid fds and pointers to live offsets.
@@ -294,6 +285,11 @@ impl Side {
     }
 }
 
+/// A file offset for libc (the checker's offsets are far below `i64::MAX`).
+fn off(value: u64) -> i64 {
+    i64::try_from(value).expect("offset fits in off_t")
+}
+
 fn mmap_read(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
     let size = file.metadata()?.len();
     if offset >= size {
@@ -311,7 +307,7 @@ fn mmap_read(file: &File, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
             libc::PROT_READ,
             libc::MAP_SHARED,
             file.as_raw_fd(),
-            map_offset as libc::off_t,
+            off(map_offset),
         )
     };
     if ptr == libc::MAP_FAILED {

@@ -1,0 +1,59 @@
+//! [`FsConfig`]: how the file system behaves.
+
+use std::time::Duration;
+
+/// When reads update a file's access time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AtimePolicy {
+    /// Only when the access time is older than the last change or a day
+    /// old (Linux's default).
+    #[default]
+    Relatime,
+    /// Never.
+    Noatime,
+    /// On every read.
+    Strictatime,
+}
+
+/// Longest an access time may lag under `relatime`.
+pub const RELATIME_INTERVAL_SECS: i64 = 24 * 60 * 60;
+/// Default lease of the mount's metadata session.
+pub const SESSION_LEASE_DEFAULT: Duration = Duration::from_secs(30);
+/// Default unflushed bytes per file before a write flushes early.
+pub const DIRTY_BYTES_PER_FILE_DEFAULT: usize = 64 << 20;
+/// Default capacity of a freshly formatted volume.
+pub const CAPACITY_BYTES_DEFAULT: u64 = 1 << 50;
+/// Default inode limit of a freshly formatted volume.
+pub const INODES_MAX_DEFAULT: u64 = 1 << 32;
+
+/// How the file system behaves.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Access time updates.
+    pub atime: AtimePolicy,
+    /// Lease of the mount's session: handles and locks of a mount that
+    /// stops renewing end this long after its last renewal.
+    pub session_lease: Duration,
+    /// Unflushed bytes per file before a write flushes early.
+    pub dirty_bytes_per_file_max: usize,
+    /// First block version this node hands out; `None` seeds it from the
+    /// wall clock (see `version.rs`).
+    pub version_seed: Option<u64>,
+    /// Capacity when the volume is formatted on first start.
+    pub capacity_bytes: u64,
+    /// Inode limit when the volume is formatted on first start.
+    pub inodes_max: u64,
+}
+
+impl Default for FsConfig {
+    fn default() -> Self {
+        Self {
+            atime: AtimePolicy::default(),
+            session_lease: SESSION_LEASE_DEFAULT,
+            dirty_bytes_per_file_max: DIRTY_BYTES_PER_FILE_DEFAULT,
+            version_seed: None,
+            capacity_bytes: CAPACITY_BYTES_DEFAULT,
+            inodes_max: INODES_MAX_DEFAULT,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Unflushed writes of one file: dirty blocks, each holding its valid bytes
+//! (a block may be shorter than the block size; past its end it reads as
+//! zeros). Sans-IO: the driver loads the current content of a partially
+//! overwritten block ([`DirtyFile::needs_base`], [`DirtyFile::set_base`])
+//! before it applies the write.
+
+use std::collections::BTreeMap;
+
+use crate::range::{block_start, pieces, Piece};
+
+/// The dirty blocks of one file.
+#[derive(Debug)]
+pub struct DirtyFile {
+    block_size: u32,
+    blocks: BTreeMap<u64, Vec<u8>>,
+    /// Sum of the lengths of the dirty blocks.
+    bytes: usize,
+}
+
+impl DirtyFile {
+    /// No dirty block; `block_size` is a power of two.
+    pub fn new(block_size: u32) -> Self {
+        debug_assert!(block_size.is_power_of_two());
+        Self {
+            block_size,
+            blocks: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Whether nothing is dirty.
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
+    /// Bytes held by dirty blocks.
+    pub fn dirty_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The valid bytes of dirty block `index`.
+    pub fn get(&self, index: u64) -> Option<&[u8]> {
+        self.blocks.get(&index).map(Vec::as_slice)
+    }
+
+    /// Blocks a write (or punch) of `len` bytes at `offset` overwrites only
+    /// in part and that are not dirty yet, but may hold data: the file of
+    /// `file_size` bytes reaches into them. Their current content must be
+    /// loaded first.
+    pub fn needs_base(&self, offset: u64, len: usize, file_size: u64) -> Vec<u64> {
+        pieces(offset, len, self.block_size)
+            .filter(|p| {
+                !p.is_whole(self.block_size)
+                    && !self.blocks.contains_key(&p.index)
+                    && block_start(p.index, self.block_size) < file_size
+            })
+            .map(|p| p.index)
+            .collect()
+    }
+
+    /// Makes `data` (the current content of block `index`, or empty for a
+    /// hole) the dirty content of the block, unless it is dirty already.
+    pub fn set_base(&mut self, index: u64, mut data: Vec<u8>) {
+        if self.blocks.contains_key(&index) {
+            return;
+        }
+        data.truncate(self.block_size as usize);
+        self.bytes += data.len();
+        self.blocks.insert(index, data);
+    }
+
+    fn block_mut(&mut self, piece: &Piece) -> &mut Vec<u8> {
+        self.blocks.entry(piece.index).or_default()
+    }
+
+    /// Applies a write of `data` at `offset` (bases loaded).
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        for piece in pieces(offset, data.len(), self.block_size) {
+            let src = &data[piece.buf_offset..piece.buf_offset + piece.len];
+            let end = piece.start + piece.len;
+            let block = self.block_mut(&piece);
+            let before = block.len();
+            if block.len() < end {
+                block.resize(end, 0);
+            }
+            block[piece.start..end].copy_from_slice(src);
+            let after = block.len();
+            self.bytes += after - before;
+        }
+    }
+
+    /// Zeroes `len` bytes at `offset` (bases loaded): a whole block becomes
+    /// empty (all zeros), a partial one has the range zeroed.
+    pub fn punch(&mut self, offset: u64, len: usize) {
+        let block_size = self.block_size;
+        for piece in pieces(offset, len, block_size) {
+            let block = self.block_mut(&piece);
+            let before = block.len();
+            if piece.is_whole(block_size) || piece.start + piece.len >= block.len() {
+                // Zeros up to the block's end are what a shorter block reads as.
+                block.truncate(piece.start.min(block.len()));
+            } else {
+                block[piece.start..piece.start + piece.len].fill(0);
+            }
+            let after = block.len();
+            self.bytes -= before - after;
+        }
+    }
+
+    /// Copies block `index`'s bytes `start..start + out.len()` into `out`
+    /// (zeros past its valid length). `false` if the block is not dirty.
+    pub fn read_into(&self, index: u64, start: usize, out: &mut [u8]) -> bool {
+        let Some(block) = self.blocks.get(&index) else {
+            return false;
+        };
+        let valid = block.len().saturating_sub(start).min(out.len());
+        if valid > 0 {
+            out[..valid].copy_from_slice(&block[start..start + valid]);
+        }
+        out[valid..].fill(0);
+        true
+    }
+
+    /// Takes every dirty block out (to flush them).
+    pub fn take(&mut self) -> BTreeMap<u64, Vec<u8>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.blocks)
+    }
+
+    /// Puts blocks taken by [`DirtyFile::take`] back after a failed flush;
+    /// blocks dirtied since keep their newer content.
+    pub fn restore(&mut self, blocks: BTreeMap<u64, Vec<u8>>) {
+        for (index, data) in blocks {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.blocks.entry(index) {
+                self.bytes += data.len();
+                e.insert(data);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BS: u32 = 4096;
+
+    fn read(d: &DirtyFile, offset: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0xAA; len];
+        for p in pieces(offset, len, BS) {
+            assert!(d.read_into(
+                p.index,
+                p.start,
+                &mut out[p.buf_offset..p.buf_offset + p.len]
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn writes_overlay_their_base_and_short_blocks_read_as_zeros() {
+        let mut d = DirtyFile::new(BS);
+        assert_eq!(d.needs_base(100, 10, 0), Vec::<u64>::new(), "empty file");
+        assert_eq!(d.needs_base(100, 10, 50), vec![0]);
+        assert_eq!(d.needs_base(0, 4096, 50), Vec::<u64>::new(), "whole block");
+        d.set_base(0, vec![1; 50]);
+        d.write(100, &[2; 10]);
+        let got = read(&d, 0, 200);
+        assert_eq!(&got[..50], &[1; 50]);
+        assert_eq!(&got[50..100], &[0; 50]);
+        assert_eq!(&got[100..110], &[2; 10]);
+        assert_eq!(&got[110..], &[0; 90]);
+        assert_eq!(d.dirty_bytes(), 110);
+        // A write across a boundary dirties both blocks.
+        d.write(4090, &[3; 10]);
+        assert_eq!(d.get(1), Some(&[3u8; 4][..]));
+        assert_eq!(d.dirty_bytes(), 4096 + 4);
+        let taken = d.take();
+        assert!(d.is_empty() && d.dirty_bytes() == 0);
+        d.write(0, &[9]);
+        d.restore(taken);
+        assert_eq!(d.get(0), Some(&[9u8][..]), "newer write wins over restore");
+        assert_eq!(d.get(1).map(<[u8]>::len), Some(4));
+    }
+
+    #[test]
+    fn punch_empties_whole_blocks_and_zeroes_partial_ones() {
+        let mut d = DirtyFile::new(BS);
+        d.write(0, &[7; 3 * 4096]);
+        d.punch(10, 4096 * 2);
+        assert_eq!(d.get(1), Some(&[][..]));
+        let got = read(&d, 0, 3 * 4096);
+        assert!(got[..10].iter().all(|&b| b == 7));
+        assert!(got[10..8202].iter().all(|&b| b == 0));
+        assert!(got[8202..].iter().all(|&b| b == 7));
+        // Punching a block's tail shortens it.
+        d.punch(4096 * 2 + 4000, 96);
+        assert_eq!(d.get(2).map(<[u8]>::len), Some(4000));
+        assert_eq!(
+            d.dirty_bytes(),
+            10 + 4000,
+            "block 0 cut to 10 bytes, block 1 empty"
+        );
+        // Reading past a short block's end gives zeros.
+        let mut out = [1u8; 8];
+        assert!(d.read_into(0, 100, &mut out));
+        assert_eq!(out, [0; 8]);
+    }
+}

@@ -1,0 +1,1290 @@
+//! [`Fs`]: POSIX operations over the metadata ([`MetaLink`]) and the block
+//! engine, with per-inode write buffering and the flush protocol.
+//!
+//! Flush protocol (the one ordering that keeps data safe): dirty blocks get
+//! fresh versions, the sink makes them durable, the engine caches them, and
+//! only then does `SetBlocks` make the metadata point at them; the versions
+//! the metadata drops are handed to the sink to collect. A crash before
+//! `SetBlocks` leaves unreferenced blocks in the store, never a file whose
+//! map names a block that does not exist.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use datenlord_cluster::meta::{
+    Attr, AttrChanges, BlockRef, Command, Creds, DirEntry, FileKind, FlockKind, Ino, LockConflict,
+    LockKind, LockOwner, LockRange, OpenFlags, Outcome, RenameFlags, Reply, SessionId, SetTime,
+    StatFs, Timespec, XattrFlags, BLOCKS_PER_COMMAND_MAX, MAX_FILE_BYTES, VOLUME_FORMAT_VERSION,
+};
+use datenlord_engine::{BlockId, EngineHandle};
+use futures::executor::block_on;
+use futures::lock::Mutex as AsyncMutex;
+use tracing::{debug, info, warn};
+
+use crate::config::{AtimePolicy, FsConfig, RELATIME_INTERVAL_SECS};
+use crate::dirty::DirtyFile;
+use crate::error::{FsError, Result};
+use crate::meta::MetaLink;
+use crate::range::{block_start, pieces};
+use crate::sink::BlockSink;
+use crate::version::VersionClock;
+
+/// Files whose attributes at open are remembered for `keep_cache`.
+const SEEN_AT_OPEN_MAX: usize = 65_536;
+/// Block map entries read per query when scanning for holes.
+const BLOCK_SCAN_ENTRIES: usize = 4096;
+
+/// An open file as [`Fs::open`] and [`Fs::create`] return it.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// The handle for later calls.
+    pub fh: u64,
+    /// Attributes at open.
+    pub attr: Attr,
+    /// The file did not change since it was last opened on this node: page
+    /// cache contents may be kept.
+    pub keep_cache: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Handle {
+    ino: Ino,
+    write: bool,
+    append: bool,
+}
+
+/// Unflushed state of one file. Behind an async mutex per inode: writes,
+/// flushes and reads of a dirty file are serialized (see ARCHITECTURE.md).
+#[derive(Debug)]
+struct FileState {
+    dirty: DirtyFile,
+    /// The size with unflushed writes; `Some` while anything is unflushed.
+    size: Option<u64>,
+    /// Credentials of the last writer (`SetBlocks` clears setuid for them).
+    writer: Creds,
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    state: Arc<AsyncMutex<FileState>>,
+    /// The size with unflushed writes, or 0: lets `getattr` see it without
+    /// waiting for the inode's mutex.
+    pending_size: Arc<AtomicU64>,
+    /// Handles open on this node.
+    opens: u64,
+}
+
+struct Renewer {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+/// The file system of one mount.
+pub struct Fs {
+    config: FsConfig,
+    meta: MetaLink,
+    engine: EngineHandle,
+    sink: Arc<dyn BlockSink>,
+    block_size: u32,
+    session: SessionId,
+    versions: VersionClock,
+    files: RwLock<HashMap<Ino, FileEntry>>,
+    handles: RwLock<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    /// `(mtime, size)` of each file at its last open, for `keep_cache`.
+    seen_at_open: Mutex<HashMap<Ino, (Timespec, u64)>>,
+    renewer: Mutex<Option<Renewer>>,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("session", &self.session)
+            .field("block_size", &self.block_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The wall clock as the metadata stores it.
+pub fn now() -> Timespec {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Timespec {
+        sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nsec: d.subsec_nanos(),
+    }
+}
+
+fn later(t: Timespec, by: Duration) -> Timespec {
+    let secs = i64::try_from(by.as_secs()).unwrap_or(i64::MAX);
+    let mut sec = t.sec.saturating_add(secs);
+    let mut nsec = t.nsec + by.subsec_nanos();
+    if nsec >= 1_000_000_000 {
+        sec = sec.saturating_add(1);
+        nsec -= 1_000_000_000;
+    }
+    Timespec { sec, nsec }
+}
+
+/// 64 bits nobody else drew: the clock in nanoseconds mixed with the pid.
+fn random_u64() -> u64 {
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = ns ^ (u64::from(std::process::id()) << 40) ^ 0x9e37_79b9_7f4a_7c15;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x
+}
+
+fn block_ref_id(r: &BlockRef) -> BlockId {
+    BlockId::new(r.ino.0, r.index, r.version)
+}
+
+impl Fs {
+    /// Starts the file system: waits for the metadata leader, formats the
+    /// volume on first start (block size = the engine's), registers this
+    /// mount's session and starts renewing its lease from a thread.
+    pub fn new(
+        config: FsConfig,
+        meta: MetaLink,
+        engine: EngineHandle,
+        sink: Arc<dyn BlockSink>,
+    ) -> Result<Arc<Self>> {
+        meta.wait_for_leader()?;
+        let block_size = engine.block_size().bytes();
+        let volume = meta.read(|s| s.volume().cloned());
+        match volume {
+            Some(v) if v.block_size != block_size => {
+                return Err(FsError::Config(format!(
+                "the volume was formatted with {} byte blocks but the engine uses {} byte blocks: \
+                     start the engine with --block-size {}",
+                v.block_size, block_size, v.block_size
+            )))
+            }
+            Some(_) => {}
+            None => {
+                let mut uuid = [0u8; 16];
+                uuid[..8].copy_from_slice(&random_u64().to_le_bytes());
+                uuid[8..].copy_from_slice(&random_u64().rotate_left(17).to_le_bytes());
+                block_on(meta.apply(&Command::Format {
+                    uuid,
+                    block_size,
+                    format_version: VOLUME_FORMAT_VERSION,
+                    capacity_bytes: config.capacity_bytes,
+                    inodes_max: config.inodes_max,
+                    now: now(),
+                }))?;
+                info!(block_size, "formatted a new volume");
+            }
+        }
+        let session = SessionId(random_u64() | 1);
+        block_on(meta.apply(&Command::RegisterSession {
+            session,
+            lease_expires: later(now(), config.session_lease),
+        }))?;
+        let versions = config
+            .version_seed
+            .map_or_else(VersionClock::from_wall_clock, VersionClock::new);
+        let renewer = start_renewer(meta.clone(), session, config.session_lease)?;
+        info!(%session, "file system session registered");
+        Ok(Arc::new(Self {
+            config,
+            meta,
+            engine,
+            sink,
+            block_size,
+            session,
+            versions,
+            files: RwLock::new(HashMap::new()),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            seen_at_open: Mutex::new(HashMap::new()),
+            renewer: Mutex::new(Some(renewer)),
+        }))
+    }
+
+    /// Bytes per block.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Shards (cores) of the block engine: one FUSE request loop each.
+    pub fn shards(&self) -> usize {
+        self.engine.shards()
+    }
+
+    /// This mount's metadata session.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    /// Applies a command and hands what it orphaned to the sink.
+    async fn apply(&self, command: &Command) -> Result<Outcome> {
+        let outcome = self.meta.apply(command).await?;
+        if !outcome.garbage.is_empty() {
+            self.sink
+                .collect(outcome.garbage.iter().map(block_ref_id).collect());
+        }
+        Ok(outcome)
+    }
+
+    fn reply_attr(outcome: &Outcome) -> Result<Attr> {
+        outcome
+            .attr()
+            .cloned()
+            .ok_or(FsError::Invalid("the metadata answered without attributes"))
+    }
+
+    /// `attr` with the size unflushed writes give the file.
+    fn with_pending(&self, mut attr: Attr) -> Attr {
+        if let Some(entry) = self.read_files().get(&attr.ino) {
+            attr.size = attr.size.max(entry.pending_size.load(Ordering::Acquire));
+        }
+        attr
+    }
+
+    fn read_files(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ino, FileEntry>> {
+        self.files
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write_files(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ino, FileEntry>> {
+        self.files
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn handle(&self, fh: u64) -> Result<Handle> {
+        self.handles
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&fh)
+            .copied()
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    fn file_state(&self, ino: Ino) -> Option<(Arc<AsyncMutex<FileState>>, Arc<AtomicU64>)> {
+        self.read_files()
+            .get(&ino)
+            .map(|e| (Arc::clone(&e.state), Arc::clone(&e.pending_size)))
+    }
+
+    // ---- queries (the local copy) ----
+
+    /// The entry `name` of `parent`.
+    pub fn lookup(&self, parent: Ino, name: &[u8], creds: &Creds) -> Result<Attr> {
+        let attr = self.meta.read(|s| s.lookup(parent, name, creds))?;
+        Ok(self.with_pending(attr))
+    }
+
+    /// Attributes of `ino` (the size includes unflushed writes).
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let attr = self.meta.read(|s| s.getattr(ino))?;
+        Ok(self.with_pending(attr))
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        Ok(self.meta.read(|s| s.readlink(ino).map(<[u8]>::to_vec))?)
+    }
+
+    /// Up to `max_entries` entries of directory `ino` after `after_cookie`.
+    pub fn readdir(
+        &self,
+        ino: Ino,
+        after_cookie: u64,
+        max_entries: usize,
+        creds: &Creds,
+    ) -> Result<Vec<DirEntry>> {
+        Ok(self
+            .meta
+            .read(|s| s.readdir(ino, after_cookie, max_entries, creds))?)
+    }
+
+    /// What `..` of directory `ino` names.
+    pub fn parent(&self, ino: Ino) -> Result<Ino> {
+        Ok(self.meta.read(|s| s.parent(ino))?)
+    }
+
+    /// Usage of the volume.
+    pub fn statfs(&self) -> Result<StatFs> {
+        Ok(self.meta.read(datenlord_cluster::meta::MetaState::statfs)?)
+    }
+
+    /// `access(2)`.
+    pub fn access(&self, ino: Ino, mask: u32, creds: &Creds) -> Result<()> {
+        Ok(self.meta.read(|s| s.access(ino, mask, creds))?)
+    }
+
+    /// The value of extended attribute `name`.
+    pub fn getxattr(&self, ino: Ino, name: &[u8], creds: &Creds) -> Result<Vec<u8>> {
+        Ok(self
+            .meta
+            .read(|s| s.getxattr(ino, name, creds).map(<[u8]>::to_vec))?)
+    }
+
+    /// Names of the extended attributes `creds` may see.
+    pub fn listxattr(&self, ino: Ino, creds: &Creds) -> Result<Vec<Vec<u8>>> {
+        Ok(self.meta.read(|s| {
+            s.listxattr(ino, creds)
+                .map(|names| names.into_iter().map(<[u8]>::to_vec).collect())
+        })?)
+    }
+
+    /// `F_GETLK`: the lock that would block `owner`, if any.
+    pub fn getlk(
+        &self,
+        ino: Ino,
+        owner: u64,
+        range: LockRange,
+        kind: LockKind,
+    ) -> Result<Option<LockConflict>> {
+        let owner = LockOwner {
+            session: self.session,
+            owner,
+        };
+        Ok(self.meta.read(|s| s.getlk(ino, owner, range, kind))?)
+    }
+
+    /// Block map entries `(index, version)` of `ino` in `first..=last`.
+    fn versions(&self, ino: Ino, first: u64, last: u64) -> Result<BTreeMap<u64, u64>> {
+        let span =
+            usize::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(usize::MAX);
+        let entries = self.meta.read(|s| s.blocks(ino, first, span))?;
+        Ok(entries.into_iter().filter(|&(i, _)| i <= last).collect())
+    }
+
+    fn version_of(&self, ino: Ino, index: u64) -> Result<Option<u64>> {
+        Ok(self.versions(ino, index, index)?.get(&index).copied())
+    }
+
+    // ---- namespace ----
+
+    /// `mknod(2)`: a regular file, fifo, socket or device. `mode` holds the
+    /// type bits.
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+        creds: &Creds,
+    ) -> Result<Attr> {
+        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
+        if kind == FileKind::Dir || kind == FileKind::Symlink {
+            return Err(FsError::Invalid(
+                "mknod makes files, fifos, sockets and devices",
+            ));
+        }
+        let outcome = self
+            .apply(&Command::Mknod {
+                parent,
+                name: name.to_vec(),
+                kind,
+                mode: mode & 0o7777,
+                rdev,
+                creds: creds.clone(),
+                now: now(),
+            })
+            .await?;
+        Self::reply_attr(&outcome)
+    }
+
+    /// `mkdir(2)`.
+    pub async fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, creds: &Creds) -> Result<Attr> {
+        let outcome = self
+            .apply(&Command::Mkdir {
+                parent,
+                name: name.to_vec(),
+                mode: mode & 0o7777,
+                creds: creds.clone(),
+                now: now(),
+            })
+            .await?;
+        Self::reply_attr(&outcome)
+    }
+
+    /// `symlink(2)`.
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        creds: &Creds,
+    ) -> Result<Attr> {
+        let outcome = self
+            .apply(&Command::Symlink {
+                parent,
+                name: name.to_vec(),
+                target: target.to_vec(),
+                creds: creds.clone(),
+                now: now(),
+            })
+            .await?;
+        Self::reply_attr(&outcome)
+    }
+
+    /// `link(2)`.
+    pub async fn link(
+        &self,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &[u8],
+        creds: &Creds,
+    ) -> Result<Attr> {
+        let outcome = self
+            .apply(&Command::Link {
+                ino,
+                new_parent,
+                new_name: new_name.to_vec(),
+                creds: creds.clone(),
+                now: now(),
+            })
+            .await?;
+        Ok(self.with_pending(Self::reply_attr(&outcome)?))
+    }
+
+    /// `unlink(2)`; an open file lives on until its last handle closes.
+    pub async fn unlink(&self, parent: Ino, name: &[u8], creds: &Creds) -> Result<()> {
+        self.apply(&Command::Unlink {
+            parent,
+            name: name.to_vec(),
+            creds: creds.clone(),
+            now: now(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `rmdir(2)`.
+    pub async fn rmdir(&self, parent: Ino, name: &[u8], creds: &Creds) -> Result<()> {
+        self.apply(&Command::Rmdir {
+            parent,
+            name: name.to_vec(),
+            creds: creds.clone(),
+            now: now(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `renameat2(2)`.
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: RenameFlags,
+        creds: &Creds,
+    ) -> Result<()> {
+        self.apply(&Command::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+            creds: creds.clone(),
+            now: now(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `setxattr(2)`.
+    pub async fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: XattrFlags,
+        creds: &Creds,
+    ) -> Result<()> {
+        self.apply(&Command::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+            creds: creds.clone(),
+            now: now(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `removexattr(2)`.
+    pub async fn removexattr(&self, ino: Ino, name: &[u8], creds: &Creds) -> Result<()> {
+        self.apply(&Command::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+            creds: creds.clone(),
+            now: now(),
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `F_SETLK`: takes (`Some`) or releases (`None`) a record lock; a
+    /// conflict fails with `EAGAIN`.
+    pub async fn setlk(
+        &self,
+        ino: Ino,
+        owner: u64,
+        range: LockRange,
+        kind: Option<LockKind>,
+    ) -> Result<()> {
+        self.apply(&Command::SetLk {
+            ino,
+            owner,
+            session: self.session,
+            range,
+            kind,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// `flock(LOCK_NB)`: takes or (`None`) releases a whole-file lock.
+    pub async fn flock(&self, ino: Ino, owner: u64, kind: Option<FlockKind>) -> Result<()> {
+        self.apply(&Command::Flock {
+            ino,
+            owner,
+            session: self.session,
+            kind,
+        })
+        .await?;
+        Ok(())
+    }
+
+    // ---- open files ----
+
+    fn register_handle(&self, attr: &Attr, flags: i32) -> Opened {
+        let open_flags = OpenFlags::from_libc(flags);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(
+                fh,
+                Handle {
+                    ino: attr.ino,
+                    write: open_flags.write,
+                    append: flags & libc::O_APPEND != 0,
+                },
+            );
+        self.write_files()
+            .entry(attr.ino)
+            .or_insert_with(|| FileEntry {
+                state: Arc::new(AsyncMutex::new(FileState {
+                    dirty: DirtyFile::new(self.block_size),
+                    size: None,
+                    writer: Creds::root(),
+                })),
+                pending_size: Arc::new(AtomicU64::new(0)),
+                opens: 0,
+            })
+            .opens += 1;
+        let seen = (attr.mtime, attr.size);
+        let keep_cache = self.seen_at_open.lock().is_ok_and(|mut m| {
+            if m.len() >= SEEN_AT_OPEN_MAX && !m.contains_key(&attr.ino) {
+                // Forgetting only costs page cache hits on the next open.
+                m.clear();
+            }
+            m.insert(attr.ino, seen) == Some(seen)
+        });
+        Opened {
+            fh,
+            attr: attr.clone(),
+            keep_cache,
+        }
+    }
+
+    /// `open(2)` of an existing inode with `open(2)` flags (`O_TRUNC`
+    /// truncates, `O_APPEND` makes every write append).
+    pub async fn open(&self, ino: Ino, flags: i32, creds: &Creds) -> Result<Opened> {
+        let open_flags = OpenFlags::from_libc(flags);
+        let outcome = self
+            .apply(&Command::Open {
+                session: self.session,
+                ino,
+                flags: open_flags,
+                creds: creds.clone(),
+            })
+            .await?;
+        let mut attr = Self::reply_attr(&outcome)?;
+        let opened = self.register_handle(&attr, flags);
+        if open_flags.truncate && attr.kind == FileKind::File {
+            let changes = AttrChanges {
+                size: Some(0),
+                ..AttrChanges::default()
+            };
+            match self.setattr(ino, changes, Some(opened.fh), creds).await {
+                Ok(a) => attr = a,
+                Err(e) => {
+                    let _ = self.release(ino, opened.fh, None).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Opened {
+            attr: self.with_pending(attr),
+            ..opened
+        })
+    }
+
+    /// `open(2)` with `O_CREAT`: creates the file (or opens the existing one
+    /// unless `O_EXCL`).
+    pub async fn create(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+        creds: &Creds,
+    ) -> Result<Opened> {
+        let open_flags = OpenFlags::from_libc(flags);
+        let outcome = self
+            .apply(&Command::Create {
+                parent,
+                name: name.to_vec(),
+                mode: mode & 0o7777,
+                exclusive: flags & libc::O_EXCL != 0,
+                session: self.session,
+                flags: open_flags,
+                creds: creds.clone(),
+                now: now(),
+            })
+            .await?;
+        let Reply::Created { mut attr, created } = outcome.reply else {
+            return Err(FsError::Invalid(
+                "the metadata answered create without attributes",
+            ));
+        };
+        let opened = self.register_handle(&attr, flags);
+        if !created && open_flags.truncate && attr.kind == FileKind::File {
+            let changes = AttrChanges {
+                size: Some(0),
+                ..AttrChanges::default()
+            };
+            match self
+                .setattr(attr.ino, changes, Some(opened.fh), creds)
+                .await
+            {
+                Ok(a) => attr = a,
+                Err(e) => {
+                    let _ = self.release(attr.ino, opened.fh, None).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Opened {
+            attr: self.with_pending(attr),
+            ..opened
+        })
+    }
+
+    /// Closes handle `fh`: flushes the file, releases the handle in the
+    /// metadata (dropping `flock_owner`'s flock), forgets the file's state
+    /// once no handle of this node is open.
+    pub async fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<()> {
+        let removed = self
+            .handles
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&fh);
+        if removed.is_none() {
+            return Err(FsError::BadHandle(fh));
+        }
+        let flushed = self.flush(ino).await;
+        let released = self
+            .apply(&Command::Release {
+                session: self.session,
+                ino,
+                flock_owner,
+            })
+            .await;
+        {
+            let mut files = self.write_files();
+            if let Some(entry) = files.get_mut(&ino) {
+                entry.opens = entry.opens.saturating_sub(1);
+                if entry.opens == 0 {
+                    files.remove(&ino);
+                }
+            }
+        }
+        flushed?;
+        released.map(|_| ())
+    }
+
+    /// Makes the file's unflushed writes durable and visible (`close`,
+    /// `fsync`).
+    pub async fn flush(&self, ino: Ino) -> Result<()> {
+        let Some((state, pending)) = self.file_state(ino) else {
+            return Ok(());
+        };
+        let mut st = state.lock().await;
+        self.flush_locked(ino, &mut st, &pending).await
+    }
+
+    /// `fsync(2)`: the same as [`Fs::flush`]; the sink's commit is durable.
+    pub async fn fsync(&self, ino: Ino) -> Result<()> {
+        self.flush(ino).await
+    }
+
+    /// Flushes every file with unflushed writes.
+    pub async fn flush_all(&self) -> Result<()> {
+        let inos: Vec<Ino> = self.read_files().keys().copied().collect();
+        let mut first_error = None;
+        for ino in inos {
+            if let Err(e) = self.flush(ino).await {
+                warn!(%ino, error = %e, "flush failed");
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Ends the mount's use of the metadata: flushes everything, stops the
+    /// lease renewals and unregisters the session (closing its handles and
+    /// dropping its locks).
+    pub async fn shutdown(&self) -> Result<()> {
+        let flushed = self.flush_all().await;
+        self.stop_renewer();
+        let unregistered = self
+            .apply(&Command::UnregisterSession {
+                session: self.session,
+            })
+            .await;
+        flushed?;
+        unregistered.map(|_| ())
+    }
+
+    fn stop_renewer(&self) {
+        let renewer = self
+            .renewer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(r) = renewer {
+            let _ = r.stop.send(());
+            let _ = r.thread.join();
+        }
+    }
+
+    async fn flush_locked(&self, ino: Ino, st: &mut FileState, pending: &AtomicU64) -> Result<()> {
+        let Some(size) = st.size else {
+            return Ok(());
+        };
+        let blocks = st.dirty.take();
+        let mut batch: Vec<(BlockId, Vec<u8>)> = Vec::with_capacity(blocks.len());
+        if let (Some(&first), Some(&last)) = (blocks.keys().next(), blocks.keys().next_back()) {
+            let current = match self.versions(ino, first, last) {
+                Ok(c) => c,
+                Err(e) => {
+                    st.dirty.restore(blocks);
+                    return Err(e);
+                }
+            };
+            for (index, data) in blocks {
+                let version = self.versions.next_after(current.get(&index).copied());
+                batch.push((BlockId::new(ino.0, index, version), data));
+            }
+        }
+        debug!(%ino, blocks = batch.len(), size, "flush");
+        if !batch.is_empty() {
+            let copies: Vec<(BlockId, Vec<u8>)> = batch.clone();
+            if let Err(e) = self.sink.commit(copies).await {
+                st.dirty
+                    .restore(batch.into_iter().map(|(id, d)| (id.index, d)).collect());
+                return Err(e.into());
+            }
+        }
+        let ids: Vec<BlockId> = batch.iter().map(|(id, _)| *id).collect();
+        let inserts = batch.into_iter().map(|(id, data)| async move {
+            if let Err(e) = self.engine.insert(id, data).await {
+                warn!(%id, error = %e, "caching a written block failed");
+            }
+        });
+        futures::future::join_all(inserts).await;
+        let now = now();
+        let mut chunks: Vec<&[BlockId]> = ids.chunks(BLOCKS_PER_COMMAND_MAX).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for (n, chunk) in chunks.iter().enumerate() {
+            let command = Command::SetBlocks {
+                ino,
+                blocks: chunk.iter().map(|id| (id.index, id.version)).collect(),
+                new_size: Some(size),
+                creds: st.writer.clone(),
+                now,
+            };
+            if let Err(e) = self.apply(&command).await {
+                // The metadata never pointed at these versions.
+                let orphans: Vec<BlockId> =
+                    chunks[n..].iter().flat_map(|c| c.iter().copied()).collect();
+                self.sink.collect(orphans);
+                st.size = None;
+                pending.store(0, Ordering::Release);
+                return Err(e);
+            }
+        }
+        st.size = None;
+        pending.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// The valid bytes of block `index` of `ino` (empty for a hole).
+    async fn load_block(&self, ino: Ino, index: u64) -> Result<Vec<u8>> {
+        let Some(version) = self.version_of(ino, index)? else {
+            return Ok(Vec::new());
+        };
+        let id = BlockId::new(ino.0, index, version);
+        let bs = self.block_size;
+        let (mut buf, len) = self
+            .engine
+            .read(id, 0, bs, Vec::with_capacity(bs as usize))
+            .await?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    fn writable(&self, ino: Ino, fh: u64) -> Result<Handle> {
+        let handle = self.handle(fh)?;
+        if handle.ino != ino || !handle.write {
+            return Err(FsError::BadHandle(fh));
+        }
+        Ok(handle)
+    }
+
+    /// Loads the current content of the blocks a partial overwrite of
+    /// `offset..offset + len` needs.
+    async fn load_bases(
+        &self,
+        ino: Ino,
+        st: &mut FileState,
+        offset: u64,
+        len: usize,
+        size: u64,
+    ) -> Result<()> {
+        for index in st.dirty.needs_base(offset, len, size) {
+            let mut data = self.load_block(ino, index).await?;
+            // A block never holds bytes past the end of its file.
+            let valid = size.saturating_sub(block_start(index, self.block_size));
+            data.truncate(usize::try_from(valid).unwrap_or(usize::MAX));
+            st.dirty.set_base(index, data);
+        }
+        Ok(())
+    }
+
+    /// `write(2)` through handle `fh`: buffered until flush (or until the
+    /// file's unflushed bytes pass the configured limit).
+    pub async fn write(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        creds: &Creds,
+    ) -> Result<usize> {
+        let handle = self.writable(ino, fh)?;
+        let (state, pending) = self.file_state(ino).ok_or(FsError::BadHandle(fh))?;
+        let mut st = state.lock().await;
+        let size = match st.size {
+            Some(s) => s,
+            None => self.meta.read(|s| s.getattr(ino))?.size,
+        };
+        let offset = if handle.append { size } else { offset };
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(FsError::TooBig)?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.load_bases(ino, &mut st, offset, data.len(), size)
+            .await?;
+        st.dirty.write(offset, data);
+        let new_size = size.max(end);
+        st.size = Some(new_size);
+        pending.store(new_size, Ordering::Release);
+        if st.writer != *creds {
+            st.writer = creds.clone();
+        }
+        if st.dirty.dirty_bytes() >= self.config.dirty_bytes_per_file_max {
+            self.flush_locked(ino, &mut st, &pending).await?;
+        }
+        Ok(data.len())
+    }
+
+    /// `read(2)`: up to `size` bytes at `offset`, short at the end of file;
+    /// sees this node's unflushed writes.
+    pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let state = self.file_state(ino);
+        let mut guard = match &state {
+            Some((s, _)) => Some(s.lock().await),
+            None => None,
+        };
+        if guard.as_ref().is_some_and(|g| g.size.is_none()) {
+            // Nothing unflushed: a flush that held the mutex has updated the
+            // block map, so concurrent readers need not wait for each other.
+            guard = None;
+        }
+        let attr = self.meta.read(|s| s.getattr(ino))?;
+        if attr.kind == FileKind::Dir {
+            return Err(FsError::Meta {
+                errno: libc::EISDIR,
+                message: "is a directory".into(),
+            });
+        }
+        let file_size = guard.as_ref().and_then(|g| g.size).unwrap_or(attr.size);
+        if offset >= file_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let len = (file_size - offset).min(u64::from(size)) as usize;
+        let mut out = vec![0u8; len];
+        let bs = u64::from(self.block_size);
+        let last = (offset + len as u64 - 1) / bs;
+        let versions = self.versions(ino, offset / bs, last)?;
+        let mut fetches = Vec::new();
+        let mut rest: &mut [u8] = &mut out;
+        for piece in pieces(offset, len, self.block_size) {
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(piece.len);
+            rest = tail;
+            if let Some(g) = &guard {
+                if g.dirty.read_into(piece.index, piece.start, dst) {
+                    continue;
+                }
+            }
+            if let Some(&version) = versions.get(&piece.index) {
+                let id = BlockId::new(ino.0, piece.index, version);
+                fetches.push(async move {
+                    let (buf, n) = self
+                        .engine
+                        .read(
+                            id,
+                            piece.start as u32,
+                            piece.len as u32,
+                            Vec::with_capacity(piece.len),
+                        )
+                        .await?;
+                    let n = n.min(dst.len()).min(buf.len());
+                    dst[..n].copy_from_slice(&buf[..n]);
+                    Ok::<(), FsError>(())
+                });
+            }
+        }
+        futures::future::try_join_all(fetches).await?;
+        drop(guard);
+        self.touch_atime(&attr).await;
+        Ok(out)
+    }
+
+    async fn touch_atime(&self, attr: &Attr) {
+        let now = now();
+        let due = match self.config.atime {
+            AtimePolicy::Noatime => false,
+            AtimePolicy::Strictatime => true,
+            AtimePolicy::Relatime => {
+                attr.atime <= attr.mtime
+                    || attr.atime <= attr.ctime
+                    || now.sec.saturating_sub(attr.atime.sec) >= RELATIME_INTERVAL_SECS
+            }
+        };
+        if !due {
+            return;
+        }
+        // The file system updates atime on the reader's behalf: a reader
+        // needs no write permission for it.
+        let command = Command::SetAttr {
+            ino: attr.ino,
+            changes: AttrChanges {
+                atime: Some(SetTime::Now),
+                ..AttrChanges::default()
+            },
+            via_handle: false,
+            creds: Creds::root(),
+            now,
+        };
+        if let Err(e) = self.apply(&command).await {
+            debug!(ino = %attr.ino, error = %e, "atime update failed");
+        }
+    }
+
+    /// `setattr`: chmod, chown, utimes and truncate in one; `fh` is the
+    /// handle of `ftruncate`/`O_TRUNC` (write permission was checked at open).
+    pub async fn setattr(
+        &self,
+        ino: Ino,
+        changes: AttrChanges,
+        fh: Option<u64>,
+        creds: &Creds,
+    ) -> Result<Attr> {
+        let via_handle = match fh {
+            Some(fh) => self.handle(fh).is_ok_and(|h| h.ino == ino && h.write),
+            None => false,
+        };
+        let Some(size) = changes.size else {
+            let outcome = self
+                .apply(&Command::SetAttr {
+                    ino,
+                    changes,
+                    via_handle,
+                    creds: creds.clone(),
+                    now: now(),
+                })
+                .await?;
+            return Ok(self.with_pending(Self::reply_attr(&outcome)?));
+        };
+        let state = self.file_state(ino);
+        let mut guard = match &state {
+            Some((s, _)) => Some(s.lock().await),
+            None => None,
+        };
+        if let (Some(g), Some((_, pending))) = (guard.as_mut(), &state) {
+            self.flush_locked(ino, g, pending).await?;
+        }
+        let old_size = self.meta.read(|s| s.getattr(ino))?.size;
+        let outcome = self
+            .apply(&Command::SetAttr {
+                ino,
+                changes,
+                via_handle,
+                creds: creds.clone(),
+                now: now(),
+            })
+            .await?;
+        let mut attr = Self::reply_attr(&outcome)?;
+        let bs = u64::from(self.block_size);
+        if size < old_size && size % bs != 0 {
+            if let Some(a) = self.rewrite_tail(ino, size, creds).await? {
+                attr = a;
+            }
+        }
+        drop(guard);
+        Ok(attr)
+    }
+
+    /// After a truncation to mid-block `size`: writes a new version of the
+    /// tail block holding only the bytes below `size`, so that a later
+    /// extension reads zeros there.
+    async fn rewrite_tail(&self, ino: Ino, size: u64, creds: &Creds) -> Result<Option<Attr>> {
+        let bs = u64::from(self.block_size);
+        let index = size / bs;
+        let keep = (size % bs) as usize;
+        let Some(version) = self.version_of(ino, index)? else {
+            return Ok(None);
+        };
+        let id = BlockId::new(ino.0, index, version);
+        let (mut data, len) = self
+            .engine
+            .read(id, 0, keep as u32, Vec::with_capacity(keep))
+            .await?;
+        data.truncate(len.min(keep));
+        let new_id = BlockId::new(ino.0, index, self.versions.next_after(Some(version)));
+        self.sink.commit(vec![(new_id, data.clone())]).await?;
+        if let Err(e) = self.engine.insert(new_id, data).await {
+            warn!(id = %new_id, error = %e, "caching a written block failed");
+        }
+        let outcome = self
+            .apply(&Command::SetBlocks {
+                ino,
+                blocks: vec![(index, new_id.version)],
+                new_size: None,
+                creds: creds.clone(),
+                now: now(),
+            })
+            .await;
+        match outcome {
+            Ok(o) => Ok(Some(Self::reply_attr(&o)?)),
+            Err(e) => {
+                self.sink.collect(vec![new_id]);
+                Err(e)
+            }
+        }
+    }
+
+    /// `fallocate(2)`: mode 0 / `FALLOC_FL_KEEP_SIZE` (reserve: extends the
+    /// size unless kept; nothing is preallocated), `FALLOC_FL_PUNCH_HOLE |
+    /// FALLOC_FL_KEEP_SIZE` and `FALLOC_FL_ZERO_RANGE` (the range reads as
+    /// zeros: whole blocks get empty versions, partial ones are rewritten).
+    pub async fn fallocate(
+        &self,
+        ino: Ino,
+        fh: u64,
+        mode: i32,
+        offset: u64,
+        len: u64,
+        creds: &Creds,
+    ) -> Result<()> {
+        self.writable(ino, fh)?;
+        let end = offset
+            .checked_add(len)
+            .filter(|&e| e <= MAX_FILE_BYTES)
+            .ok_or(FsError::TooBig)?;
+        if len == 0 {
+            return Err(FsError::Invalid("fallocate of zero bytes"));
+        }
+        let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
+        let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
+        let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
+        let known =
+            libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+        if mode & !known != 0 || (punch && (!keep_size || zero)) {
+            return Err(FsError::NotSupported("fallocate mode"));
+        }
+        if punch || zero {
+            let (state, pending) = self.file_state(ino).ok_or(FsError::BadHandle(fh))?;
+            let mut st = state.lock().await;
+            let size = match st.size {
+                Some(s) => s,
+                None => self.meta.read(|s| s.getattr(ino))?.size,
+            };
+            let zero_end = end.min(size);
+            if offset < zero_end {
+                let zero_len = usize::try_from(zero_end - offset).map_err(|_| FsError::TooBig)?;
+                self.load_bases(ino, &mut st, offset, zero_len, size)
+                    .await?;
+                st.dirty.punch(offset, zero_len);
+                st.size = Some(size);
+                pending.store(size, Ordering::Release);
+                st.writer = creds.clone();
+                self.flush_locked(ino, &mut st, &pending).await?;
+            }
+            drop(st);
+            if punch || keep_size || end <= size {
+                return Ok(());
+            }
+        }
+        let attr = self.getattr(ino)?;
+        if !keep_size && end > attr.size {
+            let changes = AttrChanges {
+                size: Some(end),
+                ..AttrChanges::default()
+            };
+            self.setattr(ino, changes, Some(fh), creds).await?;
+        }
+        Ok(())
+    }
+
+    /// `lseek(2)` with `SEEK_DATA` or `SEEK_HOLE`, from the block map (after
+    /// flushing): a block in the map is data, a missing one a hole, and the
+    /// end of the file is a hole.
+    pub async fn lseek(&self, ino: Ino, offset: u64, whence: i32) -> Result<u64> {
+        self.flush(ino).await?;
+        let size = self.meta.read(|s| s.getattr(ino))?.size;
+        if offset >= size {
+            return Err(FsError::NoSuchOffset);
+        }
+        let bs = self.block_size;
+        let first = offset / u64::from(bs);
+        match whence {
+            libc::SEEK_DATA => {
+                let next = self.meta.read(|s| s.blocks(ino, first, 1))?;
+                match next.first() {
+                    Some(&(index, _)) if block_start(index, bs) < size => {
+                        Ok(offset.max(block_start(index, bs)))
+                    }
+                    _ => Err(FsError::NoSuchOffset),
+                }
+            }
+            libc::SEEK_HOLE => {
+                let mut expected = first;
+                loop {
+                    let entries = self
+                        .meta
+                        .read(|s| s.blocks(ino, expected, BLOCK_SCAN_ENTRIES))?;
+                    for &(index, _) in &entries {
+                        if index != expected {
+                            break;
+                        }
+                        expected += 1;
+                    }
+                    let gap = entries.iter().any(|&(i, _)| i >= expected);
+                    if gap || entries.len() < BLOCK_SCAN_ENTRIES {
+                        break;
+                    }
+                }
+                Ok(offset.max(block_start(expected, bs)).min(size))
+            }
+            _ => Err(FsError::Invalid(
+                "lseek whence other than SEEK_DATA or SEEK_HOLE",
+            )),
+        }
+    }
+
+    /// `copy_file_range(2)`: copies through the engine, block by block (block
+    /// versions belong to their `(ino, index)` and are never shared).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn copy_range(
+        &self,
+        ino_in: Ino,
+        offset_in: u64,
+        ino_out: Ino,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+        creds: &Creds,
+    ) -> Result<u64> {
+        let mut copied = 0u64;
+        while copied < len {
+            let chunk = (len - copied).min(u64::from(self.block_size)) as u32;
+            let data = self.read(ino_in, offset_in + copied, chunk).await?;
+            if data.is_empty() {
+                break;
+            }
+            self.write(ino_out, fh_out, offset_out + copied, &data, creds)
+                .await?;
+            copied += data.len() as u64;
+        }
+        Ok(copied)
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        self.stop_renewer();
+    }
+}
+
+/// Renews the session's lease every third of it, and ends the sessions of
+/// mounts that stopped renewing (their handles and locks go).
+fn start_renewer(meta: MetaLink, session: SessionId, lease: Duration) -> Result<Renewer> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let interval = (lease / 3).max(Duration::from_millis(10));
+    let thread = std::thread::Builder::new()
+        .name("dl-session".into())
+        .spawn(move || loop {
+            match stopped.recv_timeout(interval) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let renewed = block_on(meta.apply(&Command::RenewSession {
+                session,
+                lease_expires: later(now(), lease),
+            }));
+            match renewed {
+                Ok(_) => {
+                    if let Err(e) = block_on(meta.apply(&Command::ExpireSessions { now: now() })) {
+                        debug!(error = %e, "expiring sessions failed");
+                    }
+                }
+                Err(e) => warn!(%session, error = %e, "renewing the session lease failed"),
+            }
+        })
+        .map_err(|e| FsError::Config(format!("cannot start the session thread: {e}")))?;
+    Ok(Renewer { stop, thread })
+}

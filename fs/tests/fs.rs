@@ -1,0 +1,440 @@
+//! The file system over a real embedded master (Raft log in a tempdir), a
+//! real engine (one executor, memory tier only) and a `MemoryStore` sink.
+
+use std::sync::Arc;
+
+use datenlord_cluster::master::Master;
+use datenlord_engine::{BlockSize, Engine, EngineConfig, MemoryStore};
+use datenlord_fs::{
+    AttrChanges, Creds, Fs, FsConfig, FsError, Ino, MemorySink, MetaLink, RenameFlags, XattrFlags,
+    ROOT_INO,
+};
+use futures::executor::block_on;
+
+const BLOCK: usize = 64 << 10;
+
+struct Env {
+    fs: Option<Arc<Fs>>,
+    engine: Option<Engine>,
+    master: Option<Master>,
+    sink: Arc<MemorySink>,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Self::with_config(FsConfig::default())
+    }
+
+    fn with_config(config: FsConfig) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+        let store = MemoryStore::new();
+        let engine_config = EngineConfig {
+            cores: Some(1),
+            block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+            memory_bytes: 64 * BLOCK as u64,
+            hugepages: false,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
+        let sink = MemorySink::new(store);
+        let fs = Fs::new(
+            config,
+            MetaLink::from_master(&master),
+            engine.handle(),
+            sink.clone(),
+        )
+        .expect("fs");
+        Self {
+            fs: Some(fs),
+            engine: Some(engine),
+            master: Some(master),
+            sink,
+            _dir: dir,
+        }
+    }
+
+    fn fs(&self) -> &Fs {
+        self.fs.as_ref().expect("fs")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(fs) = self.fs.take() {
+            let _ = block_on(fs.shutdown());
+        }
+        if let Some(engine) = self.engine.take() {
+            let _ = engine.shutdown();
+        }
+        if let Some(master) = self.master.take() {
+            let _ = master.stop();
+        }
+    }
+}
+
+fn root() -> Creds {
+    Creds::root()
+}
+
+fn create(fs: &Fs, name: &str, flags: i32) -> (Ino, u64) {
+    let opened = block_on(fs.create(
+        ROOT_INO,
+        name.as_bytes(),
+        0o644,
+        flags | libc::O_CREAT,
+        &root(),
+    ))
+    .expect("create");
+    (opened.attr.ino, opened.fh)
+}
+
+fn write(fs: &Fs, ino: Ino, fh: u64, offset: u64, data: &[u8]) {
+    let n = block_on(fs.write(ino, fh, offset, data, &root())).expect("write");
+    assert_eq!(n, data.len());
+}
+
+fn read(fs: &Fs, ino: Ino, offset: u64, len: u32) -> Vec<u8> {
+    block_on(fs.read(ino, offset, len)).expect("read")
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+#[test]
+fn writes_are_read_back_before_and_after_flush_with_read_modify_write() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "a", libc::O_RDWR);
+    let data = pattern(1, 3 * BLOCK + 123);
+    write(fs, ino, fh, 17, &data);
+    assert_eq!(fs.getattr(ino).expect("attr").size, 17 + data.len() as u64);
+    assert_eq!(read(fs, ino, 17, data.len() as u32), data, "dirty read");
+    assert_eq!(read(fs, ino, 0, 17), vec![0; 17]);
+    block_on(fs.flush(ino)).expect("flush");
+    assert_eq!(read(fs, ino, 17, data.len() as u32), data, "flushed read");
+    // Overwrite inside a flushed block: read-modify-write of that block.
+    write(fs, ino, fh, BLOCK as u64 + 5, b"hello");
+    block_on(fs.fsync(ino)).expect("fsync");
+    let mut expected = vec![0u8; 17];
+    expected.extend_from_slice(&data);
+    expected[BLOCK + 5..BLOCK + 10].copy_from_slice(b"hello");
+    assert_eq!(read(fs, ino, 0, expected.len() as u32 + 100), expected);
+    // The overwritten version is garbage, the others are not.
+    let collected = env.sink.collected();
+    assert_eq!(collected.len(), 1, "{collected:?}");
+    assert_eq!(collected[0].index, 1);
+    block_on(fs.release(ino, fh, None)).expect("release");
+    // Reopen: the data is in the metadata and the store.
+    let opened = block_on(fs.open(ino, libc::O_RDONLY, &root())).expect("open");
+    assert_eq!(opened.attr.size, expected.len() as u64);
+    assert_eq!(read(fs, ino, 0, expected.len() as u32), expected);
+    block_on(fs.release(ino, opened.fh, None)).expect("release");
+}
+
+#[test]
+fn sparse_files_past_4_gib_read_zeros_in_holes_and_seek_finds_data() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "sparse", libc::O_RDWR);
+    let far = (5u64 << 30) + 3;
+    write(fs, ino, fh, far, b"far away");
+    write(fs, ino, fh, 10, b"near");
+    block_on(fs.flush(ino)).expect("flush");
+    let attr = fs.getattr(ino).expect("attr");
+    assert_eq!(attr.size, far + 8);
+    assert_eq!(attr.allocated_bytes, 2 * BLOCK as u64);
+    assert_eq!(read(fs, ino, far - 2, 20), b"\0\0far away".to_vec());
+    assert_eq!(read(fs, ino, 1 << 32, 4), vec![0; 4], "hole");
+    assert_eq!(read(fs, ino, 8, 8), b"\0\0near\0\0".to_vec());
+    assert_eq!(
+        block_on(fs.lseek(ino, 0, libc::SEEK_DATA)).expect("data"),
+        0
+    );
+    assert_eq!(
+        block_on(fs.lseek(ino, 0, libc::SEEK_HOLE)).expect("hole"),
+        BLOCK as u64
+    );
+    assert_eq!(
+        block_on(fs.lseek(ino, BLOCK as u64, libc::SEEK_DATA)).expect("data"),
+        far - far % BLOCK as u64
+    );
+    assert_eq!(
+        block_on(fs.lseek(ino, far, libc::SEEK_HOLE)).expect("hole"),
+        far + 8
+    );
+    let past = block_on(fs.lseek(ino, far + 8, libc::SEEK_DATA)).expect_err("past the end");
+    assert_eq!(past.errno(), libc::ENXIO);
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
+
+#[test]
+fn truncate_to_mid_block_then_extend_reads_zeros() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "t", libc::O_RDWR);
+    write(fs, ino, fh, 0, &pattern(9, 3 * BLOCK));
+    let shrink = AttrChanges {
+        size: Some(BLOCK as u64 + 100),
+        ..AttrChanges::default()
+    };
+    let attr = block_on(fs.setattr(ino, shrink, Some(fh), &root())).expect("truncate");
+    assert_eq!(attr.size, BLOCK as u64 + 100);
+    let grow = AttrChanges {
+        size: Some(2 * BLOCK as u64),
+        ..AttrChanges::default()
+    };
+    block_on(fs.setattr(ino, grow, None, &root())).expect("extend");
+    let got = read(fs, ino, 0, 4 * BLOCK as u32);
+    assert_eq!(got.len(), 2 * BLOCK);
+    assert_eq!(&got[..BLOCK + 100], &pattern(9, 3 * BLOCK)[..BLOCK + 100]);
+    assert!(
+        got[BLOCK + 100..].iter().all(|&b| b == 0),
+        "zeros past the cut"
+    );
+    block_on(fs.release(ino, fh, None)).expect("release");
+    // O_TRUNC empties the file, even with unflushed data of another handle.
+    let (_, fh2) = create(fs, "t", libc::O_RDWR);
+    write(fs, ino, fh2, 0, b"unflushed");
+    let opened = block_on(fs.open(ino, libc::O_RDWR | libc::O_TRUNC, &root())).expect("open");
+    assert_eq!(opened.attr.size, 0);
+    assert_eq!(read(fs, ino, 0, 100), Vec::<u8>::new());
+    block_on(fs.release(ino, opened.fh, None)).expect("release");
+    block_on(fs.release(ino, fh2, None)).expect("release");
+}
+
+#[test]
+fn append_writes_go_to_the_end_and_exclusive_create_fails_on_existing() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "log", libc::O_WRONLY | libc::O_APPEND | libc::O_EXCL);
+    write(fs, ino, fh, 0, b"one ");
+    write(fs, ino, fh, 0, b"two ");
+    block_on(fs.flush(ino)).expect("flush");
+    write(fs, ino, fh, 0, b"three");
+    assert_eq!(read(fs, ino, 0, 100), b"one two three".to_vec());
+    let err = block_on(fs.create(
+        ROOT_INO,
+        b"log",
+        0o644,
+        libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
+        &root(),
+    ))
+    .expect_err("exists");
+    assert_eq!(err.errno(), libc::EEXIST);
+    // A read-only handle cannot write.
+    let ro = block_on(fs.open(ino, libc::O_RDONLY, &root())).expect("open");
+    let err = block_on(fs.write(ino, ro.fh, 0, b"x", &root())).expect_err("read only");
+    assert_eq!(err.errno(), libc::EBADF);
+    block_on(fs.release(ino, ro.fh, None)).expect("release");
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
+
+#[test]
+fn unlinked_and_renamed_open_files_keep_their_data_until_released() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "doomed", libc::O_RDWR);
+    write(fs, ino, fh, 0, &pattern(3, BLOCK + 1));
+    block_on(fs.flush(ino)).expect("flush");
+    block_on(fs.rename(
+        ROOT_INO,
+        b"doomed",
+        ROOT_INO,
+        b"renamed",
+        RenameFlags::default(),
+        &root(),
+    ))
+    .expect("rename");
+    assert_eq!(
+        fs.lookup(ROOT_INO, b"renamed", &root())
+            .expect("lookup")
+            .ino,
+        ino
+    );
+    block_on(fs.unlink(ROOT_INO, b"renamed", &root())).expect("unlink");
+    let err = fs.lookup(ROOT_INO, b"renamed", &root()).expect_err("gone");
+    assert_eq!(err.errno(), libc::ENOENT);
+    // Still readable and writable through the open handle.
+    write(fs, ino, fh, 0, b"still here");
+    assert_eq!(&read(fs, ino, 0, 10), b"still here");
+    assert_eq!(fs.getattr(ino).expect("attr").nlink, 0);
+    let before = env.sink.collected().len();
+    block_on(fs.release(ino, fh, None)).expect("release");
+    let err = fs.getattr(ino).expect_err("freed");
+    assert_eq!(err.errno(), libc::ESTALE);
+    assert!(
+        env.sink.collected().len() >= before + 2,
+        "the freed file's blocks are garbage"
+    );
+}
+
+#[test]
+fn directories_links_symlinks_and_xattrs() {
+    let env = Env::new();
+    let fs = env.fs();
+    let dir = block_on(fs.mkdir(ROOT_INO, b"d", 0o755, &root())).expect("mkdir");
+    let (ino, fh) = create(fs, "f", libc::O_RDWR);
+    block_on(fs.release(ino, fh, None)).expect("release");
+    let linked = block_on(fs.link(ino, dir.ino, b"hard", &root())).expect("link");
+    assert_eq!(linked.nlink, 2);
+    let sym = block_on(fs.symlink(dir.ino, b"sym", b"../f", &root())).expect("symlink");
+    assert_eq!(fs.readlink(sym.ino).expect("readlink"), b"../f");
+    let names: Vec<Vec<u8>> = fs
+        .readdir(dir.ino, 0, 100, &root())
+        .expect("readdir")
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, vec![b"hard".to_vec(), b"sym".to_vec()]);
+    assert_eq!(fs.parent(dir.ino).expect("parent"), ROOT_INO);
+    block_on(fs.setxattr(ino, b"user.k", b"v", XattrFlags::default(), &root())).expect("setxattr");
+    assert_eq!(
+        fs.getxattr(ino, b"user.k", &root()).expect("getxattr"),
+        b"v"
+    );
+    assert_eq!(
+        fs.listxattr(ino, &root()).expect("list"),
+        vec![b"user.k".to_vec()]
+    );
+    block_on(fs.removexattr(ino, b"user.k", &root())).expect("removexattr");
+    assert_eq!(
+        fs.getxattr(ino, b"user.k", &root())
+            .expect_err("gone")
+            .errno(),
+        libc::ENODATA
+    );
+    let err = block_on(fs.rmdir(ROOT_INO, b"d", &root())).expect_err("not empty");
+    assert_eq!(err.errno(), libc::ENOTEMPTY);
+    assert!(fs.statfs().expect("statfs").files_total > 0);
+    let user = Creds::user(1000, 1000);
+    let err = block_on(fs.mkdir(ROOT_INO, b"x", 0o755, &user)).expect_err("perm");
+    assert_eq!(err.errno(), libc::EACCES);
+}
+
+#[test]
+fn punch_hole_reads_zeros_and_keeps_the_size() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "p", libc::O_RDWR);
+    let data = pattern(5, 4 * BLOCK);
+    write(fs, ino, fh, 0, &data);
+    block_on(fs.flush(ino)).expect("flush");
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    block_on(fs.fallocate(ino, fh, mode, 100, 2 * BLOCK as u64, &root())).expect("punch");
+    let mut expected = data.clone();
+    expected[100..100 + 2 * BLOCK].fill(0);
+    assert_eq!(read(fs, ino, 0, 4 * BLOCK as u32), expected);
+    assert_eq!(fs.getattr(ino).expect("attr").size, 4 * BLOCK as u64);
+    block_on(fs.fallocate(ino, fh, 0, 0, 5 * BLOCK as u64, &root())).expect("extend");
+    assert_eq!(fs.getattr(ino).expect("attr").size, 5 * BLOCK as u64);
+    let err = block_on(fs.fallocate(ino, fh, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 1, &root()))
+        .expect_err("unsupported");
+    assert_eq!(err.errno(), libc::EOPNOTSUPP);
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
+
+/// A tiny deterministic generator (xorshift64*), so failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_operations_match_an_in_memory_model() {
+    for seed in [1u64, 7, 42] {
+        let config = FsConfig {
+            // Small, so that writes also flush early.
+            dirty_bytes_per_file_max: 3 * BLOCK,
+            ..FsConfig::default()
+        };
+        let env = Env::with_config(config);
+        let fs = env.fs();
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let (ino, fh) = create(fs, "model", libc::O_RDWR);
+        let mut model: Vec<u8> = Vec::new();
+        let span = 6 * BLOCK as u64;
+        for step in 0..300 {
+            let op = rng.below(10);
+            let offset = rng.below(span);
+            let len = rng.below(2 * BLOCK as u64) as usize + 1;
+            match op {
+                0..=3 => {
+                    let data = pattern((step % 251) as u8, len);
+                    write(fs, ino, fh, offset, &data);
+                    let end = offset as usize + len;
+                    if model.len() < end {
+                        model.resize(end, 0);
+                    }
+                    model[offset as usize..end].copy_from_slice(&data);
+                }
+                4 => {
+                    let size = rng.below(span);
+                    let changes = AttrChanges {
+                        size: Some(size),
+                        ..AttrChanges::default()
+                    };
+                    block_on(fs.setattr(ino, changes, Some(fh), &root())).expect("truncate");
+                    model.resize(size as usize, 0);
+                }
+                5 => {
+                    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                    block_on(fs.fallocate(ino, fh, mode, offset, len as u64, &root()))
+                        .expect("punch");
+                    let end = (offset as usize + len).min(model.len());
+                    if (offset as usize) < end {
+                        model[offset as usize..end].fill(0);
+                    }
+                }
+                6 => block_on(fs.flush(ino)).expect("flush"),
+                _ => {
+                    let got = read(fs, ino, offset, len as u32);
+                    let start = (offset as usize).min(model.len());
+                    let end = (offset as usize + len).min(model.len());
+                    assert_eq!(
+                        got,
+                        model[start..end],
+                        "seed {seed} step {step} read {offset}+{len}"
+                    );
+                }
+            }
+            assert_eq!(
+                fs.getattr(ino).expect("attr").size,
+                model.len() as u64,
+                "seed {seed} step {step}"
+            );
+        }
+        block_on(fs.release(ino, fh, None)).expect("release");
+        let all = read(fs, ino, 0, model.len() as u32 + 1);
+        assert_eq!(all, model, "seed {seed} after release");
+    }
+}
+
+#[test]
+fn errors_carry_errnos() {
+    let env = Env::new();
+    let fs = env.fs();
+    assert_eq!(
+        fs.lookup(ROOT_INO, b"missing", &root())
+            .expect_err("missing")
+            .errno(),
+        libc::ENOENT
+    );
+    let err = block_on(fs.write(ROOT_INO, 999, 0, b"x", &root())).expect_err("bad handle");
+    assert!(matches!(err, FsError::BadHandle(999)));
+    assert_eq!(err.errno(), libc::EBADF);
+}

@@ -1,0 +1,779 @@
+//! [`FuseFs`]: the fuse-backend-rs `FileSystem` over [`Fs`]. Every op
+//! becomes one `Fs` call (awaited with `block_on` on the request loop's
+//! thread); every error is the `Fs` error's errno. FUSE inode numbers are
+//! the metadata's (the root is 1 in both), so `forget` has nothing to do.
+
+use std::ffi::CStr;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datenlord_fs::{
+    Attr, AttrChanges, Creds, FlockKind, Fs, FsError, Ino, LockKind, LockRange, RenameFlags,
+    SetTime, Timespec, XattrFlags,
+};
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileLock, FileSystem, FsOptions, GetxattrReply, ListxattrReply,
+    OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
+};
+use futures::executor::block_on;
+use tracing::debug_span;
+
+/// How long the kernel may cache attributes and entries.
+const ATTR_TTL: Duration = Duration::from_secs(1);
+/// Entries one readdir round trip to the metadata asks for.
+const READDIR_BATCH_ENTRIES: usize = 256;
+/// `FUSE_LK_FLOCK` in `lk_flags`: the lock request is `flock(2)`.
+const FUSE_LK_FLOCK: u32 = 1;
+/// Cookies of `.` and `..`; the metadata's entries start above them.
+const DOT_COOKIE: u64 = 1;
+const DOTDOT_COOKIE: u64 = 2;
+
+/// Adapter options taken from the mount options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AdapterOptions {
+    /// `FOPEN_DIRECT_IO` on every open.
+    pub direct_io: bool,
+    /// Negotiate `FUSE_WRITEBACK_CACHE`.
+    pub writeback_cache: bool,
+}
+
+/// The FUSE file system.
+#[derive(Debug)]
+pub struct FuseFs {
+    fs: Arc<Fs>,
+    options: AdapterOptions,
+}
+
+impl FuseFs {
+    /// An adapter over `fs`.
+    pub fn new(fs: Arc<Fs>, options: AdapterOptions) -> Self {
+        Self { fs, options }
+    }
+}
+
+fn err(e: &FsError) -> io::Error {
+    io::Error::from_raw_os_error(e.errno())
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
+/// The supplementary groups of `pid` (the `Groups:` line of its status).
+fn supplementary_groups(pid: libc::pid_t) -> Vec<u32> {
+    if pid <= 0 {
+        return Vec::new();
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn creds(ctx: &Context) -> Creds {
+    let groups = if ctx.uid == 0 {
+        Vec::new()
+    } else {
+        supplementary_groups(ctx.pid)
+    };
+    Creds {
+        uid: ctx.uid,
+        gid: ctx.gid,
+        groups,
+    }
+}
+
+fn stat(attr: &Attr) -> stat64 {
+    // SAFETY: stat64 is plain old data; all zeros is a valid value.
+    let mut st: stat64 = unsafe { std::mem::zeroed() };
+    st.st_ino = attr.ino.0;
+    st.st_mode = attr.st_mode();
+    st.st_nlink = u64::from(attr.nlink);
+    st.st_uid = attr.uid;
+    st.st_gid = attr.gid;
+    st.st_rdev = u64::from(attr.rdev);
+    st.st_size = i64::try_from(attr.size).unwrap_or(i64::MAX);
+    st.st_blksize = i64::from(attr.blksize);
+    st.st_blocks = i64::try_from(attr.allocated_bytes / 512).unwrap_or(i64::MAX);
+    st.st_atime = attr.atime.sec;
+    st.st_atime_nsec = i64::from(attr.atime.nsec);
+    st.st_mtime = attr.mtime.sec;
+    st.st_mtime_nsec = i64::from(attr.mtime.nsec);
+    st.st_ctime = attr.ctime.sec;
+    st.st_ctime_nsec = i64::from(attr.ctime.nsec);
+    st
+}
+
+fn entry(attr: &Attr) -> Entry {
+    Entry {
+        inode: attr.ino.0,
+        generation: attr.generation,
+        attr: stat(attr),
+        attr_flags: 0,
+        attr_timeout: ATTR_TTL,
+        entry_timeout: ATTR_TTL,
+    }
+}
+
+fn time(sec: i64, nsec: i64) -> SetTime {
+    SetTime::At(Timespec {
+        sec,
+        nsec: u32::try_from(nsec).unwrap_or(0).min(999_999_999),
+    })
+}
+
+fn lock_kind(lock_type: u32) -> Result<Option<LockKind>, io::Error> {
+    match i32::try_from(lock_type).map_err(|_| einval())? {
+        libc::F_RDLCK => Ok(Some(LockKind::Read)),
+        libc::F_WRLCK => Ok(Some(LockKind::Write)),
+        libc::F_UNLCK => Ok(None),
+        _ => Err(einval()),
+    }
+}
+
+impl FileSystem for FuseFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let mut want = FsOptions::ASYNC_READ
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::BIG_WRITES
+            | FsOptions::MAX_PAGES
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO
+            | FsOptions::ATOMIC_O_TRUNC
+            | FsOptions::EXPORT_SUPPORT
+            | FsOptions::HANDLE_KILLPRIV_V2;
+        if self.options.writeback_cache {
+            want |= FsOptions::WRITEBACK_CACHE;
+        }
+        // POSIX_LOCKS and FLOCK_LOCKS stay off: fuse-backend-rs 0.14 hands
+        // F_SETLKW to `setlk` without saying it may block, so the kernel's
+        // own (node-local) locking is the correct choice until it does.
+        Ok(capable & want)
+    }
+
+    fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let _span = debug_span!("lookup", ino = parent).entered();
+        self.fs
+            .lookup(Ino(parent), name.to_bytes(), &creds(ctx))
+            .map(|a| entry(&a))
+            .map_err(|e| err(&e))
+    }
+
+    fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {}
+
+    fn batch_forget(&self, _ctx: &Context, _requests: Vec<(u64, u64)>) {}
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        let _span = debug_span!("getattr", ino = inode).entered();
+        let attr = self.fs.getattr(Ino(inode)).map_err(|e| err(&e))?;
+        Ok((stat(&attr), ATTR_TTL))
+    }
+
+    fn setattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        attr: stat64,
+        handle: Option<u64>,
+        valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        let _span = debug_span!("setattr", ino = inode).entered();
+        let mut changes = AttrChanges::default();
+        if valid.contains(SetattrValid::MODE) {
+            changes.mode = Some(attr.st_mode & 0o7777);
+        }
+        if valid.contains(SetattrValid::UID) {
+            changes.uid = Some(attr.st_uid);
+        }
+        if valid.contains(SetattrValid::GID) {
+            changes.gid = Some(attr.st_gid);
+        }
+        if valid.contains(SetattrValid::SIZE) {
+            changes.size = Some(u64::try_from(attr.st_size).map_err(|_| einval())?);
+        }
+        if valid.contains(SetattrValid::ATIME_NOW) {
+            changes.atime = Some(SetTime::Now);
+        } else if valid.contains(SetattrValid::ATIME) {
+            changes.atime = Some(time(attr.st_atime, attr.st_atime_nsec));
+        }
+        if valid.contains(SetattrValid::MTIME_NOW) {
+            changes.mtime = Some(SetTime::Now);
+        } else if valid.contains(SetattrValid::MTIME) {
+            changes.mtime = Some(time(attr.st_mtime, attr.st_mtime_nsec));
+        }
+        let attr = if changes.is_empty() {
+            self.fs.getattr(Ino(inode))
+        } else {
+            block_on(self.fs.setattr(Ino(inode), changes, handle, &creds(ctx)))
+        }
+        .map_err(|e| err(&e))?;
+        Ok((stat(&attr), ATTR_TTL))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        self.fs.readlink(Ino(inode)).map_err(|e| err(&e))
+    }
+
+    fn symlink(
+        &self,
+        ctx: &Context,
+        linkname: &CStr,
+        parent: u64,
+        name: &CStr,
+    ) -> io::Result<Entry> {
+        let _span = debug_span!("symlink", ino = parent).entered();
+        block_on(self.fs.symlink(
+            Ino(parent),
+            name.to_bytes(),
+            linkname.to_bytes(),
+            &creds(ctx),
+        ))
+        .map(|a| entry(&a))
+        .map_err(|e| err(&e))
+    }
+
+    fn mknod(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        rdev: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        let _span = debug_span!("mknod", ino = parent).entered();
+        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
+        block_on(
+            self.fs
+                .mknod(Ino(parent), name.to_bytes(), mode, rdev, &creds(ctx)),
+        )
+        .map(|a| entry(&a))
+        .map_err(|e| err(&e))
+    }
+
+    fn mkdir(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        mode: u32,
+        umask: u32,
+    ) -> io::Result<Entry> {
+        let _span = debug_span!("mkdir", ino = parent).entered();
+        block_on(
+            self.fs
+                .mkdir(Ino(parent), name.to_bytes(), mode & !umask, &creds(ctx)),
+        )
+        .map(|a| entry(&a))
+        .map_err(|e| err(&e))
+    }
+
+    fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        let _span = debug_span!("unlink", ino = parent).entered();
+        block_on(self.fs.unlink(Ino(parent), name.to_bytes(), &creds(ctx))).map_err(|e| err(&e))
+    }
+
+    fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
+        let _span = debug_span!("rmdir", ino = parent).entered();
+        block_on(self.fs.rmdir(Ino(parent), name.to_bytes(), &creds(ctx))).map_err(|e| err(&e))
+    }
+
+    fn rename(
+        &self,
+        ctx: &Context,
+        olddir: u64,
+        oldname: &CStr,
+        newdir: u64,
+        newname: &CStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let _span = debug_span!("rename", ino = olddir).entered();
+        let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
+        if flags & !known != 0 {
+            return Err(einval());
+        }
+        let flags = RenameFlags {
+            noreplace: flags & libc::RENAME_NOREPLACE != 0,
+            exchange: flags & libc::RENAME_EXCHANGE != 0,
+        };
+        block_on(self.fs.rename(
+            Ino(olddir),
+            oldname.to_bytes(),
+            Ino(newdir),
+            newname.to_bytes(),
+            flags,
+            &creds(ctx),
+        ))
+        .map_err(|e| err(&e))
+    }
+
+    fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
+        let _span = debug_span!("link", ino = inode).entered();
+        block_on(
+            self.fs
+                .link(Ino(inode), Ino(newparent), newname.to_bytes(), &creds(ctx)),
+        )
+        .map(|a| entry(&a))
+        .map_err(|e| err(&e))
+    }
+
+    fn open(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let _span = debug_span!("open", ino = inode).entered();
+        let flags = i32::try_from(flags).map_err(|_| einval())?;
+        let opened = block_on(self.fs.open(Ino(inode), flags, &creds(ctx))).map_err(|e| err(&e))?;
+        let mut options = OpenOptions::empty();
+        if self.options.direct_io {
+            options |= OpenOptions::DIRECT_IO;
+        } else if opened.keep_cache {
+            options |= OpenOptions::KEEP_CACHE;
+        }
+        Ok((Some(opened.fh), options, None))
+    }
+
+    fn create(
+        &self,
+        ctx: &Context,
+        parent: u64,
+        name: &CStr,
+        args: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        let _span = debug_span!("create", ino = parent).entered();
+        let flags = i32::try_from(args.flags).map_err(|_| einval())?;
+        let mode = args.mode & 0o7777 & !args.umask;
+        let opened = block_on(self.fs.create(
+            Ino(parent),
+            name.to_bytes(),
+            mode,
+            flags | libc::O_CREAT,
+            &creds(ctx),
+        ))
+        .map_err(|e| err(&e))?;
+        let options = if self.options.direct_io {
+            OpenOptions::DIRECT_IO
+        } else {
+            OpenOptions::empty()
+        };
+        Ok((entry(&opened.attr), Some(opened.fh), options, None))
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let _span = debug_span!("read", ino = inode, offset, size).entered();
+        let data = block_on(self.fs.read(Ino(inode), offset, size)).map_err(|e| err(&e))?;
+        w.write_all(&data)?;
+        Ok(data.len())
+    }
+
+    fn write(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        r: &mut dyn ZeroCopyReader,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        let _span = debug_span!("write", ino = inode, offset, size).entered();
+        let mut data = vec![0u8; size as usize];
+        r.read_exact(&mut data)?;
+        block_on(
+            self.fs
+                .write(Ino(inode), handle, offset, &data, &creds(ctx)),
+        )
+        .map_err(|e| err(&e))
+    }
+
+    fn flush(&self, _ctx: &Context, inode: u64, _handle: u64, _lock_owner: u64) -> io::Result<()> {
+        let _span = debug_span!("flush", ino = inode).entered();
+        block_on(self.fs.flush(Ino(inode))).map_err(|e| err(&e))
+    }
+
+    fn fsync(&self, _ctx: &Context, inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
+        let _span = debug_span!("fsync", ino = inode).entered();
+        block_on(self.fs.fsync(Ino(inode))).map_err(|e| err(&e))
+    }
+
+    fn fallocate(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        handle: u64,
+        mode: u32,
+        offset: u64,
+        length: u64,
+    ) -> io::Result<()> {
+        let _span = debug_span!("fallocate", ino = inode).entered();
+        let mode = i32::try_from(mode).map_err(|_| einval())?;
+        block_on(
+            self.fs
+                .fallocate(Ino(inode), handle, mode, offset, length, &creds(ctx)),
+        )
+        .map_err(|e| err(&e))
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        flock_release: bool,
+        lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        let _span = debug_span!("release", ino = inode).entered();
+        let flock_owner = if flock_release { lock_owner } else { None };
+        block_on(self.fs.release(Ino(inode), handle, flock_owner)).map_err(|e| err(&e))
+    }
+
+    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+        let s = self.fs.statfs().map_err(|e| err(&e))?;
+        // SAFETY: statvfs64 is plain old data; all zeros is a valid value.
+        let mut st: statvfs64 = unsafe { std::mem::zeroed() };
+        st.f_bsize = u64::from(s.block_size);
+        st.f_frsize = u64::from(s.block_size);
+        st.f_blocks = s.blocks_total;
+        st.f_bfree = s.blocks_free;
+        st.f_bavail = s.blocks_free;
+        st.f_files = s.files_total;
+        st.f_ffree = s.files_free;
+        st.f_favail = s.files_free;
+        st.f_namemax = u64::from(s.name_max_bytes);
+        st.f_fsid = u64::from_le_bytes([
+            s.uuid[0], s.uuid[1], s.uuid[2], s.uuid[3], s.uuid[4], s.uuid[5], s.uuid[6], s.uuid[7],
+        ]);
+        Ok(st)
+    }
+
+    fn setxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        value: &[u8],
+        flags: u32,
+    ) -> io::Result<()> {
+        let _span = debug_span!("setxattr", ino = inode).entered();
+        let flags = i32::try_from(flags).map_err(|_| einval())?;
+        let flags = XattrFlags {
+            create: flags & libc::XATTR_CREATE != 0,
+            replace: flags & libc::XATTR_REPLACE != 0,
+        };
+        block_on(
+            self.fs
+                .setxattr(Ino(inode), name.to_bytes(), value, flags, &creds(ctx)),
+        )
+        .map_err(|e| err(&e))
+    }
+
+    fn getxattr(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        let value = self
+            .fs
+            .getxattr(Ino(inode), name.to_bytes(), &creds(ctx))
+            .map_err(|e| err(&e))?;
+        if size == 0 {
+            return Ok(GetxattrReply::Count(
+                u32::try_from(value.len()).unwrap_or(u32::MAX),
+            ));
+        }
+        if value.len() > size as usize {
+            return Err(io::Error::from_raw_os_error(libc::ERANGE));
+        }
+        Ok(GetxattrReply::Value(value))
+    }
+
+    fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let names = self
+            .fs
+            .listxattr(Ino(inode), &creds(ctx))
+            .map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        for name in names {
+            out.extend_from_slice(&name);
+            out.push(0);
+        }
+        if size == 0 {
+            return Ok(ListxattrReply::Count(
+                u32::try_from(out.len()).unwrap_or(u32::MAX),
+            ));
+        }
+        if out.len() > size as usize {
+            return Err(io::Error::from_raw_os_error(libc::ERANGE));
+        }
+        Ok(ListxattrReply::Names(out))
+    }
+
+    fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
+        let _span = debug_span!("removexattr", ino = inode).entered();
+        block_on(
+            self.fs
+                .removexattr(Ino(inode), name.to_bytes(), &creds(ctx)),
+        )
+        .map_err(|e| err(&e))
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let attr = self.fs.getattr(Ino(inode)).map_err(|e| err(&e))?;
+        if attr.kind != datenlord_fs::FileKind::Dir {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        Ok((None, OpenOptions::empty()))
+    }
+
+    fn readdir(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let _span = debug_span!("readdir", ino = inode, offset).entered();
+        self.list(ctx, inode, offset, false, &mut |dirent, _| {
+            add_entry(dirent)
+        })
+    }
+
+    fn readdirplus(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let _span = debug_span!("readdirplus", ino = inode, offset).entered();
+        self.list(ctx, inode, offset, true, &mut |dirent, attr| {
+            let e = attr.map_or_else(
+                || Entry {
+                    inode: 0,
+                    generation: 0,
+                    // SAFETY: stat64 is plain old data.
+                    attr: unsafe { std::mem::zeroed() },
+                    attr_flags: 0,
+                    attr_timeout: Duration::ZERO,
+                    entry_timeout: Duration::ZERO,
+                },
+                |a| entry(&a),
+            );
+            add_entry(dirent, e)
+        })
+    }
+
+    fn fsyncdir(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _datasync: bool,
+        _handle: u64,
+    ) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn access(&self, ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        self.fs
+            .access(Ino(inode), mask, &creds(ctx))
+            .map_err(|e| err(&e))
+    }
+
+    fn lseek(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        offset: u64,
+        whence: u32,
+    ) -> io::Result<u64> {
+        let _span = debug_span!("lseek", ino = inode, offset).entered();
+        let whence = i32::try_from(whence).map_err(|_| einval())?;
+        block_on(self.fs.lseek(Ino(inode), offset, whence)).map_err(|e| err(&e))
+    }
+
+    fn getlk(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        owner: u64,
+        lock: FileLock,
+        _flags: u32,
+    ) -> io::Result<FileLock> {
+        let Some(kind) = lock_kind(lock.lock_type)? else {
+            return Err(einval());
+        };
+        let range = LockRange::new(lock.start, lock.end);
+        let conflict = self
+            .fs
+            .getlk(Ino(inode), owner, range, kind)
+            .map_err(|e| err(&e))?;
+        Ok(match conflict {
+            Some(c) => FileLock {
+                start: c.range.start,
+                end: c.range.end,
+                lock_type: match c.kind {
+                    LockKind::Read => libc::F_RDLCK as u32,
+                    LockKind::Write => libc::F_WRLCK as u32,
+                },
+                pid: 0,
+            },
+            None => FileLock {
+                lock_type: libc::F_UNLCK as u32,
+                ..lock
+            },
+        })
+    }
+
+    fn setlk(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        owner: u64,
+        lock: FileLock,
+        flags: u32,
+    ) -> io::Result<()> {
+        let _span = debug_span!("setlk", ino = inode).entered();
+        let kind = lock_kind(lock.lock_type)?;
+        if flags & FUSE_LK_FLOCK != 0 {
+            let kind = kind.map(|k| match k {
+                LockKind::Read => FlockKind::Shared,
+                LockKind::Write => FlockKind::Exclusive,
+            });
+            return block_on(self.fs.flock(Ino(inode), owner, kind)).map_err(|e| err(&e));
+        }
+        let range = LockRange::new(lock.start, lock.end);
+        block_on(self.fs.setlk(Ino(inode), owner, range, kind)).map_err(|e| err(&e))
+    }
+}
+
+impl FuseFs {
+    /// Lists directory `inode` from `offset` (a cookie: 0 is the start, 1
+    /// and 2 are `.` and `..`), until `add` reports a full buffer (0).
+    fn list(
+        &self,
+        ctx: &Context,
+        inode: u64,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(DirEntry, Option<Attr>) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let ino = Ino(inode);
+        let attr = |ino: Ino| {
+            if plus {
+                self.fs.getattr(ino).ok()
+            } else {
+                None
+            }
+        };
+        let creds = creds(ctx);
+        // Read permission is checked by the first metadata query, before
+        // `.` is emitted.
+        let mut batch = self
+            .fs
+            .readdir(
+                ino,
+                offset.max(DOTDOT_COOKIE),
+                READDIR_BATCH_ENTRIES,
+                &creds,
+            )
+            .map_err(|e| err(&e))?;
+        if offset < DOT_COOKIE {
+            let dirent = DirEntry {
+                ino: inode,
+                offset: DOT_COOKIE,
+                type_: u32::from(libc::DT_DIR),
+                name: b".",
+            };
+            if add(dirent, attr(ino))? == 0 {
+                return Ok(());
+            }
+        }
+        if offset < DOTDOT_COOKIE {
+            let parent = self.fs.parent(ino).map_err(|e| err(&e))?;
+            let dirent = DirEntry {
+                ino: parent.0,
+                offset: DOTDOT_COOKIE,
+                type_: u32::from(libc::DT_DIR),
+                name: b"..",
+            };
+            if add(dirent, attr(parent))? == 0 {
+                return Ok(());
+            }
+        }
+        loop {
+            let Some(last) = batch.last().map(|e| e.cookie) else {
+                return Ok(());
+            };
+            for e in &batch {
+                let dirent = DirEntry {
+                    ino: e.ino.0,
+                    offset: e.cookie,
+                    type_: u32::from(e.kind.dirent_type()),
+                    name: &e.name,
+                };
+                if add(dirent, attr(e.ino))? == 0 {
+                    return Ok(());
+                }
+            }
+            batch = self
+                .fs
+                .readdir(ino, last, READDIR_BATCH_ENTRIES, &creds)
+                .map_err(|e| err(&e))?;
+        }
+    }
+}

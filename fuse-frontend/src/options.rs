@@ -1,0 +1,186 @@
+//! Mount options: the [`MountOptions`] a mount is made with and the fstab
+//! style `-o` string parser.
+
+use std::path::PathBuf;
+
+use datenlord_fs::AtimePolicy;
+
+use crate::error::FuseError;
+
+/// How to mount. The flags mirror `-o` words one to one, so they stay bools.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// An existing, empty directory.
+    pub mountpoint: PathBuf,
+    /// Source name shown by `mount` and `df`.
+    pub fsname: String,
+    /// Mount read-only.
+    pub read_only: bool,
+    /// Let users other than the mounter use the mount (non-root mounters
+    /// need `user_allow_other` in /etc/fuse.conf).
+    pub allow_other: bool,
+    /// Bypass the page cache (`FOPEN_DIRECT_IO` on every open).
+    pub direct_io: bool,
+    /// Let the kernel buffer writes (`FUSE_WRITEBACK_CACHE`).
+    pub writeback_cache: bool,
+    /// Request loops (one per core, each with its own /dev/fuse fd); 0
+    /// means one per engine shard.
+    pub threads: usize,
+    /// Options accepted for fstab compatibility that change nothing here
+    /// (`defaults`, `_netdev`, `nofail`, ...).
+    pub extra: Vec<String>,
+}
+
+impl MountOptions {
+    /// Defaults for `mountpoint`.
+    pub fn new(mountpoint: impl Into<PathBuf>) -> Self {
+        Self {
+            mountpoint: mountpoint.into(),
+            fsname: "datenlord".into(),
+            read_only: false,
+            allow_other: false,
+            direct_io: false,
+            writeback_cache: false,
+            threads: 0,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// What an `-o` string asked for; `apply` it to [`MountOptions`], and give
+/// `atime` to the file system's config.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParsedOptions {
+    /// `ro` / `rw`.
+    pub read_only: Option<bool>,
+    /// `allow_other`.
+    pub allow_other: bool,
+    /// `direct_io`.
+    pub direct_io: bool,
+    /// `writeback_cache`.
+    pub writeback_cache: bool,
+    /// `noatime`, `relatime`, `strictatime`.
+    pub atime: Option<AtimePolicy>,
+    /// `fsname=NAME`.
+    pub fsname: Option<String>,
+    /// `threads=N`.
+    pub threads: Option<usize>,
+    /// Accepted fstab options without effect.
+    pub extra: Vec<String>,
+}
+
+impl ParsedOptions {
+    /// Sets the mount options this string asked for.
+    pub fn apply(&self, opts: &mut MountOptions) {
+        if let Some(ro) = self.read_only {
+            opts.read_only = ro;
+        }
+        opts.allow_other |= self.allow_other;
+        opts.direct_io |= self.direct_io;
+        opts.writeback_cache |= self.writeback_cache;
+        if let Some(name) = &self.fsname {
+            opts.fsname.clone_from(name);
+        }
+        if let Some(threads) = self.threads {
+            opts.threads = threads;
+        }
+        opts.extra.extend(self.extra.iter().cloned());
+    }
+}
+
+/// Options accepted without effect: fstab and mount(8) words, and what the
+/// mount always does (`nosuid`, `nodev`, `default_permissions`).
+const ACCEPTED_WITHOUT_EFFECT: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "_netdev",
+    "nofail",
+    "nosuid",
+    "nodev",
+    "exec",
+    "noexec",
+    "async",
+    "default_permissions",
+];
+
+/// Parses `-o ro,allow_other,direct_io,noatime,...`.
+pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
+    let mut parsed = ParsedOptions::default();
+    for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        match word {
+            "ro" => parsed.read_only = Some(true),
+            "rw" => parsed.read_only = Some(false),
+            "allow_other" => parsed.allow_other = true,
+            "direct_io" => parsed.direct_io = true,
+            "writeback_cache" => parsed.writeback_cache = true,
+            "noatime" => parsed.atime = Some(AtimePolicy::Noatime),
+            "relatime" | "atime" => parsed.atime = Some(AtimePolicy::Relatime),
+            "strictatime" => parsed.atime = Some(AtimePolicy::Strictatime),
+            w if ACCEPTED_WITHOUT_EFFECT.contains(&w) => parsed.extra.push(w.to_string()),
+            w => {
+                if let Some(name) = w.strip_prefix("fsname=") {
+                    if name.is_empty() || name.contains(char::is_whitespace) {
+                        return Err(FuseError::Options(format!(
+                            "fsname={name:?}: give a name without spaces"
+                        )));
+                    }
+                    parsed.fsname = Some(name.to_string());
+                } else if let Some(n) = w.strip_prefix("threads=") {
+                    let n = n.parse::<usize>().map_err(|_| {
+                        FuseError::Options(format!("threads={n}: give a number of threads"))
+                    })?;
+                    parsed.threads = Some(n);
+                } else {
+                    return Err(FuseError::Options(format!(
+                        "unknown mount option {w:?}; known options: ro, rw, allow_other, direct_io, \
+                         writeback_cache, noatime, relatime, strictatime, fsname=NAME, threads=N, {}",
+                        ACCEPTED_WITHOUT_EFFECT.join(", ")
+                    )));
+                }
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_parse_and_unknown_ones_are_refused() {
+        let parsed = parse_mount_options("ro,allow_other,direct_io,noatime,fsname=vol1,_netdev")
+            .expect("parse");
+        assert_eq!(parsed.read_only, Some(true));
+        assert!(parsed.allow_other && parsed.direct_io && !parsed.writeback_cache);
+        assert_eq!(parsed.atime, Some(AtimePolicy::Noatime));
+        assert_eq!(parsed.fsname.as_deref(), Some("vol1"));
+        assert_eq!(parsed.extra, vec!["_netdev".to_string()]);
+        let mut opts = MountOptions::new("/mnt");
+        parsed.apply(&mut opts);
+        assert!(opts.read_only && opts.allow_other && opts.direct_io);
+        assert_eq!(opts.fsname, "vol1");
+        assert_eq!(
+            parse_mount_options("").expect("empty"),
+            ParsedOptions::default()
+        );
+        let err = parse_mount_options("rw,bogus")
+            .expect_err("unknown")
+            .to_string();
+        assert!(
+            err.contains("\"bogus\"") && err.contains("known options"),
+            "{err}"
+        );
+        assert!(parse_mount_options("threads=x").is_err());
+        assert_eq!(
+            parse_mount_options("threads=3").expect("threads").threads,
+            Some(3)
+        );
+    }
+}

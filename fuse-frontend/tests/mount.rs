@@ -1,0 +1,569 @@
+//! A real FUSE mount (needs root and /dev/fuse) of a file system over an
+//! embedded master, a memory-only engine and a `MemoryStore` sink, driven
+//! through std::fs and libc like any program would.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datenlord_cluster::master::Master;
+use datenlord_engine::{BlockSize, Engine, EngineConfig, MemoryStore};
+use datenlord_fs::{Fs, FsConfig, MemorySink, MetaLink};
+use datenlord_fuse::{mount, FuseError, Mount, MountOptions};
+
+const BLOCK: usize = 64 << 10;
+/// [`BLOCK`] as an `off_t`.
+const BLOCK_OFF: i64 = 64 << 10;
+
+/// Whether this process can mount (root with /dev/fuse); the tests say why
+/// they did nothing otherwise.
+fn can_mount() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ok = root && Path::new("/dev/fuse").exists();
+    if !ok {
+        eprintln!("skipped: mounting needs root and /dev/fuse");
+    }
+    ok
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return false;
+    };
+    let shown = path.display().to_string();
+    mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(shown.as_str()))
+}
+
+/// A mounted file system that is always unmounted, even when a test fails.
+struct Mounted {
+    mount: Option<Mount>,
+    engine: Option<Engine>,
+    master: Option<Master>,
+    mnt: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn new(opts: impl FnOnce(&mut MountOptions)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).expect("mkdir mountpoint");
+        let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+        let store = MemoryStore::new();
+        let engine_config = EngineConfig {
+            cores: Some(1),
+            block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+            memory_bytes: 64 * BLOCK as u64,
+            hugepages: false,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
+        let fs = Fs::new(
+            FsConfig::default(),
+            MetaLink::from_master(&master),
+            engine.handle(),
+            MemorySink::new(store),
+        )
+        .expect("fs");
+        let mut options = MountOptions::new(&mnt);
+        options.threads = 2;
+        opts(&mut options);
+        let mount = mount(fs, &options).expect("mount");
+        Self {
+            mount: Some(mount),
+            engine: Some(engine),
+            master: Some(master),
+            mnt,
+            _dir: dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.mnt.join(name)
+    }
+
+    fn unmount(&mut self) {
+        if let Some(m) = self.mount.take() {
+            m.unmount().expect("clean unmount");
+        }
+        assert!(!is_mounted(&self.mnt), "still mounted after unmount");
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(m) = self.mount.take() {
+            let _ = m.unmount();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.mnt)
+                .status();
+        }
+        if let Some(e) = self.engine.take() {
+            let _ = e.shutdown();
+        }
+        if let Some(m) = self.master.take() {
+            let _ = m.stop();
+        }
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 253) as u8))
+        .collect()
+}
+
+fn cpath(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+#[test]
+fn posix_basics_through_a_real_mount() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    // mkdir, create, write, read back.
+    fs::create_dir(m.path("dir")).expect("mkdir");
+    let file = m.path("dir/hello.txt");
+    fs::write(&file, b"hello, world\n").expect("write");
+    assert_eq!(fs::read(&file).expect("read"), b"hello, world\n");
+    let meta = fs::metadata(&file).expect("stat");
+    assert_eq!(meta.len(), 13);
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644 & !0o022 & 0o777);
+    // Listing.
+    let mut names: Vec<String> = fs::read_dir(m.path("dir"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["hello.txt"]);
+    // Rename, hard link, symlink.
+    let renamed = m.path("dir/renamed.txt");
+    fs::rename(&file, &renamed).expect("rename");
+    assert!(!file.exists());
+    fs::hard_link(&renamed, m.path("hard")).expect("link");
+    assert_eq!(fs::metadata(&renamed).expect("stat").nlink(), 2);
+    std::os::unix::fs::symlink("dir/renamed.txt", m.path("sym")).expect("symlink");
+    assert_eq!(
+        fs::read_link(m.path("sym")).expect("readlink"),
+        PathBuf::from("dir/renamed.txt")
+    );
+    assert_eq!(
+        fs::read(m.path("sym")).expect("read via symlink"),
+        b"hello, world\n"
+    );
+    // Truncate and extend.
+    let handle = OpenOptions::new().write(true).open(&renamed).expect("open");
+    handle.set_len(5).expect("truncate");
+    handle.set_len(8).expect("extend");
+    drop(handle);
+    assert_eq!(fs::read(&renamed).expect("read"), b"hello\0\0\0");
+    // Append.
+    let mut a = OpenOptions::new()
+        .append(true)
+        .open(&renamed)
+        .expect("open append");
+    a.write_all(b"!!").expect("append");
+    drop(a);
+    assert_eq!(fs::read(&renamed).expect("read"), b"hello\0\0\0!!");
+    // xattrs through libc.
+    let cpath_renamed = cpath(&renamed);
+    let name = CString::new("user.color").expect("name");
+    // SAFETY: valid C strings and buffer.
+    let rc = unsafe {
+        libc::setxattr(
+            cpath_renamed.as_ptr(),
+            name.as_ptr(),
+            b"blue".as_ptr().cast(),
+            4,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
+    let mut buf = [0u8; 16];
+    // SAFETY: valid C strings and buffer.
+    let n = unsafe {
+        libc::getxattr(
+            cpath_renamed.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    assert_eq!(n, 4, "getxattr: {}", std::io::Error::last_os_error());
+    assert_eq!(&buf[..4], b"blue");
+    // Unlink while open: the handle still reads the data.
+    let mut open = File::open(m.path("hard")).expect("open");
+    fs::remove_file(m.path("hard")).expect("unlink");
+    fs::remove_file(&renamed).expect("unlink");
+    let mut content = Vec::new();
+    open.read_to_end(&mut content).expect("read unlinked");
+    assert_eq!(content, b"hello\0\0\0!!");
+    drop(open);
+    fs::remove_file(m.path("sym")).expect("unlink symlink");
+    fs::remove_dir(m.path("dir")).expect("rmdir");
+    assert_eq!(fs::read_dir(&m.mnt).expect("readdir").count(), 0);
+    // Errors carry their errno.
+    let err = fs::remove_dir(m.path("nothing")).expect_err("missing");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    let err = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.path("x"))
+        .and_then(|_| {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(m.path("x"))
+        })
+        .expect_err("O_EXCL");
+    assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+    // statfs.
+    // SAFETY: a zeroed statvfs is valid output space.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let root = cpath(&m.mnt);
+    // SAFETY: valid C string and output struct.
+    assert_eq!(unsafe { libc::statvfs(root.as_ptr(), &raw mut st) }, 0);
+    assert_eq!(st.f_bsize as usize, BLOCK);
+    m.unmount();
+}
+
+#[test]
+fn big_files_with_unaligned_offsets_survive_remount_of_the_data_path() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    let path = m.path("big");
+    let data = pattern(5 * BLOCK + 4321, 7);
+    {
+        let mut f = File::create(&path).expect("create");
+        // Unaligned pieces of odd sizes.
+        let mut pos = 0;
+        for chunk in data.chunks(BLOCK / 3 + 17) {
+            f.write_all(chunk).expect("write");
+            pos += chunk.len();
+        }
+        assert_eq!(pos, data.len());
+        f.sync_all().expect("fsync");
+    }
+    assert_eq!(fs::read(&path).expect("read"), data);
+    // Overwrite across a block boundary, then read ranges.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    f.seek(SeekFrom::Start(2 * BLOCK as u64 - 10))
+        .expect("seek");
+    f.write_all(&[0xEE; 30]).expect("overwrite");
+    f.flush().expect("flush");
+    let mut expected = data.clone();
+    expected[2 * BLOCK - 10..2 * BLOCK + 20].fill(0xEE);
+    f.seek(SeekFrom::Start(2 * BLOCK as u64 - 100))
+        .expect("seek");
+    let mut got = vec![0u8; 200];
+    f.read_exact(&mut got).expect("read");
+    assert_eq!(got, expected[2 * BLOCK - 100..2 * BLOCK + 100]);
+    // A sparse write far away (> 4 GiB).
+    let far = 5u64 << 30;
+    f.seek(SeekFrom::Start(far)).expect("seek far");
+    f.write_all(b"far").expect("write far");
+    drop(f);
+    let meta = fs::metadata(&path).expect("stat");
+    assert_eq!(meta.len(), far + 3);
+    let mut f = File::open(&path).expect("open");
+    f.seek(SeekFrom::Start(far - 2)).expect("seek");
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).expect("read tail");
+    assert_eq!(tail, b"\0\0far");
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    let mut head = vec![0u8; expected.len()];
+    f.read_exact(&mut head).expect("read head");
+    assert_eq!(head, expected);
+    drop(f);
+    m.unmount();
+}
+
+#[test]
+fn an_outside_umount_ends_wait() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|o| o.threads = 1);
+    fs::write(m.path("f"), b"x").expect("write");
+    let mnt = m.mnt.clone();
+    let umount = std::thread::spawn(move || {
+        std::process::Command::new("umount")
+            .arg(&mnt)
+            .status()
+            .expect("run umount")
+    });
+    let mount = m.mount.take().expect("mount");
+    mount.wait().expect("wait returns after the outside umount");
+    assert!(umount.join().expect("umount thread").success());
+    assert!(!is_mounted(&m.mnt));
+}
+
+#[test]
+fn mount_errors_say_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+    let store = MemoryStore::new();
+    let engine_config = EngineConfig {
+        cores: Some(1),
+        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+        memory_bytes: 16 * BLOCK as u64,
+        hugepages: false,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
+    let fs = Fs::new(
+        FsConfig::default(),
+        MetaLink::from_master(&master),
+        engine.handle(),
+        MemorySink::new(store),
+    )
+    .expect("fs");
+    let missing = dir.path().join("missing");
+    let err = mount(Arc::clone(&fs), &MountOptions::new(&missing)).expect_err("missing");
+    assert!(matches!(err, FuseError::MountpointMissing(_)), "{err}");
+    assert!(err.to_string().contains("mkdir -p"), "{err}");
+    let file = dir.path().join("file");
+    fs::write(&file, b"").expect("write");
+    let err = mount(Arc::clone(&fs), &MountOptions::new(&file)).expect_err("file");
+    assert!(matches!(err, FuseError::NotADirectory(_)), "{err}");
+    drop(fs);
+    let _ = engine.shutdown();
+    let _ = master.stop();
+}
+
+#[test]
+fn permissions_are_enforced_for_other_users() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|o| o.allow_other = true);
+    fs::create_dir(m.path("private")).expect("mkdir");
+    fs::set_permissions(m.path("private"), fs::Permissions::from_mode(0o700)).expect("chmod");
+    fs::write(m.path("public"), b"data").expect("write");
+    assert_eq!(
+        fs::metadata(m.path("private"))
+            .expect("stat")
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o700
+    );
+    // A child running as uid 65534 may read the public file but not list
+    // the private directory.
+    let status = |cmd: &str| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                cmd,
+            ])
+            .current_dir(&m.mnt)
+            .status()
+    };
+    match status("cat public >/dev/null") {
+        Ok(s) => {
+            assert!(s.success(), "other users may read 0644 files");
+            let denied = status("ls private").expect("ls");
+            assert!(!denied.success(), "0700 directories are private");
+            let denied = status("echo x > public").expect("write");
+            assert!(!denied.success(), "0644 files are read-only for others");
+        }
+        Err(e) => eprintln!("setpriv not available ({e}); permission checks skipped"),
+    }
+    m.unmount();
+}
+
+#[test]
+fn file_creation_mode_and_owner_follow_the_caller() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(m.path("m"))
+        .expect("create");
+    drop(f);
+    let meta = fs::metadata(m.path("m")).expect("stat");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640 & !0o022);
+    assert_eq!(meta.uid(), 0);
+    m.unmount();
+}
+
+#[test]
+fn a_copied_source_tree_compares_equal_and_parallel_writers_do_not_mix() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|o| o.threads = 2);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster/src");
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(m.path("tree"))
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let diff = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&src)
+        .arg(m.path("tree"))
+        .status()
+        .expect("diff");
+    assert!(diff.success(), "the copy differs from its source");
+    let writers: Vec<_> = (0..4u8)
+        .map(|n| {
+            let path = m.path(&format!("w{n}"));
+            std::thread::spawn(move || {
+                let data = pattern(3 * BLOCK + 11 * usize::from(n), n);
+                let mut f = File::create(&path).expect("create");
+                for chunk in data.chunks(4096 + usize::from(n)) {
+                    f.write_all(chunk).expect("write");
+                }
+                drop(f);
+                assert_eq!(fs::read(&path).expect("read back"), data, "writer {n}");
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    m.unmount();
+}
+
+#[test]
+fn rename_flags_punch_hole_and_seek_hole_through_the_kernel() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    fs::write(m.path("a"), b"A").expect("write");
+    fs::write(m.path("b"), b"B").expect("write");
+    let (a, b) = (cpath(&m.path("a")), cpath(&m.path("b")));
+    // SAFETY: valid C strings.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    assert_eq!(rc, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
+    // SAFETY: valid C strings.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    assert_eq!(rc, 0, "exchange: {}", std::io::Error::last_os_error());
+    assert_eq!(fs::read(m.path("a")).expect("read"), b"B");
+    assert_eq!(fs::read(m.path("b")).expect("read"), b"A");
+    // Replace an existing file with rename(2).
+    fs::rename(m.path("a"), m.path("b")).expect("rename over");
+    assert_eq!(fs::read(m.path("b")).expect("read"), b"B");
+    // Punch a hole of whole blocks in the middle of a file.
+    let path = m.path("holey");
+    fs::write(&path, pattern(4 * BLOCK, 1)).expect("write");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    // SAFETY: valid fd.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            BLOCK_OFF + 7,
+            BLOCK_OFF,
+        )
+    };
+    assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    drop(f);
+    let got = fs::read(&path).expect("read");
+    let mut expected = pattern(4 * BLOCK, 1);
+    expected[BLOCK + 7..2 * BLOCK + 7].fill(0);
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "punched range reads as zeros");
+    // SEEK_HOLE on a sparse file finds the first hole.
+    let sparse = m.path("sparse");
+    let mut f = File::create(&sparse).expect("create");
+    f.write_all(b"data").expect("write");
+    f.seek(SeekFrom::Start(10 * BLOCK as u64)).expect("seek");
+    f.write_all(b"tail").expect("write");
+    f.sync_all().expect("fsync");
+    // SAFETY: valid fd.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, BLOCK_OFF);
+    // SAFETY: valid fd.
+    let data = unsafe { libc::lseek(f.as_raw_fd(), BLOCK_OFF, libc::SEEK_DATA) };
+    assert_eq!(data, 10 * BLOCK_OFF);
+    drop(f);
+    m.unmount();
+}
+
+#[test]
+fn a_read_only_mount_refuses_writes() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|o| o.read_only = true);
+    let err = fs::write(m.path("f"), b"x").expect_err("read-only");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(fs::read_dir(&m.mnt).expect("readdir").count(), 0);
+    m.unmount();
+}
+
+#[test]
+fn fifos_are_created_as_special_files() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    // A fifo.
+    let fifo = cpath(&m.path("fifo"));
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let ft = fs::symlink_metadata(m.path("fifo"))
+        .expect("stat fifo")
+        .file_type();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&ft));
+    fs::remove_file(m.path("fifo")).expect("unlink fifo");
+    m.unmount();
+}

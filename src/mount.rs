@@ -1,0 +1,781 @@
+//! `datenlord mount`: one node with embedded defaults — a single-node
+//! metadata group, the block engine, the remote store with its write-back
+//! journal, and the FUSE mount — started in dependency order and stopped in
+//! reverse, flushing everything on the way down.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tracing::{info, warn};
+
+use datenlord_cluster::master::Master;
+use datenlord_engine::block::{parse_bytes, BlockSize};
+use datenlord_engine::config::{DiskConfig, EngineConfig};
+use datenlord_engine::store::{
+    ControlPlane, RemoteStore, StoreUrl, VolumeDescriptor, WriteBack, WriteBackConfig, WriteMode,
+    STORE_FORMAT_VERSION,
+};
+use datenlord_engine::BlockId;
+use futures::executor::block_on;
+
+use crate::daemon::{self, Ready, Role};
+
+/// How long a clean stop waits for the write-back backlog to reach the store.
+const DRAIN_TIMEOUT_S: u64 = 60;
+/// Journal capacity when the cache disk is not sized (`--cache-size`).
+const JOURNAL_CAPACITY_DEFAULT_BYTES: u64 = 4 << 30;
+/// How often the metadata is backed up to the store while mounted.
+const META_BACKUP_INTERVAL_S: u64 = 300;
+
+/// `datenlord mount` arguments.
+#[derive(Debug, clap::Args)]
+pub struct MountArgs {
+    /// Where to mount (an existing, empty directory).
+    pub mountpoint: PathBuf,
+    /// The node's state: metadata log and snapshots, the default store
+    /// (`store/`), cache and journal. Default: /var/lib/datenlord for root,
+    /// else $XDG_DATA_HOME/datenlord (~/.local/share/datenlord).
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// The remote store: `file:///abs/dir` or `s3://bucket/prefix` (S3
+    /// endpoint and credentials from the AWS_* environment variables).
+    /// Default: file://<data-dir>/store, formatted on first use.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Directory of the NVMe cache file and the write-back journal.
+    /// Default: <data-dir>/cache.
+    #[arg(long = "cache-dir")]
+    pub cache_dir: Option<PathBuf>,
+    /// Size of the NVMe cache file (e.g. 10G); 0 disables the disk tier.
+    #[arg(long = "cache-size", default_value = "1G")]
+    pub cache_size: String,
+    /// Size of the memory tier summed over cores (e.g. 512M).
+    #[arg(long = "memory-size", default_value = "256M")]
+    pub memory_size: String,
+    /// Cores (executors and FUSE request loops); default: every CPU allowed.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Block size when this mount formats a new volume (64K..16M).
+    #[arg(long = "block-size", default_value = "1M")]
+    pub block_size: String,
+    /// `back`: fsync/close return once data is durable in the local
+    /// journal; `through`: once it is in the store.
+    #[arg(long = "write-mode", default_value = "back")]
+    pub write_mode: String,
+    /// Mount options, fstab style: ro, allow_other, direct_io,
+    /// relatime|noatime|strictatime, writeback_cache.
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+    /// Stay in the foreground (logs to stderr).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
+    #[arg(long = "metrics-addr")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+/// The default data directory for this user.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        return PathBuf::from("/var/lib/datenlord");
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("datenlord");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/share/datenlord")
+}
+
+/// Checks the mount point before anything starts, with what to do.
+fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "the mount point {} does not exist: create it with `mkdir -p {}`",
+            path.display(),
+            path.display()
+        ),
+        _ => anyhow::anyhow!(
+            "cannot use the mount point {}: {e} (a stale mount? try `fusermount3 -u {}`)",
+            path.display(),
+            path.display()
+        ),
+    })?;
+    if !meta.is_dir() {
+        bail!("the mount point {} is not a directory", path.display());
+    }
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))?;
+    if is_mount_point(&path) {
+        bail!(
+            "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
+            path.display(),
+            path.display()
+        );
+    }
+    if !Path::new("/dev/fuse").exists() {
+        bail!("/dev/fuse is missing: load the fuse module (`modprobe fuse`) or, in a container, pass the device (--device /dev/fuse)");
+    }
+    Ok(path)
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|mp| unescape_mountinfo(mp) == wanted)
+}
+
+/// `/proc/self/mountinfo` escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let (b'\\', Some(digits)) = (bytes[i], octal) {
+            let code = digits
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            out.push(code as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The data directory's lock and pid file: one daemon per data directory.
+#[derive(Debug)]
+pub struct DataDirLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl DataDirLock {
+    /// Takes the lock (non-blocking) and writes this process's pid.
+    pub fn take(data_dir: &Path) -> anyhow::Result<Self> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        let path = data_dir.join(PID_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "the data directory {} is in use by another datenlord (pid {}): unmount it first, or use another --data-dir",
+                data_dir.display(),
+                pid.trim()
+            );
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        writeln!(file, "{}", std::process::id())?;
+        Ok(Self { file, path })
+    }
+}
+
+impl Drop for DataDirLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
+}
+
+/// Name of the pid file (and lock) in the data directory.
+pub const PID_FILE: &str = "datenlord.pid";
+
+/// Runs `datenlord mount`.
+pub fn run(args: &MountArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mountpoint = check_mountpoint(&args.mountpoint)?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    let mut ready = if args.foreground {
+        Ready::foreground()
+    } else {
+        match daemon::daemonize(&data_dir.join("datenlord.log"))? {
+            Role::Parent(code) => return Ok(code),
+            Role::Daemon(ready) => ready,
+        }
+    };
+    match serve(args, &mountpoint, &data_dir, &mut ready) {
+        Ok(()) => Ok(std::process::ExitCode::SUCCESS),
+        Err(err) => {
+            ready.fail(&format!("{err:#}"));
+            Err(err)
+        }
+    }
+}
+
+/// The store a mount uses and the volume it holds.
+struct Store {
+    url: StoreUrl,
+    remote: RemoteStore,
+    descriptor: VolumeDescriptor,
+    /// Kept alive as long as the store is used.
+    _control: ControlPlane,
+}
+
+/// Opens `--store` (or the embedded default, formatted on first use) and
+/// reads its volume descriptor.
+fn open_store(args: &MountArgs, data_dir: &Path) -> anyhow::Result<Store> {
+    let embedded = args.store.is_none();
+    let url: StoreUrl = if let Some(text) = &args.store {
+        text.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?
+    } else {
+        let dir = data_dir.join("store");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the store directory {}", dir.display()))?;
+        let text = format!("file://{}", dir.display());
+        text.parse().map_err(|e| anyhow::anyhow!("{text}: {e}"))?
+    };
+    let control = ControlPlane::start().context("starting the store's runtime")?;
+    let remote =
+        RemoteStore::open(&url, &control).with_context(|| format!("opening the store {url}"))?;
+    let found = block_on(remote.descriptor())
+        .with_context(|| format!("reading the volume descriptor of {url}"))?;
+    let descriptor = match found {
+        Some(d) => d,
+        None if embedded => {
+            let d = VolumeDescriptor {
+                uuid: random_uuid(),
+                block_size: parse_block_size(&args.block_size)?,
+                format_version: STORE_FORMAT_VERSION,
+            };
+            block_on(remote.format(&d)).with_context(|| format!("formatting {url}"))?;
+            info!(store = %url, block_size = d.block_size, volume = %d.uuid_hex(), "formatted the embedded store on first use");
+            d
+        }
+        None => bail!(
+            "the store {url} is not formatted: run `datenlord format --store {url}` first (it writes the volume descriptor)"
+        ),
+    };
+    Ok(Store {
+        url,
+        remote,
+        descriptor,
+        _control: control,
+    })
+}
+
+/// Sizes and paths of the node's cache, from the command line.
+struct CachePlan {
+    dir: PathBuf,
+    memory_bytes: u64,
+    disk_bytes: u64,
+    write_mode: WriteMode,
+}
+
+impl CachePlan {
+    fn new(args: &MountArgs, data_dir: &Path) -> anyhow::Result<Self> {
+        let dir = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("cache"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the cache directory {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            memory_bytes: parse_bytes(&args.memory_size).context("--memory-size")?,
+            disk_bytes: parse_bytes(&args.cache_size).context("--cache-size")?,
+            write_mode: args
+                .write_mode
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--write-mode: {e}"))?,
+        })
+    }
+
+    /// The journal takes half of the sized cache disk (at least 64 MiB).
+    fn journal_capacity_bytes(&self) -> u64 {
+        if self.disk_bytes > 0 {
+            (self.disk_bytes / 2).max(64 << 20)
+        } else {
+            JOURNAL_CAPACITY_DEFAULT_BYTES
+        }
+    }
+}
+
+/// The block engine over the store, with its write-back journal.
+fn start_engine(
+    args: &MountArgs,
+    plan: &CachePlan,
+    store: &Store,
+    master: &Master,
+) -> anyhow::Result<(datenlord_engine::Engine, WriteBack)> {
+    let mut wb_config = WriteBackConfig::new(plan.dir.join("journal"));
+    wb_config.capacity_bytes = plan.journal_capacity_bytes();
+    wb_config.mode = plan.write_mode;
+    wb_config.gc_grace = Duration::from_secs(GC_GRACE_S);
+    let writeback = WriteBack::open(wb_config, store.remote.clone())
+        .context("opening the write-back journal")?;
+    let local = master.local();
+    let resolver: datenlord_engine::store::sources::ResolveFn = Arc::new(move |ino, index| {
+        let state = local.read();
+        state
+            .blocks(datenlord_cluster::meta::Ino(ino.0), index, 1)
+            .ok()
+            .and_then(|b| b.first().copied())
+            .filter(|&(i, _)| i == index)
+            .map(|(_, v)| v)
+    });
+    let sources = datenlord_engine::store::StoreSources::new(
+        store.remote.clone(),
+        Some(writeback.clone()),
+        resolver,
+    );
+    let block_size = BlockSize::new(u64::from(store.descriptor.block_size))
+        .map_err(|e| anyhow::anyhow!("the store's block size: {e}"))?;
+    let config = EngineConfig {
+        cores: args.cores,
+        block_size,
+        memory_bytes: plan.memory_bytes,
+        disk: (plan.disk_bytes > 0).then(|| DiskConfig {
+            path: plan.dir.clone(),
+            size_bytes: Some(plan.disk_bytes),
+        }),
+        ..EngineConfig::default()
+    };
+    let engine =
+        datenlord_engine::Engine::start(&config, sources).context("starting the block engine")?;
+    Ok((engine, writeback))
+}
+
+fn serve(
+    args: &MountArgs,
+    mountpoint: &Path,
+    data_dir: &Path,
+    ready: &mut Ready,
+) -> anyhow::Result<()> {
+    // Before any thread starts, so that every thread inherits the mask and
+    // only the waiter below receives SIGTERM/SIGINT.
+    let signals = crate::block_stop_signals();
+    let _lock = DataDirLock::take(data_dir)?;
+    let mut opts = datenlord_fuse::MountOptions::new(mountpoint);
+    let parsed = datenlord_fuse::parse_mount_options(&args.options.join(","))
+        .context("in the -o mount options")?;
+    parsed.apply(&mut opts);
+    let plan = CachePlan::new(args, data_dir)?;
+    let store = open_store(args, data_dir)?;
+    // Metadata: the embedded single-node group, restored from the store's
+    // backup when this data directory is new.
+    let master = open_metadata(&data_dir.join("meta"), &store.remote, &store.url)?;
+    ensure_volume(&master, &store.descriptor, &store.url)?;
+    let (engine, writeback) = start_engine(args, &plan, &store, &master)?;
+
+    let mut fs_config = datenlord_fs::FsConfig::default();
+    if let Some(atime) = parsed.atime {
+        fs_config.atime = atime;
+    }
+    let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
+    let fs = datenlord_fs::Fs::new(
+        fs_config,
+        datenlord_fs::MetaLink::from_master(&master),
+        engine.handle(),
+        sink,
+    )
+    .context("starting the file system")?;
+    if opts.threads == 0 {
+        opts.threads = engine.handle().shards();
+    }
+    let mount = datenlord_fuse::mount(Arc::clone(&fs), &opts)?;
+    let metrics = match args.metrics_addr {
+        Some(addr) => Some(crate::metrics::Endpoint::start(
+            addr,
+            node_metrics(engine.handle(), writeback.clone(), mount.stats()),
+        )?),
+        None => None,
+    };
+    let backup = Backup::start(&master, &store.remote);
+    let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::addr);
+    info!(mountpoint = %mountpoint.display(), store = %store.url, cores = engine.handle().shards(), ?metrics_addr, "mounted");
+    ready.ok();
+    stop_on_signal(signals, Arc::clone(&fs), mountpoint)?;
+
+    let served = mount.wait();
+    drop(metrics);
+    backup.stop();
+    if let Err(e) = block_on(writeback.drain(Duration::from_secs(DRAIN_TIMEOUT_S))) {
+        warn!(error = %e, "the write-back journal still holds data; it is uploaded at the next start");
+    }
+    let snapshot = master.local().read().snapshot();
+    match block_on(store.remote.put_meta_snapshot(snapshot)) {
+        Ok(seq) => info!(seq, "backed up the metadata to the store"),
+        Err(e) => warn!(error = %e, "backing up the metadata to the store"),
+    }
+    drop(fs);
+    engine.shutdown().context("stopping the engine")?;
+    writeback.shutdown();
+    master.stop().context("stopping the metadata")?;
+    served.context("serving the mount")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// On SIGTERM/SIGINT: flush, then unmount (lazily if files are still
+/// open: the mount then ends when the last one closes).
+fn stop_on_signal(
+    signals: libc::sigset_t,
+    fs: Arc<datenlord_fs::Fs>,
+    mountpoint: &Path,
+) -> anyhow::Result<()> {
+    let mountpoint = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let signal = crate::wait_for_stop_signal(&signals);
+            info!(signal, "unmounting on signal");
+            if let Err(e) = block_on(fs.flush_all()) {
+                warn!(error = %e, "flushing before unmount");
+            }
+            unmount_path(&mountpoint);
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+/// How long a version that left the namespace stays in the store: longer
+/// than the metadata backup interval, so the newest backup never refers to
+/// a deleted block.
+const GC_GRACE_S: u64 = 3 * META_BACKUP_INTERVAL_S;
+
+fn parse_block_size(text: &str) -> anyhow::Result<u32> {
+    let bytes = parse_bytes(text).context("--block-size")?;
+    let size = BlockSize::new(bytes).map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
+    Ok(size.bytes())
+}
+
+/// 16 random bytes from the kernel.
+pub fn random_uuid() -> [u8; 16] {
+    let mut uuid = [0u8; 16];
+    // SAFETY: getrandom writes at most `uuid.len()` bytes into the buffer.
+    let n = unsafe { libc::getrandom(uuid.as_mut_ptr().cast(), uuid.len(), 0) };
+    if n != 16 {
+        // getrandom(2) does not fail for 16 bytes once the pool is ready;
+        // the clock and pid still make a distinct id should it ever.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        uuid.copy_from_slice(&(t ^ (u128::from(std::process::id()) << 64)).to_le_bytes());
+    }
+    // RFC 4122 version 4, variant 1.
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    uuid
+}
+
+/// Opens the embedded metadata group; a new data directory on a store
+/// that has a metadata backup starts from that backup.
+fn open_metadata(meta_dir: &Path, remote: &RemoteStore, url: &StoreUrl) -> anyhow::Result<Master> {
+    let is_new = !meta_dir
+        .join(datenlord_cluster::master::IDENTITY_FILE)
+        .exists();
+    if is_new {
+        let latest = block_on(remote.latest_meta_snapshot())
+            .with_context(|| format!("looking for a metadata backup in {url}"))?;
+        if let Some((seq, bytes)) = latest {
+            let master = Master::embedded_restored(meta_dir, bytes).with_context(|| {
+                format!(
+                    "restoring the metadata backup #{seq} of {url} into {}",
+                    meta_dir.display()
+                )
+            })?;
+            info!(seq, store = %url, "restored the namespace from the store's metadata backup");
+            return Ok(master);
+        }
+    }
+    Master::embedded(meta_dir, None)
+        .with_context(|| format!("starting the metadata in {}", meta_dir.display()))
+}
+
+/// How long start-up waits for the embedded metadata group to elect itself.
+const LEADER_WAIT_MS: u64 = 10_000;
+
+/// Formats the namespace with the store's volume id on first start, and
+/// refuses a data directory whose namespace belongs to another volume.
+fn ensure_volume(master: &Master, store: &VolumeDescriptor, url: &StoreUrl) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_millis(LEADER_WAIT_MS);
+    loop {
+        let status =
+            block_on(master.handle().status()).context("asking the metadata for its status")?;
+        if status.leader == Some(status.id) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the embedded metadata group elected no leader within {LEADER_WAIT_MS} ms");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Linearizable: after a restart the log is replayed once the leader
+    // commits, and the local copy may still be behind at this point.
+    let volume = block_on(master.handle().read(|state| state.read().volume().cloned()))
+        .context("reading the namespace's volume")?;
+    match volume {
+        Some(v) if v.uuid == store.uuid && v.block_size == store.block_size => Ok(()),
+        Some(v) => bail!(
+            "this data directory holds the namespace of another volume (block size {} bytes) than the store {url} (volume {}): use the data directory of that store, or a new --data-dir",
+            v.block_size,
+            store.uuid_hex()
+        ),
+        None => {
+            let command = datenlord_cluster::meta::Command::Format {
+                uuid: store.uuid,
+                block_size: store.block_size,
+                format_version: datenlord_cluster::meta::VOLUME_FORMAT_VERSION,
+                capacity_bytes: datenlord_fs::CAPACITY_BYTES_DEFAULT,
+                inodes_max: datenlord_fs::INODES_MAX_DEFAULT,
+                now: datenlord_fs::now(),
+            };
+            let reply = block_on(master.handle().propose(command.encode()))
+                .context("formatting the namespace")?;
+            datenlord_cluster::master::decode_result(&reply)
+                .map_err(|e| anyhow::anyhow!("formatting the namespace: {e}"))?;
+            info!(volume = %store.uuid_hex(), "formatted a new namespace");
+            Ok(())
+        }
+    }
+}
+
+/// Flushed blocks go to the write-back journal (durable before success).
+struct JournalSink(WriteBack);
+
+impl datenlord_fs::BlockSink for JournalSink {
+    fn commit(
+        &self,
+        blocks: Vec<(BlockId, Vec<u8>)>,
+    ) -> futures::future::BoxFuture<'static, Result<(), datenlord_fs::SinkError>> {
+        let commit = self.0.commit(blocks);
+        Box::pin(async move {
+            commit.await.map_err(|e| datenlord_fs::SinkError {
+                errno: e.errno(),
+                message: e.to_string(),
+            })
+        })
+    }
+
+    fn collect(&self, garbage: Vec<BlockId>) {
+        if let Err(e) = self.0.collect(garbage) {
+            warn!(error = %e, "recording garbage block versions (they stay in the store)");
+        }
+    }
+}
+
+/// Periodic metadata backups to the store, while mounted.
+struct Backup {
+    stop: Option<flume::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backup {
+    fn start(master: &Master, remote: &RemoteStore) -> Self {
+        let (stop, stopped) = flume::bounded::<()>(1);
+        let local = master.local();
+        let remote = remote.clone();
+        let thread = std::thread::Builder::new()
+            .name("meta-backup".into())
+            .spawn(move || {
+                let interval = Duration::from_secs(META_BACKUP_INTERVAL_S);
+                let mut last: Option<Vec<u8>> = None;
+                while let Err(flume::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    let snapshot = local.read().snapshot();
+                    if last.as_ref() == Some(&snapshot) {
+                        continue;
+                    }
+                    match block_on(remote.put_meta_snapshot(snapshot.clone())) {
+                        Ok(seq) => {
+                            tracing::debug!(seq, "metadata backed up");
+                            last = Some(snapshot);
+                        }
+                        Err(e) => warn!(error = %e, "backing up the metadata to the store; retrying later"),
+                    }
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            warn!("cannot start the metadata backup thread; backups happen at unmount only");
+        }
+        Self {
+            stop: Some(stop),
+            thread,
+        }
+    }
+
+    fn stop(mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Unmounts `path`: as root with umount2 (lazily when busy), else through
+/// fusermount3.
+fn unmount_path(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::umount2(c_path.as_ptr(), 0) } == 0 {
+        return;
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EBUSY) => {
+            warn!(mountpoint = %path.display(), "files are still open: detaching the mount; it ends when the last one closes");
+            // SAFETY: as above.
+            unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) };
+        }
+        Some(libc::EPERM) => {
+            let status = std::process::Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(path)
+                .status();
+            if !status.is_ok_and(|s| s.success()) {
+                warn!(mountpoint = %path.display(), "fusermount3 -u failed");
+            }
+        }
+        _ => warn!(mountpoint = %path.display(), error = %err, "unmount failed"),
+    }
+}
+
+/// What `/metrics` shows: engine tiers, the write-back backlog, FUSE ops.
+fn node_metrics(
+    engine: datenlord_engine::EngineHandle,
+    writeback: WriteBack,
+    ops: datenlord_fuse::OpStats,
+) -> crate::metrics::Render {
+    use crate::metrics::Exposition;
+    Arc::new(move || {
+        let mut e = Exposition::default();
+        if let Ok(shards) = block_on(engine.stats()) {
+            let mut fields: Vec<(&'static str, Vec<u64>)> = Vec::new();
+            for stats in &shards {
+                for (i, (name, value)) in stats.fields().into_iter().enumerate() {
+                    if fields.len() <= i {
+                        fields.push((name, Vec::new()));
+                    }
+                    fields[i].1.push(value);
+                }
+            }
+            for (name, values) in fields {
+                let metric = format!("datenlord_engine_{name}_total");
+                e.family(
+                    &metric,
+                    "counter",
+                    &format!("Engine counter {name}, per shard."),
+                );
+                for (shard, value) in values.iter().enumerate() {
+                    e.sample(&metric, &[("shard", &shard.to_string())], *value as f64);
+                }
+            }
+        }
+        let backlog = writeback.backlog();
+        e.family(
+            "datenlord_writeback_backlog_blocks",
+            "gauge",
+            "Blocks in the write-back journal not yet in the store.",
+        );
+        e.sample(
+            "datenlord_writeback_backlog_blocks",
+            &[],
+            backlog.entries as f64,
+        );
+        e.family(
+            "datenlord_writeback_backlog_bytes",
+            "gauge",
+            "Bytes in the write-back journal not yet in the store.",
+        );
+        e.sample(
+            "datenlord_writeback_backlog_bytes",
+            &[],
+            backlog.bytes as f64,
+        );
+        e.family(
+            "datenlord_writeback_oldest_seconds",
+            "gauge",
+            "Age of the oldest block waiting for upload.",
+        );
+        e.sample(
+            "datenlord_writeback_oldest_seconds",
+            &[],
+            backlog.oldest_age.map_or(0.0, |a| a.as_secs_f64()),
+        );
+        e.family(
+            "datenlord_writeback_upload_failing",
+            "gauge",
+            "1 while uploads to the store fail.",
+        );
+        e.sample(
+            "datenlord_writeback_upload_failing",
+            &[],
+            f64::from(u8::from(backlog.last_error.is_some())),
+        );
+        render_ops(&mut e, &ops.snapshot());
+        e.finish()
+    })
+}
+
+fn render_ops(e: &mut crate::metrics::Exposition, ops: &[datenlord_fuse::OpSample]) {
+    e.family(
+        "datenlord_fuse_requests_total",
+        "counter",
+        "FUSE requests answered, per op.",
+    );
+    for op in ops {
+        e.sample(
+            "datenlord_fuse_requests_total",
+            &[("op", op.op)],
+            op.count as f64,
+        );
+    }
+    e.family(
+        "datenlord_fuse_errors_total",
+        "counter",
+        "FUSE requests answered with an error, per op.",
+    );
+    for op in ops {
+        e.sample(
+            "datenlord_fuse_errors_total",
+            &[("op", op.op)],
+            op.errors as f64,
+        );
+    }
+    e.family(
+        "datenlord_fuse_request_seconds",
+        "histogram",
+        "FUSE request latency, per op.",
+    );
+    for op in ops {
+        let sample = crate::metrics::HistogramSample {
+            buckets: op
+                .buckets
+                .iter()
+                .map(|&(le_us, count)| (le_us as f64 / 1e6, count))
+                .collect(),
+            count: op.count,
+            sum_seconds: op.sum_ns as f64 / 1e9,
+        };
+        e.histogram("datenlord_fuse_request_seconds", &[("op", op.op)], &sample);
+    }
+}

@@ -1,0 +1,346 @@
+//! `datenlord mount` end to end, as users run it: the real command line,
+//! a real FUSE mount, the local-directory store. POSIX conformance
+//! (pjdfstest), a random-operation comparison with a local directory (fsx
+//! style), real workloads (tar, git, sqlite, cp -a), kill -9 during writes,
+//! restart with an empty cache, and restoring the namespace from the
+//! store's metadata backup.
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use support::fsx::{self, FsxConfig};
+use support::node::{datenlord, Mounted, NodeDirs};
+
+fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "in {}: {script}\nstdout: {}\nstderr: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn mount_errors_say_what_to_do() {
+    let dirs = NodeDirs::new();
+    let missing = dirs.root().join("no-such-dir");
+    let out = datenlord(&[
+        "mount",
+        &missing.to_string_lossy(),
+        "--data-dir",
+        &dirs.data_dir().to_string_lossy(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not exist") && err.contains("mkdir"),
+        "{err}"
+    );
+
+    let out = datenlord(&[
+        "mount",
+        &dirs.mountpoint().to_string_lossy(),
+        "--data-dir",
+        &dirs.data_dir().to_string_lossy(),
+        "-o",
+        "no_such_option",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no_such_option"), "{err}");
+
+    let mounted = Mounted::start(&dirs, &[]);
+    let other = NodeDirs::new();
+    let out = datenlord(&[
+        "mount",
+        &dirs.mountpoint().to_string_lossy(),
+        "--data-dir",
+        &other.data_dir().to_string_lossy(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already a mount point"), "{err}");
+
+    // A second daemon on the same data directory is refused.
+    let out = datenlord(&[
+        "mount",
+        &other.mountpoint().to_string_lossy(),
+        "--data-dir",
+        &dirs.data_dir().to_string_lossy(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use"), "{err}");
+    mounted.unmount();
+}
+
+#[test]
+fn files_directories_links_and_attributes() {
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &[]);
+    let root = m.path();
+    std::fs::create_dir_all(root.join("a/b/c")).expect("mkdir -p");
+    std::fs::write(root.join("a/b/c/f"), b"hello").expect("write");
+    assert_eq!(std::fs::read(root.join("a/b/c/f")).expect("read"), b"hello");
+    std::fs::rename(root.join("a/b/c/f"), root.join("a/g")).expect("rename");
+    std::fs::hard_link(root.join("a/g"), root.join("a/h")).expect("link");
+    assert_eq!(
+        std::fs::metadata(root.join("a/g")).expect("stat").nlink(),
+        2
+    );
+    std::os::unix::fs::symlink("g", root.join("a/s")).expect("symlink");
+    assert_eq!(
+        std::fs::read(root.join("a/s")).expect("read via link"),
+        b"hello"
+    );
+    std::fs::set_permissions(root.join("a/g"), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod");
+    assert_eq!(
+        std::fs::metadata(root.join("a/h")).expect("stat").mode() & 0o7777,
+        0o640
+    );
+    let mut names: Vec<String> = std::fs::read_dir(root.join("a"))
+        .expect("readdir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["b", "g", "h", "s"]);
+    // A file larger than a block, written at unaligned offsets.
+    let big: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i * 7 + i / 4096) as u8)
+        .collect();
+    let mut f = std::fs::File::create(root.join("big")).expect("create");
+    for chunk in big.chunks(333_333) {
+        f.write_all(chunk).expect("write");
+    }
+    f.sync_all().expect("fsync");
+    drop(f);
+    assert_eq!(std::fs::read(root.join("big")).expect("read big"), big);
+    std::fs::remove_file(root.join("a/h")).expect("unlink");
+    std::fs::remove_dir_all(root.join("a")).expect("rm -r");
+    m.unmount();
+    // Data and namespace survive a clean remount.
+    let m = Mounted::start(&dirs, &[]);
+    assert_eq!(
+        std::fs::read(m.path().join("big")).expect("read big again"),
+        big
+    );
+    assert!(!m.path().join("a").exists());
+    m.unmount();
+}
+
+#[test]
+fn pjdfstest_passes_on_the_mount() {
+    let dirs = NodeDirs::new();
+    // The suite switches to unprivileged users: they need allow_other.
+    let m = Mounted::start(&dirs, &["-o", "allow_other"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pjdfstest");
+    let out = Command::new(&script)
+        .arg(m.path())
+        .output()
+        .expect("scripts/pjdfstest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("Summary:"))
+        .unwrap_or("no summary")
+        .to_owned();
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.ends_with("FAILED")).collect();
+    assert!(
+        out.status.success(),
+        "pjdfstest on the mount: {summary}\nfailed:\n{}\nstderr: {}\nlog:\n{}",
+        failed.join("\n"),
+        String::from_utf8_lossy(&out.stderr),
+        m.log()
+    );
+    eprintln!("pjdfstest: {summary}");
+    m.unmount();
+}
+
+fn fsx_against_local(cores: &str, ops: u64, seed: u64) {
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &["--cores", cores]);
+    let reference = dirs.root().join("reference");
+    std::fs::create_dir_all(&reference).expect("mkdir reference");
+    let config = FsxConfig {
+        seed,
+        ops,
+        ..FsxConfig::default()
+    };
+    if let Err(e) = fsx::run(&config, m.path(), &reference) {
+        panic!("{e}\nlog:\n{}", m.log());
+    }
+    m.unmount();
+}
+
+#[test]
+fn fsx_matches_a_local_directory_two_cores() {
+    fsx_against_local("2", 100_000, 0x5eed);
+}
+
+#[test]
+fn fsx_matches_a_local_directory_one_core() {
+    fsx_against_local("1", 20_000, 0xfeed);
+}
+
+#[test]
+fn workloads_tar_git_sqlite_cp() {
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &[]);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tarball = dirs.root().join("src.tar");
+    sh(
+        src,
+        &format!(
+            "tar -cf {} --exclude=target --exclude=.git engine cluster src tests",
+            tarball.display()
+        ),
+    );
+    let mnt = m.path();
+    sh(
+        mnt,
+        &format!("mkdir x && tar -xf {} -C x", tarball.display()),
+    );
+    let local = dirs.root().join("local");
+    std::fs::create_dir_all(&local).expect("mkdir");
+    sh(&local, &format!("tar -xf {}", tarball.display()));
+    let sums = |dir: &Path| sh(dir, "find . -type f -print0 | sort -z | xargs -0 sha256sum");
+    assert_eq!(sums(&mnt.join("x")), sums(&local), "tar tree checksums");
+
+    sh(
+        &mnt.join("x"),
+        "git init -q . && git add -A && git -c user.name=t -c user.email=t@e commit -qm one && git log --oneline | grep -q one && git fsck --no-progress",
+    );
+
+    // sqlite with concurrent writers (WAL mode needs shared memory maps
+    // and POSIX locks on the mount).
+    sh(
+        mnt,
+        "sqlite3 db.sqlite 'PRAGMA journal_mode=WAL; CREATE TABLE t(w INTEGER, i INTEGER);' >/dev/null
+         for w in 1 2 3 4; do
+           ( for i in $(seq 1 50); do
+               sqlite3 -cmd '.timeout 10000' db.sqlite \"INSERT INTO t VALUES($w, $i);\" || exit 1
+             done ) &
+         done
+         wait
+         test \"$(sqlite3 db.sqlite 'SELECT count(*) FROM t;')\" = 200
+         test \"$(sqlite3 db.sqlite 'PRAGMA integrity_check;')\" = ok",
+    );
+
+    // cp -a round trip keeps modes, links and times.
+    sh(
+        &local,
+        "mkdir -p tree/d && echo data > tree/f && chmod 0751 tree/f && ln tree/f tree/hard && ln -s f tree/sym && touch -d '2001-02-03 04:05:06' tree/f tree/d",
+    );
+    sh(
+        dirs.root(),
+        &format!(
+            "cp -a local/tree {mnt}/tree && cp -a {mnt}/tree back && \
+             test \"$(stat -c '%a %Y %h' local/tree/f)\" = \"$(stat -c '%a %Y %h' back/tree/f)\" && \
+             test \"$(stat -c '%Y' local/tree/d)\" = \"$(stat -c '%Y' back/tree/d)\" && \
+             test \"$(readlink back/tree/sym)\" = f && \
+             test \"$(stat -c '%i' {mnt}/tree/f)\" = \"$(stat -c '%i' {mnt}/tree/hard)\"",
+            mnt = mnt.display()
+        ),
+    );
+    m.unmount();
+}
+
+#[test]
+fn kill9_during_writes_keeps_every_fsynced_file() {
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &[]);
+    let mnt = m.path().to_owned();
+    // The writer records a file's name only after its fsync returned.
+    let synced = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<u8>)>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (synced, stop, mnt) = (synced.clone(), stop.clone(), mnt.clone());
+        std::thread::spawn(move || {
+            for i in 0u32.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let name = format!("f{i}");
+                let data: Vec<u8> = (0..(50_000 + i * 997)).map(|j| (j ^ i) as u8).collect();
+                let Ok(mut f) = std::fs::File::create(mnt.join(&name)) else {
+                    break;
+                };
+                if f.write_all(&data).and_then(|()| f.sync_all()).is_err() {
+                    break;
+                }
+                synced.lock().expect("lock").push((name, data));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    m.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = writer.join();
+    let synced = synced.lock().expect("lock").clone();
+    assert!(synced.len() > 3, "the writer made progress before the kill");
+    let m = Mounted::start(&dirs, &[]);
+    for (name, data) in &synced {
+        let found = std::fs::read(m.path().join(name))
+            .unwrap_or_else(|e| panic!("{name} was fsynced before kill -9 but: {e}"));
+        assert!(found == *data, "{name}: content differs after kill -9");
+    }
+    m.unmount();
+}
+
+#[test]
+fn empty_cache_and_lost_node_are_recovered_from_the_store() {
+    let dirs = NodeDirs::new();
+    let store_dir = dirs.root().join("store");
+    std::fs::create_dir_all(&store_dir).expect("mkdir store");
+    let store = format!("file://{}", store_dir.display());
+    // An explicit store must be formatted first, and mount says so.
+    let err = Mounted::try_start(&dirs.mountpoint(), &dirs.data_dir(), &["--store", &store])
+        .expect_err("an unformatted store is refused");
+    assert!(err.contains("datenlord format"), "{err}");
+    let out = datenlord(&["format", "--store", &store, "--block-size", "256K"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mounted::start(&dirs, &["--store", &store]);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::create_dir(m.path().join("d")).expect("mkdir");
+    std::fs::write(m.path().join("d/file"), &data).expect("write");
+    m.unmount();
+
+    // Same data dir, cache wiped: everything is read back from the store.
+    std::fs::remove_dir_all(dirs.data_dir().join("cache")).expect("wipe cache");
+    let m = Mounted::start(&dirs, &["--store", &store]);
+    assert_eq!(std::fs::read(m.path().join("d/file")).expect("read"), data);
+    m.unmount();
+
+    // The node is lost: a new, empty data dir restores the namespace from
+    // the store's metadata backup.
+    let fresh = dirs.root().join("fresh-data");
+    let m = Mounted::try_start(&dirs.mountpoint(), &fresh, &["--store", &store])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        std::fs::read(m.path().join("d/file")).expect("read restored"),
+        data
+    );
+    assert!(
+        m.log().contains("restored the namespace"),
+        "the daemon says it restored: {}",
+        m.log()
+    );
+    m.unmount();
+}

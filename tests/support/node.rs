@@ -1,0 +1,182 @@
+//! A `datenlord mount` daemon for end-to-end tests: started through the
+//! real command line (it daemonizes and returns once mounted), stopped by
+//! `umount`, or killed with SIGKILL. A mount left behind by a failing test is
+//! unmounted when the guard drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// How long a clean unmount may take before the test fails.
+const UNMOUNT_WAIT_S: u64 = 90;
+
+/// Directories of one node: all under a world-searchable temp dir (the
+/// POSIX suite switches to unprivileged users that must reach the mount).
+#[derive(Debug)]
+pub struct NodeDirs {
+    root: tempfile::TempDir,
+}
+
+impl NodeDirs {
+    /// Fresh directories.
+    pub fn new() -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("datenlord-e2e-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        set_mode(root.path(), 0o755);
+        std::fs::create_dir_all(root.path().join("mnt")).expect("mkdir mnt");
+        set_mode(&root.path().join("mnt"), 0o755);
+        Self { root }
+    }
+
+    /// The temp root.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The mount point.
+    pub fn mountpoint(&self) -> PathBuf {
+        self.root.path().join("mnt")
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Runs `datenlord` with `args`.
+pub fn datenlord(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_datenlord"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run datenlord")
+}
+
+/// A mounted node.
+#[derive(Debug)]
+pub struct Mounted {
+    mountpoint: PathBuf,
+    data_dir: PathBuf,
+    unmounted: bool,
+}
+
+impl Mounted {
+    /// `datenlord mount MOUNTPOINT --data-dir DATA EXTRA...`; panics with the
+    /// command's output (and the daemon's log) when it fails.
+    pub fn start(dirs: &NodeDirs, extra: &[&str]) -> Self {
+        Self::try_start(&dirs.mountpoint(), &dirs.data_dir(), extra)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `start`, with explicit directories; the error holds the output.
+    pub fn try_start(mountpoint: &Path, data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        let mp = mountpoint.to_string_lossy().into_owned();
+        let dd = data_dir.to_string_lossy().into_owned();
+        let mut args = vec!["mount", mp.as_str(), "--data-dir", dd.as_str()];
+        args.extend_from_slice(extra);
+        let out = datenlord(&args);
+        if !out.status.success() {
+            return Err(format!(
+                "datenlord {args:?} failed ({}):\nstdout: {}\nstderr: {}\nlog:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                log_tail(data_dir)
+            ));
+        }
+        Ok(Self {
+            mountpoint: mountpoint.to_owned(),
+            data_dir: data_dir.to_owned(),
+            unmounted: false,
+        })
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// PID of the daemon.
+    pub fn pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.data_dir.join("datenlord.pid")).expect("pid file");
+        text.trim().parse().expect("pid")
+    }
+
+    /// Unmounts with `umount` and waits for the daemon to exit cleanly.
+    pub fn unmount(mut self) {
+        let pid = self.pid();
+        let out = Command::new("umount")
+            .arg(&self.mountpoint)
+            .output()
+            .expect("umount");
+        assert!(
+            out.status.success(),
+            "umount {}: {}",
+            self.mountpoint.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.unmounted = true;
+        wait_exit(pid, Duration::from_secs(UNMOUNT_WAIT_S)).unwrap_or_else(|e| {
+            panic!("{e}\nlog:\n{}", log_tail(&self.data_dir));
+        });
+    }
+
+    /// SIGKILLs the daemon (nothing is flushed) and detaches the dead mount.
+    pub fn kill9(mut self) {
+        let pid = self.pid();
+        // SAFETY: a plain kill of our own daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = wait_exit(pid, Duration::from_secs(10));
+        lazy_unmount(&self.mountpoint);
+        self.unmounted = true;
+    }
+
+    /// The daemon's log (its last lines).
+    pub fn log(&self) -> String {
+        log_tail(&self.data_dir)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !self.unmounted {
+            lazy_unmount(&self.mountpoint);
+        }
+    }
+}
+
+fn lazy_unmount(mountpoint: &Path) {
+    let _ = Command::new("umount").arg("-l").arg(mountpoint).output();
+}
+
+/// Waits until process `pid` is gone.
+pub fn wait_exit(pid: i32, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    // SAFETY: signal 0 only checks that the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 {
+        // The daemon is not our child (it detached), so it cannot linger as
+        // a zombie of ours: kill(0) fails once it exited.
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "the daemon (pid {pid}) did not exit within {timeout:?}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The last lines of the daemon's log.
+pub fn log_tail(data_dir: &Path) -> String {
+    let text = std::fs::read_to_string(data_dir.join("datenlord.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
