@@ -905,9 +905,11 @@ fn report_reads(name: &str, mib: u64, rows: &[Row], notes: &[String], summary: &
             paths.push(row.path.clone());
         }
     }
+    // The mean of the middle two for an even count.
     let median = |values: &mut Vec<f64>| {
         values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
+        let n = values.len();
+        f64::midpoint(values[(n - 1) / 2], values[n / 2])
     };
     let seq = median(
         &mut rows
