@@ -66,7 +66,10 @@ enum FetchError {
     ShutDown,
 }
 
-type FetchResult = std::result::Result<Rc<[u8]>, FetchError>;
+/// A fetched block, shared by its waiters. `Rc<Vec<u8>>` rather than
+/// `Rc<[u8]>`: wrapping the source's buffer costs no copy of the block.
+type FetchedBlock = Rc<Vec<u8>>;
+type FetchResult = std::result::Result<FetchedBlock, FetchError>;
 type SharedFetch = Shared<LocalBoxFuture<'static, FetchResult>>;
 
 /// Everything one shard owns.
@@ -89,7 +92,7 @@ pub struct Shard {
     /// their stream reads them: a readahead buffer outside the cache, so a
     /// scan neither pollutes the cache nor fetches its blocks twice. Holds
     /// at most one window plus the fetches in flight.
-    staged: RefCell<VecDeque<(BlockId, Rc<[u8]>)>>,
+    staged: RefCell<VecDeque<(BlockId, FetchedBlock)>>,
     staged_max: usize,
     disk_writes_running: Cell<usize>,
     promotions_running: Cell<usize>,
@@ -509,7 +512,7 @@ impl Shard {
     }
 
     /// Fetches a block from the source once, however many readers wait.
-    async fn fetch(self: &Rc<Self>, id: BlockId, kind: AccessKind) -> Result<Rc<[u8]>> {
+    async fn fetch(self: &Rc<Self>, id: BlockId, kind: AccessKind) -> Result<FetchedBlock> {
         let existing = self.inflight.borrow().get(&id).cloned();
         let shared = if let Some(shared) = existing {
             self.count(|s| s.fetch_joins += 1);
@@ -563,7 +566,7 @@ impl Shard {
         if !data.is_empty() {
             self.place(id, &data, kind, false);
         }
-        Ok(Rc::from(data))
+        Ok(Rc::new(data))
     }
 
     /// Puts a block in memory, or failing that on NVMe, per admission.
@@ -734,7 +737,7 @@ impl Shard {
     }
 
     /// Keeps a prefetched block that no tier admitted until it is read.
-    fn stage_if_uncached(&self, id: BlockId, data: Rc<[u8]>) {
+    fn stage_if_uncached(&self, id: BlockId, data: FetchedBlock) {
         let cached =
             self.memory.borrow().contains(id) || self.disk.as_ref().is_some_and(|d| d.contains(id));
         if cached {

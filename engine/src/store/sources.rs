@@ -62,7 +62,9 @@ impl BlockSource for StoreSource {
         let writeback = self.writeback.clone();
         let handle = self.remote.control().handle().clone();
         let fetch = self.remote.control().run(async move {
-            if let Some(writeback) = writeback {
+            // Most misses are not in the journal: its index answers without
+            // IO, and only a journaled block costs a blocking-pool hop.
+            if let Some(writeback) = writeback.filter(|w| w.journal_holds(id)) {
                 let journaled = handle
                     .spawn_blocking(move || writeback.journal_get(id))
                     .await

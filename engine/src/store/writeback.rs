@@ -385,6 +385,15 @@ impl WriteBack {
         self.shared.journal_get(id)
     }
 
+    /// Whether the journal holds the block (not yet uploaded). Never blocks
+    /// on IO: readers ask this before paying for a [`WriteBack::journal_get`]
+    /// on a blocking thread. The answer may be stale by the time the caller
+    /// acts: an entry leaves only after its upload, so a reader told `true`
+    /// that then misses the file finds the block in the store.
+    pub fn journal_holds(&self, id: BlockId) -> bool {
+        lock(&self.shared.state).contains(id)
+    }
+
     /// Queues versions that left the namespace for deletion after the grace
     /// period (durable: appended to the GC queue file and fsynced).
     // Owned, as the fs layer hands over the garbage list of an applied command.
