@@ -999,8 +999,11 @@ impl Fs {
             AtimePolicy::Noatime => false,
             AtimePolicy::Strictatime => true,
             AtimePolicy::Relatime => {
+                // `<` for ctime, not Linux's `<=`: our own atime update sets
+                // ctime to the same instant, which must not make every
+                // later read update again.
                 attr.atime <= attr.mtime
-                    || attr.atime <= attr.ctime
+                    || attr.atime < attr.ctime
                     || now.sec.saturating_sub(attr.atime.sec) >= RELATIME_INTERVAL_SECS
             }
         };

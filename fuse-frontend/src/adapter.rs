@@ -344,7 +344,7 @@ impl FileSystem for FuseFs {
         _fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let _span = debug_span!("open", ino = inode).entered();
-        let flags = i32::try_from(flags).map_err(|_| einval())?;
+        let flags = self.open_flags(flags)?;
         let opened = block_on(self.fs.open(Ino(inode), flags, &creds(ctx))).map_err(|e| err(&e))?;
         let mut options = OpenOptions::empty();
         if self.options.direct_io {
@@ -363,7 +363,7 @@ impl FileSystem for FuseFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let _span = debug_span!("create", ino = parent).entered();
-        let flags = i32::try_from(args.flags).map_err(|_| einval())?;
+        let flags = self.open_flags(args.flags)?;
         let mode = args.mode & 0o7777 & !args.umask;
         let opened = block_on(self.fs.create(
             Ino(parent),
@@ -702,6 +702,18 @@ impl FileSystem for FuseFs {
 }
 
 impl FuseFs {
+    /// The `open(2)` flags to hand to `Fs`. With the writeback cache the
+    /// kernel handles `O_APPEND` itself and writes back whole pages at their
+    /// own offsets, so the file system must not redirect writes to the end.
+    fn open_flags(&self, flags: u32) -> io::Result<i32> {
+        let flags = i32::try_from(flags).map_err(|_| einval())?;
+        Ok(if self.options.writeback_cache {
+            flags & !libc::O_APPEND
+        } else {
+            flags
+        })
+    }
+
     /// Lists directory `inode` from `offset` (a cookie: 0 is the start, 1
     /// and 2 are `.` and `..`), until `add` reports a full buffer (0).
     fn list(

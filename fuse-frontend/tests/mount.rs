@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -566,4 +566,140 @@ fn fifos_are_created_as_special_files() {
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&ft));
     fs::remove_file(m.path("fifo")).expect("unlink fifo");
     m.unmount();
+}
+
+/// A tiny deterministic generator (xorshift64*), so failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// fsx in miniature: random pwrite, ftruncate, punch hole, fsync, close and
+/// reopen, pread through the kernel, checked against a byte model.
+#[test]
+fn random_operations_through_the_kernel_match_a_model() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|o| o.threads = 2);
+    let path = m.path("fsx");
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .expect("open")
+    };
+    let mut f = open();
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let span = 5 * BLOCK as u64;
+    for step in 0..400u32 {
+        let offset = rng.below(span);
+        let len = rng.below(BLOCK as u64 + 5000) as usize + 1;
+        match rng.below(12) {
+            0..=3 => {
+                let data = pattern(len, (step % 251) as u8);
+                f.write_all_at(&data, offset).expect("pwrite");
+                let end = offset as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[offset as usize..end].copy_from_slice(&data);
+            }
+            4 => {
+                let size = rng.below(span);
+                f.set_len(size).expect("ftruncate");
+                model.resize(size as usize, 0);
+            }
+            5 => {
+                // SAFETY: valid fd.
+                let rc = unsafe {
+                    libc::fallocate(
+                        f.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        i64::try_from(offset).expect("offset"),
+                        i64::try_from(len).expect("len"),
+                    )
+                };
+                assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+                let end = (offset as usize + len).min(model.len());
+                if (offset as usize) < end {
+                    model[offset as usize..end].fill(0);
+                }
+            }
+            6 => f.sync_all().expect("fsync"),
+            7 => {
+                drop(f);
+                f = open();
+            }
+            _ => {
+                let mut got = vec![0u8; len];
+                let mut n = 0;
+                while n < len {
+                    let r = f.read_at(&mut got[n..], offset + n as u64).expect("pread");
+                    if r == 0 {
+                        break;
+                    }
+                    n += r;
+                }
+                got.truncate(n);
+                let start = (offset as usize).min(model.len());
+                let end = (offset as usize + len).min(model.len());
+                assert!(got == model[start..end], "step {step}: read {offset}+{len}");
+            }
+        }
+        assert_eq!(
+            f.metadata().expect("fstat").len(),
+            model.len() as u64,
+            "step {step}"
+        );
+    }
+    drop(f);
+    assert!(fs::read(&path).expect("read") == model, "whole file");
+    m.unmount();
+}
+
+#[test]
+fn writeback_cache_and_direct_io_mounts_keep_data_intact() {
+    if !can_mount() {
+        return;
+    }
+    for (writeback, direct) in [(true, false), (false, true)] {
+        let mut m = Mounted::new(|o| {
+            o.writeback_cache = writeback;
+            o.direct_io = direct;
+        });
+        let path = m.path("f");
+        let data = pattern(2 * BLOCK + 333, 3);
+        fs::write(&path, &data).expect("write");
+        let mut f = OpenOptions::new().write(true).open(&path).expect("open wo");
+        f.seek(SeekFrom::Start(100)).expect("seek");
+        f.write_all(b"middle").expect("write");
+        drop(f);
+        let mut expected = data.clone();
+        expected[100..106].copy_from_slice(b"middle");
+        assert!(
+            fs::read(&path).expect("read") == expected,
+            "writeback {writeback} direct {direct}"
+        );
+        let mut a = OpenOptions::new().append(true).open(&path).expect("append");
+        a.write_all(b"end").expect("append");
+        drop(a);
+        expected.extend_from_slice(b"end");
+        assert!(fs::read(&path).expect("read") == expected);
+        assert_eq!(
+            fs::metadata(&path).expect("stat").len(),
+            expected.len() as u64
+        );
+        m.unmount();
+    }
 }
