@@ -159,7 +159,8 @@ impl Fs {
     ) -> Result<Arc<Self>> {
         meta.wait_for_leader()?;
         let block_size = engine.block_size().bytes();
-        let volume = meta.read(|s| s.volume().cloned());
+        // Linearizable: a restarted master may not have replayed its log yet.
+        let volume = block_on(meta.read_linearizable(|s| s.volume().cloned()))?;
         match volume {
             Some(v) if v.block_size != block_size => {
                 return Err(FsError::Config(format!(

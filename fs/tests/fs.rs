@@ -6,8 +6,8 @@ use std::sync::Arc;
 use datenlord_cluster::master::Master;
 use datenlord_engine::{BlockSize, Engine, EngineConfig, MemoryStore};
 use datenlord_fs::{
-    AttrChanges, Creds, Fs, FsConfig, FsError, Ino, MemorySink, MetaLink, RenameFlags, XattrFlags,
-    ROOT_INO,
+    AttrChanges, Creds, FlockKind, Fs, FsConfig, FsError, Ino, LockKind, LockRange, MemorySink,
+    MetaLink, RenameFlags, XattrFlags, ROOT_INO,
 };
 use futures::executor::block_on;
 
@@ -437,4 +437,148 @@ fn errors_carry_errnos() {
     let err = block_on(fs.write(ROOT_INO, 999, 0, b"x", &root())).expect_err("bad handle");
     assert!(matches!(err, FsError::BadHandle(999)));
     assert_eq!(err.errno(), libc::EBADF);
+}
+
+#[test]
+fn writes_by_others_clear_setuid_and_keep_cache_follows_changes() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "suid", libc::O_RDWR);
+    block_on(fs.release(ino, fh, None)).expect("release");
+    let give = AttrChanges {
+        mode: Some(0o6777),
+        uid: Some(1000),
+        gid: Some(1000),
+        ..AttrChanges::default()
+    };
+    block_on(fs.setattr(ino, give, None, &root())).expect("chown");
+    block_on(fs.setattr(
+        ino,
+        AttrChanges {
+            mode: Some(0o6777),
+            ..AttrChanges::default()
+        },
+        None,
+        &root(),
+    ))
+    .expect("chmod");
+    assert_eq!(fs.getattr(ino).expect("attr").mode, 0o6777);
+    let other = Creds::user(2000, 2000);
+    let opened = block_on(fs.open(ino, libc::O_WRONLY, &other)).expect("open");
+    block_on(fs.write(ino, opened.fh, 0, b"x", &other)).expect("write");
+    block_on(fs.release(ino, opened.fh, None)).expect("release");
+    let mode = fs.getattr(ino).expect("attr").mode;
+    assert_eq!(mode & 0o6000, 0, "setuid and setgid cleared: {mode:o}");
+    // Unchanged since the last open: the page cache may be kept.
+    let first = block_on(fs.open(ino, libc::O_RDONLY, &root())).expect("open");
+    assert!(!first.keep_cache, "the data changed since the last open");
+    block_on(fs.release(ino, first.fh, None)).expect("release");
+    let again = block_on(fs.open(ino, libc::O_RDONLY, &root())).expect("open");
+    assert!(again.keep_cache, "unchanged file keeps its cache");
+    block_on(fs.release(ino, again.fh, None)).expect("release");
+    let private = AttrChanges {
+        mode: Some(0o644),
+        ..AttrChanges::default()
+    };
+    block_on(fs.setattr(ino, private, None, &root())).expect("chmod");
+    assert!(fs
+        .access(ino, libc::W_OK as u32, &Creds::user(1000, 1000))
+        .is_ok());
+    assert_eq!(
+        fs.access(ino, libc::W_OK as u32, &other)
+            .expect_err("no write for others")
+            .errno(),
+        libc::EACCES
+    );
+}
+
+#[test]
+fn copy_range_copies_data_between_files() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (src, src_fh) = create(fs, "src", libc::O_RDWR);
+    let data = pattern(11, 2 * BLOCK + 77);
+    write(fs, src, src_fh, 0, &data);
+    let (dst, dst_fh) = create(fs, "dst", libc::O_RDWR);
+    let n = block_on(fs.copy_range(src, 5, dst, dst_fh, 1000, 3 * BLOCK as u64, &root()))
+        .expect("copy");
+    assert_eq!(n, data.len() as u64 - 5);
+    let mut expected = vec![0u8; 1000];
+    expected.extend_from_slice(&data[5..]);
+    assert_eq!(read(fs, dst, 0, 4 * BLOCK as u32), expected);
+    block_on(fs.release(src, src_fh, None)).expect("release");
+    block_on(fs.release(dst, dst_fh, None)).expect("release");
+}
+
+#[test]
+fn the_session_lease_is_renewed_and_locks_belong_to_the_session() {
+    let env = Env::with_config(FsConfig {
+        session_lease: std::time::Duration::from_millis(300),
+        ..FsConfig::default()
+    });
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "locked", libc::O_RDWR);
+    block_on(fs.setlk(ino, 1, LockRange::new(0, 99), Some(LockKind::Write))).expect("lock");
+    // Well past the lease: the renewals keep the session and its lock.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let conflict = fs
+        .getlk(ino, 2, LockRange::new(50, 60), LockKind::Read)
+        .expect("getlk")
+        .expect("owner 1 still holds the lock");
+    assert_eq!(conflict.kind, LockKind::Write);
+    let err = block_on(fs.setlk(ino, 2, LockRange::ALL, Some(LockKind::Read))).expect_err("busy");
+    assert_eq!(err.errno(), libc::EAGAIN);
+    block_on(fs.flock(ino, 1, Some(FlockKind::Exclusive))).expect("flock");
+    let err = block_on(fs.flock(ino, 2, Some(FlockKind::Shared))).expect_err("flock busy");
+    assert_eq!(err.errno(), libc::EAGAIN);
+    block_on(fs.setlk(ino, 1, LockRange::ALL, None)).expect("unlock");
+    block_on(fs.setlk(ino, 2, LockRange::ALL, Some(LockKind::Read))).expect("now free");
+    block_on(fs.release(ino, fh, Some(1))).expect("release");
+}
+
+#[test]
+fn data_survives_a_restart_of_the_master_and_the_file_system() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = MemoryStore::new();
+    let engine_config = EngineConfig {
+        cores: Some(1),
+        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+        memory_bytes: 16 * BLOCK as u64,
+        hugepages: false,
+        ..EngineConfig::default()
+    };
+    let data = pattern(21, BLOCK + 999);
+    let start = |store: &Arc<MemoryStore>| {
+        let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+        let engine = Engine::start(&engine_config, Arc::clone(store)).expect("engine");
+        let fs = Fs::new(
+            FsConfig::default(),
+            MetaLink::from_master(&master),
+            engine.handle(),
+            MemorySink::new(Arc::clone(store)),
+        )
+        .expect("fs");
+        (master, engine, fs)
+    };
+    let (master, engine, fs) = start(&store);
+    let (ino, fh) = create(&fs, "kept", libc::O_RDWR);
+    write(&fs, ino, fh, 3, &data);
+    block_on(fs.fsync(ino)).expect("fsync");
+    block_on(fs.release(ino, fh, None)).expect("release");
+    block_on(fs.shutdown()).expect("shutdown");
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
+
+    let (master, engine, fs) = start(&store);
+    let attr = fs.lookup(ROOT_INO, b"kept", &root()).expect("lookup");
+    assert_eq!(attr.size, 3 + data.len() as u64);
+    let opened = block_on(fs.open(attr.ino, libc::O_RDONLY, &root())).expect("open");
+    let got = read(&fs, attr.ino, 0, attr.size as u32);
+    assert_eq!(&got[3..], &data[..]);
+    block_on(fs.release(attr.ino, opened.fh, None)).expect("release");
+    block_on(fs.shutdown()).expect("shutdown");
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
 }
