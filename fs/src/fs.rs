@@ -8,7 +8,7 @@
 //! `SetBlocks` leaves unreferenced blocks in the store, never a file whose
 //! map names a block that does not exist.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
@@ -83,6 +83,53 @@ struct Renewer {
     thread: JoinHandle<()>,
 }
 
+/// Applies access time updates off the read path (a read never waits for a
+/// Raft commit to move atime); one queued update per inode at a time.
+struct AtimeWriter {
+    queue: mpsc::Sender<Command>,
+    queued: Arc<Mutex<HashSet<Ino>>>,
+    thread: JoinHandle<()>,
+}
+
+impl AtimeWriter {
+    fn start(meta: MetaLink) -> Result<Self> {
+        let (queue, commands) = mpsc::channel::<Command>();
+        let queued: Arc<Mutex<HashSet<Ino>>> = Arc::default();
+        let done = Arc::clone(&queued);
+        let thread = std::thread::Builder::new()
+            .name("dl-atime".into())
+            .spawn(move || {
+                while let Ok(command) = commands.recv() {
+                    if let Err(e) = block_on(meta.apply(&command)) {
+                        debug!(error = %e, "atime update failed");
+                    }
+                    if let Command::SetAttr { ino, .. } = command {
+                        done.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&ino);
+                    }
+                }
+            })
+            .map_err(|e| FsError::Config(format!("cannot start the atime thread: {e}")))?;
+        Ok(Self {
+            queue,
+            queued,
+            thread,
+        })
+    }
+
+    fn submit(&self, command: Command, ino: Ino) {
+        let fresh = self
+            .queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(ino);
+        if fresh && self.queue.send(command).is_err() {
+            debug!(%ino, "atime thread stopped; update dropped");
+        }
+    }
+}
+
 /// The file system of one mount.
 pub struct Fs {
     config: FsConfig,
@@ -98,6 +145,7 @@ pub struct Fs {
     /// `(mtime, size)` of each file at its last open, for `keep_cache`.
     seen_at_open: Mutex<HashMap<Ino, (Timespec, u64)>>,
     renewer: Mutex<Option<Renewer>>,
+    atime: Mutex<Option<AtimeWriter>>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -194,6 +242,7 @@ impl Fs {
             .version_seed
             .map_or_else(VersionClock::from_wall_clock, VersionClock::new);
         let renewer = start_renewer(meta.clone(), session, config.session_lease)?;
+        let atime = AtimeWriter::start(meta.clone())?;
         info!(%session, "file system session registered");
         Ok(Arc::new(Self {
             config,
@@ -208,6 +257,7 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             seen_at_open: Mutex::new(HashMap::new()),
             renewer: Mutex::new(Some(renewer)),
+            atime: Mutex::new(Some(atime)),
         }))
     }
 
@@ -763,7 +813,7 @@ impl Fs {
     /// dropping its locks).
     pub async fn shutdown(&self) -> Result<()> {
         let flushed = self.flush_all().await;
-        self.stop_renewer();
+        self.stop_background();
         let unregistered = self
             .apply(&Command::UnregisterSession {
                 session: self.session,
@@ -773,7 +823,7 @@ impl Fs {
         unregistered.map(|_| ())
     }
 
-    fn stop_renewer(&self) {
+    fn stop_background(&self) {
         let renewer = self
             .renewer
             .lock()
@@ -782,6 +832,16 @@ impl Fs {
         if let Some(r) = renewer {
             let _ = r.stop.send(());
             let _ = r.thread.join();
+        }
+        let atime = self
+            .atime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(a) = atime {
+            // Closing the queue ends the thread after the queued updates.
+            drop(a.queue);
+            let _ = a.thread.join();
         }
     }
 
@@ -990,11 +1050,11 @@ impl Fs {
         }
         futures::future::try_join_all(fetches).await?;
         drop(guard);
-        self.touch_atime(&attr).await;
+        self.touch_atime(&attr);
         Ok(out)
     }
 
-    async fn touch_atime(&self, attr: &Attr) {
+    fn touch_atime(&self, attr: &Attr) {
         let now = now();
         let due = match self.config.atime {
             AtimePolicy::Noatime => false,
@@ -1023,8 +1083,13 @@ impl Fs {
             creds: Creds::root(),
             now,
         };
-        if let Err(e) = self.apply(&command).await {
-            debug!(ino = %attr.ino, error = %e, "atime update failed");
+        if let Some(writer) = self
+            .atime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            writer.submit(command, attr.ino);
         }
     }
 
@@ -1260,7 +1325,7 @@ impl Fs {
 
 impl Drop for Fs {
     fn drop(&mut self) {
-        self.stop_renewer();
+        self.stop_background();
     }
 }
 

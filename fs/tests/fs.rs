@@ -582,3 +582,42 @@ fn data_survives_a_restart_of_the_master_and_the_file_system() {
     engine.shutdown().expect("engine");
     master.stop().expect("master");
 }
+
+fn atime_after_read(
+    policy: datenlord_fs::AtimePolicy,
+) -> (datenlord_fs::Timespec, datenlord_fs::Timespec) {
+    let env = Env::with_config(FsConfig {
+        atime: policy,
+        ..FsConfig::default()
+    });
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "a", libc::O_RDWR);
+    write(fs, ino, fh, 0, b"data");
+    block_on(fs.flush(ino)).expect("flush");
+    let old = datenlord_fs::Timespec::from_secs(1_000_000);
+    let set = AttrChanges {
+        atime: Some(datenlord_fs::SetTime::At(old)),
+        ..AttrChanges::default()
+    };
+    block_on(fs.setattr(ino, set, None, &root())).expect("utimes");
+    assert_eq!(read(fs, ino, 0, 4), b"data");
+    // The update is applied off the read path: wait for it a little.
+    let mut atime = fs.getattr(ino).expect("attr").atime;
+    for _ in 0..100 {
+        if atime != old {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        atime = fs.getattr(ino).expect("attr").atime;
+    }
+    block_on(fs.release(ino, fh, None)).expect("release");
+    (old, atime)
+}
+
+#[test]
+fn reads_update_atime_per_policy() {
+    let (old, atime) = atime_after_read(datenlord_fs::AtimePolicy::Relatime);
+    assert!(atime > old, "relatime: an atime older than mtime moves");
+    let (old, atime) = atime_after_read(datenlord_fs::AtimePolicy::Noatime);
+    assert_eq!(atime, old, "noatime: never");
+}
