@@ -20,6 +20,9 @@ use crate::options::MountOptions;
 
 /// Most request loops one mount runs.
 pub const THREADS_MAX: usize = 256;
+/// How long `unmount` waits for processes still using a lazily detached
+/// mount before it aborts the connection.
+pub const UNMOUNT_WAIT_MS: u64 = 5_000;
 /// Subtype shown as `fuse.datenlord` in the mount table.
 const SUBTYPE: &str = "datenlord";
 
@@ -29,6 +32,9 @@ pub struct Mount {
     threads: Vec<JoinHandle<()>>,
     fs: Arc<Fs>,
     mountpoint: String,
+    /// The FUSE connection (minor device number): its
+    /// /sys/fs/fuse/connections entry can abort it.
+    connection: Option<u32>,
 }
 
 impl std::fmt::Debug for Mount {
@@ -124,11 +130,13 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     .clamp(1, THREADS_MAX);
     let cpus = allowed_cpus();
     let bufsize = session.bufsize();
+    let connection = connection_id(session.mountpoint());
     let mut mount = Mount {
         session: Some(session),
         threads: Vec::with_capacity(threads),
         fs,
         mountpoint: shown,
+        connection,
     };
     for n in 0..threads {
         let file = match mount.session.as_ref().map(FuseSession::clone_fuse_file) {
@@ -163,6 +171,23 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     }
     info!(mountpoint = %mount.mountpoint, threads, "mounted");
     Ok(mount)
+}
+
+/// The minor device number of the FUSE mount at `mountpoint` (its
+/// connection id), from /proc/self/mountinfo: asking the mount itself
+/// would need the request loops.
+fn connection_id(mountpoint: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = mountpoint.to_str()?.replace(' ', "\\040");
+    info.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let dev = fields.nth(2)?;
+        let point = fields.nth(1)?;
+        if point != wanted {
+            return None;
+        }
+        dev.split_once(':')?.1.parse().ok()
+    })
 }
 
 /// One request loop: reads a request, lets the server answer it, until the
@@ -239,10 +264,69 @@ impl Mount {
         }
     }
 
-    fn join(&mut self) {
+    /// Whether every request loop ended within `wait_ms`.
+    fn loops_end_within(&self, wait_ms: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Waits for the request loops after an unmount; past
+    /// [`UNMOUNT_WAIT_MS`] (a process still uses the detached mount) the
+    /// connection is aborted. Never blocks forever: loops that still run
+    /// after that are left behind (`false`).
+    fn join(&mut self) -> bool {
+        let ended = self.loops_end_within(UNMOUNT_WAIT_MS)
+            || (self.abort() && self.loops_end_within(UNMOUNT_WAIT_MS));
+        if !ended {
+            warn!(mountpoint = %self.mountpoint, "FUSE request loops still running; leaving them");
+            self.threads.clear();
+            return false;
+        }
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 warn!("a FUSE request loop panicked");
+            }
+        }
+        true
+    }
+
+    /// Aborts the FUSE connection through fusectl (mounting fusectl on
+    /// /sys/fs/fuse/connections if it is not).
+    fn abort(&self) -> bool {
+        let Some(id) = self.connection else {
+            warn!(mountpoint = %self.mountpoint, "the mount is still in use and its FUSE connection is unknown");
+            return false;
+        };
+        let dir = "/sys/fs/fuse/connections";
+        let path = format!("{dir}/{id}/abort");
+        if !Path::new(&path).exists() {
+            let (source, target, fstype) = (c"fusectl", c"/sys/fs/fuse/connections", c"fusectl");
+            // SAFETY: valid NUL-terminated strings; no data argument.
+            let rc = unsafe {
+                libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    fstype.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                warn!(error = %std::io::Error::last_os_error(), "cannot mount fusectl on {dir}");
+            }
+        }
+        warn!(mountpoint = %self.mountpoint, "the detached mount is still in use; aborting its FUSE connection");
+        match std::fs::write(&path, b"1") {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, %path, "cannot abort the FUSE connection");
+                false
             }
         }
     }
@@ -250,24 +334,35 @@ impl Mount {
     /// Blocks until the file system is unmounted from outside (`umount`,
     /// `fusermount3 -u`), then flushes and ends the session.
     pub fn wait(mut self) -> Result<(), FuseError> {
-        self.join();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                warn!("a FUSE request loop panicked");
+            }
+        }
         self.session.take();
         block_on(self.fs.shutdown())?;
         Ok(())
     }
 
-    /// Unmounts cleanly: flushes all dirty data, unmounts, waits for the
-    /// request loops, and releases the session.
+    /// Unmounts cleanly: flushes all dirty data, unmounts (lazily), waits for
+    /// the request loops, and releases the session. A process that still
+    /// uses the mount [`UNMOUNT_WAIT_MS`] later has the connection aborted
+    /// under it (`ENOTCONN`), so this always returns.
     pub fn unmount(mut self) -> Result<(), FuseError> {
         let flushed = block_on(self.fs.flush_all());
         let unmounted = self.umount();
-        if unmounted.is_ok() {
-            self.join();
-        }
+        let joined = unmounted.is_ok() && self.join();
         self.session.take();
         let shut = block_on(self.fs.shutdown());
         flushed?;
         unmounted?;
+        if !joined {
+            return Err(FuseError::Session(format!(
+                "{} is still in use and its FUSE connection could not be aborted: \
+                 its request loops were left running",
+                self.mountpoint
+            )));
+        }
         shut?;
         info!(mountpoint = %self.mountpoint, "unmounted");
         Ok(())
@@ -279,7 +374,7 @@ impl Drop for Mount {
         if self.session.is_some() {
             let _ = block_on(self.fs.flush_all());
             if self.umount().is_ok() {
-                self.join();
+                let _ = self.join();
             }
         }
     }

@@ -703,3 +703,19 @@ fn writeback_cache_and_direct_io_mounts_keep_data_intact() {
         m.unmount();
     }
 }
+
+#[test]
+fn unmount_returns_even_while_a_file_is_open() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    fs::write(m.path("held"), b"held").expect("write");
+    let held = File::open(m.path("held")).expect("open");
+    let started = std::time::Instant::now();
+    m.unmount();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let mut buf = [0u8; 4];
+    let err = held.read_at(&mut buf, 0).expect_err("connection aborted");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+}
