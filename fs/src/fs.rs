@@ -771,7 +771,9 @@ impl Fs {
             let mut files = self.write_files();
             if let Some(entry) = files.get_mut(&ino) {
                 entry.opens = entry.opens.saturating_sub(1);
-                if entry.opens == 0 {
+                // After a failed flush the unflushed blocks stay for
+                // `flush_all` (unmount) to retry.
+                if entry.opens == 0 && flushed.is_ok() {
                     files.remove(&ino);
                 }
             }

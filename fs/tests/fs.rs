@@ -621,3 +621,75 @@ fn reads_update_atime_per_policy() {
     let (old, atime) = atime_after_read(datenlord_fs::AtimePolicy::Noatime);
     assert_eq!(atime, old, "noatime: never");
 }
+
+/// A sink that fails while `failing` is set.
+struct FlakySink {
+    inner: Arc<MemorySink>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl datenlord_fs::BlockSink for FlakySink {
+    fn commit(
+        &self,
+        blocks: Vec<(datenlord_engine::BlockId, Vec<u8>)>,
+    ) -> futures::future::BoxFuture<'static, Result<(), datenlord_fs::SinkError>> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(futures::future::ready(Err(datenlord_fs::SinkError::io(
+                "injected store outage",
+            ))));
+        }
+        self.inner.commit(blocks)
+    }
+
+    fn collect(&self, garbage: Vec<datenlord_engine::BlockId>) {
+        self.inner.collect(garbage);
+    }
+}
+
+#[test]
+fn a_failed_commit_keeps_the_data_dirty_until_a_flush_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+    let store = MemoryStore::new();
+    let engine_config = EngineConfig {
+        cores: Some(1),
+        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+        memory_bytes: 16 * BLOCK as u64,
+        hugepages: false,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
+    let sink = Arc::new(FlakySink {
+        inner: MemorySink::new(store),
+        failing: std::sync::atomic::AtomicBool::new(true),
+    });
+    let fs = Fs::new(
+        FsConfig::default(),
+        MetaLink::from_master(&master),
+        engine.handle(),
+        sink.clone(),
+    )
+    .expect("fs");
+    let (ino, fh) = create(&fs, "f", libc::O_RDWR);
+    write(&fs, ino, fh, 0, b"precious");
+    let err = block_on(fs.fsync(ino)).expect_err("store down");
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(
+        read(&fs, ino, 0, 100),
+        b"precious",
+        "still readable from the dirty blocks"
+    );
+    assert!(
+        block_on(fs.release(ino, fh, None)).is_err(),
+        "close reports the failure"
+    );
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    block_on(fs.flush_all()).expect("retry succeeds");
+    assert_eq!(fs.getattr(ino).expect("attr").size, 8);
+    assert_eq!(read(&fs, ino, 0, 100), b"precious");
+    block_on(fs.shutdown()).expect("shutdown");
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
+}
