@@ -167,10 +167,28 @@ impl FileSystem for FuseFs {
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let _span = debug_span!("lookup", ino = parent).entered();
-        self.fs
-            .lookup(Ino(parent), name.to_bytes(), &creds(ctx))
-            .map(|a| entry(&a))
-            .map_err(|e| err(&e))
+        let parent = Ino(parent);
+        let found = match name.to_bytes() {
+            // EXPORT_SUPPORT: the kernel looks up `.` and `..` itself.
+            b"." => self.fs.getattr(parent),
+            b".." => self.fs.parent(parent).and_then(|p| self.fs.getattr(p)),
+            name => self.fs.lookup(parent, name, &creds(ctx)),
+        };
+        match found {
+            Ok(attr) => Ok(entry(&attr)),
+            // A negative entry the kernel may cache for the entry timeout
+            // (it drops it itself when this node creates the name).
+            Err(e) if e.errno() == libc::ENOENT => Ok(Entry {
+                inode: 0,
+                generation: 0,
+                // SAFETY: stat64 is plain old data; zeros are valid.
+                attr: unsafe { std::mem::zeroed() },
+                attr_flags: 0,
+                attr_timeout: ATTR_TTL,
+                entry_timeout: ATTR_TTL,
+            }),
+            Err(e) => Err(err(&e)),
+        }
     }
 
     fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {}
