@@ -146,6 +146,7 @@ pub struct Fs {
     seen_at_open: Mutex<HashMap<Ino, (Timespec, u64)>>,
     renewer: Mutex<Option<Renewer>>,
     atime: Mutex<Option<AtimeWriter>>,
+    flusher: Mutex<Option<Renewer>>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -244,7 +245,7 @@ impl Fs {
         let renewer = start_renewer(meta.clone(), session, config.session_lease)?;
         let atime = AtimeWriter::start(meta.clone())?;
         info!(%session, "file system session registered");
-        Ok(Arc::new(Self {
+        let fs = Arc::new(Self {
             config,
             meta,
             engine,
@@ -258,7 +259,15 @@ impl Fs {
             seen_at_open: Mutex::new(HashMap::new()),
             renewer: Mutex::new(Some(renewer)),
             atime: Mutex::new(Some(atime)),
-        }))
+            flusher: Mutex::new(None),
+        });
+        if let Some(interval) = fs.config.flush_interval {
+            let flusher = start_flusher(Arc::downgrade(&fs), interval)?;
+            *fs.flusher
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(flusher);
+        }
+        Ok(fs)
     }
 
     /// Bytes per block.
@@ -826,6 +835,19 @@ impl Fs {
     }
 
     fn stop_background(&self) {
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(f) = flusher {
+            let _ = f.stop.send(());
+            // The flusher itself may drop the last reference to the file
+            // system; it cannot wait for itself.
+            if f.thread.thread().id() != std::thread::current().id() {
+                let _ = f.thread.join();
+            }
+        }
         let renewer = self
             .renewer
             .lock()
@@ -1357,5 +1379,35 @@ fn start_renewer(meta: MetaLink, session: SessionId, lease: Duration) -> Result<
             }
         })
         .map_err(|e| FsError::Config(format!("cannot start the session thread: {e}")))?;
+    Ok(Renewer { stop, thread })
+}
+
+/// Flushes files with unflushed writes every `interval`, while the file
+/// system lives.
+fn start_flusher(fs: std::sync::Weak<Fs>, interval: Duration) -> Result<Renewer> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("dl-flusher".into())
+        .spawn(move || loop {
+            match stopped.recv_timeout(interval) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let Some(fs) = fs.upgrade() else {
+                return;
+            };
+            let dirty: Vec<Ino> = fs
+                .read_files()
+                .iter()
+                .filter(|(_, e)| e.pending_size.load(Ordering::Acquire) != 0)
+                .map(|(&ino, _)| ino)
+                .collect();
+            for ino in dirty {
+                if let Err(e) = block_on(fs.flush(ino)) {
+                    debug!(%ino, error = %e, "periodic flush failed");
+                }
+            }
+        })
+        .map_err(|e| FsError::Config(format!("cannot start the flusher thread: {e}")))?;
     Ok(Renewer { stop, thread })
 }

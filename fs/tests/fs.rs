@@ -693,3 +693,27 @@ fn a_failed_commit_keeps_the_data_dirty_until_a_flush_succeeds() {
     engine.shutdown().expect("engine");
     master.stop().expect("master");
 }
+
+#[test]
+fn unflushed_writes_are_flushed_periodically() {
+    let env = Env::with_config(FsConfig {
+        flush_interval: Some(std::time::Duration::from_millis(50)),
+        ..FsConfig::default()
+    });
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "log", libc::O_WRONLY);
+    write(fs, ino, fh, 0, b"line\n");
+    let mut allocated = 0;
+    for _ in 0..200 {
+        allocated = fs.getattr(ino).expect("attr").allocated_bytes;
+        if allocated > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        allocated, BLOCK as u64,
+        "the block map points at the data without a flush"
+    );
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
