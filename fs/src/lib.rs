@@ -9,6 +9,7 @@
 //!   bookkeeping and block version allocation.
 //! - `sink`: [`BlockSink`], where flushed blocks become durable.
 //! - `meta`: [`MetaLink`], commands through Raft, queries on the local copy.
+//! - `resolver`: [`BlockMapResolver`], the engine's prefetch version lookup.
 //! - `fs`: [`Fs`], the operations and the flush protocol.
 
 mod config;
@@ -17,6 +18,7 @@ mod error;
 mod fs;
 mod meta;
 pub mod range;
+mod resolver;
 mod sink;
 pub mod version;
 
@@ -27,6 +29,7 @@ pub use config::{
 pub use error::{FsError, Result};
 pub use fs::{now, Fs, Opened};
 pub use meta::{MetaLink, LEADER_WAIT_MS_MAX};
+pub use resolver::BlockMapResolver;
 pub use sink::{BlockSink, MemorySink, SinkError};
 
 /// The metadata types the API uses.

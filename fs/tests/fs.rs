@@ -717,3 +717,32 @@ fn unflushed_writes_are_flushed_periodically() {
     );
     block_on(fs.release(ino, fh, None)).expect("release");
 }
+
+#[test]
+fn the_block_map_resolver_names_current_versions_and_stops_at_holes() {
+    use datenlord_engine::VersionResolver;
+    let env = Env::new();
+    let fs = env.fs();
+    let resolver = datenlord_fs::BlockMapResolver::new(MetaLink::from_master(
+        env.master.as_ref().expect("master"),
+    ));
+    let (ino, fh) = create(fs, "r", libc::O_RDWR);
+    write(fs, ino, fh, 0, &pattern(1, BLOCK + 1));
+    write(fs, ino, fh, 3 * BLOCK as u64, b"x");
+    block_on(fs.flush(ino)).expect("flush");
+    let engine_ino = datenlord_engine::Ino(ino.0);
+    let v0 = resolver.current_version(engine_ino, 0).expect("block 0");
+    assert!(resolver.current_version(engine_ino, 1).is_some());
+    assert_eq!(resolver.current_version(engine_ino, 2), None, "hole");
+    assert!(resolver.current_version(engine_ino, 3).is_some());
+    assert_eq!(
+        resolver.current_version(engine_ino, 4),
+        None,
+        "past the end"
+    );
+    write(fs, ino, fh, 0, b"new");
+    block_on(fs.flush(ino)).expect("flush");
+    let v0_new = resolver.current_version(engine_ino, 0).expect("block 0");
+    assert!(v0_new > v0, "a rewrite makes a newer version");
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
