@@ -390,6 +390,32 @@ fn permissions_are_enforced_for_other_users() {
             assert!(!denied.success(), "0700 directories are private");
             let denied = status("echo x > public").expect("write");
             assert!(!denied.success(), "0644 files are read-only for others");
+            // A supplementary group grants what the group bits allow: the
+            // credentials carry the groups from /proc/<pid>/status.
+            fs::create_dir(m.path("team")).expect("mkdir");
+            fs::set_permissions(m.path("team"), fs::Permissions::from_mode(0o770)).expect("chmod");
+            let team = cpath(&m.path("team"));
+            // SAFETY: valid C string.
+            assert_eq!(unsafe { libc::chown(team.as_ptr(), 0, 4321) }, 0);
+            let member = std::process::Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--groups=4321",
+                    "sh",
+                    "-c",
+                ])
+                .arg("touch team/mine")
+                .current_dir(&m.mnt)
+                .status()
+                .expect("setpriv");
+            assert!(
+                member.success(),
+                "a member of the group may create in a 0770 directory"
+            );
+            assert!(m.path("team/mine").exists());
+            let outsider = status("touch team/theirs").expect("setpriv");
+            assert!(!outsider.success(), "others may not");
         }
         Err(e) => eprintln!("setpriv not available ({e}); permission checks skipped"),
     }
