@@ -617,6 +617,23 @@ impl Fs {
         Ok(())
     }
 
+    /// Drops every POSIX record lock `owner` holds on `ino` (`close(2)`
+    /// releases a process's locks; FUSE says so in `flush`). Free when the
+    /// file has no record locks at all, the common case.
+    pub async fn unlock_owner(&self, ino: Ino, owner: u64) -> Result<()> {
+        let anyone = LockOwner {
+            session: self.session,
+            owner: u64::MAX,
+        };
+        let locked = self
+            .meta
+            .read(|s| s.getlk(ino, anyone, LockRange::ALL, LockKind::Write))?;
+        if locked.is_none() {
+            return Ok(());
+        }
+        self.setlk(ino, owner, LockRange::ALL, None).await
+    }
+
     /// `flock(LOCK_NB)`: takes or (`None`) releases a whole-file lock.
     pub async fn flock(&self, ino: Ino, owner: u64, kind: Option<FlockKind>) -> Result<()> {
         self.apply(&Command::Flock {

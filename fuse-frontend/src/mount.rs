@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::adapter::{AdapterOptions, FuseFs};
 use crate::error::FuseError;
+use crate::lock_wait::{self, Waiters};
 use crate::options::MountOptions;
 
 /// Most request loops one mount runs.
@@ -129,6 +130,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     }
     .clamp(1, THREADS_MAX);
     let cpus = allowed_cpus();
+    let waiters = Arc::new(Waiters::default());
     let bufsize = session.bufsize();
     let connection = connection_id(session.mountpoint());
     let mut mount = Mount {
@@ -149,7 +151,12 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
             }
             None => return Err(FuseError::Session("the FUSE session is gone".into())),
         };
-        let server = Arc::clone(&server);
+        let context = LoopContext {
+            server: Arc::clone(&server),
+            fs: Arc::clone(&mount.fs),
+            waiters: Arc::clone(&waiters),
+            device: Arc::new(file),
+        };
         let cpu = (!cpus.is_empty()).then(|| cpus[n % cpus.len()]);
         let spawned = std::thread::Builder::new()
             .name(format!("dl-fuse-{n}"))
@@ -157,7 +164,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                serve(&server, &file, bufsize);
+                serve(&context, bufsize);
             });
         match spawned {
             Ok(t) => mount.threads.push(t),
@@ -192,8 +199,18 @@ fn connection_id(mountpoint: &Path) -> Option<u32> {
 
 /// One request loop: reads a request, lets the server answer it, until the
 /// kernel ends the connection (`ENODEV` after unmount).
-fn serve(server: &Server<FuseFs>, file: &File, bufsize: usize) {
-    let fd = file.as_raw_fd();
+/// What one request loop works with.
+struct LoopContext {
+    server: Arc<Server<FuseFs>>,
+    fs: Arc<Fs>,
+    waiters: Arc<Waiters>,
+    /// Its cloned /dev/fuse fd (shared with its lock waiters).
+    device: Arc<File>,
+}
+
+fn serve(context: &LoopContext, bufsize: usize) {
+    let server = &context.server;
+    let fd = context.device.as_raw_fd();
     let mut request = vec![0u8; bufsize];
     let mut reply = vec![0u8; bufsize];
     loop {
@@ -215,6 +232,26 @@ fn serve(server: &Server<FuseFs>, file: &File, bufsize: usize) {
         };
         if len == 0 {
             return;
+        }
+        let message = &request[..len];
+        match lock_wait::opcode(message) {
+            Some(lock_wait::OPCODE_SETLKW) => {
+                if let Some(wait) = lock_wait::parse_setlkw(message) {
+                    lock_wait::spawn_waiter(
+                        Arc::clone(&context.fs),
+                        &context.device,
+                        &context.waiters,
+                        wait,
+                    );
+                    continue;
+                }
+            }
+            Some(lock_wait::OPCODE_INTERRUPT) => {
+                if let Some(unique) = lock_wait::parse_interrupt(message) {
+                    context.waiters.interrupt(unique);
+                }
+            }
+            _ => {}
         }
         let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut request[..len])) {
             Ok(r) => r,

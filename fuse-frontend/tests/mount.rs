@@ -745,3 +745,106 @@ fn unmount_returns_even_while_a_file_is_open() {
     let err = held.read_at(&mut buf, 0).expect_err("connection aborted");
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
 }
+
+fn sh(dir: &Path, script: &str) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn flock_and_posix_locks_block_across_processes_and_can_be_interrupted() {
+    if !can_mount() {
+        return;
+    }
+    let have = |tool: &str| {
+        sh(Path::new("/"), &format!("command -v {tool}"))
+            .status
+            .success()
+    };
+    if !have("flock") || !have("python3") {
+        eprintln!("skipped: needs flock(1) and python3");
+        return;
+    }
+    let mut m = Mounted::new(|o| o.threads = 2);
+    fs::write(m.path("lockfile"), b"").expect("create");
+    // flock: a holder for 1 s; a non-blocking try fails, a blocking one waits.
+    let out = sh(
+        &m.mnt,
+        "flock -x lockfile -c 'sleep 1' & sleep 0.3; \
+         if flock -n -x lockfile -c true; then echo nb-ok; else echo nb-busy; fi; \
+         start=$(date +%s%N); flock -x lockfile -c true; end=$(date +%s%N); \
+         echo waited=$(( (end - start) / 1000000 )); wait",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("nb-busy"), "{text}");
+    let waited: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("waited="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("waited");
+    assert!(
+        waited >= 400,
+        "the blocking flock waited for the holder: {text}"
+    );
+    // POSIX record locks: same, through fcntl from two processes, and a
+    // blocked F_SETLKW interrupted by a signal.
+    let script = r#"
+import fcntl, os, signal, sys, time
+fd = os.open("lockfile", os.O_RDWR)
+pid = os.fork()
+if pid == 0:
+    fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)
+    time.sleep(1.0)
+    os._exit(0)
+time.sleep(0.3)
+other = os.open("lockfile", os.O_RDWR)
+try:
+    fcntl.lockf(other, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
+    print("nb-ok")
+except OSError:
+    print("nb-busy")
+class Alarm(Exception):
+    pass
+def ring(*_):
+    raise Alarm()
+signal.signal(signal.SIGALRM, ring)
+signal.setitimer(signal.ITIMER_REAL, 0.2)
+try:
+    fcntl.lockf(other, fcntl.LOCK_EX, 10, 0)
+    print("not-interrupted")
+except Alarm:
+    print("interrupted")
+start = time.time()
+fcntl.lockf(other, fcntl.LOCK_EX, 10, 0)
+print("waited=%d" % int((time.time() - start) * 1000))
+os.waitpid(pid, 0)
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&m.mnt)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("nb-busy"), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    let waited: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("waited="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("waited");
+    assert!(
+        waited >= 100,
+        "the blocking lock waited for the holder: {text}"
+    );
+    m.unmount();
+}
