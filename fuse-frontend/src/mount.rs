@@ -61,7 +61,25 @@ fn check_mountpoint(path: &Path) -> Result<(), FuseError> {
     if !Path::new("/dev/fuse").exists() {
         return Err(FuseError::NoDevice);
     }
+    // Linux stacks mounts silently; a second mount on the same directory
+    // is almost always a mistake (a mount left over from an earlier run).
+    if let Ok(canonical) = path.canonicalize() {
+        if is_mountpoint(&canonical) {
+            return Err(FuseError::Busy(shown));
+        }
+    }
     Ok(())
+}
+
+/// Whether something is mounted on `path` (/proc/self/mountinfo).
+fn is_mountpoint(path: &Path) -> bool {
+    let Some(wanted) = path.to_str().map(|p| p.replace(' ', "\\040")) else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+        info.lines()
+            .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+    })
 }
 
 fn mount_error(path: &str, message: String) -> FuseError {

@@ -848,3 +848,16 @@ os.waitpid(pid, 0)
     );
     m.unmount();
 }
+
+#[test]
+fn mounting_twice_on_one_directory_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    let fs = Arc::clone(m.mount.as_ref().expect("mount").fs());
+    let err = mount(fs, &MountOptions::new(&m.mnt)).expect_err("busy");
+    assert!(matches!(err, FuseError::Busy(_)), "{err}");
+    assert!(err.to_string().contains("fusermount3 -u"), "{err}");
+    m.unmount();
+}
