@@ -21,6 +21,9 @@ pub const RELATIME_INTERVAL_SECS: i64 = 24 * 60 * 60;
 pub const SESSION_LEASE_DEFAULT: Duration = Duration::from_secs(30);
 /// Default unflushed bytes per file before a write flushes early.
 pub const DIRTY_BYTES_PER_FILE_DEFAULT: usize = 64 << 20;
+/// Default age limit of unflushed writes: every this often, files with
+/// unflushed writes are flushed (like Linux's dirty_expire).
+pub const FLUSH_INTERVAL_DEFAULT: Duration = Duration::from_secs(5);
 /// Default capacity of a freshly formatted volume.
 pub const CAPACITY_BYTES_DEFAULT: u64 = 1 << 50;
 /// Default inode limit of a freshly formatted volume.
@@ -36,6 +39,9 @@ pub struct FsConfig {
     pub session_lease: Duration,
     /// Unflushed bytes per file before a write flushes early.
     pub dirty_bytes_per_file_max: usize,
+    /// Flush files with unflushed writes this often (`None`: only on
+    /// flush, fsync, close and the byte limit).
+    pub flush_interval: Option<Duration>,
     /// First block version this node hands out; `None` seeds it from the
     /// wall clock (see `version.rs`).
     pub version_seed: Option<u64>,
@@ -51,6 +57,7 @@ impl Default for FsConfig {
             atime: AtimePolicy::default(),
             session_lease: SESSION_LEASE_DEFAULT,
             dirty_bytes_per_file_max: DIRTY_BYTES_PER_FILE_DEFAULT,
+            flush_interval: Some(FLUSH_INTERVAL_DEFAULT),
             version_seed: None,
             capacity_bytes: CAPACITY_BYTES_DEFAULT,
             inodes_max: INODES_MAX_DEFAULT,

@@ -206,4 +206,95 @@ mod tests {
         assert!(d.read_into(0, 100, &mut out));
         assert_eq!(out, [0; 8]);
     }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Write(u64, Vec<u8>),
+        Punch(u64, usize),
+        Flush,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let span = 5 * u64::from(BS);
+        prop_oneof![
+            4 => (0..span, proptest::collection::vec(any::<u8>(), 1..2 * BS as usize))
+                .prop_map(|(o, d)| Op::Write(o, d)),
+            2 => (0..span, 1..2 * BS as usize).prop_map(|(o, l)| Op::Punch(o, l)),
+            1 => Just(Op::Flush),
+        ]
+    }
+
+    /// The file a reader sees: dirty blocks over the flushed content.
+    fn view(d: &DirtyFile, clean: &[u8], size: u64) -> Vec<u8> {
+        let mut out = vec![0u8; size as usize];
+        for p in pieces(0, size as usize, BS) {
+            let dst = &mut out[p.buf_offset..p.buf_offset + p.len];
+            if !d.read_into(p.index, p.start, dst) {
+                let end = (p.buf_offset + p.len).min(clean.len());
+                if p.buf_offset < end {
+                    dst[..end - p.buf_offset].copy_from_slice(&clean[p.buf_offset..end]);
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dirty_blocks_over_flushed_content_match_a_byte_model(
+            ops in proptest::collection::vec(op(), 1..40)
+        ) {
+            let mut d = DirtyFile::new(BS);
+            let mut clean: Vec<u8> = Vec::new();
+            let mut expected: Vec<u8> = Vec::new();
+            let bs = BS as usize;
+            for op in ops {
+                let size = expected.len() as u64;
+                match op {
+                    Op::Write(offset, data) => {
+                        for index in d.needs_base(offset, data.len(), size) {
+                            let start = (index as usize * bs).min(clean.len());
+                            let end = (start + bs).min(clean.len());
+                            d.set_base(index, clean[start..end].to_vec());
+                        }
+                        d.write(offset, &data);
+                        let end = offset as usize + data.len();
+                        if expected.len() < end {
+                            expected.resize(end, 0);
+                        }
+                        expected[offset as usize..end].copy_from_slice(&data);
+                    }
+                    Op::Punch(offset, len) => {
+                        let end = (offset + len as u64).min(size);
+                        if offset < end {
+                            let len = (end - offset) as usize;
+                            for index in d.needs_base(offset, len, size) {
+                                let start = (index as usize * bs).min(clean.len());
+                                let stop = (start + bs).min(clean.len());
+                                d.set_base(index, clean[start..stop].to_vec());
+                            }
+                            d.punch(offset, len);
+                            expected[offset as usize..end as usize].fill(0);
+                        }
+                    }
+                    Op::Flush => {
+                        clean.resize(expected.len(), 0);
+                        for (index, data) in d.take() {
+                            let start = index as usize * bs;
+                            let stop = (start + bs).min(clean.len());
+                            let block = &mut clean[start..stop];
+                            block.fill(0);
+                            block[..data.len()].copy_from_slice(&data);
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(view(&d, &clean, expected.len() as u64), expected.clone());
+                let held: usize = (0..=7u64)
+                    .filter_map(|i| d.get(i).map(<[u8]>::len))
+                    .sum();
+                proptest::prop_assert_eq!(held, d.dirty_bytes());
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@
 //! `SetBlocks` leaves unreferenced blocks in the store, never a file whose
 //! map names a block that does not exist.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,7 +25,6 @@ use futures::executor::block_on;
 use futures::lock::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
-use crate::atime::AtimeWriter;
 use crate::config::{AtimePolicy, FsConfig, RELATIME_INTERVAL_SECS};
 use crate::dirty::DirtyFile;
 use crate::error::{FsError, Result};
@@ -84,6 +83,53 @@ struct Renewer {
     thread: JoinHandle<()>,
 }
 
+/// Applies access time updates off the read path (a read never waits for a
+/// Raft commit to move atime); one queued update per inode at a time.
+struct AtimeWriter {
+    queue: mpsc::Sender<Command>,
+    queued: Arc<Mutex<HashSet<Ino>>>,
+    thread: JoinHandle<()>,
+}
+
+impl AtimeWriter {
+    fn start(meta: MetaLink) -> Result<Self> {
+        let (queue, commands) = mpsc::channel::<Command>();
+        let queued: Arc<Mutex<HashSet<Ino>>> = Arc::default();
+        let done = Arc::clone(&queued);
+        let thread = std::thread::Builder::new()
+            .name("dl-atime".into())
+            .spawn(move || {
+                while let Ok(command) = commands.recv() {
+                    if let Err(e) = block_on(meta.apply(&command)) {
+                        debug!(error = %e, "atime update failed");
+                    }
+                    if let Command::SetAttr { ino, .. } = command {
+                        done.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .remove(&ino);
+                    }
+                }
+            })
+            .map_err(|e| FsError::Config(format!("cannot start the atime thread: {e}")))?;
+        Ok(Self {
+            queue,
+            queued,
+            thread,
+        })
+    }
+
+    fn submit(&self, command: Command, ino: Ino) {
+        let fresh = self
+            .queued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(ino);
+        if fresh && self.queue.send(command).is_err() {
+            debug!(%ino, "atime thread stopped; update dropped");
+        }
+    }
+}
+
 /// The file system of one mount.
 pub struct Fs {
     config: FsConfig,
@@ -99,7 +145,8 @@ pub struct Fs {
     /// `(mtime, size)` of each file at its last open, for `keep_cache`.
     seen_at_open: Mutex<HashMap<Ino, (Timespec, u64)>>,
     renewer: Mutex<Option<Renewer>>,
-    atime: AtimeWriter,
+    atime: Mutex<Option<AtimeWriter>>,
+    flusher: Mutex<Option<Renewer>>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -161,7 +208,8 @@ impl Fs {
     ) -> Result<Arc<Self>> {
         meta.wait_for_leader()?;
         let block_size = engine.block_size().bytes();
-        let volume = meta.read(|s| s.volume().cloned());
+        // Linearizable: a restarted master may not have replayed its log yet.
+        let volume = block_on(meta.read_linearizable(|s| s.volume().cloned()))?;
         match volume {
             Some(v) if v.block_size != block_size => {
                 return Err(FsError::Config(format!(
@@ -195,10 +243,9 @@ impl Fs {
             .version_seed
             .map_or_else(VersionClock::from_wall_clock, VersionClock::new);
         let renewer = start_renewer(meta.clone(), session, config.session_lease)?;
-        let atime = AtimeWriter::start(meta.clone())
-            .map_err(|e| FsError::Config(format!("cannot start the atime thread: {e}")))?;
+        let atime = AtimeWriter::start(meta.clone())?;
         info!(%session, "file system session registered");
-        Ok(Arc::new(Self {
+        let fs = Arc::new(Self {
             config,
             meta,
             engine,
@@ -211,8 +258,16 @@ impl Fs {
             next_fh: AtomicU64::new(1),
             seen_at_open: Mutex::new(HashMap::new()),
             renewer: Mutex::new(Some(renewer)),
-            atime,
-        }))
+            atime: Mutex::new(Some(atime)),
+            flusher: Mutex::new(None),
+        });
+        if let Some(interval) = fs.config.flush_interval {
+            let flusher = start_flusher(Arc::downgrade(&fs), interval)?;
+            *fs.flusher
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(flusher);
+        }
+        Ok(fs)
     }
 
     /// Bytes per block.
@@ -562,6 +617,23 @@ impl Fs {
         Ok(())
     }
 
+    /// Drops every POSIX record lock `owner` holds on `ino` (`close(2)`
+    /// releases a process's locks; FUSE says so in `flush`). Free when the
+    /// file has no record locks at all, the common case.
+    pub async fn unlock_owner(&self, ino: Ino, owner: u64) -> Result<()> {
+        let anyone = LockOwner {
+            session: self.session,
+            owner: u64::MAX,
+        };
+        let locked = self
+            .meta
+            .read(|s| s.getlk(ino, anyone, LockRange::ALL, LockKind::Write))?;
+        if locked.is_none() {
+            return Ok(());
+        }
+        self.setlk(ino, owner, LockRange::ALL, None).await
+    }
+
     /// `flock(LOCK_NB)`: takes or (`None`) releases a whole-file lock.
     pub async fn flock(&self, ino: Ino, owner: u64, kind: Option<FlockKind>) -> Result<()> {
         self.apply(&Command::Flock {
@@ -725,7 +797,9 @@ impl Fs {
             let mut files = self.write_files();
             if let Some(entry) = files.get_mut(&ino) {
                 entry.opens = entry.opens.saturating_sub(1);
-                if entry.opens == 0 {
+                // After a failed flush the unflushed blocks stay for
+                // `flush_all` (unmount) to retry.
+                if entry.opens == 0 && flushed.is_ok() {
                     files.remove(&ino);
                 }
             }
@@ -767,8 +841,7 @@ impl Fs {
     /// dropping its locks).
     pub async fn shutdown(&self) -> Result<()> {
         let flushed = self.flush_all().await;
-        self.atime.stop();
-        self.stop_renewer();
+        self.stop_background();
         let unregistered = self
             .apply(&Command::UnregisterSession {
                 session: self.session,
@@ -778,7 +851,20 @@ impl Fs {
         unregistered.map(|_| ())
     }
 
-    fn stop_renewer(&self) {
+    fn stop_background(&self) {
+        let flusher = self
+            .flusher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(f) = flusher {
+            let _ = f.stop.send(());
+            // The flusher itself may drop the last reference to the file
+            // system; it cannot wait for itself.
+            if f.thread.thread().id() != std::thread::current().id() {
+                let _ = f.thread.join();
+            }
+        }
         let renewer = self
             .renewer
             .lock()
@@ -787,6 +873,16 @@ impl Fs {
         if let Some(r) = renewer {
             let _ = r.stop.send(());
             let _ = r.thread.join();
+        }
+        let atime = self
+            .atime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(a) = atime {
+            // Closing the queue ends the thread after the queued updates.
+            drop(a.queue);
+            let _ = a.thread.join();
         }
     }
 
@@ -995,27 +1091,25 @@ impl Fs {
         }
         futures::future::try_join_all(fetches).await?;
         drop(guard);
-        self.touch_atime(&attr).await;
+        self.touch_atime(&attr);
         Ok(out)
     }
 
-    async fn touch_atime(&self, attr: &Attr) {
+    fn touch_atime(&self, attr: &Attr) {
         let now = now();
         let due = match self.config.atime {
             AtimePolicy::Noatime => false,
             AtimePolicy::Strictatime => true,
             AtimePolicy::Relatime => {
+                // `<` for ctime, not Linux's `<=`: our own atime update sets
+                // ctime to the same instant, which must not make every
+                // later read update again.
                 attr.atime <= attr.mtime
-                    || attr.atime <= attr.ctime
+                    || attr.atime < attr.ctime
                     || now.sec.saturating_sub(attr.atime.sec) >= RELATIME_INTERVAL_SECS
             }
         };
         if !due {
-            return;
-        }
-        if self.config.atime != AtimePolicy::Strictatime {
-            // relatime: written behind, the read does not wait for it.
-            self.atime.touch(attr.ino);
             return;
         }
         // The file system updates atime on the reader's behalf: a reader
@@ -1030,8 +1124,13 @@ impl Fs {
             creds: Creds::root(),
             now,
         };
-        if let Err(e) = self.apply(&command).await {
-            debug!(ino = %attr.ino, error = %e, "atime update failed");
+        if let Some(writer) = self
+            .atime
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            writer.submit(command, attr.ino);
         }
     }
 
@@ -1273,7 +1372,7 @@ impl Fs {
 
 impl Drop for Fs {
     fn drop(&mut self) {
-        self.stop_renewer();
+        self.stop_background();
     }
 }
 
@@ -1303,5 +1402,35 @@ fn start_renewer(meta: MetaLink, session: SessionId, lease: Duration) -> Result<
             }
         })
         .map_err(|e| FsError::Config(format!("cannot start the session thread: {e}")))?;
+    Ok(Renewer { stop, thread })
+}
+
+/// Flushes files with unflushed writes every `interval`, while the file
+/// system lives.
+fn start_flusher(fs: std::sync::Weak<Fs>, interval: Duration) -> Result<Renewer> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("dl-flusher".into())
+        .spawn(move || loop {
+            match stopped.recv_timeout(interval) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            let Some(fs) = fs.upgrade() else {
+                return;
+            };
+            let dirty: Vec<Ino> = fs
+                .read_files()
+                .iter()
+                .filter(|(_, e)| e.pending_size.load(Ordering::Acquire) != 0)
+                .map(|(&ino, _)| ino)
+                .collect();
+            for ino in dirty {
+                if let Err(e) = block_on(fs.flush(ino)) {
+                    debug!(%ino, error = %e, "periodic flush failed");
+                }
+            }
+        })
+        .map_err(|e| FsError::Config(format!("cannot start the flusher thread: {e}")))?;
     Ok(Renewer { stop, thread })
 }

@@ -9,25 +9,27 @@
 //!   bookkeeping and block version allocation.
 //! - `sink`: [`BlockSink`], where flushed blocks become durable.
 //! - `meta`: [`MetaLink`], commands through Raft, queries on the local copy.
+//! - `resolver`: [`BlockMapResolver`], the engine's prefetch version lookup.
 //! - `fs`: [`Fs`], the operations and the flush protocol.
 
-mod atime;
 mod config;
 pub mod dirty;
 mod error;
 mod fs;
 mod meta;
 pub mod range;
+mod resolver;
 mod sink;
 pub mod version;
 
 pub use config::{
     AtimePolicy, FsConfig, CAPACITY_BYTES_DEFAULT, DIRTY_BYTES_PER_FILE_DEFAULT,
-    INODES_MAX_DEFAULT, RELATIME_INTERVAL_SECS, SESSION_LEASE_DEFAULT,
+    FLUSH_INTERVAL_DEFAULT, INODES_MAX_DEFAULT, RELATIME_INTERVAL_SECS, SESSION_LEASE_DEFAULT,
 };
 pub use error::{FsError, Result};
 pub use fs::{now, Fs, Opened};
 pub use meta::{MetaLink, LEADER_WAIT_MS_MAX};
+pub use resolver::BlockMapResolver;
 pub use sink::{BlockSink, MemorySink, SinkError};
 
 /// The metadata types the API uses.

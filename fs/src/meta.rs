@@ -45,6 +45,20 @@ impl MetaLink {
         f(&self.local.read())
     }
 
+    /// Runs a query once the local copy reflects every command committed
+    /// before the call (ReadIndex): after a restart, the log is replayed
+    /// first.
+    pub async fn read_linearizable<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&MetaState) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        Ok(self
+            .handle
+            .read(move |state: &SharedState<MetaState>| f(&state.read()))
+            .await?)
+    }
+
     /// Blocks until this replica leads the group (startup only).
     pub(crate) fn wait_for_leader(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_millis(LEADER_WAIT_MS_MAX);

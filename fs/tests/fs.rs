@@ -6,8 +6,8 @@ use std::sync::Arc;
 use datenlord_cluster::master::Master;
 use datenlord_engine::{BlockSize, Engine, EngineConfig, MemoryStore};
 use datenlord_fs::{
-    AttrChanges, Creds, Fs, FsConfig, FsError, Ino, MemorySink, MetaLink, RenameFlags, XattrFlags,
-    ROOT_INO,
+    AttrChanges, Creds, FlockKind, Fs, FsConfig, FsError, Ino, LockKind, LockRange, MemorySink,
+    MetaLink, RenameFlags, XattrFlags, ROOT_INO,
 };
 use futures::executor::block_on;
 
@@ -437,4 +437,312 @@ fn errors_carry_errnos() {
     let err = block_on(fs.write(ROOT_INO, 999, 0, b"x", &root())).expect_err("bad handle");
     assert!(matches!(err, FsError::BadHandle(999)));
     assert_eq!(err.errno(), libc::EBADF);
+}
+
+#[test]
+fn writes_by_others_clear_setuid_and_keep_cache_follows_changes() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "suid", libc::O_RDWR);
+    block_on(fs.release(ino, fh, None)).expect("release");
+    let give = AttrChanges {
+        mode: Some(0o6777),
+        uid: Some(1000),
+        gid: Some(1000),
+        ..AttrChanges::default()
+    };
+    block_on(fs.setattr(ino, give, None, &root())).expect("chown");
+    block_on(fs.setattr(
+        ino,
+        AttrChanges {
+            mode: Some(0o6777),
+            ..AttrChanges::default()
+        },
+        None,
+        &root(),
+    ))
+    .expect("chmod");
+    assert_eq!(fs.getattr(ino).expect("attr").mode, 0o6777);
+    let other = Creds::user(2000, 2000);
+    let opened = block_on(fs.open(ino, libc::O_WRONLY, &other)).expect("open");
+    block_on(fs.write(ino, opened.fh, 0, b"x", &other)).expect("write");
+    block_on(fs.release(ino, opened.fh, None)).expect("release");
+    let mode = fs.getattr(ino).expect("attr").mode;
+    assert_eq!(mode & 0o6000, 0, "setuid and setgid cleared: {mode:o}");
+    // Unchanged since the last open: the page cache may be kept.
+    let first = block_on(fs.open(ino, libc::O_RDONLY, &root())).expect("open");
+    assert!(!first.keep_cache, "the data changed since the last open");
+    block_on(fs.release(ino, first.fh, None)).expect("release");
+    let again = block_on(fs.open(ino, libc::O_RDONLY, &root())).expect("open");
+    assert!(again.keep_cache, "unchanged file keeps its cache");
+    block_on(fs.release(ino, again.fh, None)).expect("release");
+    let private = AttrChanges {
+        mode: Some(0o644),
+        ..AttrChanges::default()
+    };
+    block_on(fs.setattr(ino, private, None, &root())).expect("chmod");
+    assert!(fs
+        .access(ino, libc::W_OK as u32, &Creds::user(1000, 1000))
+        .is_ok());
+    assert_eq!(
+        fs.access(ino, libc::W_OK as u32, &other)
+            .expect_err("no write for others")
+            .errno(),
+        libc::EACCES
+    );
+}
+
+#[test]
+fn copy_range_copies_data_between_files() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (src, src_fh) = create(fs, "src", libc::O_RDWR);
+    let data = pattern(11, 2 * BLOCK + 77);
+    write(fs, src, src_fh, 0, &data);
+    let (dst, dst_fh) = create(fs, "dst", libc::O_RDWR);
+    let n = block_on(fs.copy_range(src, 5, dst, dst_fh, 1000, 3 * BLOCK as u64, &root()))
+        .expect("copy");
+    assert_eq!(n, data.len() as u64 - 5);
+    let mut expected = vec![0u8; 1000];
+    expected.extend_from_slice(&data[5..]);
+    assert_eq!(read(fs, dst, 0, 4 * BLOCK as u32), expected);
+    block_on(fs.release(src, src_fh, None)).expect("release");
+    block_on(fs.release(dst, dst_fh, None)).expect("release");
+}
+
+#[test]
+fn the_session_lease_is_renewed_and_locks_belong_to_the_session() {
+    let env = Env::with_config(FsConfig {
+        session_lease: std::time::Duration::from_millis(300),
+        ..FsConfig::default()
+    });
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "locked", libc::O_RDWR);
+    block_on(fs.setlk(ino, 1, LockRange::new(0, 99), Some(LockKind::Write))).expect("lock");
+    // Well past the lease: the renewals keep the session and its lock.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let conflict = fs
+        .getlk(ino, 2, LockRange::new(50, 60), LockKind::Read)
+        .expect("getlk")
+        .expect("owner 1 still holds the lock");
+    assert_eq!(conflict.kind, LockKind::Write);
+    let err = block_on(fs.setlk(ino, 2, LockRange::ALL, Some(LockKind::Read))).expect_err("busy");
+    assert_eq!(err.errno(), libc::EAGAIN);
+    block_on(fs.flock(ino, 1, Some(FlockKind::Exclusive))).expect("flock");
+    let err = block_on(fs.flock(ino, 2, Some(FlockKind::Shared))).expect_err("flock busy");
+    assert_eq!(err.errno(), libc::EAGAIN);
+    block_on(fs.setlk(ino, 1, LockRange::ALL, None)).expect("unlock");
+    block_on(fs.setlk(ino, 2, LockRange::ALL, Some(LockKind::Read))).expect("now free");
+    block_on(fs.release(ino, fh, Some(1))).expect("release");
+}
+
+#[test]
+fn data_survives_a_restart_of_the_master_and_the_file_system() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = MemoryStore::new();
+    let engine_config = EngineConfig {
+        cores: Some(1),
+        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+        memory_bytes: 16 * BLOCK as u64,
+        hugepages: false,
+        ..EngineConfig::default()
+    };
+    let data = pattern(21, BLOCK + 999);
+    let start = |store: &Arc<MemoryStore>| {
+        let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+        let engine = Engine::start(&engine_config, Arc::clone(store)).expect("engine");
+        let fs = Fs::new(
+            FsConfig::default(),
+            MetaLink::from_master(&master),
+            engine.handle(),
+            MemorySink::new(Arc::clone(store)),
+        )
+        .expect("fs");
+        (master, engine, fs)
+    };
+    let (master, engine, fs) = start(&store);
+    let (ino, fh) = create(&fs, "kept", libc::O_RDWR);
+    write(&fs, ino, fh, 3, &data);
+    block_on(fs.fsync(ino)).expect("fsync");
+    block_on(fs.release(ino, fh, None)).expect("release");
+    block_on(fs.shutdown()).expect("shutdown");
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
+
+    let (master, engine, fs) = start(&store);
+    let attr = fs.lookup(ROOT_INO, b"kept", &root()).expect("lookup");
+    assert_eq!(attr.size, 3 + data.len() as u64);
+    let opened = block_on(fs.open(attr.ino, libc::O_RDONLY, &root())).expect("open");
+    let got = read(&fs, attr.ino, 0, attr.size as u32);
+    assert_eq!(&got[3..], &data[..]);
+    block_on(fs.release(attr.ino, opened.fh, None)).expect("release");
+    block_on(fs.shutdown()).expect("shutdown");
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
+}
+
+fn atime_after_read(
+    policy: datenlord_fs::AtimePolicy,
+) -> (datenlord_fs::Timespec, datenlord_fs::Timespec) {
+    let env = Env::with_config(FsConfig {
+        atime: policy,
+        ..FsConfig::default()
+    });
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "a", libc::O_RDWR);
+    write(fs, ino, fh, 0, b"data");
+    block_on(fs.flush(ino)).expect("flush");
+    let old = datenlord_fs::Timespec::from_secs(1_000_000);
+    let set = AttrChanges {
+        atime: Some(datenlord_fs::SetTime::At(old)),
+        ..AttrChanges::default()
+    };
+    block_on(fs.setattr(ino, set, None, &root())).expect("utimes");
+    assert_eq!(read(fs, ino, 0, 4), b"data");
+    // The update is applied off the read path: wait for it a little.
+    let mut atime = fs.getattr(ino).expect("attr").atime;
+    for _ in 0..100 {
+        if atime != old {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        atime = fs.getattr(ino).expect("attr").atime;
+    }
+    block_on(fs.release(ino, fh, None)).expect("release");
+    (old, atime)
+}
+
+#[test]
+fn reads_update_atime_per_policy() {
+    let (old, atime) = atime_after_read(datenlord_fs::AtimePolicy::Relatime);
+    assert!(atime > old, "relatime: an atime older than mtime moves");
+    let (old, atime) = atime_after_read(datenlord_fs::AtimePolicy::Noatime);
+    assert_eq!(atime, old, "noatime: never");
+}
+
+/// A sink that fails while `failing` is set.
+struct FlakySink {
+    inner: Arc<MemorySink>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl datenlord_fs::BlockSink for FlakySink {
+    fn commit(
+        &self,
+        blocks: Vec<(datenlord_engine::BlockId, Vec<u8>)>,
+    ) -> futures::future::BoxFuture<'static, Result<(), datenlord_fs::SinkError>> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Box::pin(futures::future::ready(Err(datenlord_fs::SinkError::io(
+                "injected store outage",
+            ))));
+        }
+        self.inner.commit(blocks)
+    }
+
+    fn collect(&self, garbage: Vec<datenlord_engine::BlockId>) {
+        self.inner.collect(garbage);
+    }
+}
+
+#[test]
+fn a_failed_commit_keeps_the_data_dirty_until_a_flush_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+    let store = MemoryStore::new();
+    let engine_config = EngineConfig {
+        cores: Some(1),
+        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+        memory_bytes: 16 * BLOCK as u64,
+        hugepages: false,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
+    let sink = Arc::new(FlakySink {
+        inner: MemorySink::new(store),
+        failing: std::sync::atomic::AtomicBool::new(true),
+    });
+    let fs = Fs::new(
+        FsConfig::default(),
+        MetaLink::from_master(&master),
+        engine.handle(),
+        sink.clone(),
+    )
+    .expect("fs");
+    let (ino, fh) = create(&fs, "f", libc::O_RDWR);
+    write(&fs, ino, fh, 0, b"precious");
+    let err = block_on(fs.fsync(ino)).expect_err("store down");
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(
+        read(&fs, ino, 0, 100),
+        b"precious",
+        "still readable from the dirty blocks"
+    );
+    assert!(
+        block_on(fs.release(ino, fh, None)).is_err(),
+        "close reports the failure"
+    );
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    block_on(fs.flush_all()).expect("retry succeeds");
+    assert_eq!(fs.getattr(ino).expect("attr").size, 8);
+    assert_eq!(read(&fs, ino, 0, 100), b"precious");
+    block_on(fs.shutdown()).expect("shutdown");
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
+}
+
+#[test]
+fn unflushed_writes_are_flushed_periodically() {
+    let env = Env::with_config(FsConfig {
+        flush_interval: Some(std::time::Duration::from_millis(50)),
+        ..FsConfig::default()
+    });
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "log", libc::O_WRONLY);
+    write(fs, ino, fh, 0, b"line\n");
+    let mut allocated = 0;
+    for _ in 0..200 {
+        allocated = fs.getattr(ino).expect("attr").allocated_bytes;
+        if allocated > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        allocated, BLOCK as u64,
+        "the block map points at the data without a flush"
+    );
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
+
+#[test]
+fn the_block_map_resolver_names_current_versions_and_stops_at_holes() {
+    use datenlord_engine::VersionResolver;
+    let env = Env::new();
+    let fs = env.fs();
+    let resolver = datenlord_fs::BlockMapResolver::new(MetaLink::from_master(
+        env.master.as_ref().expect("master"),
+    ));
+    let (ino, fh) = create(fs, "r", libc::O_RDWR);
+    write(fs, ino, fh, 0, &pattern(1, BLOCK + 1));
+    write(fs, ino, fh, 3 * BLOCK as u64, b"x");
+    block_on(fs.flush(ino)).expect("flush");
+    let engine_ino = datenlord_engine::Ino(ino.0);
+    let v0 = resolver.current_version(engine_ino, 0).expect("block 0");
+    assert!(resolver.current_version(engine_ino, 1).is_some());
+    assert_eq!(resolver.current_version(engine_ino, 2), None, "hole");
+    assert!(resolver.current_version(engine_ino, 3).is_some());
+    assert_eq!(
+        resolver.current_version(engine_ino, 4),
+        None,
+        "past the end"
+    );
+    write(fs, ino, fh, 0, b"new");
+    block_on(fs.flush(ino)).expect("flush");
+    let v0_new = resolver.current_version(engine_ino, 0).expect("block 0");
+    assert!(v0_new > v0, "a rewrite makes a newer version");
+    block_on(fs.release(ino, fh, None)).expect("release");
 }

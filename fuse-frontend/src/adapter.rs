@@ -20,6 +20,8 @@ use fuse_backend_rs::api::filesystem::{
 use futures::executor::block_on;
 use tracing::debug_span;
 
+use crate::lock_wait::LockWait;
+
 /// How long the kernel may cache attributes and entries.
 const ATTR_TTL: Duration = Duration::from_secs(1);
 /// Entries one readdir round trip to the metadata asks for.
@@ -159,18 +161,36 @@ impl FileSystem for FuseFs {
         if self.options.writeback_cache {
             want |= FsOptions::WRITEBACK_CACHE;
         }
-        // POSIX_LOCKS and FLOCK_LOCKS stay off: fuse-backend-rs 0.14 hands
-        // F_SETLKW to `setlk` without saying it may block, so the kernel's
-        // own (node-local) locking is the correct choice until it does.
+        // Cluster-wide locks in the metadata; blocking requests are taken
+        // out of the request loops (`lock_wait`).
+        want |= FsOptions::POSIX_LOCKS | FsOptions::FLOCK_LOCKS;
         Ok(capable & want)
     }
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         let _span = debug_span!("lookup", ino = parent).entered();
-        self.fs
-            .lookup(Ino(parent), name.to_bytes(), &creds(ctx))
-            .map(|a| entry(&a))
-            .map_err(|e| err(&e))
+        let parent = Ino(parent);
+        let found = match name.to_bytes() {
+            // EXPORT_SUPPORT: the kernel looks up `.` and `..` itself.
+            b"." => self.fs.getattr(parent),
+            b".." => self.fs.parent(parent).and_then(|p| self.fs.getattr(p)),
+            name => self.fs.lookup(parent, name, &creds(ctx)),
+        };
+        match found {
+            Ok(attr) => Ok(entry(&attr)),
+            // A negative entry the kernel may cache for the entry timeout
+            // (it drops it itself when this node creates the name).
+            Err(e) if e.errno() == libc::ENOENT => Ok(Entry {
+                inode: 0,
+                generation: 0,
+                // SAFETY: stat64 is plain old data; zeros are valid.
+                attr: unsafe { std::mem::zeroed() },
+                attr_flags: 0,
+                attr_timeout: ATTR_TTL,
+                entry_timeout: ATTR_TTL,
+            }),
+            Err(e) => Err(err(&e)),
+        }
     }
 
     fn forget(&self, _ctx: &Context, _inode: u64, _count: u64) {}
@@ -344,7 +364,7 @@ impl FileSystem for FuseFs {
         _fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let _span = debug_span!("open", ino = inode).entered();
-        let flags = i32::try_from(flags).map_err(|_| einval())?;
+        let flags = self.open_flags(flags)?;
         let opened = block_on(self.fs.open(Ino(inode), flags, &creds(ctx))).map_err(|e| err(&e))?;
         let mut options = OpenOptions::empty();
         if self.options.direct_io {
@@ -363,7 +383,7 @@ impl FileSystem for FuseFs {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let _span = debug_span!("create", ino = parent).entered();
-        let flags = i32::try_from(args.flags).map_err(|_| einval())?;
+        let flags = self.open_flags(args.flags)?;
         let mode = args.mode & 0o7777 & !args.umask;
         let opened = block_on(self.fs.create(
             Ino(parent),
@@ -421,9 +441,13 @@ impl FileSystem for FuseFs {
         .map_err(|e| err(&e))
     }
 
-    fn flush(&self, _ctx: &Context, inode: u64, _handle: u64, _lock_owner: u64) -> io::Result<()> {
+    fn flush(&self, _ctx: &Context, inode: u64, _handle: u64, lock_owner: u64) -> io::Result<()> {
         let _span = debug_span!("flush", ino = inode).entered();
-        block_on(self.fs.flush(Ino(inode))).map_err(|e| err(&e))
+        let flushed = block_on(self.fs.flush(Ino(inode)));
+        // With POSIX_LOCKS the kernel keeps no record of the locks: closing a
+        // file must drop its owner's locks here.
+        let unlocked = block_on(self.fs.unlock_owner(Ino(inode), lock_owner));
+        flushed.and(unlocked).map_err(|e| err(&e))
     }
 
     fn fsync(&self, _ctx: &Context, inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
@@ -688,20 +712,65 @@ impl FileSystem for FuseFs {
         flags: u32,
     ) -> io::Result<()> {
         let _span = debug_span!("setlk", ino = inode).entered();
-        let kind = lock_kind(lock.lock_type)?;
-        if flags & FUSE_LK_FLOCK != 0 {
-            let kind = kind.map(|k| match k {
-                LockKind::Read => FlockKind::Shared,
-                LockKind::Write => FlockKind::Exclusive,
-            });
-            return block_on(self.fs.flock(Ino(inode), owner, kind)).map_err(|e| err(&e));
-        }
-        let range = LockRange::new(lock.start, lock.end);
-        block_on(self.fs.setlk(Ino(inode), owner, range, kind)).map_err(|e| err(&e))
+        let request = LockWait {
+            unique: 0,
+            ino: inode,
+            owner,
+            start: lock.start,
+            end: lock.end,
+            lock_type: lock.lock_type,
+            lk_flags: flags,
+        };
+        block_on(lock_request(&self.fs, &request)).map_err(|e| err(&e))
     }
 }
 
+/// Takes or releases a record lock or (`FUSE_LK_FLOCK`) an flock, without
+/// blocking: a conflict is `EAGAIN`.
+pub(crate) async fn lock_request(fs: &Fs, request: &LockWait) -> Result<(), FsError> {
+    let kind = match i32::try_from(request.lock_type) {
+        Ok(libc::F_RDLCK) => Some(LockKind::Read),
+        Ok(libc::F_WRLCK) => Some(LockKind::Write),
+        Ok(libc::F_UNLCK) => None,
+        _ => {
+            return Err(FsError::Invalid(
+                "lock type other than F_RDLCK, F_WRLCK, F_UNLCK",
+            ))
+        }
+    };
+    let ino = Ino(request.ino);
+    if request.lk_flags & FUSE_LK_FLOCK != 0 {
+        let kind = kind.map(|k| match k {
+            LockKind::Read => FlockKind::Shared,
+            LockKind::Write => FlockKind::Exclusive,
+        });
+        return fs.flock(ino, request.owner, kind).await;
+    }
+    if request.start > request.end {
+        return Err(FsError::Invalid("lock range ends before it starts"));
+    }
+    fs.setlk(
+        ino,
+        request.owner,
+        LockRange::new(request.start, request.end),
+        kind,
+    )
+    .await
+}
+
 impl FuseFs {
+    /// The `open(2)` flags to hand to `Fs`. With the writeback cache the
+    /// kernel handles `O_APPEND` itself and writes back whole pages at their
+    /// own offsets, so the file system must not redirect writes to the end.
+    fn open_flags(&self, flags: u32) -> io::Result<i32> {
+        let flags = i32::try_from(flags).map_err(|_| einval())?;
+        Ok(if self.options.writeback_cache {
+            flags & !libc::O_APPEND
+        } else {
+            flags
+        })
+    }
+
     /// Lists directory `inode` from `offset` (a cookie: 0 is the start, 1
     /// and 2 are `.` and `..`), until `add` reports a full buffer (0).
     fn list(

@@ -16,11 +16,15 @@ use tracing::{debug, info, warn};
 
 use crate::adapter::{AdapterOptions, FuseFs};
 use crate::error::FuseError;
+use crate::lock_wait::{self, Waiters};
 use crate::options::MountOptions;
 use crate::stats::{LoopHook, OpStats};
 
 /// Most request loops one mount runs.
 pub const THREADS_MAX: usize = 256;
+/// How long `unmount` waits for processes still using a lazily detached
+/// mount before it aborts the connection.
+pub const UNMOUNT_WAIT_MS: u64 = 5_000;
 /// Subtype shown as `fuse.datenlord` in the mount table.
 const SUBTYPE: &str = "datenlord";
 
@@ -30,6 +34,9 @@ pub struct Mount {
     threads: Vec<JoinHandle<()>>,
     fs: Arc<Fs>,
     mountpoint: String,
+    /// The FUSE connection (minor device number): its
+    /// /sys/fs/fuse/connections entry can abort it.
+    connection: Option<u32>,
     stats: OpStats,
 }
 
@@ -56,7 +63,25 @@ fn check_mountpoint(path: &Path) -> Result<(), FuseError> {
     if !Path::new("/dev/fuse").exists() {
         return Err(FuseError::NoDevice);
     }
+    // Linux stacks mounts silently; a second mount on the same directory
+    // is almost always a mistake (a mount left over from an earlier run).
+    if let Ok(canonical) = path.canonicalize() {
+        if is_mountpoint(&canonical) {
+            return Err(FuseError::Busy(shown));
+        }
+    }
     Ok(())
+}
+
+/// Whether something is mounted on `path` (/proc/self/mountinfo).
+fn is_mountpoint(path: &Path) -> bool {
+    let Some(wanted) = path.to_str().map(|p| p.replace(' ', "\\040")) else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
+        info.lines()
+            .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+    })
 }
 
 fn mount_error(path: &str, message: String) -> FuseError {
@@ -125,12 +150,15 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     }
     .clamp(1, THREADS_MAX);
     let cpus = allowed_cpus();
+    let waiters = Arc::new(Waiters::default());
     let bufsize = session.bufsize();
+    let connection = connection_id(session.mountpoint());
     let mut mount = Mount {
         session: Some(session),
         threads: Vec::with_capacity(threads),
         fs,
         mountpoint: shown,
+        connection,
         stats: OpStats::default(),
     };
     for n in 0..threads {
@@ -144,8 +172,13 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
             }
             None => return Err(FuseError::Session("the FUSE session is gone".into())),
         };
-        let server = Arc::clone(&server);
-        let stats = mount.stats.clone();
+        let context = LoopContext {
+            server: Arc::clone(&server),
+            fs: Arc::clone(&mount.fs),
+            waiters: Arc::clone(&waiters),
+            device: Arc::new(file),
+            stats: mount.stats.clone(),
+        };
         let cpu = (!cpus.is_empty()).then(|| cpus[n % cpus.len()]);
         let spawned = std::thread::Builder::new()
             .name(format!("dl-fuse-{n}"))
@@ -153,7 +186,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
                 if let Some(cpu) = cpu {
                     pin_to(cpu);
                 }
-                serve(&server, &file, bufsize, &LoopHook::new(stats));
+                serve(&context, bufsize);
             });
         match spawned {
             Ok(t) => mount.threads.push(t),
@@ -169,10 +202,40 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     Ok(mount)
 }
 
+/// The minor device number of the FUSE mount at `mountpoint` (its
+/// connection id), from /proc/self/mountinfo: asking the mount itself
+/// would need the request loops.
+fn connection_id(mountpoint: &Path) -> Option<u32> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let wanted = mountpoint.to_str()?.replace(' ', "\\040");
+    info.lines().rev().find_map(|line| {
+        let mut fields = line.split(' ');
+        let dev = fields.nth(2)?;
+        let point = fields.nth(1)?;
+        if point != wanted {
+            return None;
+        }
+        dev.split_once(':')?.1.parse().ok()
+    })
+}
+
 /// One request loop: reads a request, lets the server answer it, until the
 /// kernel ends the connection (`ENODEV` after unmount).
-fn serve(server: &Server<FuseFs>, file: &File, bufsize: usize, hook: &LoopHook) {
-    let fd = file.as_raw_fd();
+/// What one request loop works with.
+struct LoopContext {
+    server: Arc<Server<FuseFs>>,
+    fs: Arc<Fs>,
+    waiters: Arc<Waiters>,
+    /// Its cloned /dev/fuse fd (shared with its lock waiters).
+    device: Arc<File>,
+    /// Per-op counters of the mount.
+    stats: OpStats,
+}
+
+fn serve(context: &LoopContext, bufsize: usize) {
+    let server = &context.server;
+    let fd = context.device.as_raw_fd();
+    let hook = LoopHook::new(context.stats.clone());
     let mut request = vec![0u8; bufsize];
     let mut reply = vec![0u8; bufsize];
     loop {
@@ -195,6 +258,26 @@ fn serve(server: &Server<FuseFs>, file: &File, bufsize: usize, hook: &LoopHook) 
         if len == 0 {
             return;
         }
+        let message = &request[..len];
+        match lock_wait::opcode(message) {
+            Some(lock_wait::OPCODE_SETLKW) => {
+                if let Some(wait) = lock_wait::parse_setlkw(message) {
+                    lock_wait::spawn_waiter(
+                        Arc::clone(&context.fs),
+                        &context.device,
+                        &context.waiters,
+                        wait,
+                    );
+                    continue;
+                }
+            }
+            Some(lock_wait::OPCODE_INTERRUPT) => {
+                if let Some(unique) = lock_wait::parse_interrupt(message) {
+                    context.waiters.interrupt(unique);
+                }
+            }
+            _ => {}
+        }
         let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut request[..len])) {
             Ok(r) => r,
             Err(e) => {
@@ -209,7 +292,7 @@ fn serve(server: &Server<FuseFs>, file: &File, bufsize: usize, hook: &LoopHook) 
                 continue;
             }
         };
-        if let Err(e) = server.handle_message(reader, writer.into(), None, Some(hook)) {
+        if let Err(e) = server.handle_message(reader, writer.into(), None, Some(&hook)) {
             match e {
                 fuse_backend_rs::Error::EncodeMessage(ref io)
                     if io.raw_os_error() == Some(libc::EBADF)
@@ -248,10 +331,69 @@ impl Mount {
         }
     }
 
-    fn join(&mut self) {
+    /// Whether every request loop ended within `wait_ms`.
+    fn loops_end_within(&self, wait_ms: u64) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        true
+    }
+
+    /// Waits for the request loops after an unmount; past
+    /// [`UNMOUNT_WAIT_MS`] (a process still uses the detached mount) the
+    /// connection is aborted. Never blocks forever: loops that still run
+    /// after that are left behind (`false`).
+    fn join(&mut self) -> bool {
+        let ended = self.loops_end_within(UNMOUNT_WAIT_MS)
+            || (self.abort() && self.loops_end_within(UNMOUNT_WAIT_MS));
+        if !ended {
+            warn!(mountpoint = %self.mountpoint, "FUSE request loops still running; leaving them");
+            self.threads.clear();
+            return false;
+        }
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 warn!("a FUSE request loop panicked");
+            }
+        }
+        true
+    }
+
+    /// Aborts the FUSE connection through fusectl (mounting fusectl on
+    /// /sys/fs/fuse/connections if it is not).
+    fn abort(&self) -> bool {
+        let Some(id) = self.connection else {
+            warn!(mountpoint = %self.mountpoint, "the mount is still in use and its FUSE connection is unknown");
+            return false;
+        };
+        let dir = "/sys/fs/fuse/connections";
+        let path = format!("{dir}/{id}/abort");
+        if !Path::new(&path).exists() {
+            let (source, target, fstype) = (c"fusectl", c"/sys/fs/fuse/connections", c"fusectl");
+            // SAFETY: valid NUL-terminated strings; no data argument.
+            let rc = unsafe {
+                libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    fstype.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            if rc != 0 {
+                warn!(error = %std::io::Error::last_os_error(), "cannot mount fusectl on {dir}");
+            }
+        }
+        warn!(mountpoint = %self.mountpoint, "the detached mount is still in use; aborting its FUSE connection");
+        match std::fs::write(&path, b"1") {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(error = %e, %path, "cannot abort the FUSE connection");
+                false
             }
         }
     }
@@ -259,24 +401,35 @@ impl Mount {
     /// Blocks until the file system is unmounted from outside (`umount`,
     /// `fusermount3 -u`), then flushes and ends the session.
     pub fn wait(mut self) -> Result<(), FuseError> {
-        self.join();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                warn!("a FUSE request loop panicked");
+            }
+        }
         self.session.take();
         block_on(self.fs.shutdown())?;
         Ok(())
     }
 
-    /// Unmounts cleanly: flushes all dirty data, unmounts, waits for the
-    /// request loops, and releases the session.
+    /// Unmounts cleanly: flushes all dirty data, unmounts (lazily), waits for
+    /// the request loops, and releases the session. A process that still
+    /// uses the mount [`UNMOUNT_WAIT_MS`] later has the connection aborted
+    /// under it (`ENOTCONN`), so this always returns.
     pub fn unmount(mut self) -> Result<(), FuseError> {
         let flushed = block_on(self.fs.flush_all());
         let unmounted = self.umount();
-        if unmounted.is_ok() {
-            self.join();
-        }
+        let joined = unmounted.is_ok() && self.join();
         self.session.take();
         let shut = block_on(self.fs.shutdown());
         flushed?;
         unmounted?;
+        if !joined {
+            return Err(FuseError::Session(format!(
+                "{} is still in use and its FUSE connection could not be aborted: \
+                 its request loops were left running",
+                self.mountpoint
+            )));
+        }
         shut?;
         info!(mountpoint = %self.mountpoint, "unmounted");
         Ok(())
@@ -288,7 +441,7 @@ impl Drop for Mount {
         if self.session.is_some() {
             let _ = block_on(self.fs.flush_all());
             if self.umount().is_ok() {
-                self.join();
+                let _ = self.join();
             }
         }
     }

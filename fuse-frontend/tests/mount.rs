@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -390,6 +390,32 @@ fn permissions_are_enforced_for_other_users() {
             assert!(!denied.success(), "0700 directories are private");
             let denied = status("echo x > public").expect("write");
             assert!(!denied.success(), "0644 files are read-only for others");
+            // A supplementary group grants what the group bits allow: the
+            // credentials carry the groups from /proc/<pid>/status.
+            fs::create_dir(m.path("team")).expect("mkdir");
+            fs::set_permissions(m.path("team"), fs::Permissions::from_mode(0o770)).expect("chmod");
+            let team = cpath(&m.path("team"));
+            // SAFETY: valid C string.
+            assert_eq!(unsafe { libc::chown(team.as_ptr(), 0, 4321) }, 0);
+            let member = std::process::Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--groups=4321",
+                    "sh",
+                    "-c",
+                ])
+                .arg("touch team/mine")
+                .current_dir(&m.mnt)
+                .status()
+                .expect("setpriv");
+            assert!(
+                member.success(),
+                "a member of the group may create in a 0770 directory"
+            );
+            assert!(m.path("team/mine").exists());
+            let outsider = status("touch team/theirs").expect("setpriv");
+            assert!(!outsider.success(), "others may not");
         }
         Err(e) => eprintln!("setpriv not available ({e}); permission checks skipped"),
     }
@@ -565,5 +591,273 @@ fn fifos_are_created_as_special_files() {
         .file_type();
     assert!(std::os::unix::fs::FileTypeExt::is_fifo(&ft));
     fs::remove_file(m.path("fifo")).expect("unlink fifo");
+    m.unmount();
+}
+
+/// A tiny deterministic generator (xorshift64*), so failures replay.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// fsx in miniature: random pwrite, ftruncate, punch hole, fsync, close and
+/// reopen, pread through the kernel, checked against a byte model.
+#[test]
+fn random_operations_through_the_kernel_match_a_model() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|o| o.threads = 2);
+    let path = m.path("fsx");
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .expect("open")
+    };
+    let mut f = open();
+    let mut model: Vec<u8> = Vec::new();
+    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let span = 5 * BLOCK as u64;
+    for step in 0..400u32 {
+        let offset = rng.below(span);
+        let len = rng.below(BLOCK as u64 + 5000) as usize + 1;
+        match rng.below(12) {
+            0..=3 => {
+                let data = pattern(len, (step % 251) as u8);
+                f.write_all_at(&data, offset).expect("pwrite");
+                let end = offset as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[offset as usize..end].copy_from_slice(&data);
+            }
+            4 => {
+                let size = rng.below(span);
+                f.set_len(size).expect("ftruncate");
+                model.resize(size as usize, 0);
+            }
+            5 => {
+                // SAFETY: valid fd.
+                let rc = unsafe {
+                    libc::fallocate(
+                        f.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        i64::try_from(offset).expect("offset"),
+                        i64::try_from(len).expect("len"),
+                    )
+                };
+                assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+                let end = (offset as usize + len).min(model.len());
+                if (offset as usize) < end {
+                    model[offset as usize..end].fill(0);
+                }
+            }
+            6 => f.sync_all().expect("fsync"),
+            7 => {
+                drop(f);
+                f = open();
+            }
+            _ => {
+                let mut got = vec![0u8; len];
+                let mut n = 0;
+                while n < len {
+                    let r = f.read_at(&mut got[n..], offset + n as u64).expect("pread");
+                    if r == 0 {
+                        break;
+                    }
+                    n += r;
+                }
+                got.truncate(n);
+                let start = (offset as usize).min(model.len());
+                let end = (offset as usize + len).min(model.len());
+                assert!(got == model[start..end], "step {step}: read {offset}+{len}");
+            }
+        }
+        assert_eq!(
+            f.metadata().expect("fstat").len(),
+            model.len() as u64,
+            "step {step}"
+        );
+    }
+    drop(f);
+    assert!(fs::read(&path).expect("read") == model, "whole file");
+    m.unmount();
+}
+
+#[test]
+fn writeback_cache_and_direct_io_mounts_keep_data_intact() {
+    if !can_mount() {
+        return;
+    }
+    for (writeback, direct) in [(true, false), (false, true)] {
+        let mut m = Mounted::new(|o| {
+            o.writeback_cache = writeback;
+            o.direct_io = direct;
+        });
+        let path = m.path("f");
+        let data = pattern(2 * BLOCK + 333, 3);
+        fs::write(&path, &data).expect("write");
+        let mut f = OpenOptions::new().write(true).open(&path).expect("open wo");
+        f.seek(SeekFrom::Start(100)).expect("seek");
+        f.write_all(b"middle").expect("write");
+        drop(f);
+        let mut expected = data.clone();
+        expected[100..106].copy_from_slice(b"middle");
+        assert!(
+            fs::read(&path).expect("read") == expected,
+            "writeback {writeback} direct {direct}"
+        );
+        let mut a = OpenOptions::new().append(true).open(&path).expect("append");
+        a.write_all(b"end").expect("append");
+        drop(a);
+        expected.extend_from_slice(b"end");
+        assert!(fs::read(&path).expect("read") == expected);
+        assert_eq!(
+            fs::metadata(&path).expect("stat").len(),
+            expected.len() as u64
+        );
+        m.unmount();
+    }
+}
+
+#[test]
+fn unmount_returns_even_while_a_file_is_open() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    fs::write(m.path("held"), b"held").expect("write");
+    let held = File::open(m.path("held")).expect("open");
+    let started = std::time::Instant::now();
+    m.unmount();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let mut buf = [0u8; 4];
+    let err = held.read_at(&mut buf, 0).expect_err("connection aborted");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+}
+
+fn sh(dir: &Path, script: &str) -> std::process::Output {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("run sh")
+}
+
+#[test]
+fn flock_and_posix_locks_block_across_processes_and_can_be_interrupted() {
+    if !can_mount() {
+        return;
+    }
+    let have = |tool: &str| {
+        sh(Path::new("/"), &format!("command -v {tool}"))
+            .status
+            .success()
+    };
+    if !have("flock") || !have("python3") {
+        eprintln!("skipped: needs flock(1) and python3");
+        return;
+    }
+    let mut m = Mounted::new(|o| o.threads = 2);
+    fs::write(m.path("lockfile"), b"").expect("create");
+    // flock: a holder for 1 s; a non-blocking try fails, a blocking one waits.
+    let out = sh(
+        &m.mnt,
+        "flock -x lockfile -c 'sleep 1' & sleep 0.3; \
+         if flock -n -x lockfile -c true; then echo nb-ok; else echo nb-busy; fi; \
+         start=$(date +%s%N); flock -x lockfile -c true; end=$(date +%s%N); \
+         echo waited=$(( (end - start) / 1000000 )); wait",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("nb-busy"), "{text}");
+    let waited: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("waited="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("waited");
+    assert!(
+        waited >= 400,
+        "the blocking flock waited for the holder: {text}"
+    );
+    // POSIX record locks: same, through fcntl from two processes, and a
+    // blocked F_SETLKW interrupted by a signal.
+    let script = r#"
+import fcntl, os, signal, sys, time
+fd = os.open("lockfile", os.O_RDWR)
+pid = os.fork()
+if pid == 0:
+    fcntl.lockf(fd, fcntl.LOCK_EX, 10, 0)
+    time.sleep(1.0)
+    os._exit(0)
+time.sleep(0.3)
+other = os.open("lockfile", os.O_RDWR)
+try:
+    fcntl.lockf(other, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
+    print("nb-ok")
+except OSError:
+    print("nb-busy")
+class Alarm(Exception):
+    pass
+def ring(*_):
+    raise Alarm()
+signal.signal(signal.SIGALRM, ring)
+signal.setitimer(signal.ITIMER_REAL, 0.2)
+try:
+    fcntl.lockf(other, fcntl.LOCK_EX, 10, 0)
+    print("not-interrupted")
+except Alarm:
+    print("interrupted")
+start = time.time()
+fcntl.lockf(other, fcntl.LOCK_EX, 10, 0)
+print("waited=%d" % int((time.time() - start) * 1000))
+os.waitpid(pid, 0)
+"#;
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&m.mnt)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("nb-busy"), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    let waited: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("waited="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("waited");
+    assert!(
+        waited >= 100,
+        "the blocking lock waited for the holder: {text}"
+    );
+    m.unmount();
+}
+
+#[test]
+fn mounting_twice_on_one_directory_is_refused() {
+    if !can_mount() {
+        return;
+    }
+    let mut m = Mounted::new(|_| {});
+    let fs = Arc::clone(m.mount.as_ref().expect("mount").fs());
+    let err = mount(fs, &MountOptions::new(&m.mnt)).expect_err("busy");
+    assert!(matches!(err, FuseError::Busy(_)), "{err}");
+    assert!(err.to_string().contains("fusermount3 -u"), "{err}");
     m.unmount();
 }
