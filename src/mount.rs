@@ -26,8 +26,11 @@ use crate::daemon::{self, Ready, Role};
 const DRAIN_TIMEOUT_S: u64 = 60;
 /// Journal capacity when the cache disk is not sized (`--cache-size`).
 const JOURNAL_CAPACITY_DEFAULT_BYTES: u64 = 4 << 30;
-/// How often the metadata is backed up to the store while mounted.
-const META_BACKUP_INTERVAL_S: u64 = 300;
+/// How often the metadata is backed up to the store while mounted, by default.
+const META_BACKUP_INTERVAL_DEFAULT_S: u64 = 60;
+/// How many backup intervals a block version that left the namespace stays
+/// in the store at least: the newest backup never refers to a deleted block.
+const GC_GRACE_BACKUP_INTERVALS_MIN: u64 = 2;
 
 /// `datenlord mount` arguments.
 #[derive(Debug, clap::Args)]
@@ -74,6 +77,31 @@ pub struct MountArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long = "metrics-addr")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds between metadata backups to the store (also made at unmount).
+    #[arg(long = "backup-interval", value_name = "SECONDS", default_value_t = META_BACKUP_INTERVAL_DEFAULT_S)]
+    pub backup_interval_s: u64,
+    /// Seconds a block version no file refers to stays in the store before
+    /// it is deleted; at least twice the backup interval (default: three
+    /// times it).
+    #[arg(long = "gc-grace", value_name = "SECONDS")]
+    pub gc_grace_s: Option<u64>,
+}
+
+impl MountArgs {
+    /// The GC grace period, checked against the backup interval.
+    fn gc_grace(&self) -> anyhow::Result<Duration> {
+        anyhow::ensure!(
+            self.backup_interval_s > 0,
+            "--backup-interval must be at least 1 second"
+        );
+        let min = self.backup_interval_s * GC_GRACE_BACKUP_INTERVALS_MIN;
+        let grace = self.gc_grace_s.unwrap_or(3 * self.backup_interval_s);
+        anyhow::ensure!(
+            grace >= min,
+            "--gc-grace {grace} is shorter than {min} s (twice --backup-interval): a restored backup could refer to deleted blocks; raise --gc-grace or lower --backup-interval"
+        );
+        Ok(Duration::from_secs(grace))
+    }
 }
 
 /// The default data directory for this user.
@@ -325,7 +353,7 @@ fn start_engine(
     let mut wb_config = WriteBackConfig::new(plan.dir.join("journal"));
     wb_config.capacity_bytes = plan.journal_capacity_bytes();
     wb_config.mode = plan.write_mode;
-    wb_config.gc_grace = Duration::from_secs(GC_GRACE_S);
+    wb_config.gc_grace = args.gc_grace()?;
     let writeback = WriteBack::open(wb_config, store.remote.clone())
         .context("opening the write-back journal")?;
     let local = master.local();
@@ -375,6 +403,7 @@ fn serve(
         .context("in the -o mount options")?;
     parsed.apply(&mut opts);
     let plan = CachePlan::new(args, data_dir)?;
+    args.gc_grace()?;
     let store = open_store(args, data_dir)?;
     // Metadata: the embedded single-node group, restored from the store's
     // backup when this data directory is new.
@@ -405,7 +434,11 @@ fn serve(
         )?),
         None => None,
     };
-    let backup = Backup::start(&master, &store.remote);
+    let backup = Backup::start(
+        &master,
+        &store.remote,
+        Duration::from_secs(args.backup_interval_s),
+    );
     let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::addr);
     info!(mountpoint = %mountpoint.display(), store = %store.url, cores = engine.handle().shards(), ?metrics_addr, "mounted");
     ready.ok();
@@ -452,11 +485,6 @@ fn stop_on_signal(
         .context("starting the signal thread")?;
     Ok(())
 }
-
-/// How long a version that left the namespace stays in the store: longer
-/// than the metadata backup interval, so the newest backup never refers to
-/// a deleted block.
-const GC_GRACE_S: u64 = 3 * META_BACKUP_INTERVAL_S;
 
 fn parse_block_size(text: &str) -> anyhow::Result<u32> {
     let bytes = parse_bytes(text).context("--block-size")?;
@@ -586,14 +614,13 @@ struct Backup {
 }
 
 impl Backup {
-    fn start(master: &Master, remote: &RemoteStore) -> Self {
+    fn start(master: &Master, remote: &RemoteStore, interval: Duration) -> Self {
         let (stop, stopped) = flume::bounded::<()>(1);
         let local = master.local();
         let remote = remote.clone();
         let thread = std::thread::Builder::new()
             .name("meta-backup".into())
             .spawn(move || {
-                let interval = Duration::from_secs(META_BACKUP_INTERVAL_S);
                 let mut last: Option<Vec<u8>> = None;
                 while let Err(flume::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     let snapshot = local.read().snapshot();

@@ -171,7 +171,23 @@ fn pjdfstest_passes_on_the_mount() {
 
 fn fsx_against_local(cores: &str, ops: u64, seed: u64) {
     let dirs = NodeDirs::new();
-    let m = Mounted::start(&dirs, &["--cores", cores]);
+    // 64 KiB blocks keep read-modify-write small; a short GC grace keeps
+    // the overwritten versions of 100k ops from filling the disk.
+    let m = Mounted::start(
+        &dirs,
+        &[
+            "--cores",
+            cores,
+            "--block-size",
+            "64K",
+            "--cache-size",
+            "256M",
+            "--backup-interval",
+            "2",
+            "--gc-grace",
+            "4",
+        ],
+    );
     let reference = dirs.root().join("reference");
     std::fs::create_dir_all(&reference).expect("mkdir reference");
     let config = FsxConfig {
@@ -342,5 +358,68 @@ fn empty_cache_and_lost_node_are_recovered_from_the_store() {
         "the daemon says it restored: {}",
         m.log()
     );
+    m.unmount();
+}
+
+#[test]
+fn sigterm_unmounts_after_flushing_and_metrics_are_served() {
+    let dirs = NodeDirs::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let m = Mounted::start(&dirs, &["--metrics-addr", &addr]);
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+    // Written but neither fsynced nor closed when the signal comes.
+    let mut f = std::fs::File::create(m.path().join("open")).expect("create");
+    f.write_all(&data).expect("write");
+    let metrics = {
+        use std::io::Read;
+        let mut conn = std::net::TcpStream::connect(&addr).expect("connect metrics");
+        write!(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read metrics");
+        text
+    };
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains("datenlord_fuse_requests_total{op=\"write\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("datenlord_engine_inserts_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("datenlord_writeback_backlog_bytes"),
+        "{metrics}"
+    );
+    let pid = m.pid();
+    // SAFETY: a plain signal to our own daemon.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // The file is still open: the mount is detached at once and ends when
+    // the last file closes.
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .contains(&*dirs.mountpoint().to_string_lossy())
+    };
+    let start = std::time::Instant::now();
+    while mounted() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "SIGTERM detached the mount\nlog:\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(f);
+    support::node::wait_exit(pid, std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", m.log()));
+    assert!(m.log().contains("unmounting on signal"), "{}", m.log());
+    drop(m);
+    let m = Mounted::start(&dirs, &[]);
+    assert_eq!(std::fs::read(m.path().join("open")).expect("read"), data);
     m.unmount();
 }
