@@ -24,7 +24,7 @@ enum Command {
     /// Mount the file system (embedded defaults: a single-node metadata
     /// group, the store in <data-dir>/store, formatted on first use). Returns
     /// once mounted; the daemon keeps serving until `umount` or SIGTERM.
-    Mount(mount::MountArgs),
+    Mount(Box<mount::MountArgs>),
     /// Format a remote store: write its volume descriptor (uuid, block
     /// size, format version). Refuses a store formatted differently.
     Format(FormatArgs),
