@@ -2,10 +2,10 @@
 //! (scripts/s3-server installs it), a local directory, memory. Set
 //! DATENLORD_SKIP_S3=1 to skip the S3 tests where moto cannot run.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,91 +18,32 @@ use datenlord_engine::{BlockId, BlockSize, Engine, EngineConfig};
 use futures::executor::block_on;
 use object_store::ObjectStoreExt;
 
+use datenlord_testbed::free_port;
+
 const BLOCK: usize = 64 << 10;
 const BUCKET: &str = "datenlord-test";
 
-/// A moto S3 server, killed on drop.
-struct Moto {
-    child: Option<Child>,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
+/// The test's moto server and what the tests do with it.
+struct Moto(datenlord_testbed::Moto);
 
 impl Moto {
     /// A server on a free port with the test bucket, or `None` when
     /// DATENLORD_SKIP_S3 is set.
     fn start() -> Option<Self> {
-        if std::env::var_os("DATENLORD_SKIP_S3").is_some() {
-            eprintln!("DATENLORD_SKIP_S3 is set: skipping an S3 test");
-            return None;
-        }
-        let mut moto = Self {
-            child: None,
-            port: free_port(),
-        };
-        moto.restart();
-        Some(moto)
+        datenlord_testbed::Moto::start(BUCKET).map(Self)
     }
 
-    /// (Re)starts the server on its port (moto keeps data in memory: a
-    /// restarted server is empty) and creates the test bucket.
+    /// Restarts the (empty) server on its port with the test bucket.
     fn restart(&mut self) {
-        self.stop();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start moto_server ({e}): run scripts/s3-server once (it installs moto[server] with pip), or set DATENLORD_SKIP_S3=1 to skip the S3 tests"
-                )
-            });
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not answer on port {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.create_bucket(BUCKET);
+        self.0.restart(BUCKET);
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.stop();
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Creates a bucket with a raw path-style PUT.
-    fn create_bucket(&self, bucket: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        write!(
-            stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
-        )
-        .expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
-        assert!(
-            response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
-            "{response}"
-        );
+        self.0.endpoint()
     }
 
     fn options(&self) -> StoreOptions {
@@ -158,12 +99,6 @@ impl Moto {
             keys.sort();
             keys
         })
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

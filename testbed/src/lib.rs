@@ -1,0 +1,111 @@
+//! Real servers for tests: a moto S3 server (PyPI `moto[server]`, installed
+//! by `scripts/test` or `scripts/s3-server`) on a free loopback port,
+//! restartable on the same port, killed when dropped.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a starting server may take to answer.
+const START_TIMEOUT_S: u64 = 30;
+
+/// A moto S3 server, killed on drop.
+#[derive(Debug)]
+pub struct Moto {
+    child: Option<Child>,
+    port: u16,
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Moto {
+    /// A server on a free port with `bucket`, or `None` when
+    /// DATENLORD_SKIP_S3 is set (machines where moto cannot run).
+    pub fn start(bucket: &str) -> Option<Self> {
+        if std::env::var_os("DATENLORD_SKIP_S3").is_some() {
+            eprintln!("DATENLORD_SKIP_S3 is set: skipping an S3 test");
+            return None;
+        }
+        let mut moto = Self {
+            child: None,
+            port: free_port(),
+        };
+        moto.restart(bucket);
+        Some(moto)
+    }
+
+    /// (Re)starts the server on its port (moto keeps data in memory: a
+    /// restarted server is empty) and creates `bucket`.
+    pub fn restart(&mut self, bucket: &str) {
+        self.stop();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start moto_server ({e}): run scripts/s3-server once (it installs moto[server] with pip), or set DATENLORD_SKIP_S3=1 to skip the S3 tests"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(START_TIMEOUT_S);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not answer on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.create_bucket(bucket);
+    }
+
+    /// Stops the server (its data is gone).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket with a raw path-style PUT.
+    pub fn create_bucket(&self, bucket: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            stream,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        assert!(
+            response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+            "{response}"
+        );
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
