@@ -763,30 +763,31 @@ fn node_metrics(
     })
 }
 
+/// One counter of every op: name, help, and the value of an op's sample.
+type OpCounter = (
+    &'static str,
+    &'static str,
+    fn(&datenlord_fuse::OpSample) -> u64,
+);
+
 fn render_ops(e: &mut crate::metrics::Exposition, ops: &[datenlord_fuse::OpSample]) {
-    e.family(
-        "datenlord_fuse_requests_total",
-        "counter",
-        "FUSE requests answered, per op.",
-    );
-    for op in ops {
-        e.sample(
+    let counters: [OpCounter; 2] = [
+        (
             "datenlord_fuse_requests_total",
-            &[("op", op.op)],
-            op.count as f64,
-        );
-    }
-    e.family(
-        "datenlord_fuse_errors_total",
-        "counter",
-        "FUSE requests answered with an error, per op.",
-    );
-    for op in ops {
-        e.sample(
+            "FUSE requests answered, per op.",
+            |op| op.count,
+        ),
+        (
             "datenlord_fuse_errors_total",
-            &[("op", op.op)],
-            op.errors as f64,
-        );
+            "FUSE requests answered with an error, per op.",
+            |op| op.errors,
+        ),
+    ];
+    for (name, help, value) in counters {
+        e.family(name, "counter", help);
+        for op in ops {
+            e.sample(name, &[("op", op.op)], value(op) as f64);
+        }
     }
     e.family(
         "datenlord_fuse_request_seconds",
