@@ -83,6 +83,41 @@ fn s3_store_round_trip_and_clear_errors() {
         "a formatted store is not formatted again"
     );
 
+    // Endpoint, region and keys from the AWS shared files alone.
+    let aws = dirs.root().join("aws");
+    std::fs::create_dir_all(&aws).expect("mkdir aws");
+    std::fs::write(
+        aws.join("config"),
+        format!(
+            "[default]\nregion = us-east-1\nendpoint_url = {}\n",
+            moto.endpoint()
+        ),
+    )
+    .expect("config");
+    std::fs::write(
+        aws.join("credentials"),
+        "[default]\naws_access_key_id = test\naws_secret_access_key = test\n",
+    )
+    .expect("credentials");
+    let out = Command::new(env!("CARGO_BIN_EXE_datenlord"))
+        .args(["format", "--store", &format!("s3://{BUCKET}/vol2")])
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", aws.join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", aws.join("credentials"))
+        .output()
+        .expect("run datenlord");
+    assert!(
+        out.status.success(),
+        "format with the AWS shared files: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let data: Vec<u8> = (0..2_500_000u32).map(|i| (i * 31 % 251) as u8).collect();
     with_s3_env(&moto, || {
         let m = Mounted::start(&dirs, &["--store", &store]);

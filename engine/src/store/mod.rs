@@ -8,6 +8,8 @@
 //! - [`url`]: the `--store` value.
 //! - [`object`]: key layout and the CRC32C-checked object format (sans-IO).
 //! - [`backoff`]: exponential backoff with jitter (sans-IO).
+//! - [`aws_config`]: S3 settings from the AWS shared files, the fallback
+//!   after the `AWS_*` variables.
 //! - [`journal`] and [`gc`]: bookkeeping of the write-back journal and of the
 //!   garbage-collection queue (sans-IO).
 //! - [`control`], [`remote`], [`writeback`], [`sources`]: the drivers.
@@ -16,6 +18,7 @@
 //! blocks are durable (journal, or store in `Through` mode); a corrupt
 //! object or journal entry is never served.
 
+pub mod aws_config;
 pub mod backoff;
 pub mod control;
 pub mod gc;

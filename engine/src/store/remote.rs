@@ -96,28 +96,46 @@ fn env_flag(name: &str) -> Option<bool> {
 
 fn build_s3(bucket: &str, options: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let s3 = &options.s3;
+    // Precedence: explicit settings, then `AWS_*` variables, then the AWS
+    // shared files (~/.aws/credentials and ~/.aws/config).
+    let shared = super::aws_config::load();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(bucket)
         .with_virtual_hosted_style_request(false);
     let endpoint = s3
         .endpoint
         .clone()
-        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-        .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+        .or_else(|| env("AWS_ENDPOINT"))
+        .or_else(|| shared.endpoint.clone());
     if let Some(endpoint) = &endpoint {
         builder = builder.with_endpoint(endpoint);
     }
     let region = s3
         .region
         .clone()
-        .or_else(|| std::env::var("AWS_REGION").ok())
-        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .or_else(|| shared.region.clone())
         .unwrap_or_else(|| "us-east-1".into());
     builder = builder.with_region(region);
-    if let Some(key) = &s3.access_key_id {
+    let access_key_id = s3.access_key_id.clone().or_else(|| {
+        env("AWS_ACCESS_KEY_ID")
+            .is_none()
+            .then(|| shared.access_key_id.clone())
+            .flatten()
+    });
+    if let Some(key) = &access_key_id {
         builder = builder.with_access_key_id(key);
     }
-    if let Some(secret) = &s3.secret_access_key {
+    let secret_access_key = s3.secret_access_key.clone().or_else(|| {
+        env("AWS_SECRET_ACCESS_KEY")
+            .is_none()
+            .then(|| shared.secret_access_key.clone())
+            .flatten()
+    });
+    if let Some(secret) = &secret_access_key {
         builder = builder.with_secret_access_key(secret);
     }
     // An explicit http:// endpoint is a local server: allow it.
