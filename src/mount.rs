@@ -28,6 +28,10 @@ const DRAIN_TIMEOUT_S: u64 = 60;
 const JOURNAL_CAPACITY_DEFAULT_BYTES: u64 = 4 << 30;
 /// How often the metadata is backed up to the store while mounted, by default.
 const META_BACKUP_INTERVAL_DEFAULT_S: u64 = 60;
+/// Blocks checked against the metadata per read lock of the local copy.
+const SCRUB_CHUNK_BLOCKS: usize = 4096;
+/// How often the store is scanned for orphan block versions, by default.
+const SCRUB_INTERVAL_DEFAULT_S: u64 = 600;
 /// How many backup intervals a block version that left the namespace stays
 /// in the store at least: the newest backup never refers to a deleted block.
 const GC_GRACE_BACKUP_INTERVALS_MIN: u64 = 2;
@@ -85,6 +89,10 @@ pub struct MountArgs {
     /// times it).
     #[arg(long = "gc-grace", value_name = "SECONDS")]
     pub gc_grace_s: Option<u64>,
+    /// Seconds between scans of the store for block versions nothing
+    /// refers to (left by a crash between upload and metadata update).
+    #[arg(long = "scrub-interval", value_name = "SECONDS", default_value_t = SCRUB_INTERVAL_DEFAULT_S)]
+    pub scrub_interval_s: u64,
 }
 
 impl MountArgs {
@@ -434,10 +442,15 @@ fn serve(
         )?),
         None => None,
     };
-    let backup = Backup::start(
-        &master,
-        &store.remote,
+    let backup = Periodic::start(
+        "meta-backup",
         Duration::from_secs(args.backup_interval_s),
+        backup_task(&master, &store.remote),
+    );
+    let scrub = Periodic::start(
+        "store-scrub",
+        Duration::from_secs(args.scrub_interval_s.max(1)),
+        scrub_task(&master, &store.remote, &writeback, args.gc_grace()?),
     );
     let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::addr);
     info!(mountpoint = %mountpoint.display(), store = %store.url, cores = engine.handle().shards(), ?metrics_addr, "mounted");
@@ -447,6 +460,7 @@ fn serve(
     let served = mount.wait();
     drop(metrics);
     backup.stop();
+    scrub.stop();
     if let Err(e) = block_on(writeback.drain(Duration::from_secs(DRAIN_TIMEOUT_S))) {
         warn!(error = %e, "the write-back journal still holds data; it is uploaded at the next start");
     }
@@ -607,38 +621,28 @@ impl datenlord_fs::BlockSink for JournalSink {
     }
 }
 
-/// Periodic metadata backups to the store, while mounted.
-struct Backup {
+/// A background task run every interval while mounted, on its own thread.
+struct Periodic {
     stop: Option<flume::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Backup {
-    fn start(master: &Master, remote: &RemoteStore, interval: Duration) -> Self {
+impl Periodic {
+    fn start(name: &str, interval: Duration, mut task: impl FnMut() + Send + 'static) -> Self {
         let (stop, stopped) = flume::bounded::<()>(1);
-        let local = master.local();
-        let remote = remote.clone();
         let thread = std::thread::Builder::new()
-            .name("meta-backup".into())
+            .name(name.into())
             .spawn(move || {
-                let mut last: Option<Vec<u8>> = None;
                 while let Err(flume::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
-                    let snapshot = local.read().snapshot();
-                    if last.as_ref() == Some(&snapshot) {
-                        continue;
-                    }
-                    match block_on(remote.put_meta_snapshot(snapshot.clone())) {
-                        Ok(seq) => {
-                            tracing::debug!(seq, "metadata backed up");
-                            last = Some(snapshot);
-                        }
-                        Err(e) => warn!(error = %e, "backing up the metadata to the store; retrying later"),
-                    }
+                    task();
                 }
             })
             .ok();
         if thread.is_none() {
-            warn!("cannot start the metadata backup thread; backups happen at unmount only");
+            warn!(
+                task = name,
+                "cannot start a background thread; the task runs at unmount only"
+            );
         }
         Self {
             stop: Some(stop),
@@ -650,6 +654,85 @@ impl Backup {
         self.stop.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Backs up the metadata to the store when it changed since the last backup.
+fn backup_task(master: &Master, remote: &RemoteStore) -> impl FnMut() + Send + 'static {
+    let local = master.local();
+    let remote = remote.clone();
+    let mut last: Option<Vec<u8>> = None;
+    move || {
+        let snapshot = local.read().snapshot();
+        if last.as_ref() == Some(&snapshot) {
+            return;
+        }
+        match block_on(remote.put_meta_snapshot(snapshot.clone())) {
+            Ok(seq) => {
+                tracing::debug!(seq, "metadata backed up");
+                last = Some(snapshot);
+            }
+            Err(e) => warn!(error = %e, "backing up the metadata to the store; retrying later"),
+        }
+    }
+}
+
+/// Finds block objects that nothing refers to — versions uploaded whose
+/// metadata update never happened (a crash between the journal commit and
+/// the metadata commit) — and hands them to the garbage collector. Only
+/// objects older than the GC grace are considered, so a block between its
+/// upload and its metadata commit is never taken, and the collector waits
+/// the grace again before deleting.
+fn scrub_task(
+    master: &Master,
+    remote: &RemoteStore,
+    writeback: &WriteBack,
+    grace: Duration,
+) -> impl FnMut() + Send + 'static {
+    let local = master.local();
+    let remote = remote.clone();
+    let writeback = writeback.clone();
+    move || {
+        let listed = match block_on(remote.list_blocks()) {
+            Ok(listed) => listed,
+            Err(e) => {
+                warn!(error = %e, "listing the store's blocks for the orphan scrub; retrying later");
+                return;
+            }
+        };
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(grace) else {
+            return;
+        };
+        // The local copy is read-locked a chunk at a time, so a large store
+        // never holds up the metadata's writer for long.
+        let mut orphans: Vec<BlockId> = Vec::new();
+        for chunk in listed.chunks(SCRUB_CHUNK_BLOCKS) {
+            let state = local.read();
+            orphans.extend(
+                chunk
+                    .iter()
+                    .filter(|&&(id, modified)| {
+                        let current = state
+                            .blocks(datenlord_cluster::meta::Ino(id.ino.0), id.index, 1)
+                            .ok()
+                            .and_then(|b| b.first().copied());
+                        modified < cutoff
+                            && current != Some((id.index, id.version))
+                            && !writeback.journal_holds(id)
+                    })
+                    .map(|&(id, _)| id),
+            );
+        }
+        if orphans.is_empty() {
+            return;
+        }
+        info!(
+            blocks = orphans.len(),
+            "orphan block versions found in the store; collecting them"
+        );
+        if let Err(e) = writeback.collect(orphans) {
+            warn!(error = %e, "queueing orphan block versions for collection");
         }
     }
 }

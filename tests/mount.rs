@@ -423,3 +423,100 @@ fn sigterm_unmounts_after_flushing_and_metrics_are_served() {
     assert_eq!(std::fs::read(m.path().join("open")).expect("read"), data);
     m.unmount();
 }
+
+/// Every regular file below `dir`.
+fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Sets a file's mtime an hour back.
+fn age(path: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let hour_ago = libc::timespec {
+        tv_sec: i64::try_from(now_s).expect("time") - 3600,
+        tv_nsec: 0,
+    };
+    let times = [hour_ago, hour_ago];
+    // SAFETY: a valid path and two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    assert_eq!(rc, 0, "utimensat {}", path.display());
+}
+
+#[test]
+fn orphan_block_versions_in_the_store_are_collected() {
+    use datenlord_engine::store::{ControlPlane, RemoteStore, StoreUrl};
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &[]);
+    let kept: Vec<u8> = (0..300_000u32).map(|i| (i % 249) as u8).collect();
+    std::fs::write(m.path().join("kept"), &kept).expect("write");
+    m.unmount();
+
+    // A version nothing refers to, as a crash between its upload and the
+    // metadata commit leaves behind; every object made an hour old.
+    let store_dir = dirs.data_dir().join("store");
+    let url: StoreUrl = format!("file://{}", store_dir.display())
+        .parse()
+        .expect("url");
+    let control = ControlPlane::start().expect("control plane");
+    let remote = RemoteStore::open(&url, &control).expect("open store");
+    let orphan = datenlord_engine::BlockId::new(999_999, 0, 1);
+    futures::executor::block_on(remote.put_block(orphan, b"orphan")).expect("put orphan");
+    let blocks_dir = store_dir.join("blocks");
+    for f in files_below(&blocks_dir) {
+        age(&f);
+    }
+    let is_orphan = |p: &Path| p.to_string_lossy().ends_with("/999999/0/1");
+    assert!(files_below(&blocks_dir).iter().any(|p| is_orphan(p)));
+
+    let m = Mounted::start(
+        &dirs,
+        &[
+            "--backup-interval",
+            "1",
+            "--gc-grace",
+            "2",
+            "--scrub-interval",
+            "1",
+        ],
+    );
+    let start = std::time::Instant::now();
+    while files_below(&blocks_dir).iter().any(|p| is_orphan(p)) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the orphan was not collected\nlog:\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !files_below(&blocks_dir).is_empty(),
+        "referenced blocks stay"
+    );
+    assert_eq!(std::fs::read(m.path().join("kept")).expect("read"), kept);
+    m.unmount();
+    // The next start reads everything from the store again.
+    std::fs::remove_dir_all(dirs.data_dir().join("cache")).expect("wipe cache");
+    let m = Mounted::start(&dirs, &[]);
+    assert_eq!(
+        std::fs::read(m.path().join("kept")).expect("read again"),
+        kept
+    );
+    m.unmount();
+}

@@ -82,10 +82,15 @@ impl GcQueue {
         Replay { queue, valid_bytes }
     }
 
-    /// Queues versions for deletion at `due_ms`; returns the records to append.
+    /// Queues versions for deletion at `due_ms`; returns the records to
+    /// append. A version already queued keeps its earlier due time (a
+    /// repeated report, e.g. by the orphan scrub, never postpones it).
     pub fn add(&mut self, ids: &[BlockId], due_ms: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(ids.len() * GC_RECORD_BYTES);
         for &id in ids {
+            if self.pending.contains_key(&id) {
+                continue;
+            }
             self.pending.insert(id, due_ms);
             out.extend_from_slice(&record(KIND_ADD, id, due_ms));
             self.records += 1;
@@ -139,6 +144,19 @@ impl GcQueue {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_repeated_add_keeps_the_first_due_time() {
+        let id = BlockId::new(1, 2, 3);
+        let mut q = GcQueue::default();
+        let first = q.add(&[id], 100);
+        assert_eq!(first.len(), GC_RECORD_BYTES);
+        assert!(q.add(&[id], 200).is_empty(), "nothing new to record");
+        assert_eq!(q.due(150), vec![id]);
+        let replayed = GcQueue::replay(&first).queue;
+        assert_eq!(replayed.due(150), vec![id]);
+    }
+
     use super::*;
 
     fn id(i: u64) -> BlockId {
@@ -201,15 +219,15 @@ mod tests {
                 let mut states = vec![queue.due(u64::MAX)];
                 for (add, i, due) in ops {
                     let id = BlockId::new(1, i, 1);
-                    if add {
-                        file.extend(queue.add(&[id], due));
+                    let records = if add {
+                        queue.add(&[id], due)
                     } else {
-                        let records = queue.done(&[id]);
-                        if records.is_empty() {
-                            continue;
-                        }
-                        file.extend(records);
+                        queue.done(&[id])
+                    };
+                    if records.is_empty() {
+                        continue;
                     }
+                    file.extend(records);
                     states.push(queue.due(u64::MAX));
                 }
                 let len = cut.index(file.len() + 1);

@@ -71,6 +71,31 @@ pub fn block_key(id: BlockId) -> String {
     )
 }
 
+/// The block a key names (relative to the store prefix), if it is a
+/// well-formed block key: `blocks/<spread>/<ino>/<index>/<version>` with the
+/// spread its `(ino, index)` hashes to.
+pub fn parse_block_key(relative: &str) -> Option<BlockId> {
+    let mut parts = relative.strip_prefix("blocks/")?.split('/');
+    let spread = parts.next()?;
+    let number = |part: Option<&str>| -> Option<u64> {
+        let part = part?;
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let (ino, index, version) = (
+        number(parts.next())?,
+        number(parts.next())?,
+        number(parts.next())?,
+    );
+    if parts.next().is_some() {
+        return None;
+    }
+    let id = BlockId::new(ino, index, version);
+    (block_key(id).split('/').nth(1) == Some(spread)).then_some(id)
+}
+
 /// Key of a metadata snapshot, relative to the store prefix.
 pub fn snapshot_key(seq: u64) -> String {
     format!("{META_DIR}/{SNAPSHOT_PREFIX}{seq:020}")
@@ -214,6 +239,27 @@ impl VolumeDescriptor {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn block_keys_parse_back_and_foreign_keys_do_not() {
+        let id = BlockId::new(42, 7, 1_795_614_794_655_390_015);
+        assert_eq!(parse_block_key(&block_key(id)), Some(id));
+        let key = block_key(id);
+        let wrong_spread = key.replacen("blocks/", "blocks/z", 1);
+        assert_eq!(parse_block_key(&wrong_spread), None);
+        for foreign in [
+            "",
+            "blocks/",
+            "blocks/00/1/2",
+            "blocks/00/1/2/3/4",
+            "meta/x",
+            "blocks/00/a/2/3",
+            "blocks/00/-1/2/3",
+        ] {
+            assert_eq!(parse_block_key(foreign), None, "{foreign}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -2,7 +2,7 @@
 //! snapshots, with timeouts and retries. Runs on the [`ControlPlane`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -320,6 +320,31 @@ impl RemoteStore {
         self.inner
             .control
             .run(async move { inner.delete_block(id).await })
+            .await
+    }
+
+    /// Every block object of the volume with its last-modified time (for
+    /// the orphan scrub); objects under `blocks/` that are not block keys
+    /// are skipped.
+    pub async fn list_blocks(&self) -> Result<Vec<(BlockId, SystemTime)>, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        self.inner
+            .control
+            .run(async move {
+                let dir = inner.full_key("blocks");
+                let skip = dir.len() - "blocks".len();
+                let path = ObjectPath::from(dir.as_str());
+                let mut listing = inner.store.list(Some(&path));
+                let mut found = Vec::new();
+                while let Some(meta) = listing.next().await {
+                    let meta = meta.map_err(|e| inner.map_error(&dir, &e))?;
+                    let key = meta.location.to_string();
+                    if let Some(id) = key.get(skip..).and_then(object::parse_block_key) {
+                        found.push((id, SystemTime::from(meta.last_modified)));
+                    }
+                }
+                Ok(found)
+            })
             .await
     }
 
