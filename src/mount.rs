@@ -890,3 +890,50 @@ fn render_ops(e: &mut crate::metrics::Exposition, ops: &[datenlord_fuse::OpSampl
         e.histogram("datenlord_fuse_request_seconds", &[("op", op.op)], &sample);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mount: MountArgs,
+    }
+
+    fn args(extra: &[&str]) -> MountArgs {
+        let mut argv = vec!["datenlord", "/mnt"];
+        argv.extend_from_slice(extra);
+        Cli::parse_from(argv).mount
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/x\\011y\\134z"), "/x\ty\\z");
+        // Not an escape: fewer than three octal digits, or not octal.
+        assert_eq!(unescape_mountinfo("/a\\04"), "/a\\04");
+        assert_eq!(unescape_mountinfo("/a\\089"), "/a\\089");
+    }
+
+    #[test]
+    fn gc_grace_must_cover_two_backup_intervals() {
+        assert_eq!(
+            args(&[]).gc_grace().expect("defaults"),
+            Duration::from_secs(3 * META_BACKUP_INTERVAL_DEFAULT_S)
+        );
+        assert_eq!(
+            args(&["--backup-interval", "2", "--gc-grace", "4"])
+                .gc_grace()
+                .expect("twice"),
+            Duration::from_secs(4)
+        );
+        let err = args(&["--backup-interval", "10", "--gc-grace", "5"])
+            .gc_grace()
+            .expect_err("too short")
+            .to_string();
+        assert!(err.contains("--gc-grace"), "{err}");
+        assert!(args(&["--backup-interval", "0"]).gc_grace().is_err());
+    }
+}
