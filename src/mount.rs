@@ -364,15 +364,10 @@ fn start_engine(
     wb_config.gc_grace = args.gc_grace()?;
     let writeback = WriteBack::open(wb_config, store.remote.clone())
         .context("opening the write-back journal")?;
-    let local = master.local();
+    let block_map =
+        datenlord_fs::BlockMapResolver::new(datenlord_fs::MetaLink::from_master(master));
     let resolver: datenlord_engine::store::sources::ResolveFn = Arc::new(move |ino, index| {
-        let state = local.read();
-        state
-            .blocks(datenlord_cluster::meta::Ino(ino.0), index, 1)
-            .ok()
-            .and_then(|b| b.first().copied())
-            .filter(|&(i, _)| i == index)
-            .map(|(_, v)| v)
+        datenlord_engine::VersionResolver::current_version(&block_map, ino, index)
     });
     let sources = datenlord_engine::store::StoreSources::new(
         store.remote.clone(),
@@ -713,12 +708,10 @@ fn scrub_task(
                 chunk
                     .iter()
                     .filter(|&&(id, modified)| {
-                        let current = state
-                            .blocks(datenlord_cluster::meta::Ino(id.ino.0), id.index, 1)
-                            .ok()
-                            .and_then(|b| b.first().copied());
+                        let current =
+                            state.block_version(datenlord_cluster::meta::Ino(id.ino.0), id.index);
                         modified < cutoff
-                            && current != Some((id.index, id.version))
+                            && current != Some(id.version)
                             && !writeback.journal_holds(id)
                     })
                     .map(|&(id, _)| id),

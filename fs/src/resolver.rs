@@ -23,15 +23,10 @@ impl BlockMapResolver {
 
 impl VersionResolver for BlockMapResolver {
     fn current_version(&self, ino: datenlord_engine::Ino, index: u64) -> Option<u64> {
-        let entries = self.meta.read(|s| s.blocks(Ino(ino.0), index, 1)).ok()?;
-        match entries.first() {
-            Some(&(i, version)) if i == index => {
-                // Past the end of the file is a hole for prefetch too.
-                let size = self.meta.read(|s| s.getattr(Ino(ino.0))).ok()?.size;
-                let block_size = u64::from(self.meta.read(|s| s.volume().map(|v| v.block_size))?);
-                (index.saturating_mul(block_size) < size).then_some(version)
-            }
-            _ => None,
-        }
+        let version = self.meta.read(|s| s.block_version(Ino(ino.0), index))?;
+        // Past the end of the file is a hole for prefetch too.
+        let size = self.meta.read(|s| s.getattr(Ino(ino.0))).ok()?.size;
+        let block_size = u64::from(self.meta.read(|s| s.volume().map(|v| v.block_size))?);
+        (index.saturating_mul(block_size) < size).then_some(version)
     }
 }

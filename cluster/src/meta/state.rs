@@ -509,6 +509,15 @@ impl MetaState {
         }
     }
 
+    /// The current version of block `index` of `ino`: `None` for a hole, a
+    /// missing inode or one without blocks.
+    pub fn block_version(&self, ino: Ino, index: u64) -> Option<u64> {
+        let next = self.blocks(ino, index, 1).ok()?;
+        next.first()
+            .filter(|&&(i, _)| i == index)
+            .map(|&(_, version)| version)
+    }
+
     /// Open handles of `ino` in `session` (0 if none).
     pub fn open_handles(&self, session: SessionId, ino: Ino) -> u64 {
         self.sessions
