@@ -13,6 +13,17 @@ use futures::executor::block_on;
 
 const BLOCK: usize = 64 << 10;
 
+/// One executor, a memory tier of `blocks` blocks, no hugepages.
+fn memory_engine_config(blocks: u64) -> EngineConfig {
+    EngineConfig {
+        cores: Some(1),
+        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+        memory_bytes: blocks * BLOCK as u64,
+        hugepages: false,
+        ..EngineConfig::default()
+    }
+}
+
 struct Env {
     fs: Option<Arc<Fs>>,
     engine: Option<Engine>,
@@ -30,13 +41,7 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
         let store = MemoryStore::new();
-        let engine_config = EngineConfig {
-            cores: Some(1),
-            block_size: BlockSize::new(BLOCK as u64).expect("block size"),
-            memory_bytes: 64 * BLOCK as u64,
-            hugepages: false,
-            ..EngineConfig::default()
-        };
+        let engine_config = memory_engine_config(64);
         let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
         let sink = MemorySink::new(store);
         let fs = Fs::new(
@@ -540,13 +545,7 @@ fn the_session_lease_is_renewed_and_locks_belong_to_the_session() {
 fn data_survives_a_restart_of_the_master_and_the_file_system() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = MemoryStore::new();
-    let engine_config = EngineConfig {
-        cores: Some(1),
-        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
-        memory_bytes: 16 * BLOCK as u64,
-        hugepages: false,
-        ..EngineConfig::default()
-    };
+    let engine_config = memory_engine_config(16);
     let data = pattern(21, BLOCK + 999);
     let start = |store: &Arc<MemoryStore>| {
         let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
@@ -651,13 +650,7 @@ fn a_failed_commit_keeps_the_data_dirty_until_a_flush_succeeds() {
     let dir = tempfile::tempdir().expect("tempdir");
     let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
     let store = MemoryStore::new();
-    let engine_config = EngineConfig {
-        cores: Some(1),
-        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
-        memory_bytes: 16 * BLOCK as u64,
-        hugepages: false,
-        ..EngineConfig::default()
-    };
+    let engine_config = memory_engine_config(16);
     let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
     let sink = Arc::new(FlakySink {
         inner: MemorySink::new(store),

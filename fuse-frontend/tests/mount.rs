@@ -17,6 +17,17 @@ use datenlord_fs::{Fs, FsConfig, MemorySink, MetaLink};
 use datenlord_fuse::{mount, FuseError, Mount, MountOptions};
 
 const BLOCK: usize = 64 << 10;
+
+/// One executor, a memory tier of `blocks` blocks, no hugepages.
+fn memory_engine_config(blocks: u64) -> EngineConfig {
+    EngineConfig {
+        cores: Some(1),
+        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+        memory_bytes: blocks * BLOCK as u64,
+        hugepages: false,
+        ..EngineConfig::default()
+    }
+}
 /// [`BLOCK`] as an `off_t`.
 const BLOCK_OFF: i64 = 64 << 10;
 
@@ -58,13 +69,7 @@ impl Mounted {
         fs::create_dir(&mnt).expect("mkdir mountpoint");
         let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
         let store = MemoryStore::new();
-        let engine_config = EngineConfig {
-            cores: Some(1),
-            block_size: BlockSize::new(BLOCK as u64).expect("block size"),
-            memory_bytes: 64 * BLOCK as u64,
-            hugepages: false,
-            ..EngineConfig::default()
-        };
+        let engine_config = memory_engine_config(64);
         let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
         let fs = Fs::new(
             FsConfig::default(),
@@ -323,13 +328,7 @@ fn mount_errors_say_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
     let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
     let store = MemoryStore::new();
-    let engine_config = EngineConfig {
-        cores: Some(1),
-        block_size: BlockSize::new(BLOCK as u64).expect("block size"),
-        memory_bytes: 16 * BLOCK as u64,
-        hugepages: false,
-        ..EngineConfig::default()
-    };
+    let engine_config = memory_engine_config(16);
     let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
     let fs = Fs::new(
         FsConfig::default(),
