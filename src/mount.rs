@@ -125,71 +125,12 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from(home).join(".local/share/datenlord")
 }
 
-/// Checks the mount point before anything starts, with what to do.
+/// Checks the mount point before anything starts (before the daemon
+/// forks, so the user sees what to do), and resolves it.
 fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow::anyhow!(
-            "the mount point {} does not exist: create it with `mkdir -p {}`",
-            path.display(),
-            path.display()
-        ),
-        _ => anyhow::anyhow!(
-            "cannot use the mount point {}: {e} (a stale mount? try `fusermount3 -u {}`)",
-            path.display(),
-            path.display()
-        ),
-    })?;
-    if !meta.is_dir() {
-        bail!("the mount point {} is not a directory", path.display());
-    }
-    let path = path
-        .canonicalize()
-        .with_context(|| format!("resolving {}", path.display()))?;
-    if is_mount_point(&path) {
-        bail!(
-            "{} is already a mount point: unmount it first (`umount {}`) or choose another directory",
-            path.display(),
-            path.display()
-        );
-    }
-    if !Path::new("/dev/fuse").exists() {
-        bail!("/dev/fuse is missing: load the fuse module (`modprobe fuse`) or, in a container, pass the device (--device /dev/fuse)");
-    }
-    Ok(path)
-}
-
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = path.to_string_lossy();
-    mounts
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|mp| unescape_mountinfo(mp) == wanted)
-}
-
-/// `/proc/self/mountinfo` escapes space, tab, newline and backslash as octal.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        if let (b'\\', Some(digits)) = (bytes[i], octal) {
-            let code = digits
-                .iter()
-                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-            out.push(code as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    datenlord_fuse::check_mountpoint(path)?;
+    path.canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))
 }
 
 /// The data directory's lock and pid file: one daemon per data directory.
@@ -899,15 +840,6 @@ mod tests {
         let mut argv = vec!["datenlord", "/mnt"];
         argv.extend_from_slice(extra);
         Cli::parse_from(argv).mount
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
-        assert_eq!(unescape_mountinfo("/x\\011y\\134z"), "/x\ty\\z");
-        // Not an escape: fewer than three octal digits, or not octal.
-        assert_eq!(unescape_mountinfo("/a\\04"), "/a\\04");
-        assert_eq!(unescape_mountinfo("/a\\089"), "/a\\089");
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub enum FuseError {
     #[error("mountpoint {0} is not a directory: mount on an empty directory")]
     NotADirectory(String),
     /// Something is mounted there already, or it is in use.
-    #[error("mountpoint {0} is busy (already mounted?): unmount it with `fusermount3 -u {0}` or `umount {0}`, or pick another directory")]
+    #[error("mountpoint {0} is busy: it is already a mount point, or in use; unmount it with `fusermount3 -u {0}` or `umount {0}`, or pick another directory")]
     Busy(String),
     /// No FUSE device.
     #[error("/dev/fuse does not exist: load the module with `modprobe fuse` (in a container: run with --device /dev/fuse)")]

@@ -20,6 +20,6 @@ mod stats;
 pub use adapter::{AdapterOptions, FuseFs};
 pub use error::FuseError;
 pub use lock_wait::LOCK_WAITERS_MAX;
-pub use mount::{mount, Mount, THREADS_MAX};
+pub use mount::{check_mountpoint, mount, Mount, THREADS_MAX};
 pub use options::{parse_mount_options, MountOptions, ParsedOptions};
 pub use stats::{op_name, OpSample, OpStats, LATENCY_BUCKETS};

@@ -49,7 +49,9 @@ impl std::fmt::Debug for Mount {
     }
 }
 
-fn check_mountpoint(path: &Path) -> Result<(), FuseError> {
+/// Checks that `path` can be mounted on: an existing directory, not a
+/// mount point already, with /dev/fuse present. Each error says what to do.
+pub fn check_mountpoint(path: &Path) -> Result<(), FuseError> {
     let shown = path.display().to_string();
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {}
@@ -75,13 +77,43 @@ fn check_mountpoint(path: &Path) -> Result<(), FuseError> {
 
 /// Whether something is mounted on `path` (/proc/self/mountinfo).
 fn is_mountpoint(path: &Path) -> bool {
-    let Some(wanted) = path.to_str().map(|p| p.replace(' ', "\\040")) else {
-        return false;
-    };
-    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| {
-        info.lines()
-            .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
+    mountinfo_entry(path, |_| Some(())).is_some()
+}
+
+/// Applies `f` to the fields of the newest /proc/self/mountinfo line whose
+/// mount point is `path`.
+fn mountinfo_entry<T>(path: &Path, f: impl Fn(&[&str]) -> Option<T>) -> Option<T> {
+    let wanted = path.to_str()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let point = fields.get(4)?;
+        (unescape_mountinfo(point) == wanted).then(|| f(&fields))?
     })
+}
+
+/// `/proc/self/mountinfo` escapes space, tab, newline and backslash as
+/// three octal digits.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let (b'\\', Some(digits)) = (bytes[i], octal) {
+            let code = digits
+                .iter()
+                .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
+            out.push(code as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn mount_error(path: &str, message: String) -> FuseError {
@@ -206,16 +238,8 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
 /// connection id), from /proc/self/mountinfo: asking the mount itself
 /// would need the request loops.
 fn connection_id(mountpoint: &Path) -> Option<u32> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let wanted = mountpoint.to_str()?.replace(' ', "\\040");
-    info.lines().rev().find_map(|line| {
-        let mut fields = line.split(' ');
-        let dev = fields.nth(2)?;
-        let point = fields.nth(1)?;
-        if point != wanted {
-            return None;
-        }
-        dev.split_once(':')?.1.parse().ok()
+    mountinfo_entry(mountpoint, |fields| {
+        fields.get(2)?.split_once(':')?.1.parse().ok()
     })
 }
 
@@ -444,5 +468,19 @@ impl Drop for Mount {
                 let _ = self.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo("/x\\011y\\134z"), "/x\ty\\z");
+        // Not an escape: fewer than three octal digits, or not octal.
+        assert_eq!(unescape_mountinfo("/a\\04"), "/a\\04");
+        assert_eq!(unescape_mountinfo("/a\\089"), "/a\\089");
     }
 }
