@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 
 mod daemon;
 mod metrics;
 mod mount;
-use clap::{Parser, Subcommand};
 
 /// DatenLord: a distributed cache file system for cloud-native and AI workloads.
 #[derive(Debug, Parser)]
@@ -43,7 +43,8 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct FormatArgs {
     /// The store: `file:///abs/dir` or `s3://bucket/prefix` (endpoint and
-    /// credentials from the AWS_* environment variables).
+    /// credentials from the AWS_* environment variables, else from
+    /// ~/.aws/credentials and ~/.aws/config).
     #[arg(long)]
     store: String,
     /// Block size of the volume (a power of two, 64K..16M).

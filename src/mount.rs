@@ -47,7 +47,8 @@ pub struct MountArgs {
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
     /// The remote store: `file:///abs/dir` or `s3://bucket/prefix` (S3
-    /// endpoint and credentials from the AWS_* environment variables).
+    /// endpoint and credentials from the AWS_* environment variables, else
+    /// from ~/.aws/credentials and ~/.aws/config).
     /// Default: file://<data-dir>/store, formatted on first use.
     #[arg(long)]
     pub store: Option<String>,
