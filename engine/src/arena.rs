@@ -2,6 +2,7 @@
 //! start, so a hit never calls the global allocator.
 
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
@@ -22,11 +23,43 @@ pub enum Backing {
     Empty,
 }
 
+/// One anonymous mapping, unmapped when the last owner drops it: the arena
+/// and the shard's `HitView` (other threads read through it) share it.
+#[derive(Debug)]
+pub struct Mapping {
+    base: Option<NonNull<u8>>,
+    bytes: usize,
+}
+
+// SAFETY: the mapping is plain memory with no thread affinity. Writes go
+// through the owning shard's `Arena` (exclusive borrow); other threads only
+// read it through `HitView`, which validates every copy with a sequence
+// lock, so sharing the pointer across threads is sound.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Start of the mapping (`None` for an empty arena).
+    pub(crate) fn base(&self) -> Option<NonNull<u8>> {
+        self.base
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if let Some(base) = self.base {
+            // SAFETY: unmapping exactly the mapping created in `Arena::new`;
+            // no owner remains to read it.
+            unsafe { libc::munmap(base.as_ptr().cast(), self.bytes) };
+        }
+    }
+}
+
 /// Block slots in one anonymous mapping owned by one shard.
 #[derive(Debug)]
 pub struct Arena {
-    base: Option<NonNull<u8>>,
-    map_bytes: usize,
+    mapping: Arc<Mapping>,
     slot_bytes: usize,
     slots: u32,
     backing: Backing,
@@ -40,8 +73,10 @@ impl Arena {
         let bytes = slots as usize * slot_bytes;
         if bytes == 0 {
             return Ok(Self {
-                base: None,
-                map_bytes: 0,
+                mapping: Arc::new(Mapping {
+                    base: None,
+                    bytes: 0,
+                }),
                 slot_bytes,
                 slots: 0,
                 backing: Backing::Empty,
@@ -53,8 +88,10 @@ impl Arena {
                 Ok(base) => {
                     info!(bytes = map_bytes, "memory tier backed by hugetlb pages");
                     return Ok(Self {
-                        base: Some(base),
-                        map_bytes,
+                        mapping: Arc::new(Mapping {
+                            base: Some(base),
+                            bytes: map_bytes,
+                        }),
                         slot_bytes,
                         slots,
                         backing: Backing::HugeTlb,
@@ -74,8 +111,10 @@ impl Arena {
             warn!(err = %std::io::Error::last_os_error(), "madvise(MADV_HUGEPAGE) failed");
         }
         Ok(Self {
-            base: Some(base),
-            map_bytes: bytes,
+            mapping: Arc::new(Mapping {
+                base: Some(base),
+                bytes,
+            }),
             slot_bytes,
             slots,
             backing: Backing::Normal,
@@ -92,10 +131,22 @@ impl Arena {
         self.slots
     }
 
+    /// Bytes per slot.
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    /// The mapping, for a `HitView`.
+    pub(crate) fn mapping(&self) -> Arc<Mapping> {
+        Arc::clone(&self.mapping)
+    }
+
     /// The bytes of a slot.
     pub fn slot(&self, slot: SlotIndex) -> &[u8] {
         assert!(slot < self.slots, "slot {slot} out of {}", self.slots);
-        let Some(base) = self.base else { return &[] };
+        let Some(base) = self.mapping.base else {
+            return &[];
+        };
         // SAFETY: slot < slots, so the range lies inside the live mapping,
         // which lives as long as self; shared borrow of self prevents writes.
         unsafe {
@@ -109,7 +160,7 @@ impl Arena {
     /// The bytes of a slot, writable.
     pub fn slot_mut(&mut self, slot: SlotIndex) -> &mut [u8] {
         assert!(slot < self.slots, "slot {slot} out of {}", self.slots);
-        let Some(base) = self.base else {
+        let Some(base) = self.mapping.base else {
             return &mut [];
         };
         // SAFETY: as in `slot`, and the exclusive borrow of self makes this
@@ -119,15 +170,6 @@ impl Arena {
                 base.as_ptr().add(slot as usize * self.slot_bytes),
                 self.slot_bytes,
             )
-        }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        if let Some(base) = self.base {
-            // SAFETY: unmapping exactly the mapping created in `new`.
-            unsafe { libc::munmap(base.as_ptr().cast(), self.map_bytes) };
         }
     }
 }

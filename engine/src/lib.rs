@@ -14,6 +14,7 @@ pub mod disk_index;
 pub mod disk_tier;
 pub mod error;
 pub mod eviction;
+pub mod hit_view;
 pub mod inspect;
 pub mod layout;
 pub mod memory_tier;

@@ -8,7 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::LocalBoxFuture;
@@ -21,6 +21,7 @@ use crate::block::{home_shard, BlockId, BlockSize, ShardId};
 use crate::config::{EngineConfig, Plan};
 use crate::disk_tier::DiskTier;
 use crate::error::{Error, Result};
+use crate::hit_view::HitView;
 use crate::layout::{Layout, Superblock, SUPERBLOCK_BYTES};
 use crate::memory_tier::MemoryTier;
 use crate::mesh::{MeshMsg, Peers, MESH_CHANNEL_DEPTH};
@@ -89,6 +90,9 @@ enum External {
         reply: flume::Sender<Result<Response>>,
     },
     Spawn(SpawnFn),
+    /// A read of block `id` from its first byte was served through the
+    /// owner's `HitView`: the front records it for stream detection.
+    Observe(BlockId),
     /// Every executor is up: join the mesh and start serving.
     Go,
     Drain(flume::Sender<()>),
@@ -99,6 +103,8 @@ enum External {
 #[derive(Clone, Debug)]
 pub struct EngineHandle {
     inboxes: Arc<[flume::Sender<External>]>,
+    /// Each shard's memory-tier view, set once the shard is built.
+    views: Arc<[OnceLock<Arc<HitView>>]>,
     block_size: BlockSize,
 }
 
@@ -107,6 +113,7 @@ impl std::fmt::Debug for External {
         match self {
             Self::Call { request, .. } => write!(f, "Call({request:?})"),
             Self::Spawn(_) => f.write_str("Spawn"),
+            Self::Observe(id) => write!(f, "Observe({id})"),
             Self::Go => f.write_str("Go"),
             Self::Drain(_) => f.write_str("Drain"),
             Self::Stop(_) => f.write_str("Stop"),
@@ -164,6 +171,25 @@ impl EngineHandle {
             Response::Read { buf, len } => Ok((buf, len)),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Serves a read from the owner's memory tier on the calling thread,
+    /// without a message to the shard: the bytes copied into `dst` (clipped
+    /// at the block's end), or `None` when the block is not in memory (then
+    /// call [`EngineHandle::read`]). A read from the block's first byte is
+    /// reported to the front shard (no wait) so sequential streams are
+    /// still detected and prefetched.
+    pub fn read_cached(&self, id: BlockId, offset: u32, dst: &mut [u8]) -> Option<usize> {
+        let owner = id.key().owner(self.shards());
+        let view = self.views.get(owner.index())?.get()?;
+        let n = view.read(id, offset as usize, dst)?;
+        if offset == 0 {
+            if let Some(front) = self.inboxes.get(home_shard(id.ino, self.shards()).index()) {
+                // A full inbox drops the hint: prefetch is best effort.
+                let _ = front.try_send(External::Observe(id));
+            }
+        }
+        Some(n)
     }
 
     /// Caches a written block on its owner.
@@ -332,6 +358,7 @@ struct ShardStart {
     factory: Arc<dyn SourceFactory>,
     mesh: MeshBuilder<MeshMsg, Full>,
     inbox: flume::Receiver<External>,
+    views: Arc<[OnceLock<Arc<HitView>>]>,
     /// Reports that the executor runs (phase 1).
     up: ReadyGuard,
     /// Reports that the shard serves (phase 2).
@@ -355,6 +382,7 @@ impl Engine {
         let (up_tx, up_rx) = flume::unbounded();
         let (ready_tx, ready_rx) = flume::unbounded();
         let mut inboxes = Vec::with_capacity(shards);
+        let views: Arc<[OnceLock<Arc<HitView>>]> = (0..shards).map(|_| OnceLock::new()).collect();
         let mut threads = Vec::with_capacity(shards);
         let mut spawn_error = None;
         for (index, &cpu) in plan.cpus.iter().enumerate() {
@@ -367,6 +395,7 @@ impl Engine {
                 factory: Arc::clone(&factory),
                 mesh: mesh.clone(),
                 inbox: rx,
+                views: Arc::clone(&views),
                 up: ReadyGuard {
                     shard: ShardId(index as u16),
                     tx: up_tx.clone(),
@@ -408,6 +437,7 @@ impl Engine {
         let mut engine = Self {
             handle: EngineHandle {
                 inboxes: inboxes.into(),
+                views,
                 block_size: plan.config.block_size,
             },
             threads,
@@ -510,6 +540,7 @@ async fn run_shard(start: ShardStart) {
         factory,
         mesh,
         inbox,
+        views,
         up,
         ready,
     } = start;
@@ -548,6 +579,9 @@ async fn run_shard(start: ShardStart) {
             return ready.send(Err(e));
         }
     };
+    if let Some(view) = views.get(id.index()) {
+        let _ = view.set(shard.memory_view());
+    }
     let mut receivers = receivers;
     for (peer, rx) in receivers.streams() {
         let shard = Rc::clone(&shard);
@@ -579,6 +613,8 @@ async fn run_shard(start: ShardStart) {
         glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_INTERVAL_MS)).await;
     }
     let synced = shard.sync().await;
+    // Readers on other threads miss from now on (the handle outlives us).
+    shard.memory_view().retire_all();
     peers.close();
     if let Some(reply) = stop_reply {
         let _ = reply.send(synced);
@@ -611,7 +647,10 @@ async fn serve_inbox(
             }
             // Dropping a job while closing tells its caller (ShutDown).
             External::Spawn(job) if !shard.is_closing() => shard.spawn_tracked(job(ctx.clone())),
-            External::Spawn(_) | External::Go => {}
+            External::Observe(id) if !shard.is_closing() => {
+                shard.observe(id);
+            }
+            External::Spawn(_) | External::Observe(_) | External::Go => {}
             External::Drain(reply) => {
                 shard.begin_close();
                 let draining = Rc::clone(shard);

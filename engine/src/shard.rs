@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::{LocalBoxFuture, Shared};
@@ -22,6 +23,7 @@ use crate::block::{BlockId, BlockMap, BlockSize, ShardId};
 use crate::disk_tier::{DiskRead, DiskTier, WriteOutcome};
 use crate::error::{Error, Result};
 use crate::eviction::AccessKind;
+use crate::hit_view::HitView;
 use crate::memory_tier::MemoryTier;
 use crate::mesh::{Op, Peers, Reply};
 use crate::prefetch::{PrefetchQueue, StreamId, StreamTable};
@@ -78,6 +80,8 @@ pub struct Shard {
     pub(crate) shards: usize,
     pub(crate) block_size: BlockSize,
     memory: RefCell<MemoryTier>,
+    /// Other threads' read-only view of `memory`.
+    view: Arc<HitView>,
     disk: Option<DiskTier>,
     source: Rc<dyn BlockSource>,
     resolver: Rc<dyn VersionResolver>,
@@ -156,8 +160,10 @@ impl Shard {
     pub fn new(parts: ShardParts) -> Rc<Self> {
         let blocks = parts.memory.capacity() as usize
             + parts.disk.as_ref().map_or(0, |d| d.capacity() as usize);
+        let view = parts.memory.view();
         Rc::new(Self {
             id: parts.id,
+            view,
             shards: parts.shards,
             block_size: parts.block_size,
             memory: RefCell::new(parts.memory),
@@ -224,7 +230,18 @@ impl Shard {
 
     /// A copy of this shard's counters.
     pub fn stats(&self) -> ShardStats {
-        *self.stats.borrow()
+        let mut stats = *self.stats.borrow();
+        let view = self.view.stats();
+        stats.reads += view.hits;
+        stats.memory_hits += view.hits;
+        stats.view_hits += view.hits;
+        stats.read_bytes += view.bytes;
+        stats
+    }
+
+    /// The view other threads read this shard's memory hits through.
+    pub(crate) fn memory_view(&self) -> Arc<HitView> {
+        Arc::clone(&self.view)
     }
 
     fn count(&self, f: impl FnOnce(&mut ShardStats)) {
@@ -307,7 +324,7 @@ impl Shard {
     }
 
     /// Records an access in the stream table and sends prefetch hints.
-    fn observe(self: &Rc<Self>, id: BlockId) -> ReadHint {
+    pub(crate) fn observe(self: &Rc<Self>, id: BlockId) -> ReadHint {
         let access =
             self.streams
                 .borrow_mut()
@@ -611,7 +628,11 @@ impl Shard {
             return true;
         }
         if !memory.has_free_slot() {
-            let Some(victim) = memory.victim() else {
+            // Blocks read through the view since the policy last saw them
+            // get a second chance, and their reads count for admission.
+            let Some(victim) =
+                memory.victim(&mut |read| self.admission.borrow_mut().record(read.hash64()))
+            else {
                 return false;
             };
             if !forced

@@ -33,6 +33,9 @@ shard_stats! {
     read_bytes,
     /// Reads served from the memory tier.
     memory_hits,
+    /// Of those, reads served on the caller's thread through the shard's
+    /// `HitView` (no message to the shard).
+    view_hits,
     /// Reads that missed the memory tier.
     memory_misses,
     /// Reads served from the NVMe tier.

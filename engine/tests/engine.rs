@@ -722,3 +722,60 @@ fn too_low_memlock_names_the_limit() {
         "{stdout}"
     );
 }
+
+#[test]
+fn memory_hits_are_served_on_the_callers_thread_and_still_drive_prefetch() {
+    let ids = blocks(21, 24);
+    let store = store_with(&ids);
+    let engine = Engine::start(&config(2, 32, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    let mut dst = vec![0u8; 4096];
+    assert_eq!(
+        handle.read_cached(ids[0], 0, &mut dst),
+        None,
+        "not cached yet"
+    );
+    // Cache blocks 0..6 through the shards, out of order (no stream).
+    for i in [5, 2, 0, 4, 1, 3] {
+        read_all(&handle, ids[i]);
+    }
+    let before = totals(&handle);
+    assert_eq!(before.view_hits, 0);
+    for (i, &id) in ids.iter().enumerate().take(6) {
+        let want = content(id, BLOCK);
+        let offset = (i * 4096 + 100) as u32;
+        assert_eq!(handle.read_cached(id, offset, &mut dst), Some(4096));
+        assert_eq!(dst, want[offset as usize..offset as usize + 4096]);
+    }
+    // Clipped at the block's end.
+    let tail = (BLOCK - 10) as u32;
+    assert_eq!(handle.read_cached(ids[1], tail, &mut dst), Some(10));
+    let after = totals(&handle);
+    assert_eq!(after.view_hits, 7);
+    assert_eq!(after.memory_hits - before.memory_hits, 7);
+    assert_eq!(after.reads - before.reads, 7);
+    assert_eq!(after.read_bytes - before.read_bytes, 6 * 4096 + 10);
+    // Sequential reads from each block's first byte, served by the view,
+    // are reported to the front: the stream prefetches blocks past 6.
+    for &id in ids.iter().take(6) {
+        assert!(handle.read_cached(id, 0, &mut dst).is_some());
+    }
+    let fetched = store.fetches();
+    for _ in 0..400 {
+        if store.fetches() > fetched || totals(&handle).prefetch_issued > before.prefetch_issued {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        totals(&handle).prefetch_issued > before.prefetch_issued,
+        "hits through the view must still detect the stream: {:?}",
+        totals(&handle)
+    );
+    engine.shutdown().expect("shutdown");
+    assert_eq!(
+        handle.read_cached(ids[0], 0, &mut dst),
+        None,
+        "engine stopped"
+    );
+}

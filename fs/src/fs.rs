@@ -1073,6 +1073,15 @@ impl Fs {
             }
             if let Some(&version) = versions.get(&piece.index) {
                 let id = BlockId::new(ino.0, piece.index, version);
+                // A memory hit is copied on this thread; only misses wait
+                // for a shard.
+                if self
+                    .engine
+                    .read_cached(id, piece.start as u32, dst)
+                    .is_some()
+                {
+                    continue;
+                }
                 fetches.push(async move {
                     let (buf, n) = self
                         .engine
