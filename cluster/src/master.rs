@@ -18,6 +18,7 @@ use crate::client_rpc::{Handler, Response, RpcClient, RpcError, Status};
 use crate::listener::serve_master;
 use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Outcome, StatFs};
 use crate::raft_driver::{DriveError, NoPeers, RaftDriver, RaftHandle};
+use crate::raft_log::LogSync;
 use crate::raft_transport::{read_members, LocalHandle, TcpTransport};
 use crate::replica::{Membership, ReplicaError, StateMachine};
 use crate::shared_state::SharedState;
@@ -354,6 +355,7 @@ impl Master {
             &voters,
             transport,
             config.snapshot_interval_entries,
+            LogSync::EveryPersist,
         )?;
         let _ = local.set(driver.handle());
         let handler = client_handler(driver.handle(), config.peers.clone());
@@ -417,6 +419,7 @@ impl Master {
             &[EMBEDDED_ID],
             NoPeers,
             snapshot_interval_entries,
+            LogSync::Deferred,
         )?;
         info!(dir = %data_dir.display(), "embedded metadata master running");
         Ok(Self {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::Message;
 use tracing::{error, warn};
 
-use crate::raft_log::RaftLog;
+use crate::raft_log::{LogSync, RaftLog};
 use crate::replica::{MemberChange, Membership, Replica, ReplicaError, StateMachine};
 
 /// Interval of the Raft logical clock.
@@ -24,6 +24,9 @@ pub const TICK_INTERVAL_MS: u64 = 100;
 pub const INBOX_DEPTH: usize = 4096;
 /// Requests one driver iteration takes before persisting (bounds latency).
 const BATCH_REQUESTS_MAX: usize = 1024;
+/// With [`LogSync::Deferred`], the longest a written log record waits for
+/// its fdatasync (a `sync` request makes it durable at once).
+pub const DEFERRED_SYNC_MS: u64 = 50;
 /// A proposal or read not answered within this time fails with
 /// [`DriveError::Timeout`] (no quorum, or the leader changed under it).
 pub const REQUEST_TIMEOUT_MS: u64 = 5000;
@@ -101,6 +104,8 @@ enum Request<S> {
         delivered: bool,
     },
     Status(flume::Sender<Status>),
+    /// Make every write accepted so far durable, then answer.
+    Sync(MemberReply),
     Stop,
 }
 
@@ -115,6 +120,8 @@ pub struct Status {
     pub term: u64,
     /// Last applied index.
     pub applied: u64,
+    /// fdatasyncs of the log since the replica started.
+    pub log_syncs: u64,
 }
 
 /// Sends requests to a driver from any thread. Cheap to clone.
@@ -210,6 +217,19 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
         let _ = self.inbox.send(Request::SnapshotStatus { to, delivered });
     }
 
+    /// Returns once every command this replica accepted before the call is
+    /// durable in its log (one fdatasync, shared by concurrent callers).
+    /// Needed only with [`LogSync::Deferred`]; otherwise commands are
+    /// durable when answered.
+    pub async fn sync(&self) -> Result<(), DriveError> {
+        let (reply, answer) = flume::bounded(1);
+        self.inbox
+            .send_async(Request::Sync(reply))
+            .await
+            .map_err(|_| DriveError::Stopped)?;
+        answer.recv_async().await.map_err(|_| DriveError::Stopped)?
+    }
+
     /// The replica's role and progress.
     pub async fn status(&self) -> Result<Status, DriveError> {
         let (tx, rx) = flume::bounded(1);
@@ -243,11 +263,20 @@ impl<S: StateMachine + Send + 'static> RaftDriver<S> {
         voters: &[u64],
         transport: impl Transport,
     ) -> Result<Self, ReplicaError> {
-        Self::start_with(id, dir, state_machine, voters, transport, None)
+        Self::start_with(
+            id,
+            dir,
+            state_machine,
+            voters,
+            transport,
+            None,
+            LogSync::EveryPersist,
+        )
     }
 
     /// [`Self::start`], snapshotting every `snapshot_interval_entries`
-    /// applied entries instead of the default.
+    /// applied entries instead of the default, with the log's `log_sync`
+    /// policy (`Deferred` only for a group of one: see [`LogSync`]).
     pub fn start_with(
         id: u64,
         dir: &Path,
@@ -255,8 +284,16 @@ impl<S: StateMachine + Send + 'static> RaftDriver<S> {
         voters: &[u64],
         transport: impl Transport,
         snapshot_interval_entries: Option<u64>,
+        log_sync: LogSync,
     ) -> Result<Self, ReplicaError> {
-        let log = RaftLog::open(dir)?;
+        if log_sync == LogSync::Deferred && voters != [id] {
+            return Err(ReplicaError::Snapshot {
+                index: 0,
+                reason: "a deferred log sync is only for a single-member group".into(),
+            });
+        }
+        let mut log = RaftLog::open(dir)?;
+        log.set_sync(log_sync);
         let mut replica = Replica::new(id, log, state_machine, voters)?;
         if let Some(entries) = snapshot_interval_entries {
             replica.set_snapshot_interval(entries);
@@ -318,6 +355,8 @@ struct Pending<S> {
     members: Vec<(Instant, u64, MemberReply)>,
     /// When each pending read was last asked for.
     read_asked: HashMap<u64, Instant>,
+    /// Callers waiting for the log to be durable.
+    syncs: Vec<MemberReply>,
 }
 
 impl<S> Pending<S> {
@@ -380,10 +419,18 @@ fn run<S: StateMachine>(
         reads: HashMap::new(),
         read_asked: HashMap::new(),
         members: Vec::new(),
+        syncs: Vec::new(),
     };
+    let deferred = Duration::from_millis(DEFERRED_SYNC_MS);
+    let mut next_sync = Instant::now() + deferred;
     let mut stopping = false;
     while !stopping {
-        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let wake = if replica.log_unsynced() {
+            next_tick.min(next_sync)
+        } else {
+            next_tick
+        };
+        let timeout = wake.saturating_duration_since(Instant::now());
         let first = match requests.recv_timeout(timeout) {
             Ok(request) => Some(request),
             Err(flume::RecvTimeoutError::Timeout) => None,
@@ -455,6 +502,19 @@ fn run<S: StateMachine>(
             }
         }
         pending.expire(Instant::now());
+        let now = Instant::now();
+        if !replica.log_unsynced() {
+            next_sync = now + deferred;
+        } else if !pending.syncs.is_empty() || now >= next_sync || stopping {
+            if let Err(e) = replica.sync_log() {
+                error!(replica = replica.id(), %e, "the Raft log cannot be synced; stopping the replica");
+                return Err(e);
+            }
+            next_sync = now + deferred;
+        }
+        for reply in pending.syncs.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
     }
     Ok(())
 }
@@ -526,8 +586,10 @@ fn accept<S: StateMachine>(
                 leader: replica.leader(),
                 term: replica.term(),
                 applied: replica.applied(),
+                log_syncs: replica.log_syncs(),
             });
         }
+        Request::Sync(reply) => pending.syncs.push(reply),
         Request::Stop => return true,
     }
     false

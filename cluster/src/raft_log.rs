@@ -132,6 +132,27 @@ pub struct RaftLog {
     pending: Vec<u8>,
     /// Set when a follower needs a newer snapshot than the one held.
     snapshot_wanted: Cell<bool>,
+    sync: LogSync,
+    /// Records written to the segment but not yet fdatasynced.
+    unsynced: bool,
+    /// fdatasyncs of the segment so far.
+    syncs: u64,
+}
+
+/// When [`RaftLog::persist`] makes writes durable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogSync {
+    /// One fdatasync per persist (every `Ready`): required whenever the
+    /// group has other members, which act on what this one acknowledged.
+    #[default]
+    EveryPersist,
+    /// Persist writes to the file (the page cache: a killed process loses
+    /// nothing) and leaves the fdatasync to [`RaftLog::sync`], which the
+    /// owner calls on a timer and whenever a client asks for durability
+    /// (`fsync`). Only for a single-member group (the embedded mount), where
+    /// no other replica relies on the log: a machine crash loses at most
+    /// the writes since the last sync, like a local file system's journal.
+    Deferred,
 }
 
 impl RaftLog {
@@ -145,7 +166,25 @@ impl RaftLog {
             backing: Backing::Memory,
             pending: Vec::new(),
             snapshot_wanted: Cell::new(false),
+            sync: LogSync::EveryPersist,
+            unsynced: false,
+            syncs: 0,
         }
+    }
+
+    /// Sets when writes become durable (see [`LogSync`]).
+    pub fn set_sync(&mut self, sync: LogSync) {
+        self.sync = sync;
+    }
+
+    /// Whether records were written but not yet made durable.
+    pub fn has_unsynced(&self) -> bool {
+        self.unsynced || !self.pending.is_empty()
+    }
+
+    /// fdatasyncs of the segment so far (for tests and metrics).
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// Opens (or creates) the log in `dir` and recovers its state.
@@ -387,8 +426,18 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Makes everything appended so far durable: one write, one fdatasync.
-    pub fn sync(&mut self) -> Result<(), LogError> {
+    /// Writes what was appended so far per the [`LogSync`] policy: written
+    /// and fdatasynced (`EveryPersist`), or only written (`Deferred`).
+    pub fn persist(&mut self) -> Result<(), LogError> {
+        match self.sync {
+            LogSync::EveryPersist => self.sync(),
+            LogSync::Deferred => self.write_pending(),
+        }
+    }
+
+    /// Writes pending records to the segment without an fdatasync: they
+    /// survive the process, not the machine, until the next [`Self::sync`].
+    pub fn write_pending(&mut self) -> Result<(), LogError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -401,14 +450,37 @@ impl RaftLog {
         {
             segment
                 .write_all(&self.pending)
-                .and_then(|()| segment.sync_data())
                 .map_err(io_err("write the Raft log segment", segment_path))?;
             *segment_bytes += self.pending.len() as u64;
+            self.unsynced = true;
         }
         self.pending.clear();
         if self.segment_full() {
+            // The new segment is written from memory and synced whole.
             self.roll_segment()?;
+            self.unsynced = false;
         }
+        Ok(())
+    }
+
+    /// Makes everything appended so far durable: one write, one fdatasync.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.write_pending()?;
+        if !self.unsynced {
+            return Ok(());
+        }
+        if let Backing::Dir {
+            segment,
+            segment_path,
+            ..
+        } = &mut self.backing
+        {
+            segment
+                .sync_data()
+                .map_err(io_err("sync the Raft log segment", segment_path))?;
+            self.syncs += 1;
+        }
+        self.unsynced = false;
         Ok(())
     }
 
@@ -805,6 +877,58 @@ mod tests {
 
     fn indexes(log: &RaftLog) -> Vec<(u64, u64)> {
         log.entries.iter().map(|e| (e.index, e.term)).collect()
+    }
+
+    #[test]
+    fn deferred_sync_writes_at_once_and_syncs_only_when_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.set_sync(LogSync::Deferred);
+        log.initialize(conf(&[1])).expect("init");
+        log.sync().expect("sync");
+        let base = log.syncs();
+        for i in 1..=10 {
+            log.append(&[entry(i, 1, b"x")]).expect("append");
+            log.persist().expect("persist");
+        }
+        assert_eq!(log.syncs(), base, "no fdatasync per persist");
+        assert!(log.has_unsynced());
+        // Written to the file already: a process that dies now (the log
+        // dropped without a sync) loses nothing.
+        let reopened = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.len(), 10);
+        drop(reopened);
+        log.sync().expect("sync");
+        assert_eq!(log.syncs(), base + 1);
+        assert!(!log.has_unsynced());
+        log.sync().expect("nothing to sync");
+        assert_eq!(log.syncs(), base + 1, "an idle sync costs nothing");
+    }
+
+    #[test]
+    fn every_persist_syncs_each_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.initialize(conf(&[1])).expect("init");
+        log.sync().expect("sync");
+        let base = log.syncs();
+        for i in 1..=3 {
+            log.append(&[entry(i, 1, b"x")]).expect("append");
+            log.persist().expect("persist");
+            assert!(!log.has_unsynced());
+        }
+        assert_eq!(log.syncs(), base + 3);
+        // Written but not synced (the commit index): durable at the next sync.
+        log.set_commit(3).expect("commit");
+        log.write_pending().expect("write");
+        assert!(log.has_unsynced());
+        assert_eq!(
+            RaftLog::open(dir.path())
+                .expect("reopen")
+                .hard_state()
+                .commit,
+            3
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use raft::eraftpb::{
 use raft::{Config, RawNode, StateRole, Storage};
 use tracing::{debug, info};
 
-use crate::raft_log::{LogError, RaftLog};
+use crate::raft_log::{LogError, LogSync, RaftLog};
 
 /// Ticks without a heartbeat before a follower campaigns.
 pub const ELECTION_TICKS: usize = 10;
@@ -242,6 +242,28 @@ impl<S: StateMachine> Replica<S> {
         self.applied
     }
 
+    /// When the log makes writes durable (see [`LogSync`]).
+    pub fn set_log_sync(&mut self, sync: LogSync) {
+        self.node.mut_store().set_sync(sync);
+    }
+
+    /// Whether the log holds writes not yet made durable.
+    pub fn log_unsynced(&self) -> bool {
+        self.node.store().has_unsynced()
+    }
+
+    /// fdatasyncs of the log so far.
+    pub fn log_syncs(&self) -> u64 {
+        self.node.store().syncs()
+    }
+
+    /// Makes every write of the log durable (one fdatasync), whatever its
+    /// [`LogSync`] policy.
+    pub fn sync_log(&mut self) -> Result<(), ReplicaError> {
+        self.node.mut_store().sync()?;
+        Ok(())
+    }
+
     /// Index of the last committed entry.
     pub fn committed(&self) -> u64 {
         self.node.raft.raft_log.committed
@@ -358,7 +380,7 @@ impl<S: StateMachine> Replica<S> {
         if let Some(hs) = ready.hs() {
             store.set_hard_state(hs.clone())?;
         }
-        store.sync()?;
+        store.persist()?;
         for read in ready.take_read_states() {
             let request = read
                 .request_ctx
@@ -377,7 +399,9 @@ impl<S: StateMachine> Replica<S> {
         out.messages.extend(light.take_messages());
         self.apply_entries(light.take_committed_entries(), &mut out)?;
         self.node.advance_apply();
-        self.node.mut_store().sync()?;
+        // The commit index is volatile state in Raft (a restarted replica
+        // learns it again): written, not waited for.
+        self.node.mut_store().write_pending()?;
         let applied = self.applied;
         self.pending_reads.retain(|&(index, request)| {
             let ready = index <= applied;

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use datenlord_cluster::raft_driver::{DriveError, RaftDriver, RaftHandle, Transport};
+use datenlord_cluster::raft_log::LogSync;
 use datenlord_cluster::replica::StateMachine;
 use futures::executor::block_on;
 use raft::eraftpb::{Message, MessageType};
@@ -301,4 +302,94 @@ fn three_drivers_over_tcp_elect_and_replicate() {
     for driver in drivers {
         driver.stop().expect("stop");
     }
+}
+
+fn start_single(dir: &std::path::Path, sync: LogSync) -> RaftDriver<Journal> {
+    let driver = RaftDriver::start_with(
+        1,
+        dir,
+        Journal::default(),
+        &[1],
+        Loopback {
+            me: 1,
+            peers: Registry::default(),
+        },
+        None,
+        sync,
+    )
+    .expect("start");
+    let handle = driver.handle();
+    wait_for("leadership", Duration::from_secs(5), || {
+        block_on(handle.status())
+            .ok()
+            .filter(|s| s.leader == Some(1))
+    });
+    driver
+}
+
+fn log_syncs(handle: &RaftHandle<Journal>) -> u64 {
+    block_on(handle.status()).expect("status").log_syncs
+}
+
+#[test]
+fn a_deferred_log_answers_before_its_fdatasync_and_syncs_on_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = start_single(dir.path(), LogSync::Deferred);
+    let handle = driver.handle();
+    let before = log_syncs(&handle);
+    for i in 0..100u32 {
+        block_on(handle.propose(format!("d{i}").into_bytes())).expect("committed");
+    }
+    let during = log_syncs(&handle) - before;
+    assert!(
+        during < 50,
+        "100 one-at-a-time proposals must not cost one fdatasync each: {during}"
+    );
+    block_on(handle.sync()).expect("sync");
+    let synced = log_syncs(&handle);
+    block_on(handle.sync()).expect("idle sync");
+    assert_eq!(
+        log_syncs(&handle),
+        synced,
+        "nothing written, nothing synced"
+    );
+    driver.stop().expect("stop");
+    let driver = start_single(dir.path(), LogSync::Deferred);
+    let seen = wait_for("replay", Duration::from_secs(5), || {
+        block_on(driver.handle().read(|j: &Journal| j.0.len()))
+            .ok()
+            .filter(|&n| n == 100)
+    });
+    assert_eq!(seen, 100);
+    driver.stop().expect("stop");
+
+    // Every persist syncs by default: one fdatasync per one-at-a-time proposal.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = start_single(dir.path(), LogSync::EveryPersist);
+    let handle = driver.handle();
+    let before = log_syncs(&handle);
+    for i in 0..20u32 {
+        block_on(handle.propose(format!("e{i}").into_bytes())).expect("committed");
+    }
+    assert!(log_syncs(&handle) - before >= 20);
+    driver.stop().expect("stop");
+}
+
+#[test]
+fn a_deferred_log_is_refused_for_a_group_of_several() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = RaftDriver::start_with(
+        1,
+        dir.path(),
+        Journal::default(),
+        &[1, 2, 3],
+        Loopback {
+            me: 1,
+            peers: Registry::default(),
+        },
+        None,
+        LogSync::Deferred,
+    )
+    .expect_err("refused");
+    assert!(err.to_string().contains("single-member"), "{err}");
 }

@@ -818,9 +818,17 @@ impl Fs {
         self.flush_locked(ino, &mut st, &pending).await
     }
 
-    /// `fsync(2)`: the same as [`Fs::flush`]; the sink's commit is durable.
+    /// `fsync(2)`: [`Fs::flush`], then every metadata change made so far
+    /// (the file's creation, renames…) is durable too.
     pub async fn fsync(&self, ino: Ino) -> Result<()> {
-        self.flush(ino).await
+        self.flush(ino).await?;
+        self.meta.sync().await
+    }
+
+    /// `fsync(2)` on a directory: its entries (every metadata change made
+    /// so far) are durable.
+    pub async fn fsyncdir(&self) -> Result<()> {
+        self.meta.sync().await
     }
 
     /// Flushes every file with unflushed writes.
@@ -946,7 +954,9 @@ impl Fs {
         }
         st.size = None;
         pending.store(0, Ordering::Release);
-        Ok(())
+        // A flushed file (every close of a written file) is durable: its
+        // blocks are in the journal, and its block map in the metadata log.
+        self.meta.sync().await
     }
 
     /// The valid bytes of block `index` of `ino` (empty for a hole).

@@ -40,6 +40,13 @@ impl MetaLink {
         Ok(decode_result(&bytes)?)
     }
 
+    /// Returns once every command applied through this link before the
+    /// call is durable in the metadata log (the embedded group writes its
+    /// log behind and syncs it on a timer; see `LogSync::Deferred`).
+    pub async fn sync(&self) -> Result<()> {
+        Ok(self.handle.sync().await?)
+    }
+
     /// Runs a query on the local copy.
     pub fn read<R>(&self, f: impl FnOnce(&MetaState) -> R) -> R {
         f(&self.local.read())

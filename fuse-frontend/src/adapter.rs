@@ -638,11 +638,12 @@ impl FileSystem for FuseFs {
     fn fsyncdir(
         &self,
         _ctx: &Context,
-        _inode: u64,
+        inode: u64,
         _datasync: bool,
         _handle: u64,
     ) -> io::Result<()> {
-        Ok(())
+        let _span = debug_span!("fsyncdir", ino = inode).entered();
+        block_on(self.fs.fsyncdir()).map_err(|e| err(&e))
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, _handle: u64) -> io::Result<()> {
