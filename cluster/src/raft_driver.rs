@@ -421,8 +421,7 @@ fn run<S: StateMachine>(
         members: Vec::new(),
         syncs: Vec::new(),
     };
-    let deferred = Duration::from_millis(DEFERRED_SYNC_MS);
-    let mut next_sync = Instant::now() + deferred;
+    let mut next_sync = Instant::now() + Duration::from_millis(DEFERRED_SYNC_MS);
     let mut stopping = false;
     while !stopping {
         let wake = if replica.log_unsynced() {
@@ -502,21 +501,39 @@ fn run<S: StateMachine>(
             }
         }
         pending.expire(Instant::now());
-        let now = Instant::now();
-        if !replica.log_unsynced() {
-            next_sync = now + deferred;
-        } else if !pending.syncs.is_empty() || now >= next_sync || stopping {
-            if let Err(e) = replica.sync_log() {
-                error!(replica = replica.id(), %e, "the Raft log cannot be synced; stopping the replica");
-                return Err(e);
-            }
-            next_sync = now + deferred;
-        }
-        for reply in pending.syncs.drain(..) {
-            let _ = reply.send(Ok(()));
-        }
+        next_sync = sync_if_due(&mut replica, &mut pending.syncs, next_sync, stopping)?;
     }
     Ok(())
+}
+
+/// Makes the log durable when someone waits for it, when written records
+/// waited `DEFERRED_SYNC_MS`, or at stop; answers the waiters. Returns
+/// when the next timed sync is due.
+fn sync_if_due<S: StateMachine>(
+    replica: &mut Replica<S>,
+    waiting: &mut Vec<MemberReply>,
+    due: Instant,
+    stopping: bool,
+) -> Result<Instant, ReplicaError> {
+    let now = Instant::now();
+    let next = now + Duration::from_millis(DEFERRED_SYNC_MS);
+    if !replica.log_unsynced() {
+        for reply in waiting.drain(..) {
+            let _ = reply.send(Ok(()));
+        }
+        return Ok(next);
+    }
+    if waiting.is_empty() && now < due && !stopping {
+        return Ok(due);
+    }
+    if let Err(e) = replica.sync_log() {
+        error!(replica = replica.id(), %e, "the Raft log cannot be synced; stopping the replica");
+        return Err(e);
+    }
+    for reply in waiting.drain(..) {
+        let _ = reply.send(Ok(()));
+    }
+    Ok(next)
 }
 
 /// Takes one request; returns whether the driver should stop.
