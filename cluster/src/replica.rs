@@ -160,9 +160,39 @@ impl<S: StateMachine> Replica<S> {
     /// bootstrapped with the same set); otherwise `voters` is ignored.
     pub fn new(
         id: u64,
+        log: RaftLog,
+        state_machine: S,
+        voters: &[u64],
+    ) -> Result<Self, ReplicaError> {
+        Self::build(id, log, state_machine, voters, None)
+    }
+
+    /// [`Self::new`] with a fixed election timeout of `ticks` (at least
+    /// `ELECTION_TICKS`) instead of raft-rs's random one in
+    /// `[ELECTION_TICKS, 2 × ELECTION_TICKS)`: a simulation that picks each
+    /// replica's timeout from its seed replays its elections exactly.
+    pub fn with_election_timeout(
+        id: u64,
+        log: RaftLog,
+        state_machine: S,
+        voters: &[u64],
+        ticks: usize,
+    ) -> Result<Self, ReplicaError> {
+        Self::build(
+            id,
+            log,
+            state_machine,
+            voters,
+            Some(ticks.max(ELECTION_TICKS)),
+        )
+    }
+
+    fn build(
+        id: u64,
         mut log: RaftLog,
         mut state_machine: S,
         voters: &[u64],
+        election_ticks: Option<usize>,
     ) -> Result<Self, ReplicaError> {
         // A replica that joins an existing group starts without voters and
         // gets everything (configuration included) from the leader.
@@ -190,6 +220,9 @@ impl<S: StateMachine> Replica<S> {
             max_inflight_msgs: INFLIGHT_MESSAGES_MAX,
             check_quorum: true,
             pre_vote: true,
+            // raft-rs draws the timeout from [min, max): one value is fixed.
+            min_election_tick: election_ticks.unwrap_or(0),
+            max_election_tick: election_ticks.map_or(0, |t| t + 1),
             ..Config::default()
         };
         let logger = crate::raft_logger::logger(id);
