@@ -83,7 +83,7 @@ fn supplementary_groups(pid: libc::pid_t) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-fn creds(ctx: &Context) -> Creds {
+pub(crate) fn creds(ctx: &Context) -> Creds {
     let groups = if ctx.uid == 0 {
         Vec::new()
     } else {

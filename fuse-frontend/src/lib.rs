@@ -11,6 +11,7 @@
 //! - `stats`: [`OpStats`], per-op counters and latency histograms.
 
 mod adapter;
+mod copy_range;
 mod error;
 mod lock_wait;
 mod mount;

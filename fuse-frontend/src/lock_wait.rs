@@ -26,22 +26,22 @@ pub(crate) const OPCODE_SETLKW: u32 = 33;
 /// `FUSE_INTERRUPT`.
 pub(crate) const OPCODE_INTERRUPT: u32 = 36;
 /// Bytes of `fuse_in_header`.
-const IN_HEADER_BYTES: usize = 40;
+pub(crate) const IN_HEADER_BYTES: usize = 40;
 /// Bytes of `fuse_lk_in`.
 const LK_IN_BYTES: usize = 48;
 /// Bytes of `fuse_out_header`.
-const OUT_HEADER_BYTES: usize = 16;
+pub(crate) const OUT_HEADER_BYTES: usize = 16;
 /// First and longest pause between retries of a blocked lock.
 const RETRY_FIRST_MS: u64 = 5;
 const RETRY_MAX_MS: u64 = 200;
 /// Most lock requests waiting at once; past it a request fails `ENOLCK`.
 pub const LOCK_WAITERS_MAX: usize = 1024;
 
-fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+pub(crate) fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
 }
 

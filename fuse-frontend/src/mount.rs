@@ -15,6 +15,7 @@ use futures::executor::block_on;
 use tracing::{debug, info, warn};
 
 use crate::adapter::{AdapterOptions, FuseFs};
+use crate::copy_range;
 use crate::error::FuseError;
 use crate::lock_wait::{self, Waiters};
 use crate::options::MountOptions;
@@ -291,6 +292,19 @@ fn serve(context: &LoopContext, bufsize: usize) {
                         &context.device,
                         &context.waiters,
                         wait,
+                    );
+                    continue;
+                }
+            }
+            Some(copy_range::OPCODE_COPY_FILE_RANGE) => {
+                if let Some(copy) = copy_range::parse(message) {
+                    let started = std::time::Instant::now();
+                    let result = copy_range::run(&context.fs, &copy);
+                    copy_range::reply(&context.device, copy.unique, result);
+                    context.stats.record(
+                        copy_range::OPCODE_COPY_FILE_RANGE,
+                        u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                        result.is_err(),
                     );
                     continue;
                 }

@@ -860,3 +860,90 @@ fn mounting_twice_on_one_directory_is_refused() {
     assert!(err.to_string().contains("fusermount3 -u"), "{err}");
     m.unmount();
 }
+
+/// copy_file_range(2) is answered by the daemon in one request (not the
+/// kernel's read + write fallback), with the bytes, sizes and errors a
+/// local file system gives.
+#[test]
+fn copy_file_range_is_served_by_the_daemon() {
+    use std::os::fd::AsRawFd;
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new(|_| {});
+    let src = pattern(300_000, 7);
+    fs::write(m.path("src"), &src).expect("write src");
+    fs::write(m.path("dst"), pattern(10_000, 9)).expect("write dst");
+    let input = fs::File::open(m.path("src")).expect("open src");
+    let output = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("dst"))
+        .expect("open dst");
+    let copy = |off_in: i64, off_out: i64, len: usize| -> std::io::Result<usize> {
+        let (mut off_in, mut off_out) = (off_in, off_out);
+        // SAFETY: valid fds and offsets owned by this frame.
+        let n = unsafe {
+            libc::copy_file_range(
+                input.as_raw_fd(),
+                &raw mut off_in,
+                output.as_raw_fd(),
+                &raw mut off_out,
+                len,
+                0,
+            )
+        };
+        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+    };
+    // Into the middle of dst and past its end (it grows).
+    assert_eq!(copy(1_000, 5_000, 200_000).expect("copy"), 200_000);
+    // Short at the source's end; nothing past it.
+    assert_eq!(copy(290_000, 0, 50_000).expect("tail"), 10_000);
+    assert_eq!(copy(400_000, 0, 10).expect("past the end"), 0);
+    let mut want = pattern(10_000, 9);
+    want.resize(205_000, 0);
+    want[5_000..205_000].copy_from_slice(&src[1_000..201_000]);
+    want[..10_000].copy_from_slice(&src[290_000..]);
+    drop(output);
+    assert_eq!(fs::read(m.path("dst")).expect("read dst"), want);
+    let served: u64 = m
+        .mount
+        .as_ref()
+        .expect("mounted")
+        .stats()
+        .snapshot()
+        .iter()
+        .filter(|s| s.op == "copy_file_range")
+        .map(|s| s.count)
+        .sum();
+    // (The kernel answers the copy from past the end itself.)
+    assert!(
+        served >= 2,
+        "the daemon answered {served} copy_file_range requests"
+    );
+    // A source opened write-only is refused like anywhere else.
+    let wronly = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("src"))
+        .expect("open");
+    let (mut a, mut b) = (0i64, 0i64);
+    let out = fs::OpenOptions::new()
+        .write(true)
+        .open(m.path("dst"))
+        .expect("open dst");
+    // SAFETY: valid fds and offsets owned by this frame.
+    let n = unsafe {
+        libc::copy_file_range(
+            wronly.as_raw_fd(),
+            &raw mut a,
+            out.as_raw_fd(),
+            &raw mut b,
+            10,
+            0,
+        )
+    };
+    assert_eq!(n, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EBADF)
+    );
+}
