@@ -1046,9 +1046,11 @@ impl Fs {
     /// sees this node's unflushed writes.
     pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
         let state = self.file_state(ino);
+        // Without unflushed writes (`pending` is 0; a write sets it before
+        // it returns) the block map is current: no lock to take.
         let mut guard = match &state {
-            Some((s, _)) => Some(s.lock().await),
-            None => None,
+            Some((s, pending)) if pending.load(Ordering::Acquire) != 0 => Some(s.lock().await),
+            _ => None,
         };
         if guard.as_ref().is_some_and(|g| g.size.is_none()) {
             // Nothing unflushed: a flush that held the mutex has updated the
@@ -1185,9 +1187,11 @@ impl Fs {
             return Ok(self.with_pending(Self::reply_attr(&outcome)?));
         };
         let state = self.file_state(ino);
+        // Without unflushed writes (`pending` is 0; a write sets it before
+        // it returns) the block map is current: no lock to take.
         let mut guard = match &state {
-            Some((s, _)) => Some(s.lock().await),
-            None => None,
+            Some((s, pending)) if pending.load(Ordering::Acquire) != 0 => Some(s.lock().await),
+            _ => None,
         };
         if let (Some(g), Some((_, pending))) = (guard.as_mut(), &state) {
             self.flush_locked(ino, g, pending).await?;
