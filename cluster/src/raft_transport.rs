@@ -1,10 +1,15 @@
 //! Raft messages between master processes over TCP.
 //!
-//! Frames are `[length u32][crc32c u32][protobuf raft Message]`, length
-//! limited by [`FRAME_MAX_BYTES`]; a frame that fails its checks closes the
-//! connection (the peer reconnects), it never panics the process. Each peer
-//! has a sender thread with a bounded queue; each accepted connection a
-//! reader thread that hands messages to the local driver.
+//! Frames are `[length u32][crc32c u32][kind u8][body]`, length limited by
+//! [`FRAME_MAX_BYTES`]. A message that fits travels in one frame (kind
+//! `WHOLE`, body = the protobuf raft `Message`); a larger one (a snapshot of
+//! a big namespace, a huge entry) in consecutive `CHUNK` frames of at most
+//! [`CHUNK_BYTES`], each `[total u64][offset u64][bytes]`, reassembled by
+//! the reader up to [`MESSAGE_MAX_BYTES`]. A frame or chunk sequence that
+//! fails its checks closes the connection (the peer reconnects); it never
+//! panics the process. Each peer has a sender thread with a bounded queue;
+//! each accepted connection a reader thread that hands messages to the
+//! local driver.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -22,8 +27,16 @@ use tracing::{debug, info, warn};
 use crate::raft_driver::{RaftHandle, Transport};
 use crate::replica::StateMachine;
 
-/// Largest frame accepted (a snapshot travels in one message).
-pub const FRAME_MAX_BYTES: usize = 256 << 20;
+/// Most message bytes one frame carries; larger messages are chunked.
+pub const CHUNK_BYTES: usize = 4 << 20;
+/// Largest frame accepted: a chunk and its headers.
+pub const FRAME_MAX_BYTES: usize = CHUNK_BYTES + 1 + CHUNK_HEADER_BYTES;
+/// Largest message a reader reassembles (the biggest snapshot a follower
+/// can receive; it is held in memory, as raft-rs needs it whole).
+pub const MESSAGE_MAX_BYTES: u64 = 16 << 30;
+const KIND_WHOLE: u8 = 0;
+const KIND_CHUNK: u8 = 1;
+const CHUNK_HEADER_BYTES: usize = 16;
 /// Messages queued for one peer before new ones are dropped (Raft resends).
 pub const PEER_QUEUE_DEPTH: usize = 4096;
 /// How long a connection attempt may take.
@@ -223,26 +236,100 @@ fn send_loop(peer: u64, addr: &str, queue: &flume::Receiver<Message>, reporter: 
     }
 }
 
-/// Encodes a message as one frame.
+/// Encodes a message as one frame, or as chunk frames when larger than
+/// [`CHUNK_BYTES`].
 pub fn encode_frame(message: &Message, out: &mut Vec<u8>) -> Result<(), String> {
+    encode_frames(message, CHUNK_BYTES, out)
+}
+
+fn encode_frames(message: &Message, chunk_bytes: usize, out: &mut Vec<u8>) -> Result<(), String> {
     let body = message.write_to_bytes().map_err(|e| e.to_string())?;
-    if body.len() > FRAME_MAX_BYTES {
+    if body.len() as u64 > MESSAGE_MAX_BYTES {
         return Err(format!(
-            "message of {} bytes exceeds the frame limit",
+            "message of {} bytes exceeds the {MESSAGE_MAX_BYTES}-byte limit",
             body.len()
         ));
     }
-    crate::frame::write(out, &[&body]).map_err(|e| e.to_string())
+    if body.len() <= chunk_bytes {
+        return crate::frame::write(out, &[&[KIND_WHOLE], &body]).map_err(|e| e.to_string());
+    }
+    let total = (body.len() as u64).to_le_bytes();
+    for (i, chunk) in body.chunks(chunk_bytes).enumerate() {
+        let offset = ((i * chunk_bytes) as u64).to_le_bytes();
+        crate::frame::write(out, &[&[KIND_CHUNK], &total, &offset, chunk])
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of stream.
+/// Reads one message (one frame, or every chunk of a chunked one);
+/// `Ok(None)` at a clean end of stream.
 pub fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Message>, String> {
-    if !crate::frame::read(reader, buf, 0, FRAME_MAX_BYTES)? {
-        return Ok(None);
+    let mut assembled: Vec<u8> = Vec::new();
+    let mut expected_total: Option<u64> = None;
+    loop {
+        if !crate::frame::read(reader, buf, 1, FRAME_MAX_BYTES)? {
+            return match expected_total {
+                None => Ok(None),
+                Some(_) => Err("the stream ended inside a chunked message".into()),
+            };
+        }
+        let (kind, body) = buf.split_first().ok_or("empty frame")?;
+        match (*kind, expected_total) {
+            (KIND_WHOLE, None) => {
+                return Message::parse_from_bytes(body)
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }
+            (KIND_WHOLE, Some(_)) => {
+                return Err("a whole message inside a chunked one".into());
+            }
+            (KIND_CHUNK, _) => {
+                let (total, offset, bytes) = chunk_parts(body)?;
+                // A sender chunks only messages larger than one chunk.
+                if total > MESSAGE_MAX_BYTES || total <= CHUNK_BYTES as u64 {
+                    return Err(format!("chunked message of {total} bytes is not allowed"));
+                }
+                if expected_total.is_some_and(|t| t != total) {
+                    return Err("chunks of one message disagree on its size".into());
+                }
+                if offset != assembled.len() as u64
+                    || offset + bytes.len() as u64 > total
+                    || bytes.is_empty()
+                {
+                    return Err(format!(
+                        "chunk at {offset} of {} bytes does not continue {} of {total} bytes",
+                        bytes.len(),
+                        assembled.len()
+                    ));
+                }
+                expected_total = Some(total);
+                // Memory grows with what arrives, not with the claimed total.
+                assembled.extend_from_slice(bytes);
+                if assembled.len() as u64 == total {
+                    return Message::parse_from_bytes(&assembled)
+                        .map(Some)
+                        .map_err(|e| e.to_string());
+                }
+            }
+            (other, _) => return Err(format!("unknown frame kind {other}")),
+        }
     }
-    Message::parse_from_bytes(buf)
-        .map(Some)
-        .map_err(|e| e.to_string())
+}
+
+fn chunk_parts(body: &[u8]) -> Result<(u64, u64, &[u8]), String> {
+    if body.len() < CHUNK_HEADER_BYTES {
+        return Err("chunk frame too short".into());
+    }
+    let (header, bytes) = body.split_at(CHUNK_HEADER_BYTES);
+    let word = |at: usize| {
+        header
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .ok_or("chunk header cut short")
+    };
+    Ok((word(0)?, word(8)?, bytes))
 }
 
 /// Accepts peers' connections on `listener` and delivers their messages
@@ -341,6 +428,92 @@ mod tests {
             .expect_err("too big")
             .contains("limit"));
         assert!(read_frame(&mut frame[..10].as_ref(), &mut buf).is_err());
+    }
+
+    fn snapshot_message(bytes: usize) -> Message {
+        let mut m = Message {
+            to: 3,
+            from: 1,
+            term: 9,
+            ..Default::default()
+        };
+        m.set_msg_type(MessageType::MsgSnapshot);
+        let data: Vec<u8> = (0..bytes).map(|i| (i * 31 % 251) as u8).collect();
+        m.mut_snapshot().set_data(data.into());
+        m.mut_snapshot().mut_metadata().index = 1234;
+        m
+    }
+
+    #[test]
+    fn big_messages_travel_in_chunks_and_are_reassembled() {
+        let big = snapshot_message(3 * CHUNK_BYTES + 12_345);
+        let mut small = Message {
+            to: 3,
+            ..Default::default()
+        };
+        small.set_msg_type(MessageType::MsgHeartbeat);
+        let mut stream = Vec::new();
+        encode_frame(&big, &mut stream).expect("encode");
+        let frames = {
+            let (mut n, mut rest, mut b) = (0, stream.as_slice(), Vec::new());
+            while crate::frame::read(&mut rest, &mut b, 1, FRAME_MAX_BYTES).expect("frame") {
+                n += 1;
+            }
+            n
+        };
+        assert_eq!(frames, 4, "no frame above the limit");
+        encode_frame(&small, &mut stream).expect("encode");
+        let mut reader = stream.as_slice();
+        let mut buf = Vec::new();
+        assert_eq!(read_frame(&mut reader, &mut buf).expect("read"), Some(big));
+        assert_eq!(
+            read_frame(&mut reader, &mut buf).expect("read"),
+            Some(small)
+        );
+        assert_eq!(read_frame(&mut reader, &mut buf).expect("eof"), None);
+    }
+
+    #[test]
+    fn broken_chunk_sequences_are_errors() {
+        let chunk = 1000;
+        let m = snapshot_message(3 * chunk + 10);
+        let mut frames = Vec::new();
+        encode_frames(&m, chunk, &mut frames).expect("encode");
+        // Split the stream back into frames to rearrange them.
+        let mut parts: Vec<Vec<u8>> = Vec::new();
+        let mut rest = frames.as_slice();
+        while rest.len() >= 8 {
+            let len = u32::from_le_bytes(rest[..4].try_into().expect("4")) as usize;
+            parts.push(rest[..8 + len].to_vec());
+            rest = &rest[8 + len..];
+        }
+        assert_eq!(parts.len(), 4);
+        let read = |frames: &[&Vec<u8>]| {
+            let bytes: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+            let mut buf = Vec::new();
+            read_frame(&mut bytes.as_slice(), &mut buf)
+        };
+        // A chunked message no larger than one chunk is refused (a sender
+        // never chunks it).
+        let err = read(&[&parts[0], &parts[1], &parts[2], &parts[3]]).expect_err("too small");
+        assert!(err.contains("not allowed"), "{err}");
+        // With real chunk sizes: a gap, a cut stream, a whole message inside.
+        let big = snapshot_message(CHUNK_BYTES + 10);
+        let mut frames = Vec::new();
+        encode_frame(&big, &mut frames).expect("encode");
+        let first_len = u32::from_le_bytes(frames[..4].try_into().expect("4")) as usize;
+        let (first, second) = frames.split_at(8 + first_len);
+        let mut buf = Vec::new();
+        let err = read_frame(&mut second.to_vec().as_slice(), &mut buf).expect_err("gap");
+        assert!(err.contains("does not continue"), "{err}");
+        let err = read_frame(&mut first.to_vec().as_slice(), &mut buf).expect_err("cut");
+        assert!(err.contains("ended inside"), "{err}");
+        let mut whole = Vec::new();
+        encode_frame(&Message::default(), &mut whole).expect("encode");
+        let mut mixed = first.to_vec();
+        mixed.extend_from_slice(&whole);
+        let err = read_frame(&mut mixed.as_slice(), &mut buf).expect_err("mixed");
+        assert!(err.contains("inside a chunked"), "{err}");
     }
 
     proptest::proptest! {

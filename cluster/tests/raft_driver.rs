@@ -299,6 +299,18 @@ fn three_drivers_over_tcp_elect_and_replicate() {
                 .filter(|&n| n >= 20)
         });
     }
+    // An entry larger than one transport frame travels in chunks.
+    let big: Vec<u8> = (0..6 << 20).map(|i: u32| (i % 253) as u8).collect();
+    block_on(handles[&leader].propose(big.clone())).expect("big write");
+    for id in [1u64, 2, 3] {
+        let last = wait_for("the big entry everywhere", Duration::from_secs(20), || {
+            block_on(handles[&id].read_local(|j: &Journal| j.0.last().cloned()))
+                .ok()
+                .flatten()
+                .filter(|c| c.len() == big.len())
+        });
+        assert!(last == big, "replica {id} got the big entry intact");
+    }
     for driver in drivers {
         driver.stop().expect("stop");
     }
