@@ -14,4 +14,5 @@ pub mod raft_log;
 mod raft_logger;
 pub mod raft_transport;
 pub mod replica;
+pub mod sessions;
 pub mod shared_state;

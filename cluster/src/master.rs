@@ -21,6 +21,7 @@ use crate::raft_driver::{DriveError, NoPeers, RaftDriver, RaftHandle};
 use crate::raft_log::LogSync;
 use crate::raft_transport::{read_members, LocalHandle, TcpTransport};
 use crate::replica::{Membership, ReplicaError, StateMachine};
+use crate::sessions::SessionProposal;
 use crate::shared_state::SharedState;
 
 /// Client op: propose a [`Command`].
@@ -587,26 +588,37 @@ fn client_handler(
 #[derive(Debug)]
 pub struct MetaClient {
     rpc: RpcClient,
+    /// This client's session: a random id and the number of its last call
+    /// (retries of one call reuse it, so the group applies it once).
+    session: u64,
+    seq: u64,
 }
 
 impl MetaClient {
     /// A client of the masters at `masters` (`host:port`).
     pub fn new(masters: Vec<String>) -> Self {
-        Self {
-            rpc: RpcClient::new(masters),
-        }
+        Self::from_rpc(RpcClient::new(masters))
     }
 
     /// A client that asks one master only (status of a given master).
     pub fn with_deadline(masters: Vec<String>, deadline: std::time::Duration) -> Self {
+        Self::from_rpc(RpcClient::new(masters).with_deadline(deadline))
+    }
+
+    fn from_rpc(rpc: RpcClient) -> Self {
         Self {
-            rpc: RpcClient::new(masters).with_deadline(deadline),
+            rpc,
+            session: new_session_id(),
+            seq: 0,
         }
     }
 
-    /// Applies a command through the leader.
+    /// Applies a command through the leader, once: the transport's retries
+    /// (a lost answer, a leader change) carry the same session number.
     pub fn apply(&mut self, command: &Command) -> Result<Outcome, ClientError> {
-        let result = self.rpc.call(OP_PROPOSE, &command.encode())?;
+        self.seq += 1;
+        let proposal = SessionProposal::encode(self.session, self.seq, &command.encode());
+        let result = self.rpc.call(OP_PROPOSE, &proposal)?;
         decode_result(&result)
     }
 
@@ -631,6 +643,24 @@ impl MetaClient {
         let bytes = self.rpc.call(OP_STATUS, &[])?;
         from_bytes(&bytes)
     }
+}
+
+/// A client session id unlikely to repeat across processes and restarts.
+fn new_session_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CLIENTS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut x = nanos
+        ^ (u64::from(std::process::id()) << 32)
+        ^ CLIENTS
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    // splitmix64 finalizer: spread nearby inputs apart.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use raft::{Config, RawNode, StateRole, Storage};
 use tracing::{debug, info};
 
 use crate::raft_log::{LogError, LogSync, RaftLog};
+use crate::sessions::{Dedup, SessionProposal, Sessions};
 
 /// Ticks without a heartbeat before a follower campaigns.
 pub const ELECTION_TICKS: usize = 10;
@@ -141,6 +142,8 @@ pub struct Replica<S: StateMachine> {
     state_machine: S,
     applied: u64,
     pending_reads: Vec<(u64, u64)>,
+    /// Client sessions: which retried proposals were applied already.
+    sessions: Sessions,
     snapshot_interval_entries: u64,
     snapshots_installed: u64,
 }
@@ -203,13 +206,22 @@ impl<S: StateMachine> Replica<S> {
         }
         let snapshot = log.latest_snapshot();
         let applied = snapshot.get_metadata().index;
+        let mut sessions = Sessions::default();
         if applied > 0 {
+            let (table, state) =
+                Sessions::unwrap_snapshot(snapshot.get_data()).map_err(|reason| {
+                    ReplicaError::Snapshot {
+                        index: applied,
+                        reason,
+                    }
+                })?;
             state_machine
-                .restore(snapshot.get_data())
+                .restore(state)
                 .map_err(|reason| ReplicaError::Snapshot {
                     index: applied,
                     reason,
                 })?;
+            sessions = table;
         }
         let config = Config {
             id,
@@ -234,6 +246,7 @@ impl<S: StateMachine> Replica<S> {
             state_machine,
             applied,
             pending_reads: Vec::new(),
+            sessions,
             snapshot_interval_entries: SNAPSHOT_INTERVAL_ENTRIES,
             snapshots_installed: 0,
         })
@@ -449,9 +462,12 @@ impl<S: StateMachine> Replica<S> {
 
     fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), ReplicaError> {
         let index = snapshot.get_metadata().index;
-        self.state_machine
-            .restore(snapshot.get_data())
+        let (sessions, state) = Sessions::unwrap_snapshot(snapshot.get_data())
             .map_err(|reason| ReplicaError::Snapshot { index, reason })?;
+        self.state_machine
+            .restore(state)
+            .map_err(|reason| ReplicaError::Snapshot { index, reason })?;
+        self.sessions = sessions;
         self.node.mut_store().install_snapshot(snapshot)?;
         self.applied = index;
         self.snapshots_installed += 1;
@@ -470,7 +486,7 @@ impl<S: StateMachine> Replica<S> {
             match entry.get_entry_type() {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => {
-                    let result = self.state_machine.apply(entry.index, &entry.data);
+                    let result = self.apply_command(entry.index, &entry.data);
                     out.applied.push(Applied {
                         index: entry.index,
                         proposal: self.own_proposal(&entry.context),
@@ -507,6 +523,23 @@ impl<S: StateMachine> Replica<S> {
         Ok(())
     }
 
+    /// Applies one command; a client's retry of a command already applied
+    /// gets the recorded result instead (see `sessions`).
+    fn apply_command(&mut self, index: u64, data: &[u8]) -> Vec<u8> {
+        let Some(proposal) = SessionProposal::decode(data) else {
+            return self.state_machine.apply(index, data);
+        };
+        match self.sessions.check(&proposal) {
+            Dedup::Apply => {
+                let result = self.state_machine.apply(index, proposal.command);
+                self.sessions.record(&proposal, index, &result);
+                result
+            }
+            Dedup::Repeat(result) => result,
+            Dedup::Forgotten => Vec::new(),
+        }
+    }
+
     fn own_proposal(&self, context: &[u8]) -> Option<u64> {
         if context.len() != PROPOSAL_CONTEXT_BYTES {
             return None;
@@ -537,7 +570,11 @@ impl<S: StateMachine> Replica<S> {
         meta.index = self.applied;
         meta.term = store.term(self.applied)?;
         meta.set_conf_state(store.conf_state().clone());
-        snapshot.set_data(self.state_machine.snapshot().into());
+        snapshot.set_data(
+            self.sessions
+                .wrap_snapshot(self.state_machine.snapshot())
+                .into(),
+        );
         self.node.mut_store().install_snapshot(snapshot)?;
         debug!(
             replica = self.id,

@@ -405,3 +405,68 @@ fn a_deferred_log_is_refused_for_a_group_of_several() {
     .expect_err("refused");
     assert!(err.to_string().contains("single-member"), "{err}");
 }
+
+#[test]
+fn a_retried_session_proposal_applies_once_even_across_snapshots_and_restarts() {
+    use datenlord_cluster::sessions::SessionProposal;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let start = || {
+        let driver = RaftDriver::start_with(
+            1,
+            dir.path(),
+            Journal::default(),
+            &[1],
+            Loopback {
+                me: 1,
+                peers: Registry::default(),
+            },
+            Some(3),
+            LogSync::EveryPersist,
+        )
+        .expect("start");
+        let handle = driver.handle();
+        wait_for("leadership", Duration::from_secs(5), || {
+            block_on(handle.status())
+                .ok()
+                .filter(|s| s.leader == Some(1))
+        });
+        driver
+    };
+    let driver = start();
+    let handle = driver.handle();
+    let call = SessionProposal::encode(42, 1, b"once");
+    let first = block_on(handle.propose(call.clone())).expect("applied");
+    // The client did not hear back and retries: same session, same answer.
+    let again = block_on(handle.propose(call.clone())).expect("retried");
+    assert_eq!(first, again);
+    // Other writes (snapshots every 3 entries) and a plain command.
+    for i in 0..7u32 {
+        block_on(handle.propose(format!("other-{i}").into_bytes())).expect("write");
+    }
+    let journal = block_on(handle.read(|j: &Journal| j.0.clone())).expect("read");
+    assert_eq!(
+        journal.iter().filter(|c| c.as_slice() == b"once").count(),
+        1,
+        "applied once"
+    );
+    driver.stop().expect("stop");
+
+    // After a restart from a snapshot, the session is remembered.
+    let driver = start();
+    let handle = driver.handle();
+    let late = block_on(handle.propose(call)).expect("late retry");
+    assert_eq!(late, first);
+    let next =
+        block_on(handle.propose(SessionProposal::encode(42, 2, b"twice"))).expect("next call");
+    assert_ne!(next, first);
+    let journal = block_on(handle.read(|j: &Journal| j.0.clone())).expect("read");
+    assert_eq!(
+        journal.iter().filter(|c| c.as_slice() == b"once").count(),
+        1
+    );
+    assert_eq!(
+        journal.iter().filter(|c| c.as_slice() == b"twice").count(),
+        1
+    );
+    driver.stop().expect("stop");
+}
