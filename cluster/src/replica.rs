@@ -446,8 +446,8 @@ impl<S: StateMachine> Replica<S> {
         self.apply_entries(light.take_committed_entries(), &mut out)?;
         self.node.advance_apply();
         // The commit index is volatile state in Raft (a restarted replica
-        // learns it again): written, not waited for.
-        self.node.mut_store().write_pending()?;
+        // learns it again): its record waits in the log's buffer for the
+        // next persist or sync, no write of its own.
         let applied = self.applied;
         self.pending_reads.retain(|&(index, request)| {
             let ready = index <= applied;
