@@ -5,6 +5,7 @@
 //! before it applies the write.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use crate::range::{block_start, pieces, Piece};
 
@@ -107,6 +108,19 @@ impl DirtyFile {
         }
     }
 
+    /// Forgets the dirty copies of blocks `blocks` (they became holes).
+    pub fn discard(&mut self, blocks: Range<u64>) {
+        if blocks.is_empty() {
+            return;
+        }
+        let gone: Vec<u64> = self.blocks.range(blocks).map(|(&i, _)| i).collect();
+        for index in gone {
+            if let Some(data) = self.blocks.remove(&index) {
+                self.bytes -= data.len();
+            }
+        }
+    }
+
     /// Copies block `index`'s bytes `start..start + out.len()` into `out`
     /// (zeros past its valid length). `false` if the block is not dirty.
     pub fn read_into(&self, index: u64, start: usize, out: &mut [u8]) -> bool {
@@ -142,6 +156,7 @@ impl DirtyFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::range::PunchSplit;
 
     const BS: u32 = 4096;
 
@@ -205,12 +220,24 @@ mod tests {
         let mut out = [1u8; 8];
         assert!(d.read_into(0, 100, &mut out));
         assert_eq!(out, [0; 8]);
+        // Blocks that became holes are forgotten.
+        d.discard(1..3);
+        assert_eq!((d.get(1), d.get(2)), (None, None));
+        assert_eq!(d.dirty_bytes(), 10);
+        d.discard(5..5);
+        d.discard(0..1);
+        assert!(d.is_empty() && d.dirty_bytes() == 0);
     }
 
     #[derive(Clone, Debug)]
     enum Op {
         Write(u64, Vec<u8>),
+        /// Zeroed through the dirty blocks only (`FALLOC_FL_ZERO_RANGE`).
         Punch(u64, usize),
+        /// Whole blocks become holes (dirty copies discarded, flushed
+        /// content gone), the partial ends are zeroed through the dirty
+        /// blocks: `FALLOC_FL_PUNCH_HOLE`.
+        Hole(u64, usize),
         Flush,
     }
 
@@ -221,6 +248,7 @@ mod tests {
             4 => (0..span, proptest::collection::vec(any::<u8>(), 1..2 * BS as usize))
                 .prop_map(|(o, d)| Op::Write(o, d)),
             2 => (0..span, 1..2 * BS as usize).prop_map(|(o, l)| Op::Punch(o, l)),
+            2 => (0..span, 1..3 * BS as usize).prop_map(|(o, l)| Op::Hole(o, l)),
             1 => Just(Op::Flush),
         ]
     }
@@ -238,6 +266,21 @@ mod tests {
             }
         }
         out
+    }
+
+    /// Zeroes `range` through the dirty blocks, bases loaded from `clean`.
+    fn zero_in_place(d: &mut DirtyFile, clean: &[u8], range: Range<u64>, size: u64) {
+        if range.is_empty() {
+            return;
+        }
+        let len = (range.end - range.start) as usize;
+        let bs = BS as usize;
+        for index in d.needs_base(range.start, len, size) {
+            let start = (index as usize * bs).min(clean.len());
+            let stop = (start + bs).min(clean.len());
+            d.set_base(index, clean[start..stop].to_vec());
+        }
+        d.punch(range.start, len);
     }
 
     proptest::proptest! {
@@ -268,13 +311,27 @@ mod tests {
                     Op::Punch(offset, len) => {
                         let end = (offset + len as u64).min(size);
                         if offset < end {
-                            let len = (end - offset) as usize;
-                            for index in d.needs_base(offset, len, size) {
+                            zero_in_place(&mut d, &clean, offset..end, size);
+                            expected[offset as usize..end as usize].fill(0);
+                        }
+                    }
+                    Op::Hole(offset, len) => {
+                        let end = (offset + len as u64).min(size);
+                        if offset < end {
+                            let split = PunchSplit::new(offset, end, size, BS);
+                            // The block map first (flushed content gone),
+                            // then the dirty copies.
+                            for index in split.holes.clone() {
                                 let start = (index as usize * bs).min(clean.len());
                                 let stop = (start + bs).min(clean.len());
-                                d.set_base(index, clean[start..stop].to_vec());
+                                clean[start..stop].fill(0);
                             }
-                            d.punch(offset, len);
+                            d.discard(split.holes.clone());
+                            for index in split.holes {
+                                proptest::prop_assert!(d.get(index).is_none());
+                            }
+                            zero_in_place(&mut d, &clean, split.head, size);
+                            zero_in_place(&mut d, &clean, split.tail, size);
                             expected[offset as usize..end as usize].fill(0);
                         }
                     }

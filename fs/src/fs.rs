@@ -29,7 +29,7 @@ use crate::config::{AtimePolicy, FsConfig, RELATIME_INTERVAL_SECS};
 use crate::dirty::DirtyFile;
 use crate::error::{FsError, Result};
 use crate::meta::MetaLink;
-use crate::range::{block_start, pieces};
+use crate::range::{block_start, pieces, PunchSplit};
 use crate::sink::BlockSink;
 use crate::version::VersionClock;
 
@@ -1258,8 +1258,10 @@ impl Fs {
 
     /// `fallocate(2)`: mode 0 / `FALLOC_FL_KEEP_SIZE` (reserve: extends the
     /// size unless kept; nothing is preallocated), `FALLOC_FL_PUNCH_HOLE |
-    /// FALLOC_FL_KEEP_SIZE` and `FALLOC_FL_ZERO_RANGE` (the range reads as
-    /// zeros: whole blocks get empty versions, partial ones are rewritten).
+    /// FALLOC_FL_KEEP_SIZE` (whole blocks become holes with `RemoveBlocks`,
+    /// the partial blocks at either end are zeroed and rewritten) and
+    /// `FALLOC_FL_ZERO_RANGE` (the range reads as zeros: whole blocks get
+    /// empty versions, partial ones are rewritten).
     pub async fn fallocate(
         &self,
         ino: Ino,
@@ -1287,6 +1289,8 @@ impl Fs {
         }
         if punch || zero {
             let (state, pending) = self.file_state(ino).ok_or(FsError::BadHandle(fh))?;
+            // Held throughout: writes, flushes and reads of the file wait
+            // for the whole punch.
             let mut st = state.lock().await;
             let size = match st.size {
                 Some(s) => s,
@@ -1294,13 +1298,42 @@ impl Fs {
             };
             let zero_end = end.min(size);
             if offset < zero_end {
-                let zero_len = usize::try_from(zero_end - offset).map_err(|_| FsError::TooBig)?;
-                self.load_bases(ino, &mut st, offset, zero_len, size)
+                let split = if punch {
+                    PunchSplit::new(offset, zero_end, size, self.block_size)
+                } else {
+                    PunchSplit::in_place(offset, zero_end)
+                };
+                if !split.holes.is_empty() {
+                    // The map first: once it names no version of these
+                    // blocks they read as zeros, and their old versions
+                    // are collected. A crash after it leaves at most the
+                    // partial ends unzeroed (the punch was not answered),
+                    // never a map entry naming missing data.
+                    self.apply(&Command::RemoveBlocks {
+                        ino,
+                        first: split.holes.start,
+                        last: split.holes.end - 1,
+                        creds: creds.clone(),
+                        now: now(),
+                    })
                     .await?;
-                st.dirty.punch(offset, zero_len);
-                st.size = Some(size);
-                pending.store(size, Ordering::Release);
-                st.writer = creds.clone();
+                    // Unflushed writes to them are punched too.
+                    st.dirty.discard(split.holes);
+                }
+                for part in [split.head, split.tail] {
+                    if part.is_empty() {
+                        continue;
+                    }
+                    let part_len =
+                        usize::try_from(part.end - part.start).map_err(|_| FsError::TooBig)?;
+                    self.load_bases(ino, &mut st, part.start, part_len, size)
+                        .await?;
+                    st.dirty.punch(part.start, part_len);
+                    st.size = Some(size);
+                    pending.store(size, Ordering::Release);
+                    st.writer = creds.clone();
+                }
+                // Rewrites the zeroed ends (and any other unflushed write).
                 self.flush_locked(ino, &mut st, &pending).await?;
             }
             drop(st);

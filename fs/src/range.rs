@@ -1,6 +1,8 @@
 //! Byte ranges to block pieces: the arithmetic every data operation shares.
 //! Sans-IO.
 
+use std::ops::Range;
+
 /// The part of one block a byte range covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Piece {
@@ -56,6 +58,57 @@ pub fn block_start(index: u64, block_size: u32) -> u64 {
     index.saturating_mul(u64::from(block_size))
 }
 
+/// How a punched range of a file splits: blocks whose bytes (below the
+/// file's end) all lie in the range become holes; the bytes before and
+/// after them, in partly punched blocks, are zeroed in place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PunchSplit {
+    /// Block indices that become holes (may be empty).
+    pub holes: Range<u64>,
+    /// Bytes zeroed in place before the holes (may be empty; within one
+    /// block unless made by [`PunchSplit::in_place`]).
+    pub head: Range<u64>,
+    /// Bytes zeroed in place after the holes (may be empty; within one block).
+    pub tail: Range<u64>,
+}
+
+impl PunchSplit {
+    /// Splits bytes `offset..end` of a file of `size` bytes (`end <= size`:
+    /// the caller cuts the range at the end of file). The last block counts
+    /// as whole when the range reaches the end of file: past it the block
+    /// reads as zeros anyway.
+    pub fn new(offset: u64, end: u64, size: u64, block_size: u32) -> Self {
+        debug_assert!(block_size.is_power_of_two());
+        debug_assert!(offset <= end && end <= size);
+        let bs = u64::from(block_size);
+        let first = offset.div_ceil(bs);
+        let stop = if end == size {
+            end.div_ceil(bs)
+        } else {
+            end / bs
+        };
+        let holes = first..stop.max(first);
+        let head_end = end.min(block_start(first, block_size));
+        let tail_start = head_end.max(block_start(holes.end, block_size)).min(end);
+        Self {
+            holes,
+            head: offset..head_end,
+            tail: tail_start..end,
+        }
+    }
+
+    /// Bytes `offset..end` all zeroed in place, no block a hole
+    /// (`FALLOC_FL_ZERO_RANGE`: the range stays allocated).
+    pub fn in_place(offset: u64, end: u64) -> Self {
+        debug_assert!(offset <= end);
+        Self {
+            holes: 0..0,
+            head: offset..end,
+            tail: end..end,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +142,45 @@ mod tests {
         assert_eq!(blocks_for(1, 4096), 1);
         assert_eq!(blocks_for(8192, 4096), 2);
         assert!(pieces(0, 4096, 4096).all(|p| p.is_whole(4096)));
+    }
+
+    /// Every `(offset, end, size)` with small numbers against the
+    /// definition: a block is a hole exactly when all its bytes below the
+    /// end of file are punched, and head, holes and tail cover the range
+    /// once, in order.
+    #[test]
+    fn punch_splits_into_whole_blocks_and_partial_ends() {
+        let bs = 4u32;
+        let b = u64::from(bs);
+        for size in 0..20u64 {
+            for end in 0..=size {
+                for offset in 0..=end {
+                    let split = PunchSplit::new(offset, end, size, bs);
+                    let holes: Vec<u64> = split.holes.clone().collect();
+                    let expected: Vec<u64> = (0..size.div_ceil(b))
+                        .filter(|&i| i * b >= offset && ((i + 1) * b).min(size) <= end)
+                        .collect();
+                    let case = format!("{offset}..{end} of {size}: {split:?}");
+                    assert_eq!(holes, expected, "{case}");
+                    let hole_bytes =
+                        (split.holes.start * b).min(size)..(split.holes.end * b).min(size);
+                    let mut covered = Vec::new();
+                    for r in [&split.head, &hole_bytes, &split.tail] {
+                        covered.extend(r.clone());
+                    }
+                    assert_eq!(covered, (offset..end).collect::<Vec<_>>(), "{case}");
+                    for r in [&split.head, &split.tail] {
+                        if !r.is_empty() {
+                            assert_eq!(r.start / b, (r.end - 1) / b, "one block: {case}");
+                        }
+                    }
+                }
+            }
+        }
+        let s = PunchSplit::new(100, 3 * 4096 + 7, 10 * 4096, 4096);
+        assert_eq!(
+            (s.holes, s.head, s.tail),
+            (1..3, 100..4096, 3 * 4096..3 * 4096 + 7)
+        );
     }
 }

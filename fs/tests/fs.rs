@@ -29,6 +29,7 @@ struct Env {
     engine: Option<Engine>,
     master: Option<Master>,
     sink: Arc<MemorySink>,
+    store: Arc<MemoryStore>,
     _dir: tempfile::TempDir,
 }
 
@@ -43,7 +44,7 @@ impl Env {
         let store = MemoryStore::new();
         let engine_config = memory_engine_config(64);
         let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
-        let sink = MemorySink::new(store);
+        let sink = MemorySink::new(Arc::clone(&store));
         let fs = Fs::new(
             config,
             MetaLink::from_master(&master),
@@ -56,12 +57,34 @@ impl Env {
             engine: Some(engine),
             master: Some(master),
             sink,
+            store,
             _dir: dir,
         }
     }
 
     fn fs(&self) -> &Fs {
         self.fs.as_ref().expect("fs")
+    }
+
+    /// The block map of `ino`: `(index, version)` in index order.
+    fn block_map(&self, ino: Ino) -> Vec<(u64, u64)> {
+        MetaLink::from_master(self.master.as_ref().expect("master"))
+            .read(|s| s.blocks(ino, 0, usize::MAX))
+            .expect("blocks")
+    }
+
+    /// Every block the map of `ino` names is in the store and holds data:
+    /// no empty version.
+    fn assert_map_names_stored_data(&self, ino: Ino) {
+        for (index, version) in self.block_map(ino) {
+            let id = datenlord_engine::BlockId::new(ino.0, index, version);
+            let data = self.store.get(id);
+            assert!(
+                data.as_ref().is_some_and(|d| !d.is_empty()),
+                "block {index} version {version}: {:?} bytes in the store",
+                data.map(|d| d.len())
+            );
+        }
     }
 }
 
@@ -343,6 +366,150 @@ fn punch_hole_reads_zeros_and_keeps_the_size() {
     block_on(fs.release(ino, fh, None)).expect("release");
 }
 
+fn seek(fs: &Fs, ino: Ino, offset: u64, whence: i32) -> Result<u64, i32> {
+    block_on(fs.lseek(ino, offset, whence)).map_err(|e| e.errno())
+}
+
+/// Indices of the blocks `(ino, index)` the sink was told to collect.
+fn collected_indices(env: &Env, ino: Ino) -> Vec<u64> {
+    let mut indices: Vec<u64> = env
+        .sink
+        .collected()
+        .iter()
+        .filter(|id| id.ino.0 == ino.0)
+        .map(|id| id.index)
+        .collect();
+    indices.sort_unstable();
+    indices
+}
+
+#[test]
+fn punching_whole_blocks_removes_them_from_the_map() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "holes", libc::O_RDWR);
+    let b = BLOCK as u64;
+    let data = pattern(3, 6 * BLOCK);
+    write(fs, ino, fh, 0, &data);
+    block_on(fs.flush(ino)).expect("flush");
+    let before = env.block_map(ino);
+    assert_eq!(before.len(), 6);
+    assert_eq!(fs.getattr(ino).expect("attr").allocated_bytes, 6 * b);
+    // Unflushed writes inside the punched blocks are punched too.
+    write(fs, ino, fh, 2 * b + 7, b"unflushed");
+    // Bytes b - 10 .. 4b + 10: blocks 1..=3 whole, blocks 0 and 4 in part.
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    block_on(fs.fallocate(ino, fh, mode, b - 10, 3 * b + 20, &root())).expect("punch");
+    let mut expected = data.clone();
+    expected[BLOCK - 10..4 * BLOCK + 10].fill(0);
+    assert_eq!(read(fs, ino, 0, 6 * BLOCK as u32), expected);
+    let attr = fs.getattr(ino).expect("attr");
+    assert_eq!(attr.size, 6 * b, "the size stays");
+    assert_eq!(attr.allocated_bytes, 3 * b, "st_blocks shrinks");
+    let after = env.block_map(ino);
+    let indices: Vec<u64> = after.iter().map(|&(i, _)| i).collect();
+    assert_eq!(indices, vec![0, 4, 5], "blocks 1..=3 are holes");
+    assert_eq!(after[2], before[5], "block 5 untouched");
+    assert!(
+        after[0].1 > before[0].1 && after[1].1 > before[4].1,
+        "ends rewritten"
+    );
+    // The removed versions and the rewritten ends' old versions are garbage.
+    assert_eq!(collected_indices(&env, ino), vec![0, 1, 2, 3, 4]);
+    for &(index, version) in &before[1..4] {
+        assert!(env
+            .sink
+            .collected()
+            .contains(&datenlord_engine::BlockId::new(ino.0, index, version)));
+    }
+    env.assert_map_names_stored_data(ino);
+    // SEEK_HOLE and SEEK_DATA see exactly the punched blocks.
+    assert_eq!(seek(fs, ino, 0, libc::SEEK_HOLE), Ok(b));
+    assert_eq!(seek(fs, ino, 0, libc::SEEK_DATA), Ok(0));
+    assert_eq!(seek(fs, ino, b, libc::SEEK_DATA), Ok(4 * b));
+    assert_eq!(seek(fs, ino, 2 * b + 5, libc::SEEK_HOLE), Ok(2 * b + 5));
+    assert_eq!(seek(fs, ino, 4 * b, libc::SEEK_HOLE), Ok(6 * b));
+    // The holes read zeros after a reopen too (nothing dirty left behind).
+    block_on(fs.release(ino, fh, None)).expect("release");
+    let opened = block_on(fs.open(ino, libc::O_RDWR, &root())).expect("open");
+    assert_eq!(read(fs, ino, 0, 6 * BLOCK as u32), expected);
+    assert_eq!(env.block_map(ino), after);
+    block_on(fs.release(ino, opened.fh, None)).expect("release");
+}
+
+#[test]
+fn punching_to_the_end_of_file_removes_the_partial_last_block() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "tail", libc::O_RDWR);
+    let b = BLOCK as u64;
+    let size = 3 * b + 100;
+    write(fs, ino, fh, 0, &pattern(8, size as usize));
+    block_on(fs.flush(ino)).expect("flush");
+    // From block 2 to past the end: blocks 2 and 3 (100 bytes) become holes.
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    block_on(fs.fallocate(ino, fh, mode, 2 * b, 5 * b, &root())).expect("punch");
+    let attr = fs.getattr(ino).expect("attr");
+    assert_eq!((attr.size, attr.allocated_bytes), (size, 2 * b));
+    let indices: Vec<u64> = env.block_map(ino).iter().map(|&(i, _)| i).collect();
+    assert_eq!(indices, vec![0, 1]);
+    assert_eq!(collected_indices(&env, ino), vec![2, 3]);
+    assert_eq!(seek(fs, ino, 0, libc::SEEK_HOLE), Ok(2 * b));
+    assert_eq!(seek(fs, ino, 2 * b, libc::SEEK_DATA), Err(libc::ENXIO));
+    let got = read(fs, ino, 0, size as u32 + 10);
+    assert_eq!(got.len() as u64, size);
+    assert_eq!(&got[..2 * BLOCK], &pattern(8, size as usize)[..2 * BLOCK]);
+    assert!(got[2 * BLOCK..].iter().all(|&x| x == 0));
+    // Writing into a hole again makes a fresh block.
+    write(fs, ino, fh, 3 * b, b"back");
+    block_on(fs.flush(ino)).expect("flush");
+    assert_eq!(read(fs, ino, 3 * b, 8), b"back\0\0\0\0".to_vec());
+    assert_eq!(fs.getattr(ino).expect("attr").allocated_bytes, 3 * b);
+    env.assert_map_names_stored_data(ino);
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
+
+#[test]
+fn punching_inside_blocks_zeroes_them_and_keeps_the_map() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "partial", libc::O_RDWR);
+    let b = BLOCK as u64;
+    let data = pattern(6, 2 * BLOCK + 300);
+    write(fs, ino, fh, 0, &data);
+    block_on(fs.flush(ino)).expect("flush");
+    let before = env.block_map(ino);
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // Inside block 0, across the boundary of blocks 0 and 1, and not quite
+    // to the end of the last block.
+    for (offset, len) in [(100, 100), (b - 5, 10), (2 * b, 299)] {
+        block_on(fs.fallocate(ino, fh, mode, offset, len, &root())).expect("punch");
+    }
+    let mut expected = data.clone();
+    for (offset, len) in [(100, 100), (BLOCK - 5, 10), (2 * BLOCK, 299)] {
+        expected[offset..offset + len].fill(0);
+    }
+    assert_eq!(read(fs, ino, 0, 3 * BLOCK as u32), expected);
+    let attr = fs.getattr(ino).expect("attr");
+    assert_eq!(
+        (attr.size, attr.allocated_bytes),
+        (2 * b + 300, 3 * b),
+        "no block became a hole"
+    );
+    let after = env.block_map(ino);
+    assert_eq!(after.len(), 3);
+    assert!(after
+        .iter()
+        .zip(&before)
+        .all(|(a, o)| a.0 == o.0 && a.1 > o.1));
+    assert_eq!(seek(fs, ino, 0, libc::SEEK_HOLE), Ok(2 * b + 300));
+    env.assert_map_names_stored_data(ino);
+    // Past the end of file a punch changes nothing.
+    block_on(fs.fallocate(ino, fh, mode, 10 * b, b, &root())).expect("punch");
+    assert_eq!(env.block_map(ino), after);
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
+
 /// A tiny deterministic generator (xorshift64*), so failures replay.
 struct Rng(u64);
 
@@ -403,6 +570,18 @@ fn random_operations_match_an_in_memory_model() {
                     let end = (offset as usize + len).min(model.len());
                     if (offset as usize) < end {
                         model[offset as usize..end].fill(0);
+                    }
+                    // Every block whose bytes (up to the end of file) were
+                    // all punched is a hole now.
+                    let (size, end, b) = (model.len() as u64, end as u64, BLOCK as u64);
+                    for index in offset.div_ceil(b)..size.div_ceil(b) {
+                        if ((index + 1) * b).min(size) <= end {
+                            assert_eq!(
+                                seek(fs, ino, index * b, libc::SEEK_HOLE),
+                                Ok(index * b),
+                                "seed {seed} step {step} punch {offset}+{len}"
+                            );
+                        }
                     }
                 }
                 6 => block_on(fs.flush(ino)).expect("flush"),

@@ -546,6 +546,41 @@ fn rename_flags_punch_hole_and_seek_hole_through_the_kernel() {
     expected[BLOCK + 7..2 * BLOCK + 7].fill(0);
     assert_eq!(got.len(), expected.len());
     assert!(got == expected, "punched range reads as zeros");
+    // Punch whole blocks: they become holes (st_blocks shrinks, SEEK_HOLE
+    // finds them) and the size stays.
+    let whole = m.path("whole");
+    fs::write(&whole, pattern(4 * BLOCK, 2)).expect("write");
+    let sectors = |path: &Path| fs::metadata(path).expect("stat").blocks();
+    assert_eq!(sectors(&whole), 4 * BLOCK as u64 / 512);
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&whole)
+        .expect("open");
+    // SAFETY: valid fd.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            BLOCK_OFF,
+            2 * BLOCK_OFF,
+        )
+    };
+    assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    // SAFETY: valid fd.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
+    assert_eq!(hole, BLOCK_OFF, "the first punched block is a hole");
+    // SAFETY: valid fd.
+    let data = unsafe { libc::lseek(f.as_raw_fd(), BLOCK_OFF, libc::SEEK_DATA) };
+    assert_eq!(data, 3 * BLOCK_OFF, "data resumes after the punched blocks");
+    drop(f);
+    let meta = fs::metadata(&whole).expect("stat");
+    assert_eq!(meta.len(), 4 * BLOCK as u64, "the size stays");
+    assert_eq!(meta.blocks(), 2 * BLOCK as u64 / 512, "st_blocks shrinks");
+    let got = fs::read(&whole).expect("read");
+    let mut expected = pattern(4 * BLOCK, 2);
+    expected[BLOCK..3 * BLOCK].fill(0);
+    assert!(got == expected, "punched blocks read as zeros");
     // SEEK_HOLE on a sparse file finds the first hole.
     let sparse = m.path("sparse");
     let mut f = File::create(&sparse).expect("create");

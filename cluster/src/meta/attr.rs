@@ -1,6 +1,7 @@
 //! Attribute changes (`setattr`: chmod, chown, truncate, utimes) and the
-//! write path's block map updates (`set_blocks`). Both hand back the block
-//! versions they orphan, for the block store to collect.
+//! write path's block map updates (`set_blocks`, and `remove_blocks` for
+//! punched holes). All hand back the block versions they orphan, for the
+//! block store to collect.
 
 use std::collections::BTreeSet;
 
@@ -228,6 +229,55 @@ impl MetaState {
         inode.touch_data(now);
         inode.mode = mode_after_write(inode.mode, creds);
         self.blocks_used += added;
+        out.reply = Reply::Attr(self.attr_of(ino)?);
+        Ok(out)
+    }
+
+    /// Punch hole: the entries of blocks `first..=last` leave the map and
+    /// their versions become garbage. The size never changes (reads of a
+    /// hole give zeros); mtime and ctime move and setuid/setgid clear as on
+    /// a write. Like `set_blocks`, no permission check: write permission
+    /// was checked when the handle was opened.
+    pub(crate) fn remove_blocks(
+        &mut self,
+        ino: Ino,
+        first: u64,
+        last: u64,
+        creds: &Creds,
+        now: Timespec,
+    ) -> Result<Outcome> {
+        let block_size = self.formatted()?.block_size;
+        require_file(self.inode(ino)?)?;
+        if first > last {
+            return Err(MetaError::Invalid("an empty block range"));
+        }
+        if last > block_index_max(block_size) {
+            return Err(MetaError::FileTooBig);
+        }
+
+        let mut out = Outcome::reply(Reply::Done);
+        let inode = self.inode_mut(ino)?;
+        if let Body::File { blocks } = &mut inode.body {
+            // Only the entries that exist are visited: a punch over a huge
+            // sparse range costs what it removes.
+            let removed: Vec<(u64, u64)> = blocks
+                .range(first..=last)
+                .map(|(&index, &version)| (index, version))
+                .collect();
+            for (index, version) in removed {
+                blocks.remove(&index);
+                out.garbage.push(BlockRef {
+                    ino,
+                    index,
+                    version,
+                });
+            }
+        }
+        inode.touch_data(now);
+        inode.mode = mode_after_write(inode.mode, creds);
+        let dropped = out.garbage.len() as u64;
+        debug_assert!(self.blocks_used >= dropped);
+        self.blocks_used -= dropped;
         out.reply = Reply::Attr(self.attr_of(ino)?);
         Ok(out)
     }

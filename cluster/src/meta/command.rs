@@ -186,6 +186,19 @@ pub enum Command {
     UnregisterSession { session: SessionId },
     /// Ends every session whose lease expired at `now` (`lease_expires <= now`).
     ExpireSessions { now: Timespec },
+    /// Punch hole: blocks `first..=last` of regular file `ino` become holes
+    /// (their map entries go, their versions are garbage); the size stays.
+    /// Times move as on a write. Write permission was checked at open, as
+    /// for `SetBlocks`.
+    // Last: a variant's tag is its position, so new variants go at the end
+    // and the Raft log entries written before keep their meaning.
+    RemoveBlocks {
+        ino: Ino,
+        first: u64,
+        last: u64,
+        creds: Creds,
+        now: Timespec,
+    },
 }
 
 impl Command {
@@ -227,6 +240,7 @@ impl Command {
             | Self::Rename { now, .. }
             | Self::SetAttr { now, .. }
             | Self::SetBlocks { now, .. }
+            | Self::RemoveBlocks { now, .. }
             | Self::SetXattr { now, .. }
             | Self::RemoveXattr { now, .. }
             | Self::ExpireSessions { now } => Some(*now),
@@ -254,6 +268,7 @@ impl Command {
             | Self::SetAttr { creds, .. }
             | Self::Open { creds, .. }
             | Self::SetBlocks { creds, .. }
+            | Self::RemoveBlocks { creds, .. }
             | Self::SetXattr { creds, .. }
             | Self::RemoveXattr { creds, .. } => Some(creds),
             Self::Format { .. }

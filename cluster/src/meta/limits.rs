@@ -25,6 +25,8 @@ pub const BLOCK_SIZE_MIN_BYTES: u32 = 4096;
 /// Largest volume block size.
 pub const BLOCK_SIZE_MAX_BYTES: u32 = 64 << 20;
 /// Most block map updates in one `SetBlocks` command (the writer splits larger writes).
+/// `RemoveBlocks` names a range instead of blocks: it visits only the entries
+/// that exist, like a truncation, and needs no such limit.
 pub const BLOCKS_PER_COMMAND_MAX: usize = 65_536;
 /// Most supplementary groups in one set of credentials (Linux `NGROUPS_MAX`).
 pub const GROUPS_PER_CREDS_MAX: usize = 65_536;

@@ -17,7 +17,8 @@
 //! - `command`: [`Command`], [`Outcome`], [`Reply`] and their encodings.
 //! - `state`: [`MetaState`], the `apply` dispatcher, queries, shared helpers.
 //! - `namespace`: mknod, mkdir, create, symlink, link, unlink, rmdir, rename.
-//! - `attr`: setattr (chmod, chown, truncate, utimes) and the write path's block map.
+//! - `attr`: setattr (chmod, chown, truncate, utimes) and the write path's block
+//!   map (`SetBlocks`, and `RemoveBlocks` for punched holes).
 //! - `xattr`, `lock` (POSIX record locks and flock), `session` (leases,
 //!   open handles, deferred delete).
 //! - `perm`: rwx, sticky and setid rules; `inode`: the stored inode.

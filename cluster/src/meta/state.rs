@@ -190,6 +190,13 @@ impl MetaState {
                 creds,
                 now,
             } => self.set_blocks(*ino, blocks, *new_size, creds, *now),
+            Command::RemoveBlocks {
+                ino,
+                first,
+                last,
+                creds,
+                now,
+            } => self.remove_blocks(*ino, *first, *last, creds, *now),
             Command::SetXattr {
                 ino,
                 name,

@@ -277,3 +277,128 @@ fn set_blocks_rules() {
     };
     assert_eq!(fs.errno(on_dir), EISDIR);
 }
+
+/// `RemoveBlocks` as `creds` on `ino`: the outcome or the errno.
+fn remove(fs: &mut Fs, ino: Ino, first: u64, last: u64, creds: &Creds) -> Result<Outcome, i32> {
+    let now = fs.now();
+    fs.apply(Command::RemoveBlocks {
+        ino,
+        first,
+        last,
+        creds: creds.clone(),
+        now,
+    })
+    .map_err(|e| e.errno())
+}
+
+#[test]
+fn remove_blocks_punches_holes_and_keeps_the_size() {
+    let (mut fs, f) = fs_with_file(0o6755, &alice());
+    let bs = u64::from(BLOCK_BYTES);
+    fs.set_blocks(
+        f,
+        &[(0, 1), (1, 2), (2, 3), (4, 4), (6, 5)],
+        6 * bs + 9,
+        &root(),
+    );
+    let free = fs.state.statfs().expect("statfs").blocks_free;
+    let out = remove(&mut fs, f, 1, 4, &alice()).expect("punch");
+    let gone: Vec<(u64, u64)> = out.garbage.iter().map(|b| (b.index, b.version)).collect();
+    assert_eq!(
+        gone,
+        vec![(1, 2), (2, 3), (4, 4)],
+        "block 3 was a hole already"
+    );
+    assert!(out.freed.is_empty());
+    let attr = out.attr().cloned().expect("attr");
+    assert_eq!(
+        (attr.size, attr.allocated_bytes, attr.mtime, attr.ctime),
+        (6 * bs + 9, 2 * bs, fs.last(), fs.last()),
+        "the size stays; allocation shrinks; times move as on a write"
+    );
+    assert_eq!(
+        attr.mode, 0o755,
+        "a non-root punch clears setuid and setgid"
+    );
+    assert_eq!(
+        fs.state.blocks(f, 0, 100).expect("blocks"),
+        vec![(0, 1), (6, 5)]
+    );
+    assert_eq!(fs.state.block_version(f, 2), None);
+    assert_eq!(fs.state.statfs().expect("statfs").blocks_free, free + 3);
+    // Punching holes again, or past the end of the file, removes nothing
+    // but is still a change of the data.
+    for (first, last) in [(2, 5), (7, 1 << 40)] {
+        let out = remove(&mut fs, f, first, last, &root()).expect("punch");
+        assert!(out.garbage.is_empty());
+        assert_eq!(
+            out.attr().map(|a| (a.size, a.mtime)),
+            Some((6 * bs + 9, fs.last()))
+        );
+    }
+    // The last block goes too when asked.
+    let out = remove(&mut fs, f, 6, 6, &root()).expect("punch");
+    assert_eq!(out.garbage.len(), 1);
+    assert_eq!(fs.state.blocks(f, 0, 100).expect("blocks"), vec![(0, 1)]);
+    // Root keeps setid bits.
+    fs.chmod(f, 0o6755, &root());
+    let out = remove(&mut fs, f, 0, 0, &root()).expect("punch");
+    assert_eq!(
+        out.attr().map(|a| (a.mode, a.allocated_bytes)),
+        Some((0o6755, 0))
+    );
+    assert_eq!(
+        fs.state.statfs().expect("statfs").blocks_free,
+        CAPACITY_BYTES / bs
+    );
+}
+
+#[test]
+fn remove_blocks_rules() {
+    let (mut fs, f) = fs_with_file(0o644, &alice());
+    let bs = u64::from(BLOCK_BYTES);
+    fs.set_blocks(f, &[(0, 1), (1, 2)], 2 * bs, &alice());
+    assert_eq!(
+        remove(&mut fs, f, 1, 0, &alice()).err(),
+        Some(EINVAL),
+        "empty range"
+    );
+    let last = MAX_FILE_BYTES / bs;
+    assert_eq!(remove(&mut fs, f, 0, last + 1, &alice()).err(), Some(EFBIG));
+    assert_eq!(
+        remove(&mut fs, f, last, last, &alice()).map(|o| o.garbage.len()),
+        Ok(0),
+        "the last block that holds a valid offset"
+    );
+    assert_eq!(remove(&mut fs, ROOT_INO, 0, 0, &root()).err(), Some(EISDIR));
+    let cmd = fs.mknod_cmd(ROOT_INO, "fifo", FileKind::Fifo, 0o666, &alice());
+    let fifo = ino_of(&fs.ok(cmd));
+    assert_eq!(remove(&mut fs, fifo, 0, 0, &alice()).err(), Some(EINVAL));
+    assert_eq!(
+        remove(&mut fs, Ino(9999), 0, 0, &root()).err(),
+        Some(libc::ESTALE)
+    );
+    // Like SetBlocks, no permission check: the handle was opened for writing.
+    assert_eq!(
+        remove(&mut fs, f, 0, 0, &bob()).map(|o| o.garbage.len()),
+        Ok(1)
+    );
+    // An unlinked open file's remaining blocks are collected once, when freed.
+    fs.open(S1, f, OpenFlags::READ_WRITE);
+    let cmd = fs.unlink_cmd(ROOT_INO, "f", &alice());
+    fs.ok(cmd);
+    assert_eq!(
+        remove(&mut fs, f, 0, 0, &alice()).map(|o| o.garbage.len()),
+        Ok(0)
+    );
+    let out = fs.release(S1, f);
+    assert_eq!(out.freed, vec![f]);
+    assert_eq!(
+        out.garbage,
+        vec![BlockRef {
+            ino: f,
+            index: 1,
+            version: 2
+        }]
+    );
+}

@@ -11,6 +11,8 @@ mod model_prop;
 mod namespace;
 mod xattr;
 
+use std::collections::BTreeSet;
+
 use super::{
     AttrChanges, Command, Creds, FileKind, Ino, MetaError, MetaState, OpenFlags, Outcome,
     RenameFlags, SessionId, Timespec, VOLUME_FORMAT_VERSION,
@@ -71,6 +73,8 @@ pub(super) fn format_cmd(capacity_bytes: u64, inodes_max: u64) -> Command {
 pub(super) struct Fs {
     pub state: MetaState,
     clock: i64,
+    /// Every block version reported as garbage so far: `(ino, index, version)`.
+    garbage: BTreeSet<(u64, u64, u64)>,
 }
 
 impl Fs {
@@ -82,6 +86,7 @@ impl Fs {
         let mut fs = Self {
             state: MetaState::new(),
             clock: 10,
+            garbage: BTreeSet::new(),
         };
         fs.ok(format_cmd(capacity_bytes, inodes_max));
         for session in [S1, S2] {
@@ -104,19 +109,34 @@ impl Fs {
         Timespec::from_secs(self.clock)
     }
 
-    /// Applies `cmd`; afterwards every invariant holds, and an error left
-    /// the state as it was.
+    /// Applies `cmd`; afterwards every invariant holds, an error left the
+    /// state as it was, and every version reported as garbage is referenced
+    /// by no block map and was never reported before.
     // Owned, so tests build commands inline.
     #[allow(clippy::needless_pass_by_value)]
     pub fn apply(&mut self, cmd: Command) -> Result<Outcome, MetaError> {
         let before = self.state.clone();
         let result = self.state.apply(&cmd);
         self.state.check_invariants();
-        if result.is_err() {
-            assert!(
+        match &result {
+            Err(_) => assert!(
                 self.state == before,
                 "failed command {cmd:?} changed the state"
-            );
+            ),
+            Ok(outcome) => {
+                for block in &outcome.garbage {
+                    assert_ne!(
+                        self.state.block_version(block.ino, block.index),
+                        Some(block.version),
+                        "{cmd:?} reported {block:?} as garbage but the map still names it"
+                    );
+                    assert!(
+                        self.garbage
+                            .insert((block.ino.0, block.index, block.version)),
+                        "{cmd:?} reported {block:?} as garbage a second time"
+                    );
+                }
+            }
         }
         result
     }

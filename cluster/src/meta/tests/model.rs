@@ -5,7 +5,8 @@
 //!
 //! It covers what the model-based property test drives: regular files,
 //! directories and symlinks; create, mkdir, symlink, link, unlink, rmdir,
-//! rename (with flags), truncate, chmod, block writes, open and release;
+//! rename (with flags), truncate, chmod, block writes, punched holes, open
+//! and release;
 //! with rwx, sticky and setgid rules. Errors are errnos.
 
 use std::collections::BTreeMap;
@@ -508,6 +509,27 @@ impl Model {
             }
         }
         n.size = size;
+        n.mode = after_write(n.mode, c);
+        Ok(done)
+    }
+
+    /// Punch hole: blocks `first..=last` become holes; the size stays.
+    pub fn punch(&mut self, path: &[String], first: u64, last: u64, c: &Creds) -> Res {
+        let id = self.id(path).expect("resolved by the caller");
+        self.file_only(id)?;
+        check(first <= last, EINVAL)?;
+        let n = self.nodes.get_mut(&id).expect("node");
+        let mut done = Done {
+            ino: Some(id),
+            ..Done::default()
+        };
+        done.garbage = n
+            .blocks
+            .iter()
+            .filter(|(&i, _)| (first..=last).contains(&i))
+            .map(|(&i, &v)| (id, i, v))
+            .collect();
+        n.blocks.retain(|i, _| !(first..=last).contains(i));
         n.mode = after_write(n.mode, c);
         Ok(done)
     }

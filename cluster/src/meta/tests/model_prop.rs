@@ -89,6 +89,12 @@ enum Op {
         size: u8,
         user: usize,
     },
+    Punch {
+        at: Target,
+        first: u64,
+        last: u64,
+        user: usize,
+    },
     Open {
         at: Target,
         write: bool,
@@ -136,6 +142,15 @@ fn arb_old() -> impl Strategy<Value = Target> {
     ]
 }
 
+/// Blocks `first..=last` among the few a file of the test holds, mostly
+/// non-empty, sometimes reaching past the end.
+fn arb_block_range() -> impl Strategy<Value = (u64, u64)> {
+    prop_oneof![
+        9 => (0u64..5, 0u64..4).prop_map(|(first, span)| (first, first + span)),
+        1 => (1u64..5).prop_map(|first| (first, first - 1)),
+    ]
+}
+
 fn arb_op() -> impl Strategy<Value = Op> {
     let u = 0..USERS;
     let m = 0..MODES.len();
@@ -154,6 +169,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
         2 => (arb_old(), m, u.clone()).prop_map(|(at, mode, user)| Op::Chmod { at, mode, user }),
         3 => (arb_old(), 0u64..4, 0u8..4, u.clone())
             .prop_map(|(at, index, size, user)| Op::Write { at, index, size, user }),
+        2 => (arb_old(), arb_block_range(), u.clone())
+            .prop_map(|(at, (first, last), user)| Op::Punch { at, first, last, user }),
         2 => (arb_old(), any::<bool>(), u.clone()).prop_map(|(at, write, user)| Op::Open { at, write, user }),
         2 => any::<usize>().prop_map(|handle| Op::Release { handle }),
         1 => (any::<usize>(), 0u64..3, 0u64..64, 1u64..32, 0u8..3)
@@ -526,6 +543,27 @@ impl Runner {
                     Some((summarize(state), model))
                 }
             },
+            Op::Punch {
+                at,
+                first,
+                last,
+                user,
+            } => match self.existing(at)? {
+                None => None,
+                Some((_, path, ino)) => {
+                    let creds = creds_of(user);
+                    let now = self.fs.now();
+                    let state = self.apply(Command::RemoveBlocks {
+                        ino,
+                        first,
+                        last,
+                        creds: creds.clone(),
+                        now,
+                    });
+                    let model = self.model.punch(&path, first, last, &creds);
+                    Some((summarize(state), model))
+                }
+            },
             Op::Open { at, write, user } => match self.existing(at)? {
                 None => None,
                 Some((_, path, ino)) => {
@@ -685,6 +723,17 @@ impl Runner {
                 "handles of {}",
                 id
             );
+            if node.kind == FileKind::File {
+                let map = self
+                    .fs
+                    .state
+                    .blocks(Ino(id), 0, usize::MAX)
+                    .expect("blocks");
+                let expected: Vec<(u64, u64)> = node.blocks.iter().map(|(&i, &v)| (i, v)).collect();
+                prop_assert_eq!(map, expected, "block map of {}", id);
+                let attr = self.fs.state.getattr(Ino(id)).expect("attr");
+                prop_assert_eq!(attr.allocated_bytes, node.blocks.len() as u64 * BS);
+            }
         }
         Ok(())
     }
