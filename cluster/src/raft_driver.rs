@@ -122,6 +122,8 @@ pub struct Status {
     pub applied: u64,
     /// fdatasyncs of the log since the replica started.
     pub log_syncs: u64,
+    /// Whether the log holds writes not yet fdatasynced.
+    pub log_unsynced: bool,
 }
 
 /// Sends requests to a driver from any thread. Cheap to clone.
@@ -604,6 +606,7 @@ fn accept<S: StateMachine>(
                 term: replica.term(),
                 applied: replica.applied(),
                 log_syncs: replica.log_syncs(),
+                log_unsynced: replica.log_unsynced(),
             });
         }
         Request::Sync(reply) => pending.syncs.push(reply),

@@ -290,10 +290,14 @@ impl Fs {
         &self.config
     }
 
-    /// Applies a command and hands what it orphaned to the sink.
+    /// Applies a command and hands what it orphaned to the sink, once the
+    /// command is durable: the metadata log may be written behind (see
+    /// `LogSync::Deferred`), and a version must not be queued for deletion
+    /// while a crash could still bring back a map that points at it.
     async fn apply(&self, command: &Command) -> Result<Outcome> {
         let outcome = self.meta.apply(command).await?;
         if !outcome.garbage.is_empty() {
+            self.meta.sync().await?;
             self.sink
                 .collect(outcome.garbage.iter().map(block_ref_id).collect());
         }
@@ -943,9 +947,17 @@ impl Fs {
                 now,
             };
             if let Err(e) = self.apply(&command).await {
-                // The metadata never pointed at these versions.
-                let orphans: Vec<BlockId> =
-                    chunks[n..].iter().flat_map(|c| c.iter().copied()).collect();
+                // Refused: the metadata never pointed at these versions.
+                // Otherwise (no answer, a failed log sync) it may have: the
+                // orphan scrub collects them if it did not.
+                let orphans: Vec<BlockId> = if refused(&e) {
+                    chunks[n..].iter().flat_map(|c| c.iter().copied()).collect()
+                } else {
+                    chunks[n + 1..]
+                        .iter()
+                        .flat_map(|c| c.iter().copied())
+                        .collect()
+                };
                 self.sink.collect(orphans);
                 st.size = None;
                 pending.store(0, Ordering::Release);
@@ -1250,7 +1262,9 @@ impl Fs {
         match outcome {
             Ok(o) => Ok(Some(Self::reply_attr(&o)?)),
             Err(e) => {
-                self.sink.collect(vec![new_id]);
+                if refused(&e) {
+                    self.sink.collect(vec![new_id]);
+                }
                 Err(e)
             }
         }
@@ -1430,6 +1444,13 @@ impl Drop for Fs {
     fn drop(&mut self) {
         self.stop_background();
     }
+}
+
+/// Whether a command failed because the namespace refused it (it changed
+/// nothing), as opposed to failing to get an answer or to make it durable
+/// (it may have been applied).
+fn refused(e: &FsError) -> bool {
+    matches!(e, FsError::Meta { .. })
 }
 
 /// Renews the session's lease every third of it, and ends the sessions of

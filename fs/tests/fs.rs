@@ -918,3 +918,94 @@ fn the_block_map_resolver_names_current_versions_and_stops_at_holes() {
     assert!(v0_new > v0, "a rewrite makes a newer version");
     block_on(fs.release(ino, fh, None)).expect("release");
 }
+
+/// A sink that checks, at every `collect`, that the metadata log holds no
+/// write that is not yet durable: a crash must never bring back a block
+/// map naming a version already queued for deletion.
+struct DurableCollectSink {
+    inner: Arc<MemorySink>,
+    handle: datenlord_cluster::raft_driver::RaftHandle<
+        datenlord_cluster::shared_state::SharedState<datenlord_cluster::meta::MetaState>,
+    >,
+    collects: std::sync::atomic::AtomicUsize,
+    undurable: std::sync::atomic::AtomicUsize,
+}
+
+impl datenlord_fs::BlockSink for DurableCollectSink {
+    fn commit(
+        &self,
+        blocks: Vec<(datenlord_engine::BlockId, Vec<u8>)>,
+    ) -> futures::future::BoxFuture<'static, Result<(), datenlord_fs::SinkError>> {
+        self.inner.commit(blocks)
+    }
+
+    fn collect(&self, garbage: Vec<datenlord_engine::BlockId>) {
+        use std::sync::atomic::Ordering;
+        // The caller may run inside an executor: ask from another thread.
+        let handle = self.handle.clone();
+        let status = std::thread::spawn(move || block_on(handle.status()))
+            .join()
+            .expect("status thread")
+            .expect("status");
+        self.collects.fetch_add(1, Ordering::Relaxed);
+        if status.log_unsynced {
+            self.undurable.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.collect(garbage);
+    }
+}
+
+#[test]
+fn garbage_is_collected_only_once_the_metadata_is_durable() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+    let store = MemoryStore::new();
+    let engine = Engine::start(&memory_engine_config(64), Arc::clone(&store)).expect("engine");
+    let sink = Arc::new(DurableCollectSink {
+        inner: MemorySink::new(Arc::clone(&store)),
+        handle: master.handle(),
+        collects: AtomicUsize::new(0),
+        undurable: AtomicUsize::new(0),
+    });
+    let fs = Fs::new(
+        FsConfig::default(),
+        MetaLink::from_master(&master),
+        engine.handle(),
+        sink.clone(),
+    )
+    .expect("fs");
+    let root = root();
+    // Overwrites (SetBlocks orphans the old versions), a truncate, a
+    // punch and an unlink all produce garbage.
+    let opened = block_on(fs.create(ROOT_INO, b"g", 0o644, libc::O_RDWR, &root)).expect("create");
+    let (ino, fh) = (opened.attr.ino, opened.fh);
+    for round in 0..3u8 {
+        block_on(fs.write(ino, fh, 0, &vec![round; 3 * BLOCK], &root)).expect("write");
+        block_on(fs.flush(ino)).expect("flush");
+    }
+    block_on(fs.setattr(
+        ino,
+        AttrChanges {
+            size: Some(BLOCK as u64),
+            ..AttrChanges::default()
+        },
+        Some(fh),
+        &root,
+    ))
+    .expect("truncate");
+    block_on(fs.release(ino, fh, None)).expect("release");
+    block_on(fs.unlink(ROOT_INO, b"g", &root)).expect("unlink");
+    assert!(
+        sink.collects.load(Ordering::Relaxed) >= 3,
+        "garbage was produced"
+    );
+    assert_eq!(
+        sink.undurable.load(Ordering::Relaxed),
+        0,
+        "a version was queued for deletion while the metadata change was not durable"
+    );
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
+}
