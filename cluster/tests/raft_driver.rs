@@ -317,6 +317,15 @@ fn three_drivers_over_tcp_elect_and_replicate() {
 }
 
 fn start_single(dir: &std::path::Path, sync: LogSync) -> RaftDriver<Journal> {
+    start_single_with(dir, sync, None)
+}
+
+/// A single-member group on `dir`, leading when this returns.
+fn start_single_with(
+    dir: &std::path::Path,
+    sync: LogSync,
+    snapshot_interval: Option<u64>,
+) -> RaftDriver<Journal> {
     let driver = RaftDriver::start_with(
         1,
         dir,
@@ -326,7 +335,7 @@ fn start_single(dir: &std::path::Path, sync: LogSync) -> RaftDriver<Journal> {
             me: 1,
             peers: Registry::default(),
         },
-        None,
+        snapshot_interval,
         sync,
     )
     .expect("start");
@@ -410,28 +419,7 @@ fn a_deferred_log_is_refused_for_a_group_of_several() {
 fn a_retried_session_proposal_applies_once_even_across_snapshots_and_restarts() {
     use datenlord_cluster::sessions::SessionProposal;
     let dir = tempfile::tempdir().expect("tempdir");
-    let start = || {
-        let driver = RaftDriver::start_with(
-            1,
-            dir.path(),
-            Journal::default(),
-            &[1],
-            Loopback {
-                me: 1,
-                peers: Registry::default(),
-            },
-            Some(3),
-            LogSync::EveryPersist,
-        )
-        .expect("start");
-        let handle = driver.handle();
-        wait_for("leadership", Duration::from_secs(5), || {
-            block_on(handle.status())
-                .ok()
-                .filter(|s| s.leader == Some(1))
-        });
-        driver
-    };
+    let start = || start_single_with(dir.path(), LogSync::EveryPersist, Some(3));
     let driver = start();
     let handle = driver.handle();
     let call = SessionProposal::encode(42, 1, b"once");

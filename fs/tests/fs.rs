@@ -24,6 +24,47 @@ fn memory_engine_config(blocks: u64) -> EngineConfig {
     }
 }
 
+/// An embedded master, a memory-only engine and an `Fs` over a sink made
+/// by `make_sink` (tests that need their own sink); dropped in reverse.
+struct SinkEnv<S> {
+    fs: Arc<Fs>,
+    sink: Arc<S>,
+    engine: Engine,
+    master: Master,
+    _dir: tempfile::TempDir,
+}
+
+impl<S: datenlord_fs::BlockSink + 'static> SinkEnv<S> {
+    fn new(blocks: u64, make_sink: impl FnOnce(Arc<MemoryStore>, &Master) -> S) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
+        let store = MemoryStore::new();
+        let engine =
+            Engine::start(&memory_engine_config(blocks), Arc::clone(&store)).expect("engine");
+        let sink = Arc::new(make_sink(store, &master));
+        let fs = Fs::new(
+            FsConfig::default(),
+            MetaLink::from_master(&master),
+            engine.handle(),
+            sink.clone(),
+        )
+        .expect("fs");
+        Self {
+            fs,
+            sink,
+            engine,
+            master,
+            _dir: dir,
+        }
+    }
+
+    fn stop(self) {
+        drop(self.fs);
+        self.engine.shutdown().expect("engine");
+        self.master.stop().expect("master");
+    }
+}
+
 struct Env {
     fs: Option<Arc<Fs>>,
     engine: Option<Engine>,
@@ -826,28 +867,17 @@ impl datenlord_fs::BlockSink for FlakySink {
 
 #[test]
 fn a_failed_commit_keeps_the_data_dirty_until_a_flush_succeeds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
-    let store = MemoryStore::new();
-    let engine_config = memory_engine_config(16);
-    let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
-    let sink = Arc::new(FlakySink {
+    let env = SinkEnv::new(16, |store, _| FlakySink {
         inner: MemorySink::new(store),
         failing: std::sync::atomic::AtomicBool::new(true),
     });
-    let fs = Fs::new(
-        FsConfig::default(),
-        MetaLink::from_master(&master),
-        engine.handle(),
-        sink.clone(),
-    )
-    .expect("fs");
-    let (ino, fh) = create(&fs, "f", libc::O_RDWR);
-    write(&fs, ino, fh, 0, b"precious");
+    let (fs, sink) = (&*env.fs, &env.sink);
+    let (ino, fh) = create(fs, "f", libc::O_RDWR);
+    write(fs, ino, fh, 0, b"precious");
     let err = block_on(fs.fsync(ino)).expect_err("store down");
     assert_eq!(err.errno(), libc::EIO);
     assert_eq!(
-        read(&fs, ino, 0, 100),
+        read(fs, ino, 0, 100),
         b"precious",
         "still readable from the dirty blocks"
     );
@@ -859,11 +889,9 @@ fn a_failed_commit_keeps_the_data_dirty_until_a_flush_succeeds() {
         .store(false, std::sync::atomic::Ordering::SeqCst);
     block_on(fs.flush_all()).expect("retry succeeds");
     assert_eq!(fs.getattr(ino).expect("attr").size, 8);
-    assert_eq!(read(&fs, ino, 0, 100), b"precious");
+    assert_eq!(read(fs, ino, 0, 100), b"precious");
     block_on(fs.shutdown()).expect("shutdown");
-    drop(fs);
-    engine.shutdown().expect("engine");
-    master.stop().expect("master");
+    env.stop();
 }
 
 #[test]
@@ -958,23 +986,13 @@ impl datenlord_fs::BlockSink for DurableCollectSink {
 #[test]
 fn garbage_is_collected_only_once_the_metadata_is_durable() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let dir = tempfile::tempdir().expect("tempdir");
-    let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
-    let store = MemoryStore::new();
-    let engine = Engine::start(&memory_engine_config(64), Arc::clone(&store)).expect("engine");
-    let sink = Arc::new(DurableCollectSink {
-        inner: MemorySink::new(Arc::clone(&store)),
+    let env = SinkEnv::new(64, |store, master| DurableCollectSink {
+        inner: MemorySink::new(store),
         handle: master.handle(),
         collects: AtomicUsize::new(0),
         undurable: AtomicUsize::new(0),
     });
-    let fs = Fs::new(
-        FsConfig::default(),
-        MetaLink::from_master(&master),
-        engine.handle(),
-        sink.clone(),
-    )
-    .expect("fs");
+    let (fs, sink) = (&*env.fs, &env.sink);
     let root = root();
     // Overwrites (SetBlocks orphans the old versions), a truncate, a
     // punch and an unlink all produce garbage.
@@ -1005,7 +1023,5 @@ fn garbage_is_collected_only_once_the_metadata_is_durable() {
         0,
         "a version was queued for deletion while the metadata change was not durable"
     );
-    drop(fs);
-    engine.shutdown().expect("engine");
-    master.stop().expect("master");
+    env.stop();
 }
