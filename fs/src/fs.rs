@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::config::{AtimePolicy, FsConfig, RELATIME_INTERVAL_SECS};
 use crate::dirty::DirtyFile;
 use crate::error::{FsError, Result};
+use crate::garbage::GarbageHandoff;
 use crate::meta::MetaLink;
 use crate::range::{block_start, pieces, PunchSplit};
 use crate::sink::BlockSink;
@@ -147,6 +148,7 @@ pub struct Fs {
     renewer: Mutex<Option<Renewer>>,
     atime: Mutex<Option<AtimeWriter>>,
     flusher: Mutex<Option<Renewer>>,
+    garbage: Mutex<Option<GarbageHandoff>>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -244,6 +246,7 @@ impl Fs {
             .map_or_else(VersionClock::from_wall_clock, VersionClock::new);
         let renewer = start_renewer(meta.clone(), session, config.session_lease)?;
         let atime = AtimeWriter::start(meta.clone())?;
+        let garbage = GarbageHandoff::start(meta.clone(), Arc::clone(&sink))?;
         info!(%session, "file system session registered");
         let fs = Arc::new(Self {
             config,
@@ -260,6 +263,7 @@ impl Fs {
             renewer: Mutex::new(Some(renewer)),
             atime: Mutex::new(Some(atime)),
             flusher: Mutex::new(None),
+            garbage: Mutex::new(Some(garbage)),
         });
         if let Some(interval) = fs.config.flush_interval {
             let flusher = start_flusher(Arc::downgrade(&fs), interval)?;
@@ -297,11 +301,30 @@ impl Fs {
     async fn apply(&self, command: &Command) -> Result<Outcome> {
         let outcome = self.meta.apply(command).await?;
         if !outcome.garbage.is_empty() {
-            self.meta.sync().await?;
-            self.sink
-                .collect(outcome.garbage.iter().map(block_ref_id).collect());
+            let garbage = outcome.garbage.iter().map(block_ref_id).collect();
+            let handoff = self.garbage.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(handoff) = handoff.as_ref() {
+                handoff.submit(garbage);
+            } else {
+                warn!("file system stopping: orphaned versions left for the orphan scrub");
+            }
         }
         Ok(outcome)
+    }
+
+    /// Returns once the versions orphaned by every command applied before
+    /// the call are handed to the sink (they go in batches, each after the
+    /// metadata log is durable).
+    pub async fn settle_garbage(&self) {
+        let settled = self
+            .garbage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(GarbageHandoff::settle);
+        if let Some(settled) = settled {
+            let _ = settled.await;
+        }
     }
 
     fn reply_attr(outcome: &Outcome) -> Result<Attr> {
@@ -859,6 +882,8 @@ impl Fs {
                 session: self.session,
             })
             .await;
+        // Unregistering may free unlinked files that were still open.
+        self.stop_garbage();
         flushed?;
         unregistered.map(|_| ())
     }
@@ -895,6 +920,19 @@ impl Fs {
             // Closing the queue ends the thread after the queued updates.
             drop(a.queue);
             let _ = a.thread.join();
+        }
+    }
+
+    /// Hands over the garbage queued so far and stops its thread; garbage
+    /// of later commands is left to the orphan scrub.
+    fn stop_garbage(&self) {
+        let garbage = self
+            .garbage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(g) = garbage {
+            g.stop();
         }
     }
 
@@ -1443,6 +1481,7 @@ impl Fs {
 impl Drop for Fs {
     fn drop(&mut self) {
         self.stop_background();
+        self.stop_garbage();
     }
 }
 

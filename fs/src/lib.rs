@@ -11,11 +11,14 @@
 //! - `meta`: [`MetaLink`], commands through Raft, queries on the local copy.
 //! - `resolver`: [`BlockMapResolver`], the engine's prefetch version lookup.
 //! - `fs`: [`Fs`], the operations and the flush protocol.
+//! - `garbage`: orphaned block versions handed to the sink in batches, each
+//!   after the metadata log is durable.
 
 mod config;
 pub mod dirty;
 mod error;
 mod fs;
+mod garbage;
 mod meta;
 pub mod range;
 mod resolver;

@@ -107,6 +107,13 @@ impl Env {
         self.fs.as_ref().expect("fs")
     }
 
+    /// What the sink was told to collect, once every command applied so far
+    /// has handed over its garbage.
+    fn collected(&self) -> Vec<datenlord_engine::BlockId> {
+        block_on(self.fs().settle_garbage());
+        self.sink.collected()
+    }
+
     /// The block map of `ino`: `(index, version)` in index order.
     fn block_map(&self, ino: Ino) -> Vec<(u64, u64)> {
         MetaLink::from_master(self.master.as_ref().expect("master"))
@@ -194,7 +201,7 @@ fn writes_are_read_back_before_and_after_flush_with_read_modify_write() {
     expected[BLOCK + 5..BLOCK + 10].copy_from_slice(b"hello");
     assert_eq!(read(fs, ino, 0, expected.len() as u32 + 100), expected);
     // The overwritten version is garbage, the others are not.
-    let collected = env.sink.collected();
+    let collected = env.collected();
     assert_eq!(collected.len(), 1, "{collected:?}");
     assert_eq!(collected[0].index, 1);
     block_on(fs.release(ino, fh, None)).expect("release");
@@ -332,12 +339,12 @@ fn unlinked_and_renamed_open_files_keep_their_data_until_released() {
     write(fs, ino, fh, 0, b"still here");
     assert_eq!(&read(fs, ino, 0, 10), b"still here");
     assert_eq!(fs.getattr(ino).expect("attr").nlink, 0);
-    let before = env.sink.collected().len();
+    let before = env.collected().len();
     block_on(fs.release(ino, fh, None)).expect("release");
     let err = fs.getattr(ino).expect_err("freed");
     assert_eq!(err.errno(), libc::ESTALE);
     assert!(
-        env.sink.collected().len() >= before + 2,
+        env.collected().len() >= before + 2,
         "the freed file's blocks are garbage"
     );
 }
@@ -414,7 +421,6 @@ fn seek(fs: &Fs, ino: Ino, offset: u64, whence: i32) -> Result<u64, i32> {
 /// Indices of the blocks `(ino, index)` the sink was told to collect.
 fn collected_indices(env: &Env, ino: Ino) -> Vec<u64> {
     let mut indices: Vec<u64> = env
-        .sink
         .collected()
         .iter()
         .filter(|id| id.ino.0 == ino.0)
@@ -459,7 +465,6 @@ fn punching_whole_blocks_removes_them_from_the_map() {
     assert_eq!(collected_indices(&env, ino), vec![0, 1, 2, 3, 4]);
     for &(index, version) in &before[1..4] {
         assert!(env
-            .sink
             .collected()
             .contains(&datenlord_engine::BlockId::new(ino.0, index, version)));
     }
@@ -1014,14 +1019,48 @@ fn garbage_is_collected_only_once_the_metadata_is_durable() {
     .expect("truncate");
     block_on(fs.release(ino, fh, None)).expect("release");
     block_on(fs.unlink(ROOT_INO, b"g", &root)).expect("unlink");
+    block_on(fs.settle_garbage());
+    // Two overwrites of 3 blocks, a truncate to one block, the unlink.
     assert!(
-        sink.collects.load(Ordering::Relaxed) >= 3,
-        "garbage was produced"
+        sink.collects.load(Ordering::Relaxed) >= 1 && sink.inner.collected().len() >= 9,
+        "garbage was produced and handed over: {:?}",
+        sink.inner.collected()
     );
     assert_eq!(
         sink.undurable.load(Ordering::Relaxed),
         0,
         "a version was queued for deletion while the metadata change was not durable"
     );
+    env.stop();
+}
+
+#[test]
+fn unlinked_files_garbage_is_handed_over_in_batches() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let env = SinkEnv::new(64, |store, master| DurableCollectSink {
+        inner: MemorySink::new(store),
+        handle: master.handle(),
+        collects: AtomicUsize::new(0),
+        undurable: AtomicUsize::new(0),
+    });
+    let (fs, sink) = (&*env.fs, &env.sink);
+    let files = 40;
+    for i in 0..files {
+        let name = format!("f{i}");
+        let (ino, fh) = create(fs, &name, libc::O_RDWR);
+        write(fs, ino, fh, 0, b"data");
+        block_on(fs.release(ino, fh, None)).expect("release");
+    }
+    for i in 0..files {
+        block_on(fs.unlink(ROOT_INO, format!("f{i}").as_bytes(), &root())).expect("unlink");
+    }
+    block_on(fs.settle_garbage());
+    assert_eq!(sink.inner.collected().len(), files, "every file's block");
+    let collects = sink.collects.load(Ordering::Relaxed);
+    assert!(
+        collects < files,
+        "{files} unlinks made {collects} collects: no batching"
+    );
+    assert_eq!(sink.undurable.load(Ordering::Relaxed), 0);
     env.stop();
 }
