@@ -73,7 +73,9 @@ pub struct MountArgs {
     #[arg(long = "write-mode", default_value = "back")]
     pub write_mode: String,
     /// Mount options, fstab style: ro, allow_other, direct_io,
-    /// relatime|noatime|strictatime, writeback_cache.
+    /// relatime|noatime|strictatime, writeback_cache, attr_timeout=SECS,
+    /// entry_timeout=SECS, negative_timeout=SECS (kernel caching; 1 s each
+    /// by default).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Stay in the foreground (logs to stderr).

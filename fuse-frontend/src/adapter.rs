@@ -23,7 +23,9 @@ use tracing::debug_span;
 use crate::lock_wait::LockWait;
 
 /// How long the kernel may cache attributes and entries.
-const ATTR_TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and entries unless `-o`
+/// says otherwise (`attr_timeout`, `entry_timeout`, `negative_timeout`).
+pub const TTL_DEFAULT: Duration = Duration::from_secs(1);
 /// Entries one readdir round trip to the metadata asks for.
 const READDIR_BATCH_ENTRIES: usize = 256;
 /// `FUSE_LK_FLOCK` in `lk_flags`: the lock request is `flock(2)`.
@@ -33,12 +35,30 @@ const DOT_COOKIE: u64 = 1;
 const DOTDOT_COOKIE: u64 = 2;
 
 /// Adapter options taken from the mount options.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct AdapterOptions {
     /// `FOPEN_DIRECT_IO` on every open.
     pub direct_io: bool,
     /// Negotiate `FUSE_WRITEBACK_CACHE`.
     pub writeback_cache: bool,
+    /// How long the kernel may cache attributes.
+    pub attr_timeout: Duration,
+    /// How long the kernel may cache a name's entry.
+    pub entry_timeout: Duration,
+    /// How long the kernel may cache that a name does not exist.
+    pub negative_timeout: Duration,
+}
+
+impl Default for AdapterOptions {
+    fn default() -> Self {
+        Self {
+            direct_io: false,
+            writeback_cache: false,
+            attr_timeout: TTL_DEFAULT,
+            entry_timeout: TTL_DEFAULT,
+            negative_timeout: TTL_DEFAULT,
+        }
+    }
 }
 
 /// The FUSE file system.
@@ -52,6 +72,17 @@ impl FuseFs {
     /// An adapter over `fs`.
     pub fn new(fs: Arc<Fs>, options: AdapterOptions) -> Self {
         Self { fs, options }
+    }
+
+    fn entry(&self, attr: &Attr) -> Entry {
+        Entry {
+            inode: attr.ino.0,
+            generation: attr.generation,
+            attr: stat(attr),
+            attr_flags: 0,
+            attr_timeout: self.options.attr_timeout,
+            entry_timeout: self.options.entry_timeout,
+        }
     }
 }
 
@@ -117,17 +148,6 @@ fn stat(attr: &Attr) -> stat64 {
     st
 }
 
-fn entry(attr: &Attr) -> Entry {
-    Entry {
-        inode: attr.ino.0,
-        generation: attr.generation,
-        attr: stat(attr),
-        attr_flags: 0,
-        attr_timeout: ATTR_TTL,
-        entry_timeout: ATTR_TTL,
-    }
-}
-
 fn time(sec: i64, nsec: i64) -> SetTime {
     SetTime::At(Timespec {
         sec,
@@ -177,18 +197,20 @@ impl FileSystem for FuseFs {
             name => self.fs.lookup(parent, name, &creds(ctx)),
         };
         match found {
-            Ok(attr) => Ok(entry(&attr)),
-            // A negative entry the kernel may cache for the entry timeout
-            // (it drops it itself when this node creates the name).
-            Err(e) if e.errno() == libc::ENOENT => Ok(Entry {
-                inode: 0,
-                generation: 0,
-                // SAFETY: stat64 is plain old data; zeros are valid.
-                attr: unsafe { std::mem::zeroed() },
-                attr_flags: 0,
-                attr_timeout: ATTR_TTL,
-                entry_timeout: ATTR_TTL,
-            }),
+            Ok(attr) => Ok(self.entry(&attr)),
+            // A negative entry the kernel may cache for the negative
+            // timeout (it drops it itself when this node creates the name).
+            Err(e) if e.errno() == libc::ENOENT && !self.options.negative_timeout.is_zero() => {
+                Ok(Entry {
+                    inode: 0,
+                    generation: 0,
+                    // SAFETY: stat64 is plain old data; zeros are valid.
+                    attr: unsafe { std::mem::zeroed() },
+                    attr_flags: 0,
+                    attr_timeout: self.options.negative_timeout,
+                    entry_timeout: self.options.negative_timeout,
+                })
+            }
             Err(e) => Err(err(&e)),
         }
     }
@@ -205,7 +227,7 @@ impl FileSystem for FuseFs {
     ) -> io::Result<(stat64, Duration)> {
         let _span = debug_span!("getattr", ino = inode).entered();
         let attr = self.fs.getattr(Ino(inode)).map_err(|e| err(&e))?;
-        Ok((stat(&attr), ATTR_TTL))
+        Ok((stat(&attr), self.options.attr_timeout))
     }
 
     fn setattr(
@@ -246,7 +268,7 @@ impl FileSystem for FuseFs {
             block_on(self.fs.setattr(Ino(inode), changes, handle, &creds(ctx)))
         }
         .map_err(|e| err(&e))?;
-        Ok((stat(&attr), ATTR_TTL))
+        Ok((stat(&attr), self.options.attr_timeout))
     }
 
     fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
@@ -267,7 +289,7 @@ impl FileSystem for FuseFs {
             linkname.to_bytes(),
             &creds(ctx),
         ))
-        .map(|a| entry(&a))
+        .map(|a| self.entry(&a))
         .map_err(|e| err(&e))
     }
 
@@ -286,7 +308,7 @@ impl FileSystem for FuseFs {
             self.fs
                 .mknod(Ino(parent), name.to_bytes(), mode, rdev, &creds(ctx)),
         )
-        .map(|a| entry(&a))
+        .map(|a| self.entry(&a))
         .map_err(|e| err(&e))
     }
 
@@ -303,7 +325,7 @@ impl FileSystem for FuseFs {
             self.fs
                 .mkdir(Ino(parent), name.to_bytes(), mode & !umask, &creds(ctx)),
         )
-        .map(|a| entry(&a))
+        .map(|a| self.entry(&a))
         .map_err(|e| err(&e))
     }
 
@@ -352,7 +374,7 @@ impl FileSystem for FuseFs {
             self.fs
                 .link(Ino(inode), Ino(newparent), newname.to_bytes(), &creds(ctx)),
         )
-        .map(|a| entry(&a))
+        .map(|a| self.entry(&a))
         .map_err(|e| err(&e))
     }
 
@@ -398,7 +420,7 @@ impl FileSystem for FuseFs {
         } else {
             OpenOptions::empty()
         };
-        Ok((entry(&opened.attr), Some(opened.fh), options, None))
+        Ok((self.entry(&opened.attr), Some(opened.fh), options, None))
     }
 
     fn read(
@@ -629,7 +651,7 @@ impl FileSystem for FuseFs {
                     attr_timeout: Duration::ZERO,
                     entry_timeout: Duration::ZERO,
                 },
-                |a| entry(&a),
+                |a| self.entry(&a),
             );
             add_entry(dirent, e)
         })

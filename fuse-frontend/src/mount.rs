@@ -173,6 +173,9 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
         AdapterOptions {
             direct_io: opts.direct_io,
             writeback_cache: opts.writeback_cache,
+            attr_timeout: opts.attr_timeout,
+            entry_timeout: opts.entry_timeout,
+            negative_timeout: opts.negative_timeout,
         },
     );
     let server = Arc::new(Server::new(adapter));

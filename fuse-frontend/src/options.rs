@@ -2,6 +2,7 @@
 //! style `-o` string parser.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use datenlord_fs::AtimePolicy;
 
@@ -27,6 +28,13 @@ pub struct MountOptions {
     /// Request loops (one per core, each with its own /dev/fuse fd); 0
     /// means one per engine shard.
     pub threads: usize,
+    /// How long the kernel caches attributes (`attr_timeout=SECS`).
+    pub attr_timeout: Duration,
+    /// How long the kernel caches names (`entry_timeout=SECS`).
+    pub entry_timeout: Duration,
+    /// How long the kernel caches missing names (`negative_timeout=SECS`;
+    /// 0: not at all).
+    pub negative_timeout: Duration,
     /// Options accepted for fstab compatibility that change nothing here
     /// (`defaults`, `_netdev`, `nofail`, ...).
     pub extra: Vec<String>,
@@ -43,6 +51,9 @@ impl MountOptions {
             direct_io: false,
             writeback_cache: false,
             threads: 0,
+            attr_timeout: crate::adapter::TTL_DEFAULT,
+            entry_timeout: crate::adapter::TTL_DEFAULT,
+            negative_timeout: crate::adapter::TTL_DEFAULT,
             extra: Vec::new(),
         }
     }
@@ -67,6 +78,12 @@ pub struct ParsedOptions {
     pub fsname: Option<String>,
     /// `threads=N`.
     pub threads: Option<usize>,
+    /// `attr_timeout=SECS`.
+    pub attr_timeout: Option<Duration>,
+    /// `entry_timeout=SECS`.
+    pub entry_timeout: Option<Duration>,
+    /// `negative_timeout=SECS`.
+    pub negative_timeout: Option<Duration>,
     /// Accepted fstab options without effect.
     pub extra: Vec<String>,
 }
@@ -85,6 +102,15 @@ impl ParsedOptions {
         }
         if let Some(threads) = self.threads {
             opts.threads = threads;
+        }
+        if let Some(t) = self.attr_timeout {
+            opts.attr_timeout = t;
+        }
+        if let Some(t) = self.entry_timeout {
+            opts.entry_timeout = t;
+        }
+        if let Some(t) = self.negative_timeout {
+            opts.negative_timeout = t;
         }
         opts.extra.extend(self.extra.iter().cloned());
     }
@@ -136,10 +162,20 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
                         FuseError::Options(format!("threads={n}: give a number of threads"))
                     })?;
                     parsed.threads = Some(n);
+                } else if let Some((key, value)) = w.split_once('=').filter(|(k, _)| {
+                    matches!(*k, "attr_timeout" | "entry_timeout" | "negative_timeout")
+                }) {
+                    let t = parse_timeout(key, value)?;
+                    match key {
+                        "attr_timeout" => parsed.attr_timeout = Some(t),
+                        "entry_timeout" => parsed.entry_timeout = Some(t),
+                        _ => parsed.negative_timeout = Some(t),
+                    }
                 } else {
                     return Err(FuseError::Options(format!(
                         "unknown mount option {w:?}; known options: ro, rw, allow_other, direct_io, \
-                         writeback_cache, noatime, relatime, strictatime, fsname=NAME, threads=N, {}",
+                         writeback_cache, noatime, relatime, strictatime, fsname=NAME, threads=N, \
+                         attr_timeout=SECS, entry_timeout=SECS, negative_timeout=SECS, {}",
                         ACCEPTED_WITHOUT_EFFECT.join(", ")
                     )));
                 }
@@ -147,6 +183,24 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
         }
     }
     Ok(parsed)
+}
+
+/// Longest cache timeout accepted (a day): the kernel keeps what a longer
+/// one would promise anyway only until memory pressure.
+const TIMEOUT_MAX_SECS: f64 = 86_400.0;
+
+/// `SECS` of a `*_timeout=SECS` option: a non-negative decimal number.
+fn parse_timeout(key: &str, value: &str) -> Result<Duration, FuseError> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && (0.0..=TIMEOUT_MAX_SECS).contains(s))
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            FuseError::Options(format!(
+                "{key}={value}: give seconds between 0 and {TIMEOUT_MAX_SECS} (e.g. {key}=1.5)"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -178,6 +232,23 @@ mod tests {
             "{err}"
         );
         assert!(parse_mount_options("threads=x").is_err());
+        let timeouts = parse_mount_options("attr_timeout=30,entry_timeout=0.5,negative_timeout=0")
+            .expect("timeouts");
+        assert_eq!(timeouts.attr_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(timeouts.entry_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(timeouts.negative_timeout, Some(Duration::ZERO));
+        let mut opts = MountOptions::new("/mnt");
+        timeouts.apply(&mut opts);
+        assert_eq!(opts.attr_timeout, Duration::from_secs(30));
+        for bad in [
+            "attr_timeout=-1",
+            "entry_timeout=x",
+            "attr_timeout=1e9",
+            "negative_timeout=NaN",
+        ] {
+            let err = parse_mount_options(bad).expect_err(bad).to_string();
+            assert!(err.contains("give seconds"), "{err}");
+        }
         assert_eq!(
             parse_mount_options("threads=3").expect("threads").threads,
             Some(3)

@@ -982,3 +982,44 @@ fn copy_file_range_is_served_by_the_daemon() {
         Some(libc::EBADF)
     );
 }
+
+/// `attr_timeout`/`entry_timeout`/`negative_timeout` decide how often a
+/// `stat` reaches the daemon.
+#[test]
+fn cache_timeouts_decide_what_reaches_the_daemon() {
+    use std::time::Duration;
+    if !can_mount() {
+        return;
+    }
+    let requests = |m: &Mounted| -> u64 {
+        m.mount
+            .as_ref()
+            .expect("mounted")
+            .stats()
+            .snapshot()
+            .iter()
+            .filter(|s| matches!(s.op, "lookup" | "getattr"))
+            .map(|s| s.count)
+            .sum()
+    };
+    let stats_of = |timeout: Duration| {
+        let m = Mounted::new(|o| {
+            o.attr_timeout = timeout;
+            o.entry_timeout = timeout;
+            o.negative_timeout = timeout;
+        });
+        fs::write(m.path("f"), b"x").expect("write");
+        let _ = fs::metadata(m.path("f")).expect("warm");
+        let _ = fs::metadata(m.path("missing"));
+        let before = requests(&m);
+        for _ in 0..20 {
+            fs::metadata(m.path("f")).expect("stat");
+            assert!(fs::metadata(m.path("missing")).is_err());
+        }
+        requests(&m) - before
+    };
+    let uncached = stats_of(Duration::ZERO);
+    let cached = stats_of(Duration::from_secs(60));
+    assert!(uncached >= 40, "every stat reached the daemon: {uncached}");
+    assert_eq!(cached, 0, "the kernel answered every stat itself");
+}
