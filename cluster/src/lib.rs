@@ -9,6 +9,7 @@ mod frame;
 pub mod listener;
 pub mod master;
 pub mod meta;
+pub mod node;
 pub mod raft_driver;
 pub mod raft_log;
 mod raft_logger;

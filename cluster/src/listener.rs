@@ -4,10 +4,10 @@
 //! `--masters`, and a leader redirect names the address clients already use.
 
 use std::io::Read;
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use tracing::{debug, warn};
@@ -32,16 +32,99 @@ impl Drop for Slot {
 }
 
 /// Accepts connections on `listener`: peers' go to the local Raft driver,
-/// clients' to `handler`.
+/// clients' to `handler`. Serves for the life of the process.
 pub fn serve_master<S: StateMachine + Send + 'static>(
     listener: TcpListener,
     me: u64,
     local: LocalHandle<S>,
     handler: Handler,
 ) {
-    let spawned = thread::Builder::new().name("master-accept".into()).spawn(move || {
+    let never = Arc::new(AtomicBool::new(false));
+    if let Err(e) = spawn_accept(listener, me, local, handler, never) {
+        warn!(%e, "cannot start the master listener thread");
+    }
+}
+
+/// A listener started by [`serve_stoppable`]; stopping (or dropping) it
+/// closes the port, so a replica restarted in the same process can bind it
+/// again. Connections already accepted end when their peer or the local
+/// driver goes away.
+#[derive(Debug)]
+pub struct Listening {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listening {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the port and waits for the accept thread to end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::Release);
+        // Wake the blocked accept; it sees the flag and returns.
+        let woken = TcpStream::connect_timeout(&self.addr, Duration::from_millis(WAKE_TIMEOUT_MS));
+        if woken.is_ok() {
+            let _ = thread.join();
+        } else {
+            warn!(addr = %self.addr, "cannot wake the listener to stop it; leaving its thread");
+        }
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// How long stopping a listener waits to connect to it.
+const WAKE_TIMEOUT_MS: u64 = 1000;
+
+/// [`serve_master`] that can be stopped (a node's replica lives inside a
+/// longer-lived process).
+pub fn serve_stoppable<S: StateMachine + Send + 'static>(
+    listener: TcpListener,
+    me: u64,
+    local: LocalHandle<S>,
+    handler: Handler,
+) -> std::io::Result<Listening> {
+    let mut addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = spawn_accept(listener, me, local, handler, Arc::clone(&stop))?;
+    Ok(Listening {
+        addr,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn spawn_accept<S: StateMachine + Send + 'static>(
+    listener: TcpListener,
+    me: u64,
+    local: LocalHandle<S>,
+    handler: Handler,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    thread::Builder::new().name("master-accept".into()).spawn(move || {
         let open = Arc::new(AtomicUsize::new(0));
         for stream in listener.incoming() {
+            if stop.load(Ordering::Acquire) {
+                return;
+            }
             let Ok(mut stream) = stream else { continue };
             if open.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
                 open.fetch_sub(1, Ordering::AcqRel);
@@ -67,8 +150,5 @@ pub fn serve_master<S: StateMachine + Send + 'static>(
                 }
             });
         }
-    });
-    if let Err(e) = spawned {
-        warn!(%e, "cannot start the master listener thread");
-    }
+    })
 }

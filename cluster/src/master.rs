@@ -456,19 +456,29 @@ pub const IDENTITY_FILE: &str = "master.identity";
 /// mixed-up `--data-dir` or `--id` would corrupt the group), and records
 /// the identity on first start. Deletes nothing.
 fn check_identity(dir: &std::path::Path, id: u64) -> Result<(), MasterError> {
-    let identity = format!("datenlord metadata master\nid={id}\n");
+    check_identity_as(dir, "master", id)
+}
+
+/// [`check_identity`] for a `role` (`master`, `node`): the directory
+/// records the role and the id, and any other start on it is refused.
+pub(crate) fn check_identity_as(
+    dir: &std::path::Path,
+    role: &str,
+    id: u64,
+) -> Result<(), MasterError> {
+    let identity = format!("datenlord metadata {role}\nid={id}\n");
     let path = dir.join(IDENTITY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(found) if found == identity => Ok(()),
         Ok(found) => Err(MasterError::Config(format!(
-            "{} belongs to another master:\n{found}but this is master {id}: check --id and --data-dir (nothing was changed)",
+            "{} belongs to another {role}:\n{found}but this is {role} {id}: check --id and --data-dir (nothing was changed)",
             dir.display()
         ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let has_files = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
             if has_files {
                 return Err(MasterError::Config(format!(
-                    "{} is not empty and has no {IDENTITY_FILE}: it is not a master's data directory; use an empty or new directory (nothing was changed)",
+                    "{} is not empty and has no {IDENTITY_FILE}: it is not a {role}'s data directory; use an empty or new directory (nothing was changed)",
                     dir.display()
                 )));
             }
@@ -514,7 +524,9 @@ pub fn decode_membership(bytes: &[u8]) -> Option<Membership> {
     words.next().is_none().then_some(change)
 }
 
-fn client_handler(
+/// The client protocol's operations served by a replica (`peers`: id ->
+/// client address, for leader redirects).
+pub(crate) fn client_handler(
     handle: RaftHandle<SharedState<MetaState>>,
     peers: BTreeMap<u64, String>,
 ) -> Handler {

@@ -2,4 +2,5 @@
 #![allow(dead_code)]
 
 pub mod fsx;
+pub mod masters;
 pub mod node;
