@@ -93,10 +93,9 @@ fn masters_join_as_learners_get_promoted_and_leave() {
     let mut group = Group::new(3);
     let mut client = group.client();
     format(&mut client);
-    for i in 0..30 {
-        mkdir(&mut client, &format!("a{i}"));
-    }
-    // Master 4 joins as a learner: added first, then started with --join.
+    // Master 4 joins as a learner (added first, then started with --join)
+    // before the log was ever compacted: it gets the entries from the
+    // first one, its own addition among them.
     let addr4 = free_addr();
     client
         .change_members(&Membership::AddLearner {
@@ -108,6 +107,9 @@ fn masters_join_as_learners_get_promoted_and_leave() {
     group.children.push(None);
     let peers4 = format!("{},4={addr4}", group.peers);
     group.start_with(4, &peers4, true);
+    for i in 0..30 {
+        mkdir(&mut client, &format!("a{i}"));
+    }
     let leader = wait_for("a leader", Duration::from_secs(10), || {
         group.leader(&[1, 2, 3])
     });
