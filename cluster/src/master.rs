@@ -343,9 +343,19 @@ impl Master {
         let state = SharedState::new(MetaState::new());
         let local: LocalHandle<SharedState<MetaState>> = LocalHandle::default();
         let transport = TcpTransport::new(&others, &local, Some(members_file));
-        // A joining master starts empty and learns everything from the leader.
+        // A joining master learns everything from the leader. A new log
+        // starts with the other masters as voters (not itself: it never
+        // campaigns before the group adds it): raft-rs cannot apply the
+        // entry adding it to an empty configuration ("removed all
+        // voters"), which it meets when the leader's log was never
+        // compacted; a snapshot from the leader replaces it otherwise.
         let voters: Vec<u64> = if config.join {
-            Vec::new()
+            config
+                .peers
+                .keys()
+                .copied()
+                .filter(|&id| id != config.id)
+                .collect()
         } else {
             config.peers.keys().copied().collect()
         };

@@ -20,10 +20,18 @@ pub struct Group {
     pub peers: String,
     pub root: tempfile::TempDir,
     pub children: Vec<Option<Child>>,
+    /// `--snapshot-interval` of every master.
+    pub snapshot_interval: u64,
 }
 
 impl Group {
+    /// `size` masters that snapshot (and compact) every 20 entries.
     pub fn new(size: usize) -> Self {
+        Self::with_snapshot_interval(size, 20)
+    }
+
+    /// `size` masters that snapshot every `snapshot_interval` entries.
+    pub fn with_snapshot_interval(size: usize, snapshot_interval: u64) -> Self {
         let addrs: Vec<String> = (0..size).map(|_| free_addr()).collect();
         let peers = addrs
             .iter()
@@ -36,6 +44,7 @@ impl Group {
             peers,
             root: tempfile::tempdir().expect("tempdir"),
             children: (0..size).map(|_| None).collect(),
+            snapshot_interval,
         };
         for id in 1..=size as u64 {
             group.start(id);
@@ -60,7 +69,7 @@ impl Group {
                 "--peers",
                 peers,
                 "--snapshot-interval",
-                "20",
+                &self.snapshot_interval.to_string(),
             ])
             .args(if join { &["--join"][..] } else { &[][..] })
             .arg("--data-dir")
