@@ -39,8 +39,8 @@ const SCRUB_INTERVAL_DEFAULT_S: u64 = 600;
 /// How many backup intervals a block version that left the namespace stays
 /// in the store at least: the newest backup never refers to a deleted block.
 const GC_GRACE_BACKUP_INTERVALS_MIN: u64 = 2;
-/// How long a stopping node waits for the last users of its metadata link
-/// (threads of the file system and the engine winding down) to let go.
+/// How long a stopping node waits for calls in flight through a metadata
+/// link (links hold the node weakly; a call holds it while it runs).
 const NODE_RELEASE_WAIT_MS: u64 = 5_000;
 
 /// `datenlord mount` arguments.
@@ -191,7 +191,7 @@ impl Metadata {
     fn link(&self) -> MetaLink {
         match self {
             Self::Embedded(master) => MetaLink::from_master(master),
-            Self::Node(node) => MetaLink::from_node(Arc::clone(node)),
+            Self::Node(node) => MetaLink::from_node(node),
         }
     }
 

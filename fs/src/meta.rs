@@ -4,7 +4,7 @@
 //! (commands through the group's leader, queries on the node's local copy,
 //! linearizable reads by ReadIndex through the leader).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use datenlord_cluster::master::{decode_result, ClientError, Master};
@@ -34,8 +34,14 @@ enum Backend {
         local: SharedState<MetaState>,
     },
     /// A learner copy of a master group. Its calls block the calling
-    /// thread (fs futures are driven by `block_on` on FUSE threads).
-    Node(Arc<Node>),
+    /// thread (fs futures are driven by `block_on` on FUSE threads). The
+    /// link does not keep the node running: whoever started it stops it
+    /// (threads of the file system may outlive that), and calls through
+    /// a stopped node fail like those through a stopped embedded group.
+    Node {
+        node: Weak<Node>,
+        local: SharedState<MetaState>,
+    },
 }
 
 impl MetaLink {
@@ -52,16 +58,19 @@ impl MetaLink {
     }
 
     /// A link through a node that joined a master group.
-    pub fn from_node(node: Arc<Node>) -> Self {
+    pub fn from_node(node: &Arc<Node>) -> Self {
         Self {
-            backend: Backend::Node(node),
+            backend: Backend::Node {
+                node: Arc::downgrade(node),
+                local: node.local(),
+            },
         }
     }
 
     /// Whether this link is a node of a master group: other nodes change
     /// the namespace too, so the local copy may be behind theirs.
     pub fn is_node(&self) -> bool {
-        matches!(self.backend, Backend::Node(_))
+        matches!(self.backend, Backend::Node { .. })
     }
 
     /// Applies a command through the leader; the local copy reflects it
@@ -74,7 +83,10 @@ impl MetaLink {
                 let bytes = handle.propose(command.encode()).await?;
                 Ok(decode_result(&bytes)?)
             }
-            Backend::Node(node) => node.apply_async(command).await.map_err(node_error),
+            Backend::Node { node, .. } => running(node)?
+                .apply_async(command)
+                .await
+                .map_err(node_error),
         }
     }
 
@@ -86,15 +98,14 @@ impl MetaLink {
     pub async fn sync(&self) -> Result<()> {
         match &self.backend {
             Backend::Embedded { handle, .. } => Ok(handle.sync().await?),
-            Backend::Node(_) => Ok(()),
+            Backend::Node { .. } => Ok(()),
         }
     }
 
     /// Runs a query on the local copy.
     pub fn read<R>(&self, f: impl FnOnce(&MetaState) -> R) -> R {
         match &self.backend {
-            Backend::Embedded { local, .. } => f(&local.read()),
-            Backend::Node(node) => f(&node.local().read()),
+            Backend::Embedded { local, .. } | Backend::Node { local, .. } => f(&local.read()),
         }
     }
 
@@ -108,7 +119,7 @@ impl MetaLink {
     pub fn read_latest<R>(&self, f: impl FnOnce(&MetaState) -> R) -> Result<R> {
         match &self.backend {
             Backend::Embedded { local, .. } => Ok(f(&local.read())),
-            Backend::Node(node) => node.linearizable(f).map_err(node_error),
+            Backend::Node { node, .. } => running(node)?.linearizable(f).map_err(node_error),
         }
     }
 
@@ -124,7 +135,10 @@ impl MetaLink {
             Backend::Embedded { handle, .. } => Ok(handle
                 .read(move |state: &SharedState<MetaState>| f(&state.read()))
                 .await?),
-            Backend::Node(node) => node.linearizable_async(f).await.map_err(node_error),
+            Backend::Node { node, .. } => running(node)?
+                .linearizable_async(f)
+                .await
+                .map_err(node_error),
         }
     }
 
@@ -133,7 +147,7 @@ impl MetaLink {
     pub fn wait_for_leader(&self) -> Result<()> {
         let handle = match &self.backend {
             Backend::Embedded { handle, .. } => handle,
-            Backend::Node(_) => return Ok(()),
+            Backend::Node { .. } => return Ok(()),
         };
         let deadline = Instant::now() + Duration::from_millis(LEADER_WAIT_MS_MAX);
         loop {
@@ -151,6 +165,11 @@ impl MetaLink {
             std::thread::sleep(Duration::from_millis(LEADER_POLL_MS));
         }
     }
+}
+
+/// The node, unless it was stopped.
+fn running(node: &Weak<Node>) -> Result<Arc<Node>> {
+    node.upgrade().ok_or_else(|| node_error(NodeError::Stopped))
 }
 
 /// A node's error as the file system sees it: a refusal by the namespace
