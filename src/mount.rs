@@ -1004,4 +1004,38 @@ mod tests {
         assert!(err.contains("--gc-grace"), "{err}");
         assert!(args(&["--backup-interval", "0"]).gc_grace().is_err());
     }
+
+    #[test]
+    fn node_options_go_together_with_a_shared_store() {
+        let data = Path::new("/var/lib/dl");
+        assert!(args(&[]).node_config(data).expect("embedded").is_none());
+        let node = [
+            "--masters",
+            "m1:7000, m2:7000",
+            "--node-id",
+            "9",
+            "--node-listen",
+            "0.0.0.0:7100",
+        ];
+        let mut with_store = node.to_vec();
+        with_store.extend(["--store", "s3://bucket/vol"]);
+        let config = args(&with_store)
+            .node_config(data)
+            .expect("node")
+            .expect("a node config");
+        assert_eq!(config.masters, ["m1:7000", "m2:7000"]);
+        assert_eq!(config.id, 9);
+        assert_eq!(config.data_dir, data.join("node"));
+        let err = |extra: &[&str]| {
+            args(extra)
+                .node_config(data)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(err(&node).contains("needs --store"));
+        let mut own_store = node.to_vec();
+        own_store.extend(["--store", "file:///var/lib/dl/store/"]);
+        assert!(err(&own_store).contains("embedded mount's default store"));
+        assert!(err(&["--node-id", "3"]).contains("missing: --masters, --node-listen"));
+    }
 }
