@@ -2,7 +2,8 @@
 //! master` processes, over one shared `file://` store: close-to-open across
 //! nodes (a file closed on one node opens with its bytes on the other, an
 //! overwrite too), a directory made on one is seen on the other, and an
-//! unlink on one is ENOENT on the other (kernel caches off with `-o`).
+//! unlink on one is ENOENT on the other (kernel caches off with `-o`), and
+//! a node unmounted and mounted again rejoins and catches up.
 
 mod support;
 
@@ -91,6 +92,21 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
     std::fs::remove_file(a.path().join("f")).expect("unlink on A");
     let err = std::fs::metadata(b.path().join("f")).expect_err("gone on B");
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+
+    // A stopped node stays a member: it remounts on its data directory
+    // (rejoining, not added again) and sees what B did meanwhile.
+    a.unmount();
+    std::fs::write(b.path().join("d/g"), b"while A was down").expect("write on B");
+    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen));
+    let read = std::fs::read(a.path().join("d/g")).expect("read on A again");
+    assert_eq!(read, b"while A was down");
+    let a_log =
+        std::fs::read_to_string(a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
+    assert!(
+        a_log.contains("the group remembers this node"),
+        "a restarted node rejoins:\n{}",
+        a.log()
+    );
 
     a.unmount();
     b.unmount();
