@@ -1,7 +1,9 @@
 //! `datenlord mount`: one node with embedded defaults — a single-node
 //! metadata group, the block engine, the remote store with its write-back
 //! journal, and the FUSE mount — started in dependency order and stopped in
-//! reverse, flushing everything on the way down.
+//! reverse, flushing everything on the way down. With `--masters`,
+//! `--node-id` and `--node-listen` the node joins a master group instead
+//! of running its own metadata (a learner copy, `datenlord_cluster::node`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +13,7 @@ use anyhow::{bail, Context};
 use tracing::{info, warn};
 
 use datenlord_cluster::master::Master;
+use datenlord_cluster::node::{Node, NodeConfig};
 use datenlord_engine::block::{parse_bytes, BlockSize};
 use datenlord_engine::config::{DiskConfig, EngineConfig};
 use datenlord_engine::store::{
@@ -18,6 +21,7 @@ use datenlord_engine::store::{
     STORE_FORMAT_VERSION,
 };
 use datenlord_engine::BlockId;
+use datenlord_fs::MetaLink;
 use futures::executor::block_on;
 
 use crate::daemon::{self, Ready, Role};
@@ -35,6 +39,9 @@ const SCRUB_INTERVAL_DEFAULT_S: u64 = 600;
 /// How many backup intervals a block version that left the namespace stays
 /// in the store at least: the newest backup never refers to a deleted block.
 const GC_GRACE_BACKUP_INTERVALS_MIN: u64 = 2;
+/// How long a stopping node waits for calls in flight through a metadata
+/// link (links hold the node weakly; a call holds it while it runs).
+const NODE_RELEASE_WAIT_MS: u64 = 5_000;
 
 /// `datenlord mount` arguments.
 #[derive(Debug, clap::Args)]
@@ -96,6 +103,17 @@ pub struct MountArgs {
     /// refers to (left by a crash between upload and metadata update).
     #[arg(long = "scrub-interval", value_name = "SECONDS", default_value_t = SCRUB_INTERVAL_DEFAULT_S)]
     pub scrub_interval_s: u64,
+    /// Join the metadata group of these masters (client addresses,
+    /// `host:port,...`) instead of running an embedded one; needs
+    /// `--node-id`, `--node-listen` and a `--store` shared by all nodes.
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
+    pub masters: Vec<String>,
+    /// This node's id in the master group: unique, and no master's.
+    #[arg(long = "node-id", value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Where this node listens for the leader's Raft messages.
+    #[arg(long = "node-listen", value_name = "HOST:PORT")]
+    pub node_listen: Option<String>,
 }
 
 impl MountArgs {
@@ -112,6 +130,94 @@ impl MountArgs {
             "--gc-grace {grace} is shorter than {min} s (twice --backup-interval): a restored backup could refer to deleted blocks; raise --gc-grace or lower --backup-interval"
         );
         Ok(Duration::from_secs(grace))
+    }
+
+    /// The node configuration when `--masters`, `--node-id` and
+    /// `--node-listen` are given (all three, or none: the embedded group).
+    fn node_config(&self, data_dir: &Path) -> anyhow::Result<Option<NodeConfig>> {
+        let masters: Vec<String> = self
+            .masters
+            .iter()
+            .map(|m| m.trim().to_string())
+            .filter(|m| !m.is_empty())
+            .collect();
+        match (masters.is_empty(), self.node_id, &self.node_listen) {
+            (true, None, None) => return Ok(None),
+            (false, Some(id), Some(listen)) => {
+                let embedded_store = format!("file://{}", data_dir.join("store").display());
+                match &self.store {
+                    None => bail!(
+                        "a node of a master group needs --store: the object store every node of the group shares (the embedded default {embedded_store} is this node's alone); format it once with `datenlord format --store URL`"
+                    ),
+                    Some(store) if store.trim_end_matches('/') == embedded_store => bail!(
+                        "--store {store} is the embedded mount's default store, in this node's data directory: a node of a master group needs a store every node shares"
+                    ),
+                    Some(_) => {}
+                }
+                return Ok(Some(NodeConfig {
+                    id,
+                    listen: listen.clone(),
+                    advertise: None,
+                    masters,
+                    data_dir: data_dir.join("node"),
+                }));
+            }
+            _ => {}
+        }
+        let missing: Vec<&str> = [
+            ("--masters", masters.is_empty()),
+            ("--node-id", self.node_id.is_none()),
+            ("--node-listen", self.node_listen.is_none()),
+        ]
+        .iter()
+        .filter(|(_, absent)| *absent)
+        .map(|(name, _)| *name)
+        .collect();
+        bail!(
+            "--masters, --node-id and --node-listen go together (joining a master group as a node); missing: {}",
+            missing.join(", ")
+        )
+    }
+}
+
+/// The metadata a mount runs on: its own single-node group, or a learner
+/// copy of a master group's.
+enum Metadata {
+    Embedded(Master),
+    Node(Arc<Node>),
+}
+
+impl Metadata {
+    fn link(&self) -> MetaLink {
+        match self {
+            Self::Embedded(master) => MetaLink::from_master(master),
+            Self::Node(node) => MetaLink::from_node(node),
+        }
+    }
+
+    /// Stops the metadata. A node stays a member of the group (a restart
+    /// on the same data directory rejoins without being added again).
+    fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Self::Embedded(master) => master.stop().context("stopping the metadata"),
+            Self::Node(mut node) => {
+                let deadline =
+                    std::time::Instant::now() + Duration::from_millis(NODE_RELEASE_WAIT_MS);
+                loop {
+                    match Arc::try_unwrap(node) {
+                        Ok(node) => return node.stop().context("stopping the metadata node"),
+                        Err(shared) if std::time::Instant::now() < deadline => {
+                            node = shared;
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(_) => {
+                            warn!("the metadata node is still in use; it stops with the process");
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -190,6 +296,8 @@ pub fn run(args: &MountArgs) -> anyhow::Result<std::process::ExitCode> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
+    // Before the fork, so the user sees a wrong combination at once.
+    args.node_config(&data_dir)?;
     let mut ready = if args.foreground {
         Ready::foreground()
     } else {
@@ -300,7 +408,7 @@ fn start_engine(
     args: &MountArgs,
     plan: &CachePlan,
     store: &Store,
-    master: &Master,
+    meta: &MetaLink,
 ) -> anyhow::Result<(datenlord_engine::Engine, WriteBack)> {
     let mut wb_config = WriteBackConfig::new(plan.dir.join("journal"));
     wb_config.capacity_bytes = plan.journal_capacity_bytes();
@@ -308,8 +416,7 @@ fn start_engine(
     wb_config.gc_grace = args.gc_grace()?;
     let writeback = WriteBack::open(wb_config, store.remote.clone())
         .context("opening the write-back journal")?;
-    let block_map =
-        datenlord_fs::BlockMapResolver::new(datenlord_fs::MetaLink::from_master(master));
+    let block_map = datenlord_fs::BlockMapResolver::new(meta.clone());
     let resolver: datenlord_engine::store::sources::ResolveFn = Arc::new(move |ino, index| {
         datenlord_engine::VersionResolver::current_version(&block_map, ino, index)
     });
@@ -353,23 +460,36 @@ fn serve(
     args.gc_grace()?;
     let store = open_store(args, data_dir)?;
     // Metadata: the embedded single-node group, restored from the store's
-    // backup when this data directory is new.
-    let master = open_metadata(&data_dir.join("meta"), &store.remote, &store.url)?;
-    ensure_volume(&master, &store.descriptor, &store.url)?;
-    let (engine, writeback) = start_engine(args, &plan, &store, &master)?;
+    // backup when this data directory is new; or a learner copy of a
+    // master group's.
+    let metadata = match args.node_config(data_dir)? {
+        Some(config) => {
+            let node = Node::join(&config).with_context(|| {
+                format!(
+                    "joining the metadata group of {} as node {}",
+                    config.masters.join(","),
+                    config.id
+                )
+            })?;
+            Metadata::Node(Arc::new(node))
+        }
+        None => Metadata::Embedded(open_metadata(
+            &data_dir.join("meta"),
+            &store.remote,
+            &store.url,
+        )?),
+    };
+    let meta = metadata.link();
+    ensure_volume(&meta, &store.descriptor, &store.url)?;
+    let (engine, writeback) = start_engine(args, &plan, &store, &meta)?;
 
     let mut fs_config = datenlord_fs::FsConfig::default();
     if let Some(atime) = parsed.atime {
         fs_config.atime = atime;
     }
     let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
-    let fs = datenlord_fs::Fs::new(
-        fs_config,
-        datenlord_fs::MetaLink::from_master(&master),
-        engine.handle(),
-        sink,
-    )
-    .context("starting the file system")?;
+    let fs = datenlord_fs::Fs::new(fs_config, meta.clone(), engine.handle(), sink)
+        .context("starting the file system")?;
     if opts.threads == 0 {
         opts.threads = engine.handle().shards();
     }
@@ -381,16 +501,25 @@ fn serve(
         )?),
         None => None,
     };
-    let backup = Periodic::start(
-        "meta-backup",
-        Duration::from_secs(args.backup_interval_s),
-        backup_task(&master, &store.remote),
-    );
-    let scrub = Periodic::start(
-        "store-scrub",
-        Duration::from_secs(args.scrub_interval_s.max(1)),
-        scrub_task(&master, &store.remote, &writeback, args.gc_grace()?),
-    );
+    // The masters own a group's metadata: a node neither backs it up nor
+    // scrubs the shared store against it (the other nodes' journals hold
+    // blocks this node's copy does not refer to yet).
+    let (backup, scrub) = if let Metadata::Embedded(master) = &metadata {
+        let backup = Periodic::start(
+            "meta-backup",
+            Duration::from_secs(args.backup_interval_s),
+            backup_task(master, &store.remote),
+        );
+        let scrub = Periodic::start(
+            "store-scrub",
+            Duration::from_secs(args.scrub_interval_s.max(1)),
+            scrub_task(master, &store.remote, &writeback, args.gc_grace()?),
+        );
+        (Some(backup), Some(scrub))
+    } else {
+        info!("node of a master group: the masters own the metadata; no metadata backup or orphan scrub on this node");
+        (None, None)
+    };
     let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::addr);
     info!(mountpoint = %mountpoint.display(), store = %store.url, cores = engine.handle().shards(), ?metrics_addr, "mounted");
     ready.ok();
@@ -398,20 +527,23 @@ fn serve(
 
     let served = mount.wait();
     drop(metrics);
-    backup.stop();
-    scrub.stop();
+    backup.into_iter().for_each(Periodic::stop);
+    scrub.into_iter().for_each(Periodic::stop);
     if let Err(e) = block_on(writeback.drain(Duration::from_secs(DRAIN_TIMEOUT_S))) {
         warn!(error = %e, "the write-back journal still holds data; it is uploaded at the next start");
     }
-    let snapshot = master.local().read().snapshot();
-    match block_on(store.remote.put_meta_snapshot(snapshot)) {
-        Ok(seq) => info!(seq, "backed up the metadata to the store"),
-        Err(e) => warn!(error = %e, "backing up the metadata to the store"),
+    if let Metadata::Embedded(master) = &metadata {
+        let snapshot = master.local().read().snapshot();
+        match block_on(store.remote.put_meta_snapshot(snapshot)) {
+            Ok(seq) => info!(seq, "backed up the metadata to the store"),
+            Err(e) => warn!(error = %e, "backing up the metadata to the store"),
+        }
     }
     drop(fs);
     engine.shutdown().context("stopping the engine")?;
     writeback.shutdown();
-    master.stop().context("stopping the metadata")?;
+    drop(meta);
+    metadata.stop()?;
     served.context("serving the mount")?;
     info!("stopped");
     Ok(())
@@ -488,51 +620,59 @@ fn open_metadata(meta_dir: &Path, remote: &RemoteStore, url: &StoreUrl) -> anyho
         .with_context(|| format!("starting the metadata in {}", meta_dir.display()))
 }
 
-/// How long start-up waits for the embedded metadata group to elect itself.
-const LEADER_WAIT_MS: u64 = 10_000;
-
 /// Formats the namespace with the store's volume id on first start, and
-/// refuses a data directory whose namespace belongs to another volume.
-fn ensure_volume(master: &Master, store: &VolumeDescriptor, url: &StoreUrl) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_millis(LEADER_WAIT_MS);
-    loop {
-        let status =
-            block_on(master.handle().status()).context("asking the metadata for its status")?;
-        if status.leader == Some(status.id) {
-            break;
+/// refuses a namespace that belongs to another volume (the embedded data
+/// directory's, or the master group's).
+fn ensure_volume(meta: &MetaLink, store: &VolumeDescriptor, url: &StoreUrl) -> anyhow::Result<()> {
+    meta.wait_for_leader()
+        .context("waiting for the metadata leader")?;
+    let whose = if meta.is_node() {
+        "the master group holds the namespace of another volume"
+    } else {
+        "this data directory holds the namespace of another volume"
+    };
+    let check = |v: &datenlord_cluster::meta::Volume| {
+        if v.uuid == store.uuid && v.block_size == store.block_size {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "{whose} (block size {} bytes) than the store {url} (volume {}): use that volume's store, or a new --data-dir (or group)",
+                v.block_size,
+                store.uuid_hex()
+            ))
         }
-        if std::time::Instant::now() > deadline {
-            bail!("the embedded metadata group elected no leader within {LEADER_WAIT_MS} ms");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    };
     // Linearizable: after a restart the log is replayed once the leader
     // commits, and the local copy may still be behind at this point.
-    let volume = block_on(master.handle().read(|state| state.read().volume().cloned()))
+    let volume = block_on(meta.read_linearizable(|state| state.volume().cloned()))
         .context("reading the namespace's volume")?;
-    match volume {
-        Some(v) if v.uuid == store.uuid && v.block_size == store.block_size => Ok(()),
-        Some(v) => bail!(
-            "this data directory holds the namespace of another volume (block size {} bytes) than the store {url} (volume {}): use the data directory of that store, or a new --data-dir",
-            v.block_size,
-            store.uuid_hex()
-        ),
-        None => {
-            let command = datenlord_cluster::meta::Command::Format {
-                uuid: store.uuid,
-                block_size: store.block_size,
-                format_version: datenlord_cluster::meta::VOLUME_FORMAT_VERSION,
-                capacity_bytes: datenlord_fs::CAPACITY_BYTES_DEFAULT,
-                inodes_max: datenlord_fs::INODES_MAX_DEFAULT,
-                now: datenlord_fs::now(),
-            };
-            let reply = block_on(master.handle().propose(command.encode()))
-                .context("formatting the namespace")?;
-            datenlord_cluster::master::decode_result(&reply)
-                .map_err(|e| anyhow::anyhow!("formatting the namespace: {e}"))?;
+    if let Some(v) = volume {
+        return check(&v);
+    }
+    let command = datenlord_cluster::meta::Command::Format {
+        uuid: store.uuid,
+        block_size: store.block_size,
+        format_version: datenlord_cluster::meta::VOLUME_FORMAT_VERSION,
+        capacity_bytes: datenlord_fs::CAPACITY_BYTES_DEFAULT,
+        inodes_max: datenlord_fs::INODES_MAX_DEFAULT,
+        now: datenlord_fs::now(),
+    };
+    match block_on(meta.apply(&command)) {
+        Ok(_) => {
             info!(volume = %store.uuid_hex(), "formatted a new namespace");
             Ok(())
         }
+        // Another node of the group formatted it first: check its volume.
+        Err(datenlord_fs::FsError::Meta { .. }) if meta.is_node() => {
+            let volume = meta
+                .read_latest(|state| state.volume().cloned())
+                .context("reading the namespace's volume")?;
+            match volume {
+                Some(v) => check(&v),
+                None => bail!("formatting the namespace was refused and it is still not formatted"),
+            }
+        }
+        Err(e) => Err(e).context("formatting the namespace"),
     }
 }
 
@@ -863,5 +1003,39 @@ mod tests {
             .to_string();
         assert!(err.contains("--gc-grace"), "{err}");
         assert!(args(&["--backup-interval", "0"]).gc_grace().is_err());
+    }
+
+    #[test]
+    fn node_options_go_together_with_a_shared_store() {
+        let data = Path::new("/var/lib/dl");
+        assert!(args(&[]).node_config(data).expect("embedded").is_none());
+        let node = [
+            "--masters",
+            "m1:7000, m2:7000",
+            "--node-id",
+            "9",
+            "--node-listen",
+            "0.0.0.0:7100",
+        ];
+        let mut with_store = node.to_vec();
+        with_store.extend(["--store", "s3://bucket/vol"]);
+        let config = args(&with_store)
+            .node_config(data)
+            .expect("node")
+            .expect("a node config");
+        assert_eq!(config.masters, ["m1:7000", "m2:7000"]);
+        assert_eq!(config.id, 9);
+        assert_eq!(config.data_dir, data.join("node"));
+        let err = |extra: &[&str]| {
+            args(extra)
+                .node_config(data)
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(err(&node).contains("needs --store"));
+        let mut own_store = node.to_vec();
+        own_store.extend(["--store", "file:///var/lib/dl/store/"]);
+        assert!(err(&own_store).contains("embedded mount's default store"));
+        assert!(err(&["--node-id", "3"]).contains("missing: --masters, --node-listen"));
     }
 }

@@ -268,8 +268,19 @@ impl Node {
     /// committed before this call (ReadIndex through the leader): what
     /// close-to-open needs at `open`.
     pub fn linearizable<R>(&self, f: impl FnOnce(&MetaState) -> R) -> Result<R, NodeError> {
+        block_on(self.linearizable_async(f))
+    }
+
+    /// [`Self::linearizable`] for callers that are futures themselves
+    /// (a `block_on` inside another one panics). Between retries it
+    /// sleeps on the calling thread: poll it from a thread of its own (a
+    /// FUSE request thread's `block_on`), not from a shared executor.
+    pub async fn linearizable_async<R>(
+        &self,
+        f: impl FnOnce(&MetaState) -> R,
+    ) -> Result<R, NodeError> {
         let deadline = Instant::now() + Duration::from_millis(READ_TIMEOUT_MS);
-        self.barrier(deadline, "a linearizable read")?;
+        self.barrier_async(deadline, "a linearizable read").await?;
         // The copy only moves forward, so it is at least as new as the
         // index the read was served at.
         Ok(f(&self.local.read()))
@@ -288,13 +299,21 @@ impl Node {
     /// Applies a command through the leader (once, even across retries and
     /// leader changes) and returns once the local copy reflects it.
     pub fn apply(&self, command: &Command) -> Result<Outcome, NodeError> {
+        block_on(self.apply_async(command))
+    }
+
+    /// [`Self::apply`] for callers that are futures themselves; it blocks
+    /// the calling thread on the leader's answer (see
+    /// [`Self::linearizable_async`]).
+    pub async fn apply_async(&self, command: &Command) -> Result<Outcome, NodeError> {
         let outcome = self
             .client
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .apply(command)?;
         let deadline = Instant::now() + Duration::from_millis(READ_TIMEOUT_MS);
-        self.barrier(deadline, "showing an applied write in the local copy")?;
+        self.barrier_async(deadline, "showing an applied write in the local copy")
+            .await?;
         Ok(outcome)
     }
 
@@ -365,9 +384,13 @@ impl Node {
     /// before the call (a ReadIndex read through the local replica, asked
     /// again until `deadline` while no leader is known or one is elected).
     fn barrier(&self, deadline: Instant, what: &'static str) -> Result<(), NodeError> {
+        block_on(self.barrier_async(deadline, what))
+    }
+
+    async fn barrier_async(&self, deadline: Instant, what: &'static str) -> Result<(), NodeError> {
         let started = Instant::now();
         loop {
-            let last = match block_on(self.handle.read(|_| ())) {
+            let last = match self.handle.read(|_| ()).await {
                 Ok(()) => return Ok(()),
                 Err(DriveError::Stopped) => return Err(NodeError::Stopped),
                 Err(e) => e,

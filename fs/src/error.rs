@@ -17,6 +17,15 @@ pub enum FsError {
         /// Why.
         message: String,
     },
+    /// The metadata masters could not be reached or did not answer (a
+    /// node of a master group): the command may or may not have applied.
+    #[error("metadata masters: {message}")]
+    Unknown {
+        /// errno (ETIMEDOUT for a timeout, else EIO).
+        errno: i32,
+        /// Why.
+        message: String,
+    },
     /// The metadata replica could not run the command.
     #[error("metadata: {0}")]
     Drive(#[from] DriveError),
@@ -50,7 +59,7 @@ impl FsError {
     /// The errno the FUSE layer answers with.
     pub fn errno(&self) -> i32 {
         match self {
-            Self::Meta { errno, .. } => *errno,
+            Self::Meta { errno, .. } | Self::Unknown { errno, .. } => *errno,
             Self::Sink(e) => e.errno,
             Self::Drive(_) | Self::Engine(_) | Self::Config(_) => libc::EIO,
             Self::BadHandle(_) => libc::EBADF,

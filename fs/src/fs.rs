@@ -371,9 +371,12 @@ impl Fs {
 
     // ---- queries (the local copy) ----
 
-    /// The entry `name` of `parent`.
+    /// The entry `name` of `parent`. Through a node of a master group it
+    /// is a linearizable read (close-to-open: the lookup the kernel makes
+    /// before an `open` sees every change committed before it, on any
+    /// node); the embedded group reads its local copy, which is current.
     pub fn lookup(&self, parent: Ino, name: &[u8], creds: &Creds) -> Result<Attr> {
-        let attr = self.meta.read(|s| s.lookup(parent, name, creds))?;
+        let attr = self.meta.read_latest(|s| s.lookup(parent, name, creds))??;
         Ok(self.with_pending(attr))
     }
 
@@ -717,7 +720,11 @@ impl Fs {
     }
 
     /// `open(2)` of an existing inode with `open(2)` flags (`O_TRUNC`
-    /// truncates, `O_APPEND` makes every write append).
+    /// truncates, `O_APPEND` makes every write append). Close-to-open
+    /// holds on every backend: `Open` is a command, applied in the group's
+    /// log order, and the link returns only once the local copy reflects
+    /// it — so the attributes and block map this open reads are at least
+    /// as new as every close committed before it, on any node.
     pub async fn open(&self, ino: Ino, flags: i32, creds: &Creds) -> Result<Opened> {
         let open_flags = OpenFlags::from_libc(flags);
         let outcome = self

@@ -8,7 +8,8 @@
 //! - `range`, `dirty`, `version`: sans-IO block arithmetic, unflushed-write
 //!   bookkeeping and block version allocation.
 //! - `sink`: [`BlockSink`], where flushed blocks become durable.
-//! - `meta`: [`MetaLink`], commands through Raft, queries on the local copy.
+//! - `meta`: [`MetaLink`], commands through Raft (the embedded group, or a
+//!   learner node of a master group), queries on the local copy.
 //! - `resolver`: [`BlockMapResolver`], the engine's prefetch version lookup.
 //! - `fs`: [`Fs`], the operations and the flush protocol.
 //! - `garbage`: orphaned block versions handed to the sink in batches, each

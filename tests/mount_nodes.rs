@@ -1,0 +1,141 @@
+//! Two `datenlord mount` daemons as nodes of one group of real `datenlord
+//! master` processes, over one shared `file://` store: close-to-open across
+//! nodes (a file closed on one node opens with its bytes on the other, an
+//! overwrite too), a directory made on one is seen on the other, and an
+//! unlink on one is ENOENT on the other (kernel caches off with `-o`), and
+//! a node unmounted and mounted again rejoins and catches up.
+
+mod support;
+
+use std::time::Duration;
+
+use support::masters::{free_addr, wait_for, Group};
+use support::node::{datenlord, Mounted, NodeDirs};
+
+/// Kernel attribute and entry caches off: every path walk asks the node.
+const NO_KERNEL_CACHE: &str = "negative_timeout=0,entry_timeout=0,attr_timeout=0";
+
+fn node_args<'a>(store: &'a str, masters: &'a str, id: &'a str, listen: &'a str) -> Vec<&'a str> {
+    vec![
+        "--store",
+        store,
+        "--masters",
+        masters,
+        "--node-id",
+        id,
+        "--node-listen",
+        listen,
+        "--write-mode",
+        "through",
+        "-o",
+        NO_KERNEL_CACHE,
+        "--cores",
+        "1",
+        "--cache-size",
+        "0",
+        "--memory-size",
+        "32M",
+    ]
+}
+
+fn bytes(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+        .collect()
+}
+
+#[test]
+fn two_mounts_of_one_master_group_see_each_others_closed_files() {
+    let group = Group::new(3);
+    wait_for("a leader", Duration::from_secs(20), || {
+        group.leader(&[1, 2, 3])
+    });
+    let masters = group.addrs.join(",");
+    let (a_dirs, b_dirs) = (NodeDirs::new(), NodeDirs::new());
+    let store_dir = a_dirs.root().join("shared-store");
+    std::fs::create_dir_all(&store_dir).expect("mkdir store");
+    let store = format!("file://{}", store_dir.display());
+    let out = datenlord(&["format", "--store", &store, "--block-size", "64K"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a_listen, b_listen) = (free_addr(), free_addr());
+    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen));
+    let b = Mounted::start(&b_dirs, &node_args(&store, &masters, "12", &b_listen));
+    let a_log =
+        std::fs::read_to_string(a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
+    assert!(
+        a_log.contains("masters own the metadata"),
+        "a node says it backs up nothing:\n{}",
+        a.log()
+    );
+
+    // Close-to-open: written and closed on A, opened and read on B.
+    let first = bytes(200_000, 1);
+    std::fs::write(a.path().join("f"), &first).expect("write on A");
+    let read = std::fs::read(b.path().join("f")).expect("read on B");
+    assert!(read == first, "B reads what A closed");
+    // An overwrite: B's page cache must not keep the old bytes.
+    let second = bytes(200_000, 7);
+    std::fs::write(a.path().join("f"), &second).expect("overwrite on A");
+    let read = std::fs::read(b.path().join("f")).expect("read again on B");
+    assert!(read == second, "B reads A's overwrite");
+
+    // A directory made on B is on A.
+    std::fs::create_dir(b.path().join("d")).expect("mkdir on B");
+    let meta = std::fs::metadata(a.path().join("d")).expect("stat on A");
+    assert!(meta.is_dir());
+
+    // An unlink on A is ENOENT on B.
+    std::fs::remove_file(a.path().join("f")).expect("unlink on A");
+    let err = std::fs::metadata(b.path().join("f")).expect_err("gone on B");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+
+    // A stopped node stays a member: it remounts on its data directory
+    // (rejoining, not added again) and sees what B did meanwhile.
+    a.unmount();
+    std::fs::write(b.path().join("d/g"), b"while A was down").expect("write on B");
+    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen));
+    let read = std::fs::read(a.path().join("d/g")).expect("read on A again");
+    assert_eq!(read, b"while A was down");
+    let a_log =
+        std::fs::read_to_string(a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
+    assert!(
+        a_log.contains("the group remembers this node"),
+        "a restarted node rejoins:\n{}",
+        a.log()
+    );
+
+    a.unmount();
+    b.unmount();
+}
+
+#[test]
+fn node_options_go_together_and_need_a_shared_store() {
+    let dirs = NodeDirs::new();
+    let masters = free_addr();
+    let listen = free_addr();
+    let check = |extra: &[&str], expected: &str| {
+        let err =
+            Mounted::try_start(&dirs.mountpoint(), &dirs.data_dir(), extra).expect_err("refused");
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    };
+    check(
+        &["--masters", &masters, "--store", "file:///tmp/x"],
+        "missing: --node-id, --node-listen",
+    );
+    check(&["--node-id", "5"], "missing: --masters, --node-listen");
+    check(
+        &[
+            "--masters",
+            &masters,
+            "--node-id",
+            "5",
+            "--node-listen",
+            &listen,
+        ],
+        "needs --store",
+    );
+}
