@@ -24,8 +24,44 @@ fn memory_engine_config(blocks: u64) -> EngineConfig {
     }
 }
 
-/// An embedded master, a memory-only engine and an `Fs` over a sink made
-/// by `make_sink` (tests that need their own sink); dropped in reverse.
+/// What a test file system runs on.
+struct Parts<S> {
+    master: Master,
+    engine: Engine,
+    store: Arc<MemoryStore>,
+    sink: Arc<S>,
+    fs: Arc<Fs>,
+}
+
+/// An embedded master (in `dir`), a memory-only engine of `blocks` blocks
+/// and an `Fs` over the sink `make_sink` builds on the engine's store.
+fn start_fs<S: datenlord_fs::BlockSink + 'static>(
+    dir: &std::path::Path,
+    config: FsConfig,
+    blocks: u64,
+    make_sink: impl FnOnce(Arc<MemoryStore>, &Master) -> Arc<S>,
+) -> Parts<S> {
+    let master = Master::embedded(&dir.join("meta"), None).expect("master");
+    let store = MemoryStore::new();
+    let engine = Engine::start(&memory_engine_config(blocks), Arc::clone(&store)).expect("engine");
+    let sink = make_sink(Arc::clone(&store), &master);
+    let fs = Fs::new(
+        config,
+        MetaLink::from_master(&master),
+        engine.handle(),
+        sink.clone(),
+    )
+    .expect("fs");
+    Parts {
+        master,
+        engine,
+        store,
+        sink,
+        fs,
+    }
+}
+
+/// [`start_fs`] with a sink of the test's own (dropped in reverse).
 struct SinkEnv<S> {
     fs: Arc<Fs>,
     sink: Arc<S>,
@@ -37,23 +73,14 @@ struct SinkEnv<S> {
 impl<S: datenlord_fs::BlockSink + 'static> SinkEnv<S> {
     fn new(blocks: u64, make_sink: impl FnOnce(Arc<MemoryStore>, &Master) -> S) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
-        let store = MemoryStore::new();
-        let engine =
-            Engine::start(&memory_engine_config(blocks), Arc::clone(&store)).expect("engine");
-        let sink = Arc::new(make_sink(store, &master));
-        let fs = Fs::new(
-            FsConfig::default(),
-            MetaLink::from_master(&master),
-            engine.handle(),
-            sink.clone(),
-        )
-        .expect("fs");
+        let parts = start_fs(dir.path(), FsConfig::default(), blocks, |store, master| {
+            Arc::new(make_sink(store, master))
+        });
         Self {
-            fs,
-            sink,
-            engine,
-            master,
+            fs: parts.fs,
+            sink: parts.sink,
+            engine: parts.engine,
+            master: parts.master,
             _dir: dir,
         }
     }
@@ -81,24 +108,13 @@ impl Env {
 
     fn with_config(config: FsConfig) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
-        let store = MemoryStore::new();
-        let engine_config = memory_engine_config(64);
-        let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
-        let sink = MemorySink::new(Arc::clone(&store));
-        let fs = Fs::new(
-            config,
-            MetaLink::from_master(&master),
-            engine.handle(),
-            sink.clone(),
-        )
-        .expect("fs");
+        let parts = start_fs(dir.path(), config, 64, |store, _| MemorySink::new(store));
         Self {
-            fs: Some(fs),
-            engine: Some(engine),
-            master: Some(master),
-            sink,
-            store,
+            fs: Some(parts.fs),
+            engine: Some(parts.engine),
+            master: Some(parts.master),
+            sink: parts.sink,
+            store: parts.store,
             _dir: dir,
         }
     }

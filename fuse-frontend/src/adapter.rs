@@ -90,6 +90,19 @@ fn err(e: &FsError) -> io::Error {
     io::Error::from_raw_os_error(e.errno())
 }
 
+/// The xattr size protocol for a value of `len` bytes and a caller's
+/// buffer of `size`: `Some(len)` when the caller asks for the length only
+/// (`size` 0), `None` when the value fits, ERANGE when it does not.
+fn xattr_fit(len: usize, size: u32) -> io::Result<Option<u32>> {
+    if size == 0 {
+        return Ok(Some(u32::try_from(len).unwrap_or(u32::MAX)));
+    }
+    if len > size as usize {
+        return Err(io::Error::from_raw_os_error(libc::ERANGE));
+    }
+    Ok(None)
+}
+
 fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
 }
@@ -561,15 +574,10 @@ impl FileSystem for FuseFs {
             .fs
             .getxattr(Ino(inode), name.to_bytes(), &creds(ctx))
             .map_err(|e| err(&e))?;
-        if size == 0 {
-            return Ok(GetxattrReply::Count(
-                u32::try_from(value.len()).unwrap_or(u32::MAX),
-            ));
-        }
-        if value.len() > size as usize {
-            return Err(io::Error::from_raw_os_error(libc::ERANGE));
-        }
-        Ok(GetxattrReply::Value(value))
+        Ok(match xattr_fit(value.len(), size)? {
+            Some(len) => GetxattrReply::Count(len),
+            None => GetxattrReply::Value(value),
+        })
     }
 
     fn listxattr(&self, ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
@@ -582,15 +590,10 @@ impl FileSystem for FuseFs {
             out.extend_from_slice(&name);
             out.push(0);
         }
-        if size == 0 {
-            return Ok(ListxattrReply::Count(
-                u32::try_from(out.len()).unwrap_or(u32::MAX),
-            ));
-        }
-        if out.len() > size as usize {
-            return Err(io::Error::from_raw_os_error(libc::ERANGE));
-        }
-        Ok(ListxattrReply::Names(out))
+        Ok(match xattr_fit(out.len(), size)? {
+            Some(len) => ListxattrReply::Count(len),
+            None => ListxattrReply::Names(out),
+        })
     }
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {

@@ -62,22 +62,28 @@ struct Mounted {
     _dir: tempfile::TempDir,
 }
 
+/// An embedded master (in `dir`), a memory-only engine of `blocks` blocks
+/// and a file system over them, not mounted.
+fn start_fs(dir: &Path, blocks: u64) -> (Master, Engine, Arc<Fs>) {
+    let master = Master::embedded(&dir.join("meta"), None).expect("master");
+    let store = MemoryStore::new();
+    let engine = Engine::start(&memory_engine_config(blocks), Arc::clone(&store)).expect("engine");
+    let fs = Fs::new(
+        FsConfig::default(),
+        MetaLink::from_master(&master),
+        engine.handle(),
+        MemorySink::new(store),
+    )
+    .expect("fs");
+    (master, engine, fs)
+}
+
 impl Mounted {
     fn new(opts: impl FnOnce(&mut MountOptions)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).expect("mkdir mountpoint");
-        let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
-        let store = MemoryStore::new();
-        let engine_config = memory_engine_config(64);
-        let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
-        let fs = Fs::new(
-            FsConfig::default(),
-            MetaLink::from_master(&master),
-            engine.handle(),
-            MemorySink::new(store),
-        )
-        .expect("fs");
+        let (master, engine, fs) = start_fs(dir.path(), 64);
         let mut options = MountOptions::new(&mnt);
         options.threads = 2;
         opts(&mut options);
@@ -326,17 +332,7 @@ fn an_outside_umount_ends_wait() {
 #[test]
 fn mount_errors_say_what_to_do() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let master = Master::embedded(&dir.path().join("meta"), None).expect("master");
-    let store = MemoryStore::new();
-    let engine_config = memory_engine_config(16);
-    let engine = Engine::start(&engine_config, Arc::clone(&store)).expect("engine");
-    let fs = Fs::new(
-        FsConfig::default(),
-        MetaLink::from_master(&master),
-        engine.handle(),
-        MemorySink::new(store),
-    )
-    .expect("fs");
+    let (master, engine, fs) = start_fs(dir.path(), 16);
     let missing = dir.path().join("missing");
     let err = mount(Arc::clone(&fs), &MountOptions::new(&missing)).expect_err("missing");
     assert!(matches!(err, FuseError::MountpointMissing(_)), "{err}");
