@@ -518,24 +518,19 @@ fn sync_if_due<S: StateMachine>(
     stopping: bool,
 ) -> Result<Instant, ReplicaError> {
     let now = Instant::now();
-    let next = now + Duration::from_millis(DEFERRED_SYNC_MS);
-    if !replica.log_unsynced() {
-        for reply in waiting.drain(..) {
-            let _ = reply.send(Ok(()));
+    if replica.log_unsynced() {
+        if waiting.is_empty() && now < due && !stopping {
+            return Ok(due);
         }
-        return Ok(next);
-    }
-    if waiting.is_empty() && now < due && !stopping {
-        return Ok(due);
-    }
-    if let Err(e) = replica.sync_log() {
-        error!(replica = replica.id(), %e, "the Raft log cannot be synced; stopping the replica");
-        return Err(e);
+        if let Err(e) = replica.sync_log() {
+            error!(replica = replica.id(), %e, "the Raft log cannot be synced; stopping the replica");
+            return Err(e);
+        }
     }
     for reply in waiting.drain(..) {
         let _ = reply.send(Ok(()));
     }
-    Ok(next)
+    Ok(now + Duration::from_millis(DEFERRED_SYNC_MS))
 }
 
 /// Takes one request; returns whether the driver should stop.
