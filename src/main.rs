@@ -72,6 +72,12 @@ struct MasterArgs {
     /// data directory must be new).
     #[arg(long)]
     join: bool,
+    /// Name of a new group: with --peers it makes the group's id, which
+    /// every member records and checks on each connection, so a data
+    /// directory of another group is refused. Give a new name when a group
+    /// is created again on the same addresses. Used only at bootstrap.
+    #[arg(long, default_value = "")]
+    group: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +271,7 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir.clone(),
         snapshot_interval_entries: args.snapshot_interval,
         join: args.join,
+        group_name: args.group.clone(),
     };
     let master = datenlord_cluster::master::Master::start(&config).with_context(|| {
         format!(

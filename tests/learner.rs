@@ -179,3 +179,45 @@ fn a_learner_node_reads_locally_writes_through_the_leader_and_follows_failover()
     });
     node.stop().expect("stop");
 }
+
+#[test]
+fn a_node_on_a_copy_of_another_group_is_refused_and_a_new_one_records_the_group() {
+    let group = Group::new(3);
+    // A node directory that is a copy of another group (its identity file
+    // names another group, as after a start against other masters).
+    let foreign = group.root.path().join("foreign-node");
+    datenlord_cluster::group::record_identity(&foreign, "node", NODE_ID, 0x5eed).expect("record");
+    let err = Node::join(&config(&group, NODE_ID, &free_addr(), &foreign))
+        .expect_err("a copy of another group")
+        .to_string();
+    assert!(err.contains("metadata group 0000000000005eed"), "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    let names: Vec<_> = std::fs::read_dir(&foreign)
+        .expect("read_dir")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![datenlord_cluster::group::IDENTITY_FILE]);
+
+    // A new directory records the masters' group, and a restart keeps it.
+    let dir = group.root.path().join("node");
+    let listen = free_addr();
+    let node = Node::join(&config(&group, NODE_ID, &listen, &dir)).expect("join");
+    node.stop().expect("stop");
+    let identity = std::fs::read_to_string(dir.join(datenlord_cluster::group::IDENTITY_FILE))
+        .expect("identity");
+    let recorded = identity
+        .lines()
+        .find_map(|l| l.strip_prefix("group="))
+        .expect("a group line")
+        .to_string();
+    let status = datenlord_cluster::master::MetaClient::with_deadline(
+        vec![group.addrs[0].clone()],
+        Duration::from_secs(5),
+    )
+    .status()
+    .expect("status");
+    assert_eq!(recorded, format!("{:016x}", status.group));
+    let again = Node::join(&config(&group, NODE_ID, &listen, &dir)).expect("rejoin");
+    again.stop().expect("stop");
+}

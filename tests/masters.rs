@@ -158,3 +158,100 @@ fn masters_join_as_learners_get_promoted_and_leave() {
         assert!(listed.contains(&name), "lost {name}");
     }
 }
+
+/// Every file under `dir` with its bytes (to check nothing was changed).
+fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let path = entry.path();
+        if path.is_file() {
+            out.insert(
+                entry.file_name().to_string_lossy().into_owned(),
+                std::fs::read(&path).expect("read"),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn a_data_dir_of_another_group_is_refused_and_never_joins() {
+    // Group B: a single master with id 3, one directory, one mkdir.
+    let mut other = Group::unstarted(3, 20);
+    let other_addr = other.addrs[2].clone();
+    let other_peers = format!("3={other_addr}");
+    let foreign_dir = other.dir(3);
+    other.start_on(3, &other_peers, false, &foreign_dir);
+    let mut b = datenlord_cluster::master::MetaClient::new(vec![other_addr.clone()]);
+    format(&mut b);
+    mkdir(&mut b, "only-in-b");
+    other.kill(3);
+    let before = contents(&foreign_dir);
+
+    // Group A: three masters. Master 3 is restarted on group B's directory.
+    let mut group = Group::new(3);
+    let mut client = group.client();
+    format(&mut client);
+    mkdir(&mut client, "in-a");
+    group.kill(3);
+    let peers = group.peers.clone();
+    group.start_on(3, &peers, false, &foreign_dir);
+    let status = wait_for(
+        "master 3 to refuse to start",
+        Duration::from_secs(10),
+        || group.exited(3),
+    );
+    assert!(!status.success());
+    let log = group.log(3);
+    assert!(log.contains("metadata group"), "{log}");
+    assert!(log.contains("nothing was changed"), "{log}");
+    assert_eq!(
+        contents(&foreign_dir),
+        before,
+        "the foreign directory changed"
+    );
+
+    // With the rest of group A down, nobody answers at start and it runs:
+    // then its Raft connections are refused both ways, group A carries on
+    // without it, and nothing crosses between the two logs.
+    group.kill(1);
+    group.kill(2);
+    group.start_on(3, &peers, false, &foreign_dir);
+    std::thread::sleep(Duration::from_millis(1500));
+    group.start(1);
+    group.start(2);
+    let mut client = group.client();
+    mkdir(&mut client, "in-a-again");
+    let listed = names(&mut client);
+    assert!(listed.contains(&"in-a".to_string()), "{listed:?}");
+    assert!(listed.contains(&"in-a-again".to_string()), "{listed:?}");
+    assert!(!listed.contains(&"only-in-b".to_string()), "{listed:?}");
+    // (Master 3's log makes it a group of its own, so only 1 and 2 send.)
+    wait_for(
+        "master 3 to refuse group A's messages",
+        Duration::from_secs(10),
+        || group.log(3).contains("refused Raft messages").then_some(()),
+    );
+    wait_for(
+        "group A to see the refusal",
+        Duration::from_secs(10),
+        || {
+            (group.log(1) + &group.log(2))
+                .contains("refuses this master's messages")
+                .then_some(())
+        },
+    );
+    assert!(
+        group.exited(3).is_none(),
+        "master 3 died:\n{}",
+        group.log(3)
+    );
+    group.kill(3);
+    // Group B's namespace is intact: restarted alone, it still has its
+    // directory and not group A's.
+    other.start_on(3, &other_peers, false, &foreign_dir);
+    let listed = names(&mut datenlord_cluster::master::MetaClient::new(vec![
+        other_addr,
+    ]));
+    assert_eq!(listed, vec!["only-in-b".to_string()]);
+}

@@ -39,7 +39,7 @@ fn now() -> Timespec {
 enum Access {
     /// Writes through the driver, reads from the local copy.
     Handle(RaftHandle<SharedState<MetaState>>, SharedState<MetaState>),
-    Client(MetaClient),
+    Client(Box<MetaClient>),
 }
 
 impl Access {
@@ -113,6 +113,7 @@ fn embedded() -> Setup {
         data_dir: dir.path().join("m1"),
         snapshot_interval_entries: None,
         join: false,
+        group_name: String::new(),
     };
     let master = Master::start(&config).expect("master");
     let handle = master.handle();
@@ -150,13 +151,14 @@ fn three() -> Setup {
                 data_dir: dir.path().join(format!("m{id}")),
                 snapshot_interval_entries: None,
                 join: false,
+                group_name: String::new(),
             })
             .expect("master")
         })
         .collect();
     Setup {
         name: "3 masters on loopback (TCP)",
-        access: Box::new(move || Access::Client(MetaClient::new(addrs.clone()))),
+        access: Box::new(move || Access::Client(Box::new(MetaClient::new(addrs.clone())))),
         _masters: masters,
         _dir: dir,
     }

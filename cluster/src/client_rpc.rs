@@ -5,6 +5,9 @@
 //! request:  [len u32][crc32c u32][id u64][op u8][payload]
 //! response: [len u32][crc32c u32][id u64][status u8][payload]
 //! ```
+//! A connection starts with [`CLIENT_PREAMBLE`] and the metadata group the
+//! client expects (`u64`, 0: any; see [`crate::group`]); a master of another
+//! group answers [`Status::OtherGroup`] and the client leaves it alone.
 //! `len` counts the bytes after the CRC; the CRC covers them. A master that
 //! is not the leader answers [`Status::NotLeader`] with the leader's client
 //! address, and [`RpcClient`] follows it by itself. A malformed frame closes
@@ -41,6 +44,9 @@ pub enum Status {
     NotLeader = 1,
     /// Failed; the payload is a message.
     Failed = 2,
+    /// The master is in another group than the client expects; the
+    /// payload is its group (`u64`).
+    OtherGroup = 3,
 }
 
 /// Errors of a call.
@@ -83,8 +89,9 @@ fn read_frame(input: &mut impl Read) -> Result<Option<(u64, u8, Vec<u8>)>, Strin
 /// The handler a master runs for each request: `(op, payload) -> Response`.
 pub type Handler = Arc<dyn Fn(u8, Vec<u8>) -> Response + Send + Sync>;
 
-/// Serves clients on `listener`, one thread per connection.
-pub fn serve(listener: TcpListener, handler: Handler) {
+/// Serves clients on `listener` for a member of `group`, one thread per
+/// connection.
+pub fn serve(listener: TcpListener, group: u64, handler: Handler) {
     let spawned = thread::Builder::new()
         .name("meta-accept".into())
         .spawn(move || {
@@ -96,7 +103,7 @@ pub fn serve(listener: TcpListener, handler: Handler) {
                     .spawn(move || {
                         let mut preamble = [0u8; 4];
                         if stream.read_exact(&mut preamble).is_ok() && preamble == CLIENT_PREAMBLE {
-                            serve_connection(stream, &handler);
+                            serve_connection(stream, group, &handler);
                         }
                     });
             }
@@ -106,10 +113,25 @@ pub fn serve(listener: TcpListener, handler: Handler) {
     }
 }
 
-/// Answers a client's requests (after its preamble) until it disconnects.
-pub(crate) fn serve_connection(stream: TcpStream, handler: &Handler) {
+/// How long a new client may take to say which group it expects.
+const GROUP_TIMEOUT_MS: u64 = 5_000;
+
+/// Answers a client's requests (after its preamble) for a member of
+/// `group` until it disconnects.
+pub(crate) fn serve_connection(mut stream: TcpStream, group: u64, handler: &Handler) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
+    let mut expected = [0u8; 8];
+    let said = stream
+        .set_read_timeout(Some(Duration::from_millis(GROUP_TIMEOUT_MS)))
+        .and_then(|()| stream.read_exact(&mut expected))
+        .and_then(|()| stream.set_read_timeout(None));
+    if let Err(e) = said {
+        debug!(?peer, %e, "client left before saying its group");
+        return;
+    }
+    let expected = u64::from_le_bytes(expected);
+    let other_group = expected != 0 && expected != group;
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
@@ -117,6 +139,16 @@ pub(crate) fn serve_connection(stream: TcpStream, handler: &Handler) {
     let mut writer = BufWriter::new(write_half);
     loop {
         match read_frame(&mut reader) {
+            Ok(Some((id, _, _))) if other_group => {
+                warn!(?peer, "a client of metadata group {expected:016x} reached this member of {group:016x}: told it so");
+                let _ = write_frame(
+                    &mut writer,
+                    id,
+                    Status::OtherGroup as u8,
+                    &group.to_le_bytes(),
+                );
+                return;
+            }
             Ok(Some((id, op, payload))) => {
                 let response = handler(op, payload);
                 if write_frame(&mut writer, id, response.status as u8, &response.payload).is_err() {
@@ -140,6 +172,10 @@ pub struct RpcClient {
     conn: Option<(String, BufReader<TcpStream>, BufWriter<TcpStream>)>,
     next_id: u64,
     deadline: Duration,
+    /// The group the masters must be in (0: any).
+    group: u64,
+    /// Addresses that answered as members of another group.
+    foreign: Vec<String>,
 }
 
 impl RpcClient {
@@ -151,7 +187,28 @@ impl RpcClient {
             conn: None,
             next_id: 1,
             deadline: Duration::from_millis(CALL_DEADLINE_MS),
+            group: 0,
+            foreign: Vec::new(),
         }
+    }
+
+    /// Talks only to masters of `group` (0: any) from now on.
+    pub fn set_group(&mut self, group: u64) {
+        if group != self.group {
+            self.group = group;
+            self.conn = None;
+            self.foreign.clear();
+        }
+    }
+
+    /// The group this client expects (0: any).
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The addresses this client was given.
+    pub fn masters(&self) -> &[String] {
+        &self.masters
     }
 
     /// How long a call keeps trying before it fails.
@@ -161,14 +218,16 @@ impl RpcClient {
         self
     }
 
-    fn connect(addr: &str) -> Option<(BufReader<TcpStream>, BufWriter<TcpStream>)> {
+    fn connect(addr: &str, group: u64) -> Option<(BufReader<TcpStream>, BufWriter<TcpStream>)> {
         let resolved: SocketAddr = addr.to_socket_addrs().ok()?.next()?;
         let stream =
             TcpStream::connect_timeout(&resolved, Duration::from_millis(CONNECT_TIMEOUT_MS))
                 .ok()?;
         let _ = stream.set_nodelay(true);
         let mut write_half = stream.try_clone().ok()?;
-        write_half.write_all(&CLIENT_PREAMBLE).ok()?;
+        let mut hello = CLIENT_PREAMBLE.to_vec();
+        hello.extend_from_slice(&group.to_le_bytes());
+        write_half.write_all(&hello).ok()?;
         Some((BufReader::new(stream), BufWriter::new(write_half)))
     }
 
@@ -185,12 +244,23 @@ impl RpcClient {
                 ));
             }
             if self.conn.is_none() {
+                if !self.masters.is_empty() && self.masters.iter().all(|a| self.foreign.contains(a))
+                {
+                    return Err(RpcError::Failed(format!(
+                        "every master at {} is in another metadata group than {:016x}: check the addresses",
+                        self.masters.join(", "),
+                        self.group
+                    )));
+                }
                 let addr = self
                     .preferred
                     .take()
                     .unwrap_or_else(|| self.masters[attempt % self.masters.len().max(1)].clone());
                 attempt += 1;
-                if let Some((r, w)) = Self::connect(&addr) {
+                if self.foreign.contains(&addr) {
+                    continue;
+                }
+                if let Some((r, w)) = Self::connect(&addr, self.group) {
                     self.conn = Some((addr, r, w));
                 } else {
                     thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
@@ -202,8 +272,18 @@ impl RpcClient {
             let Some((addr, reader, writer)) = self.conn.as_mut() else {
                 continue;
             };
-            let answer = write_frame(writer, id, op, payload)
+            // A master that accepted but does not answer (still starting,
+            // stuck) must not hold the call past its deadline.
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let timed = reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .and_then(|()| writer.get_ref().set_write_timeout(Some(left)));
+            let answer = timed
                 .map_err(|e| e.to_string())
+                .and_then(|()| write_frame(writer, id, op, payload).map_err(|e| e.to_string()))
                 .and_then(|()| read_frame(reader));
             match answer {
                 Ok(Some((rid, status, body))) if rid == id => match status {
@@ -212,6 +292,11 @@ impl RpcClient {
                         return Err(RpcError::Failed(
                             String::from_utf8_lossy(&body).into_owned(),
                         ))
+                    }
+                    s if s == Status::OtherGroup as u8 => {
+                        warn!(addr = %addr, "this master is in another metadata group than {:016x}: leaving it alone", self.group);
+                        self.foreign.push(addr.clone());
+                        self.conn = None;
                     }
                     _ => {
                         let leader = String::from_utf8_lossy(&body).into_owned();
@@ -260,6 +345,7 @@ mod tests {
         let redirect = leader_addr.clone();
         serve(
             follower,
+            1,
             Arc::new(move |_, _| Response {
                 status: Status::NotLeader,
                 payload: redirect.clone().into_bytes(),
@@ -267,6 +353,7 @@ mod tests {
         );
         serve(
             leader,
+            1,
             Arc::new(|op, mut payload| {
                 payload.push(op);
                 Response {
@@ -284,6 +371,56 @@ mod tests {
             RpcClient::new(vec!["127.0.0.1:1".into()]).with_deadline(Duration::from_millis(300));
         let err = lost.call(1, b"").expect_err("unavailable").to_string();
         assert!(err.contains("majority of masters"), "{err}");
+    }
+
+    #[test]
+    fn a_client_leaves_masters_of_another_group_alone() {
+        let addr_of = |group: u64| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr").to_string();
+            serve(
+                listener,
+                group,
+                Arc::new(move |_, _| Response {
+                    status: Status::Ok,
+                    payload: group.to_le_bytes().to_vec(),
+                }),
+            );
+            addr
+        };
+        let (one, two) = (addr_of(1), addr_of(2));
+        let masters = vec![one.clone(), two.clone()];
+        let mut client = RpcClient::new(masters.clone());
+        client.set_group(2);
+        for _ in 0..3 {
+            assert_eq!(client.call(3, b"").expect("call"), 2u64.to_le_bytes());
+        }
+        let mut any = RpcClient::new(vec![one]);
+        assert_eq!(any.call(3, b"").expect("any group"), 1u64.to_le_bytes());
+        let mut lost = RpcClient::new(masters);
+        lost.set_group(3);
+        let err = lost
+            .call(3, b"")
+            .expect_err("no master of group 3")
+            .to_string();
+        assert!(err.contains("another metadata group"), "{err}");
+    }
+
+    #[test]
+    fn a_master_that_accepts_but_never_answers_fails_the_call_at_its_deadline() {
+        let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = silent.local_addr().expect("addr").to_string();
+        // Connections wait in the backlog, as with a master still starting.
+        let mut client = RpcClient::new(vec![addr]).with_deadline(Duration::from_millis(300));
+        let started = Instant::now();
+        let err = client.call(1, b"").expect_err("no answer").to_string();
+        assert!(err.contains("majority of masters"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the call outlived its deadline: {:?}",
+            started.elapsed()
+        );
+        drop(silent);
     }
 
     proptest::proptest! {

@@ -6,6 +6,7 @@
 
 pub mod client_rpc;
 mod frame;
+pub mod group;
 pub mod listener;
 pub mod master;
 pub mod meta;

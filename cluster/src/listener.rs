@@ -13,7 +13,8 @@ use std::time::Duration;
 use tracing::{debug, warn};
 
 use crate::client_rpc::{serve_connection, Handler, CLIENT_PREAMBLE};
-use crate::raft_transport::{receive, LocalHandle, RAFT_PREAMBLE};
+use crate::group::Member;
+use crate::raft_transport::{accept, receive, LocalHandle, RAFT_PREAMBLE};
 use crate::replica::StateMachine;
 
 /// How long a new connection may take to say what it is.
@@ -35,7 +36,7 @@ impl Drop for Slot {
 /// clients' to `handler`. Serves for the life of the process.
 pub fn serve_master<S: StateMachine + Send + 'static>(
     listener: TcpListener,
-    me: u64,
+    me: Member,
     local: LocalHandle<S>,
     handler: Handler,
 ) {
@@ -95,7 +96,7 @@ const WAKE_TIMEOUT_MS: u64 = 1000;
 /// longer-lived process).
 pub fn serve_stoppable<S: StateMachine + Send + 'static>(
     listener: TcpListener,
-    me: u64,
+    me: Member,
     local: LocalHandle<S>,
     handler: Handler,
 ) -> std::io::Result<Listening> {
@@ -114,7 +115,7 @@ pub fn serve_stoppable<S: StateMachine + Send + 'static>(
 
 fn spawn_accept<S: StateMachine + Send + 'static>(
     listener: TcpListener,
-    me: u64,
+    me: Member,
     local: LocalHandle<S>,
     handler: Handler,
     stop: Arc<AtomicBool>,
@@ -144,8 +145,12 @@ fn spawn_accept<S: StateMachine + Send + 'static>(
                 }
                 let _ = stream.set_read_timeout(None);
                 match preamble {
-                    RAFT_PREAMBLE => receive(stream, me, &local),
-                    CLIENT_PREAMBLE => serve_connection(stream, &handler),
+                    RAFT_PREAMBLE => {
+                        if accept(&mut stream, me) {
+                            receive(stream, me.id, &local);
+                        }
+                    }
+                    CLIENT_PREAMBLE => serve_connection(stream, me.group, &handler),
                     other => warn!(?other, peer = ?stream.peer_addr().ok(), "unknown protocol on the master port: closing"),
                 }
             });

@@ -15,6 +15,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use tracing::info;
 
 use crate::client_rpc::{Handler, Response, RpcClient, RpcError, Status};
+pub use crate::group::IDENTITY_FILE;
+use crate::group::{self, embedded_group, group_id, Member, Recorded, Strangers};
 use crate::listener::serve_master;
 use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Outcome, StatFs};
 use crate::raft_driver::{DriveError, NoPeers, RaftDriver, RaftHandle};
@@ -253,6 +255,8 @@ pub struct MasterStatus {
     pub term: u64,
     /// Last applied log index.
     pub applied: u64,
+    /// The group it belongs to (see [`crate::group`]).
+    pub group: u64,
 }
 
 /// Errors of starting a master.
@@ -280,6 +284,9 @@ pub struct MasterConfig {
     /// Join an existing group (after `datenlord members add`) instead of
     /// bootstrapping one from `peers`.
     pub join: bool,
+    /// The group's name at bootstrap (`--group`; may be empty): with the
+    /// first `peers`, it makes the group's id (see [`crate::group`]).
+    pub group_name: String,
 }
 
 /// A running master.
@@ -330,7 +337,10 @@ impl Master {
                 "cannot listen on {addr}: {e} (is another master running there?)"
             ))
         })?;
-        check_identity(&config.data_dir, config.id)?;
+        let me = Member {
+            id: config.id,
+            group: choose_group(config)?,
+        };
         // Members that joined after the group started are only in the
         // members file; it is the current list once it exists.
         let members_file = config.data_dir.join(MEMBERS_FILE);
@@ -342,7 +352,7 @@ impl Master {
             .collect();
         let state = SharedState::new(MetaState::new());
         let local: LocalHandle<SharedState<MetaState>> = LocalHandle::default();
-        let transport = TcpTransport::new(&others, &local, Some(members_file));
+        let transport = TcpTransport::new(me, &others, &local, Some(members_file));
         // A joining master learns everything from the leader. A new log
         // starts with the other masters as voters (not itself: it never
         // campaigns before the group adds it): raft-rs cannot apply the
@@ -369,9 +379,9 @@ impl Master {
             LogSync::EveryPersist,
         )?;
         let _ = local.set(driver.handle());
-        let handler = client_handler(driver.handle(), config.peers.clone());
-        serve_master(listener, config.id, local, handler);
-        info!(id = config.id, %addr, masters = voters.len(), "metadata master serving");
+        let handler = client_handler(driver.handle(), config.peers.clone(), me.group);
+        serve_master(listener, me, local, handler);
+        info!(id = config.id, %addr, masters = voters.len(), group = %format!("{:016x}", me.group), "metadata master serving");
         Ok(Self {
             driver,
             local: state,
@@ -389,7 +399,7 @@ impl Master {
         data_dir: &std::path::Path,
         snapshot_interval_entries: Option<u64>,
     ) -> Result<Self, MasterError> {
-        check_identity(data_dir, EMBEDDED_ID)?;
+        group::claim(data_dir, "master", EMBEDDED_ID, embedded_group())?;
         Self::start_embedded(data_dir, snapshot_interval_entries)
     }
 
@@ -410,7 +420,7 @@ impl Master {
                 data_dir.display()
             )));
         }
-        check_identity(data_dir, EMBEDDED_ID)?;
+        group::claim(data_dir, "master", EMBEDDED_ID, embedded_group())?;
         // The backup's own log index is not needed: the restored group
         // starts a new log after it.
         crate::raft_log::RaftLog::seed(data_dir, &[EMBEDDED_ID], 1, snapshot)
@@ -459,45 +469,55 @@ impl Master {
 /// Id of the only member of an embedded group.
 const EMBEDDED_ID: u64 = 1;
 
-/// Name of the file that records which master a data directory belongs to.
-pub const IDENTITY_FILE: &str = "master.identity";
-
-/// Refuses to start on a data directory of another master or group (a
-/// mixed-up `--data-dir` or `--id` would corrupt the group), and records
-/// the identity on first start. Deletes nothing.
-fn check_identity(dir: &std::path::Path, id: u64) -> Result<(), MasterError> {
-    check_identity_as(dir, "master", id)
-}
-
-/// [`check_identity`] for a `role` (`master`, `node`): the directory
-/// records the role and the id, and any other start on it is refused.
-pub(crate) fn check_identity_as(
-    dir: &std::path::Path,
-    role: &str,
-    id: u64,
-) -> Result<(), MasterError> {
-    let identity = format!("datenlord metadata {role}\nid={id}\n");
-    let path = dir.join(IDENTITY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(found) if found == identity => Ok(()),
-        Ok(found) => Err(MasterError::Config(format!(
-            "{} belongs to another {role}:\n{found}but this is {role} {id}: check --id and --data-dir (nothing was changed)",
-            dir.display()
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let has_files = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
-            if has_files {
-                return Err(MasterError::Config(format!(
-                    "{} is not empty and has no {IDENTITY_FILE}: it is not a {role}'s data directory; use an empty or new directory (nothing was changed)",
-                    dir.display()
-                )));
-            }
-            std::fs::create_dir_all(dir)
-                .and_then(|()| std::fs::write(&path, identity))
-                .map_err(|e| MasterError::Config(format!("cannot write {}: {e}", path.display())))
+/// The group a master runs in: the one its data directory records, the
+/// one the running group answers with (`--join`, or a directory that
+/// predates recorded groups), or a new one made of `--group` and `--peers`
+/// (bootstrap). Refuses a directory of an embedded mount and a start
+/// whose answering peers are of another group; records the choice.
+fn choose_group(config: &MasterConfig) -> Result<u64, MasterError> {
+    let dir = &config.data_dir;
+    let recorded = group::check_identity(dir, "master", config.id)?;
+    let others: Vec<String> = config
+        .peers
+        .iter()
+        .filter(|(&id, _)| id != config.id)
+        .map(|(_, addr)| addr.clone())
+        .collect();
+    let answers = group::ask_members(&others);
+    let (group, strangers) = match (recorded, config.join) {
+        (Recorded::Member(Some(group)), _) => (group, Strangers::Outvoted),
+        (Recorded::New | Recorded::Member(None), true) => {
+            let learned = group::prevailing(&answers)?.ok_or_else(|| {
+                MasterError::Config(format!(
+                    "--join: no master of the group answered at {}: start the joining master while the group runs (after `datenlord members add`)",
+                    others.join(", ")
+                ))
+            })?;
+            (learned, Strangers::Outvoted)
         }
-        Err(e) => Err(MasterError::Config(format!("cannot read {}: {e}", path.display()))),
+        (Recorded::Member(None), false) => match group::prevailing(&answers)? {
+            Some(learned) => (learned, Strangers::Outvoted),
+            None => (
+                group_id(&config.group_name, &config.peers),
+                Strangers::Refuse,
+            ),
+        },
+        (Recorded::New, false) => (
+            group_id(&config.group_name, &config.peers),
+            Strangers::Refuse,
+        ),
+    };
+    if group == embedded_group() {
+        let expected = group_id(&config.group_name, &config.peers);
+        return Err(group::foreign_dir(
+            dir, "master", config.id, group, expected,
+        ));
     }
+    group::check_peers(group, &answers, others.len(), strangers)?;
+    if recorded != Recorded::Member(Some(group)) {
+        group::record_identity(dir, "master", config.id, group)?;
+    }
+    Ok(group)
 }
 
 /// Encodes a membership change for [`OP_MEMBERS`]: `add-voter ID ADDR`,
@@ -539,6 +559,7 @@ pub fn decode_membership(bytes: &[u8]) -> Option<Membership> {
 pub(crate) fn client_handler(
     handle: RaftHandle<SharedState<MetaState>>,
     peers: BTreeMap<u64, String>,
+    group: u64,
 ) -> Handler {
     let not_leader = move |leader: Option<u64>| Response {
         status: Status::NotLeader,
@@ -585,6 +606,7 @@ pub(crate) fn client_handler(
                     leader: s.leader.unwrap_or(0),
                     term: s.term,
                     applied: s.applied,
+                    group,
                 }),
             },
             Err(e) => failed(e.to_string()),
@@ -627,6 +649,47 @@ impl MetaClient {
         Self::from_rpc(RpcClient::new(masters).with_deadline(deadline))
     }
 
+    /// Talks only to masters of `group` (a member's own client). Other
+    /// clients learn the group most of their masters are in at their
+    /// first command or query.
+    #[must_use]
+    pub fn in_group(mut self, group: u64) -> Self {
+        self.rpc.set_group(group);
+        self
+    }
+
+    /// Learns the group more than half of the given masters are in, once
+    /// (a master of another group at one of the addresses must not get
+    /// this client's writes); until then the call waits for masters to
+    /// answer, up to the call deadline.
+    fn pin_group(&mut self) -> Result<(), ClientError> {
+        if self.rpc.group() != 0 {
+            return Ok(());
+        }
+        let masters = self.rpc.masters().to_vec();
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_millis(crate::client_rpc::CALL_DEADLINE_MS);
+        loop {
+            let answers = group::ask_members(&masters);
+            if let Some(found) = group::majority_of(&answers, masters.len()) {
+                self.rpc.set_group(found);
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                let seen = answers
+                    .iter()
+                    .map(|(addr, s)| format!("{addr}: group {:016x}", s.group))
+                    .collect::<Vec<_>>();
+                return Err(ClientError::Rpc(RpcError::Failed(format!(
+                    "no metadata group has more than half of the masters at {} (answers: {}): check that a majority runs and the addresses",
+                    masters.join(", "),
+                    if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+                ))));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn from_rpc(rpc: RpcClient) -> Self {
         Self {
             rpc,
@@ -638,6 +701,7 @@ impl MetaClient {
     /// Applies a command through the leader, once: the transport's retries
     /// (a lost answer, a leader change) carry the same session number.
     pub fn apply(&mut self, command: &Command) -> Result<Outcome, ClientError> {
+        self.pin_group()?;
         self.seq += 1;
         let proposal = SessionProposal::encode(self.session, self.seq, &command.encode());
         let result = self.rpc.call(OP_PROPOSE, &proposal)?;
@@ -646,6 +710,7 @@ impl MetaClient {
 
     /// Runs a linearizable query.
     pub fn query(&mut self, query: &Query) -> Result<QueryAnswer, ClientError> {
+        self.pin_group()?;
         let answer = self.rpc.call(OP_QUERY, &to_bytes(query))?;
         match from_bytes::<QueryAnswer>(&answer)? {
             QueryAnswer::Error { errno, message } => Err(ClientError::Meta { errno, message }),
@@ -656,6 +721,7 @@ impl MetaClient {
     /// Adds or removes a master (through the leader); returns once the
     /// change is applied on the leader. One change at a time.
     pub fn change_members(&mut self, change: &Membership) -> Result<(), ClientError> {
+        self.pin_group()?;
         self.rpc.call(OP_MEMBERS, &encode_membership(change))?;
         Ok(())
     }
@@ -729,25 +795,6 @@ mod tests {
         }
         assert!(recovered, "the volume did not survive a restart");
         again.stop().expect("stop");
-    }
-
-    #[test]
-    fn a_data_dir_of_another_master_is_refused_and_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        check_identity(dir.path(), 2).expect("first start records the identity");
-        check_identity(dir.path(), 2).expect("same master again");
-        let err = check_identity(dir.path(), 3)
-            .expect_err("other id")
-            .to_string();
-        assert!(err.contains("check --id and --data-dir"), "{err}");
-        assert!(dir.path().join(IDENTITY_FILE).exists());
-        let foreign = tempfile::tempdir().expect("tempdir");
-        std::fs::write(foreign.path().join("something"), b"x").expect("write");
-        let err = check_identity(foreign.path(), 1)
-            .expect_err("foreign dir")
-            .to_string();
-        assert!(err.contains("not a master's data directory"), "{err}");
-        assert!(foreign.path().join("something").exists());
     }
 
     #[test]

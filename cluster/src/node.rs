@@ -26,12 +26,13 @@ use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use raft::eraftpb::Message;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::client_rpc::RpcError;
+use crate::group::{self, Member, Recorded, Strangers};
 use crate::listener::{serve_stoppable, Listening};
 use crate::master::{
-    check_identity_as, client_handler, ClientError, MasterError, MetaClient, Query, QueryAnswer,
+    client_handler, ClientError, MasterError, MasterStatus, MetaClient, Query, QueryAnswer,
     MEMBERS_FILE,
 };
 use crate::meta::{Command, MetaState, Outcome};
@@ -162,15 +163,10 @@ impl Node {
                 "no master addresses: list the group's masters (host:port)".into(),
             ));
         }
-        check_identity_as(&config.data_dir, "node", config.id)?;
+        let recorded = group::check_identity(&config.data_dir, "node", config.id)?;
         let members_file = config.data_dir.join(MEMBERS_FILE);
-        let (discovered, unknown) = discover(&config.masters);
-        if discovered.is_empty() {
-            return Err(NodeError::Config(format!(
-                "no master answered at {}: check the addresses and that the masters run",
-                config.masters.join(", ")
-            )));
-        }
+        let (answers, unknown) = discover(&config.masters);
+        let (me, discovered) = settle_group(config, recorded, &answers)?;
         check_id(config.id, &discovered)?;
         let remembered = remembered_as_learner(&config.data_dir, config.id)?;
         let listener = bind(&config.listen)?;
@@ -186,7 +182,7 @@ impl Node {
         let local_handle: LocalHandle<SharedState<MetaState>> = LocalHandle::default();
         let (learned_tx, learned_rx) = flume::unbounded();
         let transport = NodeTransport {
-            tcp: TcpTransport::new(&peers, &local_handle, Some(members_file)),
+            tcp: TcpTransport::new(me, &peers, &local_handle, Some(members_file)),
             learned: learned_rx,
         };
         // A new log starts with the masters as voters (this node not among
@@ -210,17 +206,17 @@ impl Node {
         )?;
         let handle = driver.handle();
         let _ = local_handle.set(handle.clone());
-        let handler = client_handler(handle.clone(), discovered);
-        let listening = serve_stoppable(listener, config.id, local_handle, handler)
+        let handler = client_handler(handle.clone(), discovered, me.group);
+        let listening = serve_stoppable(listener, me, local_handle, handler)
             .map_err(|e| NodeError::Config(format!("cannot start the node listener: {e}")))?;
-        let rediscovery = Rediscovery::start(unknown, learned_tx);
+        let rediscovery = Rediscovery::start(unknown, me.group, learned_tx);
         let node = Self {
             id: config.id,
             addr: addr.clone(),
             data_dir: config.data_dir.clone(),
             local: state,
             handle,
-            client: Mutex::new(MetaClient::new(config.masters.clone())),
+            client: Mutex::new(MetaClient::new(config.masters.clone()).in_group(me.group)),
             listening,
             rediscovery,
             driver,
@@ -430,14 +426,57 @@ fn needs_add(remembered: bool, last_addr: Option<&str>, addr: &str) -> bool {
     !remembered || last_addr != Some(addr)
 }
 
-/// Asks every master for its id: `(id -> address, addresses that did not
+/// The group this node's copy belongs to: the one most masters that
+/// answered are in, which a directory recording another refuses. Records
+/// it and returns the masters of that group (id -> address).
+fn settle_group(
+    config: &NodeConfig,
+    recorded: Recorded,
+    answers: &[(String, MasterStatus)],
+) -> Result<(Member, BTreeMap<u64, String>), NodeError> {
+    // A recorded group stays (refused only when most masters are in one
+    // other group: the directory is the stranger); a new copy takes the
+    // group most masters that answered are in.
+    let group = match recorded {
+        Recorded::Member(Some(found)) => found,
+        Recorded::New | Recorded::Member(None) => {
+            let prevailing = group::prevailing(answers)?.ok_or_else(|| {
+                NodeError::Config(format!(
+                    "no master answered at {}: check the addresses and that the masters run",
+                    config.masters.join(", ")
+                ))
+            })?;
+            group::record_identity(&config.data_dir, "node", config.id, prevailing)?;
+            prevailing
+        }
+    };
+    group::check_peers(group, answers, config.masters.len(), Strangers::Outvoted)?;
+    let me = Member {
+        id: config.id,
+        group,
+    };
+    let discovered: BTreeMap<u64, String> = answers
+        .iter()
+        .filter(|(_, status)| status.group == me.group)
+        .map(|(addr, status)| (status.id, addr.clone()))
+        .collect();
+    if discovered.is_empty() {
+        return Err(NodeError::Config(format!(
+            "no master of this node's metadata group {group:016x} answered at {}: check the addresses and that the masters run",
+            config.masters.join(", ")
+        )));
+    }
+    Ok((me, discovered))
+}
+
+/// Asks every master for its status: `(answers, addresses that did not
 /// answer)`.
-fn discover(masters: &[String]) -> (BTreeMap<u64, String>, Vec<String>) {
-    let mut found = BTreeMap::new();
+fn discover(masters: &[String]) -> (Vec<(String, MasterStatus)>, Vec<String>) {
+    let mut found = Vec::new();
     let mut unknown = Vec::new();
     for addr in masters {
-        if let Some(id) = ask_id(addr) {
-            found.insert(id, addr.clone());
+        if let Some(status) = ask(addr) {
+            found.push((addr.clone(), status));
         } else {
             warn!(addr, "master did not answer; will ask again");
             unknown.push(addr.clone());
@@ -446,12 +485,12 @@ fn discover(masters: &[String]) -> (BTreeMap<u64, String>, Vec<String>) {
     (found, unknown)
 }
 
-fn ask_id(addr: &str) -> Option<u64> {
+fn ask(addr: &str) -> Option<MasterStatus> {
     let mut one = MetaClient::with_deadline(
         vec![addr.to_string()],
         Duration::from_millis(DISCOVERY_TIMEOUT_MS),
     );
-    one.status().ok().map(|s| s.id).filter(|&id| id != 0)
+    one.status().ok().filter(|s| s.id != 0)
 }
 
 /// Whether the log in `dir` says this node is a learner of its group.
@@ -550,7 +589,7 @@ struct Rediscovery {
 }
 
 impl Rediscovery {
-    fn start(mut unknown: Vec<String>, learned: flume::Sender<(u64, String)>) -> Self {
+    fn start(mut unknown: Vec<String>, group: u64, learned: flume::Sender<(u64, String)>) -> Self {
         if unknown.is_empty() {
             return Self {
                 stop: None,
@@ -570,10 +609,19 @@ impl Rediscovery {
                     ) {
                         return;
                     }
-                    unknown.retain(|addr| match ask_id(addr) {
-                        Some(id) => {
-                            info!(id, addr, "learned a master's id");
-                            let _ = learned.send((id, addr.clone()));
+                    unknown.retain(|addr| match ask(addr) {
+                        Some(status) if status.group != group => {
+                            error!(
+                                addr,
+                                id = status.id,
+                                "the master at this address is in metadata group {:016x}, not this node's {group:016x}: ignoring it (check --masters)",
+                                status.group
+                            );
+                            false
+                        }
+                        Some(status) => {
+                            info!(id = status.id, addr, "learned a master's id");
+                            let _ = learned.send((status.id, addr.clone()));
                             false
                         }
                         None => true,
@@ -642,22 +690,6 @@ mod tests {
         check(true, Some("h:1"), "h:1", false);
         check(true, Some("h:1"), "h:2", true);
         check(true, None, "h:1", true);
-    }
-
-    #[test]
-    fn a_master_or_foreign_directory_is_refused_and_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        crate::master::check_identity_as(dir.path(), "master", 1).expect("a master's dir");
-        let err = NodeError::from(
-            check_identity_as(dir.path(), "node", 1).expect_err("a node on a master's dir"),
-        )
-        .to_string();
-        assert!(err.contains("check --id and --data-dir"), "{err}");
-        let node = tempfile::tempdir().expect("tempdir");
-        check_identity_as(node.path(), "node", 7).expect("first start");
-        check_identity_as(node.path(), "node", 7).expect("restart");
-        assert!(check_identity_as(node.path(), "node", 8).is_err());
-        assert!(node.path().join(crate::master::IDENTITY_FILE).exists());
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Raft messages between master processes over TCP.
 //!
+//! A connection starts with [`RAFT_PREAMBLE`] and a handshake: the sender
+//! offers `[group u64][sender id u64]`, the receiver answers `[verdict
+//! u8][its group u64]` and reads messages only when the groups match (see
+//! [`crate::group`]); a sender refused as a member of another group logs
+//! why and tries again later, slowly.
+//!
 //! Frames are `[length u32][crc32c u32][kind u8][body]`, length limited by
 //! [`FRAME_MAX_BYTES`]. A message that fits travels in one frame (kind
 //! `WHOLE`, body = the protobuf raft `Message`); a larger one (a snapshot of
@@ -22,8 +28,9 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::group::Member;
 use crate::raft_driver::{RaftHandle, Transport};
 use crate::replica::StateMachine;
 
@@ -45,6 +52,12 @@ pub const CONNECT_TIMEOUT_MS: u64 = 500;
 pub const RECONNECT_BACKOFF_MS: u64 = 200;
 /// First bytes a master sends on a connection to a peer (see `listener`).
 pub const RAFT_PREAMBLE: [u8; 4] = *b"DLRF";
+/// How long each side of the handshake waits for the other.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
+/// Pause before offering again to a peer that refused this group.
+pub const REFUSED_BACKOFF_MS: u64 = 5_000;
+const VERDICT_ACCEPTED: u8 = 1;
+const VERDICT_REFUSED: u8 = 0;
 
 /// Where the local driver is, once it has started.
 pub type LocalHandle<S> = Arc<OnceLock<RaftHandle<S>>>;
@@ -55,6 +68,7 @@ type Reporter = Arc<dyn Fn(&Message, bool) + Send + Sync>;
 
 /// Sends this master's messages to its peers.
 pub struct TcpTransport {
+    me: Member,
     queues: HashMap<u64, flume::Sender<Message>>,
     addrs: BTreeMap<u64, String>,
     reporter: Reporter,
@@ -70,10 +84,11 @@ impl std::fmt::Debug for TcpTransport {
 }
 
 impl TcpTransport {
-    /// Starts a sender thread per peer (`peers` excludes this master). When
-    /// `members_file` is given, the peers' addresses are written there
+    /// Starts a sender thread per peer (`peers` excludes this master `me`).
+    /// When `members_file` is given, the peers' addresses are written there
     /// whenever membership changes, so a restart knows members that joined.
     pub fn new<S: StateMachine + Send + 'static>(
+        me: Member,
         peers: &BTreeMap<u64, String>,
         local: &LocalHandle<S>,
         members_file: Option<PathBuf>,
@@ -82,6 +97,7 @@ impl TcpTransport {
         let reporter: Reporter =
             Arc::new(move |message, delivered| report(&local, message, delivered));
         let mut transport = Self {
+            me,
             queues: HashMap::new(),
             addrs: BTreeMap::new(),
             reporter,
@@ -99,9 +115,10 @@ impl TcpTransport {
         let (tx, rx) = flume::bounded(PEER_QUEUE_DEPTH);
         let reporter = Arc::clone(&self.reporter);
         let addr = addr.to_string();
+        let me = self.me;
         let spawned = thread::Builder::new()
             .name(format!("raft-send-{id}"))
-            .spawn(move || send_loop(id, &addr, &rx, &reporter));
+            .spawn(move || send_loop(me, id, &addr, &rx, &reporter));
         match spawned {
             Ok(_) => {
                 self.queues.insert(id, tx);
@@ -184,33 +201,50 @@ fn report<S: StateMachine + Send + 'static>(
     }
 }
 
-fn send_loop(peer: u64, addr: &str, queue: &flume::Receiver<Message>, reporter: &Reporter) {
+fn send_loop(
+    me: Member,
+    peer: u64,
+    addr: &str,
+    queue: &flume::Receiver<Message>,
+    reporter: &Reporter,
+) {
     let mut conn: Option<BufWriter<TcpStream>> = None;
     let mut frame = Vec::new();
+    let mut refused_before = false;
     while let Ok(message) = queue.recv() {
         if conn.is_none() {
-            let resolved = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
-            let stream = resolved
-                .map(|a| TcpStream::connect_timeout(&a, Duration::from_millis(CONNECT_TIMEOUT_MS)));
-            match stream {
-                Some(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
+            let backoff = match connect(me, addr) {
+                Ok(stream) => {
                     info!(peer, addr, "connected to master");
-                    let mut writer = BufWriter::new(stream);
-                    if writer.write_all(&RAFT_PREAMBLE).is_ok() {
-                        conn = Some(writer);
-                    }
+                    refused_before = false;
+                    conn = Some(BufWriter::new(stream));
+                    None
                 }
-                failed => {
-                    debug!(peer, addr, ?failed, "master unreachable");
-                    reporter(&message, false);
-                    // Drop what queued up meanwhile: Raft resends what matters.
-                    thread::sleep(Duration::from_millis(RECONNECT_BACKOFF_MS));
-                    for stale in queue.drain() {
-                        reporter(&stale, false);
+                Err(Offer::Refused(theirs)) => {
+                    if !refused_before {
+                        error!(
+                            peer,
+                            addr,
+                            "the master at this address is in metadata group {theirs:016x}, this one in {:016x}: it refuses this master's messages. Check that every master got the same --peers (and --group) and its own group's --data-dir",
+                            me.group
+                        );
                     }
-                    continue;
+                    refused_before = true;
+                    Some(REFUSED_BACKOFF_MS)
                 }
+                Err(Offer::Failed(e)) => {
+                    debug!(peer, addr, %e, "master unreachable");
+                    Some(RECONNECT_BACKOFF_MS)
+                }
+            };
+            if let Some(backoff) = backoff {
+                reporter(&message, false);
+                // Drop what queued up meanwhile: Raft resends what matters.
+                thread::sleep(Duration::from_millis(backoff));
+                for stale in queue.drain() {
+                    reporter(&stale, false);
+                }
+                continue;
             }
         }
         frame.clear();
@@ -234,6 +268,97 @@ fn send_loop(peer: u64, addr: &str, queue: &flume::Receiver<Message>, reporter: 
             }
         }
     }
+}
+
+/// Why a connection to a peer did not start.
+#[derive(Debug)]
+enum Offer {
+    /// The peer is in this other group.
+    Refused(u64),
+    /// Unreachable, or it broke off the handshake.
+    Failed(String),
+}
+
+/// Connects to the peer at `addr` and offers this member's group.
+fn connect(me: Member, addr: &str) -> Result<TcpStream, Offer> {
+    let resolved = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Offer::Failed(format!("cannot resolve {addr}")))?;
+    let mut stream =
+        TcpStream::connect_timeout(&resolved, Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .map_err(|e| Offer::Failed(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    offer(&mut stream, me)?;
+    Ok(stream)
+}
+
+/// The sender's half of the handshake on a new connection.
+fn offer(stream: &mut TcpStream, me: Member) -> Result<(), Offer> {
+    let failed = |e: std::io::Error| Offer::Failed(format!("handshake: {e}"));
+    let mut hello = Vec::with_capacity(20);
+    hello.extend_from_slice(&RAFT_PREAMBLE);
+    hello.extend_from_slice(&me.group.to_le_bytes());
+    hello.extend_from_slice(&me.id.to_le_bytes());
+    stream.write_all(&hello).map_err(failed)?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(HANDSHAKE_TIMEOUT_MS)))
+        .map_err(failed)?;
+    let mut answer = [0u8; 9];
+    stream.read_exact(&mut answer).map_err(failed)?;
+    stream.set_read_timeout(None).map_err(failed)?;
+    let mut theirs = [0u8; 8];
+    theirs.copy_from_slice(&answer[1..]);
+    match answer[0] {
+        VERDICT_ACCEPTED => Ok(()),
+        VERDICT_REFUSED => Err(Offer::Refused(u64::from_le_bytes(theirs))),
+        other => Err(Offer::Failed(format!("unknown handshake verdict {other}"))),
+    }
+}
+
+/// The receiver's half of the handshake, after [`RAFT_PREAMBLE`]: answers
+/// the offer and says whether to read the peer's messages (only when it
+/// is in this member's group).
+pub(crate) fn accept(stream: &mut TcpStream, me: Member) -> bool {
+    let peer = stream.peer_addr().ok();
+    let mut hello = [0u8; 16];
+    let read = stream
+        .set_read_timeout(Some(Duration::from_millis(HANDSHAKE_TIMEOUT_MS)))
+        .and_then(|()| stream.read_exact(&mut hello))
+        .and_then(|()| stream.set_read_timeout(None));
+    if let Err(e) = read {
+        debug!(?peer, %e, "peer broke off the handshake");
+        return false;
+    }
+    let word = |at: usize| {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&hello[at..at + 8]);
+        u64::from_le_bytes(bytes)
+    };
+    let (theirs, from) = (word(0), word(8));
+    let same = theirs == me.group;
+    let verdict = if same {
+        VERDICT_ACCEPTED
+    } else {
+        VERDICT_REFUSED
+    };
+    let mut answer = Vec::with_capacity(9);
+    answer.push(verdict);
+    answer.extend_from_slice(&me.group.to_le_bytes());
+    if let Err(e) = stream.write_all(&answer) {
+        debug!(?peer, %e, "cannot answer the handshake");
+        return false;
+    }
+    if !same {
+        warn!(
+            ?peer,
+            from,
+            "refused Raft messages from a member of metadata group {theirs:016x} (this is {:016x}): its data directory or --peers belong to another group",
+            me.group
+        );
+    }
+    same
 }
 
 /// Encodes a message as one frame, or as chunk frames when larger than
@@ -336,7 +461,7 @@ fn chunk_parts(body: &[u8]) -> Result<(u64, u64, &[u8]), String> {
 /// addressed to `me` to the local driver.
 pub fn serve<S: StateMachine + Send + 'static>(
     listener: TcpListener,
-    me: u64,
+    me: Member,
     local: LocalHandle<S>,
 ) {
     let spawned = thread::Builder::new()
@@ -349,8 +474,11 @@ pub fn serve<S: StateMachine + Send + 'static>(
                     .name("raft-recv".into())
                     .spawn(move || {
                         let mut preamble = [0u8; 4];
-                        if stream.read_exact(&mut preamble).is_ok() && preamble == RAFT_PREAMBLE {
-                            receive(stream, me, &local);
+                        if stream.read_exact(&mut preamble).is_ok()
+                            && preamble == RAFT_PREAMBLE
+                            && accept(&mut stream, me)
+                        {
+                            receive(stream, me.id, &local);
                         }
                     });
             }
@@ -398,6 +526,34 @@ pub(crate) fn receive<S: StateMachine + Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_of_another_group_is_refused_at_the_handshake() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = thread::spawn(move || {
+            let mut verdicts = Vec::new();
+            for _ in 0..3 {
+                let (mut stream, _) = listener.accept().expect("accept");
+                let mut preamble = [0u8; 4];
+                stream.read_exact(&mut preamble).expect("preamble");
+                assert_eq!(preamble, RAFT_PREAMBLE);
+                verdicts.push(accept(&mut stream, Member { id: 2, group: 8 }));
+            }
+            verdicts
+        });
+        match connect(Member { id: 1, group: 7 }, &addr) {
+            Err(Offer::Refused(8)) => {}
+            other => panic!("expected a refusal naming group 8, got {other:?}"),
+        }
+        connect(Member { id: 1, group: 8 }, &addr).expect("same group");
+        // A peer that breaks off mid-offer is dropped, without a panic.
+        let mut cut = TcpStream::connect(&addr).expect("connect");
+        cut.write_all(&RAFT_PREAMBLE).expect("preamble");
+        cut.write_all(&[1, 2, 3]).expect("part of an offer");
+        drop(cut);
+        assert_eq!(server.join().expect("server"), vec![false, true, false]);
+    }
 
     #[test]
     fn frames_roundtrip_and_bad_frames_are_errors() {

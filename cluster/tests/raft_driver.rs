@@ -246,6 +246,7 @@ fn a_new_leader_takes_over_and_no_acknowledged_write_is_lost() {
 
 #[test]
 fn three_drivers_over_tcp_elect_and_replicate() {
+    use datenlord_cluster::group::Member;
     use datenlord_cluster::raft_transport::{serve, LocalHandle, TcpTransport};
     use std::net::{SocketAddr, TcpListener};
 
@@ -268,8 +269,9 @@ fn three_drivers_over_tcp_elect_and_replicate() {
             .filter(|(&p, _)| p != id)
             .map(|(&p, a)| (p, a.to_string()))
             .collect();
-        let transport = TcpTransport::new(&peers, &local, None);
-        serve(listener, id, Arc::clone(&local));
+        let me = Member { id, group: 7 };
+        let transport = TcpTransport::new(me, &peers, &local, None);
+        serve(listener, me, Arc::clone(&local));
         let driver = RaftDriver::start(
             id,
             &root.path().join(id.to_string()),

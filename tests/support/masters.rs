@@ -32,6 +32,15 @@ impl Group {
 
     /// `size` masters that snapshot every `snapshot_interval` entries.
     pub fn with_snapshot_interval(size: usize, snapshot_interval: u64) -> Self {
+        let mut group = Self::unstarted(size, snapshot_interval);
+        for id in 1..=size as u64 {
+            group.start(id);
+        }
+        group
+    }
+
+    /// Addresses and directories for `size` masters, none started.
+    pub fn unstarted(size: usize, snapshot_interval: u64) -> Self {
         let addrs: Vec<String> = (0..size).map(|_| free_addr()).collect();
         let peers = addrs
             .iter()
@@ -39,17 +48,13 @@ impl Group {
             .map(|(i, a)| format!("{}={a}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let mut group = Self {
+        Self {
             addrs,
             peers,
             root: tempfile::tempdir().expect("tempdir"),
             children: (0..size).map(|_| None).collect(),
             snapshot_interval,
-        };
-        for id in 1..=size as u64 {
-            group.start(id);
         }
-        group
     }
 
     pub fn start(&mut self, id: u64) {
@@ -58,7 +63,17 @@ impl Group {
     }
 
     pub fn start_with(&mut self, id: u64, peers: &str, join: bool) {
-        let dir = self.root.path().join(format!("master{id}"));
+        let dir = self.dir(id);
+        self.start_on(id, peers, join, &dir);
+    }
+
+    /// Master `id`'s own data directory.
+    pub fn dir(&self, id: u64) -> std::path::PathBuf {
+        self.root.path().join(format!("master{id}"))
+    }
+
+    /// Starts master `id` on `dir` (its own, or another's).
+    pub fn start_on(&mut self, id: u64, peers: &str, join: bool, dir: &std::path::Path) {
         let log = std::fs::File::create(self.root.path().join(format!("master{id}.log")))
             .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_datenlord"))
@@ -73,7 +88,7 @@ impl Group {
             ])
             .args(if join { &["--join"][..] } else { &[][..] })
             .arg("--data-dir")
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -112,6 +127,12 @@ impl Group {
             Duration::from_millis(500),
         );
         one.status().map_or(0, |s| s.applied)
+    }
+
+    /// Whether master `id` runs (`Some(status)`: it exited).
+    pub fn exited(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let child = self.children[(id - 1) as usize].as_mut()?;
+        child.try_wait().expect("try_wait")
     }
 
     pub fn log(&self, id: u64) -> String {
