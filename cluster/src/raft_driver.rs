@@ -6,9 +6,19 @@
 //! Every loop iteration drains all waiting requests before one
 //! `handle_ready`, so concurrent proposals share one log write and one
 //! fsync (group commit).
+//!
+//! A single-member group with a deferred log sync (the embedded master)
+//! runs *inline*: a caller takes the replica's lock and runs the round
+//! for its own request in its own thread, so a proposal costs no thread
+//! hand-off (two context switches, often across CPUs, were most of a
+//! metadata command's time). The driver thread still ticks the clock and
+//! makes the log durable when its deferred sync is due; it takes the same
+//! lock for its rounds. A group with peers cannot run inline: its rounds
+//! wait on the network and share fsyncs between callers.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -129,12 +139,15 @@ pub struct Status {
 /// Sends requests to a driver from any thread. Cheap to clone.
 pub struct RaftHandle<S> {
     inbox: flume::Sender<Request<S>>,
+    /// The replica, for groups that run callers' rounds inline.
+    inline: Option<Arc<dyn Rounds<S>>>,
 }
 
 impl<S> Clone for RaftHandle<S> {
     fn clone(&self) -> Self {
         Self {
             inbox: self.inbox.clone(),
+            inline: self.inline.clone(),
         }
     }
 }
@@ -146,13 +159,22 @@ impl<S> std::fmt::Debug for RaftHandle<S> {
 }
 
 impl<S: StateMachine + Send + 'static> RaftHandle<S> {
+    /// Hands a request to the driver: runs its round here for an inline
+    /// group, else queues it for the driver thread.
+    async fn submit(&self, request: Request<S>) -> Result<(), DriveError> {
+        if let Some(core) = &self.inline {
+            return core.run_round(request);
+        }
+        self.inbox
+            .send_async(request)
+            .await
+            .map_err(|_| DriveError::Stopped)
+    }
+
     /// Proposes a command and waits for the state machine's result.
     pub async fn propose(&self, command: Vec<u8>) -> Result<Vec<u8>, DriveError> {
         let (reply, answer) = flume::bounded(1);
-        self.inbox
-            .send_async(Request::Propose { command, reply })
-            .await
-            .map_err(|_| DriveError::Stopped)?;
+        self.submit(Request::Propose { command, reply }).await?;
         answer.recv_async().await.map_err(|_| DriveError::Stopped)?
     }
 
@@ -184,10 +206,7 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
         let read: ReadFn<S> = Box::new(move |state| {
             let _ = tx.send(state.map(f));
         });
-        self.inbox
-            .send_async(kind(read))
-            .await
-            .map_err(|_| DriveError::Stopped)?;
+        self.submit(kind(read)).await?;
         rx.recv_async().await.map_err(|_| DriveError::Stopped)?
     }
 
@@ -195,10 +214,8 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
     /// the change is applied here.
     pub async fn change_members(&self, change: Membership) -> Result<(), DriveError> {
         let (reply, answer) = flume::bounded(1);
-        self.inbox
-            .send_async(Request::ChangeMembers { change, reply })
-            .await
-            .map_err(|_| DriveError::Stopped)?;
+        self.submit(Request::ChangeMembers { change, reply })
+            .await?;
         answer.recv_async().await.map_err(|_| DriveError::Stopped)?
     }
 
@@ -225,20 +242,14 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
     /// durable when answered.
     pub async fn sync(&self) -> Result<(), DriveError> {
         let (reply, answer) = flume::bounded(1);
-        self.inbox
-            .send_async(Request::Sync(reply))
-            .await
-            .map_err(|_| DriveError::Stopped)?;
+        self.submit(Request::Sync(reply)).await?;
         answer.recv_async().await.map_err(|_| DriveError::Stopped)?
     }
 
     /// The replica's role and progress.
     pub async fn status(&self) -> Result<Status, DriveError> {
         let (tx, rx) = flume::bounded(1);
-        self.inbox
-            .send_async(Request::Status(tx))
-            .await
-            .map_err(|_| DriveError::Stopped)?;
+        self.submit(Request::Status(tx)).await?;
         rx.recv_async().await.map_err(|_| DriveError::Stopped)
     }
 }
@@ -304,15 +315,18 @@ impl<S: StateMachine + Send + 'static> RaftDriver<S> {
             replica.campaign()?;
         }
         let (inbox, requests) = flume::bounded(INBOX_DEPTH);
+        let core = Arc::new(Mutex::new(Core::new(replica, Box::new(transport))));
+        let inline =
+            (log_sync == LogSync::Deferred).then(|| Arc::clone(&core) as Arc<dyn Rounds<S>>);
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
-            .spawn(move || run(replica, &requests, transport))
+            .spawn(move || run(&core, &requests))
             .map_err(|e| ReplicaError::Snapshot {
                 index: 0,
                 reason: format!("cannot start the Raft thread: {e}"),
             })?;
         Ok(Self {
-            handle: RaftHandle { inbox },
+            handle: RaftHandle { inbox, inline },
             thread: Some(thread),
         })
     }
@@ -408,66 +422,112 @@ impl<S> Pending<S> {
     }
 }
 
-fn run<S: StateMachine>(
-    mut replica: Replica<S>,
-    requests: &flume::Receiver<Request<S>>,
-    mut transport: impl Transport,
-) -> Result<(), ReplicaError> {
-    let tick = Duration::from_millis(TICK_INTERVAL_MS);
-    let mut next_tick = Instant::now() + tick;
-    let mut pending = Pending {
-        next_id: 1,
-        proposals: HashMap::new(),
-        reads: HashMap::new(),
-        read_asked: HashMap::new(),
-        members: Vec::new(),
-        syncs: Vec::new(),
-    };
-    let mut next_sync = Instant::now() + Duration::from_millis(DEFERRED_SYNC_MS);
-    let mut stopping = false;
-    while !stopping {
-        let wake = if replica.log_unsynced() {
-            next_tick.min(next_sync)
-        } else {
-            next_tick
-        };
-        let timeout = wake.saturating_duration_since(Instant::now());
-        let first = match requests.recv_timeout(timeout) {
-            Ok(request) => Some(request),
-            Err(flume::RecvTimeoutError::Timeout) => None,
-            Err(flume::RecvTimeoutError::Disconnected) => Some(Request::Stop),
-        };
-        let batch = first
-            .into_iter()
-            .chain(requests.try_iter().take(BATCH_REQUESTS_MAX));
-        for request in batch {
-            stopping |= accept(&mut replica, &mut pending, request);
+/// Runs a caller's request in a round of its own (inline groups).
+trait Rounds<S>: Send + Sync {
+    fn run_round(&self, request: Request<S>) -> Result<(), DriveError>;
+}
+
+impl<S: StateMachine + Send> Rounds<S> for Mutex<Core<S>> {
+    fn run_round(&self, request: Request<S>) -> Result<(), DriveError> {
+        let mut core = lock(self);
+        if core.is_done() {
+            return Err(DriveError::Stopped);
         }
-        if Instant::now() >= next_tick {
-            replica.tick();
-            next_tick += tick;
-            if next_tick < Instant::now() {
-                next_tick = Instant::now() + tick;
+        core.round(std::iter::once(request));
+        Ok(())
+    }
+}
+
+/// The replica and what its rounds keep between them.
+struct Core<S: StateMachine> {
+    replica: Replica<S>,
+    pending: Pending<S>,
+    transport: Box<dyn Transport>,
+    next_tick: Instant,
+    next_sync: Instant,
+    /// A `Stop` was taken: the round that took it made the log durable.
+    stopping: bool,
+    /// The replica failed in a round; the driver thread returns it.
+    failed: Option<ReplicaError>,
+    /// The driver thread has taken the failure.
+    failure_taken: bool,
+}
+
+fn lock<S: StateMachine>(core: &Mutex<Core<S>>) -> MutexGuard<'_, Core<S>> {
+    core.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<S: StateMachine> Core<S> {
+    fn new(replica: Replica<S>, transport: Box<dyn Transport>) -> Self {
+        let now = Instant::now();
+        Self {
+            replica,
+            pending: Pending {
+                next_id: 1,
+                proposals: HashMap::new(),
+                reads: HashMap::new(),
+                read_asked: HashMap::new(),
+                members: Vec::new(),
+                syncs: Vec::new(),
+            },
+            transport,
+            next_tick: now + Duration::from_millis(TICK_INTERVAL_MS),
+            next_sync: now + Duration::from_millis(DEFERRED_SYNC_MS),
+            stopping: false,
+            failed: None,
+            failure_taken: false,
+        }
+    }
+
+    /// Whether no more rounds run (stopped, or the replica failed).
+    fn is_done(&self) -> bool {
+        self.stopping || self.failed.is_some() || self.failure_taken
+    }
+
+    /// When the driver thread must run a round without a request: the
+    /// next tick, or the next deferred sync (inline rounds may have
+    /// written the log since the thread last looked).
+    fn wake_at(&self) -> Instant {
+        self.next_tick.min(self.next_sync)
+    }
+
+    /// Takes `requests`, ticks when due, persists, applies and answers.
+    /// Requests after the end are dropped: their callers see `Stopped`.
+    fn round(&mut self, requests: impl Iterator<Item = Request<S>>) {
+        if self.is_done() {
+            return;
+        }
+        for request in requests {
+            self.stopping |= accept(&mut self.replica, &mut self.pending, request);
+        }
+        if let Err(e) = self.step() {
+            error!(replica = self.replica.id(), %e, "the Raft replica failed; stopping it");
+            self.failed = Some(e);
+        }
+    }
+
+    fn step(&mut self) -> Result<(), ReplicaError> {
+        let tick = Duration::from_millis(TICK_INTERVAL_MS);
+        if Instant::now() >= self.next_tick {
+            self.replica.tick();
+            self.next_tick += tick;
+            if self.next_tick < Instant::now() {
+                self.next_tick = Instant::now() + tick;
             }
         }
-        let out = match replica.handle_ready() {
-            Ok(out) => out,
-            Err(e) => {
-                error!(replica = replica.id(), %e, "the Raft replica failed; stopping it");
-                return Err(e);
-            }
-        };
-        transport.send(out.messages);
+        let out = self.replica.handle_ready()?;
+        let (replica, pending) = (&mut self.replica, &mut self.pending);
+        self.transport.send(out.messages);
         for change in &out.members {
             let id = match change {
                 MemberChange::Added { id, addr, .. } => {
                     if *id != replica.id() {
-                        transport.add_peer(*id, addr);
+                        self.transport.add_peer(*id, addr);
                     }
                     *id
                 }
                 MemberChange::Removed { id } => {
-                    transport.remove_peer(*id);
+                    self.transport.remove_peer(*id);
                     *id
                 }
             };
@@ -503,9 +563,40 @@ fn run<S: StateMachine>(
             }
         }
         pending.expire(Instant::now());
-        next_sync = sync_if_due(&mut replica, &mut pending.syncs, next_sync, stopping)?;
+        self.next_sync = sync_if_due(replica, &mut pending.syncs, self.next_sync, self.stopping)?;
+        Ok(())
     }
-    Ok(())
+}
+
+/// The driver thread: a round for each batch of queued requests, and one
+/// whenever the clock ticks or a deferred sync is due, until a `Stop` or
+/// a failure of the replica.
+fn run<S: StateMachine>(
+    core: &Mutex<Core<S>>,
+    requests: &flume::Receiver<Request<S>>,
+) -> Result<(), ReplicaError> {
+    loop {
+        let wake = lock(core).wake_at();
+        let timeout = wake.saturating_duration_since(Instant::now());
+        let first = match requests.recv_timeout(timeout) {
+            Ok(request) => Some(request),
+            Err(flume::RecvTimeoutError::Timeout) => None,
+            Err(flume::RecvTimeoutError::Disconnected) => Some(Request::Stop),
+        };
+        let mut core = lock(core);
+        core.round(
+            first
+                .into_iter()
+                .chain(requests.try_iter().take(BATCH_REQUESTS_MAX)),
+        );
+        if let Some(e) = core.failed.take() {
+            core.failure_taken = true;
+            return Err(e);
+        }
+        if core.stopping {
+            return Ok(());
+        }
+    }
 }
 
 /// Makes the log durable when someone waits for it, when written records

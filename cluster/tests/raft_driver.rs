@@ -399,6 +399,59 @@ fn a_deferred_log_answers_before_its_fdatasync_and_syncs_on_request() {
 }
 
 #[test]
+fn a_deferred_single_member_group_runs_rounds_in_the_callers_thread_and_syncs_by_itself() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = start_single(dir.path(), LogSync::Deferred);
+    let handle = driver.handle();
+    // Requests run where they are made: no hand-off to the driver thread.
+    let ran_on =
+        std::thread::Builder::new()
+            .name("caller".into())
+            .spawn({
+                let handle = handle.clone();
+                move || {
+                    block_on(handle.read_local(|_: &Journal| {
+                        std::thread::current().name().map(str::to_string)
+                    }))
+                }
+            })
+            .expect("spawn")
+            .join()
+            .expect("join")
+            .expect("read");
+    assert_eq!(ran_on.as_deref(), Some("caller"));
+    // Concurrent callers take turns on the replica; every answer is its own.
+    let callers: Vec<_> = (0..4u32)
+        .map(|t| {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                (0..50u32)
+                    .map(|i| {
+                        let answer = block_on(handle.propose(format!("t{t}-{i}").into_bytes()))
+                            .expect("committed");
+                        u64::from_le_bytes(answer.try_into().expect("an index"))
+                    })
+                    .collect::<Vec<u64>>()
+            })
+        })
+        .collect();
+    let mut lengths: Vec<u64> = callers
+        .into_iter()
+        .flat_map(|c| c.join().expect("caller"))
+        .collect();
+    lengths.sort_unstable();
+    assert_eq!(lengths, (1..=200).collect::<Vec<u64>>());
+    // Nobody asks for a sync: the driver thread makes the writes durable
+    // within its deferred interval anyway.
+    wait_for("the deferred sync", Duration::from_secs(2), || {
+        (!block_on(handle.status()).expect("status").log_unsynced).then_some(())
+    });
+    driver.stop().expect("stop");
+    let err = block_on(handle.propose(b"late".to_vec())).expect_err("stopped");
+    assert_eq!(err, datenlord_cluster::raft_driver::DriveError::Stopped);
+}
+
+#[test]
 fn a_deferred_log_is_refused_for_a_group_of_several() {
     let dir = tempfile::tempdir().expect("tempdir");
     let err = RaftDriver::start_with(
