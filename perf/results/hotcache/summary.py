@@ -42,4 +42,4 @@ for (wl, jobs), by_target in sorted(runs.items()):
     print(f"\ndatenlord × local4k per round: " + ", ".join(f"{x:.2f}" for x in dl)
           + f"; median **{statistics.median(dl):.3f}**")
     p = {t: statistics.median(by_target[t][r][1] for r in rounds) for t in by_target}
-    print("median p50 µs: " + ", ".join(f"{t} {v:.2f}" for t, v in p.items()))
+    print("\nmedian p50 µs: " + ", ".join(f"{t} {v:.2f}" for t, v in p.items()))
