@@ -1024,3 +1024,68 @@ fn cache_timeouts_decide_what_reaches_the_daemon() {
         "the kernel answered the stats itself: {cached} reached the daemon"
     );
 }
+
+/// A hot page cache is the kernel's alone: once a file is cached, reads of
+/// it (4 KiB at random offsets and 1 MiB sequential, through a new open)
+/// send no `read` and no per-read `getattr` to the daemon, and the kernel
+/// does no atime work for the mount (`noatime`; the file system keeps its
+/// own atime policy). `FUSE_AUTO_INVAL_DATA` would add an attribute check
+/// to every read and a cache drop on every size or mtime change seen.
+#[test]
+fn hot_page_cache_reads_never_reach_the_daemon() {
+    const FILE_BYTES: usize = 1 << 20;
+    if !can_mount() {
+        return;
+    }
+    let m = Mounted::new(|_| {});
+    let requests = |op: &str| -> u64 {
+        m.mount
+            .as_ref()
+            .expect("mounted")
+            .stats()
+            .snapshot()
+            .iter()
+            .filter(|s| s.op == op)
+            .map(|s| s.count)
+            .sum()
+    };
+    let options = fs::read_to_string("/proc/self/mounts")
+        .expect("mounts")
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(m.mnt.to_str().expect("utf-8 path")))
+        .and_then(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .expect("the mount is listed");
+    assert!(
+        options.split(',').any(|o| o == "noatime"),
+        "mount options: {options}"
+    );
+    let data = pattern(FILE_BYTES, 3);
+    fs::write(m.path("hot"), &data).expect("write");
+    // Warm: the open after the write's close may drop the cache (the file
+    // changed since its last open); this read fills it.
+    assert_eq!(fs::read(m.path("hot")).expect("warm"), data);
+    let (reads, getattrs) = (requests("read"), requests("getattr"));
+    let f = File::open(m.path("hot")).expect("open");
+    let mut buf = vec![0u8; 4096];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..2_000 {
+        // xorshift: offsets spread over the file, 4 KiB aligned.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = (x % (FILE_BYTES as u64 / 4096)) * 4096;
+        f.read_exact_at(&mut buf, off).expect("pread");
+        let off = usize::try_from(off).expect("offset");
+        assert_eq!(buf[..], data[off..off + 4096]);
+    }
+    let mut whole = vec![0u8; FILE_BYTES];
+    for _ in 0..4 {
+        f.read_exact_at(&mut whole, 0).expect("1 MiB read");
+    }
+    assert_eq!(whole, data);
+    drop(f);
+    assert_eq!(requests("read") - reads, 0, "reads reached the daemon");
+    // (An attribute refresh may happen once if the 1 s attr_timeout ran out.)
+    let refreshed = requests("getattr") - getattrs;
+    assert!(refreshed <= 2, "{refreshed} getattrs for 2,004 reads");
+}
