@@ -528,8 +528,9 @@ impl RingQueue {
         for (user_data, result) in early {
             self.complete(user_data, result);
         }
-        let qids: Vec<u16> = self.slots.iter().map(|s| s.qid).collect();
-        debug!(queues = ?qids, "ring queue serving");
+        let mut qids: Vec<u16> = self.slots.iter().map(|s| s.qid).collect();
+        qids.dedup();
+        debug!(queues = ?qids, "ring thread serving");
         let mut completions = Vec::with_capacity(self.slots.len() + 1);
         let mut failures = 0u32;
         while self.in_kernel > 0 || (!self.gone && self.held > 0) {
@@ -551,7 +552,7 @@ impl RingQueue {
                 self.complete(user_data, result);
             }
         }
-        debug!("ring queue ended");
+        debug!(queues = ?qids, "ring thread ended");
     }
 
     fn complete(&mut self, user_data: u64, result: i32) {
