@@ -2,8 +2,8 @@
 # FUSE over io_uring against the classic /dev/fuse request loops: one
 # datenlord binary mounted with -o uring and -o no_uring in turn, rounds
 # interleaved so machine load falls on both alike. Per round and mode:
-#   1. metadata (mount with attr_timeout=0,entry_timeout=60): metaloop,
-#      one thread: empty creates, stats that each reach the daemon, unlinks;
+#   1. metadata (mount with entry_timeout=60): metaloop, one thread: empty
+#      creates, stats that each reach the daemon (one GETATTR), unlinks;
 #   2. data (default options): fio psync 4 KiB O_DIRECT randread of a
 #      cached 256 MiB file, 1 job and 2 jobs.
 # Needs root (sets /sys/module/fuse/parameters/enable_uring to Y and puts
@@ -41,7 +41,7 @@ half=$(( $(numfmt --from=iec "$size") / 2 ))
 for round in $(seq "$rounds"); do
     for mode in no_uring uring; do
         echo "== round $round $mode: metadata" >&2
-        up "$mode" attr_timeout=0,entry_timeout=60
+        up "$mode" entry_timeout=60
         "$dir/metaloop" "$mnt" "$files" "$stat_s" >"$out/meta-$mode-r$round.json"
         down "meta-$mode-r$round"
         echo "== round $round $mode: randread" >&2

@@ -1,9 +1,12 @@
 // Single-threaded metadata loops in DIR: create N empty files (open
 // O_CREAT|O_EXCL + close), then stat them over and over for SECS seconds,
-// then unlink them. Mount with attr_timeout=0 (and a long entry_timeout)
-// so that every stat is one GETATTR that reaches the daemon. Prints one
-// JSON line with ops/s per phase.
+// then unlink them. Each stat is statx(AT_STATX_FORCE_SYNC): the kernel
+// asks the daemon (one GETATTR) even when it caches attributes, while the
+// directories' attributes on the path stay cached; mount with a long
+// entry_timeout so that the names stay cached too. Prints one JSON line
+// with ops/s per phase.
 // Build: cc -O2 -o metaloop metaloop.c   Run: ./metaloop DIR N SECS
+#define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,13 +36,16 @@ int main(int argc, char **argv) {
         if (close(fd)) { perror("close"); return 1; }
     }
     double t1 = now();
-    struct stat st;
+    struct statx st;
     long stats = 0;
     double t2 = t1;
     while (t2 - t1 < secs) {
         for (int i = 0; i < n; i++) {
             snprintf(path, sizeof path, "%s/ml/f%07d", dir, i);
-            if (stat(path, &st)) { perror(path); return 1; }
+            if (statx(AT_FDCWD, path, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, &st)) {
+                perror(path);
+                return 1;
+            }
         }
         stats += n;
         t2 = now();
