@@ -17,11 +17,16 @@
 //! kernel holds new requests back; if a registration fails, it goes back
 //! to /dev/fuse for good.
 //!
-//! A ring entry's reply must come through that entry, so a blocking lock
-//! (`FUSE_SETLKW`) keeps its entry until its waiter thread is done: the
-//! waiter sends the result to the ring thread (a channel and an eventfd
-//! the ring reads), which commits it. At most `RING_LOCK_WAITS_MAX` entries
-//! of a queue wait for locks; past that a blocking lock fails `ENOLCK`.
+//! A ring entry's reply must come through that entry, so a request answered
+//! by another thread keeps its entry until that thread is done, and sends
+//! the answer to the ring thread (a channel and an eventfd the ring reads),
+//! which commits it. Two kinds go that way: a blocking lock (`FUSE_SETLKW`,
+//! answered by its waiter thread) and `FUSE_RELEASE` (answered by the
+//! ring's helper thread: the kernel does not wait for it, and it costs the
+//! daemon a metadata command, so serving it inline would hold up the next
+//! request from the same CPU). At most `RING_HELD_MAX` entries of a queue
+//! are held; past that a blocking lock fails `ENOLCK` and a release is
+//! served inline.
 //!
 //! How it ends: unmount or abort makes the kernel complete every entry it
 //! holds with `ENOTCONN`; the thread ends when none is left in the kernel.
@@ -46,8 +51,10 @@ use crate::uring_abi::{self as abi, RingRequest};
 
 /// Ring entries per CPU queue: requests of one CPU in flight at once.
 pub const RING_DEPTH: usize = 16;
-/// Most entries of one queue that blocking locks may hold.
-const RING_LOCK_WAITS_MAX: usize = RING_DEPTH / 2;
+/// Most entries of one ring thread held for answers from other threads.
+const RING_HELD_MAX: usize = RING_DEPTH / 2;
+/// `FUSE_RELEASE`.
+const OPCODE_RELEASE: u32 = 18;
 /// Bytes in front of the payload in an entry's data buffer: room for the
 /// in header and op header of a request, or the out header of a reply, so
 /// fuse-backend-rs sees one contiguous message without copying the payload.
@@ -330,12 +337,28 @@ impl Wake {
     }
 }
 
-/// A blocking lock's answer, sent to the ring thread holding its entry.
+/// An answer made by another thread, sent to the ring thread holding its
+/// entry.
 #[derive(Debug)]
-struct LockDone {
+struct Deferred {
     slot: usize,
     unique: u64,
-    error: i32,
+    reply: DeferredReply,
+}
+
+#[derive(Debug)]
+enum DeferredReply {
+    /// No body: 0 or a negative errno (lock waits).
+    Status(i32),
+    /// A whole reply (out header first), or none if none was made.
+    Bytes(Option<Vec<u8>>),
+}
+
+/// A request handed to the helper thread.
+struct Offloaded {
+    slot: usize,
+    unique: u64,
+    message: Vec<u8>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -374,8 +397,11 @@ struct RingQueue {
     /// Replies to requests with payload (the payload buffer holds the
     /// request while it is served).
     reply: Box<[u8]>,
-    done_tx: mpsc::Sender<LockDone>,
-    done_rx: mpsc::Receiver<LockDone>,
+    done_tx: mpsc::Sender<Deferred>,
+    done_rx: mpsc::Receiver<Deferred>,
+    /// The helper thread serving offloaded requests (`None` if it could
+    /// not start: they are served inline).
+    helper: Option<(mpsc::Sender<Offloaded>, std::thread::JoinHandle<()>)>,
     wake: Arc<Wake>,
     wake_buf: Box<[u8; 8]>,
     in_kernel: usize,
@@ -438,6 +464,8 @@ impl RingQueue {
         }
         let (done_tx, done_rx) = mpsc::channel();
         let hook = LoopHook::new(served.stats.clone());
+        let wake = Arc::new(wake);
+        let helper = spawn_helper(&served, &sink, payload_bytes, &done_tx, &wake);
         Ok(Self {
             ring: prepared.ring,
             device,
@@ -450,7 +478,8 @@ impl RingQueue {
             reply: vec![0u8; OUT_HEADER_BYTES + payload_bytes].into_boxed_slice(),
             done_tx,
             done_rx,
-            wake: Arc::new(wake),
+            helper,
+            wake,
             wake_buf: Box::new([0u8; 8]),
             in_kernel: 0,
             held: 0,
@@ -552,6 +581,14 @@ impl RingQueue {
                 self.complete(user_data, result);
             }
         }
+        // Offloaded requests still queued are served (their handles
+        // closed) before the mount shuts the file system down.
+        if let Some((helper, thread)) = self.helper.take() {
+            drop(helper);
+            if thread.join().is_err() {
+                warn!("a ring helper thread panicked");
+            }
+        }
         debug!(queues = ?qids, "ring thread ended");
     }
 
@@ -560,7 +597,7 @@ impl RingQueue {
             if result < 0 && result != -libc::ECANCELED {
                 debug!(errno = -result, "ring wake read failed");
             }
-            self.finish_locks();
+            self.finish_deferred();
             if !self.gone && result != -libc::ECANCELED {
                 self.arm_wake();
             }
@@ -611,8 +648,8 @@ impl RingQueue {
         }
     }
 
-    /// Commits the replies of blocking locks whose waiters are done.
-    fn finish_locks(&mut self) {
+    /// Commits the answers other threads made.
+    fn finish_deferred(&mut self) {
         while let Ok(done) = self.done_rx.try_recv() {
             let Some(slot) = self.slots.get_mut(done.slot) else {
                 continue;
@@ -624,7 +661,7 @@ impl RingQueue {
             {
                 warn!(
                     unique = done.unique,
-                    "a lock answer for a ring entry that does not wait"
+                    "an answer for a ring entry that does not wait"
                 );
                 continue;
             }
@@ -633,11 +670,28 @@ impl RingQueue {
                 slot.state = SlotState::Dead;
                 continue;
             }
-            abi::put_reply_header(
-                &mut slot.header,
-                &abi::out_header(done.unique, done.error),
-                0,
-            );
+            let staged = match done.reply {
+                DeferredReply::Status(error) => {
+                    let out = abi::out_header(done.unique, error);
+                    abi::put_reply_header(&mut slot.header, &out, 0);
+                    true
+                }
+                DeferredReply::Bytes(Some(reply)) => {
+                    let body = reply.len().saturating_sub(OUT_HEADER_BYTES);
+                    if body <= self.payload_bytes {
+                        slot.data[PREFIX_BYTES..PREFIX_BYTES + body]
+                            .copy_from_slice(&reply[reply.len() - body..]);
+                        stage(&mut slot.header, &reply, reply.len(), done.unique)
+                    } else {
+                        false
+                    }
+                }
+                DeferredReply::Bytes(None) => false,
+            };
+            if !staged {
+                let out = abi::out_header(done.unique, -libc::EIO);
+                abi::put_reply_header(&mut slot.header, &out, 0);
+            }
             self.send(done.slot, abi::CMD_COMMIT_AND_FETCH, done.unique);
         }
     }
@@ -723,7 +777,26 @@ impl RingQueue {
                 false,
             )
         };
-        match route(&self.served, message) {
+        let route = route(&self.served, message);
+        if route == Route::Server
+            && lock_wait::opcode(message) == Some(OPCODE_RELEASE)
+            && self.held < RING_HELD_MAX
+        {
+            if let Some((helper, _)) = &self.helper {
+                let unique = request.commit_id;
+                let offloaded = Offloaded {
+                    slot: i,
+                    unique,
+                    message: message.to_vec(),
+                };
+                if helper.send(offloaded).is_ok() {
+                    self.slots[i].state = SlotState::Held { unique };
+                    self.held += 1;
+                    return Answer::Held;
+                }
+            }
+        }
+        match route {
             Route::Server => {
                 let len = answer_into(
                     &self.served,
@@ -743,7 +816,7 @@ impl RingQueue {
                 Answer::Bytes(bytes, len)
             }
             Route::Lock(wait) => {
-                if self.held >= RING_LOCK_WAITS_MAX {
+                if self.held >= RING_HELD_MAX {
                     let mut bytes = [0u8; copy_range::REPLY_BYTES_MAX];
                     bytes[..OUT_HEADER_BYTES]
                         .copy_from_slice(&abi::out_header(wait.unique, -libc::ENOLCK));
@@ -759,10 +832,10 @@ impl RingQueue {
                     &self.served.waiters,
                     wait,
                     move |error| {
-                        let done = LockDone {
+                        let done = Deferred {
                             slot: i,
                             unique: wait.unique,
-                            error,
+                            reply: DeferredReply::Status(error),
                         };
                         if done_tx.send(done).is_ok() {
                             wake.signal();
@@ -771,6 +844,48 @@ impl RingQueue {
                 );
                 Answer::Held
             }
+        }
+    }
+}
+
+/// Starts the helper thread of a ring thread: it answers offloaded
+/// requests into its own buffer and sends the replies back.
+fn spawn_helper(
+    served: &Served,
+    sink: &Arc<File>,
+    payload_bytes: usize,
+    done_tx: &mpsc::Sender<Deferred>,
+    wake: &Arc<Wake>,
+) -> Option<(mpsc::Sender<Offloaded>, std::thread::JoinHandle<()>)> {
+    let (tx, rx) = mpsc::channel::<Offloaded>();
+    let (served, sink, done_tx, wake) = (
+        served.clone(),
+        Arc::clone(sink),
+        done_tx.clone(),
+        Arc::clone(wake),
+    );
+    let spawned = std::thread::Builder::new()
+        .name("dl-fuse-ring-help".into())
+        .spawn(move || {
+            let hook = LoopHook::new(served.stats.clone());
+            let mut out = vec![0u8; OUT_HEADER_BYTES + payload_bytes];
+            while let Ok(mut job) = rx.recv() {
+                let len = answer_into(&served, &hook, &mut job.message, &mut out, sink.as_raw_fd());
+                let done = Deferred {
+                    slot: job.slot,
+                    unique: job.unique,
+                    reply: DeferredReply::Bytes(len.map(|len| out[..len].to_vec())),
+                };
+                if done_tx.send(done).is_ok() {
+                    wake.signal();
+                }
+            }
+        });
+    match spawned {
+        Ok(thread) => Some((tx, thread)),
+        Err(e) => {
+            warn!(error = %e, "cannot start a ring helper thread; releases are served inline");
+            None
         }
     }
 }
