@@ -217,7 +217,9 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
         match uring::prepare(&cpus) {
             Ok(q) => Some(q),
             Err(e) if opts.uring == crate::UringMode::On => {
-                return Err(mount.fail(format!("cannot create the io_uring queues: {e}")));
+                return Err(mount.fail_uring(format!(
+                    "cannot create the io_uring queues ({e}); mount with -o no_uring"
+                )));
             }
             Err(e) => {
                 warn!(error = %e, "cannot create the io_uring queues; serving /dev/fuse reads");

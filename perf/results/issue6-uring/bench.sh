@@ -4,12 +4,14 @@
 # interleaved so machine load falls on both alike. Per round and mode:
 #   1. metadata (mount with entry_timeout=60): metaloop, one thread: empty
 #      creates, stats that each reach the daemon (one GETATTR), unlinks;
+#      then issue 6's smallfiles (create + write 4 KiB + close, stat twice,
+#      unlink) with SMALLFILES files;
 #   2. data (default options): fio psync 4 KiB O_DIRECT randread of a
 #      cached 256 MiB file, 1 job and 2 jobs.
 # Needs root (sets /sys/module/fuse/parameters/enable_uring to Y and puts
 # the old value back).
 # Usage: bench.sh BIN DIR OUT   env: ROUNDS (2), RT (10 s), FILES (10000),
-#   STAT_S (5 s), SIZE (256M), CORES (2)
+#   STAT_S (5 s), SIZE (256M), CORES (2), SMALLFILES (2000)
 set -euo pipefail
 bin=$1 dir=$2 out=$3
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -21,6 +23,7 @@ echo Y >"$param"
 trap 'echo "$old" >"$param"' EXIT
 mkdir -p "$dir" "$out"
 cc -O2 -o "$dir/metaloop" "$here/metaloop.c"
+cc -O2 -o "$dir/smallfiles" "$here/../issue6-mount/smallfiles.c"
 mnt=$dir/mnt
 mkdir -p "$mnt"
 up() { # MODE OPTIONS
@@ -43,6 +46,7 @@ for round in $(seq "$rounds"); do
         echo "== round $round $mode: metadata" >&2
         up "$mode" entry_timeout=60
         "$dir/metaloop" "$mnt" "$files" "$stat_s" >"$out/meta-$mode-r$round.json"
+        "$dir/smallfiles" "$mnt" "${SMALLFILES:-2000}" >"$out/smallfiles-$mode-r$round.json"
         down "meta-$mode-r$round"
         echo "== round $round $mode: randread" >&2
         up "$mode" ""

@@ -16,6 +16,17 @@ for mode, runs in sorted(meta.items()):
     col = lambda k: ", ".join(f"{r[k]:,}" for r in runs)
     print(f"| {mode} | {col('create_empty_per_s')} | {col('stat_per_s')} | {col('unlink_per_s')} |")
 print()
+small = {}
+for f in sorted(glob.glob(os.path.join(out, "smallfiles-*.json"))):
+    mode, rnd = re.match(r"smallfiles-(.+)-r(\d+)\.json", os.path.basename(f)).groups()
+    small.setdefault(mode, []).append(json.load(open(f)))
+if small:
+    print("| mode | create + write 4 KiB + close /s | stat 1st pass /s | stat 2nd pass /s | unlink /s |")
+    print("|---|---|---|---|---|")
+    for mode, runs in sorted(small.items()):
+        col = lambda k: ", ".join(f"{r[k]:,}" for r in runs)
+        print(f"| {mode} | {col('create_write_per_s')} | {col('stat_per_s')} | {col('stat2_per_s')} | {col('unlink_per_s')} |")
+    print()
 rows = {}
 for f in sorted(glob.glob(os.path.join(out, "randread-*.json"))):
     mode, jobs, rnd = re.match(r"randread-(.+)-jobs(\d)-r(\d+)\.json", os.path.basename(f)).groups()
