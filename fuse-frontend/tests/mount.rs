@@ -774,7 +774,12 @@ fn unmount_returns_even_while_a_file_is_open() {
     if !can_mount() {
         return;
     }
-    let mut m = Mounted::new(|_| {});
+    unmount_aborts_a_held_file(Mounted::new(|_| {}));
+}
+
+/// `unmount` returns within the wait even though a file stays open: the
+/// connection is aborted under it.
+fn unmount_aborts_a_held_file(mut m: Mounted) {
     fs::write(m.path("held"), b"held").expect("write");
     let held = File::open(m.path("held")).expect("open");
     let started = std::time::Instant::now();
@@ -1275,6 +1280,14 @@ fn a_ring_mount_unmounts_under_load_and_when_idle() {
     mount.wait().expect("wait returns after the outside umount");
     assert!(umount.join().expect("umount thread").status.success());
     assert!(!is_mounted(&m.mnt));
+}
+
+/// The abort path (fusectl) ends the ring threads too.
+#[test]
+fn a_ring_mount_unmounts_while_a_file_is_open() {
+    if let Some(m) = Mounted::ring(|_| {}) {
+        unmount_aborts_a_held_file(m);
+    }
 }
 
 #[test]
