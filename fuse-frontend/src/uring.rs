@@ -487,19 +487,24 @@ impl RingQueue {
         })
     }
 
-    fn push(&mut self, sqe: &squeue::Entry128) {
-        loop {
+    /// Queues `sqe`; `false` if the submission queue stays full (the
+    /// kernel keeps refusing to take what is queued).
+    fn push(&mut self, sqe: &squeue::Entry128) -> bool {
+        for _ in 0..ENTER_FAILURES_MAX {
             // SAFETY: every buffer an SQE names (iovecs, entry buffers, the
             // wake buffer) is owned by `self` and outlives the ring.
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
-                return;
+                return true;
             }
-            // Full (the ring is sized for everything in flight, so this
-            // only happens if the kernel lags): hand it what is queued.
+            // Full (the ring is sized for everything in flight, so only
+            // after a failed submit): hand the kernel what is queued.
             if let Err(e) = self.ring.submit() {
                 debug!(error = %e, "io_uring submit while the queue is full");
+                std::thread::sleep(Duration::from_millis(1));
             }
         }
+        warn!("the io_uring submission queue stays full; an SQE is dropped");
+        false
     }
 
     /// Sends `cmd` for slot `i`.
@@ -511,11 +516,14 @@ impl RingQueue {
             .build()
             .user_data(i as u64);
         let sqe = with_len(sqe, abi::ENTRY_IOVECS);
-        slot.state = SlotState::InKernel {
-            registering: cmd == abi::CMD_REGISTER,
-        };
-        self.in_kernel += 1;
-        self.push(&sqe);
+        if self.push(&sqe) {
+            self.slots[i].state = SlotState::InKernel {
+                registering: cmd == abi::CMD_REGISTER,
+            };
+            self.in_kernel += 1;
+        } else {
+            self.slots[i].state = SlotState::Dead;
+        }
     }
 
     fn arm_wake(&mut self) {
@@ -526,7 +534,8 @@ impl RingQueue {
         )
         .build()
         .user_data(WAKE_USER_DATA);
-        self.push(&squeue::Entry128::from(sqe));
+        // Without it, answers from other threads wait for the next request.
+        let _ = self.push(&squeue::Entry128::from(sqe));
     }
 
     fn run(mut self, report: &mpsc::Sender<Result<(), String>>) {
