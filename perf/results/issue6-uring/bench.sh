@@ -11,7 +11,9 @@
 # Needs root (sets /sys/module/fuse/parameters/enable_uring to Y and puts
 # the old value back).
 # Usage: bench.sh BIN DIR OUT   env: ROUNDS (2), RT (10 s), FILES (10000),
-#   STAT_S (5 s), SIZE (256M), CORES (2), SMALLFILES (2000)
+#   STAT_S (5 s), SIZE (256M), CORES (2), SMALLFILES (2000), BASE (another
+#   binary, e.g. the commit before the ring, measured as mode "base" with
+#   its own defaults)
 set -euo pipefail
 bin=$1 dir=$2 out=$3
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,8 +30,10 @@ mnt=$dir/mnt
 mkdir -p "$mnt"
 up() { # MODE OPTIONS
     rm -rf "$dir/data"
-    "$bin" mount "$mnt" --data-dir "$dir/data" --memory-size 1G --cache-size 512M \
-        --cores "$cores" --metrics-addr 127.0.0.1:9577 -o "$1${2:+,$2}"
+    local b=$bin opts="$1${2:+,$2}"
+    if [[ $1 == base ]]; then b=$BASE opts=$2; fi
+    "$b" mount "$mnt" --data-dir "$dir/data" --memory-size 1G --cache-size 512M \
+        --cores "$cores" --metrics-addr 127.0.0.1:9577 ${opts:+-o "$opts"}
 }
 down() { # NAME
     local pid
@@ -42,7 +46,7 @@ common=(--filename="$mnt/fio.dat" --ioengine=psync --group_reporting --output-fo
 half=$(( $(numfmt --from=iec "$size") / 2 ))
 { echo "date: $(date -u +%FT%TZ)"; uname -r; nproc; uptime; "$bin" --version || true; } >"$out/machine.txt"
 for round in $(seq "$rounds"); do
-    for mode in no_uring uring; do
+    for mode in ${BASE:+base} no_uring uring; do
         echo "== round $round $mode: metadata" >&2
         up "$mode" entry_timeout=60
         "$dir/metaloop" "$mnt" "$files" "$stat_s" >"$out/meta-$mode-r$round.json"
