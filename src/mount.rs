@@ -82,7 +82,8 @@ pub struct MountArgs {
     /// Mount options, fstab style: ro, allow_other, direct_io,
     /// relatime|noatime|strictatime, writeback_cache, attr_timeout=SECS,
     /// entry_timeout=SECS, negative_timeout=SECS (kernel caching; 1 s each
-    /// by default).
+    /// by default), uring|no_uring (FUSE over io_uring: by default when
+    /// /sys/module/fuse/parameters/enable_uring is Y).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Stay in the foreground (logs to stderr).

@@ -92,9 +92,16 @@ pub(crate) fn run(fs: &Fs, req: &CopyRequest) -> Result<u32, i32> {
     Ok(u32::try_from(copied).unwrap_or(u32::MAX))
 }
 
-/// Writes the reply: `fuse_write_out` with the bytes copied, or the error.
-pub(crate) fn reply(device: &File, unique: u64, result: Result<u32, i32>) {
-    let mut out = [0u8; OUT_HEADER_BYTES + WRITE_OUT_BYTES];
+/// Bytes of the longest reply: out header and `fuse_write_out`.
+pub(crate) const REPLY_BYTES_MAX: usize = OUT_HEADER_BYTES + WRITE_OUT_BYTES;
+
+/// Encodes the reply: `fuse_write_out` with the bytes copied, or the
+/// error; the reply is the first `len` bytes.
+pub(crate) fn encode_reply(
+    unique: u64,
+    result: Result<u32, i32>,
+) -> ([u8; REPLY_BYTES_MAX], usize) {
+    let mut out = [0u8; REPLY_BYTES_MAX];
     let (len, error) = match result {
         Ok(size) => {
             out[OUT_HEADER_BYTES..OUT_HEADER_BYTES + 4].copy_from_slice(&size.to_le_bytes());
@@ -105,6 +112,12 @@ pub(crate) fn reply(device: &File, unique: u64, result: Result<u32, i32>) {
     out[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     out[4..8].copy_from_slice(&error.to_le_bytes());
     out[8..16].copy_from_slice(&unique.to_le_bytes());
+    (out, len)
+}
+
+/// Writes the reply on a /dev/fuse fd.
+pub(crate) fn reply(device: &File, unique: u64, result: Result<u32, i32>) {
+    let (out, len) = encode_reply(unique, result);
     // SAFETY: `out[..len]` is a valid buffer of that length.
     let n = unsafe { libc::write(device.as_raw_fd(), out.as_ptr().cast(), len) };
     if n < 0 {

@@ -21,6 +21,10 @@ pub enum FuseError {
     /// A mount option is wrong.
     #[error("{0}")]
     Options(String),
+    /// FUSE over io_uring was asked for (`-o uring`) and cannot be had; the
+    /// message says how to enable it.
+    #[error("{0}")]
+    Uring(String),
     /// The kernel or fuse-backend-rs refused; the message says which step.
     #[error("{0}")]
     Session(String),

@@ -7,20 +7,32 @@
 //! - `adapter`: [`FuseFs`], the `FileSystem` trait over `Fs` (op by op,
 //!   errno from `FsError::errno`).
 //! - `lock_wait`: blocking lock requests, answered from waiter threads.
-//! - `mount`: [`mount`], [`Mount`] and the request loops.
+//! - `copy_range`: `FUSE_COPY_FILE_RANGE`, answered by the loops.
+//! - `dispatch`: what every transport does with a request before
+//!   fuse-backend-rs, and answering into a buffer.
+//! - `mount`: [`mount`], [`Mount`] and the classic /dev/fuse loops.
+//! - `uring`, `uring_abi`: the FUSE-over-io_uring queues (driver, and the
+//!   wire format sans IO).
 //! - `stats`: [`OpStats`], per-op counters and latency histograms.
 
 mod adapter;
 mod copy_range;
+mod dispatch;
 mod error;
 mod lock_wait;
 mod mount;
 mod options;
 mod stats;
+mod uring;
+mod uring_abi;
 
 pub use adapter::{AdapterOptions, FuseFs};
 pub use error::FuseError;
 pub use lock_wait::LOCK_WAITERS_MAX;
 pub use mount::{check_mountpoint, mount, Mount, THREADS_MAX};
-pub use options::{parse_mount_options, MountOptions, ParsedOptions};
+pub use options::{parse_mount_options, MountOptions, ParsedOptions, UringMode};
 pub use stats::{op_name, OpSample, OpStats, LATENCY_BUCKETS};
+pub use uring::{
+    kernel_enabled as uring_enabled_in_kernel, ENABLE_PARAMETER as URING_ENABLE_PARAMETER,
+    RING_DEPTH,
+};

@@ -7,7 +7,9 @@
 //! of the stream themselves: a waiter thread retries the non-blocking lock
 //! with backoff and writes the reply on the device when the lock is granted,
 //! an error other than `EAGAIN` comes, or the kernel interrupts the request
-//! (`FUSE_INTERRUPT`, answered `EINTR`).
+//! (`FUSE_INTERRUPT`, answered `EINTR`). How the reply travels is the
+//! transport's business: the classic loops write it on their /dev/fuse fd,
+//! a ring queue commits it through its ring entry (`uring.rs`).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -126,12 +128,10 @@ impl Waiters {
     }
 }
 
-/// Writes a reply without payload (`error` is 0 or a negative errno).
-fn reply(device: &File, unique: u64, error: i32) {
-    let mut out = [0u8; OUT_HEADER_BYTES];
-    out[0..4].copy_from_slice(&(OUT_HEADER_BYTES as u32).to_le_bytes());
-    out[4..8].copy_from_slice(&error.to_le_bytes());
-    out[8..16].copy_from_slice(&unique.to_le_bytes());
+/// Writes a reply without payload on a /dev/fuse fd (`error` is 0 or a
+/// negative errno).
+pub(crate) fn reply(device: &File, unique: u64, error: i32) {
+    let out = crate::uring_abi::out_header(unique, error);
     // SAFETY: `out` is a valid buffer of its length.
     let n = unsafe { libc::write(device.as_raw_fd(), out.as_ptr().cast(), out.len()) };
     if n < 0 {
@@ -141,12 +141,13 @@ fn reply(device: &File, unique: u64, error: i32) {
 }
 
 /// Answers `wait` from a new thread once the lock is granted (or refused
-/// for good, or interrupted).
+/// for good, or interrupted): `respond` gets 0 or a negative errno, once,
+/// from that thread (or from this one if no waiter can be started).
 pub(crate) fn spawn_waiter(
     fs: Arc<Fs>,
-    device: &Arc<File>,
     waiters: &Arc<Waiters>,
     wait: LockWait,
+    respond: impl FnOnce(i32) + Send + 'static,
 ) {
     let admitted = {
         let mut waiting = waiters
@@ -156,15 +157,17 @@ pub(crate) fn spawn_waiter(
         waiting.len() < LOCK_WAITERS_MAX && waiting.insert(wait.unique)
     };
     if !admitted {
-        reply(device, wait.unique, -libc::ENOLCK);
+        respond(-libc::ENOLCK);
         return;
     }
     let thread_waiters = Arc::clone(waiters);
-    let thread_device = Arc::clone(device);
+    // The responder comes back if the thread cannot start.
+    let respond = Arc::new(Mutex::new(Some(respond)));
+    let thread_respond = Arc::clone(&respond);
     let spawned = std::thread::Builder::new()
         .name("dl-lock-wait".into())
         .spawn(move || {
-            let (fs, device, waiters) = (fs, thread_device, thread_waiters);
+            let (fs, waiters) = (fs, thread_waiters);
             let mut pause_ms = RETRY_FIRST_MS;
             let error = loop {
                 if waiters.take_interrupt(wait.unique) {
@@ -179,12 +182,24 @@ pub(crate) fn spawn_waiter(
                 pause_ms = (pause_ms * 2).min(RETRY_MAX_MS);
             };
             waiters.done(wait.unique);
-            reply(&device, wait.unique, error);
+            let respond = thread_respond
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(respond) = respond {
+                respond(error);
+            }
         });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start a lock waiter");
         waiters.done(wait.unique);
-        reply(device, wait.unique, -libc::ENOLCK);
+        let respond = respond
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(respond) = respond {
+            respond(-libc::ENOLCK);
+        }
     }
 }
 

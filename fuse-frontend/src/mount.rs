@@ -1,6 +1,8 @@
-//! Mounting and the per-core request loops: one OS thread per core, pinned,
-//! each reading requests from its own cloned /dev/fuse fd
+//! Mounting and the classic per-core request loops: one OS thread per core,
+//! pinned, each reading requests from its own cloned /dev/fuse fd
 //! (`FUSE_DEV_IOC_CLONE`) into its own buffers and replying on that fd.
+//! With FUSE over io_uring (`uring.rs`) the loops stay for what the kernel
+//! still sends through /dev/fuse (INIT, FORGET, INTERRUPT).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -16,10 +18,13 @@ use tracing::{debug, info, warn};
 
 use crate::adapter::{AdapterOptions, FuseFs};
 use crate::copy_range;
+use crate::dispatch::{route, Route, Served};
 use crate::error::FuseError;
 use crate::lock_wait::{self, Waiters};
 use crate::options::MountOptions;
 use crate::stats::{LoopHook, OpStats};
+use crate::uring::{self, InitGate};
+use crate::uring_abi::OPCODE_INIT;
 
 /// Most request loops one mount runs.
 pub const THREADS_MAX: usize = 256;
@@ -39,6 +44,8 @@ pub struct Mount {
     /// /sys/fs/fuse/connections entry can abort it.
     connection: Option<u32>,
     stats: OpStats,
+    /// Requests come over FUSE-over-io_uring queues.
+    uring: bool,
 }
 
 impl std::fmt::Debug for Mount {
@@ -145,7 +152,7 @@ fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
-fn pin_to(cpu: usize) {
+pub(crate) fn pin_to(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays in bounds
     // because `cpu` came from sched_getaffinity.
     let rc = unsafe {
@@ -154,13 +161,15 @@ fn pin_to(cpu: usize) {
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
     };
     if rc != 0 {
-        warn!(cpu, "cannot pin the FUSE request loop");
+        warn!(cpu, "cannot pin a FUSE request thread");
     }
 }
 
-/// Mounts `fs` at `opts.mountpoint` and starts the request loops.
+/// Mounts `fs` at `opts.mountpoint` and starts the request loops (and,
+/// if the kernel agrees, the FUSE-over-io_uring queues).
 pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     check_mountpoint(&opts.mountpoint)?;
+    let want_ring = uring::wanted(opts.uring)?;
     let shown = opts.mountpoint.display().to_string();
     let mut session = FuseSession::new(&opts.mountpoint, &opts.fsname, SUBTYPE, opts.read_only)
         .map_err(|e| mount_error(&shown, e.to_string()))?;
@@ -178,7 +187,6 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
             negative_timeout: opts.negative_timeout,
         },
     );
-    let server = Arc::new(Server::new(adapter));
     let threads = if opts.threads == 0 {
         fs.shards()
     } else {
@@ -186,34 +194,56 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     }
     .clamp(1, THREADS_MAX);
     let cpus = allowed_cpus();
-    let waiters = Arc::new(Waiters::default());
     let bufsize = session.bufsize();
     let connection = connection_id(session.mountpoint());
+    let served = Served {
+        server: Arc::new(Server::new(adapter)),
+        fs: Arc::clone(&fs),
+        waiters: Arc::new(Waiters::default()),
+        stats: OpStats::default(),
+    };
     let mut mount = Mount {
         session: Some(session),
         threads: Vec::with_capacity(threads),
         fs,
         mountpoint: shown,
         connection,
-        stats: OpStats::default(),
+        stats: served.stats.clone(),
+        uring: false,
     };
-    for n in 0..threads {
-        let file = match mount.session.as_ref().map(FuseSession::clone_fuse_file) {
-            Some(Ok(file)) => file,
-            Some(Err(e)) => {
-                let _ = mount.umount();
-                return Err(FuseError::Session(format!(
-                    "cloning the /dev/fuse fd (FUSE_DEV_IOC_CLONE): {e}"
+    // The rings are made before INIT is answered, so that failing to make
+    // them can still leave the ring off.
+    let queues = if want_ring {
+        match uring::prepare(&cpus) {
+            Ok(q) => Some(q),
+            Err(e) if opts.uring == crate::UringMode::On => {
+                return Err(mount.fail_uring(format!(
+                    "cannot create the io_uring queues ({e}); mount with -o no_uring"
                 )));
             }
-            None => return Err(FuseError::Session("the FUSE session is gone".into())),
+            Err(e) => {
+                warn!(error = %e, "cannot create the io_uring queues; serving /dev/fuse reads");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let gate = queues.as_ref().map(|_| Arc::new(InitGate::default()));
+    let sink = match File::options().write(true).open("/dev/null") {
+        Ok(f) => Arc::new(f),
+        Err(e) => return Err(mount.fail(format!("cannot open /dev/null: {e}"))),
+    };
+    for n in 0..threads {
+        let file = match mount.clone_device() {
+            Ok(file) => file,
+            Err(e) => return Err(mount.fail(e)),
         };
         let context = LoopContext {
-            server: Arc::clone(&server),
-            fs: Arc::clone(&mount.fs),
-            waiters: Arc::clone(&waiters),
+            served: served.clone(),
             device: Arc::new(file),
-            stats: mount.stats.clone(),
+            init: gate.clone(),
+            sink: Arc::clone(&sink),
         };
         let cpu = (!cpus.is_empty()).then(|| cpus[n % cpus.len()]);
         let spawned = std::thread::Builder::new()
@@ -226,15 +256,13 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
             });
         match spawned {
             Ok(t) => mount.threads.push(t),
-            Err(e) => {
-                let _ = mount.umount();
-                return Err(FuseError::Session(format!(
-                    "cannot start a request loop: {e}"
-                )));
-            }
+            Err(e) => return Err(mount.fail(format!("cannot start a request loop: {e}"))),
         }
     }
-    info!(mountpoint = %mount.mountpoint, threads, "mounted");
+    if let (Some(queues), Some(gate)) = (queues, gate) {
+        mount.start_rings(queues, &gate, &served, &sink, opts.uring)?;
+    }
+    info!(mountpoint = %mount.mountpoint, threads, uring = mount.uring, "mounted");
     Ok(mount)
 }
 
@@ -247,23 +275,23 @@ fn connection_id(mountpoint: &Path) -> Option<u32> {
     })
 }
 
-/// One request loop: reads a request, lets the server answer it, until the
-/// kernel ends the connection (`ENODEV` after unmount).
-/// What one request loop works with.
+/// What one classic request loop works with.
 struct LoopContext {
-    server: Arc<Server<FuseFs>>,
-    fs: Arc<Fs>,
-    waiters: Arc<Waiters>,
+    served: Served,
     /// Its cloned /dev/fuse fd (shared with its lock waiters).
     device: Arc<File>,
-    /// Per-op counters of the mount.
-    stats: OpStats,
+    /// Set when the mount wants FUSE over io_uring: INIT is answered here.
+    init: Option<Arc<InitGate>>,
+    /// /dev/null: where replies answered into a buffer are "written".
+    sink: Arc<File>,
 }
 
+/// One request loop: reads a request, lets the server answer it, until the
+/// kernel ends the connection (`ENODEV` after unmount).
 fn serve(context: &LoopContext, bufsize: usize) {
-    let server = &context.server;
+    let served = &context.served;
     let fd = context.device.as_raw_fd();
-    let hook = LoopHook::new(context.stats.clone());
+    let hook = LoopHook::new(served.stats.clone());
     let mut request = vec![0u8; bufsize];
     let mut reply = vec![0u8; bufsize];
     loop {
@@ -286,40 +314,37 @@ fn serve(context: &LoopContext, bufsize: usize) {
         if len == 0 {
             return;
         }
-        let message = &request[..len];
-        match lock_wait::opcode(message) {
-            Some(lock_wait::OPCODE_SETLKW) => {
-                if let Some(wait) = lock_wait::parse_setlkw(message) {
-                    lock_wait::spawn_waiter(
-                        Arc::clone(&context.fs),
-                        &context.device,
-                        &context.waiters,
-                        wait,
-                    );
-                    continue;
-                }
-            }
-            Some(copy_range::OPCODE_COPY_FILE_RANGE) => {
-                if let Some(copy) = copy_range::parse(message) {
-                    let started = std::time::Instant::now();
-                    let result = copy_range::run(&context.fs, &copy);
-                    copy_range::reply(&context.device, copy.unique, result);
-                    context.stats.record(
-                        copy_range::OPCODE_COPY_FILE_RANGE,
-                        u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                        result.is_err(),
-                    );
-                    continue;
-                }
-            }
-            Some(lock_wait::OPCODE_INTERRUPT) => {
-                if let Some(unique) = lock_wait::parse_interrupt(message) {
-                    context.waiters.interrupt(unique);
-                }
-            }
-            _ => {}
+        let message = &mut request[..len];
+        if let (Some(gate), Some(OPCODE_INIT)) = (&context.init, lock_wait::opcode(message)) {
+            uring::answer_init(
+                served,
+                &hook,
+                gate,
+                &context.device,
+                context.sink.as_raw_fd(),
+                message,
+                &mut reply,
+            );
+            continue;
         }
-        let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(&mut request[..len])) {
+        match route(served, message) {
+            Route::Lock(wait) => {
+                let device = Arc::clone(&context.device);
+                lock_wait::spawn_waiter(
+                    Arc::clone(&served.fs),
+                    &served.waiters,
+                    wait,
+                    move |error| lock_wait::reply(&device, wait.unique, error),
+                );
+                continue;
+            }
+            Route::Copied { unique, result } => {
+                copy_range::reply(&context.device, unique, result);
+                continue;
+            }
+            Route::Server => {}
+        }
+        let reader = match Reader::<()>::from_fuse_buffer(FuseBuf::new(message)) {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "undecodable FUSE request");
@@ -333,7 +358,10 @@ fn serve(context: &LoopContext, bufsize: usize) {
                 continue;
             }
         };
-        if let Err(e) = server.handle_message(reader, writer.into(), None, Some(&hook)) {
+        if let Err(e) = served
+            .server
+            .handle_message(reader, writer.into(), None, Some(&hook))
+        {
             match e {
                 fuse_backend_rs::Error::EncodeMessage(ref io)
                     if io.raw_os_error() == Some(libc::EBADF)
@@ -348,6 +376,96 @@ fn serve(context: &LoopContext, bufsize: usize) {
 }
 
 impl Mount {
+    /// A new /dev/fuse fd on this mount's connection.
+    fn clone_device(&self) -> Result<File, String> {
+        match self.session.as_ref().map(FuseSession::clone_fuse_file) {
+            Some(Ok(file)) => Ok(file),
+            Some(Err(e)) => Err(format!(
+                "cloning the /dev/fuse fd (FUSE_DEV_IOC_CLONE): {e}"
+            )),
+            None => Err("the FUSE session is gone".into()),
+        }
+    }
+
+    /// Ends a mount that could not be completed: unmounts, waits for the
+    /// loops started so far, and returns `message` as the error.
+    fn fail(mut self, message: String) -> FuseError {
+        if self.umount().is_ok() {
+            let _ = self.join();
+        }
+        self.session.take();
+        FuseError::Session(message)
+    }
+
+    /// Waits for INIT and, if the kernel took FUSE over io_uring, starts
+    /// the ring queues. A ring the kernel agreed to but that cannot start
+    /// fails the mount: the kernel would hold every request for it.
+    fn start_rings(
+        &mut self,
+        queues: uring::Queues,
+        gate: &InitGate,
+        served: &Served,
+        sink: &Arc<File>,
+        mode: crate::UringMode,
+    ) -> Result<(), FuseError> {
+        let forced = mode == crate::UringMode::On;
+        let outcome = gate.wait(std::time::Duration::from_millis(uring::INIT_WAIT_MS));
+        let payload_bytes = match outcome {
+            Some(uring::InitOutcome {
+                accepted: Some(bytes),
+                ..
+            }) => bytes,
+            Some(uring::InitOutcome { offered, .. }) => {
+                let why = if offered {
+                    "the INIT reply with FUSE_OVER_IO_URING was not delivered"
+                } else {
+                    "the kernel did not offer FUSE over io_uring at INIT"
+                };
+                if forced {
+                    return Err(take(self).fail_uring(format!(
+                        "{why}: check `cat {}` says Y (enable it with `echo Y > {}`), \
+                         or mount with -o no_uring",
+                        uring::ENABLE_PARAMETER,
+                        uring::ENABLE_PARAMETER
+                    )));
+                }
+                info!(why, "serving /dev/fuse reads");
+                return Ok(());
+            }
+            None => {
+                return Err(take(self).fail_uring(format!(
+                    "the kernel sent no INIT within {} ms",
+                    uring::INIT_WAIT_MS
+                )));
+            }
+        };
+        let started = uring::start(queues, served, sink, payload_bytes, || {
+            self.clone_device().map_err(std::io::Error::other)
+        });
+        let ring_threads = started.threads.len();
+        self.threads.extend(started.threads);
+        if let Some(why) = started.failure {
+            return Err(take(self).fail_uring(format!(
+                "FUSE over io_uring could not start ({why}); mount with -o no_uring"
+            )));
+        }
+        self.uring = true;
+        uring::log_started(ring_threads, payload_bytes);
+        Ok(())
+    }
+
+    fn fail_uring(self, message: String) -> FuseError {
+        match self.fail(message) {
+            FuseError::Session(m) => FuseError::Uring(m),
+            e => e,
+        }
+    }
+
+    /// Whether requests come over FUSE-over-io_uring queues.
+    pub fn uring(&self) -> bool {
+        self.uring
+    }
+
     /// The mountpoint.
     pub fn mountpoint(&self) -> &str {
         &self.mountpoint
@@ -486,6 +604,21 @@ impl Drop for Mount {
             }
         }
     }
+}
+
+/// Moves a mount out of `slot` (leaving an inert one that drops without
+/// touching anything), to end it by value.
+fn take(slot: &mut Mount) -> Mount {
+    let inert = Mount {
+        session: None,
+        threads: Vec::new(),
+        fs: Arc::clone(&slot.fs),
+        mountpoint: slot.mountpoint.clone(),
+        connection: None,
+        stats: slot.stats.clone(),
+        uring: false,
+    };
+    std::mem::replace(slot, inert)
 }
 
 #[cfg(test)]

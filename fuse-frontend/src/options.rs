@@ -35,9 +35,25 @@ pub struct MountOptions {
     /// How long the kernel caches missing names (`negative_timeout=SECS`;
     /// 0: not at all).
     pub negative_timeout: Duration,
+    /// Whether requests come over FUSE-over-io_uring queues (`uring`,
+    /// `no_uring`; by default when the kernel has it enabled).
+    pub uring: UringMode,
     /// Options accepted for fstab compatibility that change nothing here
     /// (`defaults`, `_netdev`, `nofail`, ...).
     pub extra: Vec<String>,
+}
+
+/// The transport between kernel and daemon.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UringMode {
+    /// FUSE over io_uring when `/sys/module/fuse/parameters/enable_uring`
+    /// is `Y` and the kernel offers it at INIT, else /dev/fuse reads.
+    #[default]
+    Auto,
+    /// FUSE over io_uring or no mount (`-o uring`).
+    On,
+    /// /dev/fuse reads only (`-o no_uring`).
+    Off,
 }
 
 impl MountOptions {
@@ -54,6 +70,7 @@ impl MountOptions {
             attr_timeout: crate::adapter::TTL_DEFAULT,
             entry_timeout: crate::adapter::TTL_DEFAULT,
             negative_timeout: crate::adapter::TTL_DEFAULT,
+            uring: UringMode::Auto,
             extra: Vec::new(),
         }
     }
@@ -84,6 +101,8 @@ pub struct ParsedOptions {
     pub entry_timeout: Option<Duration>,
     /// `negative_timeout=SECS`.
     pub negative_timeout: Option<Duration>,
+    /// `uring` / `no_uring`.
+    pub uring: Option<UringMode>,
     /// Accepted fstab options without effect.
     pub extra: Vec<String>,
 }
@@ -111,6 +130,9 @@ impl ParsedOptions {
         }
         if let Some(t) = self.negative_timeout {
             opts.negative_timeout = t;
+        }
+        if let Some(mode) = self.uring {
+            opts.uring = mode;
         }
         opts.extra.extend(self.extra.iter().cloned());
     }
@@ -148,6 +170,8 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
             "noatime" => parsed.atime = Some(AtimePolicy::Noatime),
             "relatime" | "atime" => parsed.atime = Some(AtimePolicy::Relatime),
             "strictatime" => parsed.atime = Some(AtimePolicy::Strictatime),
+            "uring" => parsed.uring = Some(UringMode::On),
+            "no_uring" => parsed.uring = Some(UringMode::Off),
             w if ACCEPTED_WITHOUT_EFFECT.contains(&w) => parsed.extra.push(w.to_string()),
             w => {
                 if let Some(name) = w.strip_prefix("fsname=") {
@@ -174,8 +198,8 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
                 } else {
                     return Err(FuseError::Options(format!(
                         "unknown mount option {w:?}; known options: ro, rw, allow_other, direct_io, \
-                         writeback_cache, noatime, relatime, strictatime, fsname=NAME, threads=N, \
-                         attr_timeout=SECS, entry_timeout=SECS, negative_timeout=SECS, {}",
+                         writeback_cache, noatime, relatime, strictatime, uring, no_uring, fsname=NAME, \
+                         threads=N, attr_timeout=SECS, entry_timeout=SECS, negative_timeout=SECS, {}",
                         ACCEPTED_WITHOUT_EFFECT.join(", ")
                     )));
                 }
@@ -253,5 +277,17 @@ mod tests {
             parse_mount_options("threads=3").expect("threads").threads,
             Some(3)
         );
+        let mut opts = MountOptions::new("/mnt");
+        assert_eq!(opts.uring, UringMode::Auto);
+        parse_mount_options("uring")
+            .expect("uring")
+            .apply(&mut opts);
+        assert_eq!(opts.uring, UringMode::On);
+        parse_mount_options("rw,no_uring")
+            .expect("no_uring")
+            .apply(&mut opts);
+        assert_eq!(opts.uring, UringMode::Off);
+        parse_mount_options("ro").expect("ro").apply(&mut opts);
+        assert_eq!(opts.uring, UringMode::Off, "unchanged when not named");
     }
 }

@@ -29,12 +29,15 @@ struct OpCounters {
 #[derive(Clone, Debug)]
 pub struct OpStats {
     ops: Arc<[OpCounters]>,
+    /// Requests that came over FUSE-over-io_uring queues.
+    ring_requests: Arc<AtomicU64>,
 }
 
 impl Default for OpStats {
     fn default() -> Self {
         Self {
             ops: (0..OPCODE_SLOTS).map(|_| OpCounters::default()).collect(),
+            ring_requests: Arc::default(),
         }
     }
 }
@@ -75,6 +78,17 @@ impl OpStats {
         }
         c.sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
         c.buckets[bucket(latency_ns)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request that came over an io_uring queue.
+    pub(crate) fn count_ring_request(&self) {
+        self.ring_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests that came over FUSE-over-io_uring queues (the rest came
+    /// through /dev/fuse reads).
+    pub fn ring_requests(&self) -> u64 {
+        self.ring_requests.load(Ordering::Relaxed)
     }
 
     /// Every op seen so far.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use datenlord_cluster::master::Master;
 use datenlord_engine::{BlockSize, Engine, EngineConfig, MemoryStore};
 use datenlord_fs::{Fs, FsConfig, MemorySink, MetaLink};
-use datenlord_fuse::{mount, FuseError, Mount, MountOptions};
+use datenlord_fuse::{mount, FuseError, Mount, MountOptions, UringMode};
 
 const BLOCK: usize = 64 << 10;
 
@@ -86,6 +86,9 @@ impl Mounted {
         let (master, engine, fs) = start_fs(dir.path(), 64);
         let mut options = MountOptions::new(&mnt);
         options.threads = 2;
+        // Classic /dev/fuse loops unless a test asks for the ring (a ring
+        // test elsewhere may have the kernel switch on right now).
+        options.uring = UringMode::Off;
         opts(&mut options);
         let mount = mount(fs, &options).expect("mount");
         Self {
@@ -145,6 +148,13 @@ fn posix_basics_through_a_real_mount() {
         return;
     }
     let mut m = Mounted::new(|_| {});
+    posix_basics(&m);
+    m.unmount();
+}
+
+/// mkdir, create, write, read, stat, readdir, rename, links, truncate,
+/// append, xattrs, unlink while open, errnos, statfs.
+fn posix_basics(m: &Mounted) {
     // mkdir, create, write, read back.
     fs::create_dir(m.path("dir")).expect("mkdir");
     let file = m.path("dir/hello.txt");
@@ -249,7 +259,6 @@ fn posix_basics_through_a_real_mount() {
     // SAFETY: valid C string and output struct.
     assert_eq!(unsafe { libc::statvfs(root.as_ptr(), &raw mut st) }, 0);
     assert_eq!(st.f_bsize as usize, BLOCK);
-    m.unmount();
 }
 
 #[test]
@@ -765,7 +774,12 @@ fn unmount_returns_even_while_a_file_is_open() {
     if !can_mount() {
         return;
     }
-    let mut m = Mounted::new(|_| {});
+    unmount_aborts_a_held_file(Mounted::new(|_| {}));
+}
+
+/// `unmount` returns within the wait even though a file stays open: the
+/// connection is aborted under it.
+fn unmount_aborts_a_held_file(mut m: Mounted) {
     fs::write(m.path("held"), b"held").expect("write");
     let held = File::open(m.path("held")).expect("open");
     let started = std::time::Instant::now();
@@ -800,6 +814,13 @@ fn flock_and_posix_locks_block_across_processes_and_can_be_interrupted() {
         return;
     }
     let mut m = Mounted::new(|o| o.threads = 2);
+    blocking_locks(&m);
+    m.unmount();
+}
+
+/// A blocking flock and a blocking F_SETLKW wait for a holder in another
+/// process; a blocked F_SETLKW is interrupted by a signal.
+fn blocking_locks(m: &Mounted) {
     fs::write(m.path("lockfile"), b"").expect("create");
     // flock: a holder for 1 s; a non-blocking try fails, a blocking one waits.
     let out = sh(
@@ -876,7 +897,6 @@ os.waitpid(pid, 0)
         waited >= 100,
         "the blocking lock waited for the holder: {text}"
     );
-    m.unmount();
 }
 
 #[test]
@@ -897,11 +917,15 @@ fn mounting_twice_on_one_directory_is_refused() {
 /// local file system gives.
 #[test]
 fn copy_file_range_is_served_by_the_daemon() {
-    use std::os::fd::AsRawFd;
     if !can_mount() {
         return;
     }
-    let m = Mounted::new(|_| {});
+    copy_file_range_checks(&Mounted::new(|_| {}));
+}
+
+/// copy_file_range(2) in one request, with a local file system's bytes,
+/// sizes and errors.
+fn copy_file_range_checks(m: &Mounted) {
     let src = pattern(300_000, 7);
     fs::write(m.path("src"), &src).expect("write src");
     fs::write(m.path("dst"), pattern(10_000, 9)).expect("write dst");
@@ -1088,4 +1112,278 @@ fn hot_page_cache_reads_never_reach_the_daemon() {
     // (An attribute refresh may happen once if the 1 s attr_timeout ran out.)
     let refreshed = requests("getattr") - getattrs;
     assert!(refreshed <= 2, "{refreshed} getattrs for 2,004 reads");
+}
+
+// FUSE over io_uring: the same operations on a mount whose requests come
+// over the per-CPU ring queues.
+
+/// Holds the kernel switch (`enable_uring`) at a value while a test mounts,
+/// and puts the old value back. Tests in other processes that flip it wait
+/// on a lock file meanwhile. The switch only matters at INIT: a connection
+/// that took the ring keeps it.
+struct UringSwitch {
+    _lock: File,
+    old: String,
+}
+
+impl UringSwitch {
+    const LOCK: &str = "/tmp/datenlord-test-enable-uring.lock";
+
+    /// `None` (and why, printed) if this kernel has no FUSE over io_uring.
+    fn set(value: &str) -> Option<Self> {
+        let Ok(old) = fs::read_to_string(datenlord_fuse::URING_ENABLE_PARAMETER) else {
+            eprintln!(
+                "skipped: this kernel has no FUSE over io_uring ({} is missing)",
+                datenlord_fuse::URING_ENABLE_PARAMETER
+            );
+            return None;
+        };
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Self::LOCK)
+            .expect("open the switch lock");
+        // SAFETY: a valid fd.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        // Read again under the lock: another test may have just put it back.
+        let old = fs::read_to_string(datenlord_fuse::URING_ENABLE_PARAMETER).unwrap_or(old);
+        fs::write(datenlord_fuse::URING_ENABLE_PARAMETER, value).expect("set enable_uring");
+        Some(Self { _lock: lock, old })
+    }
+}
+
+impl Drop for UringSwitch {
+    fn drop(&mut self) {
+        let _ = fs::write(datenlord_fuse::URING_ENABLE_PARAMETER, self.old.trim());
+    }
+}
+
+impl Mounted {
+    /// A mount served over FUSE-over-io_uring queues (`-o uring`), or
+    /// `None` with the reason printed.
+    fn ring(opts: impl FnOnce(&mut MountOptions)) -> Option<Self> {
+        if !can_mount() {
+            return None;
+        }
+        let switch = UringSwitch::set("Y")?;
+        let m = Self::new(|o| {
+            o.uring = UringMode::On;
+            opts(o);
+        });
+        drop(switch);
+        assert!(m.mount().uring(), "the kernel took the ring");
+        Some(m)
+    }
+
+    fn mount(&self) -> &Mount {
+        self.mount.as_ref().expect("mounted")
+    }
+
+    fn ring_requests(&self) -> u64 {
+        self.mount().stats().ring_requests()
+    }
+}
+
+#[test]
+fn posix_basics_over_io_uring() {
+    let Some(mut m) = Mounted::ring(|_| {}) else {
+        return;
+    };
+    let before = m.ring_requests();
+    posix_basics(&m);
+    // Many creates and stats, all of them over the ring.
+    for i in 0..200 {
+        File::create(m.path(&format!("f{i}"))).expect("create");
+    }
+    let after_creates = m.ring_requests();
+    assert!(
+        after_creates - before >= 200,
+        "creates came over the ring: {before} -> {after_creates}"
+    );
+    for i in 0..200 {
+        assert_eq!(
+            fs::metadata(m.path(&format!("f{i}"))).expect("stat").len(),
+            0
+        );
+    }
+    assert_eq!(fs::read_dir(&m.mnt).expect("readdir").count(), 201);
+    m.unmount();
+}
+
+/// Writes and reads larger than one ring payload buffer (1 MiB: the
+/// kernel splits them), through the page cache and with O_DIRECT.
+#[test]
+fn data_larger_than_a_ring_buffer_round_trips_over_io_uring() {
+    let Some(mut m) = Mounted::ring(|_| {}) else {
+        return;
+    };
+    let data = pattern(3 * (1 << 20) + 12_345, 3);
+    fs::write(m.path("big"), &data).expect("write");
+    assert_eq!(fs::read(m.path("big")).expect("read"), data);
+    let before = m.ring_requests();
+    let direct = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path("big"))
+        .expect("open O_DIRECT");
+    let layout = std::alloc::Layout::from_size_align(2 << 20, 4096).expect("layout");
+    // SAFETY: a non-zero size; freed below with the same layout.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    assert!(!buf.is_null());
+    // SAFETY: `buf` is valid for `layout.size()` bytes.
+    let slice = unsafe { std::slice::from_raw_parts_mut(buf, layout.size()) };
+    let n = direct.read_at(slice, 1 << 20).expect("O_DIRECT read");
+    assert_eq!(n, 2 << 20);
+    let same = slice[..] == data[1 << 20..3 << 20];
+    // SAFETY: allocated above with `layout`.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    drop(direct);
+    assert!(same, "O_DIRECT read of 2 MiB");
+    assert!(
+        m.ring_requests() - before >= 2,
+        "the reads came over the ring"
+    );
+    m.unmount();
+}
+
+#[test]
+fn blocking_locks_over_io_uring_release_their_ring_entry() {
+    let have = |tool: &str| {
+        sh(Path::new("/"), &format!("command -v {tool}"))
+            .status
+            .success()
+    };
+    if !have("flock") || !have("python3") {
+        eprintln!("skipped: needs flock(1) and python3");
+        return;
+    }
+    // A blocked lock holds its ring entry, not its queue: the holder's
+    // unlock and other requests from the same CPU still get through.
+    let Some(mut m) = Mounted::ring(|_| {}) else {
+        return;
+    };
+    blocking_locks(&m);
+    // More waiters than half a queue's entries at once: the ones past the
+    // limit fail ENOLCK instead of filling the queue; the queue keeps
+    // serving, and every waiter is answered once the holder goes.
+    fs::write(m.path("many"), b"").expect("create");
+    let out = sh(
+        &m.mnt,
+        "flock -x many -c 'sleep 1.5' & sleep 0.3; \
+         for i in $(seq 1 12); do (flock -x many -c true; echo rc=$?) & done; \
+         sleep 0.3; ls > /dev/null && echo served-while-blocked; wait",
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("served-while-blocked"), "{text}");
+    assert_eq!(text.matches("rc=").count(), 12, "{text}");
+    m.unmount();
+}
+
+#[test]
+fn copy_file_range_is_served_over_io_uring() {
+    let Some(mut m) = Mounted::ring(|_| {}) else {
+        return;
+    };
+    let before = m.ring_requests();
+    copy_file_range_checks(&m);
+    assert!(m.ring_requests() > before);
+    m.unmount();
+}
+
+/// Unmount while requests are in flight on both queues: `unmount` returns
+/// (aborting the connection for the files still open) and every ring
+/// thread ends; an idle ring mount ends on an outside umount.
+#[test]
+fn a_ring_mount_unmounts_under_load_and_when_idle() {
+    let Some(mut m) = Mounted::ring(|_| {}) else {
+        return;
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, dir) = (Arc::clone(&stop), m.mnt.clone());
+            std::thread::spawn(move || {
+                let data = pattern(100_000, w);
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Errors are expected once the mount goes away.
+                    let path = dir.join(format!("w{w}-{}", i % 8));
+                    let _ = fs::write(&path, &data);
+                    let _ = fs::metadata(&path);
+                    let _ = fs::read(&path);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(m.ring_requests() > 0);
+    let started = std::time::Instant::now();
+    m.unmount();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker");
+    }
+
+    let Some(mut m) = Mounted::ring(|_| {}) else {
+        return;
+    };
+    fs::write(m.path("f"), b"x").expect("write");
+    let mnt = m.mnt.clone();
+    let tool = if sh(Path::new("/"), "command -v fusermount3")
+        .status
+        .success()
+    {
+        "fusermount3 -u"
+    } else {
+        "umount"
+    };
+    let umount = std::thread::spawn(move || sh(&mnt, &format!("cd /; {tool} '{}'", mnt.display())));
+    let mount = m.mount.take().expect("mount");
+    mount.wait().expect("wait returns after the outside umount");
+    assert!(umount.join().expect("umount thread").status.success());
+    assert!(!is_mounted(&m.mnt));
+}
+
+/// The abort path (fusectl) ends the ring threads too.
+#[test]
+fn a_ring_mount_unmounts_while_a_file_is_open() {
+    if let Some(m) = Mounted::ring(|_| {}) {
+        unmount_aborts_a_held_file(m);
+    }
+}
+
+#[test]
+fn forcing_the_ring_with_the_kernel_switch_off_says_how_to_enable_it() {
+    if !can_mount() {
+        return;
+    }
+    let Some(switch) = UringSwitch::set("N") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let (master, engine, fs) = start_fs(dir.path(), 16);
+    let mut options = MountOptions::new(&mnt);
+    options.uring = UringMode::On;
+    let err = mount(Arc::clone(&fs), &options).expect_err("refused");
+    assert!(matches!(err, FuseError::Uring(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("echo Y > /sys/module/fuse/parameters/enable_uring"),
+        "{err}"
+    );
+    assert!(!is_mounted(&mnt));
+    // Auto falls back to /dev/fuse reads.
+    options.uring = UringMode::Auto;
+    let m = mount(fs, &options).expect("auto mount");
+    drop(switch);
+    assert!(!m.uring());
+    fs::write(mnt.join("f"), b"x").expect("write");
+    m.unmount().expect("unmount");
+    let _ = engine.shutdown();
+    let _ = master.stop();
 }

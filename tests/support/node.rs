@@ -180,3 +180,47 @@ pub fn log_tail(data_dir: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
+
+/// Holds the kernel's FUSE-over-io_uring switch
+/// (`/sys/module/fuse/parameters/enable_uring`) at a value and puts the
+/// old value back when dropped. Tests in other processes that flip it (the
+/// fuse-frontend crate's tests take the same lock file) wait meanwhile.
+#[derive(Debug)]
+pub struct UringSwitch {
+    _lock: std::fs::File,
+    old: String,
+}
+
+impl UringSwitch {
+    const PARAMETER: &str = "/sys/module/fuse/parameters/enable_uring";
+    const LOCK: &str = "/tmp/datenlord-test-enable-uring.lock";
+
+    /// `None` (and why, printed) if this kernel has no FUSE over io_uring.
+    pub fn set(value: &str) -> Option<Self> {
+        use std::os::fd::AsRawFd;
+        if !Path::new(Self::PARAMETER).exists() {
+            eprintln!(
+                "skipped: this kernel has no FUSE over io_uring ({} is missing)",
+                Self::PARAMETER
+            );
+            return None;
+        }
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(Self::LOCK)
+            .expect("open the switch lock");
+        // SAFETY: a valid fd.
+        assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let old = std::fs::read_to_string(Self::PARAMETER).expect("read enable_uring");
+        std::fs::write(Self::PARAMETER, value).expect("set enable_uring");
+        Some(Self { _lock: lock, old })
+    }
+}
+
+impl Drop for UringSwitch {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PARAMETER, self.old.trim());
+    }
+}
