@@ -5,6 +5,7 @@
 # time over the whole run. Numbers only.
 # Usage: ab.sh OUT NAME=BINARY[@MOUNT-OPTIONS]...   (env: ROUNDS=3, FILES=5000)
 # e.g.   ab.sh out before=/tmp/dl-old after=/tmp/dl-new "ring=/tmp/dl-new@-o uring"
+# (NAME: letters, digits, - and _; it is part of a pgrep pattern)
 set -euo pipefail
 out=$1; shift
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,7 +24,7 @@ for r in $(seq "$rounds"); do
         d=$work/$name; rm -rf "$d"; mkdir -p "$d/mnt"
         # shellcheck disable=SC2086
         "$bin" mount "$d/mnt" --data-dir "$d/data" --cores 2 --memory-size 256M --cache-size 1G $opts >/dev/null
-        pid=$(pgrep -f -- "mount $d/mnt" | head -1)
+        pid=$(pgrep -f -- "mount $d/mnt " | head -1)
         s0=$(switches "$pid") c0=$(cpu_ticks "$pid")
         result=$("$out/creates" "$d/mnt" "$files")
         s1=$(switches "$pid") c1=$(cpu_ticks "$pid")
