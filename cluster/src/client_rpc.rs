@@ -122,11 +122,7 @@ pub(crate) fn serve_connection(mut stream: TcpStream, group: u64, handler: &Hand
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let mut expected = [0u8; 8];
-    let said = stream
-        .set_read_timeout(Some(Duration::from_millis(GROUP_TIMEOUT_MS)))
-        .and_then(|()| stream.read_exact(&mut expected))
-        .and_then(|()| stream.set_read_timeout(None));
-    if let Err(e) = said {
+    if let Err(e) = crate::frame::read_exact_within(&mut stream, &mut expected, GROUP_TIMEOUT_MS) {
         debug!(?peer, %e, "client left before saying its group");
         return;
     }

@@ -6,6 +6,19 @@
 
 use std::io::{ErrorKind, Read, Write};
 
+/// Reads exactly `buf.len()` bytes from `stream`, waiting at most
+/// `timeout_ms` (a handshake: the peer must say who it is promptly); the
+/// stream has no read timeout afterwards.
+pub fn read_exact_within(
+    stream: &mut std::net::TcpStream,
+    buf: &mut [u8],
+    timeout_ms: u64,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(std::time::Duration::from_millis(timeout_ms)))?;
+    stream.read_exact(buf)?;
+    stream.set_read_timeout(None)
+}
+
 /// Writes one frame whose body is the concatenation of `parts`.
 pub fn write(out: &mut impl Write, parts: &[&[u8]]) -> std::io::Result<()> {
     let len: usize = parts.iter().map(|p| p.len()).sum();

@@ -302,12 +302,8 @@ fn offer(stream: &mut TcpStream, me: Member) -> Result<(), Offer> {
     hello.extend_from_slice(&me.group.to_le_bytes());
     hello.extend_from_slice(&me.id.to_le_bytes());
     stream.write_all(&hello).map_err(failed)?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(HANDSHAKE_TIMEOUT_MS)))
-        .map_err(failed)?;
     let mut answer = [0u8; 9];
-    stream.read_exact(&mut answer).map_err(failed)?;
-    stream.set_read_timeout(None).map_err(failed)?;
+    crate::frame::read_exact_within(stream, &mut answer, HANDSHAKE_TIMEOUT_MS).map_err(failed)?;
     let mut theirs = [0u8; 8];
     theirs.copy_from_slice(&answer[1..]);
     match answer[0] {
@@ -323,11 +319,7 @@ fn offer(stream: &mut TcpStream, me: Member) -> Result<(), Offer> {
 pub(crate) fn accept(stream: &mut TcpStream, me: Member) -> bool {
     let peer = stream.peer_addr().ok();
     let mut hello = [0u8; 16];
-    let read = stream
-        .set_read_timeout(Some(Duration::from_millis(HANDSHAKE_TIMEOUT_MS)))
-        .and_then(|()| stream.read_exact(&mut hello))
-        .and_then(|()| stream.set_read_timeout(None));
-    if let Err(e) = read {
+    if let Err(e) = crate::frame::read_exact_within(stream, &mut hello, HANDSHAKE_TIMEOUT_MS) {
         debug!(?peer, %e, "peer broke off the handshake");
         return false;
     }
