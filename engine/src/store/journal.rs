@@ -304,12 +304,19 @@ pub struct UploadHealth {
     last_warn_ms: Option<u64>,
     last_error: Option<String>,
     failures_since_warn: u64,
+    /// When the last upload succeeded: a failure of an attempt that
+    /// started before it is stale (it was in flight across the recovery)
+    /// and does not make uploads "failing" again.
+    last_success_ms: Option<u64>,
 }
 
 impl UploadHealth {
-    /// An upload failed. Returns `Some(failures since the last warning)`
-    /// when a warning is due.
-    pub fn on_failure(&mut self, now_ms: u64, error: String) -> Option<u64> {
+    /// An upload that started at `started_ms` failed. Returns
+    /// `Some(failures since the last warning)` when a warning is due.
+    pub fn on_failure(&mut self, now_ms: u64, started_ms: u64, error: String) -> Option<u64> {
+        if self.last_success_ms.is_some_and(|ok| started_ms < ok) {
+            return None;
+        }
         self.failing = true;
         self.last_error = Some(error);
         self.failures_since_warn += 1;
@@ -326,8 +333,10 @@ impl UploadHealth {
         }
     }
 
-    /// An upload succeeded. Returns whether uploads were failing before.
-    pub fn on_success(&mut self) -> bool {
+    /// An upload succeeded at `now_ms`. Returns whether uploads were
+    /// failing before.
+    pub fn on_success(&mut self, now_ms: u64) -> bool {
+        self.last_success_ms = Some(now_ms);
         let recovered = self.failing;
         self.failing = false;
         self.last_error = None;
@@ -437,15 +446,30 @@ mod tests {
     #[test]
     fn health_rate_limits_warnings() {
         let mut h = UploadHealth::default();
-        assert!(!h.on_success());
-        assert_eq!(h.on_failure(0, "down".into()), Some(1));
-        assert_eq!(h.on_failure(5_000, "down".into()), None);
-        assert_eq!(h.on_failure(9_999, "down".into()), None);
-        assert_eq!(h.on_failure(10_000, "down again".into()), Some(3));
+        assert!(!h.on_success(0));
+        assert_eq!(h.on_failure(0, 0, "down".into()), Some(1));
+        assert_eq!(h.on_failure(5_000, 5_000, "down".into()), None);
+        assert_eq!(h.on_failure(9_999, 9_999, "down".into()), None);
+        assert_eq!(h.on_failure(10_000, 10_000, "down again".into()), Some(3));
         assert_eq!(h.last_error(), Some("down again"));
-        assert!(h.on_success());
+        assert!(h.on_success(10_000));
         assert_eq!(h.last_error(), None);
-        assert!(!h.on_success());
-        assert_eq!(h.on_failure(10_001, "x".into()), Some(1));
+        assert!(!h.on_success(10_000));
+        assert_eq!(h.on_failure(10_001, 10_001, "x".into()), Some(1));
+    }
+
+    #[test]
+    fn a_failure_in_flight_across_a_recovery_does_not_fail_uploads_again() {
+        let mut h = UploadHealth::default();
+        assert_eq!(h.on_failure(0, 0, "down".into()), Some(1));
+        // One upload succeeds at 500; another, started at 400 while the
+        // store was still down, fails after it: stale, not a new outage.
+        assert!(h.on_success(500));
+        assert_eq!(h.on_failure(600, 400, "reset".into()), None);
+        assert_eq!(h.last_error(), None);
+        assert!(!h.on_success(700), "recovery is logged once");
+        // An attempt started after the recovery counts.
+        assert_eq!(h.on_failure(800, 750, "down again".into()), Some(1));
+        assert!(h.on_success(900));
     }
 }

@@ -655,7 +655,8 @@ impl Shared {
                 return;
             }
             Ok(Err(e)) => {
-                self.upload_failed(id, &StoreError::io("read journal entry", &path, e));
+                let now = self.now_ms();
+                self.upload_failed(id, &StoreError::io("read journal entry", &path, e), now);
                 return;
             }
             Err(_) => return,
@@ -677,6 +678,7 @@ impl Shared {
             return;
         }
         let key = self.remote.inner.block_key(id);
+        let started = self.now_ms();
         match self.remote.inner.put_once(&key, Bytes::from(raw)).await {
             Ok(()) => {
                 let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
@@ -685,7 +687,7 @@ impl Shared {
                     tracing::warn!(block = %id, error = %e, "cannot remove an uploaded journal entry");
                 }
                 lock(&self.state).upload_done(id);
-                if lock(&self.health).on_success() {
+                if lock(&self.health).on_success(self.now_ms()) {
                     let backlog = lock(&self.state).backlog(self.now_ms());
                     tracing::info!(
                         store = %self.remote.name(), backlog_entries = backlog.entries,
@@ -695,11 +697,12 @@ impl Shared {
                 }
                 self.progress.send_modify(|n| *n += 1);
             }
-            Err(e) => self.upload_failed(id, &e),
+            Err(e) => self.upload_failed(id, &e, started),
         }
     }
 
-    fn upload_failed(&self, id: BlockId, error: &StoreError) {
+    /// An upload attempt that started at `started_ms` failed.
+    fn upload_failed(&self, id: BlockId, error: &StoreError, started_ms: u64) {
         let now = self.now_ms();
         let attempts = lock(&self.state).attempts(id);
         let delay = Backoff::new(
@@ -714,7 +717,7 @@ impl Shared {
             let backlog = state.backlog(now);
             (backlog.entries, backlog.bytes)
         };
-        if let Some(failures) = lock(&self.health).on_failure(now, error.to_string()) {
+        if let Some(failures) = lock(&self.health).on_failure(now, started_ms, error.to_string()) {
             tracing::warn!(
                 store = %self.remote.name(), backlog_entries = entries, backlog_bytes = bytes,
                 failures, error = %error,
