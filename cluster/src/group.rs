@@ -163,6 +163,14 @@ pub fn foreign_dir(dir: &Path, role: &str, id: u64, found: u64, expected: u64) -
     ))
 }
 
+/// The status of the master (or node) at `addr`, if it answers within
+/// `timeout_ms`.
+pub fn ask(addr: &str, timeout_ms: u64) -> Option<MasterStatus> {
+    MetaClient::with_deadline(vec![addr.to_string()], Duration::from_millis(timeout_ms))
+        .status()
+        .ok()
+}
+
 /// Asks each of `addrs` (at once, briefly) for its status; returns the
 /// answers of those that gave one.
 pub fn ask_members(addrs: &[String]) -> Vec<(String, MasterStatus)> {
@@ -170,13 +178,7 @@ pub fn ask_members(addrs: &[String]) -> Vec<(String, MasterStatus)> {
         .iter()
         .map(|addr| {
             let addr = addr.clone();
-            std::thread::spawn(move || {
-                let mut client = MetaClient::with_deadline(
-                    vec![addr.clone()],
-                    Duration::from_millis(ASK_TIMEOUT_MS),
-                );
-                client.status().ok().map(|status| (addr, status))
-            })
+            std::thread::spawn(move || ask(&addr, ASK_TIMEOUT_MS).map(|status| (addr, status)))
         })
         .collect();
     asks.into_iter()

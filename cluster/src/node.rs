@@ -439,16 +439,12 @@ fn settle_group(
     // group most masters that answered are in.
     let group = match recorded {
         Recorded::Member(Some(found)) => found,
-        Recorded::New | Recorded::Member(None) => {
-            let prevailing = group::prevailing(answers)?.ok_or_else(|| {
-                NodeError::Config(format!(
-                    "no master answered at {}: check the addresses and that the masters run",
-                    config.masters.join(", ")
-                ))
-            })?;
-            group::record_identity(&config.data_dir, "node", config.id, prevailing)?;
-            prevailing
-        }
+        Recorded::New | Recorded::Member(None) => group::prevailing(answers)?.ok_or_else(|| {
+            NodeError::Config(format!(
+                "no master answered at {}: check the addresses and that the masters run",
+                config.masters.join(", ")
+            ))
+        })?,
     };
     group::check_peers(group, answers, config.masters.len(), Strangers::Outvoted)?;
     let me = Member {
@@ -465,6 +461,11 @@ fn settle_group(
             "no master of this node's metadata group {group:016x} answered at {}: check the addresses and that the masters run",
             config.masters.join(", ")
         )));
+    }
+    // Recorded only once accepted, as a master does: a refusal says
+    // "nothing was changed".
+    if recorded != Recorded::Member(Some(group)) {
+        group::record_identity(&config.data_dir, "node", config.id, group)?;
     }
     Ok((me, discovered))
 }
@@ -486,11 +487,7 @@ fn discover(masters: &[String]) -> (Vec<(String, MasterStatus)>, Vec<String>) {
 }
 
 fn ask(addr: &str) -> Option<MasterStatus> {
-    let mut one = MetaClient::with_deadline(
-        vec![addr.to_string()],
-        Duration::from_millis(DISCOVERY_TIMEOUT_MS),
-    );
-    one.status().ok().filter(|s| s.id != 0)
+    group::ask(addr, DISCOVERY_TIMEOUT_MS).filter(|s| s.id != 0)
 }
 
 /// Whether the log in `dir` says this node is a learner of its group.
