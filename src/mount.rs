@@ -81,8 +81,9 @@ pub struct MountArgs {
     pub write_mode: String,
     /// Mount options, fstab style: ro, allow_other, direct_io,
     /// relatime|noatime|strictatime, writeback_cache, attr_timeout=SECS,
-    /// entry_timeout=SECS, negative_timeout=SECS (kernel caching; 1 s each
-    /// by default), uring|no_uring (FUSE over io_uring: by default when
+    /// entry_timeout=SECS, negative_timeout=SECS (kernel caching: 24 h each
+    /// for the embedded metadata, whose only writer is this mount; 1 s for a
+    /// node of a master group), uring|no_uring (FUSE over io_uring: by default when
     /// /sys/module/fuse/parameters/enable_uring is Y).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
@@ -443,6 +444,20 @@ fn start_engine(
     Ok((engine, writeback))
 }
 
+/// Mount options before `-o`: the embedded group's mount is the only
+/// writer of its metadata (the data directory's lock keeps every other
+/// process out), so the kernel may keep names and attributes for long; a
+/// node of a master group shares the namespace with other nodes and keeps
+/// them for [`datenlord_fuse::TTL_DEFAULT`], so their changes show within it.
+fn kernel_cache_defaults(mountpoint: &Path, embedded: bool) -> datenlord_fuse::MountOptions {
+    let opts = datenlord_fuse::MountOptions::new(mountpoint);
+    if embedded {
+        opts.sole_writer()
+    } else {
+        opts
+    }
+}
+
 fn serve(
     args: &MountArgs,
     mountpoint: &Path,
@@ -453,7 +468,8 @@ fn serve(
     // only the waiter below receives SIGTERM/SIGINT.
     let signals = crate::block_stop_signals();
     let _lock = DataDirLock::take(data_dir)?;
-    let mut opts = datenlord_fuse::MountOptions::new(mountpoint);
+    let node_config = args.node_config(data_dir)?;
+    let mut opts = kernel_cache_defaults(mountpoint, node_config.is_none());
     let parsed = datenlord_fuse::parse_mount_options(&args.options.join(","))
         .context("in the -o mount options")?;
     parsed.apply(&mut opts);
@@ -463,7 +479,7 @@ fn serve(
     // Metadata: the embedded single-node group, restored from the store's
     // backup when this data directory is new; or a learner copy of a
     // master group's.
-    let metadata = match args.node_config(data_dir)? {
+    let metadata = match node_config {
         Some(config) => {
             let node = Node::join(&config).with_context(|| {
                 format!(
@@ -984,6 +1000,30 @@ mod tests {
         let mut argv = vec!["datenlord", "/mnt"];
         argv.extend_from_slice(extra);
         Cli::parse_from(argv).mount
+    }
+
+    #[test]
+    fn the_embedded_mount_lets_the_kernel_cache_for_long_and_nodes_for_a_second() {
+        let embedded = kernel_cache_defaults(Path::new("/mnt"), true);
+        let node = kernel_cache_defaults(Path::new("/mnt"), false);
+        for (opts, ttl) in [
+            (&embedded, datenlord_fuse::TTL_SOLE_WRITER),
+            (&node, datenlord_fuse::TTL_DEFAULT),
+        ] {
+            assert_eq!(
+                (opts.attr_timeout, opts.entry_timeout, opts.negative_timeout),
+                (ttl, ttl, ttl)
+            );
+        }
+        assert!(datenlord_fuse::TTL_SOLE_WRITER > datenlord_fuse::TTL_DEFAULT);
+        // `-o` still decides.
+        let mut opts = embedded;
+        datenlord_fuse::parse_mount_options("attr_timeout=2,negative_timeout=0")
+            .expect("options")
+            .apply(&mut opts);
+        assert_eq!(opts.attr_timeout, Duration::from_secs(2));
+        assert_eq!(opts.entry_timeout, datenlord_fuse::TTL_SOLE_WRITER);
+        assert_eq!(opts.negative_timeout, Duration::ZERO);
     }
 
     #[test]

@@ -141,6 +141,142 @@ fn files_directories_links_and_attributes() {
     m.unmount();
 }
 
+/// What `stat` shows of each name after each step of [`change_through`].
+type Seen = Vec<(&'static str, Option<(u32, u64, u64, u32, u32, bool)>)>;
+
+/// Changes `root` step by step, each through another name than the one
+/// then looked at (hard links share the inode), and records what `stat`
+/// shows: mode, links, size (not of directories: file systems differ),
+/// owner, group, and whether the mtime is the one set.
+fn change_through(root: &Path) -> Seen {
+    use std::os::unix::fs::{chown, symlink};
+    const MTIME_SET: u64 = 1_000_000_000;
+    let stat = |name: &str| {
+        std::fs::symlink_metadata(root.join(name)).ok().map(|m| {
+            let size = if m.is_dir() { 0 } else { m.size() };
+            let mode = m.mode();
+            (
+                mode,
+                m.nlink(),
+                size,
+                m.uid(),
+                m.gid(),
+                u64::try_from(m.mtime()) == Ok(MTIME_SET),
+            )
+        })
+    };
+    let mut seen = Seen::new();
+    let mut look = |step: &'static str, names: &[&str]| {
+        for name in names {
+            seen.push((step, stat(name)));
+        }
+    };
+    let all = ["f", "d", "d/g", "d/h", "d/l", "nope"];
+    std::fs::write(root.join("f"), b"12345").expect("write f");
+    std::fs::create_dir(root.join("d")).expect("mkdir d");
+    std::fs::hard_link(root.join("f"), root.join("d/g")).expect("link");
+    look("start", &all);
+    std::fs::set_permissions(root.join("f"), std::fs::Permissions::from_mode(0o640))
+        .expect("chmod");
+    look("chmod", &["d/g"]);
+    let mut g = std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("d/g"))
+        .expect("open d/g");
+    g.write_all(&[7; 100]).expect("append");
+    drop(g);
+    look("append", &["f"]);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(root.join("f"))
+        .expect("open f");
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(MTIME_SET))
+        .expect("set mtime");
+    drop(f);
+    look("mtime", &["d/g"]);
+    chown(root.join("d/g"), Some(1234), Some(5678)).expect("chown");
+    look("chown", &["f"]);
+    std::fs::remove_file(root.join("d/g")).expect("unlink");
+    look("unlink", &["f", "d/g"]);
+    std::fs::create_dir(root.join("d/sub")).expect("mkdir d/sub");
+    look("mkdir", &["d"]);
+    std::fs::rename(root.join("f"), root.join("d/h")).expect("rename");
+    look("rename", &["f", "d/h"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("d/h"))
+        .and_then(|f| f.set_len(10))
+        .expect("truncate");
+    look("truncate", &["d/h"]);
+    std::fs::write(root.join("nope"), b"now").expect("create nope");
+    look("create", &["nope"]);
+    std::fs::remove_dir(root.join("d/sub")).expect("rmdir");
+    symlink("h", root.join("d/l")).expect("symlink");
+    look("end", &all);
+    seen
+}
+
+/// The embedded mount is its namespace's only writer: the kernel keeps
+/// names, attributes and missing names far past a node's 1 s (a `stat`
+/// later asks the daemon nothing), and every change made through the
+/// mount still shows at once, as on a local directory. With `-o
+/// attr_timeout=1,...` the same stats reach the daemon again.
+#[test]
+fn the_embedded_mount_keeps_kernel_caches_and_shows_every_change() {
+    let local = tempfile::tempdir().expect("tempdir");
+    let expected = change_through(local.path());
+    let asked = |addr: &str| {
+        ["lookup", "getattr"]
+            .iter()
+            .map(|op| support::node::fuse_requests(addr, op))
+            .sum::<u64>()
+    };
+    for (extra, cached) in [
+        (None, true),
+        (
+            Some("attr_timeout=1,entry_timeout=1,negative_timeout=1"),
+            false,
+        ),
+    ] {
+        let dirs = NodeDirs::new();
+        let addr = support::masters::free_addr();
+        let mut args = vec!["--metrics-addr", addr.as_str()];
+        if let Some(o) = extra {
+            args.extend(["-o", o]);
+        }
+        let m = Mounted::start(&dirs, &args);
+        let names = ["f", "d", "d/g", "d/h", "d/l", "nope"];
+        std::fs::write(m.path().join("f"), b"x").expect("write");
+        std::fs::create_dir(m.path().join("d")).expect("mkdir");
+        std::fs::hard_link(m.path().join("f"), m.path().join("d/g")).expect("link");
+        let stat_all = || {
+            for name in names {
+                let _ = std::fs::symlink_metadata(m.path().join(name));
+            }
+        };
+        stat_all();
+        let before = asked(&addr);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        stat_all();
+        let reached = asked(&addr) - before;
+        if cached {
+            assert_eq!(reached, 0, "stats 1.5 s later reached the daemon");
+        } else {
+            assert!(reached >= 4, "only {reached} stats reached the daemon");
+        }
+        for name in ["d/g", "f", "d"] {
+            let path = m.path().join(name);
+            if path.is_dir() {
+                std::fs::remove_dir(path).expect("rmdir");
+            } else {
+                std::fs::remove_file(path).expect("unlink");
+            }
+        }
+        assert_eq!(change_through(m.path()), expected, "{extra:?}");
+        m.unmount();
+    }
+}
+
 #[test]
 fn pjdfstest_passes_on_the_mount() {
     let dirs = NodeDirs::new();
@@ -397,24 +533,13 @@ fn empty_cache_and_lost_node_are_recovered_from_the_store() {
 #[test]
 fn sigterm_unmounts_after_flushing_and_metrics_are_served() {
     let dirs = NodeDirs::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = support::masters::free_addr();
     let m = Mounted::start(&dirs, &["--metrics-addr", &addr]);
     let data: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
     // Written but neither fsynced nor closed when the signal comes.
     let mut f = std::fs::File::create(m.path().join("open")).expect("create");
     f.write_all(&data).expect("write");
-    let metrics = {
-        use std::io::Read;
-        let mut conn = std::net::TcpStream::connect(&addr).expect("connect metrics");
-        write!(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
-        let mut text = String::new();
-        conn.read_to_string(&mut text).expect("read metrics");
-        text
-    };
+    let metrics = support::node::scrape(&addr);
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(
         metrics.contains("datenlord_fuse_requests_total{op=\"write\"}"),

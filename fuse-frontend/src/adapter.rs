@@ -22,10 +22,15 @@ use tracing::debug_span;
 
 use crate::lock_wait::LockWait;
 
-/// How long the kernel may cache attributes and entries.
 /// How long the kernel may cache attributes and entries unless `-o`
-/// says otherwise (`attr_timeout`, `entry_timeout`, `negative_timeout`).
+/// says otherwise (`attr_timeout`, `entry_timeout`, `negative_timeout`):
+/// other writers' changes (nodes of a master group) show within it.
 pub const TTL_DEFAULT: Duration = Duration::from_secs(1);
+/// The same for a mount that is its file system's only writer (the
+/// embedded group: its data directory is locked to the mount's process).
+/// Every change then comes through this kernel, which drops what its own
+/// requests change, so what it caches stays true however long it keeps it.
+pub const TTL_SOLE_WRITER: Duration = Duration::from_secs(24 * 60 * 60);
 /// Entries one readdir round trip to the metadata asks for.
 const READDIR_BATCH_ENTRIES: usize = 256;
 /// `FUSE_LK_FLOCK` in `lk_flags`: the lock request is `flock(2)`.

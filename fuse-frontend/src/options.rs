@@ -74,6 +74,19 @@ impl MountOptions {
             extra: Vec::new(),
         }
     }
+
+    /// Kernel caching for a mount that is its file system's only writer:
+    /// names, attributes and missing names for [`TTL_SOLE_WRITER`]
+    /// (`-o` timeouts still override).
+    ///
+    /// [`TTL_SOLE_WRITER`]: crate::TTL_SOLE_WRITER
+    #[must_use]
+    pub fn sole_writer(mut self) -> Self {
+        self.attr_timeout = crate::adapter::TTL_SOLE_WRITER;
+        self.entry_timeout = crate::adapter::TTL_SOLE_WRITER;
+        self.negative_timeout = crate::adapter::TTL_SOLE_WRITER;
+        self
+    }
 }
 
 /// What an `-o` string asked for; `apply` it to [`MountOptions`], and give

@@ -157,6 +157,25 @@ fn lazy_unmount(mountpoint: &Path) {
     let _ = Command::new("umount").arg("-l").arg(mountpoint).output();
 }
 
+/// The page the metrics endpoint at `addr` serves (status line included).
+pub fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect metrics");
+    write!(conn, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut text = String::new();
+    conn.read_to_string(&mut text).expect("read metrics");
+    text
+}
+
+/// FUSE requests of kind `op` the daemon at `addr` has served.
+pub fn fuse_requests(addr: &str, op: &str) -> u64 {
+    let line = format!("datenlord_fuse_requests_total{{op=\"{op}\"}} ");
+    scrape(addr)
+        .lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().expect("a request count"))
+}
+
 /// Waits until process `pid` is gone.
 pub fn wait_exit(pid: i32, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();

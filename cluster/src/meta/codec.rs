@@ -16,37 +16,11 @@ use super::error::DecodeError;
 /// Bytes of a frame header: magic, version, length, CRC32C.
 pub(crate) const FRAME_HEADER_BYTES: usize = 16;
 
-/// CRC32C (Castagnoli) lookup table, built at compile time.
-const CRC32C_TABLE: [u32; 256] = crc32c_table();
-
-const fn crc32c_table() -> [u32; 256] {
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        #[allow(clippy::cast_possible_truncation)]
-        let mut crc = i as u32;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 1 == 0 {
-                crc >> 1
-            } else {
-                (crc >> 1) ^ 0x82F6_3B78
-            };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-}
-
-/// CRC32C of `bytes`; the snapshot is a cold path, a table is fast enough.
+/// CRC32C (Castagnoli) of `bytes`: every command of the log is framed,
+/// so the hardware instruction (the `crc32c` crate) is used where the CPU
+/// has it.
 pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc = CRC32C_TABLE[((crc ^ u32::from(byte)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    !crc
+    crc32c::crc32c(bytes)
 }
 
 /// The archive of `value`.
