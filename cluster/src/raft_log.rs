@@ -127,6 +127,8 @@ pub struct RaftLog {
     conf_state: ConfState,
     /// `entries[i].index == snapshot.metadata.index + 1 + i`.
     entries: Vec<Entry>,
+    /// Bytes of the commands in `entries`.
+    entry_bytes: u64,
     snapshot: Snapshot,
     backing: Backing,
     pending: Vec<u8>,
@@ -162,6 +164,7 @@ impl RaftLog {
             hard_state: HardState::default(),
             conf_state: ConfState::default(),
             entries: Vec::new(),
+            entry_bytes: 0,
             snapshot: Snapshot::default(),
             backing: Backing::Memory,
             pending: Vec::new(),
@@ -306,9 +309,8 @@ impl RaftLog {
                         found: entry.index,
                     });
                 }
-                self.entries
-                    .truncate((entry.index - snapshot_index - 1) as usize);
-                self.entries.push(entry);
+                self.truncate_entries((entry.index - snapshot_index - 1) as usize);
+                self.push_entry(entry);
             }
             KIND_HARD_STATE => {
                 let hs = HardState::parse_from_bytes(payload)
@@ -387,16 +389,34 @@ impl RaftLog {
             snapshot_index + 1,
             self.last_index_inner() + 1
         );
-        self.entries
-            .truncate((first.index - snapshot_index - 1) as usize);
+        self.truncate_entries((first.index - snapshot_index - 1) as usize);
         for entry in entries {
             let bytes = entry
                 .write_to_bytes()
                 .map_err(|e| LogError::Encode(e.to_string()))?;
             encode_record(&mut self.pending, KIND_ENTRY, &bytes);
-            self.entries.push(entry.clone());
+            self.push_entry(entry.clone());
         }
         Ok(())
+    }
+
+    /// Bytes of the commands held (not yet compacted into a snapshot).
+    pub fn entry_bytes(&self) -> u64 {
+        self.entry_bytes
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        self.entry_bytes += entry.data.len() as u64;
+        self.entries.push(entry);
+    }
+
+    /// Keeps the first `len` entries.
+    fn truncate_entries(&mut self, len: usize) {
+        if let Some(dropped) = self.entries.get(len..) {
+            let bytes: u64 = dropped.iter().map(|e| e.data.len() as u64).sum();
+            self.entry_bytes -= bytes;
+            self.entries.truncate(len);
+        }
     }
 
     /// Sets the hard state; durable after [`Self::sync`].
@@ -531,10 +551,16 @@ impl RaftLog {
             .is_some_and(|e| e.term == meta.term);
         if keeps_suffix {
             // Local compaction: entries after the snapshot stay.
+            let dropped: u64 = self.entries[..keep_from]
+                .iter()
+                .map(|e| e.data.len() as u64)
+                .sum();
+            self.entry_bytes -= dropped;
             self.entries.drain(..keep_from);
         } else {
             // A leader's snapshot replaces the whole log.
             self.entries.clear();
+            self.entry_bytes = 0;
             self.hard_state.term = self.hard_state.term.max(meta.term);
             self.hard_state.commit = self.hard_state.commit.max(index);
         }
@@ -962,12 +988,18 @@ mod tests {
         log.set_hard_state(hs).expect("hs");
         log.sync().expect("sync");
         // A new leader overwrites index 3.
-        log.append(&[entry(3, 2, b"C"), entry(4, 2, b"d")])
+        log.append(&[entry(3, 2, b"Cc"), entry(4, 2, b"ddd")])
             .expect("append");
         log.sync().expect("sync");
+        assert_eq!(
+            log.entry_bytes(),
+            1 + 1 + 2 + 3,
+            "the replaced entry no longer counts"
+        );
         drop(log);
         let log = RaftLog::open(dir.path()).expect("reopen");
         assert_eq!(indexes(&log), vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+        assert_eq!(log.entry_bytes(), 7, "replay counts as append does");
         assert_eq!(log.hard_state().commit, 2);
         assert_eq!(log.conf_state().get_voters(), &[1]);
         assert_eq!(log.term(3).ok(), Some(2));
@@ -1055,6 +1087,7 @@ mod tests {
         let entries: Vec<_> = (1..=20).map(|i| entry(i, 1, b"x")).collect();
         log.append(&entries).expect("append");
         log.sync().expect("sync");
+        assert_eq!(log.entry_bytes(), 20);
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 15;
         snap.mut_metadata().term = 1;
@@ -1063,6 +1096,7 @@ mod tests {
         log.install_snapshot(snap).expect("install");
         assert_eq!(log.first_index_inner(), 16);
         assert_eq!(log.last_index_inner(), 20);
+        assert_eq!(log.entry_bytes(), 5, "the 5 entries after the snapshot");
         assert!(matches!(
             log.term(10),
             Err(raft::Error::Store(StorageError::Compacted))
@@ -1071,6 +1105,7 @@ mod tests {
         let log = RaftLog::open(dir.path()).expect("reopen");
         assert_eq!(log.first_index_inner(), 16);
         assert_eq!(log.last_index_inner(), 20);
+        assert_eq!(log.entry_bytes(), 5);
         assert_eq!(log.latest_snapshot().get_data(), b"state machine bytes");
         assert_eq!(
             log.snapshot(10, 2).map(|s| s.get_metadata().index).ok(),

@@ -18,8 +18,15 @@ use crate::sessions::{Dedup, SessionProposal, Sessions};
 pub const ELECTION_TICKS: usize = 10;
 /// Ticks between leader heartbeats.
 pub const HEARTBEAT_TICKS: usize = 3;
-/// Applied entries between two snapshots (and log compactions).
+/// Applied entries between two snapshots (and log compactions), at least.
 pub const SNAPSHOT_INTERVAL_ENTRIES: u64 = 10_000;
+/// Unless told an interval, a replica also waits until the log since its
+/// last snapshot holds as many bytes as that snapshot, or this many: a
+/// snapshot costs its size, so a large namespace is not written again every
+/// `SNAPSHOT_INTERVAL_ENTRIES` (a million files would make every create pay
+/// for a 150 MB snapshot every 10 000 commands). Below the log's segment
+/// size, so the log is compacted before its segment rolls.
+pub const SNAPSHOT_LOG_BYTES_MAX: u64 = 32 << 20;
 /// Largest message of appended entries sent to one follower.
 pub const MESSAGE_ENTRIES_MAX_BYTES: u64 = 1 << 20;
 /// Append messages in flight to one follower.
@@ -145,6 +152,9 @@ pub struct Replica<S: StateMachine> {
     /// Client sessions: which retried proposals were applied already.
     sessions: Sessions,
     snapshot_interval_entries: u64,
+    /// Whether the interval was set ([`Self::set_snapshot_interval`]):
+    /// then it alone decides (see [`SNAPSHOT_LOG_BYTES_MAX`]).
+    snapshot_interval_fixed: bool,
     snapshots_installed: u64,
 }
 
@@ -248,13 +258,16 @@ impl<S: StateMachine> Replica<S> {
             pending_reads: Vec::new(),
             sessions,
             snapshot_interval_entries: SNAPSHOT_INTERVAL_ENTRIES,
+            snapshot_interval_fixed: false,
             snapshots_installed: 0,
         })
     }
 
-    /// Snapshot (and compact) every `entries` applied entries.
+    /// Snapshot (and compact) every `entries` applied entries, whatever
+    /// the sizes of the log and the snapshot.
     pub fn set_snapshot_interval(&mut self, entries: u64) {
         self.snapshot_interval_entries = entries.max(1);
+        self.snapshot_interval_fixed = true;
     }
 
     /// Snapshots received from a leader since this replica started.
@@ -555,14 +568,22 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Snapshots the state machine at the applied index and compacts the
-    /// log, every `snapshot_interval_entries` or when a follower needs one.
+    /// log when a follower needs one, or when due: every
+    /// `snapshot_interval_entries`, and (unless the interval was set) once
+    /// the log outweighs the last snapshot or [`SNAPSHOT_LOG_BYTES_MAX`].
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
         let store = self.node.store();
         let last_snapshot = store.latest_snapshot().get_metadata().index;
         let wanted = store.take_snapshot_wanted();
-        if self.applied <= last_snapshot
-            || (!wanted && self.applied - last_snapshot < self.snapshot_interval_entries)
-        {
+        if self.applied <= last_snapshot {
+            return Ok(());
+        }
+        let due = self.applied - last_snapshot >= self.snapshot_interval_entries
+            && (self.snapshot_interval_fixed
+                || store.entry_bytes()
+                    >= (store.latest_snapshot().get_data().len() as u64)
+                        .min(SNAPSHOT_LOG_BYTES_MAX));
+        if !wanted && !due {
             return Ok(());
         }
         let mut snapshot = Snapshot::default();

@@ -513,3 +513,43 @@ fn a_retried_session_proposal_applies_once_even_across_snapshots_and_restarts() 
     );
     driver.stop().expect("stop");
 }
+
+/// The index of the newest snapshot in a log directory (0: none).
+fn snapshot_index(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .expect("log dir")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("snap-")?.split('-').next()?.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Unless told an interval, a group snapshots after 10 000 entries only
+/// once the log since the last snapshot outweighs it: a large state is not
+/// written again for every 10 000 small commands.
+#[test]
+fn a_large_state_is_snapshotted_once_the_log_outweighs_it() {
+    use datenlord_cluster::replica::SNAPSHOT_INTERVAL_ENTRIES;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let driver = start_single(dir.path(), LogSync::Deferred);
+    let handle = driver.handle();
+    let propose = |command: Vec<u8>| block_on(handle.propose(command)).expect("applied");
+    propose(vec![7; 400_000]);
+    for i in 0..SNAPSHOT_INTERVAL_ENTRIES {
+        propose(i.to_le_bytes().to_vec());
+    }
+    let first = snapshot_index(dir.path());
+    assert!(first > 0, "the first snapshot comes after the interval");
+    // As many small commands again: 80 KB of log against a snapshot of
+    // more than 400 KB.
+    for i in 0..SNAPSHOT_INTERVAL_ENTRIES {
+        propose(i.to_le_bytes().to_vec());
+    }
+    assert_eq!(snapshot_index(dir.path()), first, "no snapshot yet");
+    // The log outweighs the snapshot now.
+    propose(vec![8; 500_000]);
+    assert!(snapshot_index(dir.path()) > first, "snapshot taken");
+    driver.stop().expect("stop");
+}

@@ -3,8 +3,11 @@
 # `datenlord mount` of each binary in turn, rounds interleaved; with the
 # daemon's context switches (all threads, voluntary + involuntary) and CPU
 # time over the whole run. Numbers only.
-# Usage: ab.sh OUT NAME=BINARY[@MOUNT-OPTIONS]...   (env: ROUNDS=3, FILES=5000)
+# Usage: ab.sh OUT NAME=BINARY[@MOUNT-OPTIONS]...   (env: ROUNDS=3, FILES=5000,
+#        PIN=CPUS: run creates under `taskset -c CPUS`)
 # e.g.   ab.sh out before=/tmp/dl-old after=/tmp/dl-new "ring=/tmp/dl-new@-o uring"
+# A BINARY named nullfs is the floor (../issue6-floor/nullfs.c), started in
+# the foreground with its own options: "floor=/tmp/nullfs@-s".
 # (NAME: letters, digits, - and _; it is part of a pgrep pattern)
 set -euo pipefail
 out=$1; shift
@@ -22,14 +25,21 @@ for r in $(seq "$rounds"); do
         name=${spec%%=*} bin=${spec#*=} opts=""
         if [[ $bin == *@* ]]; then opts=${bin#*@} bin=${bin%%@*}; fi
         d=$work/$name; rm -rf "$d"; mkdir -p "$d/mnt"
-        # shellcheck disable=SC2086
-        "$bin" mount "$d/mnt" --data-dir "$d/data" --cores 2 --memory-size 256M --cache-size 1G $opts >/dev/null
-        pid=$(pgrep -f -- "mount $d/mnt " | head -1)
+        if [[ $(basename "$bin") == nullfs ]]; then
+            # shellcheck disable=SC2086
+            "$bin" "$d/mnt" -f $opts &
+            pid=$!
+            until grep -q " $d/mnt " /proc/self/mountinfo; do sleep 0.05; done
+        else
+            # shellcheck disable=SC2086
+            "$bin" mount "$d/mnt" --data-dir "$d/data" --cores 2 --memory-size 256M --cache-size 1G $opts >/dev/null
+            pid=$(pgrep -f -- "mount $d/mnt " | head -1)
+        fi
         s0=$(switches "$pid") c0=$(cpu_ticks "$pid")
-        result=$("$out/creates" "$d/mnt" "$files")
+        result=$(${PIN:+taskset -c "$PIN"} "$out/creates" "$d/mnt" "$files")
         s1=$(switches "$pid") c1=$(cpu_ticks "$pid")
         umount "$d/mnt"
         while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
-        echo "{\"round\": $r, \"target\": \"$name\", \"result\": $result, \"daemon_switches_per_file\": $(( (s1 - s0) / files )), \"daemon_cpu_us_per_file\": $(( (c1 - c0) * 10000 / files ))}" | tee -a "$out/results.jsonl"
+        echo "{\"round\": $r, \"target\": \"$name\", \"pin\": \"${PIN:-}\", \"result\": $result, \"daemon_switches_per_file\": $(( (s1 - s0) / files )), \"daemon_cpu_us_per_file\": $(( (c1 - c0) * 10000 / files ))}" | tee -a "$out/results.jsonl"
     done
 done
