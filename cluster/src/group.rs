@@ -174,15 +174,26 @@ pub fn ask(addr: &str, timeout_ms: u64) -> Option<MasterStatus> {
 /// Asks each of `addrs` (at once, briefly) for its status; returns the
 /// answers of those that gave one.
 pub fn ask_members(addrs: &[String]) -> Vec<(String, MasterStatus)> {
+    addrs
+        .iter()
+        .cloned()
+        .zip(ask_each(addrs, ASK_TIMEOUT_MS))
+        .filter_map(|(addr, status)| Some((addr, status?)))
+        .collect()
+}
+
+/// Asks each of `addrs` at once for its status, waiting at most
+/// `timeout_ms` for any: the answers in the order of `addrs`.
+pub fn ask_each(addrs: &[String], timeout_ms: u64) -> Vec<Option<MasterStatus>> {
     let asks: Vec<_> = addrs
         .iter()
         .map(|addr| {
             let addr = addr.clone();
-            std::thread::spawn(move || ask(&addr, ASK_TIMEOUT_MS).map(|status| (addr, status)))
+            std::thread::spawn(move || ask(&addr, timeout_ms))
         })
         .collect();
     asks.into_iter()
-        .filter_map(|ask| ask.join().ok().flatten())
+        .map(|ask| ask.join().ok().flatten())
         .collect()
 }
 
@@ -283,6 +294,29 @@ mod tests {
 
     fn peers(list: &[(u64, &str)]) -> BTreeMap<u64, String> {
         list.iter().map(|&(id, a)| (id, a.to_string())).collect()
+    }
+
+    #[test]
+    fn members_are_asked_at_once() {
+        // Listeners that accept and never answer: each ask waits out its
+        // timeout, so one after another would take three of them.
+        let silent: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let addrs: Vec<String> = silent
+            .iter()
+            .map(|l| l.local_addr().expect("addr").to_string())
+            .collect();
+        let start = std::time::Instant::now();
+        let answers = ask_each(&addrs, 1_000);
+        assert_eq!(answers.len(), 3);
+        assert!(answers.iter().all(Option::is_none));
+        assert!(
+            start.elapsed() < Duration::from_millis(2_500),
+            "asked in turn: {:?}",
+            start.elapsed()
+        );
+        assert!(ask_members(&addrs).is_empty());
     }
 
     #[test]

@@ -470,13 +470,13 @@ fn settle_group(
     Ok((me, discovered))
 }
 
-/// Asks every master for its status: `(answers, addresses that did not
-/// answer)`.
+/// Asks every master (at once) for its status: `(answers, addresses that
+/// did not answer)`.
 fn discover(masters: &[String]) -> (Vec<(String, MasterStatus)>, Vec<String>) {
     let mut found = Vec::new();
     let mut unknown = Vec::new();
-    for addr in masters {
-        if let Some(status) = ask(addr) {
+    for (addr, status) in masters.iter().zip(ask_masters(masters)) {
+        if let Some(status) = status {
             found.push((addr.clone(), status));
         } else {
             warn!(addr, "master did not answer; will ask again");
@@ -486,8 +486,13 @@ fn discover(masters: &[String]) -> (Vec<(String, MasterStatus)>, Vec<String>) {
     (found, unknown)
 }
 
-fn ask(addr: &str) -> Option<MasterStatus> {
-    group::ask(addr, DISCOVERY_TIMEOUT_MS).filter(|s| s.id != 0)
+/// The status of each of `masters` (asked at once), in their order; `None`
+/// for those that did not answer, or not as a member (id 0).
+fn ask_masters(masters: &[String]) -> Vec<Option<MasterStatus>> {
+    group::ask_each(masters, DISCOVERY_TIMEOUT_MS)
+        .into_iter()
+        .map(|status| status.filter(|s| s.id != 0))
+        .collect()
 }
 
 /// Whether the log in `dir` says this node is a learner of its group.
@@ -606,7 +611,9 @@ impl Rediscovery {
                     ) {
                         return;
                     }
-                    unknown.retain(|addr| match ask(addr) {
+                    let answers = ask_masters(&unknown);
+                    let mut answers = answers.into_iter();
+                    unknown.retain(|addr| match answers.next().flatten() {
                         Some(status) if status.group != group => {
                             error!(
                                 addr,
