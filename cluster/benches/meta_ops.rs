@@ -4,7 +4,8 @@
 //! the embedded single master (in-process handle) and on three masters on
 //! loopback (TCP client protocol, writes through the leader).
 //!
-//! `cargo bench -p datenlord-cluster --bench meta_ops -- [--ops N] [--setup embedded|three]`
+//! `cargo bench -p datenlord-cluster --bench meta_ops -- [--ops N] [--setup embedded|mount|three]`
+//! (`mount`: the group `datenlord mount` embeds, log synced behind)
 //! Not a test: numbers depend on the machine; record them with the machine
 //! and the command in perf/RESULTS.md.
 
@@ -127,6 +128,23 @@ fn embedded() -> Setup {
     }
 }
 
+/// The group `datenlord mount` runs: one member, no port, its log synced
+/// behind (`LogSync::Deferred`) and each request's round in the caller's
+/// thread.
+fn mount() -> Setup {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let master = Master::embedded(&dir.path().join("m1"), None).expect("embedded master");
+    let handle = master.handle();
+    let local = master.local();
+    std::thread::sleep(Duration::from_millis(300));
+    Setup {
+        name: "mount's embedded group",
+        access: Box::new(move || Access::Handle(handle.clone(), local.clone())),
+        _masters: vec![master],
+        _dir: dir,
+    }
+}
+
 fn three() -> Setup {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
     let addrs: Vec<String> = (0..3)
@@ -223,14 +241,15 @@ fn main() {
             .cloned()
     };
     let ops: u64 = arg("--ops").and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let setups = arg("--setup").unwrap_or_else(|| "embedded,three".into());
+    let setups = arg("--setup").unwrap_or_else(|| "embedded,mount,three".into());
     println!("| setup | op | clients | ops/s | p50 µs | p99 µs | max µs |");
     println!("|---|---|---|---|---|---|---|");
     for name in setups.split(',') {
         let setup = match name {
             "embedded" => embedded(),
+            "mount" => mount(),
             "three" => three(),
-            other => panic!("unknown setup {other}: use embedded or three"),
+            other => panic!("unknown setup {other}: use embedded, mount or three"),
         };
         run_setup(&setup, ops);
     }
