@@ -112,31 +112,11 @@ fn einval() -> io::Error {
     io::Error::from_raw_os_error(libc::EINVAL)
 }
 
-/// The supplementary groups of `pid` (the `Groups:` line of its status).
-fn supplementary_groups(pid: libc::pid_t) -> Vec<u32> {
-    if pid <= 0 {
-        return Vec::new();
-    }
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return Vec::new();
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .map(|groups| {
-            groups
-                .split_whitespace()
-                .filter_map(|g| g.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 pub(crate) fn creds(ctx: &Context) -> Creds {
     let groups = if ctx.uid == 0 {
         Vec::new()
     } else {
-        supplementary_groups(ctx.pid)
+        crate::groups::supplementary_groups(ctx.pid, ctx.uid, ctx.gid)
     };
     Creds {
         uid: ctx.uid,

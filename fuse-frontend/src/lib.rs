@@ -6,6 +6,7 @@
 //! - `options`: [`MountOptions`] and the `-o` parser.
 //! - `adapter`: [`FuseFs`], the `FileSystem` trait over `Fs` (op by op,
 //!   errno from `FsError::errno`).
+//! - `groups`: callers' supplementary groups (`/proc`, kept for a second).
 //! - `lock_wait`: blocking lock requests, answered from waiter threads.
 //! - `copy_range`: `FUSE_COPY_FILE_RANGE`, answered by the loops.
 //! - `dispatch`: what every transport does with a request before
@@ -19,6 +20,7 @@ mod adapter;
 mod copy_range;
 mod dispatch;
 mod error;
+mod groups;
 mod lock_wait;
 mod mount;
 mod options;
