@@ -277,6 +277,62 @@ fn the_embedded_mount_keeps_kernel_caches_and_shows_every_change() {
     }
 }
 
+/// The fields after the command of `/proc/PID/task/TID/stat`.
+fn task_stat(pid: i32, tid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// `-o idle_poll=MICROS`: one `SCHED_IDLE` spinner per CPU in the daemon;
+/// they use no CPU time while no request comes, and the mount works.
+#[test]
+fn idle_poll_spinners_are_idle_class_and_sleep_between_requests() {
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &["-o", "idle_poll=500"]);
+    let pid = m.pid();
+    std::fs::write(m.path().join("f"), b"spun").expect("write");
+    assert_eq!(std::fs::read(m.path().join("f")).expect("read"), b"spun");
+    let spinners = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("tasks")
+            .filter_map(|e| {
+                let tid = e.ok()?.file_name().into_string().ok()?;
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+                comm.starts_with("dl-idle-poll").then_some(tid)
+            })
+            .collect()
+    };
+    let tids = spinners();
+    // SAFETY: no arguments.
+    let cpus = usize::try_from(unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }).unwrap_or(1);
+    assert!(
+        !tids.is_empty() && tids.len() <= cpus,
+        "one spinner per CPU the daemon may use: {tids:?}"
+    );
+    // Field 41 (39th after the command) is the policy.
+    for tid in &tids {
+        let stat = task_stat(pid, tid).expect("spinner stat");
+        assert_eq!(stat[38], libc::SCHED_IDLE.to_string(), "policy of {tid}");
+    }
+    // Quiet: utime + stime of the spinners stay put.
+    let cpu_ticks = || -> u64 {
+        tids.iter()
+            .filter_map(|tid| task_stat(pid, tid))
+            .map(|s| s[11].parse::<u64>().unwrap_or(0) + s[12].parse::<u64>().unwrap_or(0))
+            .sum()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let before = cpu_ticks();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let spent = cpu_ticks() - before;
+    assert!(
+        spent <= 5,
+        "idle spinners used {spent} ticks in a quiet second"
+    );
+    m.unmount();
+}
+
 #[test]
 fn pjdfstest_passes_on_the_mount() {
     let dirs = NodeDirs::new();

@@ -15,6 +15,7 @@ use tracing::debug;
 
 use crate::adapter::FuseFs;
 use crate::copy_range;
+use crate::idle_poll::IdlePoll;
 use crate::lock_wait::{self, LockWait, Waiters, OUT_HEADER_BYTES};
 use crate::stats::{LoopHook, OpStats};
 
@@ -26,6 +27,8 @@ pub(crate) struct Served {
     pub waiters: Arc<Waiters>,
     /// Per-op counters of the mount.
     pub stats: OpStats,
+    /// `-o idle_poll`'s spinners, told of every request.
+    pub idle_poll: Option<Arc<IdlePoll>>,
 }
 
 /// Where a request goes.
@@ -45,6 +48,9 @@ pub(crate) enum Route {
 /// Decides where `message` (in header, op header, payload) goes, running a
 /// copy_file_range on the way.
 pub(crate) fn route(served: &Served, message: &[u8]) -> Route {
+    if let Some(poll) = &served.idle_poll {
+        poll.activity();
+    }
     match lock_wait::opcode(message) {
         Some(lock_wait::OPCODE_SETLKW) => {
             if let Some(wait) = lock_wait::parse_setlkw(message) {

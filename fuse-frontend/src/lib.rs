@@ -7,6 +7,8 @@
 //! - `adapter`: [`FuseFs`], the `FileSystem` trait over `Fs` (op by op,
 //!   errno from `FsError::errno`).
 //! - `groups`: callers' supplementary groups (`/proc`, kept for a second).
+//! - `idle_poll`: `-o idle_poll`, `SCHED_IDLE` spinners that keep idle
+//!   CPUs awake while requests come.
 //! - `lock_wait`: blocking lock requests, answered from waiter threads.
 //! - `copy_range`: `FUSE_COPY_FILE_RANGE`, answered by the loops.
 //! - `dispatch`: what every transport does with a request before
@@ -21,6 +23,7 @@ mod copy_range;
 mod dispatch;
 mod error;
 mod groups;
+mod idle_poll;
 mod lock_wait;
 mod mount;
 mod options;

@@ -20,6 +20,7 @@ use crate::adapter::{AdapterOptions, FuseFs};
 use crate::copy_range;
 use crate::dispatch::{route, Route, Served};
 use crate::error::FuseError;
+use crate::idle_poll::IdlePoll;
 use crate::lock_wait::{self, Waiters};
 use crate::options::MountOptions;
 use crate::stats::{LoopHook, OpStats};
@@ -46,6 +47,8 @@ pub struct Mount {
     stats: OpStats,
     /// Requests come over FUSE-over-io_uring queues.
     uring: bool,
+    /// `-o idle_poll`'s spinners: stopped with the mount.
+    idle_poll: Option<Arc<IdlePoll>>,
 }
 
 impl std::fmt::Debug for Mount {
@@ -196,11 +199,14 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     let cpus = allowed_cpus();
     let bufsize = session.bufsize();
     let connection = connection_id(session.mountpoint());
+    let idle_poll =
+        (!opts.idle_poll.is_zero()).then(|| Arc::new(IdlePoll::start(&cpus, opts.idle_poll)));
     let served = Served {
         server: Arc::new(Server::new(adapter)),
         fs: Arc::clone(&fs),
         waiters: Arc::new(Waiters::default()),
         stats: OpStats::default(),
+        idle_poll: idle_poll.clone(),
     };
     let mut mount = Mount {
         session: Some(session),
@@ -210,6 +216,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
         connection,
         stats: served.stats.clone(),
         uring: false,
+        idle_poll,
     };
     // The rings are made before INIT is answered, so that failing to make
     // them can still leave the ring off.
@@ -565,6 +572,7 @@ impl Mount {
                 warn!("a FUSE request loop panicked");
             }
         }
+        self.stop_idle_poll();
         self.session.take();
         block_on(self.fs.shutdown())?;
         Ok(())
@@ -578,6 +586,7 @@ impl Mount {
         let flushed = block_on(self.fs.flush_all());
         let unmounted = self.umount();
         let joined = unmounted.is_ok() && self.join();
+        self.stop_idle_poll();
         self.session.take();
         let shut = block_on(self.fs.shutdown());
         flushed?;
@@ -593,6 +602,12 @@ impl Mount {
         info!(mountpoint = %self.mountpoint, "unmounted");
         Ok(())
     }
+
+    fn stop_idle_poll(&mut self) {
+        if let Some(poll) = self.idle_poll.take() {
+            poll.stop();
+        }
+    }
 }
 
 impl Drop for Mount {
@@ -603,6 +618,7 @@ impl Drop for Mount {
                 let _ = self.join();
             }
         }
+        self.stop_idle_poll();
     }
 }
 
@@ -617,6 +633,7 @@ fn take(slot: &mut Mount) -> Mount {
         connection: None,
         stats: slot.stats.clone(),
         uring: false,
+        idle_poll: None,
     };
     std::mem::replace(slot, inert)
 }

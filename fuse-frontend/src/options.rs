@@ -38,6 +38,9 @@ pub struct MountOptions {
     /// Whether requests come over FUSE-over-io_uring queues (`uring`,
     /// `no_uring`; by default when the kernel has it enabled).
     pub uring: UringMode,
+    /// How long idle CPUs spin after each request (`idle_poll=MICROS`;
+    /// zero, the default: not at all). See `idle_poll.rs`.
+    pub idle_poll: Duration,
     /// Options accepted for fstab compatibility that change nothing here
     /// (`defaults`, `_netdev`, `nofail`, ...).
     pub extra: Vec<String>,
@@ -71,6 +74,7 @@ impl MountOptions {
             entry_timeout: crate::adapter::TTL_DEFAULT,
             negative_timeout: crate::adapter::TTL_DEFAULT,
             uring: UringMode::Auto,
+            idle_poll: Duration::ZERO,
             extra: Vec::new(),
         }
     }
@@ -116,6 +120,8 @@ pub struct ParsedOptions {
     pub negative_timeout: Option<Duration>,
     /// `uring` / `no_uring`.
     pub uring: Option<UringMode>,
+    /// `idle_poll=MICROS`.
+    pub idle_poll: Option<Duration>,
     /// Accepted fstab options without effect.
     pub extra: Vec<String>,
 }
@@ -143,6 +149,9 @@ impl ParsedOptions {
         }
         if let Some(t) = self.negative_timeout {
             opts.negative_timeout = t;
+        }
+        if let Some(window) = self.idle_poll {
+            opts.idle_poll = window;
         }
         if let Some(mode) = self.uring {
             opts.uring = mode;
@@ -199,6 +208,19 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
                         FuseError::Options(format!("threads={n}: give a number of threads"))
                     })?;
                     parsed.threads = Some(n);
+                } else if let Some(us) = w.strip_prefix("idle_poll=") {
+                    let max_us = crate::idle_poll::IDLE_POLL_MAX.as_micros();
+                    let window = us
+                        .parse::<u64>()
+                        .ok()
+                        .map(Duration::from_micros)
+                        .filter(|d| *d <= crate::idle_poll::IDLE_POLL_MAX)
+                        .ok_or_else(|| {
+                            FuseError::Options(format!(
+                                "idle_poll={us}: give microseconds from 0 (off) to {max_us} (e.g. idle_poll=200)"
+                            ))
+                        })?;
+                    parsed.idle_poll = Some(window);
                 } else if let Some((key, value)) = w.split_once('=').filter(|(k, _)| {
                     matches!(*k, "attr_timeout" | "entry_timeout" | "negative_timeout")
                 }) {
@@ -212,7 +234,8 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
                     return Err(FuseError::Options(format!(
                         "unknown mount option {w:?}; known options: ro, rw, allow_other, direct_io, \
                          writeback_cache, noatime, relatime, strictatime, uring, no_uring, fsname=NAME, \
-                         threads=N, attr_timeout=SECS, entry_timeout=SECS, negative_timeout=SECS, {}",
+                         threads=N, attr_timeout=SECS, entry_timeout=SECS, negative_timeout=SECS, \
+                         idle_poll=MICROS, {}",
                         ACCEPTED_WITHOUT_EFFECT.join(", ")
                     )));
                 }
@@ -290,6 +313,21 @@ mod tests {
             parse_mount_options("threads=3").expect("threads").threads,
             Some(3)
         );
+        let mut opts = MountOptions::new("/mnt");
+        assert_eq!(opts.idle_poll, Duration::ZERO, "off by default");
+        parse_mount_options("idle_poll=200")
+            .expect("idle_poll")
+            .apply(&mut opts);
+        assert_eq!(opts.idle_poll, Duration::from_micros(200));
+        for bad in [
+            "idle_poll=x",
+            "idle_poll=-1",
+            "idle_poll=10001",
+            "idle_poll=1.5",
+        ] {
+            let err = parse_mount_options(bad).expect_err(bad).to_string();
+            assert!(err.contains("give microseconds"), "{err}");
+        }
         let mut opts = MountOptions::new("/mnt");
         assert_eq!(opts.uring, UringMode::Auto);
         parse_mount_options("uring")
