@@ -153,14 +153,19 @@ enum CacheCommand {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Colors only on a terminal, and never for a mount that goes to the
+    // background: its stderr becomes the log file.
+    let daemonizes = matches!(&cli.command, Command::Mount(args) if !args.foreground);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !daemonizes;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {

@@ -632,6 +632,11 @@ fn sigterm_unmounts_after_flushing_and_metrics_are_served() {
     support::node::wait_exit(pid, std::time::Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}\nlog:\n{}", m.log()));
     assert!(m.log().contains("unmounting on signal"), "{}", m.log());
+    assert!(
+        !m.log().contains('\x1b'),
+        "terminal colors in the log file:\n{}",
+        m.log()
+    );
     drop(m);
     let m = Mounted::start(&dirs, &[]);
     assert_eq!(std::fs::read(m.path().join("open")).expect("read"), data);

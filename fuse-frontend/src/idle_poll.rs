@@ -26,6 +26,33 @@ use tracing::{debug, warn};
 
 /// The longest `idle_poll` accepted.
 pub const IDLE_POLL_MAX: Duration = Duration::from_millis(10);
+/// The cpuidle driver of a KVM guest that halts idle vCPUs, polling first
+/// for the time in [`GUEST_HALT_POLL_NS`].
+const CPUIDLE_DRIVER: &str = "/sys/devices/system/cpu/cpuidle/current_driver";
+const GUEST_HALT_POLL_NS: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+/// Whether this machine is a VM guest whose idle vCPUs halt without
+/// polling first (`cpuidle` driver `haltpoll` with `guest_halt_poll_ns` 0),
+/// read from the two files of `sys_root` (`/` in production).
+pub(crate) fn vcpus_halt_at_once(sys_root: &std::path::Path) -> bool {
+    let read = |path: &str| {
+        std::fs::read_to_string(sys_root.join(path.trim_start_matches('/'))).unwrap_or_default()
+    };
+    read(CPUIDLE_DRIVER).trim() == "haltpoll" && read(GUEST_HALT_POLL_NS).trim() == "0"
+}
+
+/// Logs, once per mount without `idle_poll`, what helps on a VM whose idle
+/// vCPUs halt at once.
+pub(crate) fn hint_if_vcpus_halt(sys_root: &std::path::Path) {
+    if vcpus_halt_at_once(sys_root) {
+        tracing::info!(
+            "idle vCPUs halt at once on this VM (cpuidle haltpoll, guest_halt_poll_ns 0): \
+             every FUSE request that wakes one pays a VM exit, and single-threaded metadata \
+             runs 2-3x slower; mount with -o idle_poll=200, or as root \
+             `echo 200000 > {GUEST_HALT_POLL_NS}`"
+        );
+    }
+}
 
 struct Shared {
     window_ns: u64,
@@ -103,6 +130,17 @@ impl IdlePoll {
             shared,
             threads: Mutex::new(threads),
         }
+    }
+
+    /// The spinners of a mount with `-o idle_poll=window` on `cpus`
+    /// (`None` for a zero window, with a hint in the log on a VM where
+    /// they would help).
+    pub(crate) fn for_mount(cpus: &[usize], window: Duration) -> Option<Arc<Self>> {
+        if window.is_zero() {
+            hint_if_vcpus_halt(std::path::Path::new("/"));
+            return None;
+        }
+        Some(Arc::new(Self::start(cpus, window)))
     }
 
     /// A request came: spin for the window from now.
@@ -225,6 +263,24 @@ mod tests {
         wait_until("spinning again", || poll.sleepers() == 0);
         poll.stop();
         assert!(spinner_policies().is_empty(), "the spinners ended");
+    }
+
+    #[test]
+    fn vms_whose_vcpus_halt_at_once_are_recognized() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let write = |path: &str, text: &str| {
+            let path = root.path().join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, text).expect("write");
+        };
+        assert!(!vcpus_halt_at_once(root.path()), "no cpuidle: not a guest");
+        write(CPUIDLE_DRIVER, "haltpoll\n");
+        write(GUEST_HALT_POLL_NS, "200000\n");
+        assert!(!vcpus_halt_at_once(root.path()), "halt polling on");
+        write(GUEST_HALT_POLL_NS, "0\n");
+        assert!(vcpus_halt_at_once(root.path()));
+        write(CPUIDLE_DRIVER, "intel_idle\n");
+        assert!(!vcpus_halt_at_once(root.path()), "bare metal");
     }
 
     #[test]

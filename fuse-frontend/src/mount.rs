@@ -199,8 +199,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     let cpus = allowed_cpus();
     let bufsize = session.bufsize();
     let connection = connection_id(session.mountpoint());
-    let idle_poll =
-        (!opts.idle_poll.is_zero()).then(|| Arc::new(IdlePoll::start(&cpus, opts.idle_poll)));
+    let idle_poll = IdlePoll::for_mount(&cpus, opts.idle_poll);
     let served = Served {
         server: Arc::new(Server::new(adapter)),
         fs: Arc::clone(&fs),
