@@ -277,6 +277,55 @@ fn the_embedded_mount_keeps_kernel_caches_and_shows_every_change() {
     }
 }
 
+/// The mode bits `statx` gives when asked for the mode alone: what the
+/// kernel keeps, unless it was told to drop it.
+fn mode_alone(path: &Path) -> u32 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    // SAFETY: statx is plain old data; zeros are valid.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid path and a statx buffer for the call.
+    let rc = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            0,
+            libc::STATX_MODE,
+            &raw mut stx,
+        )
+    };
+    assert_eq!(rc, 0, "statx {}", path.display());
+    u32::from(stx.stx_mode) & 0o7777
+}
+
+/// A write by another user clears set-user-ID and set-group-ID (with
+/// group-execute) in the file system, and the kernel, which keeps the
+/// embedded mount's attributes for long and drops only size and times
+/// after a write, is told to drop the mode too: a `statx` for the mode
+/// alone shows the cleared bits.
+#[test]
+fn privileges_cleared_by_a_write_show_in_the_kernel_at_once() {
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &["-o", "allow_other"]);
+    let f = m.path().join("setid");
+    std::fs::write(&f, b"#!/bin/sh\n").expect("create");
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o6777)).expect("chmod");
+    assert_eq!(mode_alone(&f), 0o6777);
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "sh", "-c"])
+        .arg(format!("echo x >> {}", f.display()))
+        .output()
+        .expect("runuser");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode_alone(&f), 0o777, "the kernel still shows the old bits");
+    assert_eq!(std::fs::metadata(&f).expect("stat").mode() & 0o7777, 0o777);
+    m.unmount();
+}
+
 /// The fields after the command of `/proc/PID/task/TID/stat`.
 fn task_stat(pid: i32, tid: &str) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;

@@ -18,7 +18,7 @@ use fuse_backend_rs::api::filesystem::{
     OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 use futures::executor::block_on;
-use tracing::debug_span;
+use tracing::{debug, debug_span};
 
 use crate::lock_wait::LockWait;
 
@@ -66,17 +66,71 @@ impl Default for AdapterOptions {
     }
 }
 
+/// `FUSE_NOTIFY_INVAL_INODE`, the `error` of a notification's out header.
+const NOTIFY_INVAL_INODE: i32 = 2;
+/// The set-user-ID and set-group-ID bits.
+const PRIVILEGE_BITS: u32 = 0o6000;
+
 /// The FUSE file system.
 #[derive(Debug)]
 pub struct FuseFs {
     fs: Arc<Fs>,
     options: AdapterOptions,
+    /// The session's /dev/fuse, for notifications to the kernel.
+    notifier: Option<std::fs::File>,
 }
 
 impl FuseFs {
     /// An adapter over `fs`.
     pub fn new(fs: Arc<Fs>, options: AdapterOptions) -> Self {
-        Self { fs, options }
+        Self {
+            fs,
+            options,
+            notifier: None,
+        }
+    }
+
+    /// Sends notifications to the kernel on `device` (the session's
+    /// /dev/fuse).
+    #[must_use]
+    pub fn with_notifier(mut self, device: std::fs::File) -> Self {
+        self.notifier = Some(device);
+        self
+    }
+
+    /// The mode of `ino` when it has set-user-ID or set-group-ID.
+    fn privileged_mode(&self, ino: u64) -> Option<u32> {
+        self.fs
+            .getattr(Ino(ino))
+            .ok()
+            .map(|a| a.mode)
+            .filter(|mode| mode & PRIVILEGE_BITS != 0)
+    }
+
+    /// After a request that may have made the file system clear
+    /// set-user-ID or set-group-ID (a non-root write, applied when the
+    /// file is flushed): if the mode is no longer `before`, tells the
+    /// kernel to drop the attributes it keeps. Nothing else would: write
+    /// and flush replies carry no attributes, and the kernel drops only
+    /// size and times after a write, so a `statx` asking for the mode
+    /// alone would show the old bits for as long as the attribute timeout.
+    fn notify_if_mode_changed(&self, ino: u64, before: Option<u32>) {
+        let Some(before) = before else { return };
+        if self.fs.getattr(Ino(ino)).ok().map(|a| a.mode) == Some(before) {
+            return;
+        }
+        let Some(device) = &self.notifier else { return };
+        // fuse_out_header {len, error, unique 0}, then
+        // fuse_notify_inval_inode_out {ino, off -1 (attributes only), len 0}.
+        let mut message = [0u8; 40];
+        message[0..4].copy_from_slice(&40u32.to_le_bytes());
+        message[4..8].copy_from_slice(&NOTIFY_INVAL_INODE.to_le_bytes());
+        message[16..24].copy_from_slice(&ino.to_le_bytes());
+        message[24..32].copy_from_slice(&(-1i64).to_le_bytes());
+        if let Err(e) = std::io::Write::write_all(&mut &*device, &message) {
+            // ENOENT: the kernel no longer has the inode; nothing to drop.
+            debug!(ino, error = %e, "FUSE_NOTIFY_INVAL_INODE");
+        }
     }
 
     fn entry(&self, attr: &Attr) -> Entry {
@@ -454,16 +508,21 @@ impl FileSystem for FuseFs {
         let _span = debug_span!("write", ino = inode, offset, size).entered();
         let mut data = vec![0u8; size as usize];
         r.read_exact(&mut data)?;
-        block_on(
+        let before = self.privileged_mode(inode);
+        let written = block_on(
             self.fs
                 .write(Ino(inode), handle, offset, &data, &creds(ctx)),
         )
-        .map_err(|e| err(&e))
+        .map_err(|e| err(&e));
+        self.notify_if_mode_changed(inode, before);
+        written
     }
 
     fn flush(&self, _ctx: &Context, inode: u64, _handle: u64, lock_owner: u64) -> io::Result<()> {
         let _span = debug_span!("flush", ino = inode).entered();
+        let before = self.privileged_mode(inode);
         let flushed = block_on(self.fs.flush(Ino(inode)));
+        self.notify_if_mode_changed(inode, before);
         // With POSIX_LOCKS the kernel keeps no record of the locks: closing a
         // file must drop its owner's locks here.
         let unlocked = block_on(self.fs.unlock_owner(Ino(inode), lock_owner));
@@ -472,7 +531,10 @@ impl FileSystem for FuseFs {
 
     fn fsync(&self, _ctx: &Context, inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
         let _span = debug_span!("fsync", ino = inode).entered();
-        block_on(self.fs.fsync(Ino(inode))).map_err(|e| err(&e))
+        let before = self.privileged_mode(inode);
+        let synced = block_on(self.fs.fsync(Ino(inode))).map_err(|e| err(&e));
+        self.notify_if_mode_changed(inode, before);
+        synced
     }
 
     fn fallocate(
@@ -505,7 +567,11 @@ impl FileSystem for FuseFs {
     ) -> io::Result<()> {
         let _span = debug_span!("release", ino = inode).entered();
         let flock_owner = if flock_release { lock_owner } else { None };
-        block_on(self.fs.release(Ino(inode), handle, flock_owner)).map_err(|e| err(&e))
+        let before = self.privileged_mode(inode);
+        let released =
+            block_on(self.fs.release(Ino(inode), handle, flock_owner)).map_err(|e| err(&e));
+        self.notify_if_mode_changed(inode, before);
+        released
     }
 
     fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {

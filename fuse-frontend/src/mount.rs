@@ -168,6 +168,32 @@ pub(crate) fn pin_to(cpu: usize) {
     }
 }
 
+/// The `FileSystem` over `fs` with the mount's options, notifying the
+/// kernel through `session`'s /dev/fuse.
+fn adapter(fs: &Arc<Fs>, opts: &MountOptions, session: &FuseSession) -> FuseFs {
+    let adapter = FuseFs::new(
+        Arc::clone(fs),
+        AdapterOptions {
+            direct_io: opts.direct_io,
+            writeback_cache: opts.writeback_cache,
+            attr_timeout: opts.attr_timeout,
+            entry_timeout: opts.entry_timeout,
+            negative_timeout: opts.negative_timeout,
+        },
+    );
+    match session.get_fuse_file().map(File::try_clone) {
+        Some(Ok(device)) => adapter.with_notifier(device),
+        Some(Err(e)) => {
+            warn!(error = %e, "cannot keep /dev/fuse for notifications");
+            adapter
+        }
+        None => {
+            warn!("the FUSE session has no /dev/fuse for notifications");
+            adapter
+        }
+    }
+}
+
 /// Mounts `fs` at `opts.mountpoint` and starts the request loops (and,
 /// if the kernel agrees, the FUSE-over-io_uring queues).
 pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
@@ -180,16 +206,7 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     session
         .mount()
         .map_err(|e| mount_error(&shown, e.to_string()))?;
-    let adapter = FuseFs::new(
-        Arc::clone(&fs),
-        AdapterOptions {
-            direct_io: opts.direct_io,
-            writeback_cache: opts.writeback_cache,
-            attr_timeout: opts.attr_timeout,
-            entry_timeout: opts.entry_timeout,
-            negative_timeout: opts.negative_timeout,
-        },
-    );
+    let adapter = adapter(&fs, opts, &session);
     let threads = if opts.threads == 0 {
         fs.shards()
     } else {
