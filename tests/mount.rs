@@ -326,6 +326,45 @@ fn privileges_cleared_by_a_write_show_in_the_kernel_at_once() {
     m.unmount();
 }
 
+/// The times and block count the file system sets when written blocks are
+/// flushed (at close) show in the kernel at once, as they show after a
+/// remount, although the embedded mount's kernel keeps attributes for a
+/// day and looked at the file before the flush.
+#[test]
+fn times_set_by_a_flush_show_in_the_kernel_at_once() {
+    use std::os::unix::fs::MetadataExt;
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &[]);
+    let path = m.path().join("flushed");
+    let mut f = std::fs::File::create(&path).expect("create");
+    f.write_all(b"first").expect("write");
+    let _ = f.metadata().expect("fstat");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    f.write_all(b"second").expect("write");
+    let _ = f.metadata().expect("fstat");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    drop(f);
+    let view = |m: std::fs::Metadata| {
+        (
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+            m.blocks(),
+            m.size(),
+        )
+    };
+    let seen = view(std::fs::metadata(&path).expect("stat"));
+    m.unmount();
+    let m = Mounted::start(&dirs, &[]);
+    let truth = view(std::fs::metadata(m.path().join("flushed")).expect("stat"));
+    assert_eq!(
+        seen, truth,
+        "the kernel kept attributes from before the flush"
+    );
+    m.unmount();
+}
+
 /// The fields after the command of `/proc/PID/task/TID/stat`.
 fn task_stat(pid: i32, tid: &str) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;

@@ -68,8 +68,12 @@ impl Default for AdapterOptions {
 
 /// `FUSE_NOTIFY_INVAL_INODE`, the `error` of a notification's out header.
 const NOTIFY_INVAL_INODE: i32 = 2;
-/// The set-user-ID and set-group-ID bits.
-const PRIVILEGE_BITS: u32 = 0o6000;
+
+/// What the kernel keeps of an inode that the file system may change
+/// without the kernel's asking: the mode (set-user-ID/set-group-ID cleared
+/// by a non-root write), times and allocated bytes (set when written blocks
+/// are flushed). Not the size: the kernel knows what its writes did to it.
+type KernelView = (u32, Timespec, Timespec, u64);
 
 /// The FUSE file system.
 #[derive(Debug)]
@@ -98,25 +102,24 @@ impl FuseFs {
         self
     }
 
-    /// The mode of `ino` when it has set-user-ID or set-group-ID.
-    fn privileged_mode(&self, ino: u64) -> Option<u32> {
+    /// What the kernel keeps of `ino` that a flush may change.
+    fn kernel_view(&self, ino: u64) -> Option<KernelView> {
         self.fs
             .getattr(Ino(ino))
             .ok()
-            .map(|a| a.mode)
-            .filter(|mode| mode & PRIVILEGE_BITS != 0)
+            .map(|a| (a.mode, a.mtime, a.ctime, a.allocated_bytes))
     }
 
-    /// After a request that may have made the file system clear
-    /// set-user-ID or set-group-ID (a non-root write, applied when the
-    /// file is flushed): if the mode is no longer `before`, tells the
-    /// kernel to drop the attributes it keeps. Nothing else would: write
-    /// and flush replies carry no attributes, and the kernel drops only
-    /// size and times after a write, so a `statx` asking for the mode
-    /// alone would show the old bits for as long as the attribute timeout.
-    fn notify_if_mode_changed(&self, ino: u64, before: Option<u32>) {
+    /// After a request that may have flushed written blocks (write,
+    /// flush, fsync, release): if the file system changed what the kernel
+    /// keeps of `ino` since `before`, tells the kernel to drop its
+    /// attributes. Nothing else would: write and flush replies carry no
+    /// attributes, the kernel drops only size and times after a write
+    /// (before the flush sets them), and the embedded mount lets it keep
+    /// attributes for a day.
+    fn notify_if_changed(&self, ino: u64, before: Option<KernelView>) {
         let Some(before) = before else { return };
-        if self.fs.getattr(Ino(ino)).ok().map(|a| a.mode) == Some(before) {
+        if self.kernel_view(ino) == Some(before) {
             return;
         }
         let Some(device) = &self.notifier else { return };
@@ -508,21 +511,21 @@ impl FileSystem for FuseFs {
         let _span = debug_span!("write", ino = inode, offset, size).entered();
         let mut data = vec![0u8; size as usize];
         r.read_exact(&mut data)?;
-        let before = self.privileged_mode(inode);
+        let before = self.kernel_view(inode);
         let written = block_on(
             self.fs
                 .write(Ino(inode), handle, offset, &data, &creds(ctx)),
         )
         .map_err(|e| err(&e));
-        self.notify_if_mode_changed(inode, before);
+        self.notify_if_changed(inode, before);
         written
     }
 
     fn flush(&self, _ctx: &Context, inode: u64, _handle: u64, lock_owner: u64) -> io::Result<()> {
         let _span = debug_span!("flush", ino = inode).entered();
-        let before = self.privileged_mode(inode);
+        let before = self.kernel_view(inode);
         let flushed = block_on(self.fs.flush(Ino(inode)));
-        self.notify_if_mode_changed(inode, before);
+        self.notify_if_changed(inode, before);
         // With POSIX_LOCKS the kernel keeps no record of the locks: closing a
         // file must drop its owner's locks here.
         let unlocked = block_on(self.fs.unlock_owner(Ino(inode), lock_owner));
@@ -531,9 +534,9 @@ impl FileSystem for FuseFs {
 
     fn fsync(&self, _ctx: &Context, inode: u64, _datasync: bool, _handle: u64) -> io::Result<()> {
         let _span = debug_span!("fsync", ino = inode).entered();
-        let before = self.privileged_mode(inode);
+        let before = self.kernel_view(inode);
         let synced = block_on(self.fs.fsync(Ino(inode))).map_err(|e| err(&e));
-        self.notify_if_mode_changed(inode, before);
+        self.notify_if_changed(inode, before);
         synced
     }
 
@@ -567,10 +570,10 @@ impl FileSystem for FuseFs {
     ) -> io::Result<()> {
         let _span = debug_span!("release", ino = inode).entered();
         let flock_owner = if flock_release { lock_owner } else { None };
-        let before = self.privileged_mode(inode);
+        let before = self.kernel_view(inode);
         let released =
             block_on(self.fs.release(Ino(inode), handle, flock_owner)).map_err(|e| err(&e));
-        self.notify_if_mode_changed(inode, before);
+        self.notify_if_changed(inode, before);
         released
     }
 
