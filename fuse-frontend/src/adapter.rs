@@ -110,6 +110,15 @@ impl FuseFs {
             .map(|a| (a.mode, a.mtime, a.ctime, a.allocated_bytes))
     }
 
+    /// [`Self::kernel_view`] for a write: only when `ino` has
+    /// set-user-ID or set-group-ID. After a write reply the kernel drops
+    /// the times itself (a flush the write made set them before that), not
+    /// the mode.
+    fn kernel_view_for_write(&self, ino: u64) -> Option<KernelView> {
+        self.kernel_view(ino)
+            .filter(|(mode, ..)| mode & 0o6000 != 0)
+    }
+
     /// After a request that may have flushed written blocks (write,
     /// flush, fsync, release): if the file system changed what the kernel
     /// keeps of `ino` since `before`, tells the kernel to drop its
@@ -511,7 +520,7 @@ impl FileSystem for FuseFs {
         let _span = debug_span!("write", ino = inode, offset, size).entered();
         let mut data = vec![0u8; size as usize];
         r.read_exact(&mut data)?;
-        let before = self.kernel_view(inode);
+        let before = self.kernel_view_for_write(inode);
         let written = block_on(
             self.fs
                 .write(Ino(inode), handle, offset, &data, &creds(ctx)),
