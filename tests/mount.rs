@@ -365,6 +365,114 @@ fn times_set_by_a_flush_show_in_the_kernel_at_once() {
     m.unmount();
 }
 
+/// What the kernel shows of every kind of change made through the
+/// embedded mount (whose kernel keeps attributes for a day) is what the
+/// namespace holds: the same stats after a remount. Covers xattrs,
+/// fallocate, punching a hole, copy_file_range, utimes, truncate and chmod,
+/// besides writes and closes.
+#[test]
+fn the_kernel_shows_what_the_namespace_holds_after_every_kind_of_change() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &[]);
+    let root = m.path().to_path_buf();
+    std::fs::create_dir(root.join("d")).expect("mkdir");
+    std::fs::write(root.join("a"), vec![1u8; 100_000]).expect("write a");
+    std::fs::write(root.join("b"), vec![2u8; 5_000]).expect("write b");
+    let name = std::ffi::CString::new(root.join("a").as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: valid C strings and a value buffer of its length.
+    let set = unsafe {
+        libc::setxattr(
+            name.as_ptr(),
+            c"user.k".as_ptr(),
+            b"v".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(set, 0, "setxattr");
+    let file_a = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(root.join("a"))
+        .expect("open a");
+    // SAFETY: a valid fd and plain integers.
+    assert_eq!(
+        unsafe { libc::fallocate(file_a.as_raw_fd(), 0, 200_000, 300_000) },
+        0,
+        "fallocate"
+    );
+    let file_b = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("b"))
+        .expect("open b");
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: as above.
+    assert_eq!(
+        unsafe { libc::fallocate(file_b.as_raw_fd(), punch, 0, 4096) },
+        0,
+        "punch"
+    );
+    drop(file_b);
+    let file_c = std::fs::File::create(root.join("c")).expect("create c");
+    let mut off_in: i64 = 0;
+    let mut off_out: i64 = 0;
+    // SAFETY: valid fds and offsets for the call.
+    let copied = unsafe {
+        libc::copy_file_range(
+            file_a.as_raw_fd(),
+            &raw mut off_in,
+            file_c.as_raw_fd(),
+            &raw mut off_out,
+            50_000,
+            0,
+        )
+    };
+    assert_eq!(copied, 50_000, "copy_file_range");
+    drop((file_a, file_c));
+    let file_b = std::fs::File::options()
+        .write(true)
+        .open(root.join("b"))
+        .expect("open b");
+    file_b
+        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_100_000_000))
+        .expect("utimes");
+    drop(file_b);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("c"))
+        .and_then(|f| f.set_len(123))
+        .expect("truncate");
+    std::fs::set_permissions(root.join("a"), std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    let stats = |root: &Path| -> Vec<(u32, u64, u64, u64, i64, i64)> {
+        ["a", "b", "c", "d"]
+            .iter()
+            .map(|n| {
+                let s = std::fs::metadata(root.join(n)).expect("stat");
+                (
+                    s.mode(),
+                    s.nlink(),
+                    s.size(),
+                    s.blocks(),
+                    s.mtime(),
+                    s.mtime_nsec(),
+                )
+            })
+            .collect()
+    };
+    let seen = stats(&root);
+    m.unmount();
+    let m = Mounted::start(&dirs, &[]);
+    assert_eq!(
+        stats(m.path()),
+        seen,
+        "the kernel showed other attributes than the namespace holds"
+    );
+    m.unmount();
+}
+
 /// The fields after the command of `/proc/PID/task/TID/stat`.
 fn task_stat(pid: i32, tid: &str) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
