@@ -413,10 +413,16 @@ impl RaftLog {
     /// Keeps the first `len` entries.
     fn truncate_entries(&mut self, len: usize) {
         if let Some(dropped) = self.entries.get(len..) {
-            let bytes: u64 = dropped.iter().map(|e| e.data.len() as u64).sum();
-            self.entry_bytes -= bytes;
+            self.entry_bytes -= command_bytes(dropped);
             self.entries.truncate(len);
         }
+    }
+
+    /// Drops the first `count` entries (compacted into a snapshot).
+    fn drain_entries(&mut self, count: usize) {
+        let count = count.min(self.entries.len());
+        self.entry_bytes -= command_bytes(&self.entries[..count]);
+        self.entries.drain(..count);
     }
 
     /// Sets the hard state; durable after [`Self::sync`].
@@ -551,12 +557,7 @@ impl RaftLog {
             .is_some_and(|e| e.term == meta.term);
         if keeps_suffix {
             // Local compaction: entries after the snapshot stay.
-            let dropped: u64 = self.entries[..keep_from]
-                .iter()
-                .map(|e| e.data.len() as u64)
-                .sum();
-            self.entry_bytes -= dropped;
-            self.entries.drain(..keep_from);
+            self.drain_entries(keep_from);
         } else {
             // A leader's snapshot replaces the whole log.
             self.entries.clear();
@@ -704,6 +705,11 @@ impl Storage for RaftLog {
         }
         Ok(self.snapshot.clone())
     }
+}
+
+/// Bytes of the commands of `entries`.
+fn command_bytes(entries: &[Entry]) -> u64 {
+    entries.iter().map(|e| e.data.len() as u64).sum()
 }
 
 fn encode_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
