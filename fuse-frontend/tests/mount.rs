@@ -1003,6 +1003,19 @@ fn copy_file_range_checks(m: &Mounted) {
     );
 }
 
+/// Requests of the kinds `ops` the mount's daemon has served.
+fn served(m: &Mounted, ops: &[&str]) -> u64 {
+    m.mount
+        .as_ref()
+        .expect("mounted")
+        .stats()
+        .snapshot()
+        .iter()
+        .filter(|s| ops.contains(&s.op))
+        .map(|s| s.count)
+        .sum()
+}
+
 /// `attr_timeout`/`entry_timeout`/`negative_timeout` decide how often a
 /// `stat` reaches the daemon.
 #[test]
@@ -1011,17 +1024,6 @@ fn cache_timeouts_decide_what_reaches_the_daemon() {
     if !can_mount() {
         return;
     }
-    let requests = |m: &Mounted| -> u64 {
-        m.mount
-            .as_ref()
-            .expect("mounted")
-            .stats()
-            .snapshot()
-            .iter()
-            .filter(|s| matches!(s.op, "lookup" | "getattr"))
-            .map(|s| s.count)
-            .sum()
-    };
     let stats_of = |timeout: Duration| {
         let m = Mounted::new(|o| {
             o.attr_timeout = timeout;
@@ -1031,12 +1033,12 @@ fn cache_timeouts_decide_what_reaches_the_daemon() {
         fs::write(m.path("f"), b"x").expect("write");
         let _ = fs::metadata(m.path("f")).expect("warm");
         let _ = fs::metadata(m.path("missing"));
-        let before = requests(&m);
+        let before = served(&m, &["lookup", "getattr"]);
         for _ in 0..20 {
             fs::metadata(m.path("f")).expect("stat");
             assert!(fs::metadata(m.path("missing")).is_err());
         }
-        requests(&m) - before
+        served(&m, &["lookup", "getattr"]) - before
     };
     let uncached = stats_of(Duration::ZERO);
     let cached = stats_of(Duration::from_secs(60));
@@ -1062,17 +1064,7 @@ fn hot_page_cache_reads_never_reach_the_daemon() {
         return;
     }
     let m = Mounted::new(|_| {});
-    let requests = |op: &str| -> u64 {
-        m.mount
-            .as_ref()
-            .expect("mounted")
-            .stats()
-            .snapshot()
-            .iter()
-            .filter(|s| s.op == op)
-            .map(|s| s.count)
-            .sum()
-    };
+    let requests = |op: &str| served(&m, &[op]);
     let options = fs::read_to_string("/proc/self/mounts")
         .expect("mounts")
         .lines()
