@@ -277,11 +277,16 @@ fn the_embedded_mount_keeps_kernel_caches_and_shows_every_change() {
     }
 }
 
+/// `path` for a libc call.
+fn c_path(path: &Path) -> std::ffi::CString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).expect("a path without NUL")
+}
+
 /// The mode bits `statx` gives when asked for the mode alone: what the
 /// kernel keeps, unless it was told to drop it.
 fn mode_alone(path: &Path) -> u32 {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    let c = c_path(path);
     // SAFETY: statx is plain old data; zeros are valid.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: a valid path and a statx buffer for the call.
@@ -380,7 +385,7 @@ fn the_kernel_shows_what_the_namespace_holds_after_every_kind_of_change() {
     std::fs::create_dir(root.join("d")).expect("mkdir");
     std::fs::write(root.join("a"), vec![1u8; 100_000]).expect("write a");
     std::fs::write(root.join("b"), vec![2u8; 5_000]).expect("write b");
-    let name = std::ffi::CString::new(root.join("a").as_os_str().as_encoded_bytes()).expect("path");
+    let name = c_path(&root.join("a"));
     // SAFETY: valid C strings and a value buffer of its length.
     let set = unsafe {
         libc::setxattr(
@@ -858,8 +863,7 @@ fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// Sets a file's mtime an hour back.
 fn age(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+    let c = c_path(path);
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
