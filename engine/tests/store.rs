@@ -4,15 +4,16 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use datenlord_engine::store::segment;
 use datenlord_engine::store::ControlPlane;
 use datenlord_engine::store::{
     RemoteStore, S3Settings, StoreError, StoreOptions, StoreSources, StoreUrl, VolumeDescriptor,
-    WriteBack, WriteBackConfig, WriteMode, STORE_FORMAT_VERSION,
+    WriteBack, WriteBackConfig, WriteMode, SEGMENT_RECYCLE_BYTES, STORE_FORMAT_VERSION,
 };
 use datenlord_engine::{BlockId, BlockSize, Engine, EngineConfig};
 use futures::executor::block_on;
@@ -153,14 +154,31 @@ fn wb_config(dir: &Path) -> WriteBackConfig {
     }
 }
 
-fn journal_entries(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
+/// The journal's segment files, in order.
+fn journal_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("journal dir")
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".blk"))
+        .filter_map(|e| {
+            let e = e.ok()?;
+            segment::parse_segment_name(e.file_name().to_str()?)?;
+            Some(e.path())
         })
-        .count()
+        .collect();
+    found.sort();
+    found
+}
+
+/// Whole entries on disk in the journal's segments (uploaded ones too,
+/// until their segment is deleted).
+fn journal_entries(dir: &Path) -> usize {
+    journal_segments(dir)
+        .iter()
+        .map(|path| {
+            segment::scan(&std::fs::read(path).expect("segment"))
+                .entries
+                .len()
+        })
+        .sum()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -351,7 +369,6 @@ fn s3_write_back_uploads_then_engine_reads_through_and_after_restart() {
         (backlog.entries, backlog.bytes, backlog.last_error),
         (0, 0, None)
     );
-    assert_eq!(journal_entries(journal.path()), 0);
     assert_in_store(&store, &data);
 
     let sources = StoreSources::new(store.clone(), Some(wb.clone()), no_prefetch());
@@ -359,6 +376,8 @@ fn s3_write_back_uploads_then_engine_reads_through_and_after_restart() {
     engine_reads(&engine, &data);
     engine.shutdown().expect("shutdown");
     wb.shutdown();
+    // Drained: a clean shutdown leaves nothing to read back.
+    assert!(journal_segments(journal.path()).is_empty());
 
     // A new node: fresh control plane, client and cache; the data comes from S3.
     drop(store);
@@ -418,9 +437,9 @@ fn s3_crashed_journal_is_uploaded_at_reopen() {
     let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("reopen journal");
     assert!(!journal.path().join(".9-9-9.blk.0.tmp").exists());
     block_on(wb.drain(Duration::from_secs(30))).expect("drain");
-    assert_eq!(journal_entries(journal.path()), 0);
     assert_in_store(&store, &data);
     wb.shutdown();
+    assert!(journal_segments(journal.path()).is_empty());
 }
 
 #[test]
@@ -466,9 +485,9 @@ fn s3_outage_mid_upload_then_backlog_drains_by_itself() {
         wb.backlog().entries == 0
     });
     assert_eq!(wb.backlog().last_error, None);
-    assert_eq!(journal_entries(journal.path()), 0);
     assert_in_store(&store, &during);
     wb.shutdown();
+    assert!(journal_segments(journal.path()).is_empty());
 }
 
 #[test]
@@ -601,12 +620,11 @@ fn full_journal_refuses_commits_with_a_clear_error() {
 }
 
 #[test]
-fn a_large_commit_is_written_by_several_writers_and_all_of_it_survives() {
+fn a_large_commit_is_one_append_and_all_of_it_survives() {
     let control = ControlPlane::start().expect("control");
     let store = unreachable_store(&control);
     let journal = tempfile::tempdir().expect("tempdir");
     let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("open journal");
-    // More entries than writer threads, and a count that does not divide.
     let data = blocks(3, 23);
     block_on(wb.commit(data.clone())).expect("commit");
     for (id, bytes) in &data {
@@ -656,6 +674,10 @@ fn corrupt_journal_entries_are_moved_aside_never_uploaded() {
     let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("reopen");
     assert!(journal.path().join("corrupt/6-1-1.blk").exists());
     assert!(!journal.path().join(".6-3-1.blk.7.tmp").exists());
+    // The good entry files were moved into a segment.
+    assert!(!journal.path().join("6-0-1.blk").exists());
+    assert!(!journal.path().join("6-2-1.blk").exists());
+    assert_eq!(journal_entries(journal.path()), 2);
     assert_eq!(wb.journal_get(data[1].0), None);
     block_on(wb.drain(Duration::from_secs(10))).expect("drain");
     assert_in_store(&store, &[data[0].clone(), data[2].clone()]);
@@ -673,6 +695,140 @@ fn corrupt_journal_entries_are_moved_aside_never_uploaded() {
             .contains("holds blocks of the store file://"),
         "{err}"
     );
+}
+
+fn file_store(control: &ControlPlane, dir: &Path) -> RemoteStore {
+    let url: StoreUrl = format!("file://{}", dir.display()).parse().expect("url");
+    RemoteStore::open(&url, control).expect("open file store")
+}
+
+#[test]
+fn segments_roll_when_full_and_are_deleted_once_uploaded() {
+    let control = ControlPlane::start().expect("control");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let config = WriteBackConfig {
+        // Three entries per segment.
+        segment_bytes: 3 * (BLOCK as u64 + 48),
+        ..wb_config(journal.path())
+    };
+    let wb = WriteBack::open(config.clone(), unreachable_store(&control)).expect("open");
+    let data = blocks(4, 10);
+    for chunk in data.chunks(4) {
+        block_on(wb.commit(chunk.to_vec())).expect("commit");
+    }
+    // 10 entries, the last one short: segments of 3, 3, 3 and 1.
+    assert_eq!(journal_segments(journal.path()).len(), 4);
+    assert_eq!(journal_entries(journal.path()), 10);
+    wb.shutdown();
+    assert_eq!(journal_segments(journal.path()).len(), 4, "not drained");
+
+    // A store that works: the reopened journal uploads everything, and
+    // each segment goes once nothing in it waits.
+    let store_dir = tempfile::tempdir().expect("store dir");
+    std::fs::write(
+        journal.path().join("store"),
+        format!("file://{}\n", store_dir.path().display()),
+    )
+    .expect("point the journal at the file store");
+    let store = file_store(&control, store_dir.path());
+    let wb = WriteBack::open(config, store.clone()).expect("reopen");
+    block_on(wb.drain(Duration::from_secs(10))).expect("drain");
+    assert_in_store(&store, &data);
+    // Only the segment the reopened journal appends to is left.
+    assert_eq!(journal_segments(journal.path()).len(), 1);
+    let more = blocks(5, 2);
+    block_on(wb.commit(more.clone())).expect("commit after drain");
+    block_on(wb.drain(Duration::from_secs(10))).expect("drain");
+    assert_in_store(&store, &more);
+    wb.shutdown();
+    assert!(journal_segments(journal.path()).is_empty());
+}
+
+#[test]
+fn an_uploaded_segment_past_the_recycle_size_is_replaced_at_the_next_commit() {
+    let control = ControlPlane::start().expect("control");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("store dir");
+    let store = file_store(&control, store_dir.path());
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("open");
+    let (mut written, mut ino) = (0, 100);
+    while written < SEGMENT_RECYCLE_BYTES {
+        let data = blocks(ino, 8);
+        written += data.iter().map(|(_, b)| b.len() as u64 + 48).sum::<u64>();
+        block_on(wb.commit(data)).expect("commit");
+        ino += 1;
+    }
+    block_on(wb.drain(Duration::from_secs(30))).expect("drain");
+    let before = journal_segments(journal.path());
+    assert_eq!(before.len(), 1, "one segment, all of it uploaded");
+    // A crash now would read all of it back and upload it again; the
+    // next commit starts a fresh segment and deletes this one.
+    let next = blocks(99, 1);
+    block_on(wb.commit(next.clone())).expect("commit");
+    let after = journal_segments(journal.path());
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before);
+    assert_eq!(journal_entries(journal.path()), 1);
+    // Below the recycle size an empty segment is kept: no file churn per
+    // commit.
+    block_on(wb.drain(Duration::from_secs(10))).expect("drain");
+    block_on(wb.commit(blocks(98, 1))).expect("commit");
+    assert_eq!(journal_segments(journal.path()), after);
+    wb.shutdown();
+}
+
+#[test]
+fn a_segment_reads_back_to_its_torn_tail_and_damaged_entries_are_never_uploaded() {
+    use datenlord_engine::store::object::{encode, ObjectKind};
+    let control = ControlPlane::start().expect("control");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("store dir");
+    let store = file_store(&control, store_dir.path());
+    WriteBack::open(wb_config(journal.path()), store.clone())
+        .expect("create journal")
+        .shutdown();
+    // What a crash can leave: whole entries, one whose payload was damaged
+    // on disk, then an append cut short.
+    let data = blocks(8, 5);
+    let mut bytes = Vec::new();
+    for (id, payload) in &data[..4] {
+        let mut entry = encode(ObjectKind::Block(*id), payload);
+        if id.index == 1 {
+            entry[60] ^= 0x01;
+        }
+        bytes.extend_from_slice(&entry);
+    }
+    let torn = encode(ObjectKind::Block(data[4].0), &data[4].1);
+    bytes.extend_from_slice(&torn[..torn.len() / 2]);
+    let crafted = journal.path().join(segment::segment_name(7));
+    std::fs::write(&crafted, &bytes).expect("segment");
+
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("reopen");
+    assert_eq!(wb.backlog().entries, 3);
+    assert_eq!(wb.journal_get(data[0].0).as_ref(), Some(&data[0].1));
+    assert_eq!(wb.journal_get(data[1].0), None);
+    assert!(journal.path().join("corrupt/8-1-1.blk.7").exists());
+    block_on(wb.drain(Duration::from_secs(10))).expect("drain");
+    assert_in_store(&store, &[data[0].clone(), data[2].clone(), data[3].clone()]);
+    for (id, _) in &data[..] {
+        if id.index == 1 || id.index == 4 {
+            assert!(
+                matches!(
+                    block_on(store.get_block(*id)),
+                    Err(StoreError::NotFound { .. })
+                ),
+                "{id} must not be uploaded"
+            );
+        }
+    }
+    // Every entry of the crafted segment is uploaded: it is deleted.
+    assert!(!crafted.exists());
+    // New entries go to a fresh segment after the torn one's number.
+    block_on(wb.commit(blocks(9, 1))).expect("commit");
+    let segments = journal_segments(journal.path());
+    assert_eq!(segments.len(), 1);
+    assert!(segments[0] > crafted, "{segments:?}");
+    wb.shutdown();
 }
 
 #[test]
@@ -818,8 +974,8 @@ fn s3_kill_9_during_commits_loses_no_acknowledged_block() {
     block_on(wb.drain(Duration::from_secs(60))).expect("drain");
     let data: Vec<_> = (0..acked).map(child_block).collect();
     assert_in_store(&store, &data);
-    assert_eq!(journal_entries(journal.path()), 0);
     wb.shutdown();
+    assert!(journal_segments(journal.path()).is_empty());
 }
 
 /// Events of the whole process, as `LEVEL message field=value...` lines.
@@ -926,10 +1082,8 @@ fn gc_drops_a_never_uploaded_journal_entry_while_the_store_is_down() {
     wb.collect(vec![data[0].0]).expect("collect");
     // After the grace period the entry leaves the journal (never uploaded);
     // the store deletion waits for the store.
-    // The collector drops the entry from its bookkeeping, then removes the
-    // file: wait for both.
     wait_for("GC of the journal entry", Duration::from_secs(10), || {
-        wb.backlog().entries == 1 && !journal.path().join("11-0-1.blk").exists()
+        wb.backlog().entries == 1
     });
     assert_eq!(wb.journal_get(data[0].0), None);
     assert_eq!(wb.journal_get(data[1].0).as_ref(), Some(&data[1].1));

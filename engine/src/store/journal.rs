@@ -1,11 +1,15 @@
 //! Bookkeeping of the write-back journal (sans-IO): which entries exist,
-//! bytes used against the capacity, which entries are being written, which
-//! are uploading, when a failed upload is retried, and upload health for
-//! the logs. Times are milliseconds of a clock the driver owns.
+//! where each lies (its segment and offset), bytes used against the
+//! capacity, which entries are being written, which are uploading, when a
+//! failed upload is retried, how many entries each segment still holds
+//! (a segment is deleted once it holds none and is no longer the one
+//! appended to), and upload health for the logs. Times are milliseconds of
+//! a clock the driver owns.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+use super::segment::Location;
 use crate::block::BlockId;
 
 /// Rate limit of the "uploads are failing" warning.
@@ -40,6 +44,8 @@ struct Entry {
     added_ms: u64,
     attempts: u32,
     state: EntryState,
+    /// Where its bytes were appended; `None` until a writer has.
+    location: Option<Location>,
 }
 
 /// Why a commit does not fit.
@@ -58,8 +64,12 @@ pub struct Full {
 /// What happened when GC asked to drop an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GcRemoval {
-    /// Removed from the bookkeeping: delete its file.
-    Removed,
+    /// Removed from the bookkeeping; `freed` is a segment that now holds
+    /// no entry: delete its file.
+    Removed {
+        /// The segment to delete, if any.
+        freed: Option<u64>,
+    },
     /// Being written or uploaded: ask again later.
     Busy,
     /// Not in the journal.
@@ -75,6 +85,10 @@ pub struct JournalState {
     /// Durable entries waiting for upload, by due time then arrival.
     ready: BTreeSet<(u64, u64, BlockId)>,
     next_seq: u64,
+    /// Entries each segment holds.
+    segments: BTreeMap<u64, u64>,
+    /// The segment appended to.
+    active: Option<u64>,
 }
 
 impl JournalState {
@@ -86,7 +100,69 @@ impl JournalState {
             entries: HashMap::new(),
             ready: BTreeSet::new(),
             next_seq: 0,
+            segments: BTreeMap::new(),
+            active: None,
         }
+    }
+
+    /// Segment `seq` is now the one appended to. Returns the one it
+    /// replaces if that holds no entry (delete its file).
+    pub fn open_segment(&mut self, seq: u64) -> Option<u64> {
+        self.segments.entry(seq).or_insert(0);
+        let previous = self.active.replace(seq).filter(|&p| p != seq)?;
+        (self.segments.get(&previous) == Some(&0)).then(|| {
+            self.segments.remove(&previous);
+            previous
+        })
+    }
+
+    /// The segment appended to, when it holds no entry.
+    pub fn active_is_empty(&self) -> Option<u64> {
+        self.active
+            .filter(|seq| self.segments.get(seq).is_none_or(|&n| n == 0))
+    }
+
+    /// Segments holding entries or appended to, in order.
+    pub fn segments(&self) -> Vec<u64> {
+        self.segments.keys().copied().collect()
+    }
+
+    /// Where the block's bytes lie, once written.
+    pub fn location(&self, id: BlockId) -> Option<Location> {
+        self.entries.get(&id).and_then(|e| e.location)
+    }
+
+    /// A writer appended the entry of `id` at `location`. Returns false
+    /// (and records nothing) if the entry is gone or was written already.
+    pub fn written(&mut self, id: BlockId, location: Location) -> bool {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return false;
+        };
+        if entry.location.is_some() {
+            return false;
+        }
+        entry.location = Some(location);
+        *self.segments.entry(location.segment).or_insert(0) += 1;
+        true
+    }
+
+    /// Drops an entry: its bytes, its place in the upload order and in its
+    /// segment. Returns its segment if that now holds nothing and is not
+    /// appended to.
+    fn remove_entry(&mut self, id: BlockId) -> Option<u64> {
+        let entry = self.entries.remove(&id)?;
+        if let EntryState::Ready { due_ms, seq } = entry.state {
+            self.ready.remove(&(due_ms, seq, id));
+        }
+        self.used_bytes -= entry.bytes;
+        let segment = entry.location?.segment;
+        let held = self.segments.get_mut(&segment)?;
+        *held = held.saturating_sub(1);
+        if *held == 0 && self.active != Some(segment) {
+            self.segments.remove(&segment);
+            return Some(segment);
+        }
+        None
     }
 
     fn push_ready(&mut self, id: BlockId, due_ms: u64) {
@@ -98,22 +174,26 @@ impl JournalState {
         }
     }
 
-    /// An entry found durable on disk at open.
-    pub fn recover(&mut self, id: BlockId, bytes: u64, now_ms: u64) {
+    /// An entry found durable on disk at open, at `location`. Returns
+    /// false if the block is known already (a second copy, not counted).
+    pub fn recover(&mut self, id: BlockId, location: Location, now_ms: u64) -> bool {
         if self.entries.contains_key(&id) {
-            return;
+            return false;
         }
         self.entries.insert(
             id,
             Entry {
-                bytes,
+                bytes: location.len,
                 added_ms: now_ms,
                 attempts: 0,
                 state: EntryState::Writing { writers: 0 },
+                location: None,
             },
         );
-        self.used_bytes += bytes;
+        self.used_bytes += location.len;
+        self.written(id, location);
         self.push_ready(id, now_ms);
+        true
     }
 
     /// Reserves room for a commit. Returns the blocks this commit must
@@ -146,6 +226,7 @@ impl JournalState {
                             added_ms: now_ms,
                             attempts: 0,
                             state: EntryState::Writing { writers: 1 },
+                            location: None,
                         },
                     );
                     self.used_bytes += bytes;
@@ -180,11 +261,14 @@ impl JournalState {
         }
     }
 
-    /// A commit failed to write its files: release what it reserved.
-    /// Returns the entries no commit made durable and none still writes:
-    /// their files (if any) must be deleted.
-    pub fn abort(&mut self, ids: &[BlockId]) -> Vec<BlockId> {
-        let mut dropped = Vec::new();
+    /// A commit failed to make its entries durable: release what it
+    /// reserved. Entries no commit made durable and none still writes
+    /// leave the journal (their bytes in a segment are never uploaded by
+    /// this process; a restart reads them back and uploads them, and the
+    /// orphan scrub deletes those versions). Returns segments that now
+    /// hold nothing (delete their files).
+    pub fn abort(&mut self, ids: &[BlockId]) -> Vec<u64> {
+        let mut freed = Vec::new();
         for &id in ids {
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
@@ -192,13 +276,11 @@ impl JournalState {
             if let EntryState::Writing { writers } = &mut entry.state {
                 *writers = writers.saturating_sub(1);
                 if *writers == 0 {
-                    self.used_bytes -= entry.bytes;
-                    self.entries.remove(&id);
-                    dropped.push(id);
+                    freed.extend(self.remove_entry(id));
                 }
             }
         }
-        dropped
+        freed
     }
 
     /// The next entry to upload at `now_ms`, marked in flight.
@@ -219,12 +301,14 @@ impl JournalState {
         self.ready.first().map(|&(due, _, _)| due)
     }
 
-    /// An upload succeeded: the entry leaves the journal.
-    pub fn upload_done(&mut self, id: BlockId) {
-        if let Some(entry) = self.entries.remove(&id) {
-            debug_assert_eq!(entry.state, EntryState::Uploading);
-            self.used_bytes -= entry.bytes;
-        }
+    /// An upload succeeded: the entry leaves the journal. Returns its
+    /// segment if that now holds nothing (delete its file).
+    pub fn upload_done(&mut self, id: BlockId) -> Option<u64> {
+        debug_assert!(self
+            .entries
+            .get(&id)
+            .is_none_or(|e| e.state == EntryState::Uploading));
+        self.remove_entry(id)
     }
 
     /// An upload failed: retry at `retry_ms`. Returns the attempts so far.
@@ -238,14 +322,10 @@ impl JournalState {
         attempts
     }
 
-    /// The entry's file is unusable (corrupt): forget it without upload.
-    pub fn discard(&mut self, id: BlockId) {
-        if let Some(entry) = self.entries.remove(&id) {
-            if let EntryState::Ready { due_ms, seq } = entry.state {
-                self.ready.remove(&(due_ms, seq, id));
-            }
-            self.used_bytes -= entry.bytes;
-        }
+    /// The entry is unusable (corrupt): forget it without upload. Returns
+    /// its segment if that now holds nothing (delete its file).
+    pub fn discard(&mut self, id: BlockId) -> Option<u64> {
+        self.remove_entry(id)
     }
 
     /// GC drops a version that left the namespace.
@@ -253,10 +333,9 @@ impl JournalState {
         match self.entries.get(&id).map(|e| e.state) {
             None => GcRemoval::Absent,
             Some(EntryState::Writing { .. } | EntryState::Uploading) => GcRemoval::Busy,
-            Some(EntryState::Ready { .. }) => {
-                self.discard(id);
-                GcRemoval::Removed
-            }
+            Some(EntryState::Ready { .. }) => GcRemoval::Removed {
+                freed: self.remove_entry(id),
+            },
         }
     }
 
@@ -359,6 +438,64 @@ mod tests {
         BlockId::new(1, i, 1)
     }
 
+    fn at(segment: u64, offset: u64, len: u64) -> Location {
+        Location {
+            segment,
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn a_segment_is_freed_when_its_last_entry_leaves_and_it_is_not_appended_to() {
+        let mut j = JournalState::new(1000);
+        assert_eq!(j.open_segment(1), None);
+        j.admit(&[(id(0), 10), (id(1), 10), (id(2), 10)], 0)
+            .expect("admit");
+        assert!(j.written(id(0), at(1, 0, 10)));
+        assert!(j.written(id(1), at(1, 10, 10)));
+        assert!(!j.written(id(1), at(1, 20, 10)), "written once");
+        assert!(!j.written(id(9), at(1, 20, 10)), "not admitted");
+        assert_eq!(j.open_segment(2), None, "segment 1 still holds entries");
+        assert!(j.written(id(2), at(2, 0, 10)));
+        j.mark_durable(&[id(0), id(1), id(2)], 0);
+        assert_eq!(j.segments(), vec![1, 2]);
+        for _ in 0..3 {
+            j.next_upload(0).expect("due");
+        }
+        assert_eq!(j.upload_done(id(0)), None);
+        assert_eq!(j.upload_done(id(1)), Some(1), "segment 1 is empty");
+        // The active segment stays while empty; replacing it frees it.
+        assert_eq!(j.active_is_empty(), None);
+        assert_eq!(j.upload_done(id(2)), None);
+        assert_eq!(j.active_is_empty(), Some(2));
+        assert_eq!(j.open_segment(3), Some(2));
+        assert_eq!(j.segments(), vec![3]);
+        assert_eq!(j.active_is_empty(), Some(3));
+    }
+
+    #[test]
+    fn aborted_gc_and_discarded_entries_release_their_segments() {
+        let mut j = JournalState::new(1000);
+        j.open_segment(1);
+        j.admit(&[(id(0), 10), (id(1), 10), (id(2), 10)], 0)
+            .expect("admit");
+        for i in 0..3 {
+            assert!(j.written(id(i), at(1, 10 * i, 10)));
+        }
+        j.open_segment(2);
+        assert_eq!(j.abort(&[id(0)]), Vec::<u64>::new());
+        j.mark_durable(&[id(1), id(2)], 0);
+        assert_eq!(j.discard(id(1)), None);
+        assert_eq!(
+            j.remove_for_gc(id(2)),
+            GcRemoval::Removed { freed: Some(1) }
+        );
+        assert!(j.is_empty());
+        assert_eq!(j.backlog(0).bytes, 0);
+        assert_eq!(j.segments(), vec![2]);
+    }
+
     #[test]
     fn capacity_is_reserved_at_admission() {
         let mut j = JournalState::new(100);
@@ -378,7 +515,8 @@ mod tests {
         );
         // Writing entries are not uploadable.
         assert_eq!(j.next_upload(10), None);
-        assert_eq!(j.abort(&[id(1)]), vec![id(1)]);
+        assert_eq!(j.abort(&[id(1)]), Vec::<u64>::new());
+        assert!(!j.contains(id(1)));
         assert_eq!(j.admit(&[(id(2), 30)], 0), Ok(vec![id(2)]));
         assert_eq!(j.backlog(5).bytes, 70);
     }
@@ -392,11 +530,11 @@ mod tests {
         // Still being written by the first commit: the second writes it too.
         assert_eq!(j.admit(&[(id(0), 40)], 0), Ok(vec![id(0)]));
         // One writer fails: the other still writes it, nothing is dropped.
-        assert_eq!(j.abort(&[id(0)]), vec![]);
+        assert_eq!(j.abort(&[id(0)]), Vec::<u64>::new());
         assert!(j.contains(id(0)));
         j.mark_durable(&[id(0)], 0);
         // A writer failing after another made it durable drops nothing.
-        assert_eq!(j.abort(&[id(0)]), vec![]);
+        assert_eq!(j.abort(&[id(0)]), Vec::<u64>::new());
         assert!(j.contains(id(0)));
         // Durable already: nothing to write, no bytes added.
         assert_eq!(j.admit(&[(id(0), 40)], 0), Ok(vec![]));
@@ -428,13 +566,15 @@ mod tests {
     #[test]
     fn gc_and_recovery() {
         let mut j = JournalState::new(1000);
-        j.recover(id(0), 10, 0);
-        j.recover(id(1), 10, 0);
+        assert!(j.recover(id(0), at(1, 0, 10), 0));
+        assert!(j.recover(id(1), at(1, 10, 10), 0));
+        assert!(!j.recover(id(1), at(2, 0, 10), 0), "a second copy");
+        assert_eq!(j.location(id(1)), Some(at(1, 10, 10)));
         assert!(j.any_pending(&[id(1), id(9)]));
         assert_eq!(j.remove_for_gc(id(9)), GcRemoval::Absent);
         assert_eq!(j.next_upload(0), Some(id(0)));
         assert_eq!(j.remove_for_gc(id(0)), GcRemoval::Busy);
-        assert_eq!(j.remove_for_gc(id(1)), GcRemoval::Removed);
+        assert_eq!(j.remove_for_gc(id(1)), GcRemoval::Removed { freed: None });
         assert_eq!(j.next_upload(0), None, "removed entry is not uploaded");
         let backlog = j.backlog(30);
         assert_eq!(

@@ -25,6 +25,7 @@ pub mod gc;
 pub mod journal;
 pub mod object;
 pub mod remote;
+pub mod segment;
 pub mod sources;
 pub mod url;
 pub mod writeback;
@@ -37,7 +38,7 @@ pub use object::{VolumeDescriptor, STORE_FORMAT_VERSION};
 pub use remote::{RemoteStore, S3Settings, StoreOptions};
 pub use sources::StoreSources;
 pub use url::StoreUrl;
-pub use writeback::{WriteBack, WriteBackConfig, WriteMode};
+pub use writeback::{WriteBack, WriteBackConfig, WriteMode, SEGMENT_RECYCLE_BYTES};
 
 /// Errors of the remote store and the write-back journal.
 #[derive(Debug, thiserror::Error)]

@@ -113,6 +113,15 @@ pub fn parse_snapshot_name(name: &str) -> Option<u64> {
 /// Encodes an object: header + payload.
 pub fn encode(kind: ObjectKind, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(OBJECT_HEADER_BYTES + payload.len());
+    out.extend_from_slice(&encode_header(kind, payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The header [`encode`] puts before `payload`, for writers that write the
+/// payload from where it lies.
+pub fn encode_header(kind: ObjectKind, payload: &[u8]) -> [u8; OBJECT_HEADER_BYTES] {
+    let mut out = Vec::with_capacity(OBJECT_HEADER_BYTES);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&HEADER_VERSION.to_le_bytes());
     out.extend_from_slice(&kind.code().to_le_bytes());
@@ -123,9 +132,9 @@ pub fn encode(kind: ObjectKind, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     let header_crc = crc32c::crc32c(&out);
     out.extend_from_slice(&header_crc.to_le_bytes());
-    debug_assert_eq!(out.len(), OBJECT_HEADER_BYTES);
-    out.extend_from_slice(payload);
-    out
+    let mut header = [0; OBJECT_HEADER_BYTES];
+    header.copy_from_slice(&out);
+    header
 }
 
 fn u16_at(bytes: &[u8], at: usize) -> u16 {
@@ -144,8 +153,9 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Checks an object and returns its payload range, or why it is corrupt.
-pub fn decode(expected: ObjectKind, bytes: &[u8]) -> Result<&[u8], String> {
+/// Checks an object's header (magic, header checksum, version) and returns
+/// its kind code, identity and payload length.
+fn header(bytes: &[u8]) -> Result<(u16, [u64; 3], u64), String> {
     if bytes.len() < OBJECT_HEADER_BYTES {
         return Err(format!(
             "{} bytes, shorter than the {OBJECT_HEADER_BYTES}-byte header",
@@ -163,11 +173,28 @@ pub fn decode(expected: ObjectKind, bytes: &[u8]) -> Result<&[u8], String> {
     if version != HEADER_VERSION {
         return Err(format!("unknown header version {version}"));
     }
-    let kind = u16_at(bytes, 6);
+    let identity = [u64_at(bytes, 8), u64_at(bytes, 16), u64_at(bytes, 24)];
+    Ok((u16_at(bytes, 6), identity, u64_at(bytes, 32)))
+}
+
+/// The block and payload length a block object's header names, checked
+/// (not the payload: [`decode`] checks that). Lets a reader of objects laid
+/// end to end (the journal's segments) find where the next one starts.
+pub fn block_header(bytes: &[u8]) -> Result<(BlockId, u64), String> {
+    let (kind, [ino, index, version], len) = header(bytes)?;
+    let expected = ObjectKind::Block(BlockId::new(0, 0, 0)).code();
+    if kind != expected {
+        return Err(format!("object kind {kind}, expected {expected}"));
+    }
+    Ok((BlockId::new(ino, index, version), len))
+}
+
+/// Checks an object and returns its payload range, or why it is corrupt.
+pub fn decode(expected: ObjectKind, bytes: &[u8]) -> Result<&[u8], String> {
+    let (kind, identity, len) = header(bytes)?;
     if kind != expected.code() {
         return Err(format!("object kind {kind}, expected {}", expected.code()));
     }
-    let identity = [u64_at(bytes, 8), u64_at(bytes, 16), u64_at(bytes, 24)];
     if identity != expected.identity() {
         return Err(format!(
             "object is {identity:?}, expected {:?}: stored under the wrong key",
@@ -175,7 +202,6 @@ pub fn decode(expected: ObjectKind, bytes: &[u8]) -> Result<&[u8], String> {
         ));
     }
     let payload = &bytes[OBJECT_HEADER_BYTES..];
-    let len = u64_at(bytes, 32);
     if len != payload.len() as u64 {
         return Err(format!(
             "payload is {} bytes, header says {len}",
@@ -283,6 +309,21 @@ mod tests {
         assert_eq!(parse_snapshot_name("snapshot-12"), None);
         assert_eq!(parse_snapshot_name("snapshot-0000000000000000001x"), None);
         assert_eq!(parse_snapshot_name("other"), None);
+    }
+
+    #[test]
+    fn block_headers_name_the_block_and_length() {
+        let id = BlockId::new(4, 5, 6);
+        let object = encode(ObjectKind::Block(id), &[9; 70]);
+        assert_eq!(block_header(&object), Ok((id, 70)));
+        assert_eq!(block_header(&object[..OBJECT_HEADER_BYTES]), Ok((id, 70)));
+        let snapshot = encode(ObjectKind::MetaSnapshot(3), b"x");
+        assert!(block_header(&snapshot).is_err_and(|e| e.contains("kind")));
+        let mut torn = object.clone();
+        torn[20] ^= 1;
+        assert!(block_header(&torn).is_err_and(|e| e.contains("header checksum")));
+        assert!(block_header(&[0; OBJECT_HEADER_BYTES]).is_err_and(|e| e.contains("magic")));
+        assert!(block_header(&object[..40]).is_err_and(|e| e.contains("shorter")));
     }
 
     fn check(bytes: &[u8], expected: ObjectKind, error: Option<&str>) {

@@ -1,22 +1,28 @@
-//! The write-back journal's driver: entry files on the cache disk, the
+//! The write-back journal's driver: segment files on the cache disk, the
 //! uploaders and the garbage collector on the control plane.
 //!
-//! An entry is one file `<ino>-<index>-<version>.blk` holding the encoded
-//! block object (header with CRC32C + payload), so it is uploaded as is. A
-//! commit writes `.<name>.<n>.tmp`, fdatasyncs it, renames it to its name,
-//! and fsyncs the directory once for the whole batch before it returns. At
-//! open, tmp files (commits that never finished) are deleted, entries are
-//! verified and queued for upload, and a corrupt entry is moved to
-//! `corrupt/` and never uploaded. The bookkeeping is [`JournalState`]; the
-//! GC queue is [`GcQueue`] in the file `gc-queue`.
+//! An entry is the encoded block object (header with CRC32C + payload), so
+//! it is uploaded as is. Entries are appended to the current segment
+//! (`seg-<seq>.log`, see [`super::segment`]) under one writer lock, and a
+//! commit returns after one fdatasync of the segments it appended to. A
+//! segment is rolled when full, or when it holds no entry any more and has
+//! grown past [`SEGMENT_RECYCLE_BYTES`], and deleted once it holds no
+//! entry that still waits for upload and is not the one appended to. At
+//! open, every segment is read back (a torn tail is cut, an entry that
+//! does not check is copied to `corrupt/` and never uploaded), entries are
+//! queued for upload, and a fresh segment is started. Journals of earlier
+//! versions held a file per entry (`<ino>-<index>-<version>.blk`): open
+//! verifies those, appends them to the fresh segment, syncs it and only
+//! then deletes them. The bookkeeping is [`JournalState`]; the GC queue is
+//! [`GcQueue`] in the file `gc-queue`.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +34,7 @@ use super::gc::GcQueue;
 use super::journal::{Backlog, GcRemoval, JournalState, UploadHealth};
 use super::object::{self, ObjectKind, OBJECT_HEADER_BYTES};
 use super::remote::RemoteStore;
+use super::segment::{self, Location};
 use super::StoreError;
 use crate::block::{BlockId, BLOCK_SIZE_MAX_BYTES};
 
@@ -45,9 +52,12 @@ pub const UPLOAD_RETRY_BASE_MS: u64 = 100;
 pub const UPLOAD_RETRY_MAX_MS: u64 = 5_000;
 /// Longest sleep of the upload dispatcher between checks.
 const DISPATCH_IDLE_MS: u64 = 1_000;
-/// Threads one commit writes its journal entries from (each entry is a
-/// write + fdatasync + rename of its own file).
-const JOURNAL_WRITERS_MAX: usize = 4;
+/// Size at which the journal starts a new segment, by default.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+/// A segment that holds no entry any more is replaced by a fresh one at
+/// the next commit once it has this many bytes, so a crash leaves little
+/// for the next open to read back and upload again.
+pub const SEGMENT_RECYCLE_BYTES: u64 = 4 << 20;
 /// Longest sleep of the garbage collector between checks.
 const GC_TICK_MAX_MS: u64 = 1_000;
 
@@ -95,6 +105,9 @@ pub struct WriteBackConfig {
     pub upload_concurrency: usize,
     /// Wait before a garbage version is deleted.
     pub gc_grace: Duration,
+    /// Size at which a new segment is started (an entry larger than this
+    /// gets a segment of its own).
+    pub segment_bytes: u64,
 }
 
 impl WriteBackConfig {
@@ -106,6 +119,7 @@ impl WriteBackConfig {
             mode: WriteMode::Back,
             upload_concurrency: UPLOAD_CONCURRENCY_DEFAULT,
             gc_grace: Duration::from_millis(GC_GRACE_DEFAULT_MS),
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
         }
     }
 }
@@ -159,7 +173,19 @@ struct Shared {
     /// Bumped whenever entries leave the journal.
     progress: watch::Sender<u64>,
     gc: Mutex<GcFile>,
-    tmp_counter: AtomicU64,
+    /// The segment appended to. Lock order: `writer`, then `state`.
+    writer: Mutex<Writer>,
+}
+
+/// The segment commits append to.
+#[derive(Debug)]
+struct Writer {
+    seq: u64,
+    file: Arc<File>,
+    len: u64,
+    /// An append or sync failed: the next commit starts a new segment (a
+    /// failed append may leave bytes a scan cannot step over).
+    broken: bool,
 }
 
 /// The bookkeeping is touched briefly and never across IO; a panic while
@@ -259,42 +285,235 @@ fn open_append(path: &Path) -> Result<File, StoreError> {
         .map_err(|e| StoreError::io("open", path, e))
 }
 
-/// Scans the journal directory at open: deletes tmp files, verifies
-/// entries, moves corrupt ones aside. Returns the good entries and sizes.
-fn recover_entries(dir: &Path, store: &str) -> Result<Vec<(BlockId, u64)>, StoreError> {
+/// What open finds in the journal directory.
+#[derive(Debug, Default)]
+struct Recovered {
+    /// Entries read back from segments, oldest segment first.
+    entries: Vec<(BlockId, Location)>,
+    /// The highest segment sequence found (0 if none).
+    last_segment: u64,
+    /// Entry files of journals written before segments, not yet checked.
+    legacy: Vec<(BlockId, PathBuf)>,
+}
+
+/// Keeps a copy of an entry that does not check, for a person to look
+/// at; it is never uploaded.
+fn set_aside(dir: &Path, name: &str, bytes: &[u8]) {
+    let aside = dir.join(CORRUPT_DIR).join(name);
+    if let Err(e) = std::fs::write(&aside, bytes) {
+        tracing::warn!(file = %aside.display(), error = %e, "cannot keep a copy of a corrupt journal entry");
+    }
+}
+
+/// Deletes a segment that holds no entry waiting for upload. Not synced:
+/// a segment that comes back after a crash is read again and its entries
+/// uploaded again (the same bytes under the same keys; versions deleted
+/// since are left to the orphan scrub).
+fn remove_segment(dir: &Path, seq: u64) {
+    let path = dir.join(segment::segment_name(seq));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(segment = %path.display(), error = %e, "cannot delete an uploaded journal segment");
+        }
+    }
+}
+
+/// Reads one segment back at open. Returns its entries; a segment with
+/// none is deleted.
+fn recover_segment(
+    dir: &Path,
+    store: &str,
+    seq: u64,
+) -> Result<Vec<(BlockId, Location)>, StoreError> {
+    let path = dir.join(segment::segment_name(seq));
+    let bytes = std::fs::read(&path).map_err(|e| StoreError::io("read", &path, e))?;
+    let scan = segment::scan(&bytes);
+    for damaged in &scan.damaged {
+        let name = format!("{}.{seq}", entry_name(damaged.id));
+        let start = damaged.offset as usize;
+        set_aside(dir, &name, &bytes[start..start + damaged.len as usize]);
+        tracing::error!(
+            store = %store, segment = %path.display(), offset = damaged.offset, block = %damaged.id,
+            reason = %damaged.reason, copied_to = %dir.join(CORRUPT_DIR).join(&name).display(),
+            "corrupt write-back journal entry: not uploaded"
+        );
+    }
+    if let Some(reason) = &scan.tail {
+        tracing::warn!(
+            store = %store, segment = %path.display(), at = scan.end,
+            bytes = bytes.len() as u64 - scan.end, %reason,
+            "write-back journal segment ends in a torn append (a commit that never returned): ignored"
+        );
+    }
+    if scan.entries.is_empty() {
+        remove_segment(dir, seq);
+    }
+    Ok(scan
+        .entries
+        .into_iter()
+        .map(|(id, offset, len)| {
+            let location = Location {
+                segment: seq,
+                offset,
+                len,
+            };
+            (id, location)
+        })
+        .collect())
+}
+
+/// Scans the journal directory at open: reads every segment back, lists
+/// entry files of earlier versions and deletes their tmp files (commits
+/// that never returned).
+fn recover(dir: &Path, store: &str) -> Result<Recovered, StoreError> {
     let corrupt_dir = dir.join(CORRUPT_DIR);
     std::fs::create_dir_all(&corrupt_dir).map_err(|e| StoreError::io("create", &corrupt_dir, e))?;
     let listing = std::fs::read_dir(dir).map_err(|e| StoreError::io("list", dir, e))?;
-    let mut good = Vec::new();
+    let mut out = Recovered::default();
+    let mut segments = Vec::new();
     for dirent in listing {
         let dirent = dirent.map_err(|e| StoreError::io("list", dir, e))?;
         let name = dirent.file_name();
         let Some(name) = name.to_str() else { continue };
         let path = dirent.path();
         if name.ends_with(TMP_SUFFIX) {
-            // A commit that never reached its rename: it never returned.
             std::fs::remove_file(&path).map_err(|e| StoreError::io("remove", &path, e))?;
-            continue;
-        }
-        let Some(id) = parse_entry_name(name) else {
-            continue;
-        };
-        let raw = std::fs::read(&path).map_err(|e| StoreError::io("read", &path, e))?;
-        match object::decode(ObjectKind::Block(id), &raw) {
-            Ok(_) => good.push((id, raw.len() as u64)),
-            Err(reason) => {
-                let aside = corrupt_dir.join(name);
-                tracing::error!(
-                    store = %store, entry = %path.display(), block = %id, %reason,
-                    moved_to = %aside.display(),
-                    "corrupt write-back journal entry: moved aside, not uploaded"
-                );
-                std::fs::rename(&path, &aside).map_err(|e| StoreError::io("rename", &path, e))?;
-            }
+        } else if let Some(seq) = segment::parse_segment_name(name) {
+            segments.push(seq);
+        } else if let Some(id) = parse_entry_name(name) {
+            out.legacy.push((id, path));
         }
     }
+    segments.sort_unstable();
+    for seq in segments {
+        out.entries.extend(recover_segment(dir, store, seq)?);
+        out.last_segment = seq;
+    }
     sync_dir(dir)?;
-    Ok(good)
+    Ok(out)
+}
+
+/// Creates segment `seq`, durably named.
+fn create_segment(dir: &Path, seq: u64) -> Result<File, StoreError> {
+    let path = dir.join(segment::segment_name(seq));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| StoreError::io("create journal segment", &path, e))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Starts the next segment and deletes the one it replaces if that holds
+/// no entry.
+fn roll(dir: &Path, writer: &mut Writer, state: &Mutex<JournalState>) -> Result<(), StoreError> {
+    let seq = writer.seq + 1;
+    let file = create_segment(dir, seq)?;
+    let freed = lock(state).open_segment(seq);
+    *writer = Writer {
+        seq,
+        file: Arc::new(file),
+        len: 0,
+        broken: false,
+    };
+    if let Some(old) = freed {
+        remove_segment(dir, old);
+    }
+    Ok(())
+}
+
+/// Appends the entry of block `id` to the current segment (rolling first
+/// when it is full, broken, or holds nothing and has grown past
+/// [`SEGMENT_RECYCLE_BYTES`]). The caller syncs the returned file.
+fn append(
+    dir: &Path,
+    segment_bytes: u64,
+    writer: &mut Writer,
+    state: &Mutex<JournalState>,
+    id: BlockId,
+    payload: &[u8],
+) -> Result<(Location, Arc<File>), StoreError> {
+    let len = (OBJECT_HEADER_BYTES + payload.len()) as u64;
+    let full = writer.len > 0 && writer.len.saturating_add(len) > segment_bytes;
+    let recycle =
+        writer.len >= SEGMENT_RECYCLE_BYTES && lock(state).active_is_empty() == Some(writer.seq);
+    if writer.broken || full || recycle {
+        roll(dir, writer, state)?;
+    }
+    let offset = writer.len;
+    let header = object::encode_header(ObjectKind::Block(id), payload);
+    let written = writer.file.write_all_at(&header, offset).and_then(|()| {
+        writer
+            .file
+            .write_all_at(payload, offset + header.len() as u64)
+    });
+    if let Err(e) = written {
+        writer.broken = true;
+        let path = dir.join(segment::segment_name(writer.seq));
+        return Err(StoreError::io("append to journal segment", path, e));
+    }
+    writer.len += len;
+    let location = Location {
+        segment: writer.seq,
+        offset,
+        len,
+    };
+    Ok((location, Arc::clone(&writer.file)))
+}
+
+/// Moves the entry files of a journal written before segments into the
+/// current segment: each is checked (a corrupt one goes to `corrupt/`),
+/// appended and, once the segments are synced, deleted.
+fn migrate_legacy(
+    dir: &Path,
+    segment_bytes: u64,
+    writer: &mut Writer,
+    state: &Mutex<JournalState>,
+    legacy: &[(BlockId, PathBuf)],
+) -> Result<(), StoreError> {
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    let mut touched: Vec<Arc<File>> = Vec::new();
+    for (id, path) in legacy {
+        let raw = std::fs::read(path).map_err(|e| StoreError::io("read", path, e))?;
+        let payload = match object::decode(ObjectKind::Block(*id), &raw) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                let aside = dir.join(CORRUPT_DIR).join(entry_name(*id));
+                tracing::error!(
+                    entry = %path.display(), block = %id, %reason, moved_to = %aside.display(),
+                    "corrupt write-back journal entry: moved aside, not uploaded"
+                );
+                std::fs::rename(path, &aside).map_err(|e| StoreError::io("rename", path, e))?;
+                continue;
+            }
+        };
+        if lock(state).contains(*id) {
+            continue;
+        }
+        let (location, file) = append(dir, segment_bytes, writer, state, *id, payload)?;
+        lock(state).recover(*id, location, 0);
+        if !touched.iter().any(|f| Arc::ptr_eq(f, &file)) {
+            touched.push(file);
+        }
+    }
+    for file in touched {
+        file.sync_data()
+            .map_err(|e| StoreError::io("sync journal segment", dir, e))?;
+    }
+    for (_, path) in legacy {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("remove", path, e)),
+        }
+    }
+    sync_dir(dir)
 }
 
 fn open_gc_queue(dir: &Path) -> Result<GcFile, StoreError> {
@@ -333,31 +552,55 @@ impl WriteBack {
                 config.upload_concurrency
             )));
         }
+        if config.segment_bytes == 0 {
+            return Err(StoreError::Config(
+                "the write-back journal segment size must be more than 0 bytes".into(),
+            ));
+        }
         let dir = &config.journal_dir;
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create", dir, e))?;
         let dir_lock = lock_journal(dir)?;
         check_journal_store(dir, remote.name())?;
-        let mut state = JournalState::new(config.capacity_bytes);
-        let recovered = recover_entries(dir, remote.name())?;
-        if !recovered.is_empty() {
+        let recovered = recover(dir, remote.name())?;
+        let state = Mutex::new(JournalState::new(config.capacity_bytes));
+        for &(id, location) in &recovered.entries {
+            lock(&state).recover(id, location, 0);
+        }
+        // Always a fresh segment: appending after a torn tail would hide
+        // the new entries behind it from the next scan.
+        let seq = recovered.last_segment + 1;
+        let file = create_segment(dir, seq)?;
+        lock(&state).open_segment(seq);
+        let mut writer = Writer {
+            seq,
+            file: Arc::new(file),
+            len: 0,
+            broken: false,
+        };
+        migrate_legacy(
+            dir,
+            config.segment_bytes,
+            &mut writer,
+            &state,
+            &recovered.legacy,
+        )?;
+        let entries = lock(&state).backlog(0).entries;
+        if entries > 0 {
             tracing::info!(
-                store = %remote.name(), journal = %dir.display(), entries = recovered.len(),
+                store = %remote.name(), journal = %dir.display(), entries,
                 "write-back journal holds blocks not yet uploaded: uploading them"
             );
-        }
-        for (id, bytes) in recovered {
-            state.recover(id, bytes, 0);
         }
         let gc = open_gc_queue(dir)?;
         let shared = Arc::new(Shared {
             remote,
             epoch: Instant::now(),
-            state: Mutex::new(state),
+            state,
             health: Mutex::new(UploadHealth::default()),
             wake: Notify::new(),
             progress: watch::channel(0).0,
             gc: Mutex::new(gc),
-            tmp_counter: AtomicU64::new(0),
+            writer: Mutex::new(writer),
             config,
         });
         let handle = shared.remote.control().handle().clone();
@@ -466,9 +709,11 @@ impl WriteBack {
 
     /// Stops the uploaders and the collector (even if clones remain).
     /// Journaled blocks stay in the journal and are uploaded by the next
-    /// `open`; call [`WriteBack::drain`] first for a clean unmount.
+    /// `open`; call [`WriteBack::drain`] first for a clean unmount (an
+    /// empty journal deletes its segments here).
     pub fn shutdown(self) {
         self.owner.stop();
+        self.shared.release_segments_if_empty();
     }
 }
 
@@ -477,8 +722,44 @@ impl Shared {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn entry_path(&self, id: BlockId) -> PathBuf {
-        self.config.journal_dir.join(entry_name(id))
+    fn segment_path(&self, seq: u64) -> PathBuf {
+        self.config.journal_dir.join(segment::segment_name(seq))
+    }
+
+    /// Deletes segments off the caller's executor.
+    async fn remove_segments(&self, freed: Vec<u64>) {
+        if freed.is_empty() {
+            return;
+        }
+        let dir = self.config.journal_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for seq in freed {
+                remove_segment(&dir, seq);
+            }
+        })
+        .await;
+    }
+
+    /// The bytes of an entry as its segment holds them.
+    fn read_entry(&self, location: Location) -> std::io::Result<Vec<u8>> {
+        let file = File::open(self.segment_path(location.segment))?;
+        let mut raw = vec![0; location.len as usize];
+        file.read_exact_at(&mut raw, location.offset)?;
+        Ok(raw)
+    }
+
+    /// After a clean drain: the segments hold nothing to upload, so they
+    /// are deleted and the next open has nothing to read back.
+    fn release_segments_if_empty(&self) {
+        let mut writer = lock(&self.writer);
+        let state = lock(&self.state);
+        if !state.is_empty() {
+            return;
+        }
+        for seq in state.segments() {
+            remove_segment(&self.config.journal_dir, seq);
+        }
+        writer.broken = true;
     }
 
     async fn commit(self: Arc<Self>, blocks: Vec<(BlockId, Vec<u8>)>) -> Result<(), StoreError> {
@@ -520,12 +801,8 @@ impl Shared {
                 .await
                 .unwrap_or(Err(StoreError::ShutDown));
             if let Err(e) = written {
-                let dropped = lock(&self.state).abort(&to_write);
-                // Files no commit made durable: a leftover would be uploaded
-                // at the next open, a version nobody refers to.
-                for id in dropped {
-                    let _ = std::fs::remove_file(self.entry_path(id));
-                }
+                let freed = lock(&self.state).abort(&to_write);
+                self.remove_segments(freed).await;
                 return Err(e);
             }
             lock(&self.state).mark_durable(&to_write, self.now_ms());
@@ -542,78 +819,78 @@ impl Shared {
         Ok(())
     }
 
-    /// Writes entry files durably: each file fdatasynced and renamed, the
-    /// directory fsynced once.
+    /// Appends the entries to the current segment under the writer lock,
+    /// then syncs each segment they went to once. An entry another commit
+    /// appended already is not appended again, but its segment is synced
+    /// too: this commit returns only when the entry is durable.
     fn write_entries(&self, work: &[(BlockId, Vec<u8>)]) -> Result<(), StoreError> {
-        // Entries are independent files: writing them from a few threads
-        // lets the device and the file system's journal batch the
-        // fdatasyncs instead of waiting for each in turn.
-        let writers = work.len().clamp(1, JOURNAL_WRITERS_MAX);
-        if writers == 1 {
-            self.write_chunk(work)?;
-            return sync_dir(&self.config.journal_dir);
-        }
-        let per_writer = work.len().div_ceil(writers);
-        let results: Vec<Result<(), StoreError>> = std::thread::scope(|scope| {
-            let running: Vec<_> = work
-                .chunks(per_writer)
-                .map(|chunk| scope.spawn(move || self.write_chunk(chunk)))
-                .collect();
-            running
-                .into_iter()
-                .map(|w| w.join().unwrap_or(Err(StoreError::ShutDown)))
-                .collect()
-        });
-        results.into_iter().collect::<Result<(), StoreError>>()?;
-        sync_dir(&self.config.journal_dir)
-    }
-
-    /// Writes entries one by one: tmp file, fdatasync, rename.
-    fn write_chunk(&self, chunk: &[(BlockId, Vec<u8>)]) -> Result<(), StoreError> {
         let dir = &self.config.journal_dir;
-        for (id, data) in chunk {
-            let encoded = object::encode(ObjectKind::Block(*id), data);
-            let name = entry_name(*id);
-            let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-            let tmp = dir.join(format!(".{name}.{n}{TMP_SUFFIX}"));
-            let target = dir.join(&name);
-            let written = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&tmp)
-                .and_then(|mut file| {
-                    file.write_all(&encoded)?;
-                    file.sync_data()
-                });
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(StoreError::io("write journal entry", &tmp, e));
+        let mut touched: Vec<(u64, Arc<File>)> = Vec::new();
+        {
+            let mut writer = lock(&self.writer);
+            for (id, data) in work {
+                let known = lock(&self.state).location(*id);
+                let (segment, file) = match known {
+                    Some(at) if at.segment == writer.seq => (at.segment, Arc::clone(&writer.file)),
+                    Some(at) => match File::open(self.segment_path(at.segment)) {
+                        Ok(file) => (at.segment, Arc::new(file)),
+                        // Deleted: the entry was uploaded meanwhile.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            return Err(StoreError::io("open", self.segment_path(at.segment), e))
+                        }
+                    },
+                    None => {
+                        let (at, file) = append(
+                            dir,
+                            self.config.segment_bytes,
+                            &mut writer,
+                            &self.state,
+                            *id,
+                            data,
+                        )?;
+                        lock(&self.state).written(*id, at);
+                        (at.segment, file)
+                    }
+                };
+                if !touched.iter().any(|(seq, _)| *seq == segment) {
+                    touched.push((segment, file));
+                }
             }
-            if let Err(e) = std::fs::rename(&tmp, &target) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(StoreError::io("rename journal entry", &tmp, e));
+        }
+        for (segment, file) in touched {
+            if let Err(e) = file.sync_data() {
+                // The kernel may have dropped the pages it failed to write:
+                // later entries go to a new segment.
+                let mut writer = lock(&self.writer);
+                if writer.seq == segment {
+                    writer.broken = true;
+                }
+                return Err(StoreError::io(
+                    "sync journal segment",
+                    self.segment_path(segment),
+                    e,
+                ));
             }
         }
         Ok(())
     }
 
     fn journal_get(&self, id: BlockId) -> Option<Vec<u8>> {
-        if !lock(&self.state).contains(id) {
-            return None;
-        }
-        let path = self.entry_path(id);
-        let raw = match std::fs::read(&path) {
+        let location = lock(&self.state).location(id)?;
+        let raw = match self.read_entry(location) {
             Ok(raw) => raw,
+            // Uploaded and its segment deleted since: the store has it.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                tracing::error!(entry = %path.display(), error = %e, "cannot read a write-back journal entry");
+                tracing::error!(segment = %self.segment_path(location.segment).display(), block = %id, error = %e, "cannot read a write-back journal entry");
                 return None;
             }
         };
         match object::decode(ObjectKind::Block(id), &raw) {
             Ok(payload) => Some(payload.to_vec()),
             Err(reason) => {
-                tracing::error!(entry = %path.display(), block = %id, %reason, "corrupt write-back journal entry: not served");
+                tracing::error!(segment = %self.segment_path(location.segment).display(), offset = location.offset, block = %id, %reason, "corrupt write-back journal entry: not served");
                 None
             }
         }
@@ -644,16 +921,17 @@ impl Shared {
     }
 
     async fn upload(self: Arc<Self>, id: BlockId) {
-        let path = self.entry_path(id);
-        let read_path = path.clone();
-        let raw = match tokio::task::spawn_blocking(move || std::fs::read(read_path)).await {
+        let Some(location) = lock(&self.state).location(id) else {
+            tracing::error!(block = %id, "write-back journal entry without a location: not uploaded");
+            let freed = lock(&self.state).discard(id);
+            self.remove_segments(freed.into_iter().collect()).await;
+            self.progress.send_modify(|n| *n += 1);
+            return;
+        };
+        let path = self.segment_path(location.segment);
+        let reader = Arc::clone(&self);
+        let raw = match tokio::task::spawn_blocking(move || reader.read_entry(location)).await {
             Ok(Ok(raw)) => raw,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                tracing::error!(entry = %path.display(), block = %id, "write-back journal entry vanished before upload");
-                lock(&self.state).discard(id);
-                self.progress.send_modify(|n| *n += 1);
-                return;
-            }
             Ok(Err(e)) => {
                 let now = self.now_ms();
                 self.upload_failed(id, &StoreError::io("read journal entry", &path, e), now);
@@ -662,18 +940,17 @@ impl Shared {
             Err(_) => return,
         };
         if let Err(reason) = object::decode(ObjectKind::Block(id), &raw) {
-            let aside = self
-                .config
-                .journal_dir
-                .join(CORRUPT_DIR)
-                .join(entry_name(id));
+            let name = format!("{}.{}", entry_name(id), location.segment);
             tracing::error!(
-                store = %self.remote.name(), entry = %path.display(), block = %id, %reason,
-                moved_to = %aside.display(),
-                "corrupt write-back journal entry: moved aside, not uploaded"
+                store = %self.remote.name(), segment = %path.display(), offset = location.offset,
+                block = %id, %reason,
+                copied_to = %self.config.journal_dir.join(CORRUPT_DIR).join(&name).display(),
+                "corrupt write-back journal entry: not uploaded"
             );
-            let _ = std::fs::rename(&path, &aside);
-            lock(&self.state).discard(id);
+            let dir = self.config.journal_dir.clone();
+            let _ = tokio::task::spawn_blocking(move || set_aside(&dir, &name, &raw)).await;
+            let freed = lock(&self.state).discard(id);
+            self.remove_segments(freed.into_iter().collect()).await;
             self.progress.send_modify(|n| *n += 1);
             return;
         }
@@ -681,12 +958,8 @@ impl Shared {
         let started = self.now_ms();
         match self.remote.inner.put_once(&key, Bytes::from(raw)).await {
             Ok(()) => {
-                let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
-                if let Ok(Err(e)) = removed {
-                    // Uploaded anyway: a leftover entry is uploaded again at the next open.
-                    tracing::warn!(block = %id, error = %e, "cannot remove an uploaded journal entry");
-                }
-                lock(&self.state).upload_done(id);
+                let freed = lock(&self.state).upload_done(id);
+                self.remove_segments(freed.into_iter().collect()).await;
                 if lock(&self.health).on_success(self.now_ms()) {
                     let backlog = lock(&self.state).backlog(self.now_ms());
                     tracing::info!(
@@ -743,10 +1016,8 @@ impl Shared {
                 let removal = lock(&self.state).remove_for_gc(id);
                 match removal {
                     GcRemoval::Busy => continue,
-                    GcRemoval::Removed => {
-                        let path = self.entry_path(id);
-                        let _ =
-                            tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+                    GcRemoval::Removed { freed } => {
+                        self.remove_segments(freed.into_iter().collect()).await;
                         self.progress.send_modify(|n| *n += 1);
                     }
                     GcRemoval::Absent => {}
