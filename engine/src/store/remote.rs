@@ -1,6 +1,7 @@
 //! The object-store client: blocks, the volume descriptor and metadata
 //! snapshots, with timeouts and retries. Runs on the [`ControlPlane`].
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -82,6 +83,10 @@ pub struct RemoteStore {
 #[derive(Debug)]
 pub(crate) struct RemoteInner {
     store: Arc<dyn ObjectStore>,
+    /// A local-directory store's directory and a client of it that does
+    /// not fsync each object: the journal's uploads write through it and
+    /// make a batch durable with one [`RemoteInner::sync_unsynced`].
+    unsynced: Option<(Arc<dyn ObjectStore>, PathBuf)>,
     prefix: String,
     name: String,
     pub(crate) control: ControlPlane,
@@ -178,24 +183,29 @@ impl RemoteStore {
         control: &ControlPlane,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
+        let mut unsynced = None;
         let store: Arc<dyn ObjectStore> = match url {
             StoreUrl::Memory => Arc::new(InMemory::new()),
             StoreUrl::File(dir) => {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::io("create the store directory", dir, e))?;
-                Arc::new(
-                    // fsync files and directories: an uploaded journal
-                    // entry is deleted, so the store copy must be durable.
+                let local = |fsync: bool| {
                     LocalFileSystem::new_with_prefix(dir)
-                        .map_err(|e| StoreError::Config(format!("{url}: {e}")))?
-                        .with_fsync(true),
-                )
+                        .map(|fs| fs.with_fsync(fsync))
+                        .map_err(|e| StoreError::Config(format!("{url}: {e}")))
+                };
+                unsynced = Some((Arc::new(local(false)?) as Arc<dyn ObjectStore>, dir.clone()));
+                // fsync files and directories: what is written directly
+                // (metadata backups, the descriptor) must be durable when
+                // the call returns.
+                Arc::new(local(true)?)
             }
             StoreUrl::S3 { bucket, .. } => build_s3(bucket, &options)?,
         };
         Ok(Self {
             inner: Arc::new(RemoteInner {
                 store,
+                unsynced,
                 prefix: url.prefix().to_owned(),
                 name: url.to_string(),
                 control: control.clone(),
@@ -496,13 +506,57 @@ impl RemoteInner {
 
     /// One PUT, bounded by the request timeout.
     pub(crate) async fn put_once(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.put_through(&self.store, key, bytes).await
+    }
+
+    async fn put_through(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        bytes: Bytes,
+    ) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);
-        let request = self.store.put(&path, PutPayload::from(bytes));
+        let request = store.put(&path, PutPayload::from(bytes));
         match tokio::time::timeout(self.options.request_timeout, request).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.map_error(key, &e)),
             Err(_) => Err(self.timed_out(key)),
         }
+    }
+
+    /// One PUT that may not be durable yet when it returns. Returns
+    /// whether it needs [`RemoteInner::sync_unsynced`] before the caller
+    /// may forget its own copy: a local-directory store writes the object
+    /// without fsyncing it (a file, its new directories and the rename
+    /// cost about five file-system journal commits per object; one sync
+    /// of a batch costs one); other stores are durable on return.
+    pub(crate) async fn put_unsynced(&self, key: &str, bytes: Bytes) -> Result<bool, StoreError> {
+        match &self.unsynced {
+            Some((store, _)) => self.put_through(store, key, bytes).await.map(|()| true),
+            None => self.put_once(key, bytes).await.map(|()| false),
+        }
+    }
+
+    /// Makes every [`RemoteInner::put_unsynced`] that returned before this
+    /// call durable: `syncfs` of the local-directory store's file system
+    /// (object by object would need the directories object_store created;
+    /// `syncfs` also writes back whatever else is dirty on that file
+    /// system). Blocking; nothing to do for other stores.
+    pub(crate) fn sync_unsynced(&self) -> Result<(), StoreError> {
+        use std::os::fd::AsRawFd;
+        let Some((_, dir)) = &self.unsynced else {
+            return Ok(());
+        };
+        let handle = std::fs::File::open(dir).map_err(|e| StoreError::io("open", dir, e))?;
+        // SAFETY: syncfs on a descriptor this function owns.
+        if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+            return Err(StoreError::io(
+                "sync the file system of",
+                dir,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     async fn put_with_retries(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
@@ -588,5 +642,42 @@ impl RemoteInner {
         }
         seqs.sort_unstable();
         Ok(seqs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+
+    #[test]
+    fn only_a_local_directory_store_defers_durability_to_a_sync() {
+        let control = ControlPlane::start().expect("control");
+        let dir = tempfile::tempdir().expect("store dir");
+        let url: StoreUrl = format!("file://{}", dir.path().display())
+            .parse()
+            .expect("url");
+        let store = RemoteStore::open(&url, &control).expect("file store");
+        let id = BlockId::new(3, 1, 7);
+        let key = store.inner.block_key(id);
+        let object = object::encode(object::ObjectKind::Block(id), b"payload");
+        let inner = Arc::clone(&store.inner);
+        let (put, bytes) = (key.clone(), Bytes::from(object));
+        let needs_sync =
+            block_on(control.run(async move { inner.put_unsynced(&put, bytes).await }))
+                .expect("put");
+        assert!(needs_sync);
+        store.inner.sync_unsynced().expect("syncfs");
+        let back = block_on(store.get_block(id)).expect("the object is there");
+        assert_eq!(back, b"payload");
+
+        let memory = RemoteStore::open(&StoreUrl::Memory, &control).expect("memory store");
+        let inner = Arc::clone(&memory.inner);
+        let bytes = Bytes::from(object::encode(object::ObjectKind::Block(id), b"x"));
+        let needs_sync =
+            block_on(control.run(async move { inner.put_unsynced(&key, bytes).await }))
+                .expect("put");
+        assert!(!needs_sync, "durable on return");
+        memory.inner.sync_unsynced().expect("nothing to sync");
     }
 }

@@ -58,6 +58,10 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 /// the next commit once it has this many bytes, so a crash leaves little
 /// for the next open to read back and upload again.
 pub const SEGMENT_RECYCLE_BYTES: u64 = 4 << 20;
+/// How long uploads to a local-directory store gather before one sync of
+/// its file system makes them durable (see [`RemoteStore`]'s
+/// `put_unsynced`); their journal entries wait for it.
+const STORE_SYNC_BATCH_MS: u64 = 20;
 /// Longest sleep of the garbage collector between checks.
 const GC_TICK_MAX_MS: u64 = 1_000;
 
@@ -175,6 +179,11 @@ struct Shared {
     gc: Mutex<GcFile>,
     /// The segment appended to. Lock order: `writer`, then `state`.
     writer: Mutex<Writer>,
+    /// Uploaded to a local-directory store, not yet synced there: still
+    /// in the journal (uploading).
+    unsynced: Mutex<Vec<BlockId>>,
+    /// Wakes the store sync.
+    sync_wake: Notify,
 }
 
 /// The segment commits append to.
@@ -601,13 +610,20 @@ impl WriteBack {
             progress: watch::channel(0).0,
             gc: Mutex::new(gc),
             writer: Mutex::new(writer),
+            unsynced: Mutex::new(Vec::new()),
+            sync_wake: Notify::new(),
             config,
         });
         let handle = shared.remote.control().handle().clone();
         let uploads = handle.spawn(Arc::clone(&shared).upload_loop());
         let collector = handle.spawn(Arc::clone(&shared).gc_loop());
+        let syncer = handle.spawn(Arc::clone(&shared).store_sync_loop());
         let owner = Arc::new(Owner {
-            tasks: Mutex::new(vec![uploads.abort_handle(), collector.abort_handle()]),
+            tasks: Mutex::new(vec![
+                uploads.abort_handle(),
+                collector.abort_handle(),
+                syncer.abort_handle(),
+            ]),
             _lock: dir_lock,
         });
         Ok(Self { shared, owner })
@@ -956,21 +972,59 @@ impl Shared {
         }
         let key = self.remote.inner.block_key(id);
         let started = self.now_ms();
-        match self.remote.inner.put_once(&key, Bytes::from(raw)).await {
-            Ok(()) => {
-                let freed = lock(&self.state).upload_done(id);
-                self.remove_segments(freed.into_iter().collect()).await;
-                if lock(&self.health).on_success(self.now_ms()) {
-                    let backlog = lock(&self.state).backlog(self.now_ms());
-                    tracing::info!(
-                        store = %self.remote.name(), backlog_entries = backlog.entries,
-                        backlog_bytes = backlog.bytes,
-                        "uploads to the store recovered"
-                    );
-                }
-                self.progress.send_modify(|n| *n += 1);
+        match self.remote.inner.put_unsynced(&key, Bytes::from(raw)).await {
+            Ok(false) => self.uploaded(&[id]).await,
+            Ok(true) => {
+                lock(&self.unsynced).push(id);
+                self.sync_wake.notify_one();
             }
             Err(e) => self.upload_failed(id, &e, started),
+        }
+    }
+
+    /// Entries whose upload is durable leave the journal.
+    async fn uploaded(&self, ids: &[BlockId]) {
+        let freed: Vec<u64> = {
+            let mut state = lock(&self.state);
+            ids.iter().filter_map(|&id| state.upload_done(id)).collect()
+        };
+        self.remove_segments(freed).await;
+        if lock(&self.health).on_success(self.now_ms()) {
+            let backlog = lock(&self.state).backlog(self.now_ms());
+            tracing::info!(
+                store = %self.remote.name(), backlog_entries = backlog.entries,
+                backlog_bytes = backlog.bytes,
+                "uploads to the store recovered"
+            );
+        }
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    /// Makes uploads to a local-directory store durable in batches: after
+    /// the first of a batch, waits [`STORE_SYNC_BATCH_MS`] for more, syncs
+    /// the store's file system once, and lets the batch leave the journal.
+    /// A failed sync uploads the batch again.
+    async fn store_sync_loop(self: Arc<Self>) {
+        loop {
+            self.sync_wake.notified().await;
+            tokio::time::sleep(Duration::from_millis(STORE_SYNC_BATCH_MS)).await;
+            let batch = std::mem::take(&mut *lock(&self.unsynced));
+            if batch.is_empty() {
+                continue;
+            }
+            let started = self.now_ms();
+            let remote = self.remote.clone();
+            let synced = tokio::task::spawn_blocking(move || remote.inner.sync_unsynced())
+                .await
+                .unwrap_or(Err(StoreError::ShutDown));
+            match synced {
+                Ok(()) => self.uploaded(&batch).await,
+                Err(e) => {
+                    for id in batch {
+                        self.upload_failed(id, &e, started);
+                    }
+                }
+            }
         }
     }
 
