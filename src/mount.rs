@@ -704,7 +704,9 @@ impl datenlord_fs::BlockSink for JournalSink {
         &self,
         blocks: Vec<(BlockId, Vec<u8>)>,
     ) -> futures::future::BoxFuture<'static, Result<(), datenlord_fs::SinkError>> {
-        let commit = self.0.commit(blocks);
+        // The fs's futures run on FUSE request threads (block_on): the
+        // append and its fdatasync run there too, as metadata rounds do.
+        let commit = self.0.commit_inline(blocks);
         Box::pin(async move {
             commit.await.map_err(|e| datenlord_fs::SinkError {
                 errno: e.errno(),

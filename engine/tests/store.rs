@@ -745,6 +745,54 @@ fn segments_roll_when_full_and_are_deleted_once_uploaded() {
 }
 
 #[test]
+fn inline_commits_are_durable_on_return_and_through_waits_for_the_upload() {
+    let control = ControlPlane::start().expect("control");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("store dir");
+    let store = file_store(&control, store_dir.path());
+    let config = WriteBackConfig {
+        mode: WriteMode::Through,
+        ..wb_config(journal.path())
+    };
+    let wb = WriteBack::open(config.clone(), store.clone()).expect("open");
+    let data = blocks(21, 3);
+    block_on(wb.commit_inline(data.clone())).expect("commit through");
+    assert_eq!(
+        wb.backlog().entries,
+        0,
+        "uploaded before the commit returned"
+    );
+    assert_in_store(&store, &data);
+    wb.shutdown();
+
+    let back = WriteBackConfig {
+        mode: WriteMode::Back,
+        ..config
+    };
+    let wb = WriteBack::open(back.clone(), unreachable_store(&control));
+    assert!(wb.is_err_and(|e| e.to_string().contains("holds blocks of the store")));
+    let journal = tempfile::tempdir().expect("tempdir");
+    let back = WriteBackConfig {
+        journal_dir: journal.path().to_path_buf(),
+        ..back
+    };
+    let wb = WriteBack::open(back.clone(), unreachable_store(&control)).expect("open");
+    let data = blocks(22, 4);
+    block_on(wb.commit_inline(data.clone())).expect("commit back");
+    let err = block_on(wb.commit_inline(vec![(BlockId::new(22, 9, 1), vec![0; 17 << 20])]))
+        .expect_err("larger than any block");
+    assert!(err.to_string().contains("largest block size"), "{err}");
+    // A crash right after the return: every block reads back.
+    wb.shutdown();
+    assert_eq!(journal_entries(journal.path()), 4);
+    let wb = WriteBack::open(back, unreachable_store(&control)).expect("reopen");
+    for (id, bytes) in &data {
+        assert_eq!(wb.journal_get(*id).as_ref(), Some(bytes), "{id}");
+    }
+    wb.shutdown();
+}
+
+#[test]
 fn an_uploaded_segment_past_the_recycle_size_is_replaced_at_the_next_commit() {
     let control = ControlPlane::start().expect("control");
     let journal = tempfile::tempdir().expect("tempdir");

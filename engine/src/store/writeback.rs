@@ -186,6 +186,17 @@ struct Shared {
     sync_wake: Notify,
 }
 
+/// A commit admitted to the journal.
+#[derive(Debug)]
+struct Admitted {
+    /// The blocks it appends (not those another commit made durable).
+    work: Vec<(BlockId, Vec<u8>)>,
+    /// Their ids, and those another commit is still writing.
+    to_write: Vec<BlockId>,
+    /// Every block of the commit.
+    ids: Vec<BlockId>,
+}
+
 /// The segment commits append to.
 #[derive(Debug)]
 struct Writer {
@@ -641,6 +652,29 @@ impl WriteBack {
         self.shared.remote.control().run(shared.commit(blocks))
     }
 
+    /// [`WriteBack::commit`] whose journal append and fdatasync run in the
+    /// thread that polls the future, blocking it: for plain threads (the
+    /// FUSE request loops, whose metadata rounds already run inline), it
+    /// saves the hops to the control plane, a blocking-pool thread and
+    /// back, each a thread wake-up. Never poll it on an executor that
+    /// other tasks share (glommio, tokio): use `commit` there. Mode
+    /// `Through` still waits for the upload on the control plane.
+    pub fn commit_inline(
+        &self,
+        blocks: Vec<(BlockId, Vec<u8>)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        async move {
+            let admitted = shared.admit(blocks)?;
+            shared.journal(&admitted)?;
+            if shared.config.mode == WriteMode::Through {
+                let control = shared.remote.control().clone();
+                control.run(shared.wait_uploaded(admitted.ids)).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// The bytes of a block still in the journal (not yet uploaded), checked
     /// against its CRC. Synchronous: one small file read.
     pub fn journal_get(&self, id: BlockId) -> Option<Vec<u8>> {
@@ -779,9 +813,17 @@ impl Shared {
     }
 
     async fn commit(self: Arc<Self>, blocks: Vec<(BlockId, Vec<u8>)>) -> Result<(), StoreError> {
-        if blocks.is_empty() {
-            return Ok(());
-        }
+        let admitted = self.admit(blocks)?;
+        let ids = admitted.ids.clone();
+        let writer = Arc::clone(&self);
+        tokio::task::spawn_blocking(move || writer.journal(&admitted))
+            .await
+            .unwrap_or(Err(StoreError::ShutDown))?;
+        self.wait_uploaded(ids).await
+    }
+
+    /// Checks a commit and reserves its room in the journal.
+    fn admit(&self, blocks: Vec<(BlockId, Vec<u8>)>) -> Result<Admitted, StoreError> {
         if let Some((id, data)) = blocks
             .iter()
             .find(|(_, data)| data.len() > BLOCK_SIZE_MAX_BYTES as usize)
@@ -806,24 +848,39 @@ impl Shared {
                 capacity_bytes: full.capacity_bytes,
                 needed_bytes: full.needed_bytes,
             })?;
-        if !to_write.is_empty() {
-            let mut wanted: HashSet<BlockId> = to_write.iter().copied().collect();
-            let work: Vec<(BlockId, Vec<u8>)> = blocks
-                .into_iter()
-                .filter(|(id, _)| wanted.remove(id))
-                .collect();
-            let writer = Arc::clone(&self);
-            let written = tokio::task::spawn_blocking(move || writer.write_entries(&work))
-                .await
-                .unwrap_or(Err(StoreError::ShutDown));
-            if let Err(e) = written {
-                let freed = lock(&self.state).abort(&to_write);
-                self.remove_segments(freed).await;
-                return Err(e);
-            }
-            lock(&self.state).mark_durable(&to_write, self.now_ms());
-            self.wake.notify_one();
+        let mut wanted: HashSet<BlockId> = to_write.iter().copied().collect();
+        let work: Vec<(BlockId, Vec<u8>)> = blocks
+            .into_iter()
+            .filter(|(id, _)| wanted.remove(id))
+            .collect();
+        Ok(Admitted {
+            work,
+            to_write,
+            ids,
+        })
+    }
+
+    /// Appends and syncs an admitted commit (blocking); a failure releases
+    /// what it reserved.
+    fn journal(&self, admitted: &Admitted) -> Result<(), StoreError> {
+        if admitted.to_write.is_empty() {
+            return Ok(());
         }
+        if let Err(e) = self.write_entries(&admitted.work) {
+            let freed = lock(&self.state).abort(&admitted.to_write);
+            for seq in freed {
+                remove_segment(&self.config.journal_dir, seq);
+            }
+            return Err(e);
+        }
+        lock(&self.state).mark_durable(&admitted.to_write, self.now_ms());
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// In mode `Through`, waits until the blocks left the journal
+    /// (uploaded, durable in the store).
+    async fn wait_uploaded(self: Arc<Self>, ids: Vec<BlockId>) -> Result<(), StoreError> {
         if self.config.mode == WriteMode::Through {
             let mut progress = self.progress.subscribe();
             while lock(&self.state).any_pending(&ids) {
