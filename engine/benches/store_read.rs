@@ -950,11 +950,12 @@ fn report_reads(name: &str, mib: u64, rows: &[Row], notes: &[String], summary: &
     }
 }
 
-/// Writes a journal holding `payloads` as the write-back would have (entry
-/// files in the store's object format, the store's URL recorded; see
-/// `engine/src/store/writeback.rs`), reopens it (recovery verifies every
-/// entry, untimed), and times the uploaders draining it. Returns the
-/// recovery time and the drain time.
+/// Writes a journal holding `payloads` as the write-back of earlier
+/// versions left it (a file per entry in the store's object format, the
+/// store's URL recorded; see `engine/src/store/writeback.rs`), reopens it
+/// (recovery verifies every entry and moves it into a segment, untimed),
+/// and times the uploaders draining it. Returns the recovery time and the
+/// drain time.
 fn full_journal_drain(
     args: &Args,
     target: &Target,

@@ -386,7 +386,8 @@ struct Timeline {
 
 impl Timeline {
     fn push(&mut self, measured_ms: u64, ops: u64) {
-        let span_ms = measured_ms - self.last_ms;
+        // A run done within its first millisecond counts as one.
+        let span_ms = (measured_ms - self.last_ms).max(1);
         let rate = (ops - self.last_ops) as f64 * 1000.0 / span_ms as f64;
         self.samples.push((measured_ms as f64 / 1000.0, rate));
         self.last_ms = measured_ms;
@@ -399,11 +400,12 @@ impl Timeline {
         }
     }
 
-    /// The last, partial interval; a run shorter than one interval still
-    /// gets one sample.
+    /// The last, partial interval; a run shorter than one interval (even
+    /// one shorter than a millisecond) still gets one sample.
     fn finish(&mut self, measured_ms: u64, ops: u64) {
         let span_ms = measured_ms.saturating_sub(self.last_ms);
-        if span_ms >= TIMELINE_MIN_TAIL_MS || (self.samples.is_empty() && span_ms > 0) {
+        let first = self.samples.is_empty() && (span_ms > 0 || ops > self.last_ops);
+        if span_ms >= TIMELINE_MIN_TAIL_MS || first {
             self.push(measured_ms, ops);
         }
     }
@@ -828,6 +830,13 @@ mod tests {
         let mut short = Timeline::default();
         short.finish(50, 10);
         assert_eq!(short.samples, [(0.05, 200.0)]);
+        // 400 cached reads can all finish within the first millisecond.
+        let mut instant = Timeline::default();
+        instant.finish(0, 400);
+        assert_eq!(instant.samples, [(0.0, 400_000.0)]);
+        let mut idle = Timeline::default();
+        idle.finish(0, 0);
+        assert!(idle.samples.is_empty());
 
         let mut a = Measurement::empty().expect("bounds");
         a.elapsed_ns = 2_000_000_000;
