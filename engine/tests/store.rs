@@ -871,6 +871,27 @@ fn a_segment_reads_back_to_its_torn_tail_and_damaged_entries_are_never_uploaded(
     }
     // Every entry of the crafted segment is uploaded: it is deleted.
     assert!(!crafted.exists());
+    wb.shutdown();
+
+    // A segment holding only second copies of entries an older segment
+    // holds is deleted at open; the entries are uploaded from the first.
+    let twice = blocks(10, 2);
+    let copies: Vec<u8> = twice
+        .iter()
+        .flat_map(|(id, payload)| encode(ObjectKind::Block(*id), payload))
+        .collect();
+    let (first, second) = (
+        journal.path().join(segment::segment_name(20)),
+        journal.path().join(segment::segment_name(21)),
+    );
+    std::fs::write(&first, &copies).expect("segment");
+    std::fs::write(&second, &copies).expect("segment");
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("reopen");
+    assert_eq!(wb.backlog().entries, 2);
+    assert!(first.exists());
+    assert!(!second.exists());
+    block_on(wb.drain(Duration::from_secs(10))).expect("drain");
+    assert_in_store(&store, &twice);
     // New entries go to a fresh segment after the torn one's number.
     block_on(wb.commit(blocks(9, 1))).expect("commit");
     let segments = journal_segments(journal.path());

@@ -310,6 +310,8 @@ fn open_append(path: &Path) -> Result<File, StoreError> {
 struct Recovered {
     /// Entries read back from segments, oldest segment first.
     entries: Vec<(BlockId, Location)>,
+    /// The segments read back that hold entries, in order.
+    segments: Vec<u64>,
     /// The highest segment sequence found (0 if none).
     last_segment: u64,
     /// Entry files of journals written before segments, not yet checked.
@@ -408,7 +410,11 @@ fn recover(dir: &Path, store: &str) -> Result<Recovered, StoreError> {
     }
     segments.sort_unstable();
     for seq in segments {
-        out.entries.extend(recover_segment(dir, store, seq)?);
+        let entries = recover_segment(dir, store, seq)?;
+        if !entries.is_empty() {
+            out.segments.push(seq);
+        }
+        out.entries.extend(entries);
         out.last_segment = seq;
     }
     sync_dir(dir)?;
@@ -585,6 +591,14 @@ impl WriteBack {
         let state = Mutex::new(JournalState::new(config.capacity_bytes));
         for &(id, location) in &recovered.entries {
             lock(&state).recover(id, location, 0);
+        }
+        // A segment holding only second copies of entries an older one
+        // holds (a failed commit written again) is not needed.
+        let holding = lock(&state).segments();
+        for &seq in &recovered.segments {
+            if !holding.contains(&seq) {
+                remove_segment(dir, seq);
+            }
         }
         // Always a fresh segment: appending after a torn tail would hide
         // the new entries behind it from the next scan.
