@@ -8,7 +8,7 @@
 //! segment is rolled when full, or when it holds no entry any more and has
 //! grown past [`SEGMENT_RECYCLE_BYTES`], and deleted once it holds no
 //! entry that still waits for upload and is not the one appended to. At
-//! open, every segment is read back (a torn tail is cut, an entry that
+//! open, every segment is read back (a torn tail is ignored, an entry that
 //! does not check is copied to `corrupt/` and never uploaded), entries are
 //! queued for upload, and a fresh segment is started. Journals of earlier
 //! versions held a file per entry (`<ino>-<index>-<version>.blk`): open
