@@ -652,10 +652,7 @@ fn corrupt_journal_entries_are_moved_aside_never_uploaded() {
     let control = ControlPlane::start().expect("control");
     let journal = tempfile::tempdir().expect("tempdir");
     let dir = tempfile::tempdir().expect("store dir");
-    let url: StoreUrl = format!("file://{}", dir.path().display())
-        .parse()
-        .expect("url");
-    let store = RemoteStore::open(&url, &control).expect("open file store");
+    let store = file_store(&control, dir.path());
     // What a crashed process leaves: three entries (one of them damaged)
     // and a commit torn before its rename.
     let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("create journal");
@@ -1164,10 +1161,7 @@ fn gc_drops_a_never_uploaded_journal_entry_while_the_store_is_down() {
 fn commit_and_reads_from_a_glommio_executor() {
     let control = ControlPlane::start().expect("control");
     let dir = tempfile::tempdir().expect("store dir");
-    let url: StoreUrl = format!("file://{}", dir.path().display())
-        .parse()
-        .expect("url");
-    let store = RemoteStore::open(&url, &control).expect("open");
+    let store = file_store(&control, dir.path());
     let journal = tempfile::tempdir().expect("journal");
     let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("journal");
     let data = blocks(12, 3);
