@@ -42,6 +42,9 @@ const GC_GRACE_BACKUP_INTERVALS_MIN: u64 = 2;
 /// How long a stopping node waits for calls in flight through a metadata
 /// link (links hold the node weakly; a call holds it while it runs).
 const NODE_RELEASE_WAIT_MS: u64 = 5_000;
+/// `-o passthrough`: read-only opens (counted at close) before a file gets
+/// a local copy: the second open of a file is when it is read again.
+const COPY_AFTER_OPENS: u32 = 2;
 
 /// `datenlord mount` arguments.
 #[derive(Debug, clap::Args)]
@@ -69,6 +72,11 @@ pub struct MountArgs {
     /// Size of the memory tier summed over cores (e.g. 512M).
     #[arg(long = "memory-size", default_value = "256M")]
     pub memory_size: String,
+    /// With `-o passthrough`: room for local copies of files read again
+    /// and again (whole files in the cache directory, read by the kernel
+    /// without the daemon); one copy gets at most half.
+    #[arg(long = "passthrough-size", default_value = "1G")]
+    pub passthrough_size: String,
     /// Cores (executors and FUSE request loops); default: every CPU allowed.
     #[arg(long)]
     pub cores: Option<usize>,
@@ -87,7 +95,10 @@ pub struct MountArgs {
     /// /sys/module/fuse/parameters/enable_uring is Y), idle_poll=MICROS (spin
     /// idle CPUs at SCHED_IDLE that long after each request: faster
     /// single-threaded metadata on VMs whose idle vCPUs halt at once; uses
-    /// otherwise idle CPU time, counted in a container's quota; off by default).
+    /// otherwise idle CPU time, counted in a container's quota; off by default),
+    /// passthrough (files opened read-only twice get a local copy in the
+    /// cache directory that the kernel reads directly: FUSE passthrough,
+    /// needs root; not with direct_io or writeback_cache).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Stay in the foreground (logs to stderr).
@@ -506,6 +517,13 @@ fn serve(
     let mut fs_config = datenlord_fs::FsConfig::default();
     if let Some(atime) = parsed.atime {
         fs_config.atime = atime;
+    }
+    if opts.passthrough {
+        fs_config.local_copies = Some(datenlord_fs::CopyConfig {
+            dir: plan.dir.join("copies"),
+            capacity_bytes: parse_bytes(&args.passthrough_size).context("--passthrough-size")?,
+            after_opens: COPY_AFTER_OPENS,
+        });
     }
     let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
     let fs = datenlord_fs::Fs::new(fs_config, meta.clone(), engine.handle(), sink)

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::copies::CopyConfig;
+
 /// When reads update a file's access time.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AtimePolicy {
@@ -49,6 +51,9 @@ pub struct FsConfig {
     pub capacity_bytes: u64,
     /// Inode limit when the volume is formatted on first start.
     pub inodes_max: u64,
+    /// Local copies of files read again and again, for FUSE passthrough
+    /// (`None`: no copies).
+    pub local_copies: Option<CopyConfig>,
 }
 
 impl Default for FsConfig {
@@ -61,6 +66,7 @@ impl Default for FsConfig {
             version_seed: None,
             capacity_bytes: CAPACITY_BYTES_DEFAULT,
             inodes_max: INODES_MAX_DEFAULT,
+            local_copies: None,
         }
     }
 }

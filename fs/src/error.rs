@@ -53,6 +53,9 @@ pub enum FsError {
     /// The file system could not start; the message says what to do.
     #[error("{0}")]
     Config(String),
+    /// A local file the file system keeps (a local copy) failed.
+    #[error("local file: {0}")]
+    Io(String),
 }
 
 impl FsError {
@@ -61,7 +64,7 @@ impl FsError {
         match self {
             Self::Meta { errno, .. } | Self::Unknown { errno, .. } => *errno,
             Self::Sink(e) => e.errno,
-            Self::Drive(_) | Self::Engine(_) | Self::Config(_) => libc::EIO,
+            Self::Drive(_) | Self::Engine(_) | Self::Config(_) | Self::Io(_) => libc::EIO,
             Self::BadHandle(_) => libc::EBADF,
             Self::Invalid(_) => libc::EINVAL,
             Self::NotSupported(_) => libc::EOPNOTSUPP,

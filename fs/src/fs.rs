@@ -9,6 +9,8 @@
 //! map names a block that does not exist.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -26,6 +28,7 @@ use futures::lock::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
 use crate::config::{AtimePolicy, FsConfig, RELATIME_INTERVAL_SECS};
+use crate::copies::{Copies, LocalCopy, OnChange};
 use crate::dirty::DirtyFile;
 use crate::error::{FsError, Result};
 use crate::garbage::GarbageHandoff;
@@ -38,6 +41,8 @@ use crate::version::VersionClock;
 const SEEN_AT_OPEN_MAX: usize = 65_536;
 /// Block map entries read per query when scanning for holes.
 const BLOCK_SCAN_ENTRIES: usize = 4096;
+/// Bytes read per step when a local copy is made, written or compared.
+const COPY_CHUNK: u64 = 1 << 20;
 
 /// An open file as [`Fs::open`] and [`Fs::create`] return it.
 #[derive(Clone, Debug)]
@@ -149,6 +154,16 @@ pub struct Fs {
     atime: Mutex<Option<AtimeWriter>>,
     flusher: Mutex<Option<Renewer>>,
     garbage: Mutex<Option<GarbageHandoff>>,
+    /// Local copies for FUSE passthrough (`FsConfig::local_copies`).
+    copies: Option<Copies>,
+    /// Makes the copies [`Copies::note_read_close`] asks for.
+    copier: Mutex<Option<Copier>>,
+}
+
+/// The thread that makes local copies, one file at a time.
+struct Copier {
+    queue: mpsc::Sender<Ino>,
+    thread: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Fs {
@@ -247,6 +262,7 @@ impl Fs {
         let renewer = start_renewer(meta.clone(), session, config.session_lease)?;
         let atime = AtimeWriter::start(meta.clone())?;
         let garbage = GarbageHandoff::start(meta.clone(), Arc::clone(&sink))?;
+        let copies = config.local_copies.clone().map(Copies::open).transpose()?;
         info!(%session, "file system session registered");
         let fs = Arc::new(Self {
             config,
@@ -264,7 +280,13 @@ impl Fs {
             atime: Mutex::new(Some(atime)),
             flusher: Mutex::new(None),
             garbage: Mutex::new(Some(garbage)),
+            copies,
+            copier: Mutex::new(None),
         });
+        if fs.copies.is_some() {
+            let thread = start_copier(Arc::downgrade(&fs))?;
+            *fs.copier.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
+        }
         if let Some(interval) = fs.config.flush_interval {
             let flusher = start_flusher(Arc::downgrade(&fs), interval)?;
             *fs.flusher
@@ -816,9 +838,9 @@ impl Fs {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&fh);
-        if removed.is_none() {
+        let Some(handle) = removed else {
             return Err(FsError::BadHandle(fh));
-        }
+        };
         let flushed = self.flush(ino).await;
         let released = self
             .apply(&Command::Release {
@@ -839,12 +861,16 @@ impl Fs {
             }
         }
         flushed?;
+        if !handle.write {
+            self.want_copy(ino);
+        }
         released.map(|_| ())
     }
 
     /// Makes the file's unflushed writes durable and visible (`close`,
     /// `fsync`).
     pub async fn flush(&self, ino: Ino) -> Result<()> {
+        self.import_mapped_writes(ino).await?;
         let Some((state, pending)) = self.file_state(ino) else {
             return Ok(());
         };
@@ -896,6 +922,18 @@ impl Fs {
     }
 
     fn stop_background(&self) {
+        let copier = self
+            .copier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(c) = copier {
+            // Closing the queue ends the thread after the copy under way.
+            drop(c.queue);
+            if c.thread.thread().id() != std::thread::current().id() {
+                let _ = c.thread.join();
+            }
+        }
         let flusher = self
             .flusher
             .lock()
@@ -1070,19 +1108,40 @@ impl Fs {
         creds: &Creds,
     ) -> Result<usize> {
         let handle = self.writable(ino, fh)?;
+        let offset = (!handle.append).then_some(offset);
+        let (written, _) = self
+            .changing(
+                ino,
+                self.write_at(ino, fh, offset, data, creds),
+                |&(n, at)| Some((at, n as u64)),
+            )
+            .await?;
+        Ok(written)
+    }
+
+    /// [`Self::write`] at `offset` (`None`: at the end), without the
+    /// handle check or the local copy; returns the bytes written and where.
+    async fn write_at(
+        &self,
+        ino: Ino,
+        fh: u64,
+        offset: Option<u64>,
+        data: &[u8],
+        creds: &Creds,
+    ) -> Result<(usize, u64)> {
         let (state, pending) = self.file_state(ino).ok_or(FsError::BadHandle(fh))?;
         let mut st = state.lock().await;
         let size = match st.size {
             Some(s) => s,
             None => self.meta.read(|s| s.getattr(ino))?.size,
         };
-        let offset = if handle.append { size } else { offset };
+        let offset = offset.unwrap_or(size);
         let end = offset
             .checked_add(data.len() as u64)
             .filter(|&e| e <= MAX_FILE_BYTES)
             .ok_or(FsError::TooBig)?;
         if data.is_empty() {
-            return Ok(0);
+            return Ok((0, offset));
         }
         self.load_bases(ino, &mut st, offset, data.len(), size)
             .await?;
@@ -1096,12 +1155,20 @@ impl Fs {
         if st.dirty.dirty_bytes() >= self.config.dirty_bytes_per_file_max {
             self.flush_locked(ino, &mut st, &pending).await?;
         }
-        Ok(data.len())
+        Ok((data.len(), offset))
     }
 
     /// `read(2)`: up to `size` bytes at `offset`, short at the end of file;
     /// sees this node's unflushed writes.
     pub async fn read(&self, ino: Ino, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (out, attr) = self.read_range(ino, offset, size).await?;
+        self.touch_atime(&attr);
+        Ok(out)
+    }
+
+    /// [`Self::read`] without the access time update; also returns the
+    /// attributes read.
+    async fn read_range(&self, ino: Ino, offset: u64, size: u32) -> Result<(Vec<u8>, Attr)> {
         let state = self.file_state(ino);
         // Without unflushed writes (`pending` is 0; a write sets it before
         // it returns) the block map is current: no lock to take.
@@ -1123,7 +1190,7 @@ impl Fs {
         }
         let file_size = guard.as_ref().and_then(|g| g.size).unwrap_or(attr.size);
         if offset >= file_size || size == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), attr));
         }
         let len = (file_size - offset).min(u64::from(size)) as usize;
         let mut out = vec![0u8; len];
@@ -1169,8 +1236,7 @@ impl Fs {
         }
         futures::future::try_join_all(fetches).await?;
         drop(guard);
-        self.touch_atime(&attr);
-        Ok(out)
+        Ok((out, attr))
     }
 
     fn touch_atime(&self, attr: &Attr) {
@@ -1215,6 +1281,20 @@ impl Fs {
     /// `setattr`: chmod, chown, utimes and truncate in one; `fh` is the
     /// handle of `ftruncate`/`O_TRUNC` (write permission was checked at open).
     pub async fn setattr(
+        &self,
+        ino: Ino,
+        changes: AttrChanges,
+        fh: Option<u64>,
+        creds: &Creds,
+    ) -> Result<Attr> {
+        if changes.size.is_none() {
+            return self.setattr_inner(ino, changes, fh, creds).await;
+        }
+        self.changing(ino, self.setattr_inner(ino, changes, fh, creds), |_| None)
+            .await
+    }
+
+    async fn setattr_inner(
         &self,
         ino: Ino,
         changes: AttrChanges,
@@ -1331,6 +1411,19 @@ impl Fs {
         creds: &Creds,
     ) -> Result<()> {
         self.writable(ino, fh)?;
+        let change = self.fallocate_inner(ino, fh, mode, offset, len, creds);
+        self.changing(ino, change, |()| Some((offset, len))).await
+    }
+
+    async fn fallocate_inner(
+        &self,
+        ino: Ino,
+        fh: u64,
+        mode: i32,
+        offset: u64,
+        len: u64,
+        creds: &Creds,
+    ) -> Result<()> {
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= MAX_FILE_BYTES)
@@ -1406,7 +1499,7 @@ impl Fs {
                 size: Some(end),
                 ..AttrChanges::default()
             };
-            self.setattr(ino, changes, Some(fh), creds).await?;
+            self.setattr_inner(ino, changes, Some(fh), creds).await?;
         }
         Ok(())
     }
@@ -1485,6 +1578,221 @@ impl Fs {
     }
 }
 
+// ---- local copies (FUSE passthrough) ----
+impl Fs {
+    /// The local copy of `ino` that an open with attributes `attr` may hand
+    /// to the kernel (reads then go to it, not to the daemon). Only with
+    /// local copies configured and an access time policy the open can
+    /// honour: the read access is recorded now, as a read would (relatime),
+    /// since reads of the copy never reach the file system.
+    pub fn attach_copy(&self, attr: &Attr) -> Option<Arc<LocalCopy>> {
+        let copies = self.copies.as_ref()?;
+        if attr.kind != FileKind::File || self.config.atime == AtimePolicy::Strictatime {
+            return None;
+        }
+        let copy = copies.attach(attr.ino, attr.mtime, attr.size)?;
+        self.touch_atime(attr);
+        Some(copy)
+    }
+
+    /// The kernel opened `ino` on its local copy: until the matching
+    /// [`Self::unpin_copy`], every change of the file is written into the
+    /// copy before it returns. False if the copy is gone.
+    pub fn pin_copy(&self, ino: Ino) -> bool {
+        self.copies.as_ref().is_some_and(|c| c.pin(ino))
+    }
+
+    /// Ends a [`Self::pin_copy`]; a copy changed while pinned goes with
+    /// its last pin.
+    pub fn unpin_copy(&self, ino: Ino) {
+        if let Some(c) = &self.copies {
+            c.unpin(ino);
+        }
+    }
+
+    /// Local copies made so far, held now, and the bytes they hold; `None`
+    /// without local copies.
+    pub fn copy_counts(&self) -> Option<(u64, usize, u64)> {
+        self.copies.as_ref().map(Copies::counts)
+    }
+
+    fn want_copy(&self, ino: Ino) {
+        let Some(copies) = &self.copies else {
+            return;
+        };
+        if !copies.note_read_close(ino) {
+            return;
+        }
+        let queued = self
+            .copier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|c| c.queue.send(ino).is_ok());
+        if !queued {
+            copies.abandon(ino);
+        }
+    }
+
+    /// Makes the local copy of `ino` (on the copier thread).
+    async fn make_copy(&self, ino: Ino) {
+        let Some(copies) = &self.copies else {
+            return;
+        };
+        match self.copy_file(copies, ino).await {
+            Ok(Some((copy, attr))) => {
+                if copies.finish(copy, attr.mtime, attr.size) {
+                    debug!(%ino, size = attr.size, "local copy made");
+                }
+            }
+            Ok(None) => copies.abandon(ino),
+            Err(e) => {
+                debug!(%ino, error = %e, "local copy not made");
+                copies.abandon(ino);
+            }
+        }
+    }
+
+    /// Writes the whole of `ino` into a new local copy (holes stay holes);
+    /// `None` when it does not qualify or changed meanwhile.
+    async fn copy_file(&self, copies: &Copies, ino: Ino) -> Result<Option<(LocalCopy, Attr)>> {
+        let attr = self.getattr(ino)?;
+        if attr.kind != FileKind::File || attr.size == 0 || attr.size > copies.largest_copy() {
+            return Ok(None);
+        }
+        let copy = copies.new_file(ino)?;
+        let io = |e: std::io::Error| FsError::Io(format!("writing a local copy: {e}"));
+        copy.file().set_len(attr.size).map_err(io)?;
+        let mut pos = 0u64;
+        while pos < attr.size {
+            let want = (attr.size - pos).min(COPY_CHUNK);
+            let (data, _) = self.read_range(ino, pos, want as u32).await?;
+            if (data.len() as u64) < want {
+                return Ok(None);
+            }
+            if data.iter().any(|&b| b != 0) {
+                copy.file().write_all_at(&data, pos).map_err(io)?;
+            }
+            pos += want;
+        }
+        copy.set_sentinel()?;
+        let after = self.getattr(ino)?;
+        if (after.mtime, after.size) != (attr.mtime, attr.size) {
+            return Ok(None);
+        }
+        Ok(Some((copy, attr)))
+    }
+
+    /// Runs `change`, a change of `ino`'s data, keeping its local copy
+    /// true: an unpinned copy is dropped; a pinned one (the kernel reads
+    /// it) gets the bytes of `range(result)` and the new size before the
+    /// change returns, after any writes the kernel made to it through a
+    /// mapping are imported.
+    async fn changing<T, F>(
+        &self,
+        ino: Ino,
+        change: F,
+        range: impl FnOnce(&T) -> Option<(u64, u64)>,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let Some(copies) = &self.copies else {
+            return change.await;
+        };
+        let OnChange::Update(copy) = copies.on_change(ino) else {
+            return change.await;
+        };
+        let _serialized = Arc::clone(&copy.change).lock_owned().await;
+        if copy.written_outside() {
+            self.import_from_copy(ino, &copy).await?;
+        }
+        let (out, range) = match change.await {
+            Ok(out) => {
+                let range = range(&out);
+                (Ok(out), range)
+            }
+            // What a failed change left is unknown: the whole file.
+            Err(e) => (Err(e), Some((0, u64::MAX))),
+        };
+        if let Err(e) = self.write_into_copy(ino, &copy, range).await {
+            warn!(%ino, error = %e, "writing a change into the local copy failed");
+            return out.and(Err(e));
+        }
+        out
+    }
+
+    /// Writes the file's bytes in `range` (offset, length) into its copy,
+    /// then the file's size.
+    async fn write_into_copy(
+        &self,
+        ino: Ino,
+        copy: &LocalCopy,
+        range: Option<(u64, u64)>,
+    ) -> Result<()> {
+        let size = self.getattr(ino)?.size;
+        let io = |e: std::io::Error| FsError::Io(format!("writing a local copy: {e}"));
+        if let Some((offset, len)) = range {
+            let end = offset.saturating_add(len).min(size);
+            let mut pos = offset;
+            while pos < end {
+                let want = (end - pos).min(COPY_CHUNK) as u32;
+                let (data, _) = self.read_range(ino, pos, want).await?;
+                if data.is_empty() {
+                    break;
+                }
+                copy.file().write_all_at(&data, pos).map_err(io)?;
+                pos += data.len() as u64;
+            }
+        }
+        copy.file().set_len(size).map_err(io)?;
+        copy.set_sentinel()
+    }
+
+    /// At flush and fsync of a file the kernel reads from its local copy:
+    /// brings in what was written to the copy through a mapping.
+    async fn import_mapped_writes(&self, ino: Ino) -> Result<()> {
+        let Some((copy, mapped)) = self.copies.as_ref().and_then(|c| c.pinned(ino)) else {
+            return Ok(());
+        };
+        if !mapped && !copy.written_outside() {
+            return Ok(());
+        }
+        let _serialized = Arc::clone(&copy.change).lock_owned().await;
+        self.import_from_copy(ino, &copy).await
+    }
+
+    /// Writes every 1 MiB piece where the copy differs from the file into
+    /// the file. From then on every flush compares again: later writes to
+    /// a page already mapped writable change no mtime.
+    async fn import_from_copy(&self, ino: Ino, copy: &LocalCopy) -> Result<()> {
+        if let Some(c) = &self.copies {
+            c.note_mapped(ino);
+        }
+        let size = self.getattr(ino)?.size;
+        let io = |e: std::io::Error| FsError::Io(format!("reading a local copy: {e}"));
+        let mut theirs = vec![0u8; COPY_CHUNK as usize];
+        let mut pos = 0u64;
+        let mut imported = 0u64;
+        while pos < size {
+            let want = (size - pos).min(COPY_CHUNK);
+            let (ours, _) = self.read_range(ino, pos, want as u32).await?;
+            let theirs = &mut theirs[..ours.len()];
+            copy.file().read_exact_at(theirs, pos).map_err(io)?;
+            if ours != *theirs {
+                self.write_at(ino, 0, Some(pos), theirs, &Creds::root())
+                    .await?;
+                imported += want;
+            }
+            pos += want;
+        }
+        if imported > 0 {
+            info!(%ino, bytes = imported, "imported writes made through a mapping of the local copy");
+        }
+        copy.set_sentinel()
+    }
+}
+
 impl Drop for Fs {
     fn drop(&mut self) {
         self.stop_background();
@@ -1556,4 +1864,22 @@ fn start_flusher(fs: std::sync::Weak<Fs>, interval: Duration) -> Result<Renewer>
         })
         .map_err(|e| FsError::Config(format!("cannot start the flusher thread: {e}")))?;
     Ok(Renewer { stop, thread })
+}
+
+/// Makes the local copies [`Fs::want_copy`] queues, one at a time, while
+/// the file system lives.
+fn start_copier(fs: std::sync::Weak<Fs>) -> Result<Copier> {
+    let (queue, inos) = mpsc::channel::<Ino>();
+    let thread = std::thread::Builder::new()
+        .name("dl-copier".into())
+        .spawn(move || {
+            while let Ok(ino) = inos.recv() {
+                let Some(fs) = fs.upgrade() else {
+                    return;
+                };
+                block_on(fs.make_copy(ino));
+            }
+        })
+        .map_err(|e| FsError::Config(format!("cannot start the local copy thread: {e}")))?;
+    Ok(Copier { queue, thread })
 }

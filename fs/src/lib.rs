@@ -12,10 +12,13 @@
 //!   learner node of a master group), queries on the local copy.
 //! - `resolver`: [`BlockMapResolver`], the engine's prefetch version lookup.
 //! - `fs`: [`Fs`], the operations and the flush protocol.
+//! - `copies`: local copies of files read again and again, which the FUSE
+//!   frontend hands to the kernel (passthrough).
 //! - `garbage`: orphaned block versions handed to the sink in batches, each
 //!   after the metadata log is durable.
 
 mod config;
+mod copies;
 pub mod dirty;
 mod error;
 mod fs;
@@ -30,6 +33,7 @@ pub use config::{
     AtimePolicy, FsConfig, CAPACITY_BYTES_DEFAULT, DIRTY_BYTES_PER_FILE_DEFAULT,
     FLUSH_INTERVAL_DEFAULT, INODES_MAX_DEFAULT, RELATIME_INTERVAL_SECS, SESSION_LEASE_DEFAULT,
 };
+pub use copies::{CopyConfig, LocalCopy, SENTINEL_MTIME};
 pub use error::{FsError, Result};
 pub use fs::{now, Fs, Opened};
 pub use meta::{MetaLink, LEADER_WAIT_MS_MAX};

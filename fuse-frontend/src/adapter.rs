@@ -21,6 +21,7 @@ use futures::executor::block_on;
 use tracing::{debug, debug_span};
 
 use crate::lock_wait::LockWait;
+use crate::passthrough::{OpenMode, Passthrough, FOPEN_PASSTHROUGH};
 
 /// How long the kernel may cache attributes and entries unless `-o`
 /// says otherwise (`attr_timeout`, `entry_timeout`, `negative_timeout`):
@@ -82,6 +83,8 @@ pub struct FuseFs {
     options: AdapterOptions,
     /// The session's /dev/fuse, for notifications to the kernel.
     notifier: Option<std::fs::File>,
+    /// Opens on local copies (`-o passthrough`).
+    passthrough: Arc<Passthrough>,
 }
 
 impl FuseFs {
@@ -91,6 +94,43 @@ impl FuseFs {
             fs,
             options,
             notifier: None,
+            passthrough: Arc::new(Passthrough::new(None)),
+        }
+    }
+
+    /// Answers opens of files with a local copy on the copy once the
+    /// kernel agrees at INIT (`passthrough`, sharing the session's
+    /// /dev/fuse).
+    #[must_use]
+    pub(crate) fn with_passthrough(mut self, passthrough: Arc<Passthrough>) -> Self {
+        self.passthrough = passthrough;
+        self
+    }
+
+    /// The open flags and backing id of a reply for `mode`.
+    fn open_reply(
+        &self,
+        mode: OpenMode,
+        keep_cache: bool,
+        write: bool,
+    ) -> (OpenOptions, Option<u32>) {
+        match mode {
+            OpenMode::Passthrough { backing } => {
+                let mut bits = FOPEN_PASSTHROUGH;
+                if write {
+                    // Reads and writes come here (and are written into the
+                    // copy); only mmap goes to the copy.
+                    bits |= OpenOptions::DIRECT_IO.bits();
+                }
+                // SAFETY: bitflags 1 keeps unknown bits as given; the kernel
+                // reads them from the reply (FOPEN_PASSTHROUGH is not in
+                // fuse-backend-rs's table).
+                let options = unsafe { OpenOptions::from_bits_unchecked(bits) };
+                (options, u32::try_from(backing).ok())
+            }
+            OpenMode::Cached if self.options.direct_io => (OpenOptions::DIRECT_IO, None),
+            OpenMode::Cached if keep_cache => (OpenOptions::KEEP_CACHE, None),
+            OpenMode::Cached => (OpenOptions::empty(), None),
         }
     }
 
@@ -452,13 +492,12 @@ impl FileSystem for FuseFs {
         let _span = debug_span!("open", ino = inode).entered();
         let flags = self.open_flags(flags)?;
         let opened = block_on(self.fs.open(Ino(inode), flags, &creds(ctx))).map_err(|e| err(&e))?;
-        let mut options = OpenOptions::empty();
-        if self.options.direct_io {
-            options |= OpenOptions::DIRECT_IO;
-        } else if opened.keep_cache {
-            options |= OpenOptions::KEEP_CACHE;
-        }
-        Ok((Some(opened.fh), options, None))
+        let write = writes(flags);
+        let mode = self
+            .passthrough
+            .opened(&self.fs, &opened.attr, opened.fh, write);
+        let (options, backing) = self.open_reply(mode, opened.keep_cache, write);
+        Ok((Some(opened.fh), options, backing))
     }
 
     fn create(
@@ -479,12 +518,13 @@ impl FileSystem for FuseFs {
             &creds(ctx),
         ))
         .map_err(|e| err(&e))?;
-        let options = if self.options.direct_io {
-            OpenOptions::DIRECT_IO
-        } else {
-            OpenOptions::empty()
-        };
-        Ok((self.entry(&opened.attr), Some(opened.fh), options, None))
+        // An existing file (no O_EXCL) may be open on its copy already.
+        let write = writes(flags);
+        let mode = self
+            .passthrough
+            .opened(&self.fs, &opened.attr, opened.fh, write);
+        let (options, backing) = self.open_reply(mode, false, write);
+        Ok((self.entry(&opened.attr), Some(opened.fh), options, backing))
     }
 
     fn read(
@@ -582,6 +622,7 @@ impl FileSystem for FuseFs {
         let before = self.kernel_view(inode);
         let released =
             block_on(self.fs.release(Ino(inode), handle, flock_owner)).map_err(|e| err(&e));
+        self.passthrough.released(&self.fs, handle);
         self.notify_if_changed(inode, before);
         released
     }
@@ -934,4 +975,9 @@ impl FuseFs {
                 .map_err(|e| err(&e))?;
         }
     }
+}
+
+/// Whether an open with `open(2)` flags `flags` may change the file.
+fn writes(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }

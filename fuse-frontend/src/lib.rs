@@ -27,6 +27,7 @@ mod idle_poll;
 mod lock_wait;
 mod mount;
 mod options;
+mod passthrough;
 mod stats;
 mod uring;
 mod uring_abi;

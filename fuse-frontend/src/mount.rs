@@ -23,6 +23,7 @@ use crate::error::FuseError;
 use crate::idle_poll::IdlePoll;
 use crate::lock_wait::{self, Waiters};
 use crate::options::MountOptions;
+use crate::passthrough::Passthrough;
 use crate::stats::{LoopHook, OpStats};
 use crate::uring::{self, InitGate};
 use crate::uring_abi::OPCODE_INIT;
@@ -170,6 +171,48 @@ pub(crate) fn pin_to(cpu: usize) {
 
 /// The `FileSystem` over `fs` with the mount's options, notifying the
 /// kernel through `session`'s /dev/fuse.
+/// Passthrough state for a `-o passthrough` mount, sharing the session's
+/// /dev/fuse for the backing file ioctls.
+fn passthrough(opts: &MountOptions, session: &FuseSession) -> Option<Arc<Passthrough>> {
+    if !opts.passthrough {
+        return None;
+    }
+    match session.get_fuse_file().map(File::try_clone) {
+        Some(Ok(device)) => Some(Arc::new(Passthrough::new(Some(device)))),
+        Some(Err(e)) => {
+            warn!(error = %e, "-o passthrough: cannot keep /dev/fuse; reads go through the daemon");
+            None
+        }
+        None => None,
+    }
+}
+
+/// The options `-o passthrough` cannot go with, as an error that says so.
+fn check_passthrough(fs: &Fs, opts: &MountOptions) -> Result<(), FuseError> {
+    if !opts.passthrough {
+        return Ok(());
+    }
+    let conflict = if opts.direct_io {
+        Some("direct_io")
+    } else if opts.writeback_cache {
+        Some("writeback_cache")
+    } else {
+        None
+    };
+    if let Some(other) = conflict {
+        return Err(FuseError::Options(format!(
+            "-o passthrough and -o {other} exclude each other (the kernel reads files on a local \
+             copy through the local file system's page cache): drop one"
+        )));
+    }
+    if fs.copy_counts().is_none() {
+        return Err(FuseError::Options(
+            "-o passthrough needs a file system with local copies (FsConfig::local_copies)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn adapter(fs: &Arc<Fs>, opts: &MountOptions, session: &FuseSession) -> FuseFs {
     let adapter = FuseFs::new(
         Arc::clone(fs),
@@ -198,6 +241,7 @@ fn adapter(fs: &Arc<Fs>, opts: &MountOptions, session: &FuseSession) -> FuseFs {
 /// if the kernel agrees, the FUSE-over-io_uring queues).
 pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     check_mountpoint(&opts.mountpoint)?;
+    check_passthrough(&fs, opts)?;
     let want_ring = uring::wanted(opts.uring)?;
     let shown = opts.mountpoint.display().to_string();
     let mut session = FuseSession::new(&opts.mountpoint, &opts.fsname, SUBTYPE, opts.read_only)
@@ -206,7 +250,11 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     session
         .mount()
         .map_err(|e| mount_error(&shown, e.to_string()))?;
-    let adapter = adapter(&fs, opts, &session);
+    let passthrough = passthrough(opts, &session);
+    let mut adapter = adapter(&fs, opts, &session);
+    if let Some(p) = &passthrough {
+        adapter = adapter.with_passthrough(Arc::clone(p));
+    }
     let threads = if opts.threads == 0 {
         fs.shards()
     } else {
@@ -252,7 +300,8 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     } else {
         None
     };
-    let gate = queues.as_ref().map(|_| Arc::new(InitGate::default()));
+    let gate = (queues.is_some() || passthrough.is_some())
+        .then(|| Arc::new(InitGate::new(queues.is_some(), passthrough)));
     let sink = match File::options().write(true).open("/dev/null") {
         Ok(f) => Arc::new(f),
         Err(e) => return Err(mount.fail(format!("cannot open /dev/null: {e}"))),
@@ -282,8 +331,8 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
             Err(e) => return Err(mount.fail(format!("cannot start a request loop: {e}"))),
         }
     }
-    if let (Some(queues), Some(gate)) = (queues, gate) {
-        mount.start_rings(queues, &gate, &served, &sink, opts.uring)?;
+    if let (Some(queues), Some(gate)) = (queues, gate.as_ref()) {
+        mount.start_rings(queues, gate, &served, &sink, opts.uring)?;
     }
     info!(mountpoint = %mount.mountpoint, threads, uring = mount.uring, "mounted");
     Ok(mount)

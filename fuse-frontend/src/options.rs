@@ -41,6 +41,9 @@ pub struct MountOptions {
     /// How long idle CPUs spin after each request (`idle_poll=MICROS`;
     /// zero, the default: not at all). See `idle_poll.rs`.
     pub idle_poll: Duration,
+    /// Answer opens of files with a local copy on the copy (FUSE
+    /// passthrough; the file system needs `FsConfig::local_copies`).
+    pub passthrough: bool,
     /// Options accepted for fstab compatibility that change nothing here
     /// (`defaults`, `_netdev`, `nofail`, ...).
     pub extra: Vec<String>,
@@ -75,6 +78,7 @@ impl MountOptions {
             negative_timeout: crate::adapter::TTL_DEFAULT,
             uring: UringMode::Auto,
             idle_poll: Duration::ZERO,
+            passthrough: false,
             extra: Vec::new(),
         }
     }
@@ -122,6 +126,8 @@ pub struct ParsedOptions {
     pub uring: Option<UringMode>,
     /// `idle_poll=MICROS`.
     pub idle_poll: Option<Duration>,
+    /// `passthrough`.
+    pub passthrough: bool,
     /// Accepted fstab options without effect.
     pub extra: Vec<String>,
 }
@@ -135,6 +141,7 @@ impl ParsedOptions {
         opts.allow_other |= self.allow_other;
         opts.direct_io |= self.direct_io;
         opts.writeback_cache |= self.writeback_cache;
+        opts.passthrough |= self.passthrough;
         if let Some(name) = &self.fsname {
             opts.fsname.clone_from(name);
         }
@@ -189,6 +196,7 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
             "allow_other" => parsed.allow_other = true,
             "direct_io" => parsed.direct_io = true,
             "writeback_cache" => parsed.writeback_cache = true,
+            "passthrough" => parsed.passthrough = true,
             "noatime" => parsed.atime = Some(AtimePolicy::Noatime),
             "relatime" | "atime" => parsed.atime = Some(AtimePolicy::Relatime),
             "strictatime" => parsed.atime = Some(AtimePolicy::Strictatime),
@@ -233,7 +241,7 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
                 } else {
                     return Err(FuseError::Options(format!(
                         "unknown mount option {w:?}; known options: ro, rw, allow_other, direct_io, \
-                         writeback_cache, noatime, relatime, strictatime, uring, no_uring, fsname=NAME, \
+                         writeback_cache, passthrough, noatime, relatime, strictatime, uring, no_uring, fsname=NAME, \
                          threads=N, attr_timeout=SECS, entry_timeout=SECS, negative_timeout=SECS, \
                          idle_poll=MICROS, {}",
                         ACCEPTED_WITHOUT_EFFECT.join(", ")

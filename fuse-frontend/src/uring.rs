@@ -46,6 +46,7 @@ use crate::dispatch::{answer_into, route, Route, Served};
 use crate::error::FuseError;
 use crate::lock_wait::{self, IN_HEADER_BYTES, OUT_HEADER_BYTES};
 use crate::options::UringMode;
+use crate::passthrough::Passthrough;
 use crate::stats::LoopHook;
 use crate::uring_abi::{self as abi, RingRequest};
 
@@ -110,11 +111,23 @@ pub(crate) struct InitOutcome {
 /// Where the classic loop that answers INIT leaves the outcome for `mount`.
 #[derive(Debug, Default)]
 pub(crate) struct InitGate {
+    /// The mount has ring queues ready: accept FUSE over io_uring.
+    uring: bool,
+    /// Accept FUSE passthrough (and turn it on here).
+    passthrough: Option<Arc<Passthrough>>,
     outcome: Mutex<Option<InitOutcome>>,
     ready: Condvar,
 }
 
 impl InitGate {
+    pub(crate) fn new(uring: bool, passthrough: Option<Arc<Passthrough>>) -> Self {
+        Self {
+            uring,
+            passthrough,
+            ..Self::default()
+        }
+    }
+
     fn publish(&self, outcome: InitOutcome) {
         *self
             .outcome
@@ -157,11 +170,20 @@ pub(crate) fn answer_init(
     reply: &mut [u8],
 ) {
     let offered = abi::init_offers_uring(message);
+    let passthrough = gate
+        .passthrough
+        .as_ref()
+        .filter(|_| abi::init_offers_passthrough(message));
+    if gate.passthrough.is_some() && passthrough.is_none() {
+        warn!("-o passthrough: the kernel does not offer FUSE passthrough (CONFIG_FUSE_PASSTHROUGH); reads go through the daemon");
+    }
     let unique = lock_wait::u64_at(message, 8).unwrap_or(0);
+    let mut passthrough_on = false;
     let (len, accepted) = if let Some(len) = answer_into(served, hook, message, reply, sink) {
-        let accepted = offered
+        let accepted = (offered && gate.uring)
             .then(|| abi::accept_uring(&mut reply[..len], page_bytes()))
             .flatten();
+        passthrough_on = passthrough.is_some() && abi::accept_passthrough(&mut reply[..len]);
         (len, accepted)
     } else {
         warn!("fuse-backend-rs made no INIT reply; answering EPROTO");
@@ -174,6 +196,9 @@ pub(crate) fn answer_init(
         warn!(error = %io::Error::last_os_error(), "the INIT reply was not delivered");
         None
     } else {
+        if let (true, Some(p)) = (passthrough_on, passthrough) {
+            p.enable();
+        }
         accepted
     };
     gate.publish(InitOutcome { offered, accepted });

@@ -41,6 +41,8 @@ pub(crate) const OPCODE_INIT: u32 = 26;
 const FLAG_INIT_EXT: u32 = 1 << 30;
 /// `FUSE_OVER_IO_URING` (bit 41 of the 64 flags: bit 9 of `flags2`).
 pub(crate) const FLAG2_OVER_IO_URING: u32 = 1 << 9;
+/// `FUSE_PASSTHROUGH` (bit 37: bit 5 of `flags2`).
+pub(crate) const FLAG2_PASSTHROUGH: u32 = 1 << 5;
 /// `fuse_init_in`: major, minor, max_readahead, flags, then flags2.
 const INIT_IN_FLAGS_AT: usize = IN_HEADER_BYTES + 12;
 const INIT_IN_FLAGS2_AT: usize = IN_HEADER_BYTES + 16;
@@ -50,6 +52,8 @@ const INIT_OUT_FLAGS_AT: usize = OUT_HEADER_BYTES + 12;
 const INIT_OUT_MAX_WRITE_AT: usize = OUT_HEADER_BYTES + 20;
 const INIT_OUT_MAX_PAGES_AT: usize = OUT_HEADER_BYTES + 28;
 const INIT_OUT_FLAGS2_AT: usize = OUT_HEADER_BYTES + 32;
+/// `max_stack_depth` (u32) after `flags2`.
+const INIT_OUT_MAX_STACK_DEPTH_AT: usize = OUT_HEADER_BYTES + 36;
 const INIT_OUT_BYTES: usize = 64;
 /// `FUSE_MIN_READ_BUFFER`: the kernel's smallest payload buffer.
 const MIN_PAYLOAD_BYTES: usize = 8192;
@@ -145,9 +149,39 @@ pub(crate) fn out_header(unique: u64, error: i32) -> [u8; OUT_HEADER_BYTES] {
 /// Whether a `FUSE_INIT` request offers `FUSE_OVER_IO_URING` (the kernel
 /// does when `enable_uring` is on).
 pub(crate) fn init_offers_uring(request: &[u8]) -> bool {
+    init_offers(request, FLAG2_OVER_IO_URING)
+}
+
+/// Whether a `FUSE_INIT` request offers `FUSE_PASSTHROUGH` (a kernel built
+/// with `CONFIG_FUSE_PASSTHROUGH`).
+pub(crate) fn init_offers_passthrough(request: &[u8]) -> bool {
+    init_offers(request, FLAG2_PASSTHROUGH)
+}
+
+fn init_offers(request: &[u8], wanted: u32) -> bool {
     let flags = u32_at(request, INIT_IN_FLAGS_AT).unwrap_or(0);
     flags & FLAG_INIT_EXT != 0
-        && u32_at(request, INIT_IN_FLAGS2_AT).is_some_and(|f| f & FLAG2_OVER_IO_URING != 0)
+        && u32_at(request, INIT_IN_FLAGS2_AT).is_some_and(|f| f & wanted != 0)
+}
+
+/// Turns `FUSE_PASSTHROUGH` on in a successful `FUSE_INIT` reply, with a
+/// stacking depth of 1 (backing files on a file system that stacks on
+/// nothing, such as ext4 or xfs). False (reply unchanged) if the reply is
+/// an error or too short.
+pub(crate) fn accept_passthrough(reply: &mut [u8]) -> bool {
+    if u32_at(reply, 4) != Some(0) || reply.len() < OUT_HEADER_BYTES + INIT_OUT_BYTES {
+        return false;
+    }
+    let (Some(flags), Some(flags2)) = (
+        u32_at(reply, INIT_OUT_FLAGS_AT),
+        u32_at(reply, INIT_OUT_FLAGS2_AT),
+    ) else {
+        return false;
+    };
+    put_u32(reply, INIT_OUT_FLAGS_AT, flags | FLAG_INIT_EXT);
+    put_u32(reply, INIT_OUT_FLAGS2_AT, flags2 | FLAG2_PASSTHROUGH);
+    put_u32(reply, INIT_OUT_MAX_STACK_DEPTH_AT, 1);
+    true
 }
 
 /// Turns `FUSE_OVER_IO_URING` on in a successful `FUSE_INIT` reply and
@@ -280,6 +314,33 @@ mod tests {
         assert_eq!(u64_at(&cmd, 8), Some(77));
         assert_eq!(&cmd[16..18], &3u16.to_le_bytes());
         assert!(cmd[..8].iter().chain(&cmd[18..]).all(|&b| b == 0));
+    }
+
+    #[test]
+    fn passthrough_offer_and_acceptance() {
+        let mut request = vec![0u8; IN_HEADER_BYTES + 64];
+        put_u32(&mut request, INIT_IN_FLAGS_AT, FLAG_INIT_EXT);
+        put_u32(&mut request, INIT_IN_FLAGS2_AT, FLAG2_OVER_IO_URING);
+        assert!(!init_offers_passthrough(&request));
+        put_u32(&mut request, INIT_IN_FLAGS2_AT, FLAG2_PASSTHROUGH);
+        assert!(init_offers_passthrough(&request));
+        assert!(!init_offers_uring(&request));
+
+        let mut reply = vec![0u8; OUT_HEADER_BYTES + INIT_OUT_BYTES];
+        put_u32(&mut reply, INIT_OUT_FLAGS_AT, 1);
+        put_u32(&mut reply, INIT_OUT_FLAGS2_AT, FLAG2_OVER_IO_URING);
+        assert!(accept_passthrough(&mut reply));
+        assert_eq!(u32_at(&reply, INIT_OUT_FLAGS_AT), Some(1 | FLAG_INIT_EXT));
+        assert_eq!(
+            u32_at(&reply, INIT_OUT_FLAGS2_AT),
+            Some(FLAG2_OVER_IO_URING | FLAG2_PASSTHROUGH)
+        );
+        assert_eq!(u32_at(&reply, INIT_OUT_MAX_STACK_DEPTH_AT), Some(1));
+        // Errors and short replies stay as they are.
+        let mut error = out_header(1, -libc::EPROTO).to_vec();
+        error.resize(OUT_HEADER_BYTES + INIT_OUT_BYTES, 0);
+        assert!(!accept_passthrough(&mut error));
+        assert!(!accept_passthrough(&mut reply[..OUT_HEADER_BYTES + 30]));
     }
 
     #[test]

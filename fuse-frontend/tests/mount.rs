@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use datenlord_cluster::master::Master;
 use datenlord_engine::{BlockSize, Engine, EngineConfig, MemoryStore};
-use datenlord_fs::{Fs, FsConfig, MemorySink, MetaLink};
+use datenlord_fs::{CopyConfig, Fs, FsConfig, MemorySink, MetaLink};
 use datenlord_fuse::{mount, FuseError, Mount, MountOptions, UringMode};
 
 const BLOCK: usize = 64 << 10;
@@ -65,11 +65,15 @@ struct Mounted {
 /// An embedded master (in `dir`), a memory-only engine of `blocks` blocks
 /// and a file system over them, not mounted.
 fn start_fs(dir: &Path, blocks: u64) -> (Master, Engine, Arc<Fs>) {
+    start_fs_with(dir, blocks, FsConfig::default())
+}
+
+fn start_fs_with(dir: &Path, blocks: u64, config: FsConfig) -> (Master, Engine, Arc<Fs>) {
     let master = Master::embedded(&dir.join("meta"), None).expect("master");
     let store = MemoryStore::new();
     let engine = Engine::start(&memory_engine_config(blocks), Arc::clone(&store)).expect("engine");
     let fs = Fs::new(
-        FsConfig::default(),
+        config,
         MetaLink::from_master(&master),
         engine.handle(),
         MemorySink::new(store),
@@ -80,10 +84,21 @@ fn start_fs(dir: &Path, blocks: u64) -> (Master, Engine, Arc<Fs>) {
 
 impl Mounted {
     fn new(opts: impl FnOnce(&mut MountOptions)) -> Self {
+        Self::with_config(|_, _| {}, opts)
+    }
+
+    /// A mount whose file system config `config` adjusts (given the test's
+    /// directory).
+    fn with_config(
+        config: impl FnOnce(&mut FsConfig, &Path),
+        opts: impl FnOnce(&mut MountOptions),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mnt = dir.path().join("mnt");
         fs::create_dir(&mnt).expect("mkdir mountpoint");
-        let (master, engine, fs) = start_fs(dir.path(), 64);
+        let mut fs_config = FsConfig::default();
+        config(&mut fs_config, dir.path());
+        let (master, engine, fs) = start_fs_with(dir.path(), 64, fs_config);
         let mut options = MountOptions::new(&mnt);
         options.threads = 2;
         // Classic /dev/fuse loops unless a test asks for the ring (a ring
@@ -1378,4 +1393,262 @@ fn forcing_the_ring_with_the_kernel_switch_off_says_how_to_enable_it() {
     m.unmount().expect("unmount");
     let _ = engine.shutdown();
     let _ = master.stop();
+}
+
+/// A mount with local copies (made after two read-only closes, 64 MiB of
+/// room) and `-o passthrough`.
+fn passthrough_mount() -> Mounted {
+    Mounted::with_config(
+        |c, dir| {
+            c.local_copies = Some(CopyConfig {
+                dir: dir.join("copies"),
+                capacity_bytes: 64 << 20,
+                after_opens: 2,
+            });
+        },
+        |o| o.passthrough = true,
+    )
+}
+
+/// Waits (up to 10 s) until the file system has made `n` local copies.
+fn wait_for_copies(m: &Mounted, n: u64) {
+    let fs = m.mount.as_ref().expect("mounted").fs();
+    for _ in 0..1000 {
+        if fs.copy_counts().expect("local copies configured").0 >= n {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no local copy made: {:?}", fs.copy_counts());
+}
+
+/// Reads all of `file` after dropping the FUSE inode's page cache
+/// (`POSIX_FADV_DONTNEED`): the reads reach the daemon unless the file is
+/// open on its local copy.
+fn read_uncached(file: &File) -> Vec<u8> {
+    // SAFETY: a valid fd; the advice changes no memory of ours.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "fadvise");
+    let mut out = Vec::new();
+    let mut f = file;
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.read_to_end(&mut out).expect("read");
+    out
+}
+
+/// `-o passthrough`: a file opened read-only twice gets a local copy, and
+/// later opens read it without the daemon; an open made before the copy
+/// keeps the kernel's page cache (the kernel refuses to mix the two).
+#[test]
+fn passthrough_reads_a_file_read_again_from_its_local_copy() {
+    if !can_mount() {
+        return;
+    }
+    let m = passthrough_mount();
+    let data = pattern(3 * BLOCK + 1234, 7);
+    fs::write(m.path("f"), &data).expect("write");
+    // Never read: no copy.
+    fs::write(m.path("g"), b"small").expect("write g");
+    let before_copy = File::open(m.path("f")).expect("open");
+    let reads = served(&m, &["read"]);
+    assert_same(&read_uncached(&before_copy), &data, "content");
+    assert!(
+        served(&m, &["read"]) > reads,
+        "a cached open reads through the daemon"
+    );
+    drop(before_copy);
+    assert_same(
+        &fs::read(m.path("f")).expect("second read"),
+        &data,
+        "content",
+    );
+    wait_for_copies(&m, 1);
+
+    let held = File::open(m.path("f")).expect("open on the copy");
+    let reads = served(&m, &["read"]);
+    assert_same(&read_uncached(&held), &data, "content");
+    let mut piece = vec![0u8; 5000];
+    held.read_exact_at(&mut piece, 70_000).expect("pread");
+    assert_eq!(piece, data[70_000..75_000]);
+    assert_eq!(
+        served(&m, &["read"]),
+        reads,
+        "reads of a file open on its local copy reached the daemon"
+    );
+    // More opens of the same inode join it, writable ones too.
+    let again = File::open(m.path("f")).expect("second open on the copy");
+    assert_same(&read_uncached(&again), &data, "content");
+    let writer = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .expect("writable open of a file in passthrough mode");
+    drop((again, writer, held));
+    assert_eq!(fs::read(m.path("g")).expect("read g"), b"small");
+    assert_eq!(
+        m.mount
+            .as_ref()
+            .expect("mounted")
+            .fs()
+            .copy_counts()
+            .map(|c| c.1),
+        Some(1)
+    );
+}
+
+/// Changes made while a file is open on its local copy (writes, truncate,
+/// punched holes, and writes through a shared mapping of a writable
+/// handle, which go to the copy itself) show to the copy's readers at
+/// once and are all in the file after the last close.
+#[test]
+fn changes_while_a_file_is_open_on_its_copy_reach_readers_and_the_file() {
+    if !can_mount() {
+        return;
+    }
+    let m = passthrough_mount();
+    let mut model = pattern(2 * BLOCK + 100, 3);
+    fs::write(m.path("f"), &model).expect("write");
+    for _ in 0..2 {
+        assert_same(&fs::read(m.path("f")).expect("read"), &model, "content");
+    }
+    wait_for_copies(&m, 1);
+    let reader = File::open(m.path("f")).expect("open on the copy");
+    let reads = served(&m, &["read"]);
+    let writer = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .expect("writable open");
+
+    writer.write_all_at(b"hello", 100).expect("pwrite");
+    model[100..105].copy_from_slice(b"hello");
+    assert_same(&read_uncached(&reader), &model, "after a write");
+
+    writer.set_len(50_000).expect("shrink");
+    model.truncate(50_000);
+    assert_same(&read_uncached(&reader), &model, "after shrinking");
+    writer.set_len(70_000).expect("extend");
+    model.resize(70_000, 0);
+    assert_same(&read_uncached(&reader), &model, "after extending");
+
+    // SAFETY: a valid fd; punches a hole in the file's own range.
+    let rc = unsafe {
+        libc::fallocate(
+            writer.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            10,
+            20,
+        )
+    };
+    assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    model[10..30].fill(0);
+    assert_same(&read_uncached(&reader), &model, "after punching a hole");
+    assert_eq!(
+        served(&m, &["read"]),
+        reads,
+        "the reader stayed on the copy"
+    );
+
+    // A shared mapping of the writable handle maps the copy itself.
+    let len = model.len();
+    // SAFETY: maps `len` bytes of the open file; unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            writer.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        map,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the mapping is `len` bytes long and writable.
+    unsafe {
+        std::ptr::copy_nonoverlapping(b"MAPPED".as_ptr(), map.cast::<u8>().add(60_000), 6);
+        libc::munmap(map, len);
+    }
+    model[60_000..60_006].copy_from_slice(b"MAPPED");
+    drop(writer);
+    drop(reader);
+
+    // The copy changed while open: dropped once the kernel's releases
+    // (sent after close returns) are in. Reads then come from the file.
+    let fs = m.mount.as_ref().expect("mounted").fs();
+    for _ in 0..1000 {
+        if fs.copy_counts().is_some_and(|c| c.1 == 0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(fs.copy_counts().map(|c| c.1), Some(0), "changed copy kept");
+    let fresh = File::open(m.path("f")).expect("open after the last close");
+    let reads = served(&m, &["read"]);
+    assert_same(
+        &read_uncached(&fresh),
+        &model,
+        "the file after the last close",
+    );
+    assert!(
+        served(&m, &["read"]) > reads,
+        "the changed copy was still served"
+    );
+}
+
+#[test]
+fn passthrough_refuses_options_it_cannot_go_with() {
+    if !can_mount() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let (master, engine, fs) = start_fs(dir.path(), 16);
+    let mut options = MountOptions::new(&mnt);
+    options.passthrough = true;
+    let err = mount(Arc::clone(&fs), &options).expect_err("no local copies");
+    assert!(err.to_string().contains("local copies"), "{err}");
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
+
+    let m_dir = tempfile::tempdir().expect("tempdir");
+    let mnt = m_dir.path().join("mnt");
+    fs::create_dir(&mnt).expect("mkdir");
+    let config = FsConfig {
+        local_copies: Some(CopyConfig {
+            dir: m_dir.path().join("copies"),
+            capacity_bytes: 1 << 20,
+            after_opens: 1,
+        }),
+        ..FsConfig::default()
+    };
+    let (master, engine, fs) = start_fs_with(m_dir.path(), 16, config);
+    let mut options = MountOptions::new(&mnt);
+    options.passthrough = true;
+    options.direct_io = true;
+    let err = mount(Arc::clone(&fs), &options).expect_err("with direct_io");
+    assert!(err.to_string().contains("drop one"), "{err}");
+    assert!(!is_mounted(&mnt));
+    drop(fs);
+    engine.shutdown().expect("engine");
+    master.stop().expect("master");
+}
+
+/// Equal bytes, or a panic naming `what` and the first differing offset
+/// (not both buffers).
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: {} bytes read, {} expected, first difference at {at:?}",
+            got.len(),
+            want.len()
+        );
+    }
 }
