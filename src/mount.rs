@@ -535,7 +535,12 @@ fn serve(
     let metrics = match args.metrics_addr {
         Some(addr) => Some(crate::metrics::Endpoint::start(
             addr,
-            node_metrics(engine.handle(), writeback.clone(), mount.stats()),
+            node_metrics(
+                engine.handle(),
+                writeback.clone(),
+                mount.stats(),
+                Arc::downgrade(&fs),
+            ),
         )?),
         None => None,
     };
@@ -891,6 +896,7 @@ fn node_metrics(
     engine: datenlord_engine::EngineHandle,
     writeback: WriteBack,
     ops: datenlord_fuse::OpStats,
+    fs: std::sync::Weak<datenlord_fs::Fs>,
 ) -> crate::metrics::Render {
     use crate::metrics::Exposition;
     Arc::new(move || {
@@ -959,8 +965,39 @@ fn node_metrics(
             f64::from(u8::from(backlog.last_error.is_some())),
         );
         render_ops(&mut e, &ops.snapshot());
+        if let Some((made, held, bytes)) = fs.upgrade().and_then(|fs| fs.copy_counts()) {
+            render_copies(&mut e, made, held, bytes);
+        }
         e.finish()
     })
+}
+
+/// The local copies of `-o passthrough`.
+fn render_copies(e: &mut crate::metrics::Exposition, made: u64, held: usize, bytes: u64) {
+    let samples = [
+        (
+            "datenlord_local_copies_made_total",
+            "counter",
+            "Local copies made for FUSE passthrough.",
+            made as f64,
+        ),
+        (
+            "datenlord_local_copies",
+            "gauge",
+            "Local copies held for FUSE passthrough.",
+            held as f64,
+        ),
+        (
+            "datenlord_local_copies_bytes",
+            "gauge",
+            "Bytes of the local copies held.",
+            bytes as f64,
+        ),
+    ];
+    for (name, kind, help, value) in samples {
+        e.family(name, kind, help);
+        e.sample(name, &[], value);
+    }
 }
 
 /// One counter of every op: name, help, and the value of an op's sample.

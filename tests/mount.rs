@@ -939,3 +939,90 @@ fn orphan_block_versions_in_the_store_are_collected() {
     );
     m.unmount();
 }
+
+/// `-o passthrough` end to end: a file read twice gets a local copy in the
+/// cache directory (an unnamed file the daemon holds open), later reads
+/// reach no daemon, and a change made while the file is open on its copy
+/// is in the file after a remount. With `direct_io` the mount is refused.
+#[test]
+fn passthrough_mount_reads_a_file_read_again_from_its_local_copy() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let dirs = NodeDirs::new();
+    let refused = datenlord(&[
+        "mount",
+        &dirs.mountpoint().to_string_lossy(),
+        "--data-dir",
+        &dirs.data_dir().to_string_lossy(),
+        "--foreground",
+        "-o",
+        "passthrough,direct_io",
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("drop one"), "{stderr}");
+
+    let addr = support::masters::free_addr();
+    let m = Mounted::start(&dirs, &["--metrics-addr", &addr, "-o", "passthrough"]);
+    let path = m.path().join("weights.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&path, &data).expect("write");
+    for _ in 0..2 {
+        assert!(std::fs::read(&path).expect("read") == data);
+    }
+    let copies = dirs.data_dir().join("cache").join("copies");
+    let made = || {
+        support::node::scrape(&addr)
+            .lines()
+            .find_map(|l| l.strip_prefix("datenlord_local_copies_made_total "))
+            .is_some_and(|n| n.trim() == "1")
+    };
+    let start = std::time::Instant::now();
+    while !made() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no local copy made\nlog:\n{}",
+            m.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The copy is an unnamed file in the cache directory, held open.
+    let held = std::fs::read_dir(format!("/proc/{}/fd", m.pid()))
+        .expect("daemon fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(&copies))
+        .count();
+    assert_eq!(held, 1, "copies held open");
+    let reads = support::node::fuse_requests(&addr, "read");
+    let f = std::fs::File::open(&path).expect("open on the copy");
+    // SAFETY: a valid fd; drops the FUSE inode's page cache.
+    assert_eq!(
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) },
+        0
+    );
+    let mut got = vec![0u8; data.len()];
+    f.read_exact_at(&mut got, 0).expect("read");
+    assert!(got == data, "content read on the copy");
+    assert_eq!(
+        support::node::fuse_requests(&addr, "read"),
+        reads,
+        "reads on the copy reached the daemon\nlog:\n{}",
+        m.log()
+    );
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("writable open");
+    w.write_all_at(b"tuned", 1_000_000).expect("pwrite");
+    f.read_exact_at(&mut got[..5], 1_000_000)
+        .expect("read back");
+    assert_eq!(&got[..5], b"tuned");
+    w.sync_all().expect("fsync");
+    drop((w, f));
+    m.unmount();
+    let m = Mounted::start(&dirs, &[]);
+    let mut want = data;
+    want[1_000_000..1_000_005].copy_from_slice(b"tuned");
+    assert!(std::fs::read(m.path().join("weights.bin")).expect("read") == want);
+    m.unmount();
+}

@@ -255,12 +255,18 @@ mod tests {
         wait_until("both spinners asleep", || poll.sleepers() == 2);
         let policies = spinner_policies();
         assert_eq!(policies, vec![libc::SCHED_IDLE; 2], "{policies:?}");
-        // A request wakes them; they sleep again once the window passed.
-        poll.activity();
-        wait_until("both spinning", || poll.sleepers() == 0);
+        // Requests wake them; they sleep again once the window passed.
+        // Requests keep coming until both spin: on a busy CPU an idle-class
+        // thread may get its turn only after the other's window ended.
+        wait_until("both spinning", || {
+            poll.activity();
+            poll.sleepers() == 0
+        });
         wait_until("asleep again", || poll.sleepers() == 2);
-        poll.activity();
-        wait_until("spinning again", || poll.sleepers() == 0);
+        wait_until("spinning again", || {
+            poll.activity();
+            poll.sleepers() == 0
+        });
         poll.stop();
         assert!(spinner_policies().is_empty(), "the spinners ended");
     }

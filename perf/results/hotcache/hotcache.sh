@@ -8,6 +8,10 @@
 #             pass with FADV_RANDOM (order-0 folios, 4 KiB): a control, ext4
 #             with the page-cache layout FUSE gets on this kernel
 #   datenlord `datenlord mount` (BIN), filled by one buffered 1 MiB pass
+#   passthrough  (TARGETS includes it) a second mount with -o passthrough:
+#             the file is read twice, then the daemon's local copy of it
+#             is what the kernel reads (FUSE passthrough; the script waits
+#             for the copy before the rounds)
 # Workloads (fio psync, buffered, --invalidate=0, time-based RT s):
 #   randread 4 KiB and sequential read 1 MiB, with 1 and with 2 jobs.
 # Every round runs each workload on every target back to back, the target
@@ -19,29 +23,34 @@
 # (cpu-clock: this VM has no hardware counters) per target and workload.
 #
 # Usage: hotcache.sh DIR OUT BIN
-#   env: SIZE (256M), RT (8), ROUNDS (5), JOBS ("1 2"), PROFILE (1)
+#   env: SIZE (256M), RT (8), ROUNDS (5), JOBS ("1 2"), PROFILE (1),
+#        TARGETS ("local local4k datenlord"; add passthrough)
 set -euo pipefail
 dir=$(realpath -m "$1") out=$2 bin=$3
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 size=${SIZE:-256M} rt=${RT:-8} rounds=${ROUNDS:-5} jobs_list=${JOBS:-1 2}
-metrics=127.0.0.1:9578
-targets=(local local4k datenlord)
-mkdir -p "$dir/local" "$dir/local4k" "$dir/mnt" "$out"
-file() { case $1 in datenlord) echo "$dir/mnt/fio.dat" ;; *) echo "$dir/$1/fio.dat" ;; esac; }
-# The daemon's FUSE request counts, one "op=count" per op that was asked.
-reads() { curl -s "http://$metrics/metrics" | sed -n 's/^datenlord_fuse_requests_total{op="\([a-z_]*\)"} \([0-9]*\)$/\1=\2/p' | grep -v '=0$' | tr '\n' ' '; }
+metrics=127.0.0.1:9578 metrics2=127.0.0.1:9579
+read -r -a targets <<<"${TARGETS:-local local4k datenlord}"
+mkdir -p "$dir/local" "$dir/local4k" "$dir/mnt" "$dir/mnt2" "$out"
+file() { case $1 in datenlord) echo "$dir/mnt/fio.dat" ;; passthrough) echo "$dir/mnt2/fio.dat" ;; *) echo "$dir/$1/fio.dat" ;; esac; }
+has() { [[ " ${targets[*]} " == *" $1 "* ]]; }
+# A daemon's FUSE request counts, one "op=count" per op that was asked
+# (the passthrough mount's with `reads 2`).
+reads() { local m=$metrics; [[ ${1:-} != 2 ]] || m=$metrics2; curl -s "http://$m/metrics" | sed -n 's/^datenlord_fuse_requests_total{op="\([a-z_]*\)"} \([0-9]*\)$/\1=\2/p' | grep -v '=0$' | tr '\n' ' '; }
 
 cleanup() {
     set +e
     rm -f "$dir/local/fio.dat" "$dir/local4k/fio.dat"
-    if mountpoint -q "$dir/mnt"; then
-        rm -f "$dir/mnt/fio.dat"
-        local pid
-        pid=$(cat "$dir/dl/datenlord.pid" 2>/dev/null)
-        umount "$dir/mnt" || umount -l "$dir/mnt"
-        for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    fi
-    rm -rf "$dir/dl"
+    local m pid
+    for m in mnt:dl mnt2:dl2; do
+        if mountpoint -q "$dir/${m%:*}"; then
+            rm -f "$dir/${m%:*}/fio.dat"
+            pid=$(cat "$dir/${m#*:}/datenlord.pid" 2>/dev/null)
+            umount "$dir/${m%:*}" || umount -l "$dir/${m%:*}"
+            for _ in $(seq 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        fi
+        rm -rf "${dir:?}/${m#*:}"
+    done
 }
 trap cleanup EXIT
 
@@ -52,8 +61,13 @@ trap cleanup EXIT
     echo "SIZE=$size RT=$rt ROUNDS=$rounds JOBS=$jobs_list"
 } >"$out/machine.txt"
 
-rm -rf "$dir/dl"
+rm -rf "$dir/dl" "$dir/dl2"
 "$bin" mount "$dir/mnt" --data-dir "$dir/dl" --memory-size 1G --cache-size 512M --metrics-addr "$metrics"
+if has passthrough; then
+    "$bin" mount "$dir/mnt2" --data-dir "$dir/dl2" --memory-size 1G --cache-size 512M \
+        -o passthrough --passthrough-size 4G --metrics-addr "$metrics2"
+    echo "passthrough mount: $(findmnt -no OPTIONS "$dir/mnt2")" >>"$out/machine.txt"
+fi
 {
     findmnt -no SOURCE,FSTYPE,OPTIONS "$dir/mnt"
     bdi=$(mountpoint -d "$dir/mnt"); echo "fuse bdi $bdi read_ahead_kb $(cat /sys/class/bdi/$bdi/read_ahead_kb)"
@@ -77,9 +91,23 @@ for t in "${targets[@]}"; do
     f=$(file "$t")
     fio --name=create --filename="$f" "${fio_common[@]}" --rw=write --bs=1M --direct=1 --output=/dev/null
     warm "$t"
+    if [[ $t == passthrough ]]; then
+        # A second read-only open and close: the daemon copies the file.
+        warm "$t"
+        for _ in $(seq 600); do
+            curl -s "http://$metrics2/metrics" | grep -q '^datenlord_local_copies_made_total 1' && break
+            sleep 0.1
+        done
+        curl -s "http://$metrics2/metrics" | grep '^datenlord_local_copies' >"$out/passthrough-copy.txt"
+        grep -q '^datenlord_local_copies_made_total 1' "$out/passthrough-copy.txt" ||
+            { echo "no local copy made on the passthrough mount" >&2; exit 1; }
+        # The copy is what is read from now on: fill its page cache.
+        warm "$t"
+    fi
     { fincore "$f"; python3 "$here/folios.py" "$f"; } >"$out/folios-after-warmup-$t.txt"
 done
 echo "daemon FUSE requests before the rounds: $(reads)" >"$out/daemon-reads.txt"
+! has passthrough || echo "passthrough daemon before the rounds: $(reads 2)" >>"$out/daemon-reads.txt"
 
 run() { # TARGET ROUND WORKLOAD JOBS
     local t=$1 r=$2 wl=$3 j=$4 f args
@@ -95,16 +123,18 @@ run() { # TARGET ROUND WORKLOAD JOBS
     # bytes, the kernel's drop_caches count, and for DatenLord the FUSE
     # reads the daemon answered during the measured run.
     warm "$t"
-    local before after
-    before=$(reads | tr ' ' '\n' | grep -E '^(read|getattr)=' | tr '\n' ' ')
+    local before after which=1
+    [[ $t != passthrough ]] || which=2
+    before=$(reads $which | tr ' ' '\n' | grep -E '^(read|getattr)=' | tr '\n' ' ')
     echo "$(date -u +%T) r$r $wl j$j $t resident=$(fincore -nbo RES "$f") $(grep drop_pagecache /proc/vmstat)" >>"$out/fincore.log"
     fio --name="$wl" --filename="$f" "${fio_common[@]}" "${args[@]}" --numjobs="$j" \
         --time_based --runtime="$rt" --output-format=json --output="$out/$wl-j$j-$t-r$r.json"
-    after=$(reads | tr ' ' '\n' | grep -E '^(read|getattr)=' | tr '\n' ' ')
-    [[ $t != datenlord ]] || echo "    daemon during the run: before: $before after: $after" >>"$out/fincore.log"
+    after=$(reads $which | tr ' ' '\n' | grep -E '^(read|getattr)=' | tr '\n' ' ')
+    [[ $t != datenlord && $t != passthrough ]] || echo "    daemon during the run: before: $before after: $after" >>"$out/fincore.log"
 }
 for r in $(seq "$rounds"); do
-    order=("${targets[@]:$(( (r - 1) % 3 ))}" "${targets[@]:0:$(( (r - 1) % 3 ))}")
+    shift=$(( (r - 1) % ${#targets[@]} ))
+    order=("${targets[@]:$shift}" "${targets[@]:0:$shift}")
     for j in $jobs_list; do
         for wl in randread4k seqread1m; do
             for t in "${order[@]}"; do
@@ -115,6 +145,7 @@ for r in $(seq "$rounds"); do
     done
 done
 echo "daemon FUSE requests after the rounds: $(reads)" >>"$out/daemon-reads.txt"
+! has passthrough || echo "passthrough daemon after the rounds: $(reads 2)" >>"$out/daemon-reads.txt"
 for t in "${targets[@]}"; do
     f=$(file "$t")
     { fincore "$f"; python3 "$here/folios.py" "$f"; } >"$out/folios-end-$t.txt"

@@ -28,7 +28,7 @@ for (wl, jobs), by_target in sorted(runs.items()):
     print(f"\n### {wl}, {jobs} job{'s' if jobs > 1 else ''}: {unit} per round (× local in the same round)\n")
     print("| target | " + " | ".join(f"round {r}" for r in rounds) + " | median × local |")
     print("|---|" + "---:|" * (len(rounds) + 1))
-    for t in ("local", "local4k", "datenlord"):
+    for t in ("local", "local4k", "datenlord", "passthrough"):
         if t not in by_target:
             continue
         cells, ratios = [], []
