@@ -382,6 +382,28 @@ fn open_store(args: &MountArgs, data_dir: &Path) -> anyhow::Result<Store> {
     })
 }
 
+/// The file system's config from the command line: atime policy, and
+/// local copies for `-o passthrough` (in the cache directory).
+fn fs_config(
+    args: &MountArgs,
+    parsed: &datenlord_fuse::ParsedOptions,
+    opts: &datenlord_fuse::MountOptions,
+    plan: &CachePlan,
+) -> anyhow::Result<datenlord_fs::FsConfig> {
+    let mut config = datenlord_fs::FsConfig::default();
+    if let Some(atime) = parsed.atime {
+        config.atime = atime;
+    }
+    if opts.passthrough {
+        config.local_copies = Some(datenlord_fs::CopyConfig {
+            dir: plan.dir.join("copies"),
+            capacity_bytes: parse_bytes(&args.passthrough_size).context("--passthrough-size")?,
+            after_opens: COPY_AFTER_OPENS,
+        });
+    }
+    Ok(config)
+}
+
 /// Sizes and paths of the node's cache, from the command line.
 struct CachePlan {
     dir: PathBuf,
@@ -514,17 +536,7 @@ fn serve(
     ensure_volume(&meta, &store.descriptor, &store.url)?;
     let (engine, writeback) = start_engine(args, &plan, &store, &meta)?;
 
-    let mut fs_config = datenlord_fs::FsConfig::default();
-    if let Some(atime) = parsed.atime {
-        fs_config.atime = atime;
-    }
-    if opts.passthrough {
-        fs_config.local_copies = Some(datenlord_fs::CopyConfig {
-            dir: plan.dir.join("copies"),
-            capacity_bytes: parse_bytes(&args.passthrough_size).context("--passthrough-size")?,
-            after_opens: COPY_AFTER_OPENS,
-        });
-    }
+    let fs_config = fs_config(args, &parsed, &opts, &plan)?;
     let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
     let fs = datenlord_fs::Fs::new(fs_config, meta.clone(), engine.handle(), sink)
         .context("starting the file system")?;
