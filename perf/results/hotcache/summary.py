@@ -38,8 +38,9 @@ for (wl, jobs), by_target in sorted(runs.items()):
             ratios.append(ratio)
             cells.append(f"{v:,.0f} ({ratio:.2f})")
         print(f"| {t} | " + " | ".join(cells) + f" | **{statistics.median(ratios):.3f}** |")
-    dl = [by_target["datenlord"][r][0] / by_target["local4k"][r][0] for r in rounds]
-    print(f"\ndatenlord × local4k per round: " + ", ".join(f"{x:.2f}" for x in dl)
-          + f"; median **{statistics.median(dl):.3f}**")
+    if "local4k" in by_target:
+        dl = [by_target["datenlord"][r][0] / by_target["local4k"][r][0] for r in rounds]
+        print(f"\ndatenlord × local4k per round: " + ", ".join(f"{x:.2f}" for x in dl)
+              + f"; median **{statistics.median(dl):.3f}**")
     p = {t: statistics.median(by_target[t][r][1] for r in rounds) for t in by_target}
     print("\nmedian p50 µs: " + ", ".join(f"{t} {v:.2f}" for t, v in p.items()))
