@@ -225,12 +225,7 @@ fn change_through(root: &Path) -> Seen {
 fn the_embedded_mount_keeps_kernel_caches_and_shows_every_change() {
     let local = tempfile::tempdir().expect("tempdir");
     let expected = change_through(local.path());
-    let asked = |addr: &str| {
-        ["lookup", "getattr"]
-            .iter()
-            .map(|op| support::node::fuse_requests(addr, op))
-            .sum::<u64>()
-    };
+    let asked = |addr: &str| support::node::fuse_requests_settled(addr, &["lookup", "getattr"]);
     for (extra, cached) in [
         (None, true),
         (
@@ -993,7 +988,7 @@ fn passthrough_mount_reads_a_file_read_again_from_its_local_copy() {
         .filter(|target| target.starts_with(&copies))
         .count();
     assert_eq!(held, 1, "copies held open");
-    let reads = support::node::fuse_requests(&addr, "read");
+    let reads = support::node::fuse_requests_settled(&addr, &["read"]);
     let f = std::fs::File::open(&path).expect("open on the copy");
     // SAFETY: a valid fd; drops the FUSE inode's page cache.
     assert_eq!(
@@ -1004,7 +999,7 @@ fn passthrough_mount_reads_a_file_read_again_from_its_local_copy() {
     f.read_exact_at(&mut got, 0).expect("read");
     assert!(got == data, "content read on the copy");
     assert_eq!(
-        support::node::fuse_requests(&addr, "read"),
+        support::node::fuse_requests_settled(&addr, &["read"]),
         reads,
         "reads on the copy reached the daemon\nlog:\n{}",
         m.log()

@@ -176,6 +176,22 @@ pub fn fuse_requests(addr: &str, op: &str) -> u64 {
         .map_or(0, |n| n.trim().parse().expect("a request count"))
 }
 
+/// The sum of [`fuse_requests`] over `ops` once it stopped moving: the
+/// daemon counts a request after its reply is out, so a count read right
+/// after the syscall may lag.
+pub fn fuse_requests_settled(addr: &str, ops: &[&str]) -> u64 {
+    let sum = || ops.iter().map(|op| fuse_requests(addr, op)).sum::<u64>();
+    let mut last = sum();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = sum();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
 /// Waits until process `pid` is gone.
 pub fn wait_exit(pid: i32, timeout: Duration) -> Result<(), String> {
     let start = Instant::now();
