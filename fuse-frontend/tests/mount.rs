@@ -1675,3 +1675,172 @@ fn assert_same(got: &[u8], want: &[u8], what: &str) {
         );
     }
 }
+
+/// Seeded random changes to a few files (writes, truncates, punched holes,
+/// writes through shared mappings, fsyncs) while readers come and go and
+/// hold files open, on their local copies once made or in the page cache
+/// before: every read, through any handle, matches a model, and so does
+/// every file after the last close.
+#[test]
+#[allow(clippy::too_many_lines)]
+fn random_changes_with_readers_on_local_copies_match_a_model() {
+    const FILES: usize = 3;
+    const MAX_LEN: u64 = 200_000;
+    if !can_mount() {
+        return;
+    }
+    let m = passthrough_mount();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound.max(1)
+    };
+    let path = |i: usize| m.path(&format!("f{i}"));
+    let mut models: Vec<Vec<u8>> = (0..FILES)
+        .map(|i| pattern(50_000 + 30_000 * i, i as u8))
+        .collect();
+    for (i, model) in models.iter().enumerate() {
+        fs::write(path(i), model).expect("write");
+    }
+    let mut readers: Vec<Option<File>> = (0..FILES).map(|_| None).collect();
+    let mut writers: Vec<Option<File>> = (0..FILES).map(|_| None).collect();
+    for step in 0..1500 {
+        let i = next(FILES as u64) as usize;
+        let what = next(10);
+        let len = models[i].len() as u64;
+        let ctx = format!("step {step}, op {what}, file {i}");
+        let writable = |w: &Option<File>| -> File {
+            match w {
+                Some(f) => f.try_clone().expect("dup"),
+                None => OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path(i))
+                    .expect("writable open"),
+            }
+        };
+        match what {
+            0 | 1 => assert_same(&fs::read(path(i)).expect("read"), &models[i], &ctx),
+            2 => {
+                readers[i] = match readers[i].take() {
+                    Some(_) => None,
+                    None => Some(File::open(path(i)).expect("open reader")),
+                }
+            }
+            3 => {
+                writers[i] = match writers[i].take() {
+                    Some(_) => None,
+                    None => Some(writable(&None)),
+                }
+            }
+            4 => {
+                let at = next(MAX_LEN);
+                let data = pattern(1 + next(20_000) as usize, step as u8);
+                writable(&writers[i])
+                    .write_all_at(&data, at)
+                    .expect("pwrite");
+                let end = at as usize + data.len();
+                if models[i].len() < end {
+                    models[i].resize(end, 0);
+                }
+                models[i][at as usize..end].copy_from_slice(&data);
+            }
+            5 => {
+                let size = next(MAX_LEN);
+                writable(&writers[i]).set_len(size).expect("truncate");
+                models[i].resize(size as usize, 0);
+            }
+            6 if len > 0 => {
+                let at = next(len);
+                let n = 1 + next(len - at);
+                let f = writable(&writers[i]);
+                // SAFETY: a valid fd; punches inside the file.
+                let rc = unsafe {
+                    libc::fallocate(
+                        f.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        i64::try_from(at).expect("offset"),
+                        i64::try_from(n).expect("length"),
+                    )
+                };
+                assert_eq!(rc, 0, "{ctx}: punch {}", std::io::Error::last_os_error());
+                models[i][at as usize..(at + n) as usize].fill(0);
+            }
+            7 if len > 0 => {
+                let at = next(len) as usize;
+                let n = (1 + next(5_000) as usize).min(models[i].len() - at);
+                let data = pattern(n, !(step as u8));
+                write_through_mapping(&path(i), at, &data);
+                models[i][at..at + n].copy_from_slice(&data);
+            }
+            8 => {
+                if let Some(f) = &writers[i] {
+                    f.sync_all().expect("fsync");
+                }
+            }
+            _ => {
+                if let Some(r) = &readers[i] {
+                    let mut got = vec![0u8; models[i].len() + 10];
+                    let n = r.read_at(&mut got, 0).expect("pread");
+                    let mut total = n;
+                    while total < got.len() {
+                        let k = r.read_at(&mut got[total..], total as u64).expect("pread");
+                        if k == 0 {
+                            break;
+                        }
+                        total += k;
+                    }
+                    got.truncate(total);
+                    assert_same(&got, &models[i], &format!("{ctx}: held reader"));
+                }
+            }
+        }
+    }
+    readers.clear();
+    writers.clear();
+    let copies = m.mount.as_ref().expect("mounted").fs().copy_counts();
+    for (i, model) in models.iter().enumerate() {
+        assert_same(
+            &fs::read(path(i)).expect("read"),
+            model,
+            &format!("file {i} at the end"),
+        );
+    }
+    assert!(
+        copies.is_some_and(|(made, _, _)| made > 0),
+        "no local copy was made: {copies:?}"
+    );
+}
+
+/// Writes `data` at `at` of `path` through a shared mapping, in another
+/// process: in the daemon's own process the unmap (which writes a FUSE
+/// mapping back and waits, holding the address space's lock) would wait
+/// for daemon threads that need that lock to fault in memory.
+fn write_through_mapping(path: &Path, at: usize, data: &[u8]) {
+    let script = "import mmap, os, sys\n\
+                  fd = os.open(sys.argv[1], os.O_RDWR)\n\
+                  m = mmap.mmap(fd, 0)\n\
+                  at = int(sys.argv[2])\n\
+                  d = sys.stdin.buffer.read()\n\
+                  m[at:at + len(d)] = d\n\
+                  m.close()\n\
+                  os.close(fd)\n";
+    let mut child = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .arg(at.to_string())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(data)
+        .expect("data to python3");
+    let status = child.wait().expect("python3");
+    assert!(status.success(), "mapped write through python3: {status}");
+}
