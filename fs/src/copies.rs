@@ -37,7 +37,7 @@ use crate::error::{FsError, Result};
 
 /// The mtime of a copy that only the file system wrote: one second after
 /// the epoch. A write through a mapping moves it to the current time.
-pub const SENTINEL_MTIME: libc::timespec = libc::timespec {
+pub(crate) const SENTINEL_MTIME: libc::timespec = libc::timespec {
     tv_sec: 1,
     tv_nsec: 0,
 };
@@ -67,11 +67,6 @@ impl LocalCopy {
     /// The copy's file descriptor, to register with the kernel.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
-    }
-
-    /// The inode this copies.
-    pub fn ino(&self) -> Ino {
-        self.ino
     }
 
     pub(crate) fn file(&self) -> &File {

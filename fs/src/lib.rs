@@ -33,7 +33,7 @@ pub use config::{
     AtimePolicy, FsConfig, CAPACITY_BYTES_DEFAULT, DIRTY_BYTES_PER_FILE_DEFAULT,
     FLUSH_INTERVAL_DEFAULT, INODES_MAX_DEFAULT, RELATIME_INTERVAL_SECS, SESSION_LEASE_DEFAULT,
 };
-pub use copies::{CopyConfig, LocalCopy, SENTINEL_MTIME};
+pub use copies::{CopyConfig, LocalCopy};
 pub use error::{FsError, Result};
 pub use fs::{now, Fs, Opened};
 pub use meta::{MetaLink, LEADER_WAIT_MS_MAX};

@@ -550,16 +550,7 @@ fn rename_flags_punch_hole_and_seek_hole_through_the_kernel() {
         .write(true)
         .open(&path)
         .expect("open");
-    // SAFETY: valid fd.
-    let rc = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            BLOCK_OFF + 7,
-            BLOCK_OFF,
-        )
-    };
-    assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    punch_hole(&f, BLOCK as u64 + 7, BLOCK as u64).expect("punch");
     drop(f);
     let got = fs::read(&path).expect("read");
     let mut expected = pattern(4 * BLOCK, 1);
@@ -577,16 +568,7 @@ fn rename_flags_punch_hole_and_seek_hole_through_the_kernel() {
         .write(true)
         .open(&whole)
         .expect("open");
-    // SAFETY: valid fd.
-    let rc = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            BLOCK_OFF,
-            2 * BLOCK_OFF,
-        )
-    };
-    assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    punch_hole(&f, BLOCK as u64, 2 * BLOCK as u64).expect("punch");
     // SAFETY: valid fd.
     let hole = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_HOLE) };
     assert_eq!(hole, BLOCK_OFF, "the first punched block is a hole");
@@ -701,16 +683,7 @@ fn random_operations_through_the_kernel_match_a_model() {
                 model.resize(size as usize, 0);
             }
             5 => {
-                // SAFETY: valid fd.
-                let rc = unsafe {
-                    libc::fallocate(
-                        f.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        i64::try_from(offset).expect("offset"),
-                        i64::try_from(len).expect("len"),
-                    )
-                };
-                assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+                punch_hole(&f, offset, len as u64).expect("punch");
                 let end = (offset as usize + len).min(model.len());
                 if (offset as usize) < end {
                     model[offset as usize..end].fill(0);
@@ -1544,16 +1517,7 @@ fn changes_while_a_file_is_open_on_its_copy_reach_readers_and_the_file() {
     model.resize(70_000, 0);
     assert_same(&read_uncached(&reader), &model, "after extending");
 
-    // SAFETY: a valid fd; punches a hole in the file's own range.
-    let rc = unsafe {
-        libc::fallocate(
-            writer.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            10,
-            20,
-        )
-    };
-    assert_eq!(rc, 0, "punch: {}", std::io::Error::last_os_error());
+    punch_hole(&writer, 10, 20).expect("punch");
     model[10..30].fill(0);
     assert_same(&read_uncached(&reader), &model, "after punching a hole");
     assert_eq!(
@@ -1690,13 +1654,8 @@ fn random_changes_with_readers_on_local_copies_match_a_model() {
         return;
     }
     let m = passthrough_mount();
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound.max(1)
-    };
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut next = |bound: u64| rng.below(bound);
     let path = |i: usize| m.path(&format!("f{i}"));
     let mut models: Vec<Vec<u8>> = (0..FILES)
         .map(|i| pattern(50_000 + 30_000 * i, i as u8))
@@ -1755,17 +1714,8 @@ fn random_changes_with_readers_on_local_copies_match_a_model() {
             6 if len > 0 => {
                 let at = next(len);
                 let n = 1 + next(len - at);
-                let f = writable(&writers[i]);
-                // SAFETY: a valid fd; punches inside the file.
-                let rc = unsafe {
-                    libc::fallocate(
-                        f.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        i64::try_from(at).expect("offset"),
-                        i64::try_from(n).expect("length"),
-                    )
-                };
-                assert_eq!(rc, 0, "{ctx}: punch {}", std::io::Error::last_os_error());
+                punch_hole(&writable(&writers[i]), at, n)
+                    .unwrap_or_else(|e| panic!("{ctx}: punch {e}"));
                 models[i][at as usize..(at + n) as usize].fill(0);
             }
             7 if len > 0 => {
@@ -1843,4 +1793,24 @@ fn write_through_mapping(path: &Path, at: usize, data: &[u8]) {
         .expect("data to python3");
     let status = child.wait().expect("python3");
     assert!(status.success(), "mapped write through python3: {status}");
+}
+
+/// `fallocate(PUNCH_HOLE | KEEP_SIZE)` of `len` bytes at `offset` of `f`.
+fn punch_hole(f: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    let offset = i64::try_from(offset).map_err(std::io::Error::other)?;
+    let len = i64::try_from(len).map_err(std::io::Error::other)?;
+    // SAFETY: a valid fd; fallocate reads no memory of ours.
+    let rc = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
