@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use raft::eraftpb::Message;
 use tracing::{error, warn};
 
-use crate::raft_log::{LogSync, RaftLog};
+use crate::raft_log::{LogSync, RaftLog, SnapshotWrites};
 use crate::replica::{MemberChange, Membership, Replica, ReplicaError, StateMachine};
 
 /// Interval of the Raft logical clock.
@@ -307,6 +307,9 @@ impl<S: StateMachine + Send + 'static> RaftDriver<S> {
         }
         let mut log = RaftLog::open(dir)?;
         log.set_sync(log_sync);
+        // A large namespace's snapshot takes hundreds of milliseconds to
+        // write and sync: not in the path of the commands behind it.
+        log.set_snapshot_writes(SnapshotWrites::Background);
         let mut replica = Replica::new(id, log, state_machine, voters)?;
         if let Some(entries) = snapshot_interval_entries {
             replica.set_snapshot_interval(entries);
@@ -563,6 +566,11 @@ impl<S: StateMachine> Core<S> {
             }
         }
         pending.expire(Instant::now());
+        if self.stopping {
+            // A snapshot being written is adopted: a clean stop leaves the
+            // log compacted.
+            replica.wait_snapshot()?;
+        }
         self.next_sync = sync_if_due(replica, &mut pending.syncs, self.next_sync, self.stopping)?;
         Ok(())
     }

@@ -10,6 +10,14 @@
 //! made durable with one write and one `fdatasync` (group commit: every
 //! proposal that arrived since the last `Ready` shares that fsync).
 //!
+//! A snapshot is written to its own file (in the background for the
+//! replica's own snapshots, see [`SnapshotWrites`]); once it is durable the
+//! log drops the entries it covers, removes the closed segments whose
+//! entries it all covers, and continues in a new segment. Segments are never
+//! rewritten, except when a leader's snapshot replaces the whole log. A full
+//! segment is closed (synced) and a new one started; every segment but the
+//! first starts with the configuration and hard state.
+//!
 //! Recovery: the newest snapshot is loaded (a corrupt one stops the replica
 //! with an error and nothing is deleted), then the segments are replayed in
 //! order; a torn or corrupt record at the end of the last segment (a crash
@@ -20,6 +28,7 @@ use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -89,6 +98,9 @@ pub enum LogError {
     /// Encoding a record failed.
     #[error("encoding a Raft record: {0}")]
     Encode(String),
+    /// The thread writing a snapshot in the background ended without a result.
+    #[error("the metadata snapshot writer thread failed: {0}")]
+    SnapshotWriter(String),
     /// A backup cannot be restored into a directory that has a log.
     #[error("{dir} already holds a Raft log; a metadata backup is only restored into a new data directory (nothing was changed)")]
     NotEmpty {
@@ -115,9 +127,22 @@ enum Backing {
         segment_path: PathBuf,
         segment_seq: u64,
         segment_bytes: u64,
+        /// The highest entry index written to the current segment (0: none).
+        segment_last: u64,
+        /// Older segments still needed, oldest first.
+        closed: Vec<ClosedSegment>,
     },
     /// Nothing on disk (tests, simulations).
     Memory,
+}
+
+/// A segment no longer written to. Once a snapshot covers `last` (the
+/// highest entry index it holds) it is removed: a newer segment begins
+/// with the configuration and hard state, so it holds nothing else needed.
+#[derive(Debug)]
+struct ClosedSegment {
+    path: PathBuf,
+    last: u64,
 }
 
 /// The log and snapshot of one replica.
@@ -132,6 +157,8 @@ pub struct RaftLog {
     snapshot: Snapshot,
     backing: Backing,
     pending: Vec<u8>,
+    /// The highest entry index in `pending` (0: none).
+    pending_last: u64,
     /// Set when a follower needs a newer snapshot than the one held.
     snapshot_wanted: Cell<bool>,
     sync: LogSync,
@@ -139,6 +166,29 @@ pub struct RaftLog {
     unsynced: bool,
     /// fdatasyncs of the segment so far.
     syncs: u64,
+    /// How snapshots taken here are written.
+    snapshot_writes: SnapshotWrites,
+    /// The snapshot being written by a background thread (which hands it
+    /// back with the outcome).
+    snapshot_write: Option<JoinHandle<(Snapshot, Result<(), LogError>)>>,
+    /// The thread dropping what the last compaction freed (see
+    /// [`RaftLog::discard`]).
+    cleanup: Option<JoinHandle<()>>,
+}
+
+/// How [`RaftLog::begin_snapshot`] writes a snapshot the replica took.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SnapshotWrites {
+    /// In the caller's thread: the log is compacted when `begin_snapshot`
+    /// returns (deterministic: simulations, tests).
+    #[default]
+    InPlace,
+    /// By a background thread: `begin_snapshot` returns at once and the
+    /// log keeps taking entries; the first [`RaftLog::finish_snapshot`]
+    /// after the file is durable compacts the log. Writing and syncing a
+    /// large namespace's snapshot takes hundreds of milliseconds, which
+    /// would otherwise stall every command behind it.
+    Background,
 }
 
 /// When [`RaftLog::persist`] makes writes durable.
@@ -168,11 +218,21 @@ impl RaftLog {
             snapshot: Snapshot::default(),
             backing: Backing::Memory,
             pending: Vec::new(),
+            pending_last: 0,
             snapshot_wanted: Cell::new(false),
             sync: LogSync::EveryPersist,
             unsynced: false,
             syncs: 0,
+            snapshot_writes: SnapshotWrites::InPlace,
+            snapshot_write: None,
+            cleanup: None,
         }
+    }
+
+    /// Sets how snapshots taken by the replica are written (see
+    /// [`SnapshotWrites`]).
+    pub fn set_snapshot_writes(&mut self, writes: SnapshotWrites) {
+        self.snapshot_writes = writes;
     }
 
     /// Sets when writes become durable (see [`LogSync`]).
@@ -193,6 +253,7 @@ impl RaftLog {
     /// Opens (or creates) the log in `dir` and recovers its state.
     pub fn open(dir: &Path) -> Result<Self, LogError> {
         fs::create_dir_all(dir).map_err(io_err("create the Raft log directory", dir))?;
+        remove_unfinished_snapshots(dir)?;
         let mut log = Self::in_memory();
         if let Some(path) = newest_snapshot(dir)? {
             log.snapshot = read_snapshot(&path)?;
@@ -203,9 +264,19 @@ impl RaftLog {
             info!(index = meta.index, term = meta.term, path = %path.display(), "loaded metadata snapshot");
         }
         let segments = segments(dir)?;
-        for (i, (seq, path)) in segments.iter().enumerate() {
+        let mut closed = Vec::new();
+        let mut segment_last = 0;
+        for (i, (_, path)) in segments.iter().enumerate() {
             let last_segment = i + 1 == segments.len();
-            log.replay_segment(dir, *seq, path, last_segment)?;
+            let last = log.replay_segment(dir, path, last_segment)?;
+            if last_segment {
+                segment_last = last;
+            } else {
+                closed.push(ClosedSegment {
+                    path: path.clone(),
+                    last,
+                });
+            }
         }
         let segment_seq = segments.last().map_or(1, |(seq, _)| *seq);
         let segment_path = segment_path(dir, segment_seq);
@@ -224,6 +295,8 @@ impl RaftLog {
             segment_path,
             segment_seq,
             segment_bytes,
+            segment_last,
+            closed,
         };
         info!(
             dir = %dir.display(),
@@ -234,13 +307,14 @@ impl RaftLog {
         Ok(log)
     }
 
+    /// Replays one segment; returns the highest entry index in it.
     fn replay_segment(
         &mut self,
         dir: &Path,
-        _seq: u64,
         path: &Path,
         last_segment: bool,
-    ) -> Result<(), LogError> {
+    ) -> Result<u64, LogError> {
+        let mut highest = 0;
         let mut bytes = Vec::new();
         File::open(path)
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -249,19 +323,21 @@ impl RaftLog {
         while offset < bytes.len() {
             match decode_record(&bytes[offset..]) {
                 Ok((kind, payload, used)) => {
-                    self.replay_record(dir, kind, payload)
-                        .map_err(|reason| match reason {
-                            ReplayError::Gap { last, found } => LogError::Gap {
-                                dir: dir.to_path_buf(),
-                                last,
-                                found,
-                            },
-                            ReplayError::Bad(reason) => LogError::CorruptLog {
-                                path: path.to_path_buf(),
-                                offset: offset as u64,
-                                reason,
-                            },
-                        })?;
+                    let index =
+                        self.replay_record(dir, kind, payload)
+                            .map_err(|reason| match reason {
+                                ReplayError::Gap { last, found } => LogError::Gap {
+                                    dir: dir.to_path_buf(),
+                                    last,
+                                    found,
+                                },
+                                ReplayError::Bad(reason) => LogError::CorruptLog {
+                                    path: path.to_path_buf(),
+                                    offset: offset as u64,
+                                    reason,
+                                },
+                            })?;
+                    highest = highest.max(index);
                     offset += used;
                 }
                 Err(reason) if last_segment => {
@@ -290,17 +366,19 @@ impl RaftLog {
                 }
             }
         }
-        Ok(())
+        Ok(highest)
     }
 
-    fn replay_record(&mut self, _dir: &Path, kind: u8, payload: &[u8]) -> Result<(), ReplayError> {
+    /// Replays one record; returns its entry index (0: not an entry).
+    fn replay_record(&mut self, _dir: &Path, kind: u8, payload: &[u8]) -> Result<u64, ReplayError> {
         match kind {
             KIND_ENTRY => {
                 let entry = Entry::parse_from_bytes(payload)
                     .map_err(|e| ReplayError::Bad(e.to_string()))?;
                 let snapshot_index = self.snapshot.get_metadata().index;
-                if entry.index <= snapshot_index {
-                    return Ok(());
+                let index = entry.index;
+                if index <= snapshot_index {
+                    return Ok(index);
                 }
                 let last = self.last_index_inner();
                 if entry.index > last + 1 {
@@ -311,6 +389,7 @@ impl RaftLog {
                 }
                 self.truncate_entries((entry.index - snapshot_index - 1) as usize);
                 self.push_entry(entry);
+                return Ok(index);
             }
             KIND_HARD_STATE => {
                 let hs = HardState::parse_from_bytes(payload)
@@ -326,7 +405,7 @@ impl RaftLog {
             }
             other => return Err(ReplayError::Bad(format!("unknown record kind {other}"))),
         }
-        Ok(())
+        Ok(0)
     }
 
     fn first_index_inner(&self) -> u64 {
@@ -395,6 +474,7 @@ impl RaftLog {
                 .write_to_bytes()
                 .map_err(|e| LogError::Encode(e.to_string()))?;
             encode_record(&mut self.pending, KIND_ENTRY, &bytes);
+            self.pending_last = self.pending_last.max(entry.index);
             self.push_entry(entry.clone());
         }
         Ok(())
@@ -418,11 +498,12 @@ impl RaftLog {
         }
     }
 
-    /// Drops the first `count` entries (compacted into a snapshot).
-    fn drain_entries(&mut self, count: usize) {
+    /// Takes the first `count` entries out (compacted into a snapshot).
+    fn drain_entries(&mut self, count: usize) -> Vec<Entry> {
         let count = count.min(self.entries.len());
         self.entry_bytes -= command_bytes(&self.entries[..count]);
-        self.entries.drain(..count);
+        let rest = self.entries.split_off(count);
+        std::mem::replace(&mut self.entries, rest)
     }
 
     /// Sets the hard state; durable after [`Self::sync`].
@@ -471,6 +552,7 @@ impl RaftLog {
             segment,
             segment_path,
             segment_bytes,
+            segment_last,
             ..
         } = &mut self.backing
         {
@@ -478,13 +560,13 @@ impl RaftLog {
                 .write_all(&self.pending)
                 .map_err(io_err("write the Raft log segment", segment_path))?;
             *segment_bytes += self.pending.len() as u64;
+            *segment_last = (*segment_last).max(self.pending_last);
             self.unsynced = true;
         }
         self.pending.clear();
+        self.pending_last = 0;
         if self.segment_full() {
-            // The new segment is written from memory and synced whole.
-            self.roll_segment()?;
-            self.unsynced = false;
+            self.start_segment()?;
         }
         Ok(())
     }
@@ -542,32 +624,246 @@ impl RaftLog {
     /// locally or received from the leader): it is written durably, entries
     /// up to its index are dropped, and files no longer needed are removed.
     pub fn install_snapshot(&mut self, snapshot: Snapshot) -> Result<(), LogError> {
-        let meta: SnapshotMetadata = snapshot.get_metadata().clone();
-        let index = meta.index;
-        if index <= self.snapshot.get_metadata().index {
+        if snapshot.get_metadata().index <= self.snapshot.get_metadata().index {
             return Ok(());
         }
         if let Backing::Dir { dir, .. } = &self.backing {
             write_snapshot(dir, &snapshot)?;
         }
+        self.adopt_snapshot(snapshot)
+    }
+
+    /// Takes a snapshot the replica made of its state machine: written and
+    /// the log compacted now, or (with [`SnapshotWrites::Background`] and a
+    /// log on disk) written by a background thread while the log goes on,
+    /// and adopted by a later [`Self::finish_snapshot`]. Ignored while an
+    /// earlier snapshot is still being written.
+    pub fn begin_snapshot(&mut self, snapshot: Snapshot) -> Result<(), LogError> {
+        if self.snapshot_write.is_some() {
+            return Ok(());
+        }
+        let dir = match (&self.backing, self.snapshot_writes) {
+            (Backing::Dir { dir, .. }, SnapshotWrites::Background) => dir.clone(),
+            _ => return self.install_snapshot(snapshot),
+        };
+        if snapshot.get_metadata().index <= self.snapshot.get_metadata().index {
+            return Ok(());
+        }
+        // The data is shared, not copied.
+        let handed = snapshot.clone();
+        let spawned = std::thread::Builder::new()
+            .name("raft-snapshot".into())
+            .spawn(move || {
+                let written = write_snapshot(&dir, &handed);
+                (handed, written)
+            });
+        match spawned {
+            Ok(thread) => {
+                self.snapshot_write = Some(thread);
+                Ok(())
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot start the snapshot writer; writing the snapshot in place");
+                self.install_snapshot(snapshot)
+            }
+        }
+    }
+
+    /// Whether a snapshot is being written in the background.
+    pub fn snapshot_in_progress(&self) -> bool {
+        self.snapshot_write.is_some()
+    }
+
+    /// Adopts the background snapshot once its file is durable: the log
+    /// is compacted up to it. Returns whether that happened now; a failed
+    /// write is returned as the error (the log stays as it was).
+    pub fn finish_snapshot(&mut self) -> Result<bool, LogError> {
+        if !self
+            .snapshot_write
+            .as_ref()
+            .is_some_and(JoinHandle::is_finished)
+        {
+            return Ok(false);
+        }
+        self.wait_snapshot()
+    }
+
+    /// Waits for the background snapshot (if any) and adopts it.
+    pub fn wait_snapshot(&mut self) -> Result<bool, LogError> {
+        let Some(thread) = self.snapshot_write.take() else {
+            return Ok(false);
+        };
+        let (snapshot, written) = thread
+            .join()
+            .map_err(|_| LogError::SnapshotWriter("it panicked".into()))?;
+        written?;
+        let meta = snapshot.get_metadata();
+        if meta.index <= self.snapshot.get_metadata().index {
+            // A leader's newer snapshot was installed meanwhile.
+            if let Backing::Dir { dir, .. } = &self.backing {
+                // (Gone already if it was written before that install.)
+                let stale = dir.join(snapshot_file_name(meta));
+                match fs::remove_file(&stale) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io_err("remove a superseded snapshot", &stale)(e));
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(false);
+        }
+        self.adopt_snapshot(snapshot)?;
+        Ok(true)
+    }
+
+    /// Makes `snapshot`, already durable in its file, the log's base:
+    /// entries up to its index are dropped and older files removed.
+    fn adopt_snapshot(&mut self, snapshot: Snapshot) -> Result<(), LogError> {
+        let meta: SnapshotMetadata = snapshot.get_metadata().clone();
+        let index = meta.index;
         let keep_from = index.saturating_sub(self.snapshot.get_metadata().index) as usize;
         let keeps_suffix = self
             .entries
             .get(keep_from.wrapping_sub(1))
             .is_some_and(|e| e.term == meta.term);
+        self.conf_state = meta.get_conf_state().clone();
         if keeps_suffix {
-            // Local compaction: entries after the snapshot stay.
-            self.drain_entries(keep_from);
+            // Local compaction: entries after the snapshot stay, in memory
+            // and in their segments; segments it covers go, and a new one
+            // starts, so that the next snapshot covers the current one.
+            let compacted = self.drain_entries(keep_from);
+            self.snapshot = snapshot;
+            let files = self.take_covered()?;
+            self.discard(compacted, files);
+            self.start_segment()
         } else {
             // A leader's snapshot replaces the whole log.
             self.entries.clear();
             self.entry_bytes = 0;
             self.hard_state.term = self.hard_state.term.max(meta.term);
             self.hard_state.commit = self.hard_state.commit.max(index);
+            self.snapshot = snapshot;
+            self.roll_segment()
         }
-        self.conf_state = meta.get_conf_state().clone();
-        self.snapshot = snapshot;
-        self.roll_segment()
+    }
+
+    /// The records a segment starts with: the configuration and the hard
+    /// state, so that it needs no older segment for them.
+    fn segment_header(&self) -> Result<Vec<u8>, LogError> {
+        let mut buf = Vec::new();
+        let cs = self
+            .conf_state
+            .write_to_bytes()
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        encode_record(&mut buf, KIND_CONF_STATE, &cs);
+        let hs = self
+            .hard_state
+            .write_to_bytes()
+            .map_err(|e| LogError::Encode(e.to_string()))?;
+        encode_record(&mut buf, KIND_HARD_STATE, &hs);
+        Ok(buf)
+    }
+
+    /// Closes the current segment (made durable first) and continues in a
+    /// new one that starts with [`Self::segment_header`] and the pending
+    /// records. Nothing already written is written again.
+    fn start_segment(&mut self) -> Result<(), LogError> {
+        if matches!(self.backing, Backing::Memory) {
+            return Ok(());
+        }
+        let mut buf = self.segment_header()?;
+        buf.extend_from_slice(&self.pending);
+        let Backing::Dir {
+            dir,
+            segment,
+            segment_path: current_path,
+            segment_seq,
+            segment_bytes,
+            segment_last,
+            closed,
+        } = &mut self.backing
+        else {
+            return Ok(());
+        };
+        if self.unsynced {
+            segment
+                .sync_data()
+                .map_err(io_err("sync the Raft log segment", current_path))?;
+            self.syncs += 1;
+        }
+        let seq = *segment_seq + 1;
+        let path = segment_path(dir, seq);
+        let new = create_segment(&path, &buf)?;
+        sync_dir(dir)?;
+        closed.push(ClosedSegment {
+            path: std::mem::replace(current_path, path),
+            last: *segment_last,
+        });
+        *segment = new;
+        *segment_seq = seq;
+        *segment_bytes = buf.len() as u64;
+        *segment_last = self.pending_last;
+        self.pending.clear();
+        self.pending_last = 0;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Takes the closed segments and the snapshot files the current
+    /// snapshot covers off the log's books; returns their paths.
+    fn take_covered(&mut self) -> Result<Vec<PathBuf>, LogError> {
+        let snapshot_index = self.snapshot.get_metadata().index;
+        let Backing::Dir { dir, closed, .. } = &mut self.backing else {
+            return Ok(Vec::new());
+        };
+        let (covered, needed): (Vec<_>, Vec<_>) = std::mem::take(closed)
+            .into_iter()
+            .partition(|c| c.last <= snapshot_index);
+        *closed = needed;
+        let mut files: Vec<PathBuf> = covered.into_iter().map(|c| c.path).collect();
+        for (index, old_path) in snapshot_files(dir)? {
+            if index < snapshot_index {
+                files.push(old_path);
+            }
+        }
+        Ok(files)
+    }
+
+    /// Waits for the last [`Self::discard`] to be done.
+    fn join_cleanup(&mut self) {
+        if let Some(thread) = self.cleanup.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Frees compacted entries and removes covered files: on a background
+    /// thread with [`SnapshotWrites::Background`] (a large log's entries
+    /// and files take tens of milliseconds to free), else here. Files left
+    /// by a failure are harmless: replay skips what the snapshot covers,
+    /// and the next start takes them on its books again.
+    fn discard(&mut self, entries: Vec<Entry>, files: Vec<PathBuf>) {
+        let work = move || {
+            drop(entries);
+            for path in files {
+                if let Err(e) = fs::remove_file(&path) {
+                    warn!(path = %path.display(), error = %e, "cannot remove an old Raft log file");
+                }
+            }
+        };
+        self.join_cleanup();
+        if self.snapshot_writes == SnapshotWrites::InPlace {
+            work();
+            return;
+        }
+        match std::thread::Builder::new()
+            .name("raft-cleanup".into())
+            .spawn(work)
+        {
+            Ok(thread) => self.cleanup = Some(thread),
+            Err(e) => {
+                warn!(error = %e, "cannot start the Raft log cleanup; old files stay until the next start");
+            }
+        }
     }
 
     /// Starts a new segment holding the whole current state, then removes
@@ -583,17 +879,7 @@ impl RaftLog {
         let dir = dir.clone();
         let seq = *segment_seq + 1;
         let path = segment_path(&dir, seq);
-        let mut buf = Vec::new();
-        let cs = self
-            .conf_state
-            .write_to_bytes()
-            .map_err(|e| LogError::Encode(e.to_string()))?;
-        encode_record(&mut buf, KIND_CONF_STATE, &cs);
-        let hs = self
-            .hard_state
-            .write_to_bytes()
-            .map_err(|e| LogError::Encode(e.to_string()))?;
-        encode_record(&mut buf, KIND_HARD_STATE, &hs);
+        let mut buf = self.segment_header()?;
         for entry in &self.entries {
             let bytes = entry
                 .write_to_bytes()
@@ -602,17 +888,10 @@ impl RaftLog {
         }
         buf.extend_from_slice(&self.pending);
         self.pending.clear();
-        let mut segment = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io_err("create the Raft log segment", &path))?;
-        segment
-            .write_all(&buf)
-            .and_then(|()| segment.sync_all())
-            .map_err(io_err("write the Raft log segment", &path))?;
+        self.pending_last = 0;
+        let segment = create_segment(&path, &buf)?;
         sync_dir(&dir)?;
+        self.unsynced = false;
         let segment_bytes = buf.len() as u64;
         self.backing = Backing::Dir {
             dir: dir.clone(),
@@ -620,26 +899,53 @@ impl RaftLog {
             segment_path: path,
             segment_seq: seq,
             segment_bytes,
+            segment_last: self.last_index_inner(),
+            closed: Vec::new(),
         };
-        for (old, old_path) in segments(&dir)? {
-            if old < seq {
-                fs::remove_file(&old_path)
-                    .map_err(io_err("remove an old Raft log segment", &old_path))?;
-            }
-        }
-        let snapshot_index = self.snapshot.get_metadata().index;
-        for (index, old_path) in snapshot_files(&dir)? {
-            if index < snapshot_index {
-                fs::remove_file(&old_path).map_err(io_err("remove an old snapshot", &old_path))?;
-            }
+        // Removed before returning: older segments may hold entries that
+        // conflict with the new state, which a replay must never see.
+        let mut files: Vec<PathBuf> = segments(&dir)?
+            .into_iter()
+            .filter(|(old, _)| *old < seq)
+            .map(|(_, path)| path)
+            .collect();
+        files.extend(self.take_covered()?);
+        for path in files {
+            fs::remove_file(&path).map_err(io_err("remove an old Raft log file", &path))?;
         }
         Ok(())
     }
 }
 
+/// Creates segment `path` holding `records`, durable.
+fn create_segment(path: &Path, records: &[u8]) -> Result<File, LogError> {
+    let mut segment = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err("create the Raft log segment", path))?;
+    segment
+        .write_all(records)
+        .and_then(|()| segment.sync_all())
+        .map_err(io_err("write the Raft log segment", path))?;
+    Ok(segment)
+}
+
 enum ReplayError {
     Gap { last: u64, found: u64 },
     Bad(String),
+}
+
+impl Drop for RaftLog {
+    /// A snapshot being written is finished (not adopted: its file and the
+    /// log replay to the same state), so no writer outlives its log.
+    fn drop(&mut self) {
+        if let Some(thread) = self.snapshot_write.take() {
+            let _ = thread.join();
+        }
+        self.join_cleanup();
+    }
 }
 
 impl Storage for RaftLog {
@@ -800,10 +1106,27 @@ fn numbered_files(
     Ok(out)
 }
 
+fn snapshot_file_name(meta: &SnapshotMetadata) -> String {
+    format!("snap-{:020}-{:020}.snap", meta.index, meta.term)
+}
+
+/// Suffix of a snapshot file being written (renamed once durable).
+const SNAPSHOT_TMP_SUFFIX: &str = ".snap.tmp";
+
+/// Removes snapshot files whose write never finished (a crash meanwhile).
+fn remove_unfinished_snapshots(dir: &Path) -> Result<(), LogError> {
+    for (_, _, path) in numbered_files(dir, "snap-", SNAPSHOT_TMP_SUFFIX)? {
+        warn!(path = %path.display(), "removing a snapshot whose write did not finish");
+        fs::remove_file(&path).map_err(io_err("remove an unfinished snapshot", &path))?;
+    }
+    Ok(())
+}
+
 fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), LogError> {
     let meta = snapshot.get_metadata();
-    let name = format!("snap-{:020}-{:020}.snap", meta.index, meta.term);
+    let name = snapshot_file_name(meta);
     let path = dir.join(&name);
+    // `snap-<index>-<term>.snap.tmp`: ends in SNAPSHOT_TMP_SUFFIX.
     let tmp = dir.join(format!("{name}.tmp"));
     let meta_bytes = meta
         .write_to_bytes()
@@ -1134,7 +1457,241 @@ mod tests {
             "{err}"
         );
         assert!(snap_path.exists());
-        assert_eq!(segments(dir.path()).expect("list").len(), 1);
+        // The segment of entries 1..=20 (not all covered) and the one
+        // started at the compaction.
+        assert_eq!(segments(dir.path()).expect("list").len(), 2);
+    }
+
+    fn snapshot_at(index: u64, term: u64, data: &[u8]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(conf(&[1]));
+        snap.set_data(data.to_vec().into());
+        snap
+    }
+
+    /// A log on disk with entries 1..=20 (term 1), writing snapshots in
+    /// the background.
+    fn background_log(dir: &Path) -> RaftLog {
+        let mut log = RaftLog::open(dir).expect("open");
+        log.set_snapshot_writes(SnapshotWrites::Background);
+        log.initialize(conf(&[1])).expect("init");
+        let entries: Vec<_> = (1..=20).map(|i| entry(i, 1, b"x")).collect();
+        log.append(&entries).expect("append");
+        log.sync().expect("sync");
+        log
+    }
+
+    fn finish_within(log: &mut RaftLog, secs: u64) -> bool {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < until {
+            if log.finish_snapshot().expect("finish") {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn a_background_snapshot_compacts_the_log_once_written_while_entries_go_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = background_log(dir.path());
+        log.begin_snapshot(snapshot_at(15, 1, b"state at 15"))
+            .expect("begin");
+        assert!(log.snapshot_in_progress());
+        // Nothing compacted yet, and the log takes entries meanwhile.
+        assert_eq!(log.first_index_inner(), 1);
+        for i in 21..=30 {
+            log.append(&[entry(i, 1, b"y")]).expect("append");
+            log.persist().expect("persist");
+        }
+        // A second snapshot while one is written is not taken.
+        log.begin_snapshot(snapshot_at(25, 1, b"state at 25"))
+            .expect("ignored");
+        assert!(finish_within(&mut log, 30), "the snapshot was adopted");
+        log.join_cleanup();
+        assert!(!log.snapshot_in_progress());
+        assert_eq!(log.latest_snapshot().get_metadata().index, 15);
+        assert_eq!((log.first_index_inner(), log.last_index_inner()), (16, 30));
+        assert_eq!(log.entry_bytes(), 15);
+        assert_eq!(
+            snapshot_files(dir.path())
+                .expect("list")
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<Vec<_>>(),
+            vec![15]
+        );
+        let seqs = |dir: &Path| {
+            segments(dir)
+                .expect("list")
+                .iter()
+                .map(|(seq, _)| *seq)
+                .collect::<Vec<_>>()
+        };
+        // Entries 16..=30 stay in the first segment; a new one started.
+        assert_eq!(seqs(dir.path()), vec![1, 2]);
+        drop(log);
+        let mut log = RaftLog::open(dir.path()).expect("reopen");
+        log.set_snapshot_writes(SnapshotWrites::Background);
+        assert_eq!((log.first_index_inner(), log.last_index_inner()), (16, 30));
+        assert_eq!(log.latest_snapshot().get_data(), b"state at 15");
+        // The next snapshot covers the first segment: it goes.
+        for i in 31..=40 {
+            log.append(&[entry(i, 1, b"w")]).expect("append");
+        }
+        log.sync().expect("sync");
+        log.begin_snapshot(snapshot_at(35, 1, b"state at 35"))
+            .expect("begin");
+        assert!(log.wait_snapshot().expect("wait"));
+        log.join_cleanup();
+        assert_eq!(seqs(dir.path()), vec![2, 3]);
+        drop(log);
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!((log.first_index_inner(), log.last_index_inner()), (36, 40));
+        assert_eq!(log.hard_state().commit, 35);
+    }
+
+    #[test]
+    fn a_full_segment_is_closed_not_rewritten_and_goes_once_covered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.set_sync(LogSync::Deferred);
+        log.initialize(conf(&[1])).expect("init");
+        let big = vec![5u8; 1 << 20];
+        let count = SEGMENT_BYTES_MAX / (1 << 20) + 2;
+        let syncs = log.syncs();
+        for i in 1..=count {
+            log.append(&[entry(i, 1, &big)]).expect("append");
+            log.persist().expect("persist");
+        }
+        let files = segments(dir.path()).expect("list");
+        assert_eq!(files.len(), 2, "a second segment started");
+        let first_len = fs::metadata(&files[0].1).expect("stat").len();
+        assert!(first_len > SEGMENT_BYTES_MAX, "{first_len}");
+        let second_len = fs::metadata(&files[1].1).expect("stat").len();
+        assert!(second_len < 4 << 20, "not rewritten: {second_len} bytes");
+        // Deferred sync: the only fdatasync is the closed segment's.
+        assert_eq!(log.syncs(), syncs + 1, "the closed segment was synced");
+        drop(log);
+        let mut log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(
+            (log.first_index_inner(), log.last_index_inner()),
+            (1, count)
+        );
+        // A snapshot of everything in the first segment removes it.
+        let first_last = count - 1;
+        log.install_snapshot(snapshot_at(first_last, 1, b"s"))
+            .expect("install");
+        let files = segments(dir.path()).expect("list");
+        assert_eq!(
+            files.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        drop(log);
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(
+            (log.first_index_inner(), log.last_index_inner()),
+            (count, count)
+        );
+    }
+
+    #[test]
+    fn a_log_dropped_while_its_snapshot_is_written_reopens_to_the_same_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = background_log(dir.path());
+        log.begin_snapshot(snapshot_at(15, 1, b"state at 15"))
+            .expect("begin");
+        log.append(&[entry(21, 1, b"z")]).expect("append");
+        log.sync().expect("sync");
+        drop(log);
+        // The snapshot file is complete (the drop waited for the writer)
+        // but was never adopted: it and the uncompacted log agree.
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.latest_snapshot().get_metadata().index, 15);
+        assert_eq!((log.first_index_inner(), log.last_index_inner()), (16, 21));
+        let got = log
+            .entries(16, 22, None, GetEntriesContext::empty(false))
+            .expect("entries");
+        let got: Vec<&[u8]> = got.iter().map(|e| &e.data[..]).collect();
+        assert_eq!(got, [&b"x"[..], b"x", b"x", b"x", b"x", b"z"]);
+    }
+
+    #[test]
+    fn a_leader_snapshot_installed_during_a_background_write_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = background_log(dir.path());
+        log.begin_snapshot(snapshot_at(15, 1, b"local"))
+            .expect("begin");
+        log.install_snapshot(snapshot_at(50, 4, b"leader"))
+            .expect("install");
+        assert!(!log.wait_snapshot().expect("wait"), "superseded");
+        assert_eq!(log.latest_snapshot().get_metadata().index, 50);
+        assert_eq!(
+            snapshot_files(dir.path())
+                .expect("list")
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<Vec<_>>(),
+            vec![50],
+            "the superseded file is gone"
+        );
+        drop(log);
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.latest_snapshot().get_data(), b"leader");
+        assert!(log.is_empty());
+    }
+
+    #[test]
+    fn a_failed_background_write_is_an_error_and_leaves_the_log_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = background_log(dir.path());
+        let snap = snapshot_at(15, 1, b"state");
+        // Where the writer creates its temporary file, a directory.
+        let tmp = dir
+            .path()
+            .join(format!("{}.tmp", snapshot_file_name(snap.get_metadata())));
+        fs::create_dir(&tmp).expect("mkdir");
+        log.begin_snapshot(snap).expect("begin");
+        let err = log.wait_snapshot().expect_err("write fails");
+        assert!(err.to_string().contains("snapshot"), "{err}");
+        assert!(!log.snapshot_in_progress());
+        assert_eq!((log.first_index_inner(), log.last_index_inner()), (1, 20));
+        fs::remove_dir(&tmp).expect("rmdir");
+        // The next one goes through.
+        log.begin_snapshot(snapshot_at(16, 1, b"state"))
+            .expect("begin");
+        assert!(log.wait_snapshot().expect("wait"));
+        assert_eq!(log.first_index_inner(), 17);
+    }
+
+    #[test]
+    fn an_unfinished_snapshot_file_is_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(background_log(dir.path()));
+        let tmp = dir.path().join(format!(
+            "{}.tmp",
+            snapshot_file_name(snapshot_at(9, 1, b"").get_metadata())
+        ));
+        fs::write(&tmp, b"half a snapshot").expect("write");
+        let log = RaftLog::open(dir.path()).expect("open");
+        assert!(!tmp.exists());
+        assert_eq!(log.last_index_inner(), 20);
+    }
+
+    #[test]
+    fn in_place_snapshots_compact_before_begin_returns() {
+        let mut log = RaftLog::in_memory();
+        log.set_snapshot_writes(SnapshotWrites::Background);
+        log.initialize(conf(&[1])).expect("init");
+        log.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")])
+            .expect("append");
+        // A log without files has nothing to write in the background.
+        log.begin_snapshot(snapshot_at(1, 1, b"s")).expect("begin");
+        assert!(!log.snapshot_in_progress());
+        assert_eq!(log.first_index_inner(), 2);
     }
 
     #[test]

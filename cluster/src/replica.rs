@@ -338,6 +338,13 @@ impl<S: StateMachine> Replica<S> {
         self.node.store()
     }
 
+    /// Waits for a snapshot being written in the background and compacts
+    /// the log up to it.
+    pub fn wait_snapshot(&mut self) -> Result<(), ReplicaError> {
+        self.node.mut_store().wait_snapshot()?;
+        Ok(())
+    }
+
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         self.node.tick();
@@ -425,6 +432,15 @@ impl<S: StateMachine> Replica<S> {
     /// one place where the log is written and the state machine changed.
     pub fn handle_ready(&mut self) -> Result<Output, ReplicaError> {
         let mut out = Output::default();
+        let started = std::time::Instant::now();
+        if self.node.mut_store().finish_snapshot()? {
+            debug!(
+                replica = self.id,
+                index = self.node.store().latest_snapshot().get_metadata().index,
+                compact_ms = started.elapsed().as_secs_f64() * 1e3,
+                "snapshot written, log compacted"
+            );
+        }
         if !self.node.has_ready() {
             return Ok(out);
         }
@@ -571,9 +587,16 @@ impl<S: StateMachine> Replica<S> {
     /// log when a follower needs one, or when due: every
     /// `snapshot_interval_entries`, and (unless the interval was set) once
     /// the log outweighs the last snapshot or [`SNAPSHOT_LOG_BYTES_MAX`].
+    /// Serializing happens here; the log writes the snapshot in place or
+    /// in the background (`SnapshotWrites`), and takes no new one before
+    /// the last is adopted.
     fn maybe_snapshot(&mut self) -> Result<(), ReplicaError> {
         let store = self.node.store();
         let last_snapshot = store.latest_snapshot().get_metadata().index;
+        if store.snapshot_in_progress() {
+            // Asked again once this one is adopted.
+            return Ok(());
+        }
         let wanted = store.take_snapshot_wanted();
         if self.applied <= last_snapshot {
             return Ok(());
@@ -586,6 +609,7 @@ impl<S: StateMachine> Replica<S> {
         if !wanted && !due {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         let mut snapshot = Snapshot::default();
         let meta = snapshot.mut_metadata();
         meta.index = self.applied;
@@ -596,11 +620,18 @@ impl<S: StateMachine> Replica<S> {
                 .wrap_snapshot(self.state_machine.snapshot())
                 .into(),
         );
-        self.node.mut_store().install_snapshot(snapshot)?;
+        let bytes = snapshot.get_data().len();
+        let serialized = started.elapsed();
+        let store = self.node.mut_store();
+        store.begin_snapshot(snapshot)?;
         debug!(
             replica = self.id,
             index = self.applied,
-            "snapshot taken, log compacted"
+            bytes,
+            serialize_ms = serialized.as_secs_f64() * 1e3,
+            in_caller_ms = started.elapsed().as_secs_f64() * 1e3,
+            background = store.snapshot_in_progress(),
+            "snapshot taken"
         );
         Ok(())
     }

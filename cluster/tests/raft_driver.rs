@@ -526,6 +526,19 @@ fn snapshot_index(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The index of the newest snapshot in `dir` once it is above `above`
+/// (snapshots are written in the background), or `above` after 10 s.
+fn snapshot_index_above(dir: &std::path::Path, above: u64) -> u64 {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let index = snapshot_index(dir);
+        if index > above || std::time::Instant::now() > until {
+            return index;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Unless told an interval, a group snapshots after 10 000 entries only
 /// once the log since the last snapshot outweighs it: a large state is not
 /// written again for every 10 000 small commands.
@@ -540,16 +553,22 @@ fn a_large_state_is_snapshotted_once_the_log_outweighs_it() {
     for i in 0..SNAPSHOT_INTERVAL_ENTRIES {
         propose(i.to_le_bytes().to_vec());
     }
-    let first = snapshot_index(dir.path());
+    let first = snapshot_index_above(dir.path(), 0);
     assert!(first > 0, "the first snapshot comes after the interval");
     // As many small commands again: 80 KB of log against a snapshot of
     // more than 400 KB.
     for i in 0..SNAPSHOT_INTERVAL_ENTRIES {
         propose(i.to_le_bytes().to_vec());
     }
+    // (Time for a snapshot written in the background to land, were one
+    // taken: a 400 KB file takes milliseconds.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(snapshot_index(dir.path()), first, "no snapshot yet");
     // The log outweighs the snapshot now.
     propose(vec![8; 500_000]);
-    assert!(snapshot_index(dir.path()) > first, "snapshot taken");
+    assert!(
+        snapshot_index_above(dir.path(), first) > first,
+        "snapshot taken"
+    );
     driver.stop().expect("stop");
 }
