@@ -1132,17 +1132,19 @@ fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> Result<(), LogError> {
         .write_to_bytes()
         .map_err(|e| LogError::Encode(e.to_string()))?;
     let data = snapshot.get_data();
-    let mut buf = Vec::with_capacity(32 + meta_bytes.len() + data.len());
-    buf.extend_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
-    buf.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-    buf.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&meta_bytes);
-    buf.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    buf.extend_from_slice(data);
-    let crc = crc32c::crc32c(&buf);
-    buf.extend_from_slice(&crc.to_le_bytes());
+    // Header, data and checksum written in turn: the data (tens of MB for
+    // a large namespace) is not copied.
+    let mut head = Vec::with_capacity(24 + meta_bytes.len());
+    head.extend_from_slice(&SNAPSHOT_MAGIC.to_le_bytes());
+    head.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    head.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+    head.extend_from_slice(&meta_bytes);
+    head.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head), data);
     let mut file = File::create(&tmp).map_err(io_err("create the snapshot", &tmp))?;
-    file.write_all(&buf)
+    file.write_all(&head)
+        .and_then(|()| file.write_all(data))
+        .and_then(|()| file.write_all(&crc.to_le_bytes()))
         .and_then(|()| file.sync_all())
         .map_err(io_err("write the snapshot", &tmp))?;
     fs::rename(&tmp, &path).map_err(io_err("rename the snapshot", &path))?;
