@@ -1485,6 +1485,16 @@ mod tests {
         log
     }
 
+    /// The numbers of listed log files (segment sequence, snapshot index).
+    fn numbers(listed: &Result<Vec<(u64, PathBuf)>, LogError>) -> Vec<u64> {
+        listed
+            .as_ref()
+            .expect("list")
+            .iter()
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
     fn finish_within(log: &mut RaftLog, secs: u64) -> bool {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
         while std::time::Instant::now() < until {
@@ -1518,23 +1528,9 @@ mod tests {
         assert_eq!(log.latest_snapshot().get_metadata().index, 15);
         assert_eq!((log.first_index_inner(), log.last_index_inner()), (16, 30));
         assert_eq!(log.entry_bytes(), 15);
-        assert_eq!(
-            snapshot_files(dir.path())
-                .expect("list")
-                .iter()
-                .map(|(i, _)| *i)
-                .collect::<Vec<_>>(),
-            vec![15]
-        );
-        let seqs = |dir: &Path| {
-            segments(dir)
-                .expect("list")
-                .iter()
-                .map(|(seq, _)| *seq)
-                .collect::<Vec<_>>()
-        };
+        assert_eq!(numbers(&snapshot_files(dir.path())), vec![15]);
         // Entries 16..=30 stay in the first segment; a new one started.
-        assert_eq!(seqs(dir.path()), vec![1, 2]);
+        assert_eq!(numbers(&segments(dir.path())), vec![1, 2]);
         drop(log);
         let mut log = RaftLog::open(dir.path()).expect("reopen");
         log.set_snapshot_writes(SnapshotWrites::Background);
@@ -1549,7 +1545,7 @@ mod tests {
             .expect("begin");
         assert!(log.wait_snapshot().expect("wait"));
         log.join_cleanup();
-        assert_eq!(seqs(dir.path()), vec![2, 3]);
+        assert_eq!(numbers(&segments(dir.path())), vec![2, 3]);
         drop(log);
         let log = RaftLog::open(dir.path()).expect("reopen");
         assert_eq!((log.first_index_inner(), log.last_index_inner()), (36, 40));
@@ -1587,11 +1583,7 @@ mod tests {
         let first_last = count - 1;
         log.install_snapshot(snapshot_at(first_last, 1, b"s"))
             .expect("install");
-        let files = segments(dir.path()).expect("list");
-        assert_eq!(
-            files.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-            vec![2, 3]
-        );
+        assert_eq!(numbers(&segments(dir.path())), vec![2, 3]);
         drop(log);
         let log = RaftLog::open(dir.path()).expect("reopen");
         assert_eq!(
@@ -1632,11 +1624,7 @@ mod tests {
         assert!(!log.wait_snapshot().expect("wait"), "superseded");
         assert_eq!(log.latest_snapshot().get_metadata().index, 50);
         assert_eq!(
-            snapshot_files(dir.path())
-                .expect("list")
-                .iter()
-                .map(|(i, _)| *i)
-                .collect::<Vec<_>>(),
+            numbers(&snapshot_files(dir.path())),
             vec![50],
             "the superseded file is gone"
         );
