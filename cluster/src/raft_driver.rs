@@ -566,12 +566,13 @@ impl<S: StateMachine> Core<S> {
             }
         }
         pending.expire(Instant::now());
+        self.next_sync = sync_if_due(replica, &mut pending.syncs, self.next_sync, self.stopping)?;
         if self.stopping {
-            // A snapshot being written is adopted: a clean stop leaves the
-            // log compacted.
+            // After the final sync (a failed snapshot write must not keep
+            // the log from being durable): a snapshot being written is
+            // adopted, so a clean stop leaves the log compacted.
             replica.wait_snapshot()?;
         }
-        self.next_sync = sync_if_due(replica, &mut pending.syncs, self.next_sync, self.stopping)?;
         Ok(())
     }
 }
