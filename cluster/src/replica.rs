@@ -432,14 +432,16 @@ impl<S: StateMachine> Replica<S> {
     /// one place where the log is written and the state machine changed.
     pub fn handle_ready(&mut self) -> Result<Output, ReplicaError> {
         let mut out = Output::default();
-        let started = std::time::Instant::now();
-        if self.node.mut_store().finish_snapshot()? {
-            debug!(
-                replica = self.id,
-                index = self.node.store().latest_snapshot().get_metadata().index,
-                compact_ms = started.elapsed().as_secs_f64() * 1e3,
-                "snapshot written, log compacted"
-            );
+        if self.node.store().snapshot_in_progress() {
+            let started = std::time::Instant::now();
+            if self.node.mut_store().finish_snapshot()? {
+                debug!(
+                    replica = self.id,
+                    index = self.node.store().latest_snapshot().get_metadata().index,
+                    compact_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "snapshot written, log compacted"
+                );
+            }
         }
         if !self.node.has_ready() {
             return Ok(out);
