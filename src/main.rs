@@ -38,6 +38,66 @@ enum Command {
     /// Change or show the membership of a running group of masters.
     #[command(subcommand)]
     Members(MembersCommand),
+    /// Make the cluster's certificate authority and its peers'
+    /// certificates (mutual TLS between masters, nodes and admins).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// How a command talks to the cluster: the TLS directory, or plain TCP.
+#[derive(Debug, Clone, clap::Args)]
+struct TlsArgs {
+    /// This process's TLS credentials: `ca.pem`, `cert.pem` and `key.pem`
+    /// (from `datenlord certs issue`). Every peer is then authenticated
+    /// by a certificate of the cluster's CA.
+    #[arg(long = "tls-dir", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn security(&self) -> anyhow::Result<datenlord_cluster::link::Security> {
+        datenlord_cluster::link::Security::from_dir(self.tls_dir.as_deref()).with_context(|| {
+            format!(
+                "--tls-dir {}",
+                self.tls_dir.as_deref().unwrap_or(std::path::Path::new("")).display()
+            )
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Make a new cluster CA in DIR: `ca.pem` (give it to every peer) and
+    /// `ca-key.pem` (keep it private: it makes masters).
+    Init {
+        /// Where the CA goes (created 0700).
+        dir: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = datenlord_cluster::certs::CA_DAYS_DEFAULT)]
+        days: u32,
+    },
+    /// Issue a peer's key and certificate, carrying its role and Raft id,
+    /// into a directory usable as its --tls-dir.
+    Issue {
+        /// The CA directory (from `certs init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// A name for people (host name): the certificate's common name.
+        #[arg(long)]
+        name: String,
+        /// master, node or admin (admins change the membership).
+        #[arg(long)]
+        role: datenlord_cluster::tls::Role,
+        /// The Raft id: the master's --id or the node's --node-id (not for admins).
+        #[arg(long)]
+        id: Option<u64>,
+        /// Where to write `ca.pem`, `cert.pem` and `key.pem` (default: ./NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = datenlord_cluster::certs::CERT_DAYS_DEFAULT)]
+        days: u32,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +138,13 @@ struct MasterArgs {
     /// is created again on the same addresses. Used only at bootstrap.
     #[arg(long, default_value = "")]
     group: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Serve plain TCP on an address other machines can reach (no
+    /// --tls-dir): whoever reaches the port can act as a member or as
+    /// root on the namespace. Only on a network you trust.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +164,8 @@ enum MembersCommand {
         /// Add as a learner.
         #[arg(long)]
         learner: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Remove a master from a running group.
     Remove {
@@ -106,12 +175,16 @@ enum MembersCommand {
         /// Id of the master to remove.
         #[arg(long)]
         id: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Show each master's view: leader, term, applied index.
     Status {
         /// Masters to ask.
         #[arg(long, value_delimiter = ',', required = true)]
         masters: Vec<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
@@ -181,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Format(args) => run_format(&args),
         Command::Master(args) => run_master(&args),
         Command::Members(command) => run_members(command),
+        Command::Certs(command) => run_certs(command),
         Command::Cache(CacheCommand::Inspect { cache_dir, verify }) => {
             let report = datenlord_engine::inspect::inspect(&cache_dir, verify)
                 .with_context(|| format!("inspecting the cache at {}", cache_dir.display()))?;
@@ -270,6 +344,11 @@ fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
 
 fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
     let signals = block_stop_signals();
+    let security = args.tls.security()?;
+    if let Some(own) = args.peers.get(&args.id) {
+        datenlord_cluster::link::check_listen(own, &security, args.insecure, "--peers")
+            .map_err(anyhow::Error::msg)?;
+    }
     let config = datenlord_cluster::master::MasterConfig {
         id: args.id,
         peers: args.peers.clone(),
@@ -277,6 +356,7 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
         snapshot_interval_entries: args.snapshot_interval,
         join: args.join,
         group_name: args.group.clone(),
+        security,
     };
     let master = datenlord_cluster::master::Master::start(&config).with_context(|| {
         format!(
@@ -294,12 +374,13 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
 fn run_members(command: MembersCommand) -> anyhow::Result<ExitCode> {
     use datenlord_cluster::master::MetaClient;
     use datenlord_cluster::replica::Membership;
-    let (masters, change) = match command {
+    let (masters, change, tls) = match command {
         MembersCommand::Add {
             masters,
             id,
             addr,
             learner,
+            tls,
         } => {
             anyhow::ensure!(id != 0, "master id 0 is reserved: number masters from 1");
             let change = if learner {
@@ -307,14 +388,16 @@ fn run_members(command: MembersCommand) -> anyhow::Result<ExitCode> {
             } else {
                 Membership::AddVoter { id, addr }
             };
-            (masters, change)
+            (masters, change, tls)
         }
-        MembersCommand::Remove { masters, id } => (masters, Membership::Remove { id }),
-        MembersCommand::Status { masters } => {
+        MembersCommand::Remove { masters, id, tls } => (masters, Membership::Remove { id }, tls),
+        MembersCommand::Status { masters, tls } => {
+            let security = tls.security()?;
             for addr in &masters {
                 let mut one = MetaClient::with_deadline(
                     vec![addr.clone()],
                     std::time::Duration::from_secs(2),
+                    &security,
                 );
                 match one.status() {
                     Ok(s) => println!(
@@ -334,9 +417,49 @@ fn run_members(command: MembersCommand) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    MetaClient::new(masters)
+    MetaClient::new(masters, &tls.security()?)
         .change_members(&change)
         .with_context(|| format!("applying {change:?}"))?;
     println!("applied {change:?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
+    use datenlord_cluster::certs;
+    match command {
+        CertsCommand::Init { dir, days } => {
+            certs::init_ca(&dir, days)
+                .with_context(|| format!("making a cluster CA in {}", dir.display()))?;
+            println!(
+                "made a cluster CA in {}: give {} to every peer (`certs issue` copies it), keep {} private",
+                dir.display(),
+                dir.join(datenlord_cluster::tls::CA_CERT_FILE).display(),
+                dir.join(certs::CA_KEY_FILE).display()
+            );
+        }
+        CertsCommand::Issue {
+            ca,
+            name,
+            role,
+            id,
+            out,
+            days,
+        } => {
+            let out = out.unwrap_or_else(|| PathBuf::from(&name));
+            let request = certs::CertRequest {
+                name,
+                role,
+                id,
+                days,
+            };
+            let identity = certs::issue(&ca, &out, &request)
+                .with_context(|| format!("issuing a certificate with the CA in {}", ca.display()))?;
+            println!(
+                "issued a certificate for {identity} (serial {}) in {}: use it as --tls-dir",
+                identity.serial,
+                out.display()
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

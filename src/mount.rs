@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use tracing::{info, warn};
 
 use datenlord_cluster::master::Master;
+use datenlord_cluster::link::{check_listen, Security};
 use datenlord_cluster::node::{Node, NodeConfig};
 use datenlord_engine::block::{parse_bytes, BlockSize};
 use datenlord_engine::config::{DiskConfig, EngineConfig};
@@ -130,6 +131,17 @@ pub struct MountArgs {
     /// Where this node listens for the leader's Raft messages.
     #[arg(long = "node-listen", value_name = "HOST:PORT")]
     pub node_listen: Option<String>,
+    /// This node's TLS credentials (`ca.pem`, `cert.pem`, `key.pem`, from
+    /// `datenlord certs issue --role node --id N`): masters and nodes
+    /// then authenticate each other. Required for a --node-listen other
+    /// machines can reach, unless --insecure.
+    #[arg(long = "tls-dir", value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Plain TCP to the masters on an address other machines can reach:
+    /// whoever reaches the port can act as a member. Only on a network
+    /// you trust.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl MountArgs {
@@ -158,7 +170,13 @@ impl MountArgs {
             .filter(|m| !m.is_empty())
             .collect();
         match (masters.is_empty(), self.node_id, &self.node_listen) {
-            (true, None, None) => return Ok(None),
+            (true, None, None) => {
+                ensure!(
+                    self.tls_dir.is_none() && !self.insecure,
+                    "--tls-dir and --insecure are for a node of a master group (with --masters, --node-id and --node-listen); the embedded mount talks to no other process"
+                );
+                return Ok(None);
+            }
             (false, Some(id), Some(listen)) => {
                 let embedded_store = format!("file://{}", data_dir.join("store").display());
                 match &self.store {
@@ -170,12 +188,22 @@ impl MountArgs {
                     ),
                     Some(_) => {}
                 }
+                let tls_dir = match &self.tls_dir {
+                    Some(dir) => Some(dir.canonicalize().with_context(|| {
+                        format!("--tls-dir {}: make it with `datenlord certs issue`", dir.display())
+                    })?),
+                    None => None,
+                };
+                let security = Security::from_dir(tls_dir.as_deref()).context("--tls-dir")?;
+                check_listen(listen, &security, self.insecure, "--node-listen")
+                    .map_err(anyhow::Error::msg)?;
                 return Ok(Some(NodeConfig {
                     id,
                     listen: listen.clone(),
                     advertise: None,
                     masters,
                     data_dir: data_dir.join("node"),
+                    security,
                 }));
             }
             _ => {}

@@ -54,6 +54,7 @@ fn config(group: &Group, id: u64, listen: &str, dir: &Path) -> NodeConfig {
         advertise: None,
         masters: group.addrs.clone(),
         data_dir: dir.to_path_buf(),
+        security: group.security("node", Some(id)),
     }
 }
 
@@ -214,6 +215,7 @@ fn a_node_on_a_copy_of_another_group_is_refused_and_a_new_one_records_the_group(
     let status = datenlord_cluster::master::MetaClient::with_deadline(
         vec![group.addrs[0].clone()],
         Duration::from_secs(5),
+        &group.security("admin", None),
     )
     .status()
     .expect("status");

@@ -182,7 +182,7 @@ fn a_data_dir_of_another_group_is_refused_and_never_joins() {
     let other_peers = format!("3={other_addr}");
     let foreign_dir = other.dir(3);
     other.start_on(3, &other_peers, false, &foreign_dir);
-    let mut b = datenlord_cluster::master::MetaClient::new(vec![other_addr.clone()]);
+    let mut b = other.client();
     format(&mut b);
     mkdir(&mut b, "only-in-b");
     other.kill(3);
@@ -250,8 +250,9 @@ fn a_data_dir_of_another_group_is_refused_and_never_joins() {
     // Group B's namespace is intact: restarted alone, it still has its
     // directory and not group A's.
     other.start_on(3, &other_peers, false, &foreign_dir);
-    let listed = names(&mut datenlord_cluster::master::MetaClient::new(vec![
-        other_addr,
-    ]));
+    let listed = names(&mut datenlord_cluster::master::MetaClient::new(
+        vec![other_addr],
+        &other.security("admin", None),
+    ));
     assert_eq!(listed, vec!["only-in-b".to_string()]);
 }

@@ -15,8 +15,14 @@ use support::node::{datenlord, Mounted, NodeDirs};
 /// Kernel attribute and entry caches off: every path walk asks the node.
 const NO_KERNEL_CACHE: &str = "negative_timeout=0,entry_timeout=0,attr_timeout=0";
 
-fn node_args<'a>(store: &'a str, masters: &'a str, id: &'a str, listen: &'a str) -> Vec<&'a str> {
-    vec![
+fn node_args<'a>(
+    store: &'a str,
+    masters: &'a str,
+    id: &'a str,
+    listen: &'a str,
+    tls: &'a [String],
+) -> Vec<&'a str> {
+    let mut args = vec![
         "--store",
         store,
         "--masters",
@@ -35,7 +41,9 @@ fn node_args<'a>(store: &'a str, masters: &'a str, id: &'a str, listen: &'a str)
         "0",
         "--memory-size",
         "32M",
-    ]
+    ];
+    args.extend(tls.iter().map(String::as_str));
+    args
 }
 
 fn bytes(len: usize, seed: u32) -> Vec<u8> {
@@ -62,8 +70,12 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (a_listen, b_listen) = (free_addr(), free_addr());
-    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen));
-    let b = Mounted::start(&b_dirs, &node_args(&store, &masters, "12", &b_listen));
+    let (a_tls, b_tls) = (
+        group.tls_args("node", Some(11)),
+        group.tls_args("node", Some(12)),
+    );
+    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen, &a_tls));
+    let b = Mounted::start(&b_dirs, &node_args(&store, &masters, "12", &b_listen, &b_tls));
     let a_log =
         std::fs::read_to_string(a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
     assert!(
@@ -97,7 +109,7 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
     // (rejoining, not added again) and sees what B did meanwhile.
     a.unmount();
     std::fs::write(b.path().join("d/g"), b"while A was down").expect("write on B");
-    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen));
+    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen, &a_tls));
     let read = std::fs::read(a.path().join("d/g")).expect("read on A again");
     assert_eq!(read, b"while A was down");
     let a_log =

@@ -14,6 +14,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use datenlord_cluster::link::Security;
 use datenlord_cluster::master::{Master, MasterConfig, MetaClient, Query, QueryAnswer};
 use datenlord_cluster::meta::{
     Command, Creds, FileKind, Ino, MetaState, Outcome, RenameFlags, Timespec, ROOT_INO,
@@ -115,6 +116,7 @@ fn embedded() -> Setup {
         snapshot_interval_entries: None,
         join: false,
         group_name: String::new(),
+        security: Security::Insecure,
     };
     let master = Master::start(&config).expect("master");
     let handle = master.handle();
@@ -170,13 +172,14 @@ fn three() -> Setup {
                 snapshot_interval_entries: None,
                 join: false,
                 group_name: String::new(),
+                security: Security::Insecure,
             })
             .expect("master")
         })
         .collect();
     Setup {
         name: "3 masters on loopback (TCP)",
-        access: Box::new(move || Access::Client(Box::new(MetaClient::new(addrs.clone())))),
+        access: Box::new(move || Access::Client(Box::new(MetaClient::new(addrs.clone(), &Security::Insecure)))),
         _masters: masters,
         _dir: dir,
     }

@@ -5,21 +5,26 @@
 //! request:  [len u32][crc32c u32][id u64][op u8][payload]
 //! response: [len u32][crc32c u32][id u64][status u8][payload]
 //! ```
-//! A connection starts with [`CLIENT_PREAMBLE`] and the metadata group the
-//! client expects (`u64`, 0: any; see [`crate::group`]); a master of another
+//! A connection is a [`Link`] (with TLS, both ends authenticated first; the
+//! handler is told who the client is and decides what it may do). It
+//! starts with [`CLIENT_PREAMBLE`] and the metadata group the client
+//! expects (`u64`, 0: any; see [`crate::group`]); a master of another
 //! group answers [`Status::OtherGroup`] and the client leaves it alone.
 //! `len` counts the bytes after the CRC; the CRC covers them. A master that
 //! is not the leader answers [`Status::NotLeader`] with the leader's client
 //! address, and [`RpcClient`] follows it by itself. A malformed frame closes
 //! the connection; it never panics either side.
 
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::io::{BufReader, Read, Write};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
+
+use crate::link::{Expect, Link, Security};
+use crate::tls::Peer;
 
 /// Largest request or response accepted.
 pub const RPC_FRAME_MAX_BYTES: usize = 64 << 20;
@@ -53,8 +58,8 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RpcError {
     /// No master answered as leader before the deadline.
-    #[error("no metadata master answered within {0:?} (tried {1}): check that a majority of masters runs and --masters is right")]
-    Unavailable(Duration, String),
+    #[error("no metadata master answered within {0:?} (tried {1}{last}): check that a majority of masters runs, --masters is right and, with TLS, that --tls-dir holds a certificate of the cluster's CA", last = last_error(.2))]
+    Unavailable(Duration, String, Option<String>),
     /// The master failed the request.
     #[error("metadata master: {0}")]
     Failed(String),
@@ -67,6 +72,13 @@ pub struct Response {
     pub status: Status,
     /// Result, leader address or message.
     pub payload: Vec<u8>,
+}
+
+fn last_error(error: &Option<String>) -> String {
+    error
+        .as_ref()
+        .map(|e| format!("; last error: {e}"))
+        .unwrap_or_default()
 }
 
 fn write_frame(out: &mut impl Write, id: u64, code: u8, payload: &[u8]) -> std::io::Result<()> {
@@ -86,24 +98,30 @@ fn read_frame(input: &mut impl Read) -> Result<Option<(u64, u8, Vec<u8>)>, Strin
     Ok(Some((id, code, body)))
 }
 
-/// The handler a master runs for each request: `(op, payload) -> Response`.
-pub type Handler = Arc<dyn Fn(u8, Vec<u8>) -> Response + Send + Sync>;
+/// The handler a master runs for each request: `(who, op, payload) ->
+/// Response`.
+pub type Handler = Arc<dyn Fn(&Peer, u8, Vec<u8>) -> Response + Send + Sync>;
 
 /// Serves clients on `listener` for a member of `group`, one thread per
-/// connection.
-pub fn serve(listener: TcpListener, group: u64, handler: Handler) {
+/// connection (tests: masters and nodes serve clients on their shared
+/// port, `crate::listener`).
+pub fn serve(listener: TcpListener, group: u64, handler: Handler, security: Security) {
     let spawned = thread::Builder::new()
         .name("meta-accept".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
+                let Ok(stream) = stream else { continue };
                 let handler = Arc::clone(&handler);
+                let security = security.clone();
                 let _ = thread::Builder::new()
                     .name("meta-client".into())
                     .spawn(move || {
+                        let Ok(mut link) = security.accept(stream) else {
+                            return;
+                        };
                         let mut preamble = [0u8; 4];
-                        if stream.read_exact(&mut preamble).is_ok() && preamble == CLIENT_PREAMBLE {
-                            serve_connection(stream, group, &handler);
+                        if link.read_exact(&mut preamble).is_ok() && preamble == CLIENT_PREAMBLE {
+                            serve_connection(link, group, &handler);
                         }
                     });
             }
@@ -118,9 +136,9 @@ const GROUP_TIMEOUT_MS: u64 = 5_000;
 
 /// Answers a client's requests (after its preamble) for a member of
 /// `group` until it disconnects.
-pub(crate) fn serve_connection(mut stream: TcpStream, group: u64, handler: &Handler) {
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok();
+pub(crate) fn serve_connection(mut stream: Link, group: u64, handler: &Handler) {
+    let peer = stream.remote();
+    let who = stream.peer().clone();
     let mut expected = [0u8; 8];
     if let Err(e) = crate::frame::read_exact_within(&mut stream, &mut expected, GROUP_TIMEOUT_MS) {
         debug!(?peer, %e, "client left before saying its group");
@@ -128,26 +146,29 @@ pub(crate) fn serve_connection(mut stream: TcpStream, group: u64, handler: &Hand
     }
     let expected = u64::from_le_bytes(expected);
     let other_group = expected != 0 && expected != group;
-    let Ok(write_half) = stream.try_clone() else {
-        return;
+    // Only an authenticated client learns which group this is.
+    let told = match who {
+        Peer::Certified(_) => group,
+        Peer::Unverified => 0,
     };
     let mut reader = BufReader::new(stream);
-    let mut writer = BufWriter::new(write_half);
     loop {
         match read_frame(&mut reader) {
             Ok(Some((id, _, _))) if other_group => {
                 warn!(?peer, "a client of metadata group {expected:016x} reached this member of {group:016x}: told it so");
                 let _ = write_frame(
-                    &mut writer,
+                    reader.get_mut(),
                     id,
                     Status::OtherGroup as u8,
-                    &group.to_le_bytes(),
+                    &told.to_le_bytes(),
                 );
                 return;
             }
             Ok(Some((id, op, payload))) => {
-                let response = handler(op, payload);
-                if write_frame(&mut writer, id, response.status as u8, &response.payload).is_err() {
+                let response = handler(&who, op, payload);
+                if write_frame(reader.get_mut(), id, response.status as u8, &response.payload)
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -165,7 +186,12 @@ pub(crate) fn serve_connection(mut stream: TcpStream, group: u64, handler: &Hand
 pub struct RpcClient {
     masters: Vec<String>,
     preferred: Option<String>,
-    conn: Option<(String, BufReader<TcpStream>, BufWriter<TcpStream>)>,
+    /// The master connected to, and the connection (written through
+    /// `get_mut`: a TLS stream is one object for both directions).
+    conn: Option<(String, BufReader<Link>)>,
+    security: Security,
+    /// Why the last connection attempt or call failed, for the error.
+    last_error: Option<String>,
     next_id: u64,
     deadline: Duration,
     /// The group the masters must be in (0: any).
@@ -176,11 +202,13 @@ pub struct RpcClient {
 
 impl RpcClient {
     /// A client of the masters at `masters` (`host:port` each).
-    pub fn new(masters: Vec<String>) -> Self {
+    pub fn new(masters: Vec<String>, security: Security) -> Self {
         Self {
             masters,
             preferred: None,
             conn: None,
+            security,
+            last_error: None,
             next_id: 1,
             deadline: Duration::from_millis(CALL_DEADLINE_MS),
             group: 0,
@@ -202,6 +230,11 @@ impl RpcClient {
         self.group
     }
 
+    /// How this client authenticates.
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
     /// The addresses this client was given.
     pub fn masters(&self) -> &[String] {
         &self.masters
@@ -214,17 +247,24 @@ impl RpcClient {
         self
     }
 
-    fn connect(addr: &str, group: u64) -> Option<(BufReader<TcpStream>, BufWriter<TcpStream>)> {
-        let resolved: SocketAddr = addr.to_socket_addrs().ok()?.next()?;
-        let stream =
-            TcpStream::connect_timeout(&resolved, Duration::from_millis(CONNECT_TIMEOUT_MS))
-                .ok()?;
-        let _ = stream.set_nodelay(true);
-        let mut write_half = stream.try_clone().ok()?;
+    /// Connects to `addr`, the handshake done by `deadline`.
+    fn connect(&self, addr: &str, deadline: Instant) -> Result<BufReader<Link>, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut link = self
+            .security
+            .connect(
+                addr,
+                Expect::Server,
+                Duration::from_millis(CONNECT_TIMEOUT_MS),
+                left.min(Duration::from_millis(crate::link::HANDSHAKE_TIMEOUT_MS)),
+            )
+            .map_err(|e| format!("{addr}: {e}"))?;
         let mut hello = CLIENT_PREAMBLE.to_vec();
-        hello.extend_from_slice(&group.to_le_bytes());
-        write_half.write_all(&hello).ok()?;
-        Some((BufReader::new(stream), BufWriter::new(write_half)))
+        hello.extend_from_slice(&self.group.to_le_bytes());
+        link.write_all(&hello)
+            .and_then(|()| link.flush())
+            .map_err(|e| format!("{addr}: {e}"))?;
+        Ok(BufReader::new(link))
     }
 
     /// Sends a request to the leader (found and followed as needed) and
@@ -237,6 +277,7 @@ impl RpcClient {
                 return Err(RpcError::Unavailable(
                     self.deadline,
                     self.masters.join(", "),
+                    self.last_error.take(),
                 ));
             }
             if self.conn.is_none() {
@@ -256,16 +297,18 @@ impl RpcClient {
                 if self.foreign.contains(&addr) {
                     continue;
                 }
-                if let Some((r, w)) = Self::connect(&addr, self.group) {
-                    self.conn = Some((addr, r, w));
-                } else {
-                    thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
-                    continue;
+                match self.connect(&addr, deadline) {
+                    Ok(link) => self.conn = Some((addr, link)),
+                    Err(e) => {
+                        self.last_error = Some(e);
+                        thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
+                        continue;
+                    }
                 }
             }
             let id = self.next_id;
             self.next_id += 1;
-            let Some((addr, reader, writer)) = self.conn.as_mut() else {
+            let Some((addr, reader)) = self.conn.as_mut() else {
                 continue;
             };
             // A master that accepted but does not answer (still starting,
@@ -276,10 +319,12 @@ impl RpcClient {
             let timed = reader
                 .get_ref()
                 .set_read_timeout(Some(left))
-                .and_then(|()| writer.get_ref().set_write_timeout(Some(left)));
+                .and_then(|()| reader.get_ref().set_write_timeout(Some(left)));
             let answer = timed
                 .map_err(|e| e.to_string())
-                .and_then(|()| write_frame(writer, id, op, payload).map_err(|e| e.to_string()))
+                .and_then(|()| {
+                    write_frame(reader.get_mut(), id, op, payload).map_err(|e| e.to_string())
+                })
                 .and_then(|()| read_frame(reader));
             match answer {
                 Ok(Some((rid, status, body))) if rid == id => match status {
@@ -305,7 +350,12 @@ impl RpcClient {
                         }
                     }
                 },
-                Ok(_) | Err(_) => {
+                Ok(_) => {
+                    self.conn = None;
+                    thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
+                }
+                Err(e) => {
+                    self.last_error = Some(format!("{addr}: {e}"));
                     self.conn = None;
                     thread::sleep(Duration::from_millis(RETRY_BACKOFF_MS));
                 }
@@ -342,29 +392,31 @@ mod tests {
         serve(
             follower,
             1,
-            Arc::new(move |_, _| Response {
+            Arc::new(move |_: &Peer, _, _| Response {
                 status: Status::NotLeader,
                 payload: redirect.clone().into_bytes(),
             }),
+            Security::Insecure,
         );
         serve(
             leader,
             1,
-            Arc::new(|op, mut payload| {
+            Arc::new(|_: &Peer, op, mut payload| {
                 payload.push(op);
                 Response {
                     status: Status::Ok,
                     payload,
                 }
             }),
+            Security::Insecure,
         );
         // The client only knows the follower; it is sent to the leader.
-        let mut client = RpcClient::new(vec![follower_addr]);
+        let mut client = RpcClient::new(vec![follower_addr], Security::Insecure);
         assert_eq!(client.call(3, b"ab").expect("call"), b"ab\x03");
         assert_eq!(client.call(4, b"").expect("call"), b"\x04");
         // Nobody answering is a clear error after the deadline.
         let mut lost =
-            RpcClient::new(vec!["127.0.0.1:1".into()]).with_deadline(Duration::from_millis(300));
+            RpcClient::new(vec!["127.0.0.1:1".into()], Security::Insecure).with_deadline(Duration::from_millis(300));
         let err = lost.call(1, b"").expect_err("unavailable").to_string();
         assert!(err.contains("majority of masters"), "{err}");
     }
@@ -377,23 +429,24 @@ mod tests {
             serve(
                 listener,
                 group,
-                Arc::new(move |_, _| Response {
+                Arc::new(move |_: &Peer, _, _| Response {
                     status: Status::Ok,
                     payload: group.to_le_bytes().to_vec(),
                 }),
+                Security::Insecure,
             );
             addr
         };
         let (one, two) = (addr_of(1), addr_of(2));
         let masters = vec![one.clone(), two.clone()];
-        let mut client = RpcClient::new(masters.clone());
+        let mut client = RpcClient::new(masters.clone(), Security::Insecure);
         client.set_group(2);
         for _ in 0..3 {
             assert_eq!(client.call(3, b"").expect("call"), 2u64.to_le_bytes());
         }
-        let mut any = RpcClient::new(vec![one]);
+        let mut any = RpcClient::new(vec![one], Security::Insecure);
         assert_eq!(any.call(3, b"").expect("any group"), 1u64.to_le_bytes());
-        let mut lost = RpcClient::new(masters);
+        let mut lost = RpcClient::new(masters, Security::Insecure);
         lost.set_group(3);
         let err = lost
             .call(3, b"")
@@ -407,7 +460,7 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = silent.local_addr().expect("addr").to_string();
         // Connections wait in the backlog, as with a master still starting.
-        let mut client = RpcClient::new(vec![addr]).with_deadline(Duration::from_millis(300));
+        let mut client = RpcClient::new(vec![addr], Security::Insecure).with_deadline(Duration::from_millis(300));
         let started = Instant::now();
         let err = client.call(1, b"").expect_err("no answer").to_string();
         assert!(err.contains("majority of masters"), "{err}");

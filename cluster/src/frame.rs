@@ -10,7 +10,7 @@ use std::io::{ErrorKind, Read, Write};
 /// `timeout_ms` (a handshake: the peer must say who it is promptly); the
 /// stream has no read timeout afterwards.
 pub fn read_exact_within(
-    stream: &mut std::net::TcpStream,
+    stream: &mut crate::link::Link,
     buf: &mut [u8],
     timeout_ms: u64,
 ) -> std::io::Result<()> {

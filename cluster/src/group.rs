@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use crate::link::Security;
 use crate::master::{MasterError, MasterStatus, MetaClient};
 
 /// Name of the file that records which group member a data directory
@@ -165,31 +166,40 @@ pub fn foreign_dir(dir: &Path, role: &str, id: u64, found: u64, expected: u64) -
 
 /// The status of the master (or node) at `addr`, if it answers within
 /// `timeout_ms`.
-pub fn ask(addr: &str, timeout_ms: u64) -> Option<MasterStatus> {
-    MetaClient::with_deadline(vec![addr.to_string()], Duration::from_millis(timeout_ms))
-        .status()
-        .ok()
+pub fn ask(addr: &str, timeout_ms: u64, security: &Security) -> Option<MasterStatus> {
+    MetaClient::with_deadline(
+        vec![addr.to_string()],
+        Duration::from_millis(timeout_ms),
+        security,
+    )
+    .status()
+    .ok()
 }
 
 /// Asks each of `addrs` (at once, briefly) for its status; returns the
 /// answers of those that gave one.
-pub fn ask_members(addrs: &[String]) -> Vec<(String, MasterStatus)> {
+pub fn ask_members(addrs: &[String], security: &Security) -> Vec<(String, MasterStatus)> {
     addrs
         .iter()
         .cloned()
-        .zip(ask_each(addrs, ASK_TIMEOUT_MS))
+        .zip(ask_each(addrs, ASK_TIMEOUT_MS, security))
         .filter_map(|(addr, status)| Some((addr, status?)))
         .collect()
 }
 
 /// Asks each of `addrs` at once for its status, waiting at most
 /// `timeout_ms` for any: the answers in the order of `addrs`.
-pub fn ask_each(addrs: &[String], timeout_ms: u64) -> Vec<Option<MasterStatus>> {
+pub fn ask_each(
+    addrs: &[String],
+    timeout_ms: u64,
+    security: &Security,
+) -> Vec<Option<MasterStatus>> {
     let asks: Vec<_> = addrs
         .iter()
         .map(|addr| {
             let addr = addr.clone();
-            std::thread::spawn(move || ask(&addr, timeout_ms))
+            let security = security.clone();
+            std::thread::spawn(move || ask(&addr, timeout_ms, &security))
         })
         .collect();
     asks.into_iter()
@@ -308,7 +318,7 @@ mod tests {
             .map(|l| l.local_addr().expect("addr").to_string())
             .collect();
         let start = std::time::Instant::now();
-        let answers = ask_each(&addrs, 1_000);
+        let answers = ask_each(&addrs, 1_000, &Security::Insecure);
         assert_eq!(answers.len(), 3);
         assert!(answers.iter().all(Option::is_none));
         assert!(
@@ -316,7 +326,7 @@ mod tests {
             "asked in turn: {:?}",
             start.elapsed()
         );
-        assert!(ask_members(&addrs).is_empty());
+        assert!(ask_members(&addrs, &Security::Insecure).is_empty());
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //!
 //! The engine and the FUSE frontend are unknown here; `fs` glues them.
 
+pub mod certs;
 pub mod client_rpc;
 mod frame;
 pub mod group;
+pub mod link;
 pub mod listener;
 pub mod master;
 pub mod meta;
@@ -18,3 +20,4 @@ pub mod raft_transport;
 pub mod replica;
 pub mod sessions;
 pub mod shared_state;
+pub mod tls;

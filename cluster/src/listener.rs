@@ -2,6 +2,8 @@
 //! clients (metadata requests): the first four bytes of a connection say
 //! which it is, so a master is one address in `--peers` and in clients'
 //! `--masters`, and a leader redirect names the address clients already use.
+//! With TLS, the handshake (and so the peer's certificate) comes before
+//! those four bytes: nothing of either protocol is read from a stranger.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,6 +16,7 @@ use tracing::{debug, warn};
 
 use crate::client_rpc::{serve_connection, Handler, CLIENT_PREAMBLE};
 use crate::group::Member;
+use crate::link::Security;
 use crate::raft_transport::{accept, receive, LocalHandle, RAFT_PREAMBLE};
 use crate::replica::StateMachine;
 
@@ -39,9 +42,10 @@ pub fn serve_master<S: StateMachine + Send + 'static>(
     me: Member,
     local: LocalHandle<S>,
     handler: Handler,
+    security: Security,
 ) {
     let never = Arc::new(AtomicBool::new(false));
-    if let Err(e) = spawn_accept(listener, me, local, handler, never) {
+    if let Err(e) = spawn_accept(listener, me, local, handler, security, never) {
         warn!(%e, "cannot start the master listener thread");
     }
 }
@@ -99,13 +103,14 @@ pub fn serve_stoppable<S: StateMachine + Send + 'static>(
     me: Member,
     local: LocalHandle<S>,
     handler: Handler,
+    security: Security,
 ) -> std::io::Result<Listening> {
     let mut addr = listener.local_addr()?;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let thread = spawn_accept(listener, me, local, handler, Arc::clone(&stop))?;
+    let thread = spawn_accept(listener, me, local, handler, security, Arc::clone(&stop))?;
     Ok(Listening {
         addr,
         stop,
@@ -118,6 +123,7 @@ fn spawn_accept<S: StateMachine + Send + 'static>(
     me: Member,
     local: LocalHandle<S>,
     handler: Handler,
+    security: Security,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new().name("master-accept".into()).spawn(move || {
@@ -126,7 +132,7 @@ fn spawn_accept<S: StateMachine + Send + 'static>(
             if stop.load(Ordering::Acquire) {
                 return;
             }
-            let Ok(mut stream) = stream else { continue };
+            let Ok(stream) = stream else { continue };
             if open.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
                 open.fetch_sub(1, Ordering::AcqRel);
                 warn!(peer = ?stream.peer_addr().ok(), "too many connections ({CONNECTIONS_MAX}): closing a new one");
@@ -135,23 +141,32 @@ fn spawn_accept<S: StateMachine + Send + 'static>(
             let slot = Slot(Arc::clone(&open));
             let local = Arc::clone(&local);
             let handler = Arc::clone(&handler);
+            let security = security.clone();
             let _ = thread::Builder::new().name("master-conn".into()).spawn(move || {
                 let _slot = slot;
-                let _ = stream.set_read_timeout(Some(Duration::from_millis(PREAMBLE_TIMEOUT_MS)));
+                let remote = stream.peer_addr().ok();
+                let mut link = match security.accept(stream) {
+                    Ok(link) => link,
+                    Err(e) => {
+                        warn!(?remote, %e, "refused a connection that did not authenticate with a certificate of this cluster's CA");
+                        return;
+                    }
+                };
+                let _ = link.set_read_timeout(Some(Duration::from_millis(PREAMBLE_TIMEOUT_MS)));
                 let mut preamble = [0u8; 4];
-                if let Err(e) = stream.read_exact(&mut preamble) {
+                if let Err(e) = link.read_exact(&mut preamble) {
                     debug!(%e, "connection closed before saying what it is");
                     return;
                 }
-                let _ = stream.set_read_timeout(None);
+                let _ = link.set_read_timeout(None);
                 match preamble {
                     RAFT_PREAMBLE => {
-                        if accept(&mut stream, me) {
-                            receive(stream, me.id, &local);
+                        if accept(&mut link, me) {
+                            receive(link, me.id, &local);
                         }
                     }
-                    CLIENT_PREAMBLE => serve_connection(stream, me.group, &handler),
-                    other => warn!(?other, peer = ?stream.peer_addr().ok(), "unknown protocol on the master port: closing"),
+                    CLIENT_PREAMBLE => serve_connection(link, me.group, &handler),
+                    other => warn!(?other, ?remote, "unknown protocol on the master port: closing"),
                 }
             });
         }

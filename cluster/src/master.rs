@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use futures::executor::block_on;
 use rkyv::{Archive, Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::client_rpc::{Handler, Response, RpcClient, RpcError, Status};
 pub use crate::group::IDENTITY_FILE;
 use crate::group::{self, embedded_group, group_id, Member, Recorded, Strangers};
+use crate::link::Security;
 use crate::listener::serve_master;
 use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Outcome, StatFs};
 use crate::raft_driver::{DriveError, NoPeers, RaftDriver, RaftHandle};
@@ -25,6 +26,7 @@ use crate::raft_transport::{read_members, LocalHandle, TcpTransport};
 use crate::replica::{Membership, ReplicaError, StateMachine};
 use crate::sessions::SessionProposal;
 use crate::shared_state::SharedState;
+use crate::tls::{Peer, Role};
 
 /// Client op: propose a [`Command`].
 pub const OP_PROPOSE: u8 = 1;
@@ -287,6 +289,8 @@ pub struct MasterConfig {
     /// The group's name at bootstrap (`--group`; may be empty): with the
     /// first `peers`, it makes the group's id (see [`crate::group`]).
     pub group_name: String,
+    /// How peers and clients are authenticated.
+    pub security: Security,
 }
 
 /// A running master.
@@ -337,6 +341,15 @@ impl Master {
                 "cannot listen on {addr}: {e} (is another master running there?)"
             ))
         })?;
+        if let Security::Tls(tls) = &config.security {
+            let who = tls.identity();
+            if who.role != Role::Master || who.id != Some(config.id) {
+                return Err(MasterError::Config(format!(
+                    "the certificate in --tls-dir is for {who}, not master {}: issue one with `datenlord certs issue --role master --id {}`",
+                    config.id, config.id
+                )));
+            }
+        }
         let me = Member {
             id: config.id,
             group: choose_group(config)?,
@@ -352,7 +365,13 @@ impl Master {
             .collect();
         let state = SharedState::new(MetaState::new());
         let local: LocalHandle<SharedState<MetaState>> = LocalHandle::default();
-        let transport = TcpTransport::new(me, &others, &local, Some(members_file));
+        let transport = TcpTransport::new(
+            me,
+            &others,
+            &local,
+            Some(members_file),
+            config.security.clone(),
+        );
         // A joining master learns everything from the leader. A new log
         // starts with the other masters as voters (not itself: it never
         // campaigns before the group adds it): raft-rs cannot apply the
@@ -380,8 +399,8 @@ impl Master {
         )?;
         let _ = local.set(driver.handle());
         let handler = client_handler(driver.handle(), config.peers.clone(), me.group);
-        serve_master(listener, me, local, handler);
-        info!(id = config.id, %addr, masters = voters.len(), group = %format!("{:016x}", me.group), "metadata master serving");
+        serve_master(listener, me, local, handler, config.security.clone());
+        info!(id = config.id, %addr, masters = voters.len(), group = %format!("{:016x}", me.group), tls = config.security.is_tls(), "metadata master serving");
         Ok(Self {
             driver,
             local: state,
@@ -483,7 +502,7 @@ fn choose_group(config: &MasterConfig) -> Result<u64, MasterError> {
         .filter(|(&id, _)| id != config.id)
         .map(|(_, addr)| addr.clone())
         .collect();
-    let answers = group::ask_members(&others);
+    let answers = group::ask_members(&others, &config.security);
     let (group, strangers) = match (recorded, config.join) {
         (Recorded::Member(Some(group)), _) => (group, Strangers::Outvoted),
         (Recorded::New | Recorded::Member(None), true) => {
@@ -573,7 +592,16 @@ pub(crate) fn client_handler(
         status: Status::Failed,
         payload: message.into_bytes(),
     };
-    Arc::new(move |op, payload| match op {
+    let refused = move |who: &Peer, what: &str| {
+        warn!(%who, "refused: {what}");
+        failed(format!(
+            "refused: {who} may not {what} (the namespace takes node and admin certificates; membership changes need an admin certificate)"
+        ))
+    };
+    Arc::new(move |who: &Peer, op, payload| match op {
+        OP_PROPOSE | OP_QUERY if !who.may_use_namespace() => {
+            refused(who, "read or change the namespace")
+        }
         OP_PROPOSE => match block_on(handle.propose(payload)) {
             Ok(result) => Response {
                 status: Status::Ok,
@@ -615,6 +643,9 @@ pub(crate) fn client_handler(
             let Some(change) = decode_membership(&payload) else {
                 return failed("malformed membership change".into());
             };
+            if !who.may_change(&change) {
+                return refused(who, &format!("make the membership change {change:?}"));
+            }
             match block_on(handle.change_members(change)) {
                 Ok(()) => Response {
                     status: Status::Ok,
@@ -640,13 +671,18 @@ pub struct MetaClient {
 
 impl MetaClient {
     /// A client of the masters at `masters` (`host:port`).
-    pub fn new(masters: Vec<String>) -> Self {
-        Self::from_rpc(RpcClient::new(masters))
+    pub fn new(masters: Vec<String>, security: &Security) -> Self {
+        Self::from_rpc(RpcClient::new(masters, security.clone()))
     }
 
-    /// A client that asks one master only (status of a given master).
-    pub fn with_deadline(masters: Vec<String>, deadline: std::time::Duration) -> Self {
-        Self::from_rpc(RpcClient::new(masters).with_deadline(deadline))
+    /// A client whose calls give up after `deadline` (status of a given
+    /// master).
+    pub fn with_deadline(
+        masters: Vec<String>,
+        deadline: std::time::Duration,
+        security: &Security,
+    ) -> Self {
+        Self::from_rpc(RpcClient::new(masters, security.clone()).with_deadline(deadline))
     }
 
     /// Talks only to masters of `group` (a member's own client). Other
@@ -670,7 +706,7 @@ impl MetaClient {
         let deadline = std::time::Instant::now()
             + std::time::Duration::from_millis(crate::client_rpc::CALL_DEADLINE_MS);
         loop {
-            let answers = group::ask_members(&masters);
+            let answers = group::ask_members(&masters, self.rpc.security());
             if let Some(found) = group::majority_of(&answers, masters.len()) {
                 self.rpc.set_group(found);
                 return Ok(());

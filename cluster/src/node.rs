@@ -30,6 +30,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::client_rpc::RpcError;
 use crate::group::{self, Member, Recorded, Strangers};
+use crate::link::Security;
 use crate::listener::{serve_stoppable, Listening};
 use crate::master::{
     client_handler, ClientError, MasterError, MasterStatus, MetaClient, Query, QueryAnswer,
@@ -41,6 +42,7 @@ use crate::raft_log::{LogSync, RaftLog};
 use crate::raft_transport::{read_members, LocalHandle, TcpTransport};
 use crate::replica::{Membership, ReplicaError};
 use crate::shared_state::SharedState;
+use crate::tls::Role;
 
 /// How long [`Node::join`] may take: being added and catching up.
 pub const JOIN_TIMEOUT_MS: u64 = 60_000;
@@ -124,6 +126,8 @@ pub struct NodeConfig {
     pub masters: Vec<String>,
     /// Where the node's Raft log and snapshots live.
     pub data_dir: PathBuf,
+    /// How masters and this node authenticate each other.
+    pub security: Security,
 }
 
 /// A running learner copy of the metadata group.
@@ -163,9 +167,18 @@ impl Node {
                 "no master addresses: list the group's masters (host:port)".into(),
             ));
         }
+        if let Security::Tls(tls) = &config.security {
+            let who = tls.identity();
+            if who.role != Role::Node || who.id != Some(config.id) {
+                return Err(NodeError::Config(format!(
+                    "the certificate in --tls-dir is for {who}, not node {}: issue one with `datenlord certs issue --role node --id {}`",
+                    config.id, config.id
+                )));
+            }
+        }
         let recorded = group::check_identity(&config.data_dir, "node", config.id)?;
         let members_file = config.data_dir.join(MEMBERS_FILE);
-        let (answers, unknown) = discover(&config.masters);
+        let (answers, unknown) = discover(&config.masters, &config.security);
         let (me, discovered) = settle_group(config, recorded, &answers)?;
         check_id(config.id, &discovered)?;
         let remembered = remembered_as_learner(&config.data_dir, config.id)?;
@@ -182,7 +195,13 @@ impl Node {
         let local_handle: LocalHandle<SharedState<MetaState>> = LocalHandle::default();
         let (learned_tx, learned_rx) = flume::unbounded();
         let transport = NodeTransport {
-            tcp: TcpTransport::new(me, &peers, &local_handle, Some(members_file)),
+            tcp: TcpTransport::new(
+                me,
+                &peers,
+                &local_handle,
+                Some(members_file),
+                config.security.clone(),
+            ),
             learned: learned_rx,
         };
         // A new log starts with the masters as voters (this node not among
@@ -207,16 +226,25 @@ impl Node {
         let handle = driver.handle();
         let _ = local_handle.set(handle.clone());
         let handler = client_handler(handle.clone(), discovered, me.group);
-        let listening = serve_stoppable(listener, me, local_handle, handler)
+        let listening = serve_stoppable(
+            listener,
+            me,
+            local_handle,
+            handler,
+            config.security.clone(),
+        )
             .map_err(|e| NodeError::Config(format!("cannot start the node listener: {e}")))?;
-        let rediscovery = Rediscovery::start(unknown, me.group, learned_tx);
+        let rediscovery =
+            Rediscovery::start(unknown, me.group, learned_tx, config.security.clone());
         let node = Self {
             id: config.id,
             addr: addr.clone(),
             data_dir: config.data_dir.clone(),
             local: state,
             handle,
-            client: Mutex::new(MetaClient::new(config.masters.clone()).in_group(me.group)),
+            client: Mutex::new(
+                MetaClient::new(config.masters.clone(), &config.security).in_group(me.group),
+            ),
             listening,
             rediscovery,
             driver,
@@ -472,10 +500,13 @@ fn settle_group(
 
 /// Asks every master (at once) for its status: `(answers, addresses that
 /// did not answer)`.
-fn discover(masters: &[String]) -> (Vec<(String, MasterStatus)>, Vec<String>) {
+fn discover(
+    masters: &[String],
+    security: &Security,
+) -> (Vec<(String, MasterStatus)>, Vec<String>) {
     let mut found = Vec::new();
     let mut unknown = Vec::new();
-    for (addr, status) in masters.iter().zip(ask_masters(masters)) {
+    for (addr, status) in masters.iter().zip(ask_masters(masters, security)) {
         if let Some(status) = status {
             found.push((addr.clone(), status));
         } else {
@@ -488,8 +519,8 @@ fn discover(masters: &[String]) -> (Vec<(String, MasterStatus)>, Vec<String>) {
 
 /// The status of each of `masters` (asked at once), in their order; `None`
 /// for those that did not answer, or not as a member (id 0).
-fn ask_masters(masters: &[String]) -> Vec<Option<MasterStatus>> {
-    group::ask_each(masters, DISCOVERY_TIMEOUT_MS)
+fn ask_masters(masters: &[String], security: &Security) -> Vec<Option<MasterStatus>> {
+    group::ask_each(masters, DISCOVERY_TIMEOUT_MS, security)
         .into_iter()
         .map(|status| status.filter(|s| s.id != 0))
         .collect()
@@ -591,7 +622,12 @@ struct Rediscovery {
 }
 
 impl Rediscovery {
-    fn start(mut unknown: Vec<String>, group: u64, learned: flume::Sender<(u64, String)>) -> Self {
+    fn start(
+        mut unknown: Vec<String>,
+        group: u64,
+        learned: flume::Sender<(u64, String)>,
+        security: Security,
+    ) -> Self {
         if unknown.is_empty() {
             return Self {
                 stop: None,
@@ -611,7 +647,7 @@ impl Rediscovery {
                     ) {
                         return;
                     }
-                    let answers = ask_masters(&unknown);
+                    let answers = ask_masters(&unknown, &security);
                     let mut answers = answers.into_iter();
                     unknown.retain(|addr| match answers.next().flatten() {
                         Some(status) if status.group != group => {

@@ -1,10 +1,16 @@
 //! Raft messages between master processes over TCP.
 //!
-//! A connection starts with [`RAFT_PREAMBLE`] and a handshake: the sender
-//! offers `[group u64][sender id u64]`, the receiver answers `[verdict
-//! u8][its group u64]` and reads messages only when the groups match (see
-//! [`crate::group`]); a sender refused as a member of another group logs
-//! why and tries again later, slowly.
+//! A connection is a [`Link`]: with TLS, both ends are authenticated by
+//! their certificates before a byte of Raft is read, and a sender checks it
+//! reached the member it meant (its certificate's id). It starts with
+//! [`RAFT_PREAMBLE`] and a handshake: the sender offers `[group u64][sender
+//! id u64]`, the receiver answers `[verdict u8][its group u64]` and reads
+//! messages only when the groups match (see [`crate::group`]) and the
+//! sender's certificate is that member's; a sender refused as a member of
+//! another group logs why and tries again later, slowly. The group is told
+//! only to authenticated peers (0 otherwise). Every message read must come
+//! `from` the authenticated member; the replica drops messages from ids
+//! that are not members of its configuration.
 //!
 //! Frames are `[length u32][crc32c u32][kind u8][body]`, length limited by
 //! [`FRAME_MAX_BYTES`]. A message that fits travels in one frame (kind
@@ -20,7 +26,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::thread;
@@ -31,6 +36,8 @@ use raft::eraftpb::{Message, MessageType};
 use tracing::{debug, error, info, warn};
 
 use crate::group::Member;
+use crate::link::{Expect, Link, Security};
+use crate::tls::{Peer, Role};
 use crate::raft_driver::{RaftHandle, Transport};
 use crate::replica::StateMachine;
 
@@ -73,6 +80,7 @@ pub struct TcpTransport {
     addrs: BTreeMap<u64, String>,
     reporter: Reporter,
     members_file: Option<PathBuf>,
+    security: Security,
 }
 
 impl std::fmt::Debug for TcpTransport {
@@ -92,6 +100,7 @@ impl TcpTransport {
         peers: &BTreeMap<u64, String>,
         local: &LocalHandle<S>,
         members_file: Option<PathBuf>,
+        security: Security,
     ) -> Self {
         let local = Arc::clone(local);
         let reporter: Reporter =
@@ -102,6 +111,7 @@ impl TcpTransport {
             addrs: BTreeMap::new(),
             reporter,
             members_file,
+            security,
         };
         for (&id, addr) in peers {
             transport.connect(id, addr);
@@ -116,9 +126,10 @@ impl TcpTransport {
         let reporter = Arc::clone(&self.reporter);
         let addr = addr.to_string();
         let me = self.me;
+        let security = self.security.clone();
         let spawned = thread::Builder::new()
             .name(format!("raft-send-{id}"))
-            .spawn(move || send_loop(me, id, &addr, &rx, &reporter));
+            .spawn(move || send_loop(me, id, &addr, &rx, &reporter, &security));
         match spawned {
             Ok(_) => {
                 self.queues.insert(id, tx);
@@ -207,13 +218,14 @@ fn send_loop(
     addr: &str,
     queue: &flume::Receiver<Message>,
     reporter: &Reporter,
+    security: &Security,
 ) {
-    let mut conn: Option<BufWriter<TcpStream>> = None;
+    let mut conn: Option<BufWriter<Link>> = None;
     let mut frame = Vec::new();
     let mut refused_before = false;
     while let Ok(message) = queue.recv() {
         if conn.is_none() {
-            let backoff = match connect(me, addr) {
+            let backoff = match connect(me, peer, addr, security) {
                 Ok(stream) => {
                     info!(peer, addr, "connected to master");
                     refused_before = false;
@@ -222,10 +234,15 @@ fn send_loop(
                 }
                 Err(Offer::Refused(theirs)) => {
                     if !refused_before {
+                        let theirs = if theirs == 0 {
+                            "another metadata group (or does not take this member's id)".to_string()
+                        } else {
+                            format!("metadata group {theirs:016x}")
+                        };
                         error!(
                             peer,
                             addr,
-                            "the master at this address is in metadata group {theirs:016x}, this one in {:016x}: it refuses this master's messages. Check that every master got the same --peers (and --group) and its own group's --data-dir",
+                            "the master at this address is in {theirs}, this one in {:016x}: it refuses this master's messages. Check that every master got the same --peers (and --group) and its own group's --data-dir",
                             me.group
                         );
                     }
@@ -279,29 +296,31 @@ enum Offer {
     Failed(String),
 }
 
-/// Connects to the peer at `addr` and offers this member's group.
-fn connect(me: Member, addr: &str) -> Result<TcpStream, Offer> {
-    let resolved = addr
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| Offer::Failed(format!("cannot resolve {addr}")))?;
-    let mut stream =
-        TcpStream::connect_timeout(&resolved, Duration::from_millis(CONNECT_TIMEOUT_MS))
-            .map_err(|e| Offer::Failed(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    offer(&mut stream, me)?;
-    Ok(stream)
+/// Connects to member `peer` at `addr` and offers this member's group.
+fn connect(me: Member, peer: u64, addr: &str, security: &Security) -> Result<Link, Offer> {
+    let mut link = security
+        .connect(
+            addr,
+            Expect::Member(peer),
+            Duration::from_millis(CONNECT_TIMEOUT_MS),
+            Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        )
+        .map_err(|e| Offer::Failed(e.to_string()))?;
+    offer(&mut link, me)?;
+    Ok(link)
 }
 
 /// The sender's half of the handshake on a new connection.
-fn offer(stream: &mut TcpStream, me: Member) -> Result<(), Offer> {
+fn offer(stream: &mut Link, me: Member) -> Result<(), Offer> {
     let failed = |e: std::io::Error| Offer::Failed(format!("handshake: {e}"));
     let mut hello = Vec::with_capacity(20);
     hello.extend_from_slice(&RAFT_PREAMBLE);
     hello.extend_from_slice(&me.group.to_le_bytes());
     hello.extend_from_slice(&me.id.to_le_bytes());
-    stream.write_all(&hello).map_err(failed)?;
+    stream
+        .write_all(&hello)
+        .and_then(|()| stream.flush())
+        .map_err(failed)?;
     let mut answer = [0u8; 9];
     crate::frame::read_exact_within(stream, &mut answer, HANDSHAKE_TIMEOUT_MS).map_err(failed)?;
     let mut theirs = [0u8; 8];
@@ -315,9 +334,10 @@ fn offer(stream: &mut TcpStream, me: Member) -> Result<(), Offer> {
 
 /// The receiver's half of the handshake, after [`RAFT_PREAMBLE`]: answers
 /// the offer and says whether to read the peer's messages (only when it
-/// is in this member's group).
-pub(crate) fn accept(stream: &mut TcpStream, me: Member) -> bool {
-    let peer = stream.peer_addr().ok();
+/// is in this member's group and its certificate is the member's it
+/// claims to be).
+pub(crate) fn accept(stream: &mut Link, me: Member) -> bool {
+    let peer = stream.remote();
     let mut hello = [0u8; 16];
     if let Err(e) = crate::frame::read_exact_within(stream, &mut hello, HANDSHAKE_TIMEOUT_MS) {
         debug!(?peer, %e, "peer broke off the handshake");
@@ -330,16 +350,31 @@ pub(crate) fn accept(stream: &mut TcpStream, me: Member) -> bool {
     };
     let (theirs, from) = (word(0), word(8));
     let same = theirs == me.group;
-    let verdict = if same {
+    let genuine = stream.peer().speaks_for(from);
+    let verdict = if same && genuine {
         VERDICT_ACCEPTED
     } else {
         VERDICT_REFUSED
     };
+    // Only an authenticated peer learns which group this is.
+    let told = match stream.peer() {
+        Peer::Certified(_) => me.group,
+        Peer::Unverified => 0,
+    };
     let mut answer = Vec::with_capacity(9);
     answer.push(verdict);
-    answer.extend_from_slice(&me.group.to_le_bytes());
-    if let Err(e) = stream.write_all(&answer) {
+    answer.extend_from_slice(&told.to_le_bytes());
+    if let Err(e) = stream.write_all(&answer).and_then(|()| stream.flush()) {
         debug!(?peer, %e, "cannot answer the handshake");
+        return false;
+    }
+    if !genuine {
+        warn!(
+            ?peer,
+            from,
+            "refused Raft messages offered as member {from} by {}: a certificate speaks only for its own id",
+            stream.peer()
+        );
         return false;
     }
     if !same {
@@ -449,44 +484,14 @@ fn chunk_parts(body: &[u8]) -> Result<(u64, u64, &[u8]), String> {
     Ok((word(0)?, word(8)?, bytes))
 }
 
-/// Accepts peers' connections on `listener` and delivers their messages
-/// addressed to `me` to the local driver.
-pub fn serve<S: StateMachine + Send + 'static>(
-    listener: TcpListener,
-    me: Member,
-    local: LocalHandle<S>,
-) {
-    let spawned = thread::Builder::new()
-        .name("raft-accept".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let local = Arc::clone(&local);
-                let _ = thread::Builder::new()
-                    .name("raft-recv".into())
-                    .spawn(move || {
-                        let mut preamble = [0u8; 4];
-                        if stream.read_exact(&mut preamble).is_ok()
-                            && preamble == RAFT_PREAMBLE
-                            && accept(&mut stream, me)
-                        {
-                            receive(stream, me.id, &local);
-                        }
-                    });
-            }
-        });
-    if let Err(e) = spawned {
-        warn!(%e, "cannot start the Raft listener thread");
-    }
-}
-
 /// Reads a peer's messages (after its preamble) until it disconnects.
 pub(crate) fn receive<S: StateMachine + Send + 'static>(
-    stream: TcpStream,
+    stream: Link,
     me: u64,
     local: &LocalHandle<S>,
 ) {
-    let peer = stream.peer_addr().ok();
+    let peer = stream.remote();
+    let who = stream.peer().clone();
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
@@ -498,6 +503,16 @@ pub(crate) fn receive<S: StateMachine + Send + 'static>(
                         to = message.to,
                         me,
                         "message for another master: closing the connection (check --peers)"
+                    );
+                    return;
+                }
+                if !who.speaks_for(message.from) || !may_send(&who, message.get_msg_type()) {
+                    warn!(
+                        ?peer,
+                        from = message.from,
+                        kind = ?message.get_msg_type(),
+                        "a Raft message from {who} claims to come from member {} or is not one its role sends: closing the connection",
+                        message.from
                     );
                     return;
                 }
@@ -515,36 +530,124 @@ pub(crate) fn receive<S: StateMachine + Send + 'static>(
     }
 }
 
+/// Whether `who` may send messages of `kind`. A node is a learner: it
+/// answers the leader and asks it for read indexes, and never sends what
+/// only voters and leaders send (votes, appends, heartbeats, snapshots),
+/// so a node's certificate cannot stand in for a master's.
+fn may_send(who: &Peer, kind: MessageType) -> bool {
+    match who {
+        Peer::Certified(identity) if identity.role == Role::Node => matches!(
+            kind,
+            MessageType::MsgAppendResponse
+                | MessageType::MsgHeartbeatResponse
+                | MessageType::MsgReadIndex
+        ),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_peer_of_another_group_is_refused_at_the_handshake() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    /// Runs one handshake per offer against a member 2 of group 8 with
+    /// `server`'s credentials: the receiver's verdicts, and each sender's
+    /// outcome.
+    fn handshakes(
+        server: Security,
+        offers: Vec<(Security, u64, Member)>,
+    ) -> (Vec<bool>, Vec<Result<(), Offer>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
-        let server = thread::spawn(move || {
+        let count = offers.len();
+        let receiver = thread::spawn(move || {
             let mut verdicts = Vec::new();
-            for _ in 0..3 {
-                let (mut stream, _) = listener.accept().expect("accept");
+            for _ in 0..count {
+                let (stream, _) = listener.accept().expect("accept");
+                let Ok(mut link) = server.accept(stream) else {
+                    verdicts.push(false);
+                    continue;
+                };
                 let mut preamble = [0u8; 4];
-                stream.read_exact(&mut preamble).expect("preamble");
+                if link.read_exact(&mut preamble).is_err() {
+                    verdicts.push(false);
+                    continue;
+                }
                 assert_eq!(preamble, RAFT_PREAMBLE);
-                verdicts.push(accept(&mut stream, Member { id: 2, group: 8 }));
+                verdicts.push(accept(&mut link, Member { id: 2, group: 8 }));
             }
             verdicts
         });
-        match connect(Member { id: 1, group: 7 }, &addr) {
-            Err(Offer::Refused(8)) => {}
-            other => panic!("expected a refusal naming group 8, got {other:?}"),
-        }
-        connect(Member { id: 1, group: 8 }, &addr).expect("same group");
+        let outcomes = offers
+            .into_iter()
+            .map(|(security, to, me)| connect(me, to, &addr, &security).map(drop))
+            .collect();
+        (receiver.join().expect("receiver"), outcomes)
+    }
+
+    #[test]
+    fn a_peer_of_another_group_is_refused_at_the_handshake() {
+        let plain = || Security::Insecure;
+        let (verdicts, outcomes) = handshakes(
+            plain(),
+            vec![
+                (plain(), 2, Member { id: 1, group: 7 }),
+                (plain(), 2, Member { id: 1, group: 8 }),
+            ],
+        );
+        assert_eq!(verdicts, vec![false, true]);
+        // An unauthenticated peer is not told the group.
+        assert!(matches!(outcomes[0], Err(Offer::Refused(0))), "{outcomes:?}");
+        assert!(outcomes[1].is_ok(), "{outcomes:?}");
         // A peer that breaks off mid-offer is dropped, without a panic.
-        let mut cut = TcpStream::connect(&addr).expect("connect");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut cut = std::net::TcpStream::connect(addr).expect("connect");
         cut.write_all(&RAFT_PREAMBLE).expect("preamble");
         cut.write_all(&[1, 2, 3]).expect("part of an offer");
         drop(cut);
-        assert_eq!(server.join().expect("server"), vec![false, true, false]);
+        let (stream, _) = listener.accept().expect("accept");
+        let mut link = plain().accept(stream).expect("plain");
+        let mut preamble = [0u8; 4];
+        link.read_exact(&mut preamble).expect("preamble");
+        assert!(!accept(&mut link, Member { id: 2, group: 8 }));
+    }
+
+    #[test]
+    fn certificates_decide_who_may_offer_raft_messages() {
+        use crate::certs::testing::TestCa;
+        use crate::tls::Role;
+        let ca = TestCa::new();
+        let stranger_ca = TestCa::new();
+        let master = |id| ca.security(Role::Master, Some(id));
+        let (verdicts, outcomes) = handshakes(
+            master(2),
+            vec![
+                // A member of the CA in another group learns which group.
+                (master(1), 2, Member { id: 1, group: 7 }),
+                (master(1), 2, Member { id: 1, group: 8 }),
+                // A certificate speaks only for its own id.
+                (master(1), 2, Member { id: 3, group: 8 }),
+                (ca.security(Role::Admin, None), 2, Member { id: 3, group: 8 }),
+                // Another CA's certificate and no certificate never get in.
+                (stranger_ca.security(Role::Master, Some(1)), 2, Member { id: 1, group: 8 }),
+                (Security::Insecure, 2, Member { id: 1, group: 8 }),
+                // The sender checks it reached the member it meant.
+                (master(1), 5, Member { id: 1, group: 8 }),
+            ],
+        );
+        assert_eq!(verdicts, vec![false, true, false, false, false, false, false]);
+        assert!(matches!(outcomes[0], Err(Offer::Refused(8))), "{outcomes:?}");
+        assert!(outcomes[1].is_ok(), "{outcomes:?}");
+        assert!(matches!(outcomes[2], Err(Offer::Refused(8))), "{outcomes:?}");
+        assert!(matches!(outcomes[3], Err(Offer::Refused(8))), "{outcomes:?}");
+        for (i, outcome) in outcomes.iter().enumerate().skip(4) {
+            assert!(matches!(outcome, Err(Offer::Failed(_))), "{i}: {outcome:?}");
+        }
+        let Err(Offer::Failed(why)) = &outcomes[6] else {
+            unreachable!()
+        };
+        assert!(why.contains("expected member 5"), "{why}");
     }
 
     #[test]

@@ -156,6 +156,12 @@ pub struct Replica<S: StateMachine> {
     /// then it alone decides (see [`SNAPSHOT_LOG_BYTES_MAX`]).
     snapshot_interval_fixed: bool,
     snapshots_installed: u64,
+    /// Members removed by a configuration change this replica applied
+    /// (until added again): their messages are dropped, so a removed
+    /// master cannot disturb the group. Not every non-member: a replica
+    /// restarted on an old log does not know the members added since,
+    /// and must still hear a leader that joined meanwhile.
+    removed: std::collections::BTreeSet<u64>,
 }
 
 impl<S: StateMachine> std::fmt::Debug for Replica<S> {
@@ -260,6 +266,7 @@ impl<S: StateMachine> Replica<S> {
             snapshot_interval_entries: SNAPSHOT_INTERVAL_ENTRIES,
             snapshot_interval_fixed: false,
             snapshots_installed: 0,
+            removed: std::collections::BTreeSet::new(),
         })
     }
 
@@ -356,7 +363,20 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Feeds a message from a peer.
+    /// Messages from id 0, from this replica's own id or from a removed
+    /// member are dropped (a peer's certificate already vouched for the
+    /// sender's id, `crate::raft_transport`).
     pub fn step(&mut self, message: Message) -> Result<(), ReplicaError> {
+        let from = message.from;
+        if from == 0 || from == self.id || self.removed.contains(&from) {
+            debug!(
+                replica = self.id,
+                from,
+                kind = ?message.get_msg_type(),
+                "dropped a Raft message from a non-member"
+            );
+            return Ok(());
+        }
         Ok(self.node.step(message)?)
     }
 
@@ -531,8 +551,12 @@ impl<S: StateMachine> Replica<S> {
                     let learner = cs.get_learners().contains(&change.node_id);
                     self.node.mut_store().set_conf_state(cs)?;
                     out.members.push(match change.get_change_type() {
-                        ConfChangeType::RemoveNode => MemberChange::Removed { id: change.node_id },
+                        ConfChangeType::RemoveNode => {
+                            self.removed.insert(change.node_id);
+                            MemberChange::Removed { id: change.node_id }
+                        }
                         ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                            self.removed.remove(&change.node_id);
                             MemberChange::Added {
                                 id: change.node_id,
                                 addr: String::from_utf8_lossy(&change.context).into_owned(),

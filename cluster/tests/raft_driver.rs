@@ -247,7 +247,10 @@ fn a_new_leader_takes_over_and_no_acknowledged_write_is_lost() {
 #[test]
 fn three_drivers_over_tcp_elect_and_replicate() {
     use datenlord_cluster::group::Member;
-    use datenlord_cluster::raft_transport::{serve, LocalHandle, TcpTransport};
+    use datenlord_cluster::client_rpc::{Handler, Response, Status};
+    use datenlord_cluster::link::Security;
+    use datenlord_cluster::listener::serve_master;
+    use datenlord_cluster::raft_transport::{LocalHandle, TcpTransport};
     use std::net::{SocketAddr, TcpListener};
 
     let root = tempfile::tempdir().expect("tempdir");
@@ -270,8 +273,12 @@ fn three_drivers_over_tcp_elect_and_replicate() {
             .map(|(&p, a)| (p, a.to_string()))
             .collect();
         let me = Member { id, group: 7 };
-        let transport = TcpTransport::new(me, &peers, &local, None);
-        serve(listener, me, Arc::clone(&local));
+        let transport = TcpTransport::new(me, &peers, &local, None, Security::Insecure);
+        let no_clients: Handler = Arc::new(|_, _, _| Response {
+            status: Status::Failed,
+            payload: Vec::new(),
+        });
+        serve_master(listener, me, Arc::clone(&local), no_clients, Security::Insecure);
         let driver = RaftDriver::start(
             id,
             &root.path().join(id.to_string()),

@@ -1,10 +1,13 @@
-//! A group of real `datenlord master` processes on loopback, and the
-//! metadata commands the cluster tests send it.
+//! A group of real `datenlord master` processes on loopback, mutually
+//! authenticated with certificates of a cluster CA made by `datenlord
+//! certs`, and the metadata commands the cluster tests send it.
 
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use datenlord_cluster::link::Security;
 use datenlord_cluster::master::{MetaClient, Query, QueryAnswer};
 use datenlord_cluster::meta::{
     Command as MetaCommand, Creds, Timespec, ROOT_INO, VOLUME_FORMAT_VERSION,
@@ -15,6 +18,78 @@ pub fn free_addr() -> String {
     listener.local_addr().expect("addr").to_string()
 }
 
+/// A cluster CA made with `datenlord certs init`, and the TLS
+/// directories it issued with `datenlord certs issue`, one per peer.
+pub struct Certs {
+    root: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ca = root.path().join("ca");
+        certs_command(&["init", path_str(&ca)]);
+        Self { root }
+    }
+
+    /// The CA directory (`ca.pem`, `ca-key.pem`).
+    pub fn ca(&self) -> PathBuf {
+        self.root.path().join("ca")
+    }
+
+    /// The TLS directory of `role` with `id` (issued at its first use).
+    pub fn dir(&self, role: &str, id: Option<u64>) -> PathBuf {
+        let name = match id {
+            Some(id) => format!("{role}-{id}"),
+            None => role.to_string(),
+        };
+        let dir = self.root.path().join(&name);
+        if !dir.exists() {
+            let ca = self.ca();
+            let id = id.map(|id| id.to_string());
+            let mut args = vec![
+                "issue",
+                "--ca",
+                path_str(&ca),
+                "--name",
+                &name,
+                "--role",
+                role,
+                "--out",
+                path_str(&dir),
+            ];
+            if let Some(id) = &id {
+                args.extend(["--id", id]);
+            }
+            certs_command(&args);
+        }
+        dir
+    }
+
+    /// Credentials of `role` with `id`, for a client in the test process.
+    pub fn security(&self, role: &str, id: Option<u64>) -> Security {
+        Security::from_dir(Some(&self.dir(role, id))).expect("TLS credentials")
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
+}
+
+/// Runs `datenlord certs ARGS`, which must succeed.
+pub fn certs_command(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_datenlord"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .expect("run datenlord certs");
+    assert!(
+        out.status.success(),
+        "datenlord certs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub struct Group {
     pub addrs: Vec<String>,
     pub peers: String,
@@ -22,6 +97,8 @@ pub struct Group {
     pub children: Vec<Option<Child>>,
     /// `--snapshot-interval` of every master.
     pub snapshot_interval: u64,
+    /// The cluster CA; `None`: masters on plain TCP (loopback).
+    pub certs: Option<Certs>,
 }
 
 impl Group {
@@ -54,7 +131,36 @@ impl Group {
             root: tempfile::tempdir().expect("tempdir"),
             children: (0..size).map(|_| None).collect(),
             snapshot_interval,
+            certs: Some(Certs::new()),
         }
+    }
+
+    /// `size` masters on plain TCP (no certificates), as on a trusted
+    /// loopback.
+    pub fn insecure(size: usize) -> Self {
+        let mut group = Self::unstarted(size, 20);
+        group.certs = None;
+        for id in 1..=size as u64 {
+            group.start(id);
+        }
+        group
+    }
+
+    /// `--tls-dir DIR` for `role` with `id`, or nothing without TLS.
+    pub fn tls_args(&self, role: &str, id: Option<u64>) -> Vec<String> {
+        self.certs.as_ref().map_or_else(Vec::new, |certs| {
+            vec![
+                "--tls-dir".to_string(),
+                path_str(&certs.dir(role, id)).to_string(),
+            ]
+        })
+    }
+
+    /// How a client of `role` with `id` in the test process connects.
+    pub fn security(&self, role: &str, id: Option<u64>) -> Security {
+        self.certs
+            .as_ref()
+            .map_or(Security::Insecure, |certs| certs.security(role, id))
     }
 
     pub fn start(&mut self, id: u64) {
@@ -87,6 +193,7 @@ impl Group {
                 &self.snapshot_interval.to_string(),
             ])
             .args(if join { &["--join"][..] } else { &[][..] })
+            .args(self.tls_args("master", Some(id)))
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::null())
@@ -103,16 +210,19 @@ impl Group {
         }
     }
 
+    /// A client with an admin certificate.
     pub fn client(&self) -> MetaClient {
-        MetaClient::new(self.addrs.clone())
+        MetaClient::new(self.addrs.clone(), &self.security("admin", None))
     }
 
     /// The leader, as the masters `among` report it.
     pub fn leader(&self, among: &[u64]) -> Option<u64> {
+        let security = self.security("admin", None);
         among.iter().find_map(|&id| {
             let mut one = MetaClient::with_deadline(
                 vec![self.addrs[(id - 1) as usize].clone()],
                 Duration::from_millis(500),
+                &security,
             );
             one.status()
                 .ok()
@@ -125,6 +235,7 @@ impl Group {
         let mut one = MetaClient::with_deadline(
             vec![self.addrs[(id - 1) as usize].clone()],
             Duration::from_millis(500),
+            &self.security("admin", None),
         );
         one.status().map_or(0, |s| s.applied)
     }

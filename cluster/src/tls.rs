@@ -1,0 +1,438 @@
+//! Who a cluster peer is: mutual TLS with the cluster's own CA.
+//!
+//! Every master, node and administrator holds a key and a certificate
+//! issued by the cluster CA (`datenlord certs`, [`crate::certs`]). The
+//! certificate says the holder's role and, for masters and nodes, its Raft
+//! id, in a URI subject alternative name: `datenlord://master/3`,
+//! `datenlord://node/7`, `datenlord://admin`. A peer's identity is that
+//! certificate, nothing it says later: a connection is accepted only when
+//! both sides present a certificate of the same CA (TLS 1.3, rustls with
+//! the aws-lc-rs provider), and what a peer may do follows from its role
+//! and id ([`Peer`]). Host names play no part: masters and nodes are
+//! known by their id, and a client checks the role (and, for Raft
+//! connections, the id) of the certificate it is answered with.
+//!
+//! A TLS directory (`--tls-dir`) holds `ca.pem` (the CA's certificate),
+//! `cert.pem` and `key.pem` (this peer's).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+use crate::replica::Membership;
+
+/// The CA's certificate in a TLS directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+/// This peer's certificate in a TLS directory.
+pub const CERT_FILE: &str = "cert.pem";
+/// This peer's private key in a TLS directory.
+pub const KEY_FILE: &str = "key.pem";
+/// Scheme of the URI that carries a certificate's role and id.
+const IDENTITY_SCHEME: &str = "datenlord://";
+/// The name a client gives rustls; certificates are checked by role and
+/// id instead (see the module).
+const SERVER_NAME: &str = "datenlord";
+
+/// Errors of loading credentials or of a peer's certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file of the TLS directory is missing or unreadable.
+    #[error("{path}: {reason}")]
+    File {
+        /// Which file.
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// rustls refused the credentials.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    /// A certificate does not say who its holder is.
+    #[error("certificate without a DatenLord identity: {0}")]
+    Identity(String),
+}
+
+/// What a certificate's holder is in the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A metadata master (Raft voter).
+    Master,
+    /// A node: a mount with a learner copy of the metadata.
+    Node,
+    /// An administrator: changes the membership (`datenlord members`).
+    Admin,
+}
+
+impl Role {
+    /// The word used in certificates and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Master => "master",
+            Self::Node => "node",
+            Self::Admin => "admin",
+        }
+    }
+
+    /// Whether holders of this role have a Raft id.
+    pub fn has_id(self) -> bool {
+        !matches!(self, Self::Admin)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "master" => Ok(Self::Master),
+            "node" => Ok(Self::Node),
+            "admin" => Ok(Self::Admin),
+            other => Err(format!("{other:?}: a role is master, node or admin")),
+        }
+    }
+}
+
+/// Who a certificate says its holder is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Its role.
+    pub role: Role,
+    /// Its Raft id (masters and nodes; never 0).
+    pub id: Option<u64>,
+    /// The certificate's serial number (hex), for logs and revocation.
+    pub serial: String,
+}
+
+impl Identity {
+    /// The URI a certificate of `role` and `id` carries.
+    pub fn uri(role: Role, id: Option<u64>) -> String {
+        match id {
+            Some(id) => format!("{IDENTITY_SCHEME}{}/{id}", role.as_str()),
+            None => format!("{IDENTITY_SCHEME}{}", role.as_str()),
+        }
+    }
+
+    /// Reads a URI written by [`Self::uri`]; `None` for anything else
+    /// (a role without its id, an id where none belongs, id 0).
+    pub fn parse_uri(uri: &str) -> Option<(Role, Option<u64>)> {
+        let rest = uri.strip_prefix(IDENTITY_SCHEME)?;
+        let (role, id) = match rest.split_once('/') {
+            Some((role, id)) => (role, Some(id)),
+            None => (rest, None),
+        };
+        let role: Role = role.parse().ok()?;
+        let id = match id {
+            Some(id) if role.has_id() => Some(id.parse::<u64>().ok().filter(|&id| id != 0)?),
+            None if !role.has_id() => None,
+            _ => return None,
+        };
+        Some((role, id))
+    }
+
+    /// The identity in a DER certificate (one DatenLord URI among its
+    /// subject alternative names).
+    pub fn from_cert(der: &[u8]) -> Result<Self, TlsError> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| TlsError::Identity(format!("unreadable certificate: {e}")))?;
+        let names = cert
+            .subject_alternative_name()
+            .map_err(|e| TlsError::Identity(format!("bad subject alternative names: {e}")))?
+            .ok_or_else(|| TlsError::Identity("no subject alternative name".into()))?;
+        let mut found = names.value.general_names.iter().filter_map(|name| match name {
+            GeneralName::URI(uri) if uri.starts_with(IDENTITY_SCHEME) => Some(*uri),
+            _ => None,
+        });
+        let uri = found
+            .next()
+            .ok_or_else(|| TlsError::Identity("no datenlord:// name".into()))?;
+        if found.next().is_some() {
+            return Err(TlsError::Identity("more than one datenlord:// name".into()));
+        }
+        let (role, id) = Self::parse_uri(uri)
+            .ok_or_else(|| TlsError::Identity(format!("{uri:?} is not a role and id")))?;
+        Ok(Self {
+            role,
+            id,
+            serial: cert.raw_serial_as_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.id {
+            Some(id) => write!(f, "{} {id}", self.role.as_str()),
+            None => f.write_str(self.role.as_str()),
+        }
+    }
+}
+
+/// Who is on the other end of a connection, and so what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// Plain TCP: this process runs without certificates (loopback, or
+    /// `--insecure`), and the operator trusts whoever can connect.
+    Unverified,
+    /// Authenticated by a certificate of the cluster CA.
+    Certified(Identity),
+}
+
+impl Peer {
+    /// May send Raft messages as member `from` (masters and nodes, each
+    /// under its own id only).
+    pub fn speaks_for(&self, from: u64) -> bool {
+        match self {
+            Self::Unverified => true,
+            Self::Certified(who) => who.role != Role::Admin && who.id == Some(from),
+        }
+    }
+
+    /// May propose metadata commands (they carry a caller's uid and gid,
+    /// which only nodes, the mounts, vouch for) and read the namespace.
+    pub fn may_use_namespace(&self) -> bool {
+        match self {
+            Self::Unverified => true,
+            Self::Certified(who) => matches!(who.role, Role::Node | Role::Admin),
+        }
+    }
+
+    /// May make this membership change: an administrator any, a node only
+    /// its own addition as a learner and its own removal.
+    pub fn may_change(&self, change: &Membership) -> bool {
+        match self {
+            Self::Unverified => true,
+            Self::Certified(who) => match (who.role, change) {
+                (Role::Admin, _) => true,
+                (Role::Node, Membership::AddLearner { id, .. } | Membership::Remove { id }) => {
+                    who.id == Some(*id)
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unverified => f.write_str("an unverified peer"),
+            Self::Certified(who) => write!(f, "{who} (serial {})", who.serial),
+        }
+    }
+}
+
+/// This process's credentials: rustls configurations for both sides of a
+/// connection, and who it is.
+#[derive(Debug)]
+pub struct Tls {
+    pub(crate) server: Arc<ServerConfig>,
+    pub(crate) client: Arc<ClientConfig>,
+    me: Identity,
+}
+
+impl Tls {
+    /// Loads `ca.pem`, `cert.pem` and `key.pem` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        let file = |name: &str| dir.join(name);
+        let read_certs = |path: PathBuf| -> Result<Vec<CertificateDer<'static>>, TlsError> {
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| TlsError::File {
+                    path: path.clone(),
+                    reason: format!("{e} (make it with `datenlord certs`)"),
+                })?;
+            if certs.is_empty() {
+                return Err(TlsError::File {
+                    path,
+                    reason: "holds no certificate (make it with `datenlord certs`)".into(),
+                });
+            }
+            Ok(certs)
+        };
+        let ca = read_certs(file(CA_CERT_FILE))?;
+        let chain = read_certs(file(CERT_FILE))?;
+        let key_path = file(KEY_FILE);
+        let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::File {
+            path: key_path,
+            reason: format!("{e} (make it with `datenlord certs issue`)"),
+        })?;
+        let me = Identity::from_cert(&chain[0])?;
+        Self::build(&ca, chain, key, me)
+    }
+
+    fn build(
+        ca: &[CertificateDer<'static>],
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        me: Identity,
+    ) -> Result<Self, TlsError> {
+        let config = |e: rustls::Error| TlsError::Config(e.to_string());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in ca {
+            roots.add(cert.clone()).map_err(config)?;
+        }
+        let roots = Arc::new(roots);
+        let clients = WebPkiClientVerifier::builder_with_provider(
+            Arc::clone(&roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config)?
+            .with_client_cert_verifier(clients)
+            .with_single_cert(chain.clone(), key.clone_key())
+            .map_err(config)?;
+        // Peers never resume sessions: no tickets to send (a Raft sender
+        // never reads its connection after the handshake).
+        server.send_tls13_tickets = 0;
+        let servers = Arc::new(CaVerifier {
+            roots,
+            algorithms: provider.signature_verification_algorithms,
+        });
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(config)?
+            .dangerous()
+            .with_custom_certificate_verifier(servers)
+            .with_client_auth_cert(chain, key)
+            .map_err(config)?;
+        Ok(Self {
+            server: Arc::new(server),
+            client: Arc::new(client),
+            me,
+        })
+    }
+
+    /// Who this process is.
+    pub fn identity(&self) -> &Identity {
+        &self.me
+    }
+
+    /// The name given to rustls when connecting (never checked).
+    pub(crate) fn server_name() -> ServerName<'static> {
+        ServerName::try_from(SERVER_NAME).expect("a valid DNS name")
+    }
+}
+
+/// Checks that a server's certificate chains to the cluster CA; its role
+/// and id are checked by the caller (host names mean nothing here).
+#[derive(Debug)]
+struct CaVerifier {
+    roots: Arc<RootCertStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for CaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &cert,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_uris_roundtrip_and_malformed_ones_are_refused() {
+        for (role, id) in [
+            (Role::Master, Some(3)),
+            (Role::Node, Some(u64::MAX)),
+            (Role::Admin, None),
+        ] {
+            assert_eq!(Identity::parse_uri(&Identity::uri(role, id)), Some((role, id)));
+        }
+        for bad in [
+            "datenlord://master",
+            "datenlord://master/0",
+            "datenlord://master/x",
+            "datenlord://node/",
+            "datenlord://admin/1",
+            "datenlord://root/1",
+            "https://master/1",
+            "datenlord://master/1/2",
+        ] {
+            assert_eq!(Identity::parse_uri(bad), None, "{bad}");
+        }
+    }
+
+    fn certified(role: Role, id: Option<u64>) -> Peer {
+        Peer::Certified(Identity {
+            role,
+            id,
+            serial: "01".into(),
+        })
+    }
+
+    #[test]
+    fn roles_decide_what_a_peer_may_do() {
+        let master = certified(Role::Master, Some(1));
+        let node = certified(Role::Node, Some(7));
+        let admin = certified(Role::Admin, None);
+        assert!(master.speaks_for(1) && !master.speaks_for(2));
+        assert!(node.speaks_for(7) && !node.speaks_for(1));
+        assert!(!admin.speaks_for(0) && !admin.speaks_for(1));
+        assert!(!master.may_use_namespace());
+        assert!(node.may_use_namespace() && admin.may_use_namespace());
+        let add = |id| Membership::AddLearner {
+            id,
+            addr: "h:1".into(),
+        };
+        let voter = Membership::AddVoter {
+            id: 7,
+            addr: "h:1".into(),
+        };
+        assert!(node.may_change(&add(7)) && node.may_change(&Membership::Remove { id: 7 }));
+        assert!(!node.may_change(&add(8)) && !node.may_change(&Membership::Remove { id: 1 }));
+        assert!(!node.may_change(&voter));
+        assert!(!master.may_change(&add(1)) && !master.may_change(&Membership::Remove { id: 1 }));
+        assert!(admin.may_change(&voter) && admin.may_change(&Membership::Remove { id: 1 }));
+        assert!(Peer::Unverified.may_change(&voter) && Peer::Unverified.speaks_for(9));
+    }
+}
