@@ -182,7 +182,10 @@ fn a_data_dir_of_another_group_is_refused_and_never_joins() {
     let other_peers = format!("3={other_addr}");
     let foreign_dir = other.dir(3);
     other.start_on(3, &other_peers, false, &foreign_dir);
-    let mut b = other.client();
+    let mut b = datenlord_cluster::master::MetaClient::new(
+        vec![other_addr.clone()],
+        &other.security("admin", None),
+    );
     format(&mut b);
     mkdir(&mut b, "only-in-b");
     other.kill(3);
