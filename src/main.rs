@@ -59,7 +59,10 @@ impl TlsArgs {
         datenlord_cluster::link::Security::from_dir(self.tls_dir.as_deref()).with_context(|| {
             format!(
                 "--tls-dir {}",
-                self.tls_dir.as_deref().unwrap_or(std::path::Path::new("")).display()
+                self.tls_dir
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
             )
         })
     }
@@ -452,8 +455,9 @@ fn run_certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 id,
                 days,
             };
-            let identity = certs::issue(&ca, &out, &request)
-                .with_context(|| format!("issuing a certificate with the CA in {}", ca.display()))?;
+            let identity = certs::issue(&ca, &out, &request).with_context(|| {
+                format!("issuing a certificate with the CA in {}", ca.display())
+            })?;
             println!(
                 "issued a certificate for {identity} (serial {}) in {}: use it as --tls-dir",
                 identity.serial,

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use tracing::{info, warn};
 
-use datenlord_cluster::master::Master;
 use datenlord_cluster::link::{check_listen, Security};
+use datenlord_cluster::master::Master;
 use datenlord_cluster::node::{Node, NodeConfig};
 use datenlord_engine::block::{parse_bytes, BlockSize};
 use datenlord_engine::config::{DiskConfig, EngineConfig};
@@ -190,7 +190,10 @@ impl MountArgs {
                 }
                 let tls_dir = match &self.tls_dir {
                     Some(dir) => Some(dir.canonicalize().with_context(|| {
-                        format!("--tls-dir {}: make it with `datenlord certs issue`", dir.display())
+                        format!(
+                            "--tls-dir {}: make it with `datenlord certs issue`",
+                            dir.display()
+                        )
                     })?),
                     None => None,
                 };

@@ -45,9 +45,10 @@ fn views(group: &Group) -> Vec<(u64, u64, u64)> {
         .addrs
         .iter()
         .map(|addr| {
-            let status = MetaClient::with_deadline(vec![addr.clone()], Duration::from_secs(5), &admin)
-                .status()
-                .expect("status");
+            let status =
+                MetaClient::with_deadline(vec![addr.clone()], Duration::from_secs(5), &admin)
+                    .status()
+                    .expect("status");
             (status.id, status.term, status.leader)
         })
         .collect()
@@ -63,9 +64,15 @@ fn clients_without_a_certificate_of_the_ca_are_refused() {
     assert!(err.contains("--tls-dir"), "{err}");
     // A certificate of another CA, even an admin's.
     let stranger = Certs::new();
-    let mut foreign =
-        MetaClient::with_deadline(group.addrs.clone(), deadline, &stranger.security("admin", None));
-    let err = foreign.status().expect_err("another CA refused").to_string();
+    let mut foreign = MetaClient::with_deadline(
+        group.addrs.clone(),
+        deadline,
+        &stranger.security("admin", None),
+    );
+    let err = foreign
+        .status()
+        .expect_err("another CA refused")
+        .to_string();
     assert!(err.contains("no metadata master answered"), "{err}");
     // A master's certificate may ask the status, not use the namespace.
     let mut as_master = MetaClient::with_deadline(
@@ -119,7 +126,10 @@ fn only_an_admin_certificate_changes_the_membership() {
     };
     // A node adds only itself, a master never, and nobody without a
     // certificate: each is refused, and nothing is applied.
-    for (who, id) in [(tls("node", Some(10)), "11"), (tls("master", Some(2)), "11")] {
+    for (who, id) in [
+        (tls("node", Some(10)), "11"),
+        (tls("master", Some(2)), "11"),
+    ] {
         let out = change(&who, "add", id);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stderr}");
@@ -128,17 +138,23 @@ fn only_an_admin_certificate_changes_the_membership() {
     }
     let out = change(&tls("node", Some(10)), "remove", "3");
     assert!(!out.status.success());
-    let out = datenlord(&[
-        "members", "remove", "--masters", &masters, "--id", "3",
-    ]);
+    let out = datenlord(&["members", "remove", "--masters", &masters, "--id", "3"]);
     assert!(!out.status.success(), "no certificate");
     let logs: String = (1..=3).map(|id| group.log(id)).collect();
     assert!(!logs.contains("applied a membership change"), "{logs}");
     // The admin's change goes through, on the command line as in the library.
     let out = change(&tls("admin", None), "add", "11");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = change(&tls("admin", None), "remove", "11");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("the changes to apply", Duration::from_secs(10), || {
         let logs: String = (1..=3).map(|id| group.log(id)).collect();
         (logs.matches("applied a membership change").count() >= 6).then_some(())
@@ -208,7 +224,10 @@ fn forged_raft_messages_stop_no_master_and_move_no_term() {
     let before = views(&group);
     let term = before[0].1;
     let group_id = group.client().status().expect("status").group;
-    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).expect("a follower");
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
 
     // A stranger without a certificate never gets to the handshake.
     assert!(raft_link(&group, follower, &Security::Insecure, leader, group_id).is_none());
@@ -226,7 +245,10 @@ fn forged_raft_messages_stop_no_master_and_move_no_term() {
     // Offering its own id and then sending a message from the leader's id
     // closes the connection before the message reaches Raft.
     let link = raft_link(&group, follower, &its_own, other, group_id).expect("own id accepted");
-    assert!(closed_after(link, &forged_heartbeat(leader, follower, term)));
+    assert!(closed_after(
+        link,
+        &forged_heartbeat(leader, follower, term)
+    ));
     // A node's certificate under its own id: a heartbeat is not a message
     // a learner sends.
     let node = group.security("node", Some(10));
@@ -236,13 +258,20 @@ fn forged_raft_messages_stop_no_master_and_move_no_term() {
     // Every master runs, nobody's term moved, and the group still commits.
     let mut group = group;
     for id in 1..=3 {
-        assert!(group.exited(id).is_none(), "master {id} stopped:\n{}", group.log(id));
+        assert!(
+            group.exited(id).is_none(),
+            "master {id} stopped:\n{}",
+            group.log(id)
+        );
     }
     let after = views(&group);
     assert_eq!(before, after, "a forged message changed a master's view");
     mkdir(&mut group.client(), "after");
     let logs: String = (1..=3).map(|id| group.log(id)).collect();
-    assert!(logs.contains("a certificate speaks only for its own id"), "{logs}");
+    assert!(
+        logs.contains("a certificate speaks only for its own id"),
+        "{logs}"
+    );
     assert!(logs.contains("is not one its role sends"), "{logs}");
 }
 
@@ -257,23 +286,40 @@ fn plain_tcp_on_a_reachable_address_needs_insecure() {
     let out = datenlord(&["master", "--id", "1", "--peers", &peers, "--data-dir", dir]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("--insecure") && stderr.contains("datenlord certs"), "{stderr}");
+    assert!(
+        stderr.contains("--insecure") && stderr.contains("datenlord certs"),
+        "{stderr}"
+    );
     assert!(!std::path::Path::new(dir).exists(), "nothing was made");
 
     // With --insecure it serves (and stops on SIGTERM).
     let mut child = Command::new(env!("CARGO_BIN_EXE_datenlord"))
-        .args(["master", "--id", "1", "--peers", &peers, "--data-dir", dir, "--insecure"])
+        .args([
+            "master",
+            "--id",
+            "1",
+            "--peers",
+            &peers,
+            "--data-dir",
+            dir,
+            "--insecure",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
     let addr = format!("127.0.0.1:{port}");
     wait_for("the insecure master", Duration::from_secs(10), || {
-        MetaClient::with_deadline(vec![addr.clone()], Duration::from_millis(300), &Security::Insecure)
-            .status()
-            .ok()
+        MetaClient::with_deadline(
+            vec![addr.clone()],
+            Duration::from_millis(300),
+            &Security::Insecure,
+        )
+        .status()
+        .ok()
     });
+    let pid = i32::try_from(child.id()).expect("a pid");
     // SAFETY: signals our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
     assert!(child.wait().expect("wait").success());
 
     // A master given another role's certificate says which it needs.
@@ -317,9 +363,16 @@ fn certs_commands_refuse_what_cannot_work() {
     let bad_role = issue(&["--role", "root", "--id", "1"]);
     assert!(String::from_utf8_lossy(&bad_role.stderr).contains("master, node or admin"));
     let ok = issue(&["--role", "master", "--id", "1"]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("master 1"));
     // Keys are the owner's alone.
     let key = std::fs::metadata(format!("{out}/key.pem")).expect("key");
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
 }

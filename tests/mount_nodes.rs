@@ -74,8 +74,14 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
         group.tls_args("node", Some(11)),
         group.tls_args("node", Some(12)),
     );
-    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen, &a_tls));
-    let b = Mounted::start(&b_dirs, &node_args(&store, &masters, "12", &b_listen, &b_tls));
+    let a = Mounted::start(
+        &a_dirs,
+        &node_args(&store, &masters, "11", &a_listen, &a_tls),
+    );
+    let b = Mounted::start(
+        &b_dirs,
+        &node_args(&store, &masters, "12", &b_listen, &b_tls),
+    );
     let a_log =
         std::fs::read_to_string(a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
     assert!(
@@ -109,7 +115,10 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
     // (rejoining, not added again) and sees what B did meanwhile.
     a.unmount();
     std::fs::write(b.path().join("d/g"), b"while A was down").expect("write on B");
-    let a = Mounted::start(&a_dirs, &node_args(&store, &masters, "11", &a_listen, &a_tls));
+    let a = Mounted::start(
+        &a_dirs,
+        &node_args(&store, &masters, "11", &a_listen, &a_tls),
+    );
     let read = std::fs::read(a.path().join("d/g")).expect("read on A again");
     assert_eq!(read, b"while A was down");
     let a_log =

@@ -179,7 +179,12 @@ fn three() -> Setup {
         .collect();
     Setup {
         name: "3 masters on loopback (TCP)",
-        access: Box::new(move || Access::Client(Box::new(MetaClient::new(addrs.clone(), &Security::Insecure)))),
+        access: Box::new(move || {
+            Access::Client(Box::new(MetaClient::new(
+                addrs.clone(),
+                &Security::Insecure,
+            )))
+        }),
         _masters: masters,
         _dir: dir,
     }

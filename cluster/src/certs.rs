@@ -11,8 +11,8 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
 use crate::tls::{Identity, Role, CA_CERT_FILE, CERT_FILE, KEY_FILE};
@@ -72,7 +72,9 @@ pub struct CertRequest {
 /// that already has one: a second CA would lock every peer out.
 pub fn init_ca(dir: &Path, days: u32) -> Result<(), CertError> {
     if days == 0 {
-        return Err(CertError::Invalid("a CA valid for 0 days: give --days 1 or more".into()));
+        return Err(CertError::Invalid(
+            "a CA valid for 0 days: give --days 1 or more".into(),
+        ));
     }
     make_private_dir(dir)?;
     for name in [CA_CERT_FILE, CA_KEY_FILE] {
@@ -291,7 +293,11 @@ mod tests {
         init_ca(&ca, 10).expect("init");
         let err = init_ca(&ca, 10).expect_err("a second CA in one directory");
         assert!(err.to_string().contains("already holds a CA"), "{err}");
-        for (role, id) in [(Role::Master, Some(1)), (Role::Node, Some(9)), (Role::Admin, None)] {
+        for (role, id) in [
+            (Role::Master, Some(1)),
+            (Role::Node, Some(9)),
+            (Role::Admin, None),
+        ] {
             let out = root.path().join(role.as_str());
             let identity = issue(&ca, &out, &request(role, id)).expect("issue");
             assert_eq!((identity.role, identity.id), (role, id));
@@ -299,13 +305,19 @@ mod tests {
             assert_eq!(tls.identity(), &identity);
             for name in [KEY_FILE, CERT_FILE] {
                 let mode = std::fs::metadata(out.join(name)).expect("stat");
-                assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+                assert_eq!(
+                    std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+                    0o600
+                );
             }
             let again = issue(&ca, &out, &request(role, id)).expect_err("overwrite");
             assert!(again.to_string().contains("already holds"), "{again}");
         }
         let key = std::fs::metadata(ca.join(CA_KEY_FILE)).expect("stat");
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+            0o600
+        );
     }
 
     #[test]

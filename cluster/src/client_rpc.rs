@@ -58,7 +58,7 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RpcError {
     /// No master answered as leader before the deadline.
-    #[error("no metadata master answered within {0:?} (tried {1}{last}): check that a majority of masters runs, --masters is right and, with TLS, that --tls-dir holds a certificate of the cluster's CA", last = last_error(.2))]
+    #[error("no metadata master answered within {0:?} (tried {1}{last}): check that a majority of masters runs, --masters is right and, with TLS, that --tls-dir holds a certificate of the cluster's CA", last = last_error(.2.as_ref()))]
     Unavailable(Duration, String, Option<String>),
     /// The master failed the request.
     #[error("metadata master: {0}")]
@@ -74,9 +74,8 @@ pub struct Response {
     pub payload: Vec<u8>,
 }
 
-fn last_error(error: &Option<String>) -> String {
+fn last_error(error: Option<&String>) -> String {
     error
-        .as_ref()
         .map(|e| format!("; last error: {e}"))
         .unwrap_or_default()
 }
@@ -166,8 +165,13 @@ pub(crate) fn serve_connection(mut stream: Link, group: u64, handler: &Handler) 
             }
             Ok(Some((id, op, payload))) => {
                 let response = handler(&who, op, payload);
-                if write_frame(reader.get_mut(), id, response.status as u8, &response.payload)
-                    .is_err()
+                if write_frame(
+                    reader.get_mut(),
+                    id,
+                    response.status as u8,
+                    &response.payload,
+                )
+                .is_err()
                 {
                     return;
                 }
@@ -415,8 +419,8 @@ mod tests {
         assert_eq!(client.call(3, b"ab").expect("call"), b"ab\x03");
         assert_eq!(client.call(4, b"").expect("call"), b"\x04");
         // Nobody answering is a clear error after the deadline.
-        let mut lost =
-            RpcClient::new(vec!["127.0.0.1:1".into()], Security::Insecure).with_deadline(Duration::from_millis(300));
+        let mut lost = RpcClient::new(vec!["127.0.0.1:1".into()], Security::Insecure)
+            .with_deadline(Duration::from_millis(300));
         let err = lost.call(1, b"").expect_err("unavailable").to_string();
         assert!(err.contains("majority of masters"), "{err}");
     }
@@ -460,7 +464,8 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = silent.local_addr().expect("addr").to_string();
         // Connections wait in the backlog, as with a master still starting.
-        let mut client = RpcClient::new(vec![addr], Security::Insecure).with_deadline(Duration::from_millis(300));
+        let mut client = RpcClient::new(vec![addr], Security::Insecure)
+            .with_deadline(Duration::from_millis(300));
         let started = Instant::now();
         let err = client.call(1, b"").expect_err("no answer").to_string();
         assert!(err.contains("majority of masters"), "{err}");

@@ -136,12 +136,16 @@ impl Security {
         };
         let mut conn =
             ServerConnection::new(Arc::clone(&tls.server)).map_err(std::io::Error::other)?;
-        shake(&mut tcp, Duration::from_millis(HANDSHAKE_TIMEOUT_MS), |tcp| {
-            while conn.is_handshaking() {
-                conn.complete_io(tcp)?;
-            }
-            Ok(())
-        })?;
+        shake(
+            &mut tcp,
+            Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+            |tcp| {
+                while conn.is_handshaking() {
+                    conn.complete_io(tcp)?;
+                }
+                Ok(())
+            },
+        )?;
         let who = identity(conn.peer_certificates())?;
         Ok(Link {
             stream: Stream::Server(Box::new(StreamOwned::new(conn, tcp))),
@@ -190,7 +194,9 @@ fn shake(
     tcp.set_write_timeout(None)
 }
 
-fn identity(chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> Result<Identity, LinkError> {
+fn identity(
+    chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+) -> Result<Identity, LinkError> {
     let leaf = chain
         .and_then(<[_]>::first)
         .ok_or_else(|| LinkError::Identity("the peer showed no certificate".into()))?;
@@ -214,7 +220,7 @@ impl std::fmt::Debug for Link {
         f.debug_struct("Link")
             .field("remote", &self.tcp().peer_addr().ok())
             .field("peer", &self.peer)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

@@ -226,14 +226,9 @@ impl Node {
         let handle = driver.handle();
         let _ = local_handle.set(handle.clone());
         let handler = client_handler(handle.clone(), discovered, me.group);
-        let listening = serve_stoppable(
-            listener,
-            me,
-            local_handle,
-            handler,
-            config.security.clone(),
-        )
-            .map_err(|e| NodeError::Config(format!("cannot start the node listener: {e}")))?;
+        let listening =
+            serve_stoppable(listener, me, local_handle, handler, config.security.clone())
+                .map_err(|e| NodeError::Config(format!("cannot start the node listener: {e}")))?;
         let rediscovery =
             Rediscovery::start(unknown, me.group, learned_tx, config.security.clone());
         let node = Self {
@@ -500,10 +495,7 @@ fn settle_group(
 
 /// Asks every master (at once) for its status: `(answers, addresses that
 /// did not answer)`.
-fn discover(
-    masters: &[String],
-    security: &Security,
-) -> (Vec<(String, MasterStatus)>, Vec<String>) {
+fn discover(masters: &[String], security: &Security) -> (Vec<(String, MasterStatus)>, Vec<String>) {
     let mut found = Vec::new();
     let mut unknown = Vec::new();
     for (addr, status) in masters.iter().zip(ask_masters(masters, security)) {

@@ -37,9 +37,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::group::Member;
 use crate::link::{Expect, Link, Security};
-use crate::tls::{Peer, Role};
 use crate::raft_driver::{RaftHandle, Transport};
 use crate::replica::StateMachine;
+use crate::tls::{Peer, Role};
 
 /// Most message bytes one frame carries; larger messages are chunked.
 pub const CHUNK_BYTES: usize = 4 << 20;
@@ -597,7 +597,10 @@ mod tests {
         );
         assert_eq!(verdicts, vec![false, true]);
         // An unauthenticated peer is not told the group.
-        assert!(matches!(outcomes[0], Err(Offer::Refused(0))), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[0], Err(Offer::Refused(0))),
+            "{outcomes:?}"
+        );
         assert!(outcomes[1].is_ok(), "{outcomes:?}");
         // A peer that breaks off mid-offer is dropped, without a panic.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -628,19 +631,39 @@ mod tests {
                 (master(1), 2, Member { id: 1, group: 8 }),
                 // A certificate speaks only for its own id.
                 (master(1), 2, Member { id: 3, group: 8 }),
-                (ca.security(Role::Admin, None), 2, Member { id: 3, group: 8 }),
+                (
+                    ca.security(Role::Admin, None),
+                    2,
+                    Member { id: 3, group: 8 },
+                ),
                 // Another CA's certificate and no certificate never get in.
-                (stranger_ca.security(Role::Master, Some(1)), 2, Member { id: 1, group: 8 }),
+                (
+                    stranger_ca.security(Role::Master, Some(1)),
+                    2,
+                    Member { id: 1, group: 8 },
+                ),
                 (Security::Insecure, 2, Member { id: 1, group: 8 }),
                 // The sender checks it reached the member it meant.
                 (master(1), 5, Member { id: 1, group: 8 }),
             ],
         );
-        assert_eq!(verdicts, vec![false, true, false, false, false, false, false]);
-        assert!(matches!(outcomes[0], Err(Offer::Refused(8))), "{outcomes:?}");
+        assert_eq!(
+            verdicts,
+            vec![false, true, false, false, false, false, false]
+        );
+        assert!(
+            matches!(outcomes[0], Err(Offer::Refused(8))),
+            "{outcomes:?}"
+        );
         assert!(outcomes[1].is_ok(), "{outcomes:?}");
-        assert!(matches!(outcomes[2], Err(Offer::Refused(8))), "{outcomes:?}");
-        assert!(matches!(outcomes[3], Err(Offer::Refused(8))), "{outcomes:?}");
+        assert!(
+            matches!(outcomes[2], Err(Offer::Refused(8))),
+            "{outcomes:?}"
+        );
+        assert!(
+            matches!(outcomes[3], Err(Offer::Refused(8))),
+            "{outcomes:?}"
+        );
         for (i, outcome) in outcomes.iter().enumerate().skip(4) {
             assert!(matches!(outcome, Err(Offer::Failed(_))), "{i}: {outcome:?}");
         }

@@ -145,10 +145,14 @@ impl Identity {
             .subject_alternative_name()
             .map_err(|e| TlsError::Identity(format!("bad subject alternative names: {e}")))?
             .ok_or_else(|| TlsError::Identity("no subject alternative name".into()))?;
-        let mut found = names.value.general_names.iter().filter_map(|name| match name {
-            GeneralName::URI(uri) if uri.starts_with(IDENTITY_SCHEME) => Some(*uri),
-            _ => None,
-        });
+        let mut found = names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) if uri.starts_with(IDENTITY_SCHEME) => Some(*uri),
+                _ => None,
+            });
         let uri = found
             .next()
             .ok_or_else(|| TlsError::Identity("no datenlord:// name".into()))?;
@@ -280,12 +284,10 @@ impl Tls {
             roots.add(cert.clone()).map_err(config)?;
         }
         let roots = Arc::new(roots);
-        let clients = WebPkiClientVerifier::builder_with_provider(
-            Arc::clone(&roots),
-            Arc::clone(&provider),
-        )
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+        let clients =
+            WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
         let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(config)?
@@ -386,7 +388,10 @@ mod tests {
             (Role::Node, Some(u64::MAX)),
             (Role::Admin, None),
         ] {
-            assert_eq!(Identity::parse_uri(&Identity::uri(role, id)), Some((role, id)));
+            assert_eq!(
+                Identity::parse_uri(&Identity::uri(role, id)),
+                Some((role, id))
+            );
         }
         for bad in [
             "datenlord://master",

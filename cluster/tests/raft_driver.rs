@@ -246,8 +246,8 @@ fn a_new_leader_takes_over_and_no_acknowledged_write_is_lost() {
 
 #[test]
 fn three_drivers_over_tcp_elect_and_replicate() {
-    use datenlord_cluster::group::Member;
     use datenlord_cluster::client_rpc::{Handler, Response, Status};
+    use datenlord_cluster::group::Member;
     use datenlord_cluster::link::Security;
     use datenlord_cluster::listener::serve_master;
     use datenlord_cluster::raft_transport::{LocalHandle, TcpTransport};
@@ -278,7 +278,13 @@ fn three_drivers_over_tcp_elect_and_replicate() {
             status: Status::Failed,
             payload: Vec::new(),
         });
-        serve_master(listener, me, Arc::clone(&local), no_clients, Security::Insecure);
+        serve_master(
+            listener,
+            me,
+            Arc::clone(&local),
+            no_clients,
+            Security::Insecure,
+        );
         let driver = RaftDriver::start(
             id,
             &root.path().join(id.to_string()),
