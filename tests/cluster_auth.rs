@@ -376,3 +376,51 @@ fn certs_commands_refuse_what_cannot_work() {
         0o600
     );
 }
+
+#[test]
+fn a_panic_in_the_raft_thread_ends_the_master_and_a_restart_recovers() {
+    let (mut group, leader) = running_group();
+    let term = views(&group)[0].1;
+    let group_id = group.client().status().expect("status").group;
+    let follower = [1, 2, 3]
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("a follower");
+    // The leader's own certificate and id (a member is trusted) with a
+    // heartbeat whose commit lies past the follower's log: raft-rs panics.
+    let leaders = group.security("master", Some(leader));
+    let mut link = raft_link(&group, follower, &leaders, leader, group_id).expect("accepted");
+    let mut m = Message {
+        from: leader,
+        to: follower,
+        term,
+        commit: 1 << 40,
+        ..Default::default()
+    };
+    m.set_msg_type(MessageType::MsgHeartbeat);
+    let mut frame = Vec::new();
+    encode_frame(&m, &mut frame).expect("encode");
+    link.write_all(&frame)
+        .and_then(|()| link.flush())
+        .expect("send");
+    let status = wait_for("the follower to end", Duration::from_secs(10), || {
+        group.exited(follower)
+    });
+    assert_eq!(status.code(), Some(70), "{}", group.log(follower));
+    let log = group.log(follower);
+    assert!(log.contains("the Raft replica panicked"), "{log}");
+    assert!(log.contains("a restart recovers"), "{log}");
+    // The others go on; the restarted follower catches up.
+    mkdir(&mut group.client(), "while-down");
+    group.start(follower);
+    let leader_applied = group.applied(leader);
+    wait_for(
+        "the restarted follower to catch up",
+        Duration::from_secs(20),
+        || (group.applied(follower) >= leader_applied).then_some(()),
+    );
+    assert_eq!(
+        names(&mut group.client()),
+        vec!["before".to_string(), "while-down".to_string()]
+    );
+}

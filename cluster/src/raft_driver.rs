@@ -323,7 +323,7 @@ impl<S: StateMachine + Send + 'static> RaftDriver<S> {
             (log_sync == LogSync::Deferred).then(|| Arc::clone(&core) as Arc<dyn Rounds<S>>);
         let thread = std::thread::Builder::new()
             .name(format!("raft-{id}"))
-            .spawn(move || run(&core, &requests))
+            .spawn(move || or_end_process(id, || run(&core, &requests)))
             .map_err(|e| ReplicaError::Snapshot {
                 index: 0,
                 reason: format!("cannot start the Raft thread: {e}"),
@@ -436,8 +436,36 @@ impl<S: StateMachine + Send> Rounds<S> for Mutex<Core<S>> {
         if core.is_done() {
             return Err(DriveError::Stopped);
         }
-        core.round(std::iter::once(request));
+        let id = core.replica.id();
+        or_end_process(id, || core.round(std::iter::once(request)));
         Ok(())
+    }
+}
+
+/// Exit status of a process whose Raft replica panicked (sysexits'
+/// EX_SOFTWARE).
+pub const RAFT_PANIC_EXIT_CODE: i32 = 70;
+
+/// Runs `f`; if it panics (raft-rs panics on messages that contradict its
+/// log, `fatal!`), logs why and ends the process. A replica that unwound
+/// mid-round is in no state to go on, and a process that lingers without
+/// its Raft thread serves nothing and is never restarted; the log on disk
+/// holds everything acknowledged, so a restart recovers.
+fn or_end_process<T>(replica: u64, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(value) => value,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(ToString::to_string)
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            error!(
+                replica,
+                "the Raft replica panicked ({what}): ending the process (exit status {RAFT_PANIC_EXIT_CODE}); a restart recovers from the log on disk"
+            );
+            std::process::exit(RAFT_PANIC_EXIT_CODE)
+        }
     }
 }
 
