@@ -5,7 +5,7 @@
 //! are only read here.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -164,7 +164,10 @@ impl Drop for Endpoint {
 
 fn serve(conn: TcpStream, render: &Render) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_millis(SCRAPE_TIMEOUT_MS)))?;
-    let mut head = BufReader::new(conn.try_clone()?);
+    // A scraper that stops reading must not hold the endpoint's thread.
+    conn.set_write_timeout(Some(Duration::from_millis(SCRAPE_TIMEOUT_MS)))?;
+    // At most REQUEST_HEAD_BYTES_MAX of request, however long its lines.
+    let mut head = BufReader::new(conn.try_clone()?.take(REQUEST_HEAD_BYTES_MAX as u64));
     let mut request_line = String::new();
     head.read_line(&mut request_line)?;
     let mut head_bytes = request_line.len();
@@ -260,5 +263,20 @@ mod tests {
             "{ok}"
         );
         assert!(get("/other").starts_with("HTTP/1.1 404"));
+        // A head without an end is read up to its limit, then answered
+        // (or the connection reset, the rest of it left unread): never
+        // waited for, nor held in memory.
+        let mut conn = TcpStream::connect(endpoint.addr()).expect("connect");
+        let endless = vec![b'a'; 4 * REQUEST_HEAD_BYTES_MAX];
+        let _ = conn.write_all(b"GET /metrics HTTP/1.1\r\nX-Long: ");
+        let _ = conn.write_all(&endless);
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut answer = String::new();
+        match conn.read_to_string(&mut answer) {
+            Ok(_) => assert!(answer.starts_with("HTTP/1.1 200"), "{answer}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        assert!(get("/metrics").starts_with("HTTP/1.1 200"), "still serving");
     }
 }

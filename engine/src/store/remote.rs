@@ -17,10 +17,20 @@ use super::backoff::{Backoff, SplitMix64};
 use super::control::ControlPlane;
 use super::object::{
     self, ObjectKind, VolumeDescriptor, DESCRIPTOR_KEY, META_DIR, META_SNAPSHOTS_KEPT,
+    OBJECT_HEADER_BYTES,
 };
 use super::url::StoreUrl;
 use super::{StoreError, STORE_FORMAT_VERSION};
-use crate::block::BlockId;
+use crate::block::{BlockId, BLOCK_SIZE_MAX_BYTES};
+
+/// Largest block object read from the store: a header and the largest
+/// block any volume has.
+pub const BLOCK_OBJECT_BYTES_MAX: u64 = OBJECT_HEADER_BYTES as u64 + BLOCK_SIZE_MAX_BYTES as u64;
+/// Largest volume descriptor read from the store.
+pub const DESCRIPTOR_BYTES_MAX: u64 = 64 * 1024;
+/// Largest metadata backup read from the store (the namespace is held in
+/// memory whole; the same bound as a Raft snapshot message).
+pub const META_SNAPSHOT_BYTES_MAX: u64 = 16 << 30;
 
 /// S3 settings that override the standard `AWS_*` environment variables.
 #[derive(Clone, Debug, Default)]
@@ -392,7 +402,7 @@ impl RemoteStore {
                 let seqs = inner.snapshot_seqs().await?;
                 for &seq in seqs.iter().rev() {
                     let key = inner.full_key(&object::snapshot_key(seq));
-                    let raw = match inner.get_with_retries(&key).await {
+                    let raw = match inner.get_with_retries(&key, META_SNAPSHOT_BYTES_MAX).await {
                         Ok(raw) => raw,
                         Err(StoreError::NotFound { .. }) => continue,
                         Err(e) => return Err(e),
@@ -474,26 +484,53 @@ impl RemoteInner {
         )
     }
 
-    /// One GET, bounded by the request timeout.
-    async fn get_once(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+    /// One GET of at most `bytes_max` bytes, bounded by the request
+    /// timeout. A larger object is corrupt (never read whole: its size, or
+    /// the bytes the store sends, are checked as they come).
+    async fn get_once(&self, key: &str, bytes_max: u64) -> Result<Vec<u8>, StoreError> {
         let path = ObjectPath::from(key);
         let request = async {
             let result = self.store.get(&path).await?;
-            result.bytes().await
+            let size = result.meta.size;
+            if size > bytes_max {
+                return Ok(Err(size));
+            }
+            let mut out = Vec::with_capacity(size as usize);
+            let mut stream = result.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                let received = (out.len() + chunk.len()) as u64;
+                if received > bytes_max {
+                    return Ok(Err(received));
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok::<_, object_store::Error>(Ok(out))
         };
         match tokio::time::timeout(self.options.request_timeout, request).await {
-            Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+            Ok(Ok(Ok(bytes))) => Ok(bytes),
+            Ok(Ok(Err(size))) => Err(StoreError::Corrupt {
+                key: key.to_string(),
+                reason: format!(
+                    "object of {size} bytes or more, above the {bytes_max}-byte limit for its kind"
+                ),
+            }),
             Ok(Err(e)) => Err(self.map_error(key, &e)),
             Err(_) => Err(self.timed_out(key)),
         }
     }
 
-    /// GET with bounded retries of transient failures.
-    pub(crate) async fn get_with_retries(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+    /// GET of at most `bytes_max` bytes with bounded retries of transient
+    /// failures.
+    pub(crate) async fn get_with_retries(
+        &self,
+        key: &str,
+        bytes_max: u64,
+    ) -> Result<Vec<u8>, StoreError> {
         let mut backoff = self.backoff();
         let mut attempt = 0;
         loop {
-            match self.get_once(key).await {
+            match self.get_once(key, bytes_max).await {
                 Err(e) if e.is_transient() && attempt + 1 < self.options.attempts => {
                     tracing::debug!(store = %self.name, %key, error = %e, attempt, "read failed, retrying");
                     tokio::time::sleep(backoff.delay(attempt)).await;
@@ -592,7 +629,7 @@ impl RemoteInner {
 
     pub(crate) async fn get_block(&self, id: BlockId) -> Result<Vec<u8>, StoreError> {
         let key = self.full_key(&object::block_key(id));
-        let raw = self.get_with_retries(&key).await?;
+        let raw = self.get_with_retries(&key, BLOCK_OBJECT_BYTES_MAX).await?;
         match object::decode(ObjectKind::Block(id), &raw) {
             Ok(payload) => Ok(payload.to_vec()),
             Err(reason) => {
@@ -608,7 +645,7 @@ impl RemoteInner {
 
     async fn descriptor(&self) -> Result<Option<VolumeDescriptor>, StoreError> {
         let key = self.full_key(DESCRIPTOR_KEY);
-        match self.get_with_retries(&key).await {
+        match self.get_with_retries(&key, DESCRIPTOR_BYTES_MAX).await {
             Ok(raw) => VolumeDescriptor::decode(&raw)
                 .map(Some)
                 .map_err(|reason| StoreError::Corrupt { key, reason }),
@@ -679,5 +716,23 @@ mod tests {
                 .expect("put");
         assert!(!needs_sync, "durable on return");
         memory.inner.sync_unsynced().expect("nothing to sync");
+    }
+
+    #[test]
+    fn an_object_larger_than_its_kind_allows_is_corrupt_and_never_read_whole() {
+        let control = ControlPlane::start().expect("control");
+        let memory = RemoteStore::open(&StoreUrl::Memory, &control).expect("memory store");
+        let id = BlockId::new(3, 1, 7);
+        let key = memory.inner.block_key(id);
+        let payload = vec![7u8; BLOCK_SIZE_MAX_BYTES as usize + 1];
+        let bytes = Bytes::from(object::encode(object::ObjectKind::Block(id), &payload));
+        let inner = Arc::clone(&memory.inner);
+        block_on(control.run(async move { inner.put_once(&key, bytes).await })).expect("put");
+        match block_on(memory.get_block(id)) {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                assert!(reason.contains("limit"), "{reason}");
+            }
+            other => panic!("expected a corrupt object, got {other:?}"),
+        }
     }
 }
