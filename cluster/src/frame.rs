@@ -8,15 +8,16 @@ use std::io::{ErrorKind, Read, Write};
 
 /// Reads exactly `buf.len()` bytes from `stream`, waiting at most
 /// `timeout_ms` (a handshake: the peer must say who it is promptly); the
-/// stream has no read timeout afterwards.
+/// stream's read timeout is what it was before afterwards.
 pub fn read_exact_within(
     stream: &mut crate::link::Link,
     buf: &mut [u8],
     timeout_ms: u64,
 ) -> std::io::Result<()> {
+    let before = stream.tcp().read_timeout()?;
     stream.set_read_timeout(Some(std::time::Duration::from_millis(timeout_ms)))?;
     stream.read_exact(buf)?;
-    stream.set_read_timeout(None)
+    stream.set_read_timeout(before)
 }
 
 /// Writes one frame whose body is the concatenation of `parts`.
@@ -36,7 +37,8 @@ pub fn write(out: &mut impl Write, parts: &[&[u8]]) -> std::io::Result<()> {
 }
 
 /// Reads one frame's body into `body` (its length in `min..=max`).
-/// `Ok(false)` at a clean end of the stream.
+/// `Ok(false)` at a clean end of the stream, or when nothing came before
+/// the stream's read timeout (an idle connection).
 pub fn read(
     input: &mut impl Read,
     body: &mut Vec<u8>,
@@ -47,6 +49,11 @@ pub fn read(
     match input.read_exact(&mut header) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
+        // Quiet past the stream's read timeout between frames: the end of
+        // an idle connection, not a bad frame.
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            return Ok(false)
+        }
         Err(e) => return Err(e.to_string()),
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;

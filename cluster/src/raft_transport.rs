@@ -417,6 +417,16 @@ fn encode_frames(message: &Message, chunk_bytes: usize, out: &mut Vec<u8>) -> Re
 /// Reads one message (one frame, or every chunk of a chunked one);
 /// `Ok(None)` at a clean end of stream.
 pub fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Message>, String> {
+    read_frame_within(reader, buf, MESSAGE_MAX_BYTES)
+}
+
+/// [`read_frame`] of messages of at most `message_bytes_max` (a peer that
+/// may not send snapshots cannot make this process reassemble one).
+fn read_frame_within(
+    reader: &mut impl Read,
+    buf: &mut Vec<u8>,
+    message_bytes_max: u64,
+) -> Result<Option<Message>, String> {
     let mut assembled: Vec<u8> = Vec::new();
     let mut expected_total: Option<u64> = None;
     loop {
@@ -439,7 +449,7 @@ pub fn read_frame(reader: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<Me
             (KIND_CHUNK, _) => {
                 let (total, offset, bytes) = chunk_parts(body)?;
                 // A sender chunks only messages larger than one chunk.
-                if total > MESSAGE_MAX_BYTES || total <= CHUNK_BYTES as u64 {
+                if total > message_bytes_max || total <= CHUNK_BYTES as u64 {
                     return Err(format!("chunked message of {total} bytes is not allowed"));
                 }
                 if expected_total.is_some_and(|t| t != total) {
@@ -492,10 +502,11 @@ pub(crate) fn receive<S: StateMachine + Send + 'static>(
 ) {
     let peer = stream.remote();
     let who = stream.peer().clone();
+    let message_bytes_max = message_bytes_max(&who);
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
     loop {
-        match read_frame(&mut reader, &mut buf) {
+        match read_frame_within(&mut reader, &mut buf, message_bytes_max) {
             Ok(Some(message)) => {
                 if message.to != me {
                     warn!(
@@ -527,6 +538,16 @@ pub(crate) fn receive<S: StateMachine + Send + 'static>(
                 return;
             }
         }
+    }
+}
+
+/// The largest message `who` may send: only masters send snapshots (a
+/// leader's), the one message larger than a chunk; a node's answers fit
+/// in one frame, so nothing a node sends is reassembled.
+fn message_bytes_max(who: &Peer) -> u64 {
+    match who {
+        Peer::Certified(identity) if identity.role != Role::Master => CHUNK_BYTES as u64,
+        _ => MESSAGE_MAX_BYTES,
     }
 }
 
@@ -767,6 +788,13 @@ mod tests {
             let mut buf = Vec::new();
             read_frame(&mut bytes.as_slice(), &mut buf)
         };
+        // A peer that may not send large messages cannot start one.
+        let mut frames = Vec::new();
+        encode_frame(&snapshot_message(CHUNK_BYTES + 10), &mut frames).expect("encode");
+        let mut buf = Vec::new();
+        let err = read_frame_within(&mut frames.as_slice(), &mut buf, CHUNK_BYTES as u64)
+            .expect_err("a node's snapshot");
+        assert!(err.contains("not allowed"), "{err}");
         // A chunked message no larger than one chunk is refused (a sender
         // never chunks it).
         let err = read(&[&parts[0], &parts[1], &parts[2], &parts[3]]).expect_err("too small");
