@@ -252,6 +252,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if matches!(cli.command, Command::Mount(_) | Command::Master(_)) {
+        // Everything a node or master writes (journal, cache, store
+        // objects, Raft log, snapshots, logs) is its owner's alone: the
+        // mount's permission checks must not be bypassed around it.
+        // SAFETY: umask only sets the process's file mode mask.
+        unsafe { libc::umask(0o077) };
+    }
     match cli.command {
         Command::Mount(args) => mount::run(&args),
         Command::Format(args) => run_format(&args),
@@ -361,6 +368,7 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
         group_name: args.group.clone(),
         security,
     };
+    mount::private_dir(&args.data_dir, "the master's data directory")?;
     let master = datenlord_cluster::master::Master::start(&config).with_context(|| {
         format!(
             "starting metadata master {} with data in {}",

@@ -333,6 +333,17 @@ impl Drop for DataDirLock {
     }
 }
 
+/// Creates `dir` if missing and makes it its owner's alone (0700): it
+/// holds every user's file data (journal, cache, store) and the metadata,
+/// which the mount's permission checks must not be bypassed around. Files
+/// the process creates are 0600 (`main` sets the umask).
+pub fn private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {what} {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {what} {} private (0700)", dir.display()))
+}
+
 /// Name of the pid file (and lock) in the data directory.
 pub const PID_FILE: &str = "datenlord.pid";
 
@@ -340,8 +351,7 @@ pub const PID_FILE: &str = "datenlord.pid";
 pub fn run(args: &MountArgs) -> anyhow::Result<std::process::ExitCode> {
     let mountpoint = check_mountpoint(&args.mountpoint)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    private_dir(&data_dir, "the data directory")?;
     let data_dir = data_dir.canonicalize()?;
     // Before the fork, so the user sees a wrong combination at once.
     args.node_config(&data_dir)?;
@@ -449,8 +459,7 @@ impl CachePlan {
             .cache_dir
             .clone()
             .unwrap_or_else(|| data_dir.join("cache"));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("creating the cache directory {}", dir.display()))?;
+        private_dir(&dir, "the cache directory")?;
         Ok(Self {
             dir,
             memory_bytes: parse_bytes(&args.memory_size).context("--memory-size")?,

@@ -267,6 +267,25 @@ fn forged_raft_messages_stop_no_master_and_move_no_term() {
     let after = views(&group);
     assert_eq!(before, after, "a forged message changed a master's view");
     mkdir(&mut group.client(), "after");
+    // The masters' data directories are their owner's alone.
+    for id in 1..=3 {
+        let dir = group.dir(id);
+        let mode = |p: &std::path::Path| {
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(p).expect("stat").permissions(),
+            ) & 0o777
+        };
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is open to others",
+                path.display()
+            );
+        }
+    }
     let logs: String = (1..=3).map(|id| group.log(id)).collect();
     assert!(
         logs.contains("a certificate speaks only for its own id"),

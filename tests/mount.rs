@@ -1021,3 +1021,71 @@ fn passthrough_mount_reads_a_file_read_again_from_its_local_copy() {
     assert!(std::fs::read(m.path().join("weights.bin")).expect("read") == want);
     m.unmount();
 }
+
+/// Entries under `dir` (itself included) that another user could read,
+/// write or search: `(path, mode)`.
+fn open_to_others(dir: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).expect("stat");
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            out.push((path.clone(), mode));
+        }
+        if meta.is_dir() {
+            stack.extend(
+                std::fs::read_dir(&path)
+                    .expect("read_dir")
+                    .map(|e| e.expect("entry").path()),
+            );
+        }
+    }
+    out
+}
+
+/// The data directory holds every user's data (journal, cache, store) and
+/// the namespace: it, and everything the daemon puts in it, is root's
+/// alone, so another user cannot read around the mount's permissions.
+#[test]
+fn no_other_user_reads_the_data_directory() {
+    let dirs = NodeDirs::new();
+    let data = dirs.data_dir();
+    let m = Mounted::start(&dirs, &["--metrics-addr", "127.0.0.1:0"]);
+    let f = m.path().join("secret");
+    std::fs::write(&f, vec![7u8; 300_000]).expect("write");
+    std::fs::File::open(&f)
+        .and_then(|file| file.sync_all())
+        .expect("fsync");
+    std::fs::read(&f).expect("read back");
+    let check = |when: &str| {
+        let open = open_to_others(&data);
+        assert!(open.is_empty(), "{when}: readable by others: {open:?}");
+        let out = Command::new("runuser")
+            .args(["-u", "nobody", "--", "sh", "-c"])
+            .arg(format!(
+                "ls {0} || cat {0}/datenlord.log || find {0} -type f",
+                data.display()
+            ))
+            .output()
+            .expect("runuser");
+        assert!(
+            !out.status.success(),
+            "nobody listed or read {}",
+            data.display()
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    check("while mounted");
+    m.unmount();
+    check("after unmount");
+    // A data directory made readable by hand is made private again.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let m = Mounted::start(&dirs, &[]);
+    check("after a remount");
+    m.unmount();
+}

@@ -159,4 +159,27 @@ fn node_options_go_together_and_need_a_shared_store() {
         ],
         "needs --store",
     );
+    // Plain TCP on an address other machines reach needs --insecure;
+    // --tls-dir is for nodes only, and must hold credentials.
+    let open = format!("0.0.0.0:{}", listen.rsplit_once(':').expect("port").1);
+    for (listen, extra, expected) in [
+        (open.as_str(), None, "--insecure"),
+        (listen.as_str(), Some("/nonexistent"), "--tls-dir"),
+    ] {
+        let mut args = vec![
+            "--masters",
+            &masters,
+            "--node-id",
+            "5",
+            "--node-listen",
+            listen,
+            "--store",
+            "file:///tmp/x",
+        ];
+        if let Some(dir) = extra {
+            args.extend(["--tls-dir", dir]);
+        }
+        check(&args, expected);
+    }
+    check(&["--tls-dir", "/tmp"], "for a node of a master group");
 }
