@@ -124,15 +124,30 @@ fn parse_group(rest: &str) -> Option<Recorded> {
 }
 
 /// Records `role` `id` of `group` in `dir` (created if missing), replacing
-/// the file atomically.
+/// the file atomically and durably.
 pub fn record_identity(dir: &Path, role: &str, id: u64, group: u64) -> Result<(), MasterError> {
     let path = dir.join(IDENTITY_FILE);
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
     let text = format!("{}group={group:016x}\n", identity_text(role, id));
     std::fs::create_dir_all(dir)
-        .and_then(|()| std::fs::write(&tmp, text))
-        .and_then(|()| std::fs::rename(&tmp, &path))
+        .and_then(|()| replace_file(&path, text.as_bytes()))
         .map_err(|e| MasterError::Config(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the
+/// new one, never an empty or partial one: written to a temporary file,
+/// synced, renamed over `path`, and the directory synced.
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Checks `dir` for `role` `id` and records `group` there when the

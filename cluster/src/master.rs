@@ -357,7 +357,9 @@ impl Master {
         // Members that joined after the group started are only in the
         // members file; it is the current list once it exists.
         let members_file = config.data_dir.join(MEMBERS_FILE);
-        let members = read_members(&members_file).unwrap_or_else(|| config.peers.clone());
+        let members = read_members(&members_file)
+            .map_err(MasterError::Config)?
+            .unwrap_or_else(|| config.peers.clone());
         let others: BTreeMap<u64, String> = members
             .iter()
             .filter(|(&id, _)| id != config.id)

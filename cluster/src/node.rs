@@ -17,7 +17,6 @@
 //! voter's.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -39,7 +38,7 @@ use crate::master::{
 use crate::meta::{Command, MetaState, Outcome};
 use crate::raft_driver::{DriveError, RaftDriver, RaftHandle, Status, Transport};
 use crate::raft_log::{LogSync, RaftLog};
-use crate::raft_transport::{read_members, LocalHandle, TcpTransport};
+use crate::raft_transport::{read_members, write_members, LocalHandle, TcpTransport};
 use crate::replica::{Membership, ReplicaError};
 use crate::shared_state::SharedState;
 use crate::tls::Role;
@@ -186,10 +185,14 @@ impl Node {
         let addr = advertised(config, &listener)?;
         // Members this replica learned from the group's conf changes, plus
         // the masters answering now (their addresses win).
-        let mut peers = read_members(&members_file).unwrap_or_default();
+        let mut peers = read_members(&members_file)
+            .map_err(NodeError::Config)?
+            .unwrap_or_default();
         peers.extend(discovered.clone());
         peers.remove(&config.id);
-        write_members(&members_file, &peers);
+        write_members(&members_file, &peers).map_err(|e| {
+            NodeError::Config(format!("cannot write {}: {e}", members_file.display()))
+        })?;
 
         let state = SharedState::new(MetaState::new());
         let local_handle: LocalHandle<SharedState<MetaState>> = LocalHandle::default();
@@ -567,19 +570,6 @@ fn advertised(config: &NodeConfig, listener: &TcpListener) -> Result<String, Nod
     } else {
         config.listen.clone()
     })
-}
-
-/// Writes `id=host:port` lines like [`TcpTransport`] does.
-fn write_members(path: &Path, members: &BTreeMap<u64, String>) {
-    let mut text = String::new();
-    for (id, addr) in members {
-        let _ = writeln!(text, "{id}={addr}");
-    }
-    let tmp = path.with_extension("tmp");
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        warn!(path = %path.display(), %e, "cannot record the group's members");
-    }
 }
 
 /// The node's transport: TCP to its peers, plus masters whose ids were

@@ -76,7 +76,7 @@ pub enum LogError {
         reason: String,
     },
     /// A log segment is damaged before its end.
-    #[error("the Raft log segment {path} is corrupt at byte {offset} ({reason}) and more segments follow it; nothing was deleted: restore the data directory from a backup or rejoin this master from the others")]
+    #[error("the Raft log segment {path} is corrupt at byte {offset} ({reason}); nothing was deleted: restore the data directory from a backup or rejoin this member from the others")]
     CorruptLog {
         /// The segment.
         path: PathBuf,
@@ -341,6 +341,19 @@ impl RaftLog {
                     offset += used;
                 }
                 Err(reason) if last_segment => {
+                    // A torn write leaves nothing whole after it: a whole
+                    // record further on means the damage is inside the
+                    // log, and cutting it would lose acknowledged entries.
+                    if let Some(next) = next_record(&bytes[offset + 1..]) {
+                        return Err(LogError::CorruptLog {
+                            path: path.to_path_buf(),
+                            offset: offset as u64,
+                            reason: format!(
+                                "{reason}, with a whole record at byte {}: damage inside the log, not a torn write",
+                                offset + 1 + next
+                            ),
+                        });
+                    }
                     warn!(
                         path = %path.display(),
                         offset,
@@ -913,7 +926,8 @@ impl RaftLog {
         for path in files {
             fs::remove_file(&path).map_err(io_err("remove an old Raft log file", &path))?;
         }
-        Ok(())
+        // Durably gone: a crash must not bring a conflicting segment back.
+        sync_dir(&dir)
     }
 }
 
@@ -1027,6 +1041,14 @@ fn encode_record(out: &mut Vec<u8>, kind: u8, payload: &[u8]) {
     out.extend_from_slice(&crc.to_le_bytes());
     out.push(kind);
     out.extend_from_slice(payload);
+}
+
+/// The offset of the first whole record in `bytes`, looking at every
+/// place the record magic appears.
+fn next_record(bytes: &[u8]) -> Option<usize> {
+    let magic = RECORD_MAGIC.to_le_bytes();
+    (0..bytes.len())
+        .find(|&at| bytes[at..].starts_with(&magic) && decode_record(&bytes[at..]).is_ok())
 }
 
 /// One record at the start of `bytes`: its kind, payload and total size.
@@ -1382,6 +1404,31 @@ mod tests {
                 .last_index_inner(),
             10
         );
+    }
+
+    #[test]
+    fn damage_inside_the_last_segment_is_not_cut_as_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.initialize(conf(&[1])).expect("init");
+        for i in 1..=10 {
+            log.append(&[entry(i, 1, &[i as u8; 100])]).expect("append");
+            log.sync().expect("sync");
+        }
+        drop(log);
+        let (_, seg) = segments(dir.path())
+            .expect("segments")
+            .pop()
+            .expect("one segment");
+        let mut bytes = fs::read(&seg).expect("read");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        fs::write(&seg, &bytes).expect("damage");
+        let err = RaftLog::open(dir.path()).expect_err("damage").to_string();
+        assert!(err.contains(&seg.display().to_string()), "{err}");
+        assert!(err.contains("not a torn write"), "{err}");
+        assert!(err.contains("nothing was deleted"), "{err}");
+        assert_eq!(fs::read(&seg).expect("kept"), bytes, "the log was cut");
     }
 
     #[test]

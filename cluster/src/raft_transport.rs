@@ -142,29 +142,59 @@ impl TcpTransport {
         let Some(path) = &self.members_file else {
             return;
         };
-        let mut text = String::new();
-        for (id, addr) in &self.addrs {
-            let _ = writeln!(text, "{id}={addr}");
-        }
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
+        if let Err(e) = write_members(path, &self.addrs) {
             warn!(path = %path.display(), %e, "cannot record the group's members");
         }
     }
 }
 
-/// Reads a members file written by [`TcpTransport`]: `id=host:port` lines.
-pub fn read_members(path: &Path) -> Option<BTreeMap<u64, String>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let members: BTreeMap<u64, String> = text
-        .lines()
-        .filter_map(|line| {
-            let (id, addr) = line.split_once('=')?;
-            Some((id.trim().parse().ok()?, addr.trim().to_string()))
-        })
-        .collect();
-    Some(members)
+/// First line of a members file: a file without it (empty, torn) is
+/// damaged, never "no members".
+const MEMBERS_HEADER: &str = "# datenlord members";
+
+/// Records `members` (`id=host:port` lines) in `path` durably: written
+/// to a temporary file, synced, renamed over it, the directory synced.
+pub(crate) fn write_members(path: &Path, members: &BTreeMap<u64, String>) -> std::io::Result<()> {
+    let mut text = format!("{MEMBERS_HEADER}\n");
+    for (id, addr) in members {
+        let _ = writeln!(text, "{id}={addr}");
+    }
+    crate::group::replace_file(path, text.as_bytes())
+}
+
+/// Reads a members file written by [`write_members`]: `Ok(None)` when
+/// there is none; an empty or garbled one is an error that says so.
+pub fn read_members(path: &Path) -> Result<Option<BTreeMap<u64, String>>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let damaged = |why: &str| {
+        format!(
+            "{} {why}: it lists the group's members, without which this member cannot rejoin. Restore it (lines `ID=HOST:PORT` after `{MEMBERS_HEADER}`) or start on a new data directory (nothing was changed)",
+            path.display()
+        )
+    };
+    if text.trim().is_empty() {
+        return Err(damaged("is empty"));
+    }
+    // Files written before the header existed start with a member.
+    let lines = text.lines().map(str::trim).filter(|l| *l != MEMBERS_HEADER);
+    let mut members = BTreeMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let member = line
+            .split_once('=')
+            .and_then(|(id, addr)| Some((id.trim().parse::<u64>().ok()?, addr.trim())))
+            .filter(|(id, addr)| *id != 0 && !addr.is_empty());
+        let Some((id, addr)) = member else {
+            return Err(damaged(&format!(
+                "has a line {line:?} that is not ID=HOST:PORT"
+            )));
+        };
+        members.insert(id, addr.to_string());
+    }
+    Ok(Some(members))
 }
 
 impl Transport for TcpTransport {
@@ -692,6 +722,37 @@ mod tests {
             unreachable!()
         };
         assert!(why.contains("expected member 5"), "{why}");
+    }
+
+    #[test]
+    fn members_files_read_back_and_an_empty_one_is_damage_not_no_members() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("members");
+        assert_eq!(read_members(&path), Ok(None));
+        let members = BTreeMap::from([(2, "h2:7001".to_string()), (3, "h3:7001".to_string())]);
+        write_members(&path, &members).expect("write");
+        assert_eq!(read_members(&path), Ok(Some(members)));
+        write_members(&path, &BTreeMap::new()).expect("write");
+        assert_eq!(read_members(&path), Ok(Some(BTreeMap::new())), "no peers");
+        assert!(!dir.path().join("members.tmp").exists());
+        // Written before the header existed.
+        std::fs::write(&path, "2=h2:7001\n").expect("old");
+        assert_eq!(
+            read_members(&path),
+            Ok(Some(BTreeMap::from([(2, "h2:7001".to_string())])))
+        );
+        for (damaged, why) in [
+            ("", "is empty"),
+            ("\n\n", "is empty"),
+            ("2=h2:7001\nx\n", "\"x\""),
+        ] {
+            std::fs::write(&path, damaged).expect("damage");
+            let err = read_members(&path).expect_err("damaged");
+            assert!(
+                err.contains(why) && err.contains("nothing was changed"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -898,6 +898,44 @@ fn a_segment_reads_back_to_its_torn_tail_and_damaged_entries_are_never_uploaded(
 }
 
 #[test]
+fn a_segment_damaged_before_whole_entries_refuses_to_open_and_keeps_them() {
+    use datenlord_engine::store::object::{encode, ObjectKind};
+    let control = ControlPlane::start().expect("control");
+    let journal = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("store dir");
+    let store = file_store(&control, store_dir.path());
+    WriteBack::open(wb_config(journal.path()), store.clone())
+        .expect("create journal")
+        .shutdown();
+    // Three acknowledged entries; the second's header is damaged on disk.
+    let data = blocks(12, 3);
+    let mut bytes = Vec::new();
+    let mut damaged_at = 0;
+    for (id, payload) in &data {
+        let mut entry = encode(ObjectKind::Block(*id), payload);
+        if id.index == 1 {
+            damaged_at = bytes.len();
+            entry[3] ^= 0x20;
+        }
+        bytes.extend_from_slice(&entry);
+    }
+    let crafted = journal.path().join(segment::segment_name(7));
+    std::fs::write(&crafted, &bytes).expect("segment");
+    let err = WriteBack::open(wb_config(journal.path()), store.clone())
+        .expect_err("damage inside a segment")
+        .to_string();
+    assert!(err.contains(&crafted.display().to_string()), "{err}");
+    assert!(err.contains(&format!("byte {damaged_at}")), "{err}");
+    assert!(err.contains("not a torn append"), "{err}");
+    // Nothing was cut or deleted, nothing uploaded.
+    assert_eq!(std::fs::read(&crafted).expect("kept"), bytes);
+    assert!(matches!(
+        block_on(store.get_block(data[2].0)),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
 fn file_and_memory_stores() {
     let control = ControlPlane::start().expect("control");
     let dir = tempfile::tempdir().expect("store dir");

@@ -26,7 +26,7 @@ pub const META_DIR: &str = "meta";
 /// Metadata snapshots kept; older ones are deleted.
 pub const META_SNAPSHOTS_KEPT: usize = 3;
 
-const MAGIC: [u8; 4] = *b"DLOB";
+pub(crate) const MAGIC: [u8; 4] = *b"DLOB";
 const HEADER_VERSION: u16 = 1;
 const SNAPSHOT_PREFIX: &str = "snapshot-";
 const DESCRIPTOR_PAYLOAD_BYTES: usize = 24;

@@ -79,6 +79,11 @@ pub struct Scan {
     /// Why the bytes from `end` on are not read, when there are any that
     /// are not zeros (a torn append, or damage).
     pub tail: Option<String>,
+    /// Where a whole, checked entry lies after the unreadable bytes: then
+    /// they are damage inside the segment, not a torn tail (an append
+    /// never lands after one that did not), and entries past them were
+    /// acknowledged.
+    pub resumes_at: Option<u64>,
 }
 
 /// Reads a segment's bytes as entries.
@@ -126,7 +131,28 @@ pub fn scan(bytes: &[u8]) -> Scan {
         at += len;
         out.end = at as u64;
     }
+    if out.tail.is_some() {
+        let from = out.end as usize + 1;
+        out.resumes_at = next_entry(&bytes[from.min(bytes.len())..]).map(|p| (from + p) as u64);
+    }
     out
+}
+
+/// The offset of the first whole, checked entry in `bytes`, looking at
+/// every place its magic appears.
+fn next_entry(bytes: &[u8]) -> Option<usize> {
+    let magic = object::MAGIC;
+    (0..(bytes.len() + 1).saturating_sub(OBJECT_HEADER_BYTES)).find(|&at| {
+        bytes[at..].starts_with(&magic)
+            && object::block_header(&bytes[at..at + OBJECT_HEADER_BYTES]).is_ok_and(
+                |(id, payload)| {
+                    let len = OBJECT_HEADER_BYTES as u64 + payload;
+                    bytes.len() as u64 - at as u64 >= len
+                        && object::decode(ObjectKind::Block(id), &bytes[at..at + len as usize])
+                            .is_ok()
+                },
+            )
+    })
 }
 
 #[cfg(test)]
@@ -183,12 +209,30 @@ mod tests {
             assert_eq!(found.entries.len(), 1, "cut {cut}");
             assert_eq!(found.end, a.len() as u64);
             assert!(found.tail.is_some(), "cut {cut}");
+            assert_eq!(found.resumes_at, None, "cut {cut}");
         }
         // Zeros past the end (extended, never written) are no damage.
         let bytes = [a.clone(), vec![0; 9000]].concat();
         let found = scan(&bytes);
         assert_eq!((found.entries.len(), found.tail), (1, None));
         assert_eq!(found.end, a.len() as u64);
+    }
+
+    #[test]
+    fn a_damaged_header_with_entries_after_it_is_damage_not_a_tail() {
+        let (a, b, c) = (entry(1, 100), entry(2, 300), entry(3, 0));
+        for flipped in [0, 9, OBJECT_HEADER_BYTES - 1] {
+            let mut bytes = [a.clone(), b.clone(), c.clone()].concat();
+            bytes[a.len() + flipped] ^= 0x40;
+            let found = scan(&bytes);
+            assert_eq!(found.entries.len(), 1, "flipped {flipped}");
+            assert!(found.tail.is_some(), "flipped {flipped}");
+            assert_eq!(
+                found.resumes_at,
+                Some((a.len() + b.len()) as u64),
+                "flipped {flipped}"
+            );
+        }
     }
 
     #[test]

@@ -362,6 +362,17 @@ fn recover_segment(
             "corrupt write-back journal entry: not uploaded"
         );
     }
+    if let (Some(reason), Some(resumes)) = (&scan.tail, scan.resumes_at) {
+        // Entries after the damage were acknowledged: cutting them would
+        // lose them without a word.
+        return Err(StoreError::Corrupt {
+            key: path.display().to_string(),
+            reason: format!(
+                "write-back journal segment damaged at byte {} ({reason}) with whole entries after it (from byte {resumes}): not a torn append; nothing was deleted. Copy the segment aside, then remove it to mount without the blocks it holds",
+                scan.end
+            ),
+        });
+    }
     if let Some(reason) = &scan.tail {
         tracing::warn!(
             store = %store, segment = %path.display(), at = scan.end,
