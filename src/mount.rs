@@ -1172,6 +1172,12 @@ mod tests {
         ];
         let mut with_store = node.to_vec();
         with_store.extend(["--store", "s3://bucket/vol"]);
+        let refused = args(&with_store)
+            .node_config(data)
+            .expect_err("plain TCP on 0.0.0.0")
+            .to_string();
+        assert!(refused.contains("--insecure"), "{refused}");
+        with_store.push("--insecure");
         let config = args(&with_store)
             .node_config(data)
             .expect("node")

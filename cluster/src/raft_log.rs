@@ -95,6 +95,9 @@ pub enum LogError {
         /// The entry found after it.
         found: u64,
     },
+    /// An earlier write or fdatasync failed (see `RaftLog::failed`).
+    #[error("an earlier write of the Raft log failed ({0}): its unsynced records may be lost, so it takes no more; restart the process (it recovers from what is on disk)")]
+    Failed(String),
     /// Encoding a record failed.
     #[error("encoding a Raft record: {0}")]
     Encode(String),
@@ -166,6 +169,14 @@ pub struct RaftLog {
     unsynced: bool,
     /// fdatasyncs of the segment so far.
     syncs: u64,
+    /// A write or fdatasync of the segment failed: the kernel may have
+    /// dropped what it could not write and reports that once, so no later
+    /// sync can vouch for the log; every write and sync fails from then on
+    /// (a restart recovers from what is on disk).
+    failed: Option<String>,
+    /// Tests: the next fdatasync fails with EIO.
+    #[cfg(test)]
+    fail_next_sync: bool,
     /// How snapshots taken here are written.
     snapshot_writes: SnapshotWrites,
     /// The snapshot being written by a background thread (which hands it
@@ -223,6 +234,9 @@ impl RaftLog {
             sync: LogSync::EveryPersist,
             unsynced: false,
             syncs: 0,
+            failed: None,
+            #[cfg(test)]
+            fail_next_sync: false,
             snapshot_writes: SnapshotWrites::InPlace,
             snapshot_write: None,
             cleanup: None,
@@ -558,6 +572,7 @@ impl RaftLog {
     /// Writes pending records to the segment without an fdatasync: they
     /// survive the process, not the machine, until the next [`Self::sync`].
     pub fn write_pending(&mut self) -> Result<(), LogError> {
+        self.check_failed()?;
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -569,9 +584,10 @@ impl RaftLog {
             ..
         } = &mut self.backing
         {
-            segment
-                .write_all(&self.pending)
-                .map_err(io_err("write the Raft log segment", segment_path))?;
+            if let Err(e) = segment.write_all(&self.pending) {
+                self.failed = Some(format!("writing {}: {e}", segment_path.display()));
+                return Err(io_err("write the Raft log segment", segment_path)(e));
+            }
             *segment_bytes += self.pending.len() as u64;
             *segment_last = (*segment_last).max(self.pending_last);
             self.unsynced = true;
@@ -590,19 +606,43 @@ impl RaftLog {
         if !self.unsynced {
             return Ok(());
         }
+        let fault = self.injected_sync_fault();
         if let Backing::Dir {
             segment,
             segment_path,
             ..
         } = &mut self.backing
         {
-            segment
-                .sync_data()
-                .map_err(io_err("sync the Raft log segment", segment_path))?;
+            let synced = fault.map_or_else(|| segment.sync_data(), Err);
+            if let Err(e) = synced {
+                self.failed = Some(format!("fdatasync of {}: {e}", segment_path.display()));
+                return Err(io_err("sync the Raft log segment", segment_path)(e));
+            }
             self.syncs += 1;
         }
         self.unsynced = false;
         Ok(())
+    }
+
+    /// A failure tests inject into the next fdatasync.
+    #[cfg(test)]
+    fn injected_sync_fault(&mut self) -> Option<std::io::Error> {
+        std::mem::take(&mut self.fail_next_sync)
+            .then(|| std::io::Error::from_raw_os_error(libc::EIO))
+    }
+
+    #[cfg(not(test))]
+    #[allow(clippy::unused_self)]
+    fn injected_sync_fault(&mut self) -> Option<std::io::Error> {
+        None
+    }
+
+    /// The error of every write and sync after one failed.
+    fn check_failed(&self) -> Result<(), LogError> {
+        match &self.failed {
+            Some(first) => Err(LogError::Failed(first.clone())),
+            None => Ok(()),
+        }
     }
 
     fn segment_full(&self) -> bool {
@@ -784,6 +824,7 @@ impl RaftLog {
         if matches!(self.backing, Backing::Memory) {
             return Ok(());
         }
+        self.check_failed()?;
         let mut buf = self.segment_header()?;
         buf.extend_from_slice(&self.pending);
         let Backing::Dir {
@@ -1404,6 +1445,29 @@ mod tests {
                 .last_index_inner(),
             10
         );
+    }
+
+    #[test]
+    fn after_a_failed_sync_no_write_or_sync_succeeds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.initialize(conf(&[1])).expect("init");
+        log.append(&[entry(1, 1, b"a")]).expect("append");
+        log.sync().expect("sync");
+        log.append(&[entry(2, 1, b"b")]).expect("append");
+        log.fail_next_sync = true;
+        let err = log.sync().expect_err("injected EIO").to_string();
+        assert!(err.contains("sync the Raft log segment"), "{err}");
+        // The kernel reports a writeback error once: a second fdatasync
+        // would succeed, and must not be believed.
+        let again = log.sync().expect_err("still failed").to_string();
+        assert!(again.contains("restart the process"), "{again}");
+        log.append(&[entry(3, 1, b"c")]).expect("append in memory");
+        assert!(log.persist().is_err());
+        // A restart reads back what is on disk.
+        drop(log);
+        let log = RaftLog::open(dir.path()).expect("reopen");
+        assert!(log.last_index_inner() >= 1);
     }
 
     #[test]

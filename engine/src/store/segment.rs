@@ -155,6 +155,65 @@ fn next_entry(bytes: &[u8]) -> Option<usize> {
     })
 }
 
+/// Which bytes of each segment an fdatasync made durable, and which
+/// segments failed one (sans IO; the journal calls it under its sync
+/// lock, around each fdatasync).
+///
+/// After a failed fdatasync the kernel may have dropped the pages it could
+/// not write, and it reports the error once: a later fdatasync of the
+/// same file can succeed although bytes appended before the failure are
+/// gone. So a segment that failed is never trusted again past what an
+/// earlier good sync covered: every commit that needs more of it fails
+/// (its blocks stay dirty, and the retry appends them to a new segment).
+#[derive(Clone, Debug, Default)]
+pub struct SegmentSyncs {
+    /// Per segment: bytes from its start a good sync covered, and whether
+    /// a sync of it failed.
+    segments: std::collections::HashMap<u64, (u64, bool)>,
+}
+
+/// What a commit must do about one segment it appended to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncNeed {
+    /// An earlier sync covered its bytes: nothing.
+    Covered,
+    /// Sync it.
+    Sync,
+    /// The segment failed a sync before its bytes were covered: fail.
+    Failed,
+}
+
+impl SegmentSyncs {
+    /// What a commit needing `segment`'s first `through` bytes durable
+    /// must do.
+    pub fn need(&self, segment: u64, through: u64) -> SyncNeed {
+        match self.segments.get(&segment) {
+            Some(&(good, _)) if good >= through => SyncNeed::Covered,
+            Some(&(_, true)) => SyncNeed::Failed,
+            _ => SyncNeed::Sync,
+        }
+    }
+
+    /// A sync of `segment` that started when it held `covers` bytes
+    /// succeeded (ignored once the segment failed: the success may hide
+    /// the dropped pages). Other segments that never failed are
+    /// forgotten: at worst a commit syncs one of them again, and the
+    /// table stays as small as the failures.
+    pub fn synced(&mut self, segment: u64, covers: u64) {
+        let (good, failed) = self.segments.entry(segment).or_insert((0, false));
+        if !*failed {
+            *good = (*good).max(covers);
+        }
+        self.segments
+            .retain(|&seq, &mut (_, failed)| seq == segment || failed);
+    }
+
+    /// A sync of `segment` failed.
+    pub fn failed(&mut self, segment: u64) {
+        self.segments.entry(segment).or_insert((0, false)).1 = true;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +223,35 @@ mod tests {
             ObjectKind::Block(BlockId::new(ino, 0, 1)),
             &vec![ino as u8; len],
         )
+    }
+
+    #[test]
+    fn after_a_failed_sync_only_what_a_good_one_covered_is_durable() {
+        let mut syncs = SegmentSyncs::default();
+        assert_eq!(syncs.need(1, 100), SyncNeed::Sync);
+        syncs.synced(1, 100);
+        assert_eq!(syncs.need(1, 100), SyncNeed::Covered);
+        assert_eq!(syncs.need(1, 150), SyncNeed::Sync);
+        // Commits A and B appended up to 150 and 200; A's sync fails.
+        syncs.failed(1);
+        assert_eq!(syncs.need(1, 150), SyncNeed::Failed);
+        // B must fail too, even though a sync now would succeed.
+        assert_eq!(syncs.need(1, 200), SyncNeed::Failed);
+        syncs.synced(1, 200);
+        assert_eq!(
+            syncs.need(1, 200),
+            SyncNeed::Failed,
+            "a success after a failure is not trusted"
+        );
+        // What was covered before stays durable; other segments are apart,
+        // and a good sync of another forgets none that failed.
+        assert_eq!(syncs.need(1, 100), SyncNeed::Covered);
+        assert_eq!(syncs.need(2, 10), SyncNeed::Sync);
+        syncs.synced(2, 10);
+        assert_eq!(syncs.need(2, 10), SyncNeed::Covered);
+        assert_eq!(syncs.need(1, 200), SyncNeed::Failed);
+        syncs.synced(3, 5);
+        assert_eq!(syncs.need(2, 10), SyncNeed::Sync, "forgotten: synced again");
     }
 
     #[test]

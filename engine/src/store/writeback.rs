@@ -34,7 +34,7 @@ use super::gc::GcQueue;
 use super::journal::{Backlog, GcRemoval, JournalState, UploadHealth};
 use super::object::{self, ObjectKind, OBJECT_HEADER_BYTES};
 use super::remote::RemoteStore;
-use super::segment::{self, Location};
+use super::segment::{self, Location, SyncNeed};
 use super::StoreError;
 use crate::block::{BlockId, BLOCK_SIZE_MAX_BYTES};
 
@@ -177,8 +177,13 @@ struct Shared {
     /// Bumped whenever entries leave the journal.
     progress: watch::Sender<u64>,
     gc: Mutex<GcFile>,
-    /// The segment appended to. Lock order: `writer`, then `state`.
+    /// The segment appended to. Lock order: `syncs`, `writer`, `state`.
     writer: Mutex<Writer>,
+    /// What fdatasyncs of segments made durable, and which failed. Held
+    /// across each fdatasync: commits take turns, and one that finds its
+    /// bytes covered by the sync before it does not sync again (group
+    /// commit), while a failure is seen by every commit it concerns.
+    syncs: Mutex<segment::SegmentSyncs>,
     /// Uploaded to a local-directory store, not yet synced there: still
     /// in the journal (uploading).
     unsynced: Mutex<Vec<BlockId>>,
@@ -646,6 +651,7 @@ impl WriteBack {
             progress: watch::channel(0).0,
             gc: Mutex::new(gc),
             writer: Mutex::new(writer),
+            syncs: Mutex::new(segment::SegmentSyncs::default()),
             unsynced: Mutex::new(Vec::new()),
             sync_wake: Notify::new(),
             config,
@@ -923,15 +929,17 @@ impl Shared {
     /// too: this commit returns only when the entry is durable.
     fn write_entries(&self, work: &[(BlockId, Vec<u8>)]) -> Result<(), StoreError> {
         let dir = &self.config.journal_dir;
-        let mut touched: Vec<(u64, Arc<File>)> = Vec::new();
+        // Each segment appended to, and how many of its bytes this commit
+        // needs durable.
+        let mut touched: Vec<(u64, Arc<File>, u64)> = Vec::new();
         {
             let mut writer = lock(&self.writer);
             for (id, data) in work {
                 let known = lock(&self.state).location(*id);
-                let (segment, file) = match known {
-                    Some(at) if at.segment == writer.seq => (at.segment, Arc::clone(&writer.file)),
+                let (at, file) = match known {
+                    Some(at) if at.segment == writer.seq => (at, Arc::clone(&writer.file)),
                     Some(at) => match File::open(self.segment_path(at.segment)) {
-                        Ok(file) => (at.segment, Arc::new(file)),
+                        Ok(file) => (at, Arc::new(file)),
                         // Deleted: the entry was uploaded meanwhile.
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                         Err(e) => {
@@ -948,29 +956,64 @@ impl Shared {
                             data,
                         )?;
                         lock(&self.state).written(*id, at);
-                        (at.segment, file)
+                        (at, file)
                     }
                 };
-                if !touched.iter().any(|(seq, _)| *seq == segment) {
-                    touched.push((segment, file));
+                let through = at.offset + at.len;
+                match touched.iter_mut().find(|(seq, _, _)| *seq == at.segment) {
+                    Some(entry) => entry.2 = entry.2.max(through),
+                    None => touched.push((at.segment, file, through)),
                 }
             }
         }
-        for (segment, file) in touched {
-            if let Err(e) = file.sync_data() {
-                // The kernel may have dropped the pages it failed to write:
-                // later entries go to a new segment.
-                let mut writer = lock(&self.writer);
-                if writer.seq == segment {
-                    writer.broken = true;
-                }
+        for (segment, file, through) in touched {
+            self.sync_segment(segment, &file, through)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the first `through` bytes of `segment` durable, unless a sync
+    /// did already; fails if a sync of it failed before they were covered
+    /// (see [`segment::SegmentSyncs`]).
+    fn sync_segment(&self, segment: u64, file: &File, through: u64) -> Result<(), StoreError> {
+        let mut syncs = lock(&self.syncs);
+        match syncs.need(segment, through) {
+            SyncNeed::Covered => return Ok(()),
+            SyncNeed::Failed => {
                 return Err(StoreError::io(
                     "sync journal segment",
                     self.segment_path(segment),
-                    e,
-                ));
+                    std::io::Error::other(
+                        "an earlier fdatasync of this segment failed, and entries appended before it may be lost",
+                    ),
+                ))
             }
+            SyncNeed::Sync => {}
         }
+        // A sync covers everything appended before it starts.
+        let covers = {
+            let writer = lock(&self.writer);
+            if writer.seq == segment {
+                writer.len
+            } else {
+                u64::MAX
+            }
+        };
+        if let Err(e) = file.sync_data() {
+            syncs.failed(segment);
+            // The kernel may have dropped the pages it failed to write:
+            // later entries go to a new segment.
+            let mut writer = lock(&self.writer);
+            if writer.seq == segment {
+                writer.broken = true;
+            }
+            return Err(StoreError::io(
+                "sync journal segment",
+                self.segment_path(segment),
+                e,
+            ));
+        }
+        syncs.synced(segment, covers);
         Ok(())
     }
 
