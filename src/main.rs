@@ -331,8 +331,9 @@ fn run_format(args: &FormatArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and the threads it starts) so
-/// that the main thread can wait for them and stop the master cleanly.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and the threads it
+/// starts) so that one thread can wait for them: stop cleanly, or reload
+/// the TLS credentials.
 fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: plain signal-mask calls on a zeroed, then initialised set.
     unsafe {
@@ -340,16 +341,40 @@ fn block_stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&raw mut set);
         libc::sigaddset(&raw mut set, libc::SIGINT);
         libc::sigaddset(&raw mut set, libc::SIGTERM);
+        libc::sigaddset(&raw mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_for_stop_signal(set: &libc::sigset_t) -> i32 {
-    let mut signal = 0;
-    // SAFETY: waits for one of the signals in `set`, blocked above.
-    unsafe { libc::sigwait(set, &raw mut signal) };
-    signal
+/// Waits for SIGINT or SIGTERM; on each SIGHUP meanwhile, reloads the TLS
+/// credentials of `security` (certificate rotation) and goes on waiting.
+fn wait_for_stop_signal(
+    set: &libc::sigset_t,
+    security: Option<&datenlord_cluster::link::Security>,
+) -> i32 {
+    loop {
+        let mut signal = 0;
+        // SAFETY: waits for one of the signals in `set`, blocked above.
+        unsafe { libc::sigwait(set, &raw mut signal) };
+        if signal != libc::SIGHUP {
+            return signal;
+        }
+        match security.map(datenlord_cluster::link::Security::reload) {
+            Some(Ok(Some(identity))) => tracing::info!(
+                %identity,
+                serial = %identity.serial,
+                "SIGHUP: reloaded the TLS credentials; new connections use them"
+            ),
+            Some(Err(e)) => tracing::error!(
+                error = %e,
+                "SIGHUP: the TLS credentials could not be reloaded; the ones in use stay"
+            ),
+            Some(Ok(None)) | None => {
+                tracing::info!("SIGHUP: no TLS credentials to reload");
+            }
+        }
+    }
 }
 
 fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
@@ -366,7 +391,7 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
         snapshot_interval_entries: args.snapshot_interval,
         join: args.join,
         group_name: args.group.clone(),
-        security,
+        security: security.clone(),
     };
     mount::private_dir(&args.data_dir, "the master's data directory")?;
     let master = datenlord_cluster::master::Master::start(&config).with_context(|| {
@@ -376,7 +401,7 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.display()
         )
     })?;
-    let signal = wait_for_stop_signal(&signals);
+    let signal = wait_for_stop_signal(&signals, Some(&security));
     tracing::info!(signal, "stopping the metadata master");
     master.stop().context("stopping the metadata master")?;
     Ok(ExitCode::SUCCESS)

@@ -545,6 +545,7 @@ fn serve(
     let signals = crate::block_stop_signals();
     let _lock = DataDirLock::take(data_dir)?;
     let node_config = args.node_config(data_dir)?;
+    let security = node_config.as_ref().map(|config| config.security.clone());
     let mut opts = kernel_cache_defaults(mountpoint, node_config.is_none());
     let parsed = datenlord_fuse::parse_mount_options(&args.options.join(","))
         .context("in the -o mount options")?;
@@ -618,7 +619,7 @@ fn serve(
     let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::addr);
     info!(mountpoint = %mountpoint.display(), store = %store.url, cores = engine.handle().shards(), ?metrics_addr, "mounted");
     ready.ok();
-    stop_on_signal(signals, Arc::clone(&fs), mountpoint)?;
+    stop_on_signal(signals, Arc::clone(&fs), mountpoint, security)?;
 
     let served = mount.wait();
     drop(metrics);
@@ -645,17 +646,19 @@ fn serve(
 }
 
 /// On SIGTERM/SIGINT: flush, then unmount (lazily if files are still
-/// open: the mount then ends when the last one closes).
+/// open: the mount then ends when the last one closes). On SIGHUP: reload
+/// a node's TLS credentials.
 fn stop_on_signal(
     signals: libc::sigset_t,
     fs: Arc<datenlord_fs::Fs>,
     mountpoint: &Path,
+    security: Option<Security>,
 ) -> anyhow::Result<()> {
     let mountpoint = mountpoint.to_path_buf();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let signal = crate::wait_for_stop_signal(&signals);
+            let signal = crate::wait_for_stop_signal(&signals, security.as_ref());
             info!(signal, "unmounting on signal");
             if let Err(e) = block_on(fs.flush_all()) {
                 warn!(error = %e, "flushing before unmount");

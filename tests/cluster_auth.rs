@@ -443,3 +443,68 @@ fn a_panic_in_the_raft_thread_ends_the_master_and_a_restart_recovers() {
         vec!["before".to_string(), "while-down".to_string()]
     );
 }
+
+/// The serial of the certificate master `id` presents now.
+fn presented_serial(group: &Group, id: u64) -> String {
+    let link = group
+        .security("admin", None)
+        .connect(
+            &group.addrs[(id - 1) as usize],
+            Expect::Member(id),
+            Duration::from_millis(500),
+            Duration::from_secs(2),
+        )
+        .expect("connect");
+    match link.peer() {
+        datenlord_cluster::tls::Peer::Certified(who) => who.serial.clone(),
+        datenlord_cluster::tls::Peer::Unverified => panic!("a TLS group answered in plain"),
+    }
+}
+
+#[test]
+fn a_master_reloads_its_certificate_on_sighup_and_keeps_it_when_the_new_one_is_wrong() {
+    let (group, _) = running_group();
+    let certs = group.certs.as_ref().expect("a TLS group");
+    let dir = certs.dir("master", Some(1));
+    let ca = certs.ca();
+    let before = presented_serial(&group, 1);
+    // A renewed certificate and key, moved over the old files.
+    let replace_with = |role: &str, name: &str| {
+        let new = dir.with_file_name(name);
+        support::masters::certs_command(&[
+            "issue",
+            "--ca",
+            ca.to_str().expect("utf-8"),
+            "--name",
+            name,
+            "--role",
+            role,
+            "--id",
+            "1",
+            "--out",
+            new.to_str().expect("utf-8"),
+        ]);
+        for file in ["cert.pem", "key.pem"] {
+            std::fs::rename(new.join(file), dir.join(file)).expect("move");
+        }
+    };
+    replace_with("master", "m1-renewed");
+    group.signal(1, libc::SIGHUP);
+    let renewed = wait_for("the renewed certificate", Duration::from_secs(10), || {
+        let now = presented_serial(&group, 1);
+        (now != before).then_some(now)
+    });
+    assert!(group.log(1).contains("reloaded the TLS credentials"));
+    mkdir(&mut group.client(), "after-renewal");
+    // A certificate of another role is refused; the one in use stays.
+    replace_with("node", "m1-wrong");
+    group.signal(1, libc::SIGHUP);
+    wait_for("the refusal", Duration::from_secs(10), || {
+        group.log(1).contains("could not be reloaded").then_some(())
+    });
+    assert!(group.log(1).contains("kept the credentials in use"));
+    assert_eq!(presented_serial(&group, 1), renewed);
+    mkdir(&mut group.client(), "after-refusal");
+    let mut group = group;
+    assert!(group.exited(1).is_none(), "SIGHUP stopped master 1");
+}

@@ -242,7 +242,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CertError> {
 pub(crate) mod testing {
     use super::{init_ca, issue, CertRequest};
     use crate::link::Security;
-    use crate::tls::{Role, Tls};
+    use crate::tls::Role;
 
     /// A CA in a temporary directory, and certificates issued by it.
     pub(crate) struct TestCa {
@@ -267,8 +267,7 @@ pub(crate) mod testing {
                 days: 1,
             };
             issue(&self.root.path().join("ca"), &dir, &request).expect("issue");
-            let tls = Tls::load(&dir).expect("load");
-            Security::Tls(std::sync::Arc::new(tls))
+            Security::from_dir(Some(&dir)).expect("load")
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
 
-use crate::tls::{Identity, Peer, Role, Tls};
+use crate::tls::{Identity, Peer, Role, Tls, TlsDir};
 
 /// How long an accepted connection's TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
@@ -20,7 +20,7 @@ pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
 #[derive(Clone, Debug)]
 pub enum Security {
     /// Mutual TLS with the cluster CA's certificates.
-    Tls(Arc<Tls>),
+    Tls(Arc<TlsDir>),
     /// Plain TCP, every peer trusted: loopback only, unless the operator
     /// said `--insecure`.
     Insecure,
@@ -76,7 +76,7 @@ impl Security {
     /// Loads the credentials of `tls_dir`, or plain TCP without one.
     pub fn from_dir(tls_dir: Option<&std::path::Path>) -> Result<Self, crate::tls::TlsError> {
         Ok(match tls_dir {
-            Some(dir) => Self::Tls(Arc::new(Tls::load(dir)?)),
+            Some(dir) => Self::Tls(Arc::new(TlsDir::load(dir)?)),
             None => Self::Insecure,
         })
     }
@@ -84,6 +84,23 @@ impl Security {
     /// Whether connections are authenticated.
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls(_))
+    }
+
+    /// Who this process is (with TLS).
+    pub fn identity(&self) -> Option<Identity> {
+        match self {
+            Self::Tls(tls) => Some(tls.identity()),
+            Self::Insecure => None,
+        }
+    }
+
+    /// Reloads the TLS directory (certificate rotation); `Ok(None)`
+    /// without TLS. On an error the credentials in use stay.
+    pub fn reload(&self) -> Result<Option<Identity>, crate::tls::TlsError> {
+        match self {
+            Self::Tls(tls) => tls.reload().map(Some),
+            Self::Insecure => Ok(None),
+        }
     }
 
     /// Connects to `addr` within `timeout`, completes the TLS handshake
@@ -108,6 +125,7 @@ impl Security {
                 peer: Peer::Unverified,
             });
         };
+        let tls = tls.current();
         let mut conn = ClientConnection::new(Arc::clone(&tls.client), Tls::server_name())
             .map_err(std::io::Error::other)?;
         shake(&mut tcp, handshake, |tcp| {
@@ -134,8 +152,8 @@ impl Security {
                 peer: Peer::Unverified,
             });
         };
-        let mut conn =
-            ServerConnection::new(Arc::clone(&tls.server)).map_err(std::io::Error::other)?;
+        let mut conn = ServerConnection::new(Arc::clone(&tls.current().server))
+            .map_err(std::io::Error::other)?;
         shake(
             &mut tcp,
             Duration::from_millis(HANDSHAKE_TIMEOUT_MS),

@@ -341,8 +341,7 @@ impl Master {
                 "cannot listen on {addr}: {e} (is another master running there?)"
             ))
         })?;
-        if let Security::Tls(tls) = &config.security {
-            let who = tls.identity();
+        if let Some(who) = config.security.identity() {
             if who.role != Role::Master || who.id != Some(config.id) {
                 return Err(MasterError::Config(format!(
                     "the certificate in --tls-dir is for {who}, not master {}: issue one with `datenlord certs issue --role master --id {}`",

@@ -166,8 +166,7 @@ impl Node {
                 "no master addresses: list the group's masters (host:port)".into(),
             ));
         }
-        if let Security::Tls(tls) = &config.security {
-            let who = tls.identity();
+        if let Some(who) = config.security.identity() {
             if who.role != Role::Node || who.id != Some(config.id) {
                 return Err(NodeError::Config(format!(
                     "the certificate in --tls-dir is for {who}, not node {}: issue one with `datenlord certs issue --role node --id {}`",

@@ -232,6 +232,62 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// A TLS directory's credentials, reloadable without a restart
+/// (certificate rotation: `datenlord` reloads on SIGHUP). Connections made
+/// after a reload use the new credentials; those already open keep theirs.
+#[derive(Debug)]
+pub struct TlsDir {
+    dir: PathBuf,
+    current: std::sync::RwLock<Arc<Tls>>,
+}
+
+impl TlsDir {
+    /// Loads `dir` (see [`Tls::load`]).
+    pub fn load(dir: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            current: std::sync::RwLock::new(Arc::new(Tls::load(dir)?)),
+        })
+    }
+
+    /// The credentials in use.
+    pub fn current(&self) -> Arc<Tls> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Who this process is.
+    pub fn identity(&self) -> Identity {
+        self.current().identity().clone()
+    }
+
+    /// Loads the directory again and uses it from now on, if it is whole
+    /// and names the same role and id (a renewed certificate, a new key, a
+    /// CA bundle during a CA change); otherwise keeps the credentials in
+    /// use and says why. Returns the new identity.
+    pub fn reload(&self) -> Result<Identity, TlsError> {
+        let new = Tls::load(&self.dir)?;
+        let old = self.identity();
+        if (new.me.role, new.me.id) != (old.role, old.id) {
+            return Err(TlsError::Identity(format!(
+                "{} now holds a certificate for {}, not {old}: kept the credentials in use (a peer's role and id never change)",
+                self.dir.display(),
+                new.me
+            )));
+        }
+        let identity = new.me.clone();
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(new);
+        Ok(identity)
+    }
+}
+
 /// This process's credentials: rustls configurations for both sides of a
 /// connection, and who it is.
 #[derive(Debug)]

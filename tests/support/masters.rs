@@ -203,6 +203,16 @@ impl Group {
         self.children[(id - 1) as usize] = Some(child);
     }
 
+    /// Sends `signal` to master `id`.
+    pub fn signal(&self, id: u64, signal: i32) {
+        let child = self.children[(id - 1) as usize]
+            .as_ref()
+            .expect("a running master");
+        let pid = i32::try_from(child.id()).expect("a pid");
+        // SAFETY: signals our own child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill -{signal}");
+    }
+
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.children[(id - 1) as usize].take() {
             child.kill().expect("SIGKILL");
