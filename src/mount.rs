@@ -242,6 +242,22 @@ impl Metadata {
         }
     }
 
+    /// "Does the namespace refer to this block version now?", from the
+    /// local copy, for the garbage collector's last check before a
+    /// deletion.
+    fn in_use(&self) -> datenlord_engine::store::InUse {
+        let local = match self {
+            Self::Embedded(master) => master.local(),
+            Self::Node(node) => node.local(),
+        };
+        Arc::new(move |id: BlockId| {
+            local
+                .read()
+                .block_version(datenlord_cluster::meta::Ino(id.ino.0), id.index)
+                == Some(id.version)
+        })
+    }
+
     /// Stops the metadata. A node stays a member of the group (a restart
     /// on the same data directory rejoins without being added again).
     fn stop(self) -> anyhow::Result<()> {
@@ -576,6 +592,7 @@ fn serve(
     let meta = metadata.link();
     ensure_volume(&meta, &store.descriptor, &store.url)?;
     let (engine, writeback) = start_engine(args, &plan, &store, &meta)?;
+    writeback.set_in_use(metadata.in_use());
 
     let fs_config = fs_config(args, &parsed, &opts, &plan)?;
     let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
@@ -870,6 +887,7 @@ fn scrub_task(
     grace: Duration,
 ) -> impl FnMut() + Send + 'static {
     let local = master.local();
+    let handle = master.handle();
     let remote = remote.clone();
     let writeback = writeback.clone();
     move || {
@@ -908,6 +926,13 @@ fn scrub_task(
             blocks = orphans.len(),
             "orphan block versions found in the store; collecting them"
         );
+        // From durable metadata only: the copy read above may hold applied
+        // commands the log has not synced, and a crash must not bring back
+        // a map naming a version queued for deletion.
+        if let Err(e) = block_on(handle.sync()) {
+            warn!(error = %e, "syncing the metadata log before the orphan scrub's collection; retrying later");
+            return;
+        }
         if let Err(e) = writeback.collect(orphans) {
             warn!(error = %e, "queueing orphan block versions for collection");
         }

@@ -1196,6 +1196,33 @@ fn gc_drops_a_never_uploaded_journal_entry_while_the_store_is_down() {
 }
 
 #[test]
+fn gc_never_deletes_a_version_the_namespace_refers_to() {
+    let control = ControlPlane::start().expect("control");
+    let dir = tempfile::tempdir().expect("store dir");
+    let store = file_store(&control, dir.path());
+    let journal = tempfile::tempdir().expect("journal");
+    let wb = WriteBack::open(wb_config(journal.path()), store.clone()).expect("journal");
+    let data = blocks(13, 3);
+    block_on(wb.commit(data.clone())).expect("commit");
+    // Blocks 1 and 2 are referenced (asked right before each deletion):
+    // they stay, whatever queued them; block 0 goes.
+    let referenced = [data[1].0, data[2].0];
+    wb.set_in_use(std::sync::Arc::new(move |id| referenced.contains(&id)));
+    block_on(wb.drain(Duration::from_secs(10))).expect("drain");
+    wb.collect(data.iter().map(|(id, _)| *id).collect())
+        .expect("collect");
+    wait_for("the GC queue to empty", Duration::from_secs(10), || {
+        wb.gc_pending() == 0
+    });
+    assert!(matches!(
+        block_on(store.get_block(data[0].0)),
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_in_store(&store, &data[1..]);
+    wb.shutdown();
+}
+
+#[test]
 fn commit_and_reads_from_a_glommio_executor() {
     let control = ControlPlane::start().expect("control");
     let dir = tempfile::tempdir().expect("store dir");

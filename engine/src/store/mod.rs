@@ -38,7 +38,7 @@ pub use object::{VolumeDescriptor, STORE_FORMAT_VERSION};
 pub use remote::{RemoteStore, S3Settings, StoreOptions};
 pub use sources::StoreSources;
 pub use url::StoreUrl;
-pub use writeback::{WriteBack, WriteBackConfig, WriteMode, SEGMENT_RECYCLE_BYTES};
+pub use writeback::{InUse, WriteBack, WriteBackConfig, WriteMode, SEGMENT_RECYCLE_BYTES};
 
 /// Errors of the remote store and the write-back journal.
 #[derive(Debug, thiserror::Error)]

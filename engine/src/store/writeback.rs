@@ -189,6 +189,25 @@ struct Shared {
     unsynced: Mutex<Vec<BlockId>>,
     /// Wakes the store sync.
     sync_wake: Notify,
+    /// Whether the namespace refers to a block version now: asked right
+    /// before a garbage version is deleted (see [`WriteBack::set_in_use`]).
+    in_use: ReferenceCheck,
+}
+
+/// Whether the namespace refers to a block version (the metadata's answer,
+/// which the engine does not know).
+pub type InUse = Arc<dyn Fn(BlockId) -> bool + Send + Sync>;
+
+/// The collector's [`InUse`], once the mount set it.
+#[derive(Default)]
+struct ReferenceCheck(std::sync::OnceLock<InUse>);
+
+impl std::fmt::Debug for ReferenceCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ReferenceCheck")
+            .field(&self.0.get().is_some())
+            .finish()
+    }
 }
 
 /// A commit admitted to the journal.
@@ -654,6 +673,7 @@ impl WriteBack {
             syncs: Mutex::new(segment::SegmentSyncs::default()),
             unsynced: Mutex::new(Vec::new()),
             sync_wake: Notify::new(),
+            in_use: ReferenceCheck::default(),
             config,
         });
         let handle = shared.remote.control().handle().clone();
@@ -737,6 +757,16 @@ impl WriteBack {
             .write_all(&records)
             .and_then(|()| gc.file.sync_data())
             .map_err(|e| StoreError::io("append to", path, e))
+    }
+
+    /// Gives the collector the namespace's answer to "is this version
+    /// referenced now?", asked right before each deletion: a version the
+    /// namespace refers to is never deleted, whatever queued it (it is
+    /// dropped from the queue with an error line). Set once, by the mount.
+    pub fn set_in_use(&self, in_use: InUse) {
+        if self.shared.in_use.0.set(in_use).is_err() {
+            tracing::warn!("the collector's reference check was set already");
+        }
     }
 
     /// Versions waiting in the GC queue.
@@ -1192,6 +1222,17 @@ impl Shared {
             }
             let mut done = Vec::with_capacity(due.len());
             for id in due {
+                // Re-checked right before anything is removed: a version
+                // the namespace refers to must never go, journal entry or
+                // store object.
+                if self.in_use.0.get().is_some_and(|in_use| in_use(id)) {
+                    tracing::error!(
+                        store = %self.remote.name(), block = %id,
+                        "a block version queued for deletion is referenced by the namespace: kept, and dropped from the GC queue"
+                    );
+                    done.push(id);
+                    continue;
+                }
                 let removal = lock(&self.state).remove_for_gc(id);
                 match removal {
                     GcRemoval::Busy => continue,
