@@ -18,8 +18,8 @@ use datenlord_cluster::node::{Node, NodeConfig};
 use datenlord_engine::block::{parse_bytes, BlockSize};
 use datenlord_engine::config::{DiskConfig, EngineConfig};
 use datenlord_engine::store::{
-    ControlPlane, RemoteStore, StoreUrl, VolumeDescriptor, WriteBack, WriteBackConfig, WriteMode,
-    STORE_FORMAT_VERSION,
+    ControlPlane, RemoteStore, StoreLease, StoreUrl, VolumeDescriptor, WriteBack, WriteBackConfig,
+    WriteMode, LEASE_TTL_MS_DEFAULT, STORE_FORMAT_VERSION,
 };
 use datenlord_engine::BlockId;
 use datenlord_fs::MetaLink;
@@ -131,6 +131,12 @@ pub struct MountArgs {
     /// Where this node listens for the leader's Raft messages.
     #[arg(long = "node-listen", value_name = "HOST:PORT")]
     pub node_listen: Option<String>,
+    /// Seconds an embedded mount's lease on an S3 store lives without a
+    /// renewal (renewed every third of it): how long a second mount waits
+    /// after the first was killed. A local-directory store's lease is
+    /// freed at once when its holder dies.
+    #[arg(long = "store-lease-ttl", value_name = "SECONDS", default_value_t = LEASE_TTL_MS_DEFAULT / 1000)]
+    pub store_lease_ttl_s: u64,
     /// This node's TLS credentials (`ca.pem`, `cert.pem`, `key.pem`, from
     /// `datenlord certs issue --role node --id N`): masters and nodes
     /// then authenticate each other. Required for a --node-listen other
@@ -244,17 +250,20 @@ impl Metadata {
 
     /// "Does the namespace refer to this block version now?", from the
     /// local copy, for the garbage collector's last check before a
-    /// deletion.
-    fn in_use(&self) -> datenlord_engine::store::InUse {
+    /// deletion; every version is, while the store's `lease` (an embedded
+    /// mount's) is not surely held: then nothing is deleted.
+    fn in_use(&self, lease: Option<&Arc<StoreLease>>) -> datenlord_engine::store::InUse {
         let local = match self {
             Self::Embedded(master) => master.local(),
             Self::Node(node) => node.local(),
         };
+        let lease = lease.cloned();
         Arc::new(move |id: BlockId| {
-            local
-                .read()
-                .block_version(datenlord_cluster::meta::Ino(id.ino.0), id.index)
-                == Some(id.version)
+            lease.as_ref().is_some_and(|lease| !lease.held())
+                || local
+                    .read()
+                    .block_version(datenlord_cluster::meta::Ino(id.ino.0), id.index)
+                    == Some(id.version)
         })
     }
 
@@ -358,6 +367,54 @@ pub fn private_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {what} {}", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("making {what} {} private (0700)", dir.display()))
+}
+
+/// The embedded mount's last metadata backup, at unmount (not when another
+/// mount may hold the store now).
+fn final_backup(master: &Master, lease: &StoreLease, remote: &RemoteStore) {
+    if !lease.held() {
+        warn!("the store's lease is not held: no metadata backup at unmount");
+        return;
+    }
+    let snapshot = master.local().read().snapshot();
+    match block_on(remote.put_meta_snapshot(snapshot)) {
+        Ok(seq) => info!(seq, "backed up the metadata to the store"),
+        Err(e) => warn!(error = %e, "backing up the metadata to the store"),
+    }
+}
+
+/// Takes the store's lease for this embedded mount (see
+/// `datenlord_engine::store::lease`), or says who holds it.
+fn take_store_lease(
+    args: &MountArgs,
+    store: &Store,
+    data_dir: &Path,
+) -> anyhow::Result<Arc<StoreLease>> {
+    let holder = format!(
+        "{} pid {} (data directory {})",
+        host_name(),
+        std::process::id(),
+        data_dir.display()
+    );
+    let ttl = Duration::from_secs(args.store_lease_ttl_s.max(1));
+    let lease = store
+        .remote
+        .take_lease(&holder, ttl)
+        .with_context(|| format!("taking the lease of the store {}", store.url))?;
+    Ok(Arc::new(lease))
+}
+
+/// This machine's host name, for the store lease's holder.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer.
+    let done = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if done && end > 0 {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "an unknown host".into()
+    }
 }
 
 /// Name of the pid file (and lock) in the data directory.
@@ -569,6 +626,14 @@ fn serve(
     let plan = CachePlan::new(args, data_dir)?;
     args.gc_grace()?;
     let store = open_store(args, data_dir)?;
+    // An embedded mount is its store's only writer and scrubber: it holds
+    // the store's lease for as long as it runs. Nodes of a master group
+    // share their store.
+    let lease = if node_config.is_none() {
+        Some(take_store_lease(args, &store, data_dir)?)
+    } else {
+        None
+    };
     // Metadata: the embedded single-node group, restored from the store's
     // backup when this data directory is new; or a learner copy of a
     // master group's.
@@ -592,7 +657,7 @@ fn serve(
     let meta = metadata.link();
     ensure_volume(&meta, &store.descriptor, &store.url)?;
     let (engine, writeback) = start_engine(args, &plan, &store, &meta)?;
-    writeback.set_in_use(metadata.in_use());
+    writeback.set_in_use(metadata.in_use(lease.as_ref()));
 
     let fs_config = fs_config(args, &parsed, &opts, &plan)?;
     let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
@@ -617,11 +682,11 @@ fn serve(
     // The masters own a group's metadata: a node neither backs it up nor
     // scrubs the shared store against it (the other nodes' journals hold
     // blocks this node's copy does not refer to yet).
-    let (backup, scrub) = if let Metadata::Embedded(master) = &metadata {
+    let (backup, scrub) = if let (Metadata::Embedded(master), Some(lease)) = (&metadata, &lease) {
         let backup = Periodic::start(
             "meta-backup",
             Duration::from_secs(args.backup_interval_s),
-            backup_task(master, &store.remote),
+            backup_task(master, &store.remote, Arc::clone(lease)),
         );
         let scrub = Periodic::start(
             "store-scrub",
@@ -645,18 +710,17 @@ fn serve(
     if let Err(e) = block_on(writeback.drain(Duration::from_secs(DRAIN_TIMEOUT_S))) {
         warn!(error = %e, "the write-back journal still holds data; it is uploaded at the next start");
     }
-    if let Metadata::Embedded(master) = &metadata {
-        let snapshot = master.local().read().snapshot();
-        match block_on(store.remote.put_meta_snapshot(snapshot)) {
-            Ok(seq) => info!(seq, "backed up the metadata to the store"),
-            Err(e) => warn!(error = %e, "backing up the metadata to the store"),
-        }
+    if let (Metadata::Embedded(master), Some(lease)) = (&metadata, &lease) {
+        final_backup(master, lease, &store.remote);
     }
     drop(fs);
     engine.shutdown().context("stopping the engine")?;
     writeback.shutdown();
     drop(meta);
     metadata.stop()?;
+    if let Some(lease) = &lease {
+        lease.release();
+    }
     served.context("serving the mount")?;
     info!("stopped");
     Ok(())
@@ -855,11 +919,19 @@ impl Periodic {
 }
 
 /// Backs up the metadata to the store when it changed since the last backup.
-fn backup_task(master: &Master, remote: &RemoteStore) -> impl FnMut() + Send + 'static {
+fn backup_task(
+    master: &Master,
+    remote: &RemoteStore,
+    lease: Arc<StoreLease>,
+) -> impl FnMut() + Send + 'static {
     let local = master.local();
     let remote = remote.clone();
     let mut last: Option<Vec<u8>> = None;
     move || {
+        // Another mount may hold the store now: its backups are the ones.
+        if !lease.held() {
+            return;
+        }
         let snapshot = local.read().snapshot();
         if last.as_ref() == Some(&snapshot) {
             return;

@@ -1089,3 +1089,63 @@ fn no_other_user_reads_the_data_directory() {
     check("after a remount");
     m.unmount();
 }
+
+/// Two embedded mounts of one store would each scrub the store and delete
+/// the other's blocks: the second refuses to start and names the first;
+/// once the first is killed, the second starts, and what the first had
+/// made durable and backed up is there.
+#[test]
+fn a_second_embedded_mount_of_one_store_is_refused_until_the_first_is_gone() {
+    let (a, b) = (NodeDirs::new(), NodeDirs::new());
+    let store_dir = a.root().join("shared-store");
+    std::fs::create_dir_all(&store_dir).expect("mkdir store");
+    let store = format!("file://{}", store_dir.display());
+    let out = datenlord(&["format", "--store", &store, "--block-size", "64K"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = [
+        "--store",
+        &store,
+        "--write-mode",
+        "through",
+        "--backup-interval",
+        "1",
+        "--gc-grace",
+        "2",
+    ];
+    let first = Mounted::start(&a, &args);
+    let data: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(first.path().join("f"), &data).expect("write");
+    let written = std::time::SystemTime::now();
+    let err = Mounted::try_start(&b.mountpoint(), &b.data_dir(), &args)
+        .expect_err("a second mount of the store");
+    assert!(err.contains("is in use by"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
+    assert!(err.contains(&a.data_dir().display().to_string()), "{err}");
+    // Wait for a metadata backup made after the write, then kill -9.
+    let meta = store_dir.join("meta");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !std::fs::read_dir(&meta)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > written)
+        })
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backup after the write"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    first.kill9();
+    let second = Mounted::start(&b, &args);
+    assert_eq!(std::fs::read(second.path().join("f")).expect("read"), data);
+    second.unmount();
+}

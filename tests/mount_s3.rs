@@ -135,3 +135,70 @@ fn s3_store_round_trip_and_clear_errors() {
         m.unmount();
     });
 }
+
+/// Two embedded mounts of one S3 store: the second is refused and names
+/// the first while the first renews its lease; after the first is killed
+/// (no release), its lease expires after its time to live and the clock
+/// margin, and the second takes it over and reads what the first wrote.
+#[test]
+fn a_killed_mounts_s3_lease_expires_and_is_taken_over() {
+    let Some(moto) = Moto::start(BUCKET) else {
+        return;
+    };
+    let store = format!("s3://{BUCKET}/leased");
+    let out = datenlord_s3(&moto, &["format", "--store", &store, "--block-size", "64K"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (a, b) = (NodeDirs::new(), NodeDirs::new());
+    let args = [
+        "--store",
+        &store,
+        "--write-mode",
+        "through",
+        "--store-lease-ttl",
+        "1",
+        "--backup-interval",
+        "1",
+        "--gc-grace",
+        "2",
+    ];
+    with_s3_env(&moto, || {
+        let first = Mounted::start(&a, &args);
+        std::fs::write(first.path().join("f"), b"written by the first mount").expect("write");
+        // Renewed well past its time to live: still refused.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let err = Mounted::try_start(&b.mountpoint(), &b.data_dir(), &args)
+            .expect_err("a second mount of the store");
+        assert!(err.contains("is in use by"), "{err}");
+        assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
+        first.kill9();
+        // Expired after 1 s and the 5 s clock margin: retried until then.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let second = loop {
+            match Mounted::try_start(&b.mountpoint(), &b.data_dir(), &args) {
+                Ok(m) => break m,
+                Err(e) if e.contains("is in use by") => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "never taken over: {e}"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(
+            second.log().contains("took over the store lease"),
+            "{}",
+            second.log()
+        );
+        assert_eq!(
+            std::fs::read(second.path().join("f")).expect("read"),
+            b"written by the first mount"
+        );
+        second.unmount();
+    });
+}

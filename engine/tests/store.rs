@@ -490,6 +490,33 @@ fn s3_outage_mid_upload_then_backlog_drains_by_itself() {
     assert!(journal_segments(journal.path()).is_empty());
 }
 
+/// An S3 store's lease (conditional PUTs on a real S3 server): a second
+/// holder is refused with the first one's name while the first renews it,
+/// and takes it at once after a release. (A killed holder's lease expiring
+/// and being taken over: `tests/mount_s3.rs`, with real processes.)
+#[test]
+fn s3_lease_refuses_a_second_holder_while_the_first_renews_it() {
+    let Some(moto) = Moto::start() else { return };
+    let control = ControlPlane::start().expect("control");
+    let store = moto.store(&control, "leased");
+    let ttl = Duration::from_millis(600);
+    let first = store.take_lease("host-a pid 1", ttl).expect("first");
+    std::thread::sleep(ttl * 2);
+    assert!(first.held(), "renewed past its time to live");
+    let err = store
+        .take_lease("host-b pid 2", ttl)
+        .expect_err("held")
+        .to_string();
+    assert!(err.contains("host-a pid 1"), "{err}");
+    first.release();
+    assert!(!first.held());
+    let second = store
+        .take_lease("host-b pid 2", ttl)
+        .expect("released: free at once");
+    assert!(second.held());
+    second.release();
+}
+
 #[test]
 fn s3_gc_deletes_after_grace_and_resumes_after_reopen() {
     let Some(moto) = Moto::start() else { return };

@@ -23,6 +23,7 @@ pub mod backoff;
 pub mod control;
 pub mod gc;
 pub mod journal;
+pub mod lease;
 pub mod object;
 pub mod remote;
 pub mod segment;
@@ -34,6 +35,7 @@ use std::path::PathBuf;
 
 pub use control::ControlPlane;
 pub use journal::Backlog;
+pub use lease::{StoreLease, LEASE_TTL_MS_DEFAULT};
 pub use object::{VolumeDescriptor, STORE_FORMAT_VERSION};
 pub use remote::{RemoteStore, S3Settings, StoreOptions};
 pub use sources::StoreSources;
@@ -43,6 +45,17 @@ pub use writeback::{InUse, WriteBack, WriteBackConfig, WriteMode, SEGMENT_RECYCL
 /// Errors of the remote store and the write-back journal.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another mount holds the store's lease.
+    #[error("the store {store} is in use by {holder} ({detail}): two mounts of one store would delete each other's blocks. Stop that mount (or use another store); a holder that was killed frees a local store at once and an S3 store when its lease expires")]
+    Leased {
+        /// The store.
+        store: String,
+        /// Who holds it.
+        holder: String,
+        /// Why it is still held.
+        detail: String,
+    },
+
     /// The object does not exist.
     #[error("object {key} not found")]
     NotFound {

@@ -98,7 +98,7 @@ pub(crate) struct RemoteInner {
     /// make a batch durable with one [`RemoteInner::sync_unsynced`].
     unsynced: Option<(Arc<dyn ObjectStore>, PathBuf)>,
     prefix: String,
-    name: String,
+    pub(crate) name: String,
     pub(crate) control: ControlPlane,
     options: StoreOptions,
 }
@@ -222,6 +222,11 @@ impl RemoteStore {
                 options,
             }),
         })
+    }
+
+    /// A local-directory store's directory.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.inner.unsynced.as_ref().map(|(_, dir)| dir.as_path())
     }
 
     /// The store URL.
@@ -421,7 +426,7 @@ impl RemoteStore {
 }
 
 impl RemoteInner {
-    fn full_key(&self, relative: &str) -> String {
+    pub(crate) fn full_key(&self, relative: &str) -> String {
         if self.prefix.is_empty() {
             relative.to_owned()
         } else {
@@ -429,7 +434,7 @@ impl RemoteInner {
         }
     }
 
-    fn map_error(&self, key: &str, error: &object_store::Error) -> StoreError {
+    pub(crate) fn map_error(&self, key: &str, error: &object_store::Error) -> StoreError {
         let message = error.to_string();
         match error {
             object_store::Error::NotFound { .. } if message.contains("NoSuchBucket") => {
@@ -466,7 +471,7 @@ impl RemoteInner {
         }
     }
 
-    fn timed_out(&self, key: &str) -> StoreError {
+    pub(crate) fn timed_out(&self, key: &str) -> StoreError {
         StoreError::Unreachable {
             store: self.name.clone(),
             message: format!(
@@ -610,7 +615,17 @@ impl RemoteInner {
         }
     }
 
-    async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
+    /// The object store (for requests the helpers here do not make).
+    pub(crate) fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// How long one request may take.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.options.request_timeout
+    }
+
+    pub(crate) async fn delete_object(&self, key: &str) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);
         match tokio::time::timeout(self.options.request_timeout, self.store.delete(&path)).await {
             Ok(Ok(())) => Ok(()),
