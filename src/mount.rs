@@ -324,29 +324,17 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Takes the lock (non-blocking) and writes this process's pid.
     pub fn take(data_dir: &Path) -> anyhow::Result<Self> {
-        use std::io::{Read, Seek, Write};
-        use std::os::fd::AsRawFd;
+        use datenlord_engine::lock_file::{record, try_lock, Lock};
         let path = data_dir.join(PID_FILE);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            bail!(
+        let mut file = match try_lock(&path).with_context(|| format!("locking {}", path.display()))? {
+            Lock::Held(file) => file,
+            Lock::Busy(pid) => bail!(
                 "the data directory {} is in use by another datenlord (pid {}): unmount it first, or use another --data-dir",
                 data_dir.display(),
                 pid.trim()
-            );
-        }
-        file.set_len(0)?;
-        file.rewind()?;
-        writeln!(file, "{}", std::process::id())?;
+            ),
+        };
+        record(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
         Ok(Self { file, path })
     }
 }

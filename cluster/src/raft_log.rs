@@ -1405,20 +1405,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_torn_tail_is_truncated_with_the_valid_prefix_kept() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut log = RaftLog::open(dir.path()).expect("open");
+    /// A log of entries 1..=10, each synced; its last segment.
+    fn ten_synced_entries(dir: &Path) -> PathBuf {
+        let mut log = RaftLog::open(dir).expect("open");
         log.initialize(conf(&[1])).expect("init");
         for i in 1..=10 {
             log.append(&[entry(i, 1, &[i as u8; 100])]).expect("append");
             log.sync().expect("sync");
         }
         drop(log);
-        let (_, seg) = segments(dir.path())
-            .expect("segments")
-            .pop()
-            .expect("one segment");
+        let (_, seg) = segments(dir).expect("segments").pop().expect("one segment");
+        seg
+    }
+
+    #[test]
+    fn a_torn_tail_is_truncated_with_the_valid_prefix_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seg = ten_synced_entries(dir.path());
         let len = fs::metadata(&seg).expect("stat").len();
         // Crash mid-write of the last record.
         OpenOptions::new()
@@ -1473,17 +1476,7 @@ mod tests {
     #[test]
     fn damage_inside_the_last_segment_is_not_cut_as_a_torn_tail() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut log = RaftLog::open(dir.path()).expect("open");
-        log.initialize(conf(&[1])).expect("init");
-        for i in 1..=10 {
-            log.append(&[entry(i, 1, &[i as u8; 100])]).expect("append");
-            log.sync().expect("sync");
-        }
-        drop(log);
-        let (_, seg) = segments(dir.path())
-            .expect("segments")
-            .pop()
-            .expect("one segment");
+        let seg = ten_synced_entries(dir.path());
         let mut bytes = fs::read(&seg).expect("read");
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x10;

@@ -17,6 +17,7 @@ pub mod eviction;
 pub mod hit_view;
 pub mod inspect;
 pub mod layout;
+pub mod lock_file;
 pub mod memory_tier;
 pub mod mesh;
 pub mod prefetch;

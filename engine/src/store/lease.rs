@@ -15,8 +15,6 @@
 //!   turns false, and the mount deletes nothing from then on.
 
 use std::fs::File;
-use std::io::{Read as _, Seek as _, Write as _};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,6 +26,7 @@ use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload, UpdateV
 
 use super::remote::RemoteStore;
 use super::StoreError;
+use crate::lock_file::{self, try_lock, Lock};
 
 /// Name of the lease file or object under the store's prefix.
 pub const LEASE_KEY: &str = "lease";
@@ -259,40 +258,27 @@ fn leased(store: &str, holder: &str, detail: &str) -> StoreError {
 
 fn take_file_lease(store: &str, dir: &Path, holder: &str) -> Result<StoreLease, StoreError> {
     let path: PathBuf = dir.join(LEASE_KEY);
-    let io = |what: &'static str| {
-        let path = path.clone();
-        move |e| StoreError::io(what, &path, e)
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io("open the store lease"))?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut text = String::new();
-        let _ = (&file).take(LEASE_BYTES_MAX).read_to_string(&mut text);
-        let holder = LeaseRecord::decode(text.as_bytes())
-            .map_or_else(|_| "another process".to_string(), |r| r.holder);
-        return Err(leased(
-            store,
-            &holder,
-            "it holds the lock on the store's lease file",
-        ));
-    }
+    let mut file =
+        match try_lock(&path).map_err(|e| StoreError::io("lock the store lease", &path, e))? {
+            Lock::Held(file) => file,
+            Lock::Busy(text) => {
+                let holder = LeaseRecord::decode(text.as_bytes())
+                    .map_or_else(|_| "another process".to_string(), |r| r.holder);
+                return Err(leased(
+                    store,
+                    &holder,
+                    "it holds the lock on the store's lease file",
+                ));
+            }
+        };
     let record = LeaseRecord {
         holder: holder.to_string(),
         epoch: 1,
         renewed_ms: wall_ms(),
         ttl_ms: 0,
     };
-    file.set_len(0)
-        .and_then(|()| file.rewind())
-        .and_then(|()| file.write_all(&record.encode()))
-        .and_then(|()| file.sync_data())
-        .map_err(io("write the store lease"))?;
+    lock_file::record(&mut file, &record.encode())
+        .map_err(|e| StoreError::io("write the store lease", &path, e))?;
     Ok(StoreLease {
         kind: Kind::File { _file: file },
     })

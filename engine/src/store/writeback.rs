@@ -281,27 +281,14 @@ fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreErr
 /// Locks the journal directory: two writers would upload and delete each
 /// other's entries.
 fn lock_journal(dir: &Path) -> Result<File, StoreError> {
-    use std::os::fd::AsRawFd;
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::io("open", &path, e))?;
-    // SAFETY: flock on a descriptor this function owns; no memory is shared.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(StoreError::Config(format!(
-                "the write-back journal {} is in use by another datenlord process: stop it, or give this one another journal directory",
-                dir.display()
-            )));
-        }
-        return Err(StoreError::io("lock", &path, e));
+    match crate::lock_file::try_lock(&path).map_err(|e| StoreError::io("lock", &path, e))? {
+        crate::lock_file::Lock::Held(file) => Ok(file),
+        crate::lock_file::Lock::Busy(_) => Err(StoreError::Config(format!(
+            "the write-back journal {} is in use by another datenlord process: stop it, or give this one another journal directory",
+            dir.display()
+        ))),
     }
-    Ok(file)
 }
 
 /// A journal belongs to one store: its blocks must not land in another.
