@@ -101,6 +101,19 @@ enum CertsCommand {
         #[arg(long, default_value_t = datenlord_cluster::certs::CERT_DAYS_DEFAULT)]
         days: u32,
     },
+    /// Revoke a certificate before it expires (a lost key, a retired
+    /// host): the masters record its serial and every master and node
+    /// refuses it from then on. Needs an admin certificate.
+    Revoke {
+        /// Masters of the group (any of them; the leader is found).
+        #[arg(long, value_delimiter = ',', required = true)]
+        masters: Vec<String>,
+        /// The certificate's serial number (hex, as `certs issue` prints it).
+        #[arg(long)]
+        serial: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -496,6 +509,16 @@ fn run_certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 identity.serial,
                 out.display()
             );
+        }
+        CertsCommand::Revoke {
+            masters,
+            serial,
+            tls,
+        } => {
+            datenlord_cluster::master::MetaClient::new(masters, &tls.security()?)
+                .revoke(&serial)
+                .with_context(|| format!("revoking the certificate with serial {serial}"))?;
+            println!("revoked the certificate with serial {serial}: masters and nodes refuse it from now on");
         }
     }
     Ok(ExitCode::SUCCESS)

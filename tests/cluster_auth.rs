@@ -508,3 +508,87 @@ fn a_master_reloads_its_certificate_on_sighup_and_keeps_it_when_the_new_one_is_w
     let mut group = group;
     assert!(group.exited(1).is_none(), "SIGHUP stopped master 1");
 }
+
+#[test]
+fn a_revoked_certificate_is_refused_by_every_master_even_after_a_restart() {
+    let (mut group, _) = running_group();
+    let node = group.security("node", Some(10));
+    let mut as_node = MetaClient::with_deadline(group.addrs.clone(), Duration::from_secs(2), &node);
+    as_node.status().expect("the node is served");
+    let serial = node.identity().expect("a TLS identity").serial;
+    let masters = group.addrs.join(",");
+    let dir = |role: &str, id: Option<u64>| {
+        group
+            .certs
+            .as_ref()
+            .expect("a TLS group")
+            .dir(role, id)
+            .to_str()
+            .expect("utf-8")
+            .to_string()
+    };
+    // Only an admin revokes.
+    let admin_serial = group
+        .security("admin", None)
+        .identity()
+        .expect("admin")
+        .serial;
+    let out = datenlord(&[
+        "certs",
+        "revoke",
+        "--masters",
+        &masters,
+        "--serial",
+        &admin_serial,
+        "--tls-dir",
+        &dir("node", Some(10)),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+    let out = datenlord(&[
+        "certs",
+        "revoke",
+        "--masters",
+        &masters,
+        "--serial",
+        &serial,
+        "--tls-dir",
+        &dir("admin", None),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The open connection is closed at its next request after the recheck,
+    // and new ones are refused by every master.
+    std::thread::sleep(Duration::from_millis(1200));
+    for addr in &group.addrs {
+        let err = MetaClient::with_deadline(vec![addr.clone()], Duration::from_millis(800), &node)
+            .status()
+            .expect_err("revoked")
+            .to_string();
+        assert!(err.contains("no metadata master answered"), "{addr}: {err}");
+    }
+    assert!(as_node.status().is_err(), "the open connection was kept");
+    let logs: String = (1..=3).map(|id| group.log(id)).collect();
+    assert!(logs.contains("which is revoked"), "{logs}");
+    // The list is replicated state: it survives restarts of every master.
+    for id in 1..=3 {
+        group.kill(id);
+    }
+    for id in 1..=3 {
+        group.start(id);
+    }
+    wait_for(
+        "a leader after the restart",
+        Duration::from_secs(20),
+        || group.leader(&[1, 2, 3]),
+    );
+    let err = MetaClient::with_deadline(group.addrs.clone(), Duration::from_millis(800), &node)
+        .status()
+        .expect_err("still revoked")
+        .to_string();
+    assert!(err.contains("no metadata master answered"), "{err}");
+    mkdir(&mut group.client(), "after-restart");
+}

@@ -151,8 +151,16 @@ pub(crate) fn serve_connection(mut stream: Link, group: u64, handler: &Handler) 
         Peer::Unverified => 0,
     };
     let mut reader = BufReader::new(stream);
+    let mut checked = std::time::Instant::now();
     loop {
         match read_frame(&mut reader) {
+            Ok(Some(_)) if crate::link::recheck_due(&mut checked) && reader.get_ref().revoked() => {
+                warn!(
+                    ?peer,
+                    "{who}'s certificate was revoked: closing its connection"
+                );
+                return;
+            }
             Ok(Some((id, _, _))) if other_group => {
                 warn!(?peer, "a client of metadata group {expected:016x} reached this member of {group:016x}: told it so");
                 let _ = write_frame(

@@ -15,6 +15,19 @@ use crate::tls::{Identity, Peer, Role, Tls, TlsDir};
 
 /// How long an accepted connection's TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+/// How often an open connection's certificate is checked against the
+/// revocation list again (at its next message).
+pub const REVOCATION_RECHECK_MS: u64 = 1_000;
+
+/// Whether an open connection last checked at `checked` is due for
+/// another revocation check (then `checked` moves to now).
+pub(crate) fn recheck_due(checked: &mut std::time::Instant) -> bool {
+    if checked.elapsed() < Duration::from_millis(REVOCATION_RECHECK_MS) {
+        return false;
+    }
+    *checked = std::time::Instant::now();
+    true
+}
 
 /// How this process talks to its cluster.
 #[derive(Clone, Debug)]
@@ -94,6 +107,14 @@ impl Security {
         }
     }
 
+    /// Refuses, from now on, peers whose certificate `revoked` names
+    /// (connections being made and, at their next check, open ones).
+    pub fn check_revocations(&self, revoked: crate::tls::Revoked) {
+        if let Self::Tls(tls) = self {
+            tls.check_revocations(revoked);
+        }
+    }
+
     /// Reloads the TLS directory (certificate rotation); `Ok(None)`
     /// without TLS. On an error the credentials in use stay.
     pub fn reload(&self) -> Result<Option<Identity>, crate::tls::TlsError> {
@@ -123,8 +144,10 @@ impl Security {
             return Ok(Link {
                 stream: Stream::Plain(tcp),
                 peer: Peer::Unverified,
+                revocations: None,
             });
         };
+        let tls_dir = tls;
         let tls = tls.current();
         let mut conn = ClientConnection::new(Arc::clone(&tls.client), Tls::server_name())
             .map_err(std::io::Error::other)?;
@@ -136,9 +159,11 @@ impl Security {
         })?;
         let who = identity(conn.peer_certificates())?;
         expect.check(&who).map_err(LinkError::Identity)?;
+        refuse_revoked(tls_dir, &who)?;
         Ok(Link {
             stream: Stream::Client(Box::new(StreamOwned::new(conn, tcp))),
             peer: Peer::Certified(who),
+            revocations: Some(Arc::clone(tls_dir)),
         })
     }
 
@@ -150,8 +175,10 @@ impl Security {
             return Ok(Link {
                 stream: Stream::Plain(tcp),
                 peer: Peer::Unverified,
+                revocations: None,
             });
         };
+        let tls_dir = tls;
         let mut conn = ServerConnection::new(Arc::clone(&tls.current().server))
             .map_err(std::io::Error::other)?;
         shake(
@@ -165,9 +192,11 @@ impl Security {
             },
         )?;
         let who = identity(conn.peer_certificates())?;
+        refuse_revoked(tls_dir, &who)?;
         Ok(Link {
             stream: Stream::Server(Box::new(StreamOwned::new(conn, tcp))),
             peer: Peer::Certified(who),
+            revocations: Some(Arc::clone(tls_dir)),
         })
     }
 }
@@ -195,6 +224,16 @@ pub fn check_listen(
     Err(format!(
         "{what} {listen} is reachable from other machines and no --tls-dir was given: anyone reaching it could act as a member of the cluster. Make certificates with `datenlord certs init` and `datenlord certs issue`, and give --tls-dir (or --insecure on a network you trust)"
     ))
+}
+
+fn refuse_revoked(tls: &TlsDir, who: &Identity) -> Result<(), LinkError> {
+    if tls.is_revoked(&who.serial) {
+        return Err(LinkError::Identity(format!(
+            "{who} presented certificate serial {}, which is revoked",
+            who.serial
+        )));
+    }
+    Ok(())
 }
 
 /// Runs the handshake's `steps` on `tcp`, each read and write waiting at
@@ -231,6 +270,8 @@ enum Stream {
 pub struct Link {
     stream: Stream,
     peer: Peer,
+    /// Where to ask whether the peer's certificate was revoked since.
+    revocations: Option<Arc<TlsDir>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -246,6 +287,14 @@ impl Link {
     /// Who the other end is.
     pub fn peer(&self) -> &Peer {
         &self.peer
+    }
+
+    /// Whether the peer's certificate was revoked after it connected.
+    pub fn revoked(&self) -> bool {
+        match (&self.peer, &self.revocations) {
+            (Peer::Certified(who), Some(tls)) => tls.is_revoked(&who.serial),
+            _ => false,
+        }
     }
 
     /// The TCP connection beneath (timeouts, addresses).

@@ -36,6 +36,9 @@ pub const OP_QUERY: u8 = 2;
 pub const OP_STATUS: u8 = 3;
 /// Client op: change the membership (see [`MetaClient::change_members`]).
 pub const OP_MEMBERS: u8 = 4;
+/// Operation: revoke a peer certificate (payload: its serial, hex);
+/// administrators only.
+pub const OP_REVOKE: u8 = 5;
 /// The file in a master's data directory listing the group's members.
 pub const MEMBERS_FILE: &str = "members";
 
@@ -399,6 +402,7 @@ impl Master {
             LogSync::EveryPersist,
         )?;
         let _ = local.set(driver.handle());
+        config.security.check_revocations(revoked_in(&state));
         let handler = client_handler(driver.handle(), config.peers.clone(), me.group);
         serve_master(listener, me, local, handler, config.security.clone());
         info!(id = config.id, %addr, masters = voters.len(), group = %format!("{:016x}", me.group), tls = config.security.is_tls(), "metadata master serving");
@@ -484,6 +488,12 @@ impl Master {
     pub fn stop(self) -> Result<(), ReplicaError> {
         self.driver.stop()
     }
+}
+
+/// Whether the replicated state revokes a certificate serial.
+pub(crate) fn revoked_in(state: &SharedState<MetaState>) -> crate::tls::Revoked {
+    let state = state.clone();
+    Arc::new(move |serial: &str| state.read().is_revoked(serial))
 }
 
 /// Id of the only member of an embedded group.
@@ -602,6 +612,21 @@ pub(crate) fn client_handler(
     Arc::new(move |who: &Peer, op, payload| match op {
         OP_PROPOSE | OP_QUERY if !who.may_use_namespace() => {
             refused(who, "read or change the namespace")
+        }
+        OP_REVOKE => {
+            if !who.may_revoke() {
+                return refused(who, "revoke certificates");
+            }
+            let serial = String::from_utf8_lossy(&payload).into_owned();
+            let command = Command::RevokeCertificate { serial };
+            match block_on(handle.propose(command.encode())) {
+                Ok(result) => Response {
+                    status: Status::Ok,
+                    payload: result,
+                },
+                Err(DriveError::NotLeader { leader }) => not_leader(leader),
+                Err(e) => failed(e.to_string()),
+            }
         }
         OP_PROPOSE => match block_on(handle.propose(payload)) {
             Ok(result) => Response {
@@ -761,6 +786,16 @@ impl MetaClient {
         self.pin_group()?;
         self.rpc.call(OP_MEMBERS, &encode_membership(change))?;
         Ok(())
+    }
+
+    /// Revokes the peer certificate with this serial (hex): every master
+    /// and node refuses it from then on (an admin certificate's call).
+    pub fn revoke(&mut self, serial: &str) -> Result<(), ClientError> {
+        self.pin_group()?;
+        // As printed with separators (`5f:9e:…`) or without.
+        let serial: String = serial.chars().filter(|c| *c != ':').collect();
+        let result = self.rpc.call(OP_REVOKE, serial.as_bytes())?;
+        decode_result(&result).map(drop)
     }
 
     /// The status of the master this client is connected to.

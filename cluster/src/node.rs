@@ -227,6 +227,9 @@ impl Node {
         )?;
         let handle = driver.handle();
         let _ = local_handle.set(handle.clone());
+        config
+            .security
+            .check_revocations(crate::master::revoked_in(&state));
         let handler = client_handler(handle.clone(), discovered, me.group);
         let listening =
             serve_stoppable(listener, me, local_handle, handler, config.security.clone())

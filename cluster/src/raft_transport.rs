@@ -535,9 +535,17 @@ pub(crate) fn receive<S: StateMachine + Send + 'static>(
     let message_bytes_max = message_bytes_max(&who);
     let mut reader = BufReader::new(stream);
     let mut buf = Vec::new();
+    let mut checked = std::time::Instant::now();
     loop {
         match read_frame_within(&mut reader, &mut buf, message_bytes_max) {
             Ok(Some(message)) => {
+                if crate::link::recheck_due(&mut checked) && reader.get_ref().revoked() {
+                    warn!(
+                        ?peer,
+                        "{who}'s certificate was revoked: closing its connection"
+                    );
+                    return;
+                }
                 if message.to != me {
                     warn!(
                         ?peer,

@@ -105,7 +105,8 @@ pub struct Identity {
     pub role: Role,
     /// Its Raft id (masters and nodes; never 0).
     pub id: Option<u64>,
-    /// The certificate's serial number (hex), for logs and revocation.
+    /// The certificate's serial number (lowercase hex, no separators), for
+    /// logs and revocation.
     pub serial: String,
 }
 
@@ -164,7 +165,13 @@ impl Identity {
         Ok(Self {
             role,
             id,
-            serial: cert.raw_serial_as_string(),
+            serial: cert
+                .raw_serial()
+                .iter()
+                .fold(String::new(), |mut hex, byte| {
+                    let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{byte:02x}"));
+                    hex
+                }),
         })
     }
 }
@@ -207,6 +214,14 @@ impl Peer {
         }
     }
 
+    /// May revoke certificates: administrators only.
+    pub fn may_revoke(&self) -> bool {
+        match self {
+            Self::Unverified => true,
+            Self::Certified(who) => who.role == Role::Admin,
+        }
+    }
+
     /// May make this membership change: an administrator any, a node only
     /// its own addition as a learner and its own removal.
     pub fn may_change(&self, change: &Membership) -> bool {
@@ -235,10 +250,24 @@ impl std::fmt::Display for Peer {
 /// A TLS directory's credentials, reloadable without a restart
 /// (certificate rotation: `datenlord` reloads on SIGHUP). Connections made
 /// after a reload use the new credentials; those already open keep theirs.
-#[derive(Debug)]
 pub struct TlsDir {
     dir: PathBuf,
     current: std::sync::RwLock<Arc<Tls>>,
+    /// Whether a serial (hex) is revoked: the replicated list, set once the
+    /// local replica runs.
+    revoked: std::sync::OnceLock<Revoked>,
+}
+
+/// Whether a certificate serial (hex) is revoked.
+pub type Revoked = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+impl std::fmt::Debug for TlsDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsDir")
+            .field("dir", &self.dir)
+            .field("revocations", &self.revoked.get().is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsDir {
@@ -247,7 +276,18 @@ impl TlsDir {
         Ok(Self {
             dir: dir.to_path_buf(),
             current: std::sync::RwLock::new(Arc::new(Tls::load(dir)?)),
+            revoked: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Consults `revoked` for every peer from now on (set once).
+    pub fn check_revocations(&self, revoked: Revoked) {
+        let _ = self.revoked.set(revoked);
+    }
+
+    /// Whether the certificate with `serial` was revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.get().is_some_and(|revoked| revoked(serial))
     }
 
     /// The credentials in use.

@@ -199,6 +199,11 @@ pub enum Command {
         creds: Creds,
         now: Timespec,
     },
+    /// Revokes a peer certificate by its serial number (lowercase hex, as
+    /// `datenlord certs` prints it): masters and nodes refuse connections
+    /// that present it from then on. Accepted whether the volume is
+    /// formatted or not; revoking twice changes nothing.
+    RevokeCertificate { serial: String },
 }
 
 impl Command {
@@ -250,7 +255,8 @@ impl Command {
             | Self::Release { .. }
             | Self::SetLk { .. }
             | Self::Flock { .. }
-            | Self::UnregisterSession { .. } => None,
+            | Self::UnregisterSession { .. }
+            | Self::RevokeCertificate { .. } => None,
         }
     }
 
@@ -278,7 +284,8 @@ impl Command {
             | Self::RegisterSession { .. }
             | Self::RenewSession { .. }
             | Self::UnregisterSession { .. }
-            | Self::ExpireSessions { .. } => None,
+            | Self::ExpireSessions { .. }
+            | Self::RevokeCertificate { .. } => None,
         }
     }
 }

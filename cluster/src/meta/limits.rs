@@ -32,6 +32,10 @@ pub const BLOCKS_PER_COMMAND_MAX: usize = 65_536;
 pub const GROUPS_PER_CREDS_MAX: usize = 65_536;
 /// Most registered client sessions.
 pub const SESSIONS_MAX: usize = 65_536;
+/// Revoked certificate serials kept (a CA that needs more is replaced).
+pub const REVOKED_MAX: usize = 65_536;
+/// Longest certificate serial, in hex digits (RFC 5280: 20 octets).
+pub const SERIAL_HEX_MAX: usize = 40;
 /// Most open handles one session holds at once (all inodes together).
 pub const OPEN_HANDLES_PER_SESSION_MAX: u64 = 1 << 20;
 /// Most entries one `readdir` call returns.

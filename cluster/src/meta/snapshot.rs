@@ -51,6 +51,10 @@ enum Record {
     End {
         records: u64,
     },
+    // New records go after `End`: a record's tag is its position, and
+    // snapshots written before keep their meaning.
+    /// Serial numbers of revoked peer certificates.
+    Revoked(Vec<String>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -316,6 +320,11 @@ impl MetaState {
             w.push(&Record::Locks(locks.take()));
         }
 
+        let revoked: Vec<String> = self.revoked.iter().cloned().collect();
+        for chunk in revoked.chunks(SNAPSHOT_RECORD_ITEMS_MAX) {
+            w.push(&Record::Revoked(chunk.to_vec()));
+        }
+
         let records = w.records;
         w.push(&Record::End { records });
         w.out
@@ -375,6 +384,13 @@ impl MetaState {
         match record {
             Record::Header { .. } | Record::End { .. } => {
                 debug_assert!(false, "handled by restore");
+            }
+            Record::Revoked(serials) => {
+                for serial in serials {
+                    if self.revoke(&serial).is_err() {
+                        return Err(inconsistent(format!("bad revoked serial {serial:?}")));
+                    }
+                }
             }
             Record::Inodes(images) => {
                 for image in images {

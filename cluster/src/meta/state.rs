@@ -12,7 +12,7 @@ use super::error::MetaError;
 use super::inode::{Body, Dir, Inode};
 use super::limits::{
     BLOCK_SIZE_MAX_BYTES, BLOCK_SIZE_MIN_BYTES, GROUPS_PER_CREDS_MAX, NAME_MAX_BYTES,
-    READDIR_ENTRIES_MAX, VOLUME_FORMAT_VERSION,
+    READDIR_ENTRIES_MAX, REVOKED_MAX, SERIAL_HEX_MAX, VOLUME_FORMAT_VERSION,
 };
 use super::lock::InodeLocks;
 use super::perm::{check_name, permits, require, MAY_EXEC, MAY_READ};
@@ -40,6 +40,8 @@ pub struct MetaState {
     pub(crate) sessions: BTreeMap<SessionId, Session>,
     /// Locks by inode; an inode without locks has no entry.
     pub(crate) locks: BTreeMap<Ino, InodeLocks>,
+    /// Serial numbers of revoked peer certificates (lowercase hex).
+    pub(crate) revoked: std::collections::BTreeSet<String>,
 }
 
 impl Default for MetaState {
@@ -59,6 +61,7 @@ impl MetaState {
             blocks_used: 0,
             sessions: BTreeMap::new(),
             locks: BTreeMap::new(),
+            revoked: std::collections::BTreeSet::new(),
         }
     }
 
@@ -97,11 +100,15 @@ impl MetaState {
             };
             return self.format(volume, *now);
         }
+        if let Command::RevokeCertificate { serial } = cmd {
+            return self.revoke(serial);
+        }
         if self.volume.is_none() {
             return Err(MetaError::NotFormatted);
         }
         match cmd {
             Command::Format { .. } => Err(MetaError::AlreadyFormatted),
+            Command::RevokeCertificate { serial } => self.revoke(serial),
             Command::Mknod {
                 parent,
                 name,
@@ -235,6 +242,30 @@ impl MetaState {
             Command::UnregisterSession { session } => self.unregister_session(*session),
             Command::ExpireSessions { now } => Ok(self.expire_sessions(*now)),
         }
+    }
+
+    pub(super) fn revoke(&mut self, serial: &str) -> Result<Outcome> {
+        let serial = serial.to_ascii_lowercase();
+        if serial.is_empty()
+            || serial.len() > SERIAL_HEX_MAX
+            || !serial.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(MetaError::Invalid(
+                "a certificate serial is 1 to 40 hex digits",
+            ));
+        }
+        if !self.revoked.contains(&serial) && self.revoked.len() >= REVOKED_MAX {
+            return Err(MetaError::Invalid(
+                "the revocation list is full: make a new CA and issue new certificates",
+            ));
+        }
+        self.revoked.insert(serial);
+        Ok(Outcome::reply(Reply::Done))
+    }
+
+    /// Whether the peer certificate with this serial (hex) was revoked.
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        self.revoked.contains(&serial.to_ascii_lowercase())
     }
 
     fn format(&mut self, volume: Volume, now: Timespec) -> Result<Outcome> {

@@ -412,6 +412,31 @@ fn snapshot_round_trip() {
     assert!(MetaState::restore(&empty.snapshot()).expect("restore empty") == empty);
 }
 
+/// Revoked certificate serials are replicated state: they survive a
+/// snapshot, formatted volume or not, and bad serials change nothing.
+#[test]
+fn revoked_serials_round_trip_and_bad_ones_are_refused() {
+    for mut state in [MetaState::new(), busy_state()] {
+        let revoke = |serial: &str| Command::RevokeCertificate {
+            serial: serial.to_string(),
+        };
+        state.apply(&revoke("5F9EA0")).expect("revoke");
+        state.apply(&revoke("5f9ea0")).expect("again: nothing changes");
+        for bad in ["", "xyz", "5f:9e", &"a".repeat(41)] {
+            assert_eq!(
+                state.apply(&revoke(bad)).expect_err(bad).errno(),
+                libc::EINVAL,
+                "{bad:?}"
+            );
+        }
+        assert!(state.is_revoked("5f9ea0") && state.is_revoked("5F9EA0"));
+        assert!(!state.is_revoked("5f9ea1"));
+        let restored = MetaState::restore(&state.snapshot()).expect("restore");
+        assert!(restored == state);
+        assert!(restored.is_revoked("5f9ea0"));
+    }
+}
+
 /// A namespace larger than one snapshot record of each kind still
 /// round-trips (records split at `SNAPSHOT_RECORD_ITEMS_MAX` items).
 #[test]
