@@ -421,7 +421,9 @@ fn revoked_serials_round_trip_and_bad_ones_are_refused() {
             serial: serial.to_string(),
         };
         state.apply(&revoke("5F9EA0")).expect("revoke");
-        state.apply(&revoke("5f9ea0")).expect("again: nothing changes");
+        state
+            .apply(&revoke("5f9ea0"))
+            .expect("again: nothing changes");
         for bad in ["", "xyz", "5f:9e", &"a".repeat(41)] {
             assert_eq!(
                 state.apply(&revoke(bad)).expect_err(bad).errno(),
