@@ -156,6 +156,18 @@ struct MasterArgs {
     group: String,
     #[command(flatten)]
     tls: TlsArgs,
+    /// The group's store (`file:///abs/dir` or `s3://bucket/prefix`, as the
+    /// nodes' `--store`): the leader backs the namespace up to it every
+    /// --backup-interval, so losing every master does not lose it.
+    #[arg(long)]
+    store: Option<String>,
+    /// Seconds between the leader's metadata backups to --store.
+    #[arg(long = "backup-interval", value_name = "SECONDS", default_value_t = MASTER_BACKUP_INTERVAL_DEFAULT_S)]
+    backup_interval_s: u64,
+    /// Start a new group from --store's newest metadata backup: give it to
+    /// every master of the new group, each on a new data directory.
+    #[arg(long = "restore-from-store", requires = "store")]
+    restore_from_store: bool,
     /// Serve plain TCP on an address other machines can reach (no
     /// --tls-dir): whoever reaches the port can act as a member or as
     /// root on the namespace. Only on a network you trust.
@@ -314,18 +326,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn run_format(args: &FormatArgs) -> anyhow::Result<ExitCode> {
-    use datenlord_engine::store::{
-        ControlPlane, RemoteStore, StoreUrl, VolumeDescriptor, STORE_FORMAT_VERSION,
-    };
-    let url: StoreUrl = args
-        .store
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    use datenlord_engine::store::{VolumeDescriptor, STORE_FORMAT_VERSION};
     let bytes = datenlord_engine::block::parse_bytes(&args.block_size).context("--block-size")?;
     let block_size = datenlord_engine::BlockSize::new(bytes)
         .map_err(|e| anyhow::anyhow!("--block-size: {e}"))?;
-    let control = ControlPlane::start().context("starting the store's runtime")?;
-    let remote = RemoteStore::open(&url, &control).with_context(|| format!("opening {url}"))?;
+    let (url, remote) = open_store(&args.store)?;
     let descriptor = VolumeDescriptor {
         uuid: mount::random_uuid(),
         block_size: block_size.bytes(),
@@ -397,6 +402,19 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
         datenlord_cluster::link::check_listen(own, &security, args.insecure, "--peers")
             .map_err(anyhow::Error::msg)?;
     }
+    let store = args.store.as_deref().map(open_store).transpose()?;
+    let restore = match (&store, args.restore_from_store) {
+        (Some((url, remote)), true) => {
+            let (seq, bytes) = futures::executor::block_on(remote.latest_meta_snapshot())
+                .with_context(|| format!("reading the newest metadata backup of {url}"))?
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--restore-from-store: {url} holds no metadata backup")
+                })?;
+            tracing::info!(seq, store = %url, "starting the group from this metadata backup");
+            Some(bytes)
+        }
+        _ => None,
+    };
     let config = datenlord_cluster::master::MasterConfig {
         id: args.id,
         peers: args.peers.clone(),
@@ -405,19 +423,67 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
         join: args.join,
         group_name: args.group.clone(),
         security: security.clone(),
+        restore,
     };
     mount::private_dir(&args.data_dir, "the master's data directory")?;
-    let master = datenlord_cluster::master::Master::start(&config).with_context(|| {
-        format!(
-            "starting metadata master {} with data in {}",
-            args.id,
-            args.data_dir.display()
+    let master = std::sync::Arc::new(
+        datenlord_cluster::master::Master::start(&config).with_context(|| {
+            format!(
+                "starting metadata master {} with data in {}",
+                args.id,
+                args.data_dir.display()
+            )
+        })?,
+    );
+    let backup = store.map(|(_, remote)| {
+        let master = std::sync::Arc::clone(&master);
+        let mut last: Option<Vec<u8>> = None;
+        mount::Periodic::start(
+            "meta-backup",
+            std::time::Duration::from_secs(args.backup_interval_s.max(1)),
+            move || {
+                // The leader's copy is the newest; one writer at a time.
+                if !master.is_leader() {
+                    return;
+                }
+                let snapshot = master.local().read().snapshot();
+                if last.as_ref() == Some(&snapshot) {
+                    return;
+                }
+                match futures::executor::block_on(remote.put_meta_snapshot(snapshot.clone())) {
+                    Ok(seq) => {
+                        tracing::debug!(seq, "metadata backed up to the store");
+                        last = Some(snapshot);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "backing up the metadata to the store; retrying later"),
+                }
+            },
         )
-    })?;
+    });
     let signal = wait_for_stop_signal(&signals, Some(&security));
     tracing::info!(signal, "stopping the metadata master");
+    backup.into_iter().for_each(mount::Periodic::stop);
+    let master = std::sync::Arc::into_inner(master)
+        .ok_or_else(|| anyhow::anyhow!("the metadata master is still in use"))?;
     master.stop().context("stopping the metadata master")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Default seconds between a master group's metadata backups.
+const MASTER_BACKUP_INTERVAL_DEFAULT_S: u64 = 60;
+
+/// Opens a store given on the command line: its URL and a client of it.
+fn open_store(
+    text: &str,
+) -> anyhow::Result<(
+    datenlord_engine::store::StoreUrl,
+    datenlord_engine::store::RemoteStore,
+)> {
+    use datenlord_engine::store::{ControlPlane, RemoteStore, StoreUrl};
+    let url: StoreUrl = text.parse().map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    let control = ControlPlane::start().context("starting the store's runtime")?;
+    let remote = RemoteStore::open(&url, &control).with_context(|| format!("opening {url}"))?;
+    Ok((url, remote))
 }
 
 fn run_members(command: MembersCommand) -> anyhow::Result<ExitCode> {

@@ -870,13 +870,17 @@ impl datenlord_fs::BlockSink for JournalSink {
 }
 
 /// A background task run every interval while mounted, on its own thread.
-struct Periodic {
+pub(crate) struct Periodic {
     stop: Option<flume::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Periodic {
-    fn start(name: &str, interval: Duration, mut task: impl FnMut() + Send + 'static) -> Self {
+    pub(crate) fn start(
+        name: &str,
+        interval: Duration,
+        mut task: impl FnMut() + Send + 'static,
+    ) -> Self {
         let (stop, stopped) = flume::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name(name.into())
@@ -898,7 +902,7 @@ impl Periodic {
         }
     }
 
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.stop.take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

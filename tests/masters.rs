@@ -259,3 +259,71 @@ fn a_data_dir_of_another_group_is_refused_and_never_joins() {
     ));
     assert_eq!(listed, vec!["only-in-b".to_string()]);
 }
+
+/// A master group backs its namespace up to its store (the leader, every
+/// --backup-interval); when every master and its data directory is lost,
+/// a new group started with `--restore-from-store` on new directories has
+/// the namespace back.
+#[test]
+fn a_group_that_lost_every_master_is_restored_from_the_store() {
+    let store_root = tempfile::tempdir().expect("store dir");
+    let store = format!("file://{}", store_root.path().display());
+    let with_store = |group: &mut Group, restore: bool| {
+        group.extra = vec![
+            "--store".into(),
+            store.clone(),
+            "--backup-interval".into(),
+            "1".into(),
+        ];
+        if restore {
+            group.extra.push("--restore-from-store".into());
+        }
+        for id in 1..=3 {
+            group.start(id);
+        }
+    };
+    let mut old = Group::unstarted(3, 20);
+    with_store(&mut old, false);
+    let mut client = old.client();
+    format(&mut client);
+    for name in ["a", "b", "c"] {
+        mkdir(&mut client, name);
+    }
+    let written = std::time::SystemTime::now();
+    let meta = store_root.path().join("meta");
+    wait_for("a backup after the writes", Duration::from_secs(20), || {
+        std::fs::read_dir(&meta)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > written)
+            })
+            .then_some(())
+    });
+    // Every master gone, data directories and all.
+    for id in 1..=3 {
+        old.kill(id);
+    }
+    drop(old);
+    // A new group (new addresses, directories and certificates) from the
+    // store's newest backup.
+    let mut new = Group::unstarted(3, 20);
+    with_store(&mut new, true);
+    let listed = names(&mut new.client());
+    assert_eq!(listed, vec!["a".to_string(), "b".into(), "c".into()]);
+    mkdir(&mut new.client(), "d");
+    // A restore into a directory that holds a log is refused, and changes
+    // nothing.
+    new.kill(1);
+    new.start(1);
+    let status = wait_for(
+        "master 1 to refuse the restore",
+        Duration::from_secs(10),
+        || new.exited(1),
+    );
+    assert!(!status.success());
+    assert!(new.log(1).contains("nothing"), "{}", new.log(1));
+}

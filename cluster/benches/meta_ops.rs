@@ -117,6 +117,7 @@ fn embedded() -> Setup {
         join: false,
         group_name: String::new(),
         security: Security::Insecure,
+        restore: None,
     };
     let master = Master::start(&config).expect("master");
     let handle = master.handle();
@@ -173,6 +174,7 @@ fn three() -> Setup {
                 join: false,
                 group_name: String::new(),
                 security: Security::Insecure,
+                restore: None,
             })
             .expect("master")
         })

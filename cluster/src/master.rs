@@ -294,6 +294,10 @@ pub struct MasterConfig {
     pub group_name: String,
     /// How peers and clients are authenticated.
     pub security: Security,
+    /// A metadata backup (the bytes of [`MetaState::snapshot`]) the new
+    /// group starts from: every master of it is started with the same one
+    /// on a new data directory (`datenlord master --restore-from-store`).
+    pub restore: Option<Vec<u8>>,
 }
 
 /// A running master.
@@ -352,10 +356,30 @@ impl Master {
                 )));
             }
         }
+        if let Some(backup) = &config.restore {
+            if config.join {
+                return Err(MasterError::Config(
+                    "--join and a restore do not go together: a restored group starts from the backup, with every master of --peers".into(),
+                ));
+            }
+            MetaState::restore(backup).map_err(|e| {
+                MasterError::Config(format!("the metadata backup is not usable: {e}"))
+            })?;
+        }
         let me = Member {
             id: config.id,
             group: choose_group(config)?,
         };
+        if let Some(backup) = &config.restore {
+            // Every master of the new group starts from the same backup at
+            // the same index, with all of --peers as voters: the same state
+            // everywhere before the first election. A directory with a log
+            // is refused (nothing is overwritten).
+            let voters: Vec<u64> = config.peers.keys().copied().collect();
+            crate::raft_log::RaftLog::seed(&config.data_dir, &voters, 1, backup.clone())
+                .map_err(|e| MasterError::Replica(ReplicaError::from(e)))?;
+            info!(id = config.id, "seeded the metadata from a backup");
+        }
         // Members that joined after the group started are only in the
         // members file; it is the current list once it exists.
         let members_file = config.data_dir.join(MEMBERS_FILE);
@@ -472,6 +496,11 @@ impl Master {
             local: state,
             addr: None,
         })
+    }
+
+    /// Whether this master leads its group now.
+    pub fn is_leader(&self) -> bool {
+        block_on(self.driver.handle().status()).is_ok_and(|s| s.leader == Some(s.id))
     }
 
     /// The driver's handle (for in-process clients: the embedded mode).

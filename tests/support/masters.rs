@@ -99,6 +99,8 @@ pub struct Group {
     pub snapshot_interval: u64,
     /// The cluster CA; `None`: masters on plain TCP (loopback).
     pub certs: Option<Certs>,
+    /// More arguments for every master started from now on.
+    pub extra: Vec<String>,
 }
 
 impl Group {
@@ -132,6 +134,7 @@ impl Group {
             children: (0..size).map(|_| None).collect(),
             snapshot_interval,
             certs: Some(Certs::new()),
+            extra: Vec::new(),
         }
     }
 
@@ -194,6 +197,7 @@ impl Group {
             ])
             .args(if join { &["--join"][..] } else { &[][..] })
             .args(self.tls_args("master", Some(id)))
+            .args(&self.extra)
             .arg("--data-dir")
             .arg(dir)
             .stdout(Stdio::null())
