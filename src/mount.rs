@@ -315,34 +315,69 @@ fn check_mountpoint(path: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The data directory's lock and pid file: one daemon per data directory.
+/// Held until the process exits (see [`DataDirLock::hold_until_exit`]), so
+/// a new daemon of the directory starts only once the old one has let go
+/// of everything (its journal, its store lease).
 #[derive(Debug)]
 pub struct DataDirLock {
-    file: std::fs::File,
-    path: PathBuf,
+    _file: std::fs::File,
 }
+
+/// How long a new mount waits for the previous daemon of its data
+/// directory to finish after it was unmounted (flushing, draining the
+/// journal, backing up the metadata).
+pub const PREVIOUS_DAEMON_WAIT_S: u64 = 300;
 
 impl DataDirLock {
-    /// Takes the lock (non-blocking) and writes this process's pid.
-    pub fn take(data_dir: &Path) -> anyhow::Result<Self> {
+    /// Takes the lock (non-blocking), writes this process's pid to the pid
+    /// file and its mount point beside it. A previous daemon of the
+    /// directory that is no longer mounted is finishing its work: it is
+    /// waited for (up to `PREVIOUS_DAEMON_WAIT_S`), so `umount; mount`
+    /// is safe; one still mounted is refused.
+    pub fn take(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<Self> {
         use datenlord_engine::lock_file::{record, try_lock, Lock};
         let path = data_dir.join(PID_FILE);
-        let mut file = match try_lock(&path).with_context(|| format!("locking {}", path.display()))? {
-            Lock::Held(file) => file,
-            Lock::Busy(pid) => bail!(
-                "the data directory {} is in use by another datenlord (pid {}): unmount it first, or use another --data-dir",
+        let started = std::time::Instant::now();
+        let mut told = false;
+        loop {
+            let holder =
+                match try_lock(&path).with_context(|| format!("locking {}", path.display()))? {
+                    Lock::Held(mut file) => {
+                        record(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+                        let mounted_at = data_dir.join(MOUNTPOINT_FILE);
+                        std::fs::write(&mounted_at, mountpoint.as_os_str().as_encoded_bytes())
+                            .with_context(|| format!("writing {}", mounted_at.display()))?;
+                        return Ok(Self { _file: file });
+                    }
+                    Lock::Busy(pid) => pid.trim().to_string(),
+                };
+            let previous = std::fs::read(data_dir.join(MOUNTPOINT_FILE))
+                .ok()
+                .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()));
+            let Some(previous) = previous.filter(|m| !datenlord_fuse::is_mountpoint(m)) else {
+                bail!(
+                    "the data directory {} is in use by another datenlord (pid {holder}), which is still mounted: unmount it first, or use another --data-dir",
+                    data_dir.display()
+                );
+            };
+            ensure!(
+                started.elapsed() < Duration::from_secs(PREVIOUS_DAEMON_WAIT_S),
+                "the previous datenlord (pid {holder}) of the data directory {} is still finishing {PREVIOUS_DAEMON_WAIT_S} s after it was unmounted from {}: see its log (datenlord.log), or stop it",
                 data_dir.display(),
-                pid.trim()
-            ),
-        };
-        record(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
-        Ok(Self { file, path })
+                previous.display()
+            );
+            if !told {
+                info!(pid = %holder, unmounted_from = %previous.display(), "waiting for the previous datenlord of this data directory to finish (it flushes its data and backs up the metadata before it exits)");
+                told = true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
-}
 
-impl Drop for DataDirLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = &self.file;
+    /// Keeps the lock until the process exits: the kernel releases it only
+    /// once every other lock and file of the daemon is gone too.
+    pub fn hold_until_exit(self) {
+        std::mem::forget(self);
     }
 }
 
@@ -407,6 +442,8 @@ fn host_name() -> String {
 
 /// Name of the pid file (and lock) in the data directory.
 pub const PID_FILE: &str = "datenlord.pid";
+/// Where the daemon of the data directory is mounted (beside the pid).
+pub const MOUNTPOINT_FILE: &str = "datenlord.mountpoint";
 
 /// Runs `datenlord mount`.
 pub fn run(args: &MountArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -604,7 +641,7 @@ fn serve(
     // Before any thread starts, so that every thread inherits the mask and
     // only the waiter below receives SIGTERM/SIGINT.
     let signals = crate::block_stop_signals();
-    let _lock = DataDirLock::take(data_dir)?;
+    let lock = DataDirLock::take(data_dir, mountpoint)?;
     let node_config = args.node_config(data_dir)?;
     let security = node_config.as_ref().map(|config| config.security.clone());
     let mut opts = kernel_cache_defaults(mountpoint, node_config.is_none());
@@ -711,6 +748,7 @@ fn serve(
     }
     served.context("serving the mount")?;
     info!("stopped");
+    lock.hold_until_exit();
     Ok(())
 }
 

@@ -1149,3 +1149,60 @@ fn a_second_embedded_mount_of_one_store_is_refused_until_the_first_is_gone() {
     assert_eq!(std::fs::read(second.path().join("f")).expect("read"), data);
     second.unmount();
 }
+
+/// `umount DIR; datenlord mount DIR` at once, as scripts, fstab remounts
+/// and restarts do: the new daemon waits for the old one to finish
+/// (flushing, draining, backing up) instead of failing, and no byte
+/// written before an unmount is lost.
+#[test]
+fn umount_then_mount_at_once_fifty_times_loses_nothing() {
+    let dirs = NodeDirs::new();
+    let args = [
+        "--cores",
+        "1",
+        "--memory-size",
+        "32M",
+        "--cache-size",
+        "16M",
+    ];
+    let m = Mounted::start(&dirs, &args);
+    let mountpoint = m.path().to_path_buf();
+    std::mem::forget(m);
+    let content = |cycle: u32| -> Vec<u8> {
+        (0..70_000u32)
+            .map(|i| (i.wrapping_mul(cycle + 7) % 251) as u8)
+            .collect()
+    };
+    for cycle in 0..50u32 {
+        std::fs::write(mountpoint.join(format!("f{cycle}")), content(cycle)).expect("write");
+        let out = Command::new("umount")
+            .arg(&mountpoint)
+            .output()
+            .expect("umount");
+        assert!(
+            out.status.success(),
+            "cycle {cycle}: umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = Mounted::try_start(&mountpoint, &dirs.data_dir(), &args)
+            .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        for earlier in [0, cycle / 2, cycle] {
+            assert_eq!(
+                std::fs::read(mountpoint.join(format!("f{earlier}"))).expect("read"),
+                content(earlier),
+                "cycle {cycle}: f{earlier}"
+            );
+        }
+        std::mem::forget(m);
+    }
+    // The data directory of a daemon still mounted (elsewhere) is refused.
+    let other = dirs.root().join("other-mnt");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    let err = Mounted::try_start(&other, &dirs.data_dir(), &args).expect_err("still mounted");
+    assert!(err.contains("still mounted"), "{err}");
+    let out = Command::new("umount")
+        .arg(&mountpoint)
+        .output()
+        .expect("umount");
+    assert!(out.status.success());
+}

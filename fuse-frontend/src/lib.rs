@@ -35,7 +35,7 @@ mod uring_abi;
 pub use adapter::{AdapterOptions, FuseFs, TTL_DEFAULT, TTL_SOLE_WRITER};
 pub use error::FuseError;
 pub use lock_wait::LOCK_WAITERS_MAX;
-pub use mount::{check_mountpoint, mount, Mount, THREADS_MAX};
+pub use mount::{check_mountpoint, is_mountpoint, mount, Mount, THREADS_MAX};
 pub use options::{parse_mount_options, MountOptions, ParsedOptions, UringMode};
 pub use stats::{op_name, OpSample, OpStats, LATENCY_BUCKETS};
 pub use uring::{

@@ -88,7 +88,7 @@ pub fn check_mountpoint(path: &Path) -> Result<(), FuseError> {
 }
 
 /// Whether something is mounted on `path` (/proc/self/mountinfo).
-fn is_mountpoint(path: &Path) -> bool {
+pub fn is_mountpoint(path: &Path) -> bool {
     mountinfo_entry(path, |_| Some(())).is_some()
 }
 
