@@ -789,6 +789,62 @@ mod tests {
         Ok((replicas[&10].applied(), replicas[&1].applied()))
     }
 
+    /// Messages from a removed member, from id 0 and from the receiver's
+    /// own id are dropped before raft-rs sees them: a heartbeat claiming a
+    /// far higher term and a commit past the log (which raft-rs would
+    /// follow, or panic on) moves nothing.
+    #[test]
+    fn messages_from_removed_members_and_impossible_senders_are_dropped() {
+        use raft::eraftpb::MessageType;
+        let mut replicas = BTreeMap::new();
+        for id in 1..=3 {
+            let replica = Replica::new(id, RaftLog::in_memory(), MetaState::new(), &[1, 2, 3])
+                .expect("replica");
+            replicas.insert(id, replica);
+        }
+        replicas
+            .get_mut(&1)
+            .expect("1")
+            .campaign()
+            .expect("campaign");
+        pump(&mut replicas).expect("pump");
+        replicas
+            .get_mut(&1)
+            .expect("1")
+            .propose_membership(&Membership::Remove { id: 3 })
+            .expect("remove 3");
+        pump(&mut replicas).expect("pump");
+        let term = replicas[&1].term();
+        let forged = |from: u64, to: u64, kind: MessageType| {
+            let mut m = Message {
+                from,
+                to,
+                term: term + 100,
+                commit: 1 << 40,
+                ..Default::default()
+            };
+            m.set_msg_type(kind);
+            m
+        };
+        for (to, message) in [
+            (1, forged(3, 1, MessageType::MsgHeartbeat)),
+            (2, forged(3, 2, MessageType::MsgRequestVote)),
+            (2, forged(0, 2, MessageType::MsgAppend)),
+            (2, forged(2, 2, MessageType::MsgHeartbeat)),
+        ] {
+            replicas
+                .get_mut(&to)
+                .expect("replica")
+                .step(message)
+                .expect("dropped, not an error");
+            pump(&mut replicas).expect("pump");
+        }
+        for id in [1, 2] {
+            assert_eq!(replicas[&id].term(), term, "replica {id}'s term moved");
+        }
+        assert!(replicas[&1].is_leader());
+    }
+
     #[test]
     fn a_new_learner_needs_a_configuration_to_apply_its_own_addition() {
         // Empty, as a master started with --join: raft-rs refuses the change.
