@@ -13,6 +13,7 @@ pub mod listener;
 pub mod master;
 pub mod meta;
 pub mod node;
+pub mod placement;
 pub mod raft_driver;
 pub mod raft_log;
 mod raft_logger;
