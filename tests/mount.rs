@@ -61,6 +61,18 @@ fn mount_errors_say_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no_such_option"), "{err}");
 
+    // More memory than the machine has: refused naming the limit, not a
+    // daemon that never finishes starting.
+    let started = std::time::Instant::now();
+    let err = Mounted::try_start(
+        &dirs.mountpoint(),
+        &dirs.data_dir(),
+        &["--memory-size", "100T"],
+    )
+    .expect_err("100T of memory");
+    assert!(err.contains("this machine's memory"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+
     let mounted = Mounted::start(&dirs, &[]);
     let other = NodeDirs::new();
     let out = datenlord(&[

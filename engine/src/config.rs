@@ -145,6 +145,14 @@ fn memory_slots(memory_bytes: u64, block_size: BlockSize, shards: usize) -> Resu
     if memory_bytes == 0 {
         return Ok(0);
     }
+    // The arena is allocated and touched at start: more than the machine
+    // has would never finish starting.
+    let physical = physical_memory_bytes();
+    if memory_bytes > physical {
+        return Err(Error::Config(format!(
+            "--memory-size {memory_bytes} is more than this machine's memory ({physical} bytes): give at most that, and leave room for the rest of the system"
+        )));
+    }
     let per_shard = memory_bytes / shards as u64 / u64::from(block_size.bytes());
     if per_shard == 0 {
         return Err(Error::Config(format!(
@@ -252,9 +260,50 @@ fn plan_disk(disk: &DiskConfig, block_size: BlockSize, shards: usize) -> Result<
     };
     let layout = Layout::new(size_bytes, block_size, shards)?;
     if device_bytes.is_none() {
+        // A cache file larger than the space left would fail its writes
+        // later, one block at a time: refused now, naming the limit.
+        let existing = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let room = free_bytes(&disk.path)?.saturating_add(existing);
+        if layout.total_bytes() > room {
+            return Err(Error::Config(format!(
+                "--cache-size {} needs {} bytes in {}, which has {room} bytes free (counting the cache file already there): give a smaller --cache-size or another --cache-dir",
+                size_bytes,
+                layout.total_bytes(),
+                disk.path.display()
+            )));
+        }
         probe_direct_io(&path, layout.total_bytes())?;
     }
     Ok((path, layout))
+}
+
+/// Bytes of physical memory.
+fn physical_memory_bytes() -> u64 {
+    // SAFETY: sysconf reads system constants.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return u64::MAX;
+    }
+    (pages as u64).saturating_mul(page as u64)
+}
+
+/// Bytes an unprivileged writer may still use in the file system of `dir`.
+fn free_bytes(dir: &Path) -> Result<u64> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| Error::Config(format!("{}: a path with a NUL byte", dir.display())))?;
+    // SAFETY: statvfs writes into a zeroed struct through a valid pointer,
+    // for a NUL-terminated path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_dir.as_ptr(), &raw mut stat) } != 0 {
+        return Err(Error::io("statvfs", dir, std::io::Error::last_os_error()));
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 /// Creates (or reopens) the cache file with O_DIRECT, so that a file system
@@ -341,6 +390,36 @@ mod tests {
         assert!(
             msg.contains("--cores 100000") && msg.contains("or fewer"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn sizes_beyond_the_machine_are_refused_naming_the_limit() {
+        let memory = EngineConfig {
+            cores: Some(1),
+            memory_bytes: physical_memory_bytes().saturating_add(1 << 30),
+            ..EngineConfig::default()
+        };
+        let msg = memory.plan().expect_err("more than RAM").to_string();
+        assert!(msg.contains("this machine's memory"), "{msg}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let free = free_bytes(dir.path()).expect("statvfs");
+        let disk = EngineConfig {
+            cores: Some(1),
+            disk: Some(DiskConfig {
+                path: dir.path().to_path_buf(),
+                size_bytes: Some(free.saturating_mul(2).max(1 << 40)),
+            }),
+            ..EngineConfig::default()
+        };
+        let msg = disk
+            .plan()
+            .expect_err("more than the free space")
+            .to_string();
+        assert!(msg.contains("bytes free"), "{msg}");
+        assert!(
+            !dir.path().join(CACHE_FILE_NAME).exists(),
+            "nothing was made"
         );
     }
 
