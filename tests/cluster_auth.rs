@@ -105,16 +105,7 @@ fn clients_without_a_certificate_of_the_ca_are_refused() {
 fn only_an_admin_certificate_changes_the_membership() {
     let (group, _) = running_group();
     let masters = group.addrs.join(",");
-    let tls = |role: &str, id: Option<u64>| {
-        group
-            .certs
-            .as_ref()
-            .expect("a TLS group")
-            .dir(role, id)
-            .to_str()
-            .expect("utf-8")
-            .to_string()
-    };
+    let tls = |role: &str, id: Option<u64>| group.tls_dir(role, id);
     let spare = free_addr();
     let change = |tls_dir: &str, verb: &str, id: &str| {
         let mut args = vec!["members", verb, "--masters", &masters, "--id", id];
@@ -517,16 +508,7 @@ fn a_revoked_certificate_is_refused_by_every_master_even_after_a_restart() {
     as_node.status().expect("the node is served");
     let serial = node.identity().expect("a TLS identity").serial;
     let masters = group.addrs.join(",");
-    let dir = |role: &str, id: Option<u64>| {
-        group
-            .certs
-            .as_ref()
-            .expect("a TLS group")
-            .dir(role, id)
-            .to_str()
-            .expect("utf-8")
-            .to_string()
-    };
+    let dir = |role: &str, id: Option<u64>| group.tls_dir(role, id);
     // Only an admin revokes.
     let admin_serial = group
         .security("admin", None)

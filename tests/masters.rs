@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use datenlord_cluster::meta::{Command as MetaCommand, Creds, ROOT_INO};
 use datenlord_cluster::replica::Membership;
-use support::masters::{format, free_addr, mkdir, names, now, wait_for, Group};
+use support::masters::{format, free_addr, mkdir, names, now, wait_for, wait_for_backup, Group};
 
 #[test]
 fn killing_the_leader_loses_no_acknowledged_write() {
@@ -290,19 +290,7 @@ fn a_group_that_lost_every_master_is_restored_from_the_store() {
         mkdir(&mut client, name);
     }
     let written = std::time::SystemTime::now();
-    let meta = store_root.path().join("meta");
-    wait_for("a backup after the writes", Duration::from_secs(20), || {
-        std::fs::read_dir(&meta)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t > written)
-            })
-            .then_some(())
-    });
+    wait_for_backup(store_root.path(), written);
     // Every master gone, data directories and all.
     for id in 1..=3 {
         old.kill(id);

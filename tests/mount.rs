@@ -1138,24 +1138,7 @@ fn a_second_embedded_mount_of_one_store_is_refused_until_the_first_is_gone() {
     assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
     assert!(err.contains(&a.data_dir().display().to_string()), "{err}");
     // Wait for a metadata backup made after the write, then kill -9.
-    let meta = store_dir.join("meta");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !std::fs::read_dir(&meta)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            e.metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t > written)
-        })
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no backup after the write"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    support::masters::wait_for_backup(&store_dir, written);
     first.kill9();
     let second = Mounted::start(&b, &args);
     assert_eq!(std::fs::read(second.path().join("f")).expect("read"), data);

@@ -141,11 +141,7 @@ impl Security {
         let mut tcp = TcpStream::connect_timeout(&resolved, timeout)?;
         let _ = tcp.set_nodelay(true);
         let Self::Tls(tls) = self else {
-            return Ok(Link {
-                stream: Stream::Plain(tcp),
-                peer: Peer::Unverified,
-                revocations: None,
-            });
+            return Ok(Link::plain(tcp));
         };
         let tls_dir = tls;
         let tls = tls.current();
@@ -172,11 +168,7 @@ impl Security {
     pub fn accept(&self, mut tcp: TcpStream) -> Result<Link, LinkError> {
         let _ = tcp.set_nodelay(true);
         let Self::Tls(tls) = self else {
-            return Ok(Link {
-                stream: Stream::Plain(tcp),
-                peer: Peer::Unverified,
-                revocations: None,
-            });
+            return Ok(Link::plain(tcp));
         };
         let tls_dir = tls;
         let mut conn = ServerConnection::new(Arc::clone(&tls.current().server))
@@ -284,6 +276,15 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
+    /// A plain TCP connection: its peer is unverified.
+    fn plain(tcp: TcpStream) -> Self {
+        Self {
+            stream: Stream::Plain(tcp),
+            peer: Peer::Unverified,
+            revocations: None,
+        }
+    }
+
     /// Who the other end is.
     pub fn peer(&self) -> &Peer {
         &self.peer

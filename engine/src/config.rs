@@ -263,8 +263,8 @@ fn plan_disk(disk: &DiskConfig, block_size: BlockSize, shards: usize) -> Result<
         // A cache file larger than the space left would fail its writes
         // later, one block at a time: refused now, naming the limit.
         let existing = std::fs::metadata(&path).map_or(0, |m| m.len());
-        let room = free_bytes(&disk.path)?.saturating_add(existing);
-        if layout.total_bytes() > room {
+        let room = free_bytes(&disk.path)?.map(|free| free.saturating_add(existing));
+        if let Some(room) = room.filter(|&room| layout.total_bytes() > room) {
             return Err(Error::Config(format!(
                 "--cache-size {} needs {} bytes in {}, which has {room} bytes free (counting the cache file already there): give a smaller --cache-size or another --cache-dir",
                 size_bytes,
@@ -292,8 +292,9 @@ fn physical_memory_bytes() -> u64 {
     (pages as u64).saturating_mul(page as u64)
 }
 
-/// Bytes an unprivileged writer may still use in the file system of `dir`.
-fn free_bytes(dir: &Path) -> Result<u64> {
+/// Bytes an unprivileged writer may still use in the file system of
+/// `dir`; `None` when it reports no size (ramfs).
+fn free_bytes(dir: &Path) -> Result<Option<u64>> {
     use std::os::unix::ffi::OsStrExt as _;
     let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
         .map_err(|_| Error::Config(format!("{}: a path with a NUL byte", dir.display())))?;
@@ -303,7 +304,10 @@ fn free_bytes(dir: &Path) -> Result<u64> {
     if unsafe { libc::statvfs(c_dir.as_ptr(), &raw mut stat) } != 0 {
         return Err(Error::io("statvfs", dir, std::io::Error::last_os_error()));
     }
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    if stat.f_blocks == 0 {
+        return Ok(None);
+    }
+    Ok(Some(stat.f_bavail.saturating_mul(stat.f_frsize)))
 }
 
 /// Creates (or reopens) the cache file with O_DIRECT, so that a file system
@@ -403,7 +407,9 @@ mod tests {
         let msg = memory.plan().expect_err("more than RAM").to_string();
         assert!(msg.contains("this machine's memory"), "{msg}");
         let dir = tempfile::tempdir().expect("tempdir");
-        let free = free_bytes(dir.path()).expect("statvfs");
+        let free = free_bytes(dir.path())
+            .expect("statvfs")
+            .expect("a sized file system");
         let disk = EngineConfig {
             cores: Some(1),
             disk: Some(DiskConfig {

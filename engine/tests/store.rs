@@ -849,16 +849,23 @@ fn an_uploaded_segment_past_the_recycle_size_is_replaced_at_the_next_commit() {
     wb.shutdown();
 }
 
+/// A journal created (and closed) over a new `file://` store: its
+/// directory, the store's, and the store.
+fn created_journal(control: &ControlPlane) -> (tempfile::TempDir, tempfile::TempDir, RemoteStore) {
+    let journal = tempfile::tempdir().expect("tempdir");
+    let store_dir = tempfile::tempdir().expect("store dir");
+    let store = file_store(control, store_dir.path());
+    WriteBack::open(wb_config(journal.path()), store.clone())
+        .expect("create journal")
+        .shutdown();
+    (journal, store_dir, store)
+}
+
 #[test]
 fn a_segment_reads_back_to_its_torn_tail_and_damaged_entries_are_never_uploaded() {
     use datenlord_engine::store::object::{encode, ObjectKind};
     let control = ControlPlane::start().expect("control");
-    let journal = tempfile::tempdir().expect("tempdir");
-    let store_dir = tempfile::tempdir().expect("store dir");
-    let store = file_store(&control, store_dir.path());
-    WriteBack::open(wb_config(journal.path()), store.clone())
-        .expect("create journal")
-        .shutdown();
+    let (journal, _store_dir, store) = created_journal(&control);
     // What a crash can leave: whole entries, one whose payload was damaged
     // on disk, then an append cut short.
     let data = blocks(8, 5);
@@ -928,12 +935,7 @@ fn a_segment_reads_back_to_its_torn_tail_and_damaged_entries_are_never_uploaded(
 fn a_segment_damaged_before_whole_entries_refuses_to_open_and_keeps_them() {
     use datenlord_engine::store::object::{encode, ObjectKind};
     let control = ControlPlane::start().expect("control");
-    let journal = tempfile::tempdir().expect("tempdir");
-    let store_dir = tempfile::tempdir().expect("store dir");
-    let store = file_store(&control, store_dir.path());
-    WriteBack::open(wb_config(journal.path()), store.clone())
-        .expect("create journal")
-        .shutdown();
+    let (journal, _store_dir, store) = created_journal(&control);
     // Three acknowledged entries; the second's header is damaged on disk.
     let data = blocks(12, 3);
     let mut bytes = Vec::new();

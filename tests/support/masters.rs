@@ -159,6 +159,12 @@ impl Group {
         })
     }
 
+    /// The TLS directory of `role` with `id`, as a `--tls-dir` value.
+    pub fn tls_dir(&self, role: &str, id: Option<u64>) -> String {
+        let certs = self.certs.as_ref().expect("a TLS group");
+        path_str(&certs.dir(role, id)).to_string()
+    }
+
     /// How a client of `role` with `id` in the test process connects.
     pub fn security(&self, role: &str, id: Option<u64>) -> Security {
         self.certs
@@ -334,6 +340,24 @@ pub fn names(client: &mut MetaClient) -> Vec<String> {
         );
     }
     out
+}
+
+/// Waits until the `file://` store in `store_dir` holds a metadata backup
+/// written after `since`.
+pub fn wait_for_backup(store_dir: &Path, since: std::time::SystemTime) {
+    let meta = store_dir.join("meta");
+    wait_for("a metadata backup", Duration::from_secs(20), || {
+        std::fs::read_dir(&meta)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > since)
+            })
+            .then_some(())
+    });
 }
 
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {

@@ -193,7 +193,11 @@ impl StoreLease {
         let released = futures::executor::block_on(remote.inner.control.run(async move {
             let key = inner.full_key(LEASE_KEY);
             let current = inner.get_with_retries(&key, LEASE_BYTES_MAX).await?;
-            if LeaseRecord::decode(&current).is_ok_and(|r| r == ours) {
+            // Ours if the same holder and epoch (a renewal cut short by the
+            // abort may have moved its time).
+            if LeaseRecord::decode(&current)
+                .is_ok_and(|r| r.holder == ours.holder && r.epoch == ours.epoch)
+            {
                 inner.delete_object(&key).await?;
             }
             Ok(())
