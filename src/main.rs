@@ -436,28 +436,12 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
         })?,
     );
     let backup = store.map(|(_, remote)| {
-        let master = std::sync::Arc::clone(&master);
-        let mut last: Option<Vec<u8>> = None;
+        // The leader's copy is the newest; one writer at a time.
+        let leader = std::sync::Arc::clone(&master);
         mount::Periodic::start(
             "meta-backup",
             std::time::Duration::from_secs(args.backup_interval_s.max(1)),
-            move || {
-                // The leader's copy is the newest; one writer at a time.
-                if !master.is_leader() {
-                    return;
-                }
-                let snapshot = master.local().read().snapshot();
-                if last.as_ref() == Some(&snapshot) {
-                    return;
-                }
-                match futures::executor::block_on(remote.put_meta_snapshot(snapshot.clone())) {
-                    Ok(seq) => {
-                        tracing::debug!(seq, "metadata backed up to the store");
-                        last = Some(snapshot);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "backing up the metadata to the store; retrying later"),
-                }
-            },
+            mount::backup_task(&master, &remote, move || leader.is_leader()),
         )
     });
     let signal = wait_for_stop_signal(&signals, Some(&security));

@@ -708,10 +708,11 @@ fn serve(
     // scrubs the shared store against it (the other nodes' journals hold
     // blocks this node's copy does not refer to yet).
     let (backup, scrub) = if let (Metadata::Embedded(master), Some(lease)) = (&metadata, &lease) {
+        let held = Arc::clone(lease);
         let backup = Periodic::start(
             "meta-backup",
             Duration::from_secs(args.backup_interval_s),
-            backup_task(master, &store.remote, Arc::clone(lease)),
+            backup_task(master, &store.remote, move || held.held()),
         );
         let scrub = Periodic::start(
             "store-scrub",
@@ -948,18 +949,19 @@ impl Periodic {
     }
 }
 
-/// Backs up the metadata to the store when it changed since the last backup.
-fn backup_task(
+/// Backs up `master`'s metadata to the store when it changed since the
+/// last backup, while `writer()` says this process is the one to write
+/// them (an embedded mount holding the store's lease, a group's leader).
+pub(crate) fn backup_task(
     master: &Master,
     remote: &RemoteStore,
-    lease: Arc<StoreLease>,
+    writer: impl Fn() -> bool + Send + 'static,
 ) -> impl FnMut() + Send + 'static {
     let local = master.local();
     let remote = remote.clone();
     let mut last: Option<Vec<u8>> = None;
     move || {
-        // Another mount may hold the store now: its backups are the ones.
-        if !lease.held() {
+        if !writer() {
             return;
         }
         let snapshot = local.read().snapshot();
