@@ -25,6 +25,10 @@ enum Command {
     /// group, the store in <data-dir>/store, formatted on first use). Returns
     /// once mounted; the daemon keeps serving until `umount` or SIGTERM.
     Mount(Box<mount::MountArgs>),
+    /// Unmount a mount and wait until its daemon has finished (flushed,
+    /// drained the journal, backed up the metadata) and exited: `datenlord
+    /// umount DIR; datenlord mount DIR` is always safe.
+    Umount(mount::UmountArgs),
     /// Format a remote store: write its volume descriptor (uuid, block
     /// size, format version). Refuses a store formatted differently.
     Format(FormatArgs),
@@ -286,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Mount(args) => mount::run(&args),
+        Command::Umount(args) => mount::umount(&args),
         Command::Format(args) => run_format(&args),
         Command::Master(args) => run_master(&args),
         Command::Members(command) => run_members(command),

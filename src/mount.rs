@@ -381,6 +381,73 @@ impl DataDirLock {
     }
 }
 
+/// `datenlord umount`: unmount, then wait for the daemon to finish.
+#[derive(Debug, clap::Args)]
+pub struct UmountArgs {
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// The mount's --data-dir (default: the same as `datenlord mount`'s).
+    #[arg(long = "data-dir")]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds to wait for the daemon to finish its work and exit.
+    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = PREVIOUS_DAEMON_WAIT_S)]
+    pub timeout_s: u64,
+}
+
+/// Runs `datenlord umount`: unmounts (lazily when files are open, like the
+/// daemon's own stop) and returns once the daemon has flushed, drained and
+/// exited, so whatever runs next (a new mount, a backup of the data
+/// directory, a shutdown) finds everything on disk and in the store.
+pub fn umount(args: &UmountArgs) -> anyhow::Result<std::process::ExitCode> {
+    use datenlord_engine::lock_file::{try_lock, Lock};
+    let mountpoint = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.mountpoint.display()))?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let record = data_dir.join(MOUNTPOINT_FILE);
+    let served = std::fs::read(&record)
+        .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()))
+        .with_context(|| {
+            format!(
+                "{} names no datenlord mount: give the mount's --data-dir",
+                record.display()
+            )
+        })?;
+    ensure!(
+        served == mountpoint,
+        "the data directory {} serves {}, not {}: give the mount's --data-dir",
+        data_dir.display(),
+        served.display(),
+        mountpoint.display()
+    );
+    ensure!(
+        datenlord_fuse::is_mountpoint(&mountpoint),
+        "{} is not mounted",
+        mountpoint.display()
+    );
+    unmount_path(&mountpoint);
+    // The daemon holds the data directory's lock until it exits.
+    let pid_file = data_dir.join(PID_FILE);
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout_s);
+    loop {
+        match try_lock(&pid_file).with_context(|| format!("locking {}", pid_file.display()))? {
+            Lock::Held(_) => break,
+            Lock::Busy(pid) => ensure!(
+                std::time::Instant::now() < deadline,
+                "unmounted {}, but its daemon (pid {}) is still finishing after {} s: see {}",
+                mountpoint.display(),
+                pid.trim(),
+                args.timeout_s,
+                data_dir.join("datenlord.log").display()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("unmounted {}; its daemon finished", mountpoint.display());
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// Creates `dir` if missing and makes it its owner's alone (0700): it
 /// holds every user's file data (journal, cache, store) and the metadata,
 /// which the mount's permission checks must not be bypassed around. Files

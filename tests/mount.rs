@@ -1201,3 +1201,57 @@ fn umount_then_mount_at_once_fifty_times_loses_nothing() {
         .expect("umount");
     assert!(out.status.success());
 }
+
+/// `datenlord umount` returns only once the daemon has exited: a mount
+/// right after it never waits, and the unmount's data is all there.
+#[test]
+fn datenlord_umount_returns_once_the_daemon_is_gone() {
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &[]);
+    let pid = m.pid();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    std::fs::write(m.path().join("f"), &data).expect("write");
+    let mountpoint = m.path().to_path_buf();
+    std::mem::forget(m);
+    let data_dir = dirs.data_dir();
+    let out = datenlord(&[
+        "umount",
+        &mountpoint.to_string_lossy(),
+        "--data-dir",
+        &data_dir.to_string_lossy(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Gone, or exited and not yet reaped by init (a zombie).
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+        });
+    assert!(
+        matches!(state, None | Some('Z' | 'X')),
+        "the daemon (pid {pid}) still runs after datenlord umount: state {state:?}"
+    );
+    let m = Mounted::start(&dirs, &[]);
+    assert!(
+        !m.log().contains("waiting for the previous datenlord"),
+        "{}",
+        m.log()
+    );
+    assert_eq!(std::fs::read(m.path().join("f")).expect("read"), data);
+    // Another data directory's mount is not touched.
+    let other = NodeDirs::new();
+    let out = datenlord(&[
+        "umount",
+        &mountpoint.to_string_lossy(),
+        "--data-dir",
+        &other.data_dir().to_string_lossy(),
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir"));
+    m.unmount();
+}
