@@ -515,28 +515,22 @@ fn a_revoked_certificate_is_refused_by_every_master_even_after_a_restart() {
         .identity()
         .expect("admin")
         .serial;
-    let out = datenlord(&[
-        "certs",
-        "revoke",
-        "--masters",
-        &masters,
-        "--serial",
-        &admin_serial,
-        "--tls-dir",
-        &dir("node", Some(10)),
-    ]);
+    let revoke = |serial: &str, tls_dir: &str| {
+        datenlord(&[
+            "certs",
+            "revoke",
+            "--masters",
+            &masters,
+            "--serial",
+            serial,
+            "--tls-dir",
+            tls_dir,
+        ])
+    };
+    let out = revoke(&admin_serial, &dir("node", Some(10)));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
-    let out = datenlord(&[
-        "certs",
-        "revoke",
-        "--masters",
-        &masters,
-        "--serial",
-        &serial,
-        "--tls-dir",
-        &dir("admin", None),
-    ]);
+    let out = revoke(&serial, &dir("admin", None));
     assert!(
         out.status.success(),
         "{}",

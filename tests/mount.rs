@@ -1110,14 +1110,7 @@ fn no_other_user_reads_the_data_directory() {
 fn a_second_embedded_mount_of_one_store_is_refused_until_the_first_is_gone() {
     let (a, b) = (NodeDirs::new(), NodeDirs::new());
     let store_dir = a.root().join("shared-store");
-    std::fs::create_dir_all(&store_dir).expect("mkdir store");
-    let store = format!("file://{}", store_dir.display());
-    let out = datenlord(&["format", "--store", &store, "--block-size", "64K"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let store = support::node::formatted_store(&store_dir, "64K");
     let args = [
         "--store",
         &store,

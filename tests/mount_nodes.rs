@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use support::masters::{free_addr, wait_for, Group};
-use support::node::{datenlord, Mounted, NodeDirs};
+use support::node::{Mounted, NodeDirs};
 
 /// Kernel attribute and entry caches off: every path walk asks the node.
 const NO_KERNEL_CACHE: &str = "negative_timeout=0,entry_timeout=0,attr_timeout=0";
@@ -60,15 +60,7 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
     });
     let masters = group.addrs.join(",");
     let (a_dirs, b_dirs) = (NodeDirs::new(), NodeDirs::new());
-    let store_dir = a_dirs.root().join("shared-store");
-    std::fs::create_dir_all(&store_dir).expect("mkdir store");
-    let store = format!("file://{}", store_dir.display());
-    let out = datenlord(&["format", "--store", &store, "--block-size", "64K"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let store = support::node::formatted_store(&a_dirs.root().join("shared-store"), "64K");
     let (a_listen, b_listen) = (free_addr(), free_addr());
     let (a_tls, b_tls) = (
         group.tls_args("node", Some(11)),

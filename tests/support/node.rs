@@ -51,6 +51,20 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
+/// A `file://` store in `dir`, formatted by `datenlord format` with
+/// `block_size`: its URL.
+pub fn formatted_store(dir: &Path, block_size: &str) -> String {
+    std::fs::create_dir_all(dir).expect("mkdir store");
+    let store = format!("file://{}", dir.display());
+    let out = datenlord(&["format", "--store", &store, "--block-size", block_size]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    store
+}
+
 /// Runs `datenlord` with `args`.
 pub fn datenlord(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_datenlord"))
