@@ -146,10 +146,7 @@ pub(crate) fn serve_connection(mut stream: Link, group: u64, handler: &Handler) 
     let expected = u64::from_le_bytes(expected);
     let other_group = expected != 0 && expected != group;
     // Only an authenticated client learns which group this is.
-    let told = match who {
-        Peer::Certified(_) => group,
-        Peer::Unverified => 0,
-    };
+    let told = who.told(group);
     let mut reader = BufReader::new(stream);
     let mut checked = std::time::Instant::now();
     loop {

@@ -107,6 +107,19 @@ impl Security {
         }
     }
 
+    /// Checks that this process's own certificate (with TLS) is for `role`
+    /// with `id`, and says which to issue otherwise.
+    pub fn check_own(&self, role: Role, id: u64) -> Result<(), String> {
+        match self.identity() {
+            Some(who) if who.role != role || who.id != Some(id) => Err(format!(
+                "the certificate in --tls-dir is for {who}, not {} {id}: issue one with `datenlord certs issue --role {} --id {id}`",
+                role.as_str(),
+                role.as_str()
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses, from now on, peers whose certificate `revoked` names
     /// (connections being made and, at their next check, open ones).
     pub fn check_revocations(&self, revoked: crate::tls::Revoked) {

@@ -348,14 +348,10 @@ impl Master {
                 "cannot listen on {addr}: {e} (is another master running there?)"
             ))
         })?;
-        if let Some(who) = config.security.identity() {
-            if who.role != Role::Master || who.id != Some(config.id) {
-                return Err(MasterError::Config(format!(
-                    "the certificate in --tls-dir is for {who}, not master {}: issue one with `datenlord certs issue --role master --id {}`",
-                    config.id, config.id
-                )));
-            }
-        }
+        config
+            .security
+            .check_own(Role::Master, config.id)
+            .map_err(MasterError::Config)?;
         if let Some(backup) = &config.restore {
             if config.join {
                 return Err(MasterError::Config(
@@ -638,79 +634,74 @@ pub(crate) fn client_handler(
             "refused: {who} may not {what} (the namespace takes node and admin certificates; membership changes need an admin certificate)"
         ))
     };
-    Arc::new(move |who: &Peer, op, payload| match op {
-        OP_PROPOSE | OP_QUERY if !who.may_use_namespace() => {
-            refused(who, "read or change the namespace")
-        }
-        OP_REVOKE => {
-            if !who.may_revoke() {
-                return refused(who, "revoke certificates");
-            }
-            let serial = String::from_utf8_lossy(&payload).into_owned();
-            let command = Command::RevokeCertificate { serial };
-            match block_on(handle.propose(command.encode())) {
-                Ok(result) => Response {
-                    status: Status::Ok,
-                    payload: result,
-                },
-                Err(DriveError::NotLeader { leader }) => not_leader(leader),
-                Err(e) => failed(e.to_string()),
-            }
-        }
-        OP_PROPOSE => match block_on(handle.propose(payload)) {
+    Arc::new(move |who: &Peer, op, payload| {
+        let propose = |command: Vec<u8>| match block_on(handle.propose(command)) {
             Ok(result) => Response {
                 status: Status::Ok,
                 payload: result,
             },
             Err(DriveError::NotLeader { leader }) => not_leader(leader),
             Err(e) => failed(e.to_string()),
-        },
-        OP_QUERY => {
-            let query: Query = match from_bytes(&payload) {
-                Ok(q) => q,
-                Err(e) => return failed(e.to_string()),
-            };
-            match block_on(
-                handle.read(move |state: &SharedState<MetaState>| query.run(&state.read())),
-            ) {
-                Ok(answer) => Response {
-                    status: Status::Ok,
-                    payload: to_bytes(&answer),
-                },
-                Err(DriveError::NotLeader { leader }) => not_leader(leader),
-                Err(e) => failed(e.to_string()),
+        };
+        match op {
+            OP_PROPOSE | OP_QUERY if !who.may_use_namespace() => {
+                refused(who, "read or change the namespace")
             }
-        }
-        OP_STATUS => match block_on(handle.status()) {
-            Ok(s) => Response {
-                status: Status::Ok,
-                payload: to_bytes(&MasterStatus {
-                    id: s.id,
-                    leader: s.leader.unwrap_or(0),
-                    term: s.term,
-                    applied: s.applied,
-                    group,
-                }),
+            OP_REVOKE => {
+                if !who.may_revoke() {
+                    return refused(who, "revoke certificates");
+                }
+                let serial = String::from_utf8_lossy(&payload).into_owned();
+                propose(Command::RevokeCertificate { serial }.encode())
+            }
+            OP_PROPOSE => propose(payload),
+            OP_QUERY => {
+                let query: Query = match from_bytes(&payload) {
+                    Ok(q) => q,
+                    Err(e) => return failed(e.to_string()),
+                };
+                match block_on(
+                    handle.read(move |state: &SharedState<MetaState>| query.run(&state.read())),
+                ) {
+                    Ok(answer) => Response {
+                        status: Status::Ok,
+                        payload: to_bytes(&answer),
+                    },
+                    Err(DriveError::NotLeader { leader }) => not_leader(leader),
+                    Err(e) => failed(e.to_string()),
+                }
+            }
+            OP_STATUS => match block_on(handle.status()) {
+                Ok(s) => Response {
+                    status: Status::Ok,
+                    payload: to_bytes(&MasterStatus {
+                        id: s.id,
+                        leader: s.leader.unwrap_or(0),
+                        term: s.term,
+                        applied: s.applied,
+                        group,
+                    }),
+                },
+                Err(e) => failed(e.to_string()),
             },
-            Err(e) => failed(e.to_string()),
-        },
-        OP_MEMBERS => {
-            let Some(change) = decode_membership(&payload) else {
-                return failed("malformed membership change".into());
-            };
-            if !who.may_change(&change) {
-                return refused(who, &format!("make the membership change {change:?}"));
+            OP_MEMBERS => {
+                let Some(change) = decode_membership(&payload) else {
+                    return failed("malformed membership change".into());
+                };
+                if !who.may_change(&change) {
+                    return refused(who, &format!("make the membership change {change:?}"));
+                }
+                match block_on(handle.change_members(change)) {
+                    Ok(()) => Response {
+                        status: Status::Ok,
+                        payload: Vec::new(),
+                    },
+                    Err(DriveError::NotLeader { leader }) => not_leader(leader),
+                    Err(e) => failed(e.to_string()),
+                }
             }
-            match block_on(handle.change_members(change)) {
-                Ok(()) => Response {
-                    status: Status::Ok,
-                    payload: Vec::new(),
-                },
-                Err(DriveError::NotLeader { leader }) => not_leader(leader),
-                Err(e) => failed(e.to_string()),
-            }
+            other => failed(format!("unknown operation {other}")),
         }
-        other => failed(format!("unknown operation {other}")),
     })
 }
 

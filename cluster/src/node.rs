@@ -166,14 +166,10 @@ impl Node {
                 "no master addresses: list the group's masters (host:port)".into(),
             ));
         }
-        if let Some(who) = config.security.identity() {
-            if who.role != Role::Node || who.id != Some(config.id) {
-                return Err(NodeError::Config(format!(
-                    "the certificate in --tls-dir is for {who}, not node {}: issue one with `datenlord certs issue --role node --id {}`",
-                    config.id, config.id
-                )));
-            }
-        }
+        config
+            .security
+            .check_own(Role::Node, config.id)
+            .map_err(NodeError::Config)?;
         let recorded = group::check_identity(&config.data_dir, "node", config.id)?;
         let members_file = config.data_dir.join(MEMBERS_FILE);
         let (answers, unknown) = discover(&config.masters, &config.security);

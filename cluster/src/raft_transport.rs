@@ -387,10 +387,7 @@ pub(crate) fn accept(stream: &mut Link, me: Member) -> bool {
         VERDICT_REFUSED
     };
     // Only an authenticated peer learns which group this is.
-    let told = match stream.peer() {
-        Peer::Certified(_) => me.group,
-        Peer::Unverified => 0,
-    };
+    let told = stream.peer().told(me.group);
     let mut answer = Vec::with_capacity(9);
     answer.push(verdict);
     answer.extend_from_slice(&told.to_le_bytes());

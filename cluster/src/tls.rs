@@ -214,6 +214,15 @@ impl Peer {
         }
     }
 
+    /// What this peer is told of the group it reached: its id for an
+    /// authenticated peer, 0 (nothing) for anyone else.
+    pub fn told(&self, group: u64) -> u64 {
+        match self {
+            Self::Certified(_) => group,
+            Self::Unverified => 0,
+        }
+    }
+
     /// May revoke certificates: administrators only.
     pub fn may_revoke(&self) -> bool {
         match self {
