@@ -50,6 +50,10 @@ pub struct ReadHint {
     /// Whether admission counts this access: a further small read inside
     /// the block a stream just read does not make the block any hotter.
     pub counts: bool,
+    /// Whether another node asked for the block: a miss then goes to the
+    /// source's own tiers below ([`BlockSource::fetch_for_peer`]), never
+    /// back to a neighbor.
+    pub for_peer: bool,
 }
 
 impl ReadHint {
@@ -57,6 +61,13 @@ impl ReadHint {
     pub const RANDOM: Self = Self {
         kind: AccessKind::Random,
         counts: true,
+        for_peer: false,
+    };
+    /// A read another node asked for (it runs its own stream detection).
+    pub const PEER: Self = Self {
+        kind: AccessKind::Random,
+        counts: true,
+        for_peer: true,
     };
 }
 
@@ -74,6 +85,12 @@ type FetchedBlock = Rc<Vec<u8>>;
 type FetchResult = std::result::Result<FetchedBlock, FetchError>;
 type SharedFetch = Shared<LocalBoxFuture<'static, FetchResult>>;
 
+/// A fetch in flight is keyed by its block and by whether it may wait on
+/// another node ([`BlockSource::forwards`]). A read for a peer never joins
+/// such a fetch: two nodes that each think the other is a block's home
+/// would otherwise wait on each other until a timeout.
+type FlightKey = (BlockId, bool);
+
 /// Everything one shard owns.
 pub struct Shard {
     pub(crate) id: ShardId,
@@ -86,7 +103,7 @@ pub struct Shard {
     source: Rc<dyn BlockSource>,
     resolver: Rc<dyn VersionResolver>,
     admission: RefCell<Admission>,
-    inflight: RefCell<BlockMap<BlockId, SharedFetch>>,
+    inflight: RefCell<BlockMap<FlightKey, SharedFetch>>,
     streams: RefCell<StreamTable>,
     streams_prefetching: RefCell<HashSet<StreamId>>,
     prefetch_queue: RefCell<PrefetchQueue>,
@@ -286,6 +303,33 @@ impl Shard {
         }
     }
 
+    /// Reads a whole block for another node: no stream detection (the
+    /// requester runs its own), straight to the owner, and a miss goes to
+    /// the source's tiers below, never to a neighbor.
+    pub async fn read_for_peer(self: &Rc<Self>, id: BlockId, buf: Vec<u8>) -> Result<(Vec<u8>, usize)> {
+        let len = self.block_size.bytes();
+        let owner = id.key().owner(self.shards);
+        if owner == self.id {
+            let mut buf = buf;
+            let n = self.read_owned(id, 0, len, &mut buf, ReadHint::PEER).await?;
+            return Ok((buf, n));
+        }
+        self.count(|s| s.forwarded += 1);
+        let op = Op::Read {
+            id,
+            offset: 0,
+            len,
+            buf,
+            hint: ReadHint::PEER,
+        };
+        match self.peers.call(owner, op).await? {
+            Reply::Read { buf, len } => Ok((buf, len)),
+            other => Err(Error::InvalidRequest(format!(
+                "unexpected reply to a read: {other:?}"
+            ))),
+        }
+    }
+
     /// Inserts a written block through this shard as the front.
     pub async fn insert(self: &Rc<Self>, id: BlockId, data: Vec<u8>) -> Result<Vec<u8>> {
         let owner = id.key().owner(self.shards);
@@ -358,6 +402,7 @@ impl Shard {
         ReadHint {
             kind: access.kind,
             counts: !access.repeat,
+            for_peer: false,
         }
     }
 
@@ -504,7 +549,7 @@ impl Shard {
             }
             self.count(|s| s.disk_misses += 1);
         }
-        let data = self.fetch(id, kind).await?;
+        let data = self.fetch(id, kind, hint.for_peer).await?;
         let n = copy_range(&data, offset, len, buf);
         self.count(|s| {
             s.reads += 1;
@@ -529,27 +574,45 @@ impl Shard {
     }
 
     /// Fetches a block from the source once, however many readers wait.
-    async fn fetch(self: &Rc<Self>, id: BlockId, kind: AccessKind) -> Result<FetchedBlock> {
-        let existing = self.inflight.borrow().get(&id).cloned();
+    /// A fetch for a peer (`for_peer`) joins only a fetch that does not
+    /// wait on another node, and asks the source's tiers below.
+    async fn fetch(
+        self: &Rc<Self>,
+        id: BlockId,
+        kind: AccessKind,
+        for_peer: bool,
+    ) -> Result<FetchedBlock> {
+        let existing = {
+            let inflight = self.inflight.borrow();
+            let below = inflight.get(&(id, false));
+            if for_peer {
+                below.cloned()
+            } else {
+                below.or_else(|| inflight.get(&(id, true))).cloned()
+            }
+        };
         let shared = if let Some(shared) = existing {
             self.count(|s| s.fetch_joins += 1);
             shared
         } else {
+            let key = (id, !for_peer && self.source.forwards(id));
             // The fetch runs as its own task so it completes even if every
             // reader gives up; the shared wrapper, polled only by readers
             // after it is in the map, takes it out of the map.
             let owner = Rc::clone(self);
-            let task =
-                glommio::spawn_local(async move { owner.fetch_and_place(id, kind).await }).detach();
+            let task = glommio::spawn_local(async move {
+                owner.fetch_and_place(id, kind, for_peer).await
+            })
+            .detach();
             let owner = Rc::clone(self);
             let fetch = async move {
                 let result = task.await.unwrap_or(Err(FetchError::ShutDown));
-                owner.inflight.borrow_mut().remove(&id);
+                owner.inflight.borrow_mut().remove(&key);
                 result
             }
             .boxed_local()
             .shared();
-            self.inflight.borrow_mut().insert(id, fetch.clone());
+            self.inflight.borrow_mut().insert(key, fetch.clone());
             fetch
         };
         shared.await.map_err(|e| match e {
@@ -559,8 +622,18 @@ impl Shard {
         })
     }
 
-    async fn fetch_and_place(self: &Rc<Self>, id: BlockId, kind: AccessKind) -> FetchResult {
-        let data = match self.source.fetch(id).await {
+    async fn fetch_and_place(
+        self: &Rc<Self>,
+        id: BlockId,
+        kind: AccessKind,
+        for_peer: bool,
+    ) -> FetchResult {
+        let fetch = if for_peer {
+            self.source.fetch_for_peer(id)
+        } else {
+            self.source.fetch(id)
+        };
+        let data = match fetch.await {
             Ok(data) => data,
             Err(SourceError::NotFound) => return Err(FetchError::NotFound),
             Err(SourceError::Failed(message)) => {
@@ -811,7 +884,8 @@ impl Shard {
             let id = BlockId::new(ino, index, version);
             let cached = self.memory.borrow().contains(id)
                 || self.disk.as_ref().is_some_and(|d| d.contains(id))
-                || self.inflight.borrow().contains_key(&id);
+                || self.inflight.borrow().contains_key(&(id, false))
+                || self.inflight.borrow().contains_key(&(id, true));
             if cached {
                 continue;
             }
@@ -819,7 +893,7 @@ impl Shard {
             self.count(|s| s.prefetch_issued += 1);
             let shard = Rc::clone(self);
             self.spawn_tracked(async move {
-                if let Ok(data) = shard.fetch(id, AccessKind::Sequential).await {
+                if let Ok(data) = shard.fetch(id, AccessKind::Sequential, false).await {
                     let mut prefetched = shard.prefetched.borrow_mut();
                     if prefetched.len() >= PREFETCHED_TRACKED_MAX {
                         prefetched.clear();

@@ -1,8 +1,10 @@
 //! What lies below a shard's own tiers: one trait for a source of blocks.
 //!
-//! The chain is memory -> NVMe -> source. Today the source is the in-memory
-//! [`MemoryStore`]; the remote object store (engine) and neighbor nodes
-//! (cluster) implement the same trait.
+//! The chain is memory -> NVMe -> source. The source is the remote object
+//! store (`store::StoreSources`, or the in-memory [`MemoryStore`] of tests
+//! and benchmarks), or the neighbor tier (cluster) in front of it: other
+//! nodes serve their cached blocks, and a block they are asked for comes
+//! from the tiers below ([`BlockSource::fetch_for_peer`]).
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -34,6 +36,19 @@ pub trait BlockSource {
     /// Fetches the valid bytes of a block (shorter than the block size for a
     /// file's tail).
     fn fetch(&self, id: BlockId) -> SourceFuture;
+
+    /// Fetches a block another node asked this one for: from the tiers
+    /// that do not ask other nodes (a source that forwards to neighbors
+    /// overrides it), so requests between nodes never loop.
+    fn fetch_for_peer(&self, id: BlockId) -> SourceFuture {
+        self.fetch(id)
+    }
+
+    /// Whether [`Self::fetch`] of `id` would ask another node (then the
+    /// engine does not make a peer's request wait on that fetch).
+    fn forwards(&self, _id: BlockId) -> bool {
+        false
+    }
 }
 
 /// Tells which version of a block is current: the metadata's block map.

@@ -779,3 +779,107 @@ fn memory_hits_are_served_on_the_callers_thread_and_still_drive_prefetch() {
         "engine stopped"
     );
 }
+
+/// A source in front of a [`MemoryStore`] that, like the neighbor tier,
+/// forwards local misses to "another node" (here: a fetch held until the
+/// test opens a gate) and serves peers' requests from the store.
+struct Forwarding {
+    store: Arc<MemoryStore>,
+    gate: flume::Receiver<()>,
+    for_peer: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl datenlord_engine::BlockSource for Forwarding {
+    fn fetch(&self, id: BlockId) -> datenlord_engine::source::SourceFuture {
+        let (store, gate) = (Arc::clone(&self.store), self.gate.clone());
+        Box::pin(async move {
+            let _ = gate.recv_async().await;
+            store
+                .get(id)
+                .map(|d| d.to_vec())
+                .ok_or(datenlord_engine::SourceError::NotFound)
+        })
+    }
+
+    fn fetch_for_peer(&self, id: BlockId) -> datenlord_engine::source::SourceFuture {
+        self.for_peer
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store = Arc::clone(&self.store);
+        Box::pin(async move {
+            store
+                .get(id)
+                .map(|d| d.to_vec())
+                .ok_or(datenlord_engine::SourceError::NotFound)
+        })
+    }
+
+    fn forwards(&self, _id: BlockId) -> bool {
+        true
+    }
+}
+
+struct ForwardingFactory {
+    store: Arc<MemoryStore>,
+    gate: flume::Receiver<()>,
+    for_peer: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl datenlord_engine::SourceFactory for ForwardingFactory {
+    fn source(&self, _shard: ShardId) -> std::rc::Rc<dyn datenlord_engine::BlockSource> {
+        std::rc::Rc::new(Forwarding {
+            store: Arc::clone(&self.store),
+            gate: self.gate.clone(),
+            for_peer: Arc::clone(&self.for_peer),
+        })
+    }
+    fn resolver(&self, shard: ShardId) -> std::rc::Rc<dyn datenlord_engine::VersionResolver> {
+        datenlord_engine::SourceFactory::resolver(&self.store, shard)
+    }
+}
+
+#[test]
+fn a_peer_read_never_waits_on_a_fetch_that_asks_another_node() {
+    let id = BlockId::new(7, 0, 1);
+    let store = store_with(&[id]);
+    let (open, gate) = flume::unbounded();
+    let for_peer = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let factory = ForwardingFactory {
+        store: Arc::clone(&store),
+        gate,
+        for_peer: Arc::clone(&for_peer),
+    };
+    let engine = Engine::start(&config(2, 4, None), factory).expect("start");
+    let handle = engine.handle();
+    // A local read misses and its fetch waits on "the other node".
+    let local = std::thread::spawn({
+        let handle = handle.clone();
+        move || read_all(&handle, id)
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!local.is_finished(), "the local fetch is held at the gate");
+    // Were a peer's read to join the held fetch, it would wait for this
+    // (and would never reach `fetch_for_peer`).
+    let opener = std::thread::spawn({
+        let open = open.clone();
+        move || {
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = open.send(());
+        }
+    });
+    // A peer's request is served from below meanwhile, from either shard.
+    let peer_reads = block_on(handle.run_on_all(move |ctx| async move {
+        ctx.read_for_peer(id, Vec::new()).await.map(|(buf, _)| buf)
+    }))
+    .expect("run");
+    for buf in peer_reads {
+        assert_eq!(buf.expect("peer read"), content(id, BLOCK));
+    }
+    assert!(!local.is_finished(), "the local fetch is still held");
+    assert!(for_peer.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    // The held local read completes once released.
+    open.send(()).expect("gate");
+    assert_eq!(local.join().expect("local read"), content(id, BLOCK));
+    opener.join().expect("opener");
+    assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    engine.shutdown().expect("shutdown");
+}
