@@ -39,6 +39,9 @@ pub const OP_MEMBERS: u8 = 4;
 /// Operation: revoke a peer certificate (payload: its serial, hex);
 /// administrators only.
 pub const OP_REVOKE: u8 = 5;
+/// Operation: register or unregister a cache node (payload: the encoded
+/// `RegisterCacheNode` or `UnregisterCacheNode`); a node only itself.
+pub const OP_CACHE_NODE: u8 = 6;
 /// The file in a master's data directory listing the group's members.
 pub const MEMBERS_FILE: &str = "members";
 
@@ -609,6 +612,41 @@ pub fn decode_membership(bytes: &[u8]) -> Option<Membership> {
     words.next().is_none().then_some(change)
 }
 
+/// What an `OP_PROPOSE` payload may not carry, because its own operation
+/// checks who asks: revocations (`OP_REVOKE`, admins) and the cache node
+/// registry (`OP_CACHE_NODE`, each node itself).
+fn operator_only(payload: &[u8]) -> Option<&'static str> {
+    let proposal = SessionProposal::decode(payload)?;
+    match Command::decode(proposal.command).ok()? {
+        Command::RevokeCertificate { .. } => Some("revoke certificates through a proposal"),
+        Command::RegisterCacheNode { .. } | Command::UnregisterCacheNode { .. } => {
+            Some("change the cache node registry through a proposal")
+        }
+        _ => None,
+    }
+}
+
+/// The registry change in an `OP_CACHE_NODE` payload, if `who` may make
+/// it: a node registers and unregisters only itself.
+fn cache_node_command(who: &Peer, payload: &[u8]) -> Result<Command, String> {
+    let command =
+        Command::decode(payload).map_err(|e| format!("send a malformed registry change ({e})"))?;
+    let id = match &command {
+        Command::RegisterCacheNode { node } => node.id,
+        Command::UnregisterCacheNode { id } => *id,
+        _ => return Err("send another command than a registry change".into()),
+    };
+    let allowed = match who {
+        Peer::Unverified => true,
+        Peer::Certified(me) => me.role == Role::Node && me.id == Some(id),
+    };
+    if allowed {
+        Ok(command)
+    } else {
+        Err(format!("register or unregister cache node {id}"))
+    }
+}
+
 /// The client protocol's operations served by a replica (`peers`: id ->
 /// client address, for leader redirects).
 pub(crate) fn client_handler(
@@ -654,7 +692,14 @@ pub(crate) fn client_handler(
                 let serial = String::from_utf8_lossy(&payload).into_owned();
                 propose(Command::RevokeCertificate { serial }.encode())
             }
-            OP_PROPOSE => propose(payload),
+            OP_CACHE_NODE => match cache_node_command(who, &payload) {
+                Ok(command) => propose(command.encode()),
+                Err(what) => refused(who, &what),
+            },
+            OP_PROPOSE => match operator_only(&payload) {
+                None => propose(payload),
+                Some(what) => refused(who, what),
+            },
             OP_QUERY => {
                 let query: Query = match from_bytes(&payload) {
                     Ok(q) => q,
@@ -815,6 +860,15 @@ impl MetaClient {
         // As printed with separators (`5f:9e:…`) or without.
         let serial: String = serial.chars().filter(|c| *c != ':').collect();
         let result = self.rpc.call(OP_REVOKE, serial.as_bytes())?;
+        decode_result(&result).map(drop)
+    }
+
+    /// Registers this node in the cache registry, or takes it out
+    /// (`RegisterCacheNode` / `UnregisterCacheNode`; a node certificate
+    /// may only name itself).
+    pub fn cache_node(&mut self, command: &Command) -> Result<(), ClientError> {
+        self.pin_group()?;
+        let result = self.rpc.call(OP_CACHE_NODE, &command.encode())?;
         decode_result(&result).map(drop)
     }
 

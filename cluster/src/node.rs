@@ -35,7 +35,7 @@ use crate::master::{
     client_handler, ClientError, MasterError, MasterStatus, MetaClient, Query, QueryAnswer,
     MEMBERS_FILE,
 };
-use crate::meta::{Command, MetaState, Outcome};
+use crate::meta::{CacheNode, Command, MetaState, Outcome};
 use crate::raft_driver::{DriveError, RaftDriver, RaftHandle, Status, Transport};
 use crate::raft_log::{LogSync, RaftLog};
 use crate::raft_transport::{read_members, write_members, LocalHandle, TcpTransport};
@@ -335,6 +335,34 @@ impl Node {
         self.barrier_async(deadline, "showing an applied write in the local copy")
             .await?;
         Ok(outcome)
+    }
+
+    /// Registers this node in the cache registry (its block service at
+    /// `addr`, `cache_bytes` cached) and returns once the local copy shows
+    /// it: other nodes start asking it for the blocks it is home to.
+    pub fn register_cache(&self, addr: &str, cache_bytes: u64) -> Result<(), NodeError> {
+        let node = CacheNode {
+            id: self.id,
+            addr: addr.to_string(),
+            cache_bytes,
+        };
+        node.check().map_err(|e| NodeError::Config(e.to_string()))?;
+        self.cache_change(&Command::RegisterCacheNode { node })
+    }
+
+    /// Takes this node out of the cache registry (before a planned stop):
+    /// its blocks get other homes at once.
+    pub fn unregister_cache(&self) -> Result<(), NodeError> {
+        self.cache_change(&Command::UnregisterCacheNode { id: self.id })
+    }
+
+    fn cache_change(&self, command: &Command) -> Result<(), NodeError> {
+        self.client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cache_node(command)?;
+        let deadline = Instant::now() + Duration::from_millis(READ_TIMEOUT_MS);
+        self.barrier(deadline, "showing the cache registry change")
     }
 
     /// The local replica's role and progress.

@@ -306,12 +306,18 @@ impl Shard {
     /// Reads a whole block for another node: no stream detection (the
     /// requester runs its own), straight to the owner, and a miss goes to
     /// the source's tiers below, never to a neighbor.
-    pub async fn read_for_peer(self: &Rc<Self>, id: BlockId, buf: Vec<u8>) -> Result<(Vec<u8>, usize)> {
+    pub async fn read_for_peer(
+        self: &Rc<Self>,
+        id: BlockId,
+        buf: Vec<u8>,
+    ) -> Result<(Vec<u8>, usize)> {
         let len = self.block_size.bytes();
         let owner = id.key().owner(self.shards);
         if owner == self.id {
             let mut buf = buf;
-            let n = self.read_owned(id, 0, len, &mut buf, ReadHint::PEER).await?;
+            let n = self
+                .read_owned(id, 0, len, &mut buf, ReadHint::PEER)
+                .await?;
             return Ok((buf, n));
         }
         self.count(|s| s.forwarded += 1);
@@ -600,10 +606,11 @@ impl Shard {
             // reader gives up; the shared wrapper, polled only by readers
             // after it is in the map, takes it out of the map.
             let owner = Rc::clone(self);
-            let task = glommio::spawn_local(async move {
-                owner.fetch_and_place(id, kind, for_peer).await
-            })
-            .detach();
+            let task =
+                glommio::spawn_local(
+                    async move { owner.fetch_and_place(id, kind, for_peer).await },
+                )
+                .detach();
             let owner = Rc::clone(self);
             let fetch = async move {
                 let result = task.await.unwrap_or(Err(FetchError::ShutDown));

@@ -204,6 +204,11 @@ pub enum Command {
     /// that present it from then on. Accepted whether the volume is
     /// formatted or not; revoking twice changes nothing.
     RevokeCertificate { serial: String },
+    /// Registers (or updates) a node serving its cached blocks to the
+    /// others. Accepted whether the volume is formatted or not.
+    RegisterCacheNode { node: super::cache_nodes::CacheNode },
+    /// Removes a node from the cache registry (it stopped on purpose).
+    UnregisterCacheNode { id: u64 },
 }
 
 impl Command {
@@ -256,7 +261,9 @@ impl Command {
             | Self::SetLk { .. }
             | Self::Flock { .. }
             | Self::UnregisterSession { .. }
-            | Self::RevokeCertificate { .. } => None,
+            | Self::RevokeCertificate { .. }
+            | Self::RegisterCacheNode { .. }
+            | Self::UnregisterCacheNode { .. } => None,
         }
     }
 
@@ -285,7 +292,9 @@ impl Command {
             | Self::RenewSession { .. }
             | Self::UnregisterSession { .. }
             | Self::ExpireSessions { .. }
-            | Self::RevokeCertificate { .. } => None,
+            | Self::RevokeCertificate { .. }
+            | Self::RegisterCacheNode { .. }
+            | Self::UnregisterCacheNode { .. } => None,
         }
     }
 }

@@ -34,6 +34,10 @@ pub const GROUPS_PER_CREDS_MAX: usize = 65_536;
 pub const SESSIONS_MAX: usize = 65_536;
 /// Revoked certificate serials kept (a CA that needs more is replaced).
 pub const REVOKED_MAX: usize = 65_536;
+/// Most cache nodes registered (as many as a placement holds).
+pub const CACHE_NODES_MAX: usize = 4096;
+/// Longest cache node address (`host:port`).
+pub const CACHE_NODE_ADDR_MAX_BYTES: usize = 255;
 /// Longest certificate serial, in hex digits (RFC 5280: 20 octets).
 pub const SERIAL_HEX_MAX: usize = 40;
 /// Most open handles one session holds at once (all inodes together).

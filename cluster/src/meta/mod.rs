@@ -23,6 +23,8 @@
 //!   open handles, deferred delete).
 //! - `perm`: rwx, sticky and setid rules; `inode`: the stored inode.
 //! - `snapshot`, `codec`: snapshot records and frames (rkyv + CRC32C).
+//! - `cache_nodes`: the registry of nodes serving their cached blocks to
+//!   each other (address, cache size) and its epoch.
 //! - `invariants`: [`MetaState::check_invariants`], also run by `restore`.
 //! - `limits`: every limit, with its unit.
 //!
@@ -33,6 +35,7 @@
 //! leaves the namespace is reported exactly once as garbage.
 
 mod attr;
+mod cache_nodes;
 pub(crate) mod codec;
 mod command;
 mod error;
@@ -51,6 +54,7 @@ mod xattr;
 #[cfg(test)]
 mod tests;
 
+pub use cache_nodes::CacheNode;
 pub use command::{Command, Outcome, Reply};
 pub use error::{DecodeError, MetaError};
 pub use limits::*;

@@ -14,8 +14,8 @@ use super::codec::{archive, put_frame, take_frame, unarchive};
 use super::error::DecodeError;
 use super::inode::{Body, Dir, Dirent, Inode};
 use super::limits::{
-    SNAPSHOT_FORMAT_VERSION, SNAPSHOT_RECORD_BYTES_MAX, SNAPSHOT_RECORD_BYTES_TARGET,
-    SNAPSHOT_RECORD_ITEMS_MAX,
+    CACHE_NODES_MAX, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_RECORD_BYTES_MAX,
+    SNAPSHOT_RECORD_BYTES_TARGET, SNAPSHOT_RECORD_ITEMS_MAX,
 };
 use super::lock::{FlockHolder, InodeLocks, PosixLock};
 use super::session::Session;
@@ -55,6 +55,11 @@ enum Record {
     // snapshots written before keep their meaning.
     /// Serial numbers of revoked peer certificates.
     Revoked(Vec<String>),
+    /// The cache node registry: its epoch and (some of) its nodes.
+    CacheNodes {
+        epoch: u64,
+        nodes: Vec<super::cache_nodes::CacheNode>,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -325,6 +330,21 @@ impl MetaState {
             w.push(&Record::Revoked(chunk.to_vec()));
         }
 
+        // An emptied registry still records its epoch (epochs never go back).
+        let nodes: Vec<_> = self.cache_nodes.values().cloned().collect();
+        if nodes.is_empty() && self.cache_epoch > 0 {
+            w.push(&Record::CacheNodes {
+                epoch: self.cache_epoch,
+                nodes: Vec::new(),
+            });
+        }
+        for chunk in nodes.chunks(SNAPSHOT_RECORD_ITEMS_MAX) {
+            w.push(&Record::CacheNodes {
+                epoch: self.cache_epoch,
+                nodes: chunk.to_vec(),
+            });
+        }
+
         let records = w.records;
         w.push(&Record::End { records });
         w.out
@@ -384,6 +404,21 @@ impl MetaState {
         match record {
             Record::Header { .. } | Record::End { .. } => {
                 debug_assert!(false, "handled by restore");
+            }
+            Record::CacheNodes { epoch, nodes } => {
+                self.cache_epoch = epoch;
+                for node in nodes {
+                    let id = node.id;
+                    if let Err(e) = node.check() {
+                        return Err(inconsistent(format!("cache node {id}: {e}")));
+                    }
+                    if self.cache_nodes.insert(id, node).is_some() {
+                        return Err(inconsistent(format!("cache node {id} appears twice")));
+                    }
+                }
+                if self.cache_nodes.len() > CACHE_NODES_MAX {
+                    return Err(inconsistent("more cache nodes than a cluster holds".into()));
+                }
             }
             Record::Revoked(serials) => {
                 for serial in serials {

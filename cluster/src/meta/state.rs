@@ -42,6 +42,10 @@ pub struct MetaState {
     pub(crate) locks: BTreeMap<Ino, InodeLocks>,
     /// Serial numbers of revoked peer certificates (lowercase hex).
     pub(crate) revoked: std::collections::BTreeSet<String>,
+    /// Nodes serving their cached blocks, by id.
+    pub(crate) cache_nodes: BTreeMap<u64, super::cache_nodes::CacheNode>,
+    /// Changes made to `cache_nodes` so far.
+    pub(crate) cache_epoch: u64,
 }
 
 impl Default for MetaState {
@@ -62,6 +66,8 @@ impl MetaState {
             sessions: BTreeMap::new(),
             locks: BTreeMap::new(),
             revoked: std::collections::BTreeSet::new(),
+            cache_nodes: BTreeMap::new(),
+            cache_epoch: 0,
         }
     }
 
@@ -100,8 +106,11 @@ impl MetaState {
             };
             return self.format(volume, *now);
         }
-        if let Command::RevokeCertificate { serial } = cmd {
-            return self.revoke(serial);
+        match cmd {
+            Command::RevokeCertificate { serial } => return self.revoke(serial),
+            Command::RegisterCacheNode { node } => return self.register_cache_node(node),
+            Command::UnregisterCacheNode { id } => return self.unregister_cache_node(*id),
+            _ => {}
         }
         if self.volume.is_none() {
             return Err(MetaError::NotFormatted);
@@ -109,6 +118,8 @@ impl MetaState {
         match cmd {
             Command::Format { .. } => Err(MetaError::AlreadyFormatted),
             Command::RevokeCertificate { serial } => self.revoke(serial),
+            Command::RegisterCacheNode { node } => self.register_cache_node(node),
+            Command::UnregisterCacheNode { id } => self.unregister_cache_node(*id),
             Command::Mknod {
                 parent,
                 name,

@@ -439,6 +439,69 @@ fn revoked_serials_round_trip_and_bad_ones_are_refused() {
     }
 }
 
+/// The cache node registry is replicated state: changes move its epoch
+/// (an unchanged registration does not), it survives a snapshot emptied
+/// or not, and bad records change nothing.
+#[test]
+fn cache_nodes_register_update_unregister_and_round_trip() {
+    for mut state in [MetaState::new(), busy_state()] {
+        let node = |id: u64, port: u16, cache_bytes: u64| crate::meta::CacheNode {
+            id,
+            addr: format!("10.0.0.{id}:{port}"),
+            cache_bytes,
+        };
+        let register = |n| Command::RegisterCacheNode { node: n };
+        state
+            .apply(&register(node(4, 7000, 1 << 30)))
+            .expect("register");
+        state
+            .apply(&register(node(5, 7000, 2 << 30)))
+            .expect("register");
+        assert_eq!(state.cache_epoch(), 2);
+        state
+            .apply(&register(node(4, 7000, 1 << 30)))
+            .expect("same again");
+        assert_eq!(state.cache_epoch(), 2, "nothing changed");
+        state
+            .apply(&register(node(4, 7001, 1 << 30)))
+            .expect("moved");
+        assert_eq!(state.cache_epoch(), 3);
+        for bad in [
+            node(0, 1, 1),
+            node(6, 1, 0),
+            crate::meta::CacheNode {
+                id: 6,
+                addr: "a".repeat(256),
+                cache_bytes: 1,
+            },
+        ] {
+            let err = state.apply(&register(bad.clone())).expect_err("bad");
+            assert_eq!(err.errno(), libc::EINVAL, "{bad:?}");
+        }
+        assert_eq!(state.cache_epoch(), 3, "refused records change nothing");
+        let restored = MetaState::restore(&state.snapshot()).expect("restore");
+        assert!(restored == state);
+        assert_eq!(restored.cache_nodes(), state.cache_nodes());
+        assert_eq!(state.cache_nodes().1.len(), 2);
+        state
+            .apply(&Command::UnregisterCacheNode { id: 4 })
+            .expect("unregister");
+        state
+            .apply(&Command::UnregisterCacheNode { id: 5 })
+            .expect("unregister");
+        state
+            .apply(&Command::UnregisterCacheNode { id: 5 })
+            .expect("twice: nothing");
+        assert_eq!(state.cache_nodes(), (5, Vec::new()));
+        let restored = MetaState::restore(&state.snapshot()).expect("restore emptied");
+        assert_eq!(
+            restored.cache_nodes(),
+            (5, Vec::new()),
+            "the epoch never goes back"
+        );
+    }
+}
+
 /// A namespace larger than one snapshot record of each kind still
 /// round-trips (records split at `SNAPSHOT_RECORD_ITEMS_MAX` items).
 #[test]

@@ -1,0 +1,82 @@
+//! The cache nodes of the cluster: where each node serves its cached
+//! blocks to the others and how much it caches (its weight in placement).
+//! A node registers itself when it starts and unregisters when it stops on
+//! purpose; every change moves the registry's epoch, which the placement
+//! of blocks is computed for.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::command::{Outcome, Reply};
+use super::error::MetaError;
+use super::limits::{CACHE_NODES_MAX, CACHE_NODE_ADDR_MAX_BYTES};
+use super::state::MetaState;
+
+type Result<T> = std::result::Result<T, MetaError>;
+
+/// A node that serves its cached blocks to the others.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CacheNode {
+    /// The node's Raft id (its certificate's id).
+    pub id: u64,
+    /// `host:port` other nodes reach its block service at.
+    pub addr: String,
+    /// Bytes it caches (memory and NVMe): its share of the blocks.
+    pub cache_bytes: u64,
+}
+
+impl CacheNode {
+    /// Checks the record's fields.
+    pub fn check(&self) -> std::result::Result<(), &'static str> {
+        if self.id == 0 {
+            return Err("a cache node's id is not 0");
+        }
+        if self.addr.is_empty() || self.addr.len() > CACHE_NODE_ADDR_MAX_BYTES {
+            return Err("a cache node's address is host:port, at most 255 bytes");
+        }
+        if self.cache_bytes == 0 {
+            return Err("a cache node caches more than 0 bytes");
+        }
+        Ok(())
+    }
+}
+
+impl MetaState {
+    /// `RegisterCacheNode`: adds or updates a node; the epoch moves only
+    /// when something changed.
+    pub(super) fn register_cache_node(&mut self, node: &CacheNode) -> Result<Outcome> {
+        node.check().map_err(MetaError::Invalid)?;
+        if self.cache_nodes.get(&node.id) == Some(node) {
+            return Ok(Outcome::reply(Reply::Done));
+        }
+        if !self.cache_nodes.contains_key(&node.id) && self.cache_nodes.len() >= CACHE_NODES_MAX {
+            return Err(MetaError::Invalid(
+                "the cluster has the most cache nodes it may have",
+            ));
+        }
+        self.cache_nodes.insert(node.id, node.clone());
+        self.cache_epoch += 1;
+        Ok(Outcome::reply(Reply::Done))
+    }
+
+    /// `UnregisterCacheNode`: removes a node (nothing if it is not there).
+    pub(super) fn unregister_cache_node(&mut self, id: u64) -> Result<Outcome> {
+        if self.cache_nodes.remove(&id).is_some() {
+            self.cache_epoch += 1;
+        }
+        Ok(Outcome::reply(Reply::Done))
+    }
+
+    /// The registry's epoch (it moves with every change) and its nodes,
+    /// ordered by id.
+    pub fn cache_nodes(&self) -> (u64, Vec<CacheNode>) {
+        (
+            self.cache_epoch,
+            self.cache_nodes.values().cloned().collect(),
+        )
+    }
+
+    /// The registry's epoch alone (cheap: to see whether it changed).
+    pub fn cache_epoch(&self) -> u64 {
+        self.cache_epoch
+    }
+}
