@@ -1,8 +1,9 @@
 //! DatenLord's cluster layer: the metadata state machine replicated with
-//! Raft (raft-rs) on a persistent log. Later: the Lord (controller), the
-//! Sklavin (node agent) and the neighbor block transport.
+//! Raft (raft-rs) on a persistent log, and the neighbor tier (nodes serve
+//! each other's cached blocks: a source in the engine's chain). Later:
+//! the Lord (controller) and the Sklavin (node agent).
 //!
-//! The engine and the FUSE frontend are unknown here; `fs` glues them.
+//! The FUSE frontend is unknown here; `fs` glues the parts together.
 
 pub mod certs;
 pub mod client_rpc;
@@ -12,6 +13,7 @@ pub mod link;
 pub mod listener;
 pub mod master;
 pub mod meta;
+pub mod neighbor;
 pub mod node;
 pub mod placement;
 pub mod raft_driver;

@@ -59,11 +59,36 @@ impl MetaState {
     }
 
     /// `UnregisterCacheNode`: removes a node (nothing if it is not there).
-    pub(super) fn unregister_cache_node(&mut self, id: u64) -> Result<Outcome> {
+    pub(super) fn unregister_cache_node(&mut self, id: u64) -> Outcome {
         if self.cache_nodes.remove(&id).is_some() {
             self.cache_epoch += 1;
         }
-        Ok(Outcome::reply(Reply::Done))
+        Outcome::reply(Reply::Done)
+    }
+
+    /// Snapshot image of the registry: its epoch and nodes.
+    pub(super) fn cache_registry_image(&self) -> (u64, Vec<CacheNode>) {
+        self.cache_nodes()
+    }
+
+    /// Restores nodes of a snapshot's registry record.
+    pub(super) fn restore_cache_nodes(
+        &mut self,
+        epoch: u64,
+        nodes: Vec<CacheNode>,
+    ) -> std::result::Result<(), String> {
+        self.cache_epoch = epoch;
+        for node in nodes {
+            let id = node.id;
+            node.check().map_err(|e| format!("cache node {id}: {e}"))?;
+            if self.cache_nodes.insert(id, node).is_some() {
+                return Err(format!("cache node {id} appears twice"));
+            }
+        }
+        if self.cache_nodes.len() > CACHE_NODES_MAX {
+            return Err("more cache nodes than a cluster holds".into());
+        }
+        Ok(())
     }
 
     /// The registry's epoch (it moves with every change) and its nodes,

@@ -14,8 +14,8 @@ use super::codec::{archive, put_frame, take_frame, unarchive};
 use super::error::DecodeError;
 use super::inode::{Body, Dir, Dirent, Inode};
 use super::limits::{
-    CACHE_NODES_MAX, SNAPSHOT_FORMAT_VERSION, SNAPSHOT_RECORD_BYTES_MAX,
-    SNAPSHOT_RECORD_BYTES_TARGET, SNAPSHOT_RECORD_ITEMS_MAX,
+    SNAPSHOT_FORMAT_VERSION, SNAPSHOT_RECORD_BYTES_MAX, SNAPSHOT_RECORD_BYTES_TARGET,
+    SNAPSHOT_RECORD_ITEMS_MAX,
 };
 use super::lock::{FlockHolder, InodeLocks, PosixLock};
 use super::session::Session;
@@ -330,24 +330,30 @@ impl MetaState {
             w.push(&Record::Revoked(chunk.to_vec()));
         }
 
-        // An emptied registry still records its epoch (epochs never go back).
-        let nodes: Vec<_> = self.cache_nodes.values().cloned().collect();
-        if nodes.is_empty() && self.cache_epoch > 0 {
-            w.push(&Record::CacheNodes {
-                epoch: self.cache_epoch,
-                nodes: Vec::new(),
-            });
-        }
-        for chunk in nodes.chunks(SNAPSHOT_RECORD_ITEMS_MAX) {
-            w.push(&Record::CacheNodes {
-                epoch: self.cache_epoch,
-                nodes: chunk.to_vec(),
-            });
-        }
+        self.push_registry(&mut w);
 
         let records = w.records;
         w.push(&Record::End { records });
         w.out
+    }
+
+    /// The cache node registry's records; an emptied registry still
+    /// records its epoch (epochs never go back).
+    fn push_registry(&self, w: &mut Writer) {
+        let (epoch, nodes) = self.cache_registry_image();
+        if epoch == 0 {
+            return;
+        }
+        if nodes.is_empty() {
+            w.push(&Record::CacheNodes { epoch, nodes });
+            return;
+        }
+        for chunk in nodes.chunks(SNAPSHOT_RECORD_ITEMS_MAX) {
+            w.push(&Record::CacheNodes {
+                epoch,
+                nodes: chunk.to_vec(),
+            });
+        }
     }
 
     /// The state in `bytes` from [`MetaState::snapshot`]. Damaged,
@@ -406,25 +412,12 @@ impl MetaState {
                 debug_assert!(false, "handled by restore");
             }
             Record::CacheNodes { epoch, nodes } => {
-                self.cache_epoch = epoch;
-                for node in nodes {
-                    let id = node.id;
-                    if let Err(e) = node.check() {
-                        return Err(inconsistent(format!("cache node {id}: {e}")));
-                    }
-                    if self.cache_nodes.insert(id, node).is_some() {
-                        return Err(inconsistent(format!("cache node {id} appears twice")));
-                    }
-                }
-                if self.cache_nodes.len() > CACHE_NODES_MAX {
-                    return Err(inconsistent("more cache nodes than a cluster holds".into()));
-                }
+                self.restore_cache_nodes(epoch, nodes)
+                    .map_err(inconsistent)?;
             }
             Record::Revoked(serials) => {
-                for serial in serials {
-                    if self.revoke(&serial).is_err() {
-                        return Err(inconsistent(format!("bad revoked serial {serial:?}")));
-                    }
+                if let Some(bad) = serials.into_iter().find(|s| self.revoke(s).is_err()) {
+                    return Err(inconsistent(format!("bad revoked serial {bad:?}")));
                 }
             }
             Record::Inodes(images) => {

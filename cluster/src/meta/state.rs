@@ -109,7 +109,7 @@ impl MetaState {
         match cmd {
             Command::RevokeCertificate { serial } => return self.revoke(serial),
             Command::RegisterCacheNode { node } => return self.register_cache_node(node),
-            Command::UnregisterCacheNode { id } => return self.unregister_cache_node(*id),
+            Command::UnregisterCacheNode { id } => return Ok(self.unregister_cache_node(*id)),
             _ => {}
         }
         if self.volume.is_none() {
@@ -119,7 +119,7 @@ impl MetaState {
             Command::Format { .. } => Err(MetaError::AlreadyFormatted),
             Command::RevokeCertificate { serial } => self.revoke(serial),
             Command::RegisterCacheNode { node } => self.register_cache_node(node),
-            Command::UnregisterCacheNode { id } => self.unregister_cache_node(*id),
+            Command::UnregisterCacheNode { id } => Ok(self.unregister_cache_node(*id)),
             Command::Mknod {
                 parent,
                 name,

@@ -1,0 +1,487 @@
+//! The neighbor tier: nodes serve each other's cached blocks.
+//!
+//! Every block has a *cache home* among the registered cache nodes
+//! ([`crate::placement`], over the registry in the metadata:
+//! [`crate::meta::CacheNode`]). A node that misses a block in its own
+//! memory and NVMe asks the block's home ([`NeighborSources`], the
+//! engine's source in front of the store); the home serves it from its
+//! tiers, or reads it from the store once however many nodes ask (the
+//! engine's single flight, [`datenlord_engine::ShardContext::read_for_peer`]),
+//! and keeps it. The requester keeps a copy per its own admission. Any
+//! neighbor error or timeout falls back to the store, and a home that
+//! failed is not asked again for a backoff that grows while it keeps
+//! failing. A block a home is asked for never goes on to another
+//! neighbor, so requests do not loop when two nodes disagree about a
+//! home (a stale registry): that costs a miss, never a wrong byte, since
+//! block versions are immutable and every payload is checked against its
+//! checksum.
+//!
+//! Everything runs on the engine's shards: each shard has its own
+//! connections to other nodes and its own listening socket on the node's
+//! block service port (`SO_REUSEPORT`).
+
+pub mod conn;
+pub mod frame;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use datenlord_engine::source::{BlockSource, SourceFactory, SourceFuture, VersionResolver};
+use datenlord_engine::{BlockId, EngineHandle, ShardContext, ShardId, SourceError};
+use futures::FutureExt;
+use tracing::{info, warn};
+
+use crate::link::Security;
+use crate::meta::CacheNode;
+use crate::placement::Placement;
+use conn::{Conn, NeighborError};
+
+/// How long a requester waits for a home's answer (the home may itself
+/// be reading the block from the store).
+pub const REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// First pause before a failed home is asked again; it doubles while the
+/// home keeps failing, up to [`DOWN_BACKOFF_MAX_MS`].
+pub const DOWN_BACKOFF_MIN_MS: u64 = 200;
+/// Longest pause before a failed home is asked again.
+pub const DOWN_BACKOFF_MAX_MS: u64 = 10_000;
+
+/// Who serves which blocks: the registry's nodes at one epoch.
+#[derive(Debug)]
+pub struct View {
+    placement: Placement,
+    addrs: BTreeMap<u64, String>,
+}
+
+impl View {
+    /// The view of the registry at `epoch`; nodes a placement cannot
+    /// hold (none cache anything: refused by the registry) are left out.
+    pub fn new(epoch: u64, nodes: &[CacheNode]) -> Self {
+        let usable: Vec<&CacheNode> = nodes.iter().filter(|n| n.check().is_ok()).collect();
+        let placement = Placement::new(epoch, usable.iter().map(|n| (n.id, n.cache_bytes)))
+            .unwrap_or_else(|e| {
+                warn!(%e, "the cache registry cannot be placed over: no neighbor reads");
+                Placement::new(epoch, []).unwrap_or_else(|_| unreachable!("empty placement"))
+            });
+        Self {
+            placement,
+            addrs: usable.iter().map(|n| (n.id, n.addr.clone())).collect(),
+        }
+    }
+
+    /// The registry epoch of this view.
+    pub fn epoch(&self) -> u64 {
+        self.placement.epoch()
+    }
+
+    /// A block's home and its address.
+    pub fn home(&self, id: BlockId) -> Option<(u64, &str)> {
+        let home = self.placement.home(id.ino.0, id.index)?;
+        Some((home, self.addrs.get(&home)?.as_str()))
+    }
+}
+
+/// The current view, replaced when the registry changes; read by every
+/// shard at each miss.
+#[derive(Clone, Debug)]
+pub struct Membership(Arc<RwLock<Arc<View>>>);
+
+impl Default for Membership {
+    fn default() -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(View::new(0, &[])))))
+    }
+}
+
+impl Membership {
+    /// The view in use.
+    pub fn get(&self) -> Arc<View> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Replaces the view.
+    pub fn set(&self, view: View) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(view);
+    }
+}
+
+/// Counters of the neighbor tier on this node (all shards).
+#[derive(Debug, Default)]
+pub struct NeighborStats {
+    /// Blocks a home delivered to this node.
+    pub hits: AtomicU64,
+    /// Their bytes.
+    pub hit_bytes: AtomicU64,
+    /// Homes that answered they have no such block (then the store).
+    pub misses: AtomicU64,
+    /// Requests that failed or timed out.
+    pub errors: AtomicU64,
+    /// Reads that went to the store because the home failed or was down.
+    pub fallbacks: AtomicU64,
+    /// Blocks this node served to others.
+    pub served: AtomicU64,
+    /// Their bytes.
+    pub served_bytes: AtomicU64,
+    /// Requests this node answered with a miss or an error.
+    pub served_misses: AtomicU64,
+    /// Connections this node refused (handshake, identity, bad frames).
+    pub refused: AtomicU64,
+    /// Sum of the requester's wait for a home's answer, in microseconds.
+    pub wait_us: AtomicU64,
+}
+
+impl NeighborStats {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The engine's source factory with the neighbor tier in front of `below`
+/// (the store): each shard asks blocks' homes before the store.
+#[derive(Debug)]
+pub struct NeighborSources<F> {
+    below: F,
+    me: u64,
+    membership: Membership,
+    security: Security,
+    stats: Arc<NeighborStats>,
+    block_max: u32,
+}
+
+impl<F: SourceFactory> NeighborSources<F> {
+    /// Sources for node `me`, asking the homes of `membership` over
+    /// connections secured by `security`, then `below`. `block_max` is the
+    /// volume's block size.
+    pub fn new(
+        below: F,
+        me: u64,
+        membership: Membership,
+        security: Security,
+        stats: Arc<NeighborStats>,
+        block_max: u32,
+    ) -> Self {
+        Self {
+            below,
+            me,
+            membership,
+            security,
+            stats,
+            block_max,
+        }
+    }
+}
+
+impl<F: SourceFactory> SourceFactory for NeighborSources<F> {
+    fn source(&self, shard: ShardId) -> Rc<dyn BlockSource> {
+        Rc::new(NeighborSource(Rc::new(Shared {
+            below: self.below.source(shard),
+            me: self.me,
+            membership: self.membership.clone(),
+            security: self.security.clone(),
+            stats: Arc::clone(&self.stats),
+            block_max: self.block_max,
+            conns: RefCell::new(HashMap::new()),
+            down: RefCell::new(HashMap::new()),
+        })))
+    }
+
+    fn resolver(&self, shard: ShardId) -> Rc<dyn VersionResolver> {
+        self.below.resolver(shard)
+    }
+}
+
+/// A home that failed: not asked again before `until`.
+#[derive(Debug, Clone, Copy)]
+struct Down {
+    until: Instant,
+    backoff: Duration,
+}
+
+/// One shard's neighbor tier.
+struct Shared {
+    below: Rc<dyn BlockSource>,
+    me: u64,
+    membership: Membership,
+    security: Security,
+    stats: Arc<NeighborStats>,
+    block_max: u32,
+    /// Open connections by node, with the address they went to.
+    conns: RefCell<HashMap<u64, (String, Rc<Conn>)>>,
+    down: RefCell<HashMap<u64, Down>>,
+}
+
+struct NeighborSource(Rc<Shared>);
+
+impl Shared {
+    /// The home to ask for `id`, unless that is this node, there is none,
+    /// or it failed recently.
+    fn home_to_ask(&self, id: BlockId) -> Option<(u64, String)> {
+        let view = self.membership.get();
+        let (home, addr) = view.home(id)?;
+        if home == self.me {
+            return None;
+        }
+        if self
+            .down
+            .borrow()
+            .get(&home)
+            .is_some_and(|d| Instant::now() < d.until)
+        {
+            NeighborStats::add(&self.stats.fallbacks, 1);
+            return None;
+        }
+        Some((home, addr.to_string()))
+    }
+
+    async fn ask(&self, home: u64, addr: &str, id: BlockId) -> Result<Vec<u8>, NeighborError> {
+        let existing = self
+            .conns
+            .borrow()
+            .get(&home)
+            .filter(|(at, c)| at == addr && !c.is_broken())
+            .map(|(_, c)| Rc::clone(c));
+        let conn = if let Some(conn) = existing {
+            conn
+        } else {
+            let conn = Conn::open(home, addr, &self.security, self.block_max).await?;
+            self.conns
+                .borrow_mut()
+                .insert(home, (addr.to_string(), Rc::clone(&conn)));
+            conn
+        };
+        conn.read(id, REQUEST_TIMEOUT_MS).await
+    }
+
+    fn failed(&self, home: u64, addr: &str, err: &NeighborError) {
+        let mut down = self.down.borrow_mut();
+        let backoff = down
+            .get(&home)
+            .map_or(Duration::from_millis(DOWN_BACKOFF_MIN_MS), |d| {
+                (d.backoff * 2).min(Duration::from_millis(DOWN_BACKOFF_MAX_MS))
+            });
+        let first = !down.contains_key(&home);
+        down.insert(
+            home,
+            Down {
+                until: Instant::now() + backoff,
+                backoff,
+            },
+        );
+        drop(down);
+        self.conns.borrow_mut().remove(&home);
+        if first {
+            warn!(node = home, %addr, %err, "a neighbor failed: reading from the store; asking it again after a backoff");
+        }
+    }
+
+    fn succeeded(&self, home: u64) {
+        if self.down.borrow_mut().remove(&home).is_some() {
+            info!(node = home, "a neighbor answers again");
+        }
+    }
+}
+
+impl BlockSource for NeighborSource {
+    fn fetch(&self, id: BlockId) -> SourceFuture {
+        let Some((home, addr)) = self.0.home_to_ask(id) else {
+            return self.0.below.fetch(id);
+        };
+        let shared = Rc::clone(&self.0);
+        async move {
+            let asked = Instant::now();
+            let answer = shared.ask(home, &addr, id).await;
+            let stats = &shared.stats;
+            NeighborStats::add(&stats.wait_us, asked.elapsed().as_micros() as u64);
+            match answer {
+                Ok(data) => {
+                    shared.succeeded(home);
+                    NeighborStats::add(&stats.hits, 1);
+                    NeighborStats::add(&stats.hit_bytes, data.len() as u64);
+                    return Ok(data);
+                }
+                Err(NeighborError::Missing) => NeighborStats::add(&stats.misses, 1),
+                Err(e) => {
+                    NeighborStats::add(&stats.errors, 1);
+                    NeighborStats::add(&stats.fallbacks, 1);
+                    shared.failed(home, &addr, &e);
+                }
+            }
+            shared.below.fetch(id).await
+        }
+        .boxed_local()
+    }
+
+    fn fetch_for_peer(&self, id: BlockId) -> SourceFuture {
+        self.0.below.fetch(id)
+    }
+
+    fn forwards(&self, id: BlockId) -> bool {
+        self.0.home_to_ask(id).is_some()
+    }
+}
+
+impl From<NeighborError> for SourceError {
+    fn from(e: NeighborError) -> Self {
+        match e {
+            NeighborError::Missing => Self::NotFound,
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+/// The node's block service: a listening socket per shard on one port,
+/// each shard serving the connections it accepts.
+#[derive(Debug)]
+pub struct NeighborServer {
+    addr: SocketAddr,
+    stop: Option<flume::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NeighborServer {
+    /// Listens on `listen` (port 0: one the system picks) on every shard
+    /// of `engine`, serving blocks to nodes that `security` admits.
+    pub fn start(
+        engine: &EngineHandle,
+        listen: &str,
+        security: Security,
+        stats: Arc<NeighborStats>,
+    ) -> std::io::Result<Self> {
+        let wanted: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(listen)?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("cannot resolve {listen}")))?;
+        let first = reuse_port_listener(wanted)?;
+        let addr = first
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| std::io::Error::other("the block service socket has no IP address"))?;
+        let mut sockets = vec![Some(OwnedFd::from(first))];
+        for _ in 1..engine.shards() {
+            sockets.push(Some(OwnedFd::from(reuse_port_listener(addr)?)));
+        }
+        let sockets = Arc::new(Mutex::new(sockets));
+        let (stop, stopped) = flume::bounded::<()>(0);
+        let engine = engine.clone();
+        let thread = std::thread::Builder::new()
+            .name("neighbor-serve".into())
+            .spawn(move || {
+                let serve = engine.run_on_all(move |ctx| {
+                    let socket = sockets
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_mut(ctx.id().index())
+                        .and_then(Option::take);
+                    serve_shard(
+                        ctx,
+                        socket,
+                        stopped.clone(),
+                        security.clone(),
+                        Arc::clone(&stats),
+                    )
+                });
+                if let Err(e) = futures::executor::block_on(serve) {
+                    warn!(%e, "the block service stopped with the engine");
+                }
+            })?;
+        info!(%addr, "serving cached blocks to other nodes");
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address the service listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes every served connection (before the
+    /// engine stops).
+    pub fn stop(mut self) {
+        self.shut();
+    }
+
+    fn shut(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for NeighborServer {
+    fn drop(&mut self) {
+        self.shut();
+    }
+}
+
+fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket)
+}
+
+/// Most connections one shard serves at once.
+pub const CONNECTIONS_PER_SHARD_MAX: usize = 1024;
+
+async fn serve_shard(
+    ctx: ShardContext,
+    socket: Option<OwnedFd>,
+    stopped: flume::Receiver<()>,
+    security: Security,
+    stats: Arc<NeighborStats>,
+) {
+    let Some(socket) = socket else {
+        warn!(shard = %ctx.id(), "no block service socket for this shard");
+        return;
+    };
+    // SAFETY: the descriptor is a bound, listening TCP socket this
+    // function owns from here on.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
+    let open = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        let accepted =
+            futures::future::select(Box::pin(listener.accept()), Box::pin(stopped.recv_async()))
+                .await;
+        let tcp = match accepted {
+            futures::future::Either::Left((Ok(tcp), _)) => tcp,
+            futures::future::Either::Left((Err(e), _)) => {
+                warn!(shard = %ctx.id(), %e, "accepting a neighbor connection failed");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            futures::future::Either::Right(_) => return,
+        };
+        if open.get() >= CONNECTIONS_PER_SHARD_MAX {
+            NeighborStats::add(&stats.refused, 1);
+            warn!(shard = %ctx.id(), "too many neighbor connections: refusing one");
+            continue;
+        }
+        open.set(open.get() + 1);
+        let (ctx, security, stats, stopped, open) = (
+            ctx.clone(),
+            security.clone(),
+            Arc::clone(&stats),
+            stopped.clone(),
+            Rc::clone(&open),
+        );
+        glommio::spawn_local(async move {
+            let serve = conn::serve_connection(ctx, tcp, security, stats);
+            futures::future::select(Box::pin(serve), Box::pin(stopped.recv_async())).await;
+            open.set(open.get() - 1);
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,272 @@
+//! The neighbor tier between real engines in one process: real executors,
+//! real sockets on loopback, mutual TLS with certificates of a test CA.
+//! Each "node" has its own store below its cache (a `MemoryStore`), so
+//! where a block came from is visible in the stores' fetch counts.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datenlord_cluster::certs::{init_ca, issue, CertRequest};
+use datenlord_cluster::link::Security;
+use datenlord_cluster::meta::CacheNode;
+use datenlord_cluster::neighbor::{
+    Membership, NeighborServer, NeighborSources, NeighborStats, View,
+};
+use datenlord_cluster::tls::Role;
+use datenlord_engine::{BlockId, BlockSize, Engine, EngineConfig, EngineHandle, MemoryStore};
+use futures::executor::block_on;
+
+const BLOCK: usize = 64 << 10;
+
+fn content(id: BlockId) -> Vec<u8> {
+    let seed = id.ino.0 * 31 + id.index * 131 + id.version;
+    (0..BLOCK)
+        .map(|i| (seed.wrapping_add(i as u64 * 7) % 251) as u8)
+        .collect()
+}
+
+fn version(id: BlockId, version: u64) -> BlockId {
+    BlockId::new(id.ino.0, id.index, version)
+}
+
+fn security(ca: &Path, dir: &Path, id: u64) -> Security {
+    let request = CertRequest {
+        name: format!("node-{id}"),
+        role: Role::Node,
+        id: Some(id),
+        days: 1,
+    };
+    issue(ca, dir, &request).expect("issue");
+    Security::from_dir(Some(dir)).expect("load")
+}
+
+struct TestNode {
+    id: u64,
+    store: Arc<MemoryStore>,
+    engine: Option<Engine>,
+    server: Option<NeighborServer>,
+    stats: Arc<NeighborStats>,
+    membership: Membership,
+}
+
+impl TestNode {
+    fn start(id: u64, security: &Security, membership: Membership) -> Self {
+        let store = MemoryStore::new();
+        let stats = Arc::new(NeighborStats::default());
+        let config = EngineConfig {
+            cores: Some(2),
+            block_size: BlockSize::new(BLOCK as u64).expect("block size"),
+            memory_bytes: 64 * BLOCK as u64,
+            hugepages: false,
+            ..EngineConfig::default()
+        };
+        let sources = NeighborSources::new(
+            Arc::clone(&store),
+            id,
+            membership.clone(),
+            security.clone(),
+            Arc::clone(&stats),
+            BLOCK as u32,
+        );
+        let engine = Engine::start(&config, sources).expect("engine");
+        let server = NeighborServer::start(
+            &engine.handle(),
+            "127.0.0.1:0",
+            security.clone(),
+            Arc::clone(&stats),
+        )
+        .expect("serve");
+        Self {
+            id,
+            store,
+            engine: Some(engine),
+            server: Some(server),
+            stats,
+            membership,
+        }
+    }
+
+    fn handle(&self) -> EngineHandle {
+        self.engine.as_ref().expect("running").handle()
+    }
+
+    fn record(&self) -> CacheNode {
+        CacheNode {
+            id: self.id,
+            addr: self.server.as_ref().expect("serving").addr().to_string(),
+            cache_bytes: 1 << 30,
+        }
+    }
+
+    fn read(&self, id: BlockId) -> Result<Vec<u8>, datenlord_engine::Error> {
+        block_on(self.handle().read(id, 0, BLOCK as u32, Vec::new())).map(|(buf, _)| buf)
+    }
+
+    fn stop_serving(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop_serving();
+        if let Some(engine) = self.engine.take() {
+            let _ = engine.shutdown();
+        }
+    }
+}
+
+/// Two nodes sharing one membership; returns them and, for each, the
+/// blocks of inode 9 (index 0..n) whose home is that node.
+fn pair(dir: &Path, n: u64) -> (TestNode, TestNode, Vec<BlockId>, Vec<BlockId>) {
+    let ca = dir.join("ca");
+    init_ca(&ca, 1).expect("ca");
+    let membership = Membership::default();
+    let a = TestNode::start(1, &security(&ca, &dir.join("n1"), 1), membership.clone());
+    let b = TestNode::start(2, &security(&ca, &dir.join("n2"), 2), membership.clone());
+    let view = View::new(1, &[a.record(), b.record()]);
+    let (mut at_a, mut at_b) = (Vec::new(), Vec::new());
+    for index in 0..n {
+        let id = BlockId::new(9, index, 1);
+        match view.home(id).map(|(home, _)| home) {
+            Some(1) => at_a.push(id),
+            Some(2) => at_b.push(id),
+            other => panic!("home {other:?}"),
+        }
+    }
+    membership.set(view);
+    assert!(!at_a.is_empty() && !at_b.is_empty(), "both nodes are homes");
+    (a, b, at_a, at_b)
+}
+
+#[test]
+fn a_miss_is_served_by_the_blocks_home_which_reads_its_store_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, _, at_b) = pair(dir.path(), 32);
+    // Only B's store has the blocks: A can read them only through B.
+    for &id in &at_b {
+        b.store.put(id, content(id));
+    }
+    for &id in &at_b {
+        assert_eq!(a.read(id).expect("read through the home"), content(id));
+    }
+    assert_eq!(a.store.fetches(), 0, "A never needed its store");
+    assert_eq!(b.store.fetches(), at_b.len() as u64, "B read each once");
+    assert_eq!(a.stats.hits.load(Ordering::Relaxed), at_b.len() as u64);
+    assert_eq!(b.stats.served.load(Ordering::Relaxed), at_b.len() as u64);
+    // A keeps its copy: a second read is a hit in A's own memory.
+    for &id in &at_b {
+        assert_eq!(a.read(id).expect("cached"), content(id));
+    }
+    assert_eq!(b.stats.served.load(Ordering::Relaxed), at_b.len() as u64);
+    // Cold blocks that several readers want at once cost one store read
+    // at the home.
+    let cold = BlockId::new(9, 0, 2);
+    let cold = if b.membership.get().home(cold).map(|h| h.0) == Some(2) {
+        cold
+    } else {
+        version(at_b[0], 3)
+    };
+    b.store.put(cold, content(cold));
+    b.store.set_delay(Duration::from_millis(200));
+    let before = b.store.fetches();
+    let handle = a.handle();
+    let reads = (0..8).map(|_| handle.read(cold, 0, BLOCK as u32, Vec::new()));
+    for r in block_on(futures::future::join_all(reads)) {
+        assert_eq!(r.expect("read").0, content(cold));
+    }
+    let direct = b.read(cold).expect("home's own read");
+    assert_eq!(direct, content(cold));
+    assert_eq!(
+        b.store.fetches() - before,
+        1,
+        "one store read for every reader"
+    );
+}
+
+#[test]
+fn a_failed_home_costs_a_store_read_never_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, mut b, _, at_b) = pair(dir.path(), 32);
+    for &id in &at_b {
+        a.store.put(id, content(id));
+        b.store.put(id, content(id));
+    }
+    b.stop_serving();
+    for &id in &at_b {
+        assert_eq!(a.read(id).expect("from A's store"), content(id));
+    }
+    assert_eq!(a.store.fetches(), at_b.len() as u64);
+    assert!(a.stats.fallbacks.load(Ordering::Relaxed) >= at_b.len() as u64);
+    // A block missing at the home (and its store) is looked for below.
+    let only_here = version(at_b[0], 7);
+    a.store.put(only_here, content(only_here));
+    assert_eq!(a.read(only_here).expect("below"), content(only_here));
+}
+
+#[test]
+fn strangers_and_garbage_are_refused_and_the_service_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, _, at_b) = pair(dir.path(), 32);
+    for &id in &at_b {
+        b.store.put(id, content(id));
+    }
+    let addr = b.record().addr;
+    // Plain TCP with garbage: the TLS handshake fails, nothing is served.
+    let mut plain = std::net::TcpStream::connect(&addr).expect("connect");
+    plain.write_all(&[0x5a; 512]).expect("write");
+    let mut rest = Vec::new();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = plain.read_to_end(&mut rest);
+    // A certificate of another CA is refused at the handshake.
+    let other_ca = dir.path().join("other-ca");
+    init_ca(&other_ca, 1).expect("ca");
+    let stranger = security(&other_ca, &dir.path().join("stranger"), 1);
+    let membership = Membership::default();
+    let c = TestNode::start(1, &stranger, membership.clone());
+    membership.set(View::new(1, &[c.record(), b.record()]));
+    let id = at_b[0];
+    c.store.put(id, content(id));
+    assert_eq!(c.read(id).expect("its own store"), content(id));
+    assert_eq!(
+        c.stats.hits.load(Ordering::Relaxed),
+        0,
+        "B served no stranger"
+    );
+    assert!(
+        b.stats.refused.load(Ordering::Relaxed) >= 2,
+        "{:?}",
+        b.stats
+    );
+    // A node whose certificate names another id than the registry says
+    // is not believed either: A expects node 2 at B's address.
+    let (d_dir, ca) = (dir.path().join("n3"), dir.path().join("ca"));
+    let impostor = TestNode::start(3, &security(&ca, &d_dir, 3), Membership::default());
+    let forged = CacheNode {
+        id: 2,
+        addr: impostor.record().addr,
+        cache_bytes: 1 << 30,
+    };
+    a.membership.set(View::new(2, &[a.record(), forged]));
+    let other = at_b[1];
+    impostor.store.put(other, vec![0xee; BLOCK]);
+    a.store.put(other, content(other));
+    assert_eq!(a.read(other).expect("from A's store"), content(other));
+    assert_eq!(impostor.stats.served.load(Ordering::Relaxed), 0);
+    // And the real home still serves, once the failed "node 2" is asked
+    // again (its backoff).
+    a.membership.set(View::new(3, &[a.record(), b.record()]));
+    std::thread::sleep(Duration::from_millis(
+        datenlord_cluster::neighbor::DOWN_BACKOFF_MIN_MS + 200,
+    ));
+    let third = at_b[2];
+    assert_eq!(a.read(third).expect("through B"), content(third));
+    assert!(a.stats.hits.load(Ordering::Relaxed) >= 1);
+}
