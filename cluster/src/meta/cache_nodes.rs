@@ -7,7 +7,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::command::{Outcome, Reply};
-use super::error::MetaError;
+use super::error::{DecodeError, MetaError};
 use super::limits::{CACHE_NODES_MAX, CACHE_NODE_ADDR_MAX_BYTES};
 use super::state::MetaState;
 
@@ -76,17 +76,19 @@ impl MetaState {
         &mut self,
         epoch: u64,
         nodes: Vec<CacheNode>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), DecodeError> {
+        let bad = |what: String| DecodeError::Inconsistent(what);
         self.cache_epoch = epoch;
         for node in nodes {
             let id = node.id;
-            node.check().map_err(|e| format!("cache node {id}: {e}"))?;
+            node.check()
+                .map_err(|e| bad(format!("cache node {id}: {e}")))?;
             if self.cache_nodes.insert(id, node).is_some() {
-                return Err(format!("cache node {id} appears twice"));
+                return Err(bad(format!("cache node {id} appears twice")));
             }
         }
         if self.cache_nodes.len() > CACHE_NODES_MAX {
-            return Err("more cache nodes than a cluster holds".into());
+            return Err(bad("more cache nodes than a cluster holds".into()));
         }
         Ok(())
     }

@@ -411,10 +411,7 @@ impl MetaState {
             Record::Header { .. } | Record::End { .. } => {
                 debug_assert!(false, "handled by restore");
             }
-            Record::CacheNodes { epoch, nodes } => {
-                self.restore_cache_nodes(epoch, nodes)
-                    .map_err(inconsistent)?;
-            }
+            Record::CacheNodes { epoch, nodes } => self.restore_cache_nodes(epoch, nodes)?,
             Record::Revoked(serials) => {
                 if let Some(bad) = serials.into_iter().find(|s| self.revoke(s).is_err()) {
                     return Err(inconsistent(format!("bad revoked serial {bad:?}")));
