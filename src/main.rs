@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod daemon;
 mod metrics;
 mod mount;
+mod neighbors;
 
 /// DatenLord: a distributed cache file system for cloud-native and AI workloads.
 #[derive(Debug, Parser)]

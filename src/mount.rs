@@ -26,6 +26,7 @@ use datenlord_fs::MetaLink;
 use futures::executor::block_on;
 
 use crate::daemon::{self, Ready, Role};
+use crate::neighbors::{NeighborPlan, Neighbors};
 
 /// How long a clean stop waits for the write-back backlog to reach the store.
 const DRAIN_TIMEOUT_S: u64 = 60;
@@ -131,6 +132,11 @@ pub struct MountArgs {
     /// Where this node listens for the leader's Raft messages.
     #[arg(long = "node-listen", value_name = "HOST:PORT")]
     pub node_listen: Option<String>,
+    /// Where a node of a master group serves its cached blocks to the
+    /// other nodes (default: the host of --node-listen, a port the system
+    /// picks; the address is registered with the masters).
+    #[arg(long = "data-listen", value_name = "HOST:PORT")]
+    pub data_listen: Option<String>,
     /// Seconds an embedded mount's lease on an S3 store lives without a
     /// renewal (renewed every third of it): how long a second mount waits
     /// after the first was killed. A local-directory store's lease is
@@ -178,8 +184,8 @@ impl MountArgs {
         match (masters.is_empty(), self.node_id, &self.node_listen) {
             (true, None, None) => {
                 ensure!(
-                    self.tls_dir.is_none() && !self.insecure,
-                    "--tls-dir and --insecure are for a node of a master group (with --masters, --node-id and --node-listen); the embedded mount talks to no other process"
+                    self.tls_dir.is_none() && !self.insecure && self.data_listen.is_none(),
+                    "--tls-dir, --insecure and --data-listen are for a node of a master group (with --masters, --node-id and --node-listen); the embedded mount talks to no other process"
                 );
                 return Ok(None);
             }
@@ -265,6 +271,29 @@ impl Metadata {
                     .block_version(datenlord_cluster::meta::Ino(id.ino.0), id.index)
                     == Some(id.version)
         })
+    }
+
+    /// A node's block service and cache registration (none for the
+    /// embedded group).
+    fn serve_blocks(
+        &self,
+        neighbors: Option<&NeighborPlan>,
+        engine: &datenlord_engine::Engine,
+        args: &MountArgs,
+        plan: &CachePlan,
+    ) -> anyhow::Result<Option<Neighbors>> {
+        let (Self::Node(node), Some(neighbors)) = (self, neighbors) else {
+            return Ok(None);
+        };
+        Neighbors::start(
+            node,
+            neighbors,
+            &engine.handle(),
+            args.data_listen.as_deref(),
+            args.insecure,
+            plan.memory_bytes + plan.disk_bytes,
+        )
+        .map(Some)
     }
 
     /// Stops the metadata. A node stays a member of the group (a restart
@@ -652,6 +681,7 @@ fn start_engine(
     plan: &CachePlan,
     store: &Store,
     meta: &MetaLink,
+    neighbors: Option<&NeighborPlan>,
 ) -> anyhow::Result<(datenlord_engine::Engine, WriteBack)> {
     let mut wb_config = WriteBackConfig::new(plan.dir.join("journal"));
     wb_config.capacity_bytes = plan.journal_capacity_bytes();
@@ -680,8 +710,22 @@ fn start_engine(
         }),
         ..EngineConfig::default()
     };
-    let engine =
-        datenlord_engine::Engine::start(&config, sources).context("starting the block engine")?;
+    let engine = match neighbors {
+        // A node of a master group asks blocks' homes before the store.
+        Some(n) => datenlord_engine::Engine::start(
+            &config,
+            datenlord_cluster::neighbor::NeighborSources::new(
+                sources,
+                n.id,
+                n.membership.clone(),
+                n.security.clone(),
+                Arc::clone(&n.stats),
+                block_size.bytes(),
+            ),
+        ),
+        None => datenlord_engine::Engine::start(&config, sources),
+    }
+    .context("starting the block engine")?;
     Ok((engine, writeback))
 }
 
@@ -699,6 +743,32 @@ fn kernel_cache_defaults(mountpoint: &Path, embedded: bool) -> datenlord_fuse::M
     }
 }
 
+/// The embedded single-node group, restored from the store's backup when
+/// this data directory is new; or a learner copy of a master group's.
+fn start_metadata(
+    node_config: Option<NodeConfig>,
+    data_dir: &Path,
+    store: &Store,
+) -> anyhow::Result<Metadata> {
+    Ok(match node_config {
+        Some(config) => {
+            let node = Node::join(&config).with_context(|| {
+                format!(
+                    "joining the metadata group of {} as node {}",
+                    config.masters.join(","),
+                    config.id
+                )
+            })?;
+            Metadata::Node(Arc::new(node))
+        }
+        None => Metadata::Embedded(open_metadata(
+            &data_dir.join("meta"),
+            &store.remote,
+            &store.url,
+        )?),
+    })
+}
+
 fn serve(
     args: &MountArgs,
     mountpoint: &Path,
@@ -711,6 +781,9 @@ fn serve(
     let lock = DataDirLock::take(data_dir, mountpoint)?;
     let node_config = args.node_config(data_dir)?;
     let security = node_config.as_ref().map(|config| config.security.clone());
+    let neighbor_plan = node_config
+        .as_ref()
+        .map(|config| NeighborPlan::new(config.id, config.security.clone()));
     let mut opts = kernel_cache_defaults(mountpoint, node_config.is_none());
     let parsed = datenlord_fuse::parse_mount_options(&args.options.join(","))
         .context("in the -o mount options")?;
@@ -729,27 +802,12 @@ fn serve(
     // Metadata: the embedded single-node group, restored from the store's
     // backup when this data directory is new; or a learner copy of a
     // master group's.
-    let metadata = match node_config {
-        Some(config) => {
-            let node = Node::join(&config).with_context(|| {
-                format!(
-                    "joining the metadata group of {} as node {}",
-                    config.masters.join(","),
-                    config.id
-                )
-            })?;
-            Metadata::Node(Arc::new(node))
-        }
-        None => Metadata::Embedded(open_metadata(
-            &data_dir.join("meta"),
-            &store.remote,
-            &store.url,
-        )?),
-    };
+    let metadata = start_metadata(node_config, data_dir, &store)?;
     let meta = metadata.link();
     ensure_volume(&meta, &store.descriptor, &store.url)?;
-    let (engine, writeback) = start_engine(args, &plan, &store, &meta)?;
+    let (engine, writeback) = start_engine(args, &plan, &store, &meta, neighbor_plan.as_ref())?;
     writeback.set_in_use(metadata.in_use(lease.as_ref()));
+    let neighbors = metadata.serve_blocks(neighbor_plan.as_ref(), &engine, args, &plan)?;
 
     let fs_config = fs_config(args, &parsed, &opts, &plan)?;
     let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
@@ -767,6 +825,7 @@ fn serve(
                 writeback.clone(),
                 mount.stats(),
                 Arc::downgrade(&fs),
+                neighbor_plan.as_ref().map(|n| Arc::clone(&n.stats)),
             ),
         )?),
         None => None,
@@ -807,6 +866,7 @@ fn serve(
         final_backup(master, lease, &store.remote);
     }
     drop(fs);
+    neighbors.into_iter().for_each(Neighbors::stop);
     engine.shutdown().context("stopping the engine")?;
     writeback.shutdown();
     drop(meta);
@@ -1148,6 +1208,7 @@ fn node_metrics(
     writeback: WriteBack,
     ops: datenlord_fuse::OpStats,
     fs: std::sync::Weak<datenlord_fs::Fs>,
+    neighbors: Option<Arc<datenlord_cluster::neighbor::NeighborStats>>,
 ) -> crate::metrics::Render {
     use crate::metrics::Exposition;
     Arc::new(move || {
@@ -1216,11 +1277,75 @@ fn node_metrics(
             f64::from(u8::from(backlog.last_error.is_some())),
         );
         render_ops(&mut e, &ops.snapshot());
+        if let Some(stats) = &neighbors {
+            render_neighbors(&mut e, stats);
+        }
         if let Some((made, held, bytes)) = fs.upgrade().and_then(|fs| fs.copy_counts()) {
             render_copies(&mut e, made, held, bytes);
         }
         e.finish()
     })
+}
+
+/// The neighbor tier's counters (a node of a master group).
+fn render_neighbors(
+    e: &mut crate::metrics::Exposition,
+    stats: &datenlord_cluster::neighbor::NeighborStats,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let samples = [
+        (
+            "hits",
+            "Blocks other nodes (their homes) delivered to this one.",
+            &stats.hits,
+        ),
+        ("hit_bytes", "Bytes of those blocks.", &stats.hit_bytes),
+        (
+            "misses",
+            "Requests a home answered with no such block.",
+            &stats.misses,
+        ),
+        (
+            "errors",
+            "Requests to a home that failed or timed out.",
+            &stats.errors,
+        ),
+        (
+            "fallbacks",
+            "Reads that went to the store because a home failed or was backing off.",
+            &stats.fallbacks,
+        ),
+        (
+            "served",
+            "Blocks this node served to other nodes.",
+            &stats.served,
+        ),
+        (
+            "served_bytes",
+            "Bytes of those blocks.",
+            &stats.served_bytes,
+        ),
+        (
+            "served_misses",
+            "Requests this node answered with a miss or an error.",
+            &stats.served_misses,
+        ),
+        (
+            "refused",
+            "Connections this node refused (handshake, identity, bad frames).",
+            &stats.refused,
+        ),
+        (
+            "wait_microseconds",
+            "Time spent waiting for homes' answers.",
+            &stats.wait_us,
+        ),
+    ];
+    for (name, help, counter) in samples {
+        let metric = format!("datenlord_neighbor_{name}_total");
+        e.family(&metric, "counter", help);
+        e.sample(&metric, &[], counter.load(Relaxed) as f64);
+    }
 }
 
 /// The local copies of `-o passthrough`.

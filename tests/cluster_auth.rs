@@ -568,3 +568,61 @@ fn a_revoked_certificate_is_refused_by_every_master_even_after_a_restart() {
     assert!(err.contains("no metadata master answered"), "{err}");
     mkdir(&mut group.client(), "after-restart");
 }
+
+/// The cache node registry says where to ask for blocks: a node registers
+/// only itself, through its own operation; nobody slips a registration or
+/// a revocation into an ordinary proposal.
+#[test]
+fn a_node_registers_only_itself_and_proposals_carry_no_registry_change_or_revocation() {
+    use datenlord_cluster::meta::{CacheNode, Command};
+    let (group, _) = running_group();
+    let deadline = Duration::from_secs(5);
+    let node = group.security("node", Some(10));
+    let mut as_node = MetaClient::with_deadline(group.addrs.clone(), deadline, &node);
+    let register = |id: u64| Command::RegisterCacheNode {
+        node: CacheNode {
+            id,
+            addr: "127.0.0.1:7000".into(),
+            cache_bytes: 1 << 30,
+        },
+    };
+    as_node
+        .cache_node(&register(10))
+        .expect("a node registers itself");
+    as_node
+        .cache_node(&Command::UnregisterCacheNode { id: 10 })
+        .expect("and unregisters itself");
+    let refused = |result: Result<(), String>, what: &str| {
+        let err = result.expect_err(what);
+        assert!(err.contains("refused"), "{what}: {err}");
+    };
+    refused(
+        as_node.cache_node(&register(11)).map_err(|e| e.to_string()),
+        "another node's registration",
+    );
+    refused(
+        as_node
+            .cache_node(&Command::UnregisterCacheNode { id: 11 })
+            .map_err(|e| e.to_string()),
+        "another node's removal",
+    );
+    let admin = group.security("admin", None);
+    let mut as_admin = MetaClient::with_deadline(group.addrs.clone(), deadline, &admin);
+    refused(
+        as_admin
+            .cache_node(&register(10))
+            .map_err(|e| e.to_string()),
+        "an admin is no cache node",
+    );
+    for command in [
+        register(10),
+        Command::RevokeCertificate {
+            serial: "abcdef".into(),
+        },
+    ] {
+        refused(
+            as_node.apply(&command).map(drop).map_err(|e| e.to_string()),
+            "through a proposal",
+        );
+    }
+}

@@ -3,14 +3,17 @@
 //! nodes (a file closed on one node opens with its bytes on the other, an
 //! overwrite too), a directory made on one is seen on the other, and an
 //! unlink on one is ENOENT on the other (kernel caches off with `-o`), and
-//! a node unmounted and mounted again rejoins and catches up.
+//! a node unmounted and mounted again rejoins and catches up. Nodes serve
+//! each other's cached blocks: a block is read from the store once, by its
+//! home, however many nodes read it, and a node that leaves hands its
+//! blocks to the others without a read failing.
 
 mod support;
 
 use std::time::Duration;
 
 use support::masters::{free_addr, wait_for, Group};
-use support::node::{Mounted, NodeDirs};
+use support::node::{metric_sum, Mounted, NodeDirs};
 
 /// Kernel attribute and entry caches off: every path walk asks the node.
 const NO_KERNEL_CACHE: &str = "negative_timeout=0,entry_timeout=0,attr_timeout=0";
@@ -174,4 +177,85 @@ fn node_options_go_together_and_need_a_shared_store() {
         check(&args, expected);
     }
     check(&["--tls-dir", "/tmp"], "for a node of a master group");
+}
+
+/// Three nodes read one file written on a fourth: each block is fetched
+/// from the store at most once in the cluster (by its home: the others get
+/// it from the home's cache), and after the writer leaves (its homes move)
+/// every read still succeeds.
+#[test]
+fn nodes_serve_each_others_blocks_and_the_store_is_read_once_per_block() {
+    let group = Group::new(3);
+    wait_for("a leader", Duration::from_secs(20), || {
+        group.leader(&[1, 2, 3])
+    });
+    let masters = group.addrs.join(",");
+    let dirs: Vec<NodeDirs> = (0..3).map(|_| NodeDirs::new()).collect();
+    let store = support::node::formatted_store(&dirs[0].root().join("shared-store"), "64K");
+    let ids = ["21", "22", "23"];
+    let listens: Vec<String> = ids.iter().map(|_| free_addr()).collect();
+    let metrics: Vec<String> = ids.iter().map(|_| free_addr()).collect();
+    let tls: Vec<Vec<String>> = (0..3)
+        .map(|i| group.tls_args("node", Some(21 + i)))
+        .collect();
+    let start = |i: usize| {
+        let mut args = node_args(&store, &masters, ids[i], &listens[i], &tls[i]);
+        args.extend(["--metrics-addr", &metrics[i]]);
+        Mounted::start(&dirs[i], &args)
+    };
+    let nodes: Vec<Mounted> = (0..3).map(start).collect();
+    // Every node sees the three registered before it reads.
+    for (i, node) in nodes.iter().enumerate() {
+        wait_for("the cache registry", Duration::from_secs(20), || {
+            let log = std::fs::read_to_string(dirs[i].data_dir().join("datenlord.log"))
+                .unwrap_or_default();
+            log.lines()
+                .filter(|l| l.contains("cache registry changed"))
+                .any(|l| l.contains("nodes=3"))
+                .then_some(())
+        });
+        assert!(node.path().exists());
+    }
+    let blocks = 48;
+    let data = bytes(blocks * 65536, 3);
+    std::fs::write(nodes[0].path().join("shared"), &data).expect("write on the first node");
+    let fetched_before: f64 = metrics
+        .iter()
+        .map(|m| metric_sum(m, "datenlord_engine_source_fetches_total"))
+        .sum();
+    let readers: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|i| {
+            let path = nodes[i].path().join("shared");
+            std::thread::spawn(move || std::fs::read(path).expect("read"))
+        })
+        .collect();
+    for reader in readers {
+        assert!(reader.join().expect("reader") == data, "identical bytes");
+    }
+    let sum = |name: &str| -> f64 { metrics.iter().map(|m| metric_sum(m, name)).sum() };
+    let fetched = sum("datenlord_engine_source_fetches_total") - fetched_before;
+    let from_neighbors = sum("datenlord_neighbor_hits_total");
+    let store_reads = fetched - from_neighbors;
+    assert!(from_neighbors > 0.0, "some blocks came from other nodes");
+    assert!(
+        store_reads <= blocks as f64,
+        "{store_reads} store reads for {blocks} blocks read by two nodes ({fetched} fetches, {from_neighbors} from neighbors)"
+    );
+    assert_eq!(sum("datenlord_neighbor_errors_total"), 0.0);
+    assert!(sum("datenlord_neighbor_served_total") >= from_neighbors);
+
+    // The writer leaves: its blocks get other homes, every read succeeds.
+    let mut nodes = nodes.into_iter();
+    let first = nodes.next().expect("first");
+    first.unmount();
+    let rest: Vec<Mounted> = nodes.collect();
+    std::fs::write(rest[0].path().join("after"), &data[..65536 * 8]).expect("write");
+    for node in &rest {
+        assert!(std::fs::read(node.path().join("shared")).expect("read") == data);
+        assert!(std::fs::read(node.path().join("after")).expect("read") == data[..65536 * 8]);
+    }
+    for node in rest {
+        node.unmount();
+    }
 }

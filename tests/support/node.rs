@@ -181,6 +181,19 @@ pub fn scrape(addr: &str) -> String {
     text
 }
 
+/// The sum of every sample of metric `name` (all label sets) on the
+/// daemon's metrics endpoint at `addr`.
+pub fn metric_sum(addr: &str, name: &str) -> f64 {
+    scrape(addr)
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum()
+}
+
 /// FUSE requests of kind `op` the daemon at `addr` has served.
 pub fn fuse_requests(addr: &str, op: &str) -> u64 {
     let line = format!("datenlord_fuse_requests_total{{op=\"{op}\"}} ");
