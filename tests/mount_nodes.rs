@@ -242,7 +242,10 @@ fn nodes_serve_each_others_blocks_and_the_store_is_read_once_per_block() {
         store_reads <= blocks as f64,
         "{store_reads} store reads for {blocks} blocks read by two nodes ({fetched} fetches, {from_neighbors} from neighbors)"
     );
-    assert_eq!(sum("datenlord_neighbor_errors_total"), 0.0);
+    assert!(
+        sum("datenlord_neighbor_errors_total") < 0.5,
+        "no neighbor errors"
+    );
     assert!(sum("datenlord_neighbor_served_total") >= from_neighbors);
 
     // The writer leaves: its blocks get other homes, every read succeeds.
