@@ -190,6 +190,11 @@ impl MountArgs {
                 return Ok(None);
             }
             (false, Some(id), Some(listen)) => {
+                ensure!(
+                    (1..=datenlord_engine::block::VERSION_WRITER_MAX).contains(&id),
+                    "--node-id {id}: a node's id is 1 to {} (the block versions it writes carry it)",
+                    datenlord_engine::block::VERSION_WRITER_MAX
+                );
                 let embedded_store = format!("file://{}", data_dir.join("store").display());
                 match &self.store {
                     None => bail!(
@@ -626,6 +631,10 @@ fn fs_config(
     plan: &CachePlan,
 ) -> anyhow::Result<datenlord_fs::FsConfig> {
     let mut config = datenlord_fs::FsConfig::default();
+    // A node's versions name it: until uploaded, its journal holds them.
+    if !args.masters.is_empty() {
+        config.writer = args.node_id.unwrap_or(0);
+    }
     if let Some(atime) = parsed.atime {
         config.atime = atime;
     }

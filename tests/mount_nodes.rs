@@ -25,6 +25,19 @@ fn node_args<'a>(
     listen: &'a str,
     tls: &'a [String],
 ) -> Vec<&'a str> {
+    let mut args = node_args_in(store, masters, id, listen, tls);
+    args.extend(["--write-mode", "through"]);
+    args
+}
+
+/// [`node_args`] without a write mode (the default: `back`).
+fn node_args_in<'a>(
+    store: &'a str,
+    masters: &'a str,
+    id: &'a str,
+    listen: &'a str,
+    tls: &'a [String],
+) -> Vec<&'a str> {
     let mut args = vec![
         "--store",
         store,
@@ -34,8 +47,6 @@ fn node_args<'a>(
         id,
         "--node-listen",
         listen,
-        "--write-mode",
-        "through",
         "-o",
         NO_KERNEL_CACHE,
         "--cores",
@@ -206,14 +217,7 @@ fn nodes_serve_each_others_blocks_and_the_store_is_read_once_per_block() {
     let nodes: Vec<Mounted> = (0..3).map(start).collect();
     // Every node sees the three registered before it reads.
     for (i, node) in nodes.iter().enumerate() {
-        wait_for("the cache registry", Duration::from_secs(20), || {
-            let log = std::fs::read_to_string(dirs[i].data_dir().join("datenlord.log"))
-                .unwrap_or_default();
-            log.lines()
-                .filter(|l| l.contains("cache registry changed"))
-                .any(|l| l.contains("nodes=3"))
-                .then_some(())
-        });
+        wait_registry(&dirs[i].data_dir(), 3);
         assert!(node.path().exists());
     }
     let blocks = 48;
@@ -261,4 +265,83 @@ fn nodes_serve_each_others_blocks_and_the_store_is_read_once_per_block() {
     for node in rest {
         node.unmount();
     }
+}
+
+/// Waits until the daemon with data directory `dir` logs a cache registry
+/// of `nodes` nodes.
+fn wait_registry(dir: &std::path::Path, nodes: usize) {
+    let want = format!("nodes={nodes}");
+    wait_for("the cache registry", Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(dir.join("datenlord.log")).unwrap_or_default();
+        log.lines()
+            .filter(|l| l.contains("cache registry changed"))
+            .any(|l| l.contains(&want))
+            .then_some(())
+    });
+}
+
+/// `--write-mode back` across nodes: a file closed on A is read on B while
+/// the store is unreachable (A's journal serves it); with A killed before
+/// its upload, B's read fails naming A; once the store and A are back, A
+/// uploads its journal and B reads the file.
+#[test]
+fn write_back_blocks_are_served_by_their_writer_until_uploaded() {
+    let group = Group::new(3);
+    wait_for("a leader", Duration::from_secs(20), || {
+        group.leader(&[1, 2, 3])
+    });
+    let masters = group.addrs.join(",");
+    let (a_dirs, b_dirs) = (NodeDirs::new(), NodeDirs::new());
+    let store_dir = a_dirs.root().join("shared-store");
+    let store = support::node::formatted_store(&store_dir, "64K");
+    let (a_listen, b_listen) = (free_addr(), free_addr());
+    let (a_tls, b_tls) = (
+        group.tls_args("node", Some(31)),
+        group.tls_args("node", Some(32)),
+    );
+    let a_args = node_args_in(&store, &masters, "31", &a_listen, &a_tls);
+    let a = Mounted::start(&a_dirs, &a_args);
+    let b = Mounted::start(
+        &b_dirs,
+        &node_args_in(&store, &masters, "32", &b_listen, &b_tls),
+    );
+    wait_registry(&a_dirs.data_dir(), 2);
+    wait_registry(&b_dirs.data_dir(), 2);
+
+    // The store becomes unreachable: a file where its directory was.
+    let away = a_dirs.root().join("store-away");
+    std::fs::rename(&store_dir, &away).expect("move the store away");
+    std::fs::write(&store_dir, b"not a store").expect("block the store");
+    let first = bytes(40 * 65536 + 123, 5);
+    std::fs::write(a.path().join("y"), &first).expect("write on A (journaled)");
+    let read = std::fs::read(b.path().join("y")).expect("read on B from A's journal");
+    assert!(read == first, "B reads A's bytes before any upload");
+
+    // A dies before uploading: what only A held fails on B, naming A.
+    let second = bytes(8 * 65536, 9);
+    std::fs::write(a.path().join("z"), &second).expect("write on A");
+    a.kill9();
+    let err = std::fs::read(b.path().join("z")).expect_err("only A held it");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let b_log =
+        std::fs::read_to_string(b_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
+    assert!(
+        b_log.contains("node=31") || b_log.contains("node 31"),
+        "B's log names A:\n{}",
+        b.log()
+    );
+
+    // The store and A come back: A uploads its journal, B reads the file.
+    std::fs::remove_file(&store_dir).expect("unblock");
+    std::fs::rename(&away, &store_dir).expect("store back");
+    let a = Mounted::start(&a_dirs, &a_args);
+    wait_for("B to read z", Duration::from_secs(30), || {
+        std::fs::read(b.path().join("z"))
+            .ok()
+            .filter(|read| *read == second)
+            .map(drop)
+    });
+    assert!(std::fs::read(b.path().join("y")).expect("read y") == first);
+    a.unmount();
+    b.unmount();
 }

@@ -132,7 +132,7 @@ fn pair(dir: &Path, n: u64) -> (TestNode, TestNode, Vec<BlockId>, Vec<BlockId>) 
     let view = View::new(1, &[a.record(), b.record()]);
     let (mut at_a, mut at_b) = (Vec::new(), Vec::new());
     for index in 0..n {
-        let id = BlockId::new(9, index, 1);
+        let id = BlockId::new(9, index, 1 << 16);
         match view.home(id).map(|(home, _)| home) {
             Some(1) => at_a.push(id),
             Some(2) => at_b.push(id),
@@ -166,11 +166,11 @@ fn a_miss_is_served_by_the_blocks_home_which_reads_its_store_once() {
     assert_eq!(b.stats.served.load(Ordering::Relaxed), at_b.len() as u64);
     // Cold blocks that several readers want at once cost one store read
     // at the home.
-    let cold = BlockId::new(9, 0, 2);
+    let cold = BlockId::new(9, 0, 2 << 16);
     let cold = if b.membership.get().home(cold).map(|h| h.0) == Some(2) {
         cold
     } else {
-        version(at_b[0], 3)
+        version(at_b[0], 3 << 16)
     };
     b.store.put(cold, content(cold));
     b.store.set_delay(Duration::from_millis(200));
@@ -204,7 +204,7 @@ fn a_failed_home_costs_a_store_read_never_an_error() {
     assert_eq!(a.store.fetches(), at_b.len() as u64);
     assert!(a.stats.fallbacks.load(Ordering::Relaxed) >= at_b.len() as u64);
     // A block missing at the home (and its store) is looked for below.
-    let only_here = version(at_b[0], 7);
+    let only_here = version(at_b[0], 7 << 16);
     a.store.put(only_here, content(only_here));
     assert_eq!(a.read(only_here).expect("below"), content(only_here));
 }
@@ -269,4 +269,38 @@ fn strangers_and_garbage_are_refused_and_the_service_goes_on() {
     let third = at_b[2];
     assert_eq!(a.read(third).expect("through B"), content(third));
     assert!(a.stats.hits.load(Ordering::Relaxed) >= 1);
+}
+
+/// A version's low bits name the node that wrote it: a block neither its
+/// home nor the store has (not uploaded yet) is asked of its writer, and
+/// when the writer is gone the error names it.
+#[test]
+fn a_block_not_in_the_store_is_served_by_the_node_that_wrote_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, mut b, at_a, at_b) = pair(dir.path(), 32);
+    let written_by = |id: BlockId, node: u64| BlockId::new(id.ino.0, id.index, (5 << 16) | node);
+    // Homed at A, homed at B: B "wrote" both; only B holds them (its
+    // store stands in for its journal).
+    let (home_a, home_b) = (written_by(at_a[0], 2), written_by(at_b[0], 2));
+    for id in [home_a, home_b] {
+        b.store.put(id, content(id));
+    }
+    assert_eq!(a.read(home_a).expect("from the writer"), content(home_a));
+    assert_eq!(
+        a.read(home_b).expect("from the home, the writer"),
+        content(home_b)
+    );
+    assert_eq!(a.stats.hits.load(Ordering::Relaxed), 2);
+    // The writer gone, a block only it held fails, naming it.
+    let lost = written_by(at_a[1], 2);
+    b.store.put(lost, content(lost));
+    b.stop_serving();
+    let err = a.read(lost).expect_err("only the writer had it");
+    assert!(err.to_string().contains("node 2"), "{err}");
+    // A block nobody wrote (writer 0) is simply not found.
+    let nobody = written_by(at_a[2], 0);
+    assert!(matches!(
+        a.read(nobody),
+        Err(datenlord_engine::Error::NotFound(_))
+    ));
 }

@@ -31,9 +31,18 @@ pub struct BlockId {
     pub ino: Ino,
     /// Block number inside the file: byte offset / block size.
     pub index: u64,
-    /// Version assigned by the metadata when the block was written.
+    /// Version assigned by the metadata when the block was written. Its
+    /// low [`VERSION_WRITER_BITS`] bits name the node that wrote it
+    /// ([`BlockId::writer`]; 0 on a mount of its own).
     pub version: u64,
 }
+
+/// Low bits of a block version that hold the id of the node that wrote it:
+/// until the version is uploaded, only that node's journal has it, and a
+/// reader elsewhere knows whom to ask without a lookup.
+pub const VERSION_WRITER_BITS: u32 = 16;
+/// The largest writer id a version holds.
+pub const VERSION_WRITER_MAX: u64 = (1 << VERSION_WRITER_BITS) - 1;
 
 impl BlockId {
     /// A block id.
@@ -43,6 +52,13 @@ impl BlockId {
             index,
             version,
         }
+    }
+
+    /// The node that wrote this version (0: a mount of its own, or a
+    /// version from before writers were recorded, whose low bits mean
+    /// nothing: asking a node for a block it does not have only misses).
+    pub const fn writer(self) -> u64 {
+        self.version & VERSION_WRITER_MAX
     }
 
     /// The part of the id that decides ownership (all versions share it).

@@ -44,9 +44,13 @@ pub struct FsConfig {
     /// Flush files with unflushed writes this often (`None`: only on
     /// flush, fsync, close and the byte limit).
     pub flush_interval: Option<Duration>,
-    /// First block version this node hands out; `None` seeds it from the
-    /// wall clock (see `version.rs`).
+    /// First block version sequence this node hands out; `None` seeds it
+    /// from the wall clock (see `version.rs`).
     pub version_seed: Option<u64>,
+    /// This node's id in the versions it writes (0: a mount of its own;
+    /// a node of a master group: its node id, at most
+    /// `datenlord_engine::block::VERSION_WRITER_MAX`).
+    pub writer: u64,
     /// Capacity when the volume is formatted on first start.
     pub capacity_bytes: u64,
     /// Inode limit when the volume is formatted on first start.
@@ -64,6 +68,7 @@ impl Default for FsConfig {
             dirty_bytes_per_file_max: DIRTY_BYTES_PER_FILE_DEFAULT,
             flush_interval: Some(FLUSH_INTERVAL_DEFAULT),
             version_seed: None,
+            writer: 0,
             capacity_bytes: CAPACITY_BYTES_DEFAULT,
             inodes_max: INODES_MAX_DEFAULT,
             local_copies: None,

@@ -256,9 +256,10 @@ impl Fs {
             session,
             lease_expires: later(now(), config.session_lease),
         }))?;
-        let versions = config
-            .version_seed
-            .map_or_else(VersionClock::from_wall_clock, VersionClock::new);
+        let versions = config.version_seed.map_or_else(
+            || VersionClock::from_wall_clock(config.writer),
+            |seed| VersionClock::new(seed, config.writer),
+        );
         let renewer = start_renewer(meta.clone(), session, config.session_lease)?;
         let atime = AtimeWriter::start(meta.clone())?;
         let garbage = GarbageHandoff::start(meta.clone(), Arc::clone(&sink))?;

@@ -84,6 +84,11 @@ impl View {
         let home = self.placement.home(id.ino.0, id.index)?;
         Some((home, self.addrs.get(&home)?.as_str()))
     }
+
+    /// The block service address of a registered node.
+    pub fn addr(&self, node: u64) -> Option<&str> {
+        self.addrs.get(&node).map(String::as_str)
+    }
 }
 
 /// The current view, replaced when the registry changes; read by every
@@ -222,19 +227,21 @@ impl Shared {
     fn home_to_ask(&self, id: BlockId) -> Option<(u64, String)> {
         let view = self.membership.get();
         let (home, addr) = view.home(id)?;
-        if home == self.me {
-            return None;
-        }
-        if self
-            .down
+        (home != self.me && !self.is_down(home)).then(|| (home, addr.to_string()))
+    }
+
+    /// Whether `id`'s home is another node that failed recently.
+    fn home_is_down(&self, id: BlockId) -> bool {
+        let view = self.membership.get();
+        view.home(id)
+            .is_some_and(|(home, _)| home != self.me && self.is_down(home))
+    }
+
+    fn is_down(&self, node: u64) -> bool {
+        self.down
             .borrow()
-            .get(&home)
+            .get(&node)
             .is_some_and(|d| Instant::now() < d.until)
-        {
-            NeighborStats::add(&self.stats.fallbacks, 1);
-            return None;
-        }
-        Some((home, addr.to_string()))
     }
 
     async fn ask(&self, home: u64, addr: &str, id: BlockId) -> Result<Vec<u8>, NeighborError> {
@@ -285,34 +292,103 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The node that wrote `id` when it is another registered node: until
+    /// the version is uploaded, only that node's journal holds it.
+    fn writer_to_ask(&self, id: BlockId) -> Option<(u64, String)> {
+        let writer = id.writer();
+        if writer == 0 || writer == self.me {
+            return None;
+        }
+        let view = self.membership.get();
+        Some((writer, view.addr(writer)?.to_string()))
+    }
+
+    /// Asks the home, then the tiers below; a block neither has (not
+    /// uploaded yet, or the store is down) is asked of its writer.
+    async fn fetch(&self, id: BlockId) -> Result<Vec<u8>, SourceError> {
+        let writer = self.writer_to_ask(id);
+        let mut home_missed = false;
+        if self.home_is_down(id) {
+            NeighborStats::add(&self.stats.fallbacks, 1);
+        }
+        if let Some((home, addr)) = self.home_to_ask(id) {
+            match self.ask_counted(home, &addr, id).await {
+                Ok(data) => return Ok(data),
+                Err(NeighborError::Missing) => home_missed = true,
+                Err(e) => self.failed(home, &addr, &e),
+            }
+            if home_missed && writer.as_ref().is_some_and(|(w, _)| *w == home) {
+                // The writer is the home: its journal was looked at.
+                return Err(SourceError::NotFound);
+            }
+        }
+        let below = if home_missed && writer.is_some() {
+            // The home just looked in the store.
+            Err(SourceError::NotFound)
+        } else {
+            self.below.fetch(id).await
+        };
+        match (below, writer) {
+            (Ok(data), _) => Ok(data),
+            (Err(e), None) => Err(e),
+            (Err(e), Some((writer, _))) if self.is_down(writer) => {
+                        Err(SourceError::Failed(format!(
+                            "block {id} is not readable from the store ({e}) and node {writer}, which wrote it, does not answer"
+                        )))
+            }
+            (Err(e), Some((writer, addr))) => match self.ask_counted(writer, &addr, id).await {
+                Ok(data) => Ok(data),
+                Err(NeighborError::Missing) => Err(e),
+                Err(err) => {
+                    self.failed(writer, &addr, &err);
+                    warn!(block = %id, node = writer, %addr, %err, below = %e,
+                        "a block version not in the store is held by the node that wrote it, which does not answer: reads of it fail until that node is back and has uploaded its journal");
+                    Err(SourceError::Failed(format!(
+                        "block {id} is not readable from the store ({e}) and node {writer}, which wrote it, does not answer ({err})"
+                    )))
+                }
+            },
+        }
+    }
+
+    /// [`Self::ask`] with the counters.
+    async fn ask_counted(
+        &self,
+        node: u64,
+        addr: &str,
+        id: BlockId,
+    ) -> Result<Vec<u8>, NeighborError> {
+        let asked = Instant::now();
+        let answer = self.ask(node, addr, id).await;
+        let stats = &self.stats;
+        NeighborStats::add(&stats.wait_us, asked.elapsed().as_micros() as u64);
+        match &answer {
+            Ok(data) => {
+                self.succeeded(node);
+                NeighborStats::add(&stats.hits, 1);
+                NeighborStats::add(&stats.hit_bytes, data.len() as u64);
+            }
+            Err(NeighborError::Missing) => NeighborStats::add(&stats.misses, 1),
+            Err(_) => {
+                NeighborStats::add(&stats.errors, 1);
+                NeighborStats::add(&stats.fallbacks, 1);
+            }
+        }
+        answer
+    }
+}
+
 impl BlockSource for NeighborSource {
     fn fetch(&self, id: BlockId) -> SourceFuture {
-        let Some((home, addr)) = self.0.home_to_ask(id) else {
-            return self.0.below.fetch(id);
-        };
-        let shared = Rc::clone(&self.0);
-        async move {
-            let asked = Instant::now();
-            let answer = shared.ask(home, &addr, id).await;
-            let stats = &shared.stats;
-            NeighborStats::add(&stats.wait_us, asked.elapsed().as_micros() as u64);
-            match answer {
-                Ok(data) => {
-                    shared.succeeded(home);
-                    NeighborStats::add(&stats.hits, 1);
-                    NeighborStats::add(&stats.hit_bytes, data.len() as u64);
-                    return Ok(data);
-                }
-                Err(NeighborError::Missing) => NeighborStats::add(&stats.misses, 1),
-                Err(e) => {
-                    NeighborStats::add(&stats.errors, 1);
-                    NeighborStats::add(&stats.fallbacks, 1);
-                    shared.failed(home, &addr, &e);
-                }
+        if self.0.home_to_ask(id).is_none() && self.0.writer_to_ask(id).is_none() {
+            if self.0.home_is_down(id) {
+                NeighborStats::add(&self.0.stats.fallbacks, 1);
             }
-            shared.below.fetch(id).await
+            return self.0.below.fetch(id);
         }
-        .boxed_local()
+        let shared = Rc::clone(&self.0);
+        async move { shared.fetch(id).await }.boxed_local()
     }
 
     fn fetch_for_peer(&self, id: BlockId) -> SourceFuture {
@@ -320,7 +396,7 @@ impl BlockSource for NeighborSource {
     }
 
     fn forwards(&self, id: BlockId) -> bool {
-        self.0.home_to_ask(id).is_some()
+        self.0.home_to_ask(id).is_some() || self.0.writer_to_ask(id).is_some()
     }
 }
 
