@@ -164,6 +164,8 @@ pub struct Conn {
     next: Cell<u64>,
     slots: glommio::sync::Semaphore,
     broken: Rc<Cell<bool>>,
+    /// Dropped with the connection: ends its answer reader.
+    _closing: flume::Sender<()>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -187,6 +189,7 @@ impl Conn {
     ) -> Result<Rc<Self>, NeighborError> {
         let stream = connect(addr, node, security).await?;
         let (reader, writer) = stream.split();
+        let (closing, closed) = flume::bounded::<()>(0);
         let conn = Rc::new(Self {
             node,
             writer: AsyncMutex::new(writer),
@@ -194,12 +197,19 @@ impl Conn {
             next: Cell::new(1),
             slots: glommio::sync::Semaphore::new(IN_FLIGHT_MAX as u64),
             broken: Rc::new(Cell::new(false)),
+            _closing: closing,
         });
         let weak = Rc::downgrade(&conn);
         glommio::spawn_local(async move {
-            let err = read_answers(reader, &weak, block_max).await;
-            if let Some(conn) = weak.upgrade() {
-                conn.fail_all(&err);
+            let read = Box::pin(read_answers(reader, &weak, block_max));
+            // The connection dropped (replaced, or its node failed): stop
+            // reading, which closes the socket.
+            if let futures::future::Either::Left((err, _)) =
+                futures::future::select(read, closed.recv_async()).await
+            {
+                if let Some(conn) = weak.upgrade() {
+                    conn.fail_all(&err);
+                }
             }
         })
         .detach();

@@ -190,6 +190,7 @@ impl<F: SourceFactory> SourceFactory for NeighborSources<F> {
             stats: Arc::clone(&self.stats),
             block_max: self.block_max,
             conns: RefCell::new(HashMap::new()),
+            opening: futures::lock::Mutex::new(()),
             down: RefCell::new(HashMap::new()),
         })))
     }
@@ -216,6 +217,9 @@ struct Shared {
     block_max: u32,
     /// Open connections by node, with the address they went to.
     conns: RefCell<HashMap<u64, (String, Rc<Conn>)>>,
+    /// Held while a connection is being made: concurrent misses wait for
+    /// it instead of each opening one.
+    opening: futures::lock::Mutex<()>,
     down: RefCell<HashMap<u64, Down>>,
 }
 
@@ -244,23 +248,33 @@ impl Shared {
             .is_some_and(|d| Instant::now() < d.until)
     }
 
-    async fn ask(&self, home: u64, addr: &str, id: BlockId) -> Result<Vec<u8>, NeighborError> {
-        let existing = self
-            .conns
-            .borrow()
-            .get(&home)
-            .filter(|(at, c)| at == addr && !c.is_broken())
-            .map(|(_, c)| Rc::clone(c));
-        let conn = if let Some(conn) = existing {
-            conn
-        } else {
-            let conn = Conn::open(home, addr, &self.security, self.block_max).await?;
-            self.conns
-                .borrow_mut()
-                .insert(home, (addr.to_string(), Rc::clone(&conn)));
-            conn
-        };
+    async fn ask(&self, node: u64, addr: &str, id: BlockId) -> Result<Vec<u8>, NeighborError> {
+        let conn = self.conn(node, addr).await?;
         conn.read(id, REQUEST_TIMEOUT_MS).await
+    }
+
+    fn open_conn(&self, node: u64, addr: &str) -> Option<Rc<Conn>> {
+        self.conns
+            .borrow()
+            .get(&node)
+            .filter(|(at, c)| at == addr && !c.is_broken())
+            .map(|(_, c)| Rc::clone(c))
+    }
+
+    /// This shard's connection to `node`, made if there is none.
+    async fn conn(&self, node: u64, addr: &str) -> Result<Rc<Conn>, NeighborError> {
+        if let Some(conn) = self.open_conn(node, addr) {
+            return Ok(conn);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(conn) = self.open_conn(node, addr) {
+            return Ok(conn);
+        }
+        let conn = Conn::open(node, addr, &self.security, self.block_max).await?;
+        self.conns
+            .borrow_mut()
+            .insert(node, (addr.to_string(), Rc::clone(&conn)));
+        Ok(conn)
     }
 
     fn failed(&self, home: u64, addr: &str, err: &NeighborError) {
