@@ -14,7 +14,12 @@ use datenlord_cluster::meta::{
 };
 
 pub fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    free_addr_on("127.0.0.1")
+}
+
+/// A port free on `host` now.
+pub fn free_addr_on(host: &str) -> String {
+    let listener = TcpListener::bind((host, 0)).expect("bind");
     listener.local_addr().expect("addr").to_string()
 }
 
@@ -118,9 +123,23 @@ impl Group {
         group
     }
 
+    /// `size` masters listening on `host` (an address other network
+    /// namespaces reach).
+    pub fn on(host: &str, size: usize) -> Self {
+        let mut group = Self::unstarted_on(host, size, 20);
+        for id in 1..=size as u64 {
+            group.start(id);
+        }
+        group
+    }
+
     /// Addresses and directories for `size` masters, none started.
     pub fn unstarted(size: usize, snapshot_interval: u64) -> Self {
-        let addrs: Vec<String> = (0..size).map(|_| free_addr()).collect();
+        Self::unstarted_on("127.0.0.1", size, snapshot_interval)
+    }
+
+    fn unstarted_on(host: &str, size: usize, snapshot_interval: u64) -> Self {
+        let addrs: Vec<String> = (0..size).map(|_| free_addr_on(host)).collect();
         let peers = addrs
             .iter()
             .enumerate()

@@ -3,4 +3,5 @@
 
 pub mod fsx;
 pub mod masters;
+pub mod netns;
 pub mod node;

@@ -67,7 +67,23 @@ pub fn formatted_store(dir: &Path, block_size: &str) -> String {
 
 /// Runs `datenlord` with `args`.
 pub fn datenlord(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_datenlord"))
+    datenlord_in(None, args)
+}
+
+/// Runs `datenlord` with `args` in the network namespace at `netns` (a
+/// `/run/netns/NAME` path; the mount namespace stays this one, so its
+/// mounts are visible here).
+pub fn datenlord_in(netns: Option<&str>, args: &[&str]) -> Output {
+    let bin = env!("CARGO_BIN_EXE_datenlord");
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}")).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    command
         .args(args)
         .env("RUST_LOG", "info")
         .output()
@@ -92,11 +108,26 @@ impl Mounted {
 
     /// Like `start`, with explicit directories; the error holds the output.
     pub fn try_start(mountpoint: &Path, data_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_in(None, mountpoint, data_dir, extra)
+    }
+
+    /// `start` in the network namespace at `netns`.
+    pub fn start_in(netns: &str, dirs: &NodeDirs, extra: &[&str]) -> Self {
+        Self::try_start_in(Some(netns), &dirs.mountpoint(), &dirs.data_dir(), extra)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_in(
+        netns: Option<&str>,
+        mountpoint: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Self, String> {
         let mp = mountpoint.to_string_lossy().into_owned();
         let dd = data_dir.to_string_lossy().into_owned();
         let mut args = vec!["mount", mp.as_str(), "--data-dir", dd.as_str()];
         args.extend_from_slice(extra);
-        let out = datenlord(&args);
+        let out = datenlord_in(netns, &args);
         if !out.status.success() {
             return Err(format!(
                 "datenlord {args:?} failed ({}):\nstdout: {}\nstderr: {}\nlog:\n{}",
