@@ -450,8 +450,16 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
             mount::backup_task(&master, &remote, move || leader.is_leader()),
         )
     });
+    // The Lord: while this master leads, it marks silent cache nodes dead.
+    let mut lord = datenlord_cluster::lord::Lord::new(master.handle(), master.local());
+    let lord = mount::Periodic::start(
+        "lord",
+        std::time::Duration::from_millis(datenlord_cluster::lord::LORD_INTERVAL_MS),
+        move || lord.round(),
+    );
     let signal = wait_for_stop_signal(&signals, Some(&security));
     tracing::info!(signal, "stopping the metadata master");
+    lord.stop();
     backup.into_iter().for_each(mount::Periodic::stop);
     let master = std::sync::Arc::into_inner(master)
         .ok_or_else(|| anyhow::anyhow!("the metadata master is still in use"))?;
@@ -519,6 +527,7 @@ fn run_members(command: MembersCommand) -> anyhow::Result<ExitCode> {
                     Err(e) => println!("{addr}: unreachable ({e})"),
                 }
             }
+            print_cache_nodes(&masters, &security);
             return Ok(ExitCode::SUCCESS);
         }
     };
@@ -527,6 +536,32 @@ fn run_members(command: MembersCommand) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("applying {change:?}"))?;
     println!("applied {change:?}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cache node registry as the leader sees it, one line per node.
+fn print_cache_nodes(masters: &[String], security: &datenlord_cluster::link::Security) {
+    use datenlord_cluster::master::{MetaClient, Query, QueryAnswer};
+    let mut client = MetaClient::with_deadline(
+        masters.to_vec(),
+        std::time::Duration::from_secs(5),
+        security,
+    );
+    match client.query(&Query::CacheNodes) {
+        Ok(QueryAnswer::CacheNodes { epoch, nodes }) => {
+            println!("cache nodes (registry epoch {epoch}):");
+            for n in nodes {
+                println!(
+                    "  node {} at {}: {}, caches {} bytes",
+                    n.id,
+                    n.addr,
+                    if n.live { "live" } else { "dead" },
+                    n.cache_bytes
+                );
+            }
+        }
+        Ok(other) => println!("cache nodes: unexpected answer {other:?}"),
+        Err(e) => println!("cache nodes: not available ({e})"),
+    }
 }
 
 fn run_certs(command: CertsCommand) -> anyhow::Result<ExitCode> {

@@ -123,7 +123,13 @@ fn follow(node: &Node, membership: &Membership) {
     }
     let (epoch, nodes) = state.cache_nodes();
     drop(state);
-    info!(epoch, nodes = nodes.len(), "cache registry changed");
+    let live = nodes.iter().filter(|n| n.live).count();
+    info!(
+        epoch,
+        nodes = live,
+        registered = nodes.len(),
+        "cache registry changed"
+    );
     membership.set(View::new(epoch, &nodes));
 }
 

@@ -584,6 +584,7 @@ fn a_node_registers_only_itself_and_proposals_carry_no_registry_change_or_revoca
             id,
             addr: "127.0.0.1:7000".into(),
             cache_bytes: 1 << 30,
+            live: true,
         },
     };
     as_node

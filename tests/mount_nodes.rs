@@ -412,3 +412,81 @@ fn nodes_on_separate_networks_serve_each_other_and_a_partition_serves_no_wrong_b
         node.unmount();
     }
 }
+
+/// A node killed in the middle of another node's reads: the reads go on
+/// without an error (from the store), the Lord marks the node dead within
+/// its bound (`datenlord_cluster::lord`: about 4 s; 20 s allowed here on a
+/// busy machine) and `members status` says so; restarted, it is live again.
+#[test]
+fn a_killed_node_is_marked_dead_without_failing_reads_and_comes_back_live() {
+    let group = Group::new(3);
+    wait_for("a leader", Duration::from_secs(20), || {
+        group.leader(&[1, 2, 3])
+    });
+    let masters = group.addrs.join(",");
+    let dirs: Vec<NodeDirs> = (0..3).map(|_| NodeDirs::new()).collect();
+    let store = support::node::formatted_store(&dirs[0].root().join("shared-store"), "64K");
+    let ids = ["51", "52", "53"];
+    let listens: Vec<String> = ids.iter().map(|_| free_addr()).collect();
+    let tls: Vec<Vec<String>> = (0..3)
+        .map(|i| group.tls_args("node", Some(51 + i)))
+        .collect();
+    let args = |i: usize| node_args(&store, &masters, ids[i], &listens[i], &tls[i]);
+    let mut nodes: Vec<Option<Mounted>> = (0..3)
+        .map(|i| Some(Mounted::start(&dirs[i], &args(i))))
+        .collect();
+    for dir in &dirs {
+        wait_registry(&dir.data_dir(), 3);
+    }
+    let path = |i: usize| dirs[i].mountpoint();
+    let files: Vec<Vec<u8>> = (0..6).map(|f| bytes(16 * 65536, 100 + f)).collect();
+    for (f, data) in files.iter().enumerate() {
+        std::fs::write(path(0).join(format!("f{f}")), data).expect("write on the first node");
+    }
+    let (reader_path, expected) = (path(1), files.clone());
+    let (progress, read_one) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for (f, data) in expected.iter().enumerate() {
+            let read = std::fs::read(reader_path.join(format!("f{f}"))).expect("no read fails");
+            assert!(read == *data, "file {f} reads back");
+            let _ = progress.send(f);
+        }
+    });
+    read_one.recv().expect("a first file read");
+    nodes[2].take().expect("third").kill9();
+    reader.join().expect("every read succeeded");
+
+    let status = || {
+        let mut args = vec!["members", "status", "--masters", &masters];
+        let admin = group.tls_args("admin", None);
+        args.extend(admin.iter().map(String::as_str));
+        String::from_utf8_lossy(&support::node::datenlord(&args).stdout).into_owned()
+    };
+    wait_for(
+        "the Lord to mark node 53 dead",
+        Duration::from_secs(20),
+        || {
+            status().contains("node 53 at").then_some(())?;
+            status()
+                .lines()
+                .any(|l| l.contains("node 53 at") && l.contains("dead"))
+                .then_some(())
+        },
+    );
+    wait_registry(&dirs[1].data_dir(), 2);
+    let logs: String = (1..=3).map(|id| group.log(id)).collect();
+    assert!(logs.contains("cache node dead"), "{logs}");
+
+    nodes[2] = Some(Mounted::start(&dirs[2], &args(2)));
+    wait_for("node 53 live again", Duration::from_secs(20), || {
+        status()
+            .lines()
+            .any(|l| l.contains("node 53 at") && l.contains("live"))
+            .then_some(())
+    });
+    let read = std::fs::read(path(2).join("f5")).expect("read on the restarted node");
+    assert!(read == files[5]);
+    for node in nodes.into_iter().flatten() {
+        node.unmount();
+    }
+}

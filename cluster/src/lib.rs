@@ -1,7 +1,7 @@
 //! DatenLord's cluster layer: the metadata state machine replicated with
 //! Raft (raft-rs) on a persistent log, and the neighbor tier (nodes serve
-//! each other's cached blocks: a source in the engine's chain). Later:
-//! the Lord (controller) and the Sklavin (node agent).
+//! each other's cached blocks: a source in the engine's chain), and the
+//! Lord's node liveness. Later: the Sklavin's health reports and orders.
 //!
 //! The FUSE frontend is unknown here; `fs` glues the parts together.
 
@@ -11,6 +11,7 @@ mod frame;
 pub mod group;
 pub mod link;
 pub mod listener;
+pub mod lord;
 pub mod master;
 pub mod meta;
 pub mod neighbor;

@@ -176,6 +176,8 @@ pub enum Query {
     },
     /// `statfs`.
     StatFs,
+    /// The cache node registry.
+    CacheNodes,
 }
 
 /// What a [`Query`] returns.
@@ -189,6 +191,13 @@ pub enum QueryAnswer {
     Target(Vec<u8>),
     /// File system statistics.
     StatFs(StatFs),
+    /// The cache node registry: its epoch and nodes.
+    CacheNodes {
+        /// Registry epoch.
+        epoch: u64,
+        /// Registered nodes.
+        nodes: Vec<crate::meta::CacheNode>,
+    },
     /// The query failed.
     Error {
         /// errno.
@@ -220,6 +229,10 @@ impl Query {
                 .readlink(*ino)
                 .map(|t| QueryAnswer::Target(t.to_vec())),
             Self::StatFs => state.statfs().map(QueryAnswer::StatFs),
+            Self::CacheNodes => {
+                let (epoch, nodes) = state.cache_nodes();
+                Ok(QueryAnswer::CacheNodes { epoch, nodes })
+            }
         };
         answer.unwrap_or_else(|e| QueryAnswer::Error {
             errno: e.errno(),
@@ -619,7 +632,9 @@ fn operator_only(payload: &[u8]) -> Option<&'static str> {
     let proposal = SessionProposal::decode(payload)?;
     match Command::decode(proposal.command).ok()? {
         Command::RevokeCertificate { .. } => Some("revoke certificates through a proposal"),
-        Command::RegisterCacheNode { .. } | Command::UnregisterCacheNode { .. } => {
+        Command::RegisterCacheNode { .. }
+        | Command::UnregisterCacheNode { .. }
+        | Command::SetCacheNodeLive { .. } => {
             Some("change the cache node registry through a proposal")
         }
         _ => None,

@@ -345,6 +345,7 @@ impl Node {
             id: self.id,
             addr: addr.to_string(),
             cache_bytes,
+            live: true,
         };
         node.check().map_err(|e| NodeError::Config(e.to_string()))?;
         self.cache_change(&Command::RegisterCacheNode { node })

@@ -114,6 +114,7 @@ enum Request<S> {
         delivered: bool,
     },
     Status(flume::Sender<Status>),
+    Heard(flume::Sender<Vec<(u64, u64)>>),
     /// Make every write accepted so far durable, then answer.
     Sync(MemberReply),
     Stop,
@@ -244,6 +245,14 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
         let (reply, answer) = flume::bounded(1);
         self.submit(Request::Sync(reply)).await?;
         answer.recv_async().await.map_err(|_| DriveError::Stopped)?
+    }
+
+    /// How long ago (ms) each peer's last Raft message arrived: on the
+    /// leader, the liveness of every member and node.
+    pub async fn heard(&self) -> Result<Vec<(u64, u64)>, DriveError> {
+        let (tx, rx) = flume::bounded(1);
+        self.submit(Request::Heard(tx)).await?;
+        rx.recv_async().await.map_err(|_| DriveError::Stopped)
     }
 
     /// The replica's role and progress.
@@ -731,6 +740,9 @@ fn accept<S: StateMachine>(
                 log_syncs: replica.log_syncs(),
                 log_unsynced: replica.log_unsynced(),
             });
+        }
+        Request::Heard(reply) => {
+            let _ = reply.send(replica.heard());
         }
         Request::Sync(reply) => pending.syncs.push(reply),
         Request::Stop => return true,

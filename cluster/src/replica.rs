@@ -162,6 +162,9 @@ pub struct Replica<S: StateMachine> {
     /// restarted on an old log does not know the members added since,
     /// and must still hear a leader that joined meanwhile.
     removed: std::collections::BTreeSet<u64>,
+    /// When each peer's last message arrived (the Lord's view of node
+    /// liveness: learners answer the leader's heartbeats).
+    heard: std::collections::BTreeMap<u64, std::time::Instant>,
 }
 
 impl<S: StateMachine> std::fmt::Debug for Replica<S> {
@@ -267,6 +270,7 @@ impl<S: StateMachine> Replica<S> {
             snapshot_interval_fixed: false,
             snapshots_installed: 0,
             removed: std::collections::BTreeSet::new(),
+            heard: std::collections::BTreeMap::new(),
         })
     }
 
@@ -377,7 +381,16 @@ impl<S: StateMachine> Replica<S> {
             );
             return Ok(());
         }
+        self.heard.insert(from, std::time::Instant::now());
         Ok(self.node.step(message)?)
+    }
+
+    /// How long ago each peer's last message arrived, in milliseconds.
+    pub fn heard(&self) -> Vec<(u64, u64)> {
+        self.heard
+            .iter()
+            .map(|(&id, at)| (id, at.elapsed().as_millis() as u64))
+            .collect()
     }
 
     /// Tells raft whether a snapshot message sent to `to` arrived (the

@@ -98,6 +98,7 @@ impl TestNode {
             id: self.id,
             addr: self.server.as_ref().expect("serving").addr().to_string(),
             cache_bytes: 1 << 30,
+            live: true,
         }
     }
 
@@ -253,6 +254,7 @@ fn strangers_and_garbage_are_refused_and_the_service_goes_on() {
         id: 2,
         addr: impostor.record().addr,
         cache_bytes: 1 << 30,
+        live: true,
     };
     a.membership.set(View::new(2, &[a.record(), forged]));
     let other = at_b[1];

@@ -22,6 +22,10 @@ pub struct CacheNode {
     pub addr: String,
     /// Bytes it caches (memory and NVMe): its share of the blocks.
     pub cache_bytes: u64,
+    /// Whether the Lord hears it (a registration is live; the Lord marks
+    /// a silent node dead and a heard one live again). Only live nodes are
+    /// homes.
+    pub live: bool,
 }
 
 impl CacheNode {
@@ -45,6 +49,10 @@ impl MetaState {
     /// when something changed.
     pub(super) fn register_cache_node(&mut self, node: &CacheNode) -> Result<Outcome> {
         node.check().map_err(MetaError::Invalid)?;
+        let node = &CacheNode {
+            live: true,
+            ..node.clone()
+        };
         if self.cache_nodes.get(&node.id) == Some(node) {
             return Ok(Outcome::reply(Reply::Done));
         }
@@ -91,6 +99,18 @@ impl MetaState {
             return Err(bad("more cache nodes than a cluster holds".into()));
         }
         Ok(())
+    }
+
+    /// `SetCacheNodeLive` (the Lord): marks a node live or dead; nothing
+    /// for a node not registered or already so.
+    pub(super) fn set_cache_node_live(&mut self, id: u64, live: bool) -> Outcome {
+        if let Some(node) = self.cache_nodes.get_mut(&id) {
+            if node.live != live {
+                node.live = live;
+                self.cache_epoch += 1;
+            }
+        }
+        Outcome::reply(Reply::Done)
     }
 
     /// The registry's epoch (it moves with every change) and its nodes,

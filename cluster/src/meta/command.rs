@@ -209,6 +209,9 @@ pub enum Command {
     RegisterCacheNode { node: super::cache_nodes::CacheNode },
     /// Removes a node from the cache registry (it stopped on purpose).
     UnregisterCacheNode { id: u64 },
+    /// The Lord (the leader) marks a registered node live or dead by
+    /// whether it hears the node.
+    SetCacheNodeLive { id: u64, live: bool },
 }
 
 impl Command {
@@ -263,7 +266,8 @@ impl Command {
             | Self::UnregisterSession { .. }
             | Self::RevokeCertificate { .. }
             | Self::RegisterCacheNode { .. }
-            | Self::UnregisterCacheNode { .. } => None,
+            | Self::UnregisterCacheNode { .. }
+            | Self::SetCacheNodeLive { .. } => None,
         }
     }
 
@@ -294,7 +298,8 @@ impl Command {
             | Self::ExpireSessions { .. }
             | Self::RevokeCertificate { .. }
             | Self::RegisterCacheNode { .. }
-            | Self::UnregisterCacheNode { .. } => None,
+            | Self::UnregisterCacheNode { .. }
+            | Self::SetCacheNodeLive { .. } => None,
         }
     }
 }

@@ -110,6 +110,9 @@ impl MetaState {
             Command::RevokeCertificate { serial } => return self.revoke(serial),
             Command::RegisterCacheNode { node } => return self.register_cache_node(node),
             Command::UnregisterCacheNode { id } => return Ok(self.unregister_cache_node(*id)),
+            Command::SetCacheNodeLive { id, live } => {
+                return Ok(self.set_cache_node_live(*id, *live))
+            }
             _ => {}
         }
         if self.volume.is_none() {
@@ -120,6 +123,7 @@ impl MetaState {
             Command::RevokeCertificate { serial } => self.revoke(serial),
             Command::RegisterCacheNode { node } => self.register_cache_node(node),
             Command::UnregisterCacheNode { id } => Ok(self.unregister_cache_node(*id)),
+            Command::SetCacheNodeLive { id, live } => Ok(self.set_cache_node_live(*id, *live)),
             Command::Mknod {
                 parent,
                 name,

@@ -59,12 +59,15 @@ pub struct View {
 }
 
 impl View {
-    /// The view of the registry at `epoch`; nodes a placement cannot
-    /// hold (none cache anything: refused by the registry) are left out.
+    /// The view of the registry at `epoch`: live nodes are homes; every
+    /// registered node's address is kept (a writer's journal is asked
+    /// even when the Lord does not hear it). Records a placement cannot
+    /// hold (refused by the registry anyway) are left out.
     pub fn new(epoch: u64, nodes: &[CacheNode]) -> Self {
         let usable: Vec<&CacheNode> = nodes.iter().filter(|n| n.check().is_ok()).collect();
-        let placement = Placement::new(epoch, usable.iter().map(|n| (n.id, n.cache_bytes)))
-            .unwrap_or_else(|e| {
+        let homes = usable.iter().filter(|n| n.live);
+        let placement =
+            Placement::new(epoch, homes.map(|n| (n.id, n.cache_bytes))).unwrap_or_else(|e| {
                 warn!(%e, "the cache registry cannot be placed over: no neighbor reads");
                 Placement::new(epoch, []).unwrap_or_else(|_| unreachable!("empty placement"))
             });

@@ -449,6 +449,7 @@ fn cache_nodes_register_update_unregister_and_round_trip() {
             id,
             addr: format!("10.0.0.{id}:{port}"),
             cache_bytes,
+            live: true,
         };
         let register = |n| Command::RegisterCacheNode { node: n };
         state
@@ -473,12 +474,27 @@ fn cache_nodes_register_update_unregister_and_round_trip() {
                 id: 6,
                 addr: "a".repeat(256),
                 cache_bytes: 1,
+                live: true,
             },
         ] {
             let err = state.apply(&register(bad.clone())).expect_err("bad");
             assert_eq!(err.errno(), libc::EINVAL, "{bad:?}");
         }
         assert_eq!(state.cache_epoch(), 3, "refused records change nothing");
+        // The Lord marks a node dead, then live again; a registration is live.
+        let live = |id: u64, live: bool| Command::SetCacheNodeLive { id, live };
+        state.apply(&live(5, false)).expect("dead");
+        state.apply(&live(5, false)).expect("dead again: nothing");
+        state.apply(&live(99, false)).expect("unknown: nothing");
+        assert_eq!(state.cache_epoch(), 4);
+        assert!(!state.cache_nodes().1[1].live);
+        let restored = MetaState::restore(&state.snapshot()).expect("restore");
+        assert!(
+            !restored.cache_nodes().1[1].live,
+            "liveness is in snapshots"
+        );
+        state.apply(&live(5, true)).expect("live");
+        assert_eq!(state.cache_epoch(), 5);
         let restored = MetaState::restore(&state.snapshot()).expect("restore");
         assert!(restored == state);
         assert_eq!(restored.cache_nodes(), state.cache_nodes());
@@ -492,11 +508,11 @@ fn cache_nodes_register_update_unregister_and_round_trip() {
         state
             .apply(&Command::UnregisterCacheNode { id: 5 })
             .expect("twice: nothing");
-        assert_eq!(state.cache_nodes(), (5, Vec::new()));
+        assert_eq!(state.cache_nodes(), (7, Vec::new()));
         let restored = MetaState::restore(&state.snapshot()).expect("restore emptied");
         assert_eq!(
             restored.cache_nodes(),
-            (5, Vec::new()),
+            (7, Vec::new()),
             "the epoch never goes back"
         );
     }
