@@ -60,6 +60,84 @@ fn node_args_in<'a>(
     args
 }
 
+/// Three masters and three nodes' settings (none mounted): directories,
+/// addresses, certificates, one shared store.
+struct Cluster {
+    group: Group,
+    masters: String,
+    store: String,
+    dirs: Vec<NodeDirs>,
+    ids: Vec<String>,
+    listens: Vec<String>,
+    metrics: Vec<String>,
+    tls: Vec<Vec<String>>,
+}
+
+impl Cluster {
+    /// Masters on `host` (with a leader) for nodes `first..first + 3`,
+    /// node `i` listening at `addr(i, port)`.
+    fn new(host: &str, first: u64, addr: impl Fn(usize, u16) -> String) -> Self {
+        let group = Group::on(host, 3);
+        wait_for("a leader", Duration::from_secs(20), || {
+            group.leader(&[1, 2, 3])
+        });
+        let dirs: Vec<NodeDirs> = (0..3).map(|_| NodeDirs::new()).collect();
+        Self {
+            masters: group.addrs.join(","),
+            store: support::node::formatted_store(&dirs[0].root().join("shared-store"), "64K"),
+            dirs,
+            ids: (0..3).map(|i| (first + i).to_string()).collect(),
+            listens: (0..3).map(|i| addr(i as usize, 7000)).collect(),
+            metrics: (0..3).map(|i| addr(i as usize, 9100)).collect(),
+            tls: (0..3)
+                .map(|i| group.tls_args("node", Some(first + i)))
+                .collect(),
+            group,
+        }
+    }
+
+    /// On loopback.
+    fn local(first: u64) -> Self {
+        Self::new("127.0.0.1", first, |_, _| free_addr())
+    }
+
+    /// Node `i`'s mount arguments, with its metrics endpoint; `through`
+    /// for `--write-mode through`, else the default (`back`).
+    fn args(&self, i: usize, through: bool) -> Vec<&str> {
+        let mut args = if through {
+            node_args(
+                &self.store,
+                &self.masters,
+                &self.ids[i],
+                &self.listens[i],
+                &self.tls[i],
+            )
+        } else {
+            node_args_in(
+                &self.store,
+                &self.masters,
+                &self.ids[i],
+                &self.listens[i],
+                &self.tls[i],
+            )
+        };
+        args.extend(["--metrics-addr", &self.metrics[i]]);
+        args
+    }
+
+    /// Waits until every node's log shows `live` live cache nodes.
+    fn wait_registry(&self, live: usize) {
+        for dir in &self.dirs {
+            wait_registry(&dir.data_dir(), live);
+        }
+    }
+
+    /// The sum of a metric over every node.
+    fn sum(&self, name: &str) -> f64 {
+        self.metrics.iter().map(|m| metric_sum(m, name)).sum()
+    }
+}
+
 fn bytes(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
@@ -196,37 +274,16 @@ fn node_options_go_together_and_need_a_shared_store() {
 /// every read still succeeds.
 #[test]
 fn nodes_serve_each_others_blocks_and_the_store_is_read_once_per_block() {
-    let group = Group::new(3);
-    wait_for("a leader", Duration::from_secs(20), || {
-        group.leader(&[1, 2, 3])
-    });
-    let masters = group.addrs.join(",");
-    let dirs: Vec<NodeDirs> = (0..3).map(|_| NodeDirs::new()).collect();
-    let store = support::node::formatted_store(&dirs[0].root().join("shared-store"), "64K");
-    let ids = ["21", "22", "23"];
-    let listens: Vec<String> = ids.iter().map(|_| free_addr()).collect();
-    let metrics: Vec<String> = ids.iter().map(|_| free_addr()).collect();
-    let tls: Vec<Vec<String>> = (0..3)
-        .map(|i| group.tls_args("node", Some(21 + i)))
+    let c = Cluster::local(21);
+    let nodes: Vec<Mounted> = (0..3)
+        .map(|i| Mounted::start(&c.dirs[i], &c.args(i, true)))
         .collect();
-    let start = |i: usize| {
-        let mut args = node_args(&store, &masters, ids[i], &listens[i], &tls[i]);
-        args.extend(["--metrics-addr", &metrics[i]]);
-        Mounted::start(&dirs[i], &args)
-    };
-    let nodes: Vec<Mounted> = (0..3).map(start).collect();
     // Every node sees the three registered before it reads.
-    for (i, node) in nodes.iter().enumerate() {
-        wait_registry(&dirs[i].data_dir(), 3);
-        assert!(node.path().exists());
-    }
+    c.wait_registry(3);
     let blocks = 48;
     let data = bytes(blocks * 65536, 3);
     std::fs::write(nodes[0].path().join("shared"), &data).expect("write on the first node");
-    let fetched_before: f64 = metrics
-        .iter()
-        .map(|m| metric_sum(m, "datenlord_engine_source_fetches_total"))
-        .sum();
+    let fetched_before = c.sum("datenlord_engine_source_fetches_total");
     let readers: Vec<_> = [1, 2]
         .into_iter()
         .map(|i| {
@@ -237,7 +294,7 @@ fn nodes_serve_each_others_blocks_and_the_store_is_read_once_per_block() {
     for reader in readers {
         assert!(reader.join().expect("reader") == data, "identical bytes");
     }
-    let sum = |name: &str| -> f64 { metrics.iter().map(|m| metric_sum(m, name)).sum() };
+    let sum = |name: &str| c.sum(name);
     let fetched = sum("datenlord_engine_source_fetches_total") - fetched_before;
     let from_neighbors = sum("datenlord_neighbor_hits_total");
     let store_reads = fetched - from_neighbors;
@@ -354,30 +411,14 @@ fn write_back_blocks_are_served_by_their_writer_until_uploaded() {
 #[test]
 fn nodes_on_separate_networks_serve_each_other_and_a_partition_serves_no_wrong_byte() {
     let net = support::netns::Netns::up(3);
-    let group = Group::on(&net.host_ip(), 3);
-    wait_for("a leader", Duration::from_secs(20), || {
-        group.leader(&[1, 2, 3])
+    let c = Cluster::new(&net.host_ip(), 41, |i, port| {
+        format!("{}:{port}", net.ip(i + 1))
     });
-    let masters = group.addrs.join(",");
-    let dirs: Vec<NodeDirs> = (0..3).map(|_| NodeDirs::new()).collect();
-    let store = support::node::formatted_store(&dirs[0].root().join("shared-store"), "64K");
-    let ids = ["41", "42", "43"];
-    let listens: Vec<String> = (1..=3).map(|i| format!("{}:7000", net.ip(i))).collect();
-    let metrics: Vec<String> = (1..=3).map(|i| format!("{}:9100", net.ip(i))).collect();
-    let tls: Vec<Vec<String>> = (0..3)
-        .map(|i| group.tls_args("node", Some(41 + i)))
-        .collect();
     let nodes: Vec<Mounted> = (0..3)
-        .map(|i| {
-            let mut args = node_args_in(&store, &masters, ids[i], &listens[i], &tls[i]);
-            args.extend(["--metrics-addr", &metrics[i]]);
-            Mounted::start_in(&net.path(i + 1), &dirs[i], &args)
-        })
+        .map(|i| Mounted::start_in(&net.path(i + 1), &c.dirs[i], &c.args(i, false)))
         .collect();
-    for dir in &dirs {
-        wait_registry(&dir.data_dir(), 3);
-    }
-    let sum = |name: &str| -> f64 { metrics.iter().map(|m| metric_sum(m, name)).sum() };
+    c.wait_registry(3);
+    let sum = |name: &str| c.sum(name);
 
     let v1 = bytes(32 * 65536, 11);
     std::fs::write(nodes[0].path().join("shared"), &v1).expect("write on A");
@@ -419,25 +460,13 @@ fn nodes_on_separate_networks_serve_each_other_and_a_partition_serves_no_wrong_b
 /// busy machine) and `members status` says so; restarted, it is live again.
 #[test]
 fn a_killed_node_is_marked_dead_without_failing_reads_and_comes_back_live() {
-    let group = Group::new(3);
-    wait_for("a leader", Duration::from_secs(20), || {
-        group.leader(&[1, 2, 3])
-    });
-    let masters = group.addrs.join(",");
-    let dirs: Vec<NodeDirs> = (0..3).map(|_| NodeDirs::new()).collect();
-    let store = support::node::formatted_store(&dirs[0].root().join("shared-store"), "64K");
-    let ids = ["51", "52", "53"];
-    let listens: Vec<String> = ids.iter().map(|_| free_addr()).collect();
-    let tls: Vec<Vec<String>> = (0..3)
-        .map(|i| group.tls_args("node", Some(51 + i)))
-        .collect();
-    let args = |i: usize| node_args(&store, &masters, ids[i], &listens[i], &tls[i]);
+    let c = Cluster::local(51);
+    let (group, masters, dirs) = (&c.group, &c.masters, &c.dirs);
+    let args = |i: usize| c.args(i, true);
     let mut nodes: Vec<Option<Mounted>> = (0..3)
         .map(|i| Some(Mounted::start(&dirs[i], &args(i))))
         .collect();
-    for dir in &dirs {
-        wait_registry(&dir.data_dir(), 3);
-    }
+    c.wait_registry(3);
     let path = |i: usize| dirs[i].mountpoint();
     let files: Vec<Vec<u8>> = (0..6).map(|f| bytes(16 * 65536, 100 + f)).collect();
     for (f, data) in files.iter().enumerate() {
@@ -457,7 +486,7 @@ fn a_killed_node_is_marked_dead_without_failing_reads_and_comes_back_live() {
     reader.join().expect("every read succeeded");
 
     let status = || {
-        let mut args = vec!["members", "status", "--masters", &masters];
+        let mut args = vec!["members", "status", "--masters", masters];
         let admin = group.tls_args("admin", None);
         args.extend(admin.iter().map(String::as_str));
         String::from_utf8_lossy(&support::node::datenlord(&args).stdout).into_owned()

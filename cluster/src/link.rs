@@ -259,10 +259,7 @@ fn shake(
 fn identity(
     chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
 ) -> Result<Identity, LinkError> {
-    let leaf = chain
-        .and_then(<[_]>::first)
-        .ok_or_else(|| LinkError::Identity("the peer showed no certificate".into()))?;
-    Identity::from_cert(leaf).map_err(|e| LinkError::Identity(e.to_string()))
+    Identity::of_chain(chain).map_err(LinkError::Identity)
 }
 
 enum Stream {

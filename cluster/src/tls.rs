@@ -136,6 +136,17 @@ impl Identity {
         Some((role, id))
     }
 
+    /// The identity of the leaf of a peer's verified chain (rustls's
+    /// `peer_certificates`); the message says what is wrong.
+    pub fn of_chain(
+        chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
+    ) -> Result<Self, String> {
+        let leaf = chain
+            .and_then(<[_]>::first)
+            .ok_or_else(|| "the peer showed no certificate".to_string())?;
+        Self::from_cert(leaf).map_err(|e| e.to_string())
+    }
+
     /// The identity in a DER certificate (one DatenLord URI among its
     /// subject alternative names).
     pub fn from_cert(der: &[u8]) -> Result<Self, TlsError> {

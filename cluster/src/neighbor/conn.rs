@@ -85,10 +85,7 @@ async fn within<T>(
 fn identity_of(
     chain: Option<&[rustls::pki_types::CertificateDer<'static>]>,
 ) -> Result<Identity, NeighborError> {
-    let leaf = chain
-        .and_then(<[_]>::first)
-        .ok_or_else(|| NeighborError::Identity("the peer showed no certificate".into()))?;
-    Identity::from_cert(leaf).map_err(|e| NeighborError::Identity(e.to_string()))
+    Identity::of_chain(chain).map_err(NeighborError::Identity)
 }
 
 fn check_peer(tls: &TlsDir, who: &Identity, node: Option<u64>) -> Result<(), NeighborError> {
