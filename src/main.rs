@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod daemon;
+mod device;
 mod metrics;
 mod mount;
 mod neighbors;

@@ -64,13 +64,26 @@ pub struct MountArgs {
     /// Default: file://<data-dir>/store, formatted on first use.
     #[arg(long)]
     pub store: Option<String>,
-    /// Directory of the NVMe cache file and the write-back journal.
-    /// Default: <data-dir>/cache.
+    /// Directory of the NVMe cache file, the write-back journal and
+    /// passthrough copies. Default: <data-dir>/cache.
     #[arg(long = "cache-dir")]
     pub cache_dir: Option<PathBuf>,
-    /// Size of the NVMe cache file (e.g. 10G); 0 disables the disk tier.
-    #[arg(long = "cache-size", default_value = "1G")]
-    pub cache_size: String,
+    /// A raw block device (e.g. /dev/nvme0n1) as the NVMe tier instead of
+    /// a file in --cache-dir. Refused when mounted, or when it holds a file
+    /// system or partition table unless --force-device.
+    #[arg(long = "cache-device", value_name = "DEVICE")]
+    pub cache_device: Option<PathBuf>,
+    /// Use --cache-device even though it holds a file system or a
+    /// partition table (it is overwritten).
+    #[arg(long = "force-device", requires = "cache_device")]
+    pub force_device: bool,
+    /// Directory of the write-back journal. Default: <cache-dir>/journal.
+    #[arg(long = "journal-dir")]
+    pub journal_dir: Option<PathBuf>,
+    /// Size of the NVMe tier (e.g. 10G); 0 disables it. Default: 1G for a
+    /// cache file, the whole --cache-device.
+    #[arg(long = "cache-size")]
+    pub cache_size: Option<String>,
     /// Size of the memory tier summed over cores (e.g. 512M).
     #[arg(long = "memory-size", default_value = "256M")]
     pub memory_size: String,
@@ -296,7 +309,7 @@ impl Metadata {
             &engine.handle(),
             args.data_listen.as_deref(),
             args.insecure,
-            plan.memory_bytes + plan.disk_bytes,
+            plan.cache_bytes(engine),
         )
         .map(Some)
     }
@@ -651,10 +664,17 @@ fn fs_config(
 /// Sizes and paths of the node's cache, from the command line.
 struct CachePlan {
     dir: PathBuf,
+    journal_dir: PathBuf,
+    /// The NVMe tier's device (else a file in `dir`).
+    device: Option<PathBuf>,
     memory_bytes: u64,
-    disk_bytes: u64,
+    /// Bytes of the NVMe tier; `None`: the whole device.
+    disk_bytes: Option<u64>,
     write_mode: WriteMode,
 }
+
+/// The NVMe cache file's size when --cache-size is not given.
+const CACHE_FILE_DEFAULT: &str = "1G";
 
 impl CachePlan {
     fn new(args: &MountArgs, data_dir: &Path) -> anyhow::Result<Self> {
@@ -663,10 +683,27 @@ impl CachePlan {
             .clone()
             .unwrap_or_else(|| data_dir.join("cache"));
         private_dir(&dir, "the cache directory")?;
+        let journal_dir = args
+            .journal_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("journal"));
+        if args.journal_dir.is_some() {
+            private_dir(&journal_dir, "the journal directory")?;
+        }
+        if let Some(device) = &args.cache_device {
+            crate::device::check(device, args.force_device)?;
+        }
+        let disk_bytes = match (&args.cache_size, &args.cache_device) {
+            (Some(size), _) => Some(parse_bytes(size).context("--cache-size")?),
+            (None, Some(_)) => None,
+            (None, None) => Some(parse_bytes(CACHE_FILE_DEFAULT).context("--cache-size")?),
+        };
         Ok(Self {
             dir,
+            journal_dir,
+            device: args.cache_device.clone(),
             memory_bytes: parse_bytes(&args.memory_size).context("--memory-size")?,
-            disk_bytes: parse_bytes(&args.cache_size).context("--cache-size")?,
+            disk_bytes,
             write_mode: args
                 .write_mode
                 .parse()
@@ -674,12 +711,34 @@ impl CachePlan {
         })
     }
 
+    /// The NVMe tier: the device, or a file in the cache directory.
+    fn disk(&self) -> Option<DiskConfig> {
+        if self.disk_bytes == Some(0) {
+            return None;
+        }
+        Some(DiskConfig {
+            path: self.device.clone().unwrap_or_else(|| self.dir.clone()),
+            size_bytes: self.disk_bytes,
+        })
+    }
+
+    /// Bytes this node caches (its weight among cache nodes): memory and
+    /// the NVMe tier as the engine laid it out.
+    fn cache_bytes(&self, engine: &datenlord_engine::Engine) -> u64 {
+        let disk = engine
+            .plan()
+            .disk
+            .as_ref()
+            .map_or(0, |(_, layout)| layout.total_bytes());
+        self.memory_bytes + disk
+    }
+
     /// The journal takes half of the sized cache disk (at least 64 MiB).
     fn journal_capacity_bytes(&self) -> u64 {
-        if self.disk_bytes > 0 {
-            (self.disk_bytes / 2).max(64 << 20)
-        } else {
-            JOURNAL_CAPACITY_DEFAULT_BYTES
+        match self.disk_bytes {
+            Some(bytes) if bytes > 0 => (bytes / 2).max(64 << 20),
+            // No NVMe tier, or a device (the journal is not on it).
+            _ => JOURNAL_CAPACITY_DEFAULT_BYTES,
         }
     }
 }
@@ -692,7 +751,7 @@ fn start_engine(
     meta: &MetaLink,
     neighbors: Option<&NeighborPlan>,
 ) -> anyhow::Result<(datenlord_engine::Engine, WriteBack)> {
-    let mut wb_config = WriteBackConfig::new(plan.dir.join("journal"));
+    let mut wb_config = WriteBackConfig::new(plan.journal_dir.clone());
     wb_config.capacity_bytes = plan.journal_capacity_bytes();
     wb_config.mode = plan.write_mode;
     wb_config.gc_grace = args.gc_grace()?;
@@ -713,10 +772,7 @@ fn start_engine(
         cores: args.cores,
         block_size,
         memory_bytes: plan.memory_bytes,
-        disk: (plan.disk_bytes > 0).then(|| DiskConfig {
-            path: plan.dir.clone(),
-            size_bytes: Some(plan.disk_bytes),
-        }),
+        disk: plan.disk(),
         ..EngineConfig::default()
     };
     let engine = match neighbors {

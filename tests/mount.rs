@@ -1248,3 +1248,117 @@ fn datenlord_umount_returns_once_the_daemon_is_gone() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--data-dir"));
     m.unmount();
 }
+
+/// A loop device as it would be an NVMe namespace: made in the target
+/// directory, detached when dropped.
+struct LoopDevice {
+    path: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopDevice {
+    fn new(bytes: u64) -> Self {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+        let backing = dir.path().join("nvme.img");
+        std::fs::File::create(&backing)
+            .and_then(|f| f.set_len(bytes))
+            .expect("backing file");
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(&backing)
+            .output()
+            .expect("losetup");
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            path: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.path])
+            .output();
+    }
+}
+
+/// `--cache-device`: a raw device is the NVMe tier (the journal in
+/// `--journal-dir`), kept across a remount; a device holding a file
+/// system is refused unless `--force-device`, a mounted one always.
+#[test]
+fn a_raw_device_is_the_cache_and_one_holding_a_file_system_is_refused() {
+    let dirs = NodeDirs::new();
+    let device = LoopDevice::new(64 << 20);
+    let journal = dirs.root().join("journal-elsewhere");
+    let journal_arg = journal.to_string_lossy().into_owned();
+    let args = [
+        "--cache-device",
+        device.path.as_str(),
+        "--journal-dir",
+        &journal_arg,
+        "--memory-size",
+        "16M",
+    ];
+    let m = Mounted::start(&dirs, &args);
+    let data: Vec<u8> = (0..(3 << 20)).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(m.path().join("f"), &data).expect("write");
+    m.unmount();
+    assert!(
+        std::fs::read_dir(&journal)
+            .expect("the journal directory")
+            .count()
+            > 0,
+        "the journal is in --journal-dir"
+    );
+    let inspect = datenlord(&["cache", "inspect", "--cache-dir", &device.path]);
+    let report = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    assert!(
+        inspect.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let m = Mounted::start(&dirs, &args);
+    assert!(std::fs::read(m.path().join("f")).expect("read") == data);
+    m.unmount();
+
+    // A device with a file system: refused, then taken with --force-device.
+    let other = LoopDevice::new(64 << 20);
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", &other.path])
+        .output()
+        .expect("mkfs.ext4");
+    assert!(mkfs.status.success());
+    let (mp, dd) = (dirs.root().join("mnt2"), dirs.root().join("data2"));
+    std::fs::create_dir_all(&mp).expect("mountpoint");
+    let err = Mounted::try_start(&mp, &dd, &["--cache-device", &other.path]).expect_err("ext4");
+    assert!(
+        err.contains("ext2/3/4") && err.contains("--force-device"),
+        "{err}"
+    );
+    // Mounted: refused even when forced.
+    let fs_dir = dirs.root().join("ext4");
+    std::fs::create_dir_all(&fs_dir).expect("dir");
+    let mounted = std::process::Command::new("mount")
+        .arg(&other.path)
+        .arg(&fs_dir)
+        .output()
+        .expect("mount");
+    assert!(
+        mounted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mounted.stderr)
+    );
+    let err = Mounted::try_start(&mp, &dd, &["--cache-device", &other.path, "--force-device"])
+        .expect_err("mounted");
+    assert!(err.contains("is mounted at"), "{err}");
+    let _ = std::process::Command::new("umount").arg(&fs_dir).output();
+    let forced = Mounted::try_start(&mp, &dd, &["--cache-device", &other.path, "--force-device"])
+        .expect("forced");
+    forced.unmount();
+}
