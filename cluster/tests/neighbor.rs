@@ -54,12 +54,17 @@ struct TestNode {
 
 impl TestNode {
     fn start(id: u64, security: &Security, membership: Membership) -> Self {
+        Self::with_memory(id, security, membership, 64)
+    }
+
+    /// A node whose memory tier holds `blocks` blocks.
+    fn with_memory(id: u64, security: &Security, membership: Membership, blocks: u64) -> Self {
         let store = MemoryStore::new();
         let stats = Arc::new(NeighborStats::default());
         let config = EngineConfig {
             cores: Some(2),
             block_size: BlockSize::new(BLOCK as u64).expect("block size"),
-            memory_bytes: 64 * BLOCK as u64,
+            memory_bytes: blocks * BLOCK as u64,
             hugepages: false,
             ..EngineConfig::default()
         };
@@ -305,4 +310,55 @@ fn a_block_not_in_the_store_is_served_by_the_node_that_wrote_it() {
         a.read(nobody),
         Err(datenlord_engine::Error::NotFound(_))
     ));
+}
+
+/// A small random read of a block the requester will not keep (its memory
+/// is full of blocks as hot) moves only the bytes asked for; the home
+/// keeps the whole block.
+#[test]
+fn a_small_read_the_requester_will_not_keep_moves_only_its_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    init_ca(&ca, 1).expect("ca");
+    let membership = Membership::default();
+    // A: 2 cores, 2 blocks of memory each.
+    let a = TestNode::with_memory(
+        1,
+        &security(&ca, &dir.path().join("n1"), 1),
+        membership.clone(),
+        4,
+    );
+    let b = TestNode::start(
+        2,
+        &security(&ca, &dir.path().join("n2"), 2),
+        membership.clone(),
+    );
+    let view = View::new(1, &[a.record(), b.record()]);
+    // Blocks of their own inodes (no stream), homed at B.
+    let at_b: Vec<BlockId> = (0..400)
+        .map(|ino| BlockId::new(1000 + ino, 0, 1 << 16))
+        .filter(|&id| view.home(id).map(|h| h.0) == Some(2))
+        .take(12)
+        .collect();
+    membership.set(view);
+    for &id in &at_b {
+        b.store.put(id, content(id));
+    }
+    // Whole reads fill A's memory.
+    for &id in &at_b[..8] {
+        assert_eq!(a.read(id).expect("whole"), content(id));
+    }
+    let served = b.stats.served_bytes.load(Ordering::Relaxed);
+    for &id in &at_b[8..] {
+        let (buf, n) = block_on(a.handle().read(id, 4096, 4096, Vec::new())).expect("a small read");
+        assert_eq!(&buf[..n], &content(id)[4096..8192]);
+    }
+    let moved = b.stats.served_bytes.load(Ordering::Relaxed) - served;
+    assert_eq!(moved, 4 * 4096, "only the bytes asked for crossed");
+    // The home kept the whole blocks: reading them again costs no store read.
+    let fetched = b.store.fetches();
+    for &id in &at_b[8..] {
+        let _ = b.read(id).expect("home");
+    }
+    assert_eq!(b.store.fetches(), fetched);
 }

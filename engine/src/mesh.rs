@@ -78,7 +78,7 @@ pub enum Reply {
         buf: Vec<u8>,
     },
     /// Counters.
-    Stats(ShardStats),
+    Stats(Box<ShardStats>),
     /// One-way ops.
     Done,
 }

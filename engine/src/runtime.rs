@@ -284,11 +284,18 @@ impl ShardContext {
         self.shard.insert(id, data).await
     }
 
-    /// Reads a whole block another node asked for (the neighbor tier's
-    /// server): from the owner's tiers, a miss from the source's tiers
-    /// below, never from another neighbor; no stream detection here.
-    pub async fn read_for_peer(&self, id: BlockId, buf: Vec<u8>) -> Result<(Vec<u8>, usize)> {
-        self.shard.read_for_peer(id, buf).await
+    /// Reads `len` bytes at `offset` of a block another node asked for
+    /// (the neighbor tier's server): from the owner's tiers, a miss from
+    /// the source's tiers below, never from another neighbor; no stream
+    /// detection here.
+    pub async fn read_for_peer(
+        &self,
+        id: BlockId,
+        offset: u32,
+        len: u32,
+        buf: Vec<u8>,
+    ) -> Result<(Vec<u8>, usize)> {
+        self.shard.read_for_peer(id, offset, len, buf).await
     }
 
     /// This shard's counters.

@@ -39,6 +39,9 @@ pub const DISK_WRITES_INFLIGHT_MAX: usize = 64;
 pub const PROMOTIONS_INFLIGHT_MAX: usize = 8;
 /// Accesses (per the frequency sketch) before an NVMe hit is promoted.
 pub const PROMOTE_FREQUENCY_MIN: u8 = 2;
+/// A random read of at most this fraction of a block, of a block the shard
+/// would not keep, fetches only its bytes when the source can.
+pub const RANGE_READ_FRACTION: u32 = 8;
 /// Prefetched-but-unread blocks remembered for the prefetch-hit counter.
 const PREFETCHED_TRACKED_MAX: usize = 4096;
 
@@ -303,27 +306,29 @@ impl Shard {
         }
     }
 
-    /// Reads a whole block for another node: no stream detection (the
-    /// requester runs its own), straight to the owner, and a miss goes to
-    /// the source's tiers below, never to a neighbor.
+    /// Reads `len` bytes at `offset` of a block for another node: no
+    /// stream detection (the requester runs its own), straight to the
+    /// owner, and a miss fetches the whole block from the source's tiers
+    /// below (never from a neighbor) and keeps it per admission.
     pub async fn read_for_peer(
         self: &Rc<Self>,
         id: BlockId,
+        offset: u32,
+        len: u32,
         buf: Vec<u8>,
     ) -> Result<(Vec<u8>, usize)> {
-        let len = self.block_size.bytes();
         let owner = id.key().owner(self.shards);
         if owner == self.id {
             let mut buf = buf;
             let n = self
-                .read_owned(id, 0, len, &mut buf, ReadHint::PEER)
+                .read_owned(id, offset, len, &mut buf, ReadHint::PEER)
                 .await?;
             return Ok((buf, n));
         }
         self.count(|s| s.forwarded += 1);
         let op = Op::Read {
             id,
-            offset: 0,
+            offset,
             len,
             buf,
             hint: ReadHint::PEER,
@@ -362,7 +367,7 @@ impl Shard {
                 continue;
             }
             match self.peers.call(peer, Op::Stats).await? {
-                Reply::Stats(s) => all.push(s),
+                Reply::Stats(s) => all.push(*s),
                 other => {
                     return Err(Error::InvalidRequest(format!(
                         "unexpected reply to stats: {other:?}"
@@ -472,7 +477,7 @@ impl Shard {
                 self.cancel_stream(stream);
                 Ok(Reply::Done)
             }
-            Op::Stats => Ok(Reply::Stats(self.stats())),
+            Op::Stats => Ok(Reply::Stats(Box::new(self.stats()))),
         }
     }
 
@@ -555,6 +560,9 @@ impl Shard {
             }
             self.count(|s| s.disk_misses += 1);
         }
+        if let Some(n) = self.read_range(id, offset, len, buf, hint).await? {
+            return Ok(n);
+        }
         let data = self.fetch(id, kind, hint.for_peer).await?;
         let n = copy_range(&data, offset, len, buf);
         self.count(|s| {
@@ -562,6 +570,74 @@ impl Shard {
             s.read_bytes += n as u64;
         });
         Ok(n)
+    }
+
+    /// A small random read of a block no tier would keep (admission
+    /// refuses it), no fetch of which is in flight: only its bytes, when
+    /// the source serves ranges (`None`: fetch the whole block).
+    async fn read_range(
+        self: &Rc<Self>,
+        id: BlockId,
+        offset: usize,
+        len: usize,
+        buf: &mut Vec<u8>,
+        hint: ReadHint,
+    ) -> Result<Option<usize>> {
+        let small = len <= (self.block_size.bytes() / RANGE_READ_FRACTION) as usize;
+        let in_flight = {
+            let inflight = self.inflight.borrow();
+            inflight.contains_key(&(id, false)) || inflight.contains_key(&(id, true))
+        };
+        if hint.for_peer || hint.kind != AccessKind::Random || !small || in_flight {
+            return Ok(None);
+        }
+        if self.would_keep(id) {
+            return Ok(None);
+        }
+        // Offsets and lengths were checked against the block size.
+        let Some(fetch) = self.source.fetch_range(id, offset as u32, len as u32) else {
+            return Ok(None);
+        };
+        match fetch.await {
+            Ok(data) => {
+                let n = data.len().min(len);
+                buf.clear();
+                buf.extend_from_slice(&data[..n]);
+                self.count(|s| {
+                    s.reads += 1;
+                    s.read_bytes += n as u64;
+                    s.source_range_fetches += 1;
+                    s.source_bytes += n as u64;
+                });
+                Ok(Some(n))
+            }
+            Err(SourceError::NotFound) => Err(Error::NotFound(id)),
+            Err(SourceError::Failed(message)) => {
+                self.count(|s| s.source_errors += 1);
+                Err(Error::Source { id, message })
+            }
+        }
+    }
+
+    /// Whether a fetched block would be kept: a free memory slot, a victim
+    /// admission lets it replace, or room on NVMe.
+    fn would_keep(self: &Rc<Self>, id: BlockId) -> bool {
+        {
+            let mut memory = self.memory.borrow_mut();
+            if memory.capacity() > 0 {
+                if memory.has_free_slot() {
+                    return true;
+                }
+                let victim =
+                    memory.victim(&mut |read| self.admission.borrow_mut().record(read.hash64()));
+                if victim
+                    .is_some_and(|v| self.admission.borrow().admit(id.hash64(), Some(v.hash64())))
+                {
+                    return true;
+                }
+            }
+        }
+        self.disk.is_some() && self.disk_admits(id)
     }
 
     /// Caches a block a client wrote: always admitted (it is the newest data).

@@ -49,6 +49,14 @@ pub trait BlockSource {
     fn forwards(&self, _id: BlockId) -> bool {
         false
     }
+
+    /// Fetches only `len` bytes at `offset` of a block (fewer at its end),
+    /// for a small read of a block the cache will not keep; `None` when
+    /// this source has no cheaper way than the whole block (the store:
+    /// its objects are checked whole).
+    fn fetch_range(&self, _id: BlockId, _offset: u32, _len: u32) -> Option<SourceFuture> {
+        None
+    }
 }
 
 /// Tells which version of a block is current: the metadata's block map.

@@ -48,6 +48,9 @@ shard_stats! {
     source_bytes,
     /// Fetch failures reported by the source.
     source_errors,
+    /// Small random reads of blocks this shard would not keep, served by
+    /// fetching only the bytes asked for (a neighbor's range read).
+    source_range_fetches,
     /// Reads that joined a fetch already in flight (single flight).
     fetch_joins,
     /// Blocks inserted by writers.

@@ -868,7 +868,9 @@ fn a_peer_read_never_waits_on_a_fetch_that_asks_another_node() {
     });
     // A peer's request is served from below meanwhile, from either shard.
     let peer_reads = block_on(handle.run_on_all(move |ctx| async move {
-        ctx.read_for_peer(id, Vec::new()).await.map(|(buf, _)| buf)
+        ctx.read_for_peer(id, 0, BLOCK as u32, Vec::new())
+            .await
+            .map(|(buf, _)| buf)
     }))
     .expect("run");
     for buf in peer_reads {
@@ -881,5 +883,85 @@ fn a_peer_read_never_waits_on_a_fetch_that_asks_another_node() {
     assert_eq!(local.join().expect("local read"), content(id, BLOCK));
     opener.join().expect("opener");
     assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    engine.shutdown().expect("shutdown");
+}
+
+/// A source that serves byte ranges (as the neighbor tier does), counting.
+struct Ranges {
+    store: Arc<MemoryStore>,
+    ranges: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl datenlord_engine::BlockSource for Ranges {
+    fn fetch(&self, id: BlockId) -> datenlord_engine::source::SourceFuture {
+        let store = Arc::clone(&self.store);
+        Box::pin(async move {
+            store
+                .get(id)
+                .map(|d| d.to_vec())
+                .ok_or(datenlord_engine::SourceError::NotFound)
+        })
+    }
+
+    fn fetch_range(
+        &self,
+        id: BlockId,
+        offset: u32,
+        len: u32,
+    ) -> Option<datenlord_engine::source::SourceFuture> {
+        self.ranges
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store = Arc::clone(&self.store);
+        Some(Box::pin(async move {
+            let block = store
+                .get(id)
+                .ok_or(datenlord_engine::SourceError::NotFound)?;
+            let start = (offset as usize).min(block.len());
+            let end = (start + len as usize).min(block.len());
+            Ok(block[start..end].to_vec())
+        }))
+    }
+}
+
+impl datenlord_engine::SourceFactory for Ranges {
+    fn source(&self, _shard: ShardId) -> std::rc::Rc<dyn datenlord_engine::BlockSource> {
+        std::rc::Rc::new(Ranges {
+            store: Arc::clone(&self.store),
+            ranges: Arc::clone(&self.ranges),
+        })
+    }
+    fn resolver(&self, shard: ShardId) -> std::rc::Rc<dyn datenlord_engine::VersionResolver> {
+        datenlord_engine::SourceFactory::resolver(&self.store, shard)
+    }
+}
+
+#[test]
+fn a_small_random_read_of_a_block_the_cache_will_not_keep_fetches_only_its_bytes() {
+    // One block per inode: no stream to detect.
+    let ids: Vec<BlockId> = (0..8).map(|i| BlockId::new(100 + i, 0, 1)).collect();
+    let store = store_with(&ids);
+    let ranges = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let factory = Ranges {
+        store: Arc::clone(&store),
+        ranges: Arc::clone(&ranges),
+    };
+    let engine = Engine::start(&config(1, 4, None), factory).expect("start");
+    let handle = engine.handle();
+    // Four whole reads fill the memory tier (room for four).
+    for &id in &ids[..4] {
+        assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    }
+    assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // A 4 KiB read of a cold block admission would not let in: only its bytes.
+    let cold = ids[5];
+    let (buf, n) = block_on(handle.read(cold, 8192, 4096, Vec::new())).expect("read");
+    assert_eq!(&buf[..n], &content(cold, BLOCK)[8192..8192 + 4096]);
+    let s = totals(&handle);
+    assert_eq!(s.source_range_fetches, 1, "{s:?}");
+    assert_eq!(s.source_fetches, 4, "no whole fetch for it: {s:?}");
+    // A whole read of it fetches the block, as does a small read of a
+    // block there is room for (none here, so: whole reads only).
+    assert_eq!(read_all(&handle, cold), content(cold, BLOCK));
+    assert_eq!(totals(&handle).source_fetches, 5);
     engine.shutdown().expect("shutdown");
 }

@@ -225,9 +225,14 @@ impl Conn {
         }
     }
 
-    /// Asks for a block version; the answer's bytes, checked against their
-    /// checksum, within `timeout_ms`.
-    pub async fn read(&self, id: BlockId, timeout_ms: u64) -> Result<Vec<u8>, NeighborError> {
+    /// Asks for a block version (`range`: only `(offset, len)` of it); the
+    /// answer's bytes, checked against their checksum, within `timeout_ms`.
+    pub async fn read(
+        &self,
+        id: BlockId,
+        range: Option<(u32, u32)>,
+        timeout_ms: u64,
+    ) -> Result<Vec<u8>, NeighborError> {
         within(timeout_ms, async {
             let _slot = self
                 .slots
@@ -242,7 +247,9 @@ impl Conn {
             let (tx, rx) = flume::bounded(1);
             self.waiting.borrow_mut().insert(request, tx);
             let _unregister = Unregister(self, request);
-            let header = Header::read(request, id.ino.0, id.index, id.version).encode();
+            let (offset, len) = range.unwrap_or((0, 0));
+            let header =
+                Header::read_range(request, [id.ino.0, id.index, id.version], offset, len).encode();
             {
                 let mut writer = self.writer.lock().await;
                 let sent = async {
@@ -392,7 +399,11 @@ async fn answer(
     stats: &NeighborStats,
 ) {
     let id = BlockId::new(request.ino, request.index, request.block_version);
-    let result = ctx.read_for_peer(id, Vec::new()).await;
+    let (offset, len) = match request.range {
+        0 => (0, ctx.block_size().bytes()),
+        range => (request.offset, range),
+    };
+    let result = ctx.read_for_peer(id, offset, len, Vec::new()).await;
     let (header, payload) = match &result {
         Ok((buf, n)) => {
             let data = &buf[..*n];

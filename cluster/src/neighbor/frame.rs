@@ -58,6 +58,10 @@ pub struct Header {
     pub index: u64,
     /// Block version.
     pub block_version: u64,
+    /// A `Read` of part of the block: its first byte.
+    pub offset: u32,
+    /// A `Read` of part of the block: its bytes (0: the whole block).
+    pub range: u32,
     /// Payload bytes after the header.
     pub len: u32,
     /// CRC32C of the payload.
@@ -111,6 +115,15 @@ impl Header {
         Self::new(Kind::Read, request, ino, index, block_version, &[])
     }
 
+    /// A request for `range` bytes at `offset` of a block version.
+    pub fn read_range(request: u64, id: [u64; 3], offset: u32, range: u32) -> Self {
+        Self {
+            offset,
+            range,
+            ..Self::read(request, id[0], id[1], id[2])
+        }
+    }
+
     /// An answer of `kind` to `to`, for `payload`.
     pub fn answer(to: &Self, kind: Kind, payload: &[u8]) -> Self {
         Self::new(
@@ -139,6 +152,8 @@ impl Header {
             ino,
             index,
             block_version,
+            offset: 0,
+            range: 0,
             // Callers send at most a block (≤ 64 MiB) or a bounded message.
             len: u32::try_from(payload.len()).unwrap_or(u32::MAX),
             crc: crc32c::crc32c(payload),
@@ -184,6 +199,14 @@ impl Header {
         if len > max {
             return Err(FrameError::TooLong { kind, len, max });
         }
+        let (offset, range) = (archived.offset.to_native(), archived.range.to_native());
+        if u64::from(offset) + u64::from(range) > u64::from(block_max) {
+            return Err(FrameError::TooLong {
+                kind,
+                len: offset.saturating_add(range),
+                max: block_max,
+            });
+        }
         Ok(Self {
             magic,
             version,
@@ -192,6 +215,8 @@ impl Header {
             ino: archived.ino.to_native(),
             index: archived.index.to_native(),
             block_version: archived.block_version.to_native(),
+            offset,
+            range,
             len,
             crc: archived.crc.to_native(),
         })
@@ -238,6 +263,16 @@ mod tests {
             Err(FrameError::Checksum { len: 4096 })
         );
         assert!(back.check(&payload[..4095]).is_err());
+    }
+
+    #[test]
+    fn ranges_round_trip_and_may_not_pass_the_block() {
+        let part = Header::read_range(3, [42, 1, 9], 4096, 8192);
+        assert_eq!(Header::decode(&part.encode(), BLOCK), Ok(part));
+        let beyond = Header::read_range(3, [42, 1, 9], BLOCK - 10, 11);
+        assert!(Header::decode(&beyond.encode(), BLOCK).is_err());
+        let huge = Header::read_range(3, [42, 1, 9], u32::MAX, u32::MAX);
+        assert!(Header::decode(&huge.encode(), BLOCK).is_err());
     }
 
     #[test]

@@ -251,9 +251,15 @@ impl Shared {
             .is_some_and(|d| Instant::now() < d.until)
     }
 
-    async fn ask(&self, node: u64, addr: &str, id: BlockId) -> Result<Vec<u8>, NeighborError> {
+    async fn ask(
+        &self,
+        node: u64,
+        addr: &str,
+        id: BlockId,
+        range: Option<(u32, u32)>,
+    ) -> Result<Vec<u8>, NeighborError> {
         let conn = self.conn(node, addr).await?;
-        conn.read(id, REQUEST_TIMEOUT_MS).await
+        conn.read(id, range, REQUEST_TIMEOUT_MS).await
     }
 
     fn open_conn(&self, node: u64, addr: &str) -> Option<Rc<Conn>> {
@@ -330,7 +336,7 @@ impl Shared {
             NeighborStats::add(&self.stats.fallbacks, 1);
         }
         if let Some((home, addr)) = self.home_to_ask(id) {
-            match self.ask_counted(home, &addr, id).await {
+            match self.ask_counted(home, &addr, id, None).await {
                 Ok(data) => return Ok(data),
                 Err(NeighborError::Missing) => home_missed = true,
                 Err(e) => self.failed(home, &addr, &e),
@@ -354,7 +360,7 @@ impl Shared {
                             "block {id} is not readable from the store ({e}) and node {writer}, which wrote it, does not answer"
                         )))
             }
-            (Err(e), Some((writer, addr))) => match self.ask_counted(writer, &addr, id).await {
+            (Err(e), Some((writer, addr))) => match self.ask_counted(writer, &addr, id, None).await {
                 Ok(data) => Ok(data),
                 Err(NeighborError::Missing) => Err(e),
                 Err(err) => {
@@ -375,9 +381,10 @@ impl Shared {
         node: u64,
         addr: &str,
         id: BlockId,
+        range: Option<(u32, u32)>,
     ) -> Result<Vec<u8>, NeighborError> {
         let asked = Instant::now();
-        let answer = self.ask(node, addr, id).await;
+        let answer = self.ask(node, addr, id, range).await;
         let stats = &self.stats;
         NeighborStats::add(&stats.wait_us, asked.elapsed().as_micros() as u64);
         match &answer {
@@ -414,6 +421,29 @@ impl BlockSource for NeighborSource {
 
     fn forwards(&self, id: BlockId) -> bool {
         self.0.home_to_ask(id).is_some() || self.0.writer_to_ask(id).is_some()
+    }
+
+    fn fetch_range(&self, id: BlockId, offset: u32, len: u32) -> Option<SourceFuture> {
+        let (home, addr) = self.0.home_to_ask(id)?;
+        let shared = Rc::clone(&self.0);
+        Some(
+            async move {
+                match shared
+                    .ask_counted(home, &addr, id, Some((offset, len)))
+                    .await
+                {
+                    Ok(data) => return Ok(data),
+                    Err(NeighborError::Missing) => {}
+                    Err(e) => shared.failed(home, &addr, &e),
+                }
+                // The whole block the usual way (the store, its writer).
+                let block = shared.fetch(id).await?;
+                let start = (offset as usize).min(block.len());
+                let end = (start + len as usize).min(block.len());
+                Ok(block[start..end].to_vec())
+            }
+            .boxed_local(),
+        )
     }
 }
 
