@@ -153,11 +153,34 @@ async fn accept(tcp: TcpStream, security: &Security) -> Result<(Stream, Peer), N
 
 type Waiter = flume::Sender<Result<Vec<u8>, NeighborError>>;
 
+/// What a request asked for, to check its answer against: the block and
+/// the most bytes the answer may carry.
+#[derive(Clone, Copy, Debug)]
+struct Asked {
+    id: BlockId,
+    max_len: u32,
+}
+
+impl Asked {
+    /// An answer about another block, or with more bytes than asked, is a
+    /// broken peer: its bytes are never used (the connection closes).
+    fn check(&self, answer: &Header) -> Result<(), NeighborError> {
+        let id = BlockId::new(answer.ino, answer.index, answer.block_version);
+        if id != self.id || answer.len > self.max_len {
+            return Err(NeighborError::Io(format!(
+                "answered block {id} ({} bytes) to a request for {} (at most {} bytes)",
+                answer.len, self.id, self.max_len
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The requesting end of one connection to a neighbor, on one shard.
 pub struct Conn {
     node: u64,
     writer: AsyncMutex<WriteHalf<Stream>>,
-    waiting: RefCell<HashMap<u64, Waiter>>,
+    waiting: RefCell<HashMap<u64, (Asked, Waiter)>>,
     next: Cell<u64>,
     slots: glommio::sync::Semaphore,
     broken: Rc<Cell<bool>>,
@@ -220,7 +243,7 @@ impl Conn {
 
     fn fail_all(&self, err: &NeighborError) {
         self.broken.set(true);
-        for (_, waiter) in self.waiting.borrow_mut().drain() {
+        for (_, (_, waiter)) in self.waiting.borrow_mut().drain() {
             let _ = waiter.try_send(Err(err.clone()));
         }
     }
@@ -245,9 +268,13 @@ impl Conn {
             let request = self.next.get();
             self.next.set(request.wrapping_add(1));
             let (tx, rx) = flume::bounded(1);
-            self.waiting.borrow_mut().insert(request, tx);
-            let _unregister = Unregister(self, request);
             let (offset, len) = range.unwrap_or((0, 0));
+            let asked = Asked {
+                id,
+                max_len: if len == 0 { u32::MAX } else { len },
+            };
+            self.waiting.borrow_mut().insert(request, (asked, tx));
+            let _unregister = Unregister(self, request);
             let header =
                 Header::read_range(request, [id.ino.0, id.index, id.version], offset, len).encode();
             {
@@ -316,7 +343,10 @@ async fn read_answers(
         };
         // A request whose caller gave up has no waiter: its answer is dropped.
         let waiter = conn.waiting.borrow_mut().remove(&header.request);
-        if let Some(waiter) = waiter {
+        if let Some((asked, waiter)) = waiter {
+            if let Err(e) = asked.check(&header) {
+                return e;
+            }
             let _ = waiter.try_send(answer);
         }
     }
@@ -436,4 +466,30 @@ async fn send(w: &mut WriteHalf<Stream>, header: &Header, payload: &[u8]) -> io:
     w.write_all(&head.0).await?;
     w.write_all(payload).await?;
     w.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_about_another_block_or_longer_than_asked_is_refused() {
+        let id = BlockId::new(7, 3, 9 << 16);
+        let asked = Asked { id, max_len: 4096 };
+        let request = Header::read_range(1, [7, 3, 9 << 16], 0, 4096);
+        assert!(asked
+            .check(&Header::answer(&request, Kind::Block, &[0; 4096]))
+            .is_ok());
+        assert!(asked
+            .check(&Header::answer(&request, Kind::Block, &[0; 4097]))
+            .is_err());
+        let other = Header::read(1, 7, 4, 9 << 16);
+        assert!(asked
+            .check(&Header::answer(&other, Kind::Block, &[0; 10]))
+            .is_err());
+        let older = Header::read(1, 7, 3, 8 << 16);
+        assert!(asked
+            .check(&Header::answer(&older, Kind::Block, &[0; 10]))
+            .is_err());
+    }
 }
