@@ -284,26 +284,7 @@ impl Shard {
         buf: Vec<u8>,
     ) -> Result<(Vec<u8>, usize)> {
         let hint = self.observe(id);
-        let owner = id.key().owner(self.shards);
-        if owner == self.id {
-            let mut buf = buf;
-            let n = self.read_owned(id, offset, len, &mut buf, hint).await?;
-            return Ok((buf, n));
-        }
-        self.count(|s| s.forwarded += 1);
-        let op = Op::Read {
-            id,
-            offset,
-            len,
-            buf,
-            hint,
-        };
-        match self.peers.call(owner, op).await? {
-            Reply::Read { buf, len } => Ok((buf, len)),
-            other => Err(Error::InvalidRequest(format!(
-                "unexpected reply to a read: {other:?}"
-            ))),
-        }
+        self.read_at_owner(id, offset, len, buf, hint).await
     }
 
     /// Reads `len` bytes at `offset` of a block for another node: no
@@ -317,12 +298,23 @@ impl Shard {
         len: u32,
         buf: Vec<u8>,
     ) -> Result<(Vec<u8>, usize)> {
+        self.read_at_owner(id, offset, len, buf, ReadHint::PEER)
+            .await
+    }
+
+    /// Reads at the block's owner: this shard, or a peer over the mesh.
+    async fn read_at_owner(
+        self: &Rc<Self>,
+        id: BlockId,
+        offset: u32,
+        len: u32,
+        buf: Vec<u8>,
+        hint: ReadHint,
+    ) -> Result<(Vec<u8>, usize)> {
         let owner = id.key().owner(self.shards);
         if owner == self.id {
             let mut buf = buf;
-            let n = self
-                .read_owned(id, offset, len, &mut buf, ReadHint::PEER)
-                .await?;
+            let n = self.read_owned(id, offset, len, &mut buf, hint).await?;
             return Ok((buf, n));
         }
         self.count(|s| s.forwarded += 1);
@@ -331,7 +323,7 @@ impl Shard {
             offset,
             len,
             buf,
-            hint: ReadHint::PEER,
+            hint,
         };
         match self.peers.call(owner, op).await? {
             Reply::Read { buf, len } => Ok((buf, len)),

@@ -780,6 +780,14 @@ fn memory_hits_are_served_on_the_callers_thread_and_still_drive_prefetch() {
     );
 }
 
+/// A block's bytes in `store`, as a source answers.
+fn stored(store: &MemoryStore, id: BlockId) -> Result<Vec<u8>, datenlord_engine::SourceError> {
+    store
+        .get(id)
+        .map(|d| d.to_vec())
+        .ok_or(datenlord_engine::SourceError::NotFound)
+}
+
 /// A source in front of a [`MemoryStore`] that, like the neighbor tier,
 /// forwards local misses to "another node" (here: a fetch held until the
 /// test opens a gate) and serves peers' requests from the store.
@@ -794,10 +802,7 @@ impl datenlord_engine::BlockSource for Forwarding {
         let (store, gate) = (Arc::clone(&self.store), self.gate.clone());
         Box::pin(async move {
             let _ = gate.recv_async().await;
-            store
-                .get(id)
-                .map(|d| d.to_vec())
-                .ok_or(datenlord_engine::SourceError::NotFound)
+            stored(&store, id)
         })
     }
 
@@ -805,12 +810,7 @@ impl datenlord_engine::BlockSource for Forwarding {
         self.for_peer
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let store = Arc::clone(&self.store);
-        Box::pin(async move {
-            store
-                .get(id)
-                .map(|d| d.to_vec())
-                .ok_or(datenlord_engine::SourceError::NotFound)
-        })
+        Box::pin(async move { stored(&store, id) })
     }
 
     fn forwards(&self, _id: BlockId) -> bool {
@@ -895,12 +895,7 @@ struct Ranges {
 impl datenlord_engine::BlockSource for Ranges {
     fn fetch(&self, id: BlockId) -> datenlord_engine::source::SourceFuture {
         let store = Arc::clone(&self.store);
-        Box::pin(async move {
-            store
-                .get(id)
-                .map(|d| d.to_vec())
-                .ok_or(datenlord_engine::SourceError::NotFound)
-        })
+        Box::pin(async move { stored(&store, id) })
     }
 
     fn fetch_range(
