@@ -212,6 +212,18 @@ enum MembersCommand {
         #[command(flatten)]
         tls: TlsArgs,
     },
+    /// Take a cache node out of the cache registry (one that is gone for
+    /// good: a running node registers itself again). Admin certificate.
+    ForgetNode {
+        /// Masters of the group.
+        #[arg(long, value_delimiter = ',', required = true)]
+        masters: Vec<String>,
+        /// Id of the node.
+        #[arg(long)]
+        id: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
     /// Show each master's view: leader, term, applied index.
     Status {
         /// Masters to ask.
@@ -505,6 +517,14 @@ fn run_members(command: MembersCommand) -> anyhow::Result<ExitCode> {
             (masters, change, tls)
         }
         MembersCommand::Remove { masters, id, tls } => (masters, Membership::Remove { id }, tls),
+        MembersCommand::ForgetNode { masters, id, tls } => {
+            let command = datenlord_cluster::meta::Command::UnregisterCacheNode { id };
+            MetaClient::new(masters, &tls.security()?)
+                .cache_node(&command)
+                .with_context(|| format!("taking node {id} out of the cache registry"))?;
+            println!("node {id} is out of the cache registry");
+            return Ok(ExitCode::SUCCESS);
+        }
         MembersCommand::Status { masters, tls } => {
             let security = tls.security()?;
             for addr in &masters {

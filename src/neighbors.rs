@@ -82,7 +82,11 @@ impl Neighbors {
         let watch = Periodic::start(
             "cache-registry",
             Duration::from_millis(REGISTRY_POLL_MS),
-            move || follow(&watched, &membership),
+            move || {
+                if follow(&watched, &membership) {
+                    register_again(&watched, &addr, cache_bytes);
+                }
+            },
         );
         Ok(Self {
             node: Arc::clone(node),
@@ -94,10 +98,11 @@ impl Neighbors {
     /// Leaves the registry (other nodes stop asking this one), then stops
     /// serving.
     pub(crate) fn stop(self) {
+        // The watch first: it would register this node again.
+        self.watch.stop();
         if let Err(e) = self.node.unregister_cache() {
             warn!(%e, "could not leave the cache registry: other nodes fall back to the store until this node is back");
         }
-        self.watch.stop();
         self.server.stop();
     }
 }
@@ -113,13 +118,14 @@ fn advertised(bound: SocketAddr, host: &str) -> String {
 }
 
 /// Puts the registry of the local copy into `membership` when its epoch
-/// moved.
-fn follow(node: &Node, membership: &Membership) {
+/// moved; says whether this node is missing from it (an administrator
+/// took it out while it runs).
+fn follow(node: &Node, membership: &Membership) -> bool {
     let local = node.local();
     let state = local.read();
     let epoch = state.cache_epoch();
     if epoch == membership.get().epoch() {
-        return;
+        return false;
     }
     let (epoch, nodes) = state.cache_nodes();
     drop(state);
@@ -130,7 +136,21 @@ fn follow(node: &Node, membership: &Membership) {
         registered = nodes.len(),
         "cache registry changed"
     );
+    let missing = !nodes.iter().any(|n| n.id == node.id());
     membership.set(View::new(epoch, &nodes));
+    missing
+}
+
+/// Registers this running node again after it was taken out.
+fn register_again(node: &Node, addr: &str, cache_bytes: u64) {
+    match node.register_cache(addr, cache_bytes) {
+        Ok(()) => {
+            info!(%addr, "this node was out of the cache registry while running: registered again");
+        }
+        Err(e) => {
+            warn!(%e, "could not register this node again; retried at the next registry change");
+        }
+    }
 }
 
 #[cfg(test)]

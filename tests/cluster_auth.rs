@@ -615,6 +615,11 @@ fn a_node_registers_only_itself_and_proposals_carry_no_registry_change_or_revoca
             .map_err(|e| e.to_string()),
         "an admin is no cache node",
     );
+    // An administrator takes a node (gone for good) out of the registry.
+    as_node.cache_node(&register(10)).expect("registered again");
+    as_admin
+        .cache_node(&Command::UnregisterCacheNode { id: 10 })
+        .expect("an admin forgets a node");
     for command in [
         register(10),
         Command::RevokeCertificate {

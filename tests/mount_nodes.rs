@@ -457,7 +457,9 @@ fn nodes_on_separate_networks_serve_each_other_and_a_partition_serves_no_wrong_b
 /// A node killed in the middle of another node's reads: the reads go on
 /// without an error (from the store), the Lord marks the node dead within
 /// its bound (`datenlord_cluster::lord`: about 4 s; 20 s allowed here on a
-/// busy machine) and `members status` says so; restarted, it is live again.
+/// busy machine) and `members status` says so; `members forget-node` takes
+/// it out (a running node taken out registers again); restarted, it is
+/// live again.
 #[test]
 fn a_killed_node_is_marked_dead_without_failing_reads_and_comes_back_live() {
     let c = Cluster::local(51);
@@ -505,6 +507,33 @@ fn a_killed_node_is_marked_dead_without_failing_reads_and_comes_back_live() {
     wait_registry(&dirs[1].data_dir(), 2);
     let logs: String = (1..=3).map(|id| group.log(id)).collect();
     assert!(logs.contains("cache node dead"), "{logs}");
+
+    // Gone for good: an administrator takes it out of the registry.
+    let forget = |id: &str| {
+        let mut args = vec!["members", "forget-node", "--masters", masters, "--id", id];
+        let admin = group.tls_args("admin", None);
+        args.extend(admin.iter().map(String::as_str));
+        let out = support::node::datenlord(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    forget("53");
+    assert!(!status().contains("node 53 at"), "{}", status());
+    // A running node taken out registers itself again.
+    forget("52");
+    wait_for(
+        "node 52 back in the registry",
+        Duration::from_secs(20),
+        || {
+            status()
+                .lines()
+                .any(|l| l.contains("node 52 at") && l.contains("live"))
+                .then_some(())
+        },
+    );
 
     nodes[2] = Some(Mounted::start(&dirs[2], &args(2)));
     wait_for("node 53 live again", Duration::from_secs(20), || {

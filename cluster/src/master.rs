@@ -642,7 +642,8 @@ fn operator_only(payload: &[u8]) -> Option<&'static str> {
 }
 
 /// The registry change in an `OP_CACHE_NODE` payload, if `who` may make
-/// it: a node registers and unregisters only itself.
+/// it: a node registers and unregisters only itself; an administrator
+/// unregisters any node.
 fn cache_node_command(who: &Peer, payload: &[u8]) -> Result<Command, String> {
     let command =
         Command::decode(payload).map_err(|e| format!("send a malformed registry change ({e})"))?;
@@ -651,8 +652,11 @@ fn cache_node_command(who: &Peer, payload: &[u8]) -> Result<Command, String> {
         Command::UnregisterCacheNode { id } => *id,
         _ => return Err("send another command than a registry change".into()),
     };
+    let forget = matches!(command, Command::UnregisterCacheNode { .. });
     let allowed = match who {
         Peer::Unverified => true,
+        // An administrator takes a node that is gone for good out.
+        Peer::Certified(me) if forget && me.role == Role::Admin => true,
         Peer::Certified(me) => me.role == Role::Node && me.id == Some(id),
     };
     if allowed {
