@@ -1249,42 +1249,24 @@ fn datenlord_umount_returns_once_the_daemon_is_gone() {
     m.unmount();
 }
 
-/// A loop device as it would be an NVMe namespace: made in the target
-/// directory, detached when dropped.
+/// A loop device in the target directory as it would be an NVMe
+/// namespace; the directory goes with it.
 struct LoopDevice {
     path: String,
+    // Detached before its backing file's directory goes (field order).
+    _device: datenlord_testbed::LoopDevice,
     _dir: tempfile::TempDir,
 }
 
 impl LoopDevice {
     fn new(bytes: u64) -> Self {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-        let backing = dir.path().join("nvme.img");
-        std::fs::File::create(&backing)
-            .and_then(|f| f.set_len(bytes))
-            .expect("backing file");
-        let out = std::process::Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on"])
-            .arg(&backing)
-            .output()
-            .expect("losetup");
-        assert!(
-            out.status.success(),
-            "losetup: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let device = datenlord_testbed::LoopDevice::attach(&dir.path().join("nvme.img"), bytes);
         Self {
-            path: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            path: device.path().to_string_lossy().into_owned(),
+            _device: device,
             _dir: dir,
         }
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup")
-            .args(["-d", &self.path])
-            .output();
     }
 }
 

@@ -506,22 +506,9 @@ fn a_stopped_stream_cancels_its_queued_prefetches() {
 fn a_raw_block_device_serves_as_the_nvme_tier() {
     // A loop device stands in for an NVMe namespace (needs root, as in CI).
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let backing = dir.path().join("nvme.img");
-    std::fs::File::create(&backing)
-        .and_then(|f| f.set_len(16 << 20))
-        .expect("backing file");
-    let out = Command::new("losetup")
-        .args(["--find", "--show", "--direct-io=on"])
-        .arg(&backing)
-        .output()
-        .expect("run losetup");
-    assert!(
-        out.status.success(),
-        "losetup needs root: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let device = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().to_string());
-    let detach = scopeguard(&device);
+    let device_guard =
+        datenlord_testbed::LoopDevice::attach(&dir.path().join("nvme.img"), 16 << 20);
+    let device = device_guard.path().to_path_buf();
     let ids = blocks(19, 10);
     let store = store_with(&ids);
     let cfg = EngineConfig {
@@ -553,18 +540,7 @@ fn a_raw_block_device_serves_as_the_nvme_tier() {
     }
     assert_eq!(empty.fetches(), 0, "warm from the device");
     engine.shutdown().expect("shutdown");
-    drop(detach);
-}
-
-/// Detaches a loop device when dropped, even if the test panics.
-fn scopeguard(device: &Path) -> impl Drop + '_ {
-    struct Detach<'a>(&'a Path);
-    impl Drop for Detach<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("losetup").arg("-d").arg(self.0).status();
-        }
-    }
-    Detach(device)
+    drop(device_guard);
 }
 
 // ----- bad configuration ---------------------------------------------

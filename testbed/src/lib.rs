@@ -1,6 +1,7 @@
 //! Real servers for tests: a moto S3 server (PyPI `moto[server]`, installed
 //! by `scripts/test` or `scripts/s3-server`) on a free loopback port,
-//! restartable on the same port, killed when dropped.
+//! restartable on the same port, killed when dropped; and a loop device
+//! standing in for an NVMe namespace (root), detached when dropped.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -107,5 +108,46 @@ impl Moto {
 impl Drop for Moto {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A loop device over a sparse file, as it would be an NVMe namespace
+/// (needs root, as in CI); detached when dropped.
+#[derive(Debug)]
+pub struct LoopDevice {
+    path: std::path::PathBuf,
+}
+
+impl LoopDevice {
+    /// Attaches a device of `bytes` over `backing` (created), with direct
+    /// IO so O_DIRECT reads reach the file.
+    pub fn attach(backing: &std::path::Path, bytes: u64) -> Self {
+        std::fs::File::create(backing)
+            .and_then(|f| f.set_len(bytes))
+            .expect("backing file");
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on"])
+            .arg(backing)
+            .output()
+            .expect("run losetup");
+        assert!(
+            out.status.success(),
+            "losetup needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            path: String::from_utf8_lossy(&out.stdout).trim().into(),
+        }
+    }
+
+    /// The device's path (`/dev/loopN`).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.path).status();
     }
 }
