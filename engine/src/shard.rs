@@ -576,11 +576,7 @@ impl Shard {
         hint: ReadHint,
     ) -> Result<Option<usize>> {
         let small = len <= (self.block_size.bytes() / RANGE_READ_FRACTION) as usize;
-        let in_flight = {
-            let inflight = self.inflight.borrow();
-            inflight.contains_key(&(id, false)) || inflight.contains_key(&(id, true))
-        };
-        if hint.for_peer || hint.kind != AccessKind::Random || !small || in_flight {
+        if hint.for_peer || hint.kind != AccessKind::Random || !small || self.is_fetching(id) {
             return Ok(None);
         }
         if self.would_keep(id) {
@@ -609,6 +605,12 @@ impl Shard {
                 Err(Error::Source { id, message })
             }
         }
+    }
+
+    /// Whether a fetch of `id` is in flight (of either kind).
+    fn is_fetching(&self, id: BlockId) -> bool {
+        let inflight = self.inflight.borrow();
+        inflight.contains_key(&(id, false)) || inflight.contains_key(&(id, true))
     }
 
     /// Whether a fetched block would be kept: a free memory slot, a victim
@@ -959,8 +961,7 @@ impl Shard {
             let id = BlockId::new(ino, index, version);
             let cached = self.memory.borrow().contains(id)
                 || self.disk.as_ref().is_some_and(|d| d.contains(id))
-                || self.inflight.borrow().contains_key(&(id, false))
-                || self.inflight.borrow().contains_key(&(id, true));
+                || self.is_fetching(id);
             if cached {
                 continue;
             }

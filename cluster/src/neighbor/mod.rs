@@ -228,20 +228,45 @@ struct Shared {
 
 struct NeighborSource(Rc<Shared>);
 
-impl Shared {
-    /// The home to ask for `id`, unless that is this node, there is none,
-    /// or it failed recently.
-    fn home_to_ask(&self, id: BlockId) -> Option<(u64, String)> {
-        let view = self.membership.get();
-        let (home, addr) = view.home(id)?;
-        (home != self.me && !self.is_down(home)).then(|| (home, addr.to_string()))
-    }
+/// Where a block may be asked for beyond this node, from one view of the
+/// registry.
+struct Route {
+    /// Its home, unless that is this node, there is none, or it failed
+    /// recently.
+    home: Option<(u64, String)>,
+    /// Its home is another node that failed recently (a fallback).
+    home_down: bool,
+    /// The node that wrote it, when that is another registered node: until
+    /// the version is uploaded, only that node's journal holds it.
+    writer: Option<(u64, String)>,
+}
 
-    /// Whether `id`'s home is another node that failed recently.
-    fn home_is_down(&self, id: BlockId) -> bool {
+impl Route {
+    /// Whether a fetch would ask another node.
+    fn forwards(&self) -> bool {
+        self.home.is_some() || self.writer.is_some()
+    }
+}
+
+impl Shared {
+    /// Where to ask for `id`.
+    fn route(&self, id: BlockId) -> Route {
         let view = self.membership.get();
-        view.home(id)
-            .is_some_and(|(home, _)| home != self.me && self.is_down(home))
+        let home = view.home(id).filter(|(home, _)| *home != self.me);
+        let home_down = home.is_some_and(|(home, _)| self.is_down(home));
+        let writer = id.writer();
+        let writer = if writer == 0 || writer == self.me {
+            None
+        } else {
+            view.addr(writer).map(|addr| (writer, addr.to_string()))
+        };
+        Route {
+            home: home
+                .filter(|_| !home_down)
+                .map(|(home, addr)| (home, addr.to_string())),
+            home_down,
+            writer,
+        }
     }
 
     fn is_down(&self, node: u64) -> bool {
@@ -316,50 +341,47 @@ impl Shared {
 }
 
 impl Shared {
-    /// The node that wrote `id` when it is another registered node: until
-    /// the version is uploaded, only that node's journal holds it.
-    fn writer_to_ask(&self, id: BlockId) -> Option<(u64, String)> {
-        let writer = id.writer();
-        if writer == 0 || writer == self.me {
-            return None;
-        }
-        let view = self.membership.get();
-        Some((writer, view.addr(writer)?.to_string()))
-    }
-
     /// Asks the home, then the tiers below; a block neither has (not
     /// uploaded yet, or the store is down) is asked of its writer.
-    async fn fetch(&self, id: BlockId) -> Result<Vec<u8>, SourceError> {
-        let writer = self.writer_to_ask(id);
+    async fn fetch(&self, id: BlockId, route: Route) -> Result<Vec<u8>, SourceError> {
         let mut home_missed = false;
-        if self.home_is_down(id) {
-            NeighborStats::add(&self.stats.fallbacks, 1);
-        }
-        if let Some((home, addr)) = self.home_to_ask(id) {
-            match self.ask_counted(home, &addr, id, None).await {
+        if let Some((home, addr)) = &route.home {
+            match self.ask_counted(*home, addr, id, None).await {
                 Ok(data) => return Ok(data),
                 Err(NeighborError::Missing) => home_missed = true,
-                Err(e) => self.failed(home, &addr, &e),
-            }
-            if home_missed && writer.as_ref().is_some_and(|(w, _)| *w == home) {
-                // The writer is the home: its journal was looked at.
-                return Err(SourceError::NotFound);
+                Err(e) => self.failed(*home, addr, &e),
             }
         }
+        self.after_home(id, route, home_missed).await
+    }
+
+    /// What [`Self::fetch`] does once the home did not deliver (it said it
+    /// has no such block when `home_missed`).
+    async fn after_home(
+        &self,
+        id: BlockId,
+        route: Route,
+        home_missed: bool,
+    ) -> Result<Vec<u8>, SourceError> {
+        let home = route.home.map(|(home, _)| home);
+        let writer = route.writer;
+        if home_missed && writer.as_ref().is_some_and(|(w, _)| Some(*w) == home) {
+            // The writer is the home: its journal was looked at.
+            return Err(SourceError::NotFound);
+        }
         let below = if home_missed && writer.is_some() {
-            // The home just looked in the store.
+            // The home just looked in the store; the writer's journal is next.
             Err(SourceError::NotFound)
         } else {
+            // This node's own journal, then the store.
             self.below.fetch(id).await
         };
         match (below, writer) {
             (Ok(data), _) => Ok(data),
             (Err(e), None) => Err(e),
-            (Err(e), Some((writer, _))) if self.is_down(writer) => {
-                        Err(SourceError::Failed(format!(
-                            "block {id} is not readable from the store ({e}) and node {writer}, which wrote it, does not answer"
-                        )))
-            }
+            (Err(e), Some((writer, _))) if self.is_down(writer) => Err(SourceError::Failed(format!(
+                "block {id} is not readable from the store ({e}) and node {writer}, which wrote it, does not answer"
+            ))),
             (Err(e), Some((writer, addr))) => match self.ask_counted(writer, &addr, id, None).await {
                 Ok(data) => Ok(data),
                 Err(NeighborError::Missing) => Err(e),
@@ -405,14 +427,15 @@ impl Shared {
 
 impl BlockSource for NeighborSource {
     fn fetch(&self, id: BlockId) -> SourceFuture {
-        if self.0.home_to_ask(id).is_none() && self.0.writer_to_ask(id).is_none() {
-            if self.0.home_is_down(id) {
-                NeighborStats::add(&self.0.stats.fallbacks, 1);
-            }
+        let route = self.0.route(id);
+        if route.home_down {
+            NeighborStats::add(&self.0.stats.fallbacks, 1);
+        }
+        if !route.forwards() {
             return self.0.below.fetch(id);
         }
         let shared = Rc::clone(&self.0);
-        async move { shared.fetch(id).await }.boxed_local()
+        async move { shared.fetch(id, route).await }.boxed_local()
     }
 
     fn fetch_for_peer(&self, id: BlockId) -> SourceFuture {
@@ -420,24 +443,29 @@ impl BlockSource for NeighborSource {
     }
 
     fn forwards(&self, id: BlockId) -> bool {
-        self.0.home_to_ask(id).is_some() || self.0.writer_to_ask(id).is_some()
+        self.0.route(id).forwards()
     }
 
     fn fetch_range(&self, id: BlockId, offset: u32, len: u32) -> Option<SourceFuture> {
-        let (home, addr) = self.0.home_to_ask(id)?;
+        let route = self.0.route(id);
+        let (home, addr) = route.home.clone()?;
         let shared = Rc::clone(&self.0);
         Some(
             async move {
-                match shared
+                let missed = match shared
                     .ask_counted(home, &addr, id, Some((offset, len)))
                     .await
                 {
                     Ok(data) => return Ok(data),
-                    Err(NeighborError::Missing) => {}
-                    Err(e) => shared.failed(home, &addr, &e),
-                }
-                // The whole block the usual way (the store, its writer).
-                let block = shared.fetch(id).await?;
+                    Err(NeighborError::Missing) => true,
+                    Err(e) => {
+                        shared.failed(home, &addr, &e);
+                        false
+                    }
+                };
+                // The whole block the usual way (the store, its writer),
+                // without asking the home again.
+                let block = shared.after_home(id, route, missed).await?;
                 let start = (offset as usize).min(block.len());
                 let end = (start + len as usize).min(block.len());
                 Ok(block[start..end].to_vec())
