@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use datenlord_cluster::link::{check_listen, Security};
 use datenlord_cluster::master::Master;
+use datenlord_cluster::neighbor::DataLink;
 use datenlord_cluster::node::{Node, NodeConfig};
 use datenlord_engine::block::{parse_bytes, BlockSize};
 use datenlord_engine::config::{DiskConfig, EngineConfig};
@@ -167,6 +168,23 @@ pub struct MountArgs {
     /// you trust.
     #[arg(long)]
     pub insecure: bool,
+    /// How blocks travel between nodes once the mutual-TLS handshake has
+    /// authenticated both: `on`, inside TLS; `off`, in clear with a MAC on
+    /// every frame (keyed from the handshake: no frame can be changed,
+    /// replayed or forged, but anyone on the network can read the data;
+    /// only on a fabric you trust). Used on a connection only when both
+    /// nodes say `off`.
+    #[arg(long = "data-tls", value_enum, default_value_t = OnOff::On)]
+    pub data_tls: OnOff,
+}
+
+/// A switch of the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 impl MountArgs {
@@ -197,8 +215,11 @@ impl MountArgs {
         match (masters.is_empty(), self.node_id, &self.node_listen) {
             (true, None, None) => {
                 ensure!(
-                    self.tls_dir.is_none() && !self.insecure && self.data_listen.is_none(),
-                    "--tls-dir, --insecure and --data-listen are for a node of a master group (with --masters, --node-id and --node-listen); the embedded mount talks to no other process"
+                    self.tls_dir.is_none()
+                        && !self.insecure
+                        && self.data_listen.is_none()
+                        && self.data_tls == OnOff::On,
+                    "--tls-dir, --insecure, --data-listen and --data-tls are for a node of a master group (with --masters, --node-id and --node-listen); the embedded mount talks to no other process"
                 );
                 return Ok(None);
             }
@@ -227,6 +248,10 @@ impl MountArgs {
                     })?),
                     None => None,
                 };
+                ensure!(
+                    tls_dir.is_some() || self.data_tls == OnOff::On,
+                    "--data-tls off keeps the mutual-TLS handshake and leaves TLS after it: it needs --tls-dir"
+                );
                 let security = Security::from_dir(tls_dir.as_deref()).context("--tls-dir")?;
                 check_listen(listen, &security, self.insecure, "--node-listen")
                     .map_err(anyhow::Error::msg)?;
@@ -783,7 +808,7 @@ fn start_engine(
                 sources,
                 n.id,
                 n.membership.clone(),
-                n.security.clone(),
+                n.link.clone(),
                 Arc::clone(&n.stats),
                 block_size.bytes(),
             ),
@@ -846,9 +871,15 @@ fn serve(
     let lock = DataDirLock::take(data_dir, mountpoint)?;
     let node_config = args.node_config(data_dir)?;
     let security = node_config.as_ref().map(|config| config.security.clone());
-    let neighbor_plan = node_config
-        .as_ref()
-        .map(|config| NeighborPlan::new(config.id, config.security.clone()));
+    let neighbor_plan = node_config.as_ref().map(|config| {
+        NeighborPlan::new(
+            config.id,
+            DataLink {
+                security: config.security.clone(),
+                data_tls: args.data_tls == OnOff::On,
+            },
+        )
+    });
     let mut opts = kernel_cache_defaults(mountpoint, node_config.is_none());
     let parsed = datenlord_fuse::parse_mount_options(&args.options.join(","))
         .context("in the -o mount options")?;
@@ -1405,6 +1436,11 @@ fn render_neighbors(
             "Time spent waiting for homes' answers.",
             &stats.wait_us,
         ),
+        (
+            "clear_connections",
+            "Connections whose frames go in clear with a MAC (--data-tls off on both ends).",
+            &stats.clear_connections,
+        ),
     ];
     for (name, help, counter) in samples {
         let metric = format!("datenlord_neighbor_{name}_total");
@@ -1585,5 +1621,13 @@ mod tests {
         own_store.extend(["--store", "file:///var/lib/dl/store/"]);
         assert!(err(&own_store).contains("embedded mount's default store"));
         assert!(err(&["--node-id", "3"]).contains("missing: --masters, --node-listen"));
+        // Frames in clear keep the handshake: they need certificates.
+        with_store.extend(["--data-tls", "off"]);
+        assert!(err(&with_store).contains("needs --tls-dir"));
+        assert!(err(&["--data-tls", "off"]).contains("for a node of a master group"));
+        let unclear = Cli::try_parse_from(["datenlord", "/mnt", "--data-tls", "maybe"])
+            .expect_err("on or off")
+            .to_string();
+        assert!(unclear.contains("possible values: on, off"), "{unclear}");
     }
 }

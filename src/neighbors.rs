@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use datenlord_cluster::link::{check_listen, Security};
-use datenlord_cluster::neighbor::{Membership, NeighborServer, NeighborStats, View};
+use datenlord_cluster::link::check_listen;
+use datenlord_cluster::neighbor::{DataLink, Membership, NeighborServer, NeighborStats, View};
 use datenlord_cluster::node::Node;
 use tracing::{info, warn};
 
@@ -23,16 +23,16 @@ const REGISTRY_POLL_MS: u64 = 250;
 pub(crate) struct NeighborPlan {
     pub(crate) id: u64,
     pub(crate) membership: Membership,
-    pub(crate) security: Security,
+    pub(crate) link: DataLink,
     pub(crate) stats: Arc<NeighborStats>,
 }
 
 impl NeighborPlan {
-    pub(crate) fn new(id: u64, security: Security) -> Self {
+    pub(crate) fn new(id: u64, link: DataLink) -> Self {
         Self {
             id,
             membership: Membership::default(),
-            security,
+            link,
             stats: Arc::new(NeighborStats::default()),
         }
     }
@@ -63,16 +63,12 @@ impl Neighbors {
             .map_or(node.addr(), |(host, _)| host)
             .to_string();
         let listen = listen.map_or_else(|| format!("{host}:0"), str::to_string);
-        check_listen(&listen, &plan.security, insecure, "--data-listen")
+        check_listen(&listen, &plan.link.security, insecure, "--data-listen")
             .map_err(anyhow::Error::msg)?;
         follow(node, &plan.membership);
-        let server = NeighborServer::start(
-            engine,
-            &listen,
-            plan.security.clone(),
-            Arc::clone(&plan.stats),
-        )
-        .with_context(|| format!("serving cached blocks on --data-listen {listen}"))?;
+        let server =
+            NeighborServer::start(engine, &listen, plan.link.clone(), Arc::clone(&plan.stats))
+                .with_context(|| format!("serving cached blocks on --data-listen {listen}"))?;
         let addr = advertised(server.addr(), &host);
         node.register_cache(&addr, cache_bytes)
             .context("registering this node's cache with the masters")?;

@@ -407,7 +407,8 @@ fn write_back_blocks_are_served_by_their_writer_until_uploaded() {
 /// three machines), masters on the bridge's address: blocks travel
 /// between nodes over veth; a partitioned node costs the others store
 /// reads, never an error; once its link is back it reads the current
-/// bytes, never the ones from before.
+/// bytes, never the ones from before. A and B say `--data-tls off`: their
+/// blocks go in clear with a MAC between them, in TLS to and from C.
 #[test]
 fn nodes_on_separate_networks_serve_each_other_and_a_partition_serves_no_wrong_byte() {
     let net = support::netns::Netns::up(3);
@@ -415,7 +416,13 @@ fn nodes_on_separate_networks_serve_each_other_and_a_partition_serves_no_wrong_b
         format!("{}:{port}", net.ip(i + 1))
     });
     let nodes: Vec<Mounted> = (0..3)
-        .map(|i| Mounted::start_in(&net.path(i + 1), &c.dirs[i], &c.args(i, false)))
+        .map(|i| {
+            let mut args = c.args(i, false);
+            if i < 2 {
+                args.extend(["--data-tls", "off"]);
+            }
+            Mounted::start_in(&net.path(i + 1), &c.dirs[i], &args)
+        })
         .collect();
     c.wait_registry(3);
     let sum = |name: &str| c.sum(name);
@@ -430,6 +437,9 @@ fn nodes_on_separate_networks_serve_each_other_and_a_partition_serves_no_wrong_b
         "blocks crossed the veths"
     );
     assert!(sum("datenlord_neighbor_served_bytes_total") > 0.0);
+    let clear = |i: usize| metric_sum(&c.metrics[i], "datenlord_neighbor_clear_connections_total");
+    assert!(clear(1) > 0.0, "B's connections to A are in clear");
+    assert!(clear(2) < 0.5, "C keeps TLS on");
 
     // C is cut off. A overwrites the file and writes another; B reads both
     // (blocks homed at C come from the store or their writer, after C

@@ -13,7 +13,7 @@ use datenlord_cluster::certs::{init_ca, issue, CertRequest};
 use datenlord_cluster::link::Security;
 use datenlord_cluster::meta::CacheNode;
 use datenlord_cluster::neighbor::{
-    Membership, NeighborServer, NeighborSources, NeighborStats, View,
+    DataLink, Membership, NeighborServer, NeighborSources, NeighborStats, View,
 };
 use datenlord_cluster::tls::Role;
 use datenlord_engine::{BlockId, BlockSize, Engine, EngineConfig, EngineHandle, MemoryStore};
@@ -54,11 +54,11 @@ struct TestNode {
 
 impl TestNode {
     fn start(id: u64, security: &Security, membership: Membership) -> Self {
-        Self::with_memory(id, security, membership, 64)
+        Self::with_memory(id, &DataLink::new(security.clone()), membership, 64)
     }
 
     /// A node whose memory tier holds `blocks` blocks.
-    fn with_memory(id: u64, security: &Security, membership: Membership, blocks: u64) -> Self {
+    fn with_memory(id: u64, link: &DataLink, membership: Membership, blocks: u64) -> Self {
         let store = MemoryStore::new();
         let stats = Arc::new(NeighborStats::default());
         let config = EngineConfig {
@@ -72,7 +72,7 @@ impl TestNode {
             Arc::clone(&store),
             id,
             membership.clone(),
-            security.clone(),
+            link.clone(),
             Arc::clone(&stats),
             BLOCK as u32,
         );
@@ -80,7 +80,7 @@ impl TestNode {
         let server = NeighborServer::start(
             &engine.handle(),
             "127.0.0.1:0",
-            security.clone(),
+            link.clone(),
             Arc::clone(&stats),
         )
         .expect("serve");
@@ -332,7 +332,7 @@ fn a_small_read_the_requester_will_not_keep_moves_only_its_bytes() {
     // A: 2 cores, 2 blocks of memory each.
     let a = TestNode::with_memory(
         1,
-        &security(&ca, &dir.path().join("n1"), 1),
+        &DataLink::new(security(&ca, &dir.path().join("n1"), 1)),
         membership.clone(),
         4,
     );
@@ -369,4 +369,141 @@ fn a_small_read_the_requester_will_not_keep_moves_only_its_bytes() {
         let _ = b.read(id).expect("home");
     }
     assert_eq!(b.store.fetches(), fetched);
+}
+
+/// What a relay saw the far end send (the first MiB).
+type Seen = Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// A TCP relay to `to` that flips one byte of what the far end sends back,
+/// `at` bytes into the first connection (none with `None`; later
+/// connections pass intact), and keeps what it relays back.
+fn relay(to: std::net::SocketAddr, at: Option<usize>) -> (std::net::SocketAddr, Seen) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Seen::default();
+    let kept = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut first = true;
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(to) else {
+                return;
+            };
+            let flip = at.filter(|_| std::mem::take(&mut first));
+            let kept = Arc::clone(&kept);
+            let (mut c_in, mut s_out) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c_in, &mut s_out);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 << 10];
+                let mut seen = 0usize;
+                loop {
+                    let n = match s_in.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if let Some(at) = flip.filter(|&at| (seen..seen + n).contains(&at)) {
+                        buf[at - seen] ^= 0x40;
+                    }
+                    seen += n;
+                    let mut kept = kept.lock().expect("kept");
+                    if kept.len() < 1 << 20 {
+                        kept.extend_from_slice(&buf[..n]);
+                    }
+                    drop(kept);
+                    if c_out.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn contains(haystack: &Seen, needle: &[u8]) -> bool {
+    let haystack = haystack.lock().expect("seen");
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn with_data_tls_off_on_both_ends_frames_go_in_clear_and_a_changed_byte_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    init_ca(&ca, 1).expect("ca");
+    let clear = |id: u64, data_tls: bool| DataLink {
+        security: security(&ca, &dir.path().join(format!("n{id}")), id),
+        data_tls,
+    };
+    let membership = Membership::default();
+    let a = TestNode::with_memory(1, &clear(1, false), membership.clone(), 64);
+    let b = TestNode::with_memory(2, &clear(2, false), membership.clone(), 64);
+    let c = TestNode::with_memory(3, &clear(3, true), Membership::default(), 64);
+    // B is reached through a relay that changes one byte of the first
+    // block it sends (the handshake is a few KiB; a block is 64 KiB).
+    let b_addr = b.server.as_ref().expect("serving").addr();
+    let (relay_addr, seen) = relay(b_addr, Some(8 << 10));
+    let through_relay = CacheNode {
+        addr: relay_addr.to_string(),
+        ..b.record()
+    };
+    let view = View::new(1, &[a.record(), through_relay]);
+    let at_b: Vec<BlockId> = (0..64)
+        .map(|index| BlockId::new(9, index, 1 << 16))
+        .filter(|&id| view.home(id).map(|h| h.0) == Some(2))
+        .take(6)
+        .collect();
+    membership.set(view);
+    for &id in &at_b {
+        a.store.put(id, content(id));
+        b.store.put(id, content(id));
+    }
+    // The changed byte: a MAC failure, the connection closed, a store
+    // read at A instead; never the changed bytes.
+    assert_eq!(a.read(at_b[0]).expect("read"), content(at_b[0]));
+    assert_eq!(a.stats.errors.load(Ordering::Relaxed), 1);
+    assert_eq!(a.store.fetches(), 1);
+    // After the backoff, a new connection: blocks come from B in clear.
+    std::thread::sleep(Duration::from_millis(500));
+    for &id in &at_b[1..] {
+        assert_eq!(a.read(id).expect("read"), content(id));
+    }
+    assert_eq!(a.store.fetches(), 1, "the other blocks came from B");
+    assert_eq!(a.stats.hits.load(Ordering::Relaxed), at_b.len() as u64 - 1);
+    assert_eq!(a.stats.clear_connections.load(Ordering::Relaxed), 2);
+    assert_eq!(b.stats.clear_connections.load(Ordering::Relaxed), 2);
+    let last = content(*at_b.last().expect("blocks"));
+    assert!(contains(&seen, &last[1000..1100]), "blocks went in clear");
+    // C keeps TLS on: its connections to B carry frames in TLS records.
+    let (relay_addr, seen) = relay(b_addr, None);
+    let through_relay = CacheNode {
+        addr: relay_addr.to_string(),
+        ..b.record()
+    };
+    c.membership.set(View::new(1, &[c.record(), through_relay]));
+    for &id in &at_b {
+        let id = version(id, 5 << 16);
+        b.store.put(id, content(id));
+    }
+    let mut from_b = Vec::new();
+    for &id in &at_b {
+        let id = version(id, 5 << 16);
+        if c.membership.get().home(id).map(|h| h.0) == Some(2) {
+            assert_eq!(c.read(id).expect("read"), content(id));
+            from_b.push(id);
+        }
+    }
+    assert!(!from_b.is_empty(), "some block is homed at B");
+    assert!(!seen.lock().expect("seen").is_empty());
+    for &id in &from_b {
+        assert!(!contains(&seen, &content(id)[1000..1100]), "in TLS");
+    }
+    assert_eq!(c.stats.hits.load(Ordering::Relaxed), from_b.len() as u64);
+    assert_eq!(c.stats.clear_connections.load(Ordering::Relaxed), 0);
+    assert_eq!(b.stats.clear_connections.load(Ordering::Relaxed), 2);
 }

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod error;
 pub mod latency;
 pub mod machine;
+pub mod pingpong;
 pub mod plot;
 pub mod process;
 pub mod quantity;

@@ -35,6 +35,30 @@ enum Command {
     Compare(CompareArgs),
     /// Check a directory against the objectives of a TOML file; exits 1 if any fails.
     Slo(SloArgs),
+    /// The raw TCP request/response round trip of a link (the reference for remote reads).
+    Pingpong(PingpongArgs),
+}
+
+#[derive(Debug, Args)]
+struct PingpongArgs {
+    /// Serve round trips on this address (until killed).
+    #[arg(long, conflicts_with = "connect")]
+    listen: Option<String>,
+    /// Make round trips to a server at this address.
+    #[arg(long, required_unless_present = "listen")]
+    connect: Option<String>,
+    /// Bytes of each request (at least 8).
+    #[arg(long, default_value = "64")]
+    request_size: String,
+    /// Bytes of each response.
+    #[arg(long, default_value = "4KiB")]
+    response_size: String,
+    /// How long to make round trips.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -445,5 +469,41 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Run(args) => run(args),
         Command::Compare(args) => compare_targets(args),
         Command::Slo(args) => check_slo(args),
+        Command::Pingpong(args) => pingpong(args),
     }
+}
+
+fn pingpong(args: &PingpongArgs) -> anyhow::Result<ExitCode> {
+    use datenlord_perf::pingpong;
+    if let Some(listen) = &args.listen {
+        pingpong::serve(listen)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let connect = args.connect.as_deref().unwrap_or_default();
+    let size = |text: &str, what: &str| -> anyhow::Result<u32> {
+        let bytes = quantity::parse_bytes(text)?;
+        u32::try_from(bytes).map_err(|_| anyhow::anyhow!("--{what} {text}: at most 4 GiB"))
+    };
+    let result = pingpong::run(
+        connect,
+        size(&args.request_size, "request-size")?,
+        size(&args.response_size, "response-size")?,
+        std::time::Duration::from_millis(quantity::parse_duration_ms(&args.duration)?),
+    )?;
+    println!(
+        "{} B -> {} B: {} round trips, {:.0}/s, {:.1} MiB/s, p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us",
+        result.request,
+        result.response,
+        result.round_trips,
+        result.per_second,
+        result.mib_per_second,
+        result.p50_us,
+        result.p99_us,
+        result.p999_us
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

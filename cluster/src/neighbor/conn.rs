@@ -26,7 +26,8 @@ use glommio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::frame::{message_bytes, FrameError, Header, HeaderBuf, Kind, HEADER_BYTES};
-use super::NeighborStats;
+use super::mac::{Direction, End, Keys, ALPN_MAC, ALPN_TLS, TAG_BYTES};
+use super::{DataLink, NeighborStats};
 use crate::link::Security;
 use crate::tls::{Identity, Peer, Role, Tls, TlsDir};
 
@@ -105,9 +106,31 @@ fn check_peer(tls: &TlsDir, who: &Identity, node: Option<u64>) -> Result<(), Nei
     Ok(())
 }
 
+fn alpn(data_tls: bool) -> Vec<Vec<u8>> {
+    if data_tls {
+        vec![ALPN_TLS.to_vec()]
+    } else {
+        vec![ALPN_MAC.to_vec(), ALPN_TLS.to_vec()]
+    }
+}
+
+fn export<D>(
+    conn: &rustls::ConnectionCommon<D>,
+) -> impl FnMut(&mut [u8], &[u8], &[u8]) -> Result<(), String> + '_ {
+    |out, label, context| {
+        conn.export_keying_material(out, label, Some(context))
+            .map(|_| ())
+            .map_err(|e| format!("deriving the frame keys: {e}"))
+    }
+}
+
+/// A connection's byte stream, and with `--data-tls off` on both ends the
+/// keys of its frames' MACs (the stream is then the bare socket).
+type Opened = (Stream, Option<Keys>);
+
 /// Connects to node `node` at `addr`: TCP, then with TLS the handshake and
 /// a check that the certificate is that node's.
-async fn connect(addr: &str, node: u64, security: &Security) -> Result<Stream, NeighborError> {
+async fn connect(addr: &str, node: u64, link: &DataLink) -> Result<Opened, NeighborError> {
     let resolved: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
         .ok()
         .and_then(|mut a| a.next())
@@ -117,38 +140,137 @@ async fn connect(addr: &str, node: u64, security: &Security) -> Result<Stream, N
             .await
             .map_err(|e| NeighborError::Io(format!("connecting to {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
-        let Security::Tls(tls_dir) = security else {
-            return Ok(Box::new(tcp) as Stream);
+        let Security::Tls(tls_dir) = &link.security else {
+            return Ok((Box::new(tcp) as Stream, None));
         };
-        let connector = futures_rustls::TlsConnector::from(Arc::clone(&tls_dir.current().client));
-        let stream = connector
+        let mut config = (*tls_dir.current().client).clone();
+        config.alpn_protocols = alpn(link.data_tls);
+        let mut stream = futures_rustls::TlsConnector::from(Arc::new(config))
             .connect(Tls::server_name(), tcp)
             .await
             .map_err(|e| NeighborError::Io(format!("TLS with {addr}: {e}")))?;
         let who = identity_of(stream.get_ref().1.peer_certificates())?;
         check_peer(tls_dir, &who, Some(node))?;
-        Ok(Box::new(stream) as Stream)
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_MAC) {
+            return Ok((Box::new(stream) as Stream, None));
+        }
+        // Frames in clear: the home says when it has left TLS (one byte, its
+        // last record; it sends nothing more before a request), so no byte
+        // of either side's clear frames can be taken for TLS.
+        let mut go = [0u8; 1];
+        stream.read_exact(&mut go).await?;
+        let keys =
+            Keys::derive(End::Client, export(stream.get_ref().1)).map_err(NeighborError::Io)?;
+        let (tcp, _) = stream.into_inner();
+        Ok((Box::new(tcp) as Stream, Some(keys)))
     })
     .await
 }
 
 /// The serving side of a new connection: the handshake and who it is.
-async fn accept(tcp: TcpStream, security: &Security) -> Result<(Stream, Peer), NeighborError> {
+async fn accept(tcp: TcpStream, link: &DataLink) -> Result<(Opened, Peer), NeighborError> {
     let _ = tcp.set_nodelay(true);
-    let Security::Tls(tls_dir) = security else {
-        return Ok((Box::new(tcp), Peer::Unverified));
+    let Security::Tls(tls_dir) = &link.security else {
+        return Ok(((Box::new(tcp), None), Peer::Unverified));
     };
     within(CONNECT_TIMEOUT_MS, async {
-        let acceptor = futures_rustls::TlsAcceptor::from(Arc::clone(&tls_dir.current().server));
-        let stream = acceptor
+        let mut config = (*tls_dir.current().server).clone();
+        config.alpn_protocols = alpn(link.data_tls);
+        let mut stream = futures_rustls::TlsAcceptor::from(Arc::new(config))
             .accept(tcp)
             .await
             .map_err(|e| NeighborError::Io(format!("TLS handshake: {e}")))?;
         let who = identity_of(stream.get_ref().1.peer_certificates())?;
         check_peer(tls_dir, &who, None)?;
-        Ok((Box::new(stream) as Stream, Peer::Certified(who)))
+        if stream.get_ref().1.alpn_protocol() != Some(ALPN_MAC) {
+            return Ok(((Box::new(stream) as Stream, None), Peer::Certified(who)));
+        }
+        let keys =
+            Keys::derive(End::Server, export(stream.get_ref().1)).map_err(NeighborError::Io)?;
+        stream.write_all(&[1]).await?;
+        stream.flush().await?;
+        let (tcp, _) = stream.into_inner();
+        Ok(((Box::new(tcp) as Stream, Some(keys)), Peer::Certified(who)))
     })
     .await
+}
+
+/// Payloads up to this size go out in one write with their header (and
+/// tag); larger ones are written from their own buffer.
+const COALESCE_MAX: usize = 64 * 1024;
+
+/// The sending half of a connection: frames, tagged when in clear.
+struct Sender {
+    writer: WriteHalf<Stream>,
+    mac: Option<Direction>,
+}
+
+impl Sender {
+    async fn send(&mut self, header: &Header, payload: &[u8]) -> io::Result<()> {
+        let head = header.encode();
+        debug_assert_eq!(head.0.len(), HEADER_BYTES);
+        let tag = match &mut self.mac {
+            Some(mac) => Some(mac.seal(&head.0, payload).map_err(io::Error::other)?),
+            None => None,
+        };
+        let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
+        if payload.len() <= COALESCE_MAX {
+            let mut frame = Vec::with_capacity(HEADER_BYTES + payload.len() + tag.len());
+            frame.extend_from_slice(&head.0);
+            frame.extend_from_slice(payload);
+            frame.extend_from_slice(tag);
+            self.writer.write_all(&frame).await?;
+        } else {
+            self.writer.write_all(&head.0).await?;
+            self.writer.write_all(payload).await?;
+            self.writer.write_all(tag).await?;
+        }
+        self.writer.flush().await
+    }
+}
+
+/// The receiving half of a connection: frames, checked against their tag
+/// when in clear.
+struct Receiver {
+    reader: ReadHalf<Stream>,
+    mac: Option<Direction>,
+    head: HeaderBuf,
+    block_max: u32,
+}
+
+impl Receiver {
+    /// The next frame's header (validated) and payload.
+    async fn next(&mut self) -> Result<(Header, Vec<u8>), NeighborError> {
+        let closed = |e: io::Error| NeighborError::Io(format!("the connection closed: {e}"));
+        self.reader
+            .read_exact(&mut self.head.0)
+            .await
+            .map_err(closed)?;
+        let header = Header::decode(&self.head, self.block_max)?;
+        let mut payload = vec![0u8; header.len as usize];
+        self.reader.read_exact(&mut payload).await.map_err(closed)?;
+        if let Some(mac) = &mut self.mac {
+            let mut tag = [0u8; TAG_BYTES];
+            self.reader.read_exact(&mut tag).await.map_err(closed)?;
+            mac.open(&self.head.0, &payload, &tag)?;
+        }
+        Ok((header, payload))
+    }
+}
+
+/// Splits an opened connection into its two halves.
+fn halves((stream, keys): Opened, block_max: u32) -> (Receiver, Sender) {
+    let (reader, writer) = stream.split();
+    let (send, receive) = keys.map_or((None, None), |k| (Some(k.send), Some(k.receive)));
+    (
+        Receiver {
+            reader,
+            mac: receive,
+            head: HeaderBuf::default(),
+            block_max,
+        },
+        Sender { writer, mac: send },
+    )
 }
 
 type Waiter = flume::Sender<Result<Vec<u8>, NeighborError>>;
@@ -179,11 +301,12 @@ impl Asked {
 /// The requesting end of one connection to a neighbor, on one shard.
 pub struct Conn {
     node: u64,
-    writer: AsyncMutex<WriteHalf<Stream>>,
+    writer: AsyncMutex<Sender>,
     waiting: RefCell<HashMap<u64, (Asked, Waiter)>>,
     next: Cell<u64>,
     slots: glommio::sync::Semaphore,
     broken: Rc<Cell<bool>>,
+    clear: bool,
     /// Dropped with the connection: ends its answer reader.
     _closing: flume::Sender<()>,
 }
@@ -204,11 +327,12 @@ impl Conn {
     pub async fn open(
         node: u64,
         addr: &str,
-        security: &Security,
+        link: &DataLink,
         block_max: u32,
     ) -> Result<Rc<Self>, NeighborError> {
-        let stream = connect(addr, node, security).await?;
-        let (reader, writer) = stream.split();
+        let opened = connect(addr, node, link).await?;
+        let clear = opened.1.is_some();
+        let (reader, writer) = halves(opened, block_max);
         let (closing, closed) = flume::bounded::<()>(0);
         let conn = Rc::new(Self {
             node,
@@ -217,11 +341,12 @@ impl Conn {
             next: Cell::new(1),
             slots: glommio::sync::Semaphore::new(IN_FLIGHT_MAX as u64),
             broken: Rc::new(Cell::new(false)),
+            clear,
             _closing: closing,
         });
         let weak = Rc::downgrade(&conn);
         glommio::spawn_local(async move {
-            let read = Box::pin(read_answers(reader, &weak, block_max));
+            let read = Box::pin(read_answers(reader, &weak));
             // The connection dropped (replaced, or its node failed): stop
             // reading, which closes the socket.
             if let futures::future::Either::Left((err, _)) =
@@ -234,6 +359,12 @@ impl Conn {
         })
         .detach();
         Ok(conn)
+    }
+
+    /// Whether frames go in clear with a MAC (`--data-tls off` on both
+    /// ends).
+    pub fn is_clear(&self) -> bool {
+        self.clear
     }
 
     /// Whether the connection failed (a new one is needed).
@@ -275,16 +406,10 @@ impl Conn {
             };
             self.waiting.borrow_mut().insert(request, (asked, tx));
             let _unregister = Unregister(self, request);
-            let header =
-                Header::read_range(request, [id.ino.0, id.index, id.version], offset, len).encode();
+            let header = Header::read_range(request, [id.ino.0, id.index, id.version], offset, len);
             {
                 let mut writer = self.writer.lock().await;
-                let sent = async {
-                    writer.write_all(&header.0).await?;
-                    writer.flush().await
-                }
-                .await;
-                if let Err(e) = sent {
+                if let Err(e) = writer.send(&header, &[]).await {
                     drop(writer);
                     let err = NeighborError::Io(format!("sending to node {}: {e}", self.node));
                     self.fail_all(&err);
@@ -309,25 +434,15 @@ impl Drop for Unregister<'_> {
 }
 
 /// Reads answers until the connection fails; returns why it did.
-async fn read_answers(
-    mut reader: ReadHalf<Stream>,
-    conn: &std::rc::Weak<Conn>,
-    block_max: u32,
-) -> NeighborError {
-    let mut buf = HeaderBuf::default();
+async fn read_answers(mut receiver: Receiver, conn: &std::rc::Weak<Conn>) -> NeighborError {
     loop {
-        if let Err(e) = reader.read_exact(&mut buf.0).await {
-            return NeighborError::Io(format!("the connection closed: {e}"));
-        }
-        let header = match Header::decode(&buf, block_max) {
-            Ok(h) if h.kind != Kind::Read => h,
-            Ok(_) => return NeighborError::Io("a request where an answer belongs".into()),
-            Err(e) => return e.into(),
+        let (header, payload) = match receiver.next().await {
+            Ok((h, _)) if h.kind == Kind::Read => {
+                return NeighborError::Io("a request where an answer belongs".into())
+            }
+            Ok(frame) => frame,
+            Err(e) => return e,
         };
-        let mut payload = vec![0u8; header.len as usize];
-        if let Err(e) = reader.read_exact(&mut payload).await {
-            return NeighborError::Io(format!("the connection closed: {e}"));
-        }
         let answer = match header.kind {
             Kind::Block => match header.check(&payload) {
                 Ok(()) => Ok(payload),
@@ -357,11 +472,11 @@ async fn read_answers(
 pub(crate) async fn serve_connection(
     ctx: ShardContext,
     tcp: TcpStream,
-    security: Security,
+    link: DataLink,
     stats: Arc<NeighborStats>,
 ) {
     let remote = tcp.peer_addr().ok();
-    let (stream, peer) = match accept(tcp, &security).await {
+    let (opened, peer) = match accept(tcp, &link).await {
         Ok(accepted) => accepted,
         Err(e) => {
             NeighborStats::add(&stats.refused, 1);
@@ -369,47 +484,43 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
-    let block_max = ctx.block_size().bytes();
-    let (mut reader, writer) = stream.split();
-    let writer = Rc::new(AsyncMutex::new(writer));
+    if opened.1.is_some() {
+        NeighborStats::add(&stats.clear_connections, 1);
+    }
+    let (mut receiver, sender) = halves(opened, ctx.block_size().bytes());
+    let sender = Rc::new(AsyncMutex::new(sender));
     let slots = Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX as u64));
     let mut checked = Instant::now();
-    let mut buf = HeaderBuf::default();
     loop {
-        let read = within(IDLE_TIMEOUT_MS, async {
-            reader.read_exact(&mut buf.0).await?;
-            Ok(())
-        })
-        .await;
-        if let Err(e) = read {
-            debug!(?remote, %peer, %e, "neighbor connection closed");
-            return;
-        }
-        if crate::link::recheck_due(&mut checked) && revoked(&security, &peer) {
-            warn!(%peer, "its certificate was revoked: closing its neighbor connection");
-            return;
-        }
-        let header = match Header::decode(&buf, block_max) {
-            Ok(h) if h.kind == Kind::Read => h,
-            Ok(h) => {
+        let header = match within(IDLE_TIMEOUT_MS, receiver.next()).await {
+            Ok((h, _)) if h.kind == Kind::Read => h,
+            Ok((h, _)) => {
                 NeighborStats::add(&stats.refused, 1);
                 warn!(?remote, %peer, kind = ?h.kind, "an answer where a request belongs: closing");
                 return;
             }
-            Err(e) => {
+            Err(e @ NeighborError::Frame(_)) => {
                 NeighborStats::add(&stats.refused, 1);
                 warn!(?remote, %peer, %e, "bad neighbor frame: closing");
                 return;
             }
+            Err(e) => {
+                debug!(?remote, %peer, %e, "neighbor connection closed");
+                return;
+            }
         };
+        if crate::link::recheck_due(&mut checked) && revoked(&link.security, &peer) {
+            warn!(%peer, "its certificate was revoked: closing its neighbor connection");
+            return;
+        }
         // Back-pressure: no further request is read while the slots are taken.
         let Ok(slot) = slots.acquire_static_permit(1).await else {
             return;
         };
-        let (ctx, writer, stats) = (ctx.clone(), Rc::clone(&writer), Arc::clone(&stats));
+        let (ctx, sender, stats) = (ctx.clone(), Rc::clone(&sender), Arc::clone(&stats));
         glommio::spawn_local(async move {
             let _slot = slot;
-            answer(&ctx, header, &writer, &stats).await;
+            answer(&ctx, header, &sender, &stats).await;
         })
         .detach();
     }
@@ -425,7 +536,7 @@ fn revoked(security: &Security, peer: &Peer) -> bool {
 async fn answer(
     ctx: &ShardContext,
     request: Header,
-    writer: &AsyncMutex<WriteHalf<Stream>>,
+    sender: &AsyncMutex<Sender>,
     stats: &NeighborStats,
 ) {
     let id = BlockId::new(request.ino, request.index, request.block_version);
@@ -434,6 +545,7 @@ async fn answer(
         range => (request.offset, range),
     };
     let result = ctx.read_for_peer(id, offset, len, Vec::new()).await;
+    let message;
     let (header, payload) = match &result {
         Ok((buf, n)) => {
             let data = &buf[..*n];
@@ -447,25 +559,16 @@ async fn answer(
         }
         Err(e) => {
             NeighborStats::add(&stats.served_misses, 1);
-            let message = message_bytes(&e.to_string()).to_vec();
-            let header = Header::answer(&request, Kind::Failed, &message);
-            let mut w = writer.lock().await;
-            let _ = send(&mut w, &header, &message).await;
-            return;
+            message = message_bytes(&e.to_string()).to_vec();
+            (
+                Header::answer(&request, Kind::Failed, &message),
+                &message[..],
+            )
         }
     };
-    let mut w = writer.lock().await;
-    if let Err(e) = send(&mut w, &header, payload).await {
+    if let Err(e) = sender.lock().await.send(&header, payload).await {
         debug!(%e, "could not answer a neighbor");
     }
-}
-
-async fn send(w: &mut WriteHalf<Stream>, header: &Header, payload: &[u8]) -> io::Result<()> {
-    let head = header.encode();
-    debug_assert_eq!(head.0.len(), HEADER_BYTES);
-    w.write_all(&head.0).await?;
-    w.write_all(payload).await?;
-    w.flush().await
 }
 
 #[cfg(test)]

@@ -96,6 +96,10 @@ pub enum FrameError {
         /// Payload bytes.
         len: u32,
     },
+    /// With `--data-tls off`: the frame's tag does not check (changed,
+    /// dropped, replayed or reordered on the way).
+    #[error("frame {0} of the connection fails its MAC: it was changed on the way")]
+    Mac(u64),
 }
 
 /// An aligned buffer the size of one header, to read a header into.

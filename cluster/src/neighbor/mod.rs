@@ -22,6 +22,7 @@
 
 pub mod conn;
 pub mod frame;
+pub mod mac;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -140,11 +141,36 @@ pub struct NeighborStats {
     pub refused: AtomicU64,
     /// Sum of the requester's wait for a home's answer, in microseconds.
     pub wait_us: AtomicU64,
+    /// Connections (made or accepted) whose frames go in clear with a MAC
+    /// (`--data-tls off` on both ends).
+    pub clear_connections: AtomicU64,
 }
 
 impl NeighborStats {
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// How a node's block connections are secured.
+#[derive(Clone, Debug)]
+pub struct DataLink {
+    /// Mutual TLS with the cluster's certificates, or plain TCP.
+    pub security: Security,
+    /// With TLS: frames inside TLS records (`--data-tls on`, the default),
+    /// or in clear after the handshake with a per-frame MAC keyed from it
+    /// (`off`, used on a connection only when both ends say off:
+    /// [`mac`]).
+    pub data_tls: bool,
+}
+
+impl DataLink {
+    /// Frames inside TLS when `security` has certificates.
+    pub fn new(security: Security) -> Self {
+        Self {
+            security,
+            data_tls: true,
+        }
     }
 }
 
@@ -155,20 +181,20 @@ pub struct NeighborSources<F> {
     below: F,
     me: u64,
     membership: Membership,
-    security: Security,
+    link: DataLink,
     stats: Arc<NeighborStats>,
     block_max: u32,
 }
 
 impl<F: SourceFactory> NeighborSources<F> {
     /// Sources for node `me`, asking the homes of `membership` over
-    /// connections secured by `security`, then `below`. `block_max` is the
+    /// connections secured as `link` says, then `below`. `block_max` is the
     /// volume's block size.
     pub fn new(
         below: F,
         me: u64,
         membership: Membership,
-        security: Security,
+        link: DataLink,
         stats: Arc<NeighborStats>,
         block_max: u32,
     ) -> Self {
@@ -176,7 +202,7 @@ impl<F: SourceFactory> NeighborSources<F> {
             below,
             me,
             membership,
-            security,
+            link,
             stats,
             block_max,
         }
@@ -189,7 +215,7 @@ impl<F: SourceFactory> SourceFactory for NeighborSources<F> {
             below: self.below.source(shard),
             me: self.me,
             membership: self.membership.clone(),
-            security: self.security.clone(),
+            link: self.link.clone(),
             stats: Arc::clone(&self.stats),
             block_max: self.block_max,
             conns: RefCell::new(HashMap::new()),
@@ -215,7 +241,7 @@ struct Shared {
     below: Rc<dyn BlockSource>,
     me: u64,
     membership: Membership,
-    security: Security,
+    link: DataLink,
     stats: Arc<NeighborStats>,
     block_max: u32,
     /// Open connections by node, with the address they went to.
@@ -304,7 +330,10 @@ impl Shared {
         if let Some(conn) = self.open_conn(node, addr) {
             return Ok(conn);
         }
-        let conn = Conn::open(node, addr, &self.security, self.block_max).await?;
+        let conn = Conn::open(node, addr, &self.link, self.block_max).await?;
+        if conn.is_clear() {
+            NeighborStats::add(&self.stats.clear_connections, 1);
+        }
         self.conns
             .borrow_mut()
             .insert(node, (addr.to_string(), Rc::clone(&conn)));
@@ -495,11 +524,11 @@ pub struct NeighborServer {
 
 impl NeighborServer {
     /// Listens on `listen` (port 0: one the system picks) on every shard
-    /// of `engine`, serving blocks to nodes that `security` admits.
+    /// of `engine`, serving blocks to nodes that `link` admits.
     pub fn start(
         engine: &EngineHandle,
         listen: &str,
-        security: Security,
+        link: DataLink,
         stats: Arc<NeighborStats>,
     ) -> std::io::Result<Self> {
         let wanted: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(listen)?
@@ -530,7 +559,7 @@ impl NeighborServer {
                         ctx,
                         socket,
                         stopped.clone(),
-                        security.clone(),
+                        link.clone(),
                         Arc::clone(&stats),
                     )
                 });
@@ -591,7 +620,7 @@ async fn serve_shard(
     ctx: ShardContext,
     socket: Option<OwnedFd>,
     stopped: flume::Receiver<()>,
-    security: Security,
+    link: DataLink,
     stats: Arc<NeighborStats>,
 ) {
     let Some(socket) = socket else {
@@ -621,15 +650,15 @@ async fn serve_shard(
             continue;
         }
         open.set(open.get() + 1);
-        let (ctx, security, stats, stopped, open) = (
+        let (ctx, link, stats, stopped, open) = (
             ctx.clone(),
-            security.clone(),
+            link.clone(),
             Arc::clone(&stats),
             stopped.clone(),
             Rc::clone(&open),
         );
         glommio::spawn_local(async move {
-            let serve = conn::serve_connection(ctx, tcp, security, stats);
+            let serve = conn::serve_connection(ctx, tcp, link, stats);
             futures::future::select(Box::pin(serve), Box::pin(stopped.recv_async())).await;
             open.set(open.get() - 1);
         })
