@@ -12,6 +12,7 @@ mod device;
 mod metrics;
 mod mount;
 mod neighbors;
+mod warmup;
 
 /// DatenLord: a distributed cache file system for cloud-native and AI workloads.
 #[derive(Debug, Parser)]
@@ -48,11 +49,16 @@ enum Command {
     /// certificates (mutual TLS between masters, nodes and admins).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Have the cache nodes fetch a file's or a directory tree's blocks
+    /// from the store ahead of a job: each block's home node keeps it
+    /// (with an admin or node certificate). Shows progress; exits 1 if
+    /// some block could not be warmed.
+    Warmup(warmup::WarmupArgs),
 }
 
 /// How a command talks to the cluster: the TLS directory, or plain TCP.
 #[derive(Debug, Clone, clap::Args)]
-struct TlsArgs {
+pub(crate) struct TlsArgs {
     /// This process's TLS credentials: `ca.pem`, `cert.pem` and `key.pem`
     /// (from `datenlord certs issue`). Every peer is then authenticated
     /// by a certificate of the cluster's CA.
@@ -309,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Master(args) => run_master(&args),
         Command::Members(command) => run_members(command),
         Command::Certs(command) => run_certs(command),
+        Command::Warmup(args) => warmup::run(&args),
         Command::Cache(CacheCommand::Inspect { cache_dir, verify }) => {
             let report = datenlord_engine::inspect::inspect(&cache_dir, verify)
                 .with_context(|| format!("inspecting the cache at {}", cache_dir.display()))?;
@@ -569,6 +576,12 @@ fn print_cache_nodes(masters: &[String], security: &datenlord_cluster::link::Sec
     );
     match client.query(&Query::CacheNodes) {
         Ok(QueryAnswer::CacheNodes { epoch, nodes }) => {
+            let health: std::collections::BTreeMap<u64, _> = client
+                .health()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|entry| (entry.id, entry))
+                .collect();
             println!("cache nodes (registry epoch {epoch}):");
             for n in nodes {
                 println!(
@@ -578,11 +591,37 @@ fn print_cache_nodes(masters: &[String], security: &datenlord_cluster::link::Sec
                     if n.live { "live" } else { "dead" },
                     n.cache_bytes
                 );
+                match health.get(&n.id) {
+                    Some(entry) => println!("    {}", describe_health(entry)),
+                    None => println!("    no health report (yet)"),
+                }
             }
         }
         Ok(other) => println!("cache nodes: unexpected answer {other:?}"),
         Err(e) => println!("cache nodes: not available ({e})"),
     }
+}
+
+/// One node's last health report, for `members status`.
+fn describe_health(entry: &datenlord_cluster::health::HealthEntry) -> String {
+    let h = &entry.health;
+    let fill = if h.cache_capacity == 0 {
+        0.0
+    } else {
+        h.cached_bytes as f64 * 100.0 / h.cache_capacity as f64
+    };
+    format!(
+        "health: {} of {} bytes cached ({fill:.0}%), journal {} blocks ({} bytes, oldest {} ms), disk errors {}, neighbor errors {}, load {:.2}; reported {:.1} s ago",
+        h.cached_bytes,
+        h.cache_capacity,
+        h.journal_blocks,
+        h.journal_bytes,
+        h.journal_oldest_ms,
+        h.disk_errors,
+        h.neighbor_errors,
+        h.load_milli as f64 / 1000.0,
+        entry.age_ms as f64 / 1000.0
+    )
 }
 
 fn run_certs(command: CertsCommand) -> anyhow::Result<ExitCode> {

@@ -322,19 +322,28 @@ impl Metadata {
         &self,
         neighbors: Option<&NeighborPlan>,
         engine: &datenlord_engine::Engine,
+        writeback: &WriteBack,
         args: &MountArgs,
         plan: &CachePlan,
     ) -> anyhow::Result<Option<Neighbors>> {
         let (Self::Node(node), Some(neighbors)) = (self, neighbors) else {
             return Ok(None);
         };
+        let cache_bytes = plan.cache_bytes(engine);
+        let probe = crate::neighbors::health_probe(
+            engine.handle(),
+            writeback.clone(),
+            Arc::clone(&neighbors.stats),
+            cache_bytes,
+        );
         Neighbors::start(
             node,
             neighbors,
             &engine.handle(),
             args.data_listen.as_deref(),
             args.insecure,
-            plan.cache_bytes(engine),
+            cache_bytes,
+            probe,
         )
         .map(Some)
     }
@@ -903,7 +912,8 @@ fn serve(
     ensure_volume(&meta, &store.descriptor, &store.url)?;
     let (engine, writeback) = start_engine(args, &plan, &store, &meta, neighbor_plan.as_ref())?;
     writeback.set_in_use(metadata.in_use(lease.as_ref()));
-    let neighbors = metadata.serve_blocks(neighbor_plan.as_ref(), &engine, args, &plan)?;
+    let neighbors =
+        metadata.serve_blocks(neighbor_plan.as_ref(), &engine, &writeback, args, &plan)?;
 
     let fs_config = fs_config(args, &parsed, &opts, &plan)?;
     let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
@@ -1320,12 +1330,12 @@ fn node_metrics(
                 }
             }
             for (name, values) in fields {
-                let metric = format!("datenlord_engine_{name}_total");
-                e.family(
-                    &metric,
-                    "counter",
-                    &format!("Engine counter {name}, per shard."),
-                );
+                let (metric, kind) = if datenlord_engine::stats::is_gauge(name) {
+                    (format!("datenlord_engine_{name}"), "gauge")
+                } else {
+                    (format!("datenlord_engine_{name}_total"), "counter")
+                };
+                e.family(&metric, kind, &format!("Engine {kind} {name}, per shard."));
                 for (shard, value) in values.iter().enumerate() {
                     e.sample(&metric, &[("shard", &shard.to_string())], *value as f64);
                 }
@@ -1435,6 +1445,11 @@ fn render_neighbors(
             "wait_microseconds",
             "Time spent waiting for homes' answers.",
             &stats.wait_us,
+        ),
+        (
+            "warmed",
+            "Blocks this node fetched and kept on warm-up orders.",
+            &stats.warmed,
         ),
         (
             "clear_connections",

@@ -3,13 +3,17 @@
 //! by (`datenlord_cluster::neighbor`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use datenlord_cluster::health::{parse_loadavg, NodeHealth, HEALTH_INTERVAL_MS};
 use datenlord_cluster::link::check_listen;
 use datenlord_cluster::neighbor::{DataLink, Membership, NeighborServer, NeighborStats, View};
 use datenlord_cluster::node::Node;
+use datenlord_engine::store::WriteBack;
+use datenlord_engine::ShardStats;
 use tracing::{info, warn};
 
 use crate::mount::Periodic;
@@ -43,12 +47,48 @@ pub(crate) struct Neighbors {
     node: Arc<Node>,
     server: NeighborServer,
     watch: Periodic,
+    health: Periodic,
+}
+
+/// How a node tells how it is (Sklavin's report), when asked.
+pub(crate) type HealthProbe = Box<dyn Fn() -> NodeHealth + Send>;
+
+/// What a node reports: its engine's fill and NVMe errors, its write-back
+/// backlog, the machine's load, its failed neighbor requests.
+pub(crate) fn health_probe(
+    engine: datenlord_engine::EngineHandle,
+    writeback: WriteBack,
+    stats: Arc<NeighborStats>,
+    capacity: u64,
+) -> HealthProbe {
+    Box::new(move || {
+        let shards = futures::executor::block_on(engine.stats()).unwrap_or_default();
+        let total = ShardStats::sum(&shards);
+        let block = u64::from(engine.block_size().bytes());
+        let backlog = writeback.backlog();
+        NodeHealth {
+            cached_bytes: (total.memory_blocks_held + total.disk_blocks_held) * block,
+            cache_capacity: capacity,
+            disk_errors: total.disk_write_errors + total.checksum_failures,
+            journal_blocks: backlog.entries,
+            journal_bytes: backlog.bytes,
+            journal_oldest_ms: backlog
+                .oldest_age
+                .map_or(0, |a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
+            load_milli: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|text| parse_loadavg(&text))
+                .unwrap_or(0),
+            neighbor_errors: stats.errors.load(Ordering::Relaxed),
+        }
+    })
 }
 
 impl Neighbors {
     /// Serves this node's cached blocks on `listen` (default: the node's
     /// Raft host, a port the system picks), registers the node with
-    /// `cache_bytes` as its weight, and follows the registry.
+    /// `cache_bytes` as its weight, follows the registry, and reports
+    /// `probe`'s health to the leader every `HEALTH_INTERVAL_MS`.
     pub(crate) fn start(
         node: &Arc<Node>,
         plan: &NeighborPlan,
@@ -56,6 +96,7 @@ impl Neighbors {
         listen: Option<&str>,
         insecure: bool,
         cache_bytes: u64,
+        probe: HealthProbe,
     ) -> anyhow::Result<Self> {
         let host = node
             .addr()
@@ -84,10 +125,25 @@ impl Neighbors {
                 }
             },
         );
+        let reporter = Arc::clone(node);
+        let mut failing = false;
+        let health = Periodic::start(
+            "node-health",
+            Duration::from_millis(HEALTH_INTERVAL_MS),
+            move || match reporter.report_health(probe()) {
+                Ok(()) => failing = false,
+                // Once per streak: the leader may be changing.
+                Err(e) if !std::mem::replace(&mut failing, true) => {
+                    warn!(%e, "could not report this node's health to the leader");
+                }
+                Err(_) => {}
+            },
+        );
         Ok(Self {
             node: Arc::clone(node),
             server,
             watch,
+            health,
         })
     }
 
@@ -96,6 +152,7 @@ impl Neighbors {
     pub(crate) fn stop(self) {
         // The watch first: it would register this node again.
         self.watch.stop();
+        self.health.stop();
         if let Err(e) = self.node.unregister_cache() {
             warn!(%e, "could not leave the cache registry: other nodes fall back to the store until this node is back");
         }

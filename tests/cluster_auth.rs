@@ -632,3 +632,47 @@ fn a_node_registers_only_itself_and_proposals_carry_no_registry_change_or_revoca
         );
     }
 }
+
+/// A node reports only its own health, to the leader, which keeps the last
+/// report of each node; nodes and admins read them.
+#[test]
+fn a_node_reports_only_its_own_health_and_the_leader_keeps_the_last_report() {
+    use datenlord_cluster::health::{HealthReport, NodeHealth};
+    let (group, _) = running_group();
+    let deadline = Duration::from_secs(5);
+    let mut as_node = MetaClient::with_deadline(
+        group.addrs.clone(),
+        deadline,
+        &group.security("node", Some(10)),
+    );
+    let report = |id: u64, cached_bytes: u64| HealthReport {
+        id,
+        health: NodeHealth {
+            cached_bytes,
+            journal_blocks: 3,
+            ..NodeHealth::default()
+        },
+    };
+    as_node.report_health(&report(10, 1)).expect("its own");
+    as_node.report_health(&report(10, 2)).expect("again");
+    let err = as_node
+        .report_health(&report(11, 5))
+        .expect_err("another node's")
+        .to_string();
+    assert!(err.contains("refused"), "{err}");
+    let mut as_admin = MetaClient::with_deadline(
+        group.addrs.clone(),
+        deadline,
+        &group.security("admin", None),
+    );
+    let err = as_admin
+        .report_health(&report(10, 9))
+        .expect_err("an admin is no node")
+        .to_string();
+    assert!(err.contains("refused"), "{err}");
+    let entries = as_admin.health().expect("the leader's book");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!((entries[0].id, entries[0].health.cached_bytes), (10, 2));
+    assert_eq!(entries[0].health.journal_blocks, 3);
+    assert!(entries[0].age_ms < 60_000);
+}

@@ -558,3 +558,82 @@ fn a_killed_node_is_marked_dead_without_failing_reads_and_comes_back_live() {
         node.unmount();
     }
 }
+
+/// `datenlord warmup DIR`: each block of a tree written on one node is
+/// fetched and kept by its home before anyone reads it, so reads on the
+/// other nodes then make no store read. Blocks outside the tree are not
+/// warmed; a path that is not there is an error naming it. And each
+/// node's health report shows in `members status`.
+#[test]
+fn warmup_has_the_homes_keep_a_tree_s_blocks_before_anyone_reads_them() {
+    let c = Cluster::local(61);
+    let nodes: Vec<Mounted> = (0..3)
+        .map(|i| Mounted::start(&c.dirs[i], &c.args(i, true)))
+        .collect();
+    c.wait_registry(3);
+    let root = nodes[0].path();
+    std::fs::create_dir_all(root.join("data/sub")).expect("mkdir");
+    let (a, b) = (bytes(20 * 65536, 21), bytes(12 * 65536 - 100, 22));
+    std::fs::write(root.join("data/a"), &a).expect("write");
+    std::fs::write(root.join("data/sub/b"), &b).expect("write");
+    std::fs::write(root.join("other"), bytes(8 * 65536, 23)).expect("write");
+    std::fs::write(root.join("data/empty"), b"").expect("write");
+
+    let warmup = |path: &str, role: &str, id: Option<u64>| {
+        let mut args = vec!["warmup", path, "--masters", &c.masters];
+        let tls = c.group.tls_args(role, id);
+        args.extend(tls.iter().map(String::as_str));
+        support::node::datenlord(&args)
+    };
+    let warmed_before = c.sum("datenlord_neighbor_warmed_total");
+    let out = warmup("/data", "admin", None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("warmed 32 of 32 blocks"), "{stdout}");
+    let warmed = c.sum("datenlord_neighbor_warmed_total") - warmed_before;
+    assert!((warmed - 32.0).abs() < 0.5, "{warmed} blocks warmed");
+
+    let fetched_before = c.sum("datenlord_engine_source_fetches_total");
+    let hits_before = c.sum("datenlord_neighbor_hits_total");
+    for node in &nodes[1..] {
+        assert!(std::fs::read(node.path().join("data/a")).expect("read") == a);
+        assert!(std::fs::read(node.path().join("data/sub/b")).expect("read") == b);
+    }
+    let fetched = c.sum("datenlord_engine_source_fetches_total") - fetched_before;
+    let hits = c.sum("datenlord_neighbor_hits_total") - hits_before;
+    assert!(hits > 0.0, "blocks came from their homes");
+    assert!(
+        (fetched - hits).abs() < 0.5,
+        "no store read after the warm-up: {fetched} fetches, {hits} from homes"
+    );
+
+    // A node's certificate may order a warm-up too; a missing path fails.
+    let out = warmup("/data/sub/b", "node", Some(61));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("warmed 12 of 12 blocks"));
+    let out = warmup("/data/nothing", "admin", None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing"));
+
+    // Every node's health report reaches the leader: `members status`
+    // shows each node's fill, journal and errors.
+    let status = wait_for("three health reports", Duration::from_secs(20), || {
+        let mut args = vec!["members", "status", "--masters", &c.masters];
+        let tls = c.group.tls_args("admin", None);
+        args.extend(tls.iter().map(String::as_str));
+        let text = String::from_utf8_lossy(&support::node::datenlord(&args).stdout).into_owned();
+        (text.matches("health: ").count() == 3).then_some(text)
+    });
+    assert!(status.contains("journal 0 blocks"), "{status}");
+    assert!(
+        status.matches("health: 0 of").count() == 0,
+        "every node caches blocks: {status}"
+    );
+    for node in nodes {
+        node.unmount();
+    }
+}

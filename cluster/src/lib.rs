@@ -9,6 +9,7 @@ pub mod certs;
 pub mod client_rpc;
 mod frame;
 pub mod group;
+pub mod health;
 pub mod link;
 pub mod listener;
 pub mod lord;

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::client_rpc::{Handler, Response, RpcClient, RpcError, Status};
 pub use crate::group::IDENTITY_FILE;
 use crate::group::{self, embedded_group, group_id, Member, Recorded, Strangers};
+use crate::health::{HealthBook, HealthEntry, HealthReport};
 use crate::link::Security;
 use crate::listener::serve_master;
 use crate::meta::{Attr, Command, Creds, DirEntry, Ino, MetaError, MetaState, Outcome, StatFs};
@@ -42,6 +43,11 @@ pub const OP_REVOKE: u8 = 5;
 /// Operation: register or unregister a cache node (payload: the encoded
 /// `RegisterCacheNode` or `UnregisterCacheNode`); a node only itself.
 pub const OP_CACHE_NODE: u8 = 6;
+/// Operation: a node's health report (payload: a [`HealthReport`] of
+/// itself), kept by the leader.
+pub const OP_HEALTH_REPORT: u8 = 7;
+/// Operation: the nodes' last health reports, from the leader.
+pub const OP_HEALTH: u8 = 8;
 /// The file in a master's data directory listing the group's members.
 pub const MEMBERS_FILE: &str = "members";
 
@@ -141,6 +147,9 @@ pub fn decode_result(bytes: &[u8]) -> Result<Outcome, ClientError> {
     }
 }
 
+/// Most block map entries one [`Query::Blocks`] returns.
+pub const BLOCKS_QUERY_MAX: u32 = 16 * 1024;
+
 /// Read-only operations served from a master's state machine.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Query {
@@ -178,6 +187,16 @@ pub enum Query {
     StatFs,
     /// The cache node registry.
     CacheNodes,
+    /// Up to `max_entries` `(index, version)` entries of a file's block
+    /// map from `first_index` on.
+    Blocks {
+        /// File.
+        ino: Ino,
+        /// First block index.
+        first_index: u64,
+        /// At most this many.
+        max_entries: u32,
+    },
 }
 
 /// What a [`Query`] returns.
@@ -205,6 +224,8 @@ pub enum QueryAnswer {
         /// Why.
         message: String,
     },
+    /// Block map entries `(index, version)`, in index order.
+    Blocks(Vec<(u64, u64)>),
 }
 
 impl Query {
@@ -233,6 +254,17 @@ impl Query {
                 let (epoch, nodes) = state.cache_nodes();
                 Ok(QueryAnswer::CacheNodes { epoch, nodes })
             }
+            Self::Blocks {
+                ino,
+                first_index,
+                max_entries,
+            } => state
+                .blocks(
+                    *ino,
+                    *first_index,
+                    (*max_entries).min(BLOCKS_QUERY_MAX) as usize,
+                )
+                .map(QueryAnswer::Blocks),
         };
         answer.unwrap_or_else(|e| QueryAnswer::Error {
             errno: e.errno(),
@@ -439,7 +471,12 @@ impl Master {
         )?;
         let _ = local.set(driver.handle());
         config.security.check_revocations(revoked_in(&state));
-        let handler = client_handler(driver.handle(), config.peers.clone(), me.group);
+        let handler = client_handler(
+            driver.handle(),
+            config.peers.clone(),
+            me.group,
+            Arc::new(HealthBook::default()),
+        );
         serve_master(listener, me, local, handler, config.security.clone());
         info!(id = config.id, %addr, masters = voters.len(), group = %format!("{:016x}", me.group), tls = config.security.is_tls(), "metadata master serving");
         Ok(Self {
@@ -666,12 +703,56 @@ fn cache_node_command(who: &Peer, payload: &[u8]) -> Result<Command, String> {
     }
 }
 
+/// Why a health operation was not done.
+enum HealthRefusal {
+    /// The peer may not (what it tried).
+    Refused(String),
+    /// It failed.
+    Failed(String),
+}
+
+/// `OP_HEALTH` (the reports, to a peer that may read the namespace) or
+/// `OP_HEALTH_REPORT` (a node's report of itself), on the leader.
+fn health_op(
+    who: &Peer,
+    op: u8,
+    payload: &[u8],
+    book: &HealthBook,
+) -> Result<Vec<u8>, HealthRefusal> {
+    if op == OP_HEALTH {
+        if !who.may_use_namespace() {
+            return Err(HealthRefusal::Refused("read the nodes' health".into()));
+        }
+        return Ok(to_bytes(&book.entries()));
+    }
+    let report: HealthReport =
+        from_bytes(payload).map_err(|e| HealthRefusal::Failed(e.to_string()))?;
+    let allowed = match who {
+        Peer::Unverified => true,
+        Peer::Certified(me) => me.role == Role::Node && me.id == Some(report.id),
+    };
+    if !allowed {
+        return Err(HealthRefusal::Refused(format!(
+            "report the health of node {}",
+            report.id
+        )));
+    }
+    if book.record(report) {
+        Ok(Vec::new())
+    } else {
+        Err(HealthRefusal::Failed(
+            "the leader keeps the health of no more nodes".into(),
+        ))
+    }
+}
+
 /// The client protocol's operations served by a replica (`peers`: id ->
 /// client address, for leader redirects).
 pub(crate) fn client_handler(
     handle: RaftHandle<SharedState<MetaState>>,
     peers: BTreeMap<u64, String>,
     group: u64,
+    health: Arc<HealthBook>,
 ) -> Handler {
     let not_leader = move |leader: Option<u64>| Response {
         status: Status::NotLeader,
@@ -685,6 +766,10 @@ pub(crate) fn client_handler(
         status: Status::Failed,
         payload: message.into_bytes(),
     };
+    let ok = |payload: Vec<u8>| Response {
+        status: Status::Ok,
+        payload,
+    };
     let refused = move |who: &Peer, what: &str| {
         warn!(%who, "refused: {what}");
         failed(format!(
@@ -693,10 +778,7 @@ pub(crate) fn client_handler(
     };
     Arc::new(move |who: &Peer, op, payload| {
         let propose = |command: Vec<u8>| match block_on(handle.propose(command)) {
-            Ok(result) => Response {
-                status: Status::Ok,
-                payload: result,
-            },
+            Ok(result) => ok(result),
             Err(DriveError::NotLeader { leader }) => not_leader(leader),
             Err(e) => failed(e.to_string()),
         };
@@ -727,25 +809,19 @@ pub(crate) fn client_handler(
                 match block_on(
                     handle.read(move |state: &SharedState<MetaState>| query.run(&state.read())),
                 ) {
-                    Ok(answer) => Response {
-                        status: Status::Ok,
-                        payload: to_bytes(&answer),
-                    },
+                    Ok(answer) => ok(to_bytes(&answer)),
                     Err(DriveError::NotLeader { leader }) => not_leader(leader),
                     Err(e) => failed(e.to_string()),
                 }
             }
             OP_STATUS => match block_on(handle.status()) {
-                Ok(s) => Response {
-                    status: Status::Ok,
-                    payload: to_bytes(&MasterStatus {
-                        id: s.id,
-                        leader: s.leader.unwrap_or(0),
-                        term: s.term,
-                        applied: s.applied,
-                        group,
-                    }),
-                },
+                Ok(s) => ok(to_bytes(&MasterStatus {
+                    id: s.id,
+                    leader: s.leader.unwrap_or(0),
+                    term: s.term,
+                    applied: s.applied,
+                    group,
+                })),
                 Err(e) => failed(e.to_string()),
             },
             OP_MEMBERS => {
@@ -756,12 +832,22 @@ pub(crate) fn client_handler(
                     return refused(who, &format!("make the membership change {change:?}"));
                 }
                 match block_on(handle.change_members(change)) {
-                    Ok(()) => Response {
-                        status: Status::Ok,
-                        payload: Vec::new(),
-                    },
+                    Ok(()) => ok(Vec::new()),
                     Err(DriveError::NotLeader { leader }) => not_leader(leader),
                     Err(e) => failed(e.to_string()),
+                }
+            }
+            // Health reports live on the leader (in memory, not logged).
+            OP_HEALTH_REPORT | OP_HEALTH => {
+                match block_on(handle.status()) {
+                    Ok(s) if s.leader == Some(s.id) => {}
+                    Ok(s) => return not_leader(s.leader),
+                    Err(e) => return failed(e.to_string()),
+                }
+                match health_op(who, op, &payload, &health) {
+                    Ok(payload) => ok(payload),
+                    Err(HealthRefusal::Refused(what)) => refused(who, &what),
+                    Err(HealthRefusal::Failed(message)) => failed(message),
                 }
             }
             other => failed(format!("unknown operation {other}")),
@@ -889,6 +975,19 @@ impl MetaClient {
         self.pin_group()?;
         let result = self.rpc.call(OP_CACHE_NODE, &command.encode())?;
         decode_result(&result).map(drop)
+    }
+
+    /// Sends this node's health report to the leader.
+    pub fn report_health(&mut self, report: &HealthReport) -> Result<(), ClientError> {
+        self.pin_group()?;
+        self.rpc.call(OP_HEALTH_REPORT, &to_bytes(report))?;
+        Ok(())
+    }
+
+    /// The nodes' last health reports, as the leader has them.
+    pub fn health(&mut self) -> Result<Vec<HealthEntry>, ClientError> {
+        self.pin_group()?;
+        from_bytes(&self.rpc.call(OP_HEALTH, &[])?)
     }
 
     /// The status of the master this client is connected to.

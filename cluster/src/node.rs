@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -226,7 +226,9 @@ impl Node {
         config
             .security
             .check_revocations(crate::master::revoked_in(&state));
-        let handler = client_handler(handle.clone(), discovered, me.group);
+        // A node never leads: health reports sent here are redirected.
+        let health = Arc::new(crate::health::HealthBook::default());
+        let handler = client_handler(handle.clone(), discovered, me.group, health);
         let listening =
             serve_stoppable(listener, me, local_handle, handler, config.security.clone())
                 .map_err(|e| NodeError::Config(format!("cannot start the node listener: {e}")))?;
@@ -355,6 +357,19 @@ impl Node {
     /// its blocks get other homes at once.
     pub fn unregister_cache(&self) -> Result<(), NodeError> {
         self.cache_change(&Command::UnregisterCacheNode { id: self.id })
+    }
+
+    /// Tells the leader how this node is (Sklavin's report).
+    pub fn report_health(&self, health: crate::health::NodeHealth) -> Result<(), NodeError> {
+        let report = crate::health::HealthReport {
+            id: self.id,
+            health,
+        };
+        self.client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .report_health(&report)?;
+        Ok(())
     }
 
     fn cache_change(&self, command: &Command) -> Result<(), NodeError> {

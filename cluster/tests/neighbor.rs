@@ -507,3 +507,65 @@ fn with_data_tls_off_on_both_ends_frames_go_in_clear_and_a_changed_byte_is_refus
     assert_eq!(c.stats.clear_connections.load(Ordering::Relaxed), 0);
     assert_eq!(b.stats.clear_connections.load(Ordering::Relaxed), 2);
 }
+
+#[test]
+fn an_administrator_may_order_warm_ups_but_not_read_blocks() {
+    use datenlord_cluster::neighbor::conn::Conn;
+    use datenlord_cluster::neighbor::warm::warm;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, at_a, at_b) = pair(dir.path(), 32);
+    for (node, ids) in [(&a, &at_a), (&b, &at_b)] {
+        for &id in ids {
+            node.store.put(id, content(id));
+        }
+    }
+    let admin_dir = dir.path().join("admin");
+    let request = CertRequest {
+        name: "admin".into(),
+        role: Role::Admin,
+        id: None,
+        days: 1,
+    };
+    issue(&dir.path().join("ca"), &admin_dir, &request).expect("issue");
+    let admin = DataLink::new(Security::from_dir(Some(&admin_dir)).expect("load"));
+    let mut blocks: Vec<BlockId> = at_a.iter().chain(&at_b).copied().collect();
+    // One block no store has: its home answers that it is missing.
+    blocks.push(BlockId::new(77, 0, 1 << 16));
+    let mut reports = 0;
+    let report = warm(
+        &b.membership.get(),
+        &blocks,
+        &admin,
+        BLOCK as u32,
+        &mut |_| reports += 1,
+    )
+    .expect("warm");
+    assert!(reports >= 1, "progress is reported");
+    assert_eq!(report.blocks, blocks.len() as u64);
+    assert_eq!(report.warmed, blocks.len() as u64 - 1, "{report:?}");
+    assert_eq!((report.missing, report.failed), (1, 0), "{report:?}");
+    let warmed = |n: &TestNode| n.stats.warmed.load(Ordering::Relaxed);
+    assert_eq!(warmed(&a) + warmed(&b), blocks.len() as u64 - 1);
+    // The homes hold the blocks: reads of B's blocks on A cost B no store
+    // read.
+    let fetched = b.store.fetches();
+    for &id in &at_b {
+        assert_eq!(a.read(id).expect("from B"), content(id));
+    }
+    assert_eq!(b.store.fetches(), fetched);
+    // An administrator's connection asking for bytes is closed.
+    let refused = b.stats.refused.load(Ordering::Relaxed);
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 << 10)
+        .make()
+        .expect("executor");
+    let addr = b.record().addr;
+    let read = executor.run(async {
+        let conn = Conn::open(2, &addr, &admin, BLOCK as u32)
+            .await
+            .expect("the handshake succeeds");
+        conn.read(at_b[0], None, 5_000).await
+    });
+    assert!(read.is_err(), "an administrator reads no block");
+    assert_eq!(b.stats.refused.load(Ordering::Relaxed), refused + 1);
+}

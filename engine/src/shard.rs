@@ -256,6 +256,8 @@ impl Shard {
         stats.memory_hits += view.hits;
         stats.view_hits += view.hits;
         stats.read_bytes += view.bytes;
+        stats.memory_blocks_held = self.memory.borrow().len() as u64;
+        stats.disk_blocks_held = self.disk.as_ref().map_or(0, |d| d.len() as u64);
         stats
     }
 

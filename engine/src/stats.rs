@@ -84,6 +84,16 @@ shard_stats! {
     prefetch_hits,
     /// Requests forwarded to another shard.
     forwarded,
+    /// Blocks the memory tier holds now (a gauge, not a counter).
+    memory_blocks_held,
+    /// Blocks the NVMe tier holds now (a gauge, not a counter).
+    disk_blocks_held,
+}
+
+/// Whether a field of [`ShardStats`] is a gauge (a level now) rather than
+/// a counter.
+pub fn is_gauge(field: &str) -> bool {
+    field.ends_with("_held")
 }
 
 impl ShardStats {

@@ -89,12 +89,21 @@ fn identity_of(
     Identity::of_chain(chain).map_err(NeighborError::Identity)
 }
 
+/// Checks the other end's certificate: node `node` when this end
+/// connected to it; a node, or an administrator (who may only send
+/// warm-up orders), when this end accepted (`None`).
 fn check_peer(tls: &TlsDir, who: &Identity, node: Option<u64>) -> Result<(), NeighborError> {
-    if who.role != Role::Node || node.is_some_and(|id| who.id != Some(id)) {
+    let fits = match node {
+        Some(id) => who.role == Role::Node && who.id == Some(id),
+        None => matches!(who.role, Role::Node | Role::Admin),
+    };
+    if !fits {
         return Err(NeighborError::Identity(format!(
             "{who} (serial {}) is not {}",
             who.serial,
-            node.map_or("a node".to_string(), |id| format!("node {id}"))
+            node.map_or("a node or an administrator".to_string(), |id| format!(
+                "node {id}"
+            ))
         )));
     }
     if tls.is_revoked(&who.serial) {
@@ -281,6 +290,8 @@ type Waiter = flume::Sender<Result<Vec<u8>, NeighborError>>;
 struct Asked {
     id: BlockId,
     max_len: u32,
+    /// A warm-up request (answered `Warmed`, never with a block).
+    warm: bool,
 }
 
 impl Asked {
@@ -288,7 +299,12 @@ impl Asked {
     /// broken peer: its bytes are never used (the connection closes).
     fn check(&self, answer: &Header) -> Result<(), NeighborError> {
         let id = BlockId::new(answer.ino, answer.index, answer.block_version);
-        if id != self.id || answer.len > self.max_len {
+        let kind_fits = match answer.kind {
+            Kind::Block => !self.warm,
+            Kind::Warmed => self.warm,
+            _ => true,
+        };
+        if id != self.id || answer.len > self.max_len || !kind_fits {
             return Err(NeighborError::Io(format!(
                 "answered block {id} ({} bytes) to a request for {} (at most {} bytes)",
                 answer.len, self.id, self.max_len
@@ -387,6 +403,34 @@ impl Conn {
         range: Option<(u32, u32)>,
         timeout_ms: u64,
     ) -> Result<Vec<u8>, NeighborError> {
+        let (offset, len) = range.unwrap_or((0, 0));
+        let header =
+            |request| Header::read_range(request, [id.ino.0, id.index, id.version], offset, len);
+        let asked = Asked {
+            id,
+            max_len: if len == 0 { u32::MAX } else { len },
+            warm: false,
+        };
+        self.ask(header, asked, timeout_ms).await
+    }
+
+    /// Asks the home to fetch a block version and keep it (warm-up).
+    pub async fn warm(&self, id: BlockId, timeout_ms: u64) -> Result<(), NeighborError> {
+        let header = |request| Header::warm(request, [id.ino.0, id.index, id.version]);
+        let asked = Asked {
+            id,
+            max_len: 0,
+            warm: true,
+        };
+        self.ask(header, asked, timeout_ms).await.map(drop)
+    }
+
+    async fn ask(
+        &self,
+        header: impl FnOnce(u64) -> Header,
+        asked: Asked,
+        timeout_ms: u64,
+    ) -> Result<Vec<u8>, NeighborError> {
         within(timeout_ms, async {
             let _slot = self
                 .slots
@@ -399,17 +443,11 @@ impl Conn {
             let request = self.next.get();
             self.next.set(request.wrapping_add(1));
             let (tx, rx) = flume::bounded(1);
-            let (offset, len) = range.unwrap_or((0, 0));
-            let asked = Asked {
-                id,
-                max_len: if len == 0 { u32::MAX } else { len },
-            };
             self.waiting.borrow_mut().insert(request, (asked, tx));
             let _unregister = Unregister(self, request);
-            let header = Header::read_range(request, [id.ino.0, id.index, id.version], offset, len);
             {
                 let mut writer = self.writer.lock().await;
-                if let Err(e) = writer.send(&header, &[]).await {
+                if let Err(e) = writer.send(&header(request), &[]).await {
                     drop(writer);
                     let err = NeighborError::Io(format!("sending to node {}: {e}", self.node));
                     self.fail_all(&err);
@@ -437,7 +475,7 @@ impl Drop for Unregister<'_> {
 async fn read_answers(mut receiver: Receiver, conn: &std::rc::Weak<Conn>) -> NeighborError {
     loop {
         let (header, payload) = match receiver.next().await {
-            Ok((h, _)) if h.kind == Kind::Read => {
+            Ok((h, _)) if h.kind.is_request() => {
                 return NeighborError::Io("a request where an answer belongs".into())
             }
             Ok(frame) => frame,
@@ -448,6 +486,7 @@ async fn read_answers(mut receiver: Receiver, conn: &std::rc::Weak<Conn>) -> Nei
                 Ok(()) => Ok(payload),
                 Err(e) => return e.into(),
             },
+            Kind::Warmed => Ok(Vec::new()),
             Kind::Missing => Err(NeighborError::Missing),
             _ => Err(NeighborError::Failed(
                 String::from_utf8_lossy(&payload).into_owned(),
@@ -493,7 +532,12 @@ pub(crate) async fn serve_connection(
     let mut checked = Instant::now();
     loop {
         let header = match within(IDLE_TIMEOUT_MS, receiver.next()).await {
-            Ok((h, _)) if h.kind == Kind::Read => h,
+            Ok((h, _)) if h.kind == Kind::Read && is_admin(&peer) => {
+                NeighborStats::add(&stats.refused, 1);
+                warn!(?remote, %peer, "an administrator asked for a block's bytes (it may only order warm-ups): closing");
+                return;
+            }
+            Ok((h, _)) if h.kind.is_request() => h,
             Ok((h, _)) => {
                 NeighborStats::add(&stats.refused, 1);
                 warn!(?remote, %peer, kind = ?h.kind, "an answer where a request belongs: closing");
@@ -526,6 +570,10 @@ pub(crate) async fn serve_connection(
     }
 }
 
+fn is_admin(peer: &Peer) -> bool {
+    matches!(peer, Peer::Certified(who) if who.role == Role::Admin)
+}
+
 fn revoked(security: &Security, peer: &Peer) -> bool {
     match (security, peer) {
         (Security::Tls(tls), Peer::Certified(who)) => tls.is_revoked(&who.serial),
@@ -545,8 +593,21 @@ async fn answer(
         range => (request.offset, range),
     };
     let result = ctx.read_for_peer(id, offset, len, Vec::new()).await;
+    let result = match result {
+        // Warm-up: the block is kept whatever admission would say.
+        Ok((buf, n)) if request.kind == Kind::Warm => {
+            let mut buf = buf;
+            buf.truncate(n);
+            ctx.insert(id, buf).await.map(|_| (Vec::new(), 0))
+        }
+        other => other,
+    };
     let message;
     let (header, payload) = match &result {
+        Ok(_) if request.kind == Kind::Warm => {
+            NeighborStats::add(&stats.warmed, 1);
+            (Header::answer(&request, Kind::Warmed, &[]), &[][..])
+        }
         Ok((buf, n)) => {
             let data = &buf[..*n];
             NeighborStats::add(&stats.served, 1);
@@ -578,7 +639,11 @@ mod tests {
     #[test]
     fn an_answer_about_another_block_or_longer_than_asked_is_refused() {
         let id = BlockId::new(7, 3, 9 << 16);
-        let asked = Asked { id, max_len: 4096 };
+        let asked = Asked {
+            id,
+            max_len: 4096,
+            warm: false,
+        };
         let request = Header::read_range(1, [7, 3, 9 << 16], 0, 4096);
         assert!(asked
             .check(&Header::answer(&request, Kind::Block, &[0; 4096]))
@@ -593,6 +658,25 @@ mod tests {
         let older = Header::read(1, 7, 3, 8 << 16);
         assert!(asked
             .check(&Header::answer(&older, Kind::Block, &[0; 10]))
+            .is_err());
+        // A read is not answered "warmed", a warm-up order not with bytes.
+        assert!(asked
+            .check(&Header::answer(&request, Kind::Warmed, &[]))
+            .is_err());
+        let warm = Asked {
+            id,
+            max_len: 0,
+            warm: true,
+        };
+        let warm_order = Header::warm(2, [7, 3, 9 << 16]);
+        assert!(warm
+            .check(&Header::answer(&warm_order, Kind::Warmed, &[]))
+            .is_ok());
+        assert!(warm
+            .check(&Header::answer(&warm_order, Kind::Missing, &[]))
+            .is_ok());
+        assert!(warm
+            .check(&Header::answer(&warm_order, Kind::Block, &[]))
             .is_err());
     }
 }

@@ -8,11 +8,12 @@
 //! cannot make the receiver allocate more than one block, and a malformed
 //! header is an error (the connection is closed), never a panic.
 //!
-//! Requests: `Read` names a block version. Answers carry the request's
-//! number: `Block` (the block's valid bytes and their CRC32C, checked by
-//! the receiver before the bytes are used or cached), `Missing` (the
-//! block is in none of the home's tiers nor the store), `Failed` (a short
-//! message). Answers may come in any order: a connection carries several
+//! Requests: `Read` names a block version; `Warm` asks the home to fetch
+//! one and keep it (warm-up orders). Answers carry the request's number:
+//! `Block` (the block's valid bytes and their CRC32C, checked by the
+//! receiver before the bytes are used or cached), `Warmed` (no payload),
+//! `Missing` (the block is in none of the home's tiers nor the store),
+//! `Failed` (a short message). Answers may come in any order: a connection carries several
 //! requests at once.
 
 use rkyv::{Archive, Deserialize, Serialize};
@@ -39,6 +40,18 @@ pub enum Kind {
     Missing,
     /// The home could not read it (payload: a UTF-8 message).
     Failed,
+    /// Asks the home to fetch a block version and keep it (warm-up; no
+    /// payload either way).
+    Warm,
+    /// The home now holds the block (no payload).
+    Warmed,
+}
+
+impl Kind {
+    /// Whether the frame is a request (else an answer).
+    pub fn is_request(self) -> bool {
+        matches!(self, Self::Read | Self::Warm)
+    }
 }
 
 /// The header of every frame.
@@ -128,6 +141,11 @@ impl Header {
         }
     }
 
+    /// A warm-up request for a block version.
+    pub fn warm(request: u64, id: [u64; 3]) -> Self {
+        Self::new(Kind::Warm, request, id[0], id[1], id[2], &[])
+    }
+
     /// An answer of `kind` to `to`, for `payload`.
     pub fn answer(to: &Self, kind: Kind, payload: &[u8]) -> Self {
         Self::new(
@@ -193,10 +211,12 @@ impl Header {
             ArchivedKind::Block => Kind::Block,
             ArchivedKind::Missing => Kind::Missing,
             ArchivedKind::Failed => Kind::Failed,
+            ArchivedKind::Warm => Kind::Warm,
+            ArchivedKind::Warmed => Kind::Warmed,
         };
         let len = archived.len.to_native();
         let max = match kind {
-            Kind::Read | Kind::Missing => 0,
+            Kind::Read | Kind::Missing | Kind::Warm | Kind::Warmed => 0,
             Kind::Block => block_max,
             Kind::Failed => MESSAGE_MAX_BYTES,
         };

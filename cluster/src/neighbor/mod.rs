@@ -23,6 +23,7 @@
 pub mod conn;
 pub mod frame;
 pub mod mac;
+pub mod warm;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -141,6 +142,8 @@ pub struct NeighborStats {
     pub refused: AtomicU64,
     /// Sum of the requester's wait for a home's answer, in microseconds.
     pub wait_us: AtomicU64,
+    /// Blocks this node fetched and kept on warm-up orders.
+    pub warmed: AtomicU64,
     /// Connections (made or accepted) whose frames go in clear with a MAC
     /// (`--data-tls off` on both ends).
     pub clear_connections: AtomicU64,
