@@ -566,9 +566,12 @@ impl Shard {
         Ok(n)
     }
 
-    /// A small random read of a block no tier would keep (admission
-    /// refuses it), no fetch of which is in flight: only its bytes, when
-    /// the source serves ranges (`None`: fetch the whole block).
+    /// A small random read, no fetch of whose block is in flight: only its
+    /// bytes, when the source serves ranges (`None`: fetch the whole
+    /// block). When a tier would keep the block, the whole block is then
+    /// fetched in the background (the reader does not wait for it, and
+    /// its request does not queue behind it); when none would (admission
+    /// refuses it), only the bytes asked for move.
     async fn read_range(
         self: &Rc<Self>,
         id: BlockId,
@@ -581,15 +584,19 @@ impl Shard {
         if hint.for_peer || hint.kind != AccessKind::Random || !small || self.is_fetching(id) {
             return Ok(None);
         }
-        if self.would_keep(id) {
-            return Ok(None);
-        }
+        let keep = self.would_keep(id);
         // Offsets and lengths were checked against the block size.
         let Some(fetch) = self.source.fetch_range(id, offset as u32, len as u32) else {
             return Ok(None);
         };
         match fetch.await {
             Ok(data) => {
+                if keep && !self.is_fetching(id) {
+                    let shard = Rc::clone(self);
+                    self.spawn_tracked(async move {
+                        let _ = shard.fetch(id, AccessKind::Random, false).await;
+                    });
+                }
                 let n = data.len().min(len);
                 buf.clear();
                 buf.extend_from_slice(&data[..n]);

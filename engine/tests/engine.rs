@@ -930,9 +930,43 @@ fn a_small_random_read_of_a_block_the_cache_will_not_keep_fetches_only_its_bytes
     let s = totals(&handle);
     assert_eq!(s.source_range_fetches, 1, "{s:?}");
     assert_eq!(s.source_fetches, 4, "no whole fetch for it: {s:?}");
-    // A whole read of it fetches the block, as does a small read of a
-    // block there is room for (none here, so: whole reads only).
+    // A whole read of it fetches the block.
     assert_eq!(read_all(&handle, cold), content(cold, BLOCK));
     assert_eq!(totals(&handle).source_fetches, 5);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_block() {
+    let ids: Vec<BlockId> = (0..2).map(|i| BlockId::new(200 + i, 0, 1)).collect();
+    let store = store_with(&ids);
+    let ranges = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let factory = Ranges {
+        store: Arc::clone(&store),
+        ranges: Arc::clone(&ranges),
+    };
+    let engine = Engine::start(&config(1, 4, None), factory).expect("start");
+    let handle = engine.handle();
+    // Room in memory: the reader gets its 4 KiB from a range fetch, and
+    // the whole block follows in the background.
+    let id = ids[0];
+    let (buf, n) = block_on(handle.read(id, 4096, 4096, Vec::new())).expect("read");
+    assert_eq!(&buf[..n], &content(id, BLOCK)[4096..8192]);
+    assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let mut cached = false;
+    for _ in 0..500 {
+        if totals(&handle).source_fetches == 1 {
+            cached = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(cached, "the whole block was fetched: {:?}", totals(&handle));
+    // Then reads of it are memory hits: no further fetch of any kind.
+    assert_eq!(read_all(&handle, id), content(id, BLOCK));
+    let s = totals(&handle);
+    assert!(s.memory_hits >= 1, "{s:?}");
+    assert_eq!(s.source_fetches, 1, "{s:?}");
+    assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 1);
     engine.shutdown().expect("shutdown");
 }
