@@ -62,6 +62,21 @@ pub struct HistogramSample {
     pub sum_seconds: f64,
 }
 
+impl HistogramSample {
+    /// From cumulative buckets with upper bounds in microseconds, and the
+    /// sum in nanoseconds.
+    pub fn from_micros(buckets: &[(u64, u64)], count: u64, sum_ns: u64) -> Self {
+        Self {
+            buckets: buckets
+                .iter()
+                .map(|&(le_us, n)| (le_us as f64 / 1e6, n))
+                .collect(),
+            count,
+            sum_seconds: sum_ns as f64 / 1e9,
+        }
+    }
+}
+
 impl Exposition {
     /// Starts a metric family.
     pub fn family(&mut self, name: &str, kind: &str, help: &str) {

@@ -1320,6 +1320,11 @@ fn node_metrics(
     Arc::new(move || {
         let mut e = Exposition::default();
         if let Ok(shards) = block_on(engine.stats()) {
+            render_read_latency(
+                &mut e,
+                &datenlord_engine::ShardStats::sum(&shards).latency,
+                neighbors.as_deref(),
+            );
             let mut fields: Vec<(&'static str, Vec<u64>)> = Vec::new();
             for stats in &shards {
                 for (i, (name, value)) in stats.fields().into_iter().enumerate() {
@@ -1464,6 +1469,41 @@ fn render_neighbors(
     }
 }
 
+/// Read latency by tier: the engine's (memory, NVMe, the source below
+/// the cache) and, on a node, the neighbor tier's hits and its reads below
+/// it (journal and store).
+fn render_read_latency(
+    e: &mut crate::metrics::Exposition,
+    engine: &datenlord_engine::stats::TierLatency,
+    neighbor: Option<&datenlord_cluster::neighbor::NeighborStats>,
+) {
+    const NAME: &str = "datenlord_read_seconds";
+    e.family(
+        NAME,
+        "histogram",
+        "Block read latency by the tier that served it (source: below the cache; neighbor: another node's cache; store: this node's journal and the store, under the neighbor tier).",
+    );
+    let mut tiers = vec![
+        ("memory", engine.memory),
+        ("nvme", engine.disk),
+        ("source", engine.source),
+    ];
+    if let Some(n) = neighbor {
+        tiers.extend([
+            ("neighbor", n.hit_latency.snapshot()),
+            ("store", n.below_latency.snapshot()),
+        ]);
+    }
+    for (tier, latency) in tiers {
+        let sample = crate::metrics::HistogramSample::from_micros(
+            &latency.cumulative(),
+            latency.count,
+            latency.sum_ns,
+        );
+        e.histogram(NAME, &[("tier", tier)], &sample);
+    }
+}
+
 /// The local copies of `-o passthrough`.
 fn render_copies(e: &mut crate::metrics::Exposition, made: u64, held: usize, bytes: u64) {
     let samples = [
@@ -1524,15 +1564,7 @@ fn render_ops(e: &mut crate::metrics::Exposition, ops: &[datenlord_fuse::OpSampl
         "FUSE request latency, per op.",
     );
     for op in ops {
-        let sample = crate::metrics::HistogramSample {
-            buckets: op
-                .buckets
-                .iter()
-                .map(|&(le_us, count)| (le_us as f64 / 1e6, count))
-                .collect(),
-            count: op.count,
-            sum_seconds: op.sum_ns as f64 / 1e9,
-        };
+        let sample = crate::metrics::HistogramSample::from_micros(&op.buckets, op.count, op.sum_ns);
         e.histogram("datenlord_fuse_request_seconds", &[("op", op.op)], &sample);
     }
 }

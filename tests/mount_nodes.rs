@@ -610,6 +610,13 @@ fn warmup_has_the_homes_keep_a_tree_s_blocks_before_anyone_reads_them() {
         (fetched - hits).abs() < 0.5,
         "no store read after the warm-up: {fetched} fetches, {hits} from homes"
     );
+    // Read latency per tier: every hit from a home is in the neighbor
+    // tier's histogram; the warm-up's store reads (of blocks their
+    // homes did not hold yet) in the store tier's.
+    let tier = |t: &str| c.sum(&format!("datenlord_read_seconds_count{{tier=\"{t}\"}}"));
+    assert!((tier("neighbor") - c.sum("datenlord_neighbor_hits_total")).abs() < 0.5);
+    assert!(tier("store") > 0.0);
+    assert!(tier("source") > 0.0);
 
     // A node's certificate may order a warm-up too; a missing path fails.
     let out = warmup("/data/sub/b", "node", Some(61));

@@ -502,6 +502,7 @@ impl Shard {
         hint: ReadHint,
     ) -> Result<usize> {
         self.check_range(id, offset, len)?;
+        let started = Instant::now();
         let (offset, len) = (offset as usize, len as usize);
         let kind = hint.kind;
         if hint.counts {
@@ -519,6 +520,7 @@ impl Shard {
                     s.reads += 1;
                     s.memory_hits += 1;
                     s.read_bytes += n as u64;
+                    s.latency.memory.record(elapsed_ns(started));
                 });
                 return Ok(n);
             }
@@ -541,6 +543,7 @@ impl Shard {
                         s.reads += 1;
                         s.disk_hits += 1;
                         s.read_bytes += n as u64;
+                        s.latency.disk.record(elapsed_ns(started));
                     });
                     let whole = (offset == 0 && n == block_len as usize).then_some(&buf[..]);
                     self.maybe_promote(id, kind, whole);
@@ -554,15 +557,18 @@ impl Shard {
             }
             self.count(|s| s.disk_misses += 1);
         }
-        if let Some(n) = self.read_range(id, offset, len, buf, hint).await? {
-            return Ok(n);
-        }
-        let data = self.fetch(id, kind, hint.for_peer).await?;
-        let n = copy_range(&data, offset, len, buf);
-        self.count(|s| {
-            s.reads += 1;
-            s.read_bytes += n as u64;
-        });
+        let n = if let Some(n) = self.read_range(id, offset, len, buf, hint).await? {
+            n
+        } else {
+            let data = self.fetch(id, kind, hint.for_peer).await?;
+            let n = copy_range(&data, offset, len, buf);
+            self.count(|s| {
+                s.reads += 1;
+                s.read_bytes += n as u64;
+            });
+            n
+        };
+        self.count(|s| s.latency.source.record(elapsed_ns(started)));
         Ok(n)
     }
 
@@ -1002,6 +1008,11 @@ fn copy_range(block: &[u8], offset: usize, len: usize, buf: &mut Vec<u8>) -> usi
     buf.clear();
     buf.extend_from_slice(&block[start..end]);
     end - start
+}
+
+/// Nanoseconds since `start`.
+fn elapsed_ns(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! path); readers ask the shard for a copy.
 
 use std::ops::AddAssign;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! shard_stats {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -9,6 +10,8 @@ macro_rules! shard_stats {
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct ShardStats {
             $($(#[$doc])* pub $name: u64,)*
+            /// How long reads took, by the tier that served them.
+            pub latency: TierLatency,
         }
 
         impl ShardStats {
@@ -21,6 +24,7 @@ macro_rules! shard_stats {
         impl AddAssign for ShardStats {
             fn add_assign(&mut self, other: Self) {
                 $(self.$name += other.$name;)*
+                self.latency += other.latency;
             }
         }
     };
@@ -104,5 +108,138 @@ impl ShardStats {
             total += *s;
         }
         total
+    }
+}
+
+/// Latency buckets: upper bounds 1 µs, 2 µs, 4 µs … 2^(N-1) µs (about 1 s).
+pub const LATENCY_BUCKETS: usize = 21;
+
+/// The bucket of a latency: the smallest `i` with `latency <= 2^i µs`.
+fn bucket(latency_ns: u64) -> usize {
+    let us = latency_ns.div_ceil(1000).max(1);
+    let i = (u64::BITS - (us - 1).leading_zeros()) as usize;
+    i.min(LATENCY_BUCKETS - 1)
+}
+
+/// A latency histogram (power-of-two microsecond buckets), owned by one
+/// shard or summed over several.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Observations.
+    pub count: u64,
+    /// Their sum, in nanoseconds.
+    pub sum_ns: u64,
+    /// Observations per bucket (not cumulative).
+    pub buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl Latency {
+    /// Records one observation.
+    pub fn record(&mut self, latency_ns: u64) {
+        self.count += 1;
+        self.sum_ns = self.sum_ns.saturating_add(latency_ns);
+        self.buckets[bucket(latency_ns)] += 1;
+    }
+
+    /// `(upper bound in µs, observations at or below it)`, cumulative.
+    pub fn cumulative(&self) -> Vec<(u64, u64)> {
+        let mut total = 0;
+        self.buckets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                total += n;
+                (1u64 << i, total)
+            })
+            .collect()
+    }
+}
+
+impl AddAssign for Latency {
+    fn add_assign(&mut self, other: Self) {
+        self.count += other.count;
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+        for (mine, theirs) in self.buckets.iter_mut().zip(other.buckets) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// Read latency by the tier that served the read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TierLatency {
+    /// Memory hits served by the shard (not those served on the caller's
+    /// thread through the hit view: a copy, well under a microsecond).
+    pub memory: Latency,
+    /// NVMe hits.
+    pub disk: Latency,
+    /// Reads served from the source below the cache (the neighbor tier
+    /// and the store), whole blocks or ranges.
+    pub source: Latency,
+}
+
+impl AddAssign for TierLatency {
+    fn add_assign(&mut self, other: Self) {
+        self.memory += other.memory;
+        self.disk += other.disk;
+        self.source += other.source;
+    }
+}
+
+/// A latency histogram many threads record into (atomics, no lock).
+#[derive(Debug, Default)]
+pub struct SharedLatency {
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BUCKETS],
+}
+
+impl SharedLatency {
+    /// Records one observation.
+    pub fn record(&self, latency_ns: u64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+        self.buckets[bucket(latency_ns)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The histogram now.
+    pub fn snapshot(&self) -> Latency {
+        let mut out = Latency {
+            count: self.count.load(Ordering::Relaxed),
+            sum_ns: self.sum_ns.load(Ordering::Relaxed),
+            ..Latency::default()
+        };
+        for (o, b) in out.buckets.iter_mut().zip(&self.buckets) {
+            *o = b.load(Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latencies_land_in_power_of_two_microsecond_buckets_and_add_up() {
+        let mut a = Latency::default();
+        for ns in [1, 1_000, 1_001, 3_000, 5_000_000, u64::MAX / 2] {
+            a.record(ns);
+        }
+        let cumulative = a.cumulative();
+        assert_eq!(cumulative[0], (1, 2), "up to 1 µs");
+        assert_eq!(cumulative[1], (2, 3), "1.001 µs is in the 2 µs bucket");
+        assert_eq!(cumulative[2], (4, 4));
+        assert_eq!(
+            cumulative[LATENCY_BUCKETS - 1].1,
+            6,
+            "the last takes the rest"
+        );
+        let shared = SharedLatency::default();
+        shared.record(3_000);
+        let mut sum = a;
+        sum += shared.snapshot();
+        assert_eq!(sum.count, 7);
+        assert_eq!(sum.buckets[2], 2);
     }
 }

@@ -953,6 +953,9 @@ fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_
     let (buf, n) = block_on(handle.read(id, 4096, 4096, Vec::new())).expect("read");
     assert_eq!(&buf[..n], &content(id, BLOCK)[4096..8192]);
     assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let latency = totals(&handle).latency;
+    assert_eq!(latency.source.count, 1, "the read is timed as the source's");
+    assert!(latency.source.sum_ns > 0);
     let mut cached = false;
     for _ in 0..500 {
         if totals(&handle).source_fetches == 1 {

@@ -35,6 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use datenlord_engine::source::{BlockSource, SourceFactory, SourceFuture, VersionResolver};
+use datenlord_engine::stats::SharedLatency;
 use datenlord_engine::{BlockId, EngineHandle, ShardContext, ShardId, SourceError};
 use futures::FutureExt;
 use tracing::{info, warn};
@@ -144,6 +145,11 @@ pub struct NeighborStats {
     pub wait_us: AtomicU64,
     /// Blocks this node fetched and kept on warm-up orders.
     pub warmed: AtomicU64,
+    /// How long homes took to deliver (hits).
+    pub hit_latency: SharedLatency,
+    /// How long this node's reads below the neighbor tier took (its
+    /// journal, then the store), successful ones.
+    pub below_latency: SharedLatency,
     /// Connections (made or accepted) whose frames go in clear with a MAC
     /// (`--data-tls off` on both ends).
     pub clear_connections: AtomicU64,
@@ -406,7 +412,7 @@ impl Shared {
             Err(SourceError::NotFound)
         } else {
             // This node's own journal, then the store.
-            self.below.fetch(id).await
+            self.below_fetch(id).await
         };
         match (below, writer) {
             (Ok(data), _) => Ok(data),
@@ -443,6 +449,7 @@ impl Shared {
         NeighborStats::add(&stats.wait_us, asked.elapsed().as_micros() as u64);
         match &answer {
             Ok(data) => {
+                stats.hit_latency.record(nanos_since(asked));
                 self.succeeded(node);
                 NeighborStats::add(&stats.hits, 1);
                 NeighborStats::add(&stats.hit_bytes, data.len() as u64);
@@ -457,6 +464,27 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// A fetch from below (journal, store), timed.
+    fn below_fetch(&self, id: BlockId) -> SourceFuture {
+        let fetch = self.below.fetch(id);
+        let stats = Arc::clone(&self.stats);
+        async move {
+            let started = Instant::now();
+            let result = fetch.await;
+            if result.is_ok() {
+                stats.below_latency.record(nanos_since(started));
+            }
+            result
+        }
+        .boxed_local()
+    }
+}
+
+fn nanos_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 impl BlockSource for NeighborSource {
     fn fetch(&self, id: BlockId) -> SourceFuture {
         let route = self.0.route(id);
@@ -464,14 +492,14 @@ impl BlockSource for NeighborSource {
             NeighborStats::add(&self.0.stats.fallbacks, 1);
         }
         if !route.forwards() {
-            return self.0.below.fetch(id);
+            return self.0.below_fetch(id);
         }
         let shared = Rc::clone(&self.0);
         async move { shared.fetch(id, route).await }.boxed_local()
     }
 
     fn fetch_for_peer(&self, id: BlockId) -> SourceFuture {
-        self.0.below.fetch(id)
+        self.0.below_fetch(id)
     }
 
     fn forwards(&self, id: BlockId) -> bool {
