@@ -60,8 +60,8 @@ fn node_args_in<'a>(
     args
 }
 
-/// Three masters and three nodes' settings (none mounted): directories,
-/// addresses, certificates, one shared store.
+/// Three masters and three (or more) nodes' settings (none mounted):
+/// directories, addresses, certificates, one shared store.
 struct Cluster {
     group: Group,
     masters: String,
@@ -77,19 +77,24 @@ impl Cluster {
     /// Masters on `host` (with a leader) for nodes `first..first + 3`,
     /// node `i` listening at `addr(i, port)`.
     fn new(host: &str, first: u64, addr: impl Fn(usize, u16) -> String) -> Self {
+        Self::with_nodes(host, first, 3, addr)
+    }
+
+    /// [`Self::new`] with `n` nodes.
+    fn with_nodes(host: &str, first: u64, n: u64, addr: impl Fn(usize, u16) -> String) -> Self {
         let group = Group::on(host, 3);
         wait_for("a leader", Duration::from_secs(20), || {
             group.leader(&[1, 2, 3])
         });
-        let dirs: Vec<NodeDirs> = (0..3).map(|_| NodeDirs::new()).collect();
+        let dirs: Vec<NodeDirs> = (0..n).map(|_| NodeDirs::new()).collect();
         Self {
             masters: group.addrs.join(","),
             store: support::node::formatted_store(&dirs[0].root().join("shared-store"), "64K"),
             dirs,
-            ids: (0..3).map(|i| (first + i).to_string()).collect(),
-            listens: (0..3).map(|i| addr(i as usize, 7000)).collect(),
-            metrics: (0..3).map(|i| addr(i as usize, 9100)).collect(),
-            tls: (0..3)
+            ids: (0..n).map(|i| (first + i).to_string()).collect(),
+            listens: (0..n).map(|i| addr(i as usize, 7000)).collect(),
+            metrics: (0..n).map(|i| addr(i as usize, 9100)).collect(),
+            tls: (0..n)
                 .map(|i| group.tls_args("node", Some(first + i)))
                 .collect(),
             group,
@@ -641,6 +646,98 @@ fn warmup_has_the_homes_keep_a_tree_s_blocks_before_anyone_reads_them() {
         "every node caches blocks: {status}"
     );
     for node in nodes {
+        node.unmount();
+    }
+}
+
+/// Multi-cloud HA, with a real S3 server (moto) as the store: 3 masters and
+/// 4 nodes, each node and the S3 server in its own network namespace.
+/// Once the blocks of a file are at their homes, the S3 server's link
+/// goes down: every node still reads the file (from the homes' caches,
+/// no store request); a file written meanwhile (write-back) is queued in
+/// the writer's journal and read by every node from there, and once the
+/// link is back the journal drains to the server, whose objects then serve
+/// nodes after the writer left.
+#[test]
+fn with_the_s3_server_cut_off_cached_blocks_are_read_everywhere_and_writes_drain_when_it_is_back() {
+    const BUCKET: &str = "dl-ha";
+    let net = support::netns::Netns::up(5);
+    let Some(moto) = datenlord_testbed::Moto::start_in(Some(&net.path(5)), &net.ip(5), BUCKET)
+    else {
+        return;
+    };
+    // The mounts inherit the store's settings from this process (one test
+    // per process under nextest).
+    for (key, value) in [
+        ("AWS_ENDPOINT_URL", moto.endpoint()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ] {
+        std::env::set_var(key, value);
+    }
+    let mut c = Cluster::with_nodes(&net.host_ip(), 71, 4, |i, port| {
+        format!("{}:{port}", net.ip(i + 1))
+    });
+    c.store = format!("s3://{BUCKET}/vol");
+    let out = support::node::datenlord(&["format", "--store", &c.store, "--block-size", "64K"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes: Vec<Mounted> = (0..4)
+        .map(|i| Mounted::start_in(&net.path(i + 1), &c.dirs[i], &c.args(i, false)))
+        .collect();
+    c.wait_registry(4);
+    let backlog = |i: usize| metric_sum(&c.metrics[i], "datenlord_writeback_backlog_blocks");
+
+    // A file written on A, uploaded, then read on B: each block is then
+    // cached at its home (A wrote its own).
+    let first = bytes(24 * 65536, 31);
+    std::fs::write(nodes[0].path().join("first"), &first).expect("write on A");
+    wait_for("A's upload", Duration::from_secs(60), || {
+        (backlog(0) < 0.5).then_some(())
+    });
+    assert!(std::fs::read(nodes[1].path().join("first")).expect("read on B") == first);
+
+    // The S3 server is cut off: every node reads the file from the homes.
+    net.cut(5);
+    for node in &nodes {
+        assert!(std::fs::read(node.path().join("first")).expect("read") == first);
+    }
+    // A write meanwhile is queued in A's journal (close returns).
+    let second = bytes(8 * 65536, 32);
+    std::fs::write(nodes[0].path().join("second"), &second).expect("write on A");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(backlog(0) >= 8.0, "queued: {}", backlog(0));
+    // ... and read on the other nodes from A's journal (their store reads
+    // fail fast once they found the store down).
+    for node in &nodes[1..] {
+        assert!(std::fs::read(node.path().join("second")).expect("read") == second);
+    }
+    assert!(backlog(0) >= 8.0, "still queued: {}", backlog(0));
+
+    // The server is back: the journal drains to it.
+    net.heal(5);
+    wait_for("A's journal to drain", Duration::from_secs(120), || {
+        (backlog(0) < 0.5).then_some(())
+    });
+    let blocks = moto.keys(BUCKET, "vol/blocks/");
+    assert!(
+        blocks.len() >= 32,
+        "{} block objects: {blocks:?}",
+        blocks.len()
+    );
+    // Read from the store by a node that never had it, after A left.
+    let mut nodes = nodes.into_iter();
+    nodes.next().expect("A").unmount();
+    let rest: Vec<Mounted> = nodes.collect();
+    for node in &rest {
+        assert!(std::fs::read(node.path().join("second")).expect("read") == second);
+    }
+    for node in rest {
         node.unmount();
     }
 }

@@ -16,6 +16,10 @@ const START_TIMEOUT_S: u64 = 30;
 pub struct Moto {
     child: Option<Child>,
     port: u16,
+    /// The address it listens on.
+    host: String,
+    /// The network namespace it runs in (`/run/netns/NAME`), if not this one.
+    netns: Option<String>,
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -30,6 +34,13 @@ impl Moto {
     /// A server on a free port with `bucket`, or `None` when
     /// DATENLORD_SKIP_S3 is set (machines where moto cannot run).
     pub fn start(bucket: &str) -> Option<Self> {
+        Self::start_in(None, "127.0.0.1", bucket)
+    }
+
+    /// A server in the network namespace `netns` (a `/run/netns/NAME`
+    /// path; `None`: this one) listening on `host`, which this namespace
+    /// reaches (a bridge), or `None` as [`Self::start`].
+    pub fn start_in(netns: Option<&str>, host: &str, bucket: &str) -> Option<Self> {
         if std::env::var_os("DATENLORD_SKIP_S3").is_some() {
             eprintln!("DATENLORD_SKIP_S3 is set: skipping an S3 test");
             return None;
@@ -37,6 +48,8 @@ impl Moto {
         let mut moto = Self {
             child: None,
             port: free_port(),
+            host: host.to_string(),
+            netns: netns.map(str::to_string),
         };
         moto.restart(bucket);
         Some(moto)
@@ -46,8 +59,16 @@ impl Moto {
     /// restarted server is empty) and creates `bucket`.
     pub fn restart(&mut self, bucket: &str) {
         self.stop();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={netns}")).arg("moto_server");
+                c
+            }
+            None => Command::new("moto_server"),
+        };
+        let child = command
+            .args(["-H", &self.host, "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,7 +79,7 @@ impl Moto {
             });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(START_TIMEOUT_S);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect((self.host.as_str(), self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "moto_server did not answer on port {}",
@@ -82,18 +103,18 @@ impl Moto {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://HOST:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.host, self.port)
     }
 
     /// Creates a bucket with a raw path-style PUT.
     pub fn create_bucket(&self, bucket: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let mut stream = TcpStream::connect((self.host.as_str(), self.port)).expect("connect");
         write!(
             stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.port
+            "PUT /{bucket} HTTP/1.1\r\nHost: {}:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.host, self.port
         )
         .expect("send");
         let mut response = String::new();
@@ -102,6 +123,28 @@ impl Moto {
             response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
             "{response}"
         );
+    }
+}
+
+impl Moto {
+    /// The keys under `prefix` in `bucket` (one ListObjectsV2 page: up to
+    /// 1000), with a raw path-style GET.
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut stream = TcpStream::connect((self.host.as_str(), self.port)).expect("connect");
+        write!(
+            stream,
+            "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
+            self.host, self.port
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_string()))
+            .collect()
     }
 }
 

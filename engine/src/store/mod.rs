@@ -25,6 +25,7 @@ pub mod gc;
 pub mod journal;
 pub mod lease;
 pub mod object;
+pub mod reach;
 pub mod remote;
 pub mod segment;
 pub mod sources;

@@ -2,8 +2,8 @@
 //! snapshots, with timeouts and retries. Runs on the [`ControlPlane`].
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -19,6 +19,7 @@ use super::object::{
     self, ObjectKind, VolumeDescriptor, DESCRIPTOR_KEY, META_DIR, META_SNAPSHOTS_KEPT,
     OBJECT_HEADER_BYTES,
 };
+use super::reach::{Admit, Reach};
 use super::url::StoreUrl;
 use super::{StoreError, STORE_FORMAT_VERSION};
 use crate::block::{BlockId, BLOCK_SIZE_MAX_BYTES};
@@ -101,6 +102,8 @@ pub(crate) struct RemoteInner {
     pub(crate) name: String,
     pub(crate) control: ControlPlane,
     options: StoreOptions,
+    /// Whether the store answers (reads fail fast while it does not).
+    reach: Mutex<Reach>,
 }
 
 fn env_flag(name: &str) -> Option<bool> {
@@ -220,6 +223,7 @@ impl RemoteStore {
                 name: url.to_string(),
                 control: control.clone(),
                 options,
+                reach: Mutex::new(Reach::default()),
             }),
         })
     }
@@ -535,8 +539,21 @@ impl RemoteInner {
         let mut backoff = self.backoff();
         let mut attempt = 0;
         loop {
-            match self.get_once(key, bytes_max).await {
-                Err(e) if e.is_transient() && attempt + 1 < self.options.attempts => {
+            // Each attempt asks: the store may have been found down since.
+            let probe = match self.reach().admit(Instant::now()) {
+                Admit::Go => false,
+                Admit::Probe => true,
+                Admit::Refuse(message) => {
+                    return Err(StoreError::Unreachable {
+                        store: self.name.clone(),
+                        message,
+                    })
+                }
+            };
+            let result = self.get_once(key, bytes_max).await;
+            self.note(result.as_ref().err());
+            match result {
+                Err(e) if e.is_transient() && !probe && attempt + 1 < self.options.attempts => {
                     tracing::debug!(store = %self.name, %key, error = %e, attempt, "read failed, retrying");
                     tokio::time::sleep(backoff.delay(attempt)).await;
                     attempt += 1;
@@ -544,6 +561,16 @@ impl RemoteInner {
                 other => return other,
             }
         }
+    }
+
+    fn reach(&self) -> std::sync::MutexGuard<'_, Reach> {
+        self.reach.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts a request's outcome for [`Reach`]: no answer, or one.
+    fn note(&self, error: Option<&StoreError>) {
+        let failure = error.filter(|e| e.is_transient()).map(ToString::to_string);
+        self.reach().record(failure.as_deref(), Instant::now());
     }
 
     /// One PUT, bounded by the request timeout.
@@ -559,11 +586,13 @@ impl RemoteInner {
     ) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);
         let request = store.put(&path, PutPayload::from(bytes));
-        match tokio::time::timeout(self.options.request_timeout, request).await {
+        let result = match tokio::time::timeout(self.options.request_timeout, request).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.map_error(key, &e)),
             Err(_) => Err(self.timed_out(key)),
-        }
+        };
+        self.note(result.as_ref().err());
+        result
     }
 
     /// One PUT that may not be durable yet when it returns. Returns
