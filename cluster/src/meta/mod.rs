@@ -34,6 +34,7 @@
 //! a handle is open; a failed command changes nothing; a block version that
 //! leaves the namespace is reported exactly once as garbage.
 
+mod acl;
 mod attr;
 mod cache_nodes;
 pub(crate) mod codec;
@@ -60,7 +61,7 @@ pub use error::{DecodeError, MetaError};
 pub use limits::*;
 pub use state::MetaState;
 pub use types::{
-    Attr, AttrChanges, BlockRef, Creds, DirEntry, FileKind, FlockKind, Ino, LockConflict, LockKind,
-    LockOwner, LockRange, OpenFlags, RenameFlags, SessionId, SetTime, StatFs, Timespec, Volume,
-    XattrFlags, NSEC_PER_SEC, ROOT_INO,
+    Attr, AttrChanges, BlockRef, CreateMode, Creds, DirEntry, FileKind, FlockKind, Ino,
+    LockConflict, LockKind, LockOwner, LockRange, OpenFlags, RenameFlags, SessionId, SetTime,
+    StatFs, Timespec, Volume, XattrFlags, NSEC_PER_SEC, ROOT_INO,
 };
