@@ -21,7 +21,9 @@
 //!   map (`SetBlocks`, and `RemoveBlocks` for punched holes).
 //! - `xattr`, `lock` (POSIX record locks and flock), `session` (leases,
 //!   open handles, deferred delete).
-//! - `perm`: rwx, sticky and setid rules; `inode`: the stored inode.
+//! - `perm`: rwx, sticky and setid rules (an access ACL decides where it
+//!   exists); `acl`: POSIX ACLs (the `system.posix_acl_*` format, the
+//!   access check, the mode rules); `inode`: the stored inode.
 //! - `snapshot`, `codec`: snapshot records and frames (rkyv + CRC32C).
 //! - `cache_nodes`: the registry of nodes serving their cached blocks to
 //!   each other (address, cache size) and its epoch.
