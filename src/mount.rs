@@ -114,7 +114,10 @@ pub struct MountArgs {
     /// otherwise idle CPU time, counted in a container's quota; off by default),
     /// passthrough (files opened read-only twice get a local copy in the
     /// cache directory that the kernel reads directly: FUSE passthrough,
-    /// needs root; not with direct_io or writeback_cache).
+    /// needs root; not with direct_io or writeback_cache), acl|noacl (POSIX
+    /// ACLs, on by default: setfacl/getfacl, default ACLs inherited on
+    /// create; noacl: the ACL attributes are not supported and the umask
+    /// is applied as without ACLs).
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Stay in the foreground (logs to stderr).

@@ -85,7 +85,7 @@ fn clients_without_a_certificate_of_the_ca_are_refused() {
         .apply(&datenlord_cluster::meta::Command::Mkdir {
             parent: datenlord_cluster::meta::ROOT_INO,
             name: b"by-a-master".to_vec(),
-            mode: 0o755,
+            mode: 0o755.into(),
             creds: datenlord_cluster::meta::Creds::root(),
             now: support::masters::now(),
         })

@@ -34,7 +34,7 @@ fn mkdir_command(name: &str) -> MetaCommand {
     MetaCommand::Mkdir {
         parent: ROOT_INO,
         name: name.as_bytes().to_vec(),
-        mode: 0o755,
+        mode: 0o755.into(),
         creds: Creds::root(),
         now: now(),
     }

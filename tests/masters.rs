@@ -81,7 +81,7 @@ fn a_single_master_keeps_acknowledged_writes_across_kill_9() {
     let dup = client.apply(&MetaCommand::Mkdir {
         parent: ROOT_INO,
         name: b"d0".to_vec(),
-        mode: 0o755,
+        mode: 0o755.into(),
         creds: Creds::root(),
         now: now(),
     });

@@ -279,7 +279,7 @@ fn run_setup(setup: &Setup, ops: u64) {
         let out = admin.apply(&Command::Mkdir {
             parent: ROOT_INO,
             name: name.as_bytes().to_vec(),
-            mode: 0o755,
+            mode: 0o755.into(),
             creds: Creds::root(),
             now: now(),
         });
@@ -292,7 +292,7 @@ fn run_setup(setup: &Setup, ops: u64) {
                 parent,
                 name: format!("f{i}").into_bytes(),
                 kind: FileKind::File,
-                mode: 0o644,
+                mode: 0o644.into(),
                 rdev: 0,
                 creds: Creds::root(),
                 now: now(),
@@ -322,7 +322,7 @@ fn run_setup(setup: &Setup, ops: u64) {
             parent: big,
             name: format!("e{i}").into_bytes(),
             kind: FileKind::File,
-            mode: 0o644,
+            mode: 0o644.into(),
             rdev: 0,
             creds: Creds::root(),
             now: now(),

@@ -18,9 +18,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use datenlord_cluster::meta::{
-    Attr, AttrChanges, BlockRef, Command, Creds, DirEntry, FileKind, FlockKind, Ino, LockConflict,
-    LockKind, LockOwner, LockRange, OpenFlags, Outcome, RenameFlags, Reply, SessionId, SetTime,
-    StatFs, Timespec, XattrFlags, BLOCKS_PER_COMMAND_MAX, MAX_FILE_BYTES, VOLUME_FORMAT_VERSION,
+    Attr, AttrChanges, BlockRef, Command, CreateMode, Creds, DirEntry, FileKind, FlockKind, Ino,
+    LockConflict, LockKind, LockOwner, LockRange, OpenFlags, Outcome, RenameFlags, Reply,
+    SessionId, SetTime, StatFs, Timespec, XattrFlags, BLOCKS_PER_COMMAND_MAX, MAX_FILE_BYTES,
+    VOLUME_FORMAT_VERSION,
 };
 use datenlord_engine::{BlockId, EngineHandle};
 use futures::executor::block_on;
@@ -486,17 +487,16 @@ impl Fs {
 
     // ---- namespace ----
 
-    /// `mknod(2)`: a regular file, fifo, socket or device. `mode` holds the
-    /// type bits.
+    /// `mknod(2)`: a regular file, fifo, socket or device.
     pub async fn mknod(
         &self,
         parent: Ino,
         name: &[u8],
-        mode: u32,
+        kind: FileKind,
+        mode: CreateMode,
         rdev: u32,
         creds: &Creds,
     ) -> Result<Attr> {
-        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
         if kind == FileKind::Dir || kind == FileKind::Symlink {
             return Err(FsError::Invalid(
                 "mknod makes files, fifos, sockets and devices",
@@ -507,7 +507,7 @@ impl Fs {
                 parent,
                 name: name.to_vec(),
                 kind,
-                mode: mode & 0o7777,
+                mode,
                 rdev,
                 creds: creds.clone(),
                 now: now(),
@@ -517,12 +517,18 @@ impl Fs {
     }
 
     /// `mkdir(2)`.
-    pub async fn mkdir(&self, parent: Ino, name: &[u8], mode: u32, creds: &Creds) -> Result<Attr> {
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        mode: CreateMode,
+        creds: &Creds,
+    ) -> Result<Attr> {
         let outcome = self
             .apply(&Command::Mkdir {
                 parent,
                 name: name.to_vec(),
-                mode: mode & 0o7777,
+                mode,
                 creds: creds.clone(),
                 now: now(),
             })
@@ -785,7 +791,7 @@ impl Fs {
         &self,
         parent: Ino,
         name: &[u8],
-        mode: u32,
+        mode: CreateMode,
         flags: i32,
         creds: &Creds,
     ) -> Result<Opened> {
@@ -794,7 +800,7 @@ impl Fs {
             .apply(&Command::Create {
                 parent,
                 name: name.to_vec(),
-                mode: mode & 0o7777,
+                mode,
                 exclusive: flags & libc::O_EXCL != 0,
                 session: self.session,
                 flags: open_flags,

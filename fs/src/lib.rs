@@ -42,6 +42,6 @@ pub use sink::{BlockSink, MemorySink, SinkError};
 
 /// The metadata types the API uses.
 pub use datenlord_cluster::meta::{
-    Attr, AttrChanges, Creds, DirEntry, FileKind, FlockKind, Ino, LockConflict, LockKind,
-    LockRange, RenameFlags, SetTime, StatFs, Timespec, XattrFlags, ROOT_INO,
+    Attr, AttrChanges, CreateMode, Creds, DirEntry, FileKind, FlockKind, Ino, LockConflict,
+    LockKind, LockRange, RenameFlags, SetTime, StatFs, Timespec, XattrFlags, ROOT_INO,
 };

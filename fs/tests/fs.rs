@@ -174,7 +174,7 @@ fn create(fs: &Fs, name: &str, flags: i32) -> (Ino, u64) {
     let opened = block_on(fs.create(
         ROOT_INO,
         name.as_bytes(),
-        0o644,
+        0o644.into(),
         flags | libc::O_CREAT,
         &root(),
     ))
@@ -312,7 +312,7 @@ fn append_writes_go_to_the_end_and_exclusive_create_fails_on_existing() {
     let err = block_on(fs.create(
         ROOT_INO,
         b"log",
-        0o644,
+        0o644.into(),
         libc::O_CREAT | libc::O_EXCL | libc::O_RDWR,
         &root(),
     ))
@@ -369,7 +369,7 @@ fn unlinked_and_renamed_open_files_keep_their_data_until_released() {
 fn directories_links_symlinks_and_xattrs() {
     let env = Env::new();
     let fs = env.fs();
-    let dir = block_on(fs.mkdir(ROOT_INO, b"d", 0o755, &root())).expect("mkdir");
+    let dir = block_on(fs.mkdir(ROOT_INO, b"d", 0o755.into(), &root())).expect("mkdir");
     let (ino, fh) = create(fs, "f", libc::O_RDWR);
     block_on(fs.release(ino, fh, None)).expect("release");
     let linked = block_on(fs.link(ino, dir.ino, b"hard", &root())).expect("link");
@@ -404,7 +404,7 @@ fn directories_links_symlinks_and_xattrs() {
     assert_eq!(err.errno(), libc::ENOTEMPTY);
     assert!(fs.statfs().expect("statfs").files_total > 0);
     let user = Creds::user(1000, 1000);
-    let err = block_on(fs.mkdir(ROOT_INO, b"x", 0o755, &user)).expect_err("perm");
+    let err = block_on(fs.mkdir(ROOT_INO, b"x", 0o755.into(), &user)).expect_err("perm");
     assert_eq!(err.errno(), libc::EACCES);
 }
 
@@ -1017,7 +1017,8 @@ fn garbage_is_collected_only_once_the_metadata_is_durable() {
     let root = root();
     // Overwrites (SetBlocks orphans the old versions), a truncate, a
     // punch and an unlink all produce garbage.
-    let opened = block_on(fs.create(ROOT_INO, b"g", 0o644, libc::O_RDWR, &root)).expect("create");
+    let opened =
+        block_on(fs.create(ROOT_INO, b"g", 0o644.into(), libc::O_RDWR, &root)).expect("create");
     let (ino, fh) = (opened.attr.ino, opened.fh);
     for round in 0..3u8 {
         block_on(fs.write(ino, fh, 0, &vec![round; 3 * BLOCK], &root)).expect("write");

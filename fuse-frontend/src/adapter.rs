@@ -5,12 +5,13 @@
 
 use std::ffi::CStr;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use datenlord_fs::{
-    Attr, AttrChanges, Creds, FlockKind, Fs, FsError, Ino, LockKind, LockRange, RenameFlags,
-    SetTime, Timespec, XattrFlags,
+    Attr, AttrChanges, CreateMode, Creds, FileKind, FlockKind, Fs, FsError, Ino, LockKind,
+    LockRange, RenameFlags, SetTime, Timespec, XattrFlags,
 };
 use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
@@ -53,6 +54,12 @@ pub struct AdapterOptions {
     pub entry_timeout: Duration,
     /// How long the kernel may cache that a name does not exist.
     pub negative_timeout: Duration,
+    /// POSIX ACLs: negotiate `FUSE_POSIX_ACL` (the kernel checks and caches
+    /// ACLs) and `FUSE_DONT_MASK` (the umask comes with the request and the
+    /// metadata applies it, or inherits the parent's default ACL instead).
+    /// Off (`-o noacl`): the ACL attributes are `EOPNOTSUPP` and the kernel
+    /// applies the umask.
+    pub acl: bool,
 }
 
 impl Default for AdapterOptions {
@@ -63,9 +70,13 @@ impl Default for AdapterOptions {
             attr_timeout: TTL_DEFAULT,
             entry_timeout: TTL_DEFAULT,
             negative_timeout: TTL_DEFAULT,
+            acl: true,
         }
     }
 }
+
+/// Names of the POSIX ACL attributes (`system.posix_acl_access`, `_default`).
+const ACL_XATTR_PREFIX: &[u8] = b"system.posix_acl_";
 
 /// `FUSE_NOTIFY_INVAL_INODE`, the `error` of a notification's out header.
 const NOTIFY_INVAL_INODE: i32 = 2;
@@ -85,6 +96,8 @@ pub struct FuseFs {
     notifier: Option<std::fs::File>,
     /// Opens on local copies (`-o passthrough`).
     passthrough: Arc<Passthrough>,
+    /// Whether POSIX ACLs are on: asked for and granted at INIT.
+    acl: AtomicBool,
 }
 
 impl FuseFs {
@@ -95,7 +108,32 @@ impl FuseFs {
             options,
             notifier: None,
             passthrough: Arc::new(Passthrough::new(None)),
+            acl: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the kernel and this mount agreed on POSIX ACLs.
+    fn acl(&self) -> bool {
+        self.acl.load(Ordering::Relaxed)
+    }
+
+    /// The mode of a new inode: with ACLs the umask travels to the
+    /// metadata, which applies it unless the parent's default ACL replaces
+    /// it; without, it is applied here (the kernel did so already).
+    fn create_mode(&self, mode: u32, umask: u32) -> CreateMode {
+        if self.acl() {
+            CreateMode::with_umask(mode, umask)
+        } else {
+            CreateMode::masked(mode & !umask)
+        }
+    }
+
+    /// `EOPNOTSUPP` for the ACL attributes when ACLs are off (`-o noacl`).
+    fn check_xattr_name(&self, name: &[u8]) -> io::Result<()> {
+        if !self.acl() && name.starts_with(ACL_XATTR_PREFIX) {
+            return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+        }
+        Ok(())
     }
 
     /// Answers opens of files with a local copy on the copy once the
@@ -288,6 +326,15 @@ impl FileSystem for FuseFs {
         // Cluster-wide locks in the metadata; blocking requests are taken
         // out of the request loops (`lock_wait`).
         want |= FsOptions::POSIX_LOCKS | FsOptions::FLOCK_LOCKS;
+        // POSIX ACLs, both flags or neither: with FUSE_POSIX_ACL alone the
+        // kernel would apply the umask even where a default ACL replaces it.
+        let acl = FsOptions::POSIX_ACL | FsOptions::DONT_MASK;
+        let acl_on = self.options.acl && capable.contains(acl);
+        if acl_on {
+            want |= acl;
+        }
+        self.acl.store(acl_on, Ordering::Relaxed);
+        debug!(acl = acl_on, "POSIX ACLs");
         Ok(capable & want)
     }
 
@@ -407,11 +454,15 @@ impl FileSystem for FuseFs {
         umask: u32,
     ) -> io::Result<Entry> {
         let _span = debug_span!("mknod", ino = parent).entered();
-        let mode = (mode & libc::S_IFMT) | (mode & 0o7777 & !umask);
-        block_on(
-            self.fs
-                .mknod(Ino(parent), name.to_bytes(), mode, rdev, &creds(ctx)),
-        )
+        let kind = FileKind::from_mode(mode).unwrap_or(FileKind::File);
+        block_on(self.fs.mknod(
+            Ino(parent),
+            name.to_bytes(),
+            kind,
+            self.create_mode(mode, umask),
+            rdev,
+            &creds(ctx),
+        ))
         .map(|a| self.entry(&a))
         .map_err(|e| err(&e))
     }
@@ -425,10 +476,12 @@ impl FileSystem for FuseFs {
         umask: u32,
     ) -> io::Result<Entry> {
         let _span = debug_span!("mkdir", ino = parent).entered();
-        block_on(
-            self.fs
-                .mkdir(Ino(parent), name.to_bytes(), mode & !umask, &creds(ctx)),
-        )
+        block_on(self.fs.mkdir(
+            Ino(parent),
+            name.to_bytes(),
+            self.create_mode(mode, umask),
+            &creds(ctx),
+        ))
         .map(|a| self.entry(&a))
         .map_err(|e| err(&e))
     }
@@ -509,7 +562,7 @@ impl FileSystem for FuseFs {
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         let _span = debug_span!("create", ino = parent).entered();
         let flags = self.open_flags(args.flags)?;
-        let mode = args.mode & 0o7777 & !args.umask;
+        let mode = self.create_mode(args.mode, args.umask);
         let opened = block_on(self.fs.create(
             Ino(parent),
             name.to_bytes(),
@@ -655,6 +708,7 @@ impl FileSystem for FuseFs {
         flags: u32,
     ) -> io::Result<()> {
         let _span = debug_span!("setxattr", ino = inode).entered();
+        self.check_xattr_name(name.to_bytes())?;
         let flags = i32::try_from(flags).map_err(|_| einval())?;
         let flags = XattrFlags {
             create: flags & libc::XATTR_CREATE != 0,
@@ -674,6 +728,7 @@ impl FileSystem for FuseFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
+        self.check_xattr_name(name.to_bytes())?;
         let value = self
             .fs
             .getxattr(Ino(inode), name.to_bytes(), &creds(ctx))
@@ -690,7 +745,11 @@ impl FileSystem for FuseFs {
             .listxattr(Ino(inode), &creds(ctx))
             .map_err(|e| err(&e))?;
         let mut out = Vec::new();
+        let acl = self.acl();
         for name in names {
+            if !acl && name.starts_with(ACL_XATTR_PREFIX) {
+                continue;
+            }
             out.extend_from_slice(&name);
             out.push(0);
         }
@@ -702,6 +761,7 @@ impl FileSystem for FuseFs {
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         let _span = debug_span!("removexattr", ino = inode).entered();
+        self.check_xattr_name(name.to_bytes())?;
         block_on(
             self.fs
                 .removexattr(Ino(inode), name.to_bytes(), &creds(ctx)),

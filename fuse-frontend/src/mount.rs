@@ -222,6 +222,7 @@ fn adapter(fs: &Arc<Fs>, opts: &MountOptions, session: &FuseSession) -> FuseFs {
             attr_timeout: opts.attr_timeout,
             entry_timeout: opts.entry_timeout,
             negative_timeout: opts.negative_timeout,
+            acl: opts.acl,
         },
     );
     match session.get_fuse_file().map(File::try_clone) {

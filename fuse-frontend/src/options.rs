@@ -44,6 +44,8 @@ pub struct MountOptions {
     /// Answer opens of files with a local copy on the copy (FUSE
     /// passthrough; the file system needs `FsConfig::local_copies`).
     pub passthrough: bool,
+    /// POSIX ACLs (`acl`, the default; `noacl` turns them off).
+    pub acl: bool,
     /// Options accepted for fstab compatibility that change nothing here
     /// (`defaults`, `_netdev`, `nofail`, ...).
     pub extra: Vec<String>,
@@ -79,6 +81,7 @@ impl MountOptions {
             uring: UringMode::Auto,
             idle_poll: Duration::ZERO,
             passthrough: false,
+            acl: true,
             extra: Vec::new(),
         }
     }
@@ -128,6 +131,8 @@ pub struct ParsedOptions {
     pub idle_poll: Option<Duration>,
     /// `passthrough`.
     pub passthrough: bool,
+    /// `acl` / `noacl`.
+    pub acl: Option<bool>,
     /// Accepted fstab options without effect.
     pub extra: Vec<String>,
 }
@@ -142,6 +147,9 @@ impl ParsedOptions {
         opts.direct_io |= self.direct_io;
         opts.writeback_cache |= self.writeback_cache;
         opts.passthrough |= self.passthrough;
+        if let Some(acl) = self.acl {
+            opts.acl = acl;
+        }
         if let Some(name) = &self.fsname {
             opts.fsname.clone_from(name);
         }
@@ -202,6 +210,8 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
             "strictatime" => parsed.atime = Some(AtimePolicy::Strictatime),
             "uring" => parsed.uring = Some(UringMode::On),
             "no_uring" => parsed.uring = Some(UringMode::Off),
+            "acl" => parsed.acl = Some(true),
+            "noacl" => parsed.acl = Some(false),
             w if ACCEPTED_WITHOUT_EFFECT.contains(&w) => parsed.extra.push(w.to_string()),
             w => {
                 if let Some(name) = w.strip_prefix("fsname=") {
@@ -241,7 +251,7 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
                 } else {
                     return Err(FuseError::Options(format!(
                         "unknown mount option {w:?}; known options: ro, rw, allow_other, direct_io, \
-                         writeback_cache, passthrough, noatime, relatime, strictatime, uring, no_uring, fsname=NAME, \
+                         writeback_cache, passthrough, noatime, relatime, strictatime, uring, no_uring, acl, noacl, fsname=NAME, \
                          threads=N, attr_timeout=SECS, entry_timeout=SECS, negative_timeout=SECS, \
                          idle_poll=MICROS, {}",
                         ACCEPTED_WITHOUT_EFFECT.join(", ")
@@ -348,5 +358,15 @@ mod tests {
         assert_eq!(opts.uring, UringMode::Off);
         parse_mount_options("ro").expect("ro").apply(&mut opts);
         assert_eq!(opts.uring, UringMode::Off, "unchanged when not named");
+        let mut opts = MountOptions::new("/mnt");
+        assert!(opts.acl, "ACLs on by default");
+        parse_mount_options("noacl")
+            .expect("noacl")
+            .apply(&mut opts);
+        assert!(!opts.acl);
+        parse_mount_options("rw").expect("rw").apply(&mut opts);
+        assert!(!opts.acl, "unchanged when not named");
+        parse_mount_options("acl").expect("acl").apply(&mut opts);
+        assert!(opts.acl);
     }
 }

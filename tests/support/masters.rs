@@ -328,7 +328,7 @@ pub fn mkdir(client: &mut MetaClient, name: &str) {
         .apply(&MetaCommand::Mkdir {
             parent: ROOT_INO,
             name: name.as_bytes().to_vec(),
-            mode: 0o755,
+            mode: 0o755.into(),
             creds: Creds::root(),
             now: now(),
         })

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use super::acl::{Acl, ACL_ACCESS};
 use super::command::{Outcome, Reply};
 use super::error::MetaError;
 use super::inode::{Body, Inode};
@@ -33,6 +34,20 @@ fn require_file(inode: &Inode) -> Result<()> {
         _ => Err(MetaError::Invalid(
             "only regular files have a size and blocks",
         )),
+    }
+}
+
+/// `chmod` of a file with an access ACL: its owner, mask (or owning
+/// group) and other entries follow the new mode (Linux `posix_acl_chmod`).
+/// A stored ACL that no longer decodes (never: `set_acl` and `restore`
+/// validate) is left as it is.
+fn chmod_acl(inode: &mut Inode, mode: u32) {
+    let Some(stored) = inode.xattrs.get_mut(ACL_ACCESS) else {
+        return;
+    };
+    if let Ok(Some(mut acl)) = Acl::decode(stored) {
+        acl.chmod(mode);
+        *stored = acl.encode();
     }
 }
 
@@ -141,6 +156,7 @@ impl MetaState {
                 mode &= !S_ISGID;
             }
             inode.mode = mode;
+            chmod_acl(inode, mode);
         }
         let at = |t: SetTime| match t {
             SetTime::Now => now,

@@ -12,8 +12,8 @@ use super::codec::{archive, only_frame, put_frame, unarchive};
 use super::error::DecodeError;
 use super::limits::{COMMAND_FORMAT_VERSION, ENCODED_COMMAND_BYTES_MAX};
 use super::types::{
-    Attr, AttrChanges, BlockRef, Creds, FileKind, FlockKind, Ino, LockKind, LockRange, OpenFlags,
-    RenameFlags, SessionId, Timespec, XattrFlags,
+    Attr, AttrChanges, BlockRef, CreateMode, Creds, FileKind, FlockKind, Ino, LockKind, LockRange,
+    OpenFlags, RenameFlags, SessionId, Timespec, XattrFlags,
 };
 
 const COMMAND_MAGIC: [u8; 4] = *b"DLMC";
@@ -41,8 +41,8 @@ pub enum Command {
         parent: Ino,
         name: Vec<u8>,
         kind: FileKind,
-        /// Permission bits, already masked by the caller's umask.
-        mode: u32,
+        /// Permission bits, and who applies the umask.
+        mode: CreateMode,
         rdev: u32,
         creds: Creds,
         now: Timespec,
@@ -51,8 +51,8 @@ pub enum Command {
     Mkdir {
         parent: Ino,
         name: Vec<u8>,
-        /// Permission bits and sticky, already masked by the umask.
-        mode: u32,
+        /// Permission bits and sticky, and who applies the umask.
+        mode: CreateMode,
         creds: Creds,
         now: Timespec,
     },
@@ -61,7 +61,7 @@ pub enum Command {
     Create {
         parent: Ino,
         name: Vec<u8>,
-        mode: u32,
+        mode: CreateMode,
         exclusive: bool,
         session: SessionId,
         flags: OpenFlags,

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use super::limits::DIR_COOKIE_FIRST;
 use super::types::{Attr, FileKind, Ino, Timespec};
 
+/// Extended attributes by name (POSIX ACLs among them).
+pub(crate) type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// One inode. `kind` decides the shape of `body` (checked by the invariants).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Inode {
@@ -24,7 +27,7 @@ pub(crate) struct Inode {
     /// Open handles of all sessions; derived from the sessions, kept here
     /// because deferred delete asks for it on every unlink and release.
     pub open_count: u64,
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub xattrs: Xattrs,
     pub body: Body,
 }
 
@@ -137,7 +140,7 @@ impl Inode {
             crtime: now,
             generation: 0,
             open_count: 0,
-            xattrs: BTreeMap::new(),
+            xattrs: Xattrs::new(),
             body,
         }
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use super::acl::{Acl, ACL_ACCESS, ACL_DEFAULT};
 use super::attr::blocks_for;
 use super::inode::{Body, Inode};
 use super::limits::{
@@ -23,6 +24,44 @@ macro_rules! ensure {
             return Err(format!($($fmt)+));
         }
     };
+}
+
+/// The POSIX ACLs of `inode`: valid, an access ACL more than a mode and
+/// in step with the mode, none on symlinks, a default ACL on directories
+/// only, and no other `system.` attribute.
+fn check_acls(ino: Ino, inode: &Inode) -> Result<(), String> {
+    for (name, value) in inode.xattrs.range(b"system.".to_vec()..) {
+        if !name.starts_with(b"system.") {
+            break;
+        }
+        let acl = match Acl::decode(value) {
+            Ok(Some(acl)) => acl,
+            other => {
+                return Err(format!(
+                    "inode {ino} ACL {name:?} does not decode: {other:?}"
+                ))
+            }
+        };
+        if name == ACL_ACCESS {
+            ensure!(
+                inode.kind != FileKind::Symlink,
+                "symlink {ino} has an access ACL"
+            );
+            ensure!(
+                !acl.is_minimal() && acl.mode_bits() == inode.mode & 0o777,
+                "inode {ino} access ACL is not in step with mode {:o}",
+                inode.mode
+            );
+        } else if name == ACL_DEFAULT {
+            ensure!(
+                inode.kind == FileKind::Dir,
+                "inode {ino} has a default ACL and is not a directory"
+            );
+        } else {
+            return Err(format!("inode {ino} has system attribute {name:?}"));
+        }
+    }
+    Ok(())
 }
 
 impl MetaState {
@@ -208,6 +247,7 @@ impl MetaState {
                 }),
             "inode {ino} extended attributes exceed their limits"
         );
+        check_acls(ino, inode)?;
         ensure!(
             inode.kind.is_device() || inode.rdev == 0,
             "inode {ino} has an rdev"

@@ -12,6 +12,9 @@ pub const LINK_MAX: u32 = 65_000;
 pub const XATTR_NAME_MAX_BYTES: usize = 255;
 /// Largest extended attribute value (Linux `XATTR_SIZE_MAX`).
 pub const XATTR_VALUE_MAX_BYTES: usize = 65_536;
+/// Most entries of one POSIX ACL: as many as fit in the largest attribute
+/// value (a 4-byte header, 8 bytes an entry).
+pub const ACL_ENTRIES_MAX: usize = (XATTR_VALUE_MAX_BYTES - 4) / 8;
 /// Most extended attributes on one inode.
 pub const XATTRS_PER_INODE_MAX: usize = 1024;
 /// Most bytes of names and values of all extended attributes of one inode.

@@ -21,7 +21,9 @@
 //!   map (`SetBlocks`, and `RemoveBlocks` for punched holes).
 //! - `xattr`, `lock` (POSIX record locks and flock), `session` (leases,
 //!   open handles, deferred delete).
-//! - `perm`: rwx, sticky and setid rules; `inode`: the stored inode.
+//! - `perm`: rwx, sticky and setid rules (an access ACL decides where it
+//!   exists); `acl`: POSIX ACLs (the `system.posix_acl_*` format, the
+//!   access check, the mode rules); `inode`: the stored inode.
 //! - `snapshot`, `codec`: snapshot records and frames (rkyv + CRC32C).
 //! - `cache_nodes`: the registry of nodes serving their cached blocks to
 //!   each other (address, cache size) and its epoch.
@@ -34,6 +36,7 @@
 //! a handle is open; a failed command changes nothing; a block version that
 //! leaves the namespace is reported exactly once as garbage.
 
+mod acl;
 mod attr;
 mod cache_nodes;
 pub(crate) mod codec;
@@ -60,7 +63,7 @@ pub use error::{DecodeError, MetaError};
 pub use limits::*;
 pub use state::MetaState;
 pub use types::{
-    Attr, AttrChanges, BlockRef, Creds, DirEntry, FileKind, FlockKind, Ino, LockConflict, LockKind,
-    LockOwner, LockRange, OpenFlags, RenameFlags, SessionId, SetTime, StatFs, Timespec, Volume,
-    XattrFlags, NSEC_PER_SEC, ROOT_INO,
+    Attr, AttrChanges, BlockRef, CreateMode, Creds, DirEntry, FileKind, FlockKind, Ino,
+    LockConflict, LockKind, LockOwner, LockRange, OpenFlags, RenameFlags, SessionId, SetTime,
+    StatFs, Timespec, Volume, XattrFlags, NSEC_PER_SEC, ROOT_INO,
 };

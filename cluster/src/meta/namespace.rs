@@ -10,7 +10,8 @@ use super::inode::{Body, Dir, Dirent, Inode};
 use super::limits::{LINK_MAX, SYMLINK_MAX_BYTES};
 use super::perm::{check_name, check_sticky, new_owner, require, MAY_EXEC, MAY_WRITE, MODE_MASK};
 use super::state::{MetaState, Result};
-use super::types::{Creds, FileKind, Ino, OpenFlags, RenameFlags, SessionId, Timespec};
+use super::types::{CreateMode, Creds, FileKind, Ino, OpenFlags, RenameFlags, SessionId, Timespec};
+use super::xattr::inherit_acls;
 
 /// Permission bits `mkdir` keeps: rwx for all and sticky (setgid only inherits).
 const MKDIR_MODE_MASK: u32 = 0o1777;
@@ -90,7 +91,7 @@ impl MetaState {
         parent: Ino,
         name: &[u8],
         kind: FileKind,
-        mode: u32,
+        mode: CreateMode,
         rdev: u32,
         creds: &Creds,
         now: Timespec,
@@ -105,7 +106,9 @@ impl MetaState {
             return Err(MetaError::NotPermitted("only root creates device nodes"));
         }
         self.check_inode_space()?;
-        let (gid, mode) = new_owner(self.inode(parent)?, creds, mode & MODE_MASK, false);
+        let parent_inode = self.inode(parent)?;
+        let (gid, owner_mode) = new_owner(parent_inode, creds, mode.mode() & MODE_MASK, false);
+        let (mode, xattrs) = inherit_acls(parent_inode, owner_mode, mode.umask(), false)?;
         let body = if kind == FileKind::File {
             Body::File {
                 blocks: BTreeMap::new(),
@@ -114,6 +117,7 @@ impl MetaState {
             Body::Special
         };
         let mut inode = Inode::new(kind, mode, creds.uid, gid, now, body);
+        inode.xattrs = xattrs;
         if kind.is_device() {
             inode.rdev = rdev;
         }
@@ -125,7 +129,7 @@ impl MetaState {
         &mut self,
         parent: Ino,
         name: &[u8],
-        mode: u32,
+        mode: CreateMode,
         creds: &Creds,
         now: Timespec,
     ) -> Result<Outcome> {
@@ -135,8 +139,9 @@ impl MetaState {
             return Err(MetaError::TooManyLinks);
         }
         self.check_inode_space()?;
-        let (gid, mode) = new_owner(dir_inode, creds, mode & MKDIR_MODE_MASK, true);
-        let inode = Inode::new(
+        let (gid, owner_mode) = new_owner(dir_inode, creds, mode.mode() & MKDIR_MODE_MASK, true);
+        let (mode, xattrs) = inherit_acls(dir_inode, owner_mode, mode.umask(), true)?;
+        let mut inode = Inode::new(
             FileKind::Dir,
             mode,
             creds.uid,
@@ -144,6 +149,7 @@ impl MetaState {
             now,
             Body::Dir(Dir::new(parent)),
         );
+        inode.xattrs = xattrs;
         let ino = self.add_entry(parent, name, inode, now)?;
         Ok(Outcome::reply(Reply::Attr(self.attr_of(ino)?)))
     }
@@ -153,7 +159,7 @@ impl MetaState {
         &mut self,
         parent: Ino,
         name: &[u8],
-        mode: u32,
+        mode: CreateMode,
         exclusive: bool,
         session: SessionId,
         flags: OpenFlags,
@@ -183,8 +189,9 @@ impl MetaState {
         }
         may_create_in(dir_inode, creds)?;
         self.check_inode_space()?;
-        let (gid, mode) = new_owner(dir_inode, creds, mode & MODE_MASK, false);
-        let inode = Inode::new(
+        let (gid, owner_mode) = new_owner(dir_inode, creds, mode.mode() & MODE_MASK, false);
+        let (mode, xattrs) = inherit_acls(dir_inode, owner_mode, mode.umask(), false)?;
+        let mut inode = Inode::new(
             FileKind::File,
             mode,
             creds.uid,
@@ -194,6 +201,7 @@ impl MetaState {
                 blocks: BTreeMap::new(),
             },
         );
+        inode.xattrs = xattrs;
         let ino = self.add_entry(parent, name, inode, now)?;
         // A new file opens whatever its mode says (POSIX `open(O_CREAT)`).
         self.add_open(session, ino)?;

@@ -2,6 +2,7 @@
 //! that clear setuid/setgid, and the syntax of names. Leaves: pure functions
 //! of an inode and credentials.
 
+use super::acl::{Acl, ACL_ACCESS};
 use super::error::MetaError;
 use super::inode::Inode;
 use super::limits::NAME_MAX_BYTES;
@@ -11,6 +12,8 @@ pub(crate) const S_ISUID: u32 = 0o4000;
 pub(crate) const S_ISGID: u32 = 0o2000;
 pub(crate) const S_ISVTX: u32 = 0o1000;
 pub(crate) const S_IXGRP: u32 = 0o010;
+/// The group class's rwx bits (an access ACL's mask).
+pub(crate) const S_IRWXG: u32 = 0o070;
 /// Any execute bit.
 pub(crate) const S_IXUGO: u32 = 0o111;
 /// Bits a mode may carry: permissions, setuid, setgid, sticky.
@@ -25,13 +28,25 @@ type Result<T> = std::result::Result<T, MetaError>;
 
 /// Whether `creds` may access `inode` with every bit of `mask`. Root passes
 /// read and write, and execute where any execute bit is set (or on a
-/// directory). Otherwise the owner class, else the group class, else other
-/// decides alone, as in POSIX (an owner denied by the owner bits is denied
-/// even if the other bits allow).
+/// directory). Otherwise the owner class decides for the owner; for anyone
+/// else an access ACL decides when there is one and the group bits (its
+/// mask) are not all clear (Linux `acl_permission_check`); else the group
+/// class, else other decides alone, as in POSIX (an owner denied by the
+/// owner bits is denied even if the other bits allow).
 pub(crate) fn permits(inode: &Inode, creds: &Creds, mask: u32) -> bool {
     if creds.is_root() {
         let needs_x = mask & MAY_EXEC != 0;
         return !needs_x || inode.kind == FileKind::Dir || inode.mode & S_IXUGO != 0;
+    }
+    if creds.uid != inode.uid && inode.mode & S_IRWXG != 0 {
+        if let Some(stored) = inode.xattrs.get(ACL_ACCESS) {
+            // Stored ACLs were validated when set (and by `restore`); one
+            // that no longer decodes grants nothing.
+            return match Acl::decode(stored) {
+                Ok(Some(acl)) => acl.permits(creds, inode.uid, inode.gid, mask),
+                Ok(None) | Err(_) => false,
+            };
+        }
     }
     let class = if creds.uid == inode.uid {
         inode.mode >> 6

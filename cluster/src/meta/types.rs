@@ -332,6 +332,68 @@ pub struct RenameFlags {
     pub exchange: bool,
 }
 
+/// The mode asked for a new inode (`Mknod`, `Mkdir`, `Create`), and who
+/// applies the caller's umask:
+/// - [`CreateMode::masked`]: the caller did (a mount without POSIX ACLs:
+///   the kernel masks); the parent's default ACL is not inherited.
+/// - [`CreateMode::with_umask`]: POSIX ACLs (`FUSE_POSIX_ACL`, the kernel
+///   leaves the umask to the file system): a parent with a default ACL
+///   gives it to the new inode instead of the umask (Linux
+///   `posix_acl_create`); otherwise the umask applies.
+///
+/// One `u32` on the wire: bits 0..12 the mode; bit 31 set says bits 16..25
+/// hold the umask. The field was a masked mode before ACLs existed, so Raft
+/// log entries written then mean what they meant.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, PartialEq, Eq)]
+pub struct CreateMode(u32);
+
+/// Bit of [`CreateMode`] saying a umask is carried.
+const CREATE_MODE_UMASK: u32 = 1 << 31;
+/// Where [`CreateMode`] carries the umask.
+const CREATE_MODE_UMASK_SHIFT: u32 = 16;
+
+impl CreateMode {
+    /// `mode` (permissions, setid, sticky) with the umask already applied.
+    pub const fn masked(mode: u32) -> Self {
+        Self(mode & 0o7777)
+    }
+
+    /// `mode` and the umask still to apply (unless a default ACL replaces it).
+    pub const fn with_umask(mode: u32, umask: u32) -> Self {
+        Self((mode & 0o7777) | (umask & 0o777) << CREATE_MODE_UMASK_SHIFT | CREATE_MODE_UMASK)
+    }
+
+    /// Permission bits, setuid, setgid, sticky.
+    pub const fn mode(self) -> u32 {
+        self.0 & 0o7777
+    }
+
+    /// The umask still to apply, if the caller left it to the state.
+    pub const fn umask(self) -> Option<u32> {
+        if self.0 & CREATE_MODE_UMASK == 0 {
+            None
+        } else {
+            Some((self.0 >> CREATE_MODE_UMASK_SHIFT) & 0o777)
+        }
+    }
+}
+
+impl From<u32> for CreateMode {
+    /// [`CreateMode::masked`].
+    fn from(mode: u32) -> Self {
+        Self::masked(mode)
+    }
+}
+
+impl fmt::Debug for CreateMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.umask() {
+            Some(umask) => write!(f, "{:04o} (umask {umask:03o})", self.mode()),
+            None => write!(f, "{:04o}", self.mode()),
+        }
+    }
+}
+
 /// `setxattr` flags.
 #[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XattrFlags {
@@ -449,6 +511,19 @@ pub struct StatFs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_modes() {
+        let masked = CreateMode::masked(0o1_0644 | 0o4000);
+        assert_eq!((masked.mode(), masked.umask()), (0o4644, None));
+        assert_eq!(CreateMode::from(0o755), CreateMode::masked(0o755));
+        let deferred = CreateMode::with_umask(0o100_666, 0o7_022);
+        assert_eq!((deferred.mode(), deferred.umask()), (0o666, Some(0o022)));
+        let no_umask = CreateMode::with_umask(0o777, 0);
+        assert_eq!(no_umask.umask(), Some(0), "a umask of 0 is still carried");
+        assert_ne!(no_umask, CreateMode::masked(0o777));
+        assert_eq!(format!("{deferred:?}"), "0666 (umask 022)");
+    }
 
     #[test]
     fn libc_conversions() {

@@ -5,8 +5,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::meta::{
-    Attr, BlockRef, DecodeError, FlockKind, LockKind, LockRange, Reply, SetTime, XattrFlags,
-    ROOT_INO,
+    Attr, BlockRef, CreateMode, DecodeError, FlockKind, LockKind, LockRange, Reply, SetTime,
+    XattrFlags, ROOT_INO,
 };
 
 fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
@@ -15,6 +15,13 @@ fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 
 fn arb_time() -> impl Strategy<Value = Timespec> {
     (any::<i64>(), any::<u32>()).prop_map(|(sec, nsec)| Timespec { sec, nsec })
+}
+
+fn arb_create_mode() -> impl Strategy<Value = CreateMode> {
+    prop_oneof![
+        any::<u32>().prop_map(CreateMode::masked),
+        (any::<u32>(), any::<u32>()).prop_map(|(mode, umask)| CreateMode::with_umask(mode, umask)),
+    ]
 }
 
 fn arb_creds() -> impl Strategy<Value = Creds> {
@@ -111,7 +118,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
             arb_ino(),
             name(),
             arb_kind(),
-            any::<u32>(),
+            arb_create_mode(),
             any::<u32>(),
             arb_creds(),
             arb_time()
@@ -127,19 +134,24 @@ fn arb_command() -> impl Strategy<Value = Command> {
                     now
                 }
             ),
-        (arb_ino(), name(), any::<u32>(), arb_creds(), arb_time()).prop_map(
-            |(parent, name, mode, creds, now)| Command::Mkdir {
+        (
+            arb_ino(),
+            name(),
+            arb_create_mode(),
+            arb_creds(),
+            arb_time()
+        )
+            .prop_map(|(parent, name, mode, creds, now)| Command::Mkdir {
                 parent,
                 name,
                 mode,
                 creds,
                 now
-            }
-        ),
+            }),
         (
             arb_ino(),
             name(),
-            any::<u32>(),
+            arb_create_mode(),
             any::<bool>(),
             arb_session(),
             arb_flags(),
@@ -372,7 +384,7 @@ fn busy_state() -> MetaState {
         parent: ROOT_INO,
         name: b"null".to_vec(),
         kind: FileKind::CharDev,
-        mode: 0o666,
+        mode: 0o666.into(),
         rdev: 0x0103,
         creds: root(),
         now,
@@ -544,7 +556,7 @@ fn snapshot_splits_into_records() {
                 parent: ROOT_INO,
                 name: format!("p{i}").into_bytes(),
                 kind: FileKind::Fifo,
-                mode: 0o644,
+                mode: 0o644.into(),
                 rdev: 0,
                 creds: root(),
                 now,
@@ -618,9 +630,17 @@ fn bytes_of(prefix: &str, zeros: usize) -> Vec<u8> {
 /// commands: a command's tag is its position in the enum and the archive's
 /// root sits at a fixed distance from its end, so new variants go last and
 /// may not be larger than the largest one. (Bytes encoded before
-/// `RemoveBlocks` existed.)
+/// `RemoveBlocks` existed; a `Mkdir` from before its mode said who applies
+/// the umask: a plain mode is a masked one.)
 #[test]
 fn earlier_log_entries_keep_their_meaning() {
+    let mkdir = bytes_of(
+        concat!(
+            "444c4d4301000000a800000052eeda86640000000600000002000000000000000200000000000000",
+            "e8ffffff01000000ed0100000400000005000000d8ffffff0100000000000000070000000000000008",
+        ),
+        103,
+    );
     let expire = bytes_of(
         "444c4d4301000000a0000000c7599ea91400000000000000050000000000000006",
         143,
@@ -634,6 +654,20 @@ fn earlier_log_entries_keep_their_meaning() {
         95,
     );
     let pinned = [
+        (
+            mkdir,
+            Command::Mkdir {
+                parent: Ino(2),
+                name: b"d".to_vec(),
+                mode: CreateMode::masked(0o755),
+                creds: Creds {
+                    uid: 4,
+                    gid: 5,
+                    groups: vec![6],
+                },
+                now: Timespec { sec: 7, nsec: 8 },
+            },
+        ),
         (
             expire,
             Command::ExpireSessions {

@@ -3,6 +3,7 @@
 //! command changed nothing; unit tests by area; property tests against a
 //! reference model and of the encodings.
 
+mod acl;
 mod attr;
 mod codec;
 mod lock;
@@ -164,7 +165,7 @@ impl Fs {
         Command::Mkdir {
             parent,
             name: name.into(),
-            mode,
+            mode: mode.into(),
             creds: creds.clone(),
             now: self.now(),
         }
@@ -188,7 +189,7 @@ impl Fs {
             parent,
             name: name.into(),
             kind,
-            mode,
+            mode: mode.into(),
             rdev: 0,
             creds: creds.clone(),
             now: self.now(),

@@ -348,7 +348,7 @@ impl Runner {
                     let state = self.apply(Command::Create {
                         parent: p.parent,
                         name: p.name(),
-                        mode: MODES[mode],
+                        mode: MODES[mode].into(),
                         exclusive,
                         session: S1,
                         flags,
@@ -372,7 +372,7 @@ impl Runner {
                     let state = self.apply(Command::Mkdir {
                         parent: p.parent,
                         name: p.name(),
-                        mode: MODES[mode],
+                        mode: MODES[mode].into(),
                         creds: creds.clone(),
                         now,
                     });

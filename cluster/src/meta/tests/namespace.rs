@@ -37,7 +37,7 @@ fn format_once_and_nothing_before() {
     let mkdir = Command::Mkdir {
         parent: ROOT_INO,
         name: b"a".to_vec(),
-        mode: 0o755,
+        mode: 0o755.into(),
         creds: root(),
         now: Timespec::from_secs(1),
     };
@@ -151,7 +151,7 @@ fn mknod_kinds() {
         parent: public,
         name: b"dev".to_vec(),
         kind: FileKind::BlockDev,
-        mode: 0o660,
+        mode: 0o660.into(),
         rdev: 0x0801,
         creds: root(),
         now,
@@ -189,7 +189,7 @@ fn create_opens() {
         fs.apply(Command::Create {
             parent: public,
             name: b"f".to_vec(),
-            mode: 0o444,
+            mode: 0o444.into(),
             exclusive,
             session: S1,
             flags,
@@ -223,7 +223,7 @@ fn create_opens() {
     let unknown = Command::Create {
         parent: public,
         name: b"g".to_vec(),
-        mode: 0o644,
+        mode: 0o644.into(),
         exclusive: true,
         session: SessionId(9),
         flags: OpenFlags::READ,
@@ -236,7 +236,7 @@ fn create_opens() {
     let on_dir = Command::Create {
         parent: public,
         name: b"d".to_vec(),
-        mode: 0o644,
+        mode: 0o644.into(),
         exclusive: false,
         session: S1,
         flags: OpenFlags::READ,
@@ -360,7 +360,7 @@ fn subdirectory_max() {
             .apply(&Command::Mkdir {
                 parent: public,
                 name: format!("d{i}").into_bytes(),
-                mode: 0o755,
+                mode: 0o755.into(),
                 creds: root(),
                 now,
             })

@@ -238,13 +238,18 @@ fn namespaces() {
         Ok(())
     );
     assert_eq!(get(&fs, f, b"security.s", &bob()), Ok(b"1".to_vec()));
-    // system. and unknown namespaces are not supported.
+    // system.: the POSIX ACLs only (tests/acl.rs); unknown namespaces are
+    // not supported.
     assert_eq!(
         set(&mut fs, f, b"system.posix_acl_access", b"1", PLAIN, &root()),
-        Err(EOPNOTSUPP)
+        Err(EINVAL)
     );
     assert_eq!(
         get(&fs, f, b"system.posix_acl_access", &root()),
+        Err(ENODATA)
+    );
+    assert_eq!(
+        set(&mut fs, f, b"system.x", b"1", PLAIN, &root()),
         Err(EOPNOTSUPP)
     );
     assert_eq!(
