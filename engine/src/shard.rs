@@ -572,12 +572,14 @@ impl Shard {
         Ok(n)
     }
 
-    /// A small random read, no fetch of whose block is in flight: only its
-    /// bytes, when the source serves ranges (`None`: fetch the whole
-    /// block). When a tier would keep the block, the whole block is then
-    /// fetched in the background (the reader does not wait for it, and
-    /// its request does not queue behind it); when none would (admission
-    /// refuses it), only the bytes asked for move.
+    /// A small random read: only its bytes, when the source serves ranges
+    /// (`None`: fetch the whole block). It does not wait for a fetch of
+    /// the whole block in flight (a block's transfer costs more than a few
+    /// KiB's). When no such fetch is in flight and a tier would keep the
+    /// block, the whole block is then fetched in the background (the
+    /// reader does not wait for it, and its request does not queue behind
+    /// it); when none would (admission refuses it), only the bytes asked
+    /// for move.
     async fn read_range(
         self: &Rc<Self>,
         id: BlockId,
@@ -587,10 +589,10 @@ impl Shard {
         hint: ReadHint,
     ) -> Result<Option<usize>> {
         let small = len <= (self.block_size.bytes() / RANGE_READ_FRACTION) as usize;
-        if hint.for_peer || hint.kind != AccessKind::Random || !small || self.is_fetching(id) {
+        if hint.for_peer || hint.kind != AccessKind::Random || !small {
             return Ok(None);
         }
-        let keep = self.would_keep(id);
+        let keep = !self.is_fetching(id) && self.would_keep(id);
         // Offsets and lengths were checked against the block size.
         let Some(fetch) = self.source.fetch_range(id, offset as u32, len as u32) else {
             return Ok(None);

@@ -973,3 +973,88 @@ fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_
     assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 1);
     engine.shutdown().expect("shutdown");
 }
+
+/// Ranges at once; whole blocks only once a gate opens.
+struct GatedWhole {
+    store: Arc<MemoryStore>,
+    gate: flume::Receiver<()>,
+}
+
+impl datenlord_engine::BlockSource for GatedWhole {
+    fn fetch(&self, id: BlockId) -> datenlord_engine::source::SourceFuture {
+        let (store, gate) = (Arc::clone(&self.store), self.gate.clone());
+        Box::pin(async move {
+            let _ = gate.recv_async().await;
+            stored(&store, id)
+        })
+    }
+
+    fn fetch_range(
+        &self,
+        id: BlockId,
+        offset: u32,
+        len: u32,
+    ) -> Option<datenlord_engine::source::SourceFuture> {
+        let store = Arc::clone(&self.store);
+        Some(Box::pin(async move {
+            let block = stored(&store, id)?;
+            Ok(block[offset as usize..(offset + len) as usize].to_vec())
+        }))
+    }
+}
+
+impl datenlord_engine::SourceFactory for GatedWhole {
+    fn source(&self, _shard: ShardId) -> std::rc::Rc<dyn datenlord_engine::BlockSource> {
+        std::rc::Rc::new(GatedWhole {
+            store: Arc::clone(&self.store),
+            gate: self.gate.clone(),
+        })
+    }
+    fn resolver(&self, shard: ShardId) -> std::rc::Rc<dyn datenlord_engine::VersionResolver> {
+        datenlord_engine::SourceFactory::resolver(&self.store, shard)
+    }
+}
+
+#[test]
+fn a_small_random_read_does_not_wait_for_its_blocks_whole_fetch_in_flight() {
+    let id = BlockId::new(300, 0, 1);
+    let store = store_with(&[id]);
+    let (open, gate) = flume::unbounded();
+    let factory = GatedWhole {
+        store: Arc::clone(&store),
+        gate,
+    };
+    let engine = Engine::start(&config(1, 4, None), factory).expect("start");
+    let handle = engine.handle();
+    // A whole read: its fetch waits at the gate.
+    let whole = {
+        let handle = handle.clone();
+        std::thread::spawn(move || read_all(&handle, id))
+    };
+    for _ in 0..500 {
+        if totals(&handle).memory_misses >= 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A 4 KiB read of the same block meanwhile: its bytes by a range.
+    let (tx, rx) = flume::bounded(1);
+    {
+        let handle = handle.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(block_on(handle.read(id, 8192, 4096, Vec::new())));
+        });
+    }
+    let small = rx.recv_timeout(Duration::from_secs(20));
+    let whole_done_early = whole.is_finished();
+    // Open the gate before judging, so that a failure does not hang.
+    open.send(()).expect("open");
+    let (buf, n) = small
+        .expect("the small read waited for the whole fetch")
+        .expect("read");
+    assert_eq!(&buf[..n], &content(id, BLOCK)[8192..12288]);
+    assert!(!whole_done_early, "the whole fetch was still at the gate");
+    assert_eq!(totals(&handle).source_range_fetches, 1);
+    assert_eq!(whole.join().expect("whole read"), content(id, BLOCK));
+    engine.shutdown().expect("shutdown");
+}
