@@ -253,8 +253,8 @@ struct Shared {
     link: DataLink,
     stats: Arc<NeighborStats>,
     block_max: u32,
-    /// Open connections by node and lane, with the address they went to.
-    conns: RefCell<HashMap<(u64, Lane), (String, Rc<Conn>)>>,
+    /// Open connections by node, with the address they went to.
+    conns: RefCell<HashMap<u64, (String, Rc<Conn>)>>,
     /// Held while a connection is being made: concurrent misses wait for
     /// it instead of each opening one.
     opening: futures::lock::Mutex<()>,
@@ -262,16 +262,6 @@ struct Shared {
 }
 
 struct NeighborSource(Rc<Shared>);
-
-/// Which of a shard's two connections to a node a request takes: small
-/// range reads do not queue behind whole blocks on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Lane {
-    /// Whole blocks.
-    Blocks,
-    /// Ranges of blocks (small reads).
-    Ranges,
-}
 
 /// Where a block may be asked for beyond this node, from one view of the
 /// registry.
@@ -328,30 +318,25 @@ impl Shared {
         id: BlockId,
         range: Option<(u32, u32)>,
     ) -> Result<Vec<u8>, NeighborError> {
-        let lane = if range.is_some() {
-            Lane::Ranges
-        } else {
-            Lane::Blocks
-        };
-        let conn = self.conn(node, addr, lane).await?;
+        let conn = self.conn(node, addr).await?;
         conn.read(id, range, REQUEST_TIMEOUT_MS).await
     }
 
-    fn open_conn(&self, node: u64, addr: &str, lane: Lane) -> Option<Rc<Conn>> {
+    fn open_conn(&self, node: u64, addr: &str) -> Option<Rc<Conn>> {
         self.conns
             .borrow()
-            .get(&(node, lane))
+            .get(&node)
             .filter(|(at, c)| at == addr && !c.is_broken())
             .map(|(_, c)| Rc::clone(c))
     }
 
-    /// This shard's connection to `node` for `lane`, made if there is none.
-    async fn conn(&self, node: u64, addr: &str, lane: Lane) -> Result<Rc<Conn>, NeighborError> {
-        if let Some(conn) = self.open_conn(node, addr, lane) {
+    /// This shard's connection to `node`, made if there is none.
+    async fn conn(&self, node: u64, addr: &str) -> Result<Rc<Conn>, NeighborError> {
+        if let Some(conn) = self.open_conn(node, addr) {
             return Ok(conn);
         }
         let _opening = self.opening.lock().await;
-        if let Some(conn) = self.open_conn(node, addr, lane) {
+        if let Some(conn) = self.open_conn(node, addr) {
             return Ok(conn);
         }
         let conn = Conn::open(node, addr, &self.link, self.block_max).await?;
@@ -360,7 +345,7 @@ impl Shared {
         }
         self.conns
             .borrow_mut()
-            .insert((node, lane), (addr.to_string(), Rc::clone(&conn)));
+            .insert(node, (addr.to_string(), Rc::clone(&conn)));
         Ok(conn)
     }
 
@@ -380,7 +365,7 @@ impl Shared {
             },
         );
         drop(down);
-        self.conns.borrow_mut().retain(|(node, _), _| *node != home);
+        self.conns.borrow_mut().remove(&home);
         if first {
             warn!(node = home, %addr, %err, "a neighbor failed: reading from the store; asking it again after a backoff");
         }
