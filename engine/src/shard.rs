@@ -39,9 +39,14 @@ pub const DISK_WRITES_INFLIGHT_MAX: usize = 64;
 pub const PROMOTIONS_INFLIGHT_MAX: usize = 8;
 /// Accesses (per the frequency sketch) before an NVMe hit is promoted.
 pub const PROMOTE_FREQUENCY_MIN: u8 = 2;
-/// A random read of at most this fraction of a block, of a block the shard
-/// would not keep, fetches only its bytes when the source can.
+/// A random read of at most this fraction of a block fetches only its
+/// bytes when the source can (see [`RANGE_THEN_BLOCK_ACCESSES`]).
 pub const RANGE_READ_FRACTION: u32 = 8;
+/// A block read in small random pieces is fetched whole (in the background)
+/// from this many recent accesses on: one small read of a block seldom
+/// means more, and fetching the whole block for each cost the neighbor
+/// tier's 4 KiB reads a 5× higher p99 (perf/RESULTS.md, session 11).
+pub const RANGE_THEN_BLOCK_ACCESSES: u8 = 2;
 /// Prefetched-but-unread blocks remembered for the prefetch-hit counter.
 const PREFETCHED_TRACKED_MAX: usize = 4096;
 
@@ -575,11 +580,11 @@ impl Shard {
     /// A small random read: only its bytes, when the source serves ranges
     /// (`None`: fetch the whole block). It does not wait for a fetch of
     /// the whole block in flight (a block's transfer costs more than a few
-    /// KiB's). When no such fetch is in flight and a tier would keep the
-    /// block, the whole block is then fetched in the background (the
-    /// reader does not wait for it, and its request does not queue behind
-    /// it); when none would (admission refuses it), only the bytes asked
-    /// for move.
+    /// KiB's). When no such fetch is in flight, the block was read at
+    /// least [`RANGE_THEN_BLOCK_ACCESSES`] times lately and a tier would
+    /// keep it, the whole block is then fetched in the background (the
+    /// reader does not wait for it); otherwise only the bytes asked for
+    /// move.
     async fn read_range(
         self: &Rc<Self>,
         id: BlockId,
@@ -592,7 +597,9 @@ impl Shard {
         if hint.for_peer || hint.kind != AccessKind::Random || !small {
             return Ok(None);
         }
-        let keep = !self.is_fetching(id) && self.would_keep(id);
+        let keep = !self.is_fetching(id)
+            && self.admission.borrow().frequency(id.hash64()) >= RANGE_THEN_BLOCK_ACCESSES
+            && self.would_keep(id);
         // Offsets and lengths were checked against the block size.
         let Some(fetch) = self.source.fetch_range(id, offset as u32, len as u32) else {
             return Ok(None);

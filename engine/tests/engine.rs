@@ -947,8 +947,9 @@ fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_
     };
     let engine = Engine::start(&config(1, 4, None), factory).expect("start");
     let handle = engine.handle();
-    // Room in memory: the reader gets its 4 KiB from a range fetch, and
-    // the whole block follows in the background.
+    // Room in memory: the reader gets its 4 KiB from a range fetch; a
+    // first small read of a block moves only its bytes, the second one
+    // has the whole block follow in the background.
     let id = ids[0];
     let (buf, n) = block_on(handle.read(id, 4096, 4096, Vec::new())).expect("read");
     assert_eq!(&buf[..n], &content(id, BLOCK)[4096..8192]);
@@ -956,6 +957,15 @@ fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_
     let latency = totals(&handle).latency;
     assert_eq!(latency.source.count, 1, "the read is timed as the source's");
     assert!(latency.source.sum_ns > 0);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(
+        totals(&handle).source_fetches,
+        0,
+        "one small read: no whole fetch"
+    );
+    let (buf, n) = block_on(handle.read(id, 16384, 4096, Vec::new())).expect("read");
+    assert_eq!(&buf[..n], &content(id, BLOCK)[16384..20480]);
+    assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 2);
     let mut cached = false;
     for _ in 0..500 {
         if totals(&handle).source_fetches == 1 {
@@ -970,7 +980,7 @@ fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_
     let s = totals(&handle);
     assert!(s.memory_hits >= 1, "{s:?}");
     assert_eq!(s.source_fetches, 1, "{s:?}");
-    assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 2);
     engine.shutdown().expect("shutdown");
 }
 
