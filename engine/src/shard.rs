@@ -43,10 +43,12 @@ pub const PROMOTE_FREQUENCY_MIN: u8 = 2;
 /// bytes when the source can (see [`RANGE_THEN_BLOCK_ACCESSES`]).
 pub const RANGE_READ_FRACTION: u32 = 8;
 /// A block read in small random pieces is fetched whole (in the background)
-/// from this many recent accesses on: one small read of a block seldom
-/// means more, and fetching the whole block for each cost the neighbor
-/// tier's 4 KiB reads a 5× higher p99 (perf/RESULTS.md, session 11).
-pub const RANGE_THEN_BLOCK_ACCESSES: u8 = 2;
+/// from this many recent accesses on (the admission sketch's estimate): a
+/// few small reads of a block seldom mean more, and fetching whole blocks
+/// behind them cost the neighbor tier's 4 KiB reads a 5× higher p99 when
+/// the reads spread over more blocks than the cache holds (from 2
+/// accesses on as well: perf/RESULTS.md, session 11).
+pub const RANGE_THEN_BLOCK_ACCESSES: u8 = 4;
 /// Prefetched-but-unread blocks remembered for the prefetch-hit counter.
 const PREFETCHED_TRACKED_MAX: usize = 4096;
 

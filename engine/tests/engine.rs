@@ -947,9 +947,10 @@ fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_
     };
     let engine = Engine::start(&config(1, 4, None), factory).expect("start");
     let handle = engine.handle();
-    // Room in memory: the reader gets its 4 KiB from a range fetch; a
-    // first small read of a block moves only its bytes, the second one
-    // has the whole block follow in the background.
+    // Room in memory: the reader gets its 4 KiB from a range fetch; the
+    // first small reads of a block move only their bytes, the one that
+    // makes RANGE_THEN_BLOCK_ACCESSES has the whole block follow in the
+    // background.
     let id = ids[0];
     let (buf, n) = block_on(handle.read(id, 4096, 4096, Vec::new())).expect("read");
     assert_eq!(&buf[..n], &content(id, BLOCK)[4096..8192]);
@@ -957,15 +958,23 @@ fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_
     let latency = totals(&handle).latency;
     assert_eq!(latency.source.count, 1, "the read is timed as the source's");
     assert!(latency.source.sum_ns > 0);
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    let small_reads = u64::from(datenlord_engine::shard::RANGE_THEN_BLOCK_ACCESSES);
+    for i in 1..small_reads {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            totals(&handle).source_fetches,
+            0,
+            "{i} small reads: no whole fetch"
+        );
+        let offset = 4096 * (i as u32 + 1);
+        let (buf, n) = block_on(handle.read(id, offset, 4096, Vec::new())).expect("read");
+        let at = offset as usize;
+        assert_eq!(&buf[..n], &content(id, BLOCK)[at..at + 4096]);
+    }
     assert_eq!(
-        totals(&handle).source_fetches,
-        0,
-        "one small read: no whole fetch"
+        ranges.load(std::sync::atomic::Ordering::Relaxed),
+        small_reads
     );
-    let (buf, n) = block_on(handle.read(id, 16384, 4096, Vec::new())).expect("read");
-    assert_eq!(&buf[..n], &content(id, BLOCK)[16384..20480]);
-    assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 2);
     let mut cached = false;
     for _ in 0..500 {
         if totals(&handle).source_fetches == 1 {
@@ -980,7 +989,10 @@ fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_
     let s = totals(&handle);
     assert!(s.memory_hits >= 1, "{s:?}");
     assert_eq!(s.source_fetches, 1, "{s:?}");
-    assert_eq!(ranges.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(
+        ranges.load(std::sync::atomic::Ordering::Relaxed),
+        small_reads
+    );
     engine.shutdown().expect("shutdown");
 }
 
