@@ -868,6 +868,18 @@ struct Ranges {
     ranges: Arc<std::sync::atomic::AtomicU64>,
 }
 
+impl Ranges {
+    /// A source over `store` and its count of range fetches.
+    fn over(store: &Arc<MemoryStore>) -> (Self, Arc<std::sync::atomic::AtomicU64>) {
+        let ranges = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let source = Self {
+            store: Arc::clone(store),
+            ranges: Arc::clone(&ranges),
+        };
+        (source, ranges)
+    }
+}
+
 impl datenlord_engine::BlockSource for Ranges {
     fn fetch(&self, id: BlockId) -> datenlord_engine::source::SourceFuture {
         let store = Arc::clone(&self.store);
@@ -911,11 +923,7 @@ fn a_small_random_read_of_a_block_the_cache_will_not_keep_fetches_only_its_bytes
     // One block per inode: no stream to detect.
     let ids: Vec<BlockId> = (0..8).map(|i| BlockId::new(100 + i, 0, 1)).collect();
     let store = store_with(&ids);
-    let ranges = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let factory = Ranges {
-        store: Arc::clone(&store),
-        ranges: Arc::clone(&ranges),
-    };
+    let (factory, ranges) = Ranges::over(&store);
     let engine = Engine::start(&config(1, 4, None), factory).expect("start");
     let handle = engine.handle();
     // Four whole reads fill the memory tier (room for four).
@@ -940,11 +948,7 @@ fn a_small_random_read_of_a_block_the_cache_will_not_keep_fetches_only_its_bytes
 fn a_small_random_read_of_a_block_the_cache_keeps_gets_its_bytes_first_then_the_block() {
     let ids: Vec<BlockId> = (0..2).map(|i| BlockId::new(200 + i, 0, 1)).collect();
     let store = store_with(&ids);
-    let ranges = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let factory = Ranges {
-        store: Arc::clone(&store),
-        ranges: Arc::clone(&ranges),
-    };
+    let (factory, ranges) = Ranges::over(&store);
     let engine = Engine::start(&config(1, 4, None), factory).expect("start");
     let handle = engine.handle();
     // Room in memory: the reader gets its 4 KiB from a range fetch; the

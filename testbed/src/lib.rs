@@ -110,41 +110,38 @@ impl Moto {
 
     /// Creates a bucket with a raw path-style PUT.
     pub fn create_bucket(&self, bucket: &str) {
-        let mut stream = TcpStream::connect((self.host.as_str(), self.port)).expect("connect");
-        write!(
-            stream,
-            "PUT /{bucket} HTTP/1.1\r\nHost: {}:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            self.host, self.port
-        )
-        .expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
+        let response = self.raw(&format!("PUT /{bucket}"), "Content-Length: 0\r\n");
         assert!(
             response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
             "{response}"
         );
     }
-}
 
-impl Moto {
     /// The keys under `prefix` in `bucket` (one ListObjectsV2 page: up to
     /// 1000), with a raw path-style GET.
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let mut stream = TcpStream::connect((self.host.as_str(), self.port)).expect("connect");
-        write!(
-            stream,
-            "GET /{bucket}?list-type=2&prefix={prefix} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\n\r\n",
-            self.host, self.port
-        )
-        .expect("send");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("response");
+        let response = self.raw(&format!("GET /{bucket}?list-type=2&prefix={prefix}"), "");
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         response
             .split("<Key>")
             .skip(1)
             .filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_string()))
             .collect()
+    }
+
+    /// One HTTP/1.1 request (`METHOD /PATH`, extra header lines) and the
+    /// whole response.
+    fn raw(&self, request: &str, headers: &str) -> String {
+        let mut stream = TcpStream::connect((self.host.as_str(), self.port)).expect("connect");
+        write!(
+            stream,
+            "{request} HTTP/1.1\r\nHost: {}:{}\r\n{headers}Connection: close\r\n\r\n",
+            self.host, self.port
+        )
+        .expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("response");
+        response
     }
 }
 
