@@ -588,6 +588,7 @@ async fn answer(
     stats: &NeighborStats,
 ) {
     let id = BlockId::new(request.ino, request.index, request.block_version);
+    // A warm-up order is for the whole block (decode refuses one for part).
     let (offset, len) = match request.range {
         0 => (0, ctx.block_size().bytes()),
         range => (request.offset, range),

@@ -224,6 +224,13 @@ impl Header {
             return Err(FrameError::TooLong { kind, len, max });
         }
         let (offset, range) = (archived.offset.to_native(), archived.range.to_native());
+        if kind != Kind::Read && (offset, range) != (0, 0) {
+            // Only a read names part of a block: a warm-up order for part
+            // of one would have the home keep a cut block.
+            return Err(FrameError::Malformed(format!(
+                "a {kind:?} frame names bytes {offset}+{range} of a block"
+            )));
+        }
         if u64::from(offset) + u64::from(range) > u64::from(block_max) {
             return Err(FrameError::TooLong {
                 kind,
@@ -319,6 +326,27 @@ mod tests {
         assert!(Header::decode(&long_message.encode(), BLOCK).is_err());
         assert_eq!(message_bytes(&"é".repeat(600)).len(), 1024);
         assert!(std::str::from_utf8(message_bytes(&"é".repeat(600))).is_ok());
+    }
+
+    #[test]
+    fn only_a_read_names_part_of_a_block() {
+        let part = Header::read_range(1, [1, 0, 1], 4096, 4096);
+        assert!(Header::decode(&part.encode(), BLOCK).is_ok());
+        let warm_part = Header {
+            offset: 4096,
+            range: 4096,
+            ..Header::warm(1, [1, 0, 1])
+        };
+        assert!(matches!(
+            Header::decode(&warm_part.encode(), BLOCK),
+            Err(FrameError::Malformed(_))
+        ));
+        let answer_part = Header {
+            range: 1,
+            ..Header::answer(&part, Kind::Block, &[0; 10])
+        };
+        assert!(Header::decode(&answer_part.encode(), BLOCK).is_err());
+        assert!(Header::decode(&Header::warm(1, [1, 0, 1]).encode(), BLOCK).is_ok());
     }
 
     #[test]
