@@ -21,7 +21,9 @@ pub const HEALTH_NODES_MAX: usize = crate::meta::CACHE_NODES_MAX;
 /// How a cache node is.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeHealth {
-    /// Bytes its memory and NVMe tiers hold.
+    /// Bytes its memory and NVMe tiers hold, about: blocks held times the
+    /// block size (a file's short tail block counts whole, a block in both
+    /// tiers twice).
     pub cached_bytes: u64,
     /// Bytes they can hold.
     pub cache_capacity: u64,
