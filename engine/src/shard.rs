@@ -527,7 +527,7 @@ impl Shard {
                     s.reads += 1;
                     s.memory_hits += 1;
                     s.read_bytes += n as u64;
-                    s.latency.memory.record(elapsed_ns(started));
+                    s.latency.memory.record_since(started);
                 });
                 return Ok(n);
             }
@@ -550,7 +550,7 @@ impl Shard {
                         s.reads += 1;
                         s.disk_hits += 1;
                         s.read_bytes += n as u64;
-                        s.latency.disk.record(elapsed_ns(started));
+                        s.latency.disk.record_since(started);
                     });
                     let whole = (offset == 0 && n == block_len as usize).then_some(&buf[..]);
                     self.maybe_promote(id, kind, whole);
@@ -575,7 +575,7 @@ impl Shard {
             });
             n
         };
-        self.count(|s| s.latency.source.record(elapsed_ns(started)));
+        self.count(|s| s.latency.source.record_since(started));
         Ok(n)
     }
 
@@ -1019,11 +1019,6 @@ fn copy_range(block: &[u8], offset: usize, len: usize, buf: &mut Vec<u8>) -> usi
     buf.clear();
     buf.extend_from_slice(&block[start..end]);
     end - start
-}
-
-/// Nanoseconds since `start`.
-fn elapsed_ns(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

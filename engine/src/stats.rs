@@ -3,6 +3,7 @@
 
 use std::ops::AddAssign;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 macro_rules! shard_stats {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -115,10 +116,14 @@ impl ShardStats {
 pub const LATENCY_BUCKETS: usize = 21;
 
 /// The bucket of a latency: the smallest `i` with `latency <= 2^i µs`.
-fn bucket(latency_ns: u64) -> usize {
+pub fn latency_bucket(latency_ns: u64) -> usize {
     let us = latency_ns.div_ceil(1000).max(1);
     let i = (u64::BITS - (us - 1).leading_zeros()) as usize;
     i.min(LATENCY_BUCKETS - 1)
+}
+
+fn nanos_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A latency histogram (power-of-two microsecond buckets), owned by one
@@ -138,7 +143,12 @@ impl Latency {
     pub fn record(&mut self, latency_ns: u64) {
         self.count += 1;
         self.sum_ns = self.sum_ns.saturating_add(latency_ns);
-        self.buckets[bucket(latency_ns)] += 1;
+        self.buckets[latency_bucket(latency_ns)] += 1;
+    }
+
+    /// Records the time since `start`.
+    pub fn record_since(&mut self, start: Instant) {
+        self.record(nanos_since(start));
     }
 
     /// `(upper bound in µs, observations at or below it)`, cumulative.
@@ -199,7 +209,12 @@ impl SharedLatency {
     pub fn record(&self, latency_ns: u64) {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
-        self.buckets[bucket(latency_ns)].fetch_add(1, Ordering::Relaxed);
+        self.buckets[latency_bucket(latency_ns)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records the time since `start`.
+    pub fn record_since(&self, start: Instant) {
+        self.record(nanos_since(start));
     }
 
     /// The histogram now.
@@ -219,6 +234,17 @@ impl SharedLatency {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_are_powers_of_two_microseconds() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1_000), 0);
+        assert_eq!(latency_bucket(1_001), 1);
+        assert_eq!(latency_bucket(2_000), 1);
+        assert_eq!(latency_bucket(3_000), 2);
+        assert_eq!(latency_bucket(1_000_000), 10);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+    }
 
     #[test]
     fn latencies_land_in_power_of_two_microsecond_buckets_and_add_up() {

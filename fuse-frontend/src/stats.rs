@@ -8,21 +8,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use datenlord_engine::stats::SharedLatency;
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::server::MetricsHook;
 
 /// Opcodes counted (FUSE opcodes are small numbers; larger ones share the
 /// last slot as "other").
 const OPCODE_SLOTS: usize = 64;
-/// Latency buckets: upper bounds 1 µs, 2 µs, 4 µs … 2^(N-1) µs (about 1 s).
-pub const LATENCY_BUCKETS: usize = 21;
+/// Latency buckets (the engine's: upper bounds 1 µs, 2 µs … about 1 s).
+pub use datenlord_engine::stats::LATENCY_BUCKETS;
 
 #[derive(Debug, Default)]
 struct OpCounters {
-    count: AtomicU64,
     errors: AtomicU64,
-    sum_ns: AtomicU64,
-    buckets: [AtomicU64; LATENCY_BUCKETS],
+    latency: SharedLatency,
 }
 
 /// Counters of every op, shared by the request loops of one mount.
@@ -57,13 +56,6 @@ pub struct OpSample {
     pub buckets: Vec<(u64, u64)>,
 }
 
-/// The bucket of a latency: the smallest `i` with `latency <= 2^i µs`.
-fn bucket(latency_ns: u64) -> usize {
-    let us = latency_ns.div_ceil(1000).max(1);
-    let i = (u64::BITS - (us - 1).leading_zeros()) as usize;
-    i.min(LATENCY_BUCKETS - 1)
-}
-
 impl OpStats {
     fn slot(opcode: u32) -> usize {
         (opcode as usize).min(OPCODE_SLOTS - 1)
@@ -72,12 +64,10 @@ impl OpStats {
     /// Records one answered request.
     pub fn record(&self, opcode: u32, latency_ns: u64, failed: bool) {
         let c = &self.ops[Self::slot(opcode)];
-        c.count.fetch_add(1, Ordering::Relaxed);
         if failed {
             c.errors.fetch_add(1, Ordering::Relaxed);
         }
-        c.sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
-        c.buckets[bucket(latency_ns)].fetch_add(1, Ordering::Relaxed);
+        c.latency.record(latency_ns);
     }
 
     /// Counts a request that came over an io_uring queue.
@@ -96,25 +86,14 @@ impl OpStats {
         self.ops
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.count.load(Ordering::Relaxed) > 0)
-            .map(|(opcode, c)| {
-                let mut cumulative = 0;
-                let buckets = c
-                    .buckets
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        cumulative += b.load(Ordering::Relaxed);
-                        (1u64 << i, cumulative)
-                    })
-                    .collect();
-                OpSample {
-                    op: op_name(opcode as u32),
-                    count: c.count.load(Ordering::Relaxed),
-                    errors: c.errors.load(Ordering::Relaxed),
-                    sum_ns: c.sum_ns.load(Ordering::Relaxed),
-                    buckets,
-                }
+            .map(|(opcode, c)| (opcode, c, c.latency.snapshot()))
+            .filter(|(_, _, latency)| latency.count > 0)
+            .map(|(opcode, c, latency)| OpSample {
+                op: op_name(opcode as u32),
+                count: latency.count,
+                errors: c.errors.load(Ordering::Relaxed),
+                sum_ns: latency.sum_ns,
+                buckets: latency.cumulative(),
             })
             .collect()
     }
@@ -214,17 +193,6 @@ impl MetricsHook for LoopHook {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_are_powers_of_two_microseconds() {
-        assert_eq!(bucket(0), 0);
-        assert_eq!(bucket(1_000), 0);
-        assert_eq!(bucket(1_001), 1);
-        assert_eq!(bucket(2_000), 1);
-        assert_eq!(bucket(3_000), 2);
-        assert_eq!(bucket(1_000_000), 10);
-        assert_eq!(bucket(u64::MAX), LATENCY_BUCKETS - 1);
-    }
 
     #[test]
     fn snapshot_is_cumulative_per_op() {

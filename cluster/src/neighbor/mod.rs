@@ -449,7 +449,7 @@ impl Shared {
         NeighborStats::add(&stats.wait_us, asked.elapsed().as_micros() as u64);
         match &answer {
             Ok(data) => {
-                stats.hit_latency.record(nanos_since(asked));
+                stats.hit_latency.record_since(asked);
                 self.succeeded(node);
                 NeighborStats::add(&stats.hits, 1);
                 NeighborStats::add(&stats.hit_bytes, data.len() as u64);
@@ -473,16 +473,12 @@ impl Shared {
             let started = Instant::now();
             let result = fetch.await;
             if result.is_ok() {
-                stats.below_latency.record(nanos_since(started));
+                stats.below_latency.record_since(started);
             }
             result
         }
         .boxed_local()
     }
-}
-
-fn nanos_since(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl BlockSource for NeighborSource {
