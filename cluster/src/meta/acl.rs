@@ -311,6 +311,19 @@ fn decode_entry(bytes: &[u8]) -> Result<Entry, AclError> {
     })
 }
 
+/// The attribute value of entries given as raw (tag, perm, id), valid or
+/// not (for tests).
+#[cfg(test)]
+pub(crate) fn raw(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut out = ACL_XATTR_VERSION.to_le_bytes().to_vec();
+    for &(tag, perm, id) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -323,17 +336,6 @@ mod tests {
     /// `u::rwx,u:5:r--,g::r-x,g:7:rw-,m::rw-,o::---` style ACLs for tests.
     fn acl(entries: &[(Tag, u32)]) -> Acl {
         Acl::new(entries.iter().map(|&(t, p)| e(t, p)).collect()).expect("valid ACL")
-    }
-
-    /// The bytes of entries given as (tag, perm, id).
-    fn raw(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut out = 2u32.to_le_bytes().to_vec();
-        for &(tag, perm, id) in entries {
-            out.extend_from_slice(&tag.to_le_bytes());
-            out.extend_from_slice(&perm.to_le_bytes());
-            out.extend_from_slice(&id.to_le_bytes());
-        }
-        out
     }
 
     const U: u32 = UNDEFINED_ID;

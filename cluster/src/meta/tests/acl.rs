@@ -19,13 +19,7 @@ const NOBODY: u32 = u32::MAX;
 
 /// An ACL value from `(tag, perm, id)` entries, as setfacl writes it.
 fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-    let mut out = 2u32.to_le_bytes().to_vec();
-    for &(tag, perm, id) in entries {
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    out
+    crate::meta::acl::raw(entries)
 }
 
 /// `user::owner, user:id:named, group::group, mask::mask, other::other`.
