@@ -105,11 +105,23 @@ impl DiskIndex {
     /// Looks a block up, records the access and pins the slot for a read;
     /// returns the slot and the block's length. Call [`Self::unpin`] after.
     pub fn lookup_pin(&mut self, id: BlockId, kind: AccessKind) -> Option<(SlotIndex, u32)> {
-        let slot = *self.map.get(&id)?;
+        let (slot, len) = self.pin(id)?;
         self.policy.touch(slot, kind);
+        Some((slot, len))
+    }
+
+    /// Pins a block's slot like [`Self::lookup_pin`] without recording an
+    /// access (a check of the cache is not a use of the block).
+    pub fn pin(&mut self, id: BlockId) -> Option<(SlotIndex, u32)> {
+        let slot = *self.map.get(&id)?;
         let meta = &mut self.meta[slot as usize];
         meta.pins += 1;
         Some((slot, meta.len))
+    }
+
+    /// The readable blocks, in no particular order.
+    pub fn ids(&self) -> Vec<BlockId> {
+        self.map.keys().copied().collect()
     }
 
     /// Releases a pin taken by [`Self::lookup_pin`].

@@ -224,6 +224,40 @@ impl DiskTier {
         result
     }
 
+    /// Reads a whole block, verifying its chunks, without recording an
+    /// access (a check of the cache is not a use of the block). A block
+    /// whose write is still in flight is read from its buffer.
+    pub async fn read_quietly(&self, id: BlockId) -> Result<DiskRead> {
+        let whole = self.layout.block_size.bytes_usize();
+        let Some((slot, block_len)) = self.index.borrow_mut().pin(id) else {
+            return Ok(self.read_in_flight(id, 0, whole));
+        };
+        let result = self.read_pinned(id, slot, 0, whole, block_len).await;
+        self.index.borrow_mut().unpin(slot);
+        result
+    }
+
+    /// The blocks this region holds, in no particular order.
+    pub fn ids(&self) -> Vec<BlockId> {
+        self.index.borrow().ids()
+    }
+
+    /// Drops a block whose bytes are wrong (they differ from the store's):
+    /// its slot header is erased so a restart does not restore it; the slot
+    /// is reused once the erase is done. Returns whether the block was here.
+    pub async fn discard(&self, id: BlockId) -> bool {
+        let Some((slot, _)) = self.index.borrow_mut().pin(id) else {
+            return false;
+        };
+        let dropped = self.index.borrow_mut().drop_slot(id, slot);
+        if dropped {
+            warn!(shard = self.shard, block = %id, slot, "NVMe copy differs from the store: dropped, will refetch");
+            self.erase_header(slot).await;
+        }
+        self.index.borrow_mut().unpin(slot);
+        dropped
+    }
+
     fn read_in_flight(&self, id: BlockId, offset: usize, len: usize) -> DiskRead {
         let in_flight = self.in_flight.borrow();
         let Some((buffer, block_len)) = in_flight.get(&id) else {

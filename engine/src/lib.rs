@@ -27,6 +27,7 @@ pub mod slot;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod verify;
 
 pub use block::{BlockId, BlockKey, BlockSize, Ino, ShardId};
 pub use config::{DiskConfig, EngineConfig};
@@ -34,5 +35,6 @@ pub use error::{Error, Result};
 pub use eviction::PolicyKind;
 pub use prefetch::PrefetchConfig;
 pub use runtime::{Engine, EngineHandle, Request, Response, ShardContext};
-pub use source::{BlockSource, MemoryStore, SourceError, SourceFactory, VersionResolver};
+pub use source::{BlockSource, Checksum, MemoryStore, SourceError, SourceFactory, VersionResolver};
 pub use stats::ShardStats;
+pub use verify::VerifyReport;

@@ -105,6 +105,11 @@ impl MemoryTier {
         Some(slot)
     }
 
+    /// The cached blocks, in no particular order.
+    pub fn ids(&self) -> Vec<BlockId> {
+        self.map.keys().copied().collect()
+    }
+
     /// The bytes of a cached block without recording an access.
     pub fn get(&self, id: BlockId) -> Option<&[u8]> {
         self.map.get(&id).map(|&slot| self.block(slot))

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::prefetch::StreamId;
 use crate::shard::ReadHint;
 use crate::stats::ShardStats;
+use crate::verify::VerifyReport;
 
 /// Depth of each shard-to-shard channel.
 pub const MESH_CHANNEL_DEPTH: usize = 1024;
@@ -60,6 +61,8 @@ pub enum Op {
     },
     /// Copy of the shard's counters.
     Stats,
+    /// Check the shard's cached blocks against the source.
+    Verify,
 }
 
 /// What an [`Op`] returns.
@@ -79,6 +82,8 @@ pub enum Reply {
     },
     /// Counters.
     Stats(Box<ShardStats>),
+    /// What a check of the cached blocks found.
+    Verified(VerifyReport),
     /// One-way ops.
     Done,
 }

@@ -29,6 +29,7 @@ use crate::prefetch::{PrefetchQueue, StreamTable};
 use crate::shard::{Shard, ShardParts};
 use crate::source::SourceFactory;
 use crate::stats::ShardStats;
+use crate::verify::VerifyReport;
 
 /// How often idle streams are expired.
 const STREAM_EXPIRE_INTERVAL_MS: u64 = 250;
@@ -209,6 +210,13 @@ impl EngineHandle {
         }
     }
 
+    /// Checks every shard's cached blocks against the source, dropping
+    /// wrong copies ([`crate::verify`]); one report per shard.
+    pub async fn verify_cached(&self) -> Result<Vec<VerifyReport>> {
+        self.run_on_all(|ctx| async move { ctx.shard.verify_cached().await })
+            .await
+    }
+
     /// Runs `f` on every shard's executor and returns its results in shard
     /// order. The futures must finish by themselves: shutdown waits for them.
     pub async fn run_on_all<F, Fut, T>(&self, f: F) -> Result<Vec<T>>
@@ -306,6 +314,12 @@ impl ShardContext {
     /// Counters of every shard.
     pub async fn stats(&self) -> Result<Vec<ShardStats>> {
         self.shard.all_stats().await
+    }
+
+    /// Checks every shard's cached blocks against the source, dropping
+    /// wrong copies ([`crate::verify`]); one report per shard.
+    pub async fn verify_cached(&self) -> Result<Vec<VerifyReport>> {
+        self.shard.verify_all().await
     }
 
     async fn handle(&self, request: Request) -> Result<Response> {

@@ -29,6 +29,7 @@ use crate::mesh::{Op, Peers, Reply};
 use crate::prefetch::{PrefetchQueue, StreamId, StreamTable};
 use crate::source::{BlockSource, SourceError, VersionResolver};
 use crate::stats::ShardStats;
+use crate::verify::VerifyReport;
 
 /// Prefetch fetches one shard runs at once.
 pub const PREFETCH_INFLIGHT_MAX: usize = 16;
@@ -106,11 +107,11 @@ pub struct Shard {
     pub(crate) id: ShardId,
     pub(crate) shards: usize,
     pub(crate) block_size: BlockSize,
-    memory: RefCell<MemoryTier>,
+    pub(crate) memory: RefCell<MemoryTier>,
     /// Other threads' read-only view of `memory`.
     view: Arc<HitView>,
-    disk: Option<DiskTier>,
-    source: Rc<dyn BlockSource>,
+    pub(crate) disk: Option<DiskTier>,
+    pub(crate) source: Rc<dyn BlockSource>,
     resolver: Rc<dyn VersionResolver>,
     admission: RefCell<Admission>,
     inflight: RefCell<BlockMap<FlightKey, SharedFetch>>,
@@ -379,6 +380,28 @@ impl Shard {
         Ok(all)
     }
 
+    /// Checks every shard's cached blocks against the source (see
+    /// [`crate::verify`]); one report per shard, in shard order.
+    pub async fn verify_all(self: &Rc<Self>) -> Result<Vec<VerifyReport>> {
+        let mut all = Vec::with_capacity(self.shards);
+        for peer in 0..self.shards {
+            let peer = ShardId(peer as u16);
+            if peer == self.id {
+                all.push(self.verify_cached().await);
+                continue;
+            }
+            match self.peers.call(peer, Op::Verify).await? {
+                Reply::Verified(report) => all.push(report),
+                other => {
+                    return Err(Error::InvalidRequest(format!(
+                        "unexpected reply to a cache check: {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(all)
+    }
+
     /// Records an access in the stream table and sends prefetch hints.
     pub(crate) fn observe(self: &Rc<Self>, id: BlockId) -> ReadHint {
         let access =
@@ -479,6 +502,7 @@ impl Shard {
                 Ok(Reply::Done)
             }
             Op::Stats => Ok(Reply::Stats(Box::new(self.stats()))),
+            Op::Verify => Ok(Reply::Verified(self.verify_cached().await)),
         }
     }
 

@@ -31,6 +31,24 @@ pub enum SourceError {
 /// A fetch in progress.
 pub type SourceFuture = LocalBoxFuture<'static, Result<Vec<u8>, SourceError>>;
 
+/// What a source says a block version's bytes are, without sending them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    /// The block's CRC32C and length in the source.
+    Known {
+        /// CRC32C of the block's valid bytes.
+        crc: u32,
+        /// Its valid bytes.
+        len: u64,
+    },
+    /// The source holds no such version (deleted since, or written on
+    /// another node and not uploaded yet).
+    Absent,
+}
+
+/// A checksum lookup in progress.
+pub type ChecksumFuture = LocalBoxFuture<'static, Result<Checksum, SourceError>>;
+
 /// A source of whole blocks. Instances live on one shard (no `Send`).
 pub trait BlockSource {
     /// Fetches the valid bytes of a block (shorter than the block size for a
@@ -55,6 +73,13 @@ pub trait BlockSource {
     /// this source has no cheaper way than the whole block (the store:
     /// its objects are checked whole).
     fn fetch_range(&self, _id: BlockId, _offset: u32, _len: u32) -> Option<SourceFuture> {
+        None
+    }
+
+    /// The checksum of a block as this source holds it (for checking
+    /// cached copies, [`crate::verify`]); `None` when this source cannot
+    /// tell without sending the block.
+    fn checksum(&self, _id: BlockId) -> Option<ChecksumFuture> {
         None
     }
 }
@@ -150,6 +175,22 @@ impl BlockSource for MemoryStoreShard {
                 .ok_or(SourceError::NotFound)
         }
         .boxed_local()
+    }
+
+    fn checksum(&self, id: BlockId) -> Option<ChecksumFuture> {
+        let store = Arc::clone(&self.0);
+        Some(
+            async move {
+                if store.failing.load(Ordering::Relaxed) {
+                    return Err(SourceError::Failed("memory store: injected outage".into()));
+                }
+                Ok(store.get(id).map_or(Checksum::Absent, |d| Checksum::Known {
+                    crc: crc32c::crc32c(&d),
+                    len: d.len() as u64,
+                }))
+            }
+            .boxed_local(),
+        )
     }
 }
 

@@ -6,9 +6,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::unix::fs::FileExt;
+
+use datenlord_engine::layout::{Layout, SlotHeader};
 use datenlord_engine::{
     BlockId, BlockSize, DiskConfig, Engine, EngineConfig, EngineHandle, MemoryStore, Request,
-    Response, ShardId, ShardStats,
+    Response, ShardId, ShardStats, VerifyReport,
 };
 use futures::executor::block_on;
 
@@ -1082,5 +1085,113 @@ fn a_small_random_read_does_not_wait_for_its_blocks_whole_fetch_in_flight() {
     assert!(!whole_done_early, "the whole fetch was still at the gate");
     assert_eq!(totals(&handle).source_range_fetches, 1);
     assert_eq!(whole.join().expect("whole read"), content(id, BLOCK));
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_check_of_cached_blocks_drops_copies_that_differ_from_the_source_and_keeps_the_rest() {
+    let ids = blocks(40, 8);
+    let store = store_with(&ids);
+    let engine = Engine::start(&config(1, 16, None), store.clone()).expect("start");
+    let handle = engine.handle();
+    for &id in &ids {
+        read_all(&handle, id);
+    }
+    // A written block the store does not hold (not uploaded yet).
+    let written = BlockId::new(40, 99, 1);
+    block_on(handle.insert(written, content(written, 100))).expect("insert");
+    // The store's copies of two blocks change under the cache.
+    for &id in &ids[..2] {
+        store.put(id, content(BlockId::new(1, 1, 1), BLOCK));
+    }
+    let checked = block_on(handle.verify_cached()).expect("verify");
+    let sum = checked.into_iter().fold(VerifyReport::default(), |mut a, r| {
+        a += r;
+        a
+    });
+    assert_eq!(
+        sum,
+        VerifyReport {
+            blocks: 9,
+            bytes: 8 * BLOCK as u64 + 100,
+            matched: 6,
+            mismatched: 2,
+            absent: 1,
+            ..VerifyReport::default()
+        }
+    );
+    // The dropped blocks come from the store again; the others from memory.
+    let before = store.fetches();
+    assert_eq!(read_all(&handle, ids[0]), content(BlockId::new(1, 1, 1), BLOCK));
+    assert_eq!(read_all(&handle, ids[2]), content(ids[2], BLOCK));
+    assert_eq!(store.fetches() - before, 1);
+    // A source that cannot answer drops nothing (ids[1] is not cached
+    // again yet).
+    store.set_failing(true);
+    let sum = block_on(handle.verify_cached()).expect("verify")[0];
+    assert_eq!((sum.blocks, sum.unchecked, sum.dropped()), (8, 8, 0));
+    assert_eq!(totals(&handle).memory_blocks_held, 8);
+    engine.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_check_of_nvme_blocks_drops_corrupt_and_differing_copies_for_good() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let ids = blocks(41, 6);
+    let store = store_with(&ids);
+    let cfg = config(1, 0, Some((dir.path(), 8 << 20)));
+    let engine = Engine::start(&cfg, store.clone()).expect("start");
+    let handle = engine.handle();
+    for &id in &ids {
+        read_all(&handle, id);
+    }
+    wait_disk_writes(&handle, 6);
+    // Corrupt the data of slot 5 on the device; change the store's copy of
+    // another block.
+    let file = dir.path().join("datenlord-cache.bin");
+    let layout = Layout::new(8 << 20, cfg.block_size, 1).expect("layout");
+    let sb = datenlord_engine::inspect::inspect(dir.path(), false)
+        .expect("inspect")
+        .superblock;
+    let mut header = vec![0u8; layout.header_bytes as usize];
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&file)
+        .expect("open cache file");
+    device
+        .read_exact_at(&mut header, layout.slot_offset(0, 5))
+        .expect("read header");
+    let corrupted = SlotHeader::decode(&header, &layout, sb.epoch)
+        .expect("slot 5 holds a block")
+        .block_id();
+    device
+        .write_all_at(&[0x5a; 16], layout.data_offset(0, 5) + 100)
+        .expect("corrupt");
+    device.sync_all().expect("sync");
+    let changed = *ids.iter().find(|&&id| id != corrupted).expect("another");
+    store.put(changed, content(BlockId::new(2, 2, 2), BLOCK));
+
+    let sum = block_on(handle.verify_cached()).expect("verify")[0];
+    assert_eq!((sum.blocks, sum.matched), (6, 4), "{sum:?}");
+    assert_eq!((sum.corrupt, sum.mismatched), (1, 1), "{sum:?}");
+    engine.shutdown().expect("shutdown");
+    // Neither comes back after a restart; both are read from the store.
+    assert_eq!(
+        datenlord_engine::inspect::inspect(dir.path(), true)
+            .expect("inspect")
+            .regions[0],
+        datenlord_engine::inspect::RegionReport {
+            blocks: 4,
+            bytes: 4 * BLOCK as u64,
+            corrupt: 0
+        }
+    );
+    let engine = Engine::start(&cfg, store.clone()).expect("restart");
+    let handle = engine.handle();
+    let before = store.fetches();
+    assert_eq!(read_all(&handle, changed), content(BlockId::new(2, 2, 2), BLOCK));
+    assert_eq!(read_all(&handle, corrupted), content(corrupted, BLOCK));
+    assert_eq!(store.fetches() - before, 2);
     engine.shutdown().expect("shutdown");
 }

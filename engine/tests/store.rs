@@ -15,7 +15,7 @@ use datenlord_engine::store::{
     RemoteStore, S3Settings, StoreError, StoreOptions, StoreSources, StoreUrl, VolumeDescriptor,
     WriteBack, WriteBackConfig, WriteMode, SEGMENT_RECYCLE_BYTES, STORE_FORMAT_VERSION,
 };
-use datenlord_engine::{BlockId, BlockSize, Engine, EngineConfig};
+use datenlord_engine::{BlockId, BlockSize, Engine, EngineConfig, VerifyReport};
 use futures::executor::block_on;
 use object_store::ObjectStoreExt;
 
@@ -351,6 +351,48 @@ fn s3_blocks_round_trip_and_corrupt_objects_are_never_served() {
         block_on(store.get_block(data[1].0)),
         Err(StoreError::NotFound { .. })
     ));
+}
+
+#[test]
+fn s3_a_check_of_cached_blocks_compares_them_with_the_object_headers() {
+    let Some(moto) = Moto::start() else { return };
+    let control = ControlPlane::start().expect("control");
+    let store = moto.store(&control, "vol");
+    let data = blocks(8, 6);
+    for (id, bytes) in &data {
+        block_on(store.put_block(*id, bytes)).expect("put");
+    }
+    let engine = Engine::start(
+        &engine_config(),
+        StoreSources::new(store.clone(), None, no_prefetch()),
+    )
+    .expect("engine");
+    engine_reads(&engine, &data);
+    let handle = engine.handle();
+    // Written here, not uploaded (no journal in this test): absent.
+    let written = BlockId::new(8, 50, 1);
+    block_on(handle.insert(written, vec![7; 100])).expect("insert");
+    // The store now holds other bytes for one block, garbage for another.
+    let changed = data[0].0;
+    block_on(store.put_block(changed, &[1; 200])).expect("put");
+    moto.raw_put(&store.block_object_key(data[1].0), b"garbage".repeat(10));
+
+    let report = block_on(handle.verify_cached()).expect("verify")[0];
+    assert_eq!(
+        report,
+        VerifyReport {
+            blocks: 7,
+            bytes: data.iter().map(|(_, b)| b.len() as u64).sum::<u64>() + 100,
+            matched: 4,
+            mismatched: 1,
+            absent: 1,
+            // A corrupt object says nothing: the cached copy is kept.
+            unchecked: 1,
+            ..VerifyReport::default()
+        }
+    );
+    engine_reads(&engine, &[(changed, vec![1; 200])]);
+    engine.shutdown().expect("shutdown");
 }
 
 #[test]

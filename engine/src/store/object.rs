@@ -189,6 +189,19 @@ pub fn block_header(bytes: &[u8]) -> Result<(BlockId, u64), String> {
     Ok((BlockId::new(ino, index, version), len))
 }
 
+/// The payload CRC32C and length a block object's header gives, checked
+/// (magic, header checksum, version, kind, and that it names `id`): what
+/// a cached copy of the block must match, read without its payload.
+pub fn block_checksum(id: BlockId, header_bytes: &[u8]) -> Result<(u32, u64), String> {
+    let (named, len) = block_header(header_bytes)?;
+    if named != id {
+        return Err(format!(
+            "object is block {named}, expected {id}: stored under the wrong key"
+        ));
+    }
+    Ok((u32_at(header_bytes, 40), len))
+}
+
 /// Checks an object and returns its payload range, or why it is corrupt.
 pub fn decode(expected: ObjectKind, bytes: &[u8]) -> Result<&[u8], String> {
     let (kind, identity, len) = header(bytes)?;
@@ -287,6 +300,23 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_block_header_alone_gives_the_payload_checksum_of_that_block_only() {
+        let id = BlockId::new(42, 7, 3);
+        let object = encode(ObjectKind::Block(id), b"payload");
+        let header = &object[..OBJECT_HEADER_BYTES];
+        assert_eq!(
+            block_checksum(id, header),
+            Ok((crc32c::crc32c(b"payload"), 7))
+        );
+        assert!(block_checksum(BlockId::new(42, 7, 4), header)
+            .is_err_and(|e| e.contains("wrong key")));
+        let mut flipped = header.to_vec();
+        flipped[40] ^= 1;
+        assert!(block_checksum(id, &flipped).is_err());
+        assert!(block_checksum(id, &header[..40]).is_err());
+    }
 
     #[test]
     fn key_layout() {

@@ -529,6 +529,18 @@ impl RemoteInner {
         }
     }
 
+    /// The first `len` bytes of an object (an object header), bounded by
+    /// the request timeout.
+    async fn get_head_once(&self, key: &str, len: usize) -> Result<Vec<u8>, StoreError> {
+        let path = ObjectPath::from(key);
+        let request = self.store.get_range(&path, 0..len as u64);
+        match tokio::time::timeout(self.options.request_timeout, request).await {
+            Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+            Ok(Err(e)) => Err(self.map_error(key, &e)),
+            Err(_) => Err(self.timed_out(key)),
+        }
+    }
+
     /// GET of at most `bytes_max` bytes with bounded retries of transient
     /// failures.
     pub(crate) async fn get_with_retries(
@@ -536,6 +548,17 @@ impl RemoteInner {
         key: &str,
         bytes_max: u64,
     ) -> Result<Vec<u8>, StoreError> {
+        self.with_retries(key, || self.get_once(key, bytes_max))
+            .await
+    }
+
+    /// Runs `request` (one attempt of a read of `key`) with bounded
+    /// retries of transient failures, unless the store is known down.
+    async fn with_retries<T, F, Fut>(&self, key: &str, request: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let mut backoff = self.backoff();
         let mut attempt = 0;
         loop {
@@ -550,7 +573,7 @@ impl RemoteInner {
                     })
                 }
             };
-            let result = self.get_once(key, bytes_max).await;
+            let result = request().await;
             self.note(result.as_ref().err());
             match result {
                 Err(e) if e.is_transient() && !probe && attempt + 1 < self.options.attempts => {
@@ -678,6 +701,27 @@ impl RemoteInner {
             Ok(payload) => Ok(payload.to_vec()),
             Err(reason) => {
                 tracing::error!(store = %self.name, %key, block = %id, %reason, "corrupt block object: not served");
+                Err(StoreError::Corrupt { key, reason })
+            }
+        }
+    }
+
+    /// A block's payload checksum and length from its object's header (one
+    /// ranged GET of the header); `None` when the store has no such object.
+    pub(crate) async fn block_checksum(&self, id: BlockId) -> Result<Option<(u32, u64)>, StoreError> {
+        let key = self.full_key(&object::block_key(id));
+        let head = match self
+            .with_retries(&key, || self.get_head_once(&key, OBJECT_HEADER_BYTES))
+            .await
+        {
+            Ok(head) => head,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match object::block_checksum(id, &head) {
+            Ok(sum) => Ok(Some(sum)),
+            Err(reason) => {
+                tracing::error!(store = %self.name, %key, block = %id, %reason, "corrupt block object header");
                 Err(StoreError::Corrupt { key, reason })
             }
         }

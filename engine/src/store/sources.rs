@@ -10,7 +10,9 @@ use super::remote::RemoteStore;
 use super::writeback::WriteBack;
 use super::StoreError;
 use crate::block::{BlockId, Ino, ShardId};
-use crate::source::{BlockSource, SourceError, SourceFactory, SourceFuture, VersionResolver};
+use crate::source::{
+    BlockSource, Checksum, ChecksumFuture, SourceError, SourceFactory, SourceFuture, VersionResolver,
+};
 
 /// The current version of a block (the metadata's block map).
 pub type ResolveFn = Arc<dyn Fn(Ino, u64) -> Option<u64> + Send + Sync>;
@@ -80,6 +82,39 @@ impl BlockSource for StoreSource {
                 StoreError::NotFound { .. } => SourceError::NotFound,
                 other => SourceError::Failed(other.to_string()),
             })
+        }
+        .boxed_local()
+    }
+
+    fn checksum(&self, id: BlockId) -> Option<ChecksumFuture> {
+        Some(self.lookup_checksum(id))
+    }
+}
+
+impl StoreSource {
+    /// What the journal or the store holds of a block version.
+    fn lookup_checksum(&self, id: BlockId) -> ChecksumFuture {
+        let inner = Arc::clone(&self.remote.inner);
+        let writeback = self.writeback.clone();
+        let handle = self.remote.control().handle().clone();
+        let lookup = self.remote.control().run(async move {
+            if let Some(writeback) = writeback.filter(|w| w.journal_holds(id)) {
+                let journaled = handle
+                    .spawn_blocking(move || writeback.journal_get(id))
+                    .await
+                    .map_err(|_| StoreError::ShutDown)?;
+                if let Some(data) = journaled {
+                    return Ok(Some((crc32c::crc32c(&data), data.len() as u64)));
+                }
+            }
+            inner.block_checksum(id).await
+        });
+        async move {
+            match lookup.await {
+                Ok(Some((crc, len))) => Ok(Checksum::Known { crc, len }),
+                Ok(None) => Ok(Checksum::Absent),
+                Err(e) => Err(SourceError::Failed(e.to_string())),
+            }
         }
         .boxed_local()
     }
