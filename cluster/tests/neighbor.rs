@@ -570,6 +570,58 @@ fn an_administrator_may_order_warm_ups_but_not_read_blocks() {
     assert_eq!(b.stats.refused.load(Ordering::Relaxed), refused + 1);
 }
 
+#[test]
+fn an_administrator_has_every_node_check_its_cache_against_the_store_and_a_node_may_not() {
+    use datenlord_cluster::neighbor::check::verify_nodes;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, at_a, at_b) = pair(dir.path(), 32);
+    for (node, ids) in [(&a, &at_a), (&b, &at_b)] {
+        for &id in ids {
+            node.store.put(id, content(id));
+        }
+    }
+    for &id in at_a.iter().chain(&at_b) {
+        assert_eq!(a.read(id).expect("read"), content(id));
+    }
+    // B's store now holds other bytes for one of its blocks.
+    let changed = at_b[0];
+    b.store.put(changed, content(version(changed, 5)));
+    let admin_dir = dir.path().join("admin");
+    let request = CertRequest {
+        name: "admin".into(),
+        role: Role::Admin,
+        id: None,
+        days: 1,
+    };
+    issue(&dir.path().join("ca"), &admin_dir, &request).expect("issue");
+    let admin = DataLink::new(Security::from_dir(Some(&admin_dir)).expect("load"));
+    let nodes = [(1, a.record().addr), (2, b.record().addr)];
+    let checks = verify_nodes(&nodes, &admin, BLOCK as u32, 30_000).expect("check");
+    let report = |node: usize| match &checks[node] {
+        (_, Ok(report)) => *report,
+        (id, Err(e)) => panic!("node {id}: {e}"),
+    };
+    // A's own blocks match its store; its copies of B's blocks are not in
+    // A's store (each node has its own here): kept, counted apart.
+    let (ra, rb) = (report(0), report(1));
+    assert_eq!((ra.matched, ra.dropped()), (at_a.len() as u64, 0), "{ra:?}");
+    assert_eq!(ra.blocks, ra.matched + ra.absent, "{ra:?}");
+    assert_eq!(rb.blocks, at_b.len() as u64, "{rb:?}");
+    assert_eq!((rb.matched, rb.mismatched), (rb.blocks - 1, 1), "{rb:?}");
+    // B dropped its copy: the next read gets the store's bytes.
+    assert_eq!(b.read(changed).expect("read"), content(version(changed, 5)));
+    // A node may not have another node check its cache.
+    let refused = b.stats.refused.load(Ordering::Relaxed);
+    let node_link = DataLink::new(Security::from_dir(Some(&dir.path().join("n1"))).expect("load"));
+    let checks = verify_nodes(&nodes[1..], &node_link, BLOCK as u32, 5_000).expect("check");
+    assert!(checks[0].1.is_err(), "{checks:?}");
+    assert_eq!(b.stats.refused.load(Ordering::Relaxed), refused + 1);
+    // A stopped node is a failed check, not a hang.
+    drop(b);
+    let checks = verify_nodes(&nodes, &admin, BLOCK as u32, 5_000).expect("check");
+    assert!(checks[0].1.is_ok() && checks[1].1.is_err(), "{checks:?}");
+}
+
 /// A seeded run of membership changes seen differently by each node
 /// (joins, leaves, stale views, a registered node nobody answers at, a
 /// node that stops serving) with reads of several versions of blocks: a

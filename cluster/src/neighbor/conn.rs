@@ -19,13 +19,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use datenlord_engine::{BlockId, ShardContext};
+use datenlord_engine::{BlockId, ShardContext, VerifyReport};
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use futures::lock::Mutex as AsyncMutex;
 use glommio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::frame::{message_bytes, FrameError, Header, HeaderBuf, Kind, HEADER_BYTES};
+use super::frame::{
+    message_bytes, verify_report_bytes, verify_report_of, FrameError, Header, HeaderBuf, Kind,
+    HEADER_BYTES, VERIFY_REPORT_BYTES,
+};
 use super::mac::{Direction, End, Keys, ALPN_MAC, ALPN_TLS, TAG_BYTES};
 use super::{DataLink, NeighborStats};
 use crate::link::Security;
@@ -284,14 +287,24 @@ fn halves((stream, keys): Opened, block_max: u32) -> (Receiver, Sender) {
 
 type Waiter = flume::Sender<Result<Vec<u8>, NeighborError>>;
 
+/// Which answer a request expects when it succeeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// A block's bytes (`Block`).
+    Bytes,
+    /// `Warmed` (a warm-up order).
+    Warmed,
+    /// `Verified` (a check of the node's cache).
+    Verified,
+}
+
 /// What a request asked for, to check its answer against: the block and
 /// the most bytes the answer may carry.
 #[derive(Clone, Copy, Debug)]
 struct Asked {
     id: BlockId,
     max_len: u32,
-    /// A warm-up request (answered `Warmed`, never with a block).
-    warm: bool,
+    want: Want,
 }
 
 impl Asked {
@@ -300,8 +313,9 @@ impl Asked {
     fn check(&self, answer: &Header) -> Result<(), NeighborError> {
         let id = BlockId::new(answer.ino, answer.index, answer.block_version);
         let kind_fits = match answer.kind {
-            Kind::Block => !self.warm,
-            Kind::Warmed => self.warm,
+            Kind::Block => self.want == Want::Bytes,
+            Kind::Warmed => self.want == Want::Warmed,
+            Kind::Verified => self.want == Want::Verified,
             _ => true,
         };
         if id != self.id || answer.len > self.max_len || !kind_fits {
@@ -409,7 +423,7 @@ impl Conn {
         let asked = Asked {
             id,
             max_len: if len == 0 { u32::MAX } else { len },
-            warm: false,
+            want: Want::Bytes,
         };
         self.ask(header, asked, timeout_ms).await
     }
@@ -420,9 +434,22 @@ impl Conn {
         let asked = Asked {
             id,
             max_len: 0,
-            warm: true,
+            want: Want::Warmed,
         };
         self.ask(header, asked, timeout_ms).await.map(drop)
+    }
+
+    /// Has the node check every block it caches against the store and
+    /// drop bad copies (an administrator's request); what it found.
+    pub async fn verify(&self, timeout_ms: u64) -> Result<VerifyReport, NeighborError> {
+        let asked = Asked {
+            id: BlockId::new(0, 0, 0),
+            max_len: VERIFY_REPORT_BYTES,
+            want: Want::Verified,
+        };
+        let payload = self.ask(Header::verify, asked, timeout_ms).await?;
+        verify_report_of(&payload)
+            .ok_or_else(|| NeighborError::Io("a malformed cache check report".into()))
     }
 
     async fn ask(
@@ -482,7 +509,7 @@ async fn read_answers(mut receiver: Receiver, conn: &std::rc::Weak<Conn>) -> Nei
             Err(e) => return e,
         };
         let answer = match header.kind {
-            Kind::Block => match header.check(&payload) {
+            Kind::Block | Kind::Verified => match header.check(&payload) {
                 Ok(()) => Ok(payload),
                 Err(e) => return e.into(),
             },
@@ -531,10 +558,15 @@ pub(crate) async fn serve_connection(
     let slots = Rc::new(glommio::sync::Semaphore::new(IN_FLIGHT_MAX as u64));
     let mut checked = Instant::now();
     loop {
-        let header = match within(IDLE_TIMEOUT_MS, receiver.next()).await {
+        let header = match next_request(&mut receiver, &slots).await {
             Ok((h, _)) if h.kind == Kind::Read && is_admin(&peer) => {
                 NeighborStats::add(&stats.refused, 1);
-                warn!(?remote, %peer, "an administrator asked for a block's bytes (it may only order warm-ups): closing");
+                warn!(?remote, %peer, "an administrator asked for a block's bytes (it may only order warm-ups and cache checks): closing");
+                return;
+            }
+            Ok((h, _)) if h.kind == Kind::Verify && is_node(&peer) => {
+                NeighborStats::add(&stats.refused, 1);
+                warn!(?remote, %peer, "a node asked for a check of this node's cache (only an administrator may): closing");
                 return;
             }
             Ok((h, _)) if h.kind.is_request() => h,
@@ -570,8 +602,34 @@ pub(crate) async fn serve_connection(
     }
 }
 
+/// The next request; a connection with requests in flight is never idle
+/// (a cache check may take long), one without any is closed after
+/// [`IDLE_TIMEOUT_MS`]. The read of a frame is never cut in the middle.
+async fn next_request(
+    receiver: &mut Receiver,
+    slots: &glommio::sync::Semaphore,
+) -> Result<(Header, Vec<u8>), NeighborError> {
+    let next = receiver.next();
+    futures::pin_mut!(next);
+    loop {
+        let idle = glommio::timer::sleep(Duration::from_millis(IDLE_TIMEOUT_MS));
+        futures::pin_mut!(idle);
+        match futures::future::select(next.as_mut(), idle).await {
+            futures::future::Either::Left((frame, _)) => return frame,
+            futures::future::Either::Right(_) if slots.available() < IN_FLIGHT_MAX as u64 => {}
+            futures::future::Either::Right(_) => {
+                return Err(NeighborError::Timeout(IDLE_TIMEOUT_MS))
+            }
+        }
+    }
+}
+
 fn is_admin(peer: &Peer) -> bool {
     matches!(peer, Peer::Certified(who) if who.role == Role::Admin)
+}
+
+fn is_node(peer: &Peer) -> bool {
+    matches!(peer, Peer::Certified(who) if who.role == Role::Node)
 }
 
 fn revoked(security: &Security, peer: &Peer) -> bool {
@@ -587,6 +645,9 @@ async fn answer(
     sender: &AsyncMutex<Sender>,
     stats: &NeighborStats,
 ) {
+    if request.kind == Kind::Verify {
+        return answer_verify(ctx, request, sender).await;
+    }
     let id = BlockId::new(request.ino, request.index, request.block_version);
     // A warm-up order is for the whole block (decode refuses one for part).
     let (offset, len) = match request.range {
@@ -633,6 +694,37 @@ async fn answer(
     }
 }
 
+/// Checks every shard's cached blocks against the store and answers
+/// what the check found.
+async fn answer_verify(ctx: &ShardContext, request: Header, sender: &AsyncMutex<Sender>) {
+    let message;
+    let (header, payload) = match ctx.verify_cached().await {
+        Ok(reports) => {
+            let mut sum = VerifyReport::default();
+            for report in reports {
+                sum += report;
+            }
+            info!(
+                blocks = sum.blocks,
+                matched = sum.matched,
+                dropped = sum.dropped(),
+                absent = sum.absent,
+                unchecked = sum.unchecked,
+                "checked the cached blocks against the store"
+            );
+            message = verify_report_bytes(&sum);
+            (Header::answer(&request, Kind::Verified, &message), &message[..])
+        }
+        Err(e) => {
+            message = message_bytes(&format!("checking the cache failed: {e}")).to_vec();
+            (Header::answer(&request, Kind::Failed, &message), &message[..])
+        }
+    };
+    if let Err(e) = sender.lock().await.send(&header, payload).await {
+        debug!(%e, "could not answer a cache check");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,7 +735,7 @@ mod tests {
         let asked = Asked {
             id,
             max_len: 4096,
-            warm: false,
+            want: Want::Bytes,
         };
         let request = Header::read_range(1, [7, 3, 9 << 16], 0, 4096);
         assert!(asked
@@ -667,7 +759,7 @@ mod tests {
         let warm = Asked {
             id,
             max_len: 0,
-            warm: true,
+            want: Want::Warmed,
         };
         let warm_order = Header::warm(2, [7, 3, 9 << 16]);
         assert!(warm

@@ -9,12 +9,14 @@
 //! header is an error (the connection is closed), never a panic.
 //!
 //! Requests: `Read` names a block version; `Warm` asks the home to fetch
-//! one and keep it (warm-up orders). Answers carry the request's number:
-//! `Block` (the block's valid bytes and their CRC32C, checked by the
-//! receiver before the bytes are used or cached), `Warmed` (no payload),
-//! `Missing` (the block is in none of the home's tiers nor the store),
-//! `Failed` (a short message). Answers may come in any order: a connection carries several
-//! requests at once.
+//! one and keep it (warm-up orders); `Verify` (an administrator's, naming
+//! no block) asks a node to check its cached blocks against the store.
+//! Answers carry the request's number: `Block` (the block's valid bytes
+//! and their CRC32C, checked by the receiver before the bytes are used or
+//! cached), `Warmed` (no payload), `Verified` (the check's counters,
+//! [`VERIFY_REPORT_BYTES`]), `Missing` (the block is in none of the home's
+//! tiers nor the store), `Failed` (a short message). Answers may come in
+//! any order: a connection carries several requests at once.
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -24,6 +26,9 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"DLNB");
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Longest `Failed` message.
 pub const MESSAGE_MAX_BYTES: u32 = 1024;
+/// Bytes of a `Verified` payload: the counters of
+/// [`datenlord_engine::VerifyReport`], little-endian u64 words.
+pub const VERIFY_REPORT_BYTES: u32 = 7 * 8;
 /// Bytes of an archived header on the wire.
 pub const HEADER_BYTES: usize = std::mem::size_of::<ArchivedHeader>();
 
@@ -45,12 +50,17 @@ pub enum Kind {
     Warm,
     /// The home now holds the block (no payload).
     Warmed,
+    /// Asks a node to check every block it caches against the store and
+    /// drop bad copies (an administrator's request; names no block).
+    Verify,
+    /// What the check found (payload: [`VERIFY_REPORT_BYTES`]).
+    Verified,
 }
 
 impl Kind {
     /// Whether the frame is a request (else an answer).
     pub fn is_request(self) -> bool {
-        matches!(self, Self::Read | Self::Warm)
+        matches!(self, Self::Read | Self::Warm | Self::Verify)
     }
 }
 
@@ -146,6 +156,11 @@ impl Header {
         Self::new(Kind::Warm, request, id[0], id[1], id[2], &[])
     }
 
+    /// A request to check the node's cached blocks.
+    pub fn verify(request: u64) -> Self {
+        Self::new(Kind::Verify, request, 0, 0, 0, &[])
+    }
+
     /// An answer of `kind` to `to`, for `payload`.
     pub fn answer(to: &Self, kind: Kind, payload: &[u8]) -> Self {
         Self::new(
@@ -213,11 +228,14 @@ impl Header {
             ArchivedKind::Failed => Kind::Failed,
             ArchivedKind::Warm => Kind::Warm,
             ArchivedKind::Warmed => Kind::Warmed,
+            ArchivedKind::Verify => Kind::Verify,
+            ArchivedKind::Verified => Kind::Verified,
         };
         let len = archived.len.to_native();
         let max = match kind {
-            Kind::Read | Kind::Missing | Kind::Warm | Kind::Warmed => 0,
+            Kind::Read | Kind::Missing | Kind::Warm | Kind::Warmed | Kind::Verify => 0,
             Kind::Block => block_max,
+            Kind::Verified => VERIFY_REPORT_BYTES,
             Kind::Failed => MESSAGE_MAX_BYTES,
         };
         if len > max {
@@ -260,6 +278,29 @@ impl Header {
         }
         Ok(())
     }
+}
+
+/// The payload of a `Verified` answer.
+pub fn verify_report_bytes(report: &datenlord_engine::VerifyReport) -> Vec<u8> {
+    report
+        .to_words()
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect()
+}
+
+/// The report a `Verified` payload carries; `None` if it is not one.
+pub fn verify_report_of(payload: &[u8]) -> Option<datenlord_engine::VerifyReport> {
+    if payload.len() != VERIFY_REPORT_BYTES as usize {
+        return None;
+    }
+    let mut words = [0u64; 7];
+    for (word, bytes) in words.iter_mut().zip(payload.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(bytes);
+        *word = u64::from_le_bytes(b);
+    }
+    Some(datenlord_engine::VerifyReport::from_words(words))
 }
 
 /// A `Failed` message cut to [`MESSAGE_MAX_BYTES`] on a character boundary.
@@ -347,6 +388,34 @@ mod tests {
         };
         assert!(Header::decode(&answer_part.encode(), BLOCK).is_err());
         assert!(Header::decode(&Header::warm(1, [1, 0, 1]).encode(), BLOCK).is_ok());
+    }
+
+    #[test]
+    fn a_verify_report_travels_in_a_bounded_payload() {
+        let report = datenlord_engine::VerifyReport {
+            blocks: 9,
+            bytes: 1 << 40,
+            matched: 5,
+            mismatched: 1,
+            corrupt: 1,
+            absent: 1,
+            unchecked: 1,
+        };
+        let payload = verify_report_bytes(&report);
+        let answer = Header::answer(&Header::verify(4), Kind::Verified, &payload);
+        let back = Header::decode(&answer.encode(), BLOCK).expect("decode");
+        assert_eq!(back.check(&payload), Ok(()));
+        assert_eq!(verify_report_of(&payload), Some(report));
+        assert_eq!(verify_report_of(&payload[..8]), None);
+        let longer = Header {
+            len: VERIFY_REPORT_BYTES + 1,
+            ..answer
+        };
+        assert!(matches!(
+            Header::decode(&longer.encode(), BLOCK),
+            Err(FrameError::TooLong { .. })
+        ));
+        assert!(Header::verify(1).kind.is_request());
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //! connections to other nodes and its own listening socket on the node's
 //! block service port (`SO_REUSEPORT`).
 
+pub mod check;
 pub mod conn;
 pub mod frame;
 pub mod mac;
@@ -34,7 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use datenlord_engine::source::{BlockSource, SourceFactory, SourceFuture, VersionResolver};
+use datenlord_engine::source::{
+    BlockSource, ChecksumFuture, SourceFactory, SourceFuture, VersionResolver,
+};
 use datenlord_engine::stats::SharedLatency;
 use datenlord_engine::{BlockId, EngineHandle, ShardContext, ShardId, SourceError};
 use futures::FutureExt;
@@ -528,6 +531,12 @@ impl BlockSource for NeighborSource {
             }
             .boxed_local(),
         )
+    }
+
+    /// What the store (or this node's journal) holds: a cached copy is
+    /// checked against the source of truth, never against another cache.
+    fn checksum(&self, id: BlockId) -> Option<ChecksumFuture> {
+        self.0.below.checksum(id)
     }
 }
 

@@ -81,11 +81,7 @@ pub fn warm(
             ),
         }
     }
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .name("dl-warmup")
-        .io_memory(IO_MEMORY_BYTES)
-        .make()
-        .map_err(|e| NeighborError::Io(format!("starting an executor: {e}")))?;
+    let executor = local_executor("dl-warmup")?;
     let homes = by_home
         .into_iter()
         .map(|(node, (addr, ids))| warm_home(node, addr, ids, link, block_max, &report));
@@ -102,6 +98,16 @@ pub fn warm(
     let report = report.borrow().clone();
     progress(&report);
     Ok(report)
+}
+
+/// An executor on the calling thread for a command's connections to the
+/// nodes (warm-up orders, cache checks).
+pub(crate) fn local_executor(name: &str) -> Result<glommio::LocalExecutor, NeighborError> {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name(name)
+        .io_memory(IO_MEMORY_BYTES)
+        .make()
+        .map_err(|e| NeighborError::Io(format!("starting an executor: {e}")))
 }
 
 async fn warm_home(
