@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod cache;
 mod daemon;
 mod device;
 mod metrics;
@@ -265,16 +266,10 @@ fn parse_peers(text: &str) -> Result<BTreeMap<u64, String>, String> {
 
 #[derive(Debug, Subcommand)]
 enum CacheCommand {
-    /// Show the layout of a cache device and the blocks it holds; with
-    /// --verify, check every block's checksums (exit status 1 if any fails).
-    Inspect {
-        /// The --cache-dir of the node, or its raw cache block device.
-        #[arg(long = "cache-dir", value_name = "DIR|DEVICE")]
-        cache_dir: PathBuf,
-        /// Read every block and verify its checksums.
-        #[arg(long)]
-        verify: bool,
-    },
+    /// Show the layout of a node's cache device and the blocks it holds
+    /// (offline, --cache-dir), or have every cache node of the cluster
+    /// check its blocks against the store (--masters --verify).
+    Inspect(cache::InspectArgs),
 }
 
 fn main() -> ExitCode {
@@ -316,38 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Members(command) => run_members(command),
         Command::Certs(command) => run_certs(command),
         Command::Warmup(args) => warmup::run(&args),
-        Command::Cache(CacheCommand::Inspect { cache_dir, verify }) => {
-            let report = datenlord_engine::inspect::inspect(&cache_dir, verify)
-                .with_context(|| format!("inspecting the cache at {}", cache_dir.display()))?;
-            let sb = &report.superblock;
-            println!("cache: {}", report.path.display());
-            println!(
-                "layout: block size {} KiB, {} shards x {} slots, header {} bytes, epoch {:016x}",
-                sb.block_size / 1024,
-                sb.shards,
-                sb.slots_per_shard,
-                sb.header_bytes,
-                sb.epoch
-            );
-            let mut corrupt = 0;
-            for (shard, region) in report.regions.iter().enumerate() {
-                let verified = if verify {
-                    format!(", {} corrupt", region.corrupt)
-                } else {
-                    String::new()
-                };
-                println!(
-                    "shard {shard}: {} blocks, {} bytes{verified}",
-                    region.blocks, region.bytes
-                );
-                corrupt += region.corrupt;
-            }
-            Ok(if corrupt > 0 {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        Command::Cache(CacheCommand::Inspect(args)) => cache::inspect(&args),
     }
 }
 

@@ -650,6 +650,88 @@ fn warmup_has_the_homes_keep_a_tree_s_blocks_before_anyone_reads_them() {
     }
 }
 
+/// `datenlord cache inspect --verify --masters …`: every node checks the
+/// blocks it caches against the store's object headers and drops copies
+/// that differ (here: a block object replaced in the store behind the
+/// cluster's back); exit status 1 then, 0 once the caches agree again.
+#[test]
+fn cache_inspect_has_every_node_check_its_blocks_against_the_store() {
+    use datenlord_engine::store::object::{encode, parse_block_key, ObjectKind};
+    let c = Cluster::local(71);
+    let nodes: Vec<Mounted> = (0..3)
+        .map(|i| Mounted::start(&c.dirs[i], &c.args(i, true)))
+        .collect();
+    c.wait_registry(3);
+    let data = bytes(16 * 65536, 31);
+    std::fs::write(nodes[0].path().join("f"), &data).expect("write");
+    for node in &nodes[1..] {
+        assert!(std::fs::read(node.path().join("f")).expect("read") == data);
+    }
+    let inspect = |role: &str, id: Option<u64>| {
+        let mut args = vec!["cache", "inspect", "--verify", "--masters", &c.masters];
+        let tls = c.group.tls_args(role, id);
+        args.extend(tls.iter().map(String::as_str));
+        let out = support::node::datenlord(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = inspect("admin", None);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        text.matches(" match the store").count(),
+        4,
+        "3 nodes + all: {text}"
+    );
+    assert!(text.contains("0 differed and 0 were corrupt"), "{text}");
+
+    // One block object of the file is replaced in the store by a valid
+    // object with other bytes.
+    let store = c.dirs[0].root().join("shared-store");
+    let objects: Vec<std::path::PathBuf> = walk_files(&store.join("blocks"));
+    let (path, id) = objects
+        .iter()
+        .find_map(|p| {
+            let relative = p.strip_prefix(&store).ok()?.to_str()?;
+            parse_block_key(relative).map(|id| (p.clone(), id))
+        })
+        .expect("a block object");
+    std::fs::write(&path, encode(ObjectKind::Block(id), &vec![9u8; 65536])).expect("replace");
+    let (code, text) = inspect("admin", None);
+    assert_eq!(code, Some(1), "{text}");
+    let all = text
+        .lines()
+        .find(|l| l.starts_with("all nodes:"))
+        .expect("total");
+    assert!(!all.contains(" 0 differed"), "some copy differed: {text}");
+    // Dropped everywhere: the caches agree with the store again.
+    let (code, text) = inspect("admin", None);
+    assert_eq!(code, Some(0), "{text}");
+    // A node's certificate may not have other nodes check their caches.
+    let (code, text) = inspect("node", Some(71));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not checked"), "{text}");
+    for node in nodes {
+        node.unmount();
+    }
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_files(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
 /// Multi-cloud HA, with a real S3 server (moto) as the store: 3 masters and
 /// 4 nodes, each node and the S3 server in its own network namespace.
 /// Once the blocks of a file are at their homes, the S3 server's link

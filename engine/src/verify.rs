@@ -143,9 +143,9 @@ impl Shard {
         let in_memory = self.memory.borrow().get(id).map(sum_of);
         let on_disk = match &self.disk {
             Some(disk) => match disk.read_quietly(id).await {
-                Ok(DiskRead::Hit { data, skip, len, .. }) => {
-                    Some(sum_of(&data.as_slice()[skip..skip + len]))
-                }
+                Ok(DiskRead::Hit {
+                    data, skip, len, ..
+                }) => Some(sum_of(&data.as_slice()[skip..skip + len])),
                 Ok(DiskRead::Corrupt) => return Some((Verdict::Corrupt, 0)),
                 Ok(DiskRead::Miss) => None,
                 Err(e) => {

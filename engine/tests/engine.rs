@@ -1105,10 +1105,12 @@ fn a_check_of_cached_blocks_drops_copies_that_differ_from_the_source_and_keeps_t
         store.put(id, content(BlockId::new(1, 1, 1), BLOCK));
     }
     let checked = block_on(handle.verify_cached()).expect("verify");
-    let sum = checked.into_iter().fold(VerifyReport::default(), |mut a, r| {
-        a += r;
-        a
-    });
+    let sum = checked
+        .into_iter()
+        .fold(VerifyReport::default(), |mut a, r| {
+            a += r;
+            a
+        });
     assert_eq!(
         sum,
         VerifyReport {
@@ -1122,7 +1124,10 @@ fn a_check_of_cached_blocks_drops_copies_that_differ_from_the_source_and_keeps_t
     );
     // The dropped blocks come from the store again; the others from memory.
     let before = store.fetches();
-    assert_eq!(read_all(&handle, ids[0]), content(BlockId::new(1, 1, 1), BLOCK));
+    assert_eq!(
+        read_all(&handle, ids[0]),
+        content(BlockId::new(1, 1, 1), BLOCK)
+    );
     assert_eq!(read_all(&handle, ids[2]), content(ids[2], BLOCK));
     assert_eq!(store.fetches() - before, 1);
     // A source that cannot answer drops nothing (ids[1] is not cached
@@ -1190,7 +1195,10 @@ fn a_check_of_nvme_blocks_drops_corrupt_and_differing_copies_for_good() {
     let engine = Engine::start(&cfg, store.clone()).expect("restart");
     let handle = engine.handle();
     let before = store.fetches();
-    assert_eq!(read_all(&handle, changed), content(BlockId::new(2, 2, 2), BLOCK));
+    assert_eq!(
+        read_all(&handle, changed),
+        content(BlockId::new(2, 2, 2), BLOCK)
+    );
     assert_eq!(read_all(&handle, corrupted), content(corrupted, BLOCK));
     assert_eq!(store.fetches() - before, 2);
     engine.shutdown().expect("shutdown");

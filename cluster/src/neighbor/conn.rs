@@ -713,11 +713,17 @@ async fn answer_verify(ctx: &ShardContext, request: Header, sender: &AsyncMutex<
                 "checked the cached blocks against the store"
             );
             message = verify_report_bytes(&sum);
-            (Header::answer(&request, Kind::Verified, &message), &message[..])
+            (
+                Header::answer(&request, Kind::Verified, &message),
+                &message[..],
+            )
         }
         Err(e) => {
             message = message_bytes(&format!("checking the cache failed: {e}")).to_vec();
-            (Header::answer(&request, Kind::Failed, &message), &message[..])
+            (
+                Header::answer(&request, Kind::Failed, &message),
+                &message[..],
+            )
         }
     };
     if let Err(e) = sender.lock().await.send(&header, payload).await {

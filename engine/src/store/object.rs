@@ -310,8 +310,9 @@ mod tests {
             block_checksum(id, header),
             Ok((crc32c::crc32c(b"payload"), 7))
         );
-        assert!(block_checksum(BlockId::new(42, 7, 4), header)
-            .is_err_and(|e| e.contains("wrong key")));
+        assert!(
+            block_checksum(BlockId::new(42, 7, 4), header).is_err_and(|e| e.contains("wrong key"))
+        );
         let mut flipped = header.to_vec();
         flipped[40] ^= 1;
         assert!(block_checksum(id, &flipped).is_err());

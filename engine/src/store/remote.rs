@@ -708,7 +708,10 @@ impl RemoteInner {
 
     /// A block's payload checksum and length from its object's header (one
     /// ranged GET of the header); `None` when the store has no such object.
-    pub(crate) async fn block_checksum(&self, id: BlockId) -> Result<Option<(u32, u64)>, StoreError> {
+    pub(crate) async fn block_checksum(
+        &self,
+        id: BlockId,
+    ) -> Result<Option<(u32, u64)>, StoreError> {
         let key = self.full_key(&object::block_key(id));
         let head = match self
             .with_retries(&key, || self.get_head_once(&key, OBJECT_HEADER_BYTES))

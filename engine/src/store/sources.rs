@@ -11,7 +11,8 @@ use super::writeback::WriteBack;
 use super::StoreError;
 use crate::block::{BlockId, Ino, ShardId};
 use crate::source::{
-    BlockSource, Checksum, ChecksumFuture, SourceError, SourceFactory, SourceFuture, VersionResolver,
+    BlockSource, Checksum, ChecksumFuture, SourceError, SourceFactory, SourceFuture,
+    VersionResolver,
 };
 
 /// The current version of a block (the metadata's block map).
