@@ -1445,6 +1445,11 @@ fn render_neighbors(
             &stats.served_misses,
         ),
         (
+            "served_off_shard",
+            "Requests served through another core than the block's owner (the requester did not know this node's shards yet).",
+            &stats.served_off_shard,
+        ),
+        (
             "refused",
             "Connections this node refused (handshake, identity, bad frames).",
             &stats.refused,

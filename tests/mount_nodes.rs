@@ -313,6 +313,14 @@ fn nodes_serve_each_others_blocks_and_the_store_is_read_once_per_block() {
         "no neighbor errors"
     );
     assert!(sum("datenlord_neighbor_served_total") >= from_neighbors);
+    // Requests go to the home's core that owns the block; only the first
+    // on each connection of a requesting core to a node whose cores it
+    // did not know yet may not (3 nodes, at most 2 cores each here).
+    let off_shard = sum("datenlord_neighbor_served_off_shard_total");
+    assert!(
+        off_shard <= 12.0,
+        "{off_shard} requests hopped between cores"
+    );
 
     // The writer leaves: its blocks get other homes, every read succeeds.
     let mut nodes = nodes.into_iter();

@@ -59,10 +59,21 @@ impl TestNode {
 
     /// A node whose memory tier holds `blocks` blocks.
     fn with_memory(id: u64, link: &DataLink, membership: Membership, blocks: u64) -> Self {
+        Self::with_cores(id, link, membership, blocks, 2)
+    }
+
+    /// [`Self::with_memory`] on `cores` shards.
+    fn with_cores(
+        id: u64,
+        link: &DataLink,
+        membership: Membership,
+        blocks: u64,
+        cores: usize,
+    ) -> Self {
         let store = MemoryStore::new();
         let stats = Arc::new(NeighborStats::default());
         let config = EngineConfig {
-            cores: Some(2),
+            cores: Some(cores),
             block_size: BlockSize::new(BLOCK as u64).expect("block size"),
             memory_bytes: blocks * BLOCK as u64,
             hugepages: false,
@@ -193,6 +204,55 @@ fn a_miss_is_served_by_the_blocks_home_which_reads_its_store_once() {
         1,
         "one store read for every reader"
     );
+}
+
+/// Each requesting shard talks to the home's shard that owns the block:
+/// once the home's hello told its shard count, no request hops between
+/// the home's cores, whatever the two nodes' shard counts.
+#[test]
+fn requests_reach_the_home_shard_that_owns_the_block() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    init_ca(&ca, 1).expect("ca");
+    for (requester_cores, home_cores) in [(2, 2), (1, 2), (2, 1)] {
+        let membership = Membership::default();
+        let link = |id: u64| {
+            DataLink::new(security(
+                &ca,
+                &dir.path()
+                    .join(format!("{requester_cores}{home_cores}-{id}")),
+                id,
+            ))
+        };
+        let a = TestNode::with_cores(1, &link(1), membership.clone(), 256, requester_cores);
+        let b = TestNode::with_cores(2, &link(2), membership.clone(), 256, home_cores);
+        // B is the only live node: the home of every block.
+        let a_record = CacheNode {
+            live: false,
+            ..a.record()
+        };
+        membership.set(View::new(1, &[a_record, b.record()]));
+        let ids: Vec<BlockId> = (0..64).map(|i| BlockId::new(5, i, 1 << 16)).collect();
+        for &id in &ids {
+            b.store.put(id, content(id));
+        }
+        // The first request of each of A's shards may go on a connection
+        // to any of B's shards (B's shards are not known yet).
+        for &id in &ids[..8] {
+            assert_eq!(a.read(id).expect("read"), content(id));
+        }
+        let off = b.stats.served_off_shard.load(Ordering::Relaxed);
+        assert!(off <= requester_cores as u64, "{off}");
+        for &id in &ids[8..] {
+            assert_eq!(a.read(id).expect("read"), content(id));
+        }
+        assert_eq!(
+            b.stats.served_off_shard.load(Ordering::Relaxed),
+            off,
+            "{requester_cores} requesting shards, {home_cores} home shards"
+        );
+        assert_eq!(a.stats.hits.load(Ordering::Relaxed), ids.len() as u64);
+    }
 }
 
 #[test]

@@ -40,6 +40,22 @@ pub const IN_FLIGHT_MAX: usize = 32;
 pub const CONNECT_TIMEOUT_MS: u64 = 2_000;
 /// A served connection with no request for this long is closed.
 pub const IDLE_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+/// The route preamble a requester sends in clear before anything else:
+/// "DLR1", then the home's shard it wants to talk to (u16 LE;
+/// [`ROUTE_ANY`] when it does not know the home's shards yet), then two
+/// zero bytes. Only a hint: it picks the shard that serves the
+/// connection, nothing else is taken from it before the handshake.
+pub const ROUTE_BYTES: usize = 8;
+const ROUTE_MAGIC: [u8; 4] = *b"DLR1";
+/// A route preamble's "any shard".
+pub const ROUTE_ANY: u16 = u16::MAX;
+/// The home's hello, its first bytes after the handshake (inside TLS):
+/// "DLH1", its shard count and the shard serving the connection (u16 LE
+/// each). Tells the requester which shard owns a block on the home.
+const HELLO_BYTES: usize = 8;
+const HELLO_MAGIC: [u8; 4] = *b"DLH1";
+/// Most shards a home may say it has.
+pub const HOME_SHARDS_MAX: u16 = 4096;
 
 /// A byte stream: plain TCP or TLS over it.
 pub(crate) trait Duplex: AsyncRead + AsyncWrite + Unpin {}
@@ -140,20 +156,85 @@ fn export<D>(
 /// keys of its frames' MACs (the stream is then the bare socket).
 type Opened = (Stream, Option<Keys>);
 
-/// Connects to node `node` at `addr`: TCP, then with TLS the handshake and
-/// a check that the certificate is that node's.
-async fn connect(addr: &str, node: u64, link: &DataLink) -> Result<Opened, NeighborError> {
+/// Which shard of the home serves a connection, and how many it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The home's shard count.
+    pub shards: u16,
+    /// The shard serving this connection.
+    pub shard: u16,
+}
+
+impl Hello {
+    fn encode(self) -> [u8; HELLO_BYTES] {
+        let mut out = [0u8; HELLO_BYTES];
+        out[..4].copy_from_slice(&HELLO_MAGIC);
+        out[4..6].copy_from_slice(&self.shards.to_le_bytes());
+        out[6..].copy_from_slice(&self.shard.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: [u8; HELLO_BYTES]) -> Result<Self, NeighborError> {
+        let shards = u16::from_le_bytes([bytes[4], bytes[5]]);
+        let shard = u16::from_le_bytes([bytes[6], bytes[7]]);
+        if bytes[..4] != HELLO_MAGIC || shards == 0 || shards > HOME_SHARDS_MAX || shard >= shards {
+            return Err(NeighborError::Io(
+                "the home's hello is malformed (another release of DatenLord?)".into(),
+            ));
+        }
+        Ok(Self { shards, shard })
+    }
+}
+
+/// The route preamble for home shard `want`.
+fn route_preamble(want: u16) -> [u8; ROUTE_BYTES] {
+    let mut out = [0u8; ROUTE_BYTES];
+    out[..4].copy_from_slice(&ROUTE_MAGIC);
+    out[4..6].copy_from_slice(&want.to_le_bytes());
+    out
+}
+
+/// Reads a new connection's route preamble: the shard it asks for
+/// ([`ROUTE_ANY`] for any), within the connect timeout.
+pub(crate) async fn read_route(tcp: &mut TcpStream) -> Result<u16, NeighborError> {
+    let mut preamble = [0u8; ROUTE_BYTES];
+    within(CONNECT_TIMEOUT_MS, async {
+        tcp.read_exact(&mut preamble).await?;
+        Ok(())
+    })
+    .await?;
+    if preamble[..4] != ROUTE_MAGIC || preamble[6..] != [0, 0] {
+        return Err(NeighborError::Io(
+            "not a DatenLord block connection, or one from an older release (no route preamble)"
+                .into(),
+        ));
+    }
+    Ok(u16::from_le_bytes([preamble[4], preamble[5]]))
+}
+
+/// Connects to node `node` at `addr` asking for its shard `want`: TCP and
+/// the route preamble, then with TLS the handshake and a check that the
+/// certificate is that node's, then the home's hello.
+async fn connect(
+    addr: &str,
+    node: u64,
+    link: &DataLink,
+    want: u16,
+) -> Result<(Opened, Hello), NeighborError> {
     let resolved: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| NeighborError::Io(format!("cannot resolve {addr}: use host:port")))?;
     within(CONNECT_TIMEOUT_MS, async {
-        let tcp = TcpStream::connect(resolved)
+        let mut tcp = TcpStream::connect(resolved)
             .await
             .map_err(|e| NeighborError::Io(format!("connecting to {addr}: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        tcp.write_all(&route_preamble(want)).await?;
+        let mut hello = [0u8; HELLO_BYTES];
         let Security::Tls(tls_dir) = &link.security else {
-            return Ok((Box::new(tcp) as Stream, None));
+            tcp.read_exact(&mut hello).await?;
+            return Ok(((Box::new(tcp) as Stream, None), Hello::decode(hello)?));
         };
         let mut config = (*tls_dir.current().client).clone();
         config.alpn_protocols = alpn(link.data_tls);
@@ -163,26 +244,33 @@ async fn connect(addr: &str, node: u64, link: &DataLink) -> Result<Opened, Neigh
             .map_err(|e| NeighborError::Io(format!("TLS with {addr}: {e}")))?;
         let who = identity_of(stream.get_ref().1.peer_certificates())?;
         check_peer(tls_dir, &who, Some(node))?;
+        // The hello comes inside TLS. With frames in clear it is also the
+        // home's word that it has left TLS (its last record; it sends
+        // nothing more before a request), so no byte of either side's
+        // clear frames can be taken for TLS.
+        stream.read_exact(&mut hello).await?;
+        let hello = Hello::decode(hello)?;
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_MAC) {
-            return Ok((Box::new(stream) as Stream, None));
+            return Ok(((Box::new(stream) as Stream, None), hello));
         }
-        // Frames in clear: the home says when it has left TLS (one byte, its
-        // last record; it sends nothing more before a request), so no byte
-        // of either side's clear frames can be taken for TLS.
-        let mut go = [0u8; 1];
-        stream.read_exact(&mut go).await?;
         let keys =
             Keys::derive(End::Client, export(stream.get_ref().1)).map_err(NeighborError::Io)?;
         let (tcp, _) = stream.into_inner();
-        Ok((Box::new(tcp) as Stream, Some(keys)))
+        Ok(((Box::new(tcp) as Stream, Some(keys)), hello))
     })
     .await
 }
 
-/// The serving side of a new connection: the handshake and who it is.
-async fn accept(tcp: TcpStream, link: &DataLink) -> Result<(Opened, Peer), NeighborError> {
+/// The serving side of a new connection (its route preamble read): the
+/// handshake, who it is, and this end's hello.
+async fn accept(
+    mut tcp: TcpStream,
+    link: &DataLink,
+    hello: Hello,
+) -> Result<(Opened, Peer), NeighborError> {
     let _ = tcp.set_nodelay(true);
     let Security::Tls(tls_dir) = &link.security else {
+        tcp.write_all(&hello.encode()).await?;
         return Ok(((Box::new(tcp), None), Peer::Unverified));
     };
     within(CONNECT_TIMEOUT_MS, async {
@@ -194,13 +282,13 @@ async fn accept(tcp: TcpStream, link: &DataLink) -> Result<(Opened, Peer), Neigh
             .map_err(|e| NeighborError::Io(format!("TLS handshake: {e}")))?;
         let who = identity_of(stream.get_ref().1.peer_certificates())?;
         check_peer(tls_dir, &who, None)?;
+        stream.write_all(&hello.encode()).await?;
+        stream.flush().await?;
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_MAC) {
             return Ok(((Box::new(stream) as Stream, None), Peer::Certified(who)));
         }
         let keys =
             Keys::derive(End::Server, export(stream.get_ref().1)).map_err(NeighborError::Io)?;
-        stream.write_all(&[1]).await?;
-        stream.flush().await?;
         let (tcp, _) = stream.into_inner();
         Ok(((Box::new(tcp) as Stream, Some(keys)), Peer::Certified(who)))
     })
@@ -337,6 +425,7 @@ pub struct Conn {
     slots: glommio::sync::Semaphore,
     broken: Rc<Cell<bool>>,
     clear: bool,
+    hello: Hello,
     /// Dropped with the connection: ends its answer reader.
     _closing: flume::Sender<()>,
 }
@@ -352,15 +441,29 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// Connects to node `node` at `addr`; answers are read by a task of
-    /// this shard. `block_max` bounds an answer's payload.
+    /// Connects to node `node` at `addr`, served by any of its shards;
+    /// answers are read by a task of this shard. `block_max` bounds an
+    /// answer's payload.
     pub async fn open(
         node: u64,
         addr: &str,
         link: &DataLink,
         block_max: u32,
     ) -> Result<Rc<Self>, NeighborError> {
-        let opened = connect(addr, node, link).await?;
+        Self::open_to(node, addr, link, block_max, ROUTE_ANY).await
+    }
+
+    /// [`Self::open`], served by the home's shard `want` (the owner of the
+    /// blocks it will be asked for: no hop between the home's cores) when
+    /// the home has it; [`Self::hello`] says which shard serves it.
+    pub async fn open_to(
+        node: u64,
+        addr: &str,
+        link: &DataLink,
+        block_max: u32,
+        want: u16,
+    ) -> Result<Rc<Self>, NeighborError> {
+        let (opened, hello) = connect(addr, node, link, want).await?;
         let clear = opened.1.is_some();
         let (reader, writer) = halves(opened, block_max);
         let (closing, closed) = flume::bounded::<()>(0);
@@ -372,6 +475,7 @@ impl Conn {
             slots: glommio::sync::Semaphore::new(IN_FLIGHT_MAX as u64),
             broken: Rc::new(Cell::new(false)),
             clear,
+            hello,
             _closing: closing,
         });
         let weak = Rc::downgrade(&conn);
@@ -389,6 +493,11 @@ impl Conn {
         })
         .detach();
         Ok(conn)
+    }
+
+    /// The home's shard count and the shard serving this connection.
+    pub fn hello(&self) -> Hello {
+        self.hello
     }
 
     /// Whether frames go in clear with a MAC (`--data-tls off` on both
@@ -542,7 +651,11 @@ pub(crate) async fn serve_connection(
     stats: Arc<NeighborStats>,
 ) {
     let remote = tcp.peer_addr().ok();
-    let (opened, peer) = match accept(tcp, &link).await {
+    let hello = Hello {
+        shards: u16::try_from(ctx.shards()).unwrap_or(HOME_SHARDS_MAX),
+        shard: ctx.id().0,
+    };
+    let (opened, peer) = match accept(tcp, &link, hello).await {
         Ok(accepted) => accepted,
         Err(e) => {
             NeighborStats::add(&stats.refused, 1);
@@ -649,6 +762,11 @@ async fn answer(
         return answer_verify(ctx, request, sender).await;
     }
     let id = BlockId::new(request.ino, request.index, request.block_version);
+    if id.key().owner(ctx.shards()) != ctx.id() {
+        // The requester did not know this node's shards yet, or they
+        // changed: served through the owner shard (one hop).
+        NeighborStats::add(&stats.served_off_shard, 1);
+    }
     // A warm-up order is for the whole block (decode refuses one for part).
     let (offset, len) = match request.range {
         0 => (0, ctx.block_size().bytes()),
@@ -734,6 +852,35 @@ async fn answer_verify(ctx: &ShardContext, request: Header, sender: &AsyncMutex<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hello_names_a_shard_the_home_has_or_is_refused() {
+        let hello = Hello {
+            shards: 8,
+            shard: 7,
+        };
+        assert_eq!(Hello::decode(hello.encode()).ok(), Some(hello));
+        for bad in [
+            Hello {
+                shards: 8,
+                shard: 8,
+            },
+            Hello {
+                shards: 0,
+                shard: 0,
+            },
+            Hello {
+                shards: HOME_SHARDS_MAX + 1,
+                shard: 0,
+            },
+        ] {
+            assert!(Hello::decode(bad.encode()).is_err(), "{bad:?}");
+        }
+        let mut foreign = hello.encode();
+        foreign[0] = b'X';
+        assert!(Hello::decode(foreign).is_err());
+        assert_eq!(&route_preamble(3)[..], b"DLR1\x03\0\0\0");
+    }
 
     #[test]
     fn an_answer_about_another_block_or_longer_than_asked_is_refused() {

@@ -29,7 +29,7 @@ pub mod warm;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -142,6 +142,10 @@ pub struct NeighborStats {
     pub served_bytes: AtomicU64,
     /// Requests this node answered with a miss or an error.
     pub served_misses: AtomicU64,
+    /// Requests served on a connection of a shard other than the block's
+    /// owner (one hop between this node's cores): the requester did not
+    /// know this node's shards yet.
+    pub served_off_shard: AtomicU64,
     /// Connections this node refused (handshake, identity, bad frames).
     pub refused: AtomicU64,
     /// Sum of the requester's wait for a home's answer, in microseconds.
@@ -231,6 +235,7 @@ impl<F: SourceFactory> SourceFactory for NeighborSources<F> {
             stats: Arc::clone(&self.stats),
             block_max: self.block_max,
             conns: RefCell::new(HashMap::new()),
+            home_shards: RefCell::new(HashMap::new()),
             opening: futures::lock::Mutex::new(()),
             down: RefCell::new(HashMap::new()),
         })))
@@ -248,6 +253,9 @@ struct Down {
     backoff: Duration,
 }
 
+/// A connection to a node's shard, with the address it went to.
+type Opened = (String, Rc<Conn>);
+
 /// One shard's neighbor tier.
 struct Shared {
     below: Rc<dyn BlockSource>,
@@ -256,8 +264,12 @@ struct Shared {
     link: DataLink,
     stats: Arc<NeighborStats>,
     block_max: u32,
-    /// Open connections by node, with the address they went to.
-    conns: RefCell<HashMap<u64, (String, Rc<Conn>)>>,
+    /// Open connections by node and the node's shard serving them, with
+    /// the address they went to.
+    conns: RefCell<HashMap<(u64, u16), Opened>>,
+    /// Each node's shard count, from its hello: a block goes on the
+    /// connection to its owner shard there.
+    home_shards: RefCell<HashMap<u64, u16>>,
     /// Held while a connection is being made: concurrent misses wait for
     /// it instead of each opening one.
     opening: futures::lock::Mutex<()>,
@@ -321,34 +333,64 @@ impl Shared {
         id: BlockId,
         range: Option<(u32, u32)>,
     ) -> Result<Vec<u8>, NeighborError> {
-        let conn = self.conn(node, addr).await?;
+        let conn = self.conn(node, addr, id).await?;
         conn.read(id, range, REQUEST_TIMEOUT_MS).await
     }
 
-    fn open_conn(&self, node: u64, addr: &str) -> Option<Rc<Conn>> {
-        self.conns
-            .borrow()
-            .get(&node)
-            .filter(|(at, c)| at == addr && !c.is_broken())
-            .map(|(_, c)| Rc::clone(c))
+    /// The shard of `node` that owns `id`, once its hello told its shards.
+    fn owner_at(&self, node: u64, id: BlockId) -> Option<u16> {
+        let shards = *self.home_shards.borrow().get(&node)?;
+        Some(id.key().owner(usize::from(shards)).0)
     }
 
-    /// This shard's connection to `node`, made if there is none.
-    async fn conn(&self, node: u64, addr: &str) -> Result<Rc<Conn>, NeighborError> {
-        if let Some(conn) = self.open_conn(node, addr) {
+    /// An open connection to `node`'s shard `shard` (any shard: `None`).
+    fn open_conn(&self, node: u64, addr: &str, shard: Option<u16>) -> Option<Rc<Conn>> {
+        let usable = |(at, c): &Opened| at == addr && !c.is_broken();
+        let conns = self.conns.borrow();
+        match shard {
+            Some(shard) => conns.get(&(node, shard)).filter(|c| usable(c)),
+            None => conns
+                .iter()
+                .find(|((n, _), c)| *n == node && usable(c))
+                .map(|(_, c)| c),
+        }
+        .map(|(_, c)| Rc::clone(c))
+    }
+
+    /// This shard's connection to the shard of `node` that owns `id`, made
+    /// if there is none. Until the node's hello told its shard count, any
+    /// connection to it will do (the node hops to the owner itself).
+    async fn conn(&self, node: u64, addr: &str, id: BlockId) -> Result<Rc<Conn>, NeighborError> {
+        let want = self.owner_at(node, id);
+        if let Some(conn) = self.open_conn(node, addr, want) {
             return Ok(conn);
         }
         let _opening = self.opening.lock().await;
-        if let Some(conn) = self.open_conn(node, addr) {
+        let want = self.owner_at(node, id);
+        if let Some(conn) = self.open_conn(node, addr, want) {
             return Ok(conn);
         }
-        let conn = Conn::open(node, addr, &self.link, self.block_max).await?;
+        let conn = Conn::open_to(
+            node,
+            addr,
+            &self.link,
+            self.block_max,
+            want.unwrap_or(conn::ROUTE_ANY),
+        )
+        .await?;
         if conn.is_clear() {
             NeighborStats::add(&self.stats.clear_connections, 1);
         }
-        self.conns
-            .borrow_mut()
-            .insert(node, (addr.to_string(), Rc::clone(&conn)));
+        let hello = conn.hello();
+        self.home_shards.borrow_mut().insert(node, hello.shards);
+        let mut conns = self.conns.borrow_mut();
+        let entry = (addr.to_string(), Rc::clone(&conn));
+        if let Some(want) = want.filter(|w| *w != hello.shard) {
+            // The node could not route it (its shards changed): used for
+            // that shard's blocks anyway rather than opening more.
+            conns.insert((node, want), entry.clone());
+        }
+        conns.insert((node, hello.shard), entry);
         Ok(conn)
     }
 
@@ -368,7 +410,8 @@ impl Shared {
             },
         );
         drop(down);
-        self.conns.borrow_mut().remove(&home);
+        self.conns.borrow_mut().retain(|(node, _), _| *node != home);
+        self.home_shards.borrow_mut().remove(&home);
         if first {
             warn!(node = home, %addr, %err, "a neighbor failed: reading from the store; asking it again after a backoff");
         }
@@ -580,24 +623,31 @@ impl NeighborServer {
             sockets.push(Some(OwnedFd::from(reuse_port_listener(addr)?)));
         }
         let sockets = Arc::new(Mutex::new(sockets));
+        // Each shard's inbox of connections another shard accepted for it.
+        let (routes, inboxes): (Vec<_>, Vec<_>) = (0..engine.shards())
+            .map(|_| {
+                let (tx, rx) = flume::unbounded::<OwnedFd>();
+                (tx, Some(rx))
+            })
+            .unzip();
+        let routes = Arc::new(routes);
+        let inboxes = Arc::new(Mutex::new(inboxes));
         let (stop, stopped) = flume::bounded::<()>(0);
         let engine = engine.clone();
         let thread = std::thread::Builder::new()
             .name("neighbor-serve".into())
             .spawn(move || {
                 let serve = engine.run_on_all(move |ctx| {
-                    let socket = sockets
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get_mut(ctx.id().index())
-                        .and_then(Option::take);
-                    serve_shard(
-                        ctx,
-                        socket,
-                        stopped.clone(),
-                        link.clone(),
-                        Arc::clone(&stats),
-                    )
+                    let socket = take_slot(&sockets, ctx.id().index());
+                    let inbox = take_slot(&inboxes, ctx.id().index());
+                    let service = Service {
+                        ctx: ctx.clone(),
+                        link: link.clone(),
+                        stats: Arc::clone(&stats),
+                        stopped: stopped.clone(),
+                        open: Rc::new(std::cell::Cell::new(0)),
+                    };
+                    serve_shard(service, socket, inbox, Arc::clone(&routes))
                 });
                 if let Err(e) = futures::executor::block_on(serve) {
                     warn!(%e, "the block service stopped with the engine");
@@ -636,6 +686,14 @@ impl Drop for NeighborServer {
     }
 }
 
+/// Takes a shard's part of what was made for every shard.
+fn take_slot<T>(all: &Mutex<Vec<Option<T>>>, shard: usize) -> Option<T> {
+    all.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_mut(shard)
+        .and_then(Option::take)
+}
+
 fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -652,52 +710,119 @@ fn reuse_port_listener(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
 /// Most connections one shard serves at once.
 pub const CONNECTIONS_PER_SHARD_MAX: usize = 1024;
 
-async fn serve_shard(
+/// One shard's block service: what its connections need.
+#[derive(Clone)]
+struct Service {
     ctx: ShardContext,
-    socket: Option<OwnedFd>,
-    stopped: flume::Receiver<()>,
     link: DataLink,
     stats: Arc<NeighborStats>,
+    stopped: flume::Receiver<()>,
+    /// Connections this shard serves.
+    open: Rc<std::cell::Cell<usize>>,
+}
+
+impl Service {
+    /// Serves `tcp` (its route preamble read) on this shard until it
+    /// closes or the service stops.
+    fn serve(&self, tcp: glommio::net::TcpStream) {
+        if self.open.get() >= CONNECTIONS_PER_SHARD_MAX {
+            NeighborStats::add(&self.stats.refused, 1);
+            warn!(shard = %self.ctx.id(), "too many neighbor connections: refusing one");
+            return;
+        }
+        self.open.set(self.open.get() + 1);
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            let serve = conn::serve_connection(
+                this.ctx.clone(),
+                tcp,
+                this.link.clone(),
+                Arc::clone(&this.stats),
+            );
+            futures::future::select(Box::pin(serve), Box::pin(this.stopped.recv_async())).await;
+            this.open.set(this.open.get() - 1);
+        })
+        .detach();
+    }
+
+    /// Reads an accepted connection's route preamble and serves it here,
+    /// or hands it to the shard it asks for (the owner of the blocks it
+    /// will ask about), so no request hops between this node's cores.
+    fn route(&self, mut tcp: glommio::net::TcpStream, routes: Arc<Vec<flume::Sender<OwnedFd>>>) {
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            let want = match conn::read_route(&mut tcp).await {
+                Ok(want) => usize::from(want),
+                Err(e) => {
+                    NeighborStats::add(&this.stats.refused, 1);
+                    warn!(remote = ?tcp.peer_addr().ok(), %e, "refused a neighbor connection");
+                    return;
+                }
+            };
+            let Some(route) = routes.get(want).filter(|_| want != this.ctx.id().index()) else {
+                // Here, or any shard, or one this node does not have.
+                return this.serve(tcp);
+            };
+            // SAFETY: the descriptor is the open socket `tcp` holds until
+            // it is dropped below; the duplicate is owned from here on.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(tcp.as_raw_fd()) }
+                .try_clone_to_owned();
+            drop(tcp);
+            match fd {
+                Ok(fd) => {
+                    let _ = route.send(fd);
+                }
+                Err(e) => warn!(%e, "handing a neighbor connection to its shard failed"),
+            }
+        })
+        .detach();
+    }
+}
+
+async fn serve_shard(
+    service: Service,
+    socket: Option<OwnedFd>,
+    inbox: Option<flume::Receiver<OwnedFd>>,
+    routes: Arc<Vec<flume::Sender<OwnedFd>>>,
 ) {
-    let Some(socket) = socket else {
-        warn!(shard = %ctx.id(), "no block service socket for this shard");
+    let (Some(socket), Some(inbox)) = (socket, inbox) else {
+        warn!(shard = %service.ctx.id(), "no block service socket for this shard");
         return;
     };
+    // Connections other shards accepted for this one.
+    let handed = service.clone();
+    glommio::spawn_local(async move {
+        loop {
+            let next = futures::future::select(
+                Box::pin(inbox.recv_async()),
+                Box::pin(handed.stopped.recv_async()),
+            )
+            .await;
+            let futures::future::Either::Left((Ok(fd), _)) = next else {
+                return;
+            };
+            // SAFETY: a connected TCP socket handed over by its accepting
+            // shard, owned by this stream from here on.
+            handed.serve(unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) });
+        }
+    })
+    .detach();
     // SAFETY: the descriptor is a bound, listening TCP socket this
     // function owns from here on.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(socket.into_raw_fd()) };
-    let open = Rc::new(std::cell::Cell::new(0usize));
     loop {
-        let accepted =
-            futures::future::select(Box::pin(listener.accept()), Box::pin(stopped.recv_async()))
-                .await;
-        let tcp = match accepted {
-            futures::future::Either::Left((Ok(tcp), _)) => tcp,
+        let accepted = futures::future::select(
+            Box::pin(listener.accept()),
+            Box::pin(service.stopped.recv_async()),
+        )
+        .await;
+        match accepted {
+            futures::future::Either::Left((Ok(tcp), _)) => service.route(tcp, Arc::clone(&routes)),
             futures::future::Either::Left((Err(e), _)) => {
-                warn!(shard = %ctx.id(), %e, "accepting a neighbor connection failed");
+                warn!(shard = %service.ctx.id(), %e, "accepting a neighbor connection failed");
                 glommio::timer::sleep(Duration::from_millis(100)).await;
-                continue;
             }
             futures::future::Either::Right(_) => return,
-        };
-        if open.get() >= CONNECTIONS_PER_SHARD_MAX {
-            NeighborStats::add(&stats.refused, 1);
-            warn!(shard = %ctx.id(), "too many neighbor connections: refusing one");
-            continue;
         }
-        open.set(open.get() + 1);
-        let (ctx, link, stats, stopped, open) = (
-            ctx.clone(),
-            link.clone(),
-            Arc::clone(&stats),
-            stopped.clone(),
-            Rc::clone(&open),
-        );
-        glommio::spawn_local(async move {
-            let serve = conn::serve_connection(ctx, tcp, link, stats);
-            futures::future::select(Box::pin(serve), Box::pin(stopped.recv_async())).await;
-            open.set(open.get() - 1);
-        })
-        .detach();
     }
 }
