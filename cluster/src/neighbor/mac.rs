@@ -19,7 +19,7 @@
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 
-use super::frame::FrameError;
+use super::frame::{FrameError, HEADER_BYTES};
 
 /// Bytes of the tag after each frame.
 pub const TAG_BYTES: usize = 16;
@@ -109,12 +109,19 @@ impl Direction {
             .key
             .seal_in_place_separate_tag(nonce(seq, 0), Aad::from(payload), &mut [])
             .map_err(failed)?;
-        let mut outer_aad = Vec::with_capacity(header.len() + TAG_BYTES);
-        outer_aad.extend_from_slice(header);
-        outer_aad.extend_from_slice(inner.as_ref());
+        // The header and the first tag, on the stack (no allocation per
+        // frame).
+        let mut outer_aad = [0u8; HEADER_BYTES + TAG_BYTES];
+        let header_len = header.len();
+        if header_len > HEADER_BYTES {
+            return Err(format!("a {header_len}-byte frame header"));
+        }
+        let aad_len = header_len + TAG_BYTES;
+        outer_aad[..header_len].copy_from_slice(header);
+        outer_aad[header_len..aad_len].copy_from_slice(inner.as_ref());
         let outer = self
             .key
-            .seal_in_place_separate_tag(nonce(seq, 1), Aad::from(&outer_aad), &mut [])
+            .seal_in_place_separate_tag(nonce(seq, 1), Aad::from(&outer_aad[..aad_len]), &mut [])
             .map_err(failed)?;
         let mut tag = [0u8; TAG_BYTES];
         tag.copy_from_slice(outer.as_ref());
