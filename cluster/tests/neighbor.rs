@@ -380,6 +380,45 @@ fn a_block_not_in_the_store_is_served_by_the_node_that_wrote_it() {
     ));
 }
 
+/// A home reading a block that another node wrote, while a peer asks it
+/// for the same block, makes one store read: the peer's request joins the
+/// home's own fetch (asking the writer, if it came to that, cannot make
+/// two nodes wait on each other).
+#[test]
+fn a_home_and_a_peer_reading_one_block_at_once_make_one_store_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b, _, at_b) = pair(dir.path(), 32);
+    // Written by A, homed at B, in B's store only (uploaded).
+    let ids: Vec<BlockId> = at_b
+        .iter()
+        .map(|id| BlockId::new(id.ino.0, id.index, (6 << 16) | 1))
+        .collect();
+    for &id in &ids {
+        b.store.put(id, content(id));
+    }
+    b.store.set_delay(Duration::from_millis(100));
+    let (ha, hb) = (a.handle(), b.handle());
+    let reads: Vec<_> = ids
+        .iter()
+        .flat_map(|&id| {
+            [ha.clone(), hb.clone()].map(|h| {
+                std::thread::spawn(move || {
+                    block_on(h.read(id, 0, BLOCK as u32, Vec::new())).map(|(buf, _)| buf)
+                })
+            })
+        })
+        .collect();
+    for (i, read) in reads.into_iter().enumerate() {
+        let id = ids[i / 2];
+        assert_eq!(read.join().expect("reader").expect("read"), content(id));
+    }
+    assert_eq!(
+        b.store.fetches(),
+        ids.len() as u64,
+        "one store read per block"
+    );
+}
+
 /// A small random read of a block the requester will not keep (its memory
 /// is full of blocks as hot) moves only the bytes asked for; the home
 /// keeps the whole block.

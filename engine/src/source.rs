@@ -62,8 +62,9 @@ pub trait BlockSource {
         self.fetch(id)
     }
 
-    /// Whether [`Self::fetch`] of `id` would ask another node (then the
-    /// engine does not make a peer's request wait on that fetch).
+    /// Whether [`Self::fetch`] of `id` may wait on another node's fetches
+    /// (it asks another node that may itself ask onwards): then the engine
+    /// does not make a peer's request wait on that fetch.
     fn forwards(&self, _id: BlockId) -> bool {
         false
     }

@@ -544,8 +544,13 @@ impl BlockSource for NeighborSource {
         self.0.below_fetch(id)
     }
 
+    /// Whether a fetch may wait on another node's fetch: only when it asks
+    /// a home. Asking the block's writer cannot make two nodes wait on
+    /// each other (the writer answers from its journal and the store, never
+    /// asking anyone), so a peer's request at a block's home joins the
+    /// home's own fetch of it: one store read however many ask at once.
     fn forwards(&self, id: BlockId) -> bool {
-        self.0.route(id).forwards()
+        self.0.route(id).home.is_some()
     }
 
     fn fetch_range(&self, id: BlockId, offset: u32, len: u32) -> Option<SourceFuture> {
