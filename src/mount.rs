@@ -431,6 +431,7 @@ impl DataDirLock {
                         let mounted_at = data_dir.join(MOUNTPOINT_FILE);
                         std::fs::write(&mounted_at, mountpoint.as_os_str().as_encoded_bytes())
                             .with_context(|| format!("writing {}", mounted_at.display()))?;
+                        remember_mount(mountpoint, data_dir);
                         return Ok(Self { _file: file });
                     }
                     Lock::Busy(pid) => pid.trim().to_string(),
@@ -465,12 +466,71 @@ impl DataDirLock {
     }
 }
 
+/// Where mounts are remembered by mount point, so that `datenlord umount
+/// DIR` finds a mount's data directory without `--data-dir`: under
+/// `/run` for root, `$XDG_RUNTIME_DIR` for others (both emptied at boot).
+fn mounts_dir() -> Option<PathBuf> {
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        return Some(PathBuf::from("/run/datenlord/mounts"));
+    }
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(|d| PathBuf::from(d).join("datenlord/mounts"))
+}
+
+/// The record of a mount point in [`mounts_dir`]: a stable hash of its
+/// path (FNV-1a; the record holds the data directory, whose own record
+/// of its mount point is checked before anything is done).
+fn mount_record(mountpoint: &Path) -> Option<PathBuf> {
+    let hash = mountpoint
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    Some(mounts_dir()?.join(format!("{hash:016x}")))
+}
+
+/// Remembers that `data_dir` serves `mountpoint` (best effort: without
+/// the record, `datenlord umount` needs `--data-dir`).
+fn remember_mount(mountpoint: &Path, data_dir: &Path) {
+    let Some(record) = mount_record(mountpoint) else {
+        return;
+    };
+    let data_dir = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let written = record
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&record, data_dir.as_os_str().as_encoded_bytes()));
+    if let Err(e) = written {
+        warn!(record = %record.display(), %e, "could not remember this mount: `datenlord umount` will need --data-dir");
+    }
+}
+
+/// The data directory of the mount at `mountpoint`: `--data-dir`, else
+/// the one remembered for it, else the default.
+fn data_dir_of(mountpoint: &Path, given: Option<&Path>) -> PathBuf {
+    if let Some(dir) = given {
+        return dir.to_path_buf();
+    }
+    mount_record(mountpoint)
+        .and_then(|record| std::fs::read(record).ok())
+        .map_or_else(default_data_dir, |bytes| {
+            PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
+        })
+}
+
 /// `datenlord umount`: unmount, then wait for the daemon to finish.
 #[derive(Debug, clap::Args)]
 pub struct UmountArgs {
     /// The mount point.
     pub mountpoint: PathBuf,
-    /// The mount's --data-dir (default: the same as `datenlord mount`'s).
+    /// The mount's --data-dir (default: the one this machine remembers
+    /// for the mount point, else the same default as `datenlord mount`'s).
     #[arg(long = "data-dir")]
     pub data_dir: Option<PathBuf>,
     /// Seconds to wait for the daemon to finish its work and exit.
@@ -488,7 +548,7 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<std::process::ExitCode> {
         .mountpoint
         .canonicalize()
         .with_context(|| format!("resolving {}", args.mountpoint.display()))?;
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let data_dir = data_dir_of(&mountpoint, args.data_dir.as_deref());
     let record = data_dir.join(MOUNTPOINT_FILE);
     let served = std::fs::read(&record)
         .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()))
@@ -527,6 +587,9 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<std::process::ExitCode> {
             ),
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(remembered) = mount_record(&mountpoint) {
+        let _ = std::fs::remove_file(remembered);
     }
     println!("unmounted {}; its daemon finished", mountpoint.display());
     Ok(std::process::ExitCode::SUCCESS)
