@@ -23,6 +23,7 @@
 pub mod conn;
 pub mod frame;
 pub mod mac;
+pub mod rdma;
 pub mod warm;
 
 use std::cell::RefCell;
