@@ -1,7 +1,8 @@
 //! The verbs on a real RDMA device (cargo feature `rdma`): rdma-core's
-//! libibverbs through `rdma-mummy-sys`, whose static shim loads
-//! `libibverbs.so.1` when first called, so a binary built with the
-//! feature starts on machines without rdma-core (and uses TCP).
+//! libibverbs through `rdma-mummy-sys`, whose static shim `dlopen`s
+//! `libibverbs.so.1` when the process starts (a C constructor) and, when
+//! it is absent, fails every verb with `EOPNOTSUPP`: a binary built with
+//! the feature starts on machines without rdma-core (and uses TCP).
 //!
 //! The only module with `unsafe` code of the transport: every call into
 //! the C library is here, each with why it is sound. Memory regions are
