@@ -23,6 +23,7 @@
 //!   (rdma-core through `rdma-mummy-sys`) and device discovery.
 
 pub mod dial;
+pub mod driver;
 pub mod handshake;
 pub mod home;
 pub mod mem;

@@ -887,3 +887,96 @@ mod handshake {
         }
     }
 }
+
+mod driver {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::Duration;
+
+    use futures::FutureExt;
+
+    use super::*;
+    use crate::neighbor::rdma::driver::{serve, RdmaConn, ReadBlock, Served};
+
+    fn run<F>(make: impl FnOnce() -> F + Send + 'static)
+    where
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 << 10)
+            .spawn(make)
+            .expect("executor")
+            .join()
+            .expect("the test's executor");
+    }
+
+    /// A connection to a home serving `blocks` after `delay_ms`; the most
+    /// requests its engine saw at once.
+    fn start(
+        credits: u16,
+        blocks: HashMap<BlockId, Vec<u8>>,
+        delay_ms: u64,
+    ) -> (Rc<RdmaConn<MemQp>>, Rc<Cell<usize>>) {
+        let params = Params::new(credits, BLOCK).expect("params");
+        let (a, b) = MemQp::pair();
+        let requester = Requester::new(a, params).expect("requester");
+        let home = Home::new(b, params, requester.landing()).expect("home");
+        let (busy, most) = (Rc::new(Cell::new(0usize)), Rc::new(Cell::new(0usize)));
+        let blocks = Rc::new(blocks);
+        let seen = Rc::clone(&most);
+        let read: ReadBlock = Rc::new(move |h: Header| {
+            let (blocks, busy, most) = (Rc::clone(&blocks), Rc::clone(&busy), Rc::clone(&seen));
+            async move {
+                busy.set(busy.get() + 1);
+                most.set(most.get().max(busy.get()));
+                glommio::timer::sleep(Duration::from_millis(delay_ms)).await;
+                busy.set(busy.get() - 1);
+                match blocks.get(&BlockId::new(h.ino, h.index, h.block_version)) {
+                    Some(data) => Served::Block(data.clone()),
+                    None => Served::Missing,
+                }
+            }
+            .boxed_local()
+        });
+        glommio::spawn_local(serve(home, read, futures::future::pending())).detach();
+        (RdmaConn::new(2, requester), most)
+    }
+
+    #[test]
+    fn concurrent_reads_on_a_shard_wait_for_credits_and_all_get_their_block() {
+        run(|| async {
+            let ids: Vec<BlockId> = (0..40).map(|i| BlockId::new(4, i, 1 << 16)).collect();
+            let blocks: HashMap<_, _> = ids
+                .iter()
+                .map(|id| (*id, block(id.index as u8, 700)))
+                .collect();
+            let (conn, most) = start(4, blocks.clone(), 2);
+            let reads = ids.iter().map(|id| conn.read(*id, None, 5_000));
+            let got = futures::future::join_all(reads).await;
+            for (id, got) in ids.iter().zip(got) {
+                assert_eq!(&got.expect("a block"), &blocks[id]);
+            }
+            assert!(most.get() > 1, "requests overlapped");
+            assert!(
+                most.get() <= 4,
+                "at most the credits at once: {}",
+                most.get()
+            );
+            let missing = conn.read(BlockId::new(9, 9, 1 << 16), None, 5_000).await;
+            assert!(matches!(missing, Err(NeighborError::Missing)));
+            assert!(!conn.is_broken());
+        });
+    }
+
+    #[test]
+    fn a_home_that_does_not_answer_in_time_breaks_the_connection() {
+        run(|| async {
+            let id = BlockId::new(4, 0, 1 << 16);
+            let (conn, _) = start(2, HashMap::from([(id, block(0, 10))]), 10_000);
+            let got = conn.read(id, None, 50).await;
+            assert!(matches!(got, Err(NeighborError::Timeout(_))), "{got:?}");
+            assert!(conn.is_broken());
+            assert!(conn.read(id, None, 50).await.is_err());
+        });
+    }
+}
