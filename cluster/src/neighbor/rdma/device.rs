@@ -493,18 +493,20 @@ impl Verbs for DeviceQp {
         self.post(wr_id, Opcode::Write, sge, Some(to))
     }
 
-    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError> {
         const BATCH: usize = 16;
         // SAFETY: all-zero bytes are valid work completions.
         let mut wcs: [ibv::ibv_wc; BATCH] = unsafe { std::mem::zeroed() };
         let want = i32::try_from(max.min(BATCH)).unwrap_or(0);
         // SAFETY: a completion queue of this module and room for `want`.
         let n = unsafe { ibv::ibv_poll_cq(self.cq.as_ptr(), want, wcs.as_mut_ptr()) };
-        let n = usize::try_from(n).unwrap_or_else(|_| {
+        let Ok(n) = usize::try_from(n) else {
             self.error = true;
-            0
-        });
-        for wc in &wcs[..n] {
+            return Err(VerbsError::Resource(format!(
+                "polling the completion queue failed ({n})"
+            )));
+        };
+        for wc in &wcs[..n.min(BATCH)] {
             let Some(opcode) = self.posted.remove(&wc.wr_id) else {
                 continue;
             };
@@ -519,7 +521,7 @@ impl Verbs for DeviceQp {
                 byte_len: wc.byte_len,
             });
         }
-        n
+        Ok(n)
     }
 
     fn shut(&mut self) {

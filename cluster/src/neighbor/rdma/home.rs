@@ -115,14 +115,17 @@ impl<V: Verbs> Home<V> {
         }
         loop {
             self.completions.clear();
-            let n = self.qp.poll(&mut self.completions, POLL_BATCH);
+            let n = match self.qp.poll(&mut self.completions, POLL_BATCH) {
+                Ok(n) => n,
+                Err(e) => return Err(self.break_with(e.into())),
+            };
             let completions = std::mem::take(&mut self.completions);
             let handled = completions.iter().try_for_each(|c| self.complete(c));
             self.completions = completions;
             if let Err(e) = handled {
                 return Err(self.break_with(e));
             }
-            if n < POLL_BATCH {
+            if n == 0 {
                 break;
             }
         }

@@ -309,12 +309,12 @@ impl Verbs for MemQp {
         self.post_out(wr_id, region, offset, len, Some(to))
     }
 
-    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError> {
         let mut wire = self.wire.borrow_mut();
         let cq = &mut wire.ends[self.me].cq;
         let n = max.min(cq.len());
         out.extend(cq.drain(..n));
-        n
+        Ok(n)
     }
 
     fn shut(&mut self) {
@@ -384,7 +384,7 @@ mod tests {
 
     fn drain(qp: &mut MemQp) -> Vec<Completion> {
         let mut out = Vec::new();
-        qp.poll(&mut out, 64);
+        qp.poll(&mut out, 64).expect("poll");
         out
     }
 

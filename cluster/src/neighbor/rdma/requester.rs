@@ -189,7 +189,14 @@ impl<V: Verbs> Requester<V> {
         }
         loop {
             self.completions.clear();
-            let n = self.qp.poll(&mut self.completions, POLL_BATCH);
+            let n = match self.qp.poll(&mut self.completions, POLL_BATCH) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.break_with(io(&e));
+                    done.extend(self.drain_pending());
+                    return done;
+                }
+            };
             let completions = std::mem::take(&mut self.completions);
             for c in &completions {
                 if let Err(e) = self.complete(c, &mut done) {
@@ -200,7 +207,7 @@ impl<V: Verbs> Requester<V> {
                 }
             }
             self.completions = completions;
-            if n < POLL_BATCH {
+            if n == 0 {
                 break;
             }
         }

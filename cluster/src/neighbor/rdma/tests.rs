@@ -188,7 +188,7 @@ impl Hostile {
 
     fn completions(&mut self) -> Vec<Completion> {
         let mut out = Vec::new();
-        self.qp.poll(&mut out, 64);
+        self.qp.poll(&mut out, 64).expect("poll");
         out
     }
 }

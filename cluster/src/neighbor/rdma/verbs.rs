@@ -162,8 +162,10 @@ pub trait Verbs {
         to: RemoteSlot,
     ) -> Result<(), VerbsError>;
 
-    /// Moves up to `max` completions to `out`; returns how many.
-    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> usize;
+    /// Moves up to `max` completions to `out`; how many it took from the
+    /// queue (0: none waiting); an error when the queue cannot be read
+    /// (the pair is then of no further use).
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError>;
 
     /// Puts the queue pair in the error state (closing: the peer's next
     /// operations fail).
