@@ -82,12 +82,11 @@ pub fn discover() -> Result<Vec<String>, RdmaError> {
     Ok(names)
 }
 
-/// An open device: its context, a protection domain, the port's address.
+/// An open device: its context and the port's address.
 #[derive(Debug)]
 pub struct Device {
     name: String,
     ctx: NonNull<ibv::ibv_context>,
-    pd: NonNull<ibv::ibv_pd>,
     lid: u16,
     gid: [u8; 16],
     mtu: u8,
@@ -125,17 +124,9 @@ impl Device {
                 super::FALLBACK_MESSAGE
             ))
         })?;
-        // SAFETY: `ctx` is an open context.
-        let pd = NonNull::new(unsafe { ibv::ibv_alloc_pd(ctx.as_ptr()) });
-        let Some(pd) = pd else {
-            // SAFETY: closed once, nothing else uses it.
-            unsafe { ibv::ibv_close_device(ctx.as_ptr()) };
-            return Err(os_error("allocating a protection domain"));
-        };
         let mut device = Self {
             name: want,
             ctx,
-            pd,
             lid: 0,
             gid: [0; 16],
             mtu: 0,
@@ -168,10 +159,21 @@ impl Device {
         Ok(())
     }
 
-    /// A new RC queue pair with its completion queue, in the INIT state
-    /// (ready to register memory and post receives; connected by the
-    /// handshake).
+    /// A new RC queue pair with its completion queue and a protection
+    /// domain of its own, in the INIT state (ready to register memory and
+    /// post receives; connected by the handshake). Its own domain: an
+    /// rkey is valid on every queue pair of its domain, so a shared one
+    /// would let any connected peer write any connection's landing slots.
     pub fn endpoint(self: &Rc<Self>) -> Result<DeviceQp, RdmaError> {
+        // SAFETY: an open context.
+        let pd = NonNull::new(unsafe { ibv::ibv_alloc_pd(self.ctx.as_ptr()) })
+            .ok_or_else(|| os_error("allocating a protection domain"))?;
+        self.queue_pair(pd)
+    }
+
+    /// A queue pair in `pd`, which it owns from here on (released with
+    /// it, or here when it cannot be made).
+    fn queue_pair(self: &Rc<Self>, pd: NonNull<ibv::ibv_pd>) -> Result<DeviceQp, RdmaError> {
         let depth = i32::try_from(QUEUE_DEPTH).unwrap_or(i32::MAX);
         // SAFETY: an open context; no completion channel, vector 0.
         let cq = unsafe {
@@ -183,7 +185,12 @@ impl Device {
                 0,
             )
         };
-        let cq = NonNull::new(cq).ok_or_else(|| os_error("creating a completion queue"))?;
+        let Some(cq) = NonNull::new(cq) else {
+            let e = os_error("creating a completion queue");
+            // SAFETY: allocated by the caller; nothing was made in it.
+            unsafe { ibv::ibv_dealloc_pd(pd.as_ptr()) };
+            return Err(e);
+        };
         // SAFETY: all-zero bytes are a valid ibv_qp_init_attr (null
         // pointers, zero integers), filled in below.
         let mut init: ibv::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
@@ -196,14 +203,20 @@ impl Device {
         init.qp_type = ibv::ibv_qp_type::IBV_QPT_RC;
         init.sq_sig_all = 1;
         // SAFETY: a protection domain of this device and valid attributes.
-        let qp = NonNull::new(unsafe { ibv::ibv_create_qp(self.pd.as_ptr(), &raw mut init) });
+        let qp = NonNull::new(unsafe { ibv::ibv_create_qp(pd.as_ptr(), &raw mut init) });
         let Some(qp) = qp else {
-            // SAFETY: the queue was created above and is used by nothing.
-            unsafe { ibv::ibv_destroy_cq(cq.as_ptr()) };
-            return Err(os_error("creating a queue pair"));
+            let e = os_error("creating a queue pair");
+            // SAFETY: the queue was created above and is used by nothing;
+            // then the domain, which holds nothing.
+            unsafe {
+                ibv::ibv_destroy_cq(cq.as_ptr());
+                ibv::ibv_dealloc_pd(pd.as_ptr());
+            }
+            return Err(e);
         };
         let mut endpoint = DeviceQp {
             device: Rc::clone(self),
+            pd,
             cq,
             qp,
             regions: Vec::new(),
@@ -230,10 +243,9 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        // SAFETY: every queue pair and region holds an Rc of the device,
-        // so none is left; each is released once.
+        // SAFETY: every queue pair holds an Rc of the device, so none is
+        // left; closed once.
         unsafe {
-            ibv::ibv_dealloc_pd(self.pd.as_ptr());
             ibv::ibv_close_device(self.ctx.as_ptr());
         }
     }
@@ -273,6 +285,7 @@ struct DeviceRegion {
 #[derive(Debug)]
 pub struct DeviceQp {
     device: Rc<Device>,
+    pd: NonNull<ibv::ibv_pd>,
     cq: NonNull<ibv::ibv_cq>,
     qp: NonNull<ibv::ibv_qp>,
     regions: Vec<DeviceRegion>,
@@ -404,7 +417,7 @@ impl Verbs for DeviceQp {
         // the region is deregistered (Drop), then freed.
         let mr = unsafe {
             ibv::ibv_reg_mr(
-                self.device.pd.as_ptr(),
+                self.pd.as_ptr(),
                 buf.as_ptr().cast(),
                 layout.size(),
                 bits(access.0),
@@ -593,8 +606,9 @@ impl Endpoint for DeviceQp {
 impl Drop for DeviceQp {
     fn drop(&mut self) {
         // SAFETY: the queue pair goes before the queue it completes to,
-        // and each region is deregistered before its memory is freed;
-        // each once. No work request is posted after this (we own the pair).
+        // each region is deregistered before its memory is freed, and the
+        // protection domain goes last, empty; each once. No work request
+        // is posted after this (we own the pair).
         unsafe {
             ibv::ibv_destroy_qp(self.qp.as_ptr());
             ibv::ibv_destroy_cq(self.cq.as_ptr());
@@ -602,6 +616,7 @@ impl Drop for DeviceQp {
                 ibv::ibv_dereg_mr(r.mr.as_ptr());
                 std::alloc::dealloc(r.buf.as_ptr(), r.layout);
             }
+            ibv::ibv_dealloc_pd(self.pd.as_ptr());
         }
     }
 }
