@@ -59,17 +59,7 @@ pub fn discover() -> Result<Vec<String>, RdmaError> {
         if dev.is_null() {
             break;
         }
-        // SAFETY: a listed device's name is a NUL-terminated string that
-        // lives as long as the list.
-        let name = unsafe { ibv::ibv_get_device_name(dev) };
-        if !name.is_null() {
-            // SAFETY: as above; copied before the list is freed.
-            names.push(
-                unsafe { CStr::from_ptr(name) }
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-        }
+        names.extend(device_name(dev));
     }
     // SAFETY: `list` came from ibv_get_device_list and is freed once.
     unsafe { ibv::ibv_free_device_list(list) };
@@ -80,6 +70,22 @@ pub fn discover() -> Result<Vec<String>, RdmaError> {
         )));
     }
     Ok(names)
+}
+
+/// The name of `dev`, a non-null device of a list not yet freed.
+fn device_name(dev: *mut ibv::ibv_device) -> Option<String> {
+    // SAFETY: `dev` is a listed device (the caller's contract); its name
+    // is a NUL-terminated string that lives as long as the list, or null.
+    let name = unsafe { ibv::ibv_get_device_name(dev) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: as above; copied before the list is freed.
+    Some(
+        unsafe { CStr::from_ptr(name) }
+            .to_string_lossy()
+            .into_owned(),
+    )
 }
 
 /// An open device: its context and the port's address.
@@ -105,11 +111,12 @@ impl Device {
         }
         let mut ctx = ptr::null_mut();
         for i in 0..usize::try_from(n).unwrap_or(0) {
-            // SAFETY: `i < n`; names as in `discover`.
+            // SAFETY: the list holds `n` device pointers (then a null).
             let dev = unsafe { *list.add(i) };
-            // SAFETY: a listed device's name is a valid C string.
-            let this = unsafe { CStr::from_ptr(ibv::ibv_get_device_name(dev)) };
-            if this.to_string_lossy() == want {
+            if dev.is_null() {
+                break;
+            }
+            if device_name(dev).as_deref() == Some(want.as_str()) {
                 // SAFETY: `dev` is a listed device; opening it before the
                 // list is freed is what rdma-core documents.
                 ctx = unsafe { ibv::ibv_open_device(dev) };
