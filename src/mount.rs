@@ -179,6 +179,33 @@ pub struct MountArgs {
     /// nodes say `off`.
     #[arg(long = "data-tls", value_enum, default_value_t = OnOff::On)]
     pub data_tls: OnOff,
+    /// How this node asks other nodes for blocks: `tcp`, or `rdma` (RDMA
+    /// verbs; needs a build with `--features rdma` and an RDMA device:
+    /// without them the node says why once in its log and uses TCP).
+    #[arg(long = "neighbor-transport", value_enum, default_value_t = NeighborTransport::Tcp)]
+    pub neighbor_transport: NeighborTransport,
+}
+
+/// `--neighbor-transport`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum NeighborTransport {
+    /// TCP with mutual TLS.
+    Tcp,
+    /// RDMA verbs (falls back to TCP).
+    Rdma,
+}
+
+impl NeighborTransport {
+    /// The transport used, said in the log once when it is not the one
+    /// asked for.
+    fn resolve(self) -> datenlord_cluster::neighbor::rdma::Transport {
+        use datenlord_cluster::neighbor::rdma::{choose, Transport};
+        choose(match self {
+            Self::Tcp => Transport::Tcp,
+            Self::Rdma => Transport::Rdma,
+        })
+        .0
+    }
 }
 
 /// A switch of the command line.
@@ -221,8 +248,9 @@ impl MountArgs {
                     self.tls_dir.is_none()
                         && !self.insecure
                         && self.data_listen.is_none()
-                        && self.data_tls == OnOff::On,
-                    "--tls-dir, --insecure, --data-listen and --data-tls are for a node of a master group (with --masters, --node-id and --node-listen); the embedded mount talks to no other process"
+                        && self.data_tls == OnOff::On
+                        && self.neighbor_transport == NeighborTransport::Tcp,
+                    "--tls-dir, --insecure, --data-listen, --data-tls and --neighbor-transport are for a node of a master group (with --masters, --node-id and --node-listen); the embedded mount talks to no other process"
                 );
                 return Ok(None);
             }
@@ -947,6 +975,10 @@ fn serve(
     let node_config = args.node_config(data_dir)?;
     let security = node_config.as_ref().map(|config| config.security.clone());
     let neighbor_plan = node_config.as_ref().map(|config| {
+        // The read path speaks TCP until the RDMA transport is wired into
+        // it (ARCHITECTURE.md): asking for rdma logs why TCP is used.
+        let transport = args.neighbor_transport.resolve();
+        info!(?transport, "neighbor transport");
         NeighborPlan::new(
             config.id,
             DataLink {
@@ -1743,6 +1775,14 @@ mod tests {
         with_store.extend(["--data-tls", "off"]);
         assert!(err(&with_store).contains("needs --tls-dir"));
         assert!(err(&["--data-tls", "off"]).contains("for a node of a master group"));
+        assert!(err(&["--neighbor-transport", "rdma"]).contains("for a node of a master group"));
+        let rdma = args(&[&with_store[..], &["--neighbor-transport", "rdma"][..]].concat());
+        assert_eq!(rdma.neighbor_transport, NeighborTransport::Rdma);
+        // No device here (and maybe no RDMA in this build): TCP.
+        assert_eq!(
+            rdma.neighbor_transport.resolve(),
+            datenlord_cluster::neighbor::rdma::Transport::Tcp
+        );
         let unclear = Cli::try_parse_from(["datenlord", "/mnt", "--data-tls", "maybe"])
             .expect_err("on or off")
             .to_string();

@@ -280,9 +280,23 @@ fn node_options_go_together_and_need_a_shared_store() {
 #[test]
 fn nodes_serve_each_others_blocks_and_the_store_is_read_once_per_block() {
     let c = Cluster::local(21);
+    // The second node asks for RDMA: with no device (or no RDMA in the
+    // build) it says why once and reads from the others over TCP.
+    let rdma = ["--neighbor-transport", "rdma"];
     let nodes: Vec<Mounted> = (0..3)
-        .map(|i| Mounted::start(&c.dirs[i], &c.args(i, true)))
+        .map(|i| {
+            let extra: &[&str] = if i == 1 { &rdma } else { &[] };
+            Mounted::start(&c.dirs[i], &[&c.args(i, true)[..], extra].concat())
+        })
         .collect();
+    let log = |i: usize| {
+        std::fs::read_to_string(c.dirs[i].data_dir().join("datenlord.log")).unwrap_or_default()
+    };
+    let fallbacks = |i: usize| log(i).lines().filter(|l| l.contains("using TCP")).count();
+    assert_eq!(fallbacks(1), 1, "{}", log(1));
+    // This machine has no device; one with a device says it found one.
+    assert!(log(1).contains("no RDMA device; using TCP") || log(1).contains("RDMA device "));
+    assert_eq!(fallbacks(0), 0, "TCP was asked for: nothing to say");
     // Every node sees the three registered before it reads.
     c.wait_registry(3);
     let blocks = 48;

@@ -24,6 +24,7 @@ pub mod check;
 pub mod conn;
 pub mod frame;
 pub mod mac;
+pub mod rdma;
 pub mod warm;
 
 use std::cell::RefCell;
