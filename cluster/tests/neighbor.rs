@@ -574,8 +574,12 @@ fn with_data_tls_off_on_both_ends_frames_go_in_clear_and_a_changed_byte_is_refus
     }
     assert_eq!(a.store.fetches(), 1, "the other blocks came from B");
     assert_eq!(a.stats.hits.load(Ordering::Relaxed), at_b.len() as u64 - 1);
-    assert_eq!(a.stats.clear_connections.load(Ordering::Relaxed), 2);
-    assert_eq!(b.stats.clear_connections.load(Ordering::Relaxed), 2);
+    // The broken connection and its replacement, and one more for each
+    // of B's shards the blocks belong to (connections go shard to shard):
+    // each counted on both ends.
+    let clear_b = b.stats.clear_connections.load(Ordering::Relaxed);
+    assert_eq!(a.stats.clear_connections.load(Ordering::Relaxed), clear_b);
+    assert!((2..=5).contains(&clear_b), "{clear_b} clear connections");
     let last = content(*at_b.last().expect("blocks"));
     assert!(contains(&seen, &last[1000..1100]), "blocks went in clear");
     // C keeps TLS on: its connections to B carry frames in TLS records.
@@ -604,7 +608,7 @@ fn with_data_tls_off_on_both_ends_frames_go_in_clear_and_a_changed_byte_is_refus
     }
     assert_eq!(c.stats.hits.load(Ordering::Relaxed), from_b.len() as u64);
     assert_eq!(c.stats.clear_connections.load(Ordering::Relaxed), 0);
-    assert_eq!(b.stats.clear_connections.load(Ordering::Relaxed), 2);
+    assert_eq!(b.stats.clear_connections.load(Ordering::Relaxed), clear_b);
 }
 
 #[test]

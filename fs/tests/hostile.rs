@@ -43,6 +43,18 @@ fn edge() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Read sizes: the kernel asks at most its `max_pages` (1 MiB by
+/// default) of a FUSE file system per request.
+fn read_len() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        Just(0),
+        Just(1),
+        Just(4096),
+        Just(1 << 20),
+        0..=(1u32 << 20)
+    ]
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Write { offset: u64, len: usize },
@@ -65,7 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         (edge(), 0..3 * BLOCK as usize).prop_map(|(offset, len)| Op::Write { offset, len }),
-        (edge(), any::<u32>()).prop_map(|(offset, len)| Op::Read { offset, len }),
+        (edge(), read_len()).prop_map(|(offset, len)| Op::Read { offset, len }),
         (mode, edge(), edge()).prop_map(|(mode, offset, len)| Op::Fallocate { mode, offset, len }),
         edge().prop_map(|size| Op::Truncate { size }),
         (edge(), any::<bool>()).prop_map(|(offset, data)| Op::Lseek { offset, data }),
