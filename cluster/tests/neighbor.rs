@@ -138,6 +138,19 @@ impl Drop for TestNode {
     }
 }
 
+/// An administrator's link, with a certificate of the CA in `dir/ca`.
+fn admin_link(dir: &Path) -> DataLink {
+    let admin_dir = dir.join("admin");
+    let request = CertRequest {
+        name: "admin".into(),
+        role: Role::Admin,
+        id: None,
+        days: 1,
+    };
+    issue(&dir.join("ca"), &admin_dir, &request).expect("issue");
+    DataLink::new(Security::from_dir(Some(&admin_dir)).expect("load"))
+}
+
 /// Two nodes sharing one membership; returns them and, for each, the
 /// blocks of inode 9 (index 0..n) whose home is that node.
 fn pair(dir: &Path, n: u64) -> (TestNode, TestNode, Vec<BlockId>, Vec<BlockId>) {
@@ -622,15 +635,7 @@ fn an_administrator_may_order_warm_ups_but_not_read_blocks() {
             node.store.put(id, content(id));
         }
     }
-    let admin_dir = dir.path().join("admin");
-    let request = CertRequest {
-        name: "admin".into(),
-        role: Role::Admin,
-        id: None,
-        days: 1,
-    };
-    issue(&dir.path().join("ca"), &admin_dir, &request).expect("issue");
-    let admin = DataLink::new(Security::from_dir(Some(&admin_dir)).expect("load"));
+    let admin = admin_link(dir.path());
     let mut blocks: Vec<BlockId> = at_a.iter().chain(&at_b).copied().collect();
     // One block no store has: its home answers that it is missing.
     blocks.push(BlockId::new(77, 0, 1 << 16));
@@ -689,15 +694,7 @@ fn an_administrator_has_every_node_check_its_cache_against_the_store_and_a_node_
     // B's store now holds other bytes for one of its blocks.
     let changed = at_b[0];
     b.store.put(changed, content(version(changed, 5)));
-    let admin_dir = dir.path().join("admin");
-    let request = CertRequest {
-        name: "admin".into(),
-        role: Role::Admin,
-        id: None,
-        days: 1,
-    };
-    issue(&dir.path().join("ca"), &admin_dir, &request).expect("issue");
-    let admin = DataLink::new(Security::from_dir(Some(&admin_dir)).expect("load"));
+    let admin = admin_link(dir.path());
     let nodes = [(1, a.record().addr), (2, b.record().addr)];
     let checks = verify_nodes(&nodes, &admin, BLOCK as u32, 30_000).expect("check");
     let report = |node: usize| match &checks[node] {

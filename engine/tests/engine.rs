@@ -348,18 +348,26 @@ fn inserted_blocks_are_served_and_survive_a_clean_restart() {
     engine.shutdown().expect("shutdown");
 }
 
-#[test]
-fn corrupt_slots_are_dropped_and_refetched_never_served() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let ids = blocks(12, 6);
+/// A one-shard engine with no memory tier and an 8 MiB NVMe tier in
+/// `dir`, over a store of 6 blocks of inode `ino`, which it has read and
+/// written to the NVMe tier.
+fn nvme_only(dir: &Path, ino: u64) -> (Vec<BlockId>, Arc<MemoryStore>, EngineConfig, Engine) {
+    let ids = blocks(ino, 6);
     let store = store_with(&ids);
-    let cfg = config(1, 0, Some((dir.path(), 8 << 20)));
+    let cfg = config(1, 0, Some((dir, 8 << 20)));
     let engine = Engine::start(&cfg, store.clone()).expect("start");
     let handle = engine.handle();
     for &id in &ids {
         read_all(&handle, id);
     }
     wait_disk_writes(&handle, 6);
+    (ids, store, cfg, engine)
+}
+
+#[test]
+fn corrupt_slots_are_dropped_and_refetched_never_served() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let (ids, store, cfg, engine) = nvme_only(dir.path(), 12);
     engine.shutdown().expect("shutdown");
 
     // Flip one byte in the data of every slot.
@@ -1142,15 +1150,8 @@ fn a_check_of_cached_blocks_drops_copies_that_differ_from_the_source_and_keeps_t
 #[test]
 fn a_check_of_nvme_blocks_drops_corrupt_and_differing_copies_for_good() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let ids = blocks(41, 6);
-    let store = store_with(&ids);
-    let cfg = config(1, 0, Some((dir.path(), 8 << 20)));
-    let engine = Engine::start(&cfg, store.clone()).expect("start");
+    let (ids, store, cfg, engine) = nvme_only(dir.path(), 41);
     let handle = engine.handle();
-    for &id in &ids {
-        read_all(&handle, id);
-    }
-    wait_disk_writes(&handle, 6);
     // Corrupt the data of slot 5 on the device; change the store's copy of
     // another block.
     let file = dir.path().join("datenlord-cache.bin");

@@ -59,22 +59,31 @@ impl VersionResolver for FnResolver {
     }
 }
 
+/// The block from the write-back journal, if it holds it. Most misses are
+/// not in the journal: its index answers without IO, and only a
+/// journaled block costs a blocking-pool hop.
+async fn journaled(
+    writeback: Option<WriteBack>,
+    handle: &tokio::runtime::Handle,
+    id: BlockId,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(writeback) = writeback.filter(|w| w.journal_holds(id)) else {
+        return Ok(None);
+    };
+    handle
+        .spawn_blocking(move || writeback.journal_get(id))
+        .await
+        .map_err(|_| StoreError::ShutDown)
+}
+
 impl BlockSource for StoreSource {
     fn fetch(&self, id: BlockId) -> SourceFuture {
         let inner = Arc::clone(&self.remote.inner);
         let writeback = self.writeback.clone();
         let handle = self.remote.control().handle().clone();
         let fetch = self.remote.control().run(async move {
-            // Most misses are not in the journal: its index answers without
-            // IO, and only a journaled block costs a blocking-pool hop.
-            if let Some(writeback) = writeback.filter(|w| w.journal_holds(id)) {
-                let journaled = handle
-                    .spawn_blocking(move || writeback.journal_get(id))
-                    .await
-                    .map_err(|_| StoreError::ShutDown)?;
-                if let Some(data) = journaled {
-                    return Ok(data);
-                }
+            if let Some(data) = journaled(writeback, &handle, id).await? {
+                return Ok(data);
             }
             inner.get_block(id).await
         });
@@ -99,14 +108,8 @@ impl StoreSource {
         let writeback = self.writeback.clone();
         let handle = self.remote.control().handle().clone();
         let lookup = self.remote.control().run(async move {
-            if let Some(writeback) = writeback.filter(|w| w.journal_holds(id)) {
-                let journaled = handle
-                    .spawn_blocking(move || writeback.journal_get(id))
-                    .await
-                    .map_err(|_| StoreError::ShutDown)?;
-                if let Some(data) = journaled {
-                    return Ok(Some((crc32c::crc32c(&data), data.len() as u64)));
-                }
+            if let Some(data) = journaled(writeback, &handle, id).await? {
+                return Ok(Some((crc32c::crc32c(&data), data.len() as u64)));
             }
             inner.block_checksum(id).await
         });

@@ -603,6 +603,20 @@ fn a_disconnect_or_a_lost_completion_ends_in_a_timeout_and_a_broken_connection()
     assert!(link.home.poll().is_err());
 }
 
+/// Runs a test's body on a glommio executor of its own (the in-memory
+/// queue pairs and the streams stay on its thread).
+fn run<F>(make: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 << 10)
+        .spawn(make)
+        .expect("executor")
+        .join()
+        .expect("the test's executor");
+}
+
 mod handshake {
     use std::path::Path;
 
@@ -623,19 +637,7 @@ mod handshake {
         TlsDir::load(dir).expect("load")
     }
 
-    /// Runs a test's body on a glommio executor of its own (the
-    /// in-memory queue pairs and the streams stay on its thread).
-    fn run<F>(make: impl FnOnce() -> F + Send + 'static)
-    where
-        F: std::future::Future<Output = ()> + 'static,
-    {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(256 << 10)
-            .spawn(make)
-            .expect("executor")
-            .join()
-            .expect("the test's executor");
-    }
+    use super::run;
 
     /// A requester holding `requester`'s certificate asks node 2 for its
     /// RDMA parameters; the home holds `home`'s. Both ends' outcomes.
@@ -898,17 +900,7 @@ mod driver {
     use super::*;
     use crate::neighbor::rdma::driver::{serve, RdmaConn, ReadBlock, Served};
 
-    fn run<F>(make: impl FnOnce() -> F + Send + 'static)
-    where
-        F: std::future::Future<Output = ()> + 'static,
-    {
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(256 << 10)
-            .spawn(make)
-            .expect("executor")
-            .join()
-            .expect("the test's executor");
-    }
+    use super::run;
 
     /// A connection to a home serving `blocks` after `delay_ms`; the most
     /// requests its engine saw at once.
