@@ -755,9 +755,19 @@ impl Service {
     /// or hands it to the shard it asks for (the owner of the blocks it
     /// will ask about), so no request hops between this node's cores.
     fn route(&self, mut tcp: glommio::net::TcpStream, routes: Arc<Vec<flume::Sender<OwnedFd>>>) {
+        // A connection waiting to say where it goes counts against this
+        // shard's limit too (it has not authenticated yet).
+        if self.open.get() >= CONNECTIONS_PER_SHARD_MAX {
+            NeighborStats::add(&self.stats.refused, 1);
+            warn!(shard = %self.ctx.id(), "too many neighbor connections: refusing one");
+            return;
+        }
+        self.open.set(self.open.get() + 1);
         let this = self.clone();
         glommio::spawn_local(async move {
-            let want = match conn::read_route(&mut tcp).await {
+            let preamble = conn::read_route(&mut tcp).await;
+            this.open.set(this.open.get() - 1);
+            let want = match preamble {
                 Ok(want) => usize::from(want),
                 Err(e) => {
                     NeighborStats::add(&this.stats.refused, 1);
