@@ -762,9 +762,10 @@ async fn answer(
         return answer_verify(ctx, request, sender).await;
     }
     let id = BlockId::new(request.ino, request.index, request.block_version);
-    if id.key().owner(ctx.shards()) != ctx.id() {
+    if request.kind == Kind::Read && id.key().owner(ctx.shards()) != ctx.id() {
         // The requester did not know this node's shards yet, or they
-        // changed: served through the owner shard (one hop).
+        // changed: served through the owner shard (one hop). (Warm-up
+        // orders go on one connection per home, to any shard.)
         NeighborStats::add(&stats.served_off_shard, 1);
     }
     // A warm-up order is for the whole block (decode refuses one for part).
