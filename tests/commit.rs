@@ -63,7 +63,7 @@ fn write_files(mnt: &Path, stop: &std::sync::atomic::AtomicBool) -> Vec<History>
         }
         // Two of three steps create a file, the third rewrites one.
         let (i, n) = if step % 3 == 2 && !files.is_empty() {
-            let i = (step * 2_654_435_761) % files.len() as u32;
+            let i = step.wrapping_mul(2_654_435_761) % files.len() as u32;
             (i, files[i as usize].states.len() as u32)
         } else {
             (files.len() as u32, 1)
