@@ -99,6 +99,10 @@ struct FileShared {
     /// the file's mtime and ctime until its blocks are committed, and the
     /// time the commit stamps.
     mtime_ns: AtomicU64,
+    /// Blocks the published writes add to the block map (counted at
+    /// close): `getattr` shows them in the allocated size before the
+    /// commit, as it will after.
+    new_blocks: AtomicU64,
     /// A background commit of the file failed: the next `close` or
     /// `fsync` returns it (once, like Linux's errseq for writeback).
     error: Mutex<Option<FsError>>,
@@ -131,6 +135,7 @@ impl FileShared {
     fn clear(&self) {
         self.size.store(0, Ordering::Release);
         self.mtime_ns.store(0, Ordering::Release);
+        self.new_blocks.store(0, Ordering::Release);
     }
 }
 
@@ -473,11 +478,16 @@ impl Fs {
     fn with_pending(&self, mut attr: Attr) -> Attr {
         if let Some(entry) = self.read_files().get(&attr.ino) {
             attr.size = attr.size.max(entry.shared.size.load(Ordering::Acquire));
+            let new_blocks = entry.shared.new_blocks.load(Ordering::Acquire);
+            attr.allocated_bytes = attr
+                .allocated_bytes
+                .saturating_add(new_blocks.saturating_mul(u64::from(self.block_size)));
             let written = entry.shared.mtime_ns.load(Ordering::Acquire);
             if written != 0 {
-                let written = ns_timespec(written);
-                attr.mtime = attr.mtime.max(written);
-                attr.ctime = attr.ctime.max(written);
+                // What the commit will stamp (see `Fs::commit_time`).
+                let stamp = ns_timespec(written).max(attr.ctime);
+                attr.mtime = attr.mtime.max(stamp);
+                attr.ctime = stamp;
             }
         }
         attr
@@ -1028,12 +1038,29 @@ impl Fs {
         if !shared.is_dirty() {
             return Ok(());
         }
-        // Only an estimate for the queue's bounds: a close does not wait
-        // for a group commit that holds the file.
-        let bytes = state.try_lock().map_or_else(
-            || shared.size.load(Ordering::Acquire),
-            |st| st.dirty.dirty_bytes() as u64,
-        );
+        // A write by someone else clears set-user-ID and set-group-ID
+        // when it commits (`SetBlocks`): such files commit at close, so
+        // the kernel sees the bits go with the close (rare files; no
+        // copy of the metadata's rule here).
+        let mode = self.meta.read(|s| s.getattr(ino)).map(|a| a.mode)?;
+        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            return self.commit_file(ino).await;
+        }
+        let bytes = {
+            let st = state.lock().await;
+            let Some(first) = st.dirty.first_index() else {
+                return Ok(());
+            };
+            let last = st.dirty.last_index().unwrap_or(first);
+            let mapped = self.versions(ino, first, last)?;
+            let new_blocks = st
+                .dirty
+                .indices()
+                .filter(|index| !mapped.contains_key(index))
+                .count() as u64;
+            shared.new_blocks.store(new_blocks, Ordering::Release);
+            st.dirty.dirty_bytes() as u64
+        };
         if committer.publish(ino, bytes) == Admission::CommitNow {
             return self.commit_file(ino).await;
         }
@@ -1134,18 +1161,7 @@ impl Fs {
         };
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(locked.len());
         for (ino, st, shared) in &mut locked {
-            if st.size.is_some()
-                && self
-                    .meta
-                    .read(|s| s.getattr(*ino))
-                    .is_err_and(|e| gone(&FsError::from(e)))
-            {
-                // Unlinked and released since its close: nobody can read
-                // what it held.
-                debug!(%ino, "dropping the unflushed writes of a deleted file");
-                drop(st.dirty.take());
-                st.size = None;
-                shared.clear();
+            if self.drop_if_deleted(*ino, st, shared) {
                 prepared.push(None);
                 continue;
             }
@@ -1157,6 +1173,15 @@ impl Fs {
                 }
             }
         }
+        // What the kernel may hold of each file: told only if the commit
+        // changes it (the overlay of `getattr` usually matches).
+        let before: HashMap<Ino, Attr> = prepared
+            .iter()
+            .zip(&locked)
+            .filter_map(|(p, (ino, _, _))| {
+                Some((*ino, self.getattr(*ino).ok().filter(|_| p.is_some())?))
+            })
+            .collect();
         let batch: Vec<(BlockId, Vec<u8>)> = prepared
             .iter()
             .flatten()
@@ -1215,11 +1240,7 @@ impl Fs {
         }
         self.forget_idle(&locked);
         drop(locked);
-        if let Some(observer) = self.commit_observer.get() {
-            for ino in committed {
-                observer(ino);
-            }
-        }
+        self.tell_observer(committed, &before);
         first_error.map_or(Ok(()), Err)
     }
 
@@ -1242,7 +1263,7 @@ impl Fs {
                 blocks: ids.iter().map(|id| (id.index, id.version)).collect(),
                 new_size: Some(p.size),
                 creds: st.writer.clone(),
-                now: write_time(shared),
+                now: self.commit_time(*ino, shared),
             });
             versions.push((*i, ids));
         }
@@ -1277,6 +1298,38 @@ impl Fs {
         }
     }
 
+    /// Drops the unflushed writes of a file unlinked and released since
+    /// its close (nobody can read them); whether it did.
+    fn drop_if_deleted(&self, ino: Ino, st: &mut FileState, shared: &FileShared) -> bool {
+        let deleted = st.size.is_some()
+            && self
+                .meta
+                .read(|s| s.getattr(ino))
+                .is_err_and(|e| gone(&FsError::from(e)));
+        if deleted {
+            debug!(%ino, "dropping the unflushed writes of a deleted file");
+            drop(st.dirty.take());
+            st.size = None;
+            shared.clear();
+        }
+        deleted
+    }
+
+    /// Tells the commit observer of each committed file whose attributes
+    /// the commit changed from what `getattr` showed `before` it.
+    fn tell_observer(&self, committed: Vec<Ino>, before: &HashMap<Ino, Attr>) {
+        let Some(observer) = self.commit_observer.get() else {
+            return;
+        };
+        let view = |a: &Attr| (a.mode, a.mtime, a.ctime, a.size, a.allocated_bytes);
+        for ino in committed {
+            let now = self.getattr(ino).ok();
+            if before.get(&ino).map(view) != now.as_ref().map(view) {
+                observer(ino);
+            }
+        }
+    }
+
     /// Forgets the files nobody holds open once nothing of them waits.
     fn forget_idle(&self, locked: &[LockedFile<'_>]) {
         let mut table = self.write_files();
@@ -1286,6 +1339,18 @@ impl Fs {
                 table.remove(ino);
             }
         }
+    }
+
+    /// The time a commit of the file's writes stamps as its mtime and
+    /// ctime: the last write's, or the file's ctime if a change after the
+    /// write moved it later (ctime never goes back). `getattr` shows the
+    /// same before the commit, so the commit changes nothing the kernel
+    /// saw.
+    fn commit_time(&self, ino: Ino, shared: &FileShared) -> Timespec {
+        let written = write_time(shared);
+        self.meta
+            .read(|s| s.getattr(ino))
+            .map_or(written, |a| a.ctime.max(written))
     }
 
     /// The crash tests' hook (`FsConfig::abort_after_journal_sync`).
@@ -1455,7 +1520,7 @@ impl Fs {
             }
         });
         futures::future::join_all(inserts).await;
-        let now = write_time(shared);
+        let now = self.commit_time(ino, shared);
         let mut chunks: Vec<&[BlockId]> = ids.chunks(BLOCKS_PER_COMMAND_MAX).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
