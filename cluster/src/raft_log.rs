@@ -1525,6 +1525,49 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_split_around_the_lock_covers_only_what_was_written_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.set_sync(LogSync::Deferred);
+        log.initialize(conf(&[1])).expect("init");
+        log.sync().expect("sync");
+        assert!(
+            log.begin_sync().expect("begin").is_none(),
+            "nothing to sync"
+        );
+        let base = log.syncs();
+        log.append(&[entry(1, 1, b"a")]).expect("append");
+        log.persist().expect("persist");
+        let pending = log.begin_sync().expect("begin").expect("a sync to run");
+        // Another round writes while the fdatasync runs without the lock.
+        log.append(&[entry(2, 1, b"b")]).expect("append");
+        log.persist().expect("persist");
+        let synced = pending.file.sync_data();
+        log.end_sync(&pending, synced).expect("end");
+        assert_eq!(log.syncs(), base + 1);
+        assert!(log.has_unsynced(), "entry 2 came after the sync began");
+        let pending = log.begin_sync().expect("begin").expect("a sync to run");
+        let synced = pending.file.sync_data();
+        log.end_sync(&pending, synced).expect("end");
+        assert!(!log.has_unsynced());
+        // A failed fdatasync fails the log, as a failed `sync` does.
+        log.append(&[entry(3, 1, b"c")]).expect("append");
+        log.persist().expect("persist");
+        let pending = log.begin_sync().expect("begin").expect("a sync to run");
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        let err = log
+            .end_sync(&pending, Err(eio))
+            .expect_err("EIO")
+            .to_string();
+        assert!(err.contains("sync the Raft log segment"), "{err}");
+        assert!(log
+            .sync()
+            .expect_err("failed for good")
+            .to_string()
+            .contains("restart"));
+    }
+
+    #[test]
     fn after_a_failed_sync_no_write_or_sync_succeeds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = RaftLog::open(dir.path()).expect("open");
