@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod cache;
+mod control;
 mod daemon;
 mod device;
 mod metrics;
@@ -33,6 +34,9 @@ enum Command {
     /// drained the journal, backed up the metadata) and exited: `datenlord
     /// umount DIR; datenlord mount DIR` is always safe.
     Umount(mount::UmountArgs),
+    /// Commit everything written on a mount (the kernel does not pass
+    /// sync(2) or syncfs(2) to it) and return once it is durable.
+    Sync(control::SyncArgs),
     /// Format a remote store: write its volume descriptor (uuid, block
     /// size, format version). Refuses a store formatted differently.
     Format(FormatArgs),
@@ -306,6 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Mount(args) => mount::run(&args),
         Command::Umount(args) => mount::umount(&args),
+        Command::Sync(args) => control::sync(&args),
         Command::Format(args) => run_format(&args),
         Command::Master(args) => run_master(&args),
         Command::Members(command) => run_members(command),

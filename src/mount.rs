@@ -99,10 +99,21 @@ pub struct MountArgs {
     /// Block size when this mount formats a new volume (64K..16M).
     #[arg(long = "block-size", default_value = "1M")]
     pub block_size: String,
-    /// `back`: fsync/close return once data is durable in the local
-    /// journal; `through`: once it is in the store.
+    /// `back`: fsync returns once data is durable in the local journal,
+    /// close once it is visible (see --commit-interval); `through`: close
+    /// and fsync return once it is in the store.
     #[arg(long = "write-mode", default_value = "back")]
     pub write_mode: String,
+    /// Milliseconds between group commits (embedded mount, write mode
+    /// back): a close publishes the file's writes at once (this mount
+    /// reads them) and they are durable, journal first then the metadata
+    /// log, within this interval; fsync, fdatasync, fsync of a directory
+    /// and `datenlord sync` still return once durable. A crash loses at
+    /// most the files closed in the last interval, each then at its old
+    /// content. 0: every close waits for its commit. A node of a master
+    /// group always commits at close.
+    #[arg(long = "commit-interval", value_name = "MS", default_value_t = datenlord_fs::COMMIT_INTERVAL_MS_DEFAULT)]
+    pub commit_interval_ms: u64,
     /// Mount options, fstab style: ro, allow_other, direct_io,
     /// relatime|noatime|strictatime, writeback_cache, attr_timeout=SECS,
     /// entry_timeout=SECS, negative_timeout=SECS (kernel caching: 24 h each
@@ -541,7 +552,7 @@ fn remember_mount(mountpoint: &Path, data_dir: &Path) {
 
 /// The data directory of the mount at `mountpoint`: `--data-dir`, else
 /// the one remembered for it, else the default.
-fn data_dir_of(mountpoint: &Path, given: Option<&Path>) -> PathBuf {
+pub fn data_dir_of(mountpoint: &Path, given: Option<&Path>) -> PathBuf {
     if let Some(dir) = given {
         return dir.to_path_buf();
     }
@@ -577,27 +588,7 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<std::process::ExitCode> {
         .canonicalize()
         .with_context(|| format!("resolving {}", args.mountpoint.display()))?;
     let data_dir = data_dir_of(&mountpoint, args.data_dir.as_deref());
-    let record = data_dir.join(MOUNTPOINT_FILE);
-    let served = std::fs::read(&record)
-        .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()))
-        .with_context(|| {
-            format!(
-                "{} names no datenlord mount: give the mount's --data-dir",
-                record.display()
-            )
-        })?;
-    ensure!(
-        served == mountpoint,
-        "the data directory {} serves {}, not {}: give the mount's --data-dir",
-        data_dir.display(),
-        served.display(),
-        mountpoint.display()
-    );
-    ensure!(
-        datenlord_fuse::is_mountpoint(&mountpoint),
-        "{} is not mounted",
-        mountpoint.display()
-    );
+    check_served(&data_dir, &mountpoint)?;
     unmount_path(&mountpoint);
     // The daemon holds the data directory's lock until it exits.
     let pid_file = data_dir.join(PID_FILE);
@@ -621,6 +612,33 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<std::process::ExitCode> {
     }
     println!("unmounted {}; its daemon finished", mountpoint.display());
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Checks that the daemon of `data_dir` serves `mountpoint` (resolved),
+/// and that it is mounted.
+pub fn check_served(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<()> {
+    let record = data_dir.join(MOUNTPOINT_FILE);
+    let served = std::fs::read(&record)
+        .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()))
+        .with_context(|| {
+            format!(
+                "{} names no datenlord mount: give the mount's --data-dir",
+                record.display()
+            )
+        })?;
+    ensure!(
+        served == mountpoint,
+        "the data directory {} serves {}, not {}: give the mount's --data-dir",
+        data_dir.display(),
+        served.display(),
+        mountpoint.display()
+    );
+    ensure!(
+        datenlord_fuse::is_mountpoint(mountpoint),
+        "{} is not mounted",
+        mountpoint.display()
+    );
+    Ok(())
 }
 
 /// Creates `dir` if missing and makes it its owner's alone (0700): it
@@ -779,6 +797,22 @@ fn fs_config(
     if let Some(atime) = parsed.atime {
         config.atime = atime;
     }
+    anyhow::ensure!(
+        args.commit_interval_ms <= datenlord_fs::COMMIT_INTERVAL_MS_MAX,
+        "--commit-interval {} is above the largest, {} ms",
+        args.commit_interval_ms,
+        datenlord_fs::COMMIT_INTERVAL_MS_MAX
+    );
+    // Through: a close returns once its data is in the store. A node: its
+    // close must reach the leader for other nodes' opens (close-to-open),
+    // which group commits across nodes do not do yet.
+    if args.commit_interval_ms > 0 && plan.write_mode == WriteMode::Back && args.masters.is_empty()
+    {
+        config.commit_interval = Some(Duration::from_millis(args.commit_interval_ms));
+    }
+    config.abort_after_journal_sync = std::env::var(ABORT_AFTER_JOURNAL_SYNC_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok());
     if opts.passthrough {
         config.local_copies = Some(datenlord_fs::CopyConfig {
             dir: plan.dir.join("copies"),
@@ -800,6 +834,11 @@ struct CachePlan {
     disk_bytes: Option<u64>,
     write_mode: WriteMode,
 }
+
+/// Test hook of the crash tests (`FsConfig::abort_after_journal_sync`):
+/// the daemon aborts in its Nth group commit with blocks, between the
+/// journal sync and the metadata.
+pub const ABORT_AFTER_JOURNAL_SYNC_ENV: &str = "DATENLORD_TEST_ABORT_AFTER_JOURNAL_SYNC";
 
 /// The NVMe cache file's size when --cache-size is not given.
 const CACHE_FILE_DEFAULT: &str = "1G";
@@ -962,6 +1001,21 @@ fn start_metadata(
     })
 }
 
+/// How a node's blocks travel between nodes.
+fn neighbor_plan(args: &MountArgs, config: &NodeConfig) -> NeighborPlan {
+    // The read path speaks TCP until the RDMA transport is wired into it
+    // (ARCHITECTURE.md): asking for rdma logs why TCP is used.
+    let transport = args.neighbor_transport.resolve();
+    info!(?transport, "neighbor transport");
+    NeighborPlan::new(
+        config.id,
+        DataLink {
+            security: config.security.clone(),
+            data_tls: args.data_tls == OnOff::On,
+        },
+    )
+}
+
 fn serve(
     args: &MountArgs,
     mountpoint: &Path,
@@ -974,19 +1028,9 @@ fn serve(
     let lock = DataDirLock::take(data_dir, mountpoint)?;
     let node_config = args.node_config(data_dir)?;
     let security = node_config.as_ref().map(|config| config.security.clone());
-    let neighbor_plan = node_config.as_ref().map(|config| {
-        // The read path speaks TCP until the RDMA transport is wired into
-        // it (ARCHITECTURE.md): asking for rdma logs why TCP is used.
-        let transport = args.neighbor_transport.resolve();
-        info!(?transport, "neighbor transport");
-        NeighborPlan::new(
-            config.id,
-            DataLink {
-                security: config.security.clone(),
-                data_tls: args.data_tls == OnOff::On,
-            },
-        )
-    });
+    let neighbor_plan = node_config
+        .as_ref()
+        .map(|config| neighbor_plan(args, config));
     let mut opts = kernel_cache_defaults(mountpoint, node_config.is_none());
     let parsed = datenlord_fuse::parse_mount_options(&args.options.join(","))
         .context("in the -o mount options")?;
@@ -1054,12 +1098,14 @@ fn serve(
         info!("node of a master group: the masters own the metadata; no metadata backup or orphan scrub on this node");
         (None, None)
     };
+    let control = crate::control::ControlSocket::start(data_dir, Arc::downgrade(&fs))?;
     let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::addr);
     info!(mountpoint = %mountpoint.display(), store = %store.url, cores = engine.handle().shards(), ?metrics_addr, "mounted");
     ready.ok();
     stop_on_signal(signals, Arc::clone(&fs), mountpoint, security)?;
 
     let served = mount.wait();
+    control.stop();
     drop(metrics);
     backup.into_iter().for_each(Periodic::stop);
     scrub.into_iter().for_each(Periodic::stop);

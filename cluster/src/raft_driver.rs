@@ -179,6 +179,44 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
         answer.recv_async().await.map_err(|_| DriveError::Stopped)?
     }
 
+    /// Proposes `commands` together and waits for each result, in order.
+    /// An inline group runs them in one round of the caller's (one log
+    /// write, the lock taken once); a driver thread batches them anyway.
+    pub async fn propose_all(&self, commands: Vec<Vec<u8>>) -> Vec<Result<Vec<u8>, DriveError>> {
+        let mut answers = Vec::with_capacity(commands.len());
+        let mut requests = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (reply, answer) = flume::bounded(1);
+            requests.push(Request::Propose { command, reply });
+            answers.push(answer);
+        }
+        let submitted = if let Some(core) = &self.inline {
+            core.run_round_all(requests)
+        } else {
+            let mut sent = Ok(());
+            for request in requests {
+                if self.inbox.send_async(request).await.is_err() {
+                    sent = Err(DriveError::Stopped);
+                    break;
+                }
+            }
+            sent
+        };
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let result = match &submitted {
+                Err(e) => Err(e.clone()),
+                Ok(()) => answer
+                    .recv_async()
+                    .await
+                    .map_err(|_| DriveError::Stopped)
+                    .and_then(|r| r),
+            };
+            results.push(result);
+        }
+        results
+    }
+
     /// Runs `f` on the state machine once it reflects every write committed
     /// before this call (ReadIndex): a linearizable read.
     pub async fn read<R, F>(&self, f: F) -> Result<R, DriveError>
@@ -242,6 +280,9 @@ impl<S: StateMachine + Send + 'static> RaftHandle<S> {
     /// Needed only with [`LogSync::Deferred`]; otherwise commands are
     /// durable when answered.
     pub async fn sync(&self) -> Result<(), DriveError> {
+        if let Some(core) = &self.inline {
+            return core.sync_unlocked();
+        }
         let (reply, answer) = flume::bounded(1);
         self.submit(Request::Sync(reply)).await?;
         answer.recv_async().await.map_err(|_| DriveError::Stopped)?
@@ -437,6 +478,12 @@ impl<S> Pending<S> {
 /// Runs a caller's request in a round of its own (inline groups).
 trait Rounds<S>: Send + Sync {
     fn run_round(&self, request: Request<S>) -> Result<(), DriveError>;
+    /// Runs one round for all of `requests`.
+    fn run_round_all(&self, requests: Vec<Request<S>>) -> Result<(), DriveError>;
+    /// Makes every write so far durable with the fdatasync outside the
+    /// lock: inline rounds of other callers (metadata commands of FUSE
+    /// requests) do not wait for the disk.
+    fn sync_unlocked(&self) -> Result<(), DriveError>;
 }
 
 impl<S: StateMachine + Send> Rounds<S> for Mutex<Core<S>> {
@@ -448,6 +495,44 @@ impl<S: StateMachine + Send> Rounds<S> for Mutex<Core<S>> {
         let id = core.replica.id();
         or_end_process(id, || core.round(std::iter::once(request)));
         Ok(())
+    }
+
+    fn run_round_all(&self, requests: Vec<Request<S>>) -> Result<(), DriveError> {
+        let mut core = lock(self);
+        if core.is_done() {
+            return Err(DriveError::Stopped);
+        }
+        let id = core.replica.id();
+        or_end_process(id, || core.round(requests.into_iter()));
+        Ok(())
+    }
+
+    fn sync_unlocked(&self) -> Result<(), DriveError> {
+        let pending = {
+            let mut core = lock(self);
+            if core.is_done() {
+                return Err(DriveError::Stopped);
+            }
+            match core.replica.begin_sync_log() {
+                Ok(pending) => pending,
+                Err(e) => return Err(core.fail(e)),
+            }
+        };
+        let Some(pending) = pending else {
+            return Ok(());
+        };
+        let result = pending.file.sync_data();
+        let mut core = lock(self);
+        if core.is_done() {
+            return Err(DriveError::Stopped);
+        }
+        match core.replica.end_sync_log(&pending, result) {
+            Ok(()) => {
+                core.next_sync = Instant::now() + Duration::from_millis(DEFERRED_SYNC_MS);
+                Ok(())
+            }
+            Err(e) => Err(core.fail(e)),
+        }
     }
 }
 
@@ -517,6 +602,14 @@ impl<S: StateMachine> Core<S> {
             failed: None,
             failure_taken: false,
         }
+    }
+
+    /// A failure of the replica outside a round: it stops, as one in a
+    /// round would (the driver thread returns it).
+    fn fail(&mut self, e: ReplicaError) -> DriveError {
+        error!(replica = self.replica.id(), %e, "the Raft log cannot be synced; stopping the replica");
+        self.failed = Some(e);
+        DriveError::Stopped
     }
 
     /// Whether no more rounds run (stopped, or the replica failed).

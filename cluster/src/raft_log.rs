@@ -120,6 +120,17 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     }
 }
 
+/// A sync [`RaftLog::begin_sync`] started: the segment and how much of
+/// it the fdatasync covers.
+#[derive(Debug)]
+pub struct PendingSync {
+    /// The segment (a second descriptor of it).
+    pub file: File,
+    path: PathBuf,
+    seq: u64,
+    bytes: u64,
+}
+
 /// Where the log lives.
 #[derive(Debug)]
 enum Backing {
@@ -621,6 +632,69 @@ impl RaftLog {
             self.syncs += 1;
         }
         self.unsynced = false;
+        Ok(())
+    }
+
+    /// [`Self::sync`] in three steps, so that the fdatasync itself can run
+    /// without the caller's lock on the log (other rounds keep writing
+    /// meanwhile): writes what is pending and returns the segment to sync
+    /// (`None`: nothing unsynced). Hand the fdatasync's result to
+    /// [`Self::end_sync`].
+    pub fn begin_sync(&mut self) -> Result<Option<PendingSync>, LogError> {
+        self.write_pending()?;
+        if !self.unsynced {
+            return Ok(None);
+        }
+        let Backing::Dir {
+            segment,
+            segment_path,
+            segment_seq,
+            segment_bytes,
+            ..
+        } = &self.backing
+        else {
+            self.unsynced = false;
+            return Ok(None);
+        };
+        let file = segment.try_clone().map_err(io_err(
+            "duplicate the Raft log segment's descriptor",
+            segment_path,
+        ))?;
+        Ok(Some(PendingSync {
+            file,
+            path: segment_path.clone(),
+            seq: *segment_seq,
+            bytes: *segment_bytes,
+        }))
+    }
+
+    /// Takes the outcome of a [`Self::begin_sync`]'s fdatasync: the log is
+    /// synced if nothing was written to the segment since; a failure fails
+    /// the log as one of [`Self::sync`] would.
+    pub fn end_sync(
+        &mut self,
+        pending: &PendingSync,
+        result: std::io::Result<()>,
+    ) -> Result<(), LogError> {
+        let result = match self.injected_sync_fault() {
+            Some(fault) => Err(fault),
+            None => result,
+        };
+        if let Err(e) = result {
+            self.failed = Some(format!("fdatasync of {}: {e}", pending.path.display()));
+            return Err(io_err("sync the Raft log segment", &pending.path)(e));
+        }
+        self.syncs += 1;
+        if let Backing::Dir {
+            segment_seq,
+            segment_bytes,
+            ..
+        } = &self.backing
+        {
+            if *segment_seq == pending.seq && *segment_bytes == pending.bytes {
+                self.unsynced = false;
+            }
+        }
         Ok(())
     }
 
@@ -1448,6 +1522,49 @@ mod tests {
                 .last_index_inner(),
             10
         );
+    }
+
+    #[test]
+    fn a_sync_split_around_the_lock_covers_only_what_was_written_before_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = RaftLog::open(dir.path()).expect("open");
+        log.set_sync(LogSync::Deferred);
+        log.initialize(conf(&[1])).expect("init");
+        log.sync().expect("sync");
+        assert!(
+            log.begin_sync().expect("begin").is_none(),
+            "nothing to sync"
+        );
+        let base = log.syncs();
+        log.append(&[entry(1, 1, b"a")]).expect("append");
+        log.persist().expect("persist");
+        let pending = log.begin_sync().expect("begin").expect("a sync to run");
+        // Another round writes while the fdatasync runs without the lock.
+        log.append(&[entry(2, 1, b"b")]).expect("append");
+        log.persist().expect("persist");
+        let synced = pending.file.sync_data();
+        log.end_sync(&pending, synced).expect("end");
+        assert_eq!(log.syncs(), base + 1);
+        assert!(log.has_unsynced(), "entry 2 came after the sync began");
+        let pending = log.begin_sync().expect("begin").expect("a sync to run");
+        let synced = pending.file.sync_data();
+        log.end_sync(&pending, synced).expect("end");
+        assert!(!log.has_unsynced());
+        // A failed fdatasync fails the log, as a failed `sync` does.
+        log.append(&[entry(3, 1, b"c")]).expect("append");
+        log.persist().expect("persist");
+        let pending = log.begin_sync().expect("begin").expect("a sync to run");
+        let eio = std::io::Error::from_raw_os_error(libc::EIO);
+        let err = log
+            .end_sync(&pending, Err(eio))
+            .expect_err("EIO")
+            .to_string();
+        assert!(err.contains("sync the Raft log segment"), "{err}");
+        assert!(log
+            .sync()
+            .expect_err("failed for good")
+            .to_string()
+            .contains("restart"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use raft::eraftpb::{
 use raft::{Config, RawNode, StateRole, Storage};
 use tracing::{debug, info};
 
-use crate::raft_log::{LogError, LogSync, RaftLog};
+use crate::raft_log::{LogError, LogSync, PendingSync, RaftLog};
 use crate::sessions::{Dedup, SessionProposal, Sessions};
 
 /// Ticks without a heartbeat before a follower campaigns.
@@ -331,6 +331,22 @@ impl<S: StateMachine> Replica<S> {
     /// [`LogSync`] policy.
     pub fn sync_log(&mut self) -> Result<(), ReplicaError> {
         self.node.mut_store().sync()?;
+        Ok(())
+    }
+
+    /// [`RaftLog::begin_sync`]: the fdatasync to run outside the caller's
+    /// lock (`None`: nothing to sync).
+    pub fn begin_sync_log(&mut self) -> Result<Option<PendingSync>, ReplicaError> {
+        Ok(self.node.mut_store().begin_sync()?)
+    }
+
+    /// [`RaftLog::end_sync`].
+    pub fn end_sync_log(
+        &mut self,
+        pending: &PendingSync,
+        result: std::io::Result<()>,
+    ) -> Result<(), ReplicaError> {
+        self.node.mut_store().end_sync(pending, result)?;
         Ok(())
     }
 

@@ -58,6 +58,15 @@ pub struct FsConfig {
     /// Local copies of files read again and again, for FUSE passthrough
     /// (`None`: no copies).
     pub local_copies: Option<CopyConfig>,
+    /// `Some`: a close publishes its file's writes and a commit thread
+    /// makes them durable, journal first, then the metadata log, at most
+    /// this long later (see `commit.rs`); `None`: a close commits its file
+    /// durably before it returns.
+    pub commit_interval: Option<Duration>,
+    /// Test hook (crash tests only): the process aborts in the group
+    /// commit number N (from 1) that has blocks, after their journal sync
+    /// and before any of its metadata is written, as a crash there would.
+    pub abort_after_journal_sync: Option<u64>,
 }
 
 impl Default for FsConfig {
@@ -72,6 +81,8 @@ impl Default for FsConfig {
             capacity_bytes: CAPACITY_BYTES_DEFAULT,
             inodes_max: INODES_MAX_DEFAULT,
             local_copies: None,
+            commit_interval: None,
+            abort_after_journal_sync: None,
         }
     }
 }

@@ -29,6 +29,20 @@ impl DirtyFile {
         }
     }
 
+    /// The lowest dirty block index.
+    pub fn first_index(&self) -> Option<u64> {
+        self.blocks.keys().next().copied()
+    }
+
+    /// The highest dirty block index.
+    pub fn last_index(&self) -> Option<u64> {
+        self.blocks.keys().next_back().copied()
+    }
+
+    /// The dirty block indices, in order.
+    pub fn indices(&self) -> impl Iterator<Item = u64> + '_ {
+        self.blocks.keys().copied()
+    }
     /// Whether nothing is dirty.
     pub fn is_empty(&self) -> bool {
         self.blocks.is_empty()

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,7 @@ use futures::executor::block_on;
 use futures::lock::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
+use crate::commit::{Admission, Committer};
 use crate::config::{AtimePolicy, FsConfig, RELATIME_INTERVAL_SECS};
 use crate::copies::{Copies, LocalCopy, OnChange};
 use crate::dirty::DirtyFile;
@@ -37,6 +38,10 @@ use crate::meta::MetaLink;
 use crate::range::{block_start, pieces, PunchSplit};
 use crate::sink::BlockSink;
 use crate::version::VersionClock;
+
+/// Told of each file a background commit made visible in the metadata
+/// (see [`Fs::on_commit`]).
+pub type CommitObserver = Arc<dyn Fn(Ino) + Send + Sync>;
 
 /// Files whose attributes at open are remembered for `keep_cache`.
 const SEEN_AT_OPEN_MAX: usize = 65_536;
@@ -78,11 +83,96 @@ struct FileState {
 #[derive(Debug)]
 struct FileEntry {
     state: Arc<AsyncMutex<FileState>>,
-    /// The size with unflushed writes, or 0: lets `getattr` see it without
-    /// waiting for the inode's mutex.
-    pending_size: Arc<AtomicU64>,
+    /// What `getattr`, `close` and `release` read without waiting for the
+    /// inode's mutex.
+    shared: Arc<FileShared>,
     /// Handles open on this node.
     opens: u64,
+}
+
+/// The part of a file's unflushed state read without its mutex.
+#[derive(Debug, Default)]
+struct FileShared {
+    /// The size with unflushed writes, or 0.
+    size: AtomicU64,
+    /// When the last unflushed write happened (ns since the epoch), or 0:
+    /// the file's mtime and ctime until its blocks are committed, and the
+    /// time the commit stamps.
+    mtime_ns: AtomicU64,
+    /// Blocks the published writes add to the block map (counted at
+    /// close): `getattr` shows them in the allocated size before the
+    /// commit, as it will after.
+    new_blocks: AtomicU64,
+    /// A background commit of the file failed: the next `close` or
+    /// `fsync` returns it (once, like Linux's errseq for writeback).
+    error: Mutex<Option<FsError>>,
+}
+
+impl FileShared {
+    fn is_dirty(&self) -> bool {
+        self.size.load(Ordering::Acquire) != 0
+    }
+
+    fn record(&self, error: FsError) {
+        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+    }
+
+    fn take_error(&self) -> Option<FsError> {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn has_error(&self) -> bool {
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Marks the unflushed writes as committed (or dropped).
+    fn clear(&self) {
+        self.size.store(0, Ordering::Release);
+        self.mtime_ns.store(0, Ordering::Release);
+        self.new_blocks.store(0, Ordering::Release);
+    }
+}
+
+fn timespec_ns(t: Timespec) -> u64 {
+    u64::try_from(t.sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(t.nsec))
+}
+
+fn ns_timespec(ns: u64) -> Timespec {
+    Timespec {
+        sec: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
+        nsec: u32::try_from(ns % 1_000_000_000).unwrap_or(0),
+    }
+}
+
+/// The time a commit of the file's unflushed writes stamps: its last
+/// write's (now if unknown).
+fn write_time(shared: &FileShared) -> Timespec {
+    match shared.mtime_ns.load(Ordering::Acquire) {
+        0 => now(),
+        written => ns_timespec(written),
+    }
+}
+
+/// A file of a group commit, locked.
+type LockedFile<'a> = (
+    Ino,
+    futures::lock::MutexGuard<'a, FileState>,
+    &'a Arc<FileShared>,
+);
+
+/// A file's unflushed writes taken as new block versions.
+struct Prepared {
+    size: u64,
+    blocks: Vec<(BlockId, Vec<u8>)>,
 }
 
 struct Renewer {
@@ -159,6 +249,12 @@ pub struct Fs {
     copies: Option<Copies>,
     /// Makes the copies [`Copies::note_read_close`] asks for.
     copier: Mutex<Option<Copier>>,
+    /// Commits published files (`FsConfig::commit_interval`; unset: a
+    /// close commits its file itself).
+    committer: OnceLock<Committer>,
+    commit_observer: OnceLock<CommitObserver>,
+    /// Group commits with blocks so far (the crash tests' hook).
+    groups_with_blocks: AtomicU64,
 }
 
 /// The thread that makes local copies, one file at a time.
@@ -284,7 +380,22 @@ impl Fs {
             garbage: Mutex::new(Some(garbage)),
             copies,
             copier: Mutex::new(None),
+            committer: OnceLock::new(),
+            commit_observer: OnceLock::new(),
+            groups_with_blocks: AtomicU64::new(0),
         });
+        if let Some(interval) = fs.config.commit_interval {
+            let weak = Arc::downgrade(&fs);
+            let committer = Committer::start(interval, move |inos| {
+                let Some(fs) = weak.upgrade() else {
+                    return false;
+                };
+                // Failures are recorded on their files and logged.
+                let _ = block_on(fs.commit_group(inos));
+                true
+            })?;
+            let _ = fs.committer.set(committer);
+        }
         if fs.copies.is_some() {
             let thread = start_copier(Arc::downgrade(&fs))?;
             *fs.copier.lock().unwrap_or_else(PoisonError::into_inner) = Some(thread);
@@ -324,6 +435,12 @@ impl Fs {
     /// while a crash could still bring back a map that points at it.
     async fn apply(&self, command: &Command) -> Result<Outcome> {
         let outcome = self.meta.apply(command).await?;
+        self.hand_over_garbage(&outcome);
+        Ok(outcome)
+    }
+
+    /// Hands what an applied command orphaned to the garbage thread.
+    fn hand_over_garbage(&self, outcome: &Outcome) {
         if !outcome.garbage.is_empty() {
             let garbage = outcome.garbage.iter().map(block_ref_id).collect();
             let handoff = self.garbage.lock().unwrap_or_else(PoisonError::into_inner);
@@ -333,7 +450,6 @@ impl Fs {
                 warn!("file system stopping: orphaned versions left for the orphan scrub");
             }
         }
-        Ok(outcome)
     }
 
     /// Returns once the versions orphaned by every command applied before
@@ -358,10 +474,21 @@ impl Fs {
             .ok_or(FsError::Invalid("the metadata answered without attributes"))
     }
 
-    /// `attr` with the size unflushed writes give the file.
+    /// `attr` with the size and times unflushed writes give the file.
     fn with_pending(&self, mut attr: Attr) -> Attr {
         if let Some(entry) = self.read_files().get(&attr.ino) {
-            attr.size = attr.size.max(entry.pending_size.load(Ordering::Acquire));
+            attr.size = attr.size.max(entry.shared.size.load(Ordering::Acquire));
+            let new_blocks = entry.shared.new_blocks.load(Ordering::Acquire);
+            attr.allocated_bytes = attr
+                .allocated_bytes
+                .saturating_add(new_blocks.saturating_mul(u64::from(self.block_size)));
+            let written = entry.shared.mtime_ns.load(Ordering::Acquire);
+            if written != 0 {
+                // What the commit will stamp (see `Fs::commit_time`).
+                let stamp = ns_timespec(written).max(attr.ctime);
+                attr.mtime = attr.mtime.max(stamp);
+                attr.ctime = stamp;
+            }
         }
         attr
     }
@@ -387,10 +514,10 @@ impl Fs {
             .ok_or(FsError::BadHandle(fh))
     }
 
-    fn file_state(&self, ino: Ino) -> Option<(Arc<AsyncMutex<FileState>>, Arc<AtomicU64>)> {
+    fn file_state(&self, ino: Ino) -> Option<(Arc<AsyncMutex<FileState>>, Arc<FileShared>)> {
         self.read_files()
             .get(&ino)
-            .map(|e| (Arc::clone(&e.state), Arc::clone(&e.pending_size)))
+            .map(|e| (Arc::clone(&e.state), Arc::clone(&e.shared)))
     }
 
     // ---- queries (the local copy) ----
@@ -729,7 +856,7 @@ impl Fs {
                     size: None,
                     writer: Creds::root(),
                 })),
-                pending_size: Arc::new(AtomicU64::new(0)),
+                shared: Arc::default(),
                 opens: 0,
             })
             .opens += 1;
@@ -836,9 +963,10 @@ impl Fs {
         })
     }
 
-    /// Closes handle `fh`: flushes the file, releases the handle in the
-    /// metadata (dropping `flock_owner`'s flock), forgets the file's state
-    /// once no handle of this node is open.
+    /// Closes handle `fh`: flushes the file (see [`Fs::flush`]), releases
+    /// the handle in the metadata (dropping `flock_owner`'s flock), forgets
+    /// the file's state once no handle of this node is open and nothing of
+    /// it waits for a commit.
     pub async fn release(&self, ino: Ino, fh: u64, flock_owner: Option<u64>) -> Result<()> {
         let removed = self
             .handles
@@ -861,8 +989,13 @@ impl Fs {
             if let Some(entry) = files.get_mut(&ino) {
                 entry.opens = entry.opens.saturating_sub(1);
                 // After a failed flush the unflushed blocks stay for
-                // `flush_all` (unmount) to retry.
-                if entry.opens == 0 && flushed.is_ok() {
+                // `flush_all` (unmount) to retry; a published file stays
+                // until its commit (which then forgets it).
+                if entry.opens == 0
+                    && flushed.is_ok()
+                    && !entry.shared.is_dirty()
+                    && !entry.shared.has_error()
+                {
                     files.remove(&ino);
                 }
             }
@@ -874,9 +1007,69 @@ impl Fs {
         released.map(|_| ())
     }
 
-    /// Makes the file's unflushed writes durable and visible (`close`,
-    /// `fsync`).
+    /// `close` (`FUSE_FLUSH`): publishes the file's unflushed writes. With
+    /// a commit interval (`FsConfig::commit_interval`) they stay where
+    /// every reader of this mount sees them and the file joins the next
+    /// group commit (within the interval); without one they are committed
+    /// now, durably. Returns the error of a background commit of the file
+    /// that no `close` or `fsync` returned yet.
     pub async fn flush(&self, ino: Ino) -> Result<()> {
+        if self.committer.get().is_none() {
+            return self.commit_file(ino).await;
+        }
+        let published = self.flush_in_background(ino).await;
+        let reported = self
+            .file_state(ino)
+            .and_then(|(_, shared)| shared.take_error());
+        published?;
+        reported.map_or(Ok(()), Err)
+    }
+
+    /// Hands the file's unflushed writes to the commit thread (or commits
+    /// them now without one, or when too many bytes wait already).
+    async fn flush_in_background(&self, ino: Ino) -> Result<()> {
+        let Some(committer) = self.committer.get() else {
+            return self.commit_file(ino).await;
+        };
+        self.import_mapped_writes(ino).await?;
+        let Some((state, shared)) = self.file_state(ino) else {
+            return Ok(());
+        };
+        if !shared.is_dirty() {
+            return Ok(());
+        }
+        // A write by someone else clears set-user-ID and set-group-ID
+        // when it commits (`SetBlocks`): such files commit at close, so
+        // the kernel sees the bits go with the close (rare files; no
+        // copy of the metadata's rule here).
+        let mode = self.meta.read(|s| s.getattr(ino)).map(|a| a.mode)?;
+        if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
+            return self.commit_file(ino).await;
+        }
+        let bytes = {
+            let st = state.lock().await;
+            let Some(first) = st.dirty.first_index() else {
+                return Ok(());
+            };
+            let last = st.dirty.last_index().unwrap_or(first);
+            let mapped = self.versions(ino, first, last)?;
+            let new_blocks = st
+                .dirty
+                .indices()
+                .filter(|index| !mapped.contains_key(index))
+                .count() as u64;
+            shared.new_blocks.store(new_blocks, Ordering::Release);
+            st.dirty.dirty_bytes() as u64
+        };
+        if committer.publish(ino, bytes) == Admission::CommitNow {
+            return self.commit_file(ino).await;
+        }
+        Ok(())
+    }
+
+    /// Makes the file's unflushed writes durable and visible now: the
+    /// journal first, then the metadata (and its log synced).
+    async fn commit_file(&self, ino: Ino) -> Result<()> {
         self.import_mapped_writes(ino).await?;
         let Some((state, pending)) = self.file_state(ino) else {
             return Ok(());
@@ -885,11 +1078,18 @@ impl Fs {
         self.flush_locked(ino, &mut st, &pending).await
     }
 
-    /// `fsync(2)`: [`Fs::flush`], then every metadata change made so far
-    /// (the file's creation, renames…) is durable too.
+    /// `fsync(2)`: the file's unflushed writes are committed, then every
+    /// metadata change made so far (the file's creation, renames…) is
+    /// durable too. Returns the error of an earlier background commit of
+    /// the file too, once.
     pub async fn fsync(&self, ino: Ino) -> Result<()> {
-        self.flush(ino).await?;
-        self.meta.sync().await
+        let committed = self.commit_file(ino).await;
+        let reported = self
+            .file_state(ino)
+            .and_then(|(_, shared)| shared.take_error());
+        committed?;
+        self.meta.sync().await?;
+        reported.map_or(Ok(()), Err)
     }
 
     /// `fsync(2)` on a directory: its entries (every metadata change made
@@ -898,17 +1098,273 @@ impl Fs {
         self.meta.sync().await
     }
 
-    /// Flushes every file with unflushed writes.
+    /// Commits every file with unflushed writes as one group and syncs the
+    /// metadata log (`datenlord sync`, unmount): returns once all of it is
+    /// durable, or the first error (each failed file also keeps it for its
+    /// next `close` or `fsync`).
     pub async fn flush_all(&self) -> Result<()> {
         let inos: Vec<Ino> = self.read_files().keys().copied().collect();
         let mut first_error = None;
-        for ino in inos {
-            if let Err(e) = self.flush(ino).await {
-                warn!(%ino, error = %e, "flush failed");
+        for &ino in &inos {
+            if let Err(e) = self.import_mapped_writes(ino).await {
+                warn!(%ino, error = %e, "importing writes through a mapping failed");
                 first_error.get_or_insert(e);
             }
         }
+        let dirty: Vec<Ino> = {
+            let files = self.read_files();
+            let mut dirty: Vec<Ino> = inos
+                .into_iter()
+                .filter(|ino| files.get(ino).is_some_and(|e| e.shared.is_dirty()))
+                .collect();
+            dirty.sort_unstable();
+            dirty
+        };
+        if let Err(e) = self.commit_group(dirty).await {
+            first_error.get_or_insert(e);
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Has `observer` told of every file whose blocks a background commit
+    /// made visible in the metadata (the FUSE frontend drops the kernel's
+    /// attributes of it: the commit changed its allocated size, and may
+    /// have cleared set-user-ID). Set once.
+    pub fn on_commit(&self, observer: CommitObserver) {
+        if self.commit_observer.set(observer).is_err() {
+            warn!("the commit observer was set already");
+        }
+    }
+
+    /// One group commit (see `commit.rs`): the unflushed writes of `inos`
+    /// (in inode order) go to the sink in one commit (one journal append
+    /// and fdatasync), then each file's `SetBlocks`, then one metadata log
+    /// sync — also when `inos` is empty, so metadata-only changes are
+    /// durable within the commit interval too. A failure is recorded on
+    /// every file it concerns (and logged); the first one is returned.
+    /// The files stay locked throughout: a reader waits for the group
+    /// rather than see the block map before it moves.
+    async fn commit_group(&self, inos: Vec<Ino>) -> Result<()> {
+        let files: Vec<(Ino, Arc<AsyncMutex<FileState>>, Arc<FileShared>)> = inos
+            .into_iter()
+            .filter_map(|ino| self.file_state(ino).map(|(s, shared)| (ino, s, shared)))
+            .collect();
+        let mut locked = Vec::with_capacity(files.len());
+        for (ino, state, shared) in &files {
+            locked.push((*ino, state.lock().await, shared));
+        }
+        let mut first_error: Option<FsError> = None;
+        let mut fail = |ino: Ino, shared: &FileShared, e: FsError| {
+            warn!(%ino, error = %e, "background commit failed: the next close or fsync of the file returns it");
+            shared.record(e.clone());
+            first_error.get_or_insert(e);
+        };
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(locked.len());
+        for (ino, st, shared) in &mut locked {
+            if self.drop_if_deleted(*ino, st, shared) {
+                prepared.push(None);
+                continue;
+            }
+            match self.take_dirty(*ino, st) {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    fail(*ino, shared, e);
+                    prepared.push(None);
+                }
+            }
+        }
+        // What the kernel may hold of each file: told only if the commit
+        // changes it (the overlay of `getattr` usually matches).
+        let before: HashMap<Ino, Attr> = prepared
+            .iter()
+            .zip(&locked)
+            .filter_map(|(p, (ino, _, _))| {
+                Some((*ino, self.getattr(*ino).ok().filter(|_| p.is_some())?))
+            })
+            .collect();
+        let batch: Vec<(BlockId, Vec<u8>)> = prepared
+            .iter()
+            .flatten()
+            .flat_map(|p| p.blocks.iter().cloned())
+            .collect();
+        let batch_empty = batch.is_empty();
+        if !batch_empty {
+            debug!(files = locked.len(), blocks = batch.len(), "group commit");
+            if let Err(e) = self.sink.commit(batch).await {
+                let e = FsError::from(e);
+                for ((ino, st, shared), p) in locked.iter_mut().zip(prepared) {
+                    if let Some(p) = p {
+                        st.dirty
+                            .restore(p.blocks.into_iter().map(|(id, d)| (id.index, d)).collect());
+                        fail(*ino, shared, e.clone());
+                    }
+                }
+                return Err(first_error.unwrap_or(e));
+            }
+        }
+        if !batch_empty {
+            self.maybe_abort_after_journal_sync();
+        }
+        // Files whose blocks fit one `SetBlocks` (small files) get theirs
+        // in one Raft round; larger ones one after the other.
+        let mut outcomes: Vec<(usize, Result<()>)> = Vec::with_capacity(locked.len());
+        let mut together: Vec<(usize, Prepared)> = Vec::new();
+        for (i, p) in prepared.into_iter().enumerate() {
+            let Some(p) = p else { continue };
+            if p.blocks.len() <= BLOCKS_PER_COMMAND_MAX {
+                together.push((i, p));
+                continue;
+            }
+            let (ino, st, shared) = &mut locked[i];
+            outcomes.push((i, self.set_blocks(*ino, st, shared, p).await));
+        }
+        self.set_blocks_together(&mut locked, together, &mut outcomes)
+            .await;
+        let mut committed = Vec::new();
+        for (i, result) in outcomes {
+            let (ino, _, shared) = &locked[i];
+            match result {
+                Ok(()) => committed.push(*ino),
+                // Deleted meanwhile: its versions were collected.
+                Err(e) if gone(&e) => debug!(%ino, "committed blocks of a deleted file"),
+                Err(e) => fail(*ino, shared, e),
+            }
+        }
+        if let Err(e) = self.meta.sync().await {
+            for (ino, _, shared) in &locked {
+                if committed.contains(ino) {
+                    fail(*ino, shared, e.clone());
+                }
+            }
+            first_error.get_or_insert(e);
+        }
+        self.forget_idle(&locked);
+        drop(locked);
+        self.tell_observer(committed, &before);
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The `SetBlocks` of the group's small files (`together`: index in
+    /// `locked`, blocks) in one Raft round; their outcomes go to
+    /// `outcomes`.
+    async fn set_blocks_together(
+        &self,
+        locked: &mut [LockedFile<'_>],
+        together: Vec<(usize, Prepared)>,
+        outcomes: &mut Vec<(usize, Result<()>)>,
+    ) {
+        let mut commands = Vec::with_capacity(together.len());
+        let mut versions: Vec<(usize, Vec<BlockId>)> = Vec::with_capacity(together.len());
+        for (i, p) in &together {
+            let (ino, st, shared) = &locked[*i];
+            let ids: Vec<BlockId> = p.blocks.iter().map(|(id, _)| *id).collect();
+            commands.push(Command::SetBlocks {
+                ino: *ino,
+                blocks: ids.iter().map(|id| (id.index, id.version)).collect(),
+                new_size: Some(p.size),
+                creds: st.writer.clone(),
+                now: self.commit_time(*ino, shared),
+            });
+            versions.push((*i, ids));
+        }
+        let inserts =
+            together
+                .into_iter()
+                .flat_map(|(_, p)| p.blocks)
+                .map(|(id, data)| async move {
+                    if let Err(e) = self.engine.insert(id, data).await {
+                        warn!(%id, error = %e, "caching a written block failed");
+                    }
+                });
+        futures::future::join_all(inserts).await;
+        let applied = self.meta.apply_all(&commands).await;
+        for ((i, ids), result) in versions.into_iter().zip(applied) {
+            let (_, st, shared) = &mut locked[i];
+            st.size = None;
+            shared.clear();
+            match result {
+                Ok(outcome) => {
+                    self.hand_over_garbage(&outcome);
+                    outcomes.push((i, Ok(())));
+                }
+                Err(e) => {
+                    // Refused: the metadata never pointed at them.
+                    if refused(&e) {
+                        self.sink.collect(ids);
+                    }
+                    outcomes.push((i, Err(e)));
+                }
+            }
+        }
+    }
+
+    /// Drops the unflushed writes of a file unlinked and released since
+    /// its close (nobody can read them); whether it did.
+    fn drop_if_deleted(&self, ino: Ino, st: &mut FileState, shared: &FileShared) -> bool {
+        let deleted = st.size.is_some()
+            && self
+                .meta
+                .read(|s| s.getattr(ino))
+                .is_err_and(|e| gone(&FsError::from(e)));
+        if deleted {
+            debug!(%ino, "dropping the unflushed writes of a deleted file");
+            drop(st.dirty.take());
+            st.size = None;
+            shared.clear();
+        }
+        deleted
+    }
+
+    /// Tells the commit observer of each committed file whose attributes
+    /// the commit changed from what `getattr` showed `before` it.
+    fn tell_observer(&self, committed: Vec<Ino>, before: &HashMap<Ino, Attr>) {
+        let Some(observer) = self.commit_observer.get() else {
+            return;
+        };
+        let view = |a: &Attr| (a.mode, a.mtime, a.ctime, a.size, a.allocated_bytes);
+        for ino in committed {
+            let now = self.getattr(ino).ok();
+            if before.get(&ino).map(view) != now.as_ref().map(view) {
+                observer(ino);
+            }
+        }
+    }
+
+    /// Forgets the files nobody holds open once nothing of them waits.
+    fn forget_idle(&self, locked: &[LockedFile<'_>]) {
+        let mut table = self.write_files();
+        for (ino, st, shared) in locked {
+            let idle = table.get(ino).is_some_and(|e| e.opens == 0);
+            if idle && st.size.is_none() && !shared.has_error() {
+                table.remove(ino);
+            }
+        }
+    }
+
+    /// The time a commit of the file's writes stamps as its mtime and
+    /// ctime: the last write's, or the file's ctime if a change after the
+    /// write moved it later (ctime never goes back). `getattr` shows the
+    /// same before the commit, so the commit changes nothing the kernel
+    /// saw.
+    fn commit_time(&self, ino: Ino, shared: &FileShared) -> Timespec {
+        let written = write_time(shared);
+        self.meta
+            .read(|s| s.getattr(ino))
+            .map_or(written, |a| a.ctime.max(written))
+    }
+
+    /// The crash tests' hook (`FsConfig::abort_after_journal_sync`).
+    fn maybe_abort_after_journal_sync(&self) {
+        let Some(n) = self.config.abort_after_journal_sync else {
+            return;
+        };
+        if self.groups_with_blocks.fetch_add(1, Ordering::AcqRel) + 1 == n {
+            tracing::error!(
+                group = n,
+                "test hook: aborting after the journal sync, before the metadata"
+            );
+            std::process::abort();
+        }
     }
 
     /// Ends the mount's use of the metadata: flushes everything, stops the
@@ -929,6 +1385,10 @@ impl Fs {
     }
 
     fn stop_background(&self) {
+        if let Some(committer) = self.committer.get() {
+            // Commits what is queued once more, then ends.
+            committer.stop();
+        }
         let copier = self
             .copier
             .lock()
@@ -988,9 +1448,37 @@ impl Fs {
         }
     }
 
-    async fn flush_locked(&self, ino: Ino, st: &mut FileState, pending: &AtomicU64) -> Result<()> {
-        let Some(size) = st.size else {
+    /// Commits the file's unflushed writes now: the sink (durable), the
+    /// metadata, the metadata log synced.
+    async fn flush_locked(&self, ino: Ino, st: &mut FileState, shared: &FileShared) -> Result<()> {
+        let Some(prepared) = self.take_dirty(ino, st)? else {
             return Ok(());
+        };
+        debug!(%ino, blocks = prepared.blocks.len(), size = prepared.size, "flush");
+        if !prepared.blocks.is_empty() {
+            let copies: Vec<(BlockId, Vec<u8>)> = prepared.blocks.clone();
+            if let Err(e) = self.sink.commit(copies).await {
+                st.dirty.restore(
+                    prepared
+                        .blocks
+                        .into_iter()
+                        .map(|(id, d)| (id.index, d))
+                        .collect(),
+                );
+                return Err(e.into());
+            }
+        }
+        self.set_blocks(ino, st, shared, prepared).await?;
+        // A flushed file (every fsync) is durable: its blocks are in the
+        // journal, and its block map in the metadata log.
+        self.meta.sync().await
+    }
+
+    /// Takes the file's unflushed writes as new block versions (`None`
+    /// when it has none); on an error they stay unflushed.
+    fn take_dirty(&self, ino: Ino, st: &mut FileState) -> Result<Option<Prepared>> {
+        let Some(size) = st.size else {
+            return Ok(None);
         };
         let blocks = st.dirty.take();
         let mut batch: Vec<(BlockId, Vec<u8>)> = Vec::with_capacity(blocks.len());
@@ -1007,23 +1495,32 @@ impl Fs {
                 batch.push((BlockId::new(ino.0, index, version), data));
             }
         }
-        debug!(%ino, blocks = batch.len(), size, "flush");
-        if !batch.is_empty() {
-            let copies: Vec<(BlockId, Vec<u8>)> = batch.clone();
-            if let Err(e) = self.sink.commit(copies).await {
-                st.dirty
-                    .restore(batch.into_iter().map(|(id, d)| (id.index, d)).collect());
-                return Err(e.into());
-            }
-        }
-        let ids: Vec<BlockId> = batch.iter().map(|(id, _)| *id).collect();
-        let inserts = batch.into_iter().map(|(id, data)| async move {
+        Ok(Some(Prepared {
+            size,
+            blocks: batch,
+        }))
+    }
+
+    /// Once `prepared`'s blocks are durable in the sink: caches them and
+    /// points the metadata at them (`SetBlocks`, stamped with the time of
+    /// the last write). The file has no unflushed writes afterwards, also
+    /// when this fails.
+    async fn set_blocks(
+        &self,
+        ino: Ino,
+        st: &mut FileState,
+        shared: &FileShared,
+        prepared: Prepared,
+    ) -> Result<()> {
+        let Prepared { size, blocks } = prepared;
+        let ids: Vec<BlockId> = blocks.iter().map(|(id, _)| *id).collect();
+        let inserts = blocks.into_iter().map(|(id, data)| async move {
             if let Err(e) = self.engine.insert(id, data).await {
                 warn!(%id, error = %e, "caching a written block failed");
             }
         });
         futures::future::join_all(inserts).await;
-        let now = now();
+        let now = self.commit_time(ino, shared);
         let mut chunks: Vec<&[BlockId]> = ids.chunks(BLOCKS_PER_COMMAND_MAX).collect();
         if chunks.is_empty() {
             chunks.push(&[]);
@@ -1050,15 +1547,13 @@ impl Fs {
                 };
                 self.sink.collect(orphans);
                 st.size = None;
-                pending.store(0, Ordering::Release);
+                shared.clear();
                 return Err(e);
             }
         }
         st.size = None;
-        pending.store(0, Ordering::Release);
-        // A flushed file (every close of a written file) is durable: its
-        // blocks are in the journal, and its block map in the metadata log.
-        self.meta.sync().await
+        shared.clear();
+        Ok(())
     }
 
     /// The valid bytes of block `index` of `ino` (empty for a hole).
@@ -1155,7 +1650,10 @@ impl Fs {
         st.dirty.write(offset, data);
         let new_size = size.max(end);
         st.size = Some(new_size);
-        pending.store(new_size, Ordering::Release);
+        pending.size.store(new_size, Ordering::Release);
+        pending
+            .mtime_ns
+            .store(timespec_ns(now()), Ordering::Release);
         if st.writer != *creds {
             st.writer = creds.clone();
         }
@@ -1180,7 +1678,7 @@ impl Fs {
         // Without unflushed writes (`pending` is 0; a write sets it before
         // it returns) the block map is current: no lock to take.
         let mut guard = match &state {
-            Some((s, pending)) if pending.load(Ordering::Acquire) != 0 => Some(s.lock().await),
+            Some((s, pending)) if pending.is_dirty() => Some(s.lock().await),
             _ => None,
         };
         if guard.as_ref().is_some_and(|g| g.size.is_none()) {
@@ -1317,7 +1815,7 @@ impl Fs {
                 // Unflushed writes are older than this time change: flush
                 // them first, or their flush would stamp a later mtime
                 // (`cp -a`, `touch -d` after a write).
-                self.flush(ino).await?;
+                self.commit_file(ino).await?;
             }
             let outcome = self
                 .apply(&Command::SetAttr {
@@ -1334,7 +1832,7 @@ impl Fs {
         // Without unflushed writes (`pending` is 0; a write sets it before
         // it returns) the block map is current: no lock to take.
         let mut guard = match &state {
-            Some((s, pending)) if pending.load(Ordering::Acquire) != 0 => Some(s.lock().await),
+            Some((s, pending)) if pending.is_dirty() => Some(s.lock().await),
             _ => None,
         };
         if let (Some(g), Some((_, pending))) = (guard.as_mut(), &state) {
@@ -1489,7 +1987,10 @@ impl Fs {
                         .await?;
                     st.dirty.punch(part.start, part_len);
                     st.size = Some(size);
-                    pending.store(size, Ordering::Release);
+                    pending.size.store(size, Ordering::Release);
+                    pending
+                        .mtime_ns
+                        .store(timespec_ns(now()), Ordering::Release);
                     st.writer = creds.clone();
                 }
                 // Rewrites the zeroed ends (and any other unflushed write).
@@ -1515,7 +2016,7 @@ impl Fs {
     /// flushing): a block in the map is data, a missing one a hole, and the
     /// end of the file is a hole.
     pub async fn lseek(&self, ino: Ino, offset: u64, whence: i32) -> Result<u64> {
-        self.flush(ino).await?;
+        self.commit_file(ino).await?;
         let size = self.meta.read(|s| s.getattr(ino))?.size;
         if offset >= size {
             return Err(FsError::NoSuchOffset);
@@ -1807,6 +2308,11 @@ impl Drop for Fs {
     }
 }
 
+/// Whether the namespace says the inode no longer exists.
+fn gone(e: &FsError) -> bool {
+    refused(e) && matches!(e.errno(), libc::ESTALE | libc::ENOENT)
+}
+
 /// Whether a command failed because the namespace refused it (it changed
 /// nothing), as opposed to failing to get an answer or to make it durable
 /// (it may have been applied).
@@ -1860,11 +2366,11 @@ fn start_flusher(fs: std::sync::Weak<Fs>, interval: Duration) -> Result<Renewer>
             let dirty: Vec<Ino> = fs
                 .read_files()
                 .iter()
-                .filter(|(_, e)| e.pending_size.load(Ordering::Acquire) != 0)
+                .filter(|(_, e)| e.shared.is_dirty())
                 .map(|(&ino, _)| ino)
                 .collect();
             for ino in dirty {
-                if let Err(e) = block_on(fs.flush(ino)) {
+                if let Err(e) = block_on(fs.flush_in_background(ino)) {
                     debug!(%ino, error = %e, "periodic flush failed");
                 }
             }

@@ -14,9 +14,12 @@
 //! - `fs`: [`Fs`], the operations and the flush protocol.
 //! - `copies`: local copies of files read again and again, which the FUSE
 //!   frontend hands to the kernel (passthrough).
+//! - `commit`: close publishes, a commit thread makes published files
+//!   durable in group commits (journal, then metadata log).
 //! - `garbage`: orphaned block versions handed to the sink in batches, each
 //!   after the metadata log is durable.
 
+mod commit;
 mod config;
 mod copies;
 pub mod dirty;
@@ -29,13 +32,14 @@ mod resolver;
 mod sink;
 pub mod version;
 
+pub use commit::{COMMIT_INTERVAL_MS_DEFAULT, COMMIT_INTERVAL_MS_MAX};
 pub use config::{
     AtimePolicy, FsConfig, CAPACITY_BYTES_DEFAULT, DIRTY_BYTES_PER_FILE_DEFAULT,
     FLUSH_INTERVAL_DEFAULT, INODES_MAX_DEFAULT, RELATIME_INTERVAL_SECS, SESSION_LEASE_DEFAULT,
 };
 pub use copies::{CopyConfig, LocalCopy};
 pub use error::{FsError, Result};
-pub use fs::{now, Fs, Opened};
+pub use fs::{now, CommitObserver, Fs, Opened};
 pub use meta::{MetaLink, LEADER_WAIT_MS_MAX};
 pub use resolver::BlockMapResolver;
 pub use sink::{BlockSink, MemorySink, SinkError};

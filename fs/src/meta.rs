@@ -90,6 +90,27 @@ impl MetaLink {
         }
     }
 
+    /// Applies `commands` together (one Raft round, one log write on the
+    /// embedded group; one after the other through a node) and returns
+    /// each outcome, in order, as [`Self::apply`] would.
+    pub async fn apply_all(&self, commands: &[Command]) -> Vec<Result<Outcome>> {
+        match &self.backend {
+            Backend::Embedded { handle, .. } => handle
+                .propose_all(commands.iter().map(Command::encode).collect())
+                .await
+                .into_iter()
+                .map(|r| Ok(decode_result(&r?)?))
+                .collect(),
+            Backend::Node { .. } => {
+                let mut outcomes = Vec::with_capacity(commands.len());
+                for command in commands {
+                    outcomes.push(self.apply(command).await);
+                }
+                outcomes
+            }
+        }
+    }
+
     /// Returns once every command applied through this link before the
     /// call is durable in the metadata log (the embedded group writes its
     /// log behind and syncs it on a timer; see `LogSync::Deferred`). A

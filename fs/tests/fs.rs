@@ -72,8 +72,16 @@ struct SinkEnv<S> {
 
 impl<S: datenlord_fs::BlockSink + 'static> SinkEnv<S> {
     fn new(blocks: u64, make_sink: impl FnOnce(Arc<MemoryStore>, &Master) -> S) -> Self {
+        Self::with_config(blocks, FsConfig::default(), make_sink)
+    }
+
+    fn with_config(
+        blocks: u64,
+        config: FsConfig,
+        make_sink: impl FnOnce(Arc<MemoryStore>, &Master) -> S,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let parts = start_fs(dir.path(), FsConfig::default(), blocks, |store, master| {
+        let parts = start_fs(dir.path(), config, blocks, |store, master| {
             Arc::new(make_sink(store, master))
         });
         Self {
@@ -1080,4 +1088,178 @@ fn unlinked_files_garbage_is_handed_over_in_batches() {
     );
     assert_eq!(sink.undurable.load(Ordering::Relaxed), 0);
     env.stop();
+}
+
+/// A file system whose closes publish and whose commit thread commits
+/// every `interval`.
+fn published(interval: std::time::Duration) -> FsConfig {
+    FsConfig {
+        commit_interval: Some(interval),
+        ..FsConfig::default()
+    }
+}
+
+/// Every version the map of `ino` names is in the store (no metadata
+/// ahead of its data).
+fn map_names_stored_data(meta: &MetaLink, store: &MemoryStore, ino: Ino) -> Result<(), String> {
+    let map = meta
+        .read(|s| s.blocks(ino, 0, usize::MAX))
+        .map_err(|e| e.to_string())?;
+    for (index, version) in map {
+        let id = datenlord_engine::BlockId::new(ino.0, index, version);
+        if store.get(id).is_none_or(|d| d.is_empty()) {
+            return Err(format!(
+                "{ino}: block {index} version {version} is not stored"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_close_publishes_and_a_sync_commits_with_the_write_time() {
+    let env = Env::with_config(published(std::time::Duration::from_secs(3600)));
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "small", libc::O_WRONLY);
+    let created = fs.getattr(ino).expect("attr").mtime;
+    write(fs, ino, fh, 0, &pattern(3, 4096));
+    block_on(fs.flush(ino)).expect("close");
+    block_on(fs.release(ino, fh, None)).expect("release");
+    // Published: this mount sees it; the metadata does not name it yet
+    // (the interval is an hour).
+    assert_eq!(read(fs, ino, 0, 8192), pattern(3, 4096));
+    let attr = fs.getattr(ino).expect("attr");
+    assert_eq!(attr.size, 4096);
+    assert!(attr.mtime >= created, "the write moves mtime at once");
+    assert!(env.block_map(ino).is_empty(), "committed before its time");
+    block_on(fs.flush_all()).expect("sync");
+    assert_eq!(env.block_map(ino).len(), 1);
+    env.assert_map_names_stored_data(ino);
+    let committed = fs.getattr(ino).expect("attr");
+    assert_eq!(committed.size, 4096);
+    assert_eq!(
+        committed.mtime, attr.mtime,
+        "the commit stamps the write's time"
+    );
+    assert_eq!(read(fs, ino, 0, 8192), pattern(3, 4096));
+    // fsync commits at once too.
+    let opened = block_on(fs.open(ino, libc::O_WRONLY, &root())).expect("open");
+    write(fs, ino, opened.fh, 4096, b"tail");
+    block_on(fs.flush(ino)).expect("close");
+    assert_eq!(env.block_map(ino).len(), 1);
+    assert_eq!(fs.getattr(ino).expect("attr").size, 4100, "published size");
+    block_on(fs.fsync(ino)).expect("fsync");
+    block_on(fs.release(ino, opened.fh, None)).expect("release");
+    let mut want = pattern(3, 4096);
+    want.extend_from_slice(b"tail");
+    assert_eq!(read(fs, ino, 0, 8192), want);
+    env.assert_map_names_stored_data(ino);
+}
+
+#[test]
+fn group_commits_come_within_the_interval_and_never_name_missing_data() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::with_config(published(std::time::Duration::from_millis(2)));
+    let fs = env.fs();
+    let meta = MetaLink::from_master(env.master.as_ref().expect("master"));
+    let store = Arc::clone(&env.store);
+    let inos = std::sync::Mutex::new(Vec::new());
+    let done = AtomicBool::new(false);
+    let files = 150u8;
+    std::thread::scope(|s| {
+        let checker = s.spawn(|| {
+            let mut checks = 0u64;
+            while !done.load(Ordering::Acquire) {
+                let now: Vec<Ino> = inos.lock().expect("inos").clone();
+                for ino in now {
+                    map_names_stored_data(&meta, &store, ino)?;
+                    checks += 1;
+                }
+            }
+            Ok::<u64, String>(checks)
+        });
+        for i in 0..files {
+            let (ino, fh) = create(fs, &format!("f{i}"), libc::O_WRONLY);
+            inos.lock().expect("inos").push(ino);
+            write(fs, ino, fh, 0, &pattern(i, 1000 + 100 * usize::from(i)));
+            block_on(fs.flush(ino)).expect("close");
+            block_on(fs.release(ino, fh, None)).expect("release");
+        }
+        // No sync: the interval alone commits every file.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let all = inos.lock().expect("inos").clone();
+        while all.iter().any(|&ino| env.block_map(ino).is_empty()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "closed files not committed within 20 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        done.store(true, Ordering::Release);
+        let checks = checker
+            .join()
+            .expect("checker")
+            .expect("metadata ahead of data");
+        assert!(checks > 0);
+    });
+    for (i, ino) in inos.into_inner().expect("inos").into_iter().enumerate() {
+        let i = u8::try_from(i).expect("few files");
+        let len = 1000 + 100 * usize::from(i);
+        assert_eq!(fs.getattr(ino).expect("attr").size, len as u64);
+        assert_eq!(read(fs, ino, 0, 1 << 16), pattern(i, len));
+        env.assert_map_names_stored_data(ino);
+    }
+}
+
+#[test]
+fn a_failed_background_commit_is_returned_once_by_the_next_close_or_fsync() {
+    use std::sync::atomic::Ordering;
+    let env = SinkEnv::with_config(
+        16,
+        published(std::time::Duration::from_secs(3600)),
+        |store, _| FlakySink {
+            inner: MemorySink::new(store),
+            failing: std::sync::atomic::AtomicBool::new(true),
+        },
+    );
+    let (fs, sink) = (&*env.fs, &env.sink);
+    let (ino, fh) = create(fs, "f", libc::O_RDWR);
+    write(fs, ino, fh, 0, b"precious");
+    block_on(fs.flush(ino)).expect("a close only publishes");
+    let err = block_on(fs.flush_all()).expect_err("store down");
+    assert_eq!(err.errno(), libc::EIO);
+    assert_eq!(read(fs, ino, 0, 100), b"precious", "kept dirty");
+    let err = block_on(fs.flush(ino)).expect_err("the next close reports it");
+    assert_eq!(err.errno(), libc::EIO);
+    block_on(fs.flush(ino)).expect("reported once");
+    // Again, reported by fsync this time, even though its own commit works.
+    block_on(fs.flush_all()).expect_err("store still down");
+    sink.failing.store(false, Ordering::SeqCst);
+    let err = block_on(fs.fsync(ino)).expect_err("fsync reports the earlier failure");
+    assert_eq!(err.errno(), libc::EIO);
+    assert!(
+        fs.getattr(ino).expect("attr").allocated_bytes > 0,
+        "and commits"
+    );
+    block_on(fs.fsync(ino)).expect("reported once");
+    block_on(fs.release(ino, fh, None)).expect("release");
+    assert_eq!(read(fs, ino, 0, 100), b"precious");
+    block_on(fs.shutdown()).expect("shutdown");
+    env.stop();
+}
+
+#[test]
+fn a_published_file_deleted_before_its_commit_is_dropped_quietly() {
+    let env = Env::with_config(published(std::time::Duration::from_secs(3600)));
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "tmp", libc::O_WRONLY);
+    write(fs, ino, fh, 0, &pattern(9, 4096));
+    block_on(fs.flush(ino)).expect("close");
+    block_on(fs.release(ino, fh, None)).expect("release");
+    block_on(fs.unlink(ROOT_INO, b"tmp", &root())).expect("unlink");
+    block_on(fs.flush_all()).expect("nothing to report");
+    assert!(
+        env.collected().is_empty(),
+        "no version was written for a file nobody can read"
+    );
 }

@@ -19,7 +19,7 @@ use fuse_backend_rs::api::filesystem::{
     OpenOptions, SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 use futures::executor::block_on;
-use tracing::{debug, debug_span};
+use tracing::{debug, debug_span, warn};
 
 use crate::lock_wait::LockWait;
 use crate::passthrough::{OpenMode, Passthrough, FOPEN_PASSTHROUGH};
@@ -173,9 +173,20 @@ impl FuseFs {
     }
 
     /// Sends notifications to the kernel on `device` (the session's
-    /// /dev/fuse).
+    /// /dev/fuse), also for the files a background commit of the file
+    /// system made visible in the metadata: the commit changes their
+    /// allocated size (and may clear set-user-ID) after the close that
+    /// published them returned.
     #[must_use]
     pub fn with_notifier(mut self, device: std::fs::File) -> Self {
+        match device.try_clone() {
+            Ok(committed) => self.fs.on_commit(Arc::new(move |ino: Ino| {
+                invalidate_attributes(&committed, ino.0);
+            })),
+            Err(e) => {
+                warn!(error = %e, "no attribute invalidation after background commits: cannot clone the FUSE device");
+            }
+        }
         self.notifier = Some(device);
         self
     }
@@ -210,17 +221,7 @@ impl FuseFs {
             return;
         }
         let Some(device) = &self.notifier else { return };
-        // fuse_out_header {len, error, unique 0}, then
-        // fuse_notify_inval_inode_out {ino, off -1 (attributes only), len 0}.
-        let mut message = [0u8; 40];
-        message[0..4].copy_from_slice(&40u32.to_le_bytes());
-        message[4..8].copy_from_slice(&NOTIFY_INVAL_INODE.to_le_bytes());
-        message[16..24].copy_from_slice(&ino.to_le_bytes());
-        message[24..32].copy_from_slice(&(-1i64).to_le_bytes());
-        if let Err(e) = std::io::Write::write_all(&mut &*device, &message) {
-            // ENOENT: the kernel no longer has the inode; nothing to drop.
-            debug!(ino, error = %e, "FUSE_NOTIFY_INVAL_INODE");
-        }
+        invalidate_attributes(device, ino);
     }
 
     fn entry(&self, attr: &Attr) -> Entry {
@@ -1040,4 +1041,19 @@ impl FuseFs {
 /// Whether an open with `open(2)` flags `flags` may change the file.
 fn writes(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+/// Tells the kernel to drop its attributes of `ino` (not its page cache).
+fn invalidate_attributes(device: &std::fs::File, ino: u64) {
+    // fuse_out_header {len, error, unique 0}, then
+    // fuse_notify_inval_inode_out {ino, off -1 (attributes only), len 0}.
+    let mut message = [0u8; 40];
+    message[0..4].copy_from_slice(&40u32.to_le_bytes());
+    message[4..8].copy_from_slice(&NOTIFY_INVAL_INODE.to_le_bytes());
+    message[16..24].copy_from_slice(&ino.to_le_bytes());
+    message[24..32].copy_from_slice(&(-1i64).to_le_bytes());
+    if let Err(e) = std::io::Write::write_all(&mut &*device, &message) {
+        // ENOENT: the kernel no longer has the inode; nothing to drop.
+        debug!(ino, error = %e, "FUSE_NOTIFY_INVAL_INODE");
+    }
 }

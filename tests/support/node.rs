@@ -74,6 +74,11 @@ pub fn datenlord(args: &[&str]) -> Output {
 /// `/run/netns/NAME` path; the mount namespace stays this one, so its
 /// mounts are visible here).
 pub fn datenlord_in(netns: Option<&str>, args: &[&str]) -> Output {
+    datenlord_env(netns, args, &[])
+}
+
+/// [`datenlord_in`] with extra environment variables (test hooks).
+pub fn datenlord_env(netns: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Output {
     let bin = env!("CARGO_BIN_EXE_datenlord");
     let mut command = match netns {
         Some(ns) => {
@@ -86,6 +91,7 @@ pub fn datenlord_in(netns: Option<&str>, args: &[&str]) -> Output {
     command
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .output()
         .expect("run datenlord")
 }
@@ -117,17 +123,33 @@ impl Mounted {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `start` with extra environment variables for the daemon.
+    pub fn start_env(dirs: &NodeDirs, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::try_start_env(None, &dirs.mountpoint(), &dirs.data_dir(), extra, env)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     fn try_start_in(
         netns: Option<&str>,
         mountpoint: &Path,
         data_dir: &Path,
         extra: &[&str],
     ) -> Result<Self, String> {
+        Self::try_start_env(netns, mountpoint, data_dir, extra, &[])
+    }
+
+    fn try_start_env(
+        netns: Option<&str>,
+        mountpoint: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         let mp = mountpoint.to_string_lossy().into_owned();
         let dd = data_dir.to_string_lossy().into_owned();
         let mut args = vec!["mount", mp.as_str(), "--data-dir", dd.as_str()];
         args.extend_from_slice(extra);
-        let out = datenlord_in(netns, &args);
+        let out = datenlord_env(netns, &args, env);
         if !out.status.success() {
             return Err(format!(
                 "datenlord {args:?} failed ({}):\nstdout: {}\nstderr: {}\nlog:\n{}",
@@ -172,6 +194,17 @@ impl Mounted {
         wait_exit(pid, Duration::from_secs(UNMOUNT_WAIT_S)).unwrap_or_else(|e| {
             panic!("{e}\nlog:\n{}", log_tail(&self.data_dir));
         });
+    }
+
+    /// Waits for a daemon that ends by itself (a test hook aborted it)
+    /// and detaches the dead mount.
+    pub fn wait_crash(mut self, timeout: Duration) {
+        let pid = self.pid();
+        wait_exit(pid, timeout).unwrap_or_else(|e| {
+            panic!("{e}\nlog:\n{}", log_tail(&self.data_dir));
+        });
+        lazy_unmount(&self.mountpoint);
+        self.unmounted = true;
     }
 
     /// SIGKILLs the daemon (nothing is flushed) and detaches the dead mount.

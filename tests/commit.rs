@@ -1,0 +1,290 @@
+//! Close publishes, the commit makes durable (issue 23) on a real
+//! `datenlord mount`: what a crash keeps of closed files (kill -9, and an
+//! abort between the journal sync and the metadata), `datenlord sync`,
+//! and `datenlord umount` committing everything.
+
+mod support;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use support::node::{datenlord, Mounted, NodeDirs};
+
+/// The daemon's test hook (src/mount.rs `ABORT_AFTER_JOURNAL_SYNC_ENV`).
+const ABORT_AFTER_JOURNAL_SYNC_ENV: &str = "DATENLORD_TEST_ABORT_AFTER_JOURNAL_SYNC";
+
+/// Content number `n` of file `i`: its length says which it is.
+fn content(i: u32, n: u32) -> Vec<u8> {
+    let len = 1 + ((i * 7919 + n * 104_729) % 20_000) as usize;
+    (0..len)
+        .map(|j| (j as u32 ^ i.wrapping_mul(31) ^ n.wrapping_mul(131)) as u8)
+        .collect()
+}
+
+fn sync(dirs: &NodeDirs) -> std::process::Output {
+    let mnt = dirs.mountpoint();
+    let data = dirs.data_dir();
+    datenlord(&[
+        "sync",
+        &mnt.to_string_lossy(),
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])
+}
+
+fn assert_ok(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What a writer did to one file, in order: every state a crash may leave
+/// it in (the empty file of its creation first), when its last close
+/// returned, and the content its last fsync made durable.
+#[derive(Clone, Debug, Default)]
+struct History {
+    states: Vec<Vec<u8>>,
+    last_close: Option<Instant>,
+    synced: Option<usize>,
+}
+
+/// Writes files (new ones, and whole rewrites in place of earlier ones,
+/// every fourth one fsynced) until `stop`.
+fn write_files(mnt: &Path, stop: &std::sync::atomic::AtomicBool) -> Vec<History> {
+    let mut files: Vec<History> = Vec::new();
+    for step in 0u32.. {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        // Two of three steps create a file, the third rewrites one.
+        let (i, n) = if step % 3 == 2 && !files.is_empty() {
+            let i = step.wrapping_mul(2_654_435_761) % files.len() as u32;
+            (i, files[i as usize].states.len() as u32)
+        } else {
+            (files.len() as u32, 1)
+        };
+        let path = mnt.join(format!("f{i}"));
+        let data = content(i, n);
+        if n == 1 {
+            files.push(History {
+                states: vec![Vec::new()],
+                ..History::default()
+            });
+        }
+        let h = &mut files[i as usize];
+        // A rewrite keeps the file's length or grows it (no truncation:
+        // its states are then exactly old or new bytes).
+        let old = h.states.last().cloned().unwrap_or_default();
+        let mut new = data;
+        if new.len() < old.len() {
+            new.extend_from_slice(&old[new.len()..]);
+        }
+        let opened = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path);
+        let Ok(f) = opened else { break };
+        h.states.push(new.clone());
+        if f.write_all_at(&new, 0).is_err() {
+            break;
+        }
+        if step % 4 == 0 {
+            if f.sync_all().is_err() {
+                break;
+            }
+            h.synced = Some(h.states.len() - 1);
+        }
+        drop(f);
+        h.last_close = Some(Instant::now());
+    }
+    files
+}
+
+#[test]
+fn kill9_leaves_every_file_at_a_commit_point_and_loses_at_most_the_interval() {
+    let dirs = NodeDirs::new();
+    let m = Mounted::start(&dirs, &["--commit-interval", "50"]);
+    let mnt = m.path().to_owned();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, mnt) = (stop.clone(), mnt.clone());
+        std::thread::spawn(move || write_files(&mnt, &stop))
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    m.kill9();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let files = writer.join().expect("writer");
+    assert!(
+        files.len() > 20,
+        "the writer made progress: {}",
+        files.len()
+    );
+
+    let m = Mounted::start(&dirs, &[]);
+    // Files whose last close was this long before the kill must hold it:
+    // many commit intervals (slack for a loaded machine).
+    let settled = Duration::from_millis(1500);
+    let (mut settled_files, mut lost_window) = (0, 0);
+    for (i, h) in files.iter().enumerate() {
+        let path = m.path().join(format!("f{i}"));
+        let found = match std::fs::read(&path) {
+            Ok(found) => found,
+            // Its creation may be lost only if nothing of it was synced.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && h.synced.is_none() => {
+                lost_window += 1;
+                continue;
+            }
+            Err(e) => panic!("f{i}: {e} after kill -9 (an error, not a commit point)"),
+        };
+        let state = h
+            .states
+            .iter()
+            .rposition(|s| *s == found)
+            .unwrap_or_else(|| {
+                panic!(
+                    "f{i}: {} bytes after kill -9 match none of its {} states (lengths {:?})",
+                    found.len(),
+                    h.states.len(),
+                    h.states.iter().map(Vec::len).collect::<Vec<_>>()
+                )
+            });
+        if let Some(synced) = h.synced {
+            assert!(
+                state >= synced,
+                "f{i}: fsynced state {synced} lost (found {state})"
+            );
+        }
+        let closed_long_before = h
+            .last_close
+            .is_some_and(|t| killed.saturating_duration_since(t) > settled);
+        if closed_long_before {
+            settled_files += 1;
+            assert_eq!(
+                state,
+                h.states.len() - 1,
+                "f{i}: closed more than {settled:?} before the kill, but not at its last content"
+            );
+        } else if state != h.states.len() - 1 {
+            lost_window += 1;
+        }
+    }
+    assert!(settled_files > 10, "few files to check: {settled_files}");
+    eprintln!(
+        "{} files: {settled_files} closed > {settled:?} before the kill all at their last content; {lost_window} of the last moments at an older state",
+        files.len()
+    );
+    m.unmount();
+}
+
+#[test]
+fn a_crash_between_the_journal_sync_and_the_metadata_leaves_the_old_content() {
+    let dirs = NodeDirs::new();
+    // The interval is a minute: only `datenlord sync` commits. The second
+    // group commit with blocks aborts the daemon after its journal sync.
+    let m = Mounted::start_env(
+        &dirs,
+        &["--commit-interval", "60000"],
+        &[(ABORT_AFTER_JOURNAL_SYNC_ENV, "2")],
+    );
+    let mnt = m.path().to_owned();
+    let old = content(1, 1);
+    std::fs::write(mnt.join("a"), &old).expect("write a");
+    assert_ok(&sync(&dirs), "the first sync");
+    // Overwrite a in place (same length) and create b; their group dies.
+    let new = content(2, 2)[..old.len().min(content(2, 2).len())].to_vec();
+    let mut replaced = old.clone();
+    replaced[..new.len()].copy_from_slice(&new);
+    {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("a"))
+            .expect("open a");
+        f.write_all_at(&new, 0).expect("rewrite a");
+    }
+    std::fs::write(mnt.join("b"), content(3, 1)).expect("write b");
+    let out = sync(&dirs);
+    assert!(!out.status.success(), "the daemon aborted in this sync");
+    m.wait_crash(Duration::from_secs(30));
+
+    let m = Mounted::start(&dirs, &[]);
+    assert_eq!(
+        std::fs::read(m.path().join("a")).expect("read a"),
+        old,
+        "a keeps the content of the last commit"
+    );
+    assert_eq!(
+        std::fs::read(m.path().join("b")).expect("read b"),
+        Vec::<u8>::new(),
+        "b exists (its creation was logged) with none of the data that never committed"
+    );
+    // And the mount goes on: the same files written again are kept.
+    std::fs::write(m.path().join("a"), &replaced).expect("rewrite a");
+    assert_ok(&sync(&dirs), "a sync after the restart");
+    m.kill9();
+    let m = Mounted::start(&dirs, &[]);
+    assert_eq!(std::fs::read(m.path().join("a")).expect("read a"), replaced);
+    m.unmount();
+}
+
+#[test]
+fn datenlord_sync_and_umount_commit_what_closes_only_published() {
+    let dirs = NodeDirs::new();
+    let interval = ["--commit-interval", "60000"];
+    let m = Mounted::start(&dirs, &interval);
+    let mnt = m.path().to_owned();
+    std::fs::write(mnt.join("synced"), content(4, 1)).expect("write");
+    assert_ok(&sync(&dirs), "sync");
+    // Closed, not synced: a minute from durable, and lost by kill -9.
+    std::fs::write(mnt.join("published"), content(5, 1)).expect("write");
+    assert_eq!(
+        std::fs::read(mnt.join("published")).expect("read"),
+        content(5, 1),
+        "visible at once"
+    );
+    m.kill9();
+    let m = Mounted::start(&dirs, &interval);
+    assert_eq!(
+        std::fs::read(m.path().join("synced")).expect("read"),
+        content(4, 1)
+    );
+    assert!(
+        std::fs::read(m.path().join("published"))
+            .expect("read")
+            .is_empty(),
+        "a close alone made nothing durable (interval of a minute)"
+    );
+    // umount commits everything before the daemon exits.
+    std::fs::write(m.path().join("at-umount"), content(6, 1)).expect("write");
+    let out = datenlord(&[
+        "umount",
+        &dirs.mountpoint().to_string_lossy(),
+        "--data-dir",
+        &dirs.data_dir().to_string_lossy(),
+    ]);
+    assert_ok(&out, "umount");
+    std::mem::forget(m);
+    let m = Mounted::start(&dirs, &[]);
+    assert_eq!(
+        std::fs::read(m.path().join("at-umount")).expect("read"),
+        content(6, 1)
+    );
+    // A sync of something that is not this data directory's mount fails.
+    let out = datenlord(&[
+        "sync",
+        "/tmp",
+        "--data-dir",
+        &dirs.data_dir().to_string_lossy(),
+    ]);
+    assert!(
+        !out.status.success(),
+        "a sync of the wrong directory is refused"
+    );
+    m.unmount();
+}
