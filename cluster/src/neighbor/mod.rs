@@ -728,15 +728,24 @@ struct Service {
 }
 
 impl Service {
-    /// Serves `tcp` (its route preamble read) on this shard until it
-    /// closes or the service stops.
-    fn serve(&self, tcp: glommio::net::TcpStream) {
+    /// Counts one more connection on this shard, unless it has the most it
+    /// may have (then the connection is refused: dropped).
+    fn admit(&self) -> bool {
         if self.open.get() >= CONNECTIONS_PER_SHARD_MAX {
             NeighborStats::add(&self.stats.refused, 1);
             warn!(shard = %self.ctx.id(), "too many neighbor connections: refusing one");
-            return;
+            return false;
         }
         self.open.set(self.open.get() + 1);
+        true
+    }
+
+    /// Serves `tcp` (its route preamble read) on this shard until it
+    /// closes or the service stops.
+    fn serve(&self, tcp: glommio::net::TcpStream) {
+        if !self.admit() {
+            return;
+        }
         let this = self.clone();
         glommio::spawn_local(async move {
             let serve = conn::serve_connection(
@@ -757,12 +766,9 @@ impl Service {
     fn route(&self, mut tcp: glommio::net::TcpStream, routes: Arc<Vec<flume::Sender<OwnedFd>>>) {
         // A connection waiting to say where it goes counts against this
         // shard's limit too (it has not authenticated yet).
-        if self.open.get() >= CONNECTIONS_PER_SHARD_MAX {
-            NeighborStats::add(&self.stats.refused, 1);
-            warn!(shard = %self.ctx.id(), "too many neighbor connections: refusing one");
+        if !self.admit() {
             return;
         }
-        self.open.set(self.open.get() + 1);
         let this = self.clone();
         glommio::spawn_local(async move {
             let preamble = conn::read_route(&mut tcp).await;
