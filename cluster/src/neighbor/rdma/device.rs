@@ -655,6 +655,23 @@ mod tests {
         }
     }
 
+    /// Asking for RDMA on a machine without a device gives TCP and says
+    /// why, in one sentence (not the fallback's words twice).
+    #[test]
+    fn asking_for_rdma_without_a_device_uses_tcp_and_says_why() {
+        if discover().is_ok() {
+            eprintln!("this machine has an RDMA device: the fallback is not exercised");
+            return;
+        }
+        let (transport, why) =
+            crate::neighbor::rdma::choose(crate::neighbor::rdma::Transport::Rdma);
+        assert_eq!(transport, crate::neighbor::rdma::Transport::Tcp);
+        let why = why.expect("a reason");
+        let fallback = crate::neighbor::rdma::FALLBACK_MESSAGE;
+        assert!(why.starts_with(fallback), "{why}");
+        assert_eq!(why.matches(fallback).count(), 1, "{why}");
+    }
+
     /// A block read over two queue pairs of the first device, connected
     /// to each other in this process.
     #[test]

@@ -169,7 +169,8 @@ fn rdma_unusable() -> String {
 #[cfg(feature = "rdma")]
 fn rdma_unusable() -> String {
     match device::discover() {
-        Err(e) => format!("{FALLBACK_MESSAGE} ({e})"),
+        // The error says "no RDMA device; using TCP" and why.
+        Err(e) => e.to_string(),
         Ok(devices) => {
             tracing::info!(?devices, "RDMA devices found");
             format!(
