@@ -130,8 +130,9 @@ fn kill9_leaves_every_file_at_a_commit_point_and_loses_at_most_the_interval() {
     let m = Mounted::start(&dirs, &[]);
     // Files whose last close was this long before the kill must hold it:
     // many commit intervals (slack for a loaded machine: under a full CI
-    // run on 2 cores a commit once lagged more than 1.5 s).
-    let settled = Duration::from_secs(6);
+    // run on 2 cores a commit once lagged more than that: a known flake,
+    // see the issue-23 notes).
+    let settled = Duration::from_millis(1500);
     let (mut settled_files, mut lost_window) = (0, 0);
     for (i, h) in files.iter().enumerate() {
         let path = m.path().join(format!("f{i}"));
