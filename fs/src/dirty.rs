@@ -246,7 +246,7 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Op {
         Write(u64, Vec<u8>),
-        /// Zeroed through the dirty blocks only (`FALLOC_FL_ZERO_RANGE`).
+        /// Zeroed through the dirty blocks only (a punch's partial ends).
         Punch(u64, usize),
         /// Whole blocks become holes (dirty copies discarded, flushed
         /// content gone), the partial ends are zeroed through the dirty

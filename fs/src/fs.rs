@@ -1904,8 +1904,11 @@ impl Fs {
     /// size unless kept; nothing is preallocated), `FALLOC_FL_PUNCH_HOLE |
     /// FALLOC_FL_KEEP_SIZE` (whole blocks become holes with `RemoveBlocks`,
     /// the partial blocks at either end are zeroed and rewritten) and
-    /// `FALLOC_FL_ZERO_RANGE` (the range reads as zeros: whole blocks get
-    /// empty versions, partial ones are rewritten).
+    /// `FALLOC_FL_ZERO_RANGE` (the range reads as zeros, split as a punch:
+    /// whole blocks leave the map in one command, so a range of 2^63 bytes
+    /// costs what a small one does; the size grows unless kept). Nothing
+    /// is preallocated in any mode (space lives in the store), so a zeroed
+    /// block is, like ext4's unwritten extents, a hole to `SEEK_DATA`.
     pub async fn fallocate(
         &self,
         ino: Ino,
@@ -1955,11 +1958,10 @@ impl Fs {
             };
             let zero_end = end.min(size);
             if offset < zero_end {
-                let split = if punch {
-                    PunchSplit::new(offset, zero_end, size, self.block_size)
-                } else {
-                    PunchSplit::in_place(offset, zero_end)
-                };
+                // Both modes split the same way: whole blocks go in one
+                // `RemoveBlocks` (bounded whatever the range's length), only
+                // the partial ends are loaded and zeroed.
+                let split = PunchSplit::new(offset, zero_end, size, self.block_size);
                 if !split.holes.is_empty() {
                     // The map first: once it names no version of these
                     // blocks they read as zeros, and their old versions

@@ -65,8 +65,7 @@ pub fn block_start(index: u64, block_size: u32) -> u64 {
 pub struct PunchSplit {
     /// Block indices that become holes (may be empty).
     pub holes: Range<u64>,
-    /// Bytes zeroed in place before the holes (may be empty; within one
-    /// block unless made by [`PunchSplit::in_place`]).
+    /// Bytes zeroed in place before the holes (may be empty; within one block).
     pub head: Range<u64>,
     /// Bytes zeroed in place after the holes (may be empty; within one block).
     pub tail: Range<u64>,
@@ -94,17 +93,6 @@ impl PunchSplit {
             holes,
             head: offset..head_end,
             tail: tail_start..end,
-        }
-    }
-
-    /// Bytes `offset..end` all zeroed in place, no block a hole
-    /// (`FALLOC_FL_ZERO_RANGE`: the range stays allocated).
-    pub fn in_place(offset: u64, end: u64) -> Self {
-        debug_assert!(offset <= end);
-        Self {
-            holes: 0..0,
-            head: offset..end,
-            tail: end..end,
         }
     }
 }

@@ -438,6 +438,38 @@ fn punch_hole_reads_zeros_and_keeps_the_size() {
     block_on(fs.release(ino, fh, None)).expect("release");
 }
 
+/// `FALLOC_FL_ZERO_RANGE` over (nearly) the largest file: whole blocks leave
+/// the map in one command, only the partial ends are rewritten, so it is
+/// answered at once instead of zeroing 2^47 blocks one by one (the hang
+/// the hostile-requests proptest found). Bytes outside the range stay.
+#[test]
+fn zero_range_over_a_huge_sparse_file_is_bounded() {
+    let env = Env::new();
+    let fs = env.fs();
+    let (ino, fh) = create(fs, "z", libc::O_RDWR);
+    let b = BLOCK as u64;
+    let data = pattern(9, 3 * BLOCK);
+    write(fs, ino, fh, 0, &data);
+    let huge = i64::MAX as u64 - b + 1;
+    let grow = AttrChanges {
+        size: Some(huge),
+        ..AttrChanges::default()
+    };
+    block_on(fs.setattr(ino, grow, Some(fh), &root())).expect("grow");
+    write(fs, ino, fh, huge - 10, b"tail bytes");
+    let mode = libc::FALLOC_FL_ZERO_RANGE;
+    block_on(fs.fallocate(ino, fh, mode, 100, huge - 105, &root())).expect("zero range");
+    let mut expected = data.clone();
+    expected[100..].fill(0);
+    assert_eq!(read(fs, ino, 0, 3 * BLOCK as u32), expected);
+    assert_eq!(read(fs, ino, huge - 10, 10), b"\0\0\0\0\0bytes");
+    assert_eq!(fs.getattr(ino).expect("attr").size, huge);
+    // The first block keeps its data; the zeroed whole blocks are holes.
+    assert_eq!(seek(fs, ino, 0, libc::SEEK_DATA), Ok(0));
+    assert_eq!(seek(fs, ino, 0, libc::SEEK_HOLE), Ok(b));
+    block_on(fs.release(ino, fh, None)).expect("release");
+}
+
 fn seek(fs: &Fs, ino: Ino, offset: u64, whence: i32) -> Result<u64, i32> {
     block_on(fs.lseek(ino, offset, whence)).map_err(|e| e.errno())
 }
