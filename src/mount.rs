@@ -1535,8 +1535,12 @@ fn node_metrics(
         if let Some(stats) = &neighbors {
             render_neighbors(&mut e, stats);
         }
-        if let Some((made, held, bytes)) = fs.upgrade().and_then(|fs| fs.copy_counts()) {
+        let fs = fs.upgrade();
+        if let Some((made, held, bytes)) = fs.as_ref().and_then(|fs| fs.copy_counts()) {
             render_copies(&mut e, made, held, bytes);
+        }
+        if let Some(stats) = fs.as_ref().and_then(|fs| fs.commit_stats()) {
+            render_commit(&mut e, stats);
         }
         e.finish()
     })
@@ -1654,6 +1658,32 @@ fn render_read_latency(
 }
 
 /// The local copies of `-o passthrough`.
+/// The group commit (close publishes, the commit makes durable).
+fn render_commit(e: &mut crate::metrics::Exposition, stats: datenlord_fs::CommitStats) {
+    e.family(
+        "datenlord_commit_lag_seconds",
+        "gauge",
+        "Age of the oldest close not yet durable (the window of loss of a crash now).",
+    );
+    e.sample("datenlord_commit_lag_seconds", &[], stats.lag.as_secs_f64());
+    e.family(
+        "datenlord_commit_groups_total",
+        "counter",
+        "Group commits (journal sync, then metadata) done.",
+    );
+    e.sample("datenlord_commit_groups_total", &[], stats.groups as f64);
+    e.family(
+        "datenlord_commit_closes_waited_total",
+        "counter",
+        "Closes that waited because the commit lagged past its bound.",
+    );
+    e.sample(
+        "datenlord_commit_closes_waited_total",
+        &[],
+        stats.closes_waited as f64,
+    );
+}
+
 fn render_copies(e: &mut crate::metrics::Exposition, made: u64, held: usize, bytes: u64) {
     let samples = [
         (

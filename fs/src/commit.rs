@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use datenlord_cluster::meta::Ino;
+use futures::channel::oneshot;
 
 use crate::error::{FsError, Result};
 
@@ -36,6 +37,21 @@ pub const PUBLISHED_BYTES_KICK: u64 = 64 << 20;
 /// hold when the commit cannot keep up.
 pub const PUBLISHED_BYTES_MAX: u64 = 256 << 20;
 
+/// Shortest bound on the commit's lag (see [`lag_max`]).
+pub const COMMIT_LAG_MS_MIN: u64 = 1_000;
+/// The lag bound in commit intervals (see [`lag_max`]).
+pub const COMMIT_LAG_INTERVALS: u32 = 4;
+
+/// How old the oldest close not yet committed may be before closes wait
+/// for the commit: `COMMIT_LAG_INTERVALS` intervals, at least
+/// `COMMIT_LAG_MS_MIN`. On a loaded machine (a slow fdatasync, a busy
+/// Raft round) the commit falls behind its interval; this bounds the
+/// window of loss of a crash whatever the load, as ext4 throttles writers
+/// once its journal lags.
+pub fn lag_max(interval: Duration) -> Duration {
+    (interval * COMMIT_LAG_INTERVALS).max(Duration::from_millis(COMMIT_LAG_MS_MIN))
+}
+
 /// What a close should do once its file is published.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Admission {
@@ -47,24 +63,64 @@ pub(crate) enum Admission {
     CommitNow,
 }
 
-/// Files published since the last commit took the queue (sans IO).
-#[derive(Debug, Default)]
+/// What the commit looks like from outside (for `/metrics`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Age of the oldest close not yet committed (zero when none waits).
+    pub lag: Duration,
+    /// Group commits done.
+    pub groups: u64,
+    /// Closes that waited because the commit lagged more than its bound.
+    pub closes_waited: u64,
+}
+
+/// Files published since the last commit took the queue, and the groups
+/// taken and done (sans IO: callers pass the time).
+#[derive(Debug)]
 pub(crate) struct CommitQueue {
     inos: BTreeSet<Ino>,
     /// Unflushed bytes of the queued files when they were published.
     bytes: u64,
     stop: bool,
+    lag_max: Duration,
+    /// When the oldest queued publication happened (or a close found the
+    /// queue empty and none in flight: see [`Self::closing`]).
+    oldest: Option<Instant>,
+    /// The oldest publication of the group being committed.
+    in_flight: Option<Instant>,
+    /// Groups taken by the thread, and groups it finished.
+    taken: u64,
+    done: u64,
+    /// Closes waiting for group number `.0` to finish.
+    waiters: Vec<(u64, oneshot::Sender<()>)>,
+    closes_waited: u64,
 }
 
 impl CommitQueue {
-    /// Adds `ino`, which holds `bytes` unflushed bytes.
-    pub(crate) fn publish(&mut self, ino: Ino, bytes: u64) -> Admission {
+    pub(crate) fn new(lag_max: Duration) -> Self {
+        Self {
+            inos: BTreeSet::new(),
+            bytes: 0,
+            stop: false,
+            lag_max,
+            oldest: None,
+            in_flight: None,
+            taken: 0,
+            done: 0,
+            waiters: Vec::new(),
+            closes_waited: 0,
+        }
+    }
+
+    /// Adds `ino`, which holds `bytes` unflushed bytes, published `now`.
+    pub(crate) fn publish(&mut self, ino: Ino, bytes: u64, now: Instant) -> Admission {
         if self.bytes >= PUBLISHED_BYTES_MAX {
             return Admission::CommitNow;
         }
         if self.inos.insert(ino) {
             self.bytes = self.bytes.saturating_add(bytes);
         }
+        self.oldest.get_or_insert(now);
         if self.bytes >= PUBLISHED_BYTES_KICK {
             Admission::Kick
         } else {
@@ -72,16 +128,76 @@ impl CommitQueue {
         }
     }
 
+    /// Age of the oldest close not yet committed, at `now`.
+    pub(crate) fn lag(&self, now: Instant) -> Duration {
+        [self.in_flight, self.oldest]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// A close at `now`: the group it must wait for when the commit lags
+    /// more than its bound (the group that takes what is queued now, or
+    /// the one in flight when nothing is queued), `None` otherwise.
+    pub(crate) fn closing(&mut self, now: Instant) -> Option<u64> {
+        if self.stop || self.lag(now) <= self.lag_max {
+            return None;
+        }
+        self.closes_waited += 1;
+        Some(if self.oldest.is_some() {
+            self.taken + 1
+        } else {
+            self.taken
+        })
+    }
+
+    /// Registers a close waiting for group `group`; `None` if it is done.
+    pub(crate) fn wait_for(&mut self, group: u64) -> Option<oneshot::Receiver<()>> {
+        if self.done >= group {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push((group, tx));
+        Some(rx)
+    }
+
     /// Takes every queued file (in inode order: the group locks them in
-    /// that order).
+    /// that order) as the next group.
     pub(crate) fn take(&mut self) -> Vec<Ino> {
         self.bytes = 0;
+        self.taken += 1;
+        self.in_flight = self.oldest.take();
         std::mem::take(&mut self.inos).into_iter().collect()
+    }
+
+    /// The group taken last is committed: the closes waiting for it (or
+    /// an earlier one) go on.
+    pub(crate) fn finish(&mut self) {
+        self.done = self.taken;
+        self.in_flight = None;
+        let done = self.done;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(group, _)| *group <= done);
+        self.waiters = waiting;
+        for (_, tx) in ready {
+            // A close that gave up waiting dropped its receiver.
+            let _ = tx.send(());
+        }
     }
 
     /// Whether the thread should commit before the interval ends.
     pub(crate) fn urgent(&self) -> bool {
-        self.stop || self.bytes >= PUBLISHED_BYTES_KICK
+        self.stop || self.bytes >= PUBLISHED_BYTES_KICK || !self.waiters.is_empty()
+    }
+
+    fn stats(&self, now: Instant) -> CommitStats {
+        CommitStats {
+            lag: self.lag(now),
+            groups: self.done,
+            closes_waited: self.closes_waited,
+        }
     }
 }
 
@@ -105,7 +221,10 @@ impl Committer {
         interval: Duration,
         commit: impl Fn(Vec<Ino>) -> bool + Send + 'static,
     ) -> Result<Self> {
-        let shared: Arc<(Mutex<CommitQueue>, Condvar)> = Arc::default();
+        let shared = Arc::new((
+            Mutex::new(CommitQueue::new(lag_max(interval))),
+            Condvar::new(),
+        ));
         let theirs = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("dl-commit".into())
@@ -128,7 +247,12 @@ impl Committer {
                         (q.take(), q.stop)
                     };
                     let alive = commit(inos);
+                    let mut q = lock(queue);
+                    q.finish();
                     if stop || !alive {
+                        // Nobody commits any more: no close may wait.
+                        q.stop = true;
+                        q.waiters.clear();
                         return;
                     }
                 }
@@ -143,11 +267,33 @@ impl Committer {
     /// Publishes `ino` (holding `bytes` unflushed bytes).
     pub(crate) fn publish(&self, ino: Ino, bytes: u64) -> Admission {
         let (queue, wake) = &*self.shared;
-        let admission = lock(queue).publish(ino, bytes);
+        let admission = lock(queue).publish(ino, bytes, Instant::now());
         if admission == Admission::Kick {
             wake.notify_all();
         }
         admission
+    }
+
+    /// A close: returns at once unless the commit lags more than its
+    /// bound ([`lag_max`]); then it starts the commit and waits until
+    /// every close before this one is committed.
+    pub(crate) async fn throttle(&self) {
+        let (queue, wake) = &*self.shared;
+        let waiting = {
+            let mut q = lock(queue);
+            q.closing(Instant::now())
+                .and_then(|group| q.wait_for(group))
+        };
+        if let Some(done) = waiting {
+            wake.notify_all();
+            // An error: the thread ended, after its last commit.
+            let _ = done.await;
+        }
+    }
+
+    /// The commit's lag and counters.
+    pub fn stats(&self) -> CommitStats {
+        lock(&self.shared.0).stats(Instant::now())
     }
 
     /// Commits what is queued one last time and ends the thread.
@@ -175,20 +321,58 @@ mod tests {
 
     #[test]
     fn the_queue_kicks_and_refuses_past_its_byte_bounds() {
-        let mut q = CommitQueue::default();
-        assert_eq!(q.publish(Ino(5), 4096), Admission::Queued);
-        assert_eq!(q.publish(Ino(3), 4096), Admission::Queued);
+        let mut q = CommitQueue::new(Duration::from_secs(1));
+        let t = Instant::now();
+        assert_eq!(q.publish(Ino(5), 4096, t), Admission::Queued);
+        assert_eq!(q.publish(Ino(3), 4096, t), Admission::Queued);
         // Publishing a queued file again counts its bytes once.
-        assert_eq!(q.publish(Ino(5), 4096), Admission::Queued);
+        assert_eq!(q.publish(Ino(5), 4096, t), Admission::Queued);
         assert!(!q.urgent());
         assert_eq!(q.take(), vec![Ino(3), Ino(5)]);
         assert!(q.take().is_empty());
-        assert_eq!(q.publish(Ino(7), PUBLISHED_BYTES_KICK), Admission::Kick);
+        assert_eq!(q.publish(Ino(7), PUBLISHED_BYTES_KICK, t), Admission::Kick);
         assert!(q.urgent());
-        assert_eq!(q.publish(Ino(8), PUBLISHED_BYTES_MAX), Admission::Kick);
-        assert_eq!(q.publish(Ino(9), 1), Admission::CommitNow);
+        assert_eq!(q.publish(Ino(8), PUBLISHED_BYTES_MAX, t), Admission::Kick);
+        assert_eq!(q.publish(Ino(9), 1, t), Admission::CommitNow);
         assert_eq!(q.take(), vec![Ino(7), Ino(8)]);
-        assert_eq!(q.publish(Ino(9), 1), Admission::Queued);
+        assert_eq!(q.publish(Ino(9), 1, t), Admission::Queued);
+    }
+
+    #[test]
+    fn closes_wait_only_when_the_commit_lags_past_its_bound() {
+        let bound = Duration::from_secs(1);
+        let mut q = CommitQueue::new(bound);
+        let t = Instant::now();
+        let at = |ms| t + Duration::from_millis(ms);
+        assert_eq!(q.lag(t), Duration::ZERO);
+        assert_eq!(q.closing(at(5_000)), None, "nothing waits: no lag");
+        q.publish(Ino(1), 10, t);
+        q.publish(Ino(2), 10, at(600));
+        assert_eq!(q.lag(at(900)), Duration::from_millis(900));
+        assert_eq!(q.closing(at(900)), None);
+        // The thread takes group 1; it is slow.
+        assert_eq!(q.take(), vec![Ino(1), Ino(2)]);
+        q.publish(Ino(3), 10, at(1_100));
+        // The oldest close (group 1, in flight) is 1.2 s old: wait for the
+        // group that takes what is queued now.
+        assert_eq!(q.closing(at(1_200)), Some(2));
+        let mut waiting = q.wait_for(2).expect("group 2 not done");
+        assert!(q.urgent(), "a waiting close starts the commit");
+        q.finish();
+        assert_eq!(waiting.try_recv(), Ok(None), "group 1 only");
+        assert_eq!(q.lag(at(1_200)), Duration::from_millis(100));
+        assert_eq!(q.take(), vec![Ino(3)]);
+        // Nothing queued, group 2 in flight and late: wait for it.
+        assert_eq!(q.closing(at(2_500)), Some(2));
+        q.finish();
+        assert_eq!(waiting.try_recv(), Ok(Some(())));
+        assert!(q.wait_for(2).is_none(), "done already");
+        assert!(!q.urgent());
+        let stats = q.stats(at(3_000));
+        assert_eq!(
+            (stats.lag, stats.groups, stats.closes_waited),
+            (Duration::ZERO, 2, 2)
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use futures::executor::block_on;
 use futures::lock::Mutex as AsyncMutex;
 use tracing::{debug, info, warn};
 
-use crate::commit::{Admission, Committer};
+use crate::commit::{Admission, CommitStats, Committer};
 use crate::config::{AtimePolicy, FsConfig, RELATIME_INTERVAL_SECS};
 use crate::copies::{Copies, LocalCopy, OnChange};
 use crate::dirty::DirtyFile;
@@ -1010,14 +1010,18 @@ impl Fs {
     /// `close` (`FUSE_FLUSH`): publishes the file's unflushed writes. With
     /// a commit interval (`FsConfig::commit_interval`) they stay where
     /// every reader of this mount sees them and the file joins the next
-    /// group commit (within the interval); without one they are committed
-    /// now, durably. Returns the error of a background commit of the file
-    /// that no `close` or `fsync` returned yet.
+    /// group commit (within the interval; such a close waits for the
+    /// commit when it lags more than `commit::lag_max`); without one they
+    /// are committed now, durably. Returns the error of a background
+    /// commit of the file that no `close` or `fsync` returned yet.
     pub async fn flush(&self, ino: Ino) -> Result<()> {
         if self.committer.get().is_none() {
             return self.commit_file(ino).await;
         }
         let published = self.flush_in_background(ino).await;
+        if let (Ok(true), Some(committer)) = (&published, self.committer.get()) {
+            committer.throttle().await;
+        }
         let reported = self
             .file_state(ino)
             .and_then(|(_, shared)| shared.take_error());
@@ -1027,16 +1031,16 @@ impl Fs {
 
     /// Hands the file's unflushed writes to the commit thread (or commits
     /// them now without one, or when too many bytes wait already).
-    async fn flush_in_background(&self, ino: Ino) -> Result<()> {
+    async fn flush_in_background(&self, ino: Ino) -> Result<bool> {
         let Some(committer) = self.committer.get() else {
-            return self.commit_file(ino).await;
+            return self.commit_file(ino).await.map(|()| false);
         };
         self.import_mapped_writes(ino).await?;
         let Some((state, shared)) = self.file_state(ino) else {
-            return Ok(());
+            return Ok(false);
         };
         if !shared.is_dirty() {
-            return Ok(());
+            return Ok(false);
         }
         // A write by someone else clears set-user-ID and set-group-ID
         // when it commits (`SetBlocks`): such files commit at close, so
@@ -1044,12 +1048,12 @@ impl Fs {
         // copy of the metadata's rule here).
         let mode = self.meta.read(|s| s.getattr(ino)).map(|a| a.mode)?;
         if mode & (libc::S_ISUID | libc::S_ISGID) != 0 {
-            return self.commit_file(ino).await;
+            return self.commit_file(ino).await.map(|()| false);
         }
         let bytes = {
             let st = state.lock().await;
             let Some(first) = st.dirty.first_index() else {
-                return Ok(());
+                return Ok(false);
             };
             let last = st.dirty.last_index().unwrap_or(first);
             let mapped = self.versions(ino, first, last)?;
@@ -1062,9 +1066,9 @@ impl Fs {
             st.dirty.dirty_bytes() as u64
         };
         if committer.publish(ino, bytes) == Admission::CommitNow {
-            return self.commit_file(ino).await;
+            return self.commit_file(ino).await.map(|()| false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Makes the file's unflushed writes durable and visible now: the
@@ -1334,7 +1338,12 @@ impl Fs {
     fn forget_idle(&self, locked: &[LockedFile<'_>]) {
         let mut table = self.write_files();
         for (ino, st, shared) in locked {
-            let idle = table.get(ino).is_some_and(|e| e.opens == 0);
+            // Only the entry this group committed: while it ran, `release`
+            // may have forgotten that one, and an open made a new one
+            // whose published writes wait for the next group.
+            let idle = table
+                .get(ino)
+                .is_some_and(|e| e.opens == 0 && Arc::ptr_eq(&e.shared, shared));
             if idle && st.size.is_none() && !shared.has_error() {
                 table.remove(ino);
             }
@@ -2118,6 +2127,12 @@ impl Fs {
         if let Some(c) = &self.copies {
             c.unpin(ino);
         }
+    }
+
+    /// The group commit's lag and counters (`None` without a commit
+    /// interval).
+    pub fn commit_stats(&self) -> Option<CommitStats> {
+        self.committer.get().map(Committer::stats)
     }
 
     /// Local copies made so far, held now, and the bytes they hold; `None`

@@ -32,7 +32,9 @@ mod resolver;
 mod sink;
 pub mod version;
 
-pub use commit::{COMMIT_INTERVAL_MS_DEFAULT, COMMIT_INTERVAL_MS_MAX};
+pub use commit::{
+    lag_max as commit_lag_max, CommitStats, COMMIT_INTERVAL_MS_DEFAULT, COMMIT_INTERVAL_MS_MAX,
+};
 pub use config::{
     AtimePolicy, FsConfig, CAPACITY_BYTES_DEFAULT, DIRTY_BYTES_PER_FILE_DEFAULT,
     FLUSH_INTERVAL_DEFAULT, INODES_MAX_DEFAULT, RELATIME_INTERVAL_SECS, SESSION_LEASE_DEFAULT,
