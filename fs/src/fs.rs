@@ -90,6 +90,14 @@ struct FileEntry {
     opens: u64,
 }
 
+/// A snapshot of a file's [`FileShared`] counters.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    size: u64,
+    new_blocks: u64,
+    written_ns: u64,
+}
+
 /// The part of a file's unflushed state read without its mutex.
 #[derive(Debug, Default)]
 struct FileShared {
@@ -474,23 +482,48 @@ impl Fs {
             .ok_or(FsError::Invalid("the metadata answered without attributes"))
     }
 
-    /// `attr` with the size and times unflushed writes give the file.
-    fn with_pending(&self, mut attr: Attr) -> Attr {
-        if let Some(entry) = self.read_files().get(&attr.ino) {
-            attr.size = attr.size.max(entry.shared.size.load(Ordering::Acquire));
-            let new_blocks = entry.shared.new_blocks.load(Ordering::Acquire);
-            attr.allocated_bytes = attr
-                .allocated_bytes
-                .saturating_add(new_blocks.saturating_mul(u64::from(self.block_size)));
-            let written = entry.shared.mtime_ns.load(Ordering::Acquire);
-            if written != 0 {
-                // What the commit will stamp (see `Fs::commit_time`).
-                let stamp = ns_timespec(written).max(attr.ctime);
-                attr.mtime = attr.mtime.max(stamp);
-                attr.ctime = stamp;
-            }
+    /// What the unflushed writes of `ino` add to its attributes, read
+    /// *before* the metadata it goes with: a commit first applies its
+    /// `SetBlocks`, then clears this, so reading in that order never misses
+    /// both (reading the metadata first could get the size before the
+    /// commit and the overlay after it: a size that shrinks, and a kernel
+    /// that drops the end of its page cache).
+    fn pending(&self, ino: Ino) -> Option<Pending> {
+        self.read_files().get(&ino).map(|entry| Pending {
+            size: entry.shared.size.load(Ordering::Acquire),
+            new_blocks: entry.shared.new_blocks.load(Ordering::Acquire),
+            written_ns: entry.shared.mtime_ns.load(Ordering::Acquire),
+        })
+    }
+
+    /// `attr` (read from the metadata after `pending`) with the size and
+    /// times unflushed writes give the file.
+    fn overlay(&self, mut attr: Attr, pending: Option<Pending>) -> Attr {
+        let Some(pending) = pending else {
+            return attr;
+        };
+        attr.size = attr.size.max(pending.size);
+        attr.allocated_bytes = attr.allocated_bytes.saturating_add(
+            pending
+                .new_blocks
+                .saturating_mul(u64::from(self.block_size)),
+        );
+        if pending.written_ns != 0 {
+            // What the commit will stamp (see `Fs::commit_time`).
+            let stamp = ns_timespec(pending.written_ns).max(attr.ctime);
+            attr.mtime = attr.mtime.max(stamp);
+            attr.ctime = stamp;
         }
         attr
+    }
+
+    /// The current attributes of the file an operation answered with
+    /// `attr` (the metadata read again after the unflushed writes; `attr`
+    /// itself if the inode is gone meanwhile).
+    fn with_pending(&self, attr: Attr) -> Attr {
+        let pending = self.pending(attr.ino);
+        let current = self.meta.read(|s| s.getattr(attr.ino)).ok();
+        self.overlay(current.unwrap_or(attr), pending)
     }
 
     fn read_files(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ino, FileEntry>> {
@@ -533,8 +566,9 @@ impl Fs {
 
     /// Attributes of `ino` (the size includes unflushed writes).
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let pending = self.pending(ino);
         let attr = self.meta.read(|s| s.getattr(ino))?;
-        Ok(self.with_pending(attr))
+        Ok(self.overlay(attr, pending))
     }
 
     /// The target of a symlink.
