@@ -318,7 +318,11 @@ impl FileSystem for FuseFs {
             | FsOptions::MAX_PAGES
             | FsOptions::DO_READDIRPLUS
             | FsOptions::READDIRPLUS_AUTO
-            | FsOptions::ATOMIC_O_TRUNC
+            // Not ATOMIC_O_TRUNC: with it the kernel passes O_TRUNC to
+            // `open` before its own checks, so `open(O_RDONLY|O_TRUNC)` of
+            // a running executable truncated it here and then failed with
+            // ETXTBSY (the process then crashed). Without it the kernel
+            // truncates with a SETATTR once its checks passed.
             | FsOptions::EXPORT_SUPPORT
             | FsOptions::HANDLE_KILLPRIV_V2;
         if self.options.writeback_cache {

@@ -3,6 +3,8 @@
 //! restartable on the same port, killed when dropped; and a loop device
 //! standing in for an NVMe namespace (root), detached when dropped.
 
+pub mod lazyfs;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

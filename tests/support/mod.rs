@@ -5,3 +5,4 @@ pub mod fsx;
 pub mod masters;
 pub mod netns;
 pub mod node;
+pub mod writer;
