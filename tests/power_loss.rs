@@ -1,5 +1,6 @@
 //! Power loss, not just kill -9 (issue 18, issue 23): the daemon's data
-//! directory (metadata log, write-back journal, embedded store) lives on a
+//! directory (metadata log, write-back journal; the store beside it, see
+//! `PowerCut`) lives on a
 //! file system that keeps every write in memory until it is fsynced
 //! (`datenlord_testbed::lazyfs`, LazyFS's approach); the power is cut by
 //! killing the daemon and dropping everything unsynced. After a restart:
