@@ -14,6 +14,7 @@ mod device;
 mod metrics;
 mod mount;
 mod neighbors;
+mod scrub;
 mod warmup;
 
 /// DatenLord: a distributed cache file system for cloud-native and AI workloads.
@@ -181,6 +182,16 @@ struct MasterArgs {
     /// Seconds between the leader's metadata backups to --store.
     #[arg(long = "backup-interval", value_name = "SECONDS", default_value_t = MASTER_BACKUP_INTERVAL_DEFAULT_S)]
     backup_interval_s: u64,
+    /// Seconds a block version nothing refers to stays in --store before
+    /// the leader's orphan scrub deletes it (default: three
+    /// --backup-interval; at least two).
+    #[arg(long = "gc-grace", value_name = "SECONDS")]
+    gc_grace_s: Option<u64>,
+    /// Seconds between the leader's scans of --store for block versions
+    /// nothing refers to (left by a node's crash between its upload and
+    /// its metadata update).
+    #[arg(long = "scrub-interval", value_name = "SECONDS", default_value_t = scrub::SCRUB_INTERVAL_DEFAULT_S)]
+    scrub_interval_s: u64,
     /// Start a new group from --store's newest metadata backup: give it to
     /// every master of the new group, each on a new data directory.
     #[arg(long = "restore-from-store", requires = "store")]
@@ -430,14 +441,21 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
             )
         })?,
     );
-    let backup = store.map(|(_, remote)| {
+    let grace = scrub::gc_grace(args.backup_interval_s, args.gc_grace_s)?;
+    let store_tasks = store.map(|(_, remote)| {
         // The leader's copy is the newest; one writer at a time.
         let leader = std::sync::Arc::clone(&master);
-        mount::Periodic::start(
+        let backup = mount::Periodic::start(
             "meta-backup",
             std::time::Duration::from_secs(args.backup_interval_s.max(1)),
             mount::backup_task(&master, &remote, move || leader.is_leader()),
-        )
+        );
+        let scrub = mount::Periodic::start(
+            "store-scrub",
+            std::time::Duration::from_secs(args.scrub_interval_s.max(1)),
+            scrub::master_task(&master, &remote, grace),
+        );
+        [backup, scrub]
     });
     // The Lord: while this master leads, it marks silent cache nodes dead.
     let mut lord = datenlord_cluster::lord::Lord::new(master.handle(), master.local());
@@ -449,7 +467,10 @@ fn run_master(args: &MasterArgs) -> anyhow::Result<ExitCode> {
     let signal = wait_for_stop_signal(&signals, Some(&security));
     tracing::info!(signal, "stopping the metadata master");
     lord.stop();
-    backup.into_iter().for_each(mount::Periodic::stop);
+    store_tasks
+        .into_iter()
+        .flatten()
+        .for_each(mount::Periodic::stop);
     let master = std::sync::Arc::into_inner(master)
         .ok_or_else(|| anyhow::anyhow!("the metadata master is still in use"))?;
     master.stop().context("stopping the metadata master")?;

@@ -35,13 +35,6 @@ const DRAIN_TIMEOUT_S: u64 = 60;
 const JOURNAL_CAPACITY_DEFAULT_BYTES: u64 = 4 << 30;
 /// How often the metadata is backed up to the store while mounted, by default.
 const META_BACKUP_INTERVAL_DEFAULT_S: u64 = 60;
-/// Blocks checked against the metadata per read lock of the local copy.
-const SCRUB_CHUNK_BLOCKS: usize = 4096;
-/// How often the store is scanned for orphan block versions, by default.
-const SCRUB_INTERVAL_DEFAULT_S: u64 = 600;
-/// How many backup intervals a block version that left the namespace stays
-/// in the store at least: the newest backup never refers to a deleted block.
-const GC_GRACE_BACKUP_INTERVALS_MIN: u64 = 2;
 /// How long a stopping node waits for calls in flight through a metadata
 /// link (links hold the node weakly; a call holds it while it runs).
 const NODE_RELEASE_WAIT_MS: u64 = 5_000;
@@ -147,7 +140,7 @@ pub struct MountArgs {
     pub gc_grace_s: Option<u64>,
     /// Seconds between scans of the store for block versions nothing
     /// refers to (left by a crash between upload and metadata update).
-    #[arg(long = "scrub-interval", value_name = "SECONDS", default_value_t = SCRUB_INTERVAL_DEFAULT_S)]
+    #[arg(long = "scrub-interval", value_name = "SECONDS", default_value_t = crate::scrub::SCRUB_INTERVAL_DEFAULT_S)]
     pub scrub_interval_s: u64,
     /// Join the metadata group of these masters (client addresses,
     /// `host:port,...`) instead of running an embedded one; needs
@@ -231,17 +224,7 @@ pub enum OnOff {
 impl MountArgs {
     /// The GC grace period, checked against the backup interval.
     fn gc_grace(&self) -> anyhow::Result<Duration> {
-        anyhow::ensure!(
-            self.backup_interval_s > 0,
-            "--backup-interval must be at least 1 second"
-        );
-        let min = self.backup_interval_s * GC_GRACE_BACKUP_INTERVALS_MIN;
-        let grace = self.gc_grace_s.unwrap_or(3 * self.backup_interval_s);
-        anyhow::ensure!(
-            grace >= min,
-            "--gc-grace {grace} is shorter than {min} s (twice --backup-interval): a restored backup could refer to deleted blocks; raise --gc-grace or lower --backup-interval"
-        );
-        Ok(Duration::from_secs(grace))
+        crate::scrub::gc_grace(self.backup_interval_s, self.gc_grace_s)
     }
 
     /// The node configuration when `--masters`, `--node-id` and
@@ -1091,7 +1074,7 @@ fn serve(
         let scrub = Periodic::start(
             "store-scrub",
             Duration::from_secs(args.scrub_interval_s.max(1)),
-            scrub_task(master, &store.remote, &writeback, args.gc_grace()?),
+            crate::scrub::embedded_task(master, &store.remote, &writeback, args.gc_grace()?),
         );
         (Some(backup), Some(scrub))
     } else {
@@ -1351,71 +1334,6 @@ pub(crate) fn backup_task(
                 last = Some(snapshot);
             }
             Err(e) => warn!(error = %e, "backing up the metadata to the store; retrying later"),
-        }
-    }
-}
-
-/// Finds block objects that nothing refers to — versions uploaded whose
-/// metadata update never happened (a crash between the journal commit and
-/// the metadata commit) — and hands them to the garbage collector. Only
-/// objects older than the GC grace are considered, so a block between its
-/// upload and its metadata commit is never taken, and the collector waits
-/// the grace again before deleting.
-fn scrub_task(
-    master: &Master,
-    remote: &RemoteStore,
-    writeback: &WriteBack,
-    grace: Duration,
-) -> impl FnMut() + Send + 'static {
-    let local = master.local();
-    let handle = master.handle();
-    let remote = remote.clone();
-    let writeback = writeback.clone();
-    move || {
-        let listed = match block_on(remote.list_blocks()) {
-            Ok(listed) => listed,
-            Err(e) => {
-                warn!(error = %e, "listing the store's blocks for the orphan scrub; retrying later");
-                return;
-            }
-        };
-        let Some(cutoff) = std::time::SystemTime::now().checked_sub(grace) else {
-            return;
-        };
-        // The local copy is read-locked a chunk at a time, so a large store
-        // never holds up the metadata's writer for long.
-        let mut orphans: Vec<BlockId> = Vec::new();
-        for chunk in listed.chunks(SCRUB_CHUNK_BLOCKS) {
-            let state = local.read();
-            orphans.extend(
-                chunk
-                    .iter()
-                    .filter(|&&(id, modified)| {
-                        let current =
-                            state.block_version(datenlord_cluster::meta::Ino(id.ino.0), id.index);
-                        modified < cutoff
-                            && current != Some(id.version)
-                            && !writeback.journal_holds(id)
-                    })
-                    .map(|&(id, _)| id),
-            );
-        }
-        if orphans.is_empty() {
-            return;
-        }
-        info!(
-            blocks = orphans.len(),
-            "orphan block versions found in the store; collecting them"
-        );
-        // From durable metadata only: the copy read above may hold applied
-        // commands the log has not synced, and a crash must not bring back
-        // a map naming a version queued for deletion.
-        if let Err(e) = block_on(handle.sync()) {
-            warn!(error = %e, "syncing the metadata log before the orphan scrub's collection; retrying later");
-            return;
-        }
-        if let Err(e) = writeback.collect(orphans) {
-            warn!(error = %e, "queueing orphan block versions for collection");
         }
     }
 }

@@ -315,3 +315,79 @@ fn a_group_that_lost_every_master_is_restored_from_the_store() {
     assert!(!status.success());
     assert!(new.log(1).contains("nothing"), "{}", new.log(1));
 }
+
+/// A group with a store scrubs it (the leader): a block version nothing
+/// refers to, older than the grace, is deleted a grace after it was
+/// found; a version the namespace names stays.
+#[test]
+fn the_leader_deletes_orphan_block_versions_from_the_store() {
+    use datenlord_cluster::meta::{CreateMode, FileKind};
+    use datenlord_engine::store::{ControlPlane, RemoteStore, StoreUrl};
+    use support::store::{age, files_below};
+    let store_root = tempfile::tempdir().expect("store dir");
+    let url = format!("file://{}", store_root.path().display());
+    let mut group = Group::unstarted(1, 20);
+    group.extra = [
+        "--store",
+        &url,
+        "--backup-interval",
+        "1",
+        "--gc-grace",
+        "2",
+        "--scrub-interval",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    group.start(1);
+    let mut client = group.client();
+    format(&mut client);
+    let created = client
+        .apply(&MetaCommand::Mknod {
+            parent: ROOT_INO,
+            name: b"named".to_vec(),
+            kind: FileKind::File,
+            mode: CreateMode::from(0o644),
+            rdev: 0,
+            creds: Creds::root(),
+            now: now(),
+        })
+        .expect("mknod");
+    let ino = created.attr().expect("attributes").ino;
+    client
+        .apply(&MetaCommand::SetBlocks {
+            ino,
+            blocks: vec![(0, 5)],
+            new_size: Some(5),
+            creds: Creds::root(),
+            now: now(),
+        })
+        .expect("set blocks");
+    let store_url: StoreUrl = url.parse().expect("url");
+    let control = ControlPlane::start().expect("control plane");
+    let remote = RemoteStore::open(&store_url, &control).expect("open store");
+    let named = datenlord_engine::BlockId::new(ino.0, 0, 5);
+    let orphan = datenlord_engine::BlockId::new(ino.0, 0, 4);
+    for id in [named, orphan] {
+        futures::executor::block_on(remote.put_block(id, b"bytes")).expect("put");
+    }
+    let blocks = store_root.path().join("blocks");
+    for f in files_below(&blocks) {
+        age(&f);
+    }
+    let has = |id: datenlord_engine::BlockId| {
+        let key = format!("/{}/{}/{}", id.ino.0, id.index, id.version);
+        files_below(&blocks)
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(&key))
+    };
+    wait_for("the orphan's deletion", Duration::from_secs(30), || {
+        (!has(orphan)).then_some(())
+    });
+    assert!(has(named), "the named version stays\n{}", group.log(1));
+    assert!(
+        group.log(1).contains("orphan block versions found"),
+        "{}",
+        group.log(1)
+    );
+}

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use support::fsx::{self, FsxConfig};
 use support::node::{datenlord, Mounted, NodeDirs, UringSwitch};
+use support::store::{age, files_below};
 
 fn sh(dir: &Path, script: &str) -> String {
     let out = Command::new("bash")
@@ -906,40 +907,6 @@ fn sigterm_unmounts_after_flushing_and_metrics_are_served() {
     let m = Mounted::start(&dirs, &[]);
     assert_eq!(std::fs::read(m.path().join("open")).expect("read"), data);
     m.unmount();
-}
-
-/// Every regular file below `dir`.
-fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-/// Sets a file's mtime an hour back.
-fn age(path: &Path) {
-    let c = c_path(path);
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    let hour_ago = libc::timespec {
-        tv_sec: i64::try_from(now_s).expect("time") - 3600,
-        tv_nsec: 0,
-    };
-    let times = [hour_ago, hour_ago];
-    // SAFETY: a valid path and two timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
-    assert_eq!(rc, 0, "utimensat {}", path.display());
 }
 
 #[test]

@@ -5,4 +5,5 @@ pub mod fsx;
 pub mod masters;
 pub mod netns;
 pub mod node;
+pub mod store;
 pub mod writer;
