@@ -232,13 +232,8 @@ pub fn check_listen(
 }
 
 fn refuse_revoked(tls: &TlsDir, who: &Identity) -> Result<(), LinkError> {
-    if tls.is_revoked(&who.serial) {
-        return Err(LinkError::Identity(format!(
-            "{who} presented certificate serial {}, which is revoked",
-            who.serial
-        )));
-    }
-    Ok(())
+    tls.revocation(who)
+        .map_or(Ok(()), |m| Err(LinkError::Identity(m)))
 }
 
 /// Runs the handshake's `steps` on `tcp`, each read and write waiting at

@@ -310,6 +310,16 @@ impl TlsDir {
         self.revoked.get().is_some_and(|revoked| revoked(serial))
     }
 
+    /// Why `who` is refused if its certificate was revoked.
+    pub fn revocation(&self, who: &Identity) -> Option<String> {
+        self.is_revoked(&who.serial).then(|| {
+            format!(
+                "{who} presented certificate serial {}, which is revoked",
+                who.serial
+            )
+        })
+    }
+
     /// The credentials in use.
     pub fn current(&self) -> Arc<Tls> {
         Arc::clone(

@@ -92,14 +92,11 @@ impl From<io::Error> for NeighborError {
     }
 }
 
-async fn within<T>(
+fn within<T>(
     ms: u64,
     f: impl std::future::Future<Output = Result<T, NeighborError>>,
-) -> Result<T, NeighborError> {
-    match glommio::timer::timeout(Duration::from_millis(ms), async { Ok(f.await) }).await {
-        Ok(result) => result,
-        Err(_) => Err(NeighborError::Timeout(ms)),
-    }
+) -> impl std::future::Future<Output = Result<T, NeighborError>> {
+    super::within(ms, f, move || NeighborError::Timeout(ms))
 }
 
 fn identity_of(
@@ -112,26 +109,8 @@ fn identity_of(
 /// connected to it; a node, or an administrator (who may only send
 /// warm-up orders), when this end accepted (`None`).
 fn check_peer(tls: &TlsDir, who: &Identity, node: Option<u64>) -> Result<(), NeighborError> {
-    let fits = match node {
-        Some(id) => who.role == Role::Node && who.id == Some(id),
-        None => matches!(who.role, Role::Node | Role::Admin),
-    };
-    if !fits {
-        return Err(NeighborError::Identity(format!(
-            "{who} (serial {}) is not {}",
-            who.serial,
-            node.map_or("a node or an administrator".to_string(), |id| format!(
-                "node {id}"
-            ))
-        )));
-    }
-    if tls.is_revoked(&who.serial) {
-        return Err(NeighborError::Identity(format!(
-            "{who} presented certificate serial {}, which is revoked",
-            who.serial
-        )));
-    }
-    Ok(())
+    let rule = node.map_or(super::PeerRule::NodeOrAdmin, super::PeerRule::Node);
+    super::peer_refusal(tls, who, rule).map_or(Ok(()), |m| Err(NeighborError::Identity(m)))
 }
 
 fn alpn(data_tls: bool) -> Vec<Vec<u8>> {

@@ -848,3 +848,57 @@ async fn serve_shard(
         }
     }
 }
+
+/// Who may be the other end of a neighbor connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PeerRule {
+    /// The node this end connected to.
+    Node(u64),
+    /// Any node of the cluster (an RDMA connection: administrators only
+    /// order warm-ups, over TCP).
+    AnyNode,
+    /// A node, or an administrator (a TCP connection this end accepted).
+    NodeOrAdmin,
+}
+
+/// Why `who` may not be the other end under `rule` (its role and id, then
+/// whether its certificate was revoked); `None` if it may.
+pub(crate) fn peer_refusal(
+    tls: &crate::tls::TlsDir,
+    who: &crate::tls::Identity,
+    rule: PeerRule,
+) -> Option<String> {
+    use crate::tls::Role;
+    let (fits, expected) = match rule {
+        PeerRule::Node(id) => (
+            who.role == Role::Node && who.id == Some(id),
+            format!("node {id}"),
+        ),
+        PeerRule::AnyNode => (
+            who.role == Role::Node,
+            "a node of the cluster (only nodes get an RDMA connection)".to_string(),
+        ),
+        PeerRule::NodeOrAdmin => (
+            matches!(who.role, Role::Node | Role::Admin),
+            "a node or an administrator".to_string(),
+        ),
+    };
+    if !fits {
+        return Some(format!("{who} (serial {}) is not {expected}", who.serial));
+    }
+    tls.revocation(who)
+}
+
+/// Runs `f` for at most `ms` milliseconds on the executor's timers;
+/// `timed_out` makes the error when it takes longer.
+pub(crate) async fn within<T, E>(
+    ms: u64,
+    f: impl std::future::Future<Output = Result<T, E>>,
+    timed_out: impl FnOnce() -> E,
+) -> Result<T, E> {
+    let limit = std::time::Duration::from_millis(ms);
+    match glommio::timer::timeout(limit, async { Ok(f.await) }).await {
+        Ok(result) => result,
+        Err(_) => Err(timed_out()),
+    }
+}

@@ -5,7 +5,6 @@
 //! the stream is any byte stream (TCP in production).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::io::{AsyncRead, AsyncWrite};
 use futures_rustls::{client, server};
@@ -18,16 +17,12 @@ use crate::tls::{Identity, Tls, TlsDir};
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
 
 /// Runs `f` with the handshake's deadline.
-pub async fn within<T>(
+pub fn within<T>(
     f: impl std::future::Future<Output = Result<T, RdmaError>>,
-) -> Result<T, RdmaError> {
-    let limit = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    match glommio::timer::timeout(limit, async { Ok(f.await) }).await {
-        Ok(result) => result,
-        Err(_) => Err(RdmaError::Handshake(format!(
-            "no handshake within {HANDSHAKE_TIMEOUT_MS} ms"
-        ))),
-    }
+) -> impl std::future::Future<Output = Result<T, RdmaError>> {
+    crate::neighbor::within(HANDSHAKE_TIMEOUT_MS, f, || {
+        RdmaError::Handshake(format!("no handshake within {HANDSHAKE_TIMEOUT_MS} ms"))
+    })
 }
 
 /// The requester's TLS over `stream` to node `node`: its certificate must

@@ -27,7 +27,7 @@ use super::home::Home;
 use super::requester::Requester;
 use super::verbs::{RemoteSlot, Verbs};
 use super::{Params, RdmaError};
-use crate::tls::{Identity, Role, TlsDir};
+use crate::tls::{Identity, TlsDir};
 
 /// ALPN name of an RDMA connection's handshake on the block service port.
 pub const ALPN_RDMA: &[u8] = b"datenlord-rdma-handshake";
@@ -279,21 +279,9 @@ where
 /// connection: `node` when this end connected to it; any node when it
 /// accepted (`None`); never an administrator; never a revoked one.
 pub fn check_peer(tls: &TlsDir, who: &Identity, node: Option<u64>) -> Result<(), RdmaError> {
-    let fits = who.role == Role::Node && node.is_none_or(|id| who.id == Some(id));
-    if !fits {
-        return Err(RdmaError::Identity(format!(
-            "{who} (serial {}) may not have an RDMA connection: {}",
-            who.serial,
-            node.map_or("only nodes of the cluster may".to_string(), |id| format!(
-                "it is not node {id}"
-            ))
-        )));
-    }
-    if tls.is_revoked(&who.serial) {
-        return Err(RdmaError::Identity(format!(
-            "{who} presented certificate serial {}, which is revoked",
-            who.serial
-        )));
-    }
-    Ok(())
+    let rule = node.map_or(
+        crate::neighbor::PeerRule::AnyNode,
+        crate::neighbor::PeerRule::Node,
+    );
+    crate::neighbor::peer_refusal(tls, who, rule).map_or(Ok(()), |m| Err(RdmaError::Identity(m)))
 }
