@@ -323,22 +323,15 @@ fn a_group_that_lost_every_master_is_restored_from_the_store() {
 fn the_leader_deletes_orphan_block_versions_from_the_store() {
     use datenlord_cluster::meta::{CreateMode, FileKind};
     use datenlord_engine::store::{ControlPlane, RemoteStore, StoreUrl};
-    use support::store::{age, files_below};
+    use support::store::{age, files_below, FAST_SCRUB};
     let store_root = tempfile::tempdir().expect("store dir");
     let url = format!("file://{}", store_root.path().display());
     let mut group = Group::unstarted(1, 20);
-    group.extra = [
-        "--store",
-        &url,
-        "--backup-interval",
-        "1",
-        "--gc-grace",
-        "2",
-        "--scrub-interval",
-        "1",
-    ]
-    .map(String::from)
-    .to_vec();
+    group.extra = ["--store", &url]
+        .into_iter()
+        .chain(FAST_SCRUB)
+        .map(String::from)
+        .collect();
     group.start(1);
     let mut client = group.client();
     format(&mut client);

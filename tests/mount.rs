@@ -14,7 +14,7 @@ use std::process::Command;
 
 use support::fsx::{self, FsxConfig};
 use support::node::{datenlord, Mounted, NodeDirs, UringSwitch};
-use support::store::{age, files_below};
+use support::store::{age, files_below, FAST_SCRUB};
 
 fn sh(dir: &Path, script: &str) -> String {
     let out = Command::new("bash")
@@ -935,17 +935,7 @@ fn orphan_block_versions_in_the_store_are_collected() {
     let is_orphan = |p: &Path| p.to_string_lossy().ends_with("/999999/0/1");
     assert!(files_below(&blocks_dir).iter().any(|p| is_orphan(p)));
 
-    let m = Mounted::start(
-        &dirs,
-        &[
-            "--backup-interval",
-            "1",
-            "--gc-grace",
-            "2",
-            "--scrub-interval",
-            "1",
-        ],
-    );
+    let m = Mounted::start(&dirs, &FAST_SCRUB);
     let start = std::time::Instant::now();
     while files_below(&blocks_dir).iter().any(|p| is_orphan(p)) {
         assert!(
