@@ -83,8 +83,7 @@ pub(crate) struct CommitQueue {
     bytes: u64,
     stop: bool,
     lag_max: Duration,
-    /// When the oldest queued publication happened (or a close found the
-    /// queue empty and none in flight: see [`Self::closing`]).
+    /// When the oldest queued publication happened.
     oldest: Option<Instant>,
     /// The oldest publication of the group being committed.
     in_flight: Option<Instant>,
