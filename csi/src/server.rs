@@ -18,6 +18,9 @@ use crate::store::VolumeStore;
 /// The socket's mode: whoever can connect can mount as root.
 const SOCKET_MODE: u32 = 0o600;
 
+/// How long requests in flight may finish after the stop signal.
+const SHUTDOWN_GRACE_S: u64 = 10;
+
 /// What the plugin serves and where its volumes live.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -81,14 +84,21 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
         config.mountpoint.clone(),
         config.mount_command.clone(),
     ));
-    // Mount now (if the plugin mounts), so a bad mount command shows at
-    // start; and remove what deletions interrupted by a crash left.
+    // Mount now when the plugin mounts, so a bad mount command shows at
+    // start (a mount kept by someone else may come later: requests wait
+    // for it with UNAVAILABLE); and remove what deletions that a crash
+    // interrupted left.
     let purge = {
         let namespace = Arc::clone(&namespace);
         let store = VolumeStore::new(&config.mountpoint, &config.volumes_dir);
+        let mounts = config.mount_command.is_some();
         tokio::task::spawn_blocking(move || {
-            namespace.ensure()?;
-            store.purge_trash();
+            if mounts {
+                namespace.ensure()?;
+            }
+            if namespace.live().is_some() {
+                store.purge_trash();
+            }
             Ok::<_, Error>(())
         })
     };
@@ -125,7 +135,10 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
         node = ?config.node_name,
         "serving CSI"
     );
-    let served = tonic::transport::Server::builder()
+    // After the shutdown signal, requests in flight get a grace period
+    // (one stuck on a hung mount must not keep the plugin from exiting).
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(
             Arc::clone(&namespace),
             config.controller,
@@ -134,11 +147,26 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
         .add_optional_service(node)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+            async move {
+                shutdown.await;
+                let _ = stopping.send(());
+            },
+        );
+    let outcome = tokio::select! {
+        outcome = serving => outcome,
+        () = async {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(std::time::Duration::from_secs(SHUTDOWN_GRACE_S)).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!("requests still in flight {SHUTDOWN_GRACE_S} s after the stop: stopping anyway");
+            Ok(())
+        }
+    };
     let removed = std::fs::remove_file(&config.socket);
-    served.map_err(|e| Error::Serve {
+    outcome.map_err(|e| Error::Serve {
         path: config.socket.clone(),
         message: e.to_string(),
     })?;
