@@ -733,11 +733,19 @@ fn node_publishes_real_bind_mounts_and_cleans_up_after_a_restart() {
 }
 
 #[test]
-fn the_plugin_brings_a_dead_mount_back() {
+fn the_plugin_brings_a_dead_mount_back_and_repairs_stale_binds() {
     let fx = Fixture::start(&[]);
     let c = fx.clients();
+    let node = || c.node.clone();
+    let staging = fx.dirs.root().join("staging/before");
+    let target = fx.dirs.root().join("pods/p1/mount");
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir pods/p1");
     create(&c, "before", MIB);
-    // The DatenLord daemon dies: its mount answers ENOTCONN.
+    c.call(node().node_stage_volume(stage_request("before", &staging)))
+        .expect("stage");
+    c.call(node().node_publish_volume(publish_request("before", &staging, &target, false)))
+        .expect("publish");
+    // The DatenLord daemon dies: its mount and the binds of it answer ENOTCONN.
     let pid = fx.daemon_pid();
     // SAFETY: a plain kill of the test's daemon.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -757,6 +765,24 @@ fn the_plugin_brings_a_dead_mount_back() {
         .expect("probe");
     assert_eq!(probe.ready, Some(true), "{}", fx.logs());
     assert_ne!(fx.daemon_pid(), pid, "a new daemon serves the mount");
+    // The pod's bind still belongs to the dead daemon: stats say so, and
+    // staging and publishing again replace the dead binds.
+    let stale = stats(&c, "before", &target).expect("stats of a dead bind");
+    assert_eq!(
+        stale.volume_condition.map(|v| v.abnormal),
+        Some(true),
+        "{}",
+        fx.logs()
+    );
+    c.call(node().node_stage_volume(stage_request("before", &staging)))
+        .expect("stage again");
+    c.call(node().node_publish_volume(publish_request("before", &staging, &target, false)))
+        .expect("publish again");
+    std::fs::write(target.join("again"), b"alive").expect("write after the repair");
+    let healthy = stats(&c, "before", &target).expect("stats");
+    assert_eq!(healthy.volume_condition.map(|v| v.abnormal), Some(false));
+    unpublish(&c, "before", &target).expect("unpublish");
+    unstage(&c, "before", &staging).expect("unstage");
 }
 
 #[test]
