@@ -558,6 +558,18 @@ fn stage_checks(c: &Clients, staging: &Path, target: &Path) {
         Code::InvalidArgument
     );
     let mut req = publish_request("data", staging, target, false);
+    req.volume_capability = None;
+    assert_eq!(
+        code(c.call(node().node_publish_volume(req))),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(
+            c.call(node().node_publish_volume(publish_request("no-such", staging, target, false)))
+        ),
+        Code::NotFound
+    );
+    let mut req = publish_request("data", staging, target, false);
     req.staging_target_path.clear();
     assert_eq!(
         code(c.call(node().node_publish_volume(req))),
@@ -574,6 +586,8 @@ fn stage_checks(c: &Clients, staging: &Path, target: &Path) {
 /// Stats and node expansion of the volume `data` published at `target`.
 fn stats_and_expand(c: &Clients, fx: &Fixture, target: &Path) {
     assert_eq!(code(stats(c, "", target)), Code::InvalidArgument);
+    assert_eq!(code(stats(c, "data", Path::new(""))), Code::InvalidArgument);
+    assert_eq!(code(stats(c, "no-such", target)), Code::NotFound);
     assert_eq!(
         code(stats(c, "data", &fx.dirs.root().join("nowhere"))),
         Code::NotFound

@@ -343,3 +343,91 @@ fn read_quota(dir: &Path) -> Result<u64> {
             ))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store in a local temporary directory (`trusted.` attributes need
+    /// root; scripts/test runs as root, and under CI a skip is a failure).
+    fn local_store() -> Option<(tempfile::TempDir, VolumeStore)> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the store tests need root (trusted.* attributes)"
+            );
+            eprintln!("skipped: trusted.* attributes need root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = VolumeStore::new(dir.path(), "csi-volumes");
+        store.prepare().expect("prepare");
+        Some((dir, store))
+    }
+
+    fn name(text: &str) -> VolumeName {
+        VolumeName::parse(text).expect("a name")
+    }
+
+    #[test]
+    fn volumes_appear_whole_and_leave_nothing_behind() {
+        let Some((dir, store)) = local_store() else {
+            return;
+        };
+        let v = name("pvc-1");
+        assert_eq!(store.capacity(&v).ok(), Some(None));
+        // What a crash in the middle of a creation left is replaced.
+        std::fs::create_dir_all(dir.path().join("csi-volumes/.creating/pvc-1/junk"))
+            .expect("a half-made volume");
+        assert!(store.create(&v, 4096).expect("create"));
+        assert_eq!(store.capacity(&v).ok(), Some(Some(4096)));
+        let mode = std::fs::metadata(store.path(&v))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, VOLUME_DIR_MODE);
+        // The name is taken: a second creation leaves the first alone.
+        assert!(!store.create(&v, 1).expect("create again"));
+        assert_eq!(store.capacity(&v).ok(), Some(Some(4096)));
+        let creating = std::fs::read_dir(dir.path().join("csi-volumes/.creating")).expect("ls");
+        assert_eq!(creating.count(), 0);
+        store.set_capacity(&v, 8192).expect("grow");
+        assert_eq!(store.capacity(&v).ok(), Some(Some(8192)));
+        std::fs::write(store.path(&v).join("f"), vec![7u8; 10_000]).expect("write");
+        let usage = store.usage(&v).expect("usage");
+        assert_eq!((usage.inodes, usage.complete), (2, true));
+        assert!(usage.bytes >= 10_000, "{usage:?}");
+        assert_eq!(store.list().expect("list"), vec![v.clone()]);
+        assert!(store.delete(&v).expect("delete"));
+        assert!(!store.delete(&v).expect("delete again"));
+        assert!(store.list().expect("list").is_empty());
+        // What a deletion could not remove goes at the next start.
+        std::fs::create_dir_all(dir.path().join("csi-volumes/.trash/old.1/x")).expect("trash");
+        store.purge_trash();
+        let trash = std::fs::read_dir(dir.path().join("csi-volumes/.trash")).expect("ls");
+        assert_eq!(trash.count(), 0);
+    }
+
+    #[test]
+    fn what_the_driver_did_not_make_is_refused() {
+        let Some((dir, store)) = local_store() else {
+            return;
+        };
+        let root = dir.path().join("csi-volumes");
+        std::fs::create_dir(root.join("by-hand")).expect("mkdir");
+        std::fs::write(root.join("a-file"), b"x").expect("a file");
+        std::fs::create_dir(root.join("not a volume")).expect("mkdir");
+        assert!(matches!(
+            store.capacity(&name("by-hand")),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            store.capacity(&name("a-file")),
+            Err(Error::FailedPrecondition(_))
+        ));
+        // Only directories with volume names are listed (not the file, the
+        // space, nor the driver's own hidden directories).
+        assert_eq!(store.list().expect("list"), vec![name("by-hand")]);
+    }
+}
