@@ -305,14 +305,14 @@ fn create_and_delete_are_idempotent_and_check_their_arguments() {
 fn list_validate_capacity_and_expand() {
     let fx = Fixture::start(&[]);
     let c = fx.clients();
-    list_pages(&c);
+    list_pages(&c, &fx.dirs.mountpoint());
     validate_and_capacity(&c);
     expand_checks(&c, &fx);
 }
 
 /// ListVolumes: everything, pages of two, foreign tokens, and a token
 /// whose volume was deleted.
-fn list_pages(c: &Clients) {
+fn list_pages(c: &Clients, mountpoint: &Path) {
     let ctl = || c.controller.clone();
     let names = ["pv-1", "pv-2", "pv-3", "pv-4", "pv-5"];
     for name in names {
@@ -350,6 +350,10 @@ fn list_pages(c: &Clients) {
     }
     assert_eq!(seen, names);
     assert_eq!(code(list(0, "invalid-token")), Code::Aborted);
+    // A directory made by hand (no recorded capacity) is no volume and
+    // breaks no listing.
+    std::fs::create_dir(mountpoint.join("csi-volumes/pv-by-hand")).expect("mkdir by hand");
+    assert_eq!(list(0, "").expect("list").entries.len(), names.len());
     assert_eq!(code(list(-1, "")), Code::InvalidArgument);
     // The last volume of a page deleted and one created before the next
     // page: the token still works, no volume is skipped.
@@ -727,6 +731,16 @@ fn node_publishes_real_bind_mounts_and_cleans_up_after_a_restart() {
         unpublish(&c, "data", target).expect("unpublish again");
     }
     unpublish(&c, "data", &root.join("pods/never/mount")).expect("unpublish what never was");
+    // The node's DatenLord mount is never a target.
+    assert_eq!(
+        code(unpublish(&c, "data", &fx.dirs.mountpoint())),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        code(unstage(&c, "data", &fx.dirs.mountpoint())),
+        Code::InvalidArgument
+    );
+    assert!(is_mounted(&fx.dirs.mountpoint()));
     assert_eq!(code(unpublish(&c, "", &rw)), Code::InvalidArgument);
     assert_eq!(
         code(unpublish(&c, "data", Path::new(""))),

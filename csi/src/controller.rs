@@ -211,12 +211,19 @@ impl State {
         let (range, next_token) = crate::page::page(&names, &req.starting_token, req.max_entries)?;
         let mut entries = Vec::with_capacity(range.len());
         for name in &names[range] {
-            // Deleted since the listing: not on the page.
-            if let Some(bytes) = self.store.capacity(name)? {
-                entries.push(list_volumes_response::Entry {
+            match self.store.capacity(name) {
+                Ok(Some(bytes)) => entries.push(list_volumes_response::Entry {
                     volume: Some(volume(name, bytes)),
                     status: None,
-                });
+                }),
+                // Deleted since the listing: not on the page.
+                Ok(None) => {}
+                // A directory the driver did not make is no volume; it
+                // must not break every later listing.
+                Err(Error::FailedPrecondition(why)) => {
+                    tracing::warn!(volume = %name, %why, "not listed");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(ListVolumesResponse {

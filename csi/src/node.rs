@@ -159,6 +159,21 @@ impl NodeService {
 }
 
 impl State {
+    /// A path of the request, as the mount table shows it; never the
+    /// node's DatenLord mount or a path in it (an unpublish of the mount
+    /// point would take the namespace from every pod of the node).
+    fn request_path(&self, field: &str, value: &str) -> Result<PathBuf> {
+        let path = mount_path(&required_path(field, value)?);
+        if path.starts_with(self.namespace.mountpoint()) {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {} is in the node's DatenLord mount {}",
+                path.display(),
+                self.namespace.mountpoint().display()
+            )));
+        }
+        Ok(path)
+    }
+
     /// The volume's name and the root its bind mounts show, once the
     /// namespace is mounted and the volume exists; and the mount.
     fn volume(&self, volume_id: &str) -> Result<(VolumeName, PathBuf, MountEntry, u64)> {
@@ -174,10 +189,7 @@ impl State {
 
     fn stage(&self, req: &NodeStageVolumeRequest) -> Result<NodeStageVolumeResponse> {
         required("volume_id", &req.volume_id)?;
-        let staging = mount_path(&required_path(
-            "staging_target_path",
-            &req.staging_target_path,
-        )?);
+        let staging = self.request_path("staging_target_path", &req.staging_target_path)?;
         capability::check("volume_capability", req.volume_capability.as_ref())?;
         let _op = self.in_flight.begin(&req.volume_id)?;
         let (name, root, main, _) = self.volume(&req.volume_id)?;
@@ -198,10 +210,7 @@ impl State {
 
     fn unstage(&self, req: &NodeUnstageVolumeRequest) -> Result<NodeUnstageVolumeResponse> {
         required("volume_id", &req.volume_id)?;
-        let staging = mount_path(&required_path(
-            "staging_target_path",
-            &req.staging_target_path,
-        )?);
+        let staging = self.request_path("staging_target_path", &req.staging_target_path)?;
         let _op = self.in_flight.begin(&req.volume_id)?;
         unmount_all(&staging)?;
         tracing::info!(volume = %req.volume_id, path = %staging.display(), "unstaged");
@@ -210,11 +219,8 @@ impl State {
 
     fn publish(&self, req: &NodePublishVolumeRequest) -> Result<NodePublishVolumeResponse> {
         required("volume_id", &req.volume_id)?;
-        let staging = mount_path(&required_path(
-            "staging_target_path",
-            &req.staging_target_path,
-        )?);
-        let target = mount_path(&required_path("target_path", &req.target_path)?);
+        let staging = self.request_path("staging_target_path", &req.staging_target_path)?;
+        let target = self.request_path("target_path", &req.target_path)?;
         capability::check("volume_capability", req.volume_capability.as_ref())?;
         let read_only = req.readonly || capability::read_only_mode(req.volume_capability.as_ref());
         let _op = self.in_flight.begin(&req.volume_id)?;
@@ -243,7 +249,7 @@ impl State {
 
     fn unpublish(&self, req: &NodeUnpublishVolumeRequest) -> Result<NodeUnpublishVolumeResponse> {
         required("volume_id", &req.volume_id)?;
-        let target = mount_path(&required_path("target_path", &req.target_path)?);
+        let target = self.request_path("target_path", &req.target_path)?;
         let _op = self.in_flight.begin(&req.volume_id)?;
         unmount_all(&target)?;
         // The plugin made the target directory; it takes it away.
@@ -258,7 +264,7 @@ impl State {
 
     fn stats(&self, req: &NodeGetVolumeStatsRequest) -> Result<NodeGetVolumeStatsResponse> {
         required("volume_id", &req.volume_id)?;
-        let path = mount_path(&required_path("volume_path", &req.volume_path)?);
+        let path = self.request_path("volume_path", &req.volume_path)?;
         let (name, root, main, bytes) = self.volume(&req.volume_id)?;
         let entry = mounted_at(&path)?
             .filter(|e| e.shows(&root))
@@ -303,7 +309,7 @@ impl State {
 
     fn expand(&self, req: &NodeExpandVolumeRequest) -> Result<NodeExpandVolumeResponse> {
         required("volume_id", &req.volume_id)?;
-        let path = mount_path(&required_path("volume_path", &req.volume_path)?);
+        let path = self.request_path("volume_path", &req.volume_path)?;
         let range = Capacity::from_range(req.capacity_range.as_ref())?;
         let (name, root, _, bytes) = self.volume(&req.volume_id)?;
         if !mounted_at(&path)?.is_some_and(|e| e.shows(&root)) {
