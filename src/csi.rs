@@ -12,12 +12,17 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+/// `datenlord csi --help`'s example.
+const CSI_EXAMPLE: &str = r#"Example (one node serving both services, embedded defaults):
+  datenlord csi --endpoint unix:///csi/csi.sock --controller --node --node-name "$NODE_NAME" \
+    --mountpoint /var/lib/datenlord/mnt -- --data-dir /var/lib/datenlord/data
+
+On several nodes, every plugin must mount the same namespace: give the mount
+arguments of a node of a master group (--masters, --node-id, --node-listen and
+a shared --store); embedded defaults give each node a namespace of its own."#;
+
 #[derive(Debug, clap::Args)]
-#[command(
-    after_help = "Example (a node of a Kubernetes cluster, embedded defaults):\n  \
-    datenlord csi --endpoint unix:///csi/csi.sock --node --node-name \"$NODE_NAME\" \\\n    \
-    --mountpoint /var/lib/datenlord/mnt -- --data-dir /var/lib/datenlord/data"
-)]
+#[command(after_help = CSI_EXAMPLE)]
 pub struct CsiArgs {
     /// The CSI socket to serve: `unix:///path/csi.sock`.
     #[arg(long, env = "CSI_ENDPOINT")]
