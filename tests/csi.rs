@@ -854,3 +854,87 @@ fn without_a_mount_and_with_no_mount_requests_are_unavailable() {
     assert!(plugin.stop().success());
     assert!(!socket.exists());
 }
+
+#[test]
+fn nodes_of_one_master_group_share_volumes() {
+    use support::masters::{free_addr, wait_for, Group};
+    let group = Group::new(1);
+    wait_for("a leader", std::time::Duration::from_secs(20), || {
+        group.leader(&[1])
+    });
+    let shared = support::node::NodeDirs::new();
+    let store = support::node::formatted_store(&shared.root().join("store"), "64K");
+    let masters = group.addrs.join(",");
+    let mount = |id: u64| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--store",
+            &store,
+            "--masters",
+            &masters,
+            "--node-id",
+            &id.to_string(),
+            "--node-listen",
+            &free_addr(),
+            // Kernel caches off: each path walk asks the node's copy.
+            "-o",
+            "negative_timeout=0,entry_timeout=0,attr_timeout=0",
+            "--cores",
+            "1",
+            "--cache-size",
+            "0",
+            "--memory-size",
+            "32M",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(group.tls_args("node", Some(id)));
+        args
+    };
+    let a = Fixture::start_with(
+        &["--controller", "--node", "--node-name", "node-a"],
+        &mount(11),
+    );
+    let b = Fixture::start_with(&["--node", "--node-name", "node-b"], &mount(12));
+    let ca = a.clients();
+    let cb = b.clients();
+    // The controller on node a makes the volume; node b publishes it.
+    create(&ca, "shared", 16 * MIB);
+    let staging = b.dirs.root().join("staging/shared");
+    let target = b.dirs.root().join("pods/p1/mount");
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir pods/p1");
+    let node = || cb.node.clone();
+    wait_for(
+        "the volume on node b",
+        std::time::Duration::from_secs(20),
+        || {
+            cb.call(node().node_stage_volume(stage_request("shared", &staging)))
+                .ok()
+        },
+    );
+    cb.call(node().node_publish_volume(publish_request("shared", &staging, &target, false)))
+        .expect("publish on node b");
+    // A file written by a pod on node b is read on node a.
+    std::fs::write(target.join("from-b"), b"written on node b").expect("write on b");
+    let on_a = a.dirs.mountpoint().join("csi-volumes/shared/from-b");
+    let text = wait_for(
+        "the file on node a",
+        std::time::Duration::from_secs(20),
+        || std::fs::read(&on_a).ok().filter(|t| !t.is_empty()),
+    );
+    assert_eq!(text, b"written on node b");
+    // Node b sees the capacity node a's controller recorded.
+    let reply = stats(&cb, "shared", &target).expect("stats on b");
+    assert_eq!(reply.usage[0].total, 16 * MIB, "{}", b.logs());
+    unpublish(&cb, "shared", &target).expect("unpublish");
+    unstage(&cb, "shared", &staging).expect("unstage");
+    delete_volume(&ca, "shared");
+}
+
+fn delete_volume(c: &Clients, id: &str) {
+    c.call(c.controller.clone().delete_volume(DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..DeleteVolumeRequest::default()
+    }))
+    .expect("delete");
+}

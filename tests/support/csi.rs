@@ -173,23 +173,28 @@ pub struct Fixture {
 impl Fixture {
     /// Starts the plugin with `extra` arguments before `--`.
     pub fn start(extra: &[&str]) -> Self {
+        let mut services = vec!["--controller", "--node", "--node-name", "node-a"];
+        services.extend_from_slice(extra);
+        Self::start_with(&services, &[])
+    }
+
+    /// Starts the plugin with `services` (`--controller`, `--node`,
+    /// `--node-name`) and mount arguments after `--data-dir`.
+    pub fn start_with(services: &[&str], mount: &[String]) -> Self {
         let dirs = NodeDirs::new();
         let mut args: Vec<String> = vec![
             "--endpoint".into(),
             format!("unix://{}", dirs.root().join("csi/csi.sock").display()),
-            "--controller".into(),
-            "--node".into(),
-            "--node-name".into(),
-            "node-a".into(),
             "--mountpoint".into(),
             dirs.mountpoint().display().to_string(),
         ];
-        args.extend(extra.iter().map(|s| (*s).to_string()));
+        args.extend(services.iter().map(|s| (*s).to_string()));
         args.extend([
             "--".into(),
             "--data-dir".into(),
             dirs.data_dir().display().to_string(),
         ]);
+        args.extend_from_slice(mount);
         let mut fixture = Self {
             dirs,
             plugin: None,
