@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cache;
 mod control;
+mod csi;
 mod daemon;
 mod device;
 mod metrics;
@@ -60,6 +61,10 @@ enum Command {
     /// (with an admin or node certificate). Shows progress; exits 1 if
     /// some block could not be warmed.
     Warmup(warmup::WarmupArgs),
+    /// Serve the Kubernetes CSI driver (csi.datenlord.io) on a unix
+    /// socket: volumes are directories of the node's DatenLord mount,
+    /// which the plugin makes when it is not there. Stops on SIGTERM.
+    Csi(Box<csi::CsiArgs>),
 }
 
 /// How a command talks to the cluster: the TLS directory, or plain TCP.
@@ -328,6 +333,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(command) => run_certs(command),
         Command::Warmup(args) => warmup::run(&args),
         Command::Cache(CacheCommand::Inspect(args)) => cache::inspect(&args),
+        Command::Csi(args) => csi::run(&args),
     }
 }
 
@@ -358,7 +364,7 @@ fn run_format(args: &FormatArgs) -> anyhow::Result<ExitCode> {
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and the threads it
 /// starts) so that one thread can wait for them: stop cleanly, or reload
 /// the TLS credentials.
-fn block_stop_signals() -> libc::sigset_t {
+pub(crate) fn block_stop_signals() -> libc::sigset_t {
     // SAFETY: plain signal-mask calls on a zeroed, then initialised set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -373,7 +379,7 @@ fn block_stop_signals() -> libc::sigset_t {
 
 /// Waits for SIGINT or SIGTERM; on each SIGHUP meanwhile, reloads the TLS
 /// credentials of `security` (certificate rotation) and goes on waiting.
-fn wait_for_stop_signal(
+pub(crate) fn wait_for_stop_signal(
     set: &libc::sigset_t,
     security: Option<&datenlord_cluster::link::Security>,
 ) -> i32 {

@@ -1,6 +1,7 @@
 //! Shared helpers of the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod csi;
 pub mod fsx;
 pub mod masters;
 pub mod netns;
