@@ -1169,6 +1169,7 @@ fn umount_then_mount_at_once_fifty_times_loses_nothing() {
     ];
     let m = Mounted::start(&dirs, &args);
     let mountpoint = m.path().to_path_buf();
+    let mut last_pid = m.pid();
     std::mem::forget(m);
     let content = |cycle: u32| -> Vec<u8> {
         (0..70_000u32)
@@ -1188,6 +1189,7 @@ fn umount_then_mount_at_once_fifty_times_loses_nothing() {
         );
         let m = Mounted::try_start(&mountpoint, &dirs.data_dir(), &args)
             .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        last_pid = m.pid();
         for earlier in [0, cycle / 2, cycle] {
             assert_eq!(
                 std::fs::read(mountpoint.join(format!("f{earlier}"))).expect("read"),
@@ -1207,6 +1209,10 @@ fn umount_then_mount_at_once_fifty_times_loses_nothing() {
         .output()
         .expect("umount");
     assert!(out.status.success());
+    // The last daemon finishes (drains, backs up) before the directories
+    // go: it must not be left running on a deleted data directory.
+    support::node::wait_exit(last_pid, std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("the last daemon: {e}"));
 }
 
 /// `datenlord umount` returns only once the daemon has exited: a mount
