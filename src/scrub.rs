@@ -14,13 +14,13 @@
 //! queued for deletion); and the reference is checked again right before
 //! the deletion, a grace later.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use datenlord_cluster::master::Master;
 use datenlord_cluster::meta::{Ino, MetaState};
 use datenlord_cluster::raft_driver::RaftHandle;
 use datenlord_cluster::shared_state::SharedState;
+use datenlord_engine::store::gc::GcQueue;
 use datenlord_engine::store::{RemoteStore, WriteBack};
 use datenlord_engine::BlockId;
 use futures::executor::block_on;
@@ -53,6 +53,11 @@ pub(crate) fn gc_grace(
     Ok(Duration::from_secs(grace))
 }
 
+/// Whether the namespace names version `id` (as its block's current one).
+fn named(state: &MetaState, id: BlockId) -> bool {
+    state.block_version(Ino(id.ino.0), id.index) == Some(id.version)
+}
+
 /// The versions of `listed` (block, last modified) older than `cutoff`
 /// that `master`'s copy of the namespace does not name and `held` does not
 /// claim. The copy is read-locked a chunk at a time, so a large store never
@@ -69,11 +74,7 @@ fn orphans(
         found.extend(
             chunk
                 .iter()
-                .filter(|&&(id, modified)| {
-                    modified < cutoff
-                        && state.block_version(Ino(id.ino.0), id.index) != Some(id.version)
-                        && !held(id)
-                })
+                .filter(|&&(id, modified)| modified < cutoff && !named(&state, id) && !held(id))
                 .map(|&(id, _)| id),
         );
     }
@@ -95,10 +96,9 @@ impl Namespace {
         }
     }
 
-    /// Whether the namespace names no longer `id` (not its current
-    /// version).
-    fn orphan(&self, id: BlockId) -> bool {
-        self.local.read().block_version(Ino(id.ino.0), id.index) != Some(id.version)
+    /// Whether the namespace names `id` now.
+    fn names(&self, id: BlockId) -> bool {
+        named(&self.local.read(), id)
     }
 }
 
@@ -160,57 +160,16 @@ pub(crate) fn embedded_task(
     }
 }
 
-/// Orphans waiting their second grace before deletion (sans IO: the
-/// caller passes the time and the checks).
-#[derive(Debug, Default)]
-pub(crate) struct Doomed {
-    due: HashMap<BlockId, SystemTime>,
+/// Milliseconds since the Unix epoch (the GC queue's clock).
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-impl Doomed {
-    /// Queues `found` (found at `now`) to go a `grace` later; the ones
-    /// queued already keep their time.
-    pub(crate) fn add(&mut self, found: Vec<BlockId>, now: SystemTime, grace: Duration) {
-        for id in found {
-            self.due.entry(id).or_insert(now + grace);
-        }
-    }
-
-    /// Takes the versions due at `now`, split by `still_orphan` (checked
-    /// right now) into those to delete and those the namespace names again
-    /// (an error somewhere: they are kept).
-    pub(crate) fn take_due(
-        &mut self,
-        now: SystemTime,
-        still_orphan: impl Fn(BlockId) -> bool,
-    ) -> (Vec<BlockId>, Vec<BlockId>) {
-        let due: Vec<BlockId> = self
-            .due
-            .iter()
-            .filter(|&(_, &at)| at <= now)
-            .map(|(&id, _)| id)
-            .collect();
-        for id in &due {
-            self.due.remove(id);
-        }
-        due.into_iter().partition(|&id| still_orphan(id))
-    }
-
-    /// Forgets everything (this master no longer leads: the next leader
-    /// scans again).
-    pub(crate) fn clear(&mut self) {
-        self.due.clear();
-    }
-
-    /// Versions waiting.
-    pub(crate) fn len(&self) -> usize {
-        self.due.len()
-    }
-}
-
-/// A master group's scrub, run by its leader: orphans wait a grace in
-/// memory (a new leader starts over), are checked against the namespace
-/// again and deleted from the store.
+/// A master group's scrub, run by its leader: orphans wait a grace in an
+/// in-memory GC queue (a new leader starts over), are checked against the
+/// namespace again and deleted from the store.
 pub(crate) fn master_task(
     master: &std::sync::Arc<Master>,
     remote: &RemoteStore,
@@ -219,27 +178,36 @@ pub(crate) fn master_task(
     let master = std::sync::Arc::clone(master);
     let ns = Namespace::of(&master);
     let remote = remote.clone();
-    let mut doomed = Doomed::default();
+    let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+    // The queue's file records are not kept: a new leader scans again.
+    let mut doomed = GcQueue::default();
     move || {
         if !master.is_leader() {
-            doomed.clear();
+            doomed = GcQueue::default();
             return;
         }
         if let Some(found) = scan(&ns, &remote, grace, |_| false) {
-            doomed.add(found, SystemTime::now(), grace);
+            doomed.add(&found, wall_ms().saturating_add(grace_ms));
         }
-        let (delete, named) = doomed.take_due(SystemTime::now(), |id| ns.orphan(id));
-        for id in named {
-            error!(block = %id, "an orphan block version queued for deletion is named by the namespace again: kept");
-        }
-        for id in delete {
-            if let Err(e) = block_on(remote.delete_block(id)) {
-                warn!(block = %id, error = %e, "deleting an orphan block version; retried at the next scrub");
+        let due = doomed.due(wall_ms());
+        let mut finished = Vec::with_capacity(due.len());
+        for id in due {
+            if ns.names(id) {
+                error!(block = %id, "an orphan block version queued for deletion is named by the namespace again: kept");
+                finished.push(id);
+                continue;
+            }
+            match block_on(remote.delete_block(id)) {
+                Ok(()) => finished.push(id),
+                Err(e) => {
+                    warn!(block = %id, error = %e, "deleting an orphan block version; retried at the next scrub");
+                }
             }
         }
-        if doomed.len() > 0 {
+        doomed.done(&finished);
+        if doomed.pending() > 0 {
             info!(
-                waiting = doomed.len(),
+                waiting = doomed.pending(),
                 "orphan block versions waiting for their grace"
             );
         }
@@ -249,29 +217,6 @@ pub(crate) fn master_task(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn id(version: u64) -> BlockId {
-        BlockId::new(7, 0, version)
-    }
-
-    #[test]
-    fn orphans_wait_a_grace_and_are_checked_again_before_they_go() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
-        let grace = Duration::from_secs(10);
-        let mut doomed = Doomed::default();
-        doomed.add(vec![id(1), id(2)], t, grace);
-        // Found again later: keeps its first time.
-        doomed.add(vec![id(2), id(3)], t + Duration::from_secs(5), grace);
-        assert_eq!(doomed.len(), 3);
-        let none = doomed.take_due(t + Duration::from_secs(9), |_| true);
-        assert_eq!(none, (vec![], vec![]));
-        let (mut delete, named) = doomed.take_due(t + Duration::from_secs(10), |v| v != id(2));
-        delete.sort_by_key(|b| b.version);
-        assert_eq!((delete, named), (vec![id(1)], vec![id(2)]));
-        assert_eq!(doomed.len(), 1);
-        doomed.clear();
-        assert_eq!(doomed.len(), 0);
-    }
 
     #[test]
     fn the_grace_covers_two_backup_intervals() {

@@ -13,18 +13,12 @@
 mod support;
 
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use datenlord_testbed::lazyfs::LazyMount;
+use datenlord_testbed::lazyfs::{can_mount, LazyMount};
 use support::node::{datenlord, Mounted, NodeDirs};
 use support::writer::{check_files, write_until_crash, Written};
-
-fn can_mount() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && Path::new("/dev/fuse").exists()
-}
 
 /// The data directory on a power-cut file system over `backing`; the
 /// block cache (O_DIRECT, a cache) and the store beside it on the real

@@ -334,11 +334,7 @@ impl LazyFs {
                 }
             }
         }
-        if datasync {
-            file.sync_data()
-        } else {
-            file.sync_all()
-        }
+        sync(&file, datasync)
     }
 
     fn push(&self, key: Key, op: Op) {
@@ -366,6 +362,22 @@ impl LazyFs {
             }
         }
     }
+}
+
+/// `fdatasync` or `fsync` of `file`.
+fn sync(file: &File, datasync: bool) -> io::Result<()> {
+    if datasync {
+        file.sync_data()
+    } else {
+        file.sync_all()
+    }
+}
+
+/// Whether this process can mount a [`LazyMount`] (root, `/dev/fuse`).
+pub fn can_mount() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    root && Path::new("/dev/fuse").exists()
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -813,11 +825,7 @@ impl FileSystem for LazyFs {
             .ok_or_else(|| errno(libc::EBADF))?
             .file
             .try_clone()?;
-        if datasync {
-            file.sync_data()
-        } else {
-            file.sync_all()
-        }
+        sync(&file, datasync)
     }
 
     fn releasedir(&self, _ctx: &Context, _inode: u64, _flags: u32, handle: u64) -> io::Result<()> {

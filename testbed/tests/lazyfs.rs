@@ -3,16 +3,8 @@
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
-use datenlord_testbed::lazyfs::LazyMount;
-
-/// Root and /dev/fuse are needed to mount.
-fn can_mount() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && Path::new("/dev/fuse").exists()
-}
+use datenlord_testbed::lazyfs::{can_mount, LazyMount};
 
 fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
