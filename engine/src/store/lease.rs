@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -147,6 +147,10 @@ impl Drop for Renewal {
 struct Held {
     /// Until when (this host's wall clock, ms) the lease is surely ours.
     until_ms: AtomicU64,
+    /// Set by `release` before anything else: a renewal that was already
+    /// past its PUT when the task was aborted may still store a new
+    /// `until_ms`, and must not make a released lease look held.
+    released: AtomicBool,
     /// The record and the ETag of its last write.
     last: Mutex<(LeaseRecord, Option<String>)>,
 }
@@ -158,7 +162,10 @@ impl StoreLease {
     pub fn held(&self) -> bool {
         match &self.kind {
             Kind::File { .. } => true,
-            Kind::Object { held, .. } => wall_ms() < held.until_ms.load(Ordering::Acquire),
+            Kind::Object { held, .. } => {
+                !held.released.load(Ordering::Acquire)
+                    && wall_ms() < held.until_ms.load(Ordering::Acquire)
+            }
         }
     }
 
@@ -181,6 +188,7 @@ impl StoreLease {
         else {
             return;
         };
+        held.released.store(true, Ordering::Release);
         drop(renewal);
         held.until_ms.store(0, Ordering::Release);
         let ours = held
@@ -233,6 +241,7 @@ impl RemoteStore {
             futures::executor::block_on(self.inner.control.run(acquire(inner, record)))?;
         let held = Arc::new(Held {
             until_ms: AtomicU64::new(record.renewed_ms + ttl_ms),
+            released: AtomicBool::new(false),
             last: Mutex::new((record, etag)),
         });
         let renewal = self
