@@ -938,3 +938,146 @@ fn delete_volume(c: &Clients, id: &str) {
     }))
     .expect("delete");
 }
+
+/// What `sh -c script` prints as user `nobody` (a pod's user): status, output.
+fn as_nobody(script: &str) -> (bool, String) {
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "sh", "-c", script])
+        .output()
+        .expect("runuser");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `df -B1 --output=size,used,avail PATH`: bytes.
+fn df(path: &Path) -> (u64, u64, u64) {
+    let out = Command::new("df")
+        .args(["-B1", "--output=size,used,avail"])
+        .arg(path)
+        .output()
+        .expect("df");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let numbers: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|n| n.parse().expect("a number"))
+        .collect();
+    assert_eq!(numbers.len(), 3, "{text}");
+    (numbers[0], numbers[1], numbers[2])
+}
+
+#[test]
+fn a_volume_holds_its_capacity_and_not_a_byte_more() {
+    let fx = Fixture::start(&[]);
+    let root = fx.dirs.root().to_path_buf();
+    let staging = root.join("staging/q");
+    let target = root.join("pods/q/mount");
+    std::fs::create_dir_all(target.parent().expect("parent")).expect("mkdir pods/q");
+    let c = fx.clients();
+    create(&c, "q", 64 * MIB);
+    c.call(
+        c.node
+            .clone()
+            .node_stage_volume(stage_request("q", &staging)),
+    )
+    .expect("stage");
+    c.call(
+        c.node
+            .clone()
+            .node_publish_volume(publish_request("q", &staging, &target, false)),
+    )
+    .expect("publish");
+    let sixty_four = 64 << 20;
+    assert_eq!(df(&target), (sixty_four, 0, sixty_four), "an empty volume");
+
+    // Small files cost what they hold (rounded to 4 KiB), not a block each.
+    let (ok, out) = as_nobody(&format!(
+        "mkdir {0}/small && for i in $(seq 200); do echo $i > {0}/small/$i || exit 1; done && sync {0}/small/*",
+        target.display()
+    ));
+    assert!(ok, "200 small files in a 64 MiB volume: {out}");
+    let (_, used, _) = df(&target);
+    assert_eq!(used, 200 * 4096, "200 files of 4 KiB");
+    let (ok, out) = as_nobody(&format!("rm -r {}/small", target.display()));
+    assert!(ok, "{out}");
+
+    // 64 MiB fit; the 65th MiB is refused with EDQUOT.
+    let file = target.join("big");
+    let (ok, out) = as_nobody(&format!(
+        "dd if=/dev/zero of={} bs=1M count=64 conv=fsync status=none",
+        file.display()
+    ));
+    assert!(ok, "64 MiB in a 64 MiB volume: {out}");
+    let (ok, out) = as_nobody(&format!(
+        "dd if=/dev/zero of={} bs=1M count=1 oflag=append conv=notrunc,fsync status=none",
+        file.display()
+    ));
+    assert!(!ok, "the 65th MiB was accepted");
+    assert!(out.contains("quota"), "EDQUOT, as dd says it: {out}");
+    assert_eq!(
+        std::fs::metadata(&file).expect("stat").len(),
+        64 << 20,
+        "the refused write changed nothing"
+    );
+    assert_eq!(df(&target), (sixty_four, sixty_four, 0), "df shows it full");
+    let err = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+        .expect_err("root is held to the quota too");
+    assert_eq!(err.raw_os_error(), Some(libc::EDQUOT), "{err}");
+    // NodeGetVolumeStats tells the same.
+    let reply = stats(&c, "q", &target).expect("stats");
+    let bytes = reply
+        .usage
+        .iter()
+        .find(|u| u.unit == Unit::Bytes as i32)
+        .expect("bytes");
+    assert_eq!(
+        (bytes.total, bytes.used, bytes.available),
+        (64 * MIB, 64 * MIB, 0)
+    );
+
+    // Deleting gives the room back; expanding makes more.
+    std::fs::remove_file(&file).expect("rm");
+    assert_eq!(df(&target), (sixty_four, 0, sixty_four));
+    c.call(
+        c.controller
+            .clone()
+            .controller_expand_volume(ControllerExpandVolumeRequest {
+                volume_id: "q".into(),
+                capacity_range: Some(exact(128 * MIB)),
+                ..ControllerExpandVolumeRequest::default()
+            }),
+    )
+    .expect("expand");
+    let (ok, out) = as_nobody(&format!(
+        "dd if=/dev/zero of={} bs=1M count=100 status=none",
+        file.display()
+    ));
+    assert!(ok, "100 MiB in a 128 MiB volume: {out}");
+    assert_eq!(df(&target).0, 128 << 20);
+    // The namespace outside the volume is not limited by it.
+    let outside = fx.dirs.mountpoint().join("outside");
+    std::fs::write(&outside, vec![1u8; 200 << 20]).expect("200 MiB outside every volume");
+    // A file never moves out of its volume: EXDEV, so mv copies.
+    let err = std::fs::rename(
+        fx.dirs.mountpoint().join("csi-volumes/q/big"),
+        fx.dirs.mountpoint().join("big"),
+    )
+    .expect_err("a rename out of a volume");
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV), "{err}");
+}

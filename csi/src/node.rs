@@ -280,29 +280,33 @@ impl State {
             Err(e) if namespace::is_dead_mount(&e) => return Ok(abnormal("the DatenLord daemon behind the mount is gone (ENOTCONN): publish the volume again")),
             Err(e) => return Err(Error::io(format!("statvfs {}", path.display()))(e)),
         };
-        let usage = self.store.usage(&name)?;
+        // Inside the volume, statvfs answers the directory quota's limit
+        // and use (fs counts them as files change: no walk).
+        let frsize = stat.f_frsize;
+        let total = stat.f_blocks.saturating_mul(frsize);
+        let free = stat.f_bavail.saturating_mul(frsize);
+        let used = total.saturating_sub(stat.f_bfree.saturating_mul(frsize));
+        if total != bytes {
+            tracing::warn!(volume = %name, statvfs_bytes = total, capacity = bytes, "the volume's statvfs size is not its capacity: is its quota attribute set?");
+        }
         Ok(NodeGetVolumeStatsResponse {
             usage: vec![
                 VolumeUsage {
-                    available: bytes_i64(bytes.saturating_sub(usage.bytes)),
-                    total: bytes_i64(bytes),
-                    used: bytes_i64(usage.bytes),
+                    available: bytes_i64(free),
+                    total: bytes_i64(total),
+                    used: bytes_i64(used),
                     unit: Unit::Bytes as i32,
                 },
                 VolumeUsage {
                     available: bytes_i64(stat.f_favail),
-                    total: bytes_i64(usage.inodes.saturating_add(stat.f_favail)),
-                    used: bytes_i64(usage.inodes),
+                    total: bytes_i64(stat.f_files),
+                    used: bytes_i64(stat.f_files.saturating_sub(stat.f_ffree)),
                     unit: Unit::Inodes as i32,
                 },
             ],
             volume_condition: Some(VolumeCondition {
                 abnormal: false,
-                message: if usage.complete {
-                    String::new()
-                } else {
-                    "used counts only the first entries of a very large volume".into()
-                },
+                message: String::new(),
             }),
         })
     }

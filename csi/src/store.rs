@@ -12,7 +12,7 @@
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -34,23 +34,8 @@ const VOLUMES_DIR_MODE: u32 = 0o700;
 /// A new volume's mode: a pod runs as any user.
 const VOLUME_DIR_MODE: u32 = 0o777;
 
-/// The most entries NodeGetVolumeStats walks in one volume (its used
-/// bytes are then a lower bound).
-pub const MAX_USAGE_WALK_ENTRIES: u64 = 1_000_000;
-
 /// Longest value of the quota attribute.
 const MAX_QUOTA_XATTR_BYTES: usize = 32;
-
-/// What a volume holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Bytes allocated to its files (as `du` counts them).
-    pub bytes: u64,
-    /// Its files, directories and links, itself included.
-    pub inodes: u64,
-    /// Whether every entry was counted (at most [`MAX_USAGE_WALK_ENTRIES`]).
-    pub complete: bool,
-}
 
 /// The volumes of a namespace.
 #[derive(Debug, Clone)]
@@ -221,49 +206,6 @@ impl VolumeStore {
         names.sort_unstable();
         Ok(names)
     }
-
-    /// What volume `name` holds: a walk of its tree (symbolic links are
-    /// counted, not followed).
-    pub fn usage(&self, name: &VolumeName) -> Result<Usage> {
-        let mut usage = Usage {
-            complete: true,
-            ..Usage::default()
-        };
-        let mut pending = vec![self.path(name)];
-        while let Some(dir) = pending.pop() {
-            let meta = std::fs::symlink_metadata(&dir)
-                .map_err(Error::io(format!("stat {}", dir.display())))?;
-            usage.bytes = usage
-                .bytes
-                .saturating_add(meta.blocks().saturating_mul(512));
-            usage.inodes += 1;
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                // Removed while walked.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(format!("listing {}", dir.display()))(e)),
-            };
-            for entry in entries.flatten() {
-                if usage.inodes >= MAX_USAGE_WALK_ENTRIES {
-                    usage.complete = false;
-                    return Ok(usage);
-                }
-                match entry.file_type() {
-                    Ok(t) if t.is_dir() => pending.push(entry.path()),
-                    Ok(_) => {
-                        if let Ok(meta) = entry.metadata() {
-                            usage.bytes = usage
-                                .bytes
-                                .saturating_add(meta.blocks().saturating_mul(512));
-                            usage.inodes += 1;
-                        }
-                    }
-                    Err(_) => {}
-                }
-            }
-        }
-        Ok(usage)
-    }
 }
 
 fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
@@ -394,10 +336,6 @@ mod tests {
         assert_eq!(creating.count(), 0);
         store.set_capacity(&v, 8192).expect("grow");
         assert_eq!(store.capacity(&v).ok(), Some(Some(8192)));
-        std::fs::write(store.path(&v).join("f"), vec![7u8; 10_000]).expect("write");
-        let usage = store.usage(&v).expect("usage");
-        assert_eq!((usage.inodes, usage.complete), (2, true));
-        assert!(usage.bytes >= 10_000, "{usage:?}");
         assert_eq!(store.list().expect("list"), vec![v.clone()]);
         assert!(store.delete(&v).expect("delete"));
         assert!(!store.delete(&v).expect("delete again"));

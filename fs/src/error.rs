@@ -56,6 +56,16 @@ pub enum FsError {
     /// A local file the file system keeps (a local copy) failed.
     #[error("local file: {0}")]
     Io(String),
+    /// A write would pass the limit of the directory quota it is in.
+    #[error("disk quota exceeded: the directory quota rooted at inode {root} allows {limit_bytes} bytes and {used_bytes} are used or reserved")]
+    Quota {
+        /// The quota's root directory.
+        root: u64,
+        /// Its limit.
+        limit_bytes: u64,
+        /// Its committed use and this node's reservations.
+        used_bytes: u64,
+    },
 }
 
 impl FsError {
@@ -70,6 +80,7 @@ impl FsError {
             Self::NotSupported(_) => libc::EOPNOTSUPP,
             Self::NoSuchOffset => libc::ENXIO,
             Self::TooBig => libc::EFBIG,
+            Self::Quota { .. } => libc::EDQUOT,
         }
     }
 }

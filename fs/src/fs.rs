@@ -8,7 +8,7 @@
 //! `SetBlocks` leaves unreferenced blocks in the store, never a file whose
 //! map names a block that does not exist.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use datenlord_cluster::meta::{
     Attr, AttrChanges, BlockRef, Command, CreateMode, Creds, DirEntry, FileKind, FlockKind, Ino,
     LockConflict, LockKind, LockOwner, LockRange, OpenFlags, Outcome, RenameFlags, Reply,
-    SessionId, SetTime, StatFs, Timespec, XattrFlags, BLOCKS_PER_COMMAND_MAX, MAX_FILE_BYTES,
+    SessionId, SetTime, Timespec, XattrFlags, BLOCKS_PER_COMMAND_MAX, MAX_FILE_BYTES,
     VOLUME_FORMAT_VERSION,
 };
 use datenlord_engine::{BlockId, EngineHandle};
@@ -38,6 +38,8 @@ use crate::meta::MetaLink;
 use crate::range::{block_start, pieces, PunchSplit};
 use crate::sink::BlockSink;
 use crate::version::VersionClock;
+
+mod quota;
 
 /// Told of each file a background commit made visible in the metadata
 /// (see [`Fs::on_commit`]).
@@ -78,6 +80,18 @@ struct FileState {
     size: Option<u64>,
     /// Credentials of the last writer (`SetBlocks` clears setuid for them).
     writer: Creds,
+    /// Blocks the unflushed writes put where the block map had none (what
+    /// a directory quota reserves, `quota.rs`); empty once committed.
+    unmapped: BTreeSet<u64>,
+}
+
+impl FileState {
+    /// Nothing is unflushed any more (committed, or dropped).
+    fn settle(&mut self, shared: &FileShared) {
+        self.size = None;
+        self.unmapped.clear();
+        shared.clear();
+    }
 }
 
 #[derive(Debug)]
@@ -114,6 +128,11 @@ struct FileShared {
     /// A background commit of the file failed: the next `close` or
     /// `fsync` returns it (once, like Linux's errseq for writeback).
     error: Mutex<Option<FsError>>,
+    /// The root of the directory quota the unflushed writes reserved
+    /// bytes in (0: none; see `quota.rs`).
+    quota_root: AtomicU64,
+    /// Bytes the unflushed writes reserved there, until they commit.
+    reserved: AtomicU64,
 }
 
 impl FileShared {
@@ -144,6 +163,7 @@ impl FileShared {
         self.size.store(0, Ordering::Release);
         self.mtime_ns.store(0, Ordering::Release);
         self.new_blocks.store(0, Ordering::Release);
+        self.reserved.store(0, Ordering::Release);
     }
 }
 
@@ -263,6 +283,8 @@ pub struct Fs {
     commit_observer: OnceLock<CommitObserver>,
     /// Group commits with blocks so far (the crash tests' hook).
     groups_with_blocks: AtomicU64,
+    /// Serializes directory quota reservations (`quota.rs`).
+    quota_lock: Mutex<()>,
 }
 
 /// The thread that makes local copies, one file at a time.
@@ -389,6 +411,7 @@ impl Fs {
             copies,
             copier: Mutex::new(None),
             committer: OnceLock::new(),
+            quota_lock: Mutex::new(()),
             commit_observer: OnceLock::new(),
             groups_with_blocks: AtomicU64::new(0),
         });
@@ -592,11 +615,6 @@ impl Fs {
     /// What `..` of directory `ino` names.
     pub fn parent(&self, ino: Ino) -> Result<Ino> {
         Ok(self.meta.read(|s| s.parent(ino))?)
-    }
-
-    /// Usage of the volume.
-    pub fn statfs(&self) -> Result<StatFs> {
-        Ok(self.meta.read(datenlord_cluster::meta::MetaState::statfs)?)
     }
 
     /// `access(2)`.
@@ -889,6 +907,7 @@ impl Fs {
                     dirty: DirtyFile::new(self.block_size),
                     size: None,
                     writer: Creds::root(),
+                    unmapped: BTreeSet::new(),
                 })),
                 shared: Arc::default(),
                 opens: 0,
@@ -1318,8 +1337,7 @@ impl Fs {
         let applied = self.meta.apply_all(&commands).await;
         for ((i, ids), result) in versions.into_iter().zip(applied) {
             let (_, st, shared) = &mut locked[i];
-            st.size = None;
-            shared.clear();
+            st.settle(shared);
             match result {
                 Ok(outcome) => {
                     self.hand_over_garbage(&outcome);
@@ -1347,8 +1365,7 @@ impl Fs {
         if deleted {
             debug!(%ino, "dropping the unflushed writes of a deleted file");
             drop(st.dirty.take());
-            st.size = None;
-            shared.clear();
+            st.settle(shared);
         }
         deleted
     }
@@ -1589,13 +1606,11 @@ impl Fs {
                         .collect()
                 };
                 self.sink.collect(orphans);
-                st.size = None;
-                shared.clear();
+                st.settle(shared);
                 return Err(e);
             }
         }
-        st.size = None;
-        shared.clear();
+        st.settle(shared);
         Ok(())
     }
 
@@ -1688,10 +1703,11 @@ impl Fs {
         if data.is_empty() {
             return Ok((0, offset));
         }
+        let new_size = size.max(end);
+        self.reserve_quota(ino, &mut st, &pending, offset, data.len(), new_size)?;
         self.load_bases(ino, &mut st, offset, data.len(), size)
             .await?;
         st.dirty.write(offset, data);
-        let new_size = size.max(end);
         st.size = Some(new_size);
         pending.size.store(new_size, Ordering::Release);
         pending

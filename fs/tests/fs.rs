@@ -410,7 +410,7 @@ fn directories_links_symlinks_and_xattrs() {
     );
     let err = block_on(fs.rmdir(ROOT_INO, b"d", &root())).expect_err("not empty");
     assert_eq!(err.errno(), libc::ENOTEMPTY);
-    assert!(fs.statfs().expect("statfs").files_total > 0);
+    assert!(fs.statfs(ROOT_INO).expect("statfs").files_total > 0);
     let user = Creds::user(1000, 1000);
     let err = block_on(fs.mkdir(ROOT_INO, b"x", 0o755.into(), &user)).expect_err("perm");
     assert_eq!(err.errno(), libc::EACCES);
@@ -1466,4 +1466,99 @@ fn a_published_file_deleted_before_its_commit_is_dropped_quietly() {
         env.collected().is_empty(),
         "no version was written for a file nobody can read"
     );
+}
+
+/// A directory quota of `limit` bytes at `/vol`.
+fn quota_dir(fs: &Fs, limit: u64) -> Ino {
+    let vol = block_on(fs.mkdir(ROOT_INO, b"vol", 0o777.into(), &root()))
+        .expect("mkdir")
+        .ino;
+    block_on(fs.setxattr(
+        vol,
+        datenlord_cluster::meta::QUOTA_XATTR,
+        limit.to_string().as_bytes(),
+        XattrFlags::default(),
+        &root(),
+    ))
+    .expect("quota");
+    vol
+}
+
+fn create_in(fs: &Fs, dir: Ino, name: &str) -> (Ino, u64) {
+    let opened = block_on(fs.create(
+        dir,
+        name.as_bytes(),
+        0o644.into(),
+        libc::O_RDWR | libc::O_CREAT,
+        &root(),
+    ))
+    .expect("create");
+    (opened.attr.ino, opened.fh)
+}
+
+fn errno_of_write(fs: &Fs, ino: Ino, fh: u64, offset: u64, data: &[u8]) -> Option<i32> {
+    block_on(fs.write(ino, fh, offset, data, &root()))
+        .err()
+        .map(|e| e.errno())
+}
+
+#[test]
+fn unflushed_writes_of_several_files_share_a_quota_and_never_pass_it() {
+    let env = Env::new();
+    let fs = env.fs();
+    let vol = quota_dir(fs, 4 * BLOCK as u64);
+    let (a, fa) = create_in(fs, vol, "a");
+    let (b, fb) = create_in(fs, vol, "b");
+    // Two unflushed files take three blocks; the fifth block is refused
+    // whoever asks, before anything is committed.
+    write(fs, a, fa, 0, &pattern(1, 2 * BLOCK));
+    write(fs, b, fb, 0, &pattern(2, BLOCK));
+    write(fs, b, fb, BLOCK as u64, &pattern(3, BLOCK));
+    assert_eq!(
+        errno_of_write(fs, a, fa, 2 * BLOCK as u64, b"x"),
+        Some(libc::EDQUOT)
+    );
+    assert_eq!(
+        errno_of_write(fs, b, fb, 5 * BLOCK as u64, b"x"),
+        Some(libc::EDQUOT)
+    );
+    // Rewrites of reserved bytes pass; statfs counts the reservations.
+    write(fs, a, fa, 10, b"rewrite");
+    let st = fs.statfs(a).expect("statfs");
+    assert_eq!((st.blocks_total, st.blocks_free), (64, 0));
+    // Committed, the same bytes stay counted once, and rewriting a
+    // committed block in a full volume passes.
+    block_on(fs.flush(a)).expect("flush");
+    block_on(fs.flush(b)).expect("flush");
+    assert_eq!(fs.statfs(a).expect("statfs").blocks_free, 0);
+    write(fs, b, fb, 0, b"in place");
+    block_on(fs.fsync(b)).expect("fsync");
+    assert_eq!(
+        errno_of_write(fs, a, fa, 4 * BLOCK as u64, b"x"),
+        Some(libc::EDQUOT)
+    );
+    // A truncation gives room back.
+    block_on(fs.setattr(
+        a,
+        AttrChanges {
+            size: Some(10),
+            ..AttrChanges::default()
+        },
+        Some(fa),
+        &root(),
+    ))
+    .expect("truncate");
+    write(fs, b, fb, 2 * BLOCK as u64, &pattern(4, BLOCK));
+    block_on(fs.flush(b)).expect("flush");
+    let expected = [pattern(2, BLOCK), pattern(3, BLOCK), pattern(4, BLOCK)].concat();
+    let mut expected = expected;
+    expected[..8].copy_from_slice(b"in place");
+    assert_eq!(read(fs, b, 0, 3 * BLOCK as u32), expected);
+    // Outside the quota nothing is limited by it.
+    let (c, fc) = create(fs, "outside", libc::O_RDWR);
+    write(fs, c, fc, 0, &pattern(5, 8 * BLOCK));
+    block_on(fs.flush(c)).expect("flush");
+    for (ino, fh) in [(a, fa), (b, fb), (c, fc)] {
+        block_on(fs.release(ino, fh, None)).expect("release");
+    }
 }

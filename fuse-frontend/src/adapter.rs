@@ -685,8 +685,8 @@ impl FileSystem for FuseFs {
         released
     }
 
-    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
-        let s = self.fs.statfs().map_err(|e| err(&e))?;
+    fn statfs(&self, _ctx: &Context, inode: u64) -> io::Result<statvfs64> {
+        let s = self.fs.statfs(Ino(inode)).map_err(|e| err(&e))?;
         // SAFETY: statvfs64 is plain old data; all zeros is a valid value.
         let mut st: statvfs64 = unsafe { std::mem::zeroed() };
         st.f_bsize = u64::from(s.block_size);

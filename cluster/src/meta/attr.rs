@@ -123,6 +123,7 @@ impl MetaState {
     ) -> Result<Outcome> {
         Self::check_setattr(self.inode(ino)?, changes, via_handle, creds)?;
         let block_size = self.block_size();
+        let charged = self.charge_of(ino);
         let mut out = Outcome::reply(Reply::Done);
         let inode = self.inode_mut(ino)?;
         let mut dropped: u64 = 0;
@@ -173,6 +174,7 @@ impl MetaState {
         }
         debug_assert!(self.blocks_used >= dropped);
         self.blocks_used -= dropped;
+        self.recharge(ino, charged);
         out.reply = Reply::Attr(self.attr_of(ino)?);
         Ok(out)
     }
@@ -226,6 +228,7 @@ impl MetaState {
             return Err(MetaError::NoSpace("the volume's capacity is used up"));
         }
 
+        let charged = self.charge_of(ino);
         let mut out = Outcome::reply(Reply::Done);
         let inode = self.inode_mut(ino)?;
         if let Body::File { blocks: map } = &mut inode.body {
@@ -245,6 +248,7 @@ impl MetaState {
         inode.touch_data(now);
         inode.mode = mode_after_write(inode.mode, creds);
         self.blocks_used += added;
+        self.recharge(ino, charged);
         out.reply = Reply::Attr(self.attr_of(ino)?);
         Ok(out)
     }
@@ -271,6 +275,7 @@ impl MetaState {
             return Err(MetaError::FileTooBig);
         }
 
+        let charged = self.charge_of(ino);
         let mut out = Outcome::reply(Reply::Done);
         let inode = self.inode_mut(ino)?;
         if let Body::File { blocks } = &mut inode.body {
@@ -294,6 +299,7 @@ impl MetaState {
         let dropped = out.garbage.len() as u64;
         debug_assert!(self.blocks_used >= dropped);
         self.blocks_used -= dropped;
+        self.recharge(ino, charged);
         out.reply = Reply::Attr(self.attr_of(ino)?);
         Ok(out)
     }

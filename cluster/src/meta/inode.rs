@@ -29,6 +29,9 @@ pub(crate) struct Inode {
     pub open_count: u64,
     pub xattrs: Xattrs,
     pub body: Body,
+    /// The root of the directory quota (project) this inode counts
+    /// against, itself for a root (see `quota`).
+    pub project: Option<Ino>,
 }
 
 /// What an inode holds besides attributes.
@@ -142,6 +145,7 @@ impl Inode {
             open_count: 0,
             xattrs: Xattrs::new(),
             body,
+            project: None,
         }
     }
 

@@ -122,6 +122,40 @@ impl MetaState {
         self.validate_locks()
     }
 
+    /// Directory quotas: each project's limit and use are what its
+    /// members say, and a live root is in its own project.
+    fn validate_projects(&self) -> Result<(), String> {
+        for (&ino, inode) in &self.inodes {
+            let Some(dir) = inode.as_dir() else {
+                continue;
+            };
+            for (name, dirent) in &dir.entries {
+                let project = self.inodes.get(&dirent.ino).and_then(|t| t.project);
+                ensure!(
+                    project == Some(dirent.ino) || project == inode.project,
+                    "entry {name:?} of {ino} is in project {project:?}, its directory in {:?}",
+                    inode.project
+                );
+            }
+        }
+        let derived = self.derive_projects()?;
+        ensure!(
+            derived == self.projects,
+            "projects {:?} but the inodes say {derived:?}",
+            self.projects
+        );
+        for root in self.projects.keys() {
+            if let Some(inode) = self.inodes.get(root) {
+                ensure!(
+                    inode.project == Some(*root),
+                    "project {root} has a live root in project {:?}",
+                    inode.project
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Inodes, entries, link counts, the block counter, no cycles.
     fn validate_tree(&self, volume: &Volume) -> Result<(), String> {
         // Entries naming each inode, and subdirectories of each directory.
@@ -167,6 +201,7 @@ impl MetaState {
             blocks_used.saturating_mul(u64::from(volume.block_size)) <= volume.capacity_bytes,
             "more blocks than the capacity"
         );
+        self.validate_projects()?;
 
         for (&ino, inode) in &self.inodes {
             let named = links.get(&ino).copied().unwrap_or(0);

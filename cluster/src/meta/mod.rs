@@ -24,6 +24,7 @@
 //! - `perm`: rwx, sticky and setid rules (an access ACL decides where it
 //!   exists); `acl`: POSIX ACLs (the `system.posix_acl_*` format, the
 //!   access check, the mode rules); `inode`: the stored inode.
+//! - `quota`: directory quotas (projects): membership, charges, limits.
 //! - `snapshot`, `codec`: snapshot records and frames (rkyv + CRC32C).
 //! - `cache_nodes`: the registry of nodes serving their cached blocks to
 //!   each other (address, cache size) and its epoch.
@@ -48,6 +49,7 @@ pub mod limits;
 mod lock;
 mod namespace;
 mod perm;
+mod quota;
 mod session;
 mod snapshot;
 mod state;
@@ -61,6 +63,7 @@ pub use cache_nodes::CacheNode;
 pub use command::{Command, Outcome, Reply};
 pub use error::{DecodeError, MetaError};
 pub use limits::*;
+pub use quota::{Quota, CHARGE_UNIT_BYTES, QUOTA_XATTR};
 pub use state::MetaState;
 pub use types::{
     Attr, AttrChanges, BlockRef, CreateMode, Creds, DirEntry, FileKind, FlockKind, Ino,

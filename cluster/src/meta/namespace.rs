@@ -46,7 +46,9 @@ impl MetaState {
     /// caller's checks passed.
     fn add_entry(&mut self, parent: Ino, name: &[u8], inode: Inode, now: Timespec) -> Result<Ino> {
         let kind = inode.kind;
+        let project = self.project_below(parent);
         let ino = self.insert_inode(inode);
+        self.join_project(ino, project);
         let dir_inode = self.inode_mut(parent)?;
         if kind == FileKind::Dir {
             debug_assert!(dir_inode.nlink < LINK_MAX);
@@ -268,6 +270,7 @@ impl MetaState {
         if target.nlink >= LINK_MAX {
             return Err(MetaError::TooManyLinks);
         }
+        self.check_same_project(ino, new_parent)?;
         let kind = target.kind;
         let target = self.inode_mut(ino)?;
         target.nlink += 1;
@@ -394,6 +397,11 @@ impl MetaState {
             }
             if flags.exchange && !src_is_dir && dst_is_dir && old_dir_inode.nlink >= LINK_MAX {
                 return Err(MetaError::TooManyLinks);
+            }
+            // Directory quotas: nothing but a project's root changes project.
+            self.check_same_project(src.ino, new_parent)?;
+            if let (true, Some(dst)) = (flags.exchange, dst) {
+                self.check_same_project(dst.ino, parent)?;
             }
         }
         if !flags.exchange

@@ -60,6 +60,9 @@ enum Record {
         epoch: u64,
         nodes: Vec<super::cache_nodes::CacheNode>,
     },
+    /// Inodes in a directory quota's project: (inode, the project's root).
+    /// The projects' limits and use follow from the inodes.
+    Projects(Vec<(Ino, Ino)>),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -226,6 +229,7 @@ fn inode_of(image: InodeImage) -> Result<Inode, DecodeError> {
         open_count: 0,
         xattrs,
         body,
+        project: None,
     })
 }
 
@@ -332,6 +336,15 @@ impl MetaState {
 
         self.push_registry(&mut w);
 
+        let members: Vec<(Ino, Ino)> = self
+            .inodes
+            .iter()
+            .filter_map(|(&ino, inode)| inode.project.map(|root| (ino, root)))
+            .collect();
+        for chunk in members.chunks(SNAPSHOT_RECORD_ITEMS_MAX) {
+            w.push(&Record::Projects(chunk.to_vec()));
+        }
+
         let records = w.records;
         w.push(&Record::End { records });
         w.out
@@ -412,6 +425,7 @@ impl MetaState {
                 debug_assert!(false, "handled by restore");
             }
             Record::CacheNodes { epoch, nodes } => self.restore_cache_nodes(epoch, nodes)?,
+            Record::Projects(members) => self.restore_projects(members)?,
             Record::Revoked(serials) => {
                 if let Some(bad) = serials.into_iter().find(|s| self.revoke(s).is_err()) {
                     return Err(inconsistent(format!("bad revoked serial {bad:?}")));
@@ -507,6 +521,19 @@ impl MetaState {
         Ok(())
     }
 
+    /// The projects of the inodes in a `Projects` record.
+    fn restore_projects(&mut self, members: Vec<(Ino, Ino)>) -> Result<(), DecodeError> {
+        for (ino, root) in members {
+            let inode = self.inodes.get_mut(&ino).ok_or_else(|| {
+                inconsistent(format!("project member {ino} is not a known inode"))
+            })?;
+            if inode.project.replace(root).is_some() {
+                return Err(inconsistent(format!("inode {ino} is in two projects")));
+            }
+        }
+        Ok(())
+    }
+
     /// Open counts and the block counter, which the snapshot leaves out
     /// because they follow from what it holds.
     fn derive_counters(&mut self) -> Result<(), DecodeError> {
@@ -526,6 +553,7 @@ impl MetaState {
             .values()
             .try_fold(0u64, |sum, inode| sum.checked_add(inode.block_count()))
             .ok_or_else(|| inconsistent("block count overflows".into()))?;
+        self.projects = self.derive_projects().map_err(inconsistent)?;
         Ok(())
     }
 }

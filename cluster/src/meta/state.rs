@@ -46,6 +46,9 @@ pub struct MetaState {
     pub(crate) cache_nodes: BTreeMap<u64, super::cache_nodes::CacheNode>,
     /// Changes made to `cache_nodes` so far.
     pub(crate) cache_epoch: u64,
+    /// Directory quotas by root (see `quota`): derived from the inodes'
+    /// projects, kept up to date by every command.
+    pub(crate) projects: BTreeMap<Ino, super::quota::Project>,
 }
 
 impl Default for MetaState {
@@ -68,6 +71,7 @@ impl MetaState {
             revoked: std::collections::BTreeSet::new(),
             cache_nodes: BTreeMap::new(),
             cache_epoch: 0,
+            projects: BTreeMap::new(),
         }
     }
 
@@ -397,6 +401,7 @@ impl MetaState {
         );
         self.locks.remove(&ino);
         if let Some(inode) = self.inodes.remove(&ino) {
+            self.leave_project(ino, &inode);
             if let Body::File { blocks } = inode.body {
                 debug_assert!(self.blocks_used >= blocks.len() as u64);
                 self.blocks_used -= blocks.len() as u64;

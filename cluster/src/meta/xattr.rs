@@ -24,6 +24,7 @@ use super::limits::{
     XATTRS_PER_INODE_MAX, XATTR_BYTES_PER_INODE_MAX, XATTR_NAME_MAX_BYTES, XATTR_VALUE_MAX_BYTES,
 };
 use super::perm::{owns, require, MAY_READ, MAY_WRITE, S_ISGID, S_ISVTX};
+use super::quota::QUOTA_XATTR;
 use super::state::{MetaState, Result};
 use super::types::{Creds, FileKind, Ino, Timespec, XattrFlags};
 
@@ -265,9 +266,17 @@ impl MetaState {
             _ => {}
         }
         check_room(inode, name, value.len())?;
+        let quota = if name == QUOTA_XATTR {
+            Some(self.check_set_quota(ino, value)?)
+        } else {
+            None
+        };
         let inode = self.inode_mut(ino)?;
         inode.xattrs.insert(name.to_vec(), value.to_vec());
         inode.ctime = now;
+        if let Some(limit) = quota {
+            self.set_quota(ino, limit);
+        }
         Ok(Outcome::reply(Reply::Done))
     }
 
@@ -287,9 +296,16 @@ impl MetaState {
         if !inode.xattrs.contains_key(name) {
             return Err(MetaError::NoData);
         }
+        let quota = name == QUOTA_XATTR;
+        if quota {
+            self.check_remove_quota(ino)?;
+        }
         let inode = self.inode_mut(ino)?;
         inode.xattrs.remove(name);
         inode.ctime = now;
+        if quota {
+            self.remove_quota(ino);
+        }
         Ok(Outcome::reply(Reply::Done))
     }
 

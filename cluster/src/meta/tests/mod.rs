@@ -10,6 +10,7 @@ mod lock;
 mod model;
 mod model_prop;
 mod namespace;
+mod quota;
 mod xattr;
 
 use std::collections::BTreeSet;
