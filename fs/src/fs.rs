@@ -47,8 +47,6 @@ pub type CommitObserver = Arc<dyn Fn(Ino) + Send + Sync>;
 
 /// Files whose attributes at open are remembered for `keep_cache`.
 const SEEN_AT_OPEN_MAX: usize = 65_536;
-/// Block map entries read per query when scanning for holes.
-const BLOCK_SCAN_ENTRIES: usize = 4096;
 /// Bytes read per step when a local copy is made, written or compared.
 const COPY_CHUNK: u64 = 1 << 20;
 
@@ -1959,15 +1957,17 @@ impl Fs {
         }
     }
 
-    /// `fallocate(2)`: mode 0 / `FALLOC_FL_KEEP_SIZE` (reserve: extends the
-    /// size unless kept; nothing is preallocated), `FALLOC_FL_PUNCH_HOLE |
-    /// FALLOC_FL_KEEP_SIZE` (whole blocks become holes with `RemoveBlocks`,
-    /// the partial blocks at either end are zeroed and rewritten) and
-    /// `FALLOC_FL_ZERO_RANGE` (the range reads as zeros, split as a punch:
-    /// whole blocks leave the map in one command, so a range of 2^63 bytes
-    /// costs what a small one does; the size grows unless kept). Nothing
-    /// is preallocated in any mode (space lives in the store), so a zeroed
-    /// block is, like ext4's unwritten extents, a hole to `SEEK_DATA`.
+    /// `fallocate(2)`: mode 0 / `FALLOC_FL_KEEP_SIZE` (the size grows unless
+    /// kept, then the holes of the range below the end become
+    /// allocated-zero extents in one `ZeroBlocks`: `st_blocks`, the
+    /// capacity and a directory quota count them, `ENOSPC`/`EDQUOT` when
+    /// they do not fit), `FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`
+    /// (whole blocks become holes with `RemoveBlocks`, the partial blocks
+    /// at either end are zeroed and rewritten) and `FALLOC_FL_ZERO_RANGE`
+    /// (split as a punch, but the whole blocks become one allocated-zero
+    /// extent, so the range stays allocated and `SEEK_DATA` finds it; a
+    /// range of 2^63 bytes costs what a small one does). Past the end of
+    /// the file with `FALLOC_FL_KEEP_SIZE` nothing is allocated.
     pub async fn fallocate(
         &self,
         ino: Ino,
@@ -2006,7 +2006,21 @@ impl Fs {
         if mode & !known != 0 || (punch && (!keep_size || zero)) {
             return Err(FsError::NotSupported("fallocate mode"));
         }
-        if punch || zero {
+        if !punch && !keep_size {
+            // The size first: what is allocated lies below the end.
+            let attr = self.getattr(ino)?;
+            if end > attr.size {
+                let changes = AttrChanges {
+                    size: Some(end),
+                    ..AttrChanges::default()
+                };
+                self.setattr_inner(ino, changes, Some(fh), creds).await?;
+            }
+        }
+        if !punch && !zero {
+            return self.allocate(ino, offset, end, creds).await;
+        }
+        {
             let (state, pending) = self.file_state(ino).ok_or(FsError::BadHandle(fh))?;
             // Held throughout: writes, flushes and reads of the file wait
             // for the whole punch.
@@ -2026,15 +2040,30 @@ impl Fs {
                     // blocks they read as zeros, and their old versions
                     // are collected. A crash after it leaves at most the
                     // partial ends unzeroed (the punch was not answered),
-                    // never a map entry naming missing data.
-                    self.apply(&Command::RemoveBlocks {
-                        ino,
-                        first: split.holes.start,
-                        last: split.holes.end - 1,
-                        creds: creds.clone(),
-                        now: now(),
-                    })
-                    .await?;
+                    // never a map entry naming missing data. A punch makes
+                    // holes; ZERO_RANGE one allocated-zero extent.
+                    let (first, last) = (split.holes.start, split.holes.end - 1);
+                    let command = if zero {
+                        let bs = u64::from(self.block_size);
+                        self.check_allocation(ino, (last - first + 1).saturating_mul(bs))?;
+                        Command::ZeroBlocks {
+                            ino,
+                            first,
+                            last,
+                            replace: true,
+                            creds: creds.clone(),
+                            now: now(),
+                        }
+                    } else {
+                        Command::RemoveBlocks {
+                            ino,
+                            first,
+                            last,
+                            creds: creds.clone(),
+                            now: now(),
+                        }
+                    };
+                    self.apply(&command).await?;
                     // Unflushed writes to them are punched too.
                     st.dirty.discard(split.holes);
                 }
@@ -2057,25 +2086,36 @@ impl Fs {
                 // Rewrites the zeroed ends (and any other unflushed write).
                 self.flush_locked(ino, &mut st, &pending).await?;
             }
-            drop(st);
-            if punch || keep_size || end <= size {
-                return Ok(());
-            }
-        }
-        let attr = self.getattr(ino)?;
-        if !keep_size && end > attr.size {
-            let changes = AttrChanges {
-                size: Some(end),
-                ..AttrChanges::default()
-            };
-            self.setattr_inner(ino, changes, Some(fh), creds).await?;
         }
         Ok(())
     }
 
+    /// `fallocate` mode 0 of `offset..end`: the holes of the range below
+    /// the end become allocated-zero extents; data stays.
+    async fn allocate(&self, ino: Ino, offset: u64, end: u64, creds: &Creds) -> Result<()> {
+        let size = self.getattr(ino)?.size;
+        let alloc_end = end.min(size);
+        if offset >= alloc_end {
+            return Ok(());
+        }
+        let bs = u64::from(self.block_size);
+        let (first, last) = (offset / bs, (alloc_end - 1) / bs);
+        self.check_allocation(ino, (last - first + 1).saturating_mul(bs))?;
+        self.apply(&Command::ZeroBlocks {
+            ino,
+            first,
+            last,
+            replace: false,
+            creds: creds.clone(),
+            now: now(),
+        })
+        .await?;
+        Ok(())
+    }
+
     /// `lseek(2)` with `SEEK_DATA` or `SEEK_HOLE`, from the block map (after
-    /// flushing): a block in the map is data, a missing one a hole, and the
-    /// end of the file is a hole.
+    /// flushing): a block in the map or an allocated-zero extent is data, a
+    /// missing one a hole, and the end of the file is a hole.
     pub async fn lseek(&self, ino: Ino, offset: u64, whence: i32) -> Result<u64> {
         self.commit_file(ino).await?;
         let size = self.meta.read(|s| s.getattr(ino))?.size;
@@ -2085,33 +2125,15 @@ impl Fs {
         let bs = self.block_size;
         let first = offset / u64::from(bs);
         match whence {
-            libc::SEEK_DATA => {
-                let next = self.meta.read(|s| s.blocks(ino, first, 1))?;
-                match next.first() {
-                    Some(&(index, _)) if block_start(index, bs) < size => {
-                        Ok(offset.max(block_start(index, bs)))
-                    }
-                    _ => Err(FsError::NoSuchOffset),
+            libc::SEEK_DATA => match self.meta.read(|s| s.data_from(ino, first))? {
+                Some(index) if block_start(index, bs) < size => {
+                    Ok(offset.max(block_start(index, bs)))
                 }
-            }
+                _ => Err(FsError::NoSuchOffset),
+            },
             libc::SEEK_HOLE => {
-                let mut expected = first;
-                loop {
-                    let entries = self
-                        .meta
-                        .read(|s| s.blocks(ino, expected, BLOCK_SCAN_ENTRIES))?;
-                    for &(index, _) in &entries {
-                        if index != expected {
-                            break;
-                        }
-                        expected += 1;
-                    }
-                    let gap = entries.iter().any(|&(i, _)| i >= expected);
-                    if gap || entries.len() < BLOCK_SCAN_ENTRIES {
-                        break;
-                    }
-                }
-                Ok(offset.max(block_start(expected, bs)).min(size))
+                let hole = self.meta.read(|s| s.hole_from(ino, first))?;
+                Ok(offset.max(block_start(hole, bs)).min(size))
             }
             _ => Err(FsError::Invalid(
                 "lseek whence other than SEEK_DATA or SEEK_HOLE",

@@ -458,15 +458,40 @@ fn zero_range_over_a_huge_sparse_file_is_bounded() {
     block_on(fs.setattr(ino, grow, Some(fh), &root())).expect("grow");
     write(fs, ino, fh, huge - 10, b"tail bytes");
     let mode = libc::FALLOC_FL_ZERO_RANGE;
-    block_on(fs.fallocate(ino, fh, mode, 100, huge - 105, &root())).expect("zero range");
+    // 2^63 bytes cannot be allocated: ENOSPC at once, nothing changed.
+    assert_eq!(
+        block_on(fs.fallocate(ino, fh, mode, 100, huge - 105, &root())).map_err(|e| e.errno()),
+        Err(libc::ENOSPC)
+    );
+    assert_eq!(read(fs, ino, 0, 3 * BLOCK as u32), data);
+    assert_eq!(read(fs, ino, huge - 10, 10), b"tail bytes");
+    // A range that fits reads as zeros and stays allocated: its whole
+    // blocks are one allocated-zero extent, its partial ends rewritten.
+    block_on(fs.fallocate(ino, fh, mode, 100, 10 * b, &root())).expect("zero range");
     let mut expected = data.clone();
     expected[100..].fill(0);
     assert_eq!(read(fs, ino, 0, 3 * BLOCK as u32), expected);
-    assert_eq!(read(fs, ino, huge - 10, 10), b"\0\0\0\0\0bytes");
+    assert_eq!(read(fs, ino, huge - 10, 10), b"tail bytes");
     assert_eq!(fs.getattr(ino).expect("attr").size, huge);
-    // The first block keeps its data; the zeroed whole blocks are holes.
     assert_eq!(seek(fs, ino, 0, libc::SEEK_DATA), Ok(0));
-    assert_eq!(seek(fs, ino, 0, libc::SEEK_HOLE), Ok(b));
+    assert_eq!(seek(fs, ino, 0, libc::SEEK_HOLE), Ok(11 * b));
+    assert_eq!(
+        fs.getattr(ino).expect("attr").allocated_bytes,
+        12 * b,
+        "blocks 0..=10 and the last"
+    );
+    // Mode 0 allocates the holes of a range and keeps its data.
+    block_on(fs.fallocate(ino, fh, libc::FALLOC_FL_KEEP_SIZE, 20 * b, 5 * b, &root()))
+        .expect("allocate");
+    assert_eq!(seek(fs, ino, 12 * b, libc::SEEK_DATA), Ok(20 * b));
+    assert_eq!(seek(fs, ino, 20 * b, libc::SEEK_HOLE), Ok(25 * b));
+    assert_eq!(fs.getattr(ino).expect("attr").allocated_bytes, 17 * b);
+    assert_eq!(read(fs, ino, 20 * b, 16), vec![0; 16]);
+    // A write into an extent is an ordinary block; the count stays.
+    write(fs, ino, fh, 21 * b, b"inside");
+    block_on(fs.fsync(ino)).expect("fsync");
+    assert_eq!(read(fs, ino, 21 * b, 6), b"inside");
+    assert_eq!(fs.getattr(ino).expect("attr").allocated_bytes, 17 * b);
     block_on(fs.release(ino, fh, None)).expect("release");
 }
 

@@ -172,6 +172,9 @@ impl MetaState {
         if !changes.is_empty() {
             inode.ctime = now;
         }
+        if let Some(size) = changes.size {
+            dropped += self.cut_zeros(ino, blocks_for(size, block_size), u64::MAX);
+        }
         debug_assert!(self.blocks_used >= dropped);
         self.blocks_used -= dropped;
         self.recharge(ino, charged);
@@ -220,7 +223,7 @@ impl MetaState {
                     "a block index appears twice in one command",
                 ));
             }
-            if !map.contains_key(&index) {
+            if !map.contains_key(&index) && !self.zeros_of(ino).is_some_and(|z| z.contains(index)) {
                 added += 1;
             }
         }
@@ -247,6 +250,12 @@ impl MetaState {
         inode.size = size;
         inode.touch_data(now);
         inode.mode = mode_after_write(inode.mode, creds);
+        // A block written inside an extent leaves it (it stays counted).
+        if self.zeros.contains_key(&ino) {
+            for &(index, _) in blocks {
+                self.cut_zeros(ino, index, index);
+            }
+        }
         self.blocks_used += added;
         self.recharge(ino, charged);
         out.reply = Reply::Attr(self.attr_of(ino)?);
@@ -296,7 +305,7 @@ impl MetaState {
         }
         inode.touch_data(now);
         inode.mode = mode_after_write(inode.mode, creds);
-        let dropped = out.garbage.len() as u64;
+        let dropped = out.garbage.len() as u64 + self.cut_zeros(ino, first, last);
         debug_assert!(self.blocks_used >= dropped);
         self.blocks_used -= dropped;
         self.recharge(ino, charged);

@@ -212,6 +212,19 @@ pub enum Command {
     /// The Lord (the leader) marks a registered node live or dead by
     /// whether it hears the node.
     SetCacheNodeLive { id: u64, live: bool },
+    /// `fallocate` of blocks `first..=last` of regular file `ino` (those
+    /// below its end): `replace` (`FALLOC_FL_ZERO_RANGE`) makes the range
+    /// one allocated-zero extent, its block versions garbage; otherwise
+    /// (mode 0) only its holes become allocated-zero extents. Write
+    /// permission was checked at open, as for `SetBlocks`.
+    ZeroBlocks {
+        ino: Ino,
+        first: u64,
+        last: u64,
+        replace: bool,
+        creds: Creds,
+        now: Timespec,
+    },
 }
 
 impl Command {
@@ -254,6 +267,7 @@ impl Command {
             | Self::SetAttr { now, .. }
             | Self::SetBlocks { now, .. }
             | Self::RemoveBlocks { now, .. }
+            | Self::ZeroBlocks { now, .. }
             | Self::SetXattr { now, .. }
             | Self::RemoveXattr { now, .. }
             | Self::ExpireSessions { now } => Some(*now),
@@ -286,6 +300,7 @@ impl Command {
             | Self::Open { creds, .. }
             | Self::SetBlocks { creds, .. }
             | Self::RemoveBlocks { creds, .. }
+            | Self::ZeroBlocks { creds, .. }
             | Self::SetXattr { creds, .. }
             | Self::RemoveXattr { creds, .. } => Some(creds),
             Self::Format { .. }

@@ -122,6 +122,46 @@ impl MetaState {
         self.validate_locks()
     }
 
+    /// Allocated-zero extents: of live regular files, below their end,
+    /// disjoint from their block maps and each other, not adjacent, none
+    /// empty, counted right; their blocks.
+    fn validate_zeros(&self, block_size: u32) -> Result<u64, String> {
+        let mut total: u64 = 0;
+        for (&ino, zeros) in &self.zeros {
+            let inode = self
+                .inodes
+                .get(&ino)
+                .ok_or_else(|| format!("zero extents of missing inode {ino}"))?;
+            let blocks = inode
+                .blocks()
+                .ok_or_else(|| format!("zero extents of {ino}, not a regular file"))?;
+            let end = blocks_for(inode.size, block_size);
+            let mut count: u64 = 0;
+            let mut previous: Option<u64> = None;
+            for (&first, &last) in &zeros.ranges {
+                ensure!(first <= last, "file {ino} has an empty zero extent");
+                ensure!(last < end, "file {ino} has a zero extent past its end");
+                ensure!(
+                    previous.is_none_or(|p| p.saturating_add(1) < first),
+                    "file {ino} has overlapping or adjacent zero extents"
+                );
+                ensure!(
+                    blocks.range(first..=last).next().is_none(),
+                    "file {ino} has a zero extent over a mapped block"
+                );
+                count += last - first + 1;
+                previous = Some(last);
+            }
+            ensure!(
+                count > 0 && count == zeros.blocks,
+                "file {ino} zero extents count {} blocks, hold {count}",
+                zeros.blocks
+            );
+            total += count;
+        }
+        Ok(total)
+    }
+
     /// Directory quotas: each project's limit and use are what its
     /// members say, and a live root is in its own project.
     fn validate_projects(&self) -> Result<(), String> {
@@ -192,6 +232,7 @@ impl MetaState {
                 }
             }
         }
+        blocks_used += self.validate_zeros(volume.block_size)?;
         ensure!(
             blocks_used == self.blocks_used,
             "blocks_used {} but the block maps hold {blocks_used}",

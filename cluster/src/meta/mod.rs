@@ -55,6 +55,7 @@ mod snapshot;
 mod state;
 mod types;
 mod xattr;
+mod zeros;
 
 #[cfg(test)]
 mod tests;

@@ -32,6 +32,7 @@ use super::error::MetaError;
 use super::inode::{Body, Inode};
 use super::state::{MetaState, Result};
 use super::types::{FileKind, Ino, StatFs};
+use super::zeros::Zeros;
 
 /// The extended attribute that makes a directory a project's root: its
 /// limit in bytes, in decimal ASCII.
@@ -67,18 +68,20 @@ pub struct Quota {
 /// Bytes file `inode` is charged: every block in its map, except that the
 /// block holding the end of the file counts only up to that end, rounded
 /// up to [`CHARGE_UNIT_BYTES`]: a 10-byte file costs 4 KiB, not a block.
-/// Other kinds are charged nothing.
-pub(crate) fn charge(inode: &Inode, block_size: u32) -> u64 {
+/// Allocated-zero extents (`zeros`) count as blocks. Other kinds are
+/// charged nothing.
+pub(crate) fn charge(inode: &Inode, block_size: u32, zeros: Option<&Zeros>) -> u64 {
     let Body::File { blocks } = &inode.body else {
         return 0;
     };
     let bs = u64::from(block_size);
-    let whole = (blocks.len() as u64).saturating_mul(bs);
+    let count = (blocks.len() as u64).saturating_add(zeros.map_or(0, |z| z.blocks));
+    let whole = count.saturating_mul(bs);
     if inode.size == 0 {
         return whole;
     }
     let last = (inode.size - 1) / bs;
-    if !blocks.contains_key(&last) {
+    if !blocks.contains_key(&last) && !zeros.is_some_and(|z| z.contains(last)) {
         return whole;
     }
     let tail = inode.size - last * bs;
@@ -189,7 +192,7 @@ impl MetaState {
         let Some(root) = inode.project else {
             return;
         };
-        let charged = charge(inode, self.block_size());
+        let charged = charge(inode, self.block_size(), self.zeros.get(&ino));
         let Some(p) = self.projects.get_mut(&root) else {
             return;
         };
@@ -214,7 +217,7 @@ impl MetaState {
         let Some(root) = inode.project else {
             return;
         };
-        let after = charge(inode, block_size);
+        let after = charge(inode, block_size, self.zeros.get(&ino));
         if let Some(p) = self.projects.get_mut(&root) {
             debug_assert!(p.used_bytes >= before);
             p.used_bytes = p.used_bytes.saturating_sub(before).saturating_add(after);
@@ -223,9 +226,9 @@ impl MetaState {
 
     /// What `ino` is charged now (0 for an unknown inode).
     pub(crate) fn charge_of(&self, ino: Ino) -> u64 {
-        self.inodes
-            .get(&ino)
-            .map_or(0, |inode| charge(inode, self.block_size()))
+        self.inodes.get(&ino).map_or(0, |inode| {
+            charge(inode, self.block_size(), self.zeros.get(&ino))
+        })
     }
 
     /// Checks of setting the quota attribute of `ino` to `value`, before
@@ -337,7 +340,7 @@ impl MetaState {
             p.inodes += 1;
             p.used_bytes = p
                 .used_bytes
-                .checked_add(charge(inode, block_size))
+                .checked_add(charge(inode, block_size, self.zeros.get(&ino)))
                 .ok_or_else(|| format!("project {root} use overflows"))?;
             if root == ino {
                 if inode.kind != FileKind::Dir {
@@ -382,18 +385,18 @@ mod tests {
     #[test]
     fn the_last_block_is_charged_to_the_end_of_the_file() {
         let m = u64::from(MIB);
-        assert_eq!(charge(&file(0, &[]), MIB), 0);
-        assert_eq!(charge(&file(10, &[0]), MIB), 4096);
-        assert_eq!(charge(&file(4096, &[0]), MIB), 4096);
-        assert_eq!(charge(&file(4097, &[0]), MIB), 8192);
-        assert_eq!(charge(&file(m, &[0]), MIB), m);
-        assert_eq!(charge(&file(m + 1, &[0, 1]), MIB), m + 4096);
+        assert_eq!(charge(&file(0, &[]), MIB, None), 0);
+        assert_eq!(charge(&file(10, &[0]), MIB, None), 4096);
+        assert_eq!(charge(&file(4096, &[0]), MIB, None), 4096);
+        assert_eq!(charge(&file(4097, &[0]), MIB, None), 8192);
+        assert_eq!(charge(&file(m, &[0]), MIB, None), m);
+        assert_eq!(charge(&file(m + 1, &[0, 1]), MIB, None), m + 4096);
         // A hole at the end: whole blocks only.
-        assert_eq!(charge(&file(5 * m, &[0, 1]), MIB), 2 * m);
+        assert_eq!(charge(&file(5 * m, &[0, 1]), MIB, None), 2 * m);
         // Holes in the middle cost nothing.
-        assert_eq!(charge(&file(3 * m + 100, &[3]), MIB), 4096);
+        assert_eq!(charge(&file(3 * m + 100, &[3]), MIB, None), 4096);
         // Blocks smaller than the unit: whole blocks.
-        assert_eq!(charge(&file(10, &[0]), 1024), 1024);
+        assert_eq!(charge(&file(10, &[0]), 1024, None), 1024);
         let dir = Inode::new(
             FileKind::Dir,
             0o755,
@@ -402,7 +405,7 @@ mod tests {
             Timespec::from_secs(1),
             Body::Dir(super::super::inode::Dir::new(Ino(1))),
         );
-        assert_eq!(charge(&dir, MIB), 0);
+        assert_eq!(charge(&dir, MIB, None), 0);
     }
 
     #[test]

@@ -63,6 +63,11 @@ enum Record {
     /// Inodes in a directory quota's project: (inode, the project's root).
     /// The projects' limits and use follow from the inodes.
     Projects(Vec<(Ino, Ino)>),
+    /// Allocated-zero extents of a file: (first block, last block).
+    Zeros {
+        ino: Ino,
+        ranges: Vec<(u64, u64)>,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug)]
@@ -336,6 +341,15 @@ impl MetaState {
 
         self.push_registry(&mut w);
 
+        self.push_files_extras(&mut w);
+
+        let records = w.records;
+        w.push(&Record::End { records });
+        w.out
+    }
+
+    /// Directory quota membership and allocated-zero extents.
+    fn push_files_extras(&self, w: &mut Writer) {
         let members: Vec<(Ino, Ino)> = self
             .inodes
             .iter()
@@ -344,10 +358,15 @@ impl MetaState {
         for chunk in members.chunks(SNAPSHOT_RECORD_ITEMS_MAX) {
             w.push(&Record::Projects(chunk.to_vec()));
         }
-
-        let records = w.records;
-        w.push(&Record::End { records });
-        w.out
+        for (&ino, zeros) in &self.zeros {
+            let ranges: Vec<(u64, u64)> = zeros.ranges.iter().map(|(&f, &l)| (f, l)).collect();
+            for chunk in ranges.chunks(SNAPSHOT_RECORD_ITEMS_MAX) {
+                w.push(&Record::Zeros {
+                    ino,
+                    ranges: chunk.to_vec(),
+                });
+            }
+        }
     }
 
     /// The cache node registry's records; an emptied registry still
@@ -426,6 +445,7 @@ impl MetaState {
             }
             Record::CacheNodes { epoch, nodes } => self.restore_cache_nodes(epoch, nodes)?,
             Record::Projects(members) => self.restore_projects(members)?,
+            Record::Zeros { ino, ranges } => self.restore_zeros(ino, ranges)?,
             Record::Revoked(serials) => {
                 if let Some(bad) = serials.into_iter().find(|s| self.revoke(s).is_err()) {
                     return Err(inconsistent(format!("bad revoked serial {bad:?}")));
@@ -534,6 +554,24 @@ impl MetaState {
         Ok(())
     }
 
+    /// Allocated-zero extents of `ino` from a `Zeros` record (the
+    /// invariants check their places).
+    fn restore_zeros(&mut self, ino: Ino, ranges: Vec<(u64, u64)>) -> Result<(), DecodeError> {
+        let zeros = self.zeros.entry(ino).or_default();
+        for (first, last) in ranges {
+            let blocks = (last - first.min(last)).checked_add(1);
+            let blocks = blocks
+                .filter(|_| first <= last)
+                .and_then(|b| zeros.blocks.checked_add(b))
+                .ok_or_else(|| inconsistent(format!("file {ino} has a bad zero extent")))?;
+            if zeros.ranges.insert(first, last).is_some() {
+                return Err(inconsistent(format!("file {ino} repeats a zero extent")));
+            }
+            zeros.blocks = blocks;
+        }
+        Ok(())
+    }
+
     /// Open counts and the block counter, which the snapshot leaves out
     /// because they follow from what it holds.
     fn derive_counters(&mut self) -> Result<(), DecodeError> {
@@ -551,7 +589,9 @@ impl MetaState {
         self.blocks_used = self
             .inodes
             .values()
-            .try_fold(0u64, |sum, inode| sum.checked_add(inode.block_count()))
+            .map(Inode::block_count)
+            .chain(self.zeros.values().map(|z| z.blocks))
+            .try_fold(0u64, u64::checked_add)
             .ok_or_else(|| inconsistent("block count overflows".into()))?;
         self.projects = self.derive_projects().map_err(inconsistent)?;
         Ok(())

@@ -49,6 +49,9 @@ pub struct MetaState {
     /// Directory quotas by root (see `quota`): derived from the inodes'
     /// projects, kept up to date by every command.
     pub(crate) projects: BTreeMap<Ino, super::quota::Project>,
+    /// Allocated-zero extents by file (see `zeros`); files without any
+    /// have no entry.
+    pub(crate) zeros: BTreeMap<Ino, super::zeros::Zeros>,
 }
 
 impl Default for MetaState {
@@ -72,6 +75,7 @@ impl MetaState {
             cache_nodes: BTreeMap::new(),
             cache_epoch: 0,
             projects: BTreeMap::new(),
+            zeros: BTreeMap::new(),
         }
     }
 
@@ -223,6 +227,14 @@ impl MetaState {
                 creds,
                 now,
             } => self.remove_blocks(*ino, *first, *last, creds, *now),
+            Command::ZeroBlocks {
+                ino,
+                first,
+                last,
+                replace,
+                creds,
+                now,
+            } => self.zero_blocks_cmd(*ino, *first, *last, *replace, creds, *now),
             Command::SetXattr {
                 ino,
                 name,
@@ -356,7 +368,12 @@ impl MetaState {
     }
 
     pub(crate) fn attr_of(&self, ino: Ino) -> Result<Attr> {
-        Ok(self.inode(ino)?.attr(ino, self.block_size()))
+        let block_size = self.block_size();
+        let mut attr = self.inode(ino)?.attr(ino, block_size);
+        attr.allocated_bytes = attr
+            .allocated_bytes
+            .saturating_add(self.zero_blocks(ino).saturating_mul(u64::from(block_size)));
+        Ok(attr)
     }
 
     /// Whether one more inode fits (`ENOSPC`).
@@ -402,6 +419,10 @@ impl MetaState {
         self.locks.remove(&ino);
         if let Some(inode) = self.inodes.remove(&ino) {
             self.leave_project(ino, &inode);
+            if let Some(zeros) = self.zeros.remove(&ino) {
+                debug_assert!(self.blocks_used >= zeros.blocks);
+                self.blocks_used -= zeros.blocks;
+            }
             if let Body::File { blocks } = inode.body {
                 debug_assert!(self.blocks_used >= blocks.len() as u64);
                 self.blocks_used -= blocks.len() as u64;

@@ -105,6 +105,25 @@ impl Fs {
         Ok(())
     }
 
+    /// `EDQUOT` unless `bytes` more (an upper bound of what a `fallocate`
+    /// allocates) fit in the directory quota of `ino`.
+    pub(super) fn check_allocation(&self, ino: Ino, bytes: u64) -> Result<()> {
+        let Some(quota) = self.meta.read(|s| s.quota(ino)) else {
+            return Ok(());
+        };
+        let used = quota
+            .used_bytes
+            .saturating_add(self.reserved_in(quota.root));
+        if used.saturating_add(bytes) > quota.limit_bytes {
+            return Err(FsError::Quota {
+                root: quota.root.0,
+                limit_bytes: quota.limit_bytes,
+                used_bytes: used,
+            });
+        }
+        Ok(())
+    }
+
     /// `statfs` from `ino`: inside a directory quota, this node's
     /// unflushed writes there count as used already.
     pub fn statfs(&self, ino: Ino) -> Result<StatFs> {

@@ -351,6 +351,24 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 creds,
                 now
             }),
+        (
+            arb_ino(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            arb_creds(),
+            arb_time()
+        )
+            .prop_map(
+                |(ino, first, last, replace, creds, now)| Command::ZeroBlocks {
+                    ino,
+                    first,
+                    last,
+                    replace,
+                    creds,
+                    now
+                }
+            ),
     ]
 }
 

@@ -12,6 +12,7 @@ mod model_prop;
 mod namespace;
 mod quota;
 mod xattr;
+mod zeros;
 
 use std::collections::BTreeSet;
 
