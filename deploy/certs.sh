@@ -29,7 +29,7 @@
 #   datenlord-node-tls               ca.pem, NAME.cert.pem, NAME.key.pem per node, node-ids
 #   datenlord-csi-controller-tls     ca.pem, cert.pem, key.pem (node 100)
 #   datenlord-scheduler-extender-tls ca.pem, cert.pem, key.pem (admin)
-# A Secret holds at most 1 MiB: about 400 nodes.
+# A Secret holds at most 1 MiB: about 800 nodes (1.3 KiB each, base64).
 #
 # Needs datenlord ($DATENLORD_BIN, else on PATH) and kubectl (its
 # --dry-run=client output needs no cluster with --out).
