@@ -121,7 +121,9 @@ pub struct MountArgs {
     /// needs root; not with direct_io or writeback_cache), acl|noacl (POSIX
     /// ACLs, on by default: setfacl/getfacl, default ACLs inherited on
     /// create; noacl: the ACL attributes are not supported and the umask
-    /// is applied as without ACLs).
+    /// is applied as without ACLs), fsname=NAME and subtype=NAME (what
+    /// findmnt and df -T show: the source, and the type fuse.SUBTYPE,
+    /// fuse.datenlord by default), no_allow_other.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Stay in the foreground (logs to stderr).
