@@ -121,7 +121,9 @@ pub struct MountArgs {
     /// needs root; not with direct_io or writeback_cache), acl|noacl (POSIX
     /// ACLs, on by default: setfacl/getfacl, default ACLs inherited on
     /// create; noacl: the ACL attributes are not supported and the umask
-    /// is applied as without ACLs).
+    /// is applied as without ACLs), fsname=NAME and subtype=NAME (what
+    /// findmnt and df -T show: the source, and the type fuse.SUBTYPE,
+    /// fuse.datenlord by default), no_allow_other.
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
     /// Stay in the foreground (logs to stderr).
@@ -147,9 +149,13 @@ pub struct MountArgs {
     /// `--node-id`, `--node-listen` and a `--store` shared by all nodes.
     #[arg(long, value_delimiter = ',', value_name = "HOST:PORT,...")]
     pub masters: Vec<String>,
-    /// This node's id in the master group: unique, and no master's.
-    #[arg(long = "node-id", value_name = "N")]
-    pub node_id: Option<u64>,
+    /// This node's id in the master group: unique, and no master's (1 to
+    /// 65535; the block versions it writes carry it). `cert`: the id of
+    /// the node certificate in --tls-dir (`datenlord certs issue --role
+    /// node --id N`), which must carry it anyway: one flag for every pod
+    /// of a Kubernetes DaemonSet, each node with its own certificate.
+    #[arg(long = "node-id", value_name = "N|cert")]
+    pub node_id: Option<NodeIdArg>,
     /// Where this node listens for the leader's Raft messages.
     #[arg(long = "node-listen", value_name = "HOST:PORT")]
     pub node_listen: Option<String>,
@@ -188,6 +194,57 @@ pub struct MountArgs {
     /// without them the node says why once in its log and uses TCP).
     #[arg(long = "neighbor-transport", value_enum, default_value_t = NeighborTransport::Tcp)]
     pub neighbor_transport: NeighborTransport,
+}
+
+/// `--node-id`: a number, or `cert` (the id the node certificate carries).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeIdArg {
+    /// The id given.
+    Id(u64),
+    /// The id of the certificate in `--tls-dir`.
+    Cert,
+}
+
+impl std::str::FromStr for NodeIdArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "cert" => Ok(Self::Cert),
+            n => n.parse().map(Self::Id).map_err(|_| {
+                format!(
+                    "{text:?}: give a number (1 to {}) or `cert` (the id of the node certificate in --tls-dir)",
+                    datenlord_engine::block::VERSION_WRITER_MAX
+                )
+            }),
+        }
+    }
+}
+
+impl NodeIdArg {
+    /// The node's id: the one given, or the one its certificate carries
+    /// (a node's; without TLS there is none to take).
+    fn resolve(self, security: &Security) -> anyhow::Result<u64> {
+        use datenlord_cluster::tls::Role;
+        let id = match (self, security.identity()) {
+            (Self::Id(id), _) => id,
+            (Self::Cert, None) => bail!(
+                "--node-id cert takes the id of the node certificate in --tls-dir: give --tls-dir (or a number)"
+            ),
+            (Self::Cert, Some(who)) if who.role != Role::Node => bail!(
+                "--node-id cert: the certificate in --tls-dir is for {who}, not a node: issue one with `datenlord certs issue --role node --id N`"
+            ),
+            (Self::Cert, Some(who)) => who.id.with_context(|| {
+                format!("--node-id cert: the node certificate in --tls-dir ({who}) carries no id")
+            })?,
+        };
+        ensure!(
+            (1..=datenlord_engine::block::VERSION_WRITER_MAX).contains(&id),
+            "--node-id {id}: a node's id is 1 to {} (the block versions it writes carry it)",
+            datenlord_engine::block::VERSION_WRITER_MAX
+        );
+        Ok(id)
+    }
 }
 
 /// `--neighbor-transport`.
@@ -249,11 +306,6 @@ impl MountArgs {
                 return Ok(None);
             }
             (false, Some(id), Some(listen)) => {
-                ensure!(
-                    (1..=datenlord_engine::block::VERSION_WRITER_MAX).contains(&id),
-                    "--node-id {id}: a node's id is 1 to {} (the block versions it writes carry it)",
-                    datenlord_engine::block::VERSION_WRITER_MAX
-                );
                 let embedded_store = format!("file://{}", data_dir.join("store").display());
                 match &self.store {
                     None => bail!(
@@ -278,6 +330,7 @@ impl MountArgs {
                     "--data-tls off keeps the mutual-TLS handshake and leaves TLS after it: it needs --tls-dir"
                 );
                 let security = Security::from_dir(tls_dir.as_deref()).context("--tls-dir")?;
+                let id = id.resolve(&security)?;
                 check_listen(listen, &security, self.insecure, "--node-listen")
                     .map_err(anyhow::Error::msg)?;
                 return Ok(Some(NodeConfig {
@@ -768,15 +821,16 @@ fn open_store(args: &MountArgs, data_dir: &Path) -> anyhow::Result<Store> {
 /// local copies for `-o passthrough` (in the cache directory).
 fn fs_config(
     args: &MountArgs,
+    writer: u64,
     parsed: &datenlord_fuse::ParsedOptions,
     opts: &datenlord_fuse::MountOptions,
     plan: &CachePlan,
 ) -> anyhow::Result<datenlord_fs::FsConfig> {
-    let mut config = datenlord_fs::FsConfig::default();
-    // A node's versions name it: until uploaded, its journal holds them.
-    if !args.masters.is_empty() {
-        config.writer = args.node_id.unwrap_or(0);
-    }
+    let mut config = datenlord_fs::FsConfig {
+        // A node's versions name it: until uploaded, its journal holds them.
+        writer,
+        ..datenlord_fs::FsConfig::default()
+    };
     if let Some(atime) = parsed.atime {
         config.atime = atime;
     }
@@ -1010,6 +1064,8 @@ fn serve(
     let signals = crate::block_stop_signals();
     let lock = DataDirLock::take(data_dir, mountpoint)?;
     let node_config = args.node_config(data_dir)?;
+    // 0 on a mount of its own (see `block::VERSION_WRITER_BITS`).
+    let writer = node_config.as_ref().map_or(0, |config| config.id);
     let security = node_config.as_ref().map(|config| config.security.clone());
     let neighbor_plan = node_config
         .as_ref()
@@ -1040,7 +1096,7 @@ fn serve(
     let neighbors =
         metadata.serve_blocks(neighbor_plan.as_ref(), &engine, &writeback, args, &plan)?;
 
-    let fs_config = fs_config(args, &parsed, &opts, &plan)?;
+    let fs_config = fs_config(args, writer, &parsed, &opts, &plan)?;
     let sink: Arc<dyn datenlord_fs::BlockSink> = Arc::new(JournalSink(writeback.clone()));
     let fs = datenlord_fs::Fs::new(fs_config, meta.clone(), engine.handle(), sink)
         .context("starting the file system")?;
@@ -1781,5 +1837,74 @@ mod tests {
             .expect_err("on or off")
             .to_string();
         assert!(unclear.contains("possible values: on, off"), "{unclear}");
+    }
+
+    /// `--node-id cert`: the id comes from the node certificate, which
+    /// must carry it anyway (`Node::join` checks it), so a DaemonSet's pods
+    /// share one command line and cannot pick one id twice unless the CA
+    /// issued it twice.
+    #[test]
+    fn node_id_cert_takes_the_certificates_id() {
+        use datenlord_cluster::certs::{init_ca, issue, CertRequest};
+        use datenlord_cluster::tls::Role;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca");
+        init_ca(&ca, 30).expect("CA");
+        let issued = |name: &str, role: Role, id: Option<u64>| {
+            let out = dir.path().join(name);
+            let request = CertRequest {
+                name: name.into(),
+                role,
+                id,
+                days: 30,
+            };
+            issue(&ca, &out, &request).expect("issue");
+            out.display().to_string()
+        };
+        let config = |node_id: &str, tls: Option<&str>| {
+            let mut argv = vec![
+                "--masters",
+                "m1:7001",
+                "--node-listen",
+                "0.0.0.0:7101",
+                "--store",
+                "s3://bucket/vol",
+                "--node-id",
+                node_id,
+            ];
+            if let Some(tls) = tls {
+                argv.extend(["--tls-dir", tls]);
+            }
+            args(&argv).node_config(Path::new("/var/lib/dl"))
+        };
+        let node = issued("n1", Role::Node, Some(4242));
+        let got = config("cert", Some(&node))
+            .expect("node")
+            .expect("a node config");
+        assert_eq!(got.id, 4242);
+        // A number still works, and must be the certificate's (the join
+        // refuses another: `Security::check_own`).
+        assert_eq!(
+            config("17", Some(&node)).expect("node").expect("config").id,
+            17
+        );
+        let err = |node_id: &str, tls: Option<&str>| {
+            format!("{:#}", config(node_id, tls).expect_err("refused"))
+        };
+        let master = issued("m1", Role::Master, Some(1));
+        let refused = err("cert", Some(&master));
+        assert!(refused.contains("not a node"), "{refused}");
+        let admin = issued("ops", Role::Admin, None);
+        assert!(err("cert", Some(&admin)).contains("not a node"));
+        let without = err("cert", None);
+        assert!(without.contains("give --tls-dir"), "{without}");
+        let too_big = issued("n2", Role::Node, Some(70_000));
+        let refused = err("cert", Some(&too_big));
+        assert!(refused.contains("1 to 65535"), "{refused}");
+        assert!(err("0", Some(&node)).contains("1 to 65535"));
+        let unclear = Cli::try_parse_from(["datenlord", "/mnt", "--node-id", "auto"])
+            .expect_err("a number or cert")
+            .to_string();
+        assert!(unclear.contains("or `cert`"), "{unclear}");
     }
 }

@@ -3,7 +3,8 @@
 //! nodes (a file closed on one node opens with its bytes on the other, an
 //! overwrite too), a directory made on one is seen on the other, and an
 //! unlink on one is ENOENT on the other (kernel caches off with `-o`), and
-//! a node unmounted and mounted again rejoins and catches up. Nodes serve
+//! a node unmounted and mounted again rejoins and catches up; nodes started
+//! with `--node-id cert` join under their certificates' ids. Nodes serve
 //! each other's cached blocks: a block is read from the store once, by its
 //! home, however many nodes read it, and a node that leaves hands its
 //! blocks to the others without a read failing.
@@ -218,6 +219,48 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
         a.log()
     );
 
+    a.unmount();
+    b.unmount();
+}
+
+/// `--node-id cert` (what the Kubernetes DaemonSet runs): each node takes
+/// the id its certificate carries, joins under it, and the nodes share the
+/// namespace as with ids given by hand.
+#[test]
+fn nodes_take_their_ids_from_their_certificates() {
+    let group = Group::new(3);
+    wait_for("a leader", Duration::from_secs(20), || {
+        group.leader(&[1, 2, 3])
+    });
+    let masters = group.addrs.join(",");
+    let (a_dirs, b_dirs) = (NodeDirs::new(), NodeDirs::new());
+    let store = support::node::formatted_store(&a_dirs.root().join("shared-store"), "64K");
+    let (a_listen, b_listen) = (free_addr(), free_addr());
+    let (a_tls, b_tls) = (
+        group.tls_args("node", Some(21)),
+        group.tls_args("node", Some(22)),
+    );
+    let a = Mounted::start(
+        &a_dirs,
+        &node_args_in(&store, &masters, "cert", &a_listen, &a_tls),
+    );
+    let b = Mounted::start(
+        &b_dirs,
+        &node_args_in(&store, &masters, "cert", &b_listen, &b_tls),
+    );
+    for (dirs, id) in [(&a_dirs, 21), (&b_dirs, 22)] {
+        let log =
+            std::fs::read_to_string(dirs.data_dir().join("datenlord.log")).unwrap_or_default();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("node joined the metadata group")
+                    && l.contains(&format!("id={id}"))),
+            "node {id} joins under its certificate's id:\n{log}"
+        );
+    }
+    let data = bytes(300_000, 3);
+    std::fs::write(a.path().join("f"), &data).expect("write on A");
+    assert!(std::fs::read(b.path().join("f")).expect("read on B") == data);
     a.unmount();
     b.unmount();
 }

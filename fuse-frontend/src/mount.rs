@@ -33,8 +33,6 @@ pub const THREADS_MAX: usize = 256;
 /// How long `unmount` waits for processes still using a lazily detached
 /// mount before it aborts the connection.
 pub const UNMOUNT_WAIT_MS: u64 = 5_000;
-/// Subtype shown as `fuse.datenlord` in the mount table.
-const SUBTYPE: &str = "datenlord";
 
 /// A mounted file system.
 pub struct Mount {
@@ -245,8 +243,13 @@ pub fn mount(fs: Arc<Fs>, opts: &MountOptions) -> Result<Mount, FuseError> {
     check_passthrough(&fs, opts)?;
     let want_ring = uring::wanted(opts.uring)?;
     let shown = opts.mountpoint.display().to_string();
-    let mut session = FuseSession::new(&opts.mountpoint, &opts.fsname, SUBTYPE, opts.read_only)
-        .map_err(|e| mount_error(&shown, e.to_string()))?;
+    let mut session = FuseSession::new(
+        &opts.mountpoint,
+        &opts.fsname,
+        &opts.subtype,
+        opts.read_only,
+    )
+    .map_err(|e| mount_error(&shown, e.to_string()))?;
     session.set_allow_other(opts.allow_other);
     session
         .mount()

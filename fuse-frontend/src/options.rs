@@ -16,6 +16,9 @@ pub struct MountOptions {
     pub mountpoint: PathBuf,
     /// Source name shown by `mount` and `df`.
     pub fsname: String,
+    /// Type shown by `mount`, `findmnt` and `df -T` as `fuse.SUBTYPE`
+    /// (`datenlord` by default; the CSI plugin looks for `fuse.datenlord`).
+    pub subtype: String,
     /// Mount read-only.
     pub read_only: bool,
     /// Let users other than the mounter use the mount (non-root mounters
@@ -70,6 +73,7 @@ impl MountOptions {
         Self {
             mountpoint: mountpoint.into(),
             fsname: "datenlord".into(),
+            subtype: SUBTYPE_DEFAULT.into(),
             read_only: false,
             allow_other: false,
             direct_io: false,
@@ -107,8 +111,8 @@ impl MountOptions {
 pub struct ParsedOptions {
     /// `ro` / `rw`.
     pub read_only: Option<bool>,
-    /// `allow_other`.
-    pub allow_other: bool,
+    /// `allow_other` / `no_allow_other`.
+    pub allow_other: Option<bool>,
     /// `direct_io`.
     pub direct_io: bool,
     /// `writeback_cache`.
@@ -117,6 +121,8 @@ pub struct ParsedOptions {
     pub atime: Option<AtimePolicy>,
     /// `fsname=NAME`.
     pub fsname: Option<String>,
+    /// `subtype=NAME`.
+    pub subtype: Option<String>,
     /// `threads=N`.
     pub threads: Option<usize>,
     /// `attr_timeout=SECS`.
@@ -143,7 +149,9 @@ impl ParsedOptions {
         if let Some(ro) = self.read_only {
             opts.read_only = ro;
         }
-        opts.allow_other |= self.allow_other;
+        if let Some(allow) = self.allow_other {
+            opts.allow_other = allow;
+        }
         opts.direct_io |= self.direct_io;
         opts.writeback_cache |= self.writeback_cache;
         opts.passthrough |= self.passthrough;
@@ -152,6 +160,9 @@ impl ParsedOptions {
         }
         if let Some(name) = &self.fsname {
             opts.fsname.clone_from(name);
+        }
+        if let Some(name) = &self.subtype {
+            opts.subtype.clone_from(name);
         }
         if let Some(threads) = self.threads {
             opts.threads = threads;
@@ -201,7 +212,8 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
         match word {
             "ro" => parsed.read_only = Some(true),
             "rw" => parsed.read_only = Some(false),
-            "allow_other" => parsed.allow_other = true,
+            "allow_other" => parsed.allow_other = Some(true),
+            "no_allow_other" => parsed.allow_other = Some(false),
             "direct_io" => parsed.direct_io = true,
             "writeback_cache" => parsed.writeback_cache = true,
             "passthrough" => parsed.passthrough = true,
@@ -215,12 +227,9 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
             w if ACCEPTED_WITHOUT_EFFECT.contains(&w) => parsed.extra.push(w.to_string()),
             w => {
                 if let Some(name) = w.strip_prefix("fsname=") {
-                    if name.is_empty() || name.contains(char::is_whitespace) {
-                        return Err(FuseError::Options(format!(
-                            "fsname={name:?}: give a name without spaces"
-                        )));
-                    }
-                    parsed.fsname = Some(name.to_string());
+                    parsed.fsname = Some(shown_name("fsname", name, FSNAME_MAX_BYTES)?);
+                } else if let Some(name) = w.strip_prefix("subtype=") {
+                    parsed.subtype = Some(shown_name("subtype", name, SUBTYPE_MAX_BYTES)?);
                 } else if let Some(n) = w.strip_prefix("threads=") {
                     let n = n.parse::<usize>().map_err(|_| {
                         FuseError::Options(format!("threads={n}: give a number of threads"))
@@ -250,8 +259,8 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
                     }
                 } else {
                     return Err(FuseError::Options(format!(
-                        "unknown mount option {w:?}; known options: ro, rw, allow_other, direct_io, \
-                         writeback_cache, passthrough, noatime, relatime, strictatime, uring, no_uring, acl, noacl, fsname=NAME, \
+                        "unknown mount option {w:?}; known options: ro, rw, allow_other, no_allow_other, direct_io, \
+                         writeback_cache, passthrough, noatime, relatime, strictatime, uring, no_uring, acl, noacl, fsname=NAME, subtype=NAME, \
                          threads=N, attr_timeout=SECS, entry_timeout=SECS, negative_timeout=SECS, \
                          idle_poll=MICROS, {}",
                         ACCEPTED_WITHOUT_EFFECT.join(", ")
@@ -261,6 +270,39 @@ pub fn parse_mount_options(text: &str) -> Result<ParsedOptions, FuseError> {
         }
     }
     Ok(parsed)
+}
+
+/// The subtype of a mount unless `subtype=` says otherwise: the mount
+/// table shows `fuse.datenlord`.
+pub const SUBTYPE_DEFAULT: &str = "datenlord";
+/// Longest `fsname=` (a store URL fits; the kernel keeps the source of a
+/// mount in a page).
+pub const FSNAME_MAX_BYTES: usize = 1024;
+/// Longest `subtype=` (a file system type name).
+pub const SUBTYPE_MAX_BYTES: usize = 64;
+
+/// The value of `fsname=` or `subtype=`: shown in the mount table, so
+/// non-empty, at most `max_bytes`, and without whitespace (the mount table
+/// separates fields with it) or a comma (which would split the option
+/// string `fusermount3` is given). A subtype is also a type name: letters,
+/// digits, `.`, `_` and `-` only.
+fn shown_name(key: &str, value: &str, max_bytes: usize) -> Result<String, FuseError> {
+    let subtype_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let fits = !value.is_empty()
+        && value.len() <= max_bytes
+        && !value.contains(|c: char| c.is_whitespace() || c.is_control() || c == ',')
+        && (key != "subtype" || value.chars().all(subtype_char));
+    if fits {
+        Ok(value.to_string())
+    } else if key == "subtype" {
+        Err(FuseError::Options(format!(
+            "subtype={value:?}: give 1 to {max_bytes} letters, digits, '.', '_' or '-' (the mount table shows fuse.SUBTYPE)"
+        )))
+    } else {
+        Err(FuseError::Options(format!(
+            "{key}={value:?}: give a name of 1 to {max_bytes} bytes without spaces or commas"
+        )))
+    }
 }
 
 /// Longest cache timeout accepted (a day): the kernel keeps what a longer
@@ -290,7 +332,8 @@ mod tests {
         let parsed = parse_mount_options("ro,allow_other,direct_io,noatime,fsname=vol1,_netdev")
             .expect("parse");
         assert_eq!(parsed.read_only, Some(true));
-        assert!(parsed.allow_other && parsed.direct_io && !parsed.writeback_cache);
+        assert_eq!(parsed.allow_other, Some(true));
+        assert!(parsed.direct_io && !parsed.writeback_cache);
         assert_eq!(parsed.atime, Some(AtimePolicy::Noatime));
         assert_eq!(parsed.fsname.as_deref(), Some("vol1"));
         assert_eq!(parsed.extra, vec!["_netdev".to_string()]);
@@ -368,5 +411,50 @@ mod tests {
         assert!(!opts.acl, "unchanged when not named");
         parse_mount_options("acl").expect("acl").apply(&mut opts);
         assert!(opts.acl);
+    }
+
+    /// What `mount.fuse.datenlord` relies on: `fsname=` and `subtype=`
+    /// name the mount in the mount table, and `no_allow_other` undoes an
+    /// `allow_other` given earlier in the list.
+    #[test]
+    fn fsname_subtype_and_no_allow_other() {
+        let mut opts = MountOptions::new("/mnt");
+        assert_eq!(
+            (opts.fsname.as_str(), opts.subtype.as_str()),
+            ("datenlord", "datenlord")
+        );
+        parse_mount_options("fsname=s3://bucket/vol,subtype=datenlord.v2,allow_other")
+            .expect("names")
+            .apply(&mut opts);
+        assert_eq!(opts.fsname, "s3://bucket/vol");
+        assert_eq!(opts.subtype, "datenlord.v2");
+        assert!(opts.allow_other);
+        parse_mount_options("allow_other,no_allow_other")
+            .expect("the last one wins")
+            .apply(&mut opts);
+        assert!(!opts.allow_other);
+        parse_mount_options("rw").expect("rw").apply(&mut opts);
+        assert!(!opts.allow_other, "unchanged when not named");
+        let long = format!("fsname={}", "x".repeat(FSNAME_MAX_BYTES + 1));
+        let long_subtype = format!("subtype={}", "x".repeat(SUBTYPE_MAX_BYTES + 1));
+        for bad in [
+            "fsname=",
+            "fsname=a\tb",
+            long.as_str(),
+            "subtype=",
+            "subtype=a/b",
+            "subtype=fuse:x",
+            long_subtype.as_str(),
+        ] {
+            let err = parse_mount_options(bad).expect_err(bad).to_string();
+            assert!(err.contains("give"), "{bad}: {err}");
+        }
+        let err = parse_mount_options("nonsense")
+            .expect_err("unknown")
+            .to_string();
+        assert!(
+            err.contains("subtype=NAME") && err.contains("no_allow_other"),
+            "{err}"
+        );
     }
 }
