@@ -144,6 +144,40 @@ impl Cluster {
     }
 }
 
+/// What two nodes of a master group need: data directories, a store
+/// they share, listen addresses and certificates with their ids.
+struct TwoNodes {
+    masters: String,
+    a_dirs: NodeDirs,
+    b_dirs: NodeDirs,
+    store: String,
+    a_listen: String,
+    b_listen: String,
+    a_tls: Vec<String>,
+    b_tls: Vec<String>,
+}
+
+impl TwoNodes {
+    /// Once `group` has a leader; `ids` go into the certificates.
+    fn of(group: &Group, ids: (u64, u64)) -> Self {
+        wait_for("a leader", Duration::from_secs(20), || {
+            group.leader(&[1, 2, 3])
+        });
+        let a_dirs = NodeDirs::new();
+        let store = support::node::formatted_store(&a_dirs.root().join("shared-store"), "64K");
+        Self {
+            masters: group.addrs.join(","),
+            a_dirs,
+            b_dirs: NodeDirs::new(),
+            store,
+            a_listen: free_addr(),
+            b_listen: free_addr(),
+            a_tls: group.tls_args("node", Some(ids.0)),
+            b_tls: group.tls_args("node", Some(ids.1)),
+        }
+    }
+}
+
 fn bytes(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
         .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
@@ -153,17 +187,16 @@ fn bytes(len: usize, seed: u32) -> Vec<u8> {
 #[test]
 fn two_mounts_of_one_master_group_see_each_others_closed_files() {
     let group = Group::new(3);
-    wait_for("a leader", Duration::from_secs(20), || {
-        group.leader(&[1, 2, 3])
-    });
-    let masters = group.addrs.join(",");
-    let (a_dirs, b_dirs) = (NodeDirs::new(), NodeDirs::new());
-    let store = support::node::formatted_store(&a_dirs.root().join("shared-store"), "64K");
-    let (a_listen, b_listen) = (free_addr(), free_addr());
-    let (a_tls, b_tls) = (
-        group.tls_args("node", Some(11)),
-        group.tls_args("node", Some(12)),
-    );
+    let TwoNodes {
+        masters,
+        a_dirs,
+        b_dirs,
+        store,
+        a_listen,
+        b_listen,
+        a_tls,
+        b_tls,
+    } = TwoNodes::of(&group, (11, 12));
     let a = Mounted::start(
         &a_dirs,
         &node_args(&store, &masters, "11", &a_listen, &a_tls),
@@ -229,17 +262,16 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
 #[test]
 fn nodes_take_their_ids_from_their_certificates() {
     let group = Group::new(3);
-    wait_for("a leader", Duration::from_secs(20), || {
-        group.leader(&[1, 2, 3])
-    });
-    let masters = group.addrs.join(",");
-    let (a_dirs, b_dirs) = (NodeDirs::new(), NodeDirs::new());
-    let store = support::node::formatted_store(&a_dirs.root().join("shared-store"), "64K");
-    let (a_listen, b_listen) = (free_addr(), free_addr());
-    let (a_tls, b_tls) = (
-        group.tls_args("node", Some(21)),
-        group.tls_args("node", Some(22)),
-    );
+    let TwoNodes {
+        masters,
+        a_dirs,
+        b_dirs,
+        store,
+        a_listen,
+        b_listen,
+        a_tls,
+        b_tls,
+    } = TwoNodes::of(&group, (21, 22));
     let a = Mounted::start(
         &a_dirs,
         &node_args_in(&store, &masters, "cert", &a_listen, &a_tls),

@@ -286,10 +286,31 @@ impl MetaState {
 
         let charged = self.charge_of(ino);
         let mut out = Outcome::reply(Reply::Done);
+        self.unmap_range(ino, first, last, creds, now, &mut out)?;
+        let dropped = out.garbage.len() as u64 + self.cut_zeros(ino, first, last);
+        debug_assert!(self.blocks_used >= dropped);
+        self.blocks_used -= dropped;
+        self.recharge(ino, charged);
+        out.reply = Reply::Attr(self.attr_of(ino)?);
+        Ok(out)
+    }
+}
+
+impl MetaState {
+    /// The block map entries of `first..=last` of file `ino` leave it and
+    /// their versions become garbage in `out` (visiting only the entries
+    /// that exist); times move and setuid/setgid clear as on a write.
+    pub(crate) fn unmap_range(
+        &mut self,
+        ino: Ino,
+        first: u64,
+        last: u64,
+        creds: &Creds,
+        now: Timespec,
+        out: &mut Outcome,
+    ) -> Result<()> {
         let inode = self.inode_mut(ino)?;
         if let Body::File { blocks } = &mut inode.body {
-            // Only the entries that exist are visited: a punch over a huge
-            // sparse range costs what it removes.
             let removed: Vec<(u64, u64)> = blocks
                 .range(first..=last)
                 .map(|(&index, &version)| (index, version))
@@ -305,11 +326,6 @@ impl MetaState {
         }
         inode.touch_data(now);
         inode.mode = mode_after_write(inode.mode, creds);
-        let dropped = out.garbage.len() as u64 + self.cut_zeros(ino, first, last);
-        debug_assert!(self.blocks_used >= dropped);
-        self.blocks_used -= dropped;
-        self.recharge(ino, charged);
-        out.reply = Reply::Attr(self.attr_of(ino)?);
-        Ok(out)
+        Ok(())
     }
 }

@@ -20,7 +20,7 @@ use super::command::{Outcome, Reply};
 use super::error::MetaError;
 use super::inode::Body;
 use super::state::{MetaState, Result};
-use super::types::{BlockRef, Creds, Ino, Timespec};
+use super::types::{Creds, Ino, Timespec};
 
 /// One file's extents: first block -> last block (inclusive), disjoint
 /// and not adjacent.
@@ -40,16 +40,20 @@ impl Zeros {
             .is_some_and(|(_, &last)| last >= index)
     }
 
-    /// Blocks of `first..=last` in extents.
-    pub fn count_in(&self, first: u64, last: u64) -> u64 {
-        let mut count = 0;
-        let start = self
-            .ranges
+    /// Where extents that reach `first` or later start: the first of the
+    /// one holding `first`, or `first`.
+    fn scan_start(&self, first: u64) -> u64 {
+        self.ranges
             .range(..first)
             .next_back()
             .filter(|(_, &l)| l >= first)
-            .map_or(first, |(&f, _)| f);
-        for (&f, &l) in self.ranges.range(start..=last) {
+            .map_or(first, |(&f, _)| f)
+    }
+
+    /// Blocks of `first..=last` in extents.
+    pub fn count_in(&self, first: u64, last: u64) -> u64 {
+        let mut count = 0;
+        for (&f, &l) in self.ranges.range(self.scan_start(first)..=last) {
             count += l.min(last) - f.max(first) + 1;
         }
         count
@@ -57,15 +61,9 @@ impl Zeros {
 
     /// Takes `first..=last` out of the extents; the blocks removed.
     pub fn remove(&mut self, first: u64, last: u64) -> u64 {
-        let start = self
-            .ranges
-            .range(..first)
-            .next_back()
-            .filter(|(_, &l)| l >= first)
-            .map_or(first, |(&f, _)| f);
         let hit: Vec<(u64, u64)> = self
             .ranges
-            .range(start..=last)
+            .range(self.scan_start(first)..=last)
             .map(|(&f, &l)| (f, l))
             .collect();
         let mut removed = 0;
@@ -264,19 +262,7 @@ impl MetaState {
             }
         }
         if replace {
-            let inode = self.inode_mut(ino)?;
-            if let Body::File { blocks } = &mut inode.body {
-                for &(index, version) in &mapped {
-                    blocks.remove(&index);
-                    out.garbage.push(BlockRef {
-                        ino,
-                        index,
-                        version,
-                    });
-                }
-            }
-            inode.touch_data(now);
-            inode.mode = super::perm::mode_after_write(inode.mode, creds);
+            self.unmap_range(ino, first, last, creds, now, &mut out)?;
         }
         if self.zeros.get(&ino).is_some_and(|z| z.blocks == 0) {
             self.zeros.remove(&ino);
