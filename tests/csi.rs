@@ -675,16 +675,8 @@ fn node_publishes_real_bind_mounts_and_cleans_up_after_a_restart() {
         payload
     );
     // Another user (a pod's) writes too.
-    let out = Command::new("runuser")
-        .args(["-u", "nobody", "--", "sh", "-c"])
-        .arg(format!("echo pod > {}", rw.join("by-nobody").display()))
-        .output()
-        .expect("runuser");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, out) = as_nobody(&format!("echo pod > {}", rw.join("by-nobody").display()));
+    assert!(ok, "{out}");
     // The same target read-only: it is published otherwise.
     assert_eq!(
         code(c.call(node().node_publish_volume(publish_request("data", &staging, &rw, true)))),

@@ -27,7 +27,7 @@ fn block_index_max(block_size: u32) -> u64 {
 }
 
 /// Only regular files have a size to set or blocks (`EISDIR`, `EINVAL`).
-fn require_file(inode: &Inode) -> Result<()> {
+pub(crate) fn require_file(inode: &Inode) -> Result<()> {
     match inode.kind {
         FileKind::File => Ok(()),
         FileKind::Dir => Err(MetaError::IsDir),

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use super::attr::blocks_for;
+use super::attr::{blocks_for, require_file};
 use super::command::{Outcome, Reply};
 use super::error::MetaError;
 use super::inode::Body;
@@ -42,7 +42,7 @@ impl Zeros {
 
     /// Where extents that reach `first` or later start: the first of the
     /// one holding `first`, or `first`.
-    fn scan_start(&self, first: u64) -> u64 {
+    pub fn scan_start(&self, first: u64) -> u64 {
         self.ranges
             .range(..first)
             .next_back()
@@ -206,12 +206,11 @@ impl MetaState {
         let block_size = volume.block_size;
         let capacity_blocks = volume.capacity_bytes / u64::from(block_size);
         let inode = self.inode(ino)?;
+        require_file(inode)?;
         let Body::File { blocks } = &inode.body else {
-            return Err(if inode.kind == super::types::FileKind::Dir {
-                MetaError::IsDir
-            } else {
-                MetaError::Invalid("only regular files have blocks")
-            });
+            return Err(MetaError::Invalid(
+                "only regular files have a size and blocks",
+            ));
         };
         if first > last {
             return Err(MetaError::Invalid("an empty block range"));
@@ -221,7 +220,7 @@ impl MetaState {
             return Ok(Outcome::reply(Reply::Attr(self.attr_of(ino)?)));
         }
         let last = last.min(end - 1);
-        let mapped: Vec<(u64, u64)> = blocks.range(first..=last).map(|(&i, &v)| (i, v)).collect();
+        let mapped: Vec<u64> = blocks.range(first..=last).map(|(&i, _)| i).collect();
         let zeroed = self.zeros.get(&ino).map_or(0, |z| z.count_in(first, last));
         let allocated = mapped.len() as u64 + zeroed;
         let added = (last - first + 1) - allocated;
@@ -239,12 +238,11 @@ impl MetaState {
             // The holes between the mapped blocks and the extents.
             let mut at = first;
             let mut holes = Vec::new();
-            let mut taken = mapped.iter().map(|&(i, _)| (i, i)).collect::<Vec<_>>();
+            let mut taken = mapped.iter().map(|&i| (i, i)).collect::<Vec<_>>();
             taken.extend(
                 zeros
                     .ranges
-                    .range(..=last)
-                    .filter(|(_, &l)| l >= first)
+                    .range(zeros.scan_start(first)..=last)
                     .map(|(&f, &l)| (f, l)),
             );
             taken.sort_unstable();

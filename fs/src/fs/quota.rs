@@ -73,10 +73,18 @@ impl Fs {
             let mapped = self.versions(ino, first, last)?;
             fresh.retain(|index| !mapped.contains_key(index));
         }
-        let mut unmapped = st.unmapped.clone();
-        unmapped.extend(fresh.iter().copied());
+        // The set grows (a copy) only when the write adds blocks.
+        let grown = (!fresh.is_empty()).then(|| {
+            let mut unmapped = st.unmapped.clone();
+            unmapped.extend(fresh.iter().copied());
+            unmapped
+        });
         let before = shared.reserved.load(Ordering::Acquire);
-        let after = reservation(&unmapped, new_size, self.block_size);
+        let after = reservation(
+            grown.as_ref().unwrap_or(&st.unmapped),
+            new_size,
+            self.block_size,
+        );
         if after > before {
             // One reservation at a time: two writers never both take the
             // last room.
@@ -101,7 +109,9 @@ impl Fs {
             shared.quota_root.store(quota.root.0, Ordering::Release);
             shared.reserved.store(after, Ordering::Release);
         }
-        st.unmapped = unmapped;
+        if let Some(unmapped) = grown {
+            st.unmapped = unmapped;
+        }
         Ok(())
     }
 
