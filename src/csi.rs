@@ -116,32 +116,41 @@ fn config(args: &CsiArgs) -> anyhow::Result<datenlord_csi::Config> {
 /// Runs the plugin until SIGTERM or SIGINT.
 pub fn run(args: &CsiArgs) -> anyhow::Result<ExitCode> {
     let config = config(args)?;
-    // Blocked before any thread starts, so only the waiting thread takes them.
-    let signals = crate::block_stop_signals();
+    let stopped = stop_signal("the CSI plugin")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(CSI_WORKER_THREADS)
         .thread_name("csi")
         .enable_all()
         .build()
         .context("starting the CSI plugin's runtime")?;
+    let socket = config.socket.clone();
+    runtime
+        .block_on(datenlord_csi::serve(config, stopped))
+        .with_context(|| format!("CSI plugin on {}", socket.display()))?;
+    tracing::info!("CSI plugin stopped; the DatenLord mount stays");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes at SIGTERM or SIGINT (logged as stopping `what`). Call it
+/// before any other thread starts: the signals are blocked here, so only
+/// its waiting thread takes them.
+pub(crate) fn stop_signal(
+    what: &'static str,
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    let signals = crate::block_stop_signals();
     let (stop, stopped) = tokio::sync::oneshot::channel::<i32>();
     std::thread::Builder::new()
-        .name("csi-signals".into())
+        .name("stop-signals".into())
         .spawn(move || {
             let signal = crate::wait_for_stop_signal(&signals, None);
             let _ = stop.send(signal);
         })
         .context("starting the signal thread")?;
-    let socket = config.socket.clone();
-    runtime
-        .block_on(datenlord_csi::serve(config, async move {
-            if let Ok(signal) = stopped.await {
-                tracing::info!(signal, "stopping the CSI plugin");
-            }
-        }))
-        .with_context(|| format!("CSI plugin on {}", socket.display()))?;
-    tracing::info!("CSI plugin stopped; the DatenLord mount stays");
-    Ok(ExitCode::SUCCESS)
+    Ok(async move {
+        if let Ok(signal) = stopped.await {
+            tracing::info!(signal, "stopping {what}");
+        }
+    })
 }
 
 /// The gRPC runtime's threads (the file system work runs on tokio's

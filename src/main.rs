@@ -12,6 +12,7 @@ mod control;
 mod csi;
 mod daemon;
 mod device;
+mod extender;
 mod metrics;
 mod mount;
 mod neighbors;
@@ -65,6 +66,11 @@ enum Command {
     /// socket: volumes are directories of the node's DatenLord mount,
     /// which the plugin makes when it is not there. Stops on SIGTERM.
     Csi(Box<csi::CsiArgs>),
+    /// Serve kube-scheduler's extender API (POST /filter, /prioritize):
+    /// pods go to nodes that cache their DatenLord volumes, scored by the
+    /// bytes each caches (from the nodes' reports to the masters; the
+    /// pods' claims are read from the Kubernetes API). Stops on SIGTERM.
+    SchedulerExtender(Box<extender::ExtenderArgs>),
 }
 
 /// How a command talks to the cluster: the TLS directory, or plain TCP.
@@ -334,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Warmup(args) => warmup::run(&args),
         Command::Cache(CacheCommand::Inspect(args)) => cache::inspect(&args),
         Command::Csi(args) => csi::run(&args),
+        Command::SchedulerExtender(args) => extender::run(&args),
     }
 }
 
@@ -607,9 +614,11 @@ fn describe_health(entry: &datenlord_cluster::health::HealthEntry) -> String {
         h.cached_bytes as f64 * 100.0 / h.cache_capacity as f64
     };
     format!(
-        "health: {} of {} bytes cached ({fill:.0}%), journal {} blocks ({} bytes, oldest {} ms), disk errors {}, neighbor errors {}, load {:.2}; reported {:.1} s ago",
+        "health of {}: {} of {} bytes cached ({fill:.0}%, of {} volumes), journal {} blocks ({} bytes, oldest {} ms), disk errors {}, neighbor errors {}, load {:.2}; reported {:.1} s ago",
+        if entry.name.is_empty() { "?" } else { &entry.name },
         h.cached_bytes,
         h.cache_capacity,
+        h.volumes.len(),
         h.journal_blocks,
         h.journal_bytes,
         h.journal_oldest_ms,

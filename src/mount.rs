@@ -413,6 +413,7 @@ impl Metadata {
             writeback.clone(),
             Arc::clone(&neighbors.stats),
             cache_bytes,
+            node.local(),
         );
         Neighbors::start(
             node,

@@ -8,10 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use datenlord_cluster::health::{parse_loadavg, NodeHealth, HEALTH_INTERVAL_MS};
+use datenlord_cluster::health::{
+    largest_volumes, parse_loadavg, NodeHealth, VolumeCache, HEALTH_INTERVAL_MS, HEALTH_VOLUMES_MAX,
+};
 use datenlord_cluster::link::check_listen;
+use datenlord_cluster::meta::{Ino, MetaState};
 use datenlord_cluster::neighbor::{DataLink, Membership, NeighborServer, NeighborStats, View};
 use datenlord_cluster::node::Node;
+use datenlord_cluster::shared_state::SharedState;
 use datenlord_engine::store::WriteBack;
 use datenlord_engine::ShardStats;
 use tracing::{info, warn};
@@ -21,6 +25,14 @@ use crate::mount::Periodic;
 /// How often the registry in the local metadata copy is checked for a
 /// new epoch.
 const REGISTRY_POLL_MS: u64 = 250;
+/// A node counts what it caches of each volume (a walk of its whole cache
+/// index) at every health report while it holds up to this many blocks,
+/// and every `held / VOLUMES_WALK_BLOCKS` reports above (at most every
+/// [`VOLUMES_EVERY_REPORTS_MAX`]): the walk costs about the same per
+/// report whatever the cache's size.
+const VOLUMES_WALK_BLOCKS: u64 = 1 << 16;
+/// Longest gap, in reports, between two counts (30 s).
+const VOLUMES_EVERY_REPORTS_MAX: u64 = 15;
 
 /// What the engine's sources need before the engine starts.
 #[derive(Clone, Debug)]
@@ -51,23 +63,35 @@ pub(crate) struct Neighbors {
 }
 
 /// How a node tells how it is (Sklavin's report), when asked.
-pub(crate) type HealthProbe = Box<dyn Fn() -> NodeHealth + Send>;
+pub(crate) type HealthProbe = Box<dyn FnMut() -> NodeHealth + Send>;
 
 /// What a node reports: its engine's fill and NVMe errors, its write-back
-/// backlog, the machine's load, its failed neighbor requests.
+/// backlog, the machine's load, its failed neighbor requests, and what it
+/// caches of each volume (counted from its engine's index and the local
+/// metadata copy, see [`VOLUMES_WALK_BLOCKS`]).
 pub(crate) fn health_probe(
     engine: datenlord_engine::EngineHandle,
     writeback: WriteBack,
     stats: Arc<NeighborStats>,
     capacity: u64,
+    local: SharedState<MetaState>,
 ) -> HealthProbe {
+    let mut volumes = Vec::new();
+    let mut since_count = u64::MAX;
     Box::new(move || {
         let shards = futures::executor::block_on(engine.stats()).unwrap_or_default();
         let total = ShardStats::sum(&shards);
         let block = u64::from(engine.block_size().bytes());
+        let held = total.memory_blocks_held + total.disk_blocks_held;
+        let every = (held / VOLUMES_WALK_BLOCKS).clamp(1, VOLUMES_EVERY_REPORTS_MAX);
+        if since_count >= every {
+            volumes = cached_volumes(&engine, &local);
+            since_count = 0;
+        }
+        since_count = since_count.saturating_add(1);
         let backlog = writeback.backlog();
         NodeHealth {
-            cached_bytes: (total.memory_blocks_held + total.disk_blocks_held) * block,
+            cached_bytes: held * block,
             cache_capacity: capacity,
             disk_errors: total.disk_write_errors + total.checksum_failures,
             journal_blocks: backlog.entries,
@@ -80,8 +104,36 @@ pub(crate) fn health_probe(
                 .and_then(|text| parse_loadavg(&text))
                 .unwrap_or(0),
             neighbor_errors: stats.errors.load(Ordering::Relaxed),
+            volumes: volumes.clone(),
         }
     })
+}
+
+/// Bytes this node caches of each volume (directory quota project), the
+/// largest [`HEALTH_VOLUMES_MAX`]; blocks of files in no project count
+/// nowhere.
+fn cached_volumes(
+    engine: &datenlord_engine::EngineHandle,
+    local: &SharedState<MetaState>,
+) -> Vec<VolumeCache> {
+    let per_file = match futures::executor::block_on(engine.blocks_per_file()) {
+        Ok(per_file) => per_file,
+        Err(e) => {
+            warn!(%e, "could not count the cached blocks of each volume");
+            return Vec::new();
+        }
+    };
+    let block = u64::from(engine.block_size().bytes());
+    let mut per_root = std::collections::HashMap::<u64, u64>::new();
+    {
+        let state = local.read();
+        for (ino, blocks) in per_file {
+            if let Some(quota) = state.quota(Ino(ino.0)) {
+                *per_root.entry(quota.root.0).or_default() += blocks.saturating_mul(block);
+            }
+        }
+    }
+    largest_volumes(per_root, HEALTH_VOLUMES_MAX)
 }
 
 impl Neighbors {
@@ -96,7 +148,7 @@ impl Neighbors {
         listen: Option<&str>,
         insecure: bool,
         cache_bytes: u64,
-        probe: HealthProbe,
+        mut probe: HealthProbe,
     ) -> anyhow::Result<Self> {
         let host = node
             .addr()

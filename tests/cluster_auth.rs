@@ -647,6 +647,8 @@ fn a_node_reports_only_its_own_health_and_the_leader_keeps_the_last_report() {
     );
     let report = |id: u64, cached_bytes: u64| HealthReport {
         id,
+        // What a node says of its name counts for nothing with TLS.
+        name: "someone-else".into(),
         health: NodeHealth {
             cached_bytes,
             journal_blocks: 3,
@@ -674,5 +676,17 @@ fn a_node_reports_only_its_own_health_and_the_leader_keeps_the_last_report() {
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert_eq!((entries[0].id, entries[0].health.cached_bytes), (10, 2));
     assert_eq!(entries[0].health.journal_blocks, 3);
+    assert_eq!(entries[0].name, "node-10", "the certificate's name");
     assert!(entries[0].age_ms < 60_000);
+    // A report the leader will not keep: a clear refusal.
+    let mut oversized = report(10, 1);
+    oversized.health.volumes = vec![
+        datenlord_cluster::health::VolumeCache::default();
+        datenlord_cluster::health::HEALTH_VOLUMES_MAX + 1
+    ];
+    let err = as_node
+        .report_health(&oversized)
+        .expect_err("too many volumes")
+        .to_string();
+    assert!(err.contains("volumes"), "{err}");
 }

@@ -920,3 +920,237 @@ fn with_the_s3_server_cut_off_cached_blocks_are_read_everywhere_and_writes_drain
         node.unmount();
     }
 }
+
+/// A stand-in for the Kubernetes API server (plain HTTP on loopback): the
+/// claims and volumes it holds (path -> JSON), served only with `token`.
+fn kube_api(objects: Vec<(String, String)>, token: &'static str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request = String::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                request.push_str(&line);
+                line.clear();
+            }
+            let path = request.split_whitespace().nth(1).unwrap_or_default();
+            let authorized = request
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {token}")));
+            let (status, body) = match objects.iter().find(|(p, _)| p == path) {
+                _ if !authorized => ("401 Unauthorized", "{}".to_string()),
+                Some((_, json)) => ("200 OK", json.clone()),
+                None => (
+                    "404 Not Found",
+                    r#"{"kind":"Status","code":404}"#.to_string(),
+                ),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// POSTs `body` to the extender at `addr` + `path`: the answer's JSON.
+fn post_json(addr: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the extender");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let (head, json) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// `ExtenderArgs` for a pod in namespace `ml` mounting `claims`, with
+/// candidate node names.
+fn extender_args(claims: &[&str], nodes: &[&str]) -> String {
+    let volumes: Vec<serde_json::Value> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, c)| serde_json::json!({"name": format!("v{i}"), "persistentVolumeClaim": {"claimName": c}}))
+        .chain([serde_json::json!({"name": "config", "configMap": {"name": "c"}})])
+        .collect();
+    serde_json::json!({
+        "Pod": {"metadata": {"name": "job", "namespace": "ml"}, "spec": {"volumes": volumes}},
+        "NodeNames": nodes,
+    })
+    .to_string()
+}
+
+/// A CSI-style volume `name` (a quota root under /csi-volumes) with `mib`
+/// MiB written and read back on `node`, which so holds every block.
+fn volume_cached_on(node: &Mounted, name: &str, mib: usize) {
+    let dir = node.path().join("csi-volumes").join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir volume");
+    let ok = std::process::Command::new("setfattr")
+        .args(["-n", "trusted.datenlord.quota", "-v", "1073741824"])
+        .arg(&dir)
+        .status()
+        .expect("setfattr");
+    assert!(ok.success(), "a quota root");
+    let data = bytes(mib << 20, 9);
+    std::fs::write(dir.join("data"), &data).expect("write a volume's data");
+    assert!(std::fs::read(dir.join("data")).expect("read back") == data);
+}
+
+/// `datenlord scheduler-extender` for `c`'s masters (an admin
+/// certificate), over a stand-in Kubernetes API holding claims `data-a`,
+/// `data-b` (volumes `v-a`, `v-b`), `other` (another driver's) and
+/// `pending` (unbound) in namespace `ml`; its log in `dir`. The process
+/// and its address, once it listens.
+fn start_extender(c: &Cluster, dir: &std::path::Path) -> (std::process::Child, String) {
+    let token = dir.join("token");
+    std::fs::write(&token, "sekret\n").expect("token");
+    let pvc = |pv: &str| format!(r#"{{"spec":{{"volumeName":"{pv}"}}}}"#);
+    let pv = |driver: &str, handle: &str| {
+        format!(r#"{{"spec":{{"csi":{{"driver":"{driver}","volumeHandle":"{handle}"}}}}}}"#)
+    };
+    let claims = "/api/v1/namespaces/ml/persistentvolumeclaims";
+    let api = kube_api(
+        vec![
+            (format!("{claims}/data-a"), pvc("pv-a")),
+            (format!("{claims}/data-b"), pvc("pv-b")),
+            (format!("{claims}/other"), pvc("pv-ebs")),
+            (format!("{claims}/pending"), r#"{"spec":{}}"#.to_string()),
+            (
+                "/api/v1/persistentvolumes/pv-a".into(),
+                pv("csi.datenlord.io", "v-a"),
+            ),
+            (
+                "/api/v1/persistentvolumes/pv-b".into(),
+                pv("csi.datenlord.io", "v-b"),
+            ),
+            (
+                "/api/v1/persistentvolumes/pv-ebs".into(),
+                pv("ebs.csi.aws.com", "v-a"),
+            ),
+        ],
+        "sekret",
+    );
+    let listen = free_addr();
+    let log = std::fs::File::create(dir.join("extender.log")).expect("log");
+    let extender = std::process::Command::new(env!("CARGO_BIN_EXE_datenlord"))
+        .arg("scheduler-extender")
+        .args([
+            "--listen",
+            &listen,
+            "--masters",
+            &c.masters,
+            "--kube-api",
+            &api,
+        ])
+        .arg("--kube-token-file")
+        .arg(&token)
+        .args(c.group.tls_args("admin", None))
+        .stderr(log)
+        .spawn()
+        .expect("start the extender");
+    wait_for("the extender", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(&listen).is_ok().then_some(())
+    });
+    (extender, listen)
+}
+
+/// The scheduler extender, end to end: two nodes of a master group each
+/// cache one CSI-style volume (a quota root under /csi-volumes); the
+/// extender maps a pod's claims to volumes through a Kubernetes API and
+/// scores the node caching a volume's data highest, a pod of an unbound
+/// claim neutral; a node whose daemon stopped fails the filter.
+#[test]
+fn the_scheduler_extender_scores_nodes_by_the_bytes_of_a_pods_volumes_they_cache() {
+    let c = Cluster::with_nodes("127.0.0.1", 31, 2, |_, _| free_addr());
+    let a = Mounted::start(&c.dirs[0], &c.args(0, true));
+    let b = Mounted::start(&c.dirs[1], &c.args(1, true));
+    c.wait_registry(2);
+    for (name, node, mib) in [("v-a", &a, 3), ("v-b", &b, 1)] {
+        volume_cached_on(node, name, mib);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut extender, listen) = start_extender(&c, dir.path());
+    let extender_log =
+        || std::fs::read_to_string(dir.path().join("extender.log")).unwrap_or_default();
+
+    let nodes = ["node-31", "node-32", "worker-x"];
+    let scores = |claims: &[&str]| -> Vec<i64> {
+        let answer = post_json(&listen, "/prioritize", &extender_args(claims, &nodes));
+        nodes
+            .iter()
+            .map(|n| {
+                answer
+                    .as_array()
+                    .expect("a list")
+                    .iter()
+                    .find(|h| h["Host"] == *n)
+                    .and_then(|h| h["Score"].as_i64())
+                    .expect("a score for every candidate")
+            })
+            .collect()
+    };
+    // The nodes count what they cache at their next reports.
+    wait_for("the nodes' volume reports", Duration::from_secs(20), || {
+        let (a_first, b_first) = (scores(&["data-a"]), scores(&["data-b"]));
+        (a_first[0] == 10 && b_first[1] == 10).then_some(())
+    });
+    let (for_a, for_b) = (scores(&["data-a"]), scores(&["data-b"]));
+    assert!(
+        for_a[1] < 10 && for_a[2] == 0,
+        "{for_a:?}\n{}",
+        extender_log()
+    );
+    assert!(for_b[0] < 10 && for_b[2] == 0, "{for_b:?}");
+    // Both volumes: node-31 caches 3 MiB of 4, node-32 1 MiB: 31 leads.
+    let both = scores(&["data-a", "data-b"]);
+    assert!(both[0] == 10 && both[1] < 10, "{both:?}");
+    // Claims of another driver, unbound or unknown: neutral.
+    for claims in [&["other"][..], &["pending"], &["nope"], &[]] {
+        assert_eq!(scores(claims), [0, 0, 0], "{claims:?}");
+    }
+    let filter =
+        |claims: &[&str]| post_json(&listen, "/scheduler/filter", &extender_args(claims, &nodes));
+    let passed = filter(&["data-a"]);
+    assert_eq!(passed["NodeNames"], serde_json::json!(nodes), "{passed}");
+    assert_eq!(passed["FailedNodes"], serde_json::json!({}));
+
+    // Node B's daemon stops (it leaves the registry): pods with DatenLord
+    // volumes no longer go there; others still may.
+    b.unmount();
+    wait_for(
+        "the filter to drop node-32",
+        Duration::from_secs(20),
+        || {
+            let answer = filter(&["data-a"]);
+            (answer["NodeNames"] == serde_json::json!(["node-31", "worker-x"])).then_some(answer)
+        },
+    );
+    let answer = filter(&["data-a"]);
+    assert!(
+        answer["FailedNodes"]["node-32"]
+            .as_str()
+            .is_some_and(|why| why.contains("not live")),
+        "{answer}"
+    );
+    assert_eq!(filter(&["other"])["NodeNames"], serde_json::json!(nodes));
+
+    // The extender stops on SIGTERM.
+    let pid = i32::try_from(extender.id()).expect("pid");
+    // SAFETY: a plain kill of our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = extender.wait().expect("wait");
+    assert!(status.success(), "{status}\n{}", extender_log());
+    a.unmount();
+}

@@ -300,6 +300,10 @@ mod tests {
             let out = root.path().join(role.as_str());
             let identity = issue(&ca, &out, &request(role, id)).expect("issue");
             assert_eq!((identity.role, identity.id), (role, id));
+            assert_eq!(
+                identity.name, "host-1",
+                "the common name is the peer's name"
+            );
             let tls = crate::tls::Tls::load(&out).expect("load");
             assert_eq!(tls.identity(), &identity);
             for name in [KEY_FILE, CERT_FILE] {

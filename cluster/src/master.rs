@@ -737,7 +737,13 @@ fn health_op(
             report.id
         )));
     }
-    if book.record(report) {
+    report.check().map_err(HealthRefusal::Failed)?;
+    // A certified node goes by its certificate's name, whatever it says.
+    let name = match who {
+        Peer::Certified(me) => me.name.clone(),
+        Peer::Unverified => report.name.clone(),
+    };
+    if book.record(report, name) {
         Ok(Vec::new())
     } else {
         Err(HealthRefusal::Failed(

@@ -363,6 +363,7 @@ impl Node {
     pub fn report_health(&self, health: crate::health::NodeHealth) -> Result<(), NodeError> {
         let report = crate::health::HealthReport {
             id: self.id,
+            name: host_name(),
             health,
         };
         self.client
@@ -723,6 +724,20 @@ impl Drop for Rediscovery {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// This machine's host name (its UTS namespace's), the name a node goes
+/// by in its reports without a certificate; empty when unreadable.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| {
+            name.trim()
+                .chars()
+                .filter(char::is_ascii)
+                .take(crate::health::HEALTH_NAME_MAX_BYTES)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

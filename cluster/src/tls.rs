@@ -108,6 +108,9 @@ pub struct Identity {
     /// The certificate's serial number (lowercase hex, no separators), for
     /// logs and revocation.
     pub serial: String,
+    /// Its common name (`certs issue --name`: a node's is the host's or
+    /// Kubernetes node's name); empty when it has none.
+    pub name: String,
 }
 
 impl Identity {
@@ -173,9 +176,17 @@ impl Identity {
         }
         let (role, id) = Self::parse_uri(uri)
             .ok_or_else(|| TlsError::Identity(format!("{uri:?} is not a role and id")))?;
+        let name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .unwrap_or_default()
+            .to_string();
         Ok(Self {
             role,
             id,
+            name,
             serial: cert
                 .raw_serial()
                 .iter()
@@ -538,6 +549,7 @@ mod tests {
             role,
             id,
             serial: "01".into(),
+            name: "test".into(),
         })
     }
 

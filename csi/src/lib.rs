@@ -9,12 +9,14 @@
 //! staging path, read-only when asked (`node`). The deciding parts
 //! (names, capacity ranges, pagination, the mount table, request checks)
 //! are plain functions without IO; the services call them and do the file
-//! system work on blocking threads.
+//! system work on blocking threads. The data-locality scheduler
+//! extender (`extender`) lives here too.
 
 pub mod bind;
 pub mod capability;
 pub mod controller;
 pub mod error;
+pub mod extender;
 pub mod identity;
 pub mod inflight;
 pub mod mountinfo;

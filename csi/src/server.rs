@@ -75,11 +75,43 @@ fn clear_stale_socket(path: &Path) -> Result<()> {
     std::fs::remove_file(path).map_err(|e| serve_error(format!("removing the stale socket: {e}")))
 }
 
+/// A listener on `socket` that takes connections from the moment the path
+/// exists: `bind(2)` makes the file before `listen(2)` lets anyone in, so
+/// the socket is made under a private name, made to listen and given its
+/// mode, then renamed into place (a client, kubelet's registrar or a test,
+/// that sees the path never gets ECONNREFUSED).
+fn listen(socket: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let serve_error = |message: String| Error::Serve {
+        path: socket.to_path_buf(),
+        message,
+    };
+    let dir = socket.parent().unwrap_or_else(|| Path::new("/"));
+    let private = dir.join(format!(".csi-{}.sock", std::process::id()));
+    match std::fs::remove_file(&private) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(serve_error(format!("removing {}: {e}", private.display())));
+        }
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(&private)
+        .map_err(|e| serve_error(format!("binding {}: {e}", private.display())))?;
+    let placed = std::fs::set_permissions(&private, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .and_then(|()| std::fs::rename(&private, socket));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&private);
+        return Err(serve_error(format!(
+            "placing the socket (made as {}): {e}",
+            private.display()
+        )));
+    }
+    Ok(listener)
+}
+
 /// Serves the identity service and, as configured, the controller and
 /// node services on `config.socket` until `shutdown` completes; then
 /// removes the socket.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
     let namespace = Arc::new(Namespace::new(
         config.mountpoint.clone(),
         config.mount_command.clone(),
@@ -109,12 +141,7 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send) ->
         std::fs::create_dir_all(dir).map_err(Error::io(format!("creating {}", dir.display())))?;
     }
     clear_stale_socket(&config.socket)?;
-    let listener = tokio::net::UnixListener::bind(&config.socket).map_err(|e| Error::Serve {
-        path: config.socket.clone(),
-        message: e.to_string(),
-    })?;
-    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .map_err(Error::io(format!("chmod {}", config.socket.display())))?;
+    let listener = listen(&config.socket)?;
     let controller = config.controller.then(|| {
         ControllerServer::new(ControllerService::new(
             Arc::clone(&namespace),
@@ -227,5 +254,27 @@ mod tests {
         assert!(!path.exists());
         std::fs::write(&path, b"x").expect("a file");
         assert!(clear_stale_socket(&path).is_err(), "not a socket: kept");
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_listening_with_its_mode_and_nothing_else_is_left() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("csi.sock");
+        let listener = listen(&path).expect("listen");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, SOCKET_MODE);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("csi.sock")]);
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.expect("accept");
+        connected.expect("connect");
+        // A directory that is not there: a clear error, nothing made.
+        let err = listen(&dir.path().join("gone/csi.sock")).expect_err("no directory");
+        assert!(err.to_string().contains("binding"), "{err}");
     }
 }

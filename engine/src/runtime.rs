@@ -17,7 +17,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use tracing::{info, warn};
 
-use crate::block::{home_shard, BlockId, BlockSize, ShardId};
+use crate::block::{home_shard, BlockId, BlockSize, Ino, ShardId};
 use crate::config::{EngineConfig, Plan};
 use crate::disk_tier::DiskTier;
 use crate::error::{Error, Result};
@@ -208,6 +208,21 @@ impl EngineHandle {
             Response::Stats(all) => Ok(all),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// How many blocks of each file the engine caches, over all shards
+    /// (a block in both tiers counts once).
+    pub async fn blocks_per_file(&self) -> Result<std::collections::HashMap<Ino, u64>> {
+        let shards = self
+            .run_on_all(|ctx| async move { ctx.shard.blocks_per_file() })
+            .await?;
+        let mut total = std::collections::HashMap::new();
+        for shard in shards {
+            for (ino, blocks) in shard {
+                *total.entry(ino).or_insert(0) += blocks;
+            }
+        }
+        Ok(total)
     }
 
     /// Checks every shard's cached blocks against the source, dropping

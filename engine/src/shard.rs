@@ -256,6 +256,23 @@ impl Shard {
         }
     }
 
+    /// How many blocks of each file this shard's tiers hold (a block in
+    /// both tiers counts once). Walks the whole index: for reports every
+    /// few seconds, not for the data path.
+    pub fn blocks_per_file(&self) -> std::collections::HashMap<crate::block::Ino, u64> {
+        let in_memory: HashSet<BlockId> = self.memory.borrow().ids().into_iter().collect();
+        let mut per_file = std::collections::HashMap::new();
+        let on_disk = self.disk.as_ref().map(DiskTier::ids).unwrap_or_default();
+        for id in in_memory
+            .iter()
+            .copied()
+            .chain(on_disk.into_iter().filter(|id| !in_memory.contains(id)))
+        {
+            *per_file.entry(id.ino).or_insert(0) += 1;
+        }
+        per_file
+    }
+
     /// A copy of this shard's counters.
     pub fn stats(&self) -> ShardStats {
         let mut stats = *self.stats.borrow();

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 
 use datenlord_engine::layout::{Layout, SlotHeader};
 use datenlord_engine::{
-    BlockId, BlockSize, DiskConfig, Engine, EngineConfig, EngineHandle, MemoryStore, Request,
+    BlockId, BlockSize, DiskConfig, Engine, EngineConfig, EngineHandle, Ino, MemoryStore, Request,
     Response, ShardId, ShardStats, VerifyReport,
 };
 use futures::executor::block_on;
@@ -239,6 +239,13 @@ fn memory_evictions_demote_to_nvme_and_hits_come_back() {
         "every block served by memory or NVMe: {s:?}"
     );
     assert!(s.disk_hits >= 20, "{s:?}");
+    // Every block is held once or in both tiers; each counts once.
+    let per_file = block_on(handle.blocks_per_file()).expect("per file");
+    assert_eq!(
+        per_file.into_iter().collect::<Vec<_>>(),
+        [(Ino(6), 24)],
+        "{s:?}"
+    );
     engine.shutdown().expect("shutdown");
 }
 
