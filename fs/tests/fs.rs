@@ -824,14 +824,16 @@ fn copy_range_copies_data_between_files() {
 #[test]
 fn the_session_lease_is_renewed_and_locks_belong_to_the_session() {
     let env = Env::with_config(FsConfig {
-        session_lease: std::time::Duration::from_millis(300),
+        // Short enough that the test outlives it three times, long enough
+        // that a renewal a loaded 2-core machine delays stays in time.
+        session_lease: std::time::Duration::from_millis(1000),
         ..FsConfig::default()
     });
     let fs = env.fs();
     let (ino, fh) = create(fs, "locked", libc::O_RDWR);
     block_on(fs.setlk(ino, 1, LockRange::new(0, 99), Some(LockKind::Write))).expect("lock");
     // Well past the lease: the renewals keep the session and its lock.
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    std::thread::sleep(std::time::Duration::from_secs(3));
     let conflict = fs
         .getlk(ino, 2, LockRange::new(50, 60), LockKind::Read)
         .expect("getlk")
