@@ -13,6 +13,7 @@ mod csi;
 mod daemon;
 mod device;
 mod extender;
+mod gateway;
 mod metrics;
 mod mount;
 mod neighbors;

@@ -132,6 +132,12 @@ pub struct MountArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9100).
     #[arg(long = "metrics-addr")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also serve the namespace over the S3 API on this address (buckets:
+    /// the top-level directories), through this mount's cache. Access key:
+    /// DATENLORD_S3_ACCESS_KEY and DATENLORD_S3_SECRET_KEY (requests act
+    /// as DATENLORD_S3_IDS=UID:GID, default 0:0).
+    #[arg(long = "s3-listen", value_name = "HOST:PORT")]
+    pub s3_listen: Option<String>,
     /// Seconds between metadata backups to the store (also made at unmount).
     #[arg(long = "backup-interval", value_name = "SECONDS", default_value_t = META_BACKUP_INTERVAL_DEFAULT_S)]
     pub backup_interval_s: u64,
@@ -1104,7 +1110,9 @@ fn serve(
     if opts.threads == 0 {
         opts.threads = engine.handle().shards();
     }
+    let s3_users = crate::gateway::users(args.s3_listen.as_deref())?;
     let mount = datenlord_fuse::mount(Arc::clone(&fs), &opts)?;
+    let s3 = crate::gateway::S3Gateway::start(args.s3_listen.as_deref(), s3_users, &fs, &mount)?;
     let metrics = match args.metrics_addr {
         Some(addr) => Some(crate::metrics::Endpoint::start(
             addr,
@@ -1145,6 +1153,7 @@ fn serve(
     stop_on_signal(signals, Arc::clone(&fs), mountpoint, security)?;
 
     let served = mount.wait();
+    s3.into_iter().for_each(crate::gateway::S3Gateway::stop);
     control.stop();
     drop(metrics);
     backup.into_iter().for_each(Periodic::stop);

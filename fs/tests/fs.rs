@@ -826,7 +826,7 @@ fn the_session_lease_is_renewed_and_locks_belong_to_the_session() {
     let env = Env::with_config(FsConfig {
         // Short enough that the test outlives it three times, long enough
         // that a renewal a loaded 2-core machine delays stays in time.
-        session_lease: std::time::Duration::from_millis(1000),
+        session_lease: std::time::Duration::from_secs(1),
         ..FsConfig::default()
     });
     let fs = env.fs();

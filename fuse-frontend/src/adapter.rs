@@ -80,6 +80,8 @@ const ACL_XATTR_PREFIX: &[u8] = b"system.posix_acl_";
 
 /// `FUSE_NOTIFY_INVAL_INODE`, the `error` of a notification's out header.
 const NOTIFY_INVAL_INODE: i32 = 2;
+/// `FUSE_NOTIFY_INVAL_ENTRY`.
+const NOTIFY_INVAL_ENTRY: i32 = 3;
 
 /// What the kernel keeps of an inode that the file system may change
 /// without the kernel's asking: the mode (set-user-ID/set-group-ID cleared
@@ -1047,15 +1049,65 @@ fn writes(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
 
+/// Tells the kernel of a mount that names and files changed behind it:
+/// another front end of the same file system in this process (the S3
+/// gateway) changed them, and the kernel would keep its entries and
+/// attributes for as long as the mount's timeouts (a day on an embedded
+/// mount).
+#[derive(Debug)]
+pub struct Notifier(std::fs::File);
+
+impl Notifier {
+    pub(crate) fn new(device: std::fs::File) -> Self {
+        Self(device)
+    }
+
+    /// Drops the kernel's entry of `name` in directory `parent` (a
+    /// negative one too).
+    pub fn forget_entry(&self, parent: u64, name: &[u8]) {
+        // fuse_out_header {len, error, unique 0}, then
+        // fuse_notify_inval_entry_out {parent, namelen, flags 0}, the name
+        // and a NUL.
+        let Ok(namelen) = u32::try_from(name.len()) else {
+            return;
+        };
+        let len = 32 + name.len() + 1;
+        let Ok(len32) = u32::try_from(len) else {
+            return;
+        };
+        let mut message = vec![0u8; len];
+        message[0..4].copy_from_slice(&len32.to_le_bytes());
+        message[4..8].copy_from_slice(&NOTIFY_INVAL_ENTRY.to_le_bytes());
+        message[16..24].copy_from_slice(&parent.to_le_bytes());
+        message[24..28].copy_from_slice(&namelen.to_le_bytes());
+        message[32..32 + name.len()].copy_from_slice(name);
+        if let Err(e) = std::io::Write::write_all(&mut &self.0, &message) {
+            // ENOENT: the kernel has no such entry; nothing to drop.
+            debug!(parent, error = %e, "FUSE_NOTIFY_INVAL_ENTRY");
+        }
+    }
+
+    /// Drops the kernel's attributes and cached pages of `ino`.
+    pub fn forget_inode(&self, ino: u64) {
+        invalidate_inode(&self.0, ino, 0);
+    }
+}
+
 /// Tells the kernel to drop its attributes of `ino` (not its page cache).
 fn invalidate_attributes(device: &std::fs::File, ino: u64) {
+    invalidate_inode(device, ino, -1);
+}
+
+/// `FUSE_NOTIFY_INVAL_INODE` of `ino`: its attributes, and its cached
+/// pages from `offset` on unless `offset` is negative.
+fn invalidate_inode(device: &std::fs::File, ino: u64, offset: i64) {
     // fuse_out_header {len, error, unique 0}, then
-    // fuse_notify_inval_inode_out {ino, off -1 (attributes only), len 0}.
+    // fuse_notify_inval_inode_out {ino, off, len 0 (to the end)}.
     let mut message = [0u8; 40];
     message[0..4].copy_from_slice(&40u32.to_le_bytes());
     message[4..8].copy_from_slice(&NOTIFY_INVAL_INODE.to_le_bytes());
     message[16..24].copy_from_slice(&ino.to_le_bytes());
-    message[24..32].copy_from_slice(&(-1i64).to_le_bytes());
+    message[24..32].copy_from_slice(&offset.to_le_bytes());
     if let Err(e) = std::io::Write::write_all(&mut &*device, &message) {
         // ENOENT: the kernel no longer has the inode; nothing to drop.
         debug!(ino, error = %e, "FUSE_NOTIFY_INVAL_INODE");

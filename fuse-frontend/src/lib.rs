@@ -32,7 +32,7 @@ mod stats;
 mod uring;
 mod uring_abi;
 
-pub use adapter::{AdapterOptions, FuseFs, TTL_DEFAULT, TTL_SOLE_WRITER};
+pub use adapter::{AdapterOptions, FuseFs, Notifier, TTL_DEFAULT, TTL_SOLE_WRITER};
 pub use error::FuseError;
 pub use lock_wait::LOCK_WAITERS_MAX;
 pub use mount::{check_mountpoint, is_mountpoint, mount, Mount, THREADS_MAX};

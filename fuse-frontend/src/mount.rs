@@ -552,6 +552,20 @@ impl Mount {
         self.stats.clone()
     }
 
+    /// A notifier of this mount's kernel caches (for other front ends of
+    /// the same file system in this process); `None` when /dev/fuse
+    /// cannot be shared.
+    pub fn notifier(&self) -> Option<crate::adapter::Notifier> {
+        let device = self.session.as_ref()?.get_fuse_file()?.try_clone();
+        match device {
+            Ok(device) => Some(crate::adapter::Notifier::new(device)),
+            Err(e) => {
+                warn!(error = %e, "cannot share /dev/fuse for notifications");
+                None
+            }
+        }
+    }
+
     /// The file system behind the mount.
     pub fn fs(&self) -> &Arc<Fs> {
         &self.fs

@@ -1,0 +1,108 @@
+//! DatenLord's S3 gateway: the namespace over the S3 API (protocol, XML
+//! and SigV4 from `s3s`), served through `fs`, so through the node's cache,
+//! beside or without a FUSE mount of the same file system.
+//!
+//! Buckets are the top-level directories of the volume and keys are paths
+//! below them (`key`): an object is a file, a file is an object. A PUT
+//! streams its body into a hidden temporary file next to the key, step by
+//! step (never whole in memory), makes it durable (fsync), records its MD5
+//! as its ETag in an extended attribute, and renames it onto the key, so
+//! readers see the old object or the new one whole; the answer comes only
+//! then. A GET streams the file (ranges too) with a bounded read-ahead.
+//! Listings walk the directories in key order (`list`). Permissions are the
+//! file system's, checked by fs with the uid/gid the access key acts as
+//! (`users`). When a FUSE mount of the same file system runs in the
+//! process, its kernel caches are told of every name the gateway changes
+//! ([`gateway::KernelCaches`]).
+
+pub mod gateway;
+pub mod key;
+pub mod list;
+pub mod users;
+
+use std::future::Future;
+
+pub use gateway::{Gateway, KernelCaches};
+pub use users::Users;
+
+/// How long connections in flight get after the stop.
+const STOP_GRACE_S: u64 = 10;
+
+/// Serves `gateway` on `listener` (HTTP/1.1, path-style requests, SigV4)
+/// until `stop` completes; then gives requests in flight a grace period.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Gateway,
+    stop: impl Future<Output = ()> + Send,
+) {
+    let mut builder = s3s::service::S3ServiceBuilder::new(gateway.clone());
+    builder.set_auth(UsersAuth(gateway.users()));
+    let s3 = builder.build();
+    let service =
+        hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            let close = continues_without_body(request.headers());
+            let s3 = s3.clone();
+            async move {
+                let mut response = hyper::service::Service::call(&s3, request).await?;
+                if close {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok::<_, s3s::HttpError>(response)
+            }
+        });
+    let server = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    tracing::warn!(%e, "the S3 gateway could not accept a connection");
+                    continue;
+                }
+            },
+            () = stop.as_mut() => break,
+        };
+        let connection =
+            server.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone());
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(std::time::Duration::from_secs(STOP_GRACE_S)) => {
+            tracing::warn!("S3 requests still in flight {STOP_GRACE_S} s after the stop: stopping anyway");
+        }
+    }
+}
+
+/// Whether a request asks for `100 Continue` with an empty body. No
+/// `100 Continue` is sent for an empty body (there is nothing to wait
+/// for), and botocore then mishandles the connection's next request (it
+/// waits for its read timeout); such a connection is closed after the
+/// answer instead.
+fn continues_without_body(headers: &http::HeaderMap) -> bool {
+    let expects = headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let empty = headers
+        .get(http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    expects && empty
+}
+
+/// The users as s3s's authentication.
+struct UsersAuth(std::sync::Arc<Users>);
+
+#[async_trait::async_trait]
+impl s3s::auth::S3Auth for UsersAuth {
+    async fn get_secret_key(&self, access_key: &str) -> s3s::S3Result<s3s::auth::SecretKey> {
+        self.0.get_secret_key(access_key).await
+    }
+}

@@ -1,0 +1,142 @@
+"""The S3 gateway through boto3 (a real S3 client), run by tests/s3_gateway.rs:
+python3 gateway.py ENDPOINT MOUNTPOINT ACCESS_KEY SECRET_KEY
+
+Every step says what it checks; the first failure ends the run with a
+traceback and exit status 1."""
+
+import hashlib
+import os
+import sys
+import urllib.request
+
+import boto3
+import botocore
+from botocore.config import Config
+
+endpoint, mount, access, secret = sys.argv[1:5]
+
+
+def client(secret_key):
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+    )
+
+
+s3 = client(secret)
+
+
+def code(call):
+    """The S3 error code of a call that must fail."""
+    try:
+        call()
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+    raise AssertionError("the call succeeded")
+
+
+def on_mount(*parts):
+    return os.path.join(mount, *parts)
+
+
+# Buckets are the volume's top-level directories.
+s3.create_bucket(Bucket="data")
+assert os.path.isdir(on_mount("data")), "a bucket is a directory on the mount"
+assert code(lambda: s3.create_bucket(Bucket="data")) == "BucketAlreadyOwnedByYou"
+assert "data" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+s3.head_bucket(Bucket="data")
+assert code(lambda: s3.head_bucket(Bucket="nope")) in ("404", "NoSuchBucket")
+
+# A PUT (3 MiB and a bit: several blocks) is a file on the mount.
+body = os.urandom(3 * 2**20 + 123)
+put = s3.put_object(Bucket="data", Key="dir/sub/obj", Body=body)
+assert put["ETag"].strip('"') == hashlib.md5(body).hexdigest(), put["ETag"]
+with open(on_mount("data", "dir", "sub", "obj"), "rb") as f:
+    assert f.read() == body, "the mount reads what S3 wrote"
+got = s3.get_object(Bucket="data", Key="dir/sub/obj")
+assert got["Body"].read() == body
+assert got["ETag"] == put["ETag"]
+head = s3.head_object(Bucket="data", Key="dir/sub/obj")
+assert head["ContentLength"] == len(body) and head["ETag"] == put["ETag"]
+
+# Ranges, across a block edge and from the end.
+edge = 2**20
+got = s3.get_object(Bucket="data", Key="dir/sub/obj", Range=f"bytes={edge - 6}-{edge + 9}")
+assert got["Body"].read() == body[edge - 6 : edge + 10]
+assert got["ContentRange"] == f"bytes {edge - 6}-{edge + 9}/{len(body)}", got["ContentRange"]
+got = s3.get_object(Bucket="data", Key="dir/sub/obj", Range="bytes=-100")
+assert got["Body"].read() == body[-100:]
+assert code(lambda: s3.get_object(Bucket="data", Key="dir/sub/obj", Range=f"bytes={len(body)}-")) == "InvalidRange"
+
+# A file written on the mount is an object; an overwrite through S3 shows
+# on the mount at once (the kernel keeps an embedded mount's names and
+# attributes for a day unless told).
+with open(on_mount("data", "local.txt"), "wb") as f:
+    f.write(b"from the mount")
+assert s3.get_object(Bucket="data", Key="local.txt")["Body"].read() == b"from the mount"
+assert os.stat(on_mount("data", "local.txt")).st_size == 14
+s3.put_object(Bucket="data", Key="local.txt", Body=b"replaced through S3, and longer")
+with open(on_mount("data", "local.txt"), "rb") as f:
+    assert f.read() == b"replaced through S3, and longer", "the mount sees the new object"
+assert os.stat(on_mount("data", "local.txt")).st_size == 31
+assert not [n for n in os.listdir(on_mount("data")) if n.startswith(".datenlord-s3-")], "no temporary left"
+
+# Listings: in key order, paged, with delimiters.
+keys = [f"many/k{i:03}" for i in range(25)]
+for key in reversed(keys):
+    s3.put_object(Bucket="data", Key=key, Body=key.encode())
+pages = list(
+    s3.get_paginator("list_objects_v2").paginate(Bucket="data", Prefix="many/", PaginationConfig={"PageSize": 7})
+)
+listed = [o["Key"] for p in pages for o in p.get("Contents", [])]
+assert listed == keys, listed
+assert len(pages) == 4, len(pages)
+top = s3.list_objects_v2(Bucket="data", Delimiter="/")
+assert [p["Prefix"] for p in top["CommonPrefixes"]] == ["dir/", "many/"], top
+assert [o["Key"] for o in top["Contents"]] == ["local.txt"], top
+assert top["KeyCount"] == 3
+first = s3.list_objects(Bucket="data", Prefix="many/", MaxKeys=10)
+assert first["IsTruncated"] and len(first["Contents"]) == 10
+rest = s3.list_objects(Bucket="data", Prefix="many/", Marker=first["Contents"][-1]["Key"])
+assert [o["Key"] for o in first["Contents"] + rest["Contents"]] == keys
+after = s3.list_objects_v2(Bucket="data", StartAfter="many/k020")
+assert [o["Key"] for o in after["Contents"]] == keys[21:]
+
+# Errors S3 clients expect.
+assert code(lambda: s3.get_object(Bucket="data", Key="missing")) == "NoSuchKey"
+assert code(lambda: s3.get_object(Bucket="nope", Key="x")) == "NoSuchBucket"
+assert code(lambda: s3.get_object(Bucket="data", Key="dir")) == "NoSuchKey", "a folder is no object"
+assert code(lambda: s3.delete_bucket(Bucket="data")) == "BucketNotEmpty"
+assert code(lambda: s3.put_object(Bucket="data", Key="folder/", Body=b"")) == "InvalidArgument"
+assert code(lambda: s3.put_object(Bucket="data", Key="a/../b", Body=b"")) == "InvalidArgument"
+assert code(lambda: s3.put_object(Bucket="data", Key="local.txt/inner", Body=b"")) == "InvalidArgument"
+assert code(lambda: s3.put_object(Bucket="data", Key="dir", Body=b"")) == "InvalidArgument"
+assert code(lambda: s3.put_object(Bucket="data", Key="md5", Body=b"abc", ContentMD5="AAAAAAAAAAAAAAAAAAAAAA==")) == "BadDigest"
+assert not os.path.exists(on_mount("data", "md5")), "a refused PUT leaves nothing"
+assert code(lambda: client("wrong").list_buckets()) == "SignatureDoesNotMatch"
+
+# A presigned GET works without credentials; a tampered one does not.
+url = s3.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": "local.txt"}, ExpiresIn=60)
+assert urllib.request.urlopen(url).read() == b"replaced through S3, and longer"
+try:
+    urllib.request.urlopen(url.replace("local.txt", "many/k000"))
+    raise AssertionError("a presigned URL opened another key")
+except urllib.error.HTTPError as e:
+    assert e.code == 403, e.code
+
+# Deletes: folders emptied by them go too; a missing key is no error.
+result = s3.delete_objects(Bucket="data", Delete={"Objects": [{"Key": k} for k in keys]})
+assert len(result["Deleted"]) == 25 and not result.get("Errors"), result
+assert not os.path.exists(on_mount("data", "many")), "the emptied folder is gone"
+s3.delete_object(Bucket="data", Key="dir/sub/obj")
+assert not os.path.exists(on_mount("data", "dir")), "emptied folders up to the bucket are gone"
+s3.delete_object(Bucket="data", Key="missing")
+s3.delete_object(Bucket="data", Key="local.txt")
+assert not os.path.exists(on_mount("data", "local.txt")), "the mount forgets a deleted object"
+s3.delete_bucket(Bucket="data")
+assert not os.path.exists(on_mount("data")), "a deleted bucket is gone from the mount"
+print("gateway: ok")
