@@ -43,6 +43,49 @@ fn boto3_reads_and_writes_the_namespace_through_the_gateway() {
     mount.unmount();
 }
 
+/// Requests act as the access key's uid/gid: fs checks the permissions.
+#[test]
+fn the_gateway_checks_permissions_as_the_keys_user() {
+    let dirs = NodeDirs::new();
+    let addr = free_addr();
+    let mount = Mounted::start_env(
+        &dirs,
+        &["--s3-listen", &addr],
+        &[
+            ("DATENLORD_S3_ACCESS_KEY", ACCESS),
+            ("DATENLORD_S3_SECRET_KEY", SECRET),
+            ("DATENLORD_S3_IDS", "65534:65534"),
+        ],
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    std::fs::create_dir(mount.path().join("closed")).expect("mkdir closed");
+    mode(&mount.path().join("closed"), 0o755);
+    std::fs::create_dir(mount.path().join("open")).expect("mkdir open");
+    mode(&mount.path().join("open"), 0o777);
+    std::fs::write(mount.path().join("open/secret"), b"root only").expect("write secret");
+    mode(&mount.path().join("open/secret"), 0o600);
+    mode(mount.path(), 0o755);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/permissions.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(format!("http://{addr}"))
+        .arg(mount.path())
+        .args([ACCESS, SECRET])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        mount.log()
+    );
+    mount.unmount();
+}
+
 #[test]
 fn the_gateway_needs_an_access_key() {
     let dirs = NodeDirs::new();
