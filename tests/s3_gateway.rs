@@ -7,6 +7,8 @@
 
 mod support;
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use support::masters::free_addr;
 use support::node::{Mounted, NodeDirs};
 
@@ -57,7 +59,6 @@ fn the_gateway_checks_permissions_as_the_keys_user() {
             ("DATENLORD_S3_IDS", "65534:65534"),
         ],
     );
-    use std::os::unix::fs::PermissionsExt as _;
     let mode = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     };

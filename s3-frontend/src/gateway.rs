@@ -10,18 +10,25 @@ use datenlord_fs::{
 use futures::StreamExt as _;
 use md5::Digest as _;
 use s3s::dto::{
-    Bucket, CommonPrefix, CreateBucketInput, CreateBucketOutput, DeleteBucketInput,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CreateBucketInput,
+    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
     DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput,
     DeleteObjectsOutput, DeletedObject, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput,
     HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
-    ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, Object,
-    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+    ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
+    ListPartsOutput, Object, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+    UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::key::{segments, TEMP_PREFIX};
+
+mod multipart;
+
 use crate::list::{list, Entry, Item, Query, Tree};
 use crate::users::Users;
+pub use multipart::{PART_MIN_BYTES, PART_NUMBER_MAX};
 
 /// Bytes read or written per step of a GET or a PUT (and the depth of a
 /// GET's read-ahead, in steps): a GET holds at most a few of them.
@@ -113,6 +120,25 @@ fn recorded_etag(value: &[u8], size: u64, mtime: (i64, u32)) -> Option<String> {
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     (rec_size.parse() == Ok(size) && secs.parse() == Ok(mtime.0) && nanos.parse() == Ok(mtime.1))
         .then(|| etag.to_string())
+}
+
+/// A file's ETag (the recorded one while it describes the file, else one
+/// derived from its inode, size and mtime: written otherwise than by a
+/// PUT) and its modification time.
+fn etag_and_time(attr: &datenlord_fs::Attr, recorded: Option<&[u8]>) -> (String, Timestamp) {
+    let mtime = (attr.mtime.sec, attr.mtime.nsec);
+    let etag = recorded
+        .and_then(|value| recorded_etag(value, attr.size, mtime))
+        .unwrap_or_else(|| format!("{:x}{:x}{:x}{:x}", attr.ino.0, attr.size, mtime.0, mtime.1));
+    (etag, timestamp(mtime))
+}
+
+/// The time `mtime` (seconds, nanoseconds since the epoch) as S3 shows it.
+fn timestamp(mtime: (i64, u32)) -> Timestamp {
+    Timestamp::from(
+        std::time::UNIX_EPOCH
+            + std::time::Duration::new(u64::try_from(mtime.0).unwrap_or(0), mtime.1),
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -221,19 +247,11 @@ impl Gateway {
         if attr.kind != FileKind::File {
             return Err(no_such_key());
         }
-        let mtime = (attr.mtime.sec, attr.mtime.nsec);
-        let etag = recorded
-            .and_then(|value| recorded_etag(&value, attr.size, mtime))
-            .unwrap_or_else(|| {
-                // Written otherwise than by a PUT: an ETag of its version.
-                format!("{:x}{:x}{:x}{:x}", attr.ino.0, attr.size, mtime.0, mtime.1)
-            });
-        let modified = std::time::UNIX_EPOCH
-            + std::time::Duration::new(u64::try_from(mtime.0).unwrap_or(0), mtime.1);
+        let (etag, modified) = etag_and_time(&attr, recorded.as_deref());
         Ok(ObjectInfo {
             ino: attr.ino,
             size: attr.size,
-            modified: Timestamp::from(modified),
+            modified,
             etag,
         })
     }
@@ -412,22 +430,12 @@ impl Gateway {
                             continue;
                         };
                         let recorded = fs.getxattr(attr.ino, ETAG_XATTR, &creds2).ok();
-                        let mtime = (attr.mtime.sec, attr.mtime.nsec);
-                        let etag = recorded
-                            .and_then(|v| recorded_etag(&v, attr.size, mtime))
-                            .unwrap_or_else(|| {
-                                format!("{:x}{:x}{:x}{:x}", attr.ino.0, attr.size, mtime.0, mtime.1)
-                            });
-                        let modified = std::time::UNIX_EPOCH
-                            + std::time::Duration::new(
-                                u64::try_from(mtime.0).unwrap_or(0),
-                                mtime.1,
-                            );
+                        let (etag, modified) = etag_and_time(&attr, recorded.as_deref());
                         objects.push(Object {
                             key: Some(key.clone()),
                             size: Some(i64::try_from(attr.size).unwrap_or(i64::MAX)),
                             e_tag: Some(ETag::Strong(etag)),
-                            last_modified: Some(Timestamp::from(modified)),
+                            last_modified: Some(modified),
                             ..Object::default()
                         });
                     }
@@ -447,6 +455,26 @@ impl Gateway {
             libc::ENOENT => error(S3ErrorCode::NoSuchBucket, format!("no bucket {bucket}")),
             _ => fs_error(&e, "listing the bucket"),
         })
+    }
+}
+
+/// Whether a body whose MD5 is `md5` matches the request's Content-MD5.
+fn check_md5(expected: Option<&str>, md5: &[u8; 16]) -> S3Result<()> {
+    use base64::Engine as _;
+    match expected {
+        Some(expected)
+            if base64::engine::general_purpose::STANDARD
+                .decode(expected)
+                .ok()
+                .as_deref()
+                != Some(&md5[..]) =>
+        {
+            Err(error(
+                S3ErrorCode::BadDigest,
+                "the body's MD5 is not Content-MD5",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -502,15 +530,10 @@ impl s3s::S3 for Gateway {
                 .into_iter()
                 .filter(|e| e.dir && s3s::path::check_bucket_name(&e.name))
                 .map(|e| {
-                    let created = fs.getattr(Ino(e.ino)).ok().map(|a| {
-                        Timestamp::from(
-                            std::time::UNIX_EPOCH
-                                + std::time::Duration::new(
-                                    u64::try_from(a.crtime.sec).unwrap_or(0),
-                                    a.crtime.nsec,
-                                ),
-                        )
-                    });
+                    let created = fs
+                        .getattr(Ino(e.ino))
+                        .ok()
+                        .map(|a| timestamp((a.crtime.sec, a.crtime.nsec)));
                     Bucket {
                         name: Some(e.name),
                         creation_date: created,
@@ -701,61 +724,13 @@ impl s3s::S3 for Gateway {
             .body
             .ok_or_else(|| error(S3ErrorCode::IncompleteBody, "a PUT without a body"))?;
         let (temp, ino, size, md5) = self.write_temp(dir, body, &creds).await?;
-        if let Some(expected) = &input.content_md5 {
-            use base64::Engine as _;
-            if base64::engine::general_purpose::STANDARD
-                .decode(expected)
-                .ok()
-                .as_deref()
-                != Some(&md5[..])
-            {
-                self.remove_quietly(dir, &temp, &creds).await;
-                return Err(error(
-                    S3ErrorCode::BadDigest,
-                    "the body's MD5 is not Content-MD5",
-                ));
-            }
+        if let Err(e) = check_md5(input.content_md5.as_deref(), &md5) {
+            self.remove_quietly(dir, &temp, &creds).await;
+            return Err(e);
         }
         let etag = hex(&md5);
-        let (fs, creds2, temp2, name2, etag2) = (
-            Arc::clone(&self.fs),
-            creds.clone(),
-            temp.clone(),
-            name.clone(),
-            etag.clone(),
-        );
-        let placed = blocking(move || {
-            let attr = fs.getattr(ino)?;
-            let value = format!("{etag2} {size} {} {}", attr.mtime.sec, attr.mtime.nsec);
-            futures::executor::block_on(fs.setxattr(
-                ino,
-                ETAG_XATTR,
-                value.as_bytes(),
-                XattrFlags::default(),
-                &creds2,
-            ))?;
-            futures::executor::block_on(fs.rename(
-                dir,
-                temp2.as_bytes(),
-                dir,
-                name2.as_bytes(),
-                RenameFlags::default(),
-                &creds2,
-            ))?;
-            // The rename is durable with the directory's metadata.
-            futures::executor::block_on(fs.fsyncdir())
-        })
-        .await?;
-        if let Err(e) = placed {
-            self.remove_quietly(dir, &temp, &creds).await;
-            return Err(match e.errno() {
-                libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST => {
-                    invalid_key(&key, "a folder of that name holds other keys")
-                }
-                _ => fs_error(&e, "placing the object"),
-            });
-        }
-        self.forget_entry(dir, &name);
+        self.place(dir, &temp, &name, ino, &etag, &key, &creds)
+            .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
             size: Some(i64::try_from(size).unwrap_or(i64::MAX)),
@@ -803,6 +778,54 @@ impl s3s::S3 for Gateway {
             errors: Some(errors),
             ..DeleteObjectsOutput::default()
         }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let creds = self.creds(&req)?;
+        Ok(S3Response::new(
+            self.create_upload(req.input, &creds).await?,
+        ))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let creds = self.creds(&req)?;
+        Ok(S3Response::new(
+            self.upload_part_in(req.input, &creds).await?,
+        ))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let creds = self.creds(&req)?;
+        Ok(S3Response::new(
+            self.list_upload_parts(req.input, &creds).await?,
+        ))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let creds = self.creds(&req)?;
+        Ok(S3Response::new(
+            self.complete_upload(req.input, &creds).await?,
+        ))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let creds = self.creds(&req)?;
+        Ok(S3Response::new(self.abort_upload(req.input, &creds).await?))
     }
 
     async fn list_objects_v2(
@@ -880,6 +903,65 @@ impl s3s::S3 for Gateway {
 }
 
 impl Gateway {
+    /// Records `etag` on temporary file `temp` (inode `ino`) in `dir`,
+    /// renames it onto `name` and makes the rename durable; on failure the
+    /// temporary file goes (`key` names the object in errors).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn place(
+        &self,
+        dir: Ino,
+        temp: &str,
+        name: &str,
+        ino: Ino,
+        etag: &str,
+        key: &str,
+        creds: &Creds,
+    ) -> S3Result<()> {
+        let (fs, creds2, temp2, name2, etag2) = (
+            Arc::clone(&self.fs),
+            creds.clone(),
+            temp.to_string(),
+            name.to_string(),
+            etag.to_string(),
+        );
+        let placed = blocking(move || {
+            let attr = fs.getattr(ino)?;
+            let value = format!(
+                "{etag2} {} {} {}",
+                attr.size, attr.mtime.sec, attr.mtime.nsec
+            );
+            futures::executor::block_on(fs.setxattr(
+                ino,
+                ETAG_XATTR,
+                value.as_bytes(),
+                XattrFlags::default(),
+                &creds2,
+            ))?;
+            futures::executor::block_on(fs.rename(
+                dir,
+                temp2.as_bytes(),
+                dir,
+                name2.as_bytes(),
+                RenameFlags::default(),
+                &creds2,
+            ))?;
+            // The rename is durable with the directory's metadata.
+            futures::executor::block_on(fs.fsyncdir())
+        })
+        .await?;
+        if let Err(e) = placed {
+            self.remove_quietly(dir, temp, creds).await;
+            return Err(match e.errno() {
+                libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST => {
+                    invalid_key(key, "a folder of that name holds other keys")
+                }
+                _ => fs_error(&e, "placing the object"),
+            });
+        }
+        self.forget_entry(dir, name);
+        Ok(())
+    }
+
     /// Deletes `key` (nothing to do when it is not there, as S3 does), and
     /// the folders it leaves empty.
     async fn delete_key(&self, bucket: &str, key: &str, creds: &Creds) -> S3Result<()> {

@@ -128,6 +128,58 @@ try:
 except urllib.error.HTTPError as e:
     assert e.code == 403, e.code
 
+# Multipart uploads: boto3's transfer manager splits a 20 MiB file into
+# 5 MiB parts; the object is their concatenation with a "-N" ETag.
+import io
+from boto3.s3.transfer import TransferConfig
+
+large = os.urandom(20 * 2**20 + 5)
+s3.upload_fileobj(
+    io.BytesIO(large), "data", "multi/part",
+    Config=TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=2),
+)
+head = s3.head_object(Bucket="data", Key="multi/part")
+assert head["ContentLength"] == len(large) and head["ETag"].strip('"').endswith("-5"), head["ETag"]
+with open(on_mount("data", "multi", "part"), "rb") as f:
+    assert f.read() == large, "the mount reads the joined parts"
+assert not [n for n in os.listdir(on_mount("data")) if n.startswith(".datenlord-s3-")], "the upload is gone"
+# By hand: parts listed, a part sent again replaces it, order and size
+# rules, abort.
+up = s3.create_multipart_upload(Bucket="data", Key="manual")["UploadId"]
+p1 = s3.upload_part(Bucket="data", Key="manual", UploadId=up, PartNumber=1, Body=b"a" * (5 * 2**20))
+p2 = s3.upload_part(Bucket="data", Key="manual", UploadId=up, PartNumber=2, Body=b"old")
+p2 = s3.upload_part(Bucket="data", Key="manual", UploadId=up, PartNumber=2, Body=b"tail")
+parts = s3.list_parts(Bucket="data", Key="manual", UploadId=up)["Parts"]
+assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, 5 * 2**20), (2, 4)], parts
+assert code(lambda: s3.complete_multipart_upload(
+    Bucket="data", Key="manual", UploadId=up,
+    MultipartUpload={"Parts": [{"PartNumber": 2, "ETag": p2["ETag"]}, {"PartNumber": 1, "ETag": p1["ETag"]}]},
+)) == "InvalidPartOrder"
+assert code(lambda: s3.complete_multipart_upload(
+    Bucket="data", Key="manual", UploadId=up,
+    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": '"00"'}]},
+)) == "InvalidPart"
+assert code(lambda: s3.get_object(Bucket="data", Key="manual")) == "NoSuchKey", "nothing before complete"
+s3.complete_multipart_upload(
+    Bucket="data", Key="manual", UploadId=up,
+    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": p1["ETag"]}, {"PartNumber": 2, "ETag": p2["ETag"]}]},
+)
+assert s3.get_object(Bucket="data", Key="manual")["Body"].read() == b"a" * (5 * 2**20) + b"tail"
+assert code(lambda: s3.list_parts(Bucket="data", Key="manual", UploadId=up)) == "NoSuchUpload"
+small = s3.create_multipart_upload(Bucket="data", Key="small")["UploadId"]
+q1 = s3.upload_part(Bucket="data", Key="small", UploadId=small, PartNumber=1, Body=b"x")
+q2 = s3.upload_part(Bucket="data", Key="small", UploadId=small, PartNumber=2, Body=b"y")
+assert code(lambda: s3.complete_multipart_upload(
+    Bucket="data", Key="small", UploadId=small,
+    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": q1["ETag"]}, {"PartNumber": 2, "ETag": q2["ETag"]}]},
+)) == "EntityTooSmall"
+assert code(lambda: s3.upload_part(Bucket="data", Key="other", UploadId=small, PartNumber=3, Body=b"z")) == "NoSuchUpload"
+s3.abort_multipart_upload(Bucket="data", Key="small", UploadId=small)
+assert code(lambda: s3.abort_multipart_upload(Bucket="data", Key="small", UploadId=small)) == "NoSuchUpload"
+assert not [n for n in os.listdir(on_mount("data")) if n.startswith(".datenlord-s3-")], "aborted: nothing left"
+s3.delete_object(Bucket="data", Key="multi/part")
+s3.delete_object(Bucket="data", Key="manual")
+
 # Deletes: folders emptied by them go too; a missing key is no error.
 result = s3.delete_objects(Bucket="data", Delete={"Objects": [{"Key": k} for k in keys]})
 assert len(result["Deleted"]) == 25 and not result.get("Errors"), result
