@@ -16,7 +16,7 @@ use datenlord_csi::extender::kube::{Kube, KubeConfig};
 use datenlord_csi::extender::{CacheSource, Error, NodeCache};
 use tracing::info;
 
-use crate::TlsArgs;
+use crate::MastersArgs;
 
 /// How long one question to the masters may take (the scheduler waits 5 s
 /// for the whole answer).
@@ -28,16 +28,8 @@ pub(crate) struct ExtenderArgs {
     /// `urlPrefix`).
     #[arg(long, default_value = "0.0.0.0:8888", value_name = "HOST:PORT")]
     listen: String,
-    /// Client addresses of the masters (`host:port`, comma separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        required = true,
-        value_name = "HOST:PORT,..."
-    )]
-    masters: Vec<String>,
     #[command(flatten)]
-    tls: TlsArgs,
+    cluster: MastersArgs,
     /// The directory of the namespace that holds the CSI volumes (the CSI
     /// driver's `--volumes-dir`).
     #[arg(
@@ -127,7 +119,7 @@ impl CacheSource for Masters {
 pub(crate) fn run(args: &ExtenderArgs) -> anyhow::Result<ExitCode> {
     datenlord_csi::volume::VolumeName::parse(&args.volumes_dir)
         .map_err(|why| anyhow::anyhow!("--volumes-dir: {why}"))?;
-    let security = args.tls.security()?;
+    let security = args.cluster.tls.security()?;
     let kube = Kube::new(&KubeConfig {
         api: args.kube_api.clone(),
         token_file: args.kube_token_file.clone(),
@@ -135,7 +127,7 @@ pub(crate) fn run(args: &ExtenderArgs) -> anyhow::Result<ExitCode> {
     })?;
     let masters = Masters {
         client: Mutex::new(MetaClient::with_deadline(
-            args.masters.clone(),
+            args.cluster.masters.clone(),
             Duration::from_millis(MASTERS_DEADLINE_MS),
             &security,
         )),
@@ -154,7 +146,7 @@ pub(crate) fn run(args: &ExtenderArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("listening on --listen {}", args.listen))?;
         info!(
             listen = %listener.local_addr().map_or_else(|_| args.listen.clone(), |a| a.to_string()),
-            masters = ?args.masters,
+            masters = ?args.cluster.masters,
             "serving the scheduler extender (POST /filter, POST /prioritize)"
         );
         datenlord_csi::extender::http::serve(listener, extender, stopped)

@@ -84,6 +84,22 @@ pub(crate) struct TlsArgs {
     tls_dir: Option<PathBuf>,
 }
 
+/// How a client command reaches the masters: their addresses and its TLS
+/// directory.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MastersArgs {
+    /// Client addresses of the masters (`host:port`, comma separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required = true,
+        value_name = "HOST:PORT,..."
+    )]
+    masters: Vec<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
 impl TlsArgs {
     fn security(&self) -> anyhow::Result<datenlord_cluster::link::Security> {
         datenlord_cluster::link::Security::from_dir(self.tls_dir.as_deref()).with_context(|| {
@@ -615,8 +631,7 @@ fn describe_health(entry: &datenlord_cluster::health::HealthEntry) -> String {
         h.cached_bytes as f64 * 100.0 / h.cache_capacity as f64
     };
     format!(
-        "health of {}: {} of {} bytes cached ({fill:.0}%, of {} volumes), journal {} blocks ({} bytes, oldest {} ms), disk errors {}, neighbor errors {}, load {:.2}; reported {:.1} s ago",
-        if entry.name.is_empty() { "?" } else { &entry.name },
+        "health: {} of {} bytes cached ({fill:.0}%, of {} volumes), journal {} blocks ({} bytes, oldest {} ms), disk errors {}, neighbor errors {}, load {:.2}; reported by {} {:.1} s ago",
         h.cached_bytes,
         h.cache_capacity,
         h.volumes.len(),
@@ -626,6 +641,7 @@ fn describe_health(entry: &datenlord_cluster::health::HealthEntry) -> String {
         h.disk_errors,
         h.neighbor_errors,
         h.load_milli as f64 / 1000.0,
+        if entry.name.is_empty() { "?" } else { &entry.name },
         entry.age_ms as f64 / 1000.0
     )
 }

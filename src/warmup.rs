@@ -15,7 +15,7 @@ use datenlord_cluster::neighbor::{DataLink, View};
 use datenlord_engine::block::BLOCK_SIZE_MAX_BYTES;
 use datenlord_engine::BlockId;
 
-use crate::TlsArgs;
+use crate::MastersArgs;
 
 /// Entries asked per `readdir`.
 const READDIR_BATCH: u32 = 1024;
@@ -25,16 +25,8 @@ pub(crate) struct WarmupArgs {
     /// A file or directory of the namespace, as a path from the root of
     /// the volume (what every mount shows): `/` for everything.
     path: String,
-    /// Client addresses of the masters (`host:port`, comma separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        required = true,
-        value_name = "HOST:PORT,..."
-    )]
-    masters: Vec<String>,
     #[command(flatten)]
-    tls: TlsArgs,
+    cluster: MastersArgs,
 }
 
 /// What a walk of the namespace found.
@@ -46,8 +38,8 @@ struct Found {
 }
 
 pub(crate) fn run(args: &WarmupArgs) -> anyhow::Result<ExitCode> {
-    let security = args.tls.security()?;
-    let mut client = MetaClient::new(args.masters.clone(), &security);
+    let security = args.cluster.tls.security()?;
+    let mut client = MetaClient::new(args.cluster.masters.clone(), &security);
     let (ino, kind, size) = resolve(&mut client, &args.path)?;
     let mut found = Found::default();
     walk(&mut client, ino, kind, size, &mut found)

@@ -735,7 +735,8 @@ fn warmup_has_the_homes_keep_a_tree_s_blocks_before_anyone_reads_them() {
         let tls = c.group.tls_args("admin", None);
         args.extend(tls.iter().map(String::as_str));
         let text = String::from_utf8_lossy(&support::node::datenlord(&args).stdout).into_owned();
-        (text.matches("health: ").count() == 3).then_some(text)
+        (text.matches("health: ").count() == 3 && text.contains("reported by node-61 "))
+            .then_some(text)
     });
     assert!(status.contains("journal 0 blocks"), "{status}");
     assert!(

@@ -15,19 +15,22 @@ use support::node::{Mounted, NodeDirs};
 const ACCESS: &str = "gateway-test-key";
 const SECRET: &str = "gateway-test-secret";
 
-#[test]
-fn boto3_reads_and_writes_the_namespace_through_the_gateway() {
-    let dirs = NodeDirs::new();
+/// A mount serving S3 on a free address as `ACCESS`, with `env` too.
+fn mount_with_gateway(dirs: &NodeDirs, env: &[(&str, &str)]) -> (Mounted, String) {
     let addr = free_addr();
-    let mount = Mounted::start_env(
-        &dirs,
-        &["--s3-listen", &addr],
-        &[
-            ("DATENLORD_S3_ACCESS_KEY", ACCESS),
-            ("DATENLORD_S3_SECRET_KEY", SECRET),
-        ],
-    );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/gateway.py");
+    let mut all = vec![
+        ("DATENLORD_S3_ACCESS_KEY", ACCESS),
+        ("DATENLORD_S3_SECRET_KEY", SECRET),
+    ];
+    all.extend_from_slice(env);
+    let mount = Mounted::start_env(dirs, &["--s3-listen", &addr], &all);
+    (mount, addr)
+}
+
+/// Runs boto3 script `tests/s3/NAME` against the gateway at `addr` over
+/// `mount`; fails the test with its output and the daemon's log.
+fn run_script(name: &str, addr: &str, mount: &Mounted) {
+    let script = format!("{}/tests/s3/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(format!("http://{addr}"))
@@ -42,6 +45,13 @@ fn boto3_reads_and_writes_the_namespace_through_the_gateway() {
         String::from_utf8_lossy(&out.stderr),
         mount.log()
     );
+}
+
+#[test]
+fn boto3_reads_and_writes_the_namespace_through_the_gateway() {
+    let dirs = NodeDirs::new();
+    let (mount, addr) = mount_with_gateway(&dirs, &[]);
+    run_script("gateway.py", &addr, &mount);
     mount.unmount();
 }
 
@@ -49,16 +59,7 @@ fn boto3_reads_and_writes_the_namespace_through_the_gateway() {
 #[test]
 fn the_gateway_checks_permissions_as_the_keys_user() {
     let dirs = NodeDirs::new();
-    let addr = free_addr();
-    let mount = Mounted::start_env(
-        &dirs,
-        &["--s3-listen", &addr],
-        &[
-            ("DATENLORD_S3_ACCESS_KEY", ACCESS),
-            ("DATENLORD_S3_SECRET_KEY", SECRET),
-            ("DATENLORD_S3_IDS", "65534:65534"),
-        ],
-    );
+    let (mount, addr) = mount_with_gateway(&dirs, &[("DATENLORD_S3_IDS", "65534:65534")]);
     let mode = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
     };
@@ -69,21 +70,7 @@ fn the_gateway_checks_permissions_as_the_keys_user() {
     std::fs::write(mount.path().join("open/secret"), b"root only").expect("write secret");
     mode(&mount.path().join("open/secret"), 0o600);
     mode(mount.path(), 0o755);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/s3/permissions.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(format!("http://{addr}"))
-        .arg(mount.path())
-        .args([ACCESS, SECRET])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}\n{}\nlog:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        mount.log()
-    );
+    run_script("permissions.py", &addr, &mount);
     mount.unmount();
 }
 

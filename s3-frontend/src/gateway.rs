@@ -478,20 +478,16 @@ fn check_md5(expected: Option<&str>, md5: &[u8; 16]) -> S3Result<()> {
     }
 }
 
-/// A random number for temporary names (the clock and a counter mixed).
+/// A random number for temporary names and upload ids: std's randomly
+/// keyed hasher (seeded from the OS, a new key every call) over the clock.
 fn rand_u64() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let mut x = nanos
-        ^ (u64::from(std::process::id()) << 40)
-        ^ COUNTER
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^ (x >> 31)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.finish()
 }
 
 /// A continuation token: the hex of the last key or prefix of the page.

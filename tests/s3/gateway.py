@@ -5,38 +5,15 @@ Every step says what it checks; the first failure ends the run with a
 traceback and exit status 1."""
 
 import hashlib
+import io
 import os
-import sys
 import urllib.request
 
-import boto3
-import botocore
-from botocore.config import Config
+from boto3.s3.transfer import TransferConfig
 
-endpoint, mount, access, secret = sys.argv[1:5]
+from common import client, code, mount
 
-
-def client(secret_key):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=access,
-        aws_secret_access_key=secret_key,
-        region_name="us-east-1",
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-    )
-
-
-s3 = client(secret)
-
-
-def code(call):
-    """The S3 error code of a call that must fail."""
-    try:
-        call()
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("the call succeeded")
+s3 = client()
 
 
 def on_mount(*parts):
@@ -130,9 +107,6 @@ except urllib.error.HTTPError as e:
 
 # Multipart uploads: boto3's transfer manager splits a 20 MiB file into
 # 5 MiB parts; the object is their concatenation with a "-N" ETag.
-import io
-from boto3.s3.transfer import TransferConfig
-
 large = os.urandom(20 * 2**20 + 5)
 s3.upload_fileobj(
     io.BytesIO(large), "data", "multi/part",

@@ -6,30 +6,10 @@ The test made, as root on the mount: `closed/` (0755, root's),
 `open/` (0777) and `open/secret` (0600, root's)."""
 
 import os
-import sys
 
-import boto3
-import botocore
-from botocore.config import Config
+from common import client, code, mount
 
-endpoint, mount, access, secret = sys.argv[1:5]
-s3 = boto3.client(
-    "s3",
-    endpoint_url=endpoint,
-    aws_access_key_id=access,
-    aws_secret_access_key=secret,
-    region_name="us-east-1",
-    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-)
-
-
-def code(call):
-    try:
-        call()
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"]
-    raise AssertionError("the call succeeded")
-
+s3 = client()
 
 assert code(lambda: s3.put_object(Bucket="closed", Key="x", Body=b"x")) == "AccessDenied"
 assert code(lambda: s3.create_bucket(Bucket="mine")) == "AccessDenied", "the root directory is root's"
