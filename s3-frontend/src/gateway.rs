@@ -11,19 +11,21 @@ use futures::StreamExt as _;
 use md5::Digest as _;
 use s3s::dto::{
     AbortMultipartUploadInput, AbortMultipartUploadOutput, Bucket, CommonPrefix,
-    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CreateBucketInput,
-    CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput,
-    DeleteBucketOutput, DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput,
-    DeleteObjectsOutput, DeletedObject, ETag, GetObjectInput, GetObjectOutput, HeadBucketInput,
-    HeadBucketOutput, HeadObjectInput, HeadObjectOutput, ListBucketsInput, ListBucketsOutput,
-    ListObjectsInput, ListObjectsOutput, ListObjectsV2Input, ListObjectsV2Output, ListPartsInput,
-    ListPartsOutput, Object, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
-    UploadPartInput, UploadPartOutput,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyObjectInput, CopyObjectOutput,
+    CopyObjectResult, CopySource, CreateBucketInput, CreateBucketOutput,
+    CreateMultipartUploadInput, CreateMultipartUploadOutput, DeleteBucketInput, DeleteBucketOutput,
+    DeleteObjectInput, DeleteObjectOutput, DeleteObjectsInput, DeleteObjectsOutput, DeletedObject,
+    ETag, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
+    HeadObjectOutput, ListBucketsInput, ListBucketsOutput, ListObjectsInput, ListObjectsOutput,
+    ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, Object,
+    PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::key::{segments, TEMP_PREFIX};
+use conditions::Conditions;
 
+mod conditions;
 mod multipart;
 
 use crate::list::{list, Entry, Item, Query, Tree};
@@ -156,6 +158,8 @@ struct ObjectInfo {
     ino: Ino,
     size: u64,
     modified: Timestamp,
+    /// `modified` in whole seconds, as conditions compare it.
+    seconds: Timestamp,
     etag: String,
 }
 
@@ -252,6 +256,7 @@ impl Gateway {
             ino: attr.ino,
             size: attr.size,
             modified,
+            seconds: timestamp((attr.mtime.sec, 0)),
             etag,
         })
     }
@@ -618,9 +623,15 @@ impl s3s::S3 for Gateway {
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let creds = self.creds(&req)?;
-        let info = self
-            .object(&req.input.bucket, &req.input.key, &creds)
-            .await?;
+        let input = &req.input;
+        let info = self.object(&input.bucket, &input.key, &creds).await?;
+        Conditions::new(
+            input.if_match.as_ref(),
+            input.if_unmodified_since.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+        )
+        .check(&info.etag, &info.seconds, S3ErrorCode::NotModified)?;
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(i64::try_from(info.size).unwrap_or(i64::MAX)),
             e_tag: Some(ETag::Strong(info.etag)),
@@ -637,6 +648,13 @@ impl s3s::S3 for Gateway {
         let creds = self.creds(&req)?;
         let input = req.input;
         let info = self.object(&input.bucket, &input.key, &creds).await?;
+        Conditions::new(
+            input.if_match.as_ref(),
+            input.if_unmodified_since.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+        )
+        .check(&info.etag, &info.seconds, S3ErrorCode::NotModified)?;
         let (fs, creds2, file) = (Arc::clone(&self.fs), creds.clone(), info.ino);
         // Reading needs read permission, as open(2) would check it.
         blocking(move || fs.access(file, libc::R_OK as u32, &creds2))
@@ -773,6 +791,65 @@ impl s3s::S3 for Gateway {
             deleted: Some(deleted),
             errors: Some(errors),
             ..DeleteObjectsOutput::default()
+        }))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let creds = self.creds(&req)?;
+        let input = req.input;
+        let CopySource::Bucket {
+            bucket: from_bucket,
+            key: from_key,
+            ..
+        } = &input.copy_source
+        else {
+            return Err(error(
+                S3ErrorCode::NotImplemented,
+                "copies from access points are not served: name the source as bucket/key",
+            ));
+        };
+        let source = self.object(from_bucket, from_key, &creds).await?;
+        Conditions::new(
+            input.copy_source_if_match.as_ref(),
+            input.copy_source_if_unmodified_since.as_ref(),
+            input.copy_source_if_none_match.as_ref(),
+            input.copy_source_if_modified_since.as_ref(),
+        )
+        .check(
+            &source.etag,
+            &source.seconds,
+            S3ErrorCode::PreconditionFailed,
+        )?;
+        let (fs, creds2, file) = (Arc::clone(&self.fs), creds.clone(), source.ino);
+        blocking(move || fs.access(file, libc::R_OK as u32, &creds2))
+            .await?
+            .map_err(|e| fs_error(&e, "reading the source object"))?;
+        let key = input.key.clone();
+        let mut dirs: Vec<String> = segments(&key)
+            .map_err(|why| invalid_key(&key, why))?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let name = dirs.pop().unwrap_or_default();
+        let bucket = self.bucket(&input.bucket, &creds).await?;
+        let dir = self.make_dirs(bucket, dirs, &key, &creds).await?;
+        let (temp, ino) = self
+            .copy_into_temp(dir, vec![(source.ino, source.size)], &creds)
+            .await?;
+        // Same bytes, same ETag.
+        self.place(dir, &temp, &name, ino, &source.etag, &key, &creds)
+            .await?;
+        let copied = self.object(&input.bucket, &key, &creds).await?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(ETag::Strong(copied.etag)),
+                last_modified: Some(copied.modified),
+                ..CopyObjectResult::default()
+            }),
+            ..CopyObjectOutput::default()
         }))
     }
 
@@ -956,6 +1033,55 @@ impl Gateway {
         }
         self.forget_entry(dir, name);
         Ok(())
+    }
+
+    /// A new temporary file in `dir` holding the first `size` bytes of
+    /// each of `sources` in order, durable (a copy or a multipart join;
+    /// the data is copied, blocks are not shared yet).
+    pub(crate) async fn copy_into_temp(
+        &self,
+        dir: Ino,
+        sources: Vec<(Ino, u64)>,
+        creds: &Creds,
+    ) -> S3Result<(String, Ino)> {
+        let name = format!("{TEMP_PREFIX}{:016x}", rand_u64());
+        let (fs, creds2, name2) = (Arc::clone(&self.fs), creds.clone(), name.clone());
+        let made = blocking(move || {
+            let opened = futures::executor::block_on(fs.create(
+                dir,
+                name2.as_bytes(),
+                CreateMode::masked(FILE_MODE),
+                libc::O_WRONLY | libc::O_EXCL,
+                &creds2,
+            ))?;
+            let (ino, fh) = (opened.attr.ino, opened.fh);
+            let copied = (|| {
+                let mut at = 0;
+                for (source, size) in sources {
+                    let n = futures::executor::block_on(
+                        fs.copy_range(source, 0, ino, fh, at, size, &creds2),
+                    )?;
+                    if n != size {
+                        return Err(FsError::Meta {
+                            errno: libc::EIO,
+                            message: "a source got shorter while it was copied".into(),
+                        });
+                    }
+                    at += size;
+                }
+                futures::executor::block_on(fs.fsync(ino))
+            })();
+            let released = futures::executor::block_on(fs.release(ino, fh, None));
+            copied.and(released).map(|()| ino)
+        })
+        .await?;
+        match made {
+            Ok(ino) => Ok((name, ino)),
+            Err(e) => {
+                self.remove_quietly(dir, &name, creds).await;
+                Err(fs_error(&e, "copying into the object"))
+            }
+        }
     }
 
     /// Deletes `key` (nothing to do when it is not there, as S3 does), and

@@ -105,6 +105,31 @@ try:
 except urllib.error.HTTPError as e:
     assert e.code == 403, e.code
 
+# Conditional reads (RFC 9110 order, as S3 applies them).
+import datetime
+
+etag = s3.head_object(Bucket="data", Key="local.txt")["ETag"]
+future = datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc)
+past = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+assert s3.get_object(Bucket="data", Key="local.txt", IfMatch=etag)["Body"].read().startswith(b"replaced")
+assert code(lambda: s3.get_object(Bucket="data", Key="local.txt", IfMatch='"nope"')) in ("PreconditionFailed", "412")
+assert code(lambda: s3.get_object(Bucket="data", Key="local.txt", IfNoneMatch=etag)) in ("NotModified", "304")
+assert code(lambda: s3.head_object(Bucket="data", Key="local.txt", IfModifiedSince=future)) in ("NotModified", "304")
+assert code(lambda: s3.head_object(Bucket="data", Key="local.txt", IfUnmodifiedSince=past)) in ("PreconditionFailed", "412")
+assert s3.get_object(Bucket="data", Key="local.txt", IfModifiedSince=past)["ContentLength"] == 31
+
+# CopyObject: the same bytes and ETag under another key, conditions on
+# the source honoured.
+copied = s3.copy_object(Bucket="data", Key="copies/one", CopySource={"Bucket": "data", "Key": "local.txt"})
+assert copied["CopyObjectResult"]["ETag"] == etag, copied
+with open(on_mount("data", "copies", "one"), "rb") as f:
+    assert f.read() == b"replaced through S3, and longer"
+assert code(lambda: s3.copy_object(
+    Bucket="data", Key="copies/two", CopySource={"Bucket": "data", "Key": "local.txt"}, CopySourceIfMatch='"nope"',
+)) == "PreconditionFailed"
+assert code(lambda: s3.copy_object(Bucket="data", Key="copies/two", CopySource={"Bucket": "data", "Key": "missing"})) == "NoSuchKey"
+s3.delete_object(Bucket="data", Key="copies/one")
+
 # Multipart uploads: boto3's transfer manager splits a 20 MiB file into
 # 5 MiB parts; the object is their concatenation with a "-N" ETag.
 large = os.urandom(20 * 2**20 + 5)

@@ -308,7 +308,8 @@ impl Gateway {
         let name = dirs.pop().unwrap_or_default();
         let root = self.bucket(&input.bucket, creds).await?;
         let dir = self.make_dirs(root, dirs, &key, creds).await?;
-        let (temp, ino) = self.concatenate(dir, &chosen, creds).await?;
+        let sources: Vec<(Ino, u64)> = chosen.iter().map(|p| (p.ino, p.size)).collect();
+        let (temp, ino) = self.copy_into_temp(dir, sources, creds).await?;
         let mut md5s = md5::Md5::new();
         for part in &chosen {
             md5s.update(unhex(&part.etag));
@@ -324,54 +325,6 @@ impl Gateway {
             e_tag: Some(ETag::Strong(etag)),
             ..CompleteMultipartUploadOutput::default()
         })
-    }
-
-    /// A new temporary file in `dir` holding `parts` in order, durable.
-    async fn concatenate(
-        &self,
-        dir: Ino,
-        parts: &[&Stored],
-        creds: &Creds,
-    ) -> S3Result<(String, Ino)> {
-        let name = format!("{TEMP_PREFIX}{:016x}", rand_u64());
-        let sources: Vec<(Ino, u64)> = parts.iter().map(|p| (p.ino, p.size)).collect();
-        let (fs, creds2, name2) = (Arc::clone(&self.fs), creds.clone(), name.clone());
-        let made = blocking(move || {
-            let opened = futures::executor::block_on(fs.create(
-                dir,
-                name2.as_bytes(),
-                datenlord_fs::CreateMode::masked(super::FILE_MODE),
-                libc::O_WRONLY | libc::O_EXCL,
-                &creds2,
-            ))?;
-            let (ino, fh) = (opened.attr.ino, opened.fh);
-            let mut at = 0;
-            let copied = (|| {
-                for (source, size) in sources {
-                    let n = futures::executor::block_on(
-                        fs.copy_range(source, 0, ino, fh, at, size, &creds2),
-                    )?;
-                    if n != size {
-                        return Err(FsError::Meta {
-                            errno: libc::EIO,
-                            message: "a part got shorter while it was copied".into(),
-                        });
-                    }
-                    at += size;
-                }
-                futures::executor::block_on(fs.fsync(ino))
-            })();
-            let released = futures::executor::block_on(fs.release(ino, fh, None));
-            copied.and(released).map(|()| ino)
-        })
-        .await?;
-        match made {
-            Ok(ino) => Ok((name, ino)),
-            Err(e) => {
-                self.remove_quietly(dir, &name, creds).await;
-                Err(fs_error(&e, "joining the parts"))
-            }
-        }
     }
 }
 
