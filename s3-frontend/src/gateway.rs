@@ -24,8 +24,10 @@ use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::key::{segments, TEMP_PREFIX};
 use conditions::Conditions;
+use meta::{ObjectMeta, META_XATTR};
 
 mod conditions;
+mod meta;
 mod multipart;
 
 use crate::list::{list, Entry, Item, Query, Tree};
@@ -161,6 +163,7 @@ struct ObjectInfo {
     /// `modified` in whole seconds, as conditions compare it.
     seconds: Timestamp,
     etag: String,
+    meta: ObjectMeta,
 }
 
 impl Gateway {
@@ -238,10 +241,11 @@ impl Gateway {
                 message: "no key".into(),
             })?;
             let recorded = fs.getxattr(attr.ino, ETAG_XATTR, &creds).ok();
-            Ok::<_, FsError>((attr, recorded))
+            let meta = fs.getxattr(attr.ino, META_XATTR, &creds).ok();
+            Ok::<_, FsError>((attr, recorded, meta))
         })
         .await?;
-        let (attr, recorded) = match found {
+        let (attr, recorded, meta) = match found {
             Ok(found) => found,
             Err(e) if matches!(e.errno(), libc::ENOENT | libc::ENOTDIR) => {
                 return Err(no_such_key())
@@ -258,6 +262,7 @@ impl Gateway {
             modified,
             seconds: timestamp((attr.mtime.sec, 0)),
             etag,
+            meta: meta.map(|m| ObjectMeta::decode(&m)).unwrap_or_default(),
         })
     }
 
@@ -632,7 +637,14 @@ impl s3s::S3 for Gateway {
             input.if_modified_since.as_ref(),
         )
         .check(&info.etag, &info.seconds, S3ErrorCode::NotModified)?;
+        let meta = info.meta.clone();
         Ok(S3Response::new(HeadObjectOutput {
+            content_type: meta.content_type.clone(),
+            content_encoding: meta.content_encoding.clone(),
+            content_disposition: meta.content_disposition.clone(),
+            content_language: meta.content_language.clone(),
+            cache_control: meta.cache_control.clone(),
+            metadata: meta.user_map(),
             content_length: Some(i64::try_from(info.size).unwrap_or(i64::MAX)),
             e_tag: Some(ETag::Strong(info.etag)),
             last_modified: Some(info.modified),
@@ -708,7 +720,14 @@ impl s3s::S3 for Gateway {
                 }
             }
         });
+        let meta = info.meta.clone();
         Ok(S3Response::new(GetObjectOutput {
+            content_type: meta.content_type.clone(),
+            content_encoding: meta.content_encoding.clone(),
+            content_disposition: meta.content_disposition.clone(),
+            content_language: meta.content_language.clone(),
+            cache_control: meta.cache_control.clone(),
+            metadata: meta.user_map(),
             body: Some(StreamingBlob::wrap(Chunks(rx))),
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             content_range,
@@ -732,6 +751,16 @@ impl s3s::S3 for Gateway {
             .map(str::to_string)
             .collect();
         let name = parts.pop().unwrap_or_default();
+        let meta = ObjectMeta::new(
+            [
+                input.content_type.as_ref(),
+                input.content_encoding.as_ref(),
+                input.content_disposition.as_ref(),
+                input.content_language.as_ref(),
+                input.cache_control.as_ref(),
+            ],
+            input.metadata.as_ref(),
+        )?;
         let bucket = self.bucket(&input.bucket, &creds).await?;
         let dir = self.make_dirs(bucket, parts, &key, &creds).await?;
         let body = input
@@ -743,7 +772,7 @@ impl s3s::S3 for Gateway {
             return Err(e);
         }
         let etag = hex(&md5);
-        self.place(dir, &temp, &name, ino, &etag, &key, &creds)
+        self.place(dir, &temp, &name, ino, (&etag, &meta), &key, &creds)
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -839,8 +868,26 @@ impl s3s::S3 for Gateway {
         let (temp, ino) = self
             .copy_into_temp(dir, vec![(source.ino, source.size)], &creds)
             .await?;
-        // Same bytes, same ETag.
-        self.place(dir, &temp, &name, ino, &source.etag, &key, &creds)
+        // Same bytes, same ETag; the source's metadata unless replaced.
+        let meta = if input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == s3s::dto::MetadataDirective::REPLACE)
+        {
+            ObjectMeta::new(
+                [
+                    input.content_type.as_ref(),
+                    input.content_encoding.as_ref(),
+                    input.content_disposition.as_ref(),
+                    input.content_language.as_ref(),
+                    input.cache_control.as_ref(),
+                ],
+                input.metadata.as_ref(),
+            )?
+        } else {
+            source.meta.clone()
+        };
+        self.place(dir, &temp, &name, ino, (&source.etag, &meta), &key, &creds)
             .await?;
         let copied = self.object(&input.bucket, &key, &creds).await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -986,10 +1033,11 @@ impl Gateway {
         temp: &str,
         name: &str,
         ino: Ino,
-        etag: &str,
+        (etag, meta): (&str, &ObjectMeta),
         key: &str,
         creds: &Creds,
     ) -> S3Result<()> {
+        let meta = (!meta.is_empty()).then(|| meta.encode());
         let (fs, creds2, temp2, name2, etag2) = (
             Arc::clone(&self.fs),
             creds.clone(),
@@ -1010,6 +1058,15 @@ impl Gateway {
                 XattrFlags::default(),
                 &creds2,
             ))?;
+            if let Some(meta) = &meta {
+                futures::executor::block_on(fs.setxattr(
+                    ino,
+                    META_XATTR,
+                    meta,
+                    XattrFlags::default(),
+                    &creds2,
+                ))?;
+            }
             futures::executor::block_on(fs.rename(
                 dir,
                 temp2.as_bytes(),

@@ -130,15 +130,37 @@ assert code(lambda: s3.copy_object(
 assert code(lambda: s3.copy_object(Bucket="data", Key="copies/two", CopySource={"Bucket": "data", "Key": "missing"})) == "NoSuchKey"
 s3.delete_object(Bucket="data", Key="copies/one")
 
+# Object metadata: headers and x-amz-meta-* kept with the object, copied
+# with it unless replaced; too much user metadata is refused.
+s3.put_object(
+    Bucket="data", Key="meta.json", Body=b"{}", ContentType="application/json",
+    CacheControl="max-age=60", Metadata={"owner": "ml-team", "run": "42"},
+)
+head = s3.head_object(Bucket="data", Key="meta.json")
+assert head["ContentType"] == "application/json" and head["CacheControl"] == "max-age=60", head
+assert head["Metadata"] == {"owner": "ml-team", "run": "42"}, head["Metadata"]
+assert s3.get_object(Bucket="data", Key="meta.json")["ContentType"] == "application/json"
+s3.copy_object(Bucket="data", Key="meta-copy", CopySource={"Bucket": "data", "Key": "meta.json"})
+assert s3.head_object(Bucket="data", Key="meta-copy")["Metadata"] == {"owner": "ml-team", "run": "42"}
+s3.copy_object(
+    Bucket="data", Key="meta-copy", CopySource={"Bucket": "data", "Key": "meta.json"},
+    MetadataDirective="REPLACE", ContentType="text/plain", Metadata={"owner": "other"},
+)
+head = s3.head_object(Bucket="data", Key="meta-copy")
+assert head["ContentType"] == "text/plain" and head["Metadata"] == {"owner": "other"}, head
+assert code(lambda: s3.put_object(Bucket="data", Key="big-meta", Body=b"x", Metadata={"k": "v" * 3000})) == "MetadataTooLarge"
+s3.delete_objects(Bucket="data", Delete={"Objects": [{"Key": "meta.json"}, {"Key": "meta-copy"}]})
+
 # Multipart uploads: boto3's transfer manager splits a 20 MiB file into
 # 5 MiB parts; the object is their concatenation with a "-N" ETag.
 large = os.urandom(20 * 2**20 + 5)
 s3.upload_fileobj(
-    io.BytesIO(large), "data", "multi/part",
+    io.BytesIO(large), "data", "multi/part", ExtraArgs={"ContentType": "application/octet-stream", "Metadata": {"kind": "checkpoint"}},
     Config=TransferConfig(multipart_threshold=5 * 2**20, multipart_chunksize=5 * 2**20, max_concurrency=2),
 )
 head = s3.head_object(Bucket="data", Key="multi/part")
 assert head["ContentLength"] == len(large) and head["ETag"].strip('"').endswith("-5"), head["ETag"]
+assert head["Metadata"] == {"kind": "checkpoint"} and head["ContentType"] == "application/octet-stream", head
 with open(on_mount("data", "multi", "part"), "rb") as f:
     assert f.read() == large, "the mount reads the joined parts"
 assert not [n for n in os.listdir(on_mount("data")) if n.startswith(".datenlord-s3-")], "the upload is gone"

@@ -20,6 +20,7 @@ use s3s::dto::{
 };
 use s3s::{S3ErrorCode, S3Result};
 
+use super::meta::{ObjectMeta, META_XATTR};
 use super::{
     blocking, error, fs_error, hex, invalid_key, rand_u64, recorded_etag, Gateway, ETAG_XATTR,
 };
@@ -158,6 +159,17 @@ impl Gateway {
         creds: &Creds,
     ) -> S3Result<CreateMultipartUploadOutput> {
         segments(&input.key).map_err(|why| invalid_key(&input.key, why))?;
+        let meta = ObjectMeta::new(
+            [
+                input.content_type.as_ref(),
+                input.content_encoding.as_ref(),
+                input.content_disposition.as_ref(),
+                input.content_language.as_ref(),
+                input.cache_control.as_ref(),
+            ],
+            input.metadata.as_ref(),
+        )?
+        .encode();
         let root = self.bucket(&input.bucket, creds).await?;
         let id = format!("{:016x}{:016x}", rand_u64(), rand_u64());
         let (fs, creds, name, key) = (
@@ -177,6 +189,13 @@ impl Gateway {
                 dir.ino,
                 KEY_XATTR,
                 key.as_bytes(),
+                XattrFlags::default(),
+                &creds,
+            ))?;
+            futures::executor::block_on(fs.setxattr(
+                dir.ino,
+                META_XATTR,
+                &meta,
                 XattrFlags::default(),
                 &creds,
             ))
@@ -210,8 +229,16 @@ impl Gateway {
         }
         let etag = hex(&md5);
         let name = part_name(input.part_number);
-        self.place(dir, &temp, &name, ino, &etag, &input.key, creds)
-            .await?;
+        self.place(
+            dir,
+            &temp,
+            &name,
+            ino,
+            (&etag, &ObjectMeta::default()),
+            &input.key,
+            creds,
+        )
+        .await?;
         Ok(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
             ..UploadPartOutput::default()
@@ -298,6 +325,11 @@ impl Gateway {
             })
             .collect();
         let stored = self.stored_parts(upload, creds).await?;
+        let (fs, creds2) = (Arc::clone(&self.fs), creds.clone());
+        let meta = blocking(move || fs.getxattr(upload, META_XATTR, &creds2))
+            .await?
+            .map(|m| ObjectMeta::decode(&m))
+            .unwrap_or_default();
         let chosen = choose_parts(&named, &stored)?;
         // The object: the parts one after the other, placed as a PUT.
         let mut dirs: Vec<String> = segments(&key)
@@ -315,7 +347,7 @@ impl Gateway {
             md5s.update(unhex(&part.etag));
         }
         let etag = format!("{}-{}", hex(&md5s.finalize()), chosen.len());
-        self.place(dir, &temp, &name, ino, &etag, &key, creds)
+        self.place(dir, &temp, &name, ino, (&etag, &meta), &key, creds)
             .await?;
         self.remove_upload(root, &upload_dir(&input.upload_id), creds)
             .await?;
