@@ -500,6 +500,32 @@ fn rand_u64() -> u64 {
     hasher.finish()
 }
 
+/// `text` as `encoding-type=url` listings carry keys (RFC 3986
+/// percent-encoding of all but unreserved characters and `/`): a key may
+/// hold characters XML 1.0 cannot.
+fn url_encoded(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// Encodes a listing's keys and prefixes when the request asked for
+/// `encoding-type=url`: the encoder to apply to each text.
+fn listing_encoder(encoding: Option<&s3s::dto::EncodingType>) -> fn(String) -> String {
+    if encoding.is_some_and(|e| e.as_str() == s3s::dto::EncodingType::URL) {
+        |text| url_encoded(&text)
+    } else {
+        |text| text
+    }
+}
+
 /// A continuation token: the hex of the last key or prefix of the page.
 fn token_of(after: &str) -> String {
     hex(after.as_bytes())
@@ -975,16 +1001,31 @@ impl s3s::S3 for Gateway {
                 input.max_keys,
             )
             .await?;
+        let encode = listing_encoder(input.encoding_type.as_ref());
+        let objects: Vec<Object> = objects
+            .into_iter()
+            .map(|o| Object {
+                key: o.key.map(encode),
+                ..o
+            })
+            .collect();
+        let prefixes: Vec<CommonPrefix> = prefixes
+            .into_iter()
+            .map(|p| CommonPrefix {
+                prefix: p.prefix.map(encode),
+            })
+            .collect();
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter,
+            prefix: input.prefix.map(encode),
+            delimiter: input.delimiter.map(encode),
+            encoding_type: input.encoding_type,
             max_keys: input.max_keys.or(Some(MAX_KEYS)),
             key_count: Some(i32::try_from(objects.len() + prefixes.len()).unwrap_or(i32::MAX)),
             is_truncated: Some(truncated),
             continuation_token: input.continuation_token,
             next_continuation_token: next.map(|n| token_of(&n)),
-            start_after: input.start_after,
+            start_after: input.start_after.map(encode),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
             ..ListObjectsV2Output::default()
@@ -1007,14 +1048,29 @@ impl s3s::S3 for Gateway {
                 input.max_keys,
             )
             .await?;
+        let encode = listing_encoder(input.encoding_type.as_ref());
+        let objects: Vec<Object> = objects
+            .into_iter()
+            .map(|o| Object {
+                key: o.key.map(encode),
+                ..o
+            })
+            .collect();
+        let prefixes: Vec<CommonPrefix> = prefixes
+            .into_iter()
+            .map(|p| CommonPrefix {
+                prefix: p.prefix.map(encode),
+            })
+            .collect();
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
-            prefix: input.prefix,
-            delimiter: input.delimiter,
-            marker: input.marker,
+            prefix: input.prefix.map(encode),
+            delimiter: input.delimiter.map(encode),
+            marker: input.marker.map(encode),
+            encoding_type: input.encoding_type,
             max_keys: input.max_keys.or(Some(MAX_KEYS)),
             is_truncated: Some(truncated),
-            next_marker: next,
+            next_marker: next.map(encode),
             contents: Some(objects),
             common_prefixes: Some(prefixes),
             ..ListObjectsOutput::default()
@@ -1243,6 +1299,12 @@ mod tests {
         );
         assert_eq!(recorded_etag(b"garbage", 42, (0, 0)), None);
         assert_eq!(recorded_etag(&[0xff, 0xfe], 42, (0, 0)), None);
+    }
+
+    #[test]
+    fn url_encoded_listings_keep_slashes_and_unreserved_characters() {
+        assert_eq!(url_encoded("a/b-c_d.e~f"), "a/b-c_d.e~f");
+        assert_eq!(url_encoded("sp ace+ü%\u{1}"), "sp%20ace%2B%C3%BC%25%01");
     }
 
     #[test]

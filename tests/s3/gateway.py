@@ -82,6 +82,15 @@ rest = s3.list_objects(Bucket="data", Prefix="many/", Marker=first["Contents"][-
 assert [o["Key"] for o in first["Contents"] + rest["Contents"]] == keys
 after = s3.list_objects_v2(Bucket="data", StartAfter="many/k020")
 assert [o["Key"] for o in after["Contents"]] == keys[21:]
+# boto3 asks for url-encoded listings: keys with any characters come back.
+odd = "odd dir/sp ace+ü%x&<y>"
+s3.put_object(Bucket="data", Key=odd, Body=b"odd")
+assert [o["Key"] for o in s3.list_objects_v2(Bucket="data", Prefix="odd dir/")["Contents"]] == [odd]
+assert [o["Key"] for o in s3.list_objects(Bucket="data", Prefix="odd")["Contents"]] == [odd]
+assert [p["Prefix"] for p in s3.list_objects_v2(Bucket="data", Prefix="odd", Delimiter="/")["CommonPrefixes"]] == ["odd dir/"]
+with open(on_mount("data", "odd dir", "sp ace+ü%x&<y>"), "rb") as f:
+    assert f.read() == b"odd"
+s3.delete_object(Bucket="data", Key=odd)
 
 # Errors S3 clients expect.
 assert code(lambda: s3.get_object(Bucket="data", Key="missing")) == "NoSuchKey"
