@@ -488,6 +488,17 @@ fn check_md5(expected: Option<&str>, md5: &[u8; 16]) -> S3Result<()> {
     }
 }
 
+/// The folders and the name of `key`.
+pub(crate) fn split_key(key: &str) -> S3Result<(Vec<String>, String)> {
+    let mut parts: Vec<String> = segments(key)
+        .map_err(|why| invalid_key(key, why))?
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let name = parts.pop().unwrap_or_default();
+    Ok((parts, name))
+}
+
 /// A random number for temporary names and upload ids: std's randomly
 /// keyed hasher (seeded from the OS, a new key every call) over the clock.
 fn rand_u64() -> u64 {
@@ -524,6 +535,28 @@ fn listing_encoder(encoding: Option<&s3s::dto::EncodingType>) -> fn(String) -> S
     } else {
         |text| text
     }
+}
+
+/// A listing's keys and prefixes through `encode`.
+fn encode_listing(
+    objects: Vec<Object>,
+    prefixes: Vec<CommonPrefix>,
+    encode: fn(String) -> String,
+) -> (Vec<Object>, Vec<CommonPrefix>) {
+    let objects = objects
+        .into_iter()
+        .map(|o| Object {
+            key: o.key.map(encode),
+            ..o
+        })
+        .collect();
+    let prefixes = prefixes
+        .into_iter()
+        .map(|p| CommonPrefix {
+            prefix: p.prefix.map(encode),
+        })
+        .collect();
+    (objects, prefixes)
 }
 
 /// A continuation token: the hex of the last key or prefix of the page.
@@ -771,22 +804,8 @@ impl s3s::S3 for Gateway {
         let creds = self.creds(&req)?;
         let input = req.input;
         let key = input.key.clone();
-        let mut parts: Vec<String> = segments(&key)
-            .map_err(|why| invalid_key(&key, why))?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        let name = parts.pop().unwrap_or_default();
-        let meta = ObjectMeta::new(
-            [
-                input.content_type.as_ref(),
-                input.content_encoding.as_ref(),
-                input.content_disposition.as_ref(),
-                input.content_language.as_ref(),
-                input.cache_control.as_ref(),
-            ],
-            input.metadata.as_ref(),
-        )?;
+        let (parts, name) = split_key(&key)?;
+        let meta = meta::requested_meta!(input)?;
         let bucket = self.bucket(&input.bucket, &creds).await?;
         let dir = self.make_dirs(bucket, parts, &key, &creds).await?;
         let body = input
@@ -883,12 +902,7 @@ impl s3s::S3 for Gateway {
             .await?
             .map_err(|e| fs_error(&e, "reading the source object"))?;
         let key = input.key.clone();
-        let mut dirs: Vec<String> = segments(&key)
-            .map_err(|why| invalid_key(&key, why))?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        let name = dirs.pop().unwrap_or_default();
+        let (dirs, name) = split_key(&key)?;
         let bucket = self.bucket(&input.bucket, &creds).await?;
         let dir = self.make_dirs(bucket, dirs, &key, &creds).await?;
         let (temp, ino) = self
@@ -900,16 +914,7 @@ impl s3s::S3 for Gateway {
             .as_ref()
             .is_some_and(|d| d.as_str() == s3s::dto::MetadataDirective::REPLACE)
         {
-            ObjectMeta::new(
-                [
-                    input.content_type.as_ref(),
-                    input.content_encoding.as_ref(),
-                    input.content_disposition.as_ref(),
-                    input.content_language.as_ref(),
-                    input.cache_control.as_ref(),
-                ],
-                input.metadata.as_ref(),
-            )?
+            meta::requested_meta!(input)?
         } else {
             source.meta.clone()
         };
@@ -1002,19 +1007,7 @@ impl s3s::S3 for Gateway {
             )
             .await?;
         let encode = listing_encoder(input.encoding_type.as_ref());
-        let objects: Vec<Object> = objects
-            .into_iter()
-            .map(|o| Object {
-                key: o.key.map(encode),
-                ..o
-            })
-            .collect();
-        let prefixes: Vec<CommonPrefix> = prefixes
-            .into_iter()
-            .map(|p| CommonPrefix {
-                prefix: p.prefix.map(encode),
-            })
-            .collect();
+        let (objects, prefixes) = encode_listing(objects, prefixes, encode);
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: input.prefix.map(encode),
@@ -1049,19 +1042,7 @@ impl s3s::S3 for Gateway {
             )
             .await?;
         let encode = listing_encoder(input.encoding_type.as_ref());
-        let objects: Vec<Object> = objects
-            .into_iter()
-            .map(|o| Object {
-                key: o.key.map(encode),
-                ..o
-            })
-            .collect();
-        let prefixes: Vec<CommonPrefix> = prefixes
-            .into_iter()
-            .map(|p| CommonPrefix {
-                prefix: p.prefix.map(encode),
-            })
-            .collect();
+        let (objects, prefixes) = encode_listing(objects, prefixes, encode);
         Ok(S3Response::new(ListObjectsOutput {
             name: Some(input.bucket),
             prefix: input.prefix.map(encode),

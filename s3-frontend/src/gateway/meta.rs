@@ -10,6 +10,24 @@ use serde_json::{json, Map, Value};
 
 use super::error;
 
+/// The metadata a request (PUT, CreateMultipartUpload, CopyObject) gives:
+/// its five header fields and `metadata`.
+macro_rules! requested_meta {
+    ($input:expr) => {
+        $crate::gateway::meta::ObjectMeta::new(
+            [
+                $input.content_type.as_ref(),
+                $input.content_encoding.as_ref(),
+                $input.content_disposition.as_ref(),
+                $input.content_language.as_ref(),
+                $input.cache_control.as_ref(),
+            ],
+            $input.metadata.as_ref(),
+        )
+    };
+}
+pub(crate) use requested_meta;
+
 /// The attribute holding an object's metadata.
 pub(crate) const META_XATTR: &[u8] = b"user.datenlord.s3.meta";
 /// Most bytes of user metadata (keys and values), as S3 allows.

@@ -159,17 +159,7 @@ impl Gateway {
         creds: &Creds,
     ) -> S3Result<CreateMultipartUploadOutput> {
         segments(&input.key).map_err(|why| invalid_key(&input.key, why))?;
-        let meta = ObjectMeta::new(
-            [
-                input.content_type.as_ref(),
-                input.content_encoding.as_ref(),
-                input.content_disposition.as_ref(),
-                input.content_language.as_ref(),
-                input.cache_control.as_ref(),
-            ],
-            input.metadata.as_ref(),
-        )?
-        .encode();
+        let meta = super::meta::requested_meta!(input)?.encode();
         let root = self.bucket(&input.bucket, creds).await?;
         let id = format!("{:016x}{:016x}", rand_u64(), rand_u64());
         let (fs, creds, name, key) = (
@@ -332,12 +322,7 @@ impl Gateway {
             .unwrap_or_default();
         let chosen = choose_parts(&named, &stored)?;
         // The object: the parts one after the other, placed as a PUT.
-        let mut dirs: Vec<String> = segments(&key)
-            .map_err(|why| invalid_key(&key, why))?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        let name = dirs.pop().unwrap_or_default();
+        let (dirs, name) = super::split_key(&key)?;
         let root = self.bucket(&input.bucket, creds).await?;
         let dir = self.make_dirs(root, dirs, &key, creds).await?;
         let sources: Vec<(Ino, u64)> = chosen.iter().map(|p| (p.ino, p.size)).collect();
