@@ -1,13 +1,65 @@
-//! `datenlord mount … --s3-listen ADDR`: the S3 gateway (`datenlord_s3`)
-//! in the mount's process, over the same file system and cache, telling
-//! the mount's kernel caches what it changes.
+//! The S3 gateway (`datenlord_s3`) of a node: `datenlord mount …
+//! --s3-listen ADDR` serves it in the mount's process, over the same file
+//! system and cache, telling the mount's kernel caches what it changes;
+//! `datenlord gateway --listen ADDR -- [mount flags]` serves it alone (the
+//! node's assembly without the FUSE mount).
 
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use datenlord_fs::{Fs, Ino};
 use datenlord_s3::{Gateway, KernelCaches, Users};
 use tracing::{info, warn};
+
+/// `datenlord gateway` arguments.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GatewayArgs {
+    /// Where S3 clients reach the gateway (HTTP, path-style requests).
+    #[arg(long, default_value = "127.0.0.1:9000", value_name = "HOST:PORT")]
+    listen: String,
+    /// After `--`: the flags of `datenlord mount` saying which file system
+    /// to serve (`--data-dir`, `--store`, `--masters` with `--node-id`,
+    /// cache sizes…); none for the embedded defaults.
+    #[arg(last = true, value_name = "MOUNT FLAGS")]
+    node: Vec<String>,
+}
+
+/// The node flags of a gateway, parsed as `datenlord mount`'s.
+#[derive(Debug, clap::Parser)]
+#[command(name = "datenlord gateway --listen ADDR --", no_binary_name = true)]
+struct NodeFlags {
+    #[command(flatten)]
+    node: crate::mount::MountArgs,
+}
+
+/// Runs `datenlord gateway` in the foreground until SIGTERM or SIGINT.
+pub(crate) fn run(args: &GatewayArgs) -> anyhow::Result<ExitCode> {
+    use clap::Parser as _;
+    // `datenlord mount`'s flags, with a mount point it never uses.
+    let words = std::iter::once("/".to_string()).chain(args.node.iter().cloned());
+    let flags = NodeFlags::try_parse_from(words)
+        .map_err(|e| anyhow::anyhow!("the node flags after --: {e}"))?;
+    let node = flags.node;
+    anyhow::ensure!(
+        node.s3_listen.is_none(),
+        "--s3-listen is for `datenlord mount`: give the gateway's address as --listen"
+    );
+    let data_dir = node
+        .data_dir
+        .clone()
+        .unwrap_or_else(crate::mount::default_data_dir);
+    crate::mount::private_dir(&data_dir, "the data directory")?;
+    let data_dir = data_dir.canonicalize()?;
+    let mut ready = crate::daemon::Ready::foreground();
+    crate::mount::serve(
+        &node,
+        &crate::mount::Front::S3(&args.listen),
+        &data_dir,
+        &mut ready,
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
 
 /// The gateway's threads (its file system calls run on tokio's blocking
 /// threads).
@@ -42,18 +94,34 @@ pub(crate) fn users(listen: Option<&str>) -> anyhow::Result<Option<Users>> {
 }
 
 impl S3Gateway {
-    /// Listens on `listen` and serves `fs` (mounted as `mount`) to
-    /// `users`; nothing when either is not given.
+    /// Listens on `listen` and serves `fs` (mounted as `mount`, if it
+    /// is) to `users`; nothing when either is not given.
     pub(crate) fn start(
         listen: Option<&str>,
         users: Option<Users>,
         fs: &Arc<Fs>,
-        mount: &datenlord_fuse::Mount,
+        mount: Option<&datenlord_fuse::Mount>,
     ) -> anyhow::Result<Option<Self>> {
         let (Some(listen), Some(users)) = (listen, users) else {
             return Ok(None);
         };
-        Self::serve(listen, Arc::clone(fs), users, mount.notifier()).map(Some)
+        let notifier = mount.and_then(datenlord_fuse::Mount::notifier);
+        Self::serve(listen, Arc::clone(fs), users, notifier, mount.is_some()).map(Some)
+    }
+
+    /// Serves until SIGTERM or SIGINT (`signals`, blocked in every
+    /// thread), then flushes what is written and stops (the gateway without
+    /// a mount: `datenlord gateway`).
+    pub(crate) fn serve_until_signal(
+        self,
+        signals: libc::sigset_t,
+        fs: &Arc<Fs>,
+        security: Option<&datenlord_cluster::link::Security>,
+    ) -> anyhow::Result<()> {
+        let signal = crate::wait_for_stop_signal(&signals, security);
+        info!(signal, "stopping the S3 gateway on signal");
+        self.stop();
+        futures::executor::block_on(fs.flush_all()).context("flushing before the stop")
     }
 
     fn serve(
@@ -61,6 +129,7 @@ impl S3Gateway {
         fs: Arc<Fs>,
         users: Users,
         notifier: Option<datenlord_fuse::Notifier>,
+        mounted: bool,
     ) -> anyhow::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(S3_WORKER_THREADS)
@@ -72,7 +141,7 @@ impl S3Gateway {
             .block_on(tokio::net::TcpListener::bind(listen))
             .with_context(|| format!("listening on --s3-listen {listen}"))?;
         let addr = listener.local_addr().context("the S3 gateway's address")?;
-        if notifier.is_none() {
+        if mounted && notifier.is_none() {
             warn!("the mount's kernel caches are not told of S3 changes: names the gateway changes show on the mount after its entry timeout");
         }
         let kernel = notifier.map(|n| Arc::new(MountCaches(n)) as Arc<dyn KernelCaches>);

@@ -72,6 +72,12 @@ enum Command {
     /// bytes each caches (from the nodes' reports to the masters; the
     /// pods' claims are read from the Kubernetes API). Stops on SIGTERM.
     SchedulerExtender(Box<extender::ExtenderArgs>),
+    /// Serve the namespace over the S3 API without a FUSE mount (buckets:
+    /// its top-level directories), through a node's cache: the embedded
+    /// defaults of `datenlord mount`, or the node given by its flags after
+    /// `--`. Access key: DATENLORD_S3_ACCESS_KEY and
+    /// DATENLORD_S3_SECRET_KEY. Runs in the foreground; stops on SIGTERM.
+    Gateway(Box<gateway::GatewayArgs>),
 }
 
 /// How a command talks to the cluster: the TLS directory, or plain TCP.
@@ -358,6 +364,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache(CacheCommand::Inspect(args)) => cache::inspect(&args),
         Command::Csi(args) => csi::run(&args),
         Command::SchedulerExtender(args) => extender::run(&args),
+        Command::Gateway(args) => gateway::run(&args),
     }
 }
 

@@ -500,27 +500,37 @@ impl DataDirLock {
     /// directory that is no longer mounted is finishing its work: it is
     /// waited for (up to `PREVIOUS_DAEMON_WAIT_S`), so `umount; mount`
     /// is safe; one still mounted is refused.
-    pub fn take(data_dir: &Path, mountpoint: &Path) -> anyhow::Result<Self> {
+    pub fn take(data_dir: &Path, mountpoint: Option<&Path>) -> anyhow::Result<Self> {
         use datenlord_engine::lock_file::{record, try_lock, Lock};
         let path = data_dir.join(PID_FILE);
         let started = std::time::Instant::now();
         let mut told = false;
         loop {
-            let holder =
-                match try_lock(&path).with_context(|| format!("locking {}", path.display()))? {
-                    Lock::Held(mut file) => {
-                        record(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
-                        let mounted_at = data_dir.join(MOUNTPOINT_FILE);
-                        std::fs::write(&mounted_at, mountpoint.as_os_str().as_encoded_bytes())
-                            .with_context(|| format!("writing {}", mounted_at.display()))?;
+            let holder = match try_lock(&path)
+                .with_context(|| format!("locking {}", path.display()))?
+            {
+                Lock::Held(mut file) => {
+                    record(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+                    // Empty for a gateway without a mount.
+                    let mounted_at = data_dir.join(MOUNTPOINT_FILE);
+                    let recorded = mountpoint.map_or(&[][..], |m| m.as_os_str().as_encoded_bytes());
+                    std::fs::write(&mounted_at, recorded)
+                        .with_context(|| format!("writing {}", mounted_at.display()))?;
+                    if let Some(mountpoint) = mountpoint {
                         remember_mount(mountpoint, data_dir);
-                        return Ok(Self { _file: file });
                     }
-                    Lock::Busy(pid) => pid.trim().to_string(),
-                };
+                    return Ok(Self { _file: file });
+                }
+                Lock::Busy(pid) => pid.trim().to_string(),
+            };
             let previous = std::fs::read(data_dir.join(MOUNTPOINT_FILE))
                 .ok()
                 .map(|bytes| PathBuf::from(String::from_utf8_lossy(&bytes).into_owned()));
+            ensure!(
+                previous.as_ref().is_none_or(|p| !p.as_os_str().is_empty()),
+                "the data directory {} is in use by a datenlord gateway (pid {holder}): stop it first, or use another --data-dir",
+                data_dir.display()
+            );
             let Some(previous) = previous.filter(|m| !datenlord_fuse::is_mountpoint(m)) else {
                 bail!(
                     "the data directory {} is in use by another datenlord (pid {holder}), which is still mounted: unmount it first, or use another --data-dir",
@@ -764,7 +774,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<std::process::ExitCode> {
             Role::Daemon(ready) => ready,
         }
     };
-    match serve(args, &mountpoint, &data_dir, &mut ready) {
+    match serve(args, &Front::Fuse(&mountpoint), &data_dir, &mut ready) {
         Ok(()) => Ok(std::process::ExitCode::SUCCESS),
         Err(err) => {
             ready.fail(&format!("{err:#}"));
@@ -1060,16 +1070,118 @@ fn neighbor_plan(args: &MountArgs, config: &NodeConfig) -> NeighborPlan {
     )
 }
 
-fn serve(
+/// What a node serves its file system through.
+pub(crate) enum Front<'a> {
+    /// A FUSE mount here (and the S3 gateway of `--s3-listen` beside it).
+    Fuse(&'a Path),
+    /// The S3 gateway on this address, without a mount.
+    S3(&'a str),
+}
+
+impl Front<'_> {
+    /// The path the kernel options are made for (the data directory for a
+    /// gateway, which mounts nothing).
+    fn path<'p>(&'p self, data_dir: &'p Path) -> &'p Path {
+        self.mountpoint().unwrap_or(data_dir)
+    }
+
+    /// The mount point, if there is a mount.
+    fn mountpoint(&self) -> Option<&Path> {
+        match self {
+            Self::Fuse(mountpoint) => Some(mountpoint),
+            Self::S3(_) => None,
+        }
+    }
+
+    /// Says in the log that the node serves.
+    fn announce(&self, store: &StoreUrl, cores: usize, metrics: Option<std::net::SocketAddr>) {
+        match self {
+            Self::Fuse(mountpoint) => {
+                info!(mountpoint = %mountpoint.display(), store = %store, cores, metrics_addr = ?metrics, "mounted");
+            }
+            Self::S3(listen) => {
+                info!(%listen, store = %store, cores, metrics_addr = ?metrics, "serving S3 (no mount)");
+            }
+        }
+    }
+}
+
+/// The running front ends of a node.
+enum Fronts {
+    Mounted(
+        Box<datenlord_fuse::Mount>,
+        Option<crate::gateway::S3Gateway>,
+    ),
+    Gateway(crate::gateway::S3Gateway),
+}
+
+impl Fronts {
+    fn start(
+        front: &Front<'_>,
+        args: &MountArgs,
+        fs: &Arc<datenlord_fs::Fs>,
+        opts: &datenlord_fuse::MountOptions,
+    ) -> anyhow::Result<Self> {
+        match front {
+            Front::Fuse(_) => {
+                let users = crate::gateway::users(args.s3_listen.as_deref())?;
+                let mount = datenlord_fuse::mount(Arc::clone(fs), opts)?;
+                let s3 = crate::gateway::S3Gateway::start(
+                    args.s3_listen.as_deref(),
+                    users,
+                    fs,
+                    Some(&mount),
+                )?;
+                Ok(Self::Mounted(Box::new(mount), s3))
+            }
+            Front::S3(listen) => {
+                let users = crate::gateway::users(Some(listen))?;
+                let s3 = crate::gateway::S3Gateway::start(Some(listen), users, fs, None)?;
+                s3.map(Self::Gateway)
+                    .ok_or_else(|| anyhow::anyhow!("the S3 gateway did not start"))
+            }
+        }
+    }
+
+    fn ops(&self) -> datenlord_fuse::OpStats {
+        match self {
+            Self::Mounted(mount, _) => mount.stats(),
+            Self::Gateway(_) => datenlord_fuse::OpStats::default(),
+        }
+    }
+
+    /// Serves until an unmount or SIGTERM/SIGINT (files flushed first),
+    /// then stops the gateway.
+    fn serve(
+        self,
+        signals: libc::sigset_t,
+        fs: Arc<datenlord_fs::Fs>,
+        front: &Front<'_>,
+        security: Option<Security>,
+    ) -> anyhow::Result<()> {
+        match (self, front) {
+            (Self::Mounted(mount, s3), Front::Fuse(mountpoint)) => {
+                stop_on_signal(signals, fs, mountpoint, security)?;
+                let served = mount.wait();
+                s3.into_iter().for_each(crate::gateway::S3Gateway::stop);
+                served.context("serving the mount")
+            }
+            (Self::Gateway(s3), _) => s3.serve_until_signal(signals, &fs, security.as_ref()),
+            (Self::Mounted(..), Front::S3(_)) => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn serve(
     args: &MountArgs,
-    mountpoint: &Path,
+    front: &Front<'_>,
     data_dir: &Path,
     ready: &mut Ready,
 ) -> anyhow::Result<()> {
     // Before any thread starts, so that every thread inherits the mask and
     // only the waiter below receives SIGTERM/SIGINT.
     let signals = crate::block_stop_signals();
-    let lock = DataDirLock::take(data_dir, mountpoint)?;
+    let lock = DataDirLock::take(data_dir, front.mountpoint())?;
     let node_config = args.node_config(data_dir)?;
     // 0 on a mount of its own (see `block::VERSION_WRITER_BITS`).
     let writer = node_config.as_ref().map_or(0, |config| config.id);
@@ -1077,7 +1189,7 @@ fn serve(
     let neighbor_plan = node_config
         .as_ref()
         .map(|config| neighbor_plan(args, config));
-    let mut opts = kernel_cache_defaults(mountpoint, node_config.is_none());
+    let mut opts = kernel_cache_defaults(front.path(data_dir), node_config.is_none());
     let parsed = datenlord_fuse::parse_mount_options(&args.options.join(","))
         .context("in the -o mount options")?;
     parsed.apply(&mut opts);
@@ -1110,16 +1222,14 @@ fn serve(
     if opts.threads == 0 {
         opts.threads = engine.handle().shards();
     }
-    let s3_users = crate::gateway::users(args.s3_listen.as_deref())?;
-    let mount = datenlord_fuse::mount(Arc::clone(&fs), &opts)?;
-    let s3 = crate::gateway::S3Gateway::start(args.s3_listen.as_deref(), s3_users, &fs, &mount)?;
+    let fronts = Fronts::start(front, args, &fs, &opts)?;
     let metrics = match args.metrics_addr {
         Some(addr) => Some(crate::metrics::Endpoint::start(
             addr,
             node_metrics(
                 engine.handle(),
                 writeback.clone(),
-                mount.stats(),
+                fronts.ops(),
                 Arc::downgrade(&fs),
                 neighbor_plan.as_ref().map(|n| Arc::clone(&n.stats)),
             ),
@@ -1148,12 +1258,9 @@ fn serve(
     };
     let control = crate::control::ControlSocket::start(data_dir, Arc::downgrade(&fs))?;
     let metrics_addr = metrics.as_ref().map(crate::metrics::Endpoint::addr);
-    info!(mountpoint = %mountpoint.display(), store = %store.url, cores = engine.handle().shards(), ?metrics_addr, "mounted");
+    front.announce(&store.url, engine.handle().shards(), metrics_addr);
     ready.ok();
-    stop_on_signal(signals, Arc::clone(&fs), mountpoint, security)?;
-
-    let served = mount.wait();
-    s3.into_iter().for_each(crate::gateway::S3Gateway::stop);
+    let served = fronts.serve(signals, Arc::clone(&fs), front, security);
     control.stop();
     drop(metrics);
     backup.into_iter().for_each(Periodic::stop);
@@ -1173,7 +1280,7 @@ fn serve(
     if let Some(lease) = &lease {
         lease.release();
     }
-    served.context("serving the mount")?;
+    served?;
     info!("stopped");
     lock.hold_until_exit();
     Ok(())

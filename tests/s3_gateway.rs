@@ -30,21 +30,90 @@ fn mount_with_gateway(dirs: &NodeDirs, env: &[(&str, &str)]) -> (Mounted, String
 /// Runs boto3 script `tests/s3/NAME` against the gateway at `addr` over
 /// `mount`; fails the test with its output and the daemon's log.
 fn run_script(name: &str, addr: &str, mount: &Mounted) {
+    run_python(
+        name,
+        addr,
+        &mount.path().display().to_string(),
+        &[],
+        &mount.log(),
+    );
+}
+
+/// Runs boto3 script `tests/s3/NAME ENDPOINT MOUNTPOINT ACCESS SECRET
+/// EXTRA…`; `log` goes into the failure message.
+fn run_python(name: &str, addr: &str, mountpoint: &str, extra: &[&str], log: &str) {
     let script = format!("{}/tests/s3/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("python3")
         .arg(script)
         .arg(format!("http://{addr}"))
-        .arg(mount.path())
+        .arg(mountpoint)
         .args([ACCESS, SECRET])
+        .args(extra)
         .output()
         .expect("python3");
     assert!(
         out.status.success(),
-        "{}\n{}\nlog:\n{}",
+        "{}\n{}\nlog:\n{log}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
-        mount.log()
     );
+}
+
+/// `datenlord gateway` on `data_dir`, its log in `log`, once it listens.
+fn gateway(addr: &str, data_dir: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let stderr = std::fs::File::create(log).expect("log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_datenlord"))
+        .args(["gateway", "--listen", addr, "--", "--data-dir"])
+        .arg(data_dir)
+        .env("DATENLORD_S3_ACCESS_KEY", ACCESS)
+        .env("DATENLORD_S3_SECRET_KEY", SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("datenlord gateway");
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the gateway does not listen:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}
+
+/// SIGTERM to `child`: its exit status.
+fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: a plain kill of our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    child.wait().expect("wait")
+}
+
+/// `datenlord gateway` serves the embedded namespace without a mount: a
+/// mount of its data directory is refused while it runs, it stops on
+/// SIGTERM, and what it stored is there after a restart.
+#[test]
+fn datenlord_gateway_serves_without_a_mount_and_keeps_objects_across_restarts() {
+    let dirs = NodeDirs::new();
+    let addr = free_addr();
+    let log = dirs.root().join("gateway.log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let first = gateway(&addr, &dirs.data_dir(), &log);
+    run_python("restart.py", &addr, "-", &["put"], &read_log());
+    let refused = Mounted::try_start(&dirs.mountpoint(), &dirs.data_dir(), &[])
+        .expect_err("a mount of the gateway's data directory");
+    assert!(
+        refused.contains("in use by a datenlord gateway"),
+        "{refused}"
+    );
+    let status = terminate(first);
+    assert!(status.success(), "{status}\n{}", read_log());
+    assert!(read_log().contains("stopped"), "{}", read_log());
+    let second = gateway(&addr, &dirs.data_dir(), &log);
+    run_python("restart.py", &addr, "-", &["check"], &read_log());
+    assert!(terminate(second).success(), "{}", read_log());
 }
 
 #[test]
