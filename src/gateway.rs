@@ -84,11 +84,19 @@ pub(crate) struct S3Gateway {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// The gateway's users when it is asked for (`--s3-listen`): read before
-/// the mount, so a missing access key fails the start.
-pub(crate) fn users(listen: Option<&str>) -> anyhow::Result<Option<Users>> {
+/// The gateway's users when it is asked for (`--s3-listen`, or
+/// `datenlord gateway`): from `--s3-credentials` when given, else from the
+/// environment; read before the mount, so a missing or bad one fails the
+/// start.
+pub(crate) fn users(
+    listen: Option<&str>,
+    credentials: Option<&std::path::Path>,
+) -> anyhow::Result<Option<Users>> {
     listen
-        .map(|_| Users::from_env(|name| std::env::var(name).ok()))
+        .map(|_| match credentials {
+            Some(path) => Users::from_file(path).map_err(|e| format!("--s3-credentials: {e}")),
+            None => Users::from_env(|name| std::env::var(name).ok()),
+        })
         .transpose()
         .map_err(anyhow::Error::msg)
 }

@@ -138,6 +138,11 @@ pub struct MountArgs {
     /// as DATENLORD_S3_IDS=UID:GID, default 0:0).
     #[arg(long = "s3-listen", value_name = "HOST:PORT")]
     pub s3_listen: Option<String>,
+    /// The S3 gateway's users instead of the environment's one: a TOML
+    /// file of `[[user]]` tables (access_key, secret_key, uid, gid,
+    /// optional groups and buckets), readable by its owner only.
+    #[arg(long = "s3-credentials", value_name = "FILE")]
+    pub s3_credentials: Option<PathBuf>,
     /// Seconds between metadata backups to the store (also made at unmount).
     #[arg(long = "backup-interval", value_name = "SECONDS", default_value_t = META_BACKUP_INTERVAL_DEFAULT_S)]
     pub backup_interval_s: u64,
@@ -1124,7 +1129,10 @@ impl Fronts {
     ) -> anyhow::Result<Self> {
         match front {
             Front::Fuse(_) => {
-                let users = crate::gateway::users(args.s3_listen.as_deref())?;
+                let users = crate::gateway::users(
+                    args.s3_listen.as_deref(),
+                    args.s3_credentials.as_deref(),
+                )?;
                 let mount = datenlord_fuse::mount(Arc::clone(fs), opts)?;
                 let s3 = crate::gateway::S3Gateway::start(
                     args.s3_listen.as_deref(),
@@ -1135,7 +1143,7 @@ impl Fronts {
                 Ok(Self::Mounted(Box::new(mount), s3))
             }
             Front::S3(listen) => {
-                let users = crate::gateway::users(Some(listen))?;
+                let users = crate::gateway::users(Some(listen), args.s3_credentials.as_deref())?;
                 let s3 = crate::gateway::S3Gateway::start(Some(listen), users, fs, None)?;
                 s3.map(Self::Gateway)
                     .ok_or_else(|| anyhow::anyhow!("the S3 gateway did not start"))

@@ -143,6 +143,33 @@ fn the_gateway_checks_permissions_as_the_keys_user() {
     mount.unmount();
 }
 
+/// Several users from `--s3-credentials`: each acts as its uid and sees
+/// and uses only the buckets it is bound to.
+#[test]
+fn users_from_a_credentials_file_are_bound_to_their_buckets() {
+    let dirs = NodeDirs::new();
+    let credentials = dirs.root().join("credentials.toml");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[[user]]\naccess_key = \"{ACCESS}\"\nsecret_key = \"{SECRET}\"\nuid = 0\ngid = 0\n\n\
+             [[user]]\naccess_key = \"bound\"\nsecret_key = \"bound-secret\"\nuid = 65534\ngid = 65534\nbuckets = [\"open\"]\n"
+        ),
+    )
+    .expect("credentials");
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let addr = free_addr();
+    let path = credentials.display().to_string();
+    let mount = Mounted::start(&dirs, &["--s3-listen", &addr, "--s3-credentials", &path]);
+    for bucket in ["open", "closed"] {
+        let dir = mount.path().join(bucket);
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    run_script("users.py", &addr, &mount);
+    mount.unmount();
+}
+
 #[test]
 fn the_gateway_needs_an_access_key() {
     let dirs = NodeDirs::new();

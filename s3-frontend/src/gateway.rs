@@ -588,12 +588,19 @@ impl s3s::S3 for Gateway {
         req: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
         let creds = self.creds(&req)?;
-        let fs = Arc::clone(&self.fs);
+        let key = req
+            .credentials
+            .as_ref()
+            .map(|c| c.access_key.clone())
+            .unwrap_or_default();
+        let (fs, users) = (Arc::clone(&self.fs), Arc::clone(&self.users));
         let found = blocking(move || {
             let entries = Gateway::entries(&fs, ROOT_INO, &creds)?;
             let mut buckets: Vec<Bucket> = entries
                 .into_iter()
-                .filter(|e| e.dir && s3s::path::check_bucket_name(&e.name))
+                .filter(|e| {
+                    e.dir && s3s::path::check_bucket_name(&e.name) && users.may_use(&key, &e.name)
+                })
                 .map(|e| {
                     let created = fs
                         .getattr(Ino(e.ino))

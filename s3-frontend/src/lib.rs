@@ -37,6 +37,7 @@ pub async fn serve(
 ) {
     let mut builder = s3s::service::S3ServiceBuilder::new(gateway.clone());
     builder.set_auth(UsersAuth(gateway.users()));
+    builder.set_access(UsersAccess(gateway.users()));
     let s3 = builder.build();
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
@@ -95,6 +96,23 @@ fn continues_without_body(headers: &http::HeaderMap) -> bool {
         .get(http::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() == b"0");
     expects && empty
+}
+
+/// The users as s3s's access control (bucket bindings).
+struct UsersAccess(std::sync::Arc<Users>);
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for UsersAccess {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        self.0.check(cx).await
+    }
+
+    async fn copy_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::CopyObjectInput>,
+    ) -> s3s::S3Result<()> {
+        s3s::access::S3Access::copy_object(&*self.0, req).await
+    }
 }
 
 /// The users as s3s's authentication.

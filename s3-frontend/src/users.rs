@@ -1,8 +1,20 @@
-//! Who may use the gateway: access keys, each with its secret and the
-//! uid/gid its requests act as (file permissions are checked as for a
-//! local user of those ids).
+//! Who may use the gateway: access keys, each with its secret, the
+//! uid/gid (and groups) its requests act as (file permissions are checked
+//! as for a local user of those ids), and optionally the buckets it is
+//! bound to. One user from the environment, or several from a TOML file:
+//!
+//! ```toml
+//! [[user]]
+//! access_key = "trainer"
+//! secret_key = "…"
+//! uid = 1000
+//! gid = 1000
+//! groups = [1000, 27]         # optional
+//! buckets = ["datasets"]      # optional: only these buckets
+//! ```
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use datenlord_fs::Creds;
 use s3s::auth::{S3Auth, SecretKey};
@@ -20,6 +32,30 @@ pub const IDS_VAR: &str = "DATENLORD_S3_IDS";
 struct User {
     secret: String,
     creds: Creds,
+    /// The buckets it may use; all when `None`.
+    buckets: Option<Vec<String>>,
+}
+
+/// A user as a credentials file gives it.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileUser {
+    access_key: String,
+    secret_key: String,
+    uid: u32,
+    gid: u32,
+    #[serde(default)]
+    groups: Vec<u32>,
+    #[serde(default)]
+    buckets: Option<Vec<String>>,
+}
+
+/// A credentials file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsFile {
+    #[serde(rename = "user")]
+    users: Vec<FileUser>,
 }
 
 /// The access keys.
@@ -45,8 +81,64 @@ impl Users {
                     gid,
                     groups: vec![gid],
                 },
+                buckets: None,
             },
         );
+    }
+
+    /// The users of a credentials file's text (see the module doc).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let file: CredentialsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut users = Self::default();
+        for user in file.users {
+            if user.access_key.is_empty() || user.secret_key.is_empty() {
+                return Err("an access_key or secret_key is empty".into());
+            }
+            let mut groups = user.groups;
+            if !groups.contains(&user.gid) {
+                groups.push(user.gid);
+            }
+            let entry = User {
+                secret: user.secret_key,
+                creds: Creds {
+                    uid: user.uid,
+                    gid: user.gid,
+                    groups,
+                },
+                buckets: user.buckets,
+            };
+            if users.0.insert(user.access_key.clone(), entry).is_some() {
+                return Err(format!("access key {:?} is given twice", user.access_key));
+            }
+        }
+        if users.0.is_empty() {
+            return Err("no [[user]] in it".into());
+        }
+        Ok(users)
+    }
+
+    /// The users of credentials file `path`, which only its owner may read
+    /// (it holds secrets).
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "{shown} holds secrets and others may read it: chmod 600 {shown}"
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: {e}"))?;
+        Self::from_toml(&text).map_err(|e| format!("{shown}: {e}"))
+    }
+
+    /// Whether `access_key` may use `bucket`.
+    pub fn may_use(&self, access_key: &str, bucket: &str) -> bool {
+        self.0.get(access_key).is_some_and(|u| {
+            u.buckets
+                .as_ref()
+                .is_none_or(|buckets| buckets.iter().any(|b| b == bucket))
+        })
     }
 
     /// The single user of the environment ([`ACCESS_KEY_VAR`],
@@ -83,6 +175,54 @@ fn parse_ids(text: &str) -> Option<(u32, u32)> {
     Some((uid.parse().ok()?, gid.parse().ok()?))
 }
 
+/// Requests are signed by a known key (s3s checked the signature) and
+/// touch only the buckets the key is bound to.
+#[async_trait::async_trait]
+impl s3s::access::S3Access for Users {
+    async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> S3Result<()> {
+        let Some(key) = cx.credentials().map(|c| c.access_key.clone()) else {
+            return Err(S3Error::with_message(
+                S3ErrorCode::AccessDenied,
+                "anonymous access is not allowed",
+            ));
+        };
+        let bucket = match cx.s3_path() {
+            s3s::path::S3Path::Root => return Ok(()),
+            s3s::path::S3Path::Bucket { bucket } | s3s::path::S3Path::Object { bucket, .. } => {
+                bucket.to_string()
+            }
+        };
+        if self.may_use(&key, &bucket) {
+            Ok(())
+        } else {
+            Err(S3Error::with_message(
+                S3ErrorCode::AccessDenied,
+                format!("this access key may not use bucket {bucket}"),
+            ))
+        }
+    }
+
+    async fn copy_object(
+        &self,
+        req: &mut s3s::S3Request<s3s::dto::CopyObjectInput>,
+    ) -> S3Result<()> {
+        let key = req
+            .credentials
+            .as_ref()
+            .map(|c| c.access_key.clone())
+            .unwrap_or_default();
+        match &req.input.copy_source {
+            s3s::dto::CopySource::Bucket { bucket, .. } if !self.may_use(&key, bucket) => {
+                Err(S3Error::with_message(
+                    S3ErrorCode::AccessDenied,
+                    format!("this access key may not use bucket {bucket}"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl S3Auth for Users {
     async fn get_secret_key(&self, access_key: &str) -> S3Result<SecretKey> {
@@ -98,6 +238,60 @@ impl S3Auth for Users {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_files_give_users_bound_to_buckets_or_say_what_is_wrong() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let users = Users::from_toml(
+            r#"
+            [[user]]
+            access_key = "all"
+            secret_key = "s1"
+            uid = 1000
+            gid = 100
+            groups = [27]
+
+            [[user]]
+            access_key = "bound"
+            secret_key = "s2"
+            uid = 1001
+            gid = 1001
+            buckets = ["datasets"]
+            "#,
+        )
+        .expect("users");
+        let all = users.creds("all").expect("all");
+        assert_eq!((all.uid, all.gid, all.groups), (1000, 100, vec![27, 100]));
+        assert!(users.may_use("all", "anything"));
+        assert!(users.may_use("bound", "datasets"));
+        assert!(!users.may_use("bound", "other"));
+        assert!(!users.may_use("nobody", "datasets"));
+        for (text, why) in [
+            ("", "user"),
+            ("[[user]]\naccess_key = \"a\"\nsecret_key = \"\"\nuid = 1\ngid = 1", "empty"),
+            ("[[user]]\naccess_key = \"a\"\nsecret_key = \"b\"\nuid = 1\ngid = 1\n[[user]]\naccess_key = \"a\"\nsecret_key = \"c\"\nuid = 2\ngid = 2", "twice"),
+            ("[[user]]\naccess_key = \"a\"\nsecret_key = \"b\"\nuid = 1\ngid = 1\npassword = 3", "password"),
+        ] {
+            let err = Users::from_toml(text).expect_err(text);
+            assert!(err.contains(why), "{text}: {err}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("credentials.toml");
+        std::fs::write(
+            &path,
+            "[[user]]\naccess_key = \"a\"\nsecret_key = \"b\"\nuid = 1\ngid = 1\n",
+        )
+        .expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert!(Users::from_file(&path)
+            .expect_err("readable by others")
+            .contains("chmod 600"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(Users::from_file(&path)
+            .expect("private")
+            .creds("a")
+            .is_some());
+    }
 
     #[test]
     fn the_environment_gives_one_user_or_says_what_is_missing() {

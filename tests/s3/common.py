@@ -11,11 +11,11 @@ from botocore.config import Config
 endpoint, mount, access, secret = sys.argv[1:5]
 
 
-def client(secret_key=secret):
+def client(secret_key=secret, access_key=access):
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
-        aws_access_key_id=access,
+        aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
