@@ -176,7 +176,21 @@ impl TwoNodes {
             b_tls: group.tls_args("node", Some(ids.1)),
         }
     }
+
+    /// Mounts node A, or B when `b`, under `--node-id id` with the
+    /// arguments `args` makes (`node_args` or `node_args_in`).
+    fn mount(&self, b: bool, id: &str, args: NodeArgs) -> Mounted {
+        let (dirs, listen, tls) = if b {
+            (&self.b_dirs, &self.b_listen, &self.b_tls)
+        } else {
+            (&self.a_dirs, &self.a_listen, &self.a_tls)
+        };
+        Mounted::start(dirs, &args(&self.store, &self.masters, id, listen, tls))
+    }
 }
+
+/// `node_args` or `node_args_in`.
+type NodeArgs = for<'a> fn(&'a str, &'a str, &'a str, &'a str, &'a [String]) -> Vec<&'a str>;
 
 fn bytes(len: usize, seed: u32) -> Vec<u8> {
     (0..len as u32)
@@ -187,26 +201,11 @@ fn bytes(len: usize, seed: u32) -> Vec<u8> {
 #[test]
 fn two_mounts_of_one_master_group_see_each_others_closed_files() {
     let group = Group::new(3);
-    let TwoNodes {
-        masters,
-        a_dirs,
-        b_dirs,
-        store,
-        a_listen,
-        b_listen,
-        a_tls,
-        b_tls,
-    } = TwoNodes::of(&group, (11, 12));
-    let a = Mounted::start(
-        &a_dirs,
-        &node_args(&store, &masters, "11", &a_listen, &a_tls),
-    );
-    let b = Mounted::start(
-        &b_dirs,
-        &node_args(&store, &masters, "12", &b_listen, &b_tls),
-    );
+    let nodes = TwoNodes::of(&group, (11, 12));
+    let a = nodes.mount(false, "11", node_args);
+    let b = nodes.mount(true, "12", node_args);
     let a_log =
-        std::fs::read_to_string(a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
+        std::fs::read_to_string(nodes.a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
     assert!(
         a_log.contains("masters own the metadata"),
         "a node says it backs up nothing:\n{}",
@@ -238,14 +237,11 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
     // (rejoining, not added again) and sees what B did meanwhile.
     a.unmount();
     std::fs::write(b.path().join("d/g"), b"while A was down").expect("write on B");
-    let a = Mounted::start(
-        &a_dirs,
-        &node_args(&store, &masters, "11", &a_listen, &a_tls),
-    );
+    let a = nodes.mount(false, "11", node_args);
     let read = std::fs::read(a.path().join("d/g")).expect("read on A again");
     assert_eq!(read, b"while A was down");
     let a_log =
-        std::fs::read_to_string(a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
+        std::fs::read_to_string(nodes.a_dirs.data_dir().join("datenlord.log")).unwrap_or_default();
     assert!(
         a_log.contains("the group remembers this node"),
         "a restarted node rejoins:\n{}",
@@ -262,25 +258,10 @@ fn two_mounts_of_one_master_group_see_each_others_closed_files() {
 #[test]
 fn nodes_take_their_ids_from_their_certificates() {
     let group = Group::new(3);
-    let TwoNodes {
-        masters,
-        a_dirs,
-        b_dirs,
-        store,
-        a_listen,
-        b_listen,
-        a_tls,
-        b_tls,
-    } = TwoNodes::of(&group, (21, 22));
-    let a = Mounted::start(
-        &a_dirs,
-        &node_args_in(&store, &masters, "cert", &a_listen, &a_tls),
-    );
-    let b = Mounted::start(
-        &b_dirs,
-        &node_args_in(&store, &masters, "cert", &b_listen, &b_tls),
-    );
-    for (dirs, id) in [(&a_dirs, 21), (&b_dirs, 22)] {
+    let nodes = TwoNodes::of(&group, (21, 22));
+    let a = nodes.mount(false, "cert", node_args_in);
+    let b = nodes.mount(true, "cert", node_args_in);
+    for (dirs, id) in [(&nodes.a_dirs, 21), (&nodes.b_dirs, 22)] {
         let log =
             std::fs::read_to_string(dirs.data_dir().join("datenlord.log")).unwrap_or_default();
         assert!(

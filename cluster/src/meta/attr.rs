@@ -190,16 +190,7 @@ impl MetaState {
         creds: &Creds,
         now: Timespec,
     ) -> Result<Outcome> {
-        let volume = self.formatted()?;
-        let block_size = volume.block_size;
-        let capacity_blocks = volume.capacity_bytes / u64::from(block_size);
-        let inode = self.inode(ino)?;
-        require_file(inode)?;
-        let Body::File { blocks: map } = &inode.body else {
-            return Err(MetaError::Invalid(
-                "only regular files have a size and blocks",
-            ));
-        };
+        let (block_size, capacity_blocks, inode, map) = self.file_blocks(ino)?;
         if blocks.len() > BLOCKS_PER_COMMAND_MAX {
             return Err(MetaError::Invalid(
                 "too many blocks in one command; split the write",
@@ -275,8 +266,7 @@ impl MetaState {
         creds: &Creds,
         now: Timespec,
     ) -> Result<Outcome> {
-        let block_size = self.formatted()?.block_size;
-        require_file(self.inode(ino)?)?;
+        let (block_size, ..) = self.file_blocks(ino)?;
         if first > last {
             return Err(MetaError::Invalid("an empty block range"));
         }
@@ -297,6 +287,27 @@ impl MetaState {
 }
 
 impl MetaState {
+    /// What the commands changing a file's blocks start from: the volume's
+    /// block size and capacity in blocks, and file `ino` with its block map
+    /// (the errors of a volume not formatted, an unknown inode, or one that
+    /// is no regular file).
+    pub(crate) fn file_blocks(
+        &self,
+        ino: Ino,
+    ) -> Result<(u32, u64, &Inode, &std::collections::BTreeMap<u64, u64>)> {
+        let volume = self.formatted()?;
+        let block_size = volume.block_size;
+        let capacity_blocks = volume.capacity_bytes / u64::from(block_size);
+        let inode = self.inode(ino)?;
+        require_file(inode)?;
+        let Body::File { blocks } = &inode.body else {
+            return Err(MetaError::Invalid(
+                "only regular files have a size and blocks",
+            ));
+        };
+        Ok((block_size, capacity_blocks, inode, blocks))
+    }
+
     /// The block map entries of `first..=last` of file `ino` leave it and
     /// their versions become garbage in `out` (visiting only the entries
     /// that exist); times move and setuid/setgid clear as on a write.

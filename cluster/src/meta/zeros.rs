@@ -15,10 +15,9 @@
 
 use std::collections::BTreeMap;
 
-use super::attr::{blocks_for, require_file};
+use super::attr::blocks_for;
 use super::command::{Outcome, Reply};
 use super::error::MetaError;
-use super::inode::Body;
 use super::state::{MetaState, Result};
 use super::types::{Creds, Ino, Timespec};
 
@@ -202,16 +201,7 @@ impl MetaState {
         creds: &Creds,
         now: Timespec,
     ) -> Result<Outcome> {
-        let volume = self.formatted()?;
-        let block_size = volume.block_size;
-        let capacity_blocks = volume.capacity_bytes / u64::from(block_size);
-        let inode = self.inode(ino)?;
-        require_file(inode)?;
-        let Body::File { blocks } = &inode.body else {
-            return Err(MetaError::Invalid(
-                "only regular files have a size and blocks",
-            ));
-        };
+        let (block_size, capacity_blocks, inode, blocks) = self.file_blocks(ino)?;
         if first > last {
             return Err(MetaError::Invalid("an empty block range"));
         }

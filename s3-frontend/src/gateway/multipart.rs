@@ -81,8 +81,14 @@ struct Stored {
 }
 
 impl Gateway {
-    /// The directory of upload `id` for `key` in `bucket`.
-    async fn upload(&self, bucket: &str, key: &str, id: &str, creds: &Creds) -> S3Result<Ino> {
+    /// The bucket's directory and that of upload `id` for `key` in it.
+    async fn upload(
+        &self,
+        bucket: &str,
+        key: &str,
+        id: &str,
+        creds: &Creds,
+    ) -> S3Result<(Ino, Ino)> {
         check_id(id)?;
         let root = self.bucket(bucket, creds).await?;
         let (fs, creds, name) = (Arc::clone(&self.fs), creds.clone(), upload_dir(id));
@@ -94,7 +100,7 @@ impl Gateway {
         .await?;
         match found {
             Ok((attr, bound)) if attr.kind == FileKind::Dir && bound == key.as_bytes() => {
-                Ok(attr.ino)
+                Ok((root, attr.ino))
             }
             Ok(_) => Err(no_such_upload(id)),
             Err(e) if matches!(e.errno(), libc::ENOENT | libc::ENODATA) => Err(no_such_upload(id)),
@@ -206,7 +212,7 @@ impl Gateway {
         creds: &Creds,
     ) -> S3Result<UploadPartOutput> {
         check_part_number(input.part_number)?;
-        let dir = self
+        let (_, dir) = self
             .upload(&input.bucket, &input.key, &input.upload_id, creds)
             .await?;
         let body = input.body.unwrap_or_else(|| {
@@ -240,7 +246,7 @@ impl Gateway {
         input: ListPartsInput,
         creds: &Creds,
     ) -> S3Result<ListPartsOutput> {
-        let dir = self
+        let (_, dir) = self
             .upload(&input.bucket, &input.key, &input.upload_id, creds)
             .await?;
         let marker = input.part_number_marker.unwrap_or(0);
@@ -285,9 +291,9 @@ impl Gateway {
         input: AbortMultipartUploadInput,
         creds: &Creds,
     ) -> S3Result<AbortMultipartUploadOutput> {
-        self.upload(&input.bucket, &input.key, &input.upload_id, creds)
+        let (root, _) = self
+            .upload(&input.bucket, &input.key, &input.upload_id, creds)
             .await?;
-        let root = self.bucket(&input.bucket, creds).await?;
         self.remove_upload(root, &upload_dir(&input.upload_id), creds)
             .await?;
         Ok(AbortMultipartUploadOutput::default())
@@ -299,7 +305,7 @@ impl Gateway {
         creds: &Creds,
     ) -> S3Result<CompleteMultipartUploadOutput> {
         let key = input.key.clone();
-        let upload = self
+        let (root, upload) = self
             .upload(&input.bucket, &key, &input.upload_id, creds)
             .await?;
         let named: Vec<(i32, String)> = input
@@ -323,7 +329,6 @@ impl Gateway {
         let chosen = choose_parts(&named, &stored)?;
         // The object: the parts one after the other, placed as a PUT.
         let (dirs, name) = super::split_key(&key)?;
-        let root = self.bucket(&input.bucket, creds).await?;
         let dir = self.make_dirs(root, dirs, &key, creds).await?;
         let sources: Vec<(Ino, u64)> = chosen.iter().map(|p| (p.ino, p.size)).collect();
         let (temp, ino) = self.copy_into_temp(dir, sources, creds).await?;
