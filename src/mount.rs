@@ -268,14 +268,20 @@ pub enum NeighborTransport {
 }
 
 impl NeighborTransport {
-    /// The transport used, said in the log once when it is not the one
-    /// asked for.
-    fn resolve(self) -> datenlord_cluster::neighbor::rdma::Transport {
+    /// The RDMA fabric used (`None`: TCP), said in the log once when it is
+    /// not what was asked for; `secured`: the node has certificates.
+    fn resolve(
+        self,
+        secured: bool,
+    ) -> Option<std::sync::Arc<dyn datenlord_cluster::neighbor::rdma::fabric::Fabric>> {
         use datenlord_cluster::neighbor::rdma::{choose, Transport};
-        choose(match self {
-            Self::Tcp => Transport::Tcp,
-            Self::Rdma => Transport::Rdma,
-        })
+        choose(
+            match self {
+                Self::Tcp => Transport::Tcp,
+                Self::Rdma => Transport::Rdma,
+            },
+            secured,
+        )
         .0
     }
 }
@@ -1062,15 +1068,16 @@ fn start_metadata(
 
 /// How a node's blocks travel between nodes.
 fn neighbor_plan(args: &MountArgs, config: &NodeConfig) -> NeighborPlan {
-    // The read path speaks TCP until the RDMA transport is wired into it
-    // (ARCHITECTURE.md): asking for rdma logs why TCP is used.
-    let transport = args.neighbor_transport.resolve();
-    info!(?transport, "neighbor transport");
+    // Asking for rdma where it cannot be used logs why TCP is.
+    let secured = matches!(config.security, Security::Tls(_));
+    let rdma = args.neighbor_transport.resolve(secured);
+    info!(rdma = rdma.is_some(), "neighbor transport");
     NeighborPlan::new(
         config.id,
         DataLink {
             security: config.security.clone(),
             data_tls: args.data_tls == OnOff::On,
+            rdma,
         },
     )
 }
@@ -1713,6 +1720,11 @@ fn render_neighbors(
             "Connections whose frames go in clear with a MAC (--data-tls off on both ends).",
             &stats.clear_connections,
         ),
+        (
+            "rdma_connections",
+            "RDMA connections made or accepted (--neighbor-transport rdma on both ends).",
+            &stats.rdma_connections,
+        ),
     ];
     for (name, help, counter) in samples {
         let metric = format!("datenlord_neighbor_{name}_total");
@@ -1954,10 +1966,7 @@ mod tests {
         let rdma = args(&[&with_store[..], &["--neighbor-transport", "rdma"][..]].concat());
         assert_eq!(rdma.neighbor_transport, NeighborTransport::Rdma);
         // No device here (and maybe no RDMA in this build): TCP.
-        assert_eq!(
-            rdma.neighbor_transport.resolve(),
-            datenlord_cluster::neighbor::rdma::Transport::Tcp
-        );
+        assert!(rdma.neighbor_transport.resolve(true).is_none());
         let unclear = Cli::try_parse_from(["datenlord", "/mnt", "--data-tls", "maybe"])
             .expect_err("on or off")
             .to_string();

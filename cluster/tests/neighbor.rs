@@ -12,6 +12,9 @@ use std::time::Duration;
 use datenlord_cluster::certs::{init_ca, issue, CertRequest};
 use datenlord_cluster::link::Security;
 use datenlord_cluster::meta::CacheNode;
+use datenlord_cluster::neighbor::conn::ROUTE_ANY;
+use datenlord_cluster::neighbor::rdma::fabric::Fabric;
+use datenlord_cluster::neighbor::rdma::mem::MemFabric;
 use datenlord_cluster::neighbor::{
     DataLink, Membership, NeighborServer, NeighborSources, NeighborStats, View,
 };
@@ -551,6 +554,7 @@ fn with_data_tls_off_on_both_ends_frames_go_in_clear_and_a_changed_byte_is_refus
     let clear = |id: u64, data_tls: bool| DataLink {
         security: security(&ca, &dir.path().join(format!("n{id}")), id),
         data_tls,
+        rdma: None,
     };
     let membership = Membership::default();
     let a = TestNode::with_memory(1, &clear(1, false), membership.clone(), 64);
@@ -797,4 +801,169 @@ fn a_seeded_run_of_joins_leaves_and_stale_views_serves_no_wrong_byte() {
         .map(|n| n.stats.hits.load(Ordering::Relaxed))
         .sum();
     assert!(hits > 0, "some reads were served by homes");
+}
+
+/// Node `id`'s link, on `fabric` when given (RDMA), TCP frames otherwise.
+fn rdma_link(ca: &Path, dir: &Path, id: u64, fabric: Option<&MemFabric>) -> DataLink {
+    DataLink {
+        rdma: fabric.map(|f| Arc::new(f.clone()) as Arc<dyn Fabric>),
+        ..DataLink::new(security(ca, &dir.join(format!("n{id}")), id))
+    }
+}
+
+/// Node A and node B, the home of every block (A is not live).
+fn a_asks_b(a: &TestNode, b: &TestNode) {
+    let a_record = CacheNode {
+        live: false,
+        ..a.record()
+    };
+    a.membership.set(View::new(1, &[a_record, b.record()]));
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// Two nodes on one RDMA fabric (in memory: queue pairs between the two
+/// engines' shard threads, checked like an HCA): a miss is asked of the
+/// home over a queue pair, the home writes the block into the
+/// requester's registered slot, and only the home reads its store. When
+/// the fabric goes down the requester falls back to its store without an
+/// error, and once the home's backoff ends a new queue pair serves again.
+#[test]
+fn over_rdma_the_home_writes_blocks_into_the_requesters_slots() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    init_ca(&ca, 1).expect("ca");
+    let fabric = MemFabric::new();
+    let membership = Membership::default();
+    let link = |id| rdma_link(&ca, dir.path(), id, Some(&fabric));
+    let a = TestNode::with_memory(1, &link(1), membership.clone(), 256);
+    let b = TestNode::with_memory(2, &link(2), membership, 256);
+    a_asks_b(&a, &b);
+    let ids: Vec<BlockId> = (0..48).map(|i| BlockId::new(5, i, 1 << 16)).collect();
+    for &id in &ids {
+        b.store.put(id, content(id));
+    }
+    let handle = a.handle();
+    let reads = ids
+        .iter()
+        .map(|&id| handle.read(id, 0, BLOCK as u32, Vec::new()));
+    for (r, &id) in block_on(futures::future::join_all(reads))
+        .into_iter()
+        .zip(&ids)
+    {
+        assert_eq!(r.expect("read over RDMA").0, content(id));
+    }
+    assert_eq!(a.store.fetches(), 0, "A never needed its store");
+    assert_eq!(b.store.fetches(), ids.len() as u64, "B read each once");
+    assert_eq!(count(&a.stats.hits), ids.len() as u64);
+    assert_eq!(count(&b.stats.served), ids.len() as u64);
+    let made = count(&a.stats.rdma_connections);
+    assert!(
+        (1..=4).contains(&made),
+        "one per requesting shard and home shard: {made}"
+    );
+    assert_eq!(
+        count(&b.stats.rdma_connections),
+        made,
+        "B served each of them"
+    );
+    assert_eq!(count(&a.stats.clear_connections), 0);
+
+    // The fabric goes down: reads fall back to A's store, no error.
+    fabric.cut();
+    let later: Vec<BlockId> = (100..108).map(|i| BlockId::new(5, i, 1 << 16)).collect();
+    for &id in &later {
+        a.store.put(id, content(id));
+        b.store.put(id, content(id));
+    }
+    for &id in &later {
+        assert_eq!(a.read(id).expect("from A's store"), content(id));
+    }
+    assert!(count(&a.stats.fallbacks) >= 1);
+    assert!(count(&a.stats.errors) >= 1, "the cut queue pair failed");
+    // After the backoff a new queue pair (made after the cut) serves.
+    std::thread::sleep(Duration::from_millis(
+        datenlord_cluster::neighbor::DOWN_BACKOFF_MIN_MS * 2,
+    ));
+    let again: Vec<BlockId> = (200..208).map(|i| BlockId::new(5, i, 1 << 16)).collect();
+    for &id in &again {
+        b.store.put(id, content(id));
+    }
+    let fetched = a.store.fetches();
+    for &id in &again {
+        assert_eq!(a.read(id).expect("over RDMA again"), content(id));
+    }
+    assert_eq!(a.store.fetches(), fetched, "the home served them");
+    assert!(count(&a.stats.rdma_connections) > made, "a new queue pair");
+}
+
+/// A node with an RDMA fabric asks a node without one over TCP frames
+/// (the home refuses the RDMA handshake's ALPN name), and a node without
+/// one asks a node with one over TCP frames too.
+#[test]
+fn a_node_without_rdma_is_asked_and_asks_over_tcp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    init_ca(&ca, 1).expect("ca");
+    let fabric = MemFabric::new();
+    for (a_has, b_has) in [(true, false), (false, true)] {
+        let sub = dir.path().join(format!("{a_has}-{b_has}"));
+        let on = |has: bool| has.then_some(&fabric);
+        let membership = Membership::default();
+        let a = TestNode::with_memory(
+            1,
+            &rdma_link(&ca, &sub, 1, on(a_has)),
+            membership.clone(),
+            64,
+        );
+        let b = TestNode::with_memory(2, &rdma_link(&ca, &sub, 2, on(b_has)), membership, 64);
+        a_asks_b(&a, &b);
+        let ids: Vec<BlockId> = (0..16).map(|i| BlockId::new(6, i, 1 << 16)).collect();
+        for &id in &ids {
+            b.store.put(id, content(id));
+        }
+        for &id in &ids {
+            assert_eq!(a.read(id).expect("over TCP"), content(id));
+        }
+        assert_eq!(a.store.fetches(), 0, "{a_has} {b_has}");
+        assert_eq!(count(&a.stats.hits), ids.len() as u64);
+        assert_eq!(count(&a.stats.rdma_connections), 0);
+        assert_eq!(count(&b.stats.rdma_connections), 0);
+        assert_eq!(count(&a.stats.errors), 0, "RDMA refused is no read error");
+    }
+}
+
+/// An administrator's certificate gets no RDMA connection (it may only
+/// order warm-ups, over TCP): the home refuses the handshake.
+#[test]
+fn an_administrator_gets_no_rdma_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    init_ca(&ca, 1).expect("ca");
+    let fabric = MemFabric::new();
+    let b = TestNode::with_memory(
+        2,
+        &rdma_link(&ca, dir.path(), 2, Some(&fabric)),
+        Membership::default(),
+        64,
+    );
+    let admin = DataLink {
+        rdma: Some(Arc::new(fabric.clone()) as Arc<dyn Fabric>),
+        ..admin_link(dir.path())
+    };
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(256 << 10)
+        .make()
+        .expect("executor");
+    let addr = b.record().addr;
+    let opened = executor.run(async {
+        datenlord_cluster::neighbor::rdma::link::open(2, &addr, &admin, ROUTE_ANY, BLOCK as u32)
+            .await
+            .map(|_| ())
+    });
+    assert!(opened.is_err(), "refused");
+    assert_eq!(count(&b.stats.refused), 1);
+    assert_eq!(count(&b.stats.rdma_connections), 0);
 }

@@ -30,6 +30,7 @@ use super::frame::{
     HEADER_BYTES, VERIFY_REPORT_BYTES,
 };
 use super::mac::{Direction, End, Keys, ALPN_MAC, ALPN_TLS, TAG_BYTES};
+use super::rdma::handshake::ALPN_RDMA;
 use super::{DataLink, NeighborStats};
 use crate::link::Security;
 use crate::tls::{Identity, Peer, Role, Tls, TlsDir};
@@ -61,7 +62,7 @@ pub const HOME_SHARDS_MAX: u16 = 4096;
 pub(crate) trait Duplex: AsyncRead + AsyncWrite + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Unpin> Duplex for T {}
 
-type Stream = Box<dyn Duplex>;
+pub(crate) type Stream = Box<dyn Duplex>;
 
 /// Why a neighbor did not deliver a block.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -119,6 +120,16 @@ fn alpn(data_tls: bool) -> Vec<Vec<u8>> {
     } else {
         vec![ALPN_MAC.to_vec(), ALPN_TLS.to_vec()]
     }
+}
+
+/// What a serving end offers: frames (as `--data-tls` says), and the RDMA
+/// handshake when the node has an RDMA fabric.
+fn alpn_served(link: &DataLink) -> Vec<Vec<u8>> {
+    let mut protocols = alpn(link.data_tls);
+    if link.rdma.is_some() {
+        protocols.push(ALPN_RDMA.to_vec());
+    }
+    protocols
 }
 
 fn export<D>(
@@ -199,6 +210,7 @@ async fn connect(
     node: u64,
     link: &DataLink,
     want: u16,
+    protocols: Vec<Vec<u8>>,
 ) -> Result<(Opened, Hello), NeighborError> {
     let resolved: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
         .ok()
@@ -216,7 +228,7 @@ async fn connect(
             return Ok(((Box::new(tcp) as Stream, None), Hello::decode(hello)?));
         };
         let mut config = (*tls_dir.current().client).clone();
-        config.alpn_protocols = alpn(link.data_tls);
+        config.alpn_protocols = protocols;
         let mut stream = futures_rustls::TlsConnector::from(Arc::new(config))
             .connect(Tls::server_name(), tcp)
             .await
@@ -240,36 +252,83 @@ async fn connect(
     .await
 }
 
+/// The requesting side of an RDMA connection's handshake connection to
+/// node `node`'s shard `want`: mutual TLS (certificates are required)
+/// with the RDMA handshake's ALPN name, the peer checked as for frames,
+/// then the home's hello; the TLS stream stays the RDMA connection's
+/// lifeline. A home without RDMA refuses the ALPN name (the TLS
+/// handshake fails).
+pub(crate) async fn connect_rdma(
+    addr: &str,
+    node: u64,
+    link: &DataLink,
+    want: u16,
+) -> Result<(Stream, Hello), NeighborError> {
+    if !matches!(link.security, Security::Tls(_)) {
+        return Err(NeighborError::Io(
+            "RDMA connections are set up over mutual TLS: give the node --tls-dir".into(),
+        ));
+    }
+    let ((stream, _), hello) = connect(addr, node, link, want, vec![ALPN_RDMA.to_vec()]).await?;
+    Ok((stream, hello))
+}
+
+/// An accepted connection: its stream, who it is, and whether it sets up
+/// an RDMA connection (then the stream is its TLS lifeline).
+struct Accepted {
+    opened: Opened,
+    peer: Peer,
+    rdma: bool,
+}
+
 /// The serving side of a new connection (its route preamble read): the
 /// handshake, who it is, and this end's hello.
 async fn accept(
     mut tcp: TcpStream,
     link: &DataLink,
     hello: Hello,
-) -> Result<(Opened, Peer), NeighborError> {
+) -> Result<Accepted, NeighborError> {
     let _ = tcp.set_nodelay(true);
     let Security::Tls(tls_dir) = &link.security else {
         tcp.write_all(&hello.encode()).await?;
-        return Ok(((Box::new(tcp), None), Peer::Unverified));
+        return Ok(Accepted {
+            opened: (Box::new(tcp), None),
+            peer: Peer::Unverified,
+            rdma: false,
+        });
     };
     within(CONNECT_TIMEOUT_MS, async {
         let mut config = (*tls_dir.current().server).clone();
-        config.alpn_protocols = alpn(link.data_tls);
+        config.alpn_protocols = alpn_served(link);
         let mut stream = futures_rustls::TlsAcceptor::from(Arc::new(config))
             .accept(tcp)
             .await
             .map_err(|e| NeighborError::Io(format!("TLS handshake: {e}")))?;
         let who = identity_of(stream.get_ref().1.peer_certificates())?;
-        check_peer(tls_dir, &who, None)?;
+        let rdma = stream.get_ref().1.alpn_protocol() == Some(ALPN_RDMA);
+        if rdma {
+            // Only nodes get an RDMA connection.
+            super::rdma::handshake::check_peer(tls_dir, &who, None)?;
+        } else {
+            check_peer(tls_dir, &who, None)?;
+        }
         stream.write_all(&hello.encode()).await?;
         stream.flush().await?;
         if stream.get_ref().1.alpn_protocol() != Some(ALPN_MAC) {
-            return Ok(((Box::new(stream) as Stream, None), Peer::Certified(who)));
+            return Ok(Accepted {
+                opened: (Box::new(stream) as Stream, None),
+                peer: Peer::Certified(who),
+                rdma,
+            });
         }
         let keys =
             Keys::derive(End::Server, export(stream.get_ref().1)).map_err(NeighborError::Io)?;
         let (tcp, _) = stream.into_inner();
-        Ok(((Box::new(tcp) as Stream, Some(keys)), Peer::Certified(who)))
+        Ok(Accepted {
+            opened: (Box::new(tcp) as Stream, Some(keys)),
+            peer: Peer::Certified(who),
+            rdma: false,
+        })
     })
     .await
 }
@@ -442,7 +501,7 @@ impl Conn {
         block_max: u32,
         want: u16,
     ) -> Result<Rc<Self>, NeighborError> {
-        let (opened, hello) = connect(addr, node, link, want).await?;
+        let (opened, hello) = connect(addr, node, link, want, alpn(link.data_tls)).await?;
         let clear = opened.1.is_some();
         let (reader, writer) = halves(opened, block_max);
         let (closing, closed) = flume::bounded::<()>(0);
@@ -634,7 +693,7 @@ pub(crate) async fn serve_connection(
         shards: u16::try_from(ctx.shards()).unwrap_or(HOME_SHARDS_MAX),
         shard: ctx.id().0,
     };
-    let (opened, peer) = match accept(tcp, &link, hello).await {
+    let Accepted { opened, peer, rdma } = match accept(tcp, &link, hello).await {
         Ok(accepted) => accepted,
         Err(e) => {
             NeighborStats::add(&stats.refused, 1);
@@ -642,6 +701,10 @@ pub(crate) async fn serve_connection(
             return;
         }
     };
+    if rdma {
+        let (stream, _) = opened;
+        return super::rdma::link::serve(ctx, stream, &link, peer, stats).await;
+    }
     if opened.1.is_some() {
         NeighborStats::add(&stats.clear_connections, 1);
     }
@@ -724,7 +787,7 @@ fn is_node(peer: &Peer) -> bool {
     matches!(peer, Peer::Certified(who) if who.role == Role::Node)
 }
 
-fn revoked(security: &Security, peer: &Peer) -> bool {
+pub(crate) fn revoked(security: &Security, peer: &Peer) -> bool {
     match (security, peer) {
         (Security::Tls(tls), Peer::Certified(who)) => tls.is_revoked(&who.serial),
         _ => false,
@@ -747,12 +810,7 @@ async fn answer(
         // orders go on one connection per home, to any shard.)
         NeighborStats::add(&stats.served_off_shard, 1);
     }
-    // A warm-up order is for the whole block (decode refuses one for part).
-    let (offset, len) = match request.range {
-        0 => (0, ctx.block_size().bytes()),
-        range => (request.offset, range),
-    };
-    let result = ctx.read_for_peer(id, offset, len, Vec::new()).await;
+    let result = read_requested(ctx, &request).await;
     let result = match result {
         // Warm-up: the block is kept whatever admission would say.
         Ok((buf, n)) if request.kind == Kind::Warm => {
@@ -789,6 +847,47 @@ async fn answer(
     };
     if let Err(e) = sender.lock().await.send(&header, payload).await {
         debug!(%e, "could not answer a neighbor");
+    }
+}
+
+/// Reads what a `Read` or `Warm` request asks for (a warm-up order is for
+/// the whole block: decode refuses one for part): the buffer and the
+/// bytes of it read.
+async fn read_requested(
+    ctx: &ShardContext,
+    request: &Header,
+) -> Result<(Vec<u8>, usize), datenlord_engine::Error> {
+    let id = BlockId::new(request.ino, request.index, request.block_version);
+    let (offset, len) = match request.range {
+        0 => (0, ctx.block_size().bytes()),
+        range => (request.offset, range),
+    };
+    ctx.read_for_peer(id, offset, len, Vec::new()).await
+}
+
+/// Serves a block's bytes a `Read` request asks for, counted as served
+/// (or missed); the RDMA transport's read.
+pub(crate) async fn serve_read(
+    ctx: &ShardContext,
+    request: &Header,
+    stats: &NeighborStats,
+) -> super::rdma::driver::Served {
+    use super::rdma::driver::Served;
+    match read_requested(ctx, request).await {
+        Ok((mut buf, n)) => {
+            buf.truncate(n);
+            NeighborStats::add(&stats.served, 1);
+            NeighborStats::add(&stats.served_bytes, n as u64);
+            Served::Block(buf)
+        }
+        Err(datenlord_engine::Error::NotFound(_)) => {
+            NeighborStats::add(&stats.served_misses, 1);
+            Served::Missing
+        }
+        Err(e) => {
+            NeighborStats::add(&stats.served_misses, 1);
+            Served::Failed(e.to_string())
+        }
     }
 }
 

@@ -28,7 +28,7 @@ pub mod rdma;
 pub mod warm;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
@@ -161,6 +161,8 @@ pub struct NeighborStats {
     /// Connections (made or accepted) whose frames go in clear with a MAC
     /// (`--data-tls off` on both ends).
     pub clear_connections: AtomicU64,
+    /// RDMA connections (made or accepted).
+    pub rdma_connections: AtomicU64,
 }
 
 impl NeighborStats {
@@ -179,6 +181,11 @@ pub struct DataLink {
     /// (`off`, used on a connection only when both ends say off:
     /// [`mac`]).
     pub data_tls: bool,
+    /// The node's RDMA fabric (`--neighbor-transport rdma` on a machine
+    /// with a device): blocks travel over queue pairs to and from nodes
+    /// that have one too, TCP frames otherwise. RDMA connections are set
+    /// up over mutual TLS: without certificates TCP is used.
+    pub rdma: Option<Arc<dyn rdma::fabric::Fabric>>,
 }
 
 impl DataLink {
@@ -187,6 +194,7 @@ impl DataLink {
         Self {
             security,
             data_tls: true,
+            rdma: None,
         }
     }
 }
@@ -236,6 +244,7 @@ impl<F: SourceFactory> SourceFactory for NeighborSources<F> {
             stats: Arc::clone(&self.stats),
             block_max: self.block_max,
             conns: RefCell::new(HashMap::new()),
+            tcp_only: RefCell::new(HashSet::new()),
             home_shards: RefCell::new(HashMap::new()),
             opening: futures::lock::Mutex::new(()),
             down: RefCell::new(HashMap::new()),
@@ -254,8 +263,43 @@ struct Down {
     backoff: Duration,
 }
 
+/// A connection to a node's shard: TCP frames or an RDMA queue pair.
+#[derive(Clone, Debug)]
+enum Link {
+    Tcp(Rc<Conn>),
+    Rdma(Rc<rdma::link::RdmaLink>),
+}
+
+impl Link {
+    fn is_broken(&self) -> bool {
+        match self {
+            Self::Tcp(c) => c.is_broken(),
+            Self::Rdma(c) => c.is_broken(),
+        }
+    }
+
+    fn hello(&self) -> conn::Hello {
+        match self {
+            Self::Tcp(c) => c.hello(),
+            Self::Rdma(c) => c.hello(),
+        }
+    }
+
+    async fn read(
+        &self,
+        id: BlockId,
+        range: Option<(u32, u32)>,
+        timeout_ms: u64,
+    ) -> Result<Vec<u8>, NeighborError> {
+        match self {
+            Self::Tcp(c) => c.read(id, range, timeout_ms).await,
+            Self::Rdma(c) => c.read(id, range, timeout_ms).await,
+        }
+    }
+}
+
 /// A connection to a node's shard, with the address it went to.
-type Opened = (String, Rc<Conn>);
+type Opened = (String, Link);
 
 /// One shard's neighbor tier.
 struct Shared {
@@ -268,6 +312,9 @@ struct Shared {
     /// Open connections by node and the node's shard serving them, with
     /// the address they went to.
     conns: RefCell<HashMap<(u64, u16), Opened>>,
+    /// Nodes that took a TCP connection but refused an RDMA one (no
+    /// fabric there): asked over TCP until they fail.
+    tcp_only: RefCell<HashSet<u64>>,
     /// Each node's shard count, from its hello: a block goes on the
     /// connection to its owner shard there.
     home_shards: RefCell<HashMap<u64, u16>>,
@@ -345,7 +392,7 @@ impl Shared {
     }
 
     /// An open connection to `node`'s shard `shard` (any shard: `None`).
-    fn open_conn(&self, node: u64, addr: &str, shard: Option<u16>) -> Option<Rc<Conn>> {
+    fn open_conn(&self, node: u64, addr: &str, shard: Option<u16>) -> Option<Link> {
         let usable = |(at, c): &Opened| at == addr && !c.is_broken();
         let conns = self.conns.borrow();
         match shard {
@@ -355,13 +402,13 @@ impl Shared {
                 .find(|((n, _), c)| *n == node && usable(c))
                 .map(|(_, c)| c),
         }
-        .map(|(_, c)| Rc::clone(c))
+        .map(|(_, c)| c.clone())
     }
 
     /// This shard's connection to the shard of `node` that owns `id`, made
     /// if there is none. Until the node's hello told its shard count, any
     /// connection to it will do (the node hops to the owner itself).
-    async fn conn(&self, node: u64, addr: &str, id: BlockId) -> Result<Rc<Conn>, NeighborError> {
+    async fn conn(&self, node: u64, addr: &str, id: BlockId) -> Result<Link, NeighborError> {
         let want = self.owner_at(node, id);
         if let Some(conn) = self.open_conn(node, addr, want) {
             return Ok(conn);
@@ -371,21 +418,13 @@ impl Shared {
         if let Some(conn) = self.open_conn(node, addr, want) {
             return Ok(conn);
         }
-        let conn = Conn::open_to(
-            node,
-            addr,
-            &self.link,
-            self.block_max,
-            want.unwrap_or(conn::ROUTE_ANY),
-        )
-        .await?;
-        if conn.is_clear() {
-            NeighborStats::add(&self.stats.clear_connections, 1);
-        }
+        let conn = self
+            .open(node, addr, want.unwrap_or(conn::ROUTE_ANY))
+            .await?;
         let hello = conn.hello();
         self.home_shards.borrow_mut().insert(node, hello.shards);
         let mut conns = self.conns.borrow_mut();
-        let entry = (addr.to_string(), Rc::clone(&conn));
+        let entry = (addr.to_string(), conn.clone());
         if let Some(want) = want.filter(|w| *w != hello.shard) {
             // The node could not route it (its shards changed): used for
             // that shard's blocks anyway rather than opening more.
@@ -393,6 +432,32 @@ impl Shared {
         }
         conns.insert((node, hello.shard), entry);
         Ok(conn)
+    }
+
+    /// A new connection to `node`'s shard `want`: over RDMA when this node
+    /// has a fabric and `node` did not refuse one, else TCP frames.
+    async fn open(&self, node: u64, addr: &str, want: u16) -> Result<Link, NeighborError> {
+        let rdma = if self.link.rdma.is_some() && !self.tcp_only.borrow().contains(&node) {
+            match rdma::link::open(node, addr, &self.link, want, self.block_max).await {
+                Ok(link) => {
+                    NeighborStats::add(&self.stats.rdma_connections, 1);
+                    return Ok(Link::Rdma(Rc::new(link)));
+                }
+                Err(e) => Some(e),
+            }
+        } else {
+            None
+        };
+        let conn = Conn::open_to(node, addr, &self.link, self.block_max, want).await?;
+        if let Some(e) = rdma {
+            // It answers over TCP: RDMA is what failed.
+            self.tcp_only.borrow_mut().insert(node);
+            warn!(node, %addr, %e, "no RDMA connection to this node: its blocks come over TCP");
+        }
+        if conn.is_clear() {
+            NeighborStats::add(&self.stats.clear_connections, 1);
+        }
+        Ok(Link::Tcp(conn))
     }
 
     fn failed(&self, home: u64, addr: &str, err: &NeighborError) {
@@ -413,6 +478,7 @@ impl Shared {
         drop(down);
         self.conns.borrow_mut().retain(|(node, _), _| *node != home);
         self.home_shards.borrow_mut().remove(&home);
+        self.tcp_only.borrow_mut().remove(&home);
         if first {
             warn!(node = home, %addr, %err, "a neighbor failed: reading from the store; asking it again after a backoff");
         }

@@ -663,9 +663,9 @@ mod tests {
             eprintln!("this machine has an RDMA device: the fallback is not exercised");
             return;
         }
-        let (transport, why) =
-            crate::neighbor::rdma::choose(crate::neighbor::rdma::Transport::Rdma);
-        assert_eq!(transport, crate::neighbor::rdma::Transport::Tcp);
+        let (fabric, why) =
+            crate::neighbor::rdma::choose(crate::neighbor::rdma::Transport::Rdma, true);
+        assert!(fabric.is_none());
         let why = why.expect("a reason");
         let fallback = crate::neighbor::rdma::FALLBACK_MESSAGE;
         assert!(why.starts_with(fallback), "{why}");
@@ -703,5 +703,34 @@ mod tests {
             }
         };
         assert_eq!(answer.expect("the block"), data);
+    }
+}
+
+/// The node's RDMA device as its shards' fabric: each shard opens the
+/// device on its own thread.
+#[derive(Clone, Debug)]
+pub struct DeviceFabric {
+    /// The device's name (the first device when `None`).
+    pub name: Option<String>,
+}
+
+impl super::fabric::Fabric for DeviceFabric {
+    fn name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| "the first RDMA device".into())
+    }
+
+    fn open(&self) -> Result<Rc<dyn super::fabric::ShardFabric>, RdmaError> {
+        Ok(Rc::new(DeviceShard(Device::open(self.name.as_deref())?)))
+    }
+}
+
+/// A shard's open device.
+struct DeviceShard(Rc<Device>);
+
+impl super::fabric::ShardFabric for DeviceShard {
+    fn endpoint(&self) -> Result<super::fabric::Qp, RdmaError> {
+        Ok(Box::new(self.0.endpoint()?))
     }
 }

@@ -63,6 +63,16 @@ pub trait Endpoint: Verbs {
     fn connect(&mut self, peer: &QpAddr) -> Result<(), RdmaError>;
 }
 
+impl<T: Endpoint + ?Sized> Endpoint for Box<T> {
+    fn addr(&self) -> QpAddr {
+        (**self).addr()
+    }
+
+    fn connect(&mut self, peer: &QpAddr) -> Result<(), RdmaError> {
+        (**self).connect(peer)
+    }
+}
+
 /// Which end sent a hello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {

@@ -1,5 +1,6 @@
-//! The verbs in memory: the two ends of one RC queue pair in one process,
-//! checked like an HCA checks them, for the transport's tests.
+//! The verbs in memory: RC queue pairs between ends in one process (on
+//! any threads), checked like an HCA checks them, for the transport's
+//! tests and for nodes of one test process ([`MemFabric`]).
 //!
 //! Work requests execute when posted (the peer's memory and completion
 //! queue change at once), which keeps the order an RC queue pair
@@ -11,19 +12,31 @@
 //! the error state flushes its posted receives and whatever is posted
 //! after. A test can make it misbehave through [`MemControl`]: fail the
 //! next work request with a status, drop completions, or cut the wire.
+//!
+//! Each end has its own lock and no operation holds two at once, so ends
+//! on different threads never wait on each other for long.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use super::fabric::{Fabric, Qp, ShardFabric};
+use super::handshake::{Endpoint, QpAddr, QPN_MAX};
 use super::verbs::{
     in_region, Completion, Opcode, Region, RemoteSlot, Verbs, VerbsError, WcStatus, WrId,
 };
+use super::RdmaError;
 
 /// Where the first region's fake address starts.
 const ADDR_BASE: u64 = 0x7f00_0000_0000;
 /// Most bytes one end may register (a test's limit, not an HCA's).
 pub const REGISTERED_MAX_BYTES: usize = 1 << 30;
+
+/// Fake addresses, unique in the process.
+static NEXT_ADDR: AtomicU64 = AtomicU64::new(ADDR_BASE);
+/// Remote keys, unique in the process (until they wrap).
+static NEXT_RKEY: AtomicU32 = AtomicU32::new(0x1d00);
 
 #[derive(Debug)]
 struct MemRegion {
@@ -39,6 +52,8 @@ struct End {
     recvs: VecDeque<(WrId, Region, std::ops::Range<usize>)>,
     cq: VecDeque<Completion>,
     error: bool,
+    /// Nothing more reaches this end or leaves it.
+    cut: bool,
     fail_next: Option<WcStatus>,
     drop_completions: usize,
 }
@@ -93,94 +108,146 @@ impl End {
                 .map(|_| (i, start))
         })
     }
+
+    /// Takes `data` from a peer: a WRITE to `to`, or a SEND (`to: None`)
+    /// into the first posted receive; the status of the poster's
+    /// completion.
+    fn take(&mut self, data: &[u8], to: Option<RemoteSlot>) -> WcStatus {
+        if self.error || self.cut {
+            // An end in the error state (or cut off) acknowledges nothing.
+            return WcStatus::RetryExceeded;
+        }
+        if let Some(to) = to {
+            let Some((i, start)) = self.remote_window(to.addr, to.rkey, data.len()) else {
+                self.fail();
+                return WcStatus::RemoteAccess;
+            };
+            self.regions[i].bytes[start..start + data.len()].copy_from_slice(data);
+            return WcStatus::Success;
+        }
+        let Some((wr_id, region, range)) = self.recvs.pop_front() else {
+            return WcStatus::ReceiverNotReady;
+        };
+        if data.len() > range.len() {
+            self.complete(wr_id, Opcode::Recv, WcStatus::LocalLength, 0);
+            self.fail();
+            return WcStatus::RemoteInvalidRequest;
+        }
+        let at = range.start;
+        self.regions[region.0 as usize].bytes[at..at + data.len()].copy_from_slice(data);
+        self.complete(wr_id, Opcode::Recv, WcStatus::Success, data.len() as u32);
+        WcStatus::Success
+    }
 }
 
-#[derive(Debug)]
-struct Wire {
-    ends: [End; 2],
-    cut: bool,
-    next_addr: u64,
-    next_rkey: u32,
+type Shared = Arc<Mutex<End>>;
+
+fn lock(end: &Mutex<End>) -> MutexGuard<'_, End> {
+    end.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Queue pairs in memory that ends find each other in by queue pair
+/// number, across threads: the fabric of nodes in one test process.
+#[derive(Clone, Debug, Default)]
+pub struct MemFabric(Arc<Registry>);
+
+#[derive(Debug, Default)]
+struct Registry {
+    ends: Mutex<HashMap<u32, Weak<Mutex<End>>>>,
+    next_qpn: AtomicU32,
+}
+
+impl MemFabric {
+    /// A new, empty fabric.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new end, not connected yet.
+    pub fn endpoint(&self) -> MemQp {
+        let end: Shared = Arc::new(Mutex::new(End::default()));
+        // Queue pairs 0 and 1 are the management ones.
+        let qpn = 2 + self.0.next_qpn.fetch_add(1, Ordering::Relaxed) % (QPN_MAX - 1);
+        let mut ends = self.0.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        ends.retain(|_, e| e.strong_count() > 0);
+        ends.insert(qpn, Arc::downgrade(&end));
+        MemQp {
+            me: end,
+            peer: None,
+            peer_qpn: None,
+            qpn,
+            fabric: self.clone(),
+        }
+    }
+
+    /// Cuts every end made so far: nothing more reaches or leaves them
+    /// (their next SEND or WRITE completes `RetryExceeded`), as when a
+    /// link goes down. Ends made afterwards work.
+    pub fn cut(&self) {
+        let ends = self.0.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        for end in ends.values().filter_map(Weak::upgrade) {
+            lock(&end).cut = true;
+        }
+    }
+
+    fn find(&self, qpn: u32) -> Option<Shared> {
+        let ends = self.0.ends.lock().unwrap_or_else(PoisonError::into_inner);
+        ends.get(&qpn).and_then(Weak::upgrade)
+    }
+}
+
+impl Fabric for MemFabric {
+    fn name(&self) -> String {
+        "in-memory RDMA fabric".into()
+    }
+
+    fn open(&self) -> Result<Rc<dyn ShardFabric>, RdmaError> {
+        Ok(Rc::new(self.clone()))
+    }
+}
+
+impl ShardFabric for MemFabric {
+    fn endpoint(&self) -> Result<Qp, RdmaError> {
+        Ok(Box::new(Self::endpoint(self)))
+    }
 }
 
 /// One end of an in-memory RC queue pair.
 #[derive(Debug)]
 pub struct MemQp {
-    wire: Rc<RefCell<Wire>>,
-    me: usize,
+    me: Shared,
+    peer: Option<Shared>,
+    /// The peer's queue pair number, once connected.
+    peer_qpn: Option<u32>,
+    qpn: u32,
+    fabric: MemFabric,
 }
 
 /// A test's hold on one end: makes it misbehave.
 #[derive(Debug, Clone)]
 pub struct MemControl {
-    wire: Rc<RefCell<Wire>>,
-    me: usize,
+    me: Shared,
+    peer: Option<Shared>,
 }
 
 impl MemQp {
     /// Two connected ends.
     pub fn pair() -> (Self, Self) {
-        let wire = Rc::new(RefCell::new(Wire {
-            ends: [End::default(), End::default()],
-            cut: false,
-            next_addr: ADDR_BASE,
-            next_rkey: 0x1d00,
-        }));
-        (
-            Self {
-                wire: Rc::clone(&wire),
-                me: 0,
-            },
-            Self { wire, me: 1 },
-        )
+        let fabric = MemFabric::new();
+        let (mut a, mut b) = (fabric.endpoint(), fabric.endpoint());
+        let (a_addr, b_addr) = (a.addr(), b.addr());
+        a.connect(&b_addr)
+            .and_then(|()| b.connect(&a_addr))
+            .unwrap_or_else(|e| unreachable!("two fresh ends connect: {e}"));
+        (a, b)
     }
 
     /// A handle to make this end misbehave.
     pub fn control(&self) -> MemControl {
         MemControl {
-            wire: Rc::clone(&self.wire),
-            me: self.me,
+            me: Arc::clone(&self.me),
+            peer: self.peer.clone(),
         }
-    }
-
-    /// Runs a WRITE or a SEND at the peer; the status of the poster's
-    /// completion and the bytes received.
-    fn deliver(
-        wire: &mut Wire,
-        me: usize,
-        opcode: Opcode,
-        data: &[u8],
-        to: Option<RemoteSlot>,
-    ) -> WcStatus {
-        if wire.cut {
-            return WcStatus::RetryExceeded;
-        }
-        let peer = &mut wire.ends[1 - me];
-        if peer.error {
-            // An end in the error state acknowledges nothing.
-            return WcStatus::RetryExceeded;
-        }
-        if let Some(to) = to {
-            let Some((i, start)) = peer.remote_window(to.addr, to.rkey, data.len()) else {
-                peer.fail();
-                return WcStatus::RemoteAccess;
-            };
-            peer.regions[i].bytes[start..start + data.len()].copy_from_slice(data);
-            return WcStatus::Success;
-        }
-        debug_assert_eq!(opcode, Opcode::Send);
-        let Some((wr_id, region, range)) = peer.recvs.pop_front() else {
-            return WcStatus::ReceiverNotReady;
-        };
-        if data.len() > range.len() {
-            peer.complete(wr_id, Opcode::Recv, WcStatus::LocalLength, 0);
-            peer.fail();
-            return WcStatus::RemoteInvalidRequest;
-        }
-        let at = range.start;
-        peer.regions[region.0 as usize].bytes[at..at + data.len()].copy_from_slice(data);
-        peer.complete(wr_id, Opcode::Recv, WcStatus::Success, data.len() as u32);
-        WcStatus::Success
     }
 
     /// Posts a SEND (`to: None`) or a WRITE.
@@ -192,23 +259,29 @@ impl MemQp {
         len: usize,
         to: Option<RemoteSlot>,
     ) -> Result<(), VerbsError> {
-        let mut wire = self.wire.borrow_mut();
         let opcode = if to.is_some() {
             Opcode::Write
         } else {
             Opcode::Send
         };
-        let range = wire.ends[self.me].local(region, offset, len)?;
-        let end = &mut wire.ends[self.me];
+        let mut end = lock(&self.me);
+        let range = end.local(region, offset, len)?;
         let status = if end.error {
             WcStatus::Flushed
         } else if let Some(status) = end.fail_next.take() {
             status
+        } else if end.cut {
+            WcStatus::RetryExceeded
         } else {
             let data = end.regions[region.0 as usize].bytes[range].to_vec();
-            Self::deliver(&mut wire, self.me, opcode, &data, to)
+            drop(end);
+            let status = match &self.peer {
+                Some(peer) => lock(peer).take(&data, to),
+                None => WcStatus::RemoteInvalidRequest,
+            };
+            end = lock(&self.me);
+            status
         };
-        let end = &mut wire.ends[self.me];
         end.complete(wr_id, opcode, status, 0);
         if status != WcStatus::Success {
             end.fail();
@@ -219,22 +292,18 @@ impl MemQp {
 
 impl Verbs for MemQp {
     fn register(&mut self, len: usize, remote: bool) -> Result<Region, VerbsError> {
-        let mut wire = self.wire.borrow_mut();
-        let registered = wire.ends[self.me].registered_bytes.saturating_add(len);
+        let mut end = lock(&self.me);
+        let registered = end.registered_bytes.saturating_add(len);
         if registered > REGISTERED_MAX_BYTES {
             return Err(VerbsError::Resource(format!(
                 "registering {len} bytes: more than {REGISTERED_MAX_BYTES} in all"
             )));
         }
-        let addr = wire.next_addr;
         // Page-aligned fake addresses with a gap, so off-by-one addresses
         // fall outside every region.
-        wire.next_addr += (len as u64).div_ceil(4096) * 4096 + 4096;
-        let rkey = remote.then(|| {
-            wire.next_rkey = wire.next_rkey.wrapping_mul(31).wrapping_add(7);
-            wire.next_rkey
-        });
-        let end = &mut wire.ends[self.me];
+        let addr =
+            NEXT_ADDR.fetch_add((len as u64).div_ceil(4096) * 4096 + 4096, Ordering::Relaxed);
+        let rkey = remote.then(|| NEXT_RKEY.fetch_add(7, Ordering::Relaxed));
         end.registered_bytes = registered;
         end.regions.push(MemRegion {
             bytes: vec![0; len],
@@ -245,8 +314,8 @@ impl Verbs for MemQp {
     }
 
     fn remote(&self, region: Region) -> Option<RemoteSlot> {
-        let wire = self.wire.borrow();
-        let r = wire.ends[self.me].regions.get(region.0 as usize)?;
+        let end = lock(&self.me);
+        let r = end.regions.get(region.0 as usize)?;
         Some(RemoteSlot {
             addr: r.addr,
             rkey: r.rkey?,
@@ -255,16 +324,14 @@ impl Verbs for MemQp {
     }
 
     fn load(&self, region: Region, offset: usize, out: &mut [u8]) -> Result<(), VerbsError> {
-        let wire = self.wire.borrow();
-        let end = &wire.ends[self.me];
+        let end = lock(&self.me);
         let range = end.local(region, offset, out.len())?;
         out.copy_from_slice(&end.region(region)?.bytes[range]);
         Ok(())
     }
 
     fn store(&mut self, region: Region, offset: usize, data: &[u8]) -> Result<(), VerbsError> {
-        let mut wire = self.wire.borrow_mut();
-        let end = &mut wire.ends[self.me];
+        let mut end = lock(&self.me);
         let range = end.local(region, offset, data.len())?;
         end.regions[region.0 as usize].bytes[range].copy_from_slice(data);
         Ok(())
@@ -277,8 +344,7 @@ impl Verbs for MemQp {
         offset: usize,
         len: usize,
     ) -> Result<(), VerbsError> {
-        let mut wire = self.wire.borrow_mut();
-        let end = &mut wire.ends[self.me];
+        let mut end = lock(&self.me);
         let range = end.local(region, offset, len)?;
         if end.error {
             end.complete(wr_id, Opcode::Recv, WcStatus::Flushed, 0);
@@ -310,15 +376,21 @@ impl Verbs for MemQp {
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError> {
-        let mut wire = self.wire.borrow_mut();
-        let cq = &mut wire.ends[self.me].cq;
-        let n = max.min(cq.len());
-        out.extend(cq.drain(..n));
+        let mut end = lock(&self.me);
+        let n = max.min(end.cq.len());
+        out.extend(end.cq.drain(..n));
         Ok(n)
     }
 
     fn shut(&mut self) {
-        self.wire.borrow_mut().ends[self.me].fail();
+        lock(&self.me).fail();
+    }
+}
+
+impl Drop for MemQp {
+    /// A destroyed queue pair acknowledges nothing more.
+    fn drop(&mut self) {
+        lock(&self.me).fail();
     }
 }
 
@@ -326,35 +398,38 @@ impl MemControl {
     /// The next SEND or WRITE this end posts completes with `status`
     /// (and puts this end in the error state).
     pub fn fail_next(&self, status: WcStatus) {
-        self.wire.borrow_mut().ends[self.me].fail_next = Some(status);
+        lock(&self.me).fail_next = Some(status);
     }
 
     /// The next `n` completions of this end are lost.
     pub fn drop_completions(&self, n: usize) {
-        self.wire.borrow_mut().ends[self.me].drop_completions = n;
+        lock(&self.me).drop_completions = n;
     }
 
     /// Cuts the wire: nothing more reaches either end (their next SEND or
     /// WRITE completes `RetryExceeded`; posted receives wait forever).
     pub fn cut(&self) {
-        self.wire.borrow_mut().cut = true;
+        lock(&self.me).cut = true;
+        if let Some(peer) = &self.peer {
+            lock(peer).cut = true;
+        }
     }
 
     /// Whether this end is in the error state.
     pub fn is_error(&self) -> bool {
-        self.wire.borrow().ends[self.me].error
+        lock(&self.me).error
     }
 
     /// Receives this end has posted and not yet had filled.
     pub fn recvs_posted(&self) -> usize {
-        self.wire.borrow().ends[self.me].recvs.len()
+        lock(&self.me).recvs.len()
     }
 }
 
-impl super::handshake::Endpoint for MemQp {
-    fn addr(&self) -> super::handshake::QpAddr {
-        super::handshake::QpAddr {
-            qpn: 0x100 + self.me as u32,
+impl Endpoint for MemQp {
+    fn addr(&self) -> QpAddr {
+        QpAddr {
+            qpn: self.qpn,
             psn: 0x42,
             lid: 0,
             gid: [0; 16],
@@ -362,18 +437,30 @@ impl super::handshake::Endpoint for MemQp {
         }
     }
 
-    /// The pair is wired from the start; connecting checks the peer's
-    /// address is its own end's, as the handshake must have passed it.
-    fn connect(&mut self, peer: &super::handshake::QpAddr) -> Result<(), super::RdmaError> {
-        let other = Self {
-            wire: Rc::clone(&self.wire),
-            me: 1 - self.me,
-        };
-        if *peer != super::handshake::Endpoint::addr(&other) {
-            return Err(super::RdmaError::Handshake(format!(
-                "connecting to {peer:?}, which is not this pair's other end"
-            )));
+    /// Connects to the fabric's end with the peer's queue pair number
+    /// (it must still exist); an end already connected (a pair) only
+    /// checks it is its peer's address.
+    fn connect(&mut self, peer: &QpAddr) -> Result<(), RdmaError> {
+        if let Some(connected) = self.peer_qpn {
+            return if connected == peer.qpn {
+                Ok(())
+            } else {
+                Err(RdmaError::Handshake(format!(
+                    "connecting to {peer:?}, which is not this pair's other end"
+                )))
+            };
         }
+        let found = self
+            .fabric
+            .find(peer.qpn)
+            .filter(|p| !Arc::ptr_eq(p, &self.me));
+        let Some(end) = found else {
+            return Err(RdmaError::Handshake(format!(
+                "connecting to {peer:?}: no such queue pair on this fabric"
+            )));
+        };
+        self.peer = Some(end);
+        self.peer_qpn = Some(peer.qpn);
         Ok(())
     }
 }

@@ -24,8 +24,10 @@
 
 pub mod dial;
 pub mod driver;
+pub mod fabric;
 pub mod handshake;
 pub mod home;
+pub mod link;
 pub mod mem;
 pub mod requester;
 pub mod verbs;
@@ -37,7 +39,9 @@ pub mod device;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Once;
+use std::sync::{Arc, Once};
+
+use fabric::Fabric;
 
 use tracing::warn;
 
@@ -146,37 +150,48 @@ impl std::str::FromStr for Transport {
 /// The first words of the log line when RDMA was asked for and TCP is used.
 pub const FALLBACK_MESSAGE: &str = "no RDMA device; using TCP";
 
-/// The transport the node uses when `wanted` was asked for, said once in
-/// the log: RDMA falls back to TCP when this build has no RDMA support,
-/// the machine has no device, or (today) always, with the reason.
-pub fn choose(wanted: Transport) -> (Transport, Option<String>) {
+/// The fabric the node's blocks travel over when `wanted` was asked for
+/// (`None`: TCP frames), and why RDMA is not used when it was asked for,
+/// said once in the log: this build has no RDMA support, the machine has
+/// no device, or the node has no certificates (`secured`: RDMA
+/// connections are set up over mutual TLS).
+pub fn choose(wanted: Transport, secured: bool) -> (Option<Arc<dyn Fabric>>, Option<String>) {
     static LOGGED: Once = Once::new();
     if wanted == Transport::Tcp {
-        return (Transport::Tcp, None);
+        return (None, None);
     }
-    let why = rdma_unusable();
-    LOGGED.call_once(|| warn!("{why}"));
-    (Transport::Tcp, Some(why))
-}
-
-/// Why RDMA is not used on this node.
-#[cfg(not(feature = "rdma"))]
-fn rdma_unusable() -> String {
-    format!("{FALLBACK_MESSAGE} (this datenlord was built without RDMA support: build it with `--features rdma`)")
-}
-
-/// Why RDMA is not used on this node.
-#[cfg(feature = "rdma")]
-fn rdma_unusable() -> String {
-    match device::discover() {
-        // The error says "no RDMA device; using TCP" and why.
-        Err(e) => e.to_string(),
-        Ok(devices) => {
-            tracing::info!(?devices, "RDMA devices found");
-            format!(
-                "RDMA device {} found, but the neighbor tier's read path does not use the RDMA transport yet; using TCP",
-                devices.join(", ")
-            )
+    match rdma_fabric(secured) {
+        Ok(fabric) => {
+            LOGGED.call_once(|| {
+                tracing::info!(device = %fabric.name(), "blocks travel over RDMA to and from nodes that have it, over TCP otherwise");
+            });
+            (Some(fabric), None)
+        }
+        Err(why) => {
+            LOGGED.call_once(|| warn!("{why}"));
+            (None, Some(why))
         }
     }
+}
+
+/// The node's fabric, or why RDMA is not used on it.
+#[cfg(not(feature = "rdma"))]
+fn rdma_fabric(_secured: bool) -> Result<Arc<dyn Fabric>, String> {
+    Err(format!("{FALLBACK_MESSAGE} (this datenlord was built without RDMA support: build it with `--features rdma`)"))
+}
+
+/// The node's fabric (its first RDMA device), or why RDMA is not used on
+/// it.
+#[cfg(feature = "rdma")]
+fn rdma_fabric(secured: bool) -> Result<Arc<dyn Fabric>, String> {
+    // The error says "no RDMA device; using TCP" and why.
+    let devices = device::discover().map_err(|e| e.to_string())?;
+    tracing::info!(?devices, "RDMA devices found");
+    if !secured {
+        return Err(format!(
+            "RDMA device {} found, but RDMA connections are set up over mutual TLS and this node has no certificates (--tls-dir): using TCP",
+            devices.join(", ")
+        ));
+    }
+    Ok(Arc::new(device::DeviceFabric { name: None }))
 }

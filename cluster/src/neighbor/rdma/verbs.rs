@@ -172,6 +172,64 @@ pub trait Verbs {
     fn shut(&mut self);
 }
 
+/// A boxed end (of whatever fabric made it) is an end.
+impl<T: Verbs + ?Sized> Verbs for Box<T> {
+    fn register(&mut self, len: usize, remote: bool) -> Result<Region, VerbsError> {
+        (**self).register(len, remote)
+    }
+
+    fn remote(&self, region: Region) -> Option<RemoteSlot> {
+        (**self).remote(region)
+    }
+
+    fn load(&self, region: Region, offset: usize, out: &mut [u8]) -> Result<(), VerbsError> {
+        (**self).load(region, offset, out)
+    }
+
+    fn store(&mut self, region: Region, offset: usize, data: &[u8]) -> Result<(), VerbsError> {
+        (**self).store(region, offset, data)
+    }
+
+    fn post_recv(
+        &mut self,
+        wr_id: WrId,
+        region: Region,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), VerbsError> {
+        (**self).post_recv(wr_id, region, offset, len)
+    }
+
+    fn post_send(
+        &mut self,
+        wr_id: WrId,
+        region: Region,
+        offset: usize,
+        len: usize,
+    ) -> Result<(), VerbsError> {
+        (**self).post_send(wr_id, region, offset, len)
+    }
+
+    fn post_write(
+        &mut self,
+        wr_id: WrId,
+        region: Region,
+        offset: usize,
+        len: usize,
+        to: RemoteSlot,
+    ) -> Result<(), VerbsError> {
+        (**self).post_write(wr_id, region, offset, len, to)
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, VerbsError> {
+        (**self).poll(out, max)
+    }
+
+    fn shut(&mut self) {
+        (**self).shut();
+    }
+}
+
 /// Checks `offset + len` against a region of `size` bytes.
 pub(crate) fn in_region(
     region: Region,
