@@ -20,15 +20,22 @@ use s3s::dto::{
     ListObjectsV2Input, ListObjectsV2Output, ListPartsInput, ListPartsOutput, Object,
     PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
 };
+use s3s::dto::{
+    DeleteObjectTaggingInput, DeleteObjectTaggingOutput, GetObjectTaggingInput,
+    GetObjectTaggingOutput, ListMultipartUploadsInput, ListMultipartUploadsOutput,
+    PutObjectTaggingInput, PutObjectTaggingOutput, UploadPartCopyInput, UploadPartCopyOutput,
+};
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::key::{segments, TEMP_PREFIX};
 use conditions::Conditions;
 use meta::{ObjectMeta, META_XATTR};
+use tags::{Tags, TAGS_XATTR};
 
 mod conditions;
 mod meta;
 mod multipart;
+mod tags;
 
 use crate::list::{list, Entry, Item, Query, Tree};
 use crate::users::Users;
@@ -164,6 +171,7 @@ struct ObjectInfo {
     seconds: Timestamp,
     etag: String,
     meta: ObjectMeta,
+    tags: Tags,
 }
 
 impl Gateway {
@@ -242,10 +250,11 @@ impl Gateway {
             })?;
             let recorded = fs.getxattr(attr.ino, ETAG_XATTR, &creds).ok();
             let meta = fs.getxattr(attr.ino, META_XATTR, &creds).ok();
-            Ok::<_, FsError>((attr, recorded, meta))
+            let tags = fs.getxattr(attr.ino, TAGS_XATTR, &creds).ok();
+            Ok::<_, FsError>((attr, recorded, meta, tags))
         })
         .await?;
-        let (attr, recorded, meta) = match found {
+        let (attr, recorded, meta, tags) = match found {
             Ok(found) => found,
             Err(e) if matches!(e.errno(), libc::ENOENT | libc::ENOTDIR) => {
                 return Err(no_such_key())
@@ -263,6 +272,7 @@ impl Gateway {
             seconds: timestamp((attr.mtime.sec, 0)),
             etag,
             meta: meta.map(|m| ObjectMeta::decode(&m)).unwrap_or_default(),
+            tags: tags.map(|t| Tags::decode(&t)).unwrap_or_default(),
         })
     }
 
@@ -795,6 +805,8 @@ impl s3s::S3 for Gateway {
             cache_control: meta.cache_control.clone(),
             metadata: meta.user_map(),
             body: Some(StreamingBlob::wrap(Chunks(rx))),
+            tag_count: (!info.tags.is_empty())
+                .then(|| i32::try_from(info.tags.len()).unwrap_or(i32::MAX)),
             content_length: Some(i64::try_from(length).unwrap_or(i64::MAX)),
             content_range,
             e_tag: Some(ETag::Strong(info.etag)),
@@ -813,6 +825,7 @@ impl s3s::S3 for Gateway {
         let key = input.key.clone();
         let (parts, name) = split_key(&key)?;
         let meta = meta::requested_meta!(input)?;
+        let tags = Tags::from_header(input.tagging.as_deref())?;
         let bucket = self.bucket(&input.bucket, &creds).await?;
         let dir = self.make_dirs(bucket, parts, &key, &creds).await?;
         let body = input
@@ -824,7 +837,7 @@ impl s3s::S3 for Gateway {
             return Err(e);
         }
         let etag = hex(&md5);
-        self.place(dir, &temp, &name, ino, (&etag, &meta), &key, &creds)
+        self.place(dir, &temp, &name, ino, (&etag, &meta, &tags), &key, &creds)
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -881,41 +894,24 @@ impl s3s::S3 for Gateway {
     ) -> S3Result<S3Response<CopyObjectOutput>> {
         let creds = self.creds(&req)?;
         let input = req.input;
-        let CopySource::Bucket {
-            bucket: from_bucket,
-            key: from_key,
-            ..
-        } = &input.copy_source
-        else {
-            return Err(error(
-                S3ErrorCode::NotImplemented,
-                "copies from access points are not served: name the source as bucket/key",
-            ));
-        };
-        let source = self.object(from_bucket, from_key, &creds).await?;
-        Conditions::new(
-            input.copy_source_if_match.as_ref(),
-            input.copy_source_if_unmodified_since.as_ref(),
-            input.copy_source_if_none_match.as_ref(),
-            input.copy_source_if_modified_since.as_ref(),
-        )
-        .check(
-            &source.etag,
-            &source.seconds,
-            S3ErrorCode::PreconditionFailed,
-        )?;
-        let (fs, creds2, file) = (Arc::clone(&self.fs), creds.clone(), source.ino);
-        blocking(move || fs.access(file, libc::R_OK as u32, &creds2))
-            .await?
-            .map_err(|e| fs_error(&e, "reading the source object"))?;
+        let source = self
+            .copy_source(
+                &input.copy_source,
+                Conditions::new(
+                    input.copy_source_if_match.as_ref(),
+                    input.copy_source_if_unmodified_since.as_ref(),
+                    input.copy_source_if_none_match.as_ref(),
+                    input.copy_source_if_modified_since.as_ref(),
+                ),
+                &creds,
+            )
+            .await?;
         let key = input.key.clone();
         let (dirs, name) = split_key(&key)?;
         let bucket = self.bucket(&input.bucket, &creds).await?;
         let dir = self.make_dirs(bucket, dirs, &key, &creds).await?;
-        let (temp, ino) = self
-            .copy_into_temp(dir, vec![(source.ino, source.size)], &creds)
-            .await?;
-        // Same bytes, same ETag; the source's metadata unless replaced.
+        // Same bytes, same ETag; the source's metadata and tags unless
+        // replaced.
         let meta = if input
             .metadata_directive
             .as_ref()
@@ -925,7 +921,20 @@ impl s3s::S3 for Gateway {
         } else {
             source.meta.clone()
         };
-        self.place(dir, &temp, &name, ino, (&source.etag, &meta), &key, &creds)
+        let tags = if input
+            .tagging_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == s3s::dto::TaggingDirective::REPLACE)
+        {
+            Tags::from_header(input.tagging.as_deref())?
+        } else {
+            source.tags.clone()
+        };
+        let (temp, ino, _) = self
+            .copy_into_temp(dir, vec![(source.ino, 0, source.size)], false, &creds)
+            .await?;
+        let stamp = (source.etag.as_str(), &meta, &tags);
+        self.place(dir, &temp, &name, ino, stamp, &key, &creds)
             .await?;
         let copied = self.object(&input.bucket, &key, &creds).await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -966,6 +975,61 @@ impl s3s::S3 for Gateway {
         Ok(S3Response::new(
             self.list_upload_parts(req.input, &creds).await?,
         ))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let creds = self.creds(&req)?;
+        Ok(S3Response::new(
+            self.upload_part_copy_in(req.input, &creds).await?,
+        ))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let creds = self.creds(&req)?;
+        Ok(S3Response::new(self.list_uploads(req.input, &creds).await?))
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        let creds = self.creds(&req)?;
+        let info = self
+            .object(&req.input.bucket, &req.input.key, &creds)
+            .await?;
+        Ok(S3Response::new(GetObjectTaggingOutput {
+            tag_set: info.tags.to_tag_set(),
+            ..GetObjectTaggingOutput::default()
+        }))
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        let creds = self.creds(&req)?;
+        let input = req.input;
+        let tags = Tags::from_tagging(input.tagging)?;
+        self.set_tags(&input.bucket, &input.key, &tags, &creds)
+            .await?;
+        Ok(S3Response::new(PutObjectTaggingOutput::default()))
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        let creds = self.creds(&req)?;
+        let input = req.input;
+        self.set_tags(&input.bucket, &input.key, &Tags::default(), &creds)
+            .await?;
+        Ok(S3Response::new(DeleteObjectTaggingOutput::default()))
     }
 
     async fn complete_multipart_upload(
@@ -1067,9 +1131,10 @@ impl s3s::S3 for Gateway {
 }
 
 impl Gateway {
-    /// Records `etag` on temporary file `temp` (inode `ino`) in `dir`,
-    /// renames it onto `name` and makes the rename durable; on failure the
-    /// temporary file goes (`key` names the object in errors).
+    /// Records `etag`, `meta` and `tags` on temporary file `temp` (inode
+    /// `ino`) in `dir`, renames it onto `name` and makes the rename
+    /// durable; on failure the temporary file goes (`key` names the object
+    /// in errors).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn place(
         &self,
@@ -1077,11 +1142,12 @@ impl Gateway {
         temp: &str,
         name: &str,
         ino: Ino,
-        (etag, meta): (&str, &ObjectMeta),
+        (etag, meta, tags): (&str, &ObjectMeta, &Tags),
         key: &str,
         creds: &Creds,
     ) -> S3Result<()> {
         let meta = (!meta.is_empty()).then(|| meta.encode());
+        let tags = (!tags.is_empty()).then(|| tags.encode());
         let (fs, creds2, temp2, name2, etag2) = (
             Arc::clone(&self.fs),
             creds.clone(),
@@ -1102,14 +1168,16 @@ impl Gateway {
                 XattrFlags::default(),
                 &creds2,
             ))?;
-            if let Some(meta) = &meta {
-                futures::executor::block_on(fs.setxattr(
-                    ino,
-                    META_XATTR,
-                    meta,
-                    XattrFlags::default(),
-                    &creds2,
-                ))?;
+            for (name, value) in [(META_XATTR, &meta), (TAGS_XATTR, &tags)] {
+                if let Some(value) = value {
+                    futures::executor::block_on(fs.setxattr(
+                        ino,
+                        name,
+                        value,
+                        XattrFlags::default(),
+                        &creds2,
+                    ))?;
+                }
             }
             futures::executor::block_on(fs.rename(
                 dir,
@@ -1136,15 +1204,17 @@ impl Gateway {
         Ok(())
     }
 
-    /// A new temporary file in `dir` holding the first `size` bytes of
-    /// each of `sources` in order, durable (a copy or a multipart join;
+    /// A new temporary file in `dir` holding `len` bytes at `offset` of
+    /// each of `sources` in order, durable, and when `hash` their MD5 (a
+    /// copy, a part copied, or a multipart join;
     /// the data is copied, blocks are not shared yet).
     pub(crate) async fn copy_into_temp(
         &self,
         dir: Ino,
-        sources: Vec<(Ino, u64)>,
+        sources: Vec<(Ino, u64, u64)>,
+        hash: bool,
         creds: &Creds,
-    ) -> S3Result<(String, Ino)> {
+    ) -> S3Result<(String, Ino, Option<Vec<u8>>)> {
         let name = format!("{TEMP_PREFIX}{:016x}", rand_u64());
         let (fs, creds2, name2) = (Arc::clone(&self.fs), creds.clone(), name.clone());
         let made = blocking(move || {
@@ -1156,33 +1226,97 @@ impl Gateway {
                 &creds2,
             ))?;
             let (ino, fh) = (opened.attr.ino, opened.fh);
+            let mut md5 = hash.then(md5::Md5::new);
             let copied = (|| {
                 let mut at = 0;
-                for (source, size) in sources {
-                    let n = futures::executor::block_on(
-                        fs.copy_range(source, 0, ino, fh, at, size, &creds2),
-                    )?;
-                    if n != size {
+                for (source, offset, len) in sources {
+                    let n = match &mut md5 {
+                        None => futures::executor::block_on(
+                            fs.copy_range(source, offset, ino, fh, at, len, &creds2),
+                        )?,
+                        Some(md5) => futures::executor::block_on(copy_hashed(
+                            &fs,
+                            (source, offset, len),
+                            (ino, fh, at),
+                            md5,
+                            &creds2,
+                        ))?,
+                    };
+                    if n != len {
                         return Err(FsError::Meta {
                             errno: libc::EIO,
                             message: "a source got shorter while it was copied".into(),
                         });
                     }
-                    at += size;
+                    at += len;
                 }
                 futures::executor::block_on(fs.fsync(ino))
             })();
             let released = futures::executor::block_on(fs.release(ino, fh, None));
-            copied.and(released).map(|()| ino)
+            copied
+                .and(released)
+                .map(|()| (ino, md5.map(|m| m.finalize().to_vec())))
         })
         .await?;
         match made {
-            Ok(ino) => Ok((name, ino)),
+            Ok((ino, md5)) => Ok((name, ino, md5)),
             Err(e) => {
                 self.remove_quietly(dir, &name, creds).await;
                 Err(fs_error(&e, "copying into the object"))
             }
         }
+    }
+
+    /// The object a copy reads (`source`), checked against the copy's
+    /// `conditions` and for read permission.
+    async fn copy_source(
+        &self,
+        source: &CopySource,
+        conditions: Conditions<'_>,
+        creds: &Creds,
+    ) -> S3Result<ObjectInfo> {
+        let CopySource::Bucket { bucket, key, .. } = source else {
+            return Err(error(
+                S3ErrorCode::NotImplemented,
+                "copies from access points are not served: name the source as bucket/key",
+            ));
+        };
+        let source = self.object(bucket, key, creds).await?;
+        conditions.check(
+            &source.etag,
+            &source.seconds,
+            S3ErrorCode::PreconditionFailed,
+        )?;
+        let (fs, creds2, file) = (Arc::clone(&self.fs), creds.clone(), source.ino);
+        blocking(move || fs.access(file, libc::R_OK as u32, &creds2))
+            .await?
+            .map_err(|e| fs_error(&e, "reading the source object"))?;
+        Ok(source)
+    }
+
+    /// Replaces the tags of `key` (none: removes them).
+    async fn set_tags(&self, bucket: &str, key: &str, tags: &Tags, creds: &Creds) -> S3Result<()> {
+        let info = self.object(bucket, key, creds).await?;
+        let (fs, creds, value) = (Arc::clone(&self.fs), creds.clone(), tags.encode());
+        let set = blocking(move || {
+            let done = if value.is_empty() {
+                futures::executor::block_on(fs.removexattr(info.ino, TAGS_XATTR, &creds))
+            } else {
+                futures::executor::block_on(fs.setxattr(
+                    info.ino,
+                    TAGS_XATTR,
+                    &value,
+                    XattrFlags::default(),
+                    &creds,
+                ))
+            };
+            match done {
+                Err(e) if e.errno() == libc::ENODATA => Ok(()),
+                other => other,
+            }
+        })
+        .await?;
+        set.map_err(|e| fs_error(&e, "setting the object's tags"))
     }
 
     /// Deletes `key` (nothing to do when it is not there, as S3 does), and
@@ -1262,6 +1396,29 @@ impl futures::Stream for Chunks {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
+}
+
+/// Copies `len` bytes at `offset` of `source` to `at` of `out` (open as
+/// `fh`) block by block, adding them to `md5`; the bytes copied.
+async fn copy_hashed(
+    fs: &Fs,
+    (source, offset, len): (Ino, u64, u64),
+    (out, fh, at): (Ino, u64, u64),
+    md5: &mut md5::Md5,
+    creds: &Creds,
+) -> Result<u64, FsError> {
+    let mut copied = 0u64;
+    while copied < len {
+        let chunk = u32::try_from((len - copied).min(u64::from(STEP_BYTES))).unwrap_or(STEP_BYTES);
+        let data = fs.read(source, offset + copied, chunk).await?;
+        if data.is_empty() {
+            break;
+        }
+        md5.update(&data);
+        fs.write(out, fh, at + copied, &data, creds).await?;
+        copied += data.len() as u64;
+    }
+    Ok(copied)
 }
 
 #[cfg(test)]

@@ -207,6 +207,69 @@ assert code(lambda: s3.upload_part(Bucket="data", Key="other", UploadId=small, P
 s3.abort_multipart_upload(Bucket="data", Key="small", UploadId=small)
 assert code(lambda: s3.abort_multipart_upload(Bucket="data", Key="small", UploadId=small)) == "NoSuchUpload"
 assert not [n for n in os.listdir(on_mount("data")) if n.startswith(".datenlord-s3-")], "aborted: nothing left"
+# Parts copied from objects (whole, and a byte range), uploads in
+# progress listed by key then id, with prefixes and pages.
+src = os.urandom(6 * 2**20)
+s3.put_object(Bucket="data", Key="copy/src", Body=src)
+joined = s3.create_multipart_upload(Bucket="data", Key="copy/joined", Tagging="origin=copy")["UploadId"]
+c1 = s3.upload_part_copy(Bucket="data", Key="copy/joined", UploadId=joined, PartNumber=1,
+                         CopySource={"Bucket": "data", "Key": "copy/src"})["CopyPartResult"]
+c2 = s3.upload_part_copy(Bucket="data", Key="copy/joined", UploadId=joined, PartNumber=2,
+                         CopySource={"Bucket": "data", "Key": "copy/src"}, CopySourceRange="bytes=10-1033")["CopyPartResult"]
+assert c1["ETag"].strip('"') == hashlib.md5(src).hexdigest(), c1
+assert c2["ETag"].strip('"') == hashlib.md5(src[10:1034]).hexdigest(), c2
+assert code(lambda: s3.upload_part_copy(Bucket="data", Key="copy/joined", UploadId=joined, PartNumber=3,
+                                        CopySource={"Bucket": "data", "Key": "copy/src"},
+                                        CopySourceRange=f"bytes=0-{len(src)}")) == "InvalidRange"
+assert code(lambda: s3.upload_part_copy(Bucket="data", Key="copy/joined", UploadId=joined, PartNumber=3,
+                                        CopySource={"Bucket": "data", "Key": "copy/none"})) == "NoSuchKey"
+ids = {s3.create_multipart_upload(Bucket="data", Key=k)["UploadId"]: k for k in ["up/a", "up/b", "up/b", "zz"]}
+listed = s3.list_multipart_uploads(Bucket="data")["Uploads"]
+order = [(u["Key"], u["UploadId"]) for u in listed]
+assert order == sorted(order) and len(order) == 5, order
+assert {u["UploadId"]: u["Key"] for u in listed if u["Key"] != "copy/joined"} == ids
+rolled = s3.list_multipart_uploads(Bucket="data", Delimiter="/")
+assert [p["Prefix"] for p in rolled["CommonPrefixes"]] == ["copy/", "up/"], rolled
+assert [u["Key"] for u in rolled["Uploads"]] == ["zz"], rolled
+first = s3.list_multipart_uploads(Bucket="data", Prefix="up/", MaxUploads=2)
+assert first["IsTruncated"] and len(first["Uploads"]) == 2, first
+rest = s3.list_multipart_uploads(Bucket="data", Prefix="up/", KeyMarker=first["NextKeyMarker"],
+                                 UploadIdMarker=first["NextUploadIdMarker"])
+assert not rest["IsTruncated"] and [u["Key"] for u in rest["Uploads"]] == ["up/b"], rest
+for upload_id, k in ids.items():
+    s3.abort_multipart_upload(Bucket="data", Key=k, UploadId=upload_id)
+s3.complete_multipart_upload(
+    Bucket="data", Key="copy/joined", UploadId=joined,
+    MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": c1["ETag"]}, {"PartNumber": 2, "ETag": c2["ETag"]}]},
+)
+with open(on_mount("data", "copy", "joined"), "rb") as f:
+    assert f.read() == src + src[10:1034], "the mount reads the copied parts"
+assert s3.list_multipart_uploads(Bucket="data").get("Uploads", []) == []
+
+# Tags: set by a PUT's header, a CreateMultipartUpload (above), a copy
+# with REPLACE, or PutObjectTagging; counted by GET; S3's limits.
+tagged = s3.get_object_tagging(Bucket="data", Key="copy/joined")["TagSet"]
+assert tagged == [{"Key": "origin", "Value": "copy"}], tagged
+s3.put_object(Bucket="data", Key="tagged", Body=b"t", Tagging="team=storage&note=a%20b")
+assert s3.get_object(Bucket="data", Key="tagged")["TagCount"] == 2
+assert s3.get_object_tagging(Bucket="data", Key="tagged")["TagSet"] == [
+    {"Key": "team", "Value": "storage"}, {"Key": "note", "Value": "a b"}]
+s3.copy_object(Bucket="data", Key="tag-copy", CopySource={"Bucket": "data", "Key": "tagged"})
+assert len(s3.get_object_tagging(Bucket="data", Key="tag-copy")["TagSet"]) == 2, "copied with the object"
+s3.copy_object(Bucket="data", Key="tag-copy", CopySource={"Bucket": "data", "Key": "tagged"},
+               TaggingDirective="REPLACE", Tagging="only=one")
+assert s3.get_object_tagging(Bucket="data", Key="tag-copy")["TagSet"] == [{"Key": "only", "Value": "one"}]
+s3.put_object_tagging(Bucket="data", Key="tagged", Tagging={"TagSet": [{"Key": "k", "Value": "v"}]})
+assert s3.get_object_tagging(Bucket="data", Key="tagged")["TagSet"] == [{"Key": "k", "Value": "v"}]
+too_many = {"TagSet": [{"Key": f"k{i}", "Value": "v"} for i in range(11)]}
+assert code(lambda: s3.put_object_tagging(Bucket="data", Key="tagged", Tagging=too_many)) == "InvalidTag"
+assert code(lambda: s3.put_object(Bucket="data", Key="bad-tags", Body=b"x", Tagging="a=1&a=2")) == "InvalidTag"
+assert code(lambda: s3.get_object_tagging(Bucket="data", Key="no-such")) == "NoSuchKey"
+s3.delete_object_tagging(Bucket="data", Key="tagged")
+assert s3.get_object_tagging(Bucket="data", Key="tagged")["TagSet"] == []
+assert "TagCount" not in s3.get_object(Bucket="data", Key="tagged")
+s3.delete_objects(Bucket="data", Delete={"Objects": [{"Key": k} for k in ["tagged", "tag-copy", "copy/src", "copy/joined"]]})
+
 s3.delete_object(Bucket="data", Key="multi/part")
 s3.delete_object(Bucket="data", Key="manual")
 

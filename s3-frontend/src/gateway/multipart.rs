@@ -6,21 +6,28 @@
 //! checks the parts named (ascending, present, same ETags, all but the
 //! last at least 5 MiB), concatenates them into a temporary file next to
 //! the key, places it as a PUT does (ETag: the MD5 of the parts' MD5s and
-//! `-N`) and removes the upload. Aborting removes the upload.
+//! `-N`) and removes the upload. Aborting removes the upload. A part may
+//! also be copied from (a range of) an object (UploadPartCopy), and a
+//! bucket's uploads in progress are listed (ListMultipartUploads) in key
+//! and then upload id order.
 
 use std::sync::Arc;
 
 use datenlord_fs::{Creds, FileKind, FsError, Ino, XattrFlags};
 use md5::Digest as _;
 use s3s::dto::{
-    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput,
-    CompleteMultipartUploadOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, ETag,
-    ListPartsInput, ListPartsOutput, Part, StreamingBlob, Timestamp, UploadPartInput,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, CommonPrefix,
+    CompleteMultipartUploadInput, CompleteMultipartUploadOutput, CopyPartResult,
+    CreateMultipartUploadInput, CreateMultipartUploadOutput, ETag, ListMultipartUploadsInput,
+    ListMultipartUploadsOutput, ListPartsInput, ListPartsOutput, MultipartUpload, Part,
+    StreamingBlob, Timestamp, UploadPartCopyInput, UploadPartCopyOutput, UploadPartInput,
     UploadPartOutput,
 };
 use s3s::{S3ErrorCode, S3Result};
 
+use super::conditions::Conditions;
 use super::meta::{ObjectMeta, META_XATTR};
+use super::tags::{Tags, TAGS_XATTR};
 use super::{
     blocking, error, fs_error, hex, invalid_key, rand_u64, recorded_etag, Gateway, ETAG_XATTR,
 };
@@ -34,10 +41,92 @@ pub const PART_MIN_BYTES: u64 = 5 << 20;
 pub const PART_NUMBER_MAX: i32 = 10_000;
 /// Most parts a ListParts page holds.
 const PARTS_PAGE_MAX: usize = 1000;
+/// Most uploads a ListMultipartUploads page holds.
+const UPLOADS_PAGE_MAX: usize = 1000;
 
 /// The directory name of upload `id`.
 fn upload_dir(id: &str) -> String {
     format!("{TEMP_PREFIX}upload-{id}")
+}
+
+/// The upload id of an upload directory's name.
+fn upload_id(name: &str) -> Option<&str> {
+    name.strip_prefix(TEMP_PREFIX)?
+        .strip_prefix("upload-")
+        .filter(|id| check_id(id).is_ok())
+}
+
+/// The bytes a `bytes=FIRST-LAST` copy range names of an object of
+/// `size` bytes: `(offset, len)`.
+fn copy_range(range: &str, size: u64) -> S3Result<(u64, u64)> {
+    let bounds = range
+        .strip_prefix("bytes=")
+        .and_then(|r| r.split_once('-'))
+        .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+    match bounds {
+        Some((first, last)) if first <= last && last < size => Ok((first, last - first + 1)),
+        Some(_) => Err(error(
+            S3ErrorCode::InvalidRange,
+            format!("copy range {range} is not within the source's {size} bytes"),
+        )),
+        None => Err(error(
+            S3ErrorCode::InvalidArgument,
+            format!("copy range {range:?}: give bytes=FIRST-LAST"),
+        )),
+    }
+}
+
+/// An upload in progress, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    key: String,
+    id: String,
+    initiated: (i64, u32),
+}
+
+/// One page of `uploads` (sorted by key, then id) as ListMultipartUploads
+/// shows it: after the markers, under `prefix`, keys with `delimiter`
+/// after the prefix rolled up into common prefixes, at most `max`
+/// entries (uploads and prefixes); whether more follow.
+fn page<'a>(
+    uploads: &'a [Listed],
+    prefix: &str,
+    delimiter: Option<&str>,
+    (key_marker, id_marker): (Option<&str>, Option<&str>),
+    max: usize,
+) -> (Vec<&'a Listed>, Vec<String>, bool) {
+    let after = |u: &Listed| match (key_marker, id_marker) {
+        (None, _) => true,
+        (Some(k), None) => u.key.as_str() > k,
+        (Some(k), Some(id)) => u.key.as_str() > k || (u.key == k && u.id.as_str() > id),
+    };
+    let (mut shown, mut prefixes) = (Vec::new(), Vec::<String>::new());
+    for u in uploads
+        .iter()
+        .filter(|u| u.key.starts_with(prefix) && after(u))
+    {
+        let rolled = delimiter
+            .filter(|d| !d.is_empty())
+            .and_then(|d| {
+                u.key[prefix.len()..]
+                    .find(d)
+                    .map(|at| prefix.len() + at + d.len())
+            })
+            .map(|end| u.key[..end].to_string());
+        if let Some(common) = &rolled {
+            if prefixes.last() == Some(common) {
+                continue;
+            }
+        }
+        if shown.len() + prefixes.len() == max {
+            return (shown, prefixes, true);
+        }
+        match rolled {
+            Some(common) => prefixes.push(common),
+            None => shown.push(u),
+        }
+    }
+    (shown, prefixes, false)
 }
 
 /// Whether `id` is an upload id this gateway gives out (32 hex digits).
@@ -166,6 +255,8 @@ impl Gateway {
     ) -> S3Result<CreateMultipartUploadOutput> {
         segments(&input.key).map_err(|why| invalid_key(&input.key, why))?;
         let meta = super::meta::requested_meta!(input)?.encode();
+        let tags = Tags::from_header(input.tagging.as_deref())?;
+        let tags = (!tags.is_empty()).then(|| tags.encode());
         let root = self.bucket(&input.bucket, creds).await?;
         let id = format!("{:016x}{:016x}", rand_u64(), rand_u64());
         let (fs, creds, name, key) = (
@@ -194,7 +285,17 @@ impl Gateway {
                 &meta,
                 XattrFlags::default(),
                 &creds,
-            ))
+            ))?;
+            match &tags {
+                Some(tags) => futures::executor::block_on(fs.setxattr(
+                    dir.ino,
+                    TAGS_XATTR,
+                    tags,
+                    XattrFlags::default(),
+                    &creds,
+                )),
+                None => Ok(()),
+            }
         })
         .await?;
         made.map_err(|e| fs_error(&e, "beginning the upload"))?;
@@ -225,19 +326,131 @@ impl Gateway {
         }
         let etag = hex(&md5);
         let name = part_name(input.part_number);
-        self.place(
-            dir,
-            &temp,
-            &name,
-            ino,
-            (&etag, &ObjectMeta::default()),
-            &input.key,
-            creds,
-        )
-        .await?;
+        let stamp = (etag.as_str(), &ObjectMeta::default(), &Tags::default());
+        self.place(dir, &temp, &name, ino, stamp, &input.key, creds)
+            .await?;
         Ok(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
             ..UploadPartOutput::default()
+        })
+    }
+
+    pub(super) async fn upload_part_copy_in(
+        &self,
+        input: UploadPartCopyInput,
+        creds: &Creds,
+    ) -> S3Result<UploadPartCopyOutput> {
+        check_part_number(input.part_number)?;
+        let (_, dir) = self
+            .upload(&input.bucket, &input.key, &input.upload_id, creds)
+            .await?;
+        let source = self
+            .copy_source(
+                &input.copy_source,
+                Conditions::new(
+                    input.copy_source_if_match.as_ref(),
+                    input.copy_source_if_unmodified_since.as_ref(),
+                    input.copy_source_if_none_match.as_ref(),
+                    input.copy_source_if_modified_since.as_ref(),
+                ),
+                creds,
+            )
+            .await?;
+        let (offset, len) = match &input.copy_source_range {
+            None => (0, source.size),
+            Some(range) => copy_range(range, source.size)?,
+        };
+        let (temp, ino, md5) = self
+            .copy_into_temp(dir, vec![(source.ino, offset, len)], true, creds)
+            .await?;
+        let etag = hex(&md5.unwrap_or_default());
+        let stamp = (etag.as_str(), &ObjectMeta::default(), &Tags::default());
+        let name = part_name(input.part_number);
+        self.place(dir, &temp, &name, ino, stamp, &input.key, creds)
+            .await?;
+        Ok(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(etag)),
+                last_modified: Some(Timestamp::from(std::time::SystemTime::now())),
+                ..CopyPartResult::default()
+            }),
+            ..UploadPartCopyOutput::default()
+        })
+    }
+
+    pub(super) async fn list_uploads(
+        &self,
+        input: ListMultipartUploadsInput,
+        creds: &Creds,
+    ) -> S3Result<ListMultipartUploadsOutput> {
+        let root = self.bucket(&input.bucket, creds).await?;
+        let (fs, creds2) = (Arc::clone(&self.fs), creds.clone());
+        let found = blocking(move || {
+            let mut uploads = Vec::new();
+            for entry in Gateway::entries(&fs, root, &creds2)? {
+                let Some(id) = upload_id(&entry.name).filter(|_| entry.dir) else {
+                    continue;
+                };
+                // An upload completed or aborted meanwhile is not listed.
+                let (Ok(key), Ok(attr)) = (
+                    fs.getxattr(Ino(entry.ino), KEY_XATTR, &creds2),
+                    fs.getattr(Ino(entry.ino)),
+                ) else {
+                    continue;
+                };
+                let Ok(key) = String::from_utf8(key) else {
+                    continue;
+                };
+                uploads.push(Listed {
+                    key,
+                    id: id.to_string(),
+                    initiated: (attr.ctime.sec, attr.ctime.nsec),
+                });
+            }
+            Ok::<_, FsError>(uploads)
+        })
+        .await?;
+        let mut uploads = found.map_err(|e| fs_error(&e, "listing the bucket's uploads"))?;
+        uploads.sort_by(|a, b| (&a.key, &a.id).cmp(&(&b.key, &b.id)));
+        let max = usize::try_from(input.max_uploads.unwrap_or(1000))
+            .unwrap_or(0)
+            .min(UPLOADS_PAGE_MAX);
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let markers = (
+            input.key_marker.as_deref(),
+            input.upload_id_marker.as_deref(),
+        );
+        let (shown, prefixes, truncated) =
+            page(&uploads, &prefix, input.delimiter.as_deref(), markers, max);
+        let last = shown.last();
+        Ok(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            next_key_marker: truncated.then(|| last.map(|u| u.key.clone())).flatten(),
+            next_upload_id_marker: truncated.then(|| last.map(|u| u.id.clone())).flatten(),
+            max_uploads: Some(i32::try_from(max).unwrap_or(i32::MAX)),
+            is_truncated: Some(truncated),
+            uploads: Some(
+                shown
+                    .into_iter()
+                    .map(|u| MultipartUpload {
+                        key: Some(u.key.clone()),
+                        upload_id: Some(u.id.clone()),
+                        initiated: Some(super::timestamp(u.initiated)),
+                        ..MultipartUpload::default()
+                    })
+                    .collect(),
+            ),
+            common_prefixes: Some(
+                prefixes
+                    .into_iter()
+                    .map(|p| CommonPrefix { prefix: Some(p) })
+                    .collect(),
+            ),
+            ..ListMultipartUploadsOutput::default()
         })
     }
 
@@ -322,22 +535,27 @@ impl Gateway {
             .collect();
         let stored = self.stored_parts(upload, creds).await?;
         let (fs, creds2) = (Arc::clone(&self.fs), creds.clone());
-        let meta = blocking(move || fs.getxattr(upload, META_XATTR, &creds2))
-            .await?
-            .map(|m| ObjectMeta::decode(&m))
-            .unwrap_or_default();
+        let (meta, tags) = blocking(move || {
+            (
+                fs.getxattr(upload, META_XATTR, &creds2),
+                fs.getxattr(upload, TAGS_XATTR, &creds2),
+            )
+        })
+        .await?;
+        let meta = meta.map(|m| ObjectMeta::decode(&m)).unwrap_or_default();
+        let tags = tags.map(|t| Tags::decode(&t)).unwrap_or_default();
         let chosen = choose_parts(&named, &stored)?;
         // The object: the parts one after the other, placed as a PUT.
         let (dirs, name) = super::split_key(&key)?;
         let dir = self.make_dirs(root, dirs, &key, creds).await?;
-        let sources: Vec<(Ino, u64)> = chosen.iter().map(|p| (p.ino, p.size)).collect();
-        let (temp, ino) = self.copy_into_temp(dir, sources, creds).await?;
+        let sources: Vec<(Ino, u64, u64)> = chosen.iter().map(|p| (p.ino, 0, p.size)).collect();
+        let (temp, ino, _) = self.copy_into_temp(dir, sources, false, creds).await?;
         let mut md5s = md5::Md5::new();
         for part in &chosen {
             md5s.update(unhex(&part.etag));
         }
         let etag = format!("{}-{}", hex(&md5s.finalize()), chosen.len());
-        self.place(dir, &temp, &name, ino, (&etag, &meta), &key, creds)
+        self.place(dir, &temp, &name, ino, (&etag, &meta, &tags), &key, creds)
             .await?;
         self.remove_upload(root, &upload_dir(&input.upload_id), creds)
             .await?;
@@ -452,6 +670,70 @@ mod tests {
                 .as_deref(),
             Some("EntityTooSmall")
         );
+    }
+
+    #[test]
+    fn copy_ranges_name_bytes_of_the_source() {
+        assert_eq!(copy_range("bytes=0-9", 10).expect("range"), (0, 10));
+        assert_eq!(copy_range("bytes=5-5", 10).expect("range"), (5, 1));
+        let code = |r: &str| {
+            copy_range(r, 10)
+                .err()
+                .map(|e| e.code().as_str().to_string())
+        };
+        assert_eq!(code("bytes=5-10").as_deref(), Some("InvalidRange"));
+        assert_eq!(code("bytes=6-5").as_deref(), Some("InvalidRange"));
+        assert_eq!(code("bytes=5-").as_deref(), Some("InvalidArgument"));
+        assert_eq!(code("5-6").as_deref(), Some("InvalidArgument"));
+    }
+
+    #[test]
+    fn upload_listings_page_by_key_then_id_and_roll_up_prefixes() {
+        let u = |key: &str, id: &str| Listed {
+            key: key.into(),
+            id: id.into(),
+            initiated: (0, 0),
+        };
+        let all = vec![
+            u("a", "1"),
+            u("a", "2"),
+            u("b/x", "3"),
+            u("b/y", "4"),
+            u("c", "5"),
+        ];
+        let keys = |shown: &[&Listed]| -> Vec<(String, String)> {
+            shown
+                .iter()
+                .map(|l| (l.key.clone(), l.id.clone()))
+                .collect()
+        };
+        let (shown, prefixes, more) = page(&all, "", None, (None, None), 2);
+        assert_eq!(
+            keys(&shown),
+            [("a".into(), "1".into()), ("a".into(), "2".into())]
+        );
+        assert!(prefixes.is_empty() && more);
+        let (shown, _, more) = page(&all, "", None, (Some("a"), Some("1")), 2);
+        assert_eq!(
+            keys(&shown),
+            [("a".into(), "2".into()), ("b/x".into(), "3".into())]
+        );
+        assert!(more);
+        let (shown, _, more) = page(&all, "", None, (Some("a"), None), 10);
+        assert_eq!(shown.len(), 3);
+        assert!(!more);
+        let (shown, prefixes, more) = page(&all, "", Some("/"), (None, None), 10);
+        assert_eq!(shown.len(), 3);
+        assert_eq!(prefixes, ["b/"]);
+        assert!(!more);
+        let (shown, prefixes, _) = page(&all, "b/", Some("/"), (None, None), 10);
+        assert_eq!(shown.len(), 2);
+        assert!(prefixes.is_empty());
+        assert_eq!(
+            upload_id(&upload_dir(&"a".repeat(32))),
+            Some(&*"a".repeat(32))
+        );
+        assert_eq!(upload_id(&upload_dir("nothex")), None);
     }
 
     #[test]
