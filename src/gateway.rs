@@ -78,10 +78,20 @@ impl KernelCaches for MountCaches {
     }
 }
 
+/// What the gateway serves with: its users, its TLS, the mount's kernel
+/// caches (when it runs beside a mount).
+struct Front {
+    users: Users,
+    tls: Option<Arc<datenlord_s3::tls::ServerConfig>>,
+    notifier: Option<datenlord_fuse::Notifier>,
+    mounted: bool,
+}
+
 /// A running gateway.
 pub(crate) struct S3Gateway {
     stop: tokio::sync::oneshot::Sender<()>,
     thread: std::thread::JoinHandle<()>,
+    stats: Arc<datenlord_s3::S3Stats>,
 }
 
 /// The gateway's users when it is asked for (`--s3-listen`, or
@@ -101,12 +111,43 @@ pub(crate) fn users(
         .map_err(anyhow::Error::msg)
 }
 
+/// The gateway's HTTPS configuration when it is asked for: from
+/// `--s3-tls-cert`/`--s3-tls-key`, else from the node's `--tls-dir`
+/// (its cluster certificate), else none (HTTP); loaded before the mount,
+/// so a bad file fails the start.
+pub(crate) fn tls(
+    listen: Option<&str>,
+    args: &crate::mount::MountArgs,
+) -> anyhow::Result<Option<Arc<datenlord_s3::tls::ServerConfig>>> {
+    use datenlord_cluster::tls::{CERT_FILE, KEY_FILE};
+    if listen.is_none() {
+        return Ok(None);
+    }
+    let files = match (&args.s3_tls_cert, &args.s3_tls_key, &args.tls_dir) {
+        (Some(cert), Some(key), _) => datenlord_s3::tls::CertFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (None, None, Some(dir)) => datenlord_s3::tls::CertFiles {
+            cert: dir.join(CERT_FILE),
+            key: dir.join(KEY_FILE),
+        },
+        (None, None, None) => return Ok(None),
+        _ => anyhow::bail!("give both --s3-tls-cert and --s3-tls-key, or neither"),
+    };
+    let cert = files.cert.display().to_string();
+    let config = datenlord_s3::tls::server_config(files).context("the S3 gateway's TLS")?;
+    info!(%cert, "the S3 gateway serves HTTPS");
+    Ok(Some(config))
+}
+
 impl S3Gateway {
     /// Listens on `listen` and serves `fs` (mounted as `mount`, if it
-    /// is) to `users`; nothing when either is not given.
+    /// is) to `users`, over HTTPS with `tls`; nothing when `listen` or the
+    /// users are not given.
     pub(crate) fn start(
         listen: Option<&str>,
-        users: Option<Users>,
+        (users, tls): (Option<Users>, Option<Arc<datenlord_s3::tls::ServerConfig>>),
         fs: &Arc<Fs>,
         mount: Option<&datenlord_fuse::Mount>,
     ) -> anyhow::Result<Option<Self>> {
@@ -114,7 +155,13 @@ impl S3Gateway {
             return Ok(None);
         };
         let notifier = mount.and_then(datenlord_fuse::Mount::notifier);
-        Self::serve(listen, Arc::clone(fs), users, notifier, mount.is_some()).map(Some)
+        let front = Front {
+            users,
+            tls,
+            notifier,
+            mounted: mount.is_some(),
+        };
+        Self::serve(listen, Arc::clone(fs), front).map(Some)
     }
 
     /// Serves until SIGTERM or SIGINT (`signals`, blocked in every
@@ -132,13 +179,13 @@ impl S3Gateway {
         futures::executor::block_on(fs.flush_all()).context("flushing before the stop")
     }
 
-    fn serve(
-        listen: &str,
-        fs: Arc<Fs>,
-        users: Users,
-        notifier: Option<datenlord_fuse::Notifier>,
-        mounted: bool,
-    ) -> anyhow::Result<Self> {
+    fn serve(listen: &str, fs: Arc<Fs>, front: Front) -> anyhow::Result<Self> {
+        let Front {
+            users,
+            tls,
+            notifier,
+            mounted,
+        } = front;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(S3_WORKER_THREADS)
             .thread_name("s3")
@@ -154,17 +201,27 @@ impl S3Gateway {
         }
         let kernel = notifier.map(|n| Arc::new(MountCaches(n)) as Arc<dyn KernelCaches>);
         let gateway = Gateway::new(fs, users, kernel);
+        let stats = gateway.stats();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("s3-gateway".into())
             .spawn(move || {
-                runtime.block_on(datenlord_s3::serve(listener, gateway, async {
+                runtime.block_on(datenlord_s3::serve(listener, gateway, tls, async {
                     let _ = stopped.await;
                 }));
             })
             .context("starting the S3 gateway's thread")?;
         info!(%addr, "serving the namespace over S3");
-        Ok(Self { stop, thread })
+        Ok(Self {
+            stop,
+            thread,
+            stats,
+        })
+    }
+
+    /// Its counters per S3 operation.
+    pub(crate) fn stats(&self) -> Arc<datenlord_s3::S3Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// Stops taking requests and waits for those in flight.

@@ -152,6 +152,11 @@ enum CertsCommand {
         /// Days the certificate is valid.
         #[arg(long, default_value_t = datenlord_cluster::certs::CERT_DAYS_DEFAULT)]
         days: u32,
+        /// A host name or IP address the certificate is also valid for
+        /// (repeatable): what S3 clients of a gateway using this
+        /// certificate connect by. Cluster peers do not need it.
+        #[arg(long = "host", value_name = "NAME|IP")]
+        hosts: Vec<String>,
     },
     /// Revoke a certificate before it expires (a lost key, a retired
     /// host): the masters record its serial and every master and node
@@ -673,6 +678,7 @@ fn run_certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
             id,
             out,
             days,
+            hosts,
         } => {
             let out = out.unwrap_or_else(|| PathBuf::from(&name));
             let request = certs::CertRequest {
@@ -680,6 +686,7 @@ fn run_certs(command: CertsCommand) -> anyhow::Result<ExitCode> {
                 role,
                 id,
                 days,
+                hosts,
             };
             let identity = certs::issue(&ca, &out, &request).with_context(|| {
                 format!("issuing a certificate with the CA in {}", ca.display())

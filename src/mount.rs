@@ -143,6 +143,15 @@ pub struct MountArgs {
     /// optional groups and buckets), readable by its owner only.
     #[arg(long = "s3-credentials", value_name = "FILE")]
     pub s3_credentials: Option<PathBuf>,
+    /// Serve S3 over HTTPS with this certificate chain (PEM, leaf first;
+    /// reloaded when the file changes), with --s3-tls-key. Without them a
+    /// node with --tls-dir serves HTTPS with its cluster certificate (give
+    /// it the names clients connect by: `certs issue --host`), else HTTP.
+    #[arg(long = "s3-tls-cert", value_name = "FILE", requires = "s3_tls_key")]
+    pub s3_tls_cert: Option<PathBuf>,
+    /// The private key of --s3-tls-cert (PEM).
+    #[arg(long = "s3-tls-key", value_name = "FILE", requires = "s3_tls_cert")]
+    pub s3_tls_key: Option<PathBuf>,
     /// Seconds between metadata backups to the store (also made at unmount).
     #[arg(long = "backup-interval", value_name = "SECONDS", default_value_t = META_BACKUP_INTERVAL_DEFAULT_S)]
     pub backup_interval_s: u64,
@@ -1140,10 +1149,11 @@ impl Fronts {
                     args.s3_listen.as_deref(),
                     args.s3_credentials.as_deref(),
                 )?;
+                let tls = crate::gateway::tls(args.s3_listen.as_deref(), args)?;
                 let mount = datenlord_fuse::mount(Arc::clone(fs), opts)?;
                 let s3 = crate::gateway::S3Gateway::start(
                     args.s3_listen.as_deref(),
-                    users,
+                    (users, tls),
                     fs,
                     Some(&mount),
                 )?;
@@ -1151,7 +1161,8 @@ impl Fronts {
             }
             Front::S3(listen) => {
                 let users = crate::gateway::users(Some(listen), args.s3_credentials.as_deref())?;
-                let s3 = crate::gateway::S3Gateway::start(Some(listen), users, fs, None)?;
+                let tls = crate::gateway::tls(Some(listen), args)?;
+                let s3 = crate::gateway::S3Gateway::start(Some(listen), (users, tls), fs, None)?;
                 s3.map(Self::Gateway)
                     .ok_or_else(|| anyhow::anyhow!("the S3 gateway did not start"))
             }
@@ -1162,6 +1173,14 @@ impl Fronts {
         match self {
             Self::Mounted(mount, _) => mount.stats(),
             Self::Gateway(_) => datenlord_fuse::OpStats::default(),
+        }
+    }
+
+    /// The S3 gateway's counters, when it serves.
+    fn s3_stats(&self) -> Option<Arc<datenlord_s3::S3Stats>> {
+        match self {
+            Self::Mounted(_, s3) => s3.as_ref().map(crate::gateway::S3Gateway::stats),
+            Self::Gateway(s3) => Some(s3.stats()),
         }
     }
 
@@ -1244,7 +1263,7 @@ pub(crate) fn serve(
             node_metrics(
                 engine.handle(),
                 writeback.clone(),
-                fronts.ops(),
+                (fronts.ops(), fronts.s3_stats()),
                 Arc::downgrade(&fs),
                 neighbor_plan.as_ref().map(|n| Arc::clone(&n.stats)),
             ),
@@ -1562,7 +1581,7 @@ fn unmount_path(path: &Path) {
 fn node_metrics(
     engine: datenlord_engine::EngineHandle,
     writeback: WriteBack,
-    ops: datenlord_fuse::OpStats,
+    (ops, s3): (datenlord_fuse::OpStats, Option<Arc<datenlord_s3::S3Stats>>),
     fs: std::sync::Weak<datenlord_fs::Fs>,
     neighbors: Option<Arc<datenlord_cluster::neighbor::NeighborStats>>,
 ) -> crate::metrics::Render {
@@ -1638,6 +1657,9 @@ fn node_metrics(
             f64::from(u8::from(backlog.last_error.is_some())),
         );
         render_ops(&mut e, &ops.snapshot());
+        if let Some(s3) = &s3 {
+            render_s3(&mut e, &s3.snapshot());
+        }
         if let Some(stats) = &neighbors {
             render_neighbors(&mut e, stats);
         }
@@ -1859,6 +1881,59 @@ fn render_ops(e: &mut crate::metrics::Exposition, ops: &[datenlord_fuse::OpSampl
     }
 }
 
+/// The S3 gateway's counters and latency, per S3 operation.
+fn render_s3(e: &mut crate::metrics::Exposition, ops: &[datenlord_s3::stats::OpSample]) {
+    const LATENCY: &str = "datenlord_s3_request_seconds";
+    type S3Counter = (
+        &'static str,
+        &'static str,
+        fn(&datenlord_s3::stats::OpSample) -> u64,
+    );
+    let counters: [S3Counter; 5] = [
+        (
+            "datenlord_s3_requests_total",
+            "S3 requests answered, per operation (Unrouted: refused before routing).",
+            |op| op.requests,
+        ),
+        (
+            "datenlord_s3_client_errors_total",
+            "S3 requests answered with a 4xx status, per operation.",
+            |op| op.client_errors,
+        ),
+        (
+            "datenlord_s3_server_errors_total",
+            "S3 requests answered with a 5xx status or not at all, per operation.",
+            |op| op.server_errors,
+        ),
+        (
+            "datenlord_s3_received_bytes_total",
+            "Bytes of S3 request bodies, per operation.",
+            |op| op.bytes_in,
+        ),
+        (
+            "datenlord_s3_sent_bytes_total",
+            "Bytes of S3 answer bodies, per operation.",
+            |op| op.bytes_out,
+        ),
+    ];
+    for (name, help, value) in counters {
+        e.family(name, "counter", help);
+        for op in ops {
+            e.sample(name, &[("op", op.op.as_str())], value(op) as f64);
+        }
+    }
+    e.family(
+        LATENCY,
+        "histogram",
+        "S3 request latency until the answer's headers, per operation.",
+    );
+    for op in ops {
+        let sample =
+            crate::metrics::HistogramSample::from_micros(&op.buckets, op.requests, op.sum_ns);
+        e.histogram(LATENCY, &[("op", op.op.as_str())], &sample);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1991,6 +2066,7 @@ mod tests {
                 role,
                 id,
                 days: 30,
+                hosts: Vec::new(),
             };
             issue(&ca, &out, &request).expect("issue");
             out.display().to_string()

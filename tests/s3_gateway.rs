@@ -17,13 +17,24 @@ const SECRET: &str = "gateway-test-secret";
 
 /// A mount serving S3 on a free address as `ACCESS`, with `env` too.
 fn mount_with_gateway(dirs: &NodeDirs, env: &[(&str, &str)]) -> (Mounted, String) {
+    mount_with_gateway_flags(dirs, env, &[])
+}
+
+/// [`mount_with_gateway`] with more mount flags.
+fn mount_with_gateway_flags(
+    dirs: &NodeDirs,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> (Mounted, String) {
     let addr = free_addr();
     let mut all = vec![
         ("DATENLORD_S3_ACCESS_KEY", ACCESS),
         ("DATENLORD_S3_SECRET_KEY", SECRET),
     ];
     all.extend_from_slice(env);
-    let mount = Mounted::start_env(dirs, &["--s3-listen", &addr], &all);
+    let mut args = vec!["--s3-listen", addr.as_str()];
+    args.extend_from_slice(flags);
+    let mount = Mounted::start_env(dirs, &args, &all);
     (mount, addr)
 }
 
@@ -42,10 +53,15 @@ fn run_script(name: &str, addr: &str, mount: &Mounted) {
 /// Runs boto3 script `tests/s3/NAME ENDPOINT MOUNTPOINT ACCESS SECRET
 /// EXTRA…`; `log` goes into the failure message.
 fn run_python(name: &str, addr: &str, mountpoint: &str, extra: &[&str], log: &str) {
+    python(name, &format!("http://{addr}"), mountpoint, extra, log);
+}
+
+/// [`run_python`] with the endpoint's URL: what the script printed.
+fn python(name: &str, endpoint: &str, mountpoint: &str, extra: &[&str], log: &str) -> String {
     let script = format!("{}/tests/s3/{name}", env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new("python3")
         .arg(script)
-        .arg(format!("http://{addr}"))
+        .arg(endpoint)
         .arg(mountpoint)
         .args([ACCESS, SECRET])
         .args(extra)
@@ -57,14 +73,26 @@ fn run_python(name: &str, addr: &str, mountpoint: &str, extra: &[&str], log: &st
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `datenlord gateway` on `data_dir`, its log in `log`, once it listens.
 fn gateway(addr: &str, data_dir: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    gateway_with(addr, data_dir, log, &[])
+}
+
+/// [`gateway`] with more node flags.
+fn gateway_with(
+    addr: &str,
+    data_dir: &std::path::Path,
+    log: &std::path::Path,
+    flags: &[&str],
+) -> std::process::Child {
     let stderr = std::fs::File::create(log).expect("log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_datenlord"))
         .args(["gateway", "--listen", addr, "--", "--data-dir"])
         .arg(data_dir)
+        .args(flags)
         .env("DATENLORD_S3_ACCESS_KEY", ACCESS)
         .env("DATENLORD_S3_SECRET_KEY", SECRET)
         .stdout(std::process::Stdio::null())
@@ -119,8 +147,42 @@ fn datenlord_gateway_serves_without_a_mount_and_keeps_objects_across_restarts() 
 #[test]
 fn boto3_reads_and_writes_the_namespace_through_the_gateway() {
     let dirs = NodeDirs::new();
-    let (mount, addr) = mount_with_gateway(&dirs, &[]);
+    let metrics = free_addr();
+    let (mount, addr) = mount_with_gateway_flags(&dirs, &[], &["--metrics-addr", &metrics]);
     run_script("gateway.py", &addr, &mount);
+    // What the script did, per S3 operation, on the node's /metrics.
+    let page = support::node::scrape(&metrics);
+    let value = |metric: &str, op: &str| -> f64 {
+        let sample = format!("{metric}{{op=\"{op}\"}} ");
+        page.lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("datenlord_s3_requests_total", "PutObject") >= 10.0,
+        "{page}"
+    );
+    assert!(
+        value("datenlord_s3_client_errors_total", "GetObject") >= 1.0,
+        "NoSuchKey: {page}"
+    );
+    assert!(value("datenlord_s3_received_bytes_total", "UploadPart") >= f64::from(20 << 20));
+    assert!(value("datenlord_s3_sent_bytes_total", "GetObject") >= f64::from(8 << 20));
+    assert!(
+        value("datenlord_s3_client_errors_total", "Unrouted") >= 1.0,
+        "a bad signature: {page}"
+    );
+    assert!(
+        value("datenlord_s3_server_errors_total", "GetObject") < 1.0,
+        "{page}"
+    );
+    assert!(
+        value(
+            "datenlord_s3_request_seconds_count",
+            "CompleteMultipartUpload"
+        ) >= 2.0
+    );
     mount.unmount();
 }
 
@@ -181,4 +243,102 @@ fn the_gateway_needs_an_access_key() {
     )
     .expect_err("no access key");
     assert!(err.contains("DATENLORD_S3_ACCESS_KEY"), "{err}");
+}
+
+/// `datenlord certs` with `args`; fails the test unless it succeeds.
+fn certs(args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_datenlord"))
+        .arg("certs")
+        .args(args)
+        .output()
+        .expect("datenlord certs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// HTTPS with a certificate of the cluster CA issued for the names clients
+/// connect by (`certs issue --host`): boto3 trusting the CA works, one
+/// that does not and plain HTTP get nowhere; a renewed certificate is
+/// served without a restart, and one that does not load leaves the old
+/// one in place.
+#[test]
+fn the_gateway_serves_https_and_takes_a_renewed_certificate_without_a_restart() {
+    let dirs = NodeDirs::new();
+    let root = dirs.root();
+    let path = |name: &str| root.join(name).display().to_string();
+    certs(&["init", &path("ca")]);
+    for name in ["gw1", "gw2"] {
+        certs(&[
+            "issue",
+            "--ca",
+            &path("ca"),
+            "--name",
+            name,
+            "--role",
+            "node",
+            "--id",
+            "7",
+            "--host",
+            "127.0.0.1",
+            "--host",
+            "localhost",
+            "--out",
+            &path(name),
+        ]);
+    }
+    // The files the gateway is given, replaced in place later.
+    std::fs::create_dir(root.join("live")).expect("live dir");
+    let install = |from: &str| {
+        for file in ["key.pem", "cert.pem"] {
+            let temp = root.join("live").join(format!(".{file}"));
+            std::fs::copy(root.join(from).join(file), &temp).expect("copy");
+            std::fs::rename(&temp, root.join("live").join(file)).expect("rename");
+        }
+    };
+    install("gw1");
+    let addr = free_addr();
+    let log = root.join("gateway.log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let (cert, key) = (path("live/cert.pem"), path("live/key.pem"));
+    let child = gateway_with(
+        &addr,
+        &dirs.data_dir(),
+        &log,
+        &["--s3-tls-cert", &cert, "--s3-tls-key", &key],
+    );
+    let endpoint = format!("https://{addr}");
+    let ca = path("ca/ca.pem");
+    python("tls.py", &endpoint, "-", &[&ca, "io"], &read_log());
+    let serial = || python("tls.py", &endpoint, "-", &[&ca, "serial"], &read_log());
+    let first = serial();
+    // A renewal: new connections get the new certificate.
+    install("gw2");
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    let _ = serial(); // the handshake that notices the change
+    let renewed = serial();
+    assert_ne!(first, renewed, "the renewed certificate is served");
+    // A broken renewal keeps the last good certificate.
+    std::fs::write(root.join("live/cert.pem"), "not a certificate").expect("write");
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    let _ = serial();
+    assert_eq!(serial(), renewed, "the old certificate stays");
+    assert!(read_log().contains("does not load"), "{}", read_log());
+    python("tls.py", &endpoint, "-", &[&ca, "io"], &read_log());
+    assert!(terminate(child).success(), "{}", read_log());
+    // Only one of the two files: a clear refusal.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_datenlord"))
+        .args(["gateway", "--listen", &addr, "--", "--data-dir"])
+        .arg(dirs.data_dir())
+        .args(["--s3-tls-cert", &cert])
+        .output()
+        .expect("datenlord gateway");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--s3-tls-key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -66,6 +66,10 @@ pub struct CertRequest {
     pub id: Option<u64>,
     /// Days of validity from now.
     pub days: u32,
+    /// Host names and IP addresses the certificate is also valid for, for
+    /// clients that check the name they connect by (an S3 client of the
+    /// gateway); cluster peers check the role and id instead.
+    pub hosts: Vec<String>,
 }
 
 /// Makes a new CA in `dir` (created 0700 if missing). Refuses a directory
@@ -133,6 +137,18 @@ pub fn issue(ca_dir: &Path, out: &Path, request: &CertRequest) -> Result<Identit
     params.distinguished_name = subject;
     let uri = Identity::uri(request.role, request.id);
     params.subject_alt_names = vec![SanType::URI(uri.try_into()?)];
+    for host in &request.hosts {
+        params
+            .subject_alt_names
+            .push(match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(host.as_str().try_into().map_err(|e| {
+                    CertError::Invalid(format!(
+                        "--host {host}: not a host name or an IP address ({e})"
+                    ))
+                })?),
+            });
+    }
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     // Masters and nodes both connect and accept; admins only connect, but
     // one kind of certificate keeps the checks in one place.
@@ -265,6 +281,7 @@ pub(crate) mod testing {
                 role,
                 id,
                 days: 1,
+                hosts: Vec::new(),
             };
             issue(&self.root.path().join("ca"), &dir, &request).expect("issue");
             Security::from_dir(Some(&dir)).expect("load")
@@ -282,6 +299,7 @@ mod tests {
             role,
             id,
             days: 30,
+            hosts: Vec::new(),
         }
     }
 
@@ -343,6 +361,7 @@ mod tests {
             (
                 CertRequest {
                     days: 0,
+                    hosts: Vec::new(),
                     ..request(Role::Admin, None)
                 },
                 "0 days",

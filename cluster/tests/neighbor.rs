@@ -41,6 +41,7 @@ fn security(ca: &Path, dir: &Path, id: u64) -> Security {
         role: Role::Node,
         id: Some(id),
         days: 1,
+        hosts: Vec::new(),
     };
     issue(ca, dir, &request).expect("issue");
     Security::from_dir(Some(dir)).expect("load")
@@ -149,6 +150,7 @@ fn admin_link(dir: &Path) -> DataLink {
         role: Role::Admin,
         id: None,
         days: 1,
+        hosts: Vec::new(),
     };
     issue(&dir.join("ca"), &admin_dir, &request).expect("issue");
     DataLink::new(Security::from_dir(Some(&admin_dir)).expect("load"))

@@ -74,6 +74,7 @@ pub struct Gateway {
     fs: Arc<Fs>,
     users: Arc<Users>,
     kernel: Option<Arc<dyn KernelCaches>>,
+    stats: Arc<crate::S3Stats>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -182,7 +183,13 @@ impl Gateway {
             fs,
             users: Arc::new(users),
             kernel,
+            stats: Arc::default(),
         }
+    }
+
+    /// Its counters per S3 operation.
+    pub fn stats(&self) -> Arc<crate::S3Stats> {
+        Arc::clone(&self.stats)
     }
 
     /// The users (the service's authentication).

@@ -18,33 +18,49 @@
 pub mod gateway;
 pub mod key;
 pub mod list;
+pub mod stats;
+pub mod tls;
 pub mod users;
 
 use std::future::Future;
+use std::sync::Arc;
 
 pub use gateway::{Gateway, KernelCaches};
+pub use stats::S3Stats;
 pub use users::Users;
 
 /// How long connections in flight get after the stop.
 const STOP_GRACE_S: u64 = 10;
 
-/// Serves `gateway` on `listener` (HTTP/1.1, path-style requests, SigV4)
-/// until `stop` completes; then gives requests in flight a grace period.
+/// Serves `gateway` on `listener` (HTTP/1.1, path-style requests, SigV4;
+/// HTTPS with `tls`) until `stop` completes; then gives requests in flight
+/// a grace period.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Gateway,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: impl Future<Output = ()> + Send,
 ) {
     let mut builder = s3s::service::S3ServiceBuilder::new(gateway.clone());
     builder.set_auth(UsersAuth(gateway.users()));
     builder.set_access(UsersAccess(gateway.users()));
     let s3 = builder.build();
+    let stats = gateway.stats();
     let service =
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let close = continues_without_body(request.headers());
-            let s3 = s3.clone();
+            let bytes_in = content_length(request.headers());
+            let (s3, stats, started) = (s3.clone(), Arc::clone(&stats), std::time::Instant::now());
             async move {
-                let mut response = hyper::service::Service::call(&s3, request).await?;
+                let (answer, op) = stats::scoped(hyper::service::Service::call(&s3, request)).await;
+                stats.record(stats::Answered {
+                    op,
+                    status: answer.as_ref().ok().map(|r| r.status().as_u16()),
+                    bytes_in,
+                    bytes_out: answer.as_ref().map_or(0, |r| content_length(r.headers())),
+                    started,
+                });
+                let mut response = answer?;
                 if close {
                     response.headers_mut().insert(
                         http::header::CONNECTION,
@@ -56,11 +72,12 @@ pub async fn serve(
         });
     let server = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut stop = std::pin::pin!(stop);
     loop {
-        let socket = tokio::select! {
+        let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(%e, "the S3 gateway could not accept a connection");
                     continue;
@@ -68,11 +85,31 @@ pub async fn serve(
             },
             () = stop.as_mut() => break,
         };
-        let connection =
-            server.serve_connection(hyper_util::rt::TokioIo::new(socket), service.clone());
-        let connection = graceful.watch(connection.into_owned());
+        let (server, service, watcher) = (server.clone(), service.clone(), graceful.watcher());
+        let Some(tls) = tls.clone() else {
+            let connection = server.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+            let connection = watcher.watch(connection.into_owned());
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            continue;
+        };
         tokio::spawn(async move {
-            let _ = connection.await;
+            let stream = match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, tls.accept(socket))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, %e, "an S3 client's TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "an S3 client did not finish its TLS handshake in time");
+                    return;
+                }
+            };
+            let connection = server.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = watcher.watch(connection.into_owned()).await;
         });
     }
     tokio::select! {
@@ -98,12 +135,23 @@ fn continues_without_body(headers: &http::HeaderMap) -> bool {
     expects && empty
 }
 
-/// The users as s3s's access control (bucket bindings).
+/// A message's `Content-Length` (0 when absent or not a number).
+fn content_length(headers: &http::HeaderMap) -> u64 {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The users as s3s's access control (bucket bindings); it also names
+/// the request's operation for the counters (s3s calls it for every
+/// routed request).
 struct UsersAccess(std::sync::Arc<Users>);
 
 #[async_trait::async_trait]
 impl s3s::access::S3Access for UsersAccess {
     async fn check(&self, cx: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        stats::routed(cx.s3_op().name());
         self.0.check(cx).await
     }
 

@@ -11,13 +11,14 @@ from botocore.config import Config
 endpoint, mount, access, secret = sys.argv[1:5]
 
 
-def client(secret_key=secret, access_key=access):
+def client(secret_key=secret, access_key=access, verify=None, endpoint_url=endpoint):
     return boto3.client(
         "s3",
-        endpoint_url=endpoint,
+        endpoint_url=endpoint_url,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         region_name="us-east-1",
+        verify=verify,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
 

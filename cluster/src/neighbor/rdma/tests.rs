@@ -632,6 +632,7 @@ mod handshake {
             role,
             id,
             days: 1,
+            hosts: Vec::new(),
         };
         issue(ca, dir, &request).expect("issue");
         TlsDir::load(dir).expect("load")
