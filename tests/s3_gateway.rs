@@ -342,3 +342,138 @@ fn the_gateway_serves_https_and_takes_a_renewed_certificate_without_a_restart() 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The AWS CLI (`tests/s3/cli.sh`): multipart uploads, ranged downloads,
+/// a server-side copy of a large object (UploadPartCopy), sync, listings,
+/// tagging and recursive deletes, each checked on the mount.
+#[test]
+fn the_aws_cli_works_against_the_gateway() {
+    let dirs = NodeDirs::new();
+    let metrics = free_addr();
+    let (mount, addr) = mount_with_gateway_flags(&dirs, &[], &["--metrics-addr", &metrics]);
+    let script = format!("{}/tests/s3/cli.sh", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(format!("http://{addr}"))
+        .arg(mount.path())
+        .args([ACCESS, SECRET])
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "{}\n{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        mount.log()
+    );
+    // The large copy went part by part on the server.
+    let page = support::node::scrape(&metrics);
+    assert!(
+        page.contains("datenlord_s3_requests_total{op=\"UploadPartCopy\"}"),
+        "{page}"
+    );
+    mount.unmount();
+}
+
+/// object_store, the S3 client of Rust programs (and of DatenLord's own
+/// store): PUT, GET whole and ranged, HEAD, listings with a delimiter, a
+/// multipart upload, a create-only PUT refused on an existing key, copy
+/// and delete.
+#[test]
+fn object_store_reads_and_writes_through_the_gateway() {
+    use object_store::path::Path as Key;
+    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+    let dirs = NodeDirs::new();
+    let (mount, addr) = mount_with_gateway(&dirs, &[]);
+    std::fs::create_dir(mount.path().join("ostore")).expect("a bucket made on the mount");
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(format!("http://{addr}"))
+        .with_allow_http(true)
+        .with_bucket_name("ostore")
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS)
+        .with_secret_access_key(SECRET)
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .expect("store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let data: Vec<u8> = (0..(3 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
+    runtime.block_on(async {
+        let key = Key::from("dir/a.bin");
+        store
+            .put(&key, PutPayload::from(data.clone()))
+            .await
+            .expect("put");
+        let got = store
+            .get(&key)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        assert_eq!(got.as_ref(), &data[..]);
+        let range = store.get_range(&key, 10..20).await.expect("range");
+        assert_eq!(range.as_ref(), &data[10..20]);
+        assert_eq!(
+            store.head(&key).await.expect("head").size,
+            data.len() as u64
+        );
+        let listed = store
+            .list_with_delimiter(Some(&Key::from("dir")))
+            .await
+            .expect("list");
+        assert_eq!(listed.objects.len(), 1);
+        assert_eq!(listed.objects[0].location, key);
+        let top = store.list_with_delimiter(None).await.expect("list");
+        assert_eq!(top.common_prefixes, [Key::from("dir")]);
+        let create = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        let refused = store
+            .put_opts(&key, PutPayload::from_static(b"x"), create.clone())
+            .await;
+        assert!(
+            matches!(refused, Err(object_store::Error::AlreadyExists { .. })),
+            "{refused:?}"
+        );
+        store
+            .put_opts(&Key::from("new"), PutPayload::from_static(b"x"), create)
+            .await
+            .expect("a create of a new key");
+        let mut upload = store
+            .put_multipart(&Key::from("big"))
+            .await
+            .expect("upload");
+        upload
+            .put_part(PutPayload::from(vec![1u8; 5 << 20]))
+            .await
+            .expect("part");
+        upload
+            .put_part(PutPayload::from(vec![2u8; 1 << 20]))
+            .await
+            .expect("part");
+        upload.complete().await.expect("complete");
+        store.copy(&key, &Key::from("copy")).await.expect("copy");
+        store.delete(&key).await.expect("delete");
+        assert!(matches!(
+            store.get(&key).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    });
+    let big = std::fs::read(mount.path().join("ostore/big")).expect("the multipart object");
+    assert_eq!(big.len(), 6 << 20);
+    assert!(big[..5 << 20].iter().all(|&b| b == 1) && big[5 << 20..].iter().all(|&b| b == 2));
+    assert_eq!(
+        std::fs::read(mount.path().join("ostore/copy")).expect("copy"),
+        data
+    );
+    assert!(
+        !mount.path().join("ostore/dir").exists(),
+        "the emptied folder went"
+    );
+    mount.unmount();
+}

@@ -28,7 +28,7 @@ use s3s::dto::{
 use s3s::{S3Error, S3ErrorCode, S3Request, S3Response, S3Result};
 
 use crate::key::{segments, TEMP_PREFIX};
-use conditions::Conditions;
+use conditions::{Conditions, WriteCondition};
 use meta::{ObjectMeta, META_XATTR};
 use tags::{Tags, TAGS_XATTR};
 
@@ -75,6 +75,7 @@ pub struct Gateway {
     users: Arc<Users>,
     kernel: Option<Arc<dyn KernelCaches>>,
     stats: Arc<crate::S3Stats>,
+    placing: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -163,6 +164,49 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// What an object is placed with: its ETag, metadata and tags, and what
+/// the write requires of the object it replaces.
+pub(crate) struct Stamp<'a> {
+    pub(crate) etag: &'a str,
+    pub(crate) meta: &'a ObjectMeta,
+    pub(crate) tags: &'a Tags,
+    pub(crate) condition: &'a WriteCondition,
+}
+
+impl<'a> Stamp<'a> {
+    /// An unconditional write's stamp without metadata or tags (a part).
+    fn plain(etag: &'a str) -> Self {
+        Self {
+            etag,
+            meta: &NO_META,
+            tags: &NO_TAGS,
+            condition: &WriteCondition::Unconditional,
+        }
+    }
+}
+
+static NO_META: ObjectMeta = ObjectMeta::EMPTY;
+static NO_TAGS: Tags = Tags::EMPTY;
+
+/// Why an object was not placed.
+enum Placing {
+    /// Its condition does not hold.
+    Refused(S3Error),
+    /// The file system refused.
+    Fs(FsError),
+}
+
+impl From<FsError> for Placing {
+    fn from(e: FsError) -> Self {
+        Self::Fs(e)
+    }
+}
+
+/// Locks serializing the placing of objects by key (a stripe per hash):
+/// a conditional write's check and its rename happen with no other write
+/// of that key through this gateway in between.
+const PLACE_STRIPES: usize = 64;
+
 /// An object's metadata for HEAD, GET and listings.
 struct ObjectInfo {
     ino: Ino,
@@ -184,6 +228,9 @@ impl Gateway {
             users: Arc::new(users),
             kernel,
             stats: Arc::default(),
+            placing: (0..PLACE_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -833,6 +880,7 @@ impl s3s::S3 for Gateway {
         let (parts, name) = split_key(&key)?;
         let meta = meta::requested_meta!(input)?;
         let tags = Tags::from_header(input.tagging.as_deref())?;
+        let condition = WriteCondition::new(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let bucket = self.bucket(&input.bucket, &creds).await?;
         let dir = self.make_dirs(bucket, parts, &key, &creds).await?;
         let body = input
@@ -844,7 +892,13 @@ impl s3s::S3 for Gateway {
             return Err(e);
         }
         let etag = hex(&md5);
-        self.place(dir, &temp, &name, ino, (&etag, &meta, &tags), &key, &creds)
+        let stamp = Stamp {
+            etag: &etag,
+            meta: &meta,
+            tags: &tags,
+            condition: &condition,
+        };
+        self.place(dir, &temp, &name, ino, stamp, &key, &creds)
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
@@ -940,7 +994,12 @@ impl s3s::S3 for Gateway {
         let (temp, ino, _) = self
             .copy_into_temp(dir, vec![(source.ino, 0, source.size)], false, &creds)
             .await?;
-        let stamp = (source.etag.as_str(), &meta, &tags);
+        let stamp = Stamp {
+            etag: &source.etag,
+            meta: &meta,
+            tags: &tags,
+            condition: &WriteCondition::Unconditional,
+        };
         self.place(dir, &temp, &name, ino, stamp, &key, &creds)
             .await?;
         let copied = self.object(&input.bucket, &key, &creds).await?;
@@ -1138,8 +1197,9 @@ impl s3s::S3 for Gateway {
 }
 
 impl Gateway {
-    /// Records `etag`, `meta` and `tags` on temporary file `temp` (inode
-    /// `ino`) in `dir`, renames it onto `name` and makes the rename
+    /// Records the stamp's ETag, metadata and tags on temporary file
+    /// `temp` (inode `ino`) in `dir`, checks its condition against the
+    /// object of `name`, renames the file onto `name` and makes the rename
     /// durable; on failure the temporary file goes (`key` names the object
     /// in errors).
     #[allow(clippy::too_many_arguments)]
@@ -1149,20 +1209,43 @@ impl Gateway {
         temp: &str,
         name: &str,
         ino: Ino,
-        (etag, meta, tags): (&str, &ObjectMeta, &Tags),
+        stamp: Stamp<'_>,
         key: &str,
         creds: &Creds,
     ) -> S3Result<()> {
-        let meta = (!meta.is_empty()).then(|| meta.encode());
-        let tags = (!tags.is_empty()).then(|| tags.encode());
+        let meta = (!stamp.meta.is_empty()).then(|| stamp.meta.encode());
+        let tags = (!stamp.tags.is_empty()).then(|| stamp.tags.encode());
+        let condition = stamp.condition.clone();
         let (fs, creds2, temp2, name2, etag2) = (
             Arc::clone(&self.fs),
             creds.clone(),
             temp.to_string(),
             name.to_string(),
-            etag.to_string(),
+            stamp.etag.to_string(),
         );
-        let placed = blocking(move || {
+        let stripe = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (dir.0, name).hash(&mut h);
+            h.finish() as usize % self.placing.len()
+        };
+        let _placing = self.placing[stripe].lock().await;
+        let absent = condition == WriteCondition::Absent;
+        let placed = blocking(move || -> Result<(), Placing> {
+            if condition != WriteCondition::Unconditional {
+                let current = match fs.lookup(dir, name2.as_bytes(), &creds2) {
+                    Ok(attr) if attr.kind == FileKind::File => {
+                        let recorded = fs.getxattr(attr.ino, ETAG_XATTR, &creds2).ok();
+                        Some(etag_and_time(&attr, recorded.as_deref()).0)
+                    }
+                    Ok(_) => None,
+                    Err(e) if e.errno() == libc::ENOENT => None,
+                    Err(e) => return Err(e.into()),
+                };
+                condition
+                    .check(current.as_deref())
+                    .map_err(Placing::Refused)?;
+            }
             let attr = fs.getattr(ino)?;
             let value = format!(
                 "{etag2} {} {} {}",
@@ -1186,25 +1269,39 @@ impl Gateway {
                     ))?;
                 }
             }
+            // If-None-Match: * holds even against another gateway's write
+            // of the key: the rename refuses to replace.
+            let flags = RenameFlags {
+                noreplace: absent,
+                ..RenameFlags::default()
+            };
             futures::executor::block_on(fs.rename(
                 dir,
                 temp2.as_bytes(),
                 dir,
                 name2.as_bytes(),
-                RenameFlags::default(),
+                flags,
                 &creds2,
             ))?;
             // The rename is durable with the directory's metadata.
-            futures::executor::block_on(fs.fsyncdir())
+            futures::executor::block_on(fs.fsyncdir())?;
+            Ok(())
         })
         .await?;
         if let Err(e) = placed {
             self.remove_quietly(dir, temp, creds).await;
-            return Err(match e.errno() {
-                libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST => {
-                    invalid_key(key, "a folder of that name holds other keys")
-                }
-                _ => fs_error(&e, "placing the object"),
+            return Err(match e {
+                Placing::Refused(refused) => refused,
+                Placing::Fs(e) if absent && e.errno() == libc::EEXIST => error(
+                    S3ErrorCode::PreconditionFailed,
+                    "an object of that key exists (If-None-Match: *)",
+                ),
+                Placing::Fs(e) => match e.errno() {
+                    libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST => {
+                        invalid_key(key, "a folder of that name holds other keys")
+                    }
+                    _ => fs_error(&e, "placing the object"),
+                },
             });
         }
         self.forget_entry(dir, name);

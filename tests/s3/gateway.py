@@ -246,6 +246,17 @@ with open(on_mount("data", "copy", "joined"), "rb") as f:
     assert f.read() == src + src[10:1034], "the mount reads the copied parts"
 assert s3.list_multipart_uploads(Bucket="data").get("Uploads", []) == []
 
+# Conditional writes: If-None-Match: * creates only, If-Match replaces
+# only the version named.
+first = s3.put_object(Bucket="data", Key="cond", Body=b"one", IfNoneMatch="*")
+assert code(lambda: s3.put_object(Bucket="data", Key="cond", Body=b"two", IfNoneMatch="*")) == "PreconditionFailed"
+assert code(lambda: s3.put_object(Bucket="data", Key="cond", Body=b"two", IfMatch='"0000"')) == "PreconditionFailed"
+assert code(lambda: s3.put_object(Bucket="data", Key="cond-none", Body=b"x", IfMatch=first["ETag"])) == "NoSuchKey"
+s3.put_object(Bucket="data", Key="cond", Body=b"three", IfMatch=first["ETag"])
+assert s3.get_object(Bucket="data", Key="cond")["Body"].read() == b"three"
+assert not [n for n in os.listdir(on_mount("data")) if n.startswith(".datenlord-s3-")], "refused writes leave nothing"
+s3.delete_object(Bucket="data", Key="cond")
+
 # Tags: set by a PUT's header, a CreateMultipartUpload (above), a copy
 # with REPLACE, or PutObjectTagging; counted by GET; S3's limits.
 tagged = s3.get_object_tagging(Bucket="data", Key="copy/joined")["TagSet"]

@@ -71,9 +71,111 @@ impl<'a> Conditions<'a> {
     }
 }
 
+/// What a write (PutObject, CompleteMultipartUpload) requires of the
+/// object it replaces: S3's conditional writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) enum WriteCondition {
+    /// Nothing: the write replaces whatever is there.
+    #[default]
+    Unconditional,
+    /// `If-None-Match: *`: no object of that key (else 412).
+    Absent,
+    /// `If-Match: *`: an object of that key (else 404).
+    Present,
+    /// `If-Match: ETAG`: the object of that key has that ETag (404 when
+    /// there is none, 412 when it has another).
+    Etag(String),
+}
+
+impl WriteCondition {
+    /// From a write's `If-Match` and `If-None-Match`.
+    pub(crate) fn new(
+        matching: Option<&ETagCondition>,
+        none_matching: Option<&ETagCondition>,
+    ) -> S3Result<Self> {
+        match (matching, none_matching) {
+            (None, None) => Ok(Self::Unconditional),
+            (None, Some(c)) if c.is_any() => Ok(Self::Absent),
+            (None, Some(_)) => Err(error(
+                S3ErrorCode::NotImplemented,
+                "If-None-Match on a write takes only *",
+            )),
+            (Some(c), None) if c.is_any() => Ok(Self::Present),
+            (Some(c), None) => Ok(Self::Etag(
+                c.as_etag()
+                    .map(|e| e.value().to_string())
+                    .unwrap_or_default(),
+            )),
+            (Some(_), Some(_)) => Err(error(
+                S3ErrorCode::InvalidArgument,
+                "give If-Match or If-None-Match on a write, not both",
+            )),
+        }
+    }
+
+    /// Whether the write goes on, the key holding an object of ETag
+    /// `current` (`None`: no object).
+    pub(crate) fn check(&self, current: Option<&str>) -> S3Result<()> {
+        let failed = |code, message| Err(error(code, message));
+        match (self, current) {
+            (Self::Unconditional, _) | (Self::Absent, None) | (Self::Present, Some(_)) => Ok(()),
+            (Self::Etag(want), Some(etag)) if want == etag => Ok(()),
+            (Self::Absent, Some(_)) => failed(
+                S3ErrorCode::PreconditionFailed,
+                "an object of that key exists (If-None-Match: *)",
+            ),
+            (Self::Present | Self::Etag(_), None) => {
+                failed(S3ErrorCode::NoSuchKey, "no object of that key (If-Match)")
+            }
+            (Self::Etag(_), Some(_)) => failed(
+                S3ErrorCode::PreconditionFailed,
+                "the object has another ETag (If-Match)",
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conditional_writes_decide_as_s3_does() {
+        let code = |c: &WriteCondition, current: Option<&str>| {
+            c.check(current)
+                .err()
+                .map(|e| e.code().as_str().to_string())
+        };
+        let w = WriteCondition::Etag("abc".into());
+        assert_eq!(code(&WriteCondition::Unconditional, Some("x")), None);
+        assert_eq!(code(&WriteCondition::Absent, None), None);
+        assert_eq!(
+            code(&WriteCondition::Absent, Some("x")).as_deref(),
+            Some("PreconditionFailed")
+        );
+        assert_eq!(
+            code(&WriteCondition::Present, None).as_deref(),
+            Some("NoSuchKey")
+        );
+        assert_eq!(code(&WriteCondition::Present, Some("x")), None);
+        assert_eq!(code(&w, Some("abc")), None);
+        assert_eq!(code(&w, Some("abd")).as_deref(), Some("PreconditionFailed"));
+        assert_eq!(code(&w, None).as_deref(), Some("NoSuchKey"));
+        let any = ETagCondition::Any;
+        assert_eq!(
+            WriteCondition::new(None, Some(&any)).ok(),
+            Some(WriteCondition::Absent)
+        );
+        assert_eq!(
+            WriteCondition::new(Some(&any), None).ok(),
+            Some(WriteCondition::Present)
+        );
+        assert!(WriteCondition::new(Some(&any), Some(&any)).is_err());
+        assert_eq!(
+            WriteCondition::new(None, None).ok(),
+            Some(WriteCondition::Unconditional)
+        );
+    }
 
     fn at(secs: u64) -> Timestamp {
         Timestamp::from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))

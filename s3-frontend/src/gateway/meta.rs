@@ -54,6 +54,16 @@ const HEADERS: [&str; 5] = [
 ];
 
 impl ObjectMeta {
+    /// No headers, no user metadata.
+    pub(crate) const EMPTY: Self = Self {
+        content_type: None,
+        content_encoding: None,
+        content_disposition: None,
+        content_language: None,
+        cache_control: None,
+        user: BTreeMap::new(),
+    };
+
     /// From a request's fields; refused when the user metadata is larger
     /// than S3 allows.
     pub(crate) fn new(

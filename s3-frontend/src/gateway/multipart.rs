@@ -25,11 +25,12 @@ use s3s::dto::{
 };
 use s3s::{S3ErrorCode, S3Result};
 
-use super::conditions::Conditions;
+use super::conditions::{Conditions, WriteCondition};
 use super::meta::{ObjectMeta, META_XATTR};
 use super::tags::{Tags, TAGS_XATTR};
 use super::{
-    blocking, error, fs_error, hex, invalid_key, rand_u64, recorded_etag, Gateway, ETAG_XATTR,
+    blocking, error, fs_error, hex, invalid_key, rand_u64, recorded_etag, Gateway, Stamp,
+    ETAG_XATTR,
 };
 use crate::key::{segments, TEMP_PREFIX};
 
@@ -326,7 +327,7 @@ impl Gateway {
         }
         let etag = hex(&md5);
         let name = part_name(input.part_number);
-        let stamp = (etag.as_str(), &ObjectMeta::default(), &Tags::default());
+        let stamp = Stamp::plain(&etag);
         self.place(dir, &temp, &name, ino, stamp, &input.key, creds)
             .await?;
         Ok(UploadPartOutput {
@@ -364,7 +365,7 @@ impl Gateway {
             .copy_into_temp(dir, vec![(source.ino, offset, len)], true, creds)
             .await?;
         let etag = hex(&md5.unwrap_or_default());
-        let stamp = (etag.as_str(), &ObjectMeta::default(), &Tags::default());
+        let stamp = Stamp::plain(&etag);
         let name = part_name(input.part_number);
         self.place(dir, &temp, &name, ino, stamp, &input.key, creds)
             .await?;
@@ -518,6 +519,7 @@ impl Gateway {
         creds: &Creds,
     ) -> S3Result<CompleteMultipartUploadOutput> {
         let key = input.key.clone();
+        let condition = WriteCondition::new(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let (root, upload) = self
             .upload(&input.bucket, &key, &input.upload_id, creds)
             .await?;
@@ -555,7 +557,13 @@ impl Gateway {
             md5s.update(unhex(&part.etag));
         }
         let etag = format!("{}-{}", hex(&md5s.finalize()), chosen.len());
-        self.place(dir, &temp, &name, ino, (&etag, &meta, &tags), &key, creds)
+        let stamp = Stamp {
+            etag: &etag,
+            meta: &meta,
+            tags: &tags,
+            condition: &condition,
+        };
+        self.place(dir, &temp, &name, ino, stamp, &key, creds)
             .await?;
         self.remove_upload(root, &upload_dir(&input.upload_id), creds)
             .await?;

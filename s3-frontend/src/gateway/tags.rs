@@ -24,6 +24,9 @@ pub const TAG_VALUE_MAX_CHARS: usize = 256;
 pub(crate) struct Tags(Vec<(String, String)>);
 
 impl Tags {
+    /// No tags.
+    pub(crate) const EMPTY: Self = Self(Vec::new());
+
     /// From an `x-amz-tagging` header (none: no tags), checked.
     pub(crate) fn from_header(header: Option<&str>) -> S3Result<Self> {
         let Some(header) = header else {
