@@ -112,9 +112,10 @@ pub(crate) fn users(
 }
 
 /// The gateway's HTTPS configuration when it is asked for: from
-/// `--s3-tls-cert`/`--s3-tls-key`, else from the node's `--tls-dir`
-/// (its cluster certificate), else none (HTTP); loaded before the mount,
-/// so a bad file fails the start.
+/// `--s3-tls-cert`/`--s3-tls-key`, else from the node's `--tls-dir` when
+/// its cluster certificate names hosts (`certs issue --host`), else none
+/// (HTTP, with a warning on a node with certificates); loaded before the
+/// mount, so a bad file fails the start.
 pub(crate) fn tls(
     listen: Option<&str>,
     args: &crate::mount::MountArgs,
@@ -128,10 +129,21 @@ pub(crate) fn tls(
             cert: cert.clone(),
             key: key.clone(),
         },
-        (None, None, Some(dir)) => datenlord_s3::tls::CertFiles {
-            cert: dir.join(CERT_FILE),
-            key: dir.join(KEY_FILE),
-        },
+        (None, None, Some(dir)) => {
+            let hosts = datenlord_cluster::tls::host_names(dir).context("--tls-dir")?;
+            if hosts.is_empty() {
+                warn!("the S3 gateway serves plain HTTP: the node's certificate names no host for S3 clients to check (issue it with `datenlord certs issue --host NAME`, or give --s3-tls-cert and --s3-tls-key)");
+                return Ok(None);
+            }
+            info!(
+                ?hosts,
+                "the S3 gateway serves HTTPS with the node's certificate"
+            );
+            datenlord_s3::tls::CertFiles {
+                cert: dir.join(CERT_FILE),
+                key: dir.join(KEY_FILE),
+            }
+        }
         (None, None, None) => return Ok(None),
         _ => anyhow::bail!("give both --s3-tls-cert and --s3-tls-key, or neither"),
     };

@@ -145,8 +145,9 @@ pub struct MountArgs {
     pub s3_credentials: Option<PathBuf>,
     /// Serve S3 over HTTPS with this certificate chain (PEM, leaf first;
     /// reloaded when the file changes), with --s3-tls-key. Without them a
-    /// node with --tls-dir serves HTTPS with its cluster certificate (give
-    /// it the names clients connect by: `certs issue --host`), else HTTP.
+    /// node with --tls-dir serves HTTPS with its cluster certificate when
+    /// that names the hosts clients connect by (`certs issue --host`),
+    /// else HTTP.
     #[arg(long = "s3-tls-cert", value_name = "FILE", requires = "s3_tls_key")]
     pub s3_tls_cert: Option<PathBuf>,
     /// The private key of --s3-tls-cert (PEM).

@@ -1136,3 +1136,79 @@ fn the_scheduler_extender_scores_nodes_by_the_bytes_of_a_pods_volumes_they_cache
     assert!(status.success(), "{status}\n{}", extender_log());
     a.unmount();
 }
+
+/// A node serving only S3 (`datenlord gateway` with the node flags) and a
+/// node with a FUSE mount, both of one master group: an object PUT through
+/// the gateway is a file on the mount, a file closed on the mount is a GET
+/// away, and a delete through the gateway is gone on the mount.
+#[test]
+fn a_gateway_node_and_a_mounted_node_share_the_namespace() {
+    use object_store::path::Path as Key;
+    use object_store::{ObjectStoreExt, PutPayload};
+    const ACCESS: &str = "nodes-key";
+    const SECRET: &str = "nodes-secret";
+    let group = Group::new(3);
+    let nodes = TwoNodes::of(&group, (21, 22));
+    let a = nodes.mount(false, "21", node_args);
+    std::fs::create_dir(a.path().join("shared")).expect("a bucket made on A's mount");
+    let s3_addr = free_addr();
+    let data_dir = nodes.b_dirs.data_dir();
+    let log = nodes.b_dirs.root().join("gateway.log");
+    let mut flags = vec!["--data-dir", data_dir.to_str().expect("utf-8")];
+    flags.extend(node_args(
+        &nodes.store,
+        &nodes.masters,
+        "22",
+        &nodes.b_listen,
+        &nodes.b_tls,
+    ));
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_datenlord"))
+        .args(["gateway", "--listen", &s3_addr, "--"])
+        .args(&flags)
+        .env("DATENLORD_S3_ACCESS_KEY", ACCESS)
+        .env("DATENLORD_S3_SECRET_KEY", SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("datenlord gateway");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the gateway to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(&s3_addr).ok()
+    });
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(format!("http://{s3_addr}"))
+        .with_allow_http(true)
+        .with_bucket_name("shared")
+        .with_region("us-east-1")
+        .with_access_key_id(ACCESS)
+        .with_secret_access_key(SECRET)
+        .with_virtual_hosted_style_request(false)
+        .build()
+        .expect("store");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let put = bytes(300_000, 3);
+    runtime
+        .block_on(store.put(&Key::from("from/gateway"), PutPayload::from(put.clone())))
+        .unwrap_or_else(|e| panic!("put through B: {e}\n{}", read_log()));
+    let on_a = std::fs::read(a.path().join("shared/from/gateway")).expect("read on A");
+    assert!(on_a == put, "A reads the object B stored");
+    let written = bytes(200_000, 9);
+    std::fs::write(a.path().join("shared/from-mount"), &written).expect("write on A");
+    let got = runtime
+        .block_on(async { store.get(&Key::from("from-mount")).await?.bytes().await })
+        .unwrap_or_else(|e| panic!("get through B: {e}\n{}", read_log()));
+    assert!(got.as_ref() == &written[..], "B serves the file A closed");
+    runtime
+        .block_on(store.delete(&Key::from("from/gateway")))
+        .expect("delete through B");
+    let gone = std::fs::metadata(a.path().join("shared/from/gateway")).expect_err("gone on A");
+    assert_eq!(gone.raw_os_error(), Some(libc::ENOENT));
+    // SAFETY: a plain kill of our own child.
+    unsafe { libc::kill(i32::try_from(gateway.id()).expect("pid"), libc::SIGTERM) };
+    let status = gateway.wait().expect("wait");
+    assert!(status.success(), "{status}\n{}", read_log());
+    a.unmount();
+}

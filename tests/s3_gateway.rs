@@ -477,3 +477,66 @@ fn object_store_reads_and_writes_through_the_gateway() {
     );
     mount.unmount();
 }
+
+/// The daemon's peak resident set (`VmHWM`), in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .expect("VmHWM")
+}
+
+/// Most a second pass of 1 GiB objects may add to the daemon's peak
+/// resident set once a first pass filled its caches: memory that grew
+/// with the bytes sent would show here.
+const SECOND_PASS_RSS_GROWTH_MAX: u64 = 64 << 20;
+
+/// A 1 GiB object through the gateway (`tests/s3/big.py`: one streamed
+/// PUT read back whole by a GET, then a multipart upload of 64 parts,
+/// four at once, joined by complete), twice: every byte right, and the
+/// daemon's memory bounded. The first pass fills what is bounded anyway
+/// (the 64 MiB memory tier, each open file's dirty data up to 64 MiB,
+/// buffers; about 260 MiB here); the second adds less than
+/// [`SECOND_PASS_RSS_GROWTH_MAX`] to the peak, so nothing grows with the
+/// size or number of objects. The daemon runs with one malloc arena
+/// (`MALLOC_ARENA_MAX=1`): with glibc's default of eight per core, each
+/// thread's arena keeps its own high-water mark and the peak creeps up
+/// pass after pass (measured: 460, 568, 617 MiB with four arenas) though
+/// nothing is held; the README tells operators about the knob.
+#[test]
+fn a_gigabyte_object_streams_through_the_gateway_in_bounded_memory() {
+    let dirs = NodeDirs::new();
+    let (mount, addr) = mount_with_gateway_flags(
+        &dirs,
+        &[("MALLOC_ARENA_MAX", "1")],
+        &["--memory-size", "64M"],
+    );
+    let mountpoint = mount.path().display().to_string();
+    let before = peak_rss(mount.pid());
+    run_python("big.py", &addr, &mountpoint, &[], &mount.log());
+    let first = peak_rss(mount.pid());
+    run_python("big.py", &addr, &mountpoint, &[], &mount.log());
+    let second = peak_rss(mount.pid());
+    eprintln!(
+        "daemon peak RSS: {} MiB before, {} MiB after a first pass, {} MiB after a second",
+        before >> 20,
+        first >> 20,
+        second >> 20
+    );
+    assert!(
+        second.saturating_sub(first) < SECOND_PASS_RSS_GROWTH_MAX,
+        "the peak resident set grew from {} MiB to {} MiB in the second pass",
+        first >> 20,
+        second >> 20
+    );
+    assert!(
+        first.saturating_sub(before) < 512 << 20,
+        "the first pass grew the peak by half an object or more: {} MiB to {} MiB",
+        before >> 20,
+        first >> 20
+    );
+    mount.unmount();
+}

@@ -342,6 +342,37 @@ mod tests {
     }
 
     #[test]
+    fn host_names_go_into_the_certificate_for_clients_that_check_them() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ca = root.path().join("ca");
+        init_ca(&ca, 10).expect("init");
+        let hosts = CertRequest {
+            hosts: vec!["s3.example.com".into(), "10.0.0.5".into(), "::1".into()],
+            ..request(Role::Node, Some(4))
+        };
+        issue(&ca, &root.path().join("gw"), &hosts).expect("issue");
+        assert_eq!(
+            crate::tls::host_names(&root.path().join("gw")).expect("names"),
+            ["s3.example.com", "10.0.0.5", "::1"]
+        );
+        issue(
+            &ca,
+            &root.path().join("plain"),
+            &request(Role::Node, Some(5)),
+        )
+        .expect("issue");
+        assert!(crate::tls::host_names(&root.path().join("plain"))
+            .expect("names")
+            .is_empty());
+        let bad = CertRequest {
+            hosts: vec!["bücher".into()],
+            ..request(Role::Node, Some(6))
+        };
+        let err = issue(&ca, &root.path().join("bad"), &bad).expect_err("not a host name");
+        assert!(err.to_string().contains("--host"), "{err}");
+    }
+
+    #[test]
     fn bad_requests_say_what_to_give() {
         let root = tempfile::tempdir().expect("tempdir");
         let ca = root.path().join("ca");

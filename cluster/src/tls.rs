@@ -382,21 +382,6 @@ impl Tls {
     /// Loads `ca.pem`, `cert.pem` and `key.pem` from `dir`.
     pub fn load(dir: &Path) -> Result<Self, TlsError> {
         let file = |name: &str| dir.join(name);
-        let read_certs = |path: PathBuf| -> Result<Vec<CertificateDer<'static>>, TlsError> {
-            let certs = CertificateDer::pem_file_iter(&path)
-                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                .map_err(|e| TlsError::File {
-                    path: path.clone(),
-                    reason: format!("{e} (make it with `datenlord certs`)"),
-                })?;
-            if certs.is_empty() {
-                return Err(TlsError::File {
-                    path,
-                    reason: "holds no certificate (make it with `datenlord certs`)".into(),
-                });
-            }
-            Ok(certs)
-        };
         let ca = read_certs(file(CA_CERT_FILE))?;
         let chain = read_certs(file(CERT_FILE))?;
         let key_path = file(KEY_FILE);
@@ -461,6 +446,54 @@ impl Tls {
     pub(crate) fn server_name() -> ServerName<'static> {
         ServerName::try_from(SERVER_NAME).expect("a valid DNS name")
     }
+}
+
+/// The certificates of PEM file `path` (at least one).
+fn read_certs(path: PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(&path)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| TlsError::File {
+            path: path.clone(),
+            reason: format!("{e} (make it with `datenlord certs`)"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::File {
+            path,
+            reason: "holds no certificate (make it with `datenlord certs`)".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The host names and IP addresses the certificate of TLS directory `dir`
+/// is valid for (`datenlord certs issue --host`): what clients that check
+/// host names (S3 clients of a gateway) may connect by.
+pub fn host_names(dir: &Path) -> Result<Vec<String>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let chain = read_certs(dir.join(CERT_FILE))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| TlsError::Identity(format!("unreadable certificate: {e}")))?;
+    let names = cert
+        .subject_alternative_name()
+        .map_err(|e| TlsError::Identity(format!("bad subject alternative names: {e}")))?;
+    Ok(names
+        .map(|n| &n.value.general_names)
+        .into_iter()
+        .flatten()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_string()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
 }
 
 /// Checks that a server's certificate chains to the cluster CA; its role

@@ -20,6 +20,7 @@ pub mod report;
 pub mod ring;
 pub mod rng;
 pub mod runner;
+pub mod s3;
 pub mod slo;
 pub mod spec;
 pub mod workload;

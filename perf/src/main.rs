@@ -37,6 +37,42 @@ enum Command {
     Slo(SloArgs),
     /// The raw TCP request/response round trip of a link (the reference for remote reads).
     Pingpong(PingpongArgs),
+    /// Load an S3 server: concurrent PUTs or GETs of one object size for a while.
+    S3(S3Args),
+}
+
+#[derive(Debug, Args)]
+struct S3Args {
+    /// The server, as `http://host:port`.
+    #[arg(long)]
+    endpoint: String,
+    /// The bucket (it must exist).
+    #[arg(long)]
+    bucket: String,
+    /// Access key id (also from AWS_ACCESS_KEY_ID).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID")]
+    access_key: String,
+    /// Secret access key (also from AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    secret_key: String,
+    /// put or get.
+    #[arg(long, value_enum)]
+    op: datenlord_perf::s3::S3Op,
+    /// Bytes per object.
+    #[arg(long, default_value = "1MiB")]
+    size: String,
+    /// Keys written or read.
+    #[arg(long, default_value_t = 64)]
+    objects: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// How long to load.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -470,7 +506,47 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Compare(args) => compare_targets(args),
         Command::Slo(args) => check_slo(args),
         Command::Pingpong(args) => pingpong(args),
+        Command::S3(args) => s3(args),
     }
+}
+
+fn s3(args: &S3Args) -> anyhow::Result<ExitCode> {
+    use datenlord_perf::s3;
+    let size = quantity::parse_bytes(&args.size)?;
+    let load = s3::S3Load {
+        endpoint: args.endpoint.clone(),
+        bucket: args.bucket.clone(),
+        access_key: args.access_key.clone(),
+        secret_key: args.secret_key.clone(),
+        op: args.op,
+        size: usize::try_from(size).context("--size")?,
+        objects: args.objects,
+        concurrency: args.concurrency,
+        duration: std::time::Duration::from_millis(quantity::parse_duration_ms(&args.duration)?),
+    };
+    let result = s3::run(&load)?;
+    println!(
+        "{:?} {} B x{}: {} requests ({} errors), {:.0}/s, {:.1} MiB/s, p50 {:.0} us, p90 {:.0} us, p99 {:.0} us",
+        result.op,
+        result.size,
+        result.concurrency,
+        result.requests,
+        result.errors,
+        result.per_second,
+        result.mib_per_second,
+        result.p50_us,
+        result.p90_us,
+        result.p99_us
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&result)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(if result.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn pingpong(args: &PingpongArgs) -> anyhow::Result<ExitCode> {

@@ -401,22 +401,42 @@ impl Gateway {
         let mut md5 = md5::Md5::new();
         let mut offset = 0u64;
         let written: S3Result<()> = async {
-            while let Some(chunk) = body.next().await {
-                let chunk: Bytes = chunk.map_err(|e| {
-                    error(
-                        S3ErrorCode::IncompleteBody,
-                        format!("reading the request body: {e}"),
-                    )
-                })?;
-                md5.update(&chunk);
+            // The body's chunks (often a few KiB each) are gathered into
+            // whole steps (block-aligned, one file system write each).
+            let mut step: Vec<u8> = Vec::with_capacity(STEP_BYTES as usize);
+            let mut ended = false;
+            while !ended {
+                match body.next().await {
+                    Some(chunk) => {
+                        let chunk: Bytes = chunk.map_err(|e| {
+                            error(
+                                S3ErrorCode::IncompleteBody,
+                                format!("reading the request body: {e}"),
+                            )
+                        })?;
+                        md5.update(&chunk);
+                        step.extend_from_slice(&chunk);
+                        if step.len() < STEP_BYTES as usize {
+                            continue;
+                        }
+                    }
+                    None if step.is_empty() => break,
+                    None => ended = true,
+                }
+                let whole = if ended {
+                    step.len()
+                } else {
+                    step.len() / STEP_BYTES as usize * STEP_BYTES as usize
+                };
+                let rest = step.split_off(whole);
+                let data = std::mem::replace(&mut step, rest);
                 let (fs, creds) = (Arc::clone(&self.fs), creds.clone());
                 let at = offset;
-                offset += chunk.len() as u64;
-                blocking(move || {
-                    futures::executor::block_on(fs.write(ino, fh, at, &chunk, &creds))
-                })
-                .await?
-                .map_err(|e| fs_error(&e, "writing the object"))?;
+                offset += data.len() as u64;
+                blocking(move || futures::executor::block_on(fs.write(ino, fh, at, &data, &creds)))
+                    .await?
+                    .map_err(|e| fs_error(&e, "writing the object"))?;
+                step.reserve(STEP_BYTES as usize);
             }
             let fs = Arc::clone(&self.fs);
             blocking(move || futures::executor::block_on(fs.fsync(ino)))

@@ -7,6 +7,7 @@ traceback and exit status 1."""
 import hashlib
 import io
 import os
+import time
 import urllib.request
 
 from boto3.s3.transfer import TransferConfig
@@ -82,6 +83,26 @@ rest = s3.list_objects(Bucket="data", Prefix="many/", Marker=first["Contents"][-
 assert [o["Key"] for o in first["Contents"] + rest["Contents"]] == keys
 after = s3.list_objects_v2(Bucket="data", StartAfter="many/k020")
 assert [o["Key"] for o in after["Contents"]] == keys[21:]
+# A thousand keys in ten folders: default pages of 1,000, pages of 250,
+# and a delimiter rolling them into ten prefixes.
+thousand = [f"thousand/d{i % 10}/k{i:04}" for i in range(1000)]
+for key in thousand:
+    s3.put_object(Bucket="data", Key=key, Body=b"")
+whole = s3.list_objects_v2(Bucket="data", Prefix="thousand/")
+assert whole["KeyCount"] == 1000 and not whole["IsTruncated"], whole["KeyCount"]
+assert [o["Key"] for o in whole["Contents"]] == sorted(thousand)
+pages = list(s3.get_paginator("list_objects_v2").paginate(
+    Bucket="data", Prefix="thousand/", PaginationConfig={"PageSize": 250}))
+assert [len(p["Contents"]) for p in pages] == [250] * 4
+assert [o["Key"] for p in pages for o in p["Contents"]] == sorted(thousand)
+folders = s3.list_objects_v2(Bucket="data", Prefix="thousand/", Delimiter="/")
+assert [p["Prefix"] for p in folders["CommonPrefixes"]] == [f"thousand/d{i}/" for i in range(10)]
+v1 = list(s3.get_paginator("list_objects").paginate(Bucket="data", Prefix="thousand/d3/", PaginationConfig={"PageSize": 30}))
+assert sum(len(p["Contents"]) for p in v1) == 100 and len(v1) == 4
+gone = s3.delete_objects(Bucket="data", Delete={"Objects": [{"Key": k} for k in thousand], "Quiet": True})
+assert not gone.get("Errors"), gone
+assert not os.path.exists(on_mount("data", "thousand"))
+
 # boto3 asks for url-encoded listings: keys with any characters come back.
 odd = "odd dir/sp ace+ü%x&<y>"
 s3.put_object(Bucket="data", Key=odd, Body=b"odd")
@@ -111,6 +132,15 @@ assert urllib.request.urlopen(url).read() == b"replaced through S3, and longer"
 try:
     urllib.request.urlopen(url.replace("local.txt", "many/k000"))
     raise AssertionError("a presigned URL opened another key")
+except urllib.error.HTTPError as e:
+    assert e.code == 403, e.code
+
+# An expired presigned URL is refused.
+expired = s3.generate_presigned_url("get_object", Params={"Bucket": "data", "Key": "local.txt"}, ExpiresIn=1)
+time.sleep(2)
+try:
+    urllib.request.urlopen(expired)
+    raise AssertionError("an expired presigned URL was served")
 except urllib.error.HTTPError as e:
     assert e.code == 403, e.code
 
