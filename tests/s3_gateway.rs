@@ -457,6 +457,32 @@ fn object_store_reads_and_writes_through_the_gateway() {
             .await
             .expect("part");
         upload.complete().await.expect("complete");
+        // Small GETs on a kept-alive connection are not held back by
+        // Nagle's algorithm against the client's delayed ACK (at least
+        // 40 ms each before the server set TCP_NODELAY): the fastest of
+        // twenty must be well under that.
+        let small = Key::from("small");
+        store
+            .put(&small, PutPayload::from_static(b"tiny"))
+            .await
+            .expect("put");
+        let mut fastest = std::time::Duration::MAX;
+        for _ in 0..20 {
+            let asked = std::time::Instant::now();
+            let got = store
+                .get(&small)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("body");
+            assert_eq!(got.as_ref(), b"tiny");
+            fastest = fastest.min(asked.elapsed());
+        }
+        assert!(
+            fastest < std::time::Duration::from_millis(30),
+            "the fastest small GET took {fastest:?}"
+        );
         store.copy(&key, &Key::from("copy")).await.expect("copy");
         store.delete(&key).await.expect("delete");
         assert!(matches!(

@@ -538,6 +538,9 @@ fn s3(args: &S3Args) -> anyhow::Result<ExitCode> {
         result.p90_us,
         result.p99_us
     );
+    if let Some(e) = &result.first_error {
+        eprintln!("first error: {e}");
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&result)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -67,6 +67,8 @@ pub struct S3Result {
     pub requests: u64,
     /// Requests that failed.
     pub errors: u64,
+    /// Why the first failed request failed.
+    pub first_error: Option<String>,
     /// Successful requests per second.
     pub per_second: f64,
     /// Object bytes per second, in MiB.
@@ -100,7 +102,11 @@ pub fn run(load: &S3Load) -> Result<S3Result> {
         .with_access_key_id(&load.access_key)
         .with_secret_access_key(&load.secret_key)
         .with_virtual_hosted_style_request(false)
-        .with_client_options(ClientOptions::new().with_timeout(Duration::from_secs(120)))
+        .with_client_options(
+            ClientOptions::new()
+                .with_allow_http(true)
+                .with_timeout(Duration::from_secs(120)),
+        )
         .with_retry(RetryConfig {
             max_retries: 0,
             ..RetryConfig::default()
@@ -139,12 +145,14 @@ async fn drive(store: Arc<dyn ObjectStore>, load: &S3Load) -> Result<S3Result> {
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
+    let first_error: Arc<Mutex<Option<String>>> = Arc::default();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..load.concurrency {
         let (store, payload, histogram) =
             (Arc::clone(&store), payload.clone(), Arc::clone(&histogram));
         let (stop, errors, next) = (Arc::clone(&stop), Arc::clone(&errors), Arc::clone(&next));
+        let first_error = Arc::clone(&first_error);
         let (op, objects) = (load.op, load.objects);
         tasks.push(tokio::spawn(async move {
             let mut mine = Histogram::<u64>::new_from(
@@ -160,25 +168,40 @@ async fn drive(store: Arc<dyn ObjectStore>, load: &S3Load) -> Result<S3Result> {
                     }
                 });
                 let t = Instant::now();
-                let ok = match op {
+                let outcome: std::result::Result<(), String> = match op {
                     S3Op::Put => store
                         .put(&k, PutPayload::from(payload.clone()))
                         .await
-                        .is_ok(),
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
                     S3Op::Get => match store.get(&k).await {
-                        Ok(result) => result.bytes().await.is_ok_and(|b| b.len() == payload.len()),
-                        Err(_) => false,
+                        Ok(result) => match result.bytes().await {
+                            Ok(b) if b.len() == payload.len() => Ok(()),
+                            Ok(b) => Err(format!("{} bytes, not {}", b.len(), payload.len())),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        Err(e) => Err(e.to_string()),
                     },
-                    S3Op::Head => store
-                        .head(&k)
-                        .await
-                        .is_ok_and(|m| m.size == payload.len() as u64),
+                    S3Op::Head => match store.head(&k).await {
+                        Ok(m) if m.size == payload.len() as u64 => Ok(()),
+                        Ok(m) => Err(format!("size {}, not {}", m.size, payload.len())),
+                        Err(e) => Err(e.to_string()),
+                    },
                 };
-                if ok {
-                    let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    mine.saturating_record(ns.max(1));
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                match outcome {
+                    Ok(()) => {
+                        let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        mine.saturating_record(ns.max(1));
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .get_or_insert(e);
+                        // A server that fails at once must not starve the timer.
+                        tokio::task::yield_now().await;
+                    }
                 }
             }
             let _ = histogram
@@ -192,6 +215,10 @@ async fn drive(store: Arc<dyn ObjectStore>, load: &S3Load) -> Result<S3Result> {
     for task in tasks {
         task.await.map_err(|e| failed("a client task", e))?;
     }
+    let first = first_error
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
     let seconds = started.elapsed().as_secs_f64();
     let histogram = histogram.lock().unwrap_or_else(PoisonError::into_inner);
     let n = histogram.len();
@@ -202,6 +229,7 @@ async fn drive(store: Arc<dyn ObjectStore>, load: &S3Load) -> Result<S3Result> {
         concurrency: load.concurrency,
         requests: n,
         errors: errors.load(Ordering::Relaxed),
+        first_error: first,
         per_second: n as f64 / seconds,
         mib_per_second: (n as f64 * load.size as f64) / seconds / f64::from(1 << 20),
         p50_us: us(0.5),

@@ -85,6 +85,12 @@ pub async fn serve(
             },
             () = stop.as_mut() => break,
         };
+        // Headers and a streamed body go out in separate writes: without
+        // TCP_NODELAY the body waits for the headers' delayed ACK (40 ms a
+        // small GET; found by scripts/perf-s3).
+        if let Err(e) = socket.set_nodelay(true) {
+            tracing::debug!(%peer, %e, "could not set TCP_NODELAY on an S3 connection");
+        }
         let (server, service, watcher) = (server.clone(), service.clone(), graceful.watcher());
         let Some(tls) = tls.clone() else {
             let connection = server.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
