@@ -126,6 +126,35 @@ fn key(i: usize) -> Key {
     Key::from(format!("perf/object-{i:06}"))
 }
 
+/// One request of `op` on `key`: fine, or why not.
+async fn request(
+    store: &dyn ObjectStore,
+    op: S3Op,
+    key: &Key,
+    payload: &bytes::Bytes,
+) -> std::result::Result<(), String> {
+    match op {
+        S3Op::Put => store
+            .put(key, PutPayload::from(payload.clone()))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        S3Op::Get => match store.get(key).await {
+            Ok(result) => match result.bytes().await {
+                Ok(b) if b.len() == payload.len() => Ok(()),
+                Ok(b) => Err(format!("{} bytes, not {}", b.len(), payload.len())),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        },
+        S3Op::Head => match store.head(key).await {
+            Ok(m) if m.size == payload.len() as u64 => Ok(()),
+            Ok(m) => Err(format!("size {}, not {}", m.size, payload.len())),
+            Err(e) => Err(e.to_string()),
+        },
+    }
+}
+
 async fn drive(store: Arc<dyn ObjectStore>, load: &S3Load) -> Result<S3Result> {
     let payload: Vec<u8> = (0..load.size).map(|i| (i % 251) as u8).collect();
     let payload = bytes::Bytes::from(payload);
@@ -168,26 +197,7 @@ async fn drive(store: Arc<dyn ObjectStore>, load: &S3Load) -> Result<S3Result> {
                     }
                 });
                 let t = Instant::now();
-                let outcome: std::result::Result<(), String> = match op {
-                    S3Op::Put => store
-                        .put(&k, PutPayload::from(payload.clone()))
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string()),
-                    S3Op::Get => match store.get(&k).await {
-                        Ok(result) => match result.bytes().await {
-                            Ok(b) if b.len() == payload.len() => Ok(()),
-                            Ok(b) => Err(format!("{} bytes, not {}", b.len(), payload.len())),
-                            Err(e) => Err(e.to_string()),
-                        },
-                        Err(e) => Err(e.to_string()),
-                    },
-                    S3Op::Head => match store.head(&k).await {
-                        Ok(m) if m.size == payload.len() as u64 => Ok(()),
-                        Ok(m) => Err(format!("size {}, not {}", m.size, payload.len())),
-                        Err(e) => Err(e.to_string()),
-                    },
-                };
+                let outcome = request(&*store, op, &k, &payload).await;
                 match outcome {
                     Ok(()) => {
                         let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
