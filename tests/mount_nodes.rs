@@ -1175,20 +1175,7 @@ fn a_gateway_node_and_a_mounted_node_share_the_namespace() {
     wait_for("the gateway to listen", Duration::from_secs(30), || {
         std::net::TcpStream::connect(&s3_addr).ok()
     });
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(format!("http://{s3_addr}"))
-        .with_allow_http(true)
-        .with_bucket_name("shared")
-        .with_region("us-east-1")
-        .with_access_key_id(ACCESS)
-        .with_secret_access_key(SECRET)
-        .with_virtual_hosted_style_request(false)
-        .build()
-        .expect("store");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (store, runtime) = support::s3::client(&s3_addr, "shared", ACCESS, SECRET);
     let put = bytes(300_000, 3);
     runtime
         .block_on(store.put(&Key::from("from/gateway"), PutPayload::from(put.clone())))

@@ -414,20 +414,7 @@ fn object_store_reads_and_writes_through_the_gateway() {
     let dirs = NodeDirs::new();
     let (mount, addr) = mount_with_gateway(&dirs, &[]);
     std::fs::create_dir(mount.path().join("ostore")).expect("a bucket made on the mount");
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(format!("http://{addr}"))
-        .with_allow_http(true)
-        .with_bucket_name("ostore")
-        .with_region("us-east-1")
-        .with_access_key_id(ACCESS)
-        .with_secret_access_key(SECRET)
-        .with_virtual_hosted_style_request(false)
-        .build()
-        .expect("store");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (store, runtime) = support::s3::client(&addr, "ostore", ACCESS, SECRET);
     let data: Vec<u8> = (0..(3 << 20) + 5).map(|i: u32| (i % 251) as u8).collect();
     runtime.block_on(async {
         let key = Key::from("dir/a.bin");

@@ -978,12 +978,7 @@ impl s3s::S3 for Gateway {
         let source = self
             .copy_source(
                 &input.copy_source,
-                Conditions::new(
-                    input.copy_source_if_match.as_ref(),
-                    input.copy_source_if_unmodified_since.as_ref(),
-                    input.copy_source_if_none_match.as_ref(),
-                    input.copy_source_if_modified_since.as_ref(),
-                ),
+                conditions::copy_source_conditions!(input),
                 &creds,
             )
             .await?;

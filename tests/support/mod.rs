@@ -6,5 +6,6 @@ pub mod fsx;
 pub mod masters;
 pub mod netns;
 pub mod node;
+pub mod s3;
 pub mod store;
 pub mod writer;

@@ -7,6 +7,20 @@ use s3s::{S3ErrorCode, S3Result};
 
 use super::error;
 
+/// The conditions on a copy's source (`x-amz-copy-source-if-*`) of a
+/// CopyObject or UploadPartCopy input.
+macro_rules! copy_source_conditions {
+    ($input:expr) => {
+        $crate::gateway::conditions::Conditions::new(
+            $input.copy_source_if_match.as_ref(),
+            $input.copy_source_if_unmodified_since.as_ref(),
+            $input.copy_source_if_none_match.as_ref(),
+            $input.copy_source_if_modified_since.as_ref(),
+        )
+    };
+}
+pub(crate) use copy_source_conditions;
+
 /// A request's conditions.
 #[derive(Debug, Default)]
 pub(crate) struct Conditions<'a> {

@@ -25,7 +25,7 @@ use s3s::dto::{
 };
 use s3s::{S3ErrorCode, S3Result};
 
-use super::conditions::{Conditions, WriteCondition};
+use super::conditions::WriteCondition;
 use super::meta::{ObjectMeta, META_XATTR};
 use super::tags::{Tags, TAGS_XATTR};
 use super::{
@@ -348,12 +348,7 @@ impl Gateway {
         let source = self
             .copy_source(
                 &input.copy_source,
-                Conditions::new(
-                    input.copy_source_if_match.as_ref(),
-                    input.copy_source_if_unmodified_since.as_ref(),
-                    input.copy_source_if_none_match.as_ref(),
-                    input.copy_source_if_modified_since.as_ref(),
-                ),
+                super::conditions::copy_source_conditions!(input),
                 creds,
             )
             .await?;
