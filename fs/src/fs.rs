@@ -2154,6 +2154,22 @@ impl Fs {
         len: u64,
         creds: &Creds,
     ) -> Result<u64> {
+        let (from, to) = ((ino_in, offset_in), (ino_out, fh_out, offset_out));
+        self.copy_range_seen(from, to, len, creds, &mut |_| {})
+            .await
+    }
+
+    /// [`Self::copy_range`] from `(ino, offset)` to `(ino, fh, offset)`,
+    /// showing `seen` each piece copied, in order (a caller hashing what
+    /// it copies).
+    pub async fn copy_range_seen(
+        &self,
+        (ino_in, offset_in): (Ino, u64),
+        (ino_out, fh_out, offset_out): (Ino, u64, u64),
+        len: u64,
+        creds: &Creds,
+        seen: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<u64> {
         let mut copied = 0u64;
         while copied < len {
             let chunk = (len - copied).min(u64::from(self.block_size)) as u32;
@@ -2161,6 +2177,7 @@ impl Fs {
             if data.is_empty() {
                 break;
             }
+            seen(&data);
             self.write(ino_out, fh_out, offset_out + copied, &data, creds)
                 .await?;
             copied += data.len() as u64;

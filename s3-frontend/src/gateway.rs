@@ -1349,18 +1349,18 @@ impl Gateway {
             let copied = (|| {
                 let mut at = 0;
                 for (source, offset, len) in sources {
-                    let n = match &mut md5 {
-                        None => futures::executor::block_on(
-                            fs.copy_range(source, offset, ino, fh, at, len, &creds2),
-                        )?,
-                        Some(md5) => futures::executor::block_on(copy_hashed(
-                            &fs,
-                            (source, offset, len),
-                            (ino, fh, at),
-                            md5,
-                            &creds2,
-                        ))?,
+                    let mut hashing = |data: &[u8]| {
+                        if let Some(md5) = &mut md5 {
+                            md5.update(data);
+                        }
                     };
+                    let n = futures::executor::block_on(fs.copy_range_seen(
+                        (source, offset),
+                        (ino, fh, at),
+                        len,
+                        &creds2,
+                        &mut hashing,
+                    ))?;
                     if n != len {
                         return Err(FsError::Meta {
                             errno: libc::EIO,
@@ -1515,29 +1515,6 @@ impl futures::Stream for Chunks {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
-}
-
-/// Copies `len` bytes at `offset` of `source` to `at` of `out` (open as
-/// `fh`) block by block, adding them to `md5`; the bytes copied.
-async fn copy_hashed(
-    fs: &Fs,
-    (source, offset, len): (Ino, u64, u64),
-    (out, fh, at): (Ino, u64, u64),
-    md5: &mut md5::Md5,
-    creds: &Creds,
-) -> Result<u64, FsError> {
-    let mut copied = 0u64;
-    while copied < len {
-        let chunk = u32::try_from((len - copied).min(u64::from(STEP_BYTES))).unwrap_or(STEP_BYTES);
-        let data = fs.read(source, offset + copied, chunk).await?;
-        if data.is_empty() {
-            break;
-        }
-        md5.update(&data);
-        fs.write(out, fh, at + copied, &data, creds).await?;
-        copied += data.len() as u64;
-    }
-    Ok(copied)
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use super::frame::{
     HEADER_BYTES, VERIFY_REPORT_BYTES,
 };
 use super::mac::{Direction, End, Keys, ALPN_MAC, ALPN_TLS, TAG_BYTES};
+use super::rdma::driver::Served;
 use super::rdma::handshake::ALPN_RDMA;
 use super::{DataLink, NeighborStats};
 use crate::link::Security;
@@ -810,35 +811,16 @@ async fn answer(
         // orders go on one connection per home, to any shard.)
         NeighborStats::add(&stats.served_off_shard, 1);
     }
-    let result = read_requested(ctx, &request).await;
-    let result = match result {
-        // Warm-up: the block is kept whatever admission would say.
-        Ok((buf, n)) if request.kind == Kind::Warm => {
-            let mut buf = buf;
-            buf.truncate(n);
-            ctx.insert(id, buf).await.map(|_| (Vec::new(), 0))
-        }
-        other => other,
-    };
+    let served = serve_request(ctx, &request, stats).await;
     let message;
-    let (header, payload) = match &result {
-        Ok(_) if request.kind == Kind::Warm => {
-            NeighborStats::add(&stats.warmed, 1);
+    let (header, payload) = match &served {
+        Served::Block(_) if request.kind == Kind::Warm => {
             (Header::answer(&request, Kind::Warmed, &[]), &[][..])
         }
-        Ok((buf, n)) => {
-            let data = &buf[..*n];
-            NeighborStats::add(&stats.served, 1);
-            NeighborStats::add(&stats.served_bytes, *n as u64);
-            (Header::answer(&request, Kind::Block, data), data)
-        }
-        Err(datenlord_engine::Error::NotFound(_)) => {
-            NeighborStats::add(&stats.served_misses, 1);
-            (Header::answer(&request, Kind::Missing, &[]), &[][..])
-        }
-        Err(e) => {
-            NeighborStats::add(&stats.served_misses, 1);
-            message = message_bytes(&e.to_string()).to_vec();
+        Served::Block(data) => (Header::answer(&request, Kind::Block, data), &data[..]),
+        Served::Missing => (Header::answer(&request, Kind::Missing, &[]), &[][..]),
+        Served::Failed(e) => {
+            message = message_bytes(e).to_vec();
             (
                 Header::answer(&request, Kind::Failed, &message),
                 &message[..],
@@ -865,20 +847,35 @@ async fn read_requested(
     ctx.read_for_peer(id, offset, len, Vec::new()).await
 }
 
-/// Serves a block's bytes a `Read` request asks for, counted as served
-/// (or missed); the RDMA transport's read.
-pub(crate) async fn serve_read(
+/// Serves a `Read` request (the bytes asked for) or a `Warm` order (the
+/// block kept whatever admission would say; no bytes), counted as served,
+/// warmed or missed: the answer of both transports.
+pub(crate) async fn serve_request(
     ctx: &ShardContext,
     request: &Header,
     stats: &NeighborStats,
-) -> super::rdma::driver::Served {
-    use super::rdma::driver::Served;
-    match read_requested(ctx, request).await {
+) -> Served {
+    let done = match read_requested(ctx, request).await {
         Ok((mut buf, n)) => {
             buf.truncate(n);
+            if request.kind == Kind::Warm {
+                let id = BlockId::new(request.ino, request.index, request.block_version);
+                ctx.insert(id, buf).await.map(|_| Vec::new())
+            } else {
+                Ok(buf)
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(data) if request.kind == Kind::Warm => {
+            NeighborStats::add(&stats.warmed, 1);
+            Served::Block(data)
+        }
+        Ok(data) => {
             NeighborStats::add(&stats.served, 1);
-            NeighborStats::add(&stats.served_bytes, n as u64);
-            Served::Block(buf)
+            NeighborStats::add(&stats.served_bytes, data.len() as u64);
+            Served::Block(data)
         }
         Err(datenlord_engine::Error::NotFound(_)) => {
             NeighborStats::add(&stats.served_misses, 1);

@@ -151,7 +151,7 @@ pub(crate) async fn serve(
         let (ctx, stats) = (ctx.clone(), Arc::clone(&stats));
         Rc::new(move |header| {
             let (ctx, stats) = (ctx.clone(), Arc::clone(&stats));
-            async move { conn::serve_read(&ctx, &header, &stats).await }.boxed_local()
+            async move { conn::serve_request(&ctx, &header, &stats).await }.boxed_local()
         })
     };
     let lifeline = async {
